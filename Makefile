@@ -1,0 +1,40 @@
+# The two commands a newcomer types (see README.md):
+#   make run    installs everything and opens the console on the embedded default
+#   make test   installs everything plus test needs and runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test install install-test lint format screenshots bench
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(VENV)/bin/activate
+	./scripts/install-system-packages.sh run
+	$(PY) -m pip install -q .
+
+install-test: $(VENV)/bin/activate
+	./scripts/install-system-packages.sh test
+	$(PY) -m pip install -q -e '.[test]'
+
+run: install
+	$(VENV)/bin/sendense
+
+test: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/bin/activate
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+screenshots:
+	$(PY) scripts/make_screenshots.py
+
+bench:
+	$(PY) -m bench

@@ -1,0 +1,266 @@
+"""Job rows: creation, lease claims, heartbeats, progress and final states.
+
+A claim is one compare-and-set UPDATE, so on SQLite and on MariaDB two engines
+racing for the same job cannot both win: the row count tells who did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import Job
+from engine.errors import JobError, NotFoundError
+
+ACTIVE_STATES = ("queued", "running", "paused")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+#: legal moves of the job state machine
+TRANSITIONS: dict[str, set[str]] = {
+    "queued": {"running", "cancelled"},
+    "running": {"succeeded", "failed", "cancelled", "paused", "queued"},
+    "paused": {"queued", "cancelled"},
+    "failed": {"queued"},  # retry by hand
+    "succeeded": set(),
+    "cancelled": {"queued"},  # retry by hand
+}
+
+
+class JobStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def create(
+        self,
+        kind: str,
+        title: str,
+        *,
+        now: datetime,
+        params: dict[str, Any] | None = None,
+        repository_id: int | None = None,
+        bytes_total: int = 0,
+        priority: int = 100,
+    ) -> Job:
+        job = Job(
+            kind=kind,
+            title=title[:255],
+            state="queued",
+            params=params or {},
+            repository_id=repository_id,
+            bytes_total=bytes_total,
+            priority=priority,
+            created_at=now,
+        )
+        with self.catalog.session() as session:
+            session.add(job)
+            session.flush()
+        return job
+
+    def get(self, job_id: int) -> Job:
+        with self.catalog.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            return job
+
+    def list(
+        self, *, states: Sequence[str] | None = None, limit: int = 200, kind: str | None = None
+    ) -> list[Job]:
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if states:
+            query = query.where(Job.state.in_(states))
+        if kind:
+            query = query.where(Job.kind == kind)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def claimable(self, now: datetime, kinds: Sequence[str], limit: int) -> list[int]:
+        """Ids of jobs this engine could run: queued, or running with a lapsed lease."""
+        query = (
+            select(Job.id)
+            .where(Job.kind.in_(kinds))
+            .where(
+                or_(
+                    Job.state == "queued",
+                    and_(Job.state == "running", Job.lease_expires_at < now),
+                )
+            )
+            .order_by(Job.priority, Job.id)
+            .limit(limit)
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def claim(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
+        """Take the lease on a job; None when another engine got it first."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .where(
+                    or_(
+                        Job.state == "queued",
+                        and_(Job.state == "running", Job.lease_expires_at < now),
+                    )
+                )
+                .values(
+                    state="running",
+                    lease_owner=owner,
+                    lease_expires_at=now + lease,
+                    heartbeat_at=now,
+                    started_at=now,
+                    attempts=Job.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return None
+        return self.get(job_id)
+
+    def heartbeat(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+        """Extend our lease; False means we lost it (another engine took over)."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
+                .values(heartbeat_at=now, lease_expires_at=now + lease)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def flags(self, job_id: int) -> tuple[bool, bool]:
+        """(cancel_requested, pause_requested) as the operator set them."""
+        with self.catalog.session() as session:
+            row = session.execute(
+                select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)
+            ).one_or_none()
+        return (bool(row[0]), bool(row[1])) if row else (True, False)
+
+    def progress(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        bytes_done: int,
+        bytes_total: int,
+        rate: float,
+        eta_seconds: float | None,
+        message: str | None = None,
+        resume_point: dict[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "bytes_done": bytes_done,
+            "bytes_total": bytes_total,
+            "rate": rate,
+            "eta_seconds": eta_seconds,
+        }
+        if message is not None:
+            values["message"] = message[:255]
+        if resume_point is not None:
+            values["resume_point"] = resume_point
+        with self.catalog.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    def finish(
+        self,
+        job_id: int,
+        owner: str,
+        state: str,
+        now: datetime,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the outcome if we still hold the lease; False if we lost it."""
+        if state not in ("succeeded", "failed", "cancelled", "paused", "queued"):
+            raise JobError(f"cannot finish a job as {state!r}")
+        values: dict[str, Any] = {
+            "state": state,
+            "error": error,
+            "result": result,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "eta_seconds": None,
+            "rate": 0.0,
+        }
+        if state in FINAL_STATES:
+            values["finished_at"] = now
+        with self.catalog.session() as session:
+            res = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            return res.rowcount == 1
+
+    def request_cancel(self, job_id: int, now: datetime) -> Job:
+        """Cancel now if not running; ask the running engine to stop otherwise."""
+        with self.catalog.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            if job.state in FINAL_STATES:
+                raise JobError(f"job {job_id} already {job.state}; nothing to cancel")
+            if job.state in ("queued", "paused"):
+                job.state = "cancelled"
+                job.finished_at = now
+            else:
+                job.cancel_requested = True
+            return job
+
+    def request_pause(self, job_id: int) -> Job:
+        with self.catalog.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            if job.state == "queued":
+                job.state = "paused"
+            elif job.state == "running":
+                job.pause_requested = True
+            else:
+                raise JobError(f"job {job_id} is {job.state}; only queued or running jobs pause")
+            return job
+
+    def requeue(self, job_id: int, *, allowed_from: Sequence[str]) -> Job:
+        """Resume a paused job or retry a failed/cancelled one."""
+        with self.catalog.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} does not exist")
+            if job.state not in allowed_from:
+                raise JobError(
+                    f"job {job_id} is {job.state}; this needs a job that is "
+                    + " or ".join(allowed_from)
+                )
+            job.state = "queued"
+            job.cancel_requested = False
+            job.pause_requested = False
+            job.error = None
+            job.finished_at = None
+            return job
+
+    def active_for_repository(self, repository_id: int) -> list[Job]:
+        query = select(Job).where(
+            Job.repository_id == repository_id, Job.state.in_(("queued", "running"))
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def clear_pause(self, job_id: int) -> None:
+        with self.catalog.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(pause_requested=False)
+                .execution_options(synchronize_session=False)
+            )

@@ -1,0 +1,404 @@
+"""Catalog tables as SQLAlchemy 2 typed models.
+
+Conventions, so the same schema works on SQLite and MariaDB/MySQL:
+- every string column has a length (MySQL needs one for VARCHAR);
+- times are UTC; ``UTCDateTime`` stores them naive with microseconds and
+  hands them back timezone-aware;
+- sizes are BigInteger bytes;
+- free-form settings (mount options, retention rules) are JSON.
+
+Any change here needs a new Alembic revision in ``migrations/versions``;
+``tests/engine/test_catalog_schema.py`` fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python, naive UTC (with microseconds) in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+def _fk(target: str, *, cascade: bool = False, nullable: bool = False) -> Any:
+    return mapped_column(
+        ForeignKey(target, ondelete="CASCADE" if cascade else "SET NULL" if nullable else None),
+        nullable=nullable,
+        index=True,
+    )
+
+
+class Repository(Base):
+    """A place backups are kept: a local directory, an NFS export or a CIFS share."""
+
+    __tablename__ = "repositories"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # local | nfs | cifs
+    #: local: the directory; network kinds: the mount point under the mount root
+    path: Mapped[str] = mapped_column(String(1024))
+    server: Mapped[str | None] = mapped_column(String(255))
+    #: NFS export path or CIFS share name
+    export: Mapped[str | None] = mapped_column(String(1024))
+    #: kind-specific settings: nfs version, mount options, cifs domain/user/smb version
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: encrypted secret (CIFS password); never clear text
+    secret: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: unknown | ready | mounted | unmounted | unresponsive | error | disabled
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    last_seen_at: Mapped[datetime | None]
+    offsite: Mapped[bool] = mapped_column(Boolean, default=False)
+    immutable: Mapped[bool] = mapped_column(Boolean, default=False)
+    immutable_days: Mapped[int] = mapped_column(Integer, default=0)
+    immutable_grace_hours: Mapped[int] = mapped_column(Integer, default=0)
+    #: per-repository thresholds; None means the configured default
+    warning_percent: Mapped[float | None] = mapped_column(Float)
+    critical_percent: Mapped[float | None] = mapped_column(Float)
+    full_percent: Mapped[float | None] = mapped_column(Float)
+    min_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: probed once with a canary file: {"immutable": bool, "reflink": bool, "fs_type": str}
+    capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: which capacity level is raised now (ok|warning|critical|full), so a crossing fires once
+    capacity_level: Mapped[str] = mapped_column(String(16), default="ok")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CapacitySample(Base):
+    __tablename__ = "capacity_samples"
+    __table_args__ = (Index("ix_capacity_samples_repo_time", "repository_id", "taken_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), index=True
+    )
+    taken_at: Mapped[datetime]
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    used_bytes: Mapped[int] = mapped_column(BigInteger)
+    free_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: raw samples are downsampled into hour and day rows for history
+    resolution: Mapped[str] = mapped_column(String(8), default="raw")
+
+
+class Chain(Base):
+    """One full backup and the incrementals that build on it, for one VM disk."""
+
+    __tablename__ = "chains"
+    __table_args__ = (UniqueConstraint("repository_id", "directory"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id"), index=True)
+    vm_name: Mapped[str] = mapped_column(String(128))
+    disk_name: Mapped[str] = mapped_column(String(128))
+    #: relative to the repository root
+    directory: Mapped[str] = mapped_column(String(1024))
+    #: ok | broken | retired (a newer full superseded it)
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    checked_at: Mapped[datetime | None]
+
+
+class Backup(Base):
+    """One QCOW2 file: a full, or an incremental whose backing file is its parent."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chain_id: Mapped[int] = mapped_column(ForeignKey("chains.id"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("backups.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # full | incremental
+    position: Mapped[int] = mapped_column(Integer)  # 0 for the full
+    #: relative to the repository root
+    path: Mapped[str] = mapped_column(String(1024))
+    #: pending | complete | bad | deleted
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state_detail: Mapped[str | None] = mapped_column(Text)
+    point_time: Mapped[datetime]
+    created_at: Mapped[datetime]
+    source: Mapped[str | None] = mapped_column(String(1024))
+    compression: Mapped[str | None] = mapped_column(String(16))
+    virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    allocated_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    checksum_algo: Mapped[str] = mapped_column(String(16), default="sha256")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: ok | mismatch | missing | check_failed | None (never verified)
+    verify_state: Mapped[str | None] = mapped_column(String(16))
+    verified_at: Mapped[datetime | None]
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    schedule: Mapped[str] = mapped_column(String(128))  # cron expression
+    target_repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id"), index=True)
+    #: [{"vm": "web01", "disks": [{"name": "sda", "source": "/dev/vg/web01"}]}]
+    sources: Mapped[list[Any]] = mapped_column(default=list)
+    full_every: Mapped[int] = mapped_column(Integer, default=7)
+    full_weekday: Mapped[int | None] = mapped_column(Integer)
+    #: {"keep_last": 7, "daily": 7, "weekly": 4, "monthly": 12, "yearly": 3}
+    retention: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verify_after: Mapped[bool] = mapped_column(Boolean, default=False)
+    immutable_days: Mapped[int] = mapped_column(Integer, default=0)
+    compression: Mapped[str | None] = mapped_column(String(16))
+    last_run_at: Mapped[datetime | None]
+    next_run_at: Mapped[datetime | None]
+    last_result: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+
+
+class CopyRule(Base):
+    __tablename__ = "copy_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    source_repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id"), index=True)
+    destination_repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id"), index=True
+    )
+    policy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("policies.id", ondelete="SET NULL"), index=True
+    )
+    selection: Mapped[str] = mapped_column(String(16), default="all")  # all | fulls | latest
+    latest_count: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16), default="immediate")  # immediate|scheduled|manual
+    schedule: Mapped[str | None] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer, default=100)
+    lock_copies: Mapped[bool] = mapped_column(Boolean, default=False)
+    verify_after: Mapped[bool] = mapped_column(Boolean, default=True)
+    bandwidth_limit: Mapped[int | None] = mapped_column(BigInteger)  # bytes per second
+    max_age_hours: Mapped[int | None] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    failures_in_row: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class Copy(Base):
+    """A backup file copied to another repository."""
+
+    __tablename__ = "copies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backup_id: Mapped[int] = mapped_column(ForeignKey("backups.id"), index=True)
+    rule_id: Mapped[int | None] = mapped_column(
+        ForeignKey("copy_rules.id", ondelete="SET NULL"), index=True
+    )
+    destination_repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id"), index=True
+    )
+    path: Mapped[str] = mapped_column(String(1024))
+    #: pending | copying | verifying | completed | failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    cloned: Mapped[bool] = mapped_column(Boolean, default=False)
+    verify_state: Mapped[str | None] = mapped_column(String(16))
+    verified_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """Long work (backup, copy, verify, restore) with a state machine and a lease.
+
+    queued -> running -> succeeded | failed | cancelled; a running job whose
+    lease expired (its engine died) can be claimed again by another engine.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=100)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    repository_id: Mapped[int | None] = mapped_column(
+        ForeignKey("repositories.id", ondelete="SET NULL"), index=True
+    )
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)  # bytes per second
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str | None] = mapped_column(String(255))
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: where the work can pick up after a crash (e.g. bytes already copied)
+    resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ImmutabilityLock(Base):
+    __tablename__ = "immutability_locks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id"), index=True)
+    backup_id: Mapped[int | None] = mapped_column(
+        ForeignKey("backups.id", ondelete="SET NULL"), index=True
+    )
+    copy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("copies.id", ondelete="SET NULL"), index=True
+    )
+    #: relative to the repository root
+    path: Mapped[str] = mapped_column(String(1024))
+    #: pending (grace period) | active | released | drift
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    locked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class Verification(Base):
+    __tablename__ = "verifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backup_id: Mapped[int | None] = mapped_column(
+        ForeignKey("backups.id", ondelete="CASCADE"), index=True
+    )
+    copy_id: Mapped[int | None] = mapped_column(
+        ForeignKey("copies.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    #: ok | mismatch | missing | check_failed | chain_broken
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RestoreMount(Base):
+    """A restore point exposed read-only for file browsing; always has an expiry."""
+
+    __tablename__ = "restore_mounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backup_id: Mapped[int] = mapped_column(ForeignKey("backups.id"), index=True)
+    #: mounting | mounted | unmounting | failed
+    state: Mapped[str] = mapped_column(String(16), default="mounting")
+    base_dir: Mapped[str] = mapped_column(String(1024))
+    loop_device: Mapped[str | None] = mapped_column(String(64))
+    exporter_pid: Mapped[int | None] = mapped_column(Integer)
+    #: [{"partition": 1, "fs_type": "ext4", "path": "/.../p1"}]
+    filesystems: Mapped[list[Any]] = mapped_column(default=list)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class NbdExport(Base):
+    __tablename__ = "nbd_exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backup_id: Mapped[int] = mapped_column(ForeignKey("backups.id"), index=True)
+    export_name: Mapped[str] = mapped_column(String(128))
+    socket_path: Mapped[str | None] = mapped_column(String(1024))
+    tcp_host: Mapped[str | None] = mapped_column(String(255))
+    tcp_port: Mapped[int | None] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(String(1024))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    persistent: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: running | stopped | dead
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    owner: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Everything that happened, in order: engine events and operator actions."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime]
+    #: debug | info | warning | error | critical
+    level: Mapped[str] = mapped_column(String(16))
+    #: the service that reported it: repositories, capacity, jobs, copy, ...
+    source: Mapped[str] = mapped_column(String(64))
+    #: dotted event type, e.g. capacity.threshold_crossed
+    kind: Mapped[str] = mapped_column(String(96))
+    message: Mapped[str] = mapped_column(Text)
+    repository_id: Mapped[int | None] = mapped_column(
+        ForeignKey("repositories.id", ondelete="SET NULL"), index=True
+    )
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    actor: Mapped[str | None] = mapped_column(String(128))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,302 @@
+"""Settings: a TOML file plus environment overrides.
+
+Where the file is looked for, first hit wins:
+
+1. ``$SENDENSE_CONFIG`` (must exist when set),
+2. ``$XDG_CONFIG_HOME/sendense/sendense.toml`` (``~/.config/...``),
+3. ``/etc/sendense/sendense.toml``.
+
+No file at all is fine: the defaults give an embedded SQLite catalog in the
+state directory and a local repository under it. Environment variables
+override the file (``SENDENSE_DB_URL``, ``SENDENSE_STATE_DIR``,
+``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``). A wrong value stops with one
+line that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/sendense/sendense.toml")
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """'10G', '512M', '2048' -> bytes (binary units)."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 512M, 10G, 1T)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    warning_percent: float = 80.0
+    critical_percent: float = 90.0
+    full_percent: float = 95.0
+    min_free_bytes: int = 5 * 1024**3
+    poll_seconds: float = 60.0
+    #: after a write seen by watchdog, sample again this soon (debounce)
+    debounce_seconds: float = 0.3
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    max_concurrent: int = 2
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    db_url: str
+    mount_root: Path
+    default_repository: Path
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    theme: str = "dark"
+    #: the file the settings came from, None when only defaults and env were used
+    source: Path | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def with_state_dir(self, state_dir: Path) -> Settings:
+        """Settings rooted in another state directory (tests, --state-dir)."""
+        return default_settings(state_dir)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if _is_root():
+        return Path("/var/lib/sendense")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sendense"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def default_settings(state_dir: Path) -> Settings:
+    return Settings(
+        state_dir=state_dir,
+        db_url=sqlite_url(state_dir / "catalog.db"),
+        mount_root=state_dir / "mounts",
+        default_repository=state_dir / "repository",
+    )
+
+
+def find_config_file(env: Mapping[str, str]) -> tuple[Path | None, bool]:
+    """The file to read and whether the operator named it explicitly."""
+    if env.get("SENDENSE_CONFIG"):
+        return Path(env["SENDENSE_CONFIG"]), True
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for candidate in (Path(xdg) / "sendense" / "sendense.toml", SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate, False
+    return None, False
+
+
+class _Reader:
+    """Pulls typed values out of the parsed TOML, naming key and file on error."""
+
+    def __init__(self, data: dict[str, Any], origin: str) -> None:
+        self.data = data
+        self.origin = origin
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.origin}: {key} {problem}")
+
+    def get(self, key: str, convert: Callable[[Any], Any], default: Any) -> Any:
+        section, _, name = key.partition(".")
+        table = self.data.get(section, {})
+        if not isinstance(table, dict):
+            raise self.fail(section, f"must be a table ([{section}]), got {table!r}")
+        self.used.add(key)
+        if name not in table:
+            return default
+        try:
+            return convert(table[name])
+        except (TypeError, ValueError) as exc:
+            raise self.fail(key, f"is invalid: {exc}") from None
+
+    def reject_unknown(self) -> None:
+        for section, table in self.data.items():
+            if not isinstance(table, dict):
+                raise self.fail(section, "is not a known setting")
+            for name in table:
+                if f"{section}.{name}" not in self.used:
+                    raise self.fail(f"{section}.{name}", "is not a known setting (typo?)")
+
+
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a percentage, got {value!r}")
+    number = float(value)
+    if not 0 < number <= 100:
+        raise ValueError(f"must be between 0 and 100, got {value!r}")
+    return number
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != float(value) or int(value) < 1:
+        raise ValueError(f"must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def _abs_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a path, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return path
+
+
+def _db_url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError(
+            f"expected a URL such as sqlite:////var/lib/sendense/catalog.db or "
+            f"mysql+pymysql://user:pass@host/sendense, got {_redact_url(str(value))!r}"
+        )
+    return value
+
+
+def _theme(value: Any) -> str:
+    if value not in ("dark", "light"):
+        raise ValueError(f"must be 'dark' or 'light', got {value!r}")
+    return str(value)
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+ENV_KEYS: dict[str, str] = {
+    "SENDENSE_DB_URL": "catalog.url",
+    "SENDENSE_STATE_DIR": "paths.state_dir",
+    "SENDENSE_MOUNT_ROOT": "paths.mount_root",
+    "SENDENSE_DEFAULT_REPOSITORY": "paths.default_repository",
+    "SENDENSE_CAPACITY_WARNING_PERCENT": "capacity.warning_percent",
+    "SENDENSE_CAPACITY_CRITICAL_PERCENT": "capacity.critical_percent",
+    "SENDENSE_CAPACITY_FULL_PERCENT": "capacity.full_percent",
+    "SENDENSE_CAPACITY_MIN_FREE": "capacity.min_free",
+    "SENDENSE_CAPACITY_POLL_SECONDS": "capacity.poll_seconds",
+    "SENDENSE_MAX_JOBS": "jobs.max_concurrent",
+    "SENDENSE_THEME": "console.theme",
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file and the environment; raise ConfigError on any bad value."""
+    env = dict(os.environ if env is None else env)
+    path, explicit = find_config_file(env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if explicit:
+                raise ConfigError(
+                    f"config file {path} (from SENDENSE_CONFIG) does not exist",
+                    hint="fix SENDENSE_CONFIG or create the file",
+                ) from None
+        except PermissionError:
+            raise ConfigError(
+                f"config file {path} cannot be read: permission denied",
+                hint=f"run as a user that may read it, or chmod o+r {path}",
+            ) from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    # Environment overrides are merged in as if they were in the file, so the
+    # same validation applies and the message names the variable.
+    env_origin: dict[str, str] = {}
+    for var, key in ENV_KEYS.items():
+        if env.get(var, "") != "":
+            section, _, name = key.partition(".")
+            data.setdefault(section, {})[name] = env[var]
+            env_origin[key] = var
+
+    origin = str(path) if path else "environment"
+
+    class _EnvAwareReader(_Reader):
+        def fail(self, key: str, problem: str) -> ConfigError:
+            if key in env_origin:
+                return ConfigError(f"environment variable {env_origin[key]} ({key}) {problem}")
+            return ConfigError(f"{self.origin}: {key} {problem}")
+
+    reader = _EnvAwareReader(data, origin)
+    state_dir = reader.get("paths.state_dir", _abs_path, None) or default_state_dir(env)
+    base = default_settings(state_dir)
+    capacity = CapacitySettings(
+        warning_percent=reader.get("capacity.warning_percent", _percent, 80.0),
+        critical_percent=reader.get("capacity.critical_percent", _percent, 90.0),
+        full_percent=reader.get("capacity.full_percent", _percent, 95.0),
+        min_free_bytes=reader.get("capacity.min_free", parse_size, 5 * 1024**3),
+        poll_seconds=reader.get("capacity.poll_seconds", _positive, 60.0),
+    )
+    if not capacity.warning_percent < capacity.critical_percent < capacity.full_percent:
+        raise ConfigError(
+            f"{origin}: capacity thresholds must rise: warning_percent "
+            f"({capacity.warning_percent:g}) < critical_percent ({capacity.critical_percent:g}) "
+            f"< full_percent ({capacity.full_percent:g})"
+        )
+    jobs = JobSettings(
+        max_concurrent=reader.get("jobs.max_concurrent", _positive_int, 2),
+        lease_seconds=reader.get("jobs.lease_seconds", _positive, 30.0),
+        heartbeat_seconds=reader.get("jobs.heartbeat_seconds", _positive, 5.0),
+    )
+    settings = replace(
+        base,
+        db_url=reader.get("catalog.url", _db_url, base.db_url),
+        mount_root=reader.get("paths.mount_root", _abs_path, base.mount_root),
+        default_repository=reader.get(
+            "paths.default_repository", _abs_path, base.default_repository
+        ),
+        capacity=capacity,
+        jobs=jobs,
+        theme=reader.get("console.theme", _theme, "dark"),
+        source=path if path and path.is_file() else None,
+    )
+    reader.reject_unknown()
+    return settings
+
+
+def redact_url(url: str) -> str:
+    """A catalog URL fit for a log line or the screen (password hidden)."""
+    return _redact_url(url)

@@ -1,0 +1,56 @@
+"""Exceptions whose message is a sentence an operator can act on.
+
+Every error the engine raises towards a person derives from SendenseError.
+Its ``str()`` is the sentence shown on screen or printed by the CLI; a
+traceback is never the message.
+"""
+
+from __future__ import annotations
+
+
+class SendenseError(Exception):
+    """Base for every error that reaches an operator."""
+
+    #: short hint on what to do, shown under the message when present
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+    def for_humans(self) -> str:
+        """The message plus the hint, ready to print."""
+        return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
+
+
+class ConfigError(SendenseError):
+    """The configuration file or an environment override is wrong."""
+
+
+class CatalogError(SendenseError):
+    """The catalog database cannot be reached or used."""
+
+
+class CatalogVersionError(CatalogError):
+    """The catalog was written by a newer Sendense than this one."""
+
+
+class NotFoundError(SendenseError):
+    """A named object (repository, backup, job…) does not exist."""
+
+
+class ValidationError(SendenseError):
+    """Input from an operator does not make sense; nothing was changed."""
+
+
+class JobError(SendenseError):
+    """A job cannot be started, claimed or moved to the requested state."""
+
+
+class JobCancelled(JobError):
+    """Raised inside a job's work when the operator cancelled it."""

@@ -1,0 +1,437 @@
+"""The job runner: a bounded thread pool that claims jobs from the catalog.
+
+Several engines (the console, the headless daemon, another appliance) may share
+one catalog. Each claims a job with a lease (a compare-and-set in the catalog)
+and renews it with a heartbeat; a job whose engine died is claimed again once
+its lease lapses, and resumes from its ``resume_point`` where the work allows.
+
+A job's work is a handler registered per kind. It receives a JobContext to
+report progress and to check for cancel or pause between chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from engine.catalog.jobs import JobStore
+from engine.catalog.models import Job
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.config import JobSettings
+from engine.errors import JobCancelled, JobError, SendenseError
+from engine.events import Event, EventBus
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["JobContext"], dict[str, Any] | None]
+
+
+class JobPaused(JobCancelled):
+    """Raised inside a job's work when the operator paused it."""
+
+
+class LeaseLost(JobCancelled):
+    """Another engine took the job over (our heartbeat lapsed)."""
+
+
+class EngineStopping(JobCancelled):
+    """This engine is shutting down; the job goes back to the queue."""
+
+
+@dataclass
+class ProgressMeter:
+    """Rate (bytes/s, smoothed) and ETA from successive byte counts."""
+
+    clock: Clock
+    smoothing: float = 0.3
+    _last_time: float | None = None
+    _last_done: int = 0
+    rate: float = 0.0
+
+    def update(self, done: int, total: int) -> tuple[float, float | None]:
+        now = self.clock.monotonic()
+        if self._last_time is None:
+            self._last_time, self._last_done = now, done
+            return self.rate, None
+        elapsed = now - self._last_time
+        if elapsed >= 0.2:
+            instant = max(0, done - self._last_done) / elapsed
+            self.rate = (
+                instant
+                if self.rate == 0
+                else (self.smoothing * instant + (1 - self.smoothing) * self.rate)
+            )
+            self._last_time, self._last_done = now, done
+        eta = (total - done) / self.rate if self.rate > 0 and total >= done else None
+        return self.rate, eta
+
+
+class JobContext:
+    """What a handler sees of its job."""
+
+    def __init__(self, runner: JobRunner, job: Job) -> None:
+        self.runner = runner
+        self.job = job
+        self.params: dict[str, Any] = dict(job.params or {})
+        self.resume_point: dict[str, Any] | None = job.resume_point
+        self._meter = ProgressMeter(runner.clock)
+        self._last_write = -1e9
+        self._last_event = -1e9
+        self._stop_reason: type[JobCancelled] | None = None
+        self.bytes_done = job.bytes_done
+        self.bytes_total = job.bytes_total
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    def stop(self, reason: type[JobCancelled]) -> None:
+        self._stop_reason = reason
+
+    def check(self) -> None:
+        """Raise if the job must stop now (cancel, pause, lost lease, engine stop)."""
+        if self._stop_reason is not None:
+            raise self._stop_reason(f"job {self.job.id} stopped")
+        cancel, pause = self.runner.store.flags(self.job.id)
+        if cancel:
+            raise JobCancelled(f"job {self.job.id} was cancelled by the operator")
+        if pause:
+            raise JobPaused(f"job {self.job.id} was paused by the operator")
+
+    def progress(
+        self,
+        done: int,
+        total: int | None = None,
+        *,
+        message: str | None = None,
+        resume_point: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> None:
+        """Report bytes done. Cheap to call often: catalog writes are throttled
+        to a few a second, events to ten a second."""
+        if total is not None:
+            self.bytes_total = total
+        self.bytes_done = done
+        rate, eta = self._meter.update(done, self.bytes_total)
+        now = self.runner.clock.monotonic()
+        if resume_point is not None:
+            self.resume_point = resume_point
+        if force or now - self._last_write >= self.runner.progress_write_interval:
+            self._last_write = now
+            self.runner.store.progress(
+                self.job.id,
+                self.runner.owner,
+                bytes_done=done,
+                bytes_total=self.bytes_total,
+                rate=rate,
+                eta_seconds=eta,
+                message=message,
+                resume_point=self.resume_point,
+            )
+            if self._stop_reason is None:
+                self.check()
+        if force or now - self._last_event >= 0.1:
+            self._last_event = now
+            self.runner.bus.publish(
+                Event(
+                    kind="job.progress",
+                    message=message or self.job.title,
+                    source="jobs",
+                    job_id=self.job.id,
+                    record=False,
+                    data={
+                        "bytes_done": done,
+                        "bytes_total": self.bytes_total,
+                        "rate": rate,
+                        "eta_seconds": eta,
+                    },
+                )
+            )
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        bus: EventBus,
+        *,
+        settings: JobSettings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        owner: str | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.settings = settings or JobSettings()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.poll_interval = poll_interval
+        self.progress_write_interval = 0.5
+        self._handlers: dict[str, Handler] = {}
+        self._running: dict[int, JobContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- submitting and steering --------------------------------------------
+
+    def submit(
+        self,
+        kind: str,
+        title: str,
+        params: dict[str, Any] | None = None,
+        *,
+        repository_id: int | None = None,
+        bytes_total: int = 0,
+        priority: int = 100,
+        actor: str | None = None,
+    ) -> Job:
+        job = self.store.create(
+            kind,
+            title,
+            now=self.clock.now(),
+            params=params,
+            repository_id=repository_id,
+            bytes_total=bytes_total,
+            priority=priority,
+        )
+        self.bus.publish(
+            Event(
+                kind="job.queued",
+                message=f"queued: {title}",
+                source="jobs",
+                job_id=job.id,
+                repository_id=repository_id,
+                actor=actor,
+            )
+        )
+        self._wake.set()
+        return job
+
+    def cancel(self, job_id: int, actor: str | None = None) -> Job:
+        job = self.store.request_cancel(job_id, self.clock.now())
+        self.bus.publish(
+            Event(
+                kind="job.cancel_requested" if job.state == "running" else "job.cancelled",
+                message=f"cancel: {job.title}",
+                source="jobs",
+                job_id=job_id,
+                actor=actor,
+                level="warning",
+            )
+        )
+        return job
+
+    def pause(self, job_id: int, actor: str | None = None) -> Job:
+        job = self.store.request_pause(job_id)
+        self.bus.publish(
+            Event(
+                kind="job.pause_requested",
+                message=f"pause: {job.title}",
+                source="jobs",
+                job_id=job_id,
+                actor=actor,
+            )
+        )
+        return job
+
+    def resume(self, job_id: int, actor: str | None = None) -> Job:
+        job = self.store.requeue(job_id, allowed_from=("paused",))
+        self._announce_requeue(job, "resumed", actor)
+        return job
+
+    def retry(self, job_id: int, actor: str | None = None) -> Job:
+        job = self.store.requeue(job_id, allowed_from=("failed", "cancelled"))
+        self._announce_requeue(job, "retried", actor)
+        return job
+
+    def _announce_requeue(self, job: Job, verb: str, actor: str | None) -> None:
+        self.bus.publish(
+            Event(
+                kind=f"job.{verb}",
+                message=f"{verb}: {job.title}",
+                source="jobs",
+                job_id=job.id,
+                actor=actor,
+            )
+        )
+        self._wake.set()
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._pool is not None:
+            return
+        self._stopping.clear()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.settings.max_concurrent, thread_name_prefix="sendense-job"
+        )
+        for target, name in ((self._dispatch_loop, "dispatch"), (self._heartbeat_loop, "beat")):
+            thread = threading.Thread(target=target, name=f"sendense-jobs-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; running jobs are asked to stop and go back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            for ctx in self._running.values():
+                ctx.stop(EngineStopping)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._running)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.settings.max_concurrent - len(self._running)
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.dispatch_once()
+            except SendenseError as exc:  # catalog down: say so, keep trying
+                log.warning("job dispatch: %s", exc)
+            except Exception:
+                log.exception("job dispatch failed")
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def dispatch_once(self) -> int:
+        """Claim and start as many jobs as there are free slots; returns how many."""
+        slots = self._free_slots()
+        if slots <= 0 or not self._handlers or self._pool is None:
+            return 0
+        started = 0
+        now = self.clock.now()
+        for job_id in self.store.claimable(now, self.kinds(), limit=slots * 4):
+            if started >= slots or self._stopping.is_set():
+                break
+            job = self.store.claim(job_id, self.owner, now, self.lease)
+            if job is None:
+                continue  # another engine won the race
+            ctx = JobContext(self, job)
+            with self._lock:
+                self._running[job.id] = ctx
+            self._pool.submit(self._run, ctx)
+            started += 1
+        return started
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.settings.heartbeat_seconds):
+            with self._lock:
+                contexts = list(self._running.values())
+            for ctx in contexts:
+                try:
+                    if not self.store.heartbeat(
+                        ctx.job_id, self.owner, self.clock.now(), self.lease
+                    ):
+                        ctx.stop(LeaseLost)
+                except SendenseError as exc:
+                    log.warning("heartbeat for job %s: %s", ctx.job_id, exc)
+
+    def _run(self, ctx: JobContext) -> None:
+        job = ctx.job
+        handler = self._handlers[job.kind]
+        self.bus.publish(
+            Event(
+                kind="job.started",
+                message=f"started: {job.title}",
+                source="jobs",
+                job_id=job.id,
+                repository_id=job.repository_id,
+                data={"owner": self.owner, "attempt": job.attempts},
+            )
+        )
+        state, error, result, level = "succeeded", None, None, "info"
+        try:
+            result = handler(ctx) or {}
+        except LeaseLost:
+            state, error, level = "lost", "another engine took the job over", "warning"
+        except EngineStopping:
+            state, error, level = "queued", None, "info"
+        except JobPaused:
+            state, level = "paused", "info"
+        except JobCancelled as exc:
+            state, error, level = "cancelled", str(exc), "warning"
+        except SendenseError as exc:
+            state, error, level = "failed", exc.for_humans(), "error"
+        except Exception as exc:
+            log.exception("job %s (%s) crashed", job.id, job.kind)
+            state, error, level = "failed", f"internal error: {exc!r}", "error"
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+        if state != "lost":
+            if state == "succeeded":
+                # the final byte count, so a finished job shows 100 %
+                self.store.progress(
+                    job.id,
+                    self.owner,
+                    bytes_done=ctx.bytes_done,
+                    bytes_total=ctx.bytes_total,
+                    rate=0.0,
+                    eta_seconds=None,
+                )
+            if state == "paused":
+                self.store.clear_pause(job.id)
+            if not self.store.finish(
+                job.id, self.owner, state, self.clock.now(), error=error, result=result
+            ):
+                state, error = "lost", "the lease lapsed before the job finished"
+        words = {"succeeded": "finished", "queued": "returned to the queue"}
+        self.bus.publish(
+            Event(
+                kind=f"job.{state}",
+                message=f"{words.get(state, state)}: {job.title}"
+                + (f" ({error})" if error else ""),
+                level=level,
+                source="jobs",
+                job_id=job.id,
+                repository_id=job.repository_id,
+                data={"result": result or {}},
+            )
+        )
+        self._wake.set()
+
+
+__all__ = [
+    "EngineStopping",
+    "Handler",
+    "JobContext",
+    "JobError",
+    "JobPaused",
+    "JobRunner",
+    "LeaseLost",
+    "ProgressMeter",
+]

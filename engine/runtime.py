@@ -1,0 +1,92 @@
+"""The Engine: settings, catalog, event bus, job runner and services, wired once.
+
+The console and the CLI build one Engine, ``open()`` it (connect, migrate) and
+``start()`` it (job runner, monitors). Everything an operator can do is a
+method of a service hanging off it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engine.catalog import Catalog
+from engine.catalog.audit import AuditStore
+from engine.catalog.jobs import JobStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.config import Settings, load_settings
+from engine.errors import ConfigError
+from engine.events import Event, EventBus
+from engine.jobs import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.catalog = Catalog(settings.db_url)
+        self.audit = AuditStore(self.catalog)
+        self.bus = EventBus(self.audit, clock)
+        self.job_store = JobStore(self.catalog)
+        self.jobs = JobRunner(
+            self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
+        )
+        self._opened = False
+        self._started = False
+
+    @classmethod
+    def from_environment(cls, **kwargs: object) -> Engine:
+        return cls(load_settings(), **kwargs)  # type: ignore[arg-type]
+
+    def open(self) -> Engine:
+        """Connect to the catalog and migrate it; create the state directory."""
+        if self._opened:
+            return self
+        for directory in (self.settings.state_dir, self.settings.log_dir):
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"state directory {directory} cannot be created: {exc.strerror}",
+                    hint="set SENDENSE_STATE_DIR or [paths] state_dir to a writable place",
+                ) from None
+        self.catalog.open()
+        self._opened = True
+        return self
+
+    def start(self) -> Engine:
+        """Start background work: the job runner and monitors."""
+        self.open()
+        if not self._started:
+            self.jobs.start()
+            self._started = True
+            self.bus.publish(
+                Event(
+                    kind="engine.started",
+                    message=f"engine {self.jobs.owner} started",
+                    source="engine",
+                    level="debug",
+                )
+            )
+        return self
+
+    def close(self) -> None:
+        if self._started:
+            self.jobs.stop()
+            self._started = False
+        self.catalog.dispose()
+        self._opened = False
+
+    def __enter__(self) -> Engine:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,171 @@
+"""Running system programs: the one place Sendense starts a process.
+
+Argument lists only (never a shell), a timeout on every call, and failures
+raised as ToolError subclasses whose message a person can act on. Secrets
+given to ``run(secrets=...)`` are replaced by ``***`` in every message and log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from engine.errors import SendenseError
+
+log = logging.getLogger("engine.tools")
+
+#: the Debian package that provides each program, for "install X" messages
+PACKAGES: dict[str, str] = {
+    "qemu-img": "qemu-utils",
+    "qemu-nbd": "qemu-utils",
+    "qemu-io": "qemu-utils",
+    "qemu-storage-daemon": "qemu-system-common",
+    "mount": "mount",
+    "umount": "mount",
+    "losetup": "mount",
+    "findmnt": "util-linux",
+    "partx": "util-linux",
+    "blkid": "util-linux",
+    "chattr": "e2fsprogs",
+    "lsattr": "e2fsprogs",
+    "mkfs.ext4": "e2fsprogs",
+    "mkfs.xfs": "xfsprogs",
+    "fusermount3": "fuse3",
+    "nbdfuse": "nbdfuse",
+    "nbdinfo": "libnbd-bin",
+    "showmount": "nfs-common",
+    "smbclient": "smbclient",
+}
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class ToolError(SendenseError):
+    """A system program failed; the message says which and why."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        program: str = "",
+        returncode: int | None = None,
+        stderr: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.program = program
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class ToolMissing(ToolError):
+    """The program is not installed."""
+
+
+class ToolTimeout(ToolError):
+    """The program did not finish in time and was killed."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def which(program: str) -> str:
+    """Full path of a program, or ToolMissing naming the package to install."""
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        package = PACKAGES.get(program, program)
+        raise ToolMissing(
+            f"{program} is not installed",
+            program=program,
+            hint=f"install it: apt-get install {package}",
+        )
+    return found
+
+
+def _tool_env() -> dict[str, str]:
+    # The C locale keeps messages in English so stderr parsing works everywhere.
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    env["LANG"] = "C"
+    return env
+
+
+def run(
+    args: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    check: bool = True,
+    input_text: str | None = None,
+    secrets: Iterable[str] = (),
+    explain: Callable[[Completed], ToolError | None] | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> Completed:
+    """Run a program and wait for it.
+
+    ``explain`` turns a failed run into a specific ToolError (it may return None
+    to fall back to the generic message built from stderr).
+    """
+    secrets = tuple(secrets)
+    program = args[0]
+    argv = [which(program), *[str(a) for a in args[1:]]]
+    shown = redact(" ".join(args), secrets)
+    log.debug("run: %s", shown)
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_tool_env(),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolTimeout(
+            f"{program} did not finish within {timeout:g} s and was stopped ({shown})",
+            program=program,
+            hint="the storage or server behind it may be hung",
+        ) from None
+    except PermissionError:
+        raise ToolError(
+            f"{program} cannot be started: permission denied", program=program
+        ) from None
+    done = Completed(
+        args=list(args),
+        returncode=proc.returncode,
+        stdout=proc.stdout,
+        stderr=redact(proc.stderr, secrets),
+    )
+    if check and proc.returncode not in ok_codes:
+        specific = explain(done) if explain else None
+        if specific is not None:
+            raise specific
+        raise ToolError(
+            f"{program} failed: {first_error_line(done.stderr) or f'exit code {proc.returncode}'}",
+            program=program,
+            returncode=proc.returncode,
+            stderr=done.stderr,
+        )
+    return done
+
+
+def first_error_line(stderr: str) -> str:
+    """The most telling line of a program's stderr, without the program prefix noise."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,1 @@
+"""The Sendense console (Textual) and the ``sendense`` command."""
