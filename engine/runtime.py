@@ -13,6 +13,7 @@ from pathlib import Path
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
 from engine.catalog.jobs import JobStore
+from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
 from engine.errors import ConfigError
@@ -36,6 +37,7 @@ class Engine:
         self.audit = AuditStore(self.catalog)
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
+        self.repository_store = RepositoryStore(self.catalog)
         self.jobs = JobRunner(
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )

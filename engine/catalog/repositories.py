@@ -1,0 +1,81 @@
+"""Repository rows and the numbers shown next to them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import Backup, Chain, CopyRule, Repository
+from engine.errors import NotFoundError, ValidationError
+
+
+class RepositoryStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def add(self, *, name: str, kind: str, path: str, now: datetime, **fields: Any) -> Repository:
+        with self.catalog.session() as session:
+            if session.scalar(select(Repository.id).where(Repository.name == name)):
+                raise ValidationError(f"a repository named {name!r} already exists")
+            repo = Repository(
+                name=name, kind=kind, path=path, created_at=now, updated_at=now, **fields
+            )
+            session.add(repo)
+            session.flush()
+            return repo
+
+    def get(self, ref: int | str) -> Repository:
+        """By id, or by name."""
+        with self.catalog.session() as session:
+            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+                repo = session.get(Repository, int(ref))
+            else:
+                repo = session.scalar(select(Repository).where(Repository.name == ref))
+            if repo is None:
+                raise NotFoundError(
+                    f"repository {ref!r} does not exist",
+                    hint="`sendense repo list` shows the repositories",
+                )
+            return repo
+
+    def list(self, *, enabled_only: bool = False) -> list[Repository]:
+        query = select(Repository).order_by(Repository.name)
+        if enabled_only:
+            query = query.where(Repository.enabled.is_(True))
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def update(self, repo_id: int, now: datetime, **fields: Any) -> Repository:
+        with self.catalog.session() as session:
+            repo = session.get(Repository, repo_id)
+            if repo is None:
+                raise NotFoundError(f"repository {repo_id} does not exist")
+            for key, value in fields.items():
+                if not hasattr(Repository, key):
+                    raise AttributeError(key)
+                setattr(repo, key, value)
+            repo.updated_at = now
+            return repo
+
+    def delete(self, repo_id: int) -> None:
+        with self.catalog.session() as session:
+            repo = session.get(Repository, repo_id)
+            if repo is not None:
+                session.delete(repo)
+
+    def backup_count(self, repo_id: int) -> int:
+        query = (
+            select(func.count(Backup.id))
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.repository_id == repo_id, Backup.state != "deleted")
+        )
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def copy_rules_targeting(self, repo_id: int) -> list[CopyRule]:
+        query = select(CopyRule).where(CopyRule.destination_repository_id == repo_id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
