@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from engine.errors import SendenseError
+from engine.errors import JobCancelled, SendenseError
 
 log = logging.getLogger("engine.tools")
 
@@ -42,6 +42,7 @@ PACKAGES: dict[str, str] = {
 }
 
 DEFAULT_TIMEOUT = 60.0
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
 class ToolError(SendenseError):
@@ -70,6 +71,14 @@ class ToolTimeout(ToolError):
     """The program did not finish in time and was killed."""
 
 
+class ToolCancelled(ToolError, JobCancelled):
+    """The program was stopped because the caller asked to (``should_stop``).
+
+    Also a JobCancelled, so a job runner that catches JobCancelled treats it as a
+    cancellation, not a failure.
+    """
+
+
 @dataclass(frozen=True)
 class Completed:
     args: list[str]
@@ -87,7 +96,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 def which(program: str) -> str:
     """Full path of a program, or ToolMissing naming the package to install."""
-    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    # PATH first; then the sbin directories, which a non-login root shell may lack.
+    # (Only sbin: an emptied PATH must still mean "not found" for everything else.)
+    found = shutil.which(program) or shutil.which(program, path=SBIN_PATH)
     if found is None:
         package = PACKAGES.get(program, program)
         raise ToolMissing(
@@ -98,7 +109,7 @@ def which(program: str) -> str:
     return found
 
 
-def _tool_env() -> dict[str, str]:
+def tool_env() -> dict[str, str]:
     # The C locale keeps messages in English so stderr parsing works everywhere.
     env = dict(os.environ)
     env["LC_ALL"] = "C"
@@ -133,7 +144,7 @@ def run(
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_tool_env(),
+            env=tool_env(),
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -169,3 +180,32 @@ def first_error_line(stderr: str) -> str:
     """The most telling line of a program's stderr, without the program prefix noise."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+_tool_env = tool_env  # old name, kept for callers written before it became public
+
+
+def start(
+    args: Sequence[str],
+    *,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    secrets: Iterable[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a long-running program without waiting for it (binary pipes).
+
+    The caller owns the process: it must wait for it with a timeout or kill it.
+    Used for progress parsing (qemu-img convert -p) and servers (qemu-nbd).
+    """
+    program = args[0]
+    argv = [which(program), *[str(a) for a in args[1:]]]
+    log.debug("start: %s", redact(" ".join(str(a) for a in args), tuple(secrets)))
+    try:
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=tool_env(), close_fds=True
+        )
+    except PermissionError:
+        raise ToolError(
+            f"{program} cannot be started: permission denied", program=program
+        ) from None
