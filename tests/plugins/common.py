@@ -28,6 +28,8 @@ from engine.config import JobSettings, Settings, default_settings, sqlite_url
 from engine.runtime import Engine
 
 BACKENDS = ("sqlite", "mariadb")
+#: tests that take one of these run on MariaDB only; they count as MariaDB tests
+_MARIADB_FIXTURES = {"mariadb_server", "mariadb_url", "mariadb_private"}
 
 
 # -- catalog ---------------------------------------------------------------------
@@ -126,6 +128,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "catalog_url" in callspec.params:
             backends[item.nodeid] = str(callspec.params["catalog_url"])
+        elif _MARIADB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            backends[item.nodeid] = "mariadb"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
