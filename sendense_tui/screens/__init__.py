@@ -1,0 +1,43 @@
+"""The screen registry: one line per section of the console.
+
+To build a section, add ``sendense_tui/screens/<name>.py`` with a
+``SendenseScreen`` subclass (``MODE = "<name>"``) and change its line below
+from ``placeholder(...)`` to the class. Keys for it go into
+``sendense_tui/actions.py`` with ``scope="<name>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.screen import Screen
+
+from sendense_tui.screens.base import SECTIONS, PlaceholderScreen, SendenseScreen, placeholder
+from sendense_tui.screens.dashboard import DashboardScreen
+from sendense_tui.screens.events import EventsScreen
+from sendense_tui.screens.jobs import JobsScreen
+
+#: mode name -> screen class (or factory), in number-key order (see SECTIONS)
+SCREENS: dict[str, Callable[[], Screen[object]]] = {
+    "dashboard": DashboardScreen,
+    "repositories": placeholder(
+        "repositories",
+        "Add, mount and check local, NFS and CIFS repositories, with a guided setup.",
+    ),
+    "capacity": placeholder(
+        "capacity", "Used and free space per repository, thresholds and growth over time."
+    ),
+    "chains": placeholder(
+        "chains", "Full and incremental backup chains, their files, locks and verification."
+    ),
+    "policies": placeholder(
+        "policies", "Backup schedules, retention, copies to other repositories and locking."
+    ),
+    "jobs": JobsScreen,
+    "restore": placeholder("restore", "Browse a backup read-only and restore a disk or files."),
+    "events": EventsScreen,
+}
+
+assert list(SCREENS) == list(SECTIONS), "SCREENS and SECTIONS must list the same sections"
+
+__all__ = ["SCREENS", "SECTIONS", "PlaceholderScreen", "SendenseScreen", "placeholder"]

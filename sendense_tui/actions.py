@@ -1,0 +1,175 @@
+"""One table of commands: it feeds the key bindings, the `?` help screen and the
+command palette, so the three can never disagree.
+
+A screen that adds commands puts them here with its own ``scope`` (the mode
+name of the screen) and sets ``BINDINGS = bindings_for("<scope>")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Command:
+    #: stable id (users may one day remap keys by id)
+    id: str
+    #: Textual key names, comma separated ("j,down")
+    keys: str
+    #: action string run on the scope's node ("app." prefix reaches the app)
+    action: str
+    #: short label for the footer and help
+    description: str
+    #: one sentence for the help screen and the palette
+    help: str = ""
+    #: "app" for global commands, otherwise the mode name of a screen
+    scope: str = "app"
+    #: shown in the footer
+    show: bool = True
+    #: how the key is printed ("?" rather than "question_mark")
+    key_display: str | None = None
+    priority: bool = False
+    #: offered in the command palette (cursor moves are not)
+    palette: bool = True
+
+
+def _mode(number: int, mode: str, title: str) -> Command:
+    return Command(
+        id=f"mode.{mode}",
+        keys=str(number),
+        action=f"app.switch_mode('{mode}')",
+        description=title,
+        help=f"Go to the {title} screen",
+        show=False,
+    )
+
+
+COMMANDS: tuple[Command, ...] = (
+    # -- everywhere ------------------------------------------------------------
+    Command("help", "question_mark", "app.help", "Help", "Show every key", key_display="?"),
+    Command(
+        "palette",
+        "colon",
+        "app.command_palette",
+        "Palette",
+        "Open the command palette (also Ctrl+P)",
+        key_display=":",
+        palette=False,
+    ),
+    Command("back", "q", "app.back", "Back", "Go back; quit from the dashboard"),
+    Command(
+        "escape",
+        "escape",
+        "app.back",
+        "Back",
+        "Go back",
+        show=False,
+        key_display="esc",
+        palette=False,
+    ),
+    Command("refresh", "r", "app.refresh_now", "Refresh", "Reload this screen now", show=False),
+    Command("theme", "t", "app.toggle_theme", "Theme", "Switch dark/light theme", show=False),
+    Command("quit", "ctrl+q", "app.quit", "Quit", "Leave the console", show=False, priority=True),
+    _mode(1, "dashboard", "Dashboard"),
+    _mode(2, "repositories", "Repositories"),
+    _mode(3, "capacity", "Capacity"),
+    _mode(4, "chains", "Chains"),
+    _mode(5, "policies", "Policies"),
+    _mode(6, "jobs", "Jobs"),
+    _mode(7, "restore", "Restore"),
+    _mode(8, "events", "Events"),
+    # -- lists (vim keys) -------------------------------------------------------
+    *(
+        cmd
+        for scope in ("jobs", "events")
+        for cmd in (
+            Command(
+                f"{scope}.down",
+                "j",
+                "cursor_down",
+                "Down",
+                "Move down the list",
+                scope=scope,
+                show=False,
+                palette=False,
+            ),
+            Command(
+                f"{scope}.up",
+                "k",
+                "cursor_up",
+                "Up",
+                "Move up the list",
+                scope=scope,
+                show=False,
+                palette=False,
+            ),
+        )
+    ),
+    # -- jobs ----------------------------------------------------------------------
+    Command("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel job (asks first)", scope="jobs"),
+    Command("jobs.pause", "p", "pause_job", "Pause", "Pause job", scope="jobs"),
+    Command("jobs.resume", "u", "resume_job", "Resume", "Resume paused job", scope="jobs"),
+    Command("jobs.retry", "R", "retry_job", "Retry", "Retry failed or cancelled job", scope="jobs"),
+    # -- events ------------------------------------------------------------------------
+    Command(
+        "events.filter",
+        "slash",
+        "start_filter",
+        "Filter",
+        "Filter events by text (Esc clears)",
+        scope="events",
+        key_display="/",
+    ),
+    Command(
+        "events.clear",
+        "escape",
+        "clear_filter",
+        "Clear",
+        "Clear the filter, or go back",
+        scope="events",
+        show=False,
+        key_display="esc",
+        palette=False,
+    ),
+    Command("events.level", "l", "cycle_level", "Level", "Cycle the minimum level", scope="events"),
+    Command(
+        "events.source", "s", "cycle_source", "Source", "Cycle the source filter", scope="events"
+    ),
+)
+
+
+def commands_for(scope: str) -> list[Command]:
+    return [cmd for cmd in COMMANDS if cmd.scope == scope]
+
+
+def _binding_action(cmd: Command) -> str:
+    # Bindings of a scope are declared on that scope's node, so the "app."
+    # prefix is only kept where a screen reaches the app.
+    if cmd.scope == "app" and cmd.action.startswith("app."):
+        return cmd.action[4:]
+    return cmd.action
+
+
+def bindings_for(scope: str) -> list[Binding]:
+    return [
+        Binding(
+            cmd.keys,
+            _binding_action(cmd),
+            cmd.description,
+            show=cmd.show,
+            key_display=cmd.key_display,
+            priority=cmd.priority,
+            id=cmd.id,
+            tooltip=cmd.help,
+        )
+        for cmd in commands_for(scope)
+    ]
+
+
+def find_by_action(action: str) -> Command | None:
+    for cmd in COMMANDS:
+        if _binding_action(cmd) == action or cmd.action == action:
+            return cmd
+    return None

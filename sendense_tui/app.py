@@ -1,0 +1,205 @@
+"""The Sendense console: sections as app modes, live data from the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from textual.app import App
+from textual.screen import ModalScreen
+
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.errors import SendenseError
+from engine.events import Event
+from engine.runtime import Engine
+from sendense_tui.actions import bindings_for
+from sendense_tui.messages import EngineEvent, JobProgress, message_for
+from sendense_tui.palette import SendenseCommands
+from sendense_tui.screens import SCREENS, SECTIONS
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.screens.help import HelpScreen, rows_from_bindings
+from sendense_tui.styles import STYLES_DIR
+
+log = logging.getLogger(__name__)
+
+#: settings.theme -> Textual theme
+THEMES: dict[str, str] = {"dark": "textual-dark", "light": "textual-light"}
+
+#: how often the console checks that its terminal is still there (seconds)
+TERMINAL_CHECK_SECONDS = 5.0
+
+
+class SendenseApp(App[int]):
+    TITLE = "Sendense"
+    CSS_PATH = STYLES_DIR / "app.tcss"
+    MODES: ClassVar[dict[str, str | Callable[[], Any]]] = dict(SCREENS)  # type: ignore[arg-type]
+    DEFAULT_MODE = "dashboard"
+    BINDINGS = bindings_for("app")
+    COMMANDS: ClassVar[set[Any]] = {SendenseCommands}
+    COMMAND_PALETTE_DISPLAY = "palette"
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        refresh_seconds: float = 1.0,
+        live: bool = True,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.clock = clock
+        self.refresh_seconds = refresh_seconds
+        #: False: no timers, no engine subscription, no terminal watch (snapshots)
+        self.live = live
+        self._unsubscribe: Callable[[], None] | None = None
+        self._last_error: str | None = None
+        self._terminal_lost = False
+        self._hangup_installed = False
+        self.theme = THEMES.get(engine.settings.theme, "textual-dark")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        if self.live:
+            self._unsubscribe = self.engine.bus.subscribe(self._from_engine)
+            self._install_hangup()
+            if _stdin_is_tty():
+                self.set_interval(TERMINAL_CHECK_SECONDS, self._check_terminal)
+            self._check_tools()
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._hangup_installed:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _from_engine(self, event: Event) -> None:
+        """Bus subscriber; runs on an engine thread. Only posts a message."""
+        if event.level == "debug" and event.kind != "job.progress":
+            return
+        self.post_message(message_for(event))
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        if message.event.level in ("error", "critical"):
+            self.notify(message.event.message, title=message.event.source, severity="error")
+        screen = self.screen
+        if isinstance(screen, SendenseScreen):
+            screen.engine_message(message)
+
+    def on_job_progress(self, message: JobProgress) -> None:
+        screen = self.screen
+        if isinstance(screen, SendenseScreen):
+            screen.engine_message(message)
+
+    def _check_tools(self) -> None:
+        from engine.tools.base import ToolMissing, which
+
+        try:
+            which("qemu-img")
+        except ToolMissing as exc:
+            self.notify(
+                f"{exc.message}: backups, copies and restores cannot run.\n{exc.hint}",
+                title="qemu-img missing",
+                severity="warning",
+                timeout=10**9,
+            )
+
+    # -- leaving when the SSH terminal goes away -------------------------------------
+
+    def _install_hangup(self) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, self.terminal_gone, "hangup"
+            )
+            self._hangup_installed = True
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+            log.debug("no SIGHUP handler installed")
+
+    def _check_terminal(self) -> None:
+        try:
+            alive = _stdin_is_tty()
+        except (OSError, ValueError):
+            alive = False
+        if not alive:
+            self.terminal_gone("terminal closed")
+
+    def terminal_gone(self, why: str = "hangup") -> None:
+        """The terminal is gone: restore nothing on it and leave; the CLI then
+        stops the engine (jobs go back to the queue for the next engine)."""
+        if self._terminal_lost:
+            return
+        self._terminal_lost = True
+        log.warning("terminal gone (%s); leaving the console", why)
+        # Anything Textual writes to restore the terminal goes nowhere.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.__stdout__, sys.__stderr__):
+                if stream is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        self.exit(129)
+
+    @property
+    def terminal_lost(self) -> bool:
+        return self._terminal_lost
+
+    # -- the one error handler ---------------------------------------------------------
+
+    def report_error(self, error: BaseException) -> None:
+        """Every failure of a worker (fetch, action) ends here: one readable line."""
+        if isinstance(error, SendenseError):
+            text, title = error.for_humans(), "Sendense"
+        else:
+            log.error("console worker failed", exc_info=error)
+            text, title = f"internal error: {error!r}", "Unexpected error"
+        if text == self._last_error:
+            return  # a live screen retrying against a dead catalog: say it once
+        self._last_error = text
+        self.notify(text, title=title, severity="error", timeout=10)
+
+    def clear_error(self) -> None:
+        self._last_error = None
+
+    # -- actions -------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        screen = self.screen
+        if isinstance(screen, ModalScreen):
+            if hasattr(screen, "action_close"):
+                screen.action_close()
+            else:
+                screen.dismiss(None)
+            return
+        if self.current_mode != self.DEFAULT_MODE:
+            self.switch_mode(self.DEFAULT_MODE)
+            return
+        self.exit(0)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        title = SECTIONS.get(self.current_mode, (self.current_mode, ""))[0]
+        self.push_screen(HelpScreen(title, rows_from_bindings(self.screen)))
+
+    def action_refresh_now(self) -> None:
+        screen = self.screen
+        if isinstance(screen, SendenseScreen):
+            screen.refresh_now()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+
+def _stdin_is_tty() -> bool:
+    stdin = sys.__stdin__
+    return stdin is not None and not stdin.closed and os.isatty(stdin.fileno())

@@ -1,0 +1,45 @@
+"""The command palette (`:` or Ctrl+P): one entry per command of the table that
+applies on the screen it was opened from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.dom import DOMNode
+
+from sendense_tui.actions import COMMANDS, Command
+
+
+class SendenseCommands(Provider):
+    def _commands(self) -> Iterator[Command]:
+        scope = getattr(self.screen, "MODE", None)
+        for cmd in COMMANDS:
+            if cmd.palette and cmd.scope in ("app", scope):
+                yield cmd
+
+    def _title(self, cmd: Command) -> str:
+        return cmd.help or cmd.description
+
+    def _run(self, cmd: Command) -> None:
+        namespace: DOMNode = self.app if cmd.scope == "app" else self.screen
+        self.app.call_later(self.app.run_action, cmd.action, namespace)
+
+    def _help(self, cmd: Command) -> str:
+        key = cmd.key_display or cmd.keys.split(",")[0]
+        return f"key: {key}"
+
+    async def discover(self) -> Hits:
+        for cmd in self._commands():
+            yield DiscoveryHit(self._title(cmd), partial(self._run, cmd), help=self._help(cmd))
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for cmd in self._commands():
+            title = self._title(cmd)
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(
+                    score, matcher.highlight(title), partial(self._run, cmd), help=self._help(cmd)
+                )

@@ -1,0 +1,244 @@
+"""What every console screen shares: the section bar, the footer and live refresh.
+
+Live refresh follows one rule: a refresh never overlaps the previous one.
+``fetch()`` runs in a thread worker and only talks to the engine; ``apply()``
+runs on the UI thread with the result and updates widgets in place. The next
+refresh is a one-shot timer armed after each draw, and only while the screen
+is the one on top (a dialog or another section pauses it; resuming refreshes).
+Worker errors go to ``SendenseApp.report_error``: one place, a readable
+notification, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState
+
+from sendense_tui.styles import STYLES_DIR
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+    from sendense_tui.app import SendenseApp
+
+#: mode name -> (long title, short title), in number-key order
+SECTIONS: dict[str, tuple[str, str]] = {
+    "dashboard": ("Dashboard", "Dash"),
+    "repositories": ("Repositories", "Repos"),
+    "capacity": ("Capacity", "Capacity"),
+    "chains": ("Chains", "Chains"),
+    "policies": ("Policies", "Policies"),
+    "jobs": ("Jobs", "Jobs"),
+    "restore": ("Restore", "Restore"),
+    "events": ("Events", "Events"),
+}
+
+
+class NavBar(Widget):
+    """One line: the product name and the numbered sections, current one lit."""
+
+    DEFAULT_CSS = """
+    NavBar { height: 1; background: $panel; }
+    """
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def _line(self, short: bool, brand: bool) -> Text:
+        text = Text(no_wrap=True, overflow="crop")
+        if brand:
+            text.append(" Sendense ", style="bold reverse")
+        for number, (mode, titles) in enumerate(SECTIONS.items(), start=1):
+            text.append(" ")
+            title = titles[1] if short else titles[0]
+            if mode == self.current:
+                text.append(f"{number} {title}", style="bold reverse")
+            else:
+                text.append(f"{number}", style="bold")
+                text.append(f" {title}")
+        return text
+
+    def render(self) -> Text:
+        width = self.size.width
+        for short, brand in ((False, True), (False, False), (True, True), (True, False)):
+            line = self._line(short, brand)
+            if line.cell_len <= width:
+                return line
+        return self._line(True, False)
+
+
+class SendenseScreen(Screen[None]):
+    """Base for the console's sections (app modes)."""
+
+    #: the mode name (also the command-table scope of this screen's keys)
+    MODE: ClassVar[str] = ""
+    #: a screen whose data comes from the catalog sets this
+    LIVE: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loading = False
+        self._again = False
+        self._timer: Timer | None = None
+        self._after: dict[Worker[Any], Callable[[Any], None] | None] = {}
+        #: number of successful draws (tests wait on it)
+        self.draws = 0
+
+    @property
+    def sendense(self) -> SendenseApp:
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def engine(self) -> Engine:
+        return self.sendense.engine
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        with Vertical(id="body"):
+            yield from self.compose_body()
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    # -- live refresh -------------------------------------------------------
+
+    def fetch(self) -> Any:
+        """Runs on a worker thread: read from the engine, touch no widget."""
+        return None
+
+    def apply(self, data: Any) -> None:
+        """Runs on the UI thread with what ``fetch`` returned."""
+
+    @property
+    def busy(self) -> bool:
+        return self._loading or bool(self._after)
+
+    def refresh_now(self) -> None:
+        if not self.LIVE:
+            return
+        if self._loading:
+            self._again = True
+            return
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._loading = True
+        self.run_worker(
+            self.fetch,
+            name=f"refresh {self.MODE}",
+            group="refresh",
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def on_screen_resume(self) -> None:
+        self.refresh_now()
+
+    def on_screen_suspend(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+    def _schedule_next(self) -> None:
+        if self.sendense.live and self.is_current and self._timer is None:
+            self._timer = self.set_timer(self.sendense.refresh_seconds, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.is_current:
+            self.refresh_now()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        if worker.group == "refresh":
+            self._loading = False
+            if event.state == WorkerState.SUCCESS:
+                self.apply(worker.result)
+                self.draws += 1
+                self.sendense.clear_error()
+            elif event.state == WorkerState.ERROR and worker.error is not None:
+                self.sendense.report_error(worker.error)
+            if self._again:
+                self._again = False
+                self.refresh_now()
+            else:
+                self._schedule_next()
+            return
+        if worker in self._after:
+            after = self._after.pop(worker)
+            if event.state == WorkerState.SUCCESS:
+                if after is not None:
+                    after(worker.result)
+                self.refresh_now()
+            elif event.state == WorkerState.ERROR and worker.error is not None:
+                self.sendense.report_error(worker.error)
+
+    def run_engine(
+        self,
+        call: Callable[[], Any],
+        *,
+        after: Callable[[Any], None] | None = None,
+        description: str = "",
+    ) -> None:
+        """Run an engine call (cancel, pause…) off the UI thread; ``after`` gets its
+        result on the UI thread, errors go to the app's one error handler."""
+        worker = self.run_worker(
+            call, name=description, group="action", thread=True, exit_on_error=False
+        )
+        self._after[worker] = after
+
+    # -- engine events ---------------------------------------------------------
+
+    def engine_message(self, message: Message) -> None:
+        """An engine event for the screen on top; default: refresh soon."""
+        from sendense_tui.messages import EngineEvent
+
+        if isinstance(message, EngineEvent):
+            self.refresh_now()
+
+
+class PlaceholderScreen(SendenseScreen):
+    """A section that is not built yet; says so plainly."""
+
+    CSS_PATH = STYLES_DIR / "placeholder.tcss"
+    LIVE = False
+
+    def __init__(self, mode: str, what: str, meanwhile: str = "") -> None:
+        self.MODE = mode  # type: ignore[misc]
+        super().__init__()
+        self.what = what
+        self.meanwhile = meanwhile
+
+    def compose_body(self) -> ComposeResult:
+        title = SECTIONS.get(self.MODE, (self.MODE.title(), ""))[0]
+        text = Text()
+        text.append(f"{title}\n\n", style="bold")
+        text.append("Coming in a later release.\n\n")
+        text.append(self.what)
+        if self.meanwhile:
+            text.append("\n\nMeanwhile: ")
+            text.append(self.meanwhile, style="bold")
+        yield Static(text, id="placeholder")
+
+
+def placeholder(mode: str, what: str, meanwhile: str = "") -> Callable[[], PlaceholderScreen]:
+    """A registry entry for a section that is not built yet."""
+
+    def make() -> PlaceholderScreen:
+        return PlaceholderScreen(mode, what, meanwhile)
+
+    make.__name__ = f"{mode}_placeholder"
+    return make

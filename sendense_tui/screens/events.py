@@ -1,0 +1,169 @@
+"""Events: the audit log, newest first, filtered by text, level and source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Input, Static
+
+from engine.catalog.audit import LEVELS
+from engine.catalog.models import AuditEntry
+from sendense_tui.actions import bindings_for
+from sendense_tui.format import level_text, short_time
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.tables import FlexTable, sync_rows
+
+COLUMNS = ("time", "level", "source", "message")
+#: the order `l` walks through minimum levels
+LEVEL_CYCLE = ("info", "warning", "error", "debug")
+
+
+@dataclass
+class EventsData:
+    now: datetime
+    entries: list[AuditEntry]
+    text: str
+    level: str
+    source: str | None
+
+
+class EventsScreen(SendenseScreen):
+    MODE = "events"
+    CSS_PATH = STYLES_DIR / "events.tcss"
+    BINDINGS = bindings_for("events")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+        self.level = "info"
+        self.source: str | None = None
+        self._sources: set[str] = set()
+
+    def compose_body(self) -> ComposeResult:
+        yield Static(id="filters")
+        yield Input(placeholder="filter text (Enter keeps, Esc clears)", id="filter")
+        yield FlexTable(
+            [
+                ("time", "Time", 11),
+                ("level", "Level", 8),
+                ("source", "Source", 10),
+                ("message", "Message", None),
+            ],
+            id="events",
+        )
+
+    def on_mount(self) -> None:
+        table = self.query_one("#events", DataTable)
+        box = self.query_one("#filter", Input)
+        box.display = False
+        box.cursor_blink = self.sendense.live
+        self._show_filters()
+        table.focus()
+
+    def fetch(self) -> EventsData:
+        text, level, source = self.text, self.level, self.source
+        entries = self.engine.audit.query(
+            min_level=level, source=source, text=text or None, limit=500
+        )
+        return EventsData(self.sendense.clock.now(), entries, text, level, source)
+
+    def apply(self, data: EventsData) -> None:
+        if (data.text, data.level, data.source) != (self.text, self.level, self.source):
+            # the filter moved while fetching: this result is stale, fetch again
+            self.refresh_now()
+            return
+        self._sources.update(e.source for e in data.entries)
+        sync_rows(
+            self.query_one("#events", DataTable),
+            [
+                (
+                    str(e.id),
+                    (
+                        Text(short_time(e.at, data.now), style="dim"),
+                        level_text(e.level),
+                        Text(e.source, style="dim"),
+                        e.message,
+                    ),
+                )
+                for e in data.entries
+            ],
+            COLUMNS,
+        )
+        self._show_filters(len(data.entries))
+
+    def _show_filters(self, count: int | None = None) -> None:
+        text = Text()
+        text.append("level ≥ ", style="dim")
+        text.append(self.level, style="bold")
+        text.append("  source ", style="dim")
+        text.append(self.source or "all", style="bold")
+        if self.text:
+            text.append("  text ", style="dim")
+            text.append(f"“{self.text}”", style="bold")
+        if count is not None:
+            text.append(f"  {count} shown", style="dim")
+        self.query_one("#filters", Static).update(text)
+
+    # -- keys ------------------------------------------------------------------------
+
+    def action_cursor_down(self) -> None:
+        self.query_one("#events", DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one("#events", DataTable).action_cursor_up()
+
+    def action_start_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.text = event.value.strip()
+        self._show_filters()
+        self.refresh_now()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        box = self.query_one("#filter", Input)
+        if not box.value:
+            box.display = False
+        self.query_one("#events", DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.display and not self.text:
+            self.sendense.action_back()
+            return
+        box.value = ""  # posts Input.Changed, which refreshes
+        box.display = False
+        self.text = ""
+        self._show_filters()
+        self.query_one("#events", DataTable).focus()
+        self.refresh_now()
+
+    def action_cycle_level(self) -> None:
+        index = LEVEL_CYCLE.index(self.level) if self.level in LEVEL_CYCLE else -1
+        self.level = LEVEL_CYCLE[(index + 1) % len(LEVEL_CYCLE)]
+        assert self.level in LEVELS
+        self._show_filters()
+        self.refresh_now()
+
+    def action_cycle_source(self) -> None:
+        choices: list[str | None] = [None, *sorted(self._sources)]
+        index = choices.index(self.source) if self.source in choices else 0
+        self.source = choices[(index + 1) % len(choices)]
+        self._show_filters()
+        self.refresh_now()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # while typing in the filter box, letters are text, not commands
+        if action in ("cycle_level", "cycle_source", "cursor_down", "cursor_up", "start_filter"):
+            focused = self.focused
+            if isinstance(focused, Input):
+                return False
+        return True
