@@ -1,14 +1,96 @@
-"""The ``sendense`` command: no arguments opens the console."""
+"""The ``sendense`` command: no subcommand opens the console.
+
+Errors are handled in one place (``main``): an operator error prints
+``sendense: <message>`` and its hint on stderr and exits 2, never a traceback;
+Ctrl+C exits 130.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import sys
+from collections.abc import Sequence
+
+from engine.errors import SendenseError
+from sendense_tui.commands import COMMON, CliContext, register_all
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    print("sendense: console not built yet")
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendense",
+        description="Sendense backup repository console. Without a command, opens the console.",
+        parents=[COMMON],
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_all(subparsers)
+    return parser
+
+
+def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Load settings, open and start the engine, run the console, stop the engine."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise SendenseError(
+            "the console needs a terminal (stdin and stdout are not a TTY)",
+            hint="run it from an interactive SSH session, or use a subcommand: sendense --help",
+        )
+    from engine.runtime import Engine
+    from sendense_tui.app import SendenseApp
+
+    _log_to_file(ctx)
+    engine = Engine(ctx.settings)
+    try:
+        engine.open()
+        engine.start()
+        app = SendenseApp(engine)
+        app.run()
+        return int(app.return_code or 0)
+    finally:
+        engine.close()
+
+
+def _log_to_file(ctx: CliContext) -> None:
+    """The console owns the terminal: log lines go to a file in the state dir."""
+    log_dir = ctx.settings.log_dir
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(log_dir / "console.log")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _fail(message: str, hint: str | None = None) -> int:
+    print(f"sendense: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    ctx = CliContext(args)
+    handler = getattr(args, "func", None) or open_console
+    try:
+        return int(handler(args, ctx))
+    except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
+        return _fail(exc.message, exc.hint)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `sendense events | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""``sendense catalog status|migrate``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from alembic.script import ScriptDirectory
+
+from engine.catalog.db import Catalog, alembic_config
+from sendense_tui.commands import CliContext, add_parser
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "catalog", help="the catalog database")
+    sub = parser.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    add_parser(sub, "status", help="where the catalog is and its schema revision").set_defaults(
+        func=status
+    )
+    add_parser(sub, "migrate", help="bring the catalog schema up to date").set_defaults(
+        func=migrate
+    )
+
+
+def _report(catalog: Catalog, ctx: CliContext, migrated: bool | None = None) -> int:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    revision = catalog.current_revision()
+    tables = [t for t in catalog.table_names() if t != "alembic_version"]
+    data = {
+        "url": catalog.shown_url,
+        "dialect": catalog.dialect,
+        "revision": revision,
+        "head": head,
+        "up_to_date": revision == head,
+        "tables": len(tables),
+    }
+    if migrated is not None:
+        data["migrated"] = migrated
+    if ctx.json:
+        ctx.print_json(data)
+        return 0
+    state = (
+        "up to date"
+        if revision == head
+        else f"behind (head {head}); run `sendense catalog migrate`"
+    )
+    print(f"catalog:  {data['url']}")
+    print(f"schema:   {revision or 'empty'} ({state})")
+    print(f"tables:   {len(tables)}")
+    return 0
+
+
+def status(args: argparse.Namespace, ctx: CliContext) -> int:
+    catalog = Catalog(ctx.settings.db_url)
+    try:
+        catalog.check_connection()
+        return _report(catalog, ctx)
+    finally:
+        catalog.dispose()
+
+
+def migrate(args: argparse.Namespace, ctx: CliContext) -> int:
+    catalog = Catalog(ctx.settings.db_url)
+    try:
+        catalog.open()  # connects and migrates; refuses a catalog from a newer Sendense
+        return _report(catalog, ctx, migrated=True)
+    finally:
+        catalog.dispose()

@@ -1,0 +1,72 @@
+"""``sendense events``: the audit log, optionally followed live."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from engine.catalog.audit import LEVELS
+from engine.catalog.models import AuditEntry
+from sendense_tui.commands import CliContext, _json_default, add_parser
+
+FOLLOW_POLL_SECONDS = 1.0
+
+
+def entry_dict(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "level": entry.level,
+        "source": entry.source,
+        "kind": entry.kind,
+        "message": entry.message,
+        "repository_id": entry.repository_id,
+        "job_id": entry.job_id,
+        "actor": entry.actor,
+    }
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "events", help="show the audit log")
+    parser.add_argument("--level", choices=LEVELS, default="info", help="minimum level")
+    parser.add_argument("--source", help="only events from this source (jobs, capacity…)")
+    parser.add_argument("--grep", help="only events whose message or kind contains this")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    parser.set_defaults(func=show_events)
+
+
+def _line(entry: AuditEntry) -> str:
+    at = entry.at.strftime("%Y-%m-%d %H:%M:%S") if entry.at else "-"
+    return f"{at}  {entry.level:<8} {entry.source:<12} {entry.message}"
+
+
+def _emit(entries: list[AuditEntry], as_json: bool) -> None:
+    for entry in entries:
+        if as_json:
+            print(json.dumps(entry_dict(entry), default=_json_default, ensure_ascii=False))
+        else:
+            print(_line(entry))
+    sys.stdout.flush()
+
+
+def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
+    query = {"min_level": args.level, "source": args.source, "text": args.grep}
+    with ctx.engine() as engine:
+        entries = list(reversed(engine.audit.query(limit=args.limit, **query)))
+        if ctx.json and not args.follow:
+            ctx.print_json([entry_dict(e) for e in entries])
+            return 0
+        _emit(entries, ctx.json)
+        if not args.follow:
+            return 0
+        last = entries[-1].id if entries else 0
+        while True:  # Ctrl+C ends it (exit 130, handled in cli.main)
+            time.sleep(FOLLOW_POLL_SECONDS)
+            fresh = list(reversed(engine.audit.query(after_id=last, limit=1000, **query)))
+            if fresh:
+                _emit(fresh, ctx.json)
+                last = fresh[-1].id
