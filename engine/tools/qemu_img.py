@@ -242,15 +242,48 @@ def info(path: PathLike, *, fmt: str | None = None, timeout: float = QUERY_TIMEO
 
 def info_chain(path: PathLike, *, timeout: float = QUERY_TIMEOUT) -> list[ImageInfo]:
     """The image and all its backing files, top first. A missing link raises BackingFileError."""
-    done = run(
-        ["qemu-img", "info", "--output=json", "-U", "--backing-chain", str(path)],
-        timeout=timeout,
-        explain=_explain_for(path),
-    )
+    try:
+        done = run(
+            ["qemu-img", "info", "--output=json", "-U", "--backing-chain", str(path)],
+            timeout=timeout,
+            explain=_explain_for(path),
+        )
+    except (ImageNotFound, ImagePermissionError, NotAnImage, ImageCorrupt):
+        # --backing-chain opens each link alone, so a missing backing file is reported
+        # as "X does not exist": walk the chain to name the image that needs it.
+        _raise_broken_link(path, timeout)
+        raise
     data = json.loads(done.stdout)
     if isinstance(data, dict):
         data = [data]
     return [_image_info(d) for d in data]
+
+
+def _raise_broken_link(path: PathLike, timeout: float) -> None:
+    """Raise BackingFileError for the first link of the chain that cannot be opened."""
+    current = info(path, timeout=timeout)  # the top itself failing propagates as is
+    seen = {current.filename}
+    while current.full_backing_filename:
+        backing = current.full_backing_filename
+        if backing in seen:
+            raise ImageCorrupt(f"the backing chain of {path} loops back to {backing}")
+        try:
+            nxt = info(backing, fmt=current.backing_format, timeout=timeout)
+        except QemuImgError as err:
+            reason = err.stderr.strip().rsplit(": ", 1)[-1] if err.stderr else str(err)
+            raise BackingFileError(
+                f"could not open backing file {current.backing_filename} of "
+                f"{current.filename}: {reason}",
+                image=current.filename,
+                backing=current.backing_filename or backing,
+                program="qemu-img",
+                returncode=err.returncode,
+                stderr=err.stderr,
+                hint="the chain is broken: put the backing file back where the image expects "
+                "it, or rebase the image onto the right one",
+            ) from None
+        seen.add(nxt.filename)
+        current = nxt
 
 
 # ---------------------------------------------------------------------------
