@@ -83,6 +83,8 @@ class JobContext:
         self.params: dict[str, Any] = dict(job.params or {})
         self.resume_point: dict[str, Any] | None = job.resume_point
         self._meter = ProgressMeter(runner.clock)
+        # the clock starts when the job does, so the first report already has a rate
+        self._meter.update(job.bytes_done, job.bytes_total)
         self._last_write = -1e9
         self._last_event = -1e9
         self._stop_reason: type[JobCancelled] | None = None
@@ -295,15 +297,21 @@ class JobRunner:
         """Stop claiming; running jobs are asked to stop and go back to the queue."""
         self._stopping.set()
         self._wake.set()
-        with self._lock:
-            for ctx in self._running.values():
-                ctx.stop(EngineStopping)
+        self._stop_running()
+        # the dispatcher may have claimed one more job while we were stopping
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        self._stop_running()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # queued work items still run: they see the stop and hand their job back
+            self._pool.shutdown(wait=True)
             self._pool = None
+
+    def _stop_running(self) -> None:
+        with self._lock:
+            for ctx in self._running.values():
+                ctx.stop(EngineStopping)
 
     def running_ids(self) -> list[int]:
         with self._lock:
@@ -337,6 +345,9 @@ class JobRunner:
         for job_id in self.store.claimable(now, self.kinds(), limit=slots * 4):
             if started >= slots or self._stopping.is_set():
                 break
+            with self._lock:
+                if job_id in self._running:
+                    continue  # ours already: its lease lapsed while it ran here
             job = self.store.claim(job_id, self.owner, now, self.lease)
             if job is None:
                 continue  # another engine won the race
@@ -361,8 +372,28 @@ class JobRunner:
                     log.warning("heartbeat for job %s: %s", ctx.job_id, exc)
 
     def _run(self, ctx: JobContext) -> None:
+        try:
+            self._run_job(ctx)
+        except SendenseError as exc:  # catalog down while recording the outcome
+            log.warning("job %s: %s", ctx.job_id, exc)
+        except Exception:
+            log.exception("job %s: runner failed", ctx.job_id)
+        finally:
+            with self._lock:
+                if self._running.get(ctx.job_id) is ctx:
+                    del self._running[ctx.job_id]
+            self._wake.set()
+
+    def _run_job(self, ctx: JobContext) -> None:
         job = ctx.job
         handler = self._handlers[job.kind]
+        if ctx._stop_reason is EngineStopping:
+            # claimed just before the engine began to stop: hand it straight back
+            with self._lock:
+                if self._running.get(job.id) is ctx:
+                    del self._running[job.id]
+            self.store.finish(job.id, self.owner, "queued", self.clock.now())
+            return
         self.bus.publish(
             Event(
                 kind="job.started",
@@ -391,7 +422,8 @@ class JobRunner:
             state, error, level = "failed", f"internal error: {exc!r}", "error"
         finally:
             with self._lock:
-                self._running.pop(job.id, None)
+                if self._running.get(job.id) is ctx:
+                    del self._running[job.id]
         if state != "lost":
             if state == "succeeded":
                 # the final byte count, so a finished job shows 100 %
