@@ -1,7 +1,10 @@
 """Loop devices: attach an image file as a block device, list, detach, probe.
 
 Note (measured on the project's kernel): ``losetup -P`` makes no partition nodes;
-call ``partx_add`` after attaching, or mount a partition through ``offset``.
+call ``partx_add`` after attaching (it works: devtmpfs makes ``/dev/loopNpM``), or
+mount a partition through ``offset``. Partitions added by partx outlive
+``losetup -d`` and block the next partx on that device, so ``detach`` removes them
+first and ``partx_add`` clears stale ones before adding.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def _explain(what: str) -> Callable[[Completed], ToolError | None]:
         reason = text.rsplit(": ", 1)[-1] if text else f"exit code {done.returncode}"
         if "No such file or directory" in text:
             return LoopError(f"cannot {what}: it does not exist", **kw)
-        if "No such device or address" in text:
+        if "No such device" in text:
             return LoopError(f"cannot {what}: the loop device is not attached", **kw)
         if "Permission denied" in text or "Operation not permitted" in text:
             return LoopError(f"cannot {what}: permission denied (needs root)", **kw)
@@ -83,6 +86,8 @@ def attach(
 
 def detach(device: str) -> None:
     """Detach a loop device (the kernel frees it once nothing uses it)."""
+    if partitions(device):
+        run(["partx", "--delete", device], timeout=TIMEOUT, check=False)
     run(["losetup", "--detach", device], timeout=TIMEOUT, explain=_explain(f"detach {device}"))
 
 
@@ -125,13 +130,26 @@ def devices_for(path: PathLike) -> list[LoopDevice]:
     return [d for d in list_devices() if os.path.realpath(d.backing_file) == real]
 
 
-def partx_add(device: str) -> None:
-    """Create the partition nodes (``/dev/loopNpM``) of an attached disk image."""
+def partitions(device: str) -> list[str]:
+    """The partition devices the kernel knows for ``device`` (``/dev/loop0p1`` …)."""
+    name = Path(device).name
+    sys_dir = Path("/sys/block") / name
+    if not sys_dir.is_dir():
+        return []
+    parts = [p.name for p in sys_dir.iterdir() if p.name.startswith(name + "p")]
+    return [f"/dev/{p}" for p in sorted(parts, key=lambda p: int(p[len(name) + 1 :] or 0))]
+
+
+def partx_add(device: str) -> list[str]:
+    """Create the partition nodes (``/dev/loopNpM``) of an attached disk image; return them."""
+    if partitions(device):  # stale ones from an earlier image on the same device
+        run(["partx", "--delete", device], timeout=TIMEOUT, check=False)
     run(
         ["partx", "--add", device],
         timeout=TIMEOUT,
         explain=_explain(f"read partitions of {device}"),
     )
+    return partitions(device)
 
 
 def blkid(device: PathLike) -> dict[str, str]:
