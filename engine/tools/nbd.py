@@ -121,7 +121,13 @@ def start_qemu_nbd(
         if server.socket_path is not None:
             wait_for_socket(server.socket_path, timeout=timeout, process=proc, connect=persistent)
         else:
-            wait_for_port(server.host or "127.0.0.1", int(port or 0), timeout=timeout, process=proc)
+            wait_for_port(
+                server.host or "127.0.0.1",
+                int(port or 0),
+                timeout=timeout,
+                process=proc,
+                what=server.image,
+            )
     except BaseException:
         server.stop()
         raise
@@ -148,6 +154,7 @@ def wait_for_socket(
     timeout: float = 10.0,
     process: subprocess.Popen[bytes] | None = None,
     connect: bool = True,
+    what: str | None = None,
 ) -> None:
     """Wait until a unix socket accepts a connection (or the server process died).
 
@@ -157,7 +164,7 @@ def wait_for_socket(
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:
-            raise _died(process, str(path))
+            raise _died(process, what or str(path))
         if not connect:
             if os.path.exists(path):
                 return
@@ -187,12 +194,13 @@ def wait_for_port(
     *,
     timeout: float = 10.0,
     process: subprocess.Popen[bytes] | None = None,
+    what: str | None = None,
 ) -> None:
     """Wait until a TCP port accepts a connection (or the server process died)."""
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:
-            raise _died(process, f"{host}:{port}")
+            raise _died(process, what or f"{host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=1.0):
                 return
