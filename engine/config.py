@@ -199,7 +199,11 @@ def _theme(value: Any) -> str:
 
 
 def _redact_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    redacted = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    if redacted == url and "@" in url:
+        # a malformed URL (typo in the scheme) may still carry user:password@
+        redacted = re.sub(r"([^:/@\s]+:)[^@\s]*@", r"\1***@", url)
+    return redacted
 
 
 ENV_KEYS: dict[str, str] = {
@@ -245,14 +249,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     # Environment overrides are merged in as if they were in the file, so the
     # same validation applies and the message names the variable.
+    origin = str(path) if path else "environment"
     env_origin: dict[str, str] = {}
     for var, key in ENV_KEYS.items():
         if env.get(var, "") != "":
             section, _, name = key.partition(".")
-            data.setdefault(section, {})[name] = env[var]
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"{origin}: {section} must be a table ([{section}]), got {table!r}"
+                )
+            table[name] = env[var]
             env_origin[key] = var
-
-    origin = str(path) if path else "environment"
 
     class _EnvAwareReader(_Reader):
         def fail(self, key: str, problem: str) -> ConfigError:
@@ -271,8 +279,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         poll_seconds=reader.get("capacity.poll_seconds", _positive, 60.0),
     )
     if not capacity.warning_percent < capacity.critical_percent < capacity.full_percent:
+        from_env = [
+            var
+            for key, var in env_origin.items()
+            if key.startswith("capacity.") and "_percent" in key
+        ]
+        where = origin + (f" with {', '.join(from_env)} from the environment" if from_env else "")
         raise ConfigError(
-            f"{origin}: capacity thresholds must rise: warning_percent "
+            f"{where}: capacity thresholds must rise: warning_percent "
             f"({capacity.warning_percent:g}) < critical_percent ({capacity.critical_percent:g}) "
             f"< full_percent ({capacity.full_percent:g})"
         )
@@ -281,6 +295,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_seconds=reader.get("jobs.lease_seconds", _positive, 30.0),
         heartbeat_seconds=reader.get("jobs.heartbeat_seconds", _positive, 5.0),
     )
+    if jobs.heartbeat_seconds >= jobs.lease_seconds:
+        # a lease that lapses between heartbeats lets another engine run the job too
+        raise ConfigError(
+            f"{origin}: jobs.heartbeat_seconds ({jobs.heartbeat_seconds:g}) must be shorter "
+            f"than jobs.lease_seconds ({jobs.lease_seconds:g})",
+            hint="a heartbeat of a third of the lease or less is safe",
+        )
     settings = replace(
         base,
         db_url=reader.get("catalog.url", _db_url, base.db_url),

@@ -296,6 +296,13 @@ def test_garbage_urls(url: str, expected: str) -> None:
         Catalog(url)
 
 
+def test_a_malformed_url_does_not_show_its_password() -> None:
+    with pytest.raises(CatalogError) as caught:
+        Catalog("mysql+pymysql//sendense:hunter2pw@db1/sendense")  # ':' missing
+    assert "is not a database URL" in str(caught.value)
+    assert "hunter2pw" not in caught.value.for_humans()
+
+
 def test_mariadb_going_down_mid_session(mariadb_private: MariaDBServer, clock: FixedClock) -> None:
     """The server dies under a connected catalog: the next call says so in words."""
     name = mariadb_private.create_database()
