@@ -147,7 +147,7 @@ class SendenseApp(App[int]):
                     with contextlib.suppress(OSError, ValueError):
                         os.dup2(devnull, stream.fileno())
             os.close(devnull)
-        self.exit(129)
+        self.exit(return_code=129)
 
     @property
     def terminal_lost(self) -> bool:

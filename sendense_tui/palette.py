@@ -14,10 +14,12 @@ from sendense_tui.actions import COMMANDS, Command
 
 class SendenseCommands(Provider):
     def _commands(self) -> Iterator[Command]:
+        # this screen's commands first, then the ones that work everywhere
         scope = getattr(self.screen, "MODE", None)
-        for cmd in COMMANDS:
-            if cmd.palette and cmd.scope in ("app", scope):
-                yield cmd
+        for wanted in (scope, "app"):
+            for cmd in COMMANDS:
+                if cmd.palette and cmd.scope == wanted:
+                    yield cmd
 
     def _title(self, cmd: Command) -> str:
         return cmd.help or cmd.description

@@ -49,11 +49,11 @@ class ConfirmDialog(ModalScreen[bool]):
                 yield Static(self.consequence, id="consequence")
             with Horizontal(id="buttons"):
                 yield Button(
-                    f"{self.yes_label} [y]",
+                    f"{self.yes_label} (y)",
                     id="yes",
                     variant="error" if self.destructive else "primary",
                 )
-                yield Button(f"{self.no_label} [n]", id="no", variant="default")
+                yield Button(f"{self.no_label} (n)", id="no", variant="default")
 
     def on_mount(self) -> None:
         # Focus "No": a stray Enter must never confirm something destructive.

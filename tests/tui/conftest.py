@@ -1,0 +1,96 @@
+"""Fixtures for console tests: a seeded catalog on a fixed clock, an app that
+does not move (no timers, no engine thread, no blinking, no animation)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from engine.clock import FixedClock
+from engine.runtime import Engine
+from sendense_tui.app import SendenseApp
+from sendense_tui.demo import build_demo_engine, demo_clock, seed_demo_catalog
+from sendense_tui.screens.base import SendenseScreen
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` pilot tests on a fresh event loop (no asyncio plugin needed)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the machine out: no user config file, no env overrides, no colour quirks."""
+    for var in ("SENDENSE_CONFIG", "SENDENSE_DB_URL", "SENDENSE_STATE_DIR", "SENDENSE_THEME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return demo_clock()
+
+
+@pytest.fixture
+def demo_engine(tmp_path: Path, clock: FixedClock) -> Iterator[Engine]:
+    engine = build_demo_engine(tmp_path / "state", clock)
+    seed_demo_catalog(engine, clock)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def make_app(demo_engine: Engine, clock: FixedClock) -> Callable[..., SendenseApp]:
+    def make(theme: str | None = None) -> SendenseApp:
+        app = SendenseApp(demo_engine, clock=clock, live=False)
+        app.animation_level = "none"
+        if theme is not None:
+            app.theme = theme
+        return app
+
+    return make
+
+
+async def settle(pilot: Pilot[object]) -> None:
+    """Wait until the screen on top has drawn its data and nothing is in flight."""
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        screen = app.screen
+        stack_top = app.screen_stack[0] if app.screen_stack else screen
+        target = screen if isinstance(screen, SendenseScreen) else stack_top
+        if (
+            not isinstance(target, SendenseScreen)
+            or not target.LIVE
+            or (target.draws > 0 and not target.busy)
+        ):
+            break
+    for box in app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+def keys_then_settle(*keys: str) -> Callable[[Pilot[object]], object]:
+    """A snap_compare run_before: press keys, settling after each."""
+
+    async def run_before(pilot: Pilot[object]) -> None:
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await settle(pilot)
+
+    return run_before
