@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.catalog.audit import AuditStore
 from engine.clock import SYSTEM_CLOCK, Clock
+from engine.errors import SendenseError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class EventBus:
                     actor=event.actor,
                     data=event.data,
                 )
-            except Exception:  # an unreachable catalog must not stop the work itself
+            except SendenseError as exc:  # an unreachable catalog must not stop the work
+                log.warning("could not write event %s to the audit log: %s", event.kind, exc)
+            except Exception:
                 log.exception("could not write event %s to the audit log", event.kind)
         with self._lock:
             subscribers = list(self._subscribers)
