@@ -204,30 +204,51 @@ class JobStore:
             return res.rowcount == 1
 
     def request_cancel(self, job_id: int, now: datetime) -> Job:
-        """Cancel now if not running; ask the running engine to stop otherwise."""
+        """Cancel now if not running; ask the running engine to stop otherwise.
+
+        Both moves are compare-and-set updates, so a job another engine claims at
+        the same moment is asked to stop rather than marked cancelled under it.
+        """
         with self.catalog.session() as session:
+            stopped = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(("queued", "paused")))
+                .values(state="cancelled", finished_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if stopped.rowcount != 1:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == "running")
+                    .values(cancel_requested=True)
+                    .execution_options(synchronize_session=False)
+                )
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if job.state in FINAL_STATES:
+            if stopped.rowcount != 1 and job.state != "running":
                 raise JobError(f"job {job_id} already {job.state}; nothing to cancel")
-            if job.state in ("queued", "paused"):
-                job.state = "cancelled"
-                job.finished_at = now
-            else:
-                job.cancel_requested = True
             return job
 
     def request_pause(self, job_id: int) -> Job:
         with self.catalog.session() as session:
+            paused = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(state="paused")
+                .execution_options(synchronize_session=False)
+            )
+            if paused.rowcount != 1:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state == "running")
+                    .values(pause_requested=True)
+                    .execution_options(synchronize_session=False)
+                )
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if job.state == "queued":
-                job.state = "paused"
-            elif job.state == "running":
-                job.pause_requested = True
-            else:
+            if paused.rowcount != 1 and job.state != "running":
                 raise JobError(f"job {job_id} is {job.state}; only queued or running jobs pause")
             return job
 

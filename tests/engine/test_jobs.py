@@ -22,7 +22,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
 from engine.clock import FixedClock
 from engine.config import JobSettings
-from engine.errors import JobError, ValidationError
+from engine.errors import JobError, NotFoundError, ValidationError
 from engine.events import Event
 from engine.jobs import JobContext, ProgressMeter
 from engine.runtime import Engine
@@ -483,3 +483,20 @@ def test_two_processes_run_every_job_exactly_once(
         assert job.state == "succeeded"
         assert job.attempts == 1
         assert job.result is not None and job.result["owner"] in owners
+
+
+def test_store_cancel_and_pause_never_overwrite_a_running_job(
+    engine: Engine, clock: FixedClock
+) -> None:
+    store: JobStore = engine.job_store
+    job = store.create("copy", "copy web01", now=clock.now())
+    store.claim(job.id, "other-appliance", clock.now(), timedelta(seconds=30))
+    asked = store.request_cancel(job.id, clock.now())
+    assert asked.state == "running" and asked.cancel_requested
+    assert store.request_pause(job.id).pause_requested
+    assert store.get(job.id).state == "running"  # the owner decides when it stops
+    assert store.get(job.id).lease_owner == "other-appliance"
+    with pytest.raises(NotFoundError, match="job 999999 does not exist"):
+        store.request_cancel(999999, clock.now())
+    with pytest.raises(NotFoundError):
+        store.request_pause(999999)
