@@ -1,0 +1,190 @@
+"""Rows for file-level restore and NBD exports, and the restore-point lookups they need."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import Backup, Chain, NbdExport, Repository, RestoreMount
+from engine.errors import NotFoundError
+
+#: mount rows in these states hold (or may hold) kernel mounts and processes
+LIVE_MOUNT_STATES = ("mounting", "mounted", "unmounting", "failed")
+
+
+@dataclass(frozen=True)
+class PointLocation:
+    """Where a restore point's QCOW2 file is, and what it is a backup of."""
+
+    backup_id: int
+    path: str
+    repository: str
+    vm_name: str
+    disk_name: str
+    kind: str
+    position: int
+    point_time: datetime
+    state: str
+    virtual_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.vm_name}/{self.disk_name} @ {self.point_time:%Y-%m-%d %H:%M} ({self.kind})"
+
+
+def _location(backup: Backup, chain: Chain, repo: Repository) -> PointLocation:
+    return PointLocation(
+        backup_id=backup.id,
+        path=os.path.join(repo.path, backup.path),
+        repository=repo.name,
+        vm_name=chain.vm_name,
+        disk_name=chain.disk_name,
+        kind=backup.kind,
+        position=backup.position,
+        point_time=backup.point_time,
+        state=backup.state,
+        virtual_size=backup.virtual_size,
+    )
+
+
+class RestoreStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # -- restore points ----------------------------------------------------------
+
+    def locate(self, backup_id: int) -> PointLocation:
+        query = (
+            select(Backup, Chain, Repository)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .join(Repository, Chain.repository_id == Repository.id)
+            .where(Backup.id == backup_id)
+        )
+        with self.catalog.session() as session:
+            row = session.execute(query).first()
+            if row is None:
+                raise NotFoundError(
+                    f"restore point {backup_id} does not exist",
+                    hint="`sendense restore points` lists them",
+                )
+            return _location(*row)
+
+    def points(
+        self, *, vm_name: str | None = None, disk_name: str | None = None
+    ) -> list[PointLocation]:
+        """Complete restore points, newest first (optionally for one VM / disk)."""
+        query = (
+            select(Backup, Chain, Repository)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .join(Repository, Chain.repository_id == Repository.id)
+            .where(Backup.state == "complete")
+            .order_by(Chain.vm_name, Chain.disk_name, Backup.point_time.desc(), Backup.id.desc())
+        )
+        if vm_name is not None:
+            query = query.where(Chain.vm_name == vm_name)
+        if disk_name is not None:
+            query = query.where(Chain.disk_name == disk_name)
+        with self.catalog.session() as session:
+            return [_location(*row) for row in session.execute(query)]
+
+    # -- mounts --------------------------------------------------------------------
+
+    def add_mount(self, **fields: Any) -> RestoreMount:
+        with self.catalog.session() as session:
+            row = RestoreMount(**fields)
+            session.add(row)
+            session.flush()
+            return row
+
+    def get_mount(self, mount_id: int) -> RestoreMount:
+        with self.catalog.session() as session:
+            row = session.get(RestoreMount, mount_id)
+            if row is None:
+                raise NotFoundError(
+                    f"restore mount {mount_id} does not exist (it may have expired)",
+                    hint="`sendense restore mount <point>` mounts it again",
+                )
+            return row
+
+    def update_mount(self, mount_id: int, **fields: Any) -> RestoreMount:
+        with self.catalog.session() as session:
+            row = session.get(RestoreMount, mount_id)
+            if row is None:
+                raise NotFoundError(f"restore mount {mount_id} does not exist")
+            for key, value in fields.items():
+                if not hasattr(RestoreMount, key):
+                    raise AttributeError(key)
+                setattr(row, key, value)
+            return row
+
+    def delete_mount(self, mount_id: int) -> None:
+        with self.catalog.session() as session:
+            row = session.get(RestoreMount, mount_id)
+            if row is not None:
+                session.delete(row)
+
+    def mounts(self, *, states: tuple[str, ...] = LIVE_MOUNT_STATES) -> list[RestoreMount]:
+        query = select(RestoreMount).where(RestoreMount.state.in_(states))
+        with self.catalog.session() as session:
+            return list(session.scalars(query.order_by(RestoreMount.id)))
+
+    def mounts_of(self, backup_id: int, *, states: tuple[str, ...]) -> list[RestoreMount]:
+        query = select(RestoreMount).where(
+            RestoreMount.backup_id == backup_id, RestoreMount.state.in_(states)
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query.order_by(RestoreMount.id)))
+
+    def expired_mounts(self, now: datetime) -> list[RestoreMount]:
+        query = select(RestoreMount).where(
+            RestoreMount.expires_at < now, RestoreMount.state.in_(LIVE_MOUNT_STATES)
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query.order_by(RestoreMount.id)))
+
+    # -- exports -------------------------------------------------------------------
+
+    def add_export(self, **fields: Any) -> NbdExport:
+        with self.catalog.session() as session:
+            row = NbdExport(**fields)
+            session.add(row)
+            session.flush()
+            return row
+
+    def get_export(self, export_id: int) -> NbdExport:
+        with self.catalog.session() as session:
+            row = session.get(NbdExport, export_id)
+            if row is None:
+                raise NotFoundError(
+                    f"NBD export {export_id} does not exist",
+                    hint="`sendense export list` shows the exports",
+                )
+            return row
+
+    def update_export(self, export_id: int, **fields: Any) -> NbdExport:
+        with self.catalog.session() as session:
+            row = session.get(NbdExport, export_id)
+            if row is None:
+                raise NotFoundError(f"NBD export {export_id} does not exist")
+            for key, value in fields.items():
+                if not hasattr(NbdExport, key):
+                    raise AttributeError(key)
+                setattr(row, key, value)
+            return row
+
+    def exports(self, *, states: tuple[str, ...] | None = None) -> list[NbdExport]:
+        query = select(NbdExport).order_by(NbdExport.id)
+        if states is not None:
+            query = query.where(NbdExport.state.in_(states))
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def export_named(self, name: str, *, states: tuple[str, ...]) -> NbdExport | None:
+        query = select(NbdExport).where(NbdExport.export_name == name, NbdExport.state.in_(states))
+        with self.catalog.session() as session:
+            return session.scalars(query).first()

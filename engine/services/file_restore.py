@@ -1,0 +1,1068 @@
+"""File-level restore: mount a restore point read-only, browse, search, extract.
+
+How a point is mounted (no kernel NBD module needed):
+
+1. ``qemu-storage-daemon`` exports the QCOW2 (with its whole backing chain) as a
+   raw, read-only regular file ``<base>/disk.raw`` through FUSE;
+2. ``losetup -r`` attaches that file; ``sfdisk --json`` reads the partition
+   table (none: a bare filesystem); ``partx -a`` makes partition nodes, and
+   when the kernel makes none an offset loop device stands in;
+3. each filesystem is probed with ``blkid`` and mounted read-only under
+   ``<base>/fs/<name>`` (``p1``, ``p2``… or ``disk``): ext2/3/4 with
+   ``noload``, xfs with ``norecovery,nouuid``, always ``nosuid,nodev,noexec``.
+   A partition whose filesystem is unknown, or has no driver here, is listed
+   with the reason instead.
+
+Teardown runs the other way: umount → losetup -d → stop the exporter →
+``fusermount3 -u`` if a FUSE mount is left. It is driven by what is really on
+the machine (mountinfo, losetup, the pidfile), so it also cleans up after a
+crash. Every mount row has an expiry (default one hour), pushed forward by
+each use; :meth:`FileRestoreService.reap_expired` removes idle ones.
+
+Extraction policy (never writes outside the destination, never follows a
+link out of the backup):
+
+- paths from the operator are split into components; ``..`` components are
+  refused, names that only contain dots (``..evil``) are ordinary names;
+- browsing and selection never pass through a symbolic link inside the backup;
+- a regular file is written to a temporary name next to its target and renamed
+  into place once complete (a failure leaves no half file under the real name);
+- a symbolic link is recreated as a link only when it is relative and, seen
+  from its place under the destination, stays under the destination; an
+  absolute link (``/etc/passwd``) or one climbing out is skipped, and the
+  result lists it with the reason;
+- device nodes, fifos and sockets are skipped (reported);
+- modes and times are kept; setuid/setgid bits are dropped (files are owned by
+  the restoring user, not the backup's owner);
+- an existing file at the destination is kept unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import RestoreMount
+from engine.catalog.restore import PointLocation, RestoreStore
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.config import Settings
+from engine.errors import SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.safepath import (
+    UnsafePath,
+    child_path,
+    clean_relative,
+    is_within,
+    link_stays_inside,
+    resolve_no_symlinks,
+)
+from engine.tools import exporters, loop, mounts, partitions
+from engine.tools.base import ToolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = timedelta(hours=1)
+CHUNK = 1024 * 1024
+EXPORTER = "qemu-storage-daemon"
+
+#: service instances alive in this process (owner tokens): rows owned by a token
+#: of this process that is not here are leftovers of a crashed/abandoned engine
+_LIVE_OWNERS: set[str] = set()
+_HOST = socket.gethostname()
+
+
+class FileRestoreError(SendenseError):
+    """A restore point cannot be mounted, browsed or extracted."""
+
+
+@dataclass(frozen=True)
+class FilesystemView:
+    name: str
+    number: int | None
+    fs_type: str
+    #: mounted | unsupported | error
+    state: str
+    path: str | None = None
+    device: str | None = None
+    size: int = 0
+    label: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class MountView:
+    id: int
+    backup_id: int
+    state: str
+    base_dir: str
+    filesystems: tuple[FilesystemView, ...]
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    point: PointLocation | None = None
+    #: True when mount() found the point already mounted and reused it
+    reused: bool = False
+
+    def remaining(self, now: datetime) -> timedelta:
+        return max(timedelta(0), self.expires_at - now)
+
+    def filesystem(self, name: str) -> FilesystemView:
+        for fs in self.filesystems:
+            if fs.name == name:
+                return fs
+        names = ", ".join(f.name for f in self.filesystems) or "none"
+        raise FileRestoreError(
+            f"restore mount {self.id} has no filesystem {name!r}",
+            hint=f"paths start with a filesystem name: {names}",
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    #: the path to give back to ls/extract: "<filesystem>/dir/name"
+    path: str
+    #: dir | file | symlink | other | filesystem (an unmountable partition at the top)
+    kind: str
+    size: int
+    mtime: datetime | None
+    mode: int = 0
+    link_target: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class ExtractResult:
+    destination: str
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    bytes_total: int = 0
+    #: (path under the destination, why it was not restored)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "files": self.files,
+            "directories": self.directories,
+            "symlinks": self.symlinks,
+            "bytes": self.bytes,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the engine that made a row still runs (rows of other hosts: assume yes)."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text, _, _token = rest.partition(":")
+    if host != _HOST:
+        return True
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner in _LIVE_OWNERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _explain_write_error(exc: OSError, where: Path) -> FileRestoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FileRestoreError(
+            f"the destination {where} is full; the file being written was removed",
+            hint="free space there or choose another destination; files already "
+            "restored are complete",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FileRestoreError(
+            f"cannot write to {where}: permission denied",
+            hint="choose a destination this user may write to (an immutable flag also "
+            "blocks writes: lsattr)",
+        )
+    if exc.errno == errno.EROFS:
+        return FileRestoreError(
+            f"cannot write to {where}: the filesystem is read-only",
+            hint="choose a destination on a writable filesystem",
+        )
+    return FileRestoreError(f"cannot write to {where}: {exc.strerror or exc}")
+
+
+class FileRestoreService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        bus: EventBus,
+        settings: Settings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        ttl: timedelta = DEFAULT_TTL,
+    ) -> None:
+        self.store = RestoreStore(catalog)
+        self.bus = bus
+        self.clock = clock
+        self.settings = settings
+        self.ttl = ttl
+        self.root = Path(settings.state_dir) / "restore"
+        self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        _LIVE_OWNERS.add(self.owner)
+        self._lock = threading.RLock()
+        self._reaper: threading.Thread | None = None
+        self._reaper_stop = threading.Event()
+
+    # -- views -------------------------------------------------------------------
+
+    def _view(self, row: RestoreMount, *, reused: bool = False) -> MountView:
+        point = None
+        with contextlib.suppress(SendenseError):
+            point = self.store.locate(row.backup_id)
+        return MountView(
+            id=row.id,
+            backup_id=row.backup_id,
+            state=row.state,
+            base_dir=row.base_dir,
+            filesystems=tuple(
+                FilesystemView(
+                    name=str(f.get("name")),
+                    number=f.get("number"),
+                    fs_type=str(f.get("fs_type") or "unknown"),
+                    state=str(f.get("state") or "error"),
+                    path=f.get("path"),
+                    device=f.get("device"),
+                    size=int(f.get("size") or 0),
+                    label=str(f.get("label") or ""),
+                    detail=str(f.get("detail") or ""),
+                )
+                for f in (row.filesystems or [])
+            ),
+            created_at=as_utc(row.created_at) or row.created_at,
+            last_used_at=as_utc(row.last_used_at) or row.last_used_at,
+            expires_at=as_utc(row.expires_at) or row.expires_at,
+            point=point,
+            reused=reused,
+        )
+
+    def get(self, mount_id: int) -> MountView:
+        return self._view(self.store.get_mount(mount_id))
+
+    def list_mounts(self) -> list[MountView]:
+        return [self._view(row) for row in self.store.mounts(states=("mounting", "mounted"))]
+
+    def points(
+        self, *, vm_name: str | None = None, disk_name: str | None = None
+    ) -> list[PointLocation]:
+        return self.store.points(vm_name=vm_name, disk_name=disk_name)
+
+    # -- mount ---------------------------------------------------------------------
+
+    def mount(
+        self, backup_id: int, *, ttl: timedelta | None = None, actor: str | None = None
+    ) -> MountView:
+        """Mount a restore point read-only; a point already mounted is reused."""
+        ttl = ttl or self.ttl
+        point = self.store.locate(backup_id)
+        with self._lock:
+            for row in self.store.mounts_of(backup_id, states=("mounting", "mounted")):
+                if row.state == "mounted" and self._healthy(row):
+                    now = self.clock.now()
+                    row = self.store.update_mount(
+                        row.id, last_used_at=now, expires_at=max(as_utc(row.expires_at), now + ttl)
+                    )
+                    return self._view(row, reused=True)
+                if row.state == "mounting" and _owner_alive(row.owner) and row.owner != self.owner:
+                    raise FileRestoreError(
+                        f"restore point {backup_id} is being mounted by another console",
+                        hint="try again in a few seconds",
+                    )
+                self._teardown(row)
+            return self._mount_new(point, ttl, actor)
+
+    def _mount_new(self, point: PointLocation, ttl: timedelta, actor: str | None) -> MountView:
+        if not os.path.isfile(point.path):
+            raise FileRestoreError(
+                f"the file of restore point {point.backup_id} is missing: {point.path}",
+                hint="is the repository mounted? `sendense repo list` shows its state",
+            )
+        now = self.clock.now()
+        row = self.store.add_mount(
+            backup_id=point.backup_id,
+            state="mounting",
+            base_dir="",
+            owner=self.owner,
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + ttl,
+            filesystems=[],
+        )
+        base = self.root / f"m{row.id}"
+        self.store.update_mount(row.id, base_dir=str(base))
+        row.base_dir = str(base)
+        try:
+            filesystems, device, pid = self._assemble(point, base)
+        except BaseException as exc:
+            try:
+                self._teardown(row)
+            except SendenseError as cleanup:  # pragma: no cover - reported, first error wins
+                log.error("cleanup after a failed mount: %s", cleanup)
+            if isinstance(exc, ToolError):
+                raise FileRestoreError(
+                    f"cannot mount restore point {point.backup_id} ({point.label}): {exc}",
+                    hint=exc.hint or "verify the backup chain: it may be damaged",
+                ) from None
+            raise
+        now = self.clock.now()
+        row = self.store.update_mount(
+            row.id,
+            state="mounted",
+            loop_device=device,
+            exporter_pid=pid,
+            filesystems=filesystems,
+            last_used_at=now,
+            expires_at=now + ttl,
+        )
+        names = ", ".join(
+            f"{f['name']} ({f['fs_type']})" for f in filesystems if f["state"] == "mounted"
+        )
+        self.bus.publish(
+            Event(
+                kind="restore.mounted",
+                message=f"mounted {point.label} for file restore: {names}",
+                source="restore",
+                actor=actor,
+                data={"mount_id": row.id, "backup_id": point.backup_id},
+            )
+        )
+        return self._view(row)
+
+    def _assemble(self, point: PointLocation, base: Path) -> tuple[list[dict[str, Any]], str, int]:
+        base.mkdir(parents=True, exist_ok=True)
+        disk = base / "disk.raw"
+        server = exporters.start_fuse_export(
+            point.path, disk, pidfile=base / "exporter.pid", log_file=base / "exporter.log"
+        )
+        self.store.update_mount(int(base.name[1:]), exporter_pid=server.pid)
+        device = loop.attach(disk, read_only=True)
+        self.store.update_mount(int(base.name[1:]), loop_device=device)
+        table = partitions.read_table(device)
+        size = os.path.getsize(disk)
+        fs_dir = base / "fs"
+        fs_dir.mkdir(exist_ok=True)
+        found: list[dict[str, Any]] = []
+        if table is None:
+            found.append(self._mount_one(device, disk, None, 0, size, fs_dir / "disk"))
+        else:
+            parts_ready = False
+            if table.partitions:
+                with contextlib.suppress(ToolError):
+                    loop.partx_add(device)
+                    parts_ready = True
+            for part in table.partitions:
+                node = f"{device}p{part.number}"
+                if not (parts_ready and _wait_for(node)):
+                    node = ""
+                found.append(
+                    self._mount_one(
+                        device,
+                        disk,
+                        part.number,
+                        part.offset,
+                        part.size,
+                        fs_dir / f"p{part.number}",
+                        node=node,
+                        part_type=part.type,
+                    )
+                )
+        if not any(f["state"] == "mounted" for f in found):
+            reasons = "; ".join(f"{f['name']}: {f['detail']}" for f in found) or (
+                "the partition table lists no partitions"
+            )
+            raise FileRestoreError(
+                f"no filesystem on restore point {point.backup_id} can be browsed ({reasons})",
+                hint="an NBD export (`sendense export start`) serves the raw disk instead",
+            )
+        return found, device, server.pid
+
+    def _mount_one(
+        self,
+        device: str,
+        disk: Path,
+        number: int | None,
+        offset: int,
+        size: int,
+        target: Path,
+        *,
+        node: str = "",
+        part_type: str = "",
+    ) -> dict[str, Any]:
+        name = target.name
+        info = partitions.probe(device, offset=offset, size=size if number else None)
+        fs_type = info.get("TYPE", "")
+        entry: dict[str, Any] = {
+            "name": name,
+            "number": number,
+            "fs_type": fs_type or "unknown",
+            "size": size,
+            "label": info.get("LABEL", ""),
+            "state": "unsupported",
+            "path": None,
+            "device": None,
+            "detail": "",
+        }
+        if not fs_type:
+            lvm = part_type in partitions.LVM_TYPES
+            entry["detail"] = (
+                "LVM physical volume: not supported yet" if lvm else "unknown filesystem"
+            )
+            return entry
+        if fs_type == "LVM2_member":
+            entry["detail"] = "LVM physical volume: not supported yet"
+            return entry
+        if fs_type == "swap":
+            entry["detail"] = "swap space: holds no files"
+            return entry
+        options = ["ro", "nosuid", "nodev", "noexec"]
+        kernel_type = fs_type
+        available = partitions.kernel_filesystems()
+        if fs_type in ("ext2", "ext3", "ext4"):
+            options.append("noload")
+            kernel_type = "ext4" if "ext4" in available or not available else fs_type
+        elif fs_type == "xfs":
+            options += ["norecovery", "nouuid"]
+        elif fs_type == "ntfs":
+            kernel_type = "ntfs3" if "ntfs3" in available else "ntfs"
+        elif fs_type == "btrfs":
+            options.append("norecovery")
+        if available and kernel_type not in available and not _module_exists(kernel_type):
+            entry["detail"] = f"{fs_type}: no driver for it on this machine"
+            return entry
+        if not node:
+            node = loop.attach(disk, read_only=True, offset=offset, sizelimit=size)
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            mounts.mount(node, target, fstype=kernel_type, options=options)
+        except ToolError as exc:
+            entry.update(state="error", detail=str(exc), device=node)
+            return entry
+        entry.update(state="mounted", path=str(target), device=node)
+        return entry
+
+    def _healthy(self, row: RestoreMount) -> bool:
+        if not exporters.pid_matches(row.exporter_pid, EXPORTER, row.base_dir):
+            return False
+        return all(
+            mounts.is_mountpoint(f["path"])
+            for f in (row.filesystems or [])
+            if f.get("state") == "mounted" and f.get("path")
+        )
+
+    # -- unmount -------------------------------------------------------------------
+
+    def unmount(self, mount_id: int, *, actor: str | None = None, reason: str = "") -> None:
+        with self._lock:
+            row = self.store.get_mount(mount_id)
+            self._teardown(row)
+        label = f"restore mount {mount_id}"
+        with contextlib.suppress(SendenseError):
+            label = self.store.locate(row.backup_id).label
+        self.bus.publish(
+            Event(
+                kind="restore.unmounted",
+                message=f"unmounted {label}" + (f" ({reason})" if reason else ""),
+                source="restore",
+                actor=actor,
+                data={"mount_id": mount_id, "backup_id": row.backup_id},
+            )
+        )
+
+    def _teardown(self, row: RestoreMount) -> None:
+        """Undo a mount, whatever state it reached; then forget the row."""
+        with contextlib.suppress(SendenseError):
+            self.store.update_mount(row.id, state="unmounting")
+        if row.base_dir:
+            teardown_dir(Path(row.base_dir), row.exporter_pid)
+        self.store.delete_mount(row.id)
+
+    def unmount_all(self, *, mine_only: bool = True) -> int:
+        count = 0
+        for row in self.store.mounts():
+            if mine_only and row.owner != self.owner:
+                continue
+            self.unmount(row.id, reason="engine stopping")
+            count += 1
+        return count
+
+    def reap_expired(self) -> list[int]:
+        """Remove mounts whose expiry passed (idle); returns their ids."""
+        reaped = []
+        for row in self.store.expired_mounts(self.clock.now()):
+            if (
+                row.owner != self.owner
+                and _owner_alive(row.owner)
+                and not row.owner.startswith(_HOST + ":")
+            ):
+                continue  # another appliance's mount: its own engine reaps it
+            try:
+                self.unmount(row.id, reason="expired after being idle")
+                reaped.append(row.id)
+            except SendenseError as exc:
+                log.warning("cannot remove expired restore mount %s: %s", row.id, exc)
+        return reaped
+
+    def cleanup_leftovers(self) -> list[str]:
+        """Tear down mounts of engines that are gone, and anything under the restore
+        directory that no live row accounts for (after a crash)."""
+        cleaned: list[str] = []
+        live_dirs: set[str] = set()
+        for row in self.store.mounts():
+            if _owner_alive(row.owner):
+                live_dirs.add(os.path.realpath(row.base_dir))
+                continue
+            self._teardown(row)
+            cleaned.append(row.base_dir)
+        if self.root.is_dir():
+            for base in sorted(self.root.iterdir()):
+                if base.is_dir() and os.path.realpath(base) not in live_dirs:
+                    teardown_dir(base, exporters.read_pidfile(base / "exporter.pid"))
+                    cleaned.append(str(base))
+        if cleaned:
+            self.bus.publish(
+                Event(
+                    kind="restore.cleanup",
+                    message=f"removed {len(cleaned)} restore mount(s) left by an earlier run",
+                    source="restore",
+                    level="warning",
+                    data={"dirs": cleaned},
+                )
+            )
+        return cleaned
+
+    def start_reaper(self, interval: float = 60.0) -> None:
+        if self._reaper is not None:
+            return
+        self._reaper_stop.clear()
+
+        def loop_() -> None:
+            while not self._reaper_stop.wait(interval):
+                try:
+                    self.reap_expired()
+                except Exception:
+                    log.exception("restore mount reaper")
+
+        self._reaper = threading.Thread(target=loop_, name="restore-reaper", daemon=True)
+        self._reaper.start()
+
+    def close(self) -> None:
+        """Stop the reaper and unmount everything this engine mounted."""
+        self._reaper_stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=5)
+            self._reaper = None
+        try:
+            self.unmount_all()
+        finally:
+            _LIVE_OWNERS.discard(self.owner)
+
+    def abandon(self) -> None:
+        """Forget this engine's mounts without undoing them (what a crash does)."""
+        _LIVE_OWNERS.discard(self.owner)
+
+    # -- browse ----------------------------------------------------------------------
+
+    def _use(self, mount_id: int) -> MountView:
+        row = self.store.get_mount(mount_id)
+        if row.state != "mounted":
+            raise FileRestoreError(
+                f"restore mount {mount_id} is {row.state}, not mounted",
+                hint="mount the restore point again",
+            )
+        if not self._healthy(row):
+            raise FileRestoreError(
+                f"restore mount {mount_id} is gone (its exporter or mounts disappeared)",
+                hint="unmount it and mount the restore point again",
+            )
+        now = self.clock.now()
+        ttl = max(
+            as_utc(row.expires_at) - as_utc(row.last_used_at), timedelta(minutes=1)
+        )  # keep this mount's own lifetime
+        row = self.store.update_mount(row.id, last_used_at=now, expires_at=now + ttl)
+        return self._view(row)
+
+    def _locate(self, view: MountView, path: str) -> tuple[FilesystemView, tuple[str, ...], Path]:
+        parts = clean_relative(path)
+        if not parts:
+            raise UnsafePath("the top of a restore mount lists filesystems, not files")
+        fs = view.filesystem(parts[0])
+        if fs.state != "mounted" or not fs.path:
+            raise FileRestoreError(f"{fs.name} is not browsable: {fs.detail}")
+        try:
+            target = resolve_no_symlinks(fs.path, parts[1:], allow_final_link=True)
+        except FileNotFoundError:
+            raise FileRestoreError(
+                f"{'/'.join(parts)} does not exist in restore mount {view.id}"
+            ) from None
+        except NotADirectoryError:
+            raise FileRestoreError(f"{'/'.join(parts[:-1])} is not a directory") from None
+        return fs, parts, target
+
+    def ls(self, mount_id: int, path: str = "") -> list[Entry]:
+        """Entries of a directory (dirs first, then by name); "" lists the filesystems."""
+        view = self._use(mount_id)
+        if not clean_relative(path):
+            return [
+                Entry(
+                    name=fs.name,
+                    path=fs.name,
+                    kind="dir" if fs.state == "mounted" else "filesystem",
+                    size=fs.size,
+                    mtime=None,
+                    detail=f"{fs.fs_type}" + (f": {fs.detail}" if fs.detail else ""),
+                )
+                for fs in view.filesystems
+            ]
+        _, parts, target = self._locate(view, path)
+        info = os.lstat(target)
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafePath(f"{'/'.join(parts)} is a symbolic link; links are not followed")
+        if not stat.S_ISDIR(info.st_mode):
+            return [_entry(target, "/".join(parts))]
+        entries = []
+        with os.scandir(target) as it:
+            for item in it:
+                entries.append(_entry(Path(item.path), "/".join((*parts, item.name))))
+        entries.sort(key=lambda e: (e.kind != "dir", e.name))
+        return entries
+
+    def search(
+        self, mount_id: int, pattern: str, path: str = "", *, limit: int = 1000
+    ) -> list[Entry]:
+        """Entries whose name matches ``pattern`` (shell wildcards, case-insensitive;
+        a plain word matches as a substring) under ``path``."""
+        view = self._use(mount_id)
+        wildcard = any(ch in pattern for ch in "*?[")
+        needle = pattern.lower() if wildcard else f"*{pattern.lower()}*"
+        roots: list[tuple[Path, tuple[str, ...]]] = []
+        if clean_relative(path):
+            _, parts, target = self._locate(view, path)
+            roots.append((target, parts))
+        else:
+            roots += [(Path(fs.path), (fs.name,)) for fs in view.filesystems if fs.path]
+        found: list[Entry] = []
+        for top, parts in roots:
+            for item_path, rel in _walk(top, parts):
+                if fnmatch.fnmatchcase(rel[-1].lower(), needle):
+                    found.append(_entry(item_path, "/".join(rel)))
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    # -- extract -------------------------------------------------------------------
+
+    def extract(
+        self,
+        mount_id: int,
+        paths: Sequence[str],
+        destination: str | Path,
+        *,
+        overwrite: bool = False,
+        ctx: Any = None,
+        on_progress: ProgressCallback | None = None,
+        actor: str | None = None,
+    ) -> ExtractResult:
+        """Copy files/folders out of a mounted point into ``destination``."""
+        if not paths:
+            raise ValidationError("nothing selected to extract")
+        view = self._use(mount_id)
+        items = []
+        for path in paths:
+            fs, parts, source = self._locate(view, path)
+            root_dev = os.lstat(fs.path).st_dev  # type: ignore[arg-type]
+            name = parts[-1]
+            items.append((source, name, root_dev))
+        dest = _prepare_destination(destination)  # after the selection is known to be valid
+        total = sum(_size_of(src, dev) for src, _, dev in items)
+        copier = _Copier(dest, overwrite, total, ctx, on_progress)
+        for source, name, dev in items:
+            copier.copy(source, dest, name, PurePosixPath(name), dev)
+        copier.finish()
+        result = copier.result
+        self._use(mount_id)  # a long extraction counts as use
+        self.bus.publish(
+            Event(
+                kind="restore.extracted",
+                message=(
+                    f"restored {result.files} file(s), {result.directories} folder(s) "
+                    f"({result.bytes} bytes) to {dest}"
+                    + (f"; {len(result.skipped)} skipped" if result.skipped else "")
+                ),
+                source="restore",
+                actor=actor,
+                level="warning" if result.skipped else "info",
+                data={"mount_id": mount_id, **result.as_dict()},
+            )
+        )
+        return result
+
+    def run_extract_job(self, ctx: Any) -> dict[str, Any]:
+        """Job handler (kind ``restore.files``): params mount_id, paths, destination."""
+        params = ctx.params
+        result = self.extract(
+            int(params["mount_id"]),
+            list(params["paths"]),
+            params["destination"],
+            overwrite=bool(params.get("overwrite", False)),
+            ctx=ctx,
+            actor=params.get("actor"),
+        )
+        return result.as_dict()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _module_exists(fs_type: str) -> bool:
+    release = os.uname().release
+    return any(
+        (Path("/lib/modules") / release / "kernel" / "fs" / sub).exists()
+        for sub in (fs_type, f"{fs_type}.ko", f"{fs_type}.ko.xz")
+    )
+
+
+def _wait_for(node: str, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(node):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _entry(path: Path, virtual: str) -> Entry:
+    info = os.lstat(path)
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        kind = "dir"
+    elif stat.S_ISREG(mode):
+        kind = "file"
+    elif stat.S_ISLNK(mode):
+        kind = "symlink"
+    else:
+        kind = "other"
+    return Entry(
+        name=path.name,
+        path=virtual,
+        kind=kind,
+        size=info.st_size if kind in ("file", "symlink") else 0,
+        mtime=_ts(info.st_mtime),
+        mode=stat.S_IMODE(mode),
+        link_target=os.readlink(path) if kind == "symlink" else None,
+    )
+
+
+def _walk(top: Path, parts: tuple[str, ...]) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Every entry below ``top`` without following links or leaving its filesystem."""
+    dev = os.lstat(top).st_dev
+    stack = [(top, parts)]
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for item in items:
+            child = (*rel, item.name)
+            yield Path(item.path), child
+            if (
+                item.is_dir(follow_symlinks=False)
+                and item.stat(follow_symlinks=False).st_dev == dev
+            ):
+                stack.append((Path(item.path), child))
+
+
+def _size_of(path: Path, dev: int) -> int:
+    info = os.lstat(path)
+    if stat.S_ISREG(info.st_mode):
+        return info.st_size
+    if not stat.S_ISDIR(info.st_mode) or info.st_dev != dev:
+        return 0
+    total = 0
+    for item, _ in _walk(path, ()):
+        st = os.lstat(item)
+        if stat.S_ISREG(st.st_mode) and st.st_dev == dev:
+            total += st.st_size
+    return total
+
+
+def _prepare_destination(destination: str | Path) -> Path:
+    dest = Path(destination).expanduser()
+    if not dest.is_absolute():
+        raise ValidationError(
+            f"the destination {destination} must be an absolute path",
+            hint="e.g. /srv/restore/web01",
+        )
+    if not dest.exists():
+        try:
+            dest.mkdir(mode=0o750)
+        except FileNotFoundError:
+            raise ValidationError(
+                f"the destination's parent folder {dest.parent} does not exist"
+            ) from None
+        except OSError as exc:
+            raise _explain_write_error(exc, dest) from None
+    if not dest.is_dir():
+        raise ValidationError(f"the destination {dest} is not a folder")
+    real = Path(os.path.realpath(dest))
+    probe = real / f".sendense-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise _explain_write_error(exc, real) from None
+    return real
+
+
+class _Copier:
+    def __init__(
+        self,
+        dest: Path,
+        overwrite: bool,
+        total: int,
+        ctx: Any,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.dest = dest
+        self.overwrite = overwrite
+        self.ctx = ctx
+        self.on_progress = on_progress
+        self.result = ExtractResult(destination=str(dest), bytes_total=total)
+        #: directories whose mode and times are applied after their contents
+        self._dirs: list[tuple[Path, os.stat_result]] = []
+
+    def _progress(self, current: str, force: bool = False) -> None:
+        done, total = self.result.bytes, self.result.bytes_total
+        if self.ctx is not None:
+            self.ctx.progress(done, total, message=f"restoring {current}", force=force)
+        if self.on_progress is not None:
+            self.on_progress(done, total, current)
+
+    def skip(self, rel: PurePosixPath, reason: str) -> None:
+        self.result.skipped.append((str(rel), reason))
+
+    def copy(self, source: Path, dest_dir: Path, name: str, rel: PurePosixPath, dev: int) -> None:
+        if self.ctx is not None:
+            self.ctx.check()
+        try:
+            target = child_path(dest_dir, name)
+        except UnsafePath as exc:
+            self.skip(rel, str(exc))
+            return
+        if not is_within(self.dest, target.parent):
+            self.skip(rel, "would be written outside the destination")
+            return
+        info = os.lstat(source)
+        mode = info.st_mode
+        if info.st_dev != dev:
+            self.skip(rel, "on another filesystem; not crossed")
+            return
+        existing = _lstat_or_none(target)
+        if stat.S_ISDIR(mode):
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                self.skip(rel, "something that is not a folder has this name at the destination")
+                return
+            if existing is None:
+                try:
+                    target.mkdir(mode=0o700)
+                except OSError as exc:
+                    raise _explain_write_error(exc, target) from None
+            self.result.directories += 1
+            try:
+                with os.scandir(source) as it:
+                    children = sorted(e.name for e in it)
+            except OSError as exc:
+                self.skip(rel, f"cannot read the folder in the backup: {exc.strerror}")
+                return
+            for child in children:
+                self.copy(source / child, target, child, rel / child, dev)
+            self._dirs.append((target, info))
+            return
+        if existing is not None and not self.overwrite:
+            self.skip(rel, "already exists at the destination (not overwritten)")
+            return
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            self.skip(rel, "a folder has this name at the destination")
+            return
+        if stat.S_ISLNK(mode):
+            link = os.readlink(source)
+            if not link_stays_inside(rel, link):
+                self.skip(rel, f"symbolic link to {link!r} points outside the restored files")
+                return
+            self._place(target, lambda tmp: os.symlink(link, tmp), info, is_link=True)
+            self.result.symlinks += 1
+            return
+        if not stat.S_ISREG(mode):
+            self.skip(rel, "device, fifo or socket: not restored")
+            return
+        self._place(target, lambda tmp: self._copy_data(source, tmp, str(rel)), info)
+        self.result.files += 1
+        self._progress(str(rel))
+
+    def _copy_data(self, source: Path, tmp: Path, shown: str) -> None:
+        src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                last = time.monotonic()
+                while True:
+                    chunk = os.read(src_fd, CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(dst_fd, view)
+                        view = view[written:]
+                    self.result.bytes += len(chunk)
+                    if time.monotonic() - last > 0.2:
+                        last = time.monotonic()
+                        self._progress(shown)
+                os.fsync(dst_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def _place(
+        self,
+        target: Path,
+        make: Callable[[Path], None],
+        info: os.stat_result,
+        *,
+        is_link: bool = False,
+    ) -> None:
+        tmp = target.parent / f".sendense-{uuid.uuid4().hex[:12]}.partial"
+        try:
+            make(tmp)
+            if not is_link:
+                os.chmod(tmp, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+            os.replace(tmp, target)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _explain_write_error(exc, target) from None
+            raise
+
+    def finish(self) -> None:
+        for target, info in reversed(self._dirs):
+            try:
+                os.chmod(target, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+            except OSError as exc:
+                raise _explain_write_error(exc, target) from None
+        self._progress("done", force=True)
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def teardown_dir(base: Path, exporter_pid: int | None) -> None:
+    """Undo everything a mount under ``base`` may have left: mounts, loop devices,
+    the exporter, its FUSE mount; then remove the (empty) directories.
+
+    Raises FileRestoreError when something could not be released (and keeps
+    the directory so a later run can retry).
+    """
+    problems: list[str] = []
+    real_base = os.path.realpath(base)
+    disk = Path(real_base) / "disk.raw"
+    # 1. filesystem mounts under <base>/fs, deepest first
+    inside = [
+        m.target
+        for m in mounts.list_mounts()
+        if m.target.startswith(real_base.rstrip("/") + "/") and m.target != str(disk)
+    ]
+    for target in sorted(set(inside), key=len, reverse=True):
+        try:
+            mounts.umount(target)
+        except ToolError:
+            try:
+                mounts.umount(target, lazy=True)
+            except ToolError as exc:
+                problems.append(f"umount {target}: {exc}")
+    # 2. loop devices on the exported file (the disk and any offset partitions)
+    try:
+        devices = loop.devices_for(disk)
+    except ToolError as exc:
+        devices = []
+        problems.append(str(exc))
+    for dev in sorted(devices, key=lambda d: -d.offset):
+        try:
+            loop.detach(dev.device)
+        except ToolError as exc:
+            problems.append(f"detach {dev.device}: {exc}")
+    # 3. the exporter, found by its pid (confirmed by its command line)
+    pid = exporter_pid or exporters.read_pidfile(Path(real_base) / "exporter.pid")
+    try:
+        exporters.stop_pid(pid, EXPORTER, real_base)
+    except ToolError as exc:
+        problems.append(str(exc))
+    # 4. a FUSE mount left behind by a killed exporter
+    try:
+        exporters.fuse_unmount(disk)
+    except ToolError as exc:
+        problems.append(f"fusermount3 -u {disk}: {exc}")
+    if problems:
+        raise FileRestoreError(
+            f"could not fully release the restore mount at {base}: " + "; ".join(problems),
+            hint="it will be retried at the next start; see the log",
+        )
+    _remove_tree(Path(real_base))
+
+
+def _remove_tree(base: Path) -> None:
+    """Remove the mount's own scratch files and empty directories (rmdir only: it
+    never deletes anything inside a filesystem that is still mounted)."""
+    for name in ("disk.raw", "exporter.pid", "exporter.log"):
+        with contextlib.suppress(OSError):
+            (base / name).unlink()
+    fs_dir = base / "fs"
+    if fs_dir.is_dir():
+        for child in fs_dir.iterdir():
+            with contextlib.suppress(OSError):
+                child.rmdir()
+    for directory in (fs_dir, base):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
