@@ -97,7 +97,7 @@ class Catalog:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise CatalogError(
-                        f"catalog {url}: cannot create directory "
+                        f"catalog {redact_url(url)}: cannot create directory "
                         f"{Path(parsed.database).parent}: {exc.strerror}"
                     ) from None
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
