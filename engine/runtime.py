@@ -41,8 +41,30 @@ class Engine:
         self.jobs = JobRunner(
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )
+        self._wire_restore()
         self._opened = False
         self._started = False
+
+    def _wire_restore(self) -> None:
+        """File-level restore (``self.file_restore``) and NBD exports (``self.exports``)."""
+        from engine.services.exports import ExportService
+        from engine.services.file_restore import FileRestoreService
+
+        self.file_restore = FileRestoreService(
+            self.catalog, self.bus, self.settings, clock=self.clock
+        )
+        self.exports = ExportService(self.catalog, self.bus, self.settings, clock=self.clock)
+        self.jobs.register("restore.files", self.file_restore.run_extract_job)
+
+    def _cleanup_restore(self) -> None:
+        """Mounts, loop devices and exports left by an engine that crashed."""
+        from engine.errors import SendenseError
+
+        for cleanup in (self.file_restore.cleanup_leftovers, self.exports.cleanup_leftovers):
+            try:
+                cleanup()
+            except SendenseError as exc:
+                log.warning("restore cleanup at start: %s", exc)
 
     @classmethod
     def from_environment(cls, **kwargs: object) -> Engine:
@@ -62,6 +84,7 @@ class Engine:
                 ) from None
         self.catalog.open()
         self._opened = True
+        self._cleanup_restore()
         return self
 
     def start(self) -> Engine:
@@ -69,6 +92,7 @@ class Engine:
         self.open()
         if not self._started:
             self.jobs.start()
+            self.file_restore.start_reaper()
             self._started = True
             self.bus.publish(
                 Event(
@@ -84,6 +108,12 @@ class Engine:
         if self._started:
             self.jobs.stop()
             self._started = False
+        if self._opened:
+            for stop in (self.file_restore.close, self.exports.close):
+                try:
+                    stop()
+                except Exception:
+                    log.exception("stopping restore mounts / NBD exports")
         self.catalog.dispose()
         self._opened = False
 
