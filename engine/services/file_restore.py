@@ -83,6 +83,9 @@ EXPORTER = "qemu-storage-daemon"
 #: of this process that is not here are leftovers of a crashed/abandoned engine
 _LIVE_OWNERS: set[str] = set()
 _HOST = socket.gethostname()
+#: owner of a mount made for a short-lived process (the CLI): it outlives that
+#: process and goes away when unmounted or when its expiry passes
+DETACHED = f"{_HOST}:detached"
 
 
 class FileRestoreError(SendenseError):
@@ -285,9 +288,18 @@ class FileRestoreService:
     # -- mount ---------------------------------------------------------------------
 
     def mount(
-        self, backup_id: int, *, ttl: timedelta | None = None, actor: str | None = None
+        self,
+        backup_id: int,
+        *,
+        ttl: timedelta | None = None,
+        actor: str | None = None,
+        detached: bool = False,
     ) -> MountView:
-        """Mount a restore point read-only; a point already mounted is reused."""
+        """Mount a restore point read-only; a point already mounted is reused.
+
+        ``detached``: the mount outlives this engine (CLI use) until it is
+        unmounted or expires; otherwise the engine unmounts it when it closes.
+        """
         ttl = ttl or self.ttl
         point = self.store.locate(backup_id)
         with self._lock:
@@ -304,9 +316,11 @@ class FileRestoreService:
                         hint="try again in a few seconds",
                     )
                 self._teardown(row)
-            return self._mount_new(point, ttl, actor)
+            return self._mount_new(point, ttl, actor, DETACHED if detached else self.owner)
 
-    def _mount_new(self, point: PointLocation, ttl: timedelta, actor: str | None) -> MountView:
+    def _mount_new(
+        self, point: PointLocation, ttl: timedelta, actor: str | None, owner: str
+    ) -> MountView:
         if not os.path.isfile(point.path):
             raise FileRestoreError(
                 f"the file of restore point {point.backup_id} is missing: {point.path}",
@@ -317,7 +331,7 @@ class FileRestoreService:
             backup_id=point.backup_id,
             state="mounting",
             base_dir="",
-            owner=self.owner,
+            owner=owner,
             created_at=now,
             last_used_at=now,
             expires_at=now + ttl,
@@ -524,11 +538,7 @@ class FileRestoreService:
         """Remove mounts whose expiry passed (idle); returns their ids."""
         reaped = []
         for row in self.store.expired_mounts(self.clock.now()):
-            if (
-                row.owner != self.owner
-                and _owner_alive(row.owner)
-                and not row.owner.startswith(_HOST + ":")
-            ):
+            if not (row.owner or "").startswith(_HOST + ":"):
                 continue  # another appliance's mount: its own engine reaps it
             try:
                 self.unmount(row.id, reason="expired after being idle")
@@ -542,8 +552,14 @@ class FileRestoreService:
         directory that no live row accounts for (after a crash)."""
         cleaned: list[str] = []
         live_dirs: set[str] = set()
+        now = self.clock.now()
         for row in self.store.mounts():
-            if _owner_alive(row.owner):
+            if row.owner == DETACHED:
+                fresh = as_utc(row.expires_at) > now and row.state == "mounted"
+                if fresh and self._healthy(row):
+                    live_dirs.add(os.path.realpath(row.base_dir))
+                    continue
+            elif _owner_alive(row.owner):
                 live_dirs.add(os.path.realpath(row.base_dir))
                 continue
             self._teardown(row)
@@ -553,6 +569,7 @@ class FileRestoreService:
                 if base.is_dir() and os.path.realpath(base) not in live_dirs:
                     teardown_dir(base, exporters.read_pidfile(base / "exporter.pid"))
                     cleaned.append(str(base))
+        cleaned += [str(mount_id) for mount_id in self.reap_expired()]
         if cleaned:
             self.bus.publish(
                 Event(

@@ -314,3 +314,20 @@ def test_leftovers_of_a_crashed_engine_are_cleaned_at_start(
         _assert_clean(env)
     finally:
         fresh.close()
+
+
+def test_detached_mount_outlives_its_engine_until_it_expires(
+    env: Env, gpt_versions: list[Path]
+) -> None:
+    chain = backup_chain(env.catalog, env.repo, gpt_versions[:1], now=env.clock.now())
+    view = env.service.mount(chain.full_id, detached=True)
+    env.service.close()  # the CLI process ends
+    later = env.new_service()
+    try:
+        assert later.cleanup_leftovers() == []
+        assert [e.name for e in later.ls(view.id, "p1/etc")] == ["app.conf", "hosts"]
+        env.clock.advance(timedelta(hours=2))
+        assert len(later.cleanup_leftovers()) == 1
+        _assert_clean(env)
+    finally:
+        later.close()
