@@ -177,7 +177,7 @@ def backup_chain(
     now: datetime,
     vm: str = "web01",
     disk: str = "sda",
-    repo_name: str = "local",
+    repo_name: str = "restore-tests",
 ) -> ChainPoints:
     """Back up raw ``versions`` as a full plus incrementals and record them."""
     chain_dir = repo_dir / vm / disk
