@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.common",
     "tests.plugins.mariadb",
     "tests.plugins.loopfs",
+    "tests.plugins.netservers",
 ]

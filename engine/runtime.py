@@ -41,9 +41,49 @@ class Engine:
         self.jobs = JobRunner(
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )
+        self._wire_repositories()
         self._wire_restore()
         self._opened = False
         self._started = False
+
+    def _wire_repositories(self) -> None:
+        """Repositories (``self.repositories``), mounts and the capacity monitor
+        (``self.capacity``)."""
+        from engine.catalog.capacity import CapacityStore
+        from engine.services.capacity import CapacityMonitor
+        from engine.services.mounts import MountManager
+        from engine.services.repositories import RepositoryService
+        from engine.services.secrets import SecretBox
+
+        self.capacity_store = CapacityStore(self.catalog)
+        self.capacity = CapacityMonitor(
+            self.repository_store,
+            self.capacity_store,
+            self.bus,
+            self.settings.capacity,
+            clock=self.clock,
+        )
+        self.mounts = MountManager(
+            self.settings.mount_root, self.settings.state_dir / "credentials"
+        )
+        self.repositories = RepositoryService(
+            self.repository_store,
+            self.job_store,
+            self.bus,
+            self.mounts,
+            SecretBox(self.settings.state_dir / "secret.key"),
+            self.capacity,
+            clock=self.clock,
+        )
+
+    def _start_repositories(self) -> None:
+        """A default local repository on a fresh catalog; mount enabled ones; monitor."""
+        try:
+            self.repositories.ensure_default(self.settings.default_repository)
+            self.repositories.start()
+        except Exception:  # noqa: BLE001 - a bad repository must not stop the engine
+            log.exception("starting repositories")
+        self.capacity.start()
 
     def _wire_restore(self) -> None:
         """File-level restore (``self.file_restore``) and NBD exports (``self.exports``)."""
@@ -92,6 +132,7 @@ class Engine:
         self.open()
         if not self._started:
             self.jobs.start()
+            self._start_repositories()
             self.file_restore.start_reaper()
             self._started = True
             self.bus.publish(
@@ -106,6 +147,7 @@ class Engine:
 
     def close(self) -> None:
         if self._started:
+            self.capacity.stop()
             self.jobs.stop()
             self._started = False
         if self._opened:

@@ -5,10 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select, update
 
 from engine.catalog.db import Catalog
-from engine.catalog.models import Backup, Chain, CopyRule, Repository
+from engine.catalog.models import (
+    Backup,
+    CapacitySample,
+    Chain,
+    Copy,
+    CopyRule,
+    ImmutabilityLock,
+    NbdExport,
+    Policy,
+    Repository,
+    RestoreMount,
+    Verification,
+)
 from engine.errors import NotFoundError, ValidationError
 
 
@@ -79,3 +91,50 @@ class RepositoryStore:
         query = select(CopyRule).where(CopyRule.destination_repository_id == repo_id)
         with self.catalog.session() as session:
             return list(session.scalars(query))
+
+    def policies_targeting(self, repo_id: int) -> list[Policy]:
+        query = select(Policy).where(Policy.target_repository_id == repo_id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def delete_with_contents(self, repo_id: int) -> None:
+        """Forget a repository and every catalog row about what it holds (forced removal:
+        the files themselves are not touched). Policies must be moved away first."""
+        with self.catalog.session() as session:
+            chain_ids = select(Chain.id).where(Chain.repository_id == repo_id)
+            backup_ids = select(Backup.id).where(Backup.chain_id.in_(chain_ids))
+            copy_ids = select(Copy.id).where(
+                or_(Copy.destination_repository_id == repo_id, Copy.backup_id.in_(backup_ids))
+            )
+            session.execute(
+                delete(ImmutabilityLock).where(
+                    or_(
+                        ImmutabilityLock.repository_id == repo_id,
+                        ImmutabilityLock.backup_id.in_(backup_ids),
+                        ImmutabilityLock.copy_id.in_(copy_ids),
+                    )
+                )
+            )
+            session.execute(delete(Verification).where(Verification.copy_id.in_(copy_ids)))
+            session.execute(delete(Copy).where(Copy.id.in_(copy_ids)))
+            session.execute(
+                delete(CopyRule).where(
+                    or_(
+                        CopyRule.destination_repository_id == repo_id,
+                        CopyRule.source_repository_id == repo_id,
+                    )
+                )
+            )
+            session.execute(delete(Verification).where(Verification.backup_id.in_(backup_ids)))
+            session.execute(delete(RestoreMount).where(RestoreMount.backup_id.in_(backup_ids)))
+            session.execute(delete(NbdExport).where(NbdExport.backup_id.in_(backup_ids)))
+            # incrementals point at their parent: clear the links before deleting
+            session.execute(
+                update(Backup).where(Backup.chain_id.in_(chain_ids)).values(parent_id=None)
+            )
+            session.execute(delete(Backup).where(Backup.chain_id.in_(chain_ids)))
+            session.execute(delete(Chain).where(Chain.repository_id == repo_id))
+            session.execute(delete(CapacitySample).where(CapacitySample.repository_id == repo_id))
+            repo = session.get(Repository, repo_id)
+            if repo is not None:
+                session.delete(repo)

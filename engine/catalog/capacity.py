@@ -1,0 +1,261 @@
+"""Capacity samples (with downsampling for history) and the per-repository space breakdown.
+
+Raw samples are kept for ``RAW_KEEP``; older ones are folded into one row per
+hour (resolution "hour"), and hour rows older than ``HOUR_KEEP`` into one per
+day ("day"). ``history`` returns evenly spaced averages for a sparkline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import Backup, CapacitySample, Chain, Copy, ImmutabilityLock
+from engine.clock import as_utc
+
+RAW_KEEP = timedelta(hours=48)
+HOUR_KEEP = timedelta(days=90)
+
+#: backup states that still occupy space
+LIVE_BACKUP_STATES = ("pending", "complete", "bad", "expired", "released")
+#: backup states meaning "retention let go of this point; the file may be deleted".
+#: The retention slice sets one of these; until then nothing is reclaimable.
+RELEASED_STATES = ("expired", "released")
+LIVE_COPY_STATES = ("pending", "copying", "verifying", "completed", "failed", "expired")
+RELEASED_COPY_STATES = ("expired", "released")
+ACTIVE_LOCK_STATES = ("pending", "active", "drift")
+
+
+@dataclass(frozen=True)
+class Sample:
+    taken_at: datetime
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+@dataclass
+class SpaceBreakdown:
+    """Four numbers per repository, from catalog rows (not from the filesystem)."""
+
+    #: bytes of backups and copies the catalog knows in this repository
+    used: int = 0
+    #: retention released them and no lock holds them: deletable now
+    reclaimable_now: int = 0
+    #: released but still locked: deletable when the lock expires
+    reclaimable_later: int = 0
+    #: the earliest date something in ``reclaimable_later`` unlocks
+    reclaimable_later_at: datetime | None = None
+    #: bytes under an immutability lock that has not expired
+    locked: int = 0
+    #: the last date a lock in this repository expires
+    locked_until: datetime | None = None
+    #: (date, bytes) that become reclaimable then, soonest first (for the forecast)
+    scheduled_releases: list[tuple[datetime, int]] = field(default_factory=list)
+
+
+class CapacityStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def add(
+        self,
+        repository_id: int,
+        *,
+        taken_at: datetime,
+        total_bytes: int,
+        used_bytes: int,
+        free_bytes: int,
+        resolution: str = "raw",
+    ) -> None:
+        with self.catalog.session() as session:
+            session.add(
+                CapacitySample(
+                    repository_id=repository_id,
+                    taken_at=taken_at,
+                    total_bytes=total_bytes,
+                    used_bytes=used_bytes,
+                    free_bytes=free_bytes,
+                    resolution=resolution,
+                )
+            )
+
+    def latest(self, repository_id: int) -> Sample | None:
+        query = (
+            select(CapacitySample)
+            .where(CapacitySample.repository_id == repository_id)
+            .order_by(CapacitySample.taken_at.desc(), CapacitySample.id.desc())
+            .limit(1)
+        )
+        with self.catalog.session() as session:
+            row = session.scalar(query)
+            return _sample(row) if row else None
+
+    def samples(
+        self, repository_id: int, *, since: datetime, until: datetime | None = None
+    ) -> list[Sample]:
+        """Every stored sample in the range (all resolutions), oldest first."""
+        query = (
+            select(CapacitySample)
+            .where(
+                CapacitySample.repository_id == repository_id,
+                CapacitySample.taken_at >= since,
+            )
+            .order_by(CapacitySample.taken_at, CapacitySample.id)
+        )
+        if until is not None:
+            query = query.where(CapacitySample.taken_at <= until)
+        with self.catalog.session() as session:
+            return [_sample(row) for row in session.scalars(query)]
+
+    def history(
+        self, repository_id: int, *, since: datetime, until: datetime, buckets: int = 60
+    ) -> list[Sample | None]:
+        """``buckets`` evenly spaced averages from ``since`` to ``until``; None where no sample."""
+        rows = self.samples(repository_id, since=since, until=until)
+        span = (until - since).total_seconds() or 1.0
+        groups: dict[int, list[Sample]] = defaultdict(list)
+        for row in rows:
+            index = min(buckets - 1, int((row.taken_at - since).total_seconds() / span * buckets))
+            groups[index].append(row)
+        out: list[Sample | None] = []
+        for i in range(buckets):
+            group = groups.get(i)
+            out.append(
+                _average(group, since + timedelta(seconds=span * i / buckets)) if group else None
+            )
+        return out
+
+    def count(self, repository_id: int, resolution: str | None = None) -> int:
+        query = select(func.count(CapacitySample.id)).where(
+            CapacitySample.repository_id == repository_id
+        )
+        if resolution:
+            query = query.where(CapacitySample.resolution == resolution)
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def downsample(self, now: datetime) -> int:
+        """Fold old raw samples into hours and old hours into days. Returns rows removed."""
+        removed = self._fold("raw", "hour", now - RAW_KEEP, timedelta(hours=1))
+        removed += self._fold("hour", "day", now - HOUR_KEEP, timedelta(days=1))
+        return removed
+
+    def _fold(self, source: str, target: str, before: datetime, width: timedelta) -> int:
+        with self.catalog.session() as session:
+            rows = list(
+                session.scalars(
+                    select(CapacitySample).where(
+                        CapacitySample.resolution == source, CapacitySample.taken_at < before
+                    )
+                )
+            )
+            if not rows:
+                return 0
+            groups: dict[tuple[int, int], list[CapacitySample]] = defaultdict(list)
+            seconds = int(width.total_seconds())
+            for row in rows:
+                stamp = int(as_utc(row.taken_at).timestamp()) // seconds  # type: ignore[union-attr]
+                groups[(row.repository_id, stamp)].append(row)
+            for (repo_id, _), group in groups.items():
+                avg = _average([_sample(r) for r in group], min(as_utc(r.taken_at) for r in group))  # type: ignore[type-var]
+                session.add(
+                    CapacitySample(
+                        repository_id=repo_id,
+                        taken_at=avg.taken_at,
+                        total_bytes=avg.total_bytes,
+                        used_bytes=avg.used_bytes,
+                        free_bytes=avg.free_bytes,
+                        resolution=target,
+                    )
+                )
+            session.execute(
+                delete(CapacitySample).where(CapacitySample.id.in_([r.id for r in rows]))
+            )
+            return len(rows) - len(groups)
+
+    # -- the four numbers ---------------------------------------------------------
+
+    def breakdown(self, repository_id: int, now: datetime) -> SpaceBreakdown:
+        """Used / reclaimable now / reclaimable later / locked, from Backup, Copy and
+        ImmutabilityLock rows of this repository."""
+        with self.catalog.session() as session:
+            backups = session.execute(
+                select(Backup.id, Backup.state, Backup.file_size)
+                .join(Chain, Backup.chain_id == Chain.id)
+                .where(Chain.repository_id == repository_id, Backup.state.in_(LIVE_BACKUP_STATES))
+            ).all()
+            copies = session.execute(
+                select(Copy.id, Copy.state, Copy.size).where(
+                    Copy.destination_repository_id == repository_id,
+                    Copy.state.in_(LIVE_COPY_STATES),
+                )
+            ).all()
+            locks = session.execute(
+                select(
+                    ImmutabilityLock.backup_id,
+                    ImmutabilityLock.copy_id,
+                    ImmutabilityLock.expires_at,
+                ).where(
+                    ImmutabilityLock.repository_id == repository_id,
+                    ImmutabilityLock.state.in_(ACTIVE_LOCK_STATES),
+                )
+            ).all()
+        lock_of_backup: dict[int, datetime] = {}
+        lock_of_copy: dict[int, datetime] = {}
+        for backup_id, copy_id, expires in locks:
+            expires = as_utc(expires)
+            if expires is None or expires <= now:
+                continue
+            if backup_id is not None:
+                lock_of_backup[backup_id] = max(expires, lock_of_backup.get(backup_id, expires))
+            if copy_id is not None:
+                lock_of_copy[copy_id] = max(expires, lock_of_copy.get(copy_id, expires))
+        out = SpaceBreakdown()
+        releases: dict[datetime, int] = defaultdict(int)
+
+        def account(size: int, released: bool, lock: datetime | None) -> None:
+            out.used += size
+            if lock is not None:
+                out.locked += size
+                out.locked_until = max(lock, out.locked_until or lock)
+            if released:
+                if lock is None:
+                    out.reclaimable_now += size
+                else:
+                    out.reclaimable_later += size
+                    releases[lock] += size
+
+        for backup_id, state, size in backups:
+            account(int(size or 0), state in RELEASED_STATES, lock_of_backup.get(backup_id))
+        for copy_id, state, size in copies:
+            account(int(size or 0), state in RELEASED_COPY_STATES, lock_of_copy.get(copy_id))
+        out.scheduled_releases = sorted(releases.items())
+        if out.scheduled_releases:
+            out.reclaimable_later_at = out.scheduled_releases[0][0]
+        return out
+
+
+def _sample(row: CapacitySample) -> Sample:
+    return Sample(
+        taken_at=as_utc(row.taken_at),  # type: ignore[arg-type]
+        total_bytes=int(row.total_bytes),
+        used_bytes=int(row.used_bytes),
+        free_bytes=int(row.free_bytes),
+    )
+
+
+def _average(rows: Iterable[Sample], at: datetime) -> Sample:
+    rows = list(rows)
+    n = len(rows)
+    return Sample(
+        taken_at=at,
+        total_bytes=sum(r.total_bytes for r in rows) // n,
+        used_bytes=sum(r.used_bytes for r in rows) // n,
+        free_bytes=sum(r.free_bytes for r in rows) // n,
+    )

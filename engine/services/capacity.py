@@ -1,0 +1,583 @@
+"""Live capacity: samples, thresholds that fire once, forecasts, shared filesystems.
+
+What "used %" means here: ``used / (used + free)`` — psutil's ``percent``.
+ext4 keeps a reserve for root (5 % by default) that is in ``total`` but not
+in ``free``; counting against ``used + free`` answers the question operators
+ask, "how much can I still write", and reaches 100 % when writes fail.
+
+How it runs: one thread samples every repository each ``poll_seconds``; a
+watchdog observer watches each repository directory and, after a write,
+schedules one more sample ``debounce_seconds`` later (writes in between do
+not push it back), so a threshold crossing shows within about a second.
+
+Levels: ok < warning < critical < full, from the repository's thresholds (or
+the configured defaults). Free space under ``min_free_bytes`` is at least
+"critical". Each change of level publishes one event (``capacity.threshold_crossed``
+upwards, ``capacity.threshold_cleared`` downwards) and is stored in
+``Repository.capacity_level``, so a restart does not fire it again.
+A repository at "full" takes no new backups or copies: ``ensure_room`` raises
+``RepositoryFullError`` naming the numbers.
+
+Network repositories are measured in a worker with a timeout; one that does
+not answer becomes ``unresponsive`` with the time it was last seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psutil
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from engine.catalog.capacity import CapacityStore, Sample, SpaceBreakdown
+from engine.catalog.models import Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.config import CapacitySettings
+from engine.errors import SendenseError
+from engine.events import Event, EventBus
+from engine.services.probe import RepositoryCheckError, run_with_timeout
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("ok", "warning", "critical", "full")
+_EVENT_LEVEL = {"ok": "info", "warning": "warning", "critical": "error", "full": "critical"}
+NETWORK_TIMEOUT = 5.0
+FORECAST_WINDOW = timedelta(days=7)
+#: growth below this many bytes per day counts as "not growing"
+FLAT_BYTES_PER_DAY = 1024 * 1024
+FORECAST_HORIZON_DAYS = 3650
+
+
+class RepositoryFullError(SendenseError):
+    """The repository passed its "full" threshold: no new backups or copies."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    warning: float
+    critical: float
+    full: float
+    min_free: int
+
+    def level(self, percent: float, free: int) -> str:
+        level = "ok"
+        if percent >= self.full:
+            level = "full"
+        elif percent >= self.critical:
+            level = "critical"
+        elif percent >= self.warning:
+            level = "warning"
+        if free < self.min_free and LEVELS.index(level) < LEVELS.index("critical"):
+            level = "critical"
+        return level
+
+
+@dataclass(frozen=True)
+class Reading:
+    repository_id: int
+    name: str
+    path: str
+    taken_at: datetime
+    total: int = 0
+    used: int = 0
+    free: int = 0
+    #: used / (used + free), 0..100
+    percent: float = 0.0
+    level: str = "ok"
+    #: st_dev of the filesystem (repositories with the same one share capacity)
+    device: int | None = None
+    #: None when measured; a sentence when it could not be (unresponsive, missing)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Forecast:
+    #: bytes per day from a linear fit of recent samples (None: too little history)
+    growth_per_day: float | None
+    days_until_full: float | None
+    full_at: datetime | None
+    #: "growing" | "not growing" | "not enough history"
+    trend: str
+    #: bytes that scheduled expiries will free in the horizon
+    scheduled_release_bytes: int = 0
+
+    def describe(self) -> str:
+        if self.trend != "growing" or self.days_until_full is None:
+            return self.trend
+        if self.days_until_full >= FORECAST_HORIZON_DAYS:
+            return "full in more than 10 years"
+        return f"full in {self.days_until_full:.0f} days"
+
+
+@dataclass
+class RepositoryCapacity:
+    """Everything the capacity screen shows for one repository."""
+
+    repository: Repository
+    reading: Reading | None
+    thresholds: Thresholds
+    forecast: Forecast
+    breakdown: SpaceBreakdown
+    history: list[Sample | None] = field(default_factory=list)
+    shared_with: list[str] = field(default_factory=list)
+
+
+def usage(path: str) -> tuple[int, int, int, float, int]:
+    """(total, used, free, percent, st_dev) of the filesystem holding ``path``."""
+    du = psutil.disk_usage(path)
+    dev = os.stat(path).st_dev
+    return du.total, du.used, du.free, float(du.percent), dev
+
+
+def linear_fit(points: list[tuple[float, float]]) -> float | None:
+    """Slope of the least-squares line through (x, y) points, None if undefined."""
+    n = len(points)
+    if n < 2:
+        return None
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    var = sum((p[0] - mx) ** 2 for p in points)
+    if var == 0:
+        return None
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / var
+
+
+def forecast(
+    samples: list[Sample],
+    now: datetime,
+    full_percent: float,
+    releases: list[tuple[datetime, int]] | None = None,
+) -> Forecast:
+    """Days until ``full_percent`` from the growth trend, minus scheduled releases.
+
+    ``releases`` are (date, bytes) that expiring locks/retention will free; used
+    space drops by them on that date (the hook the retention slice feeds).
+    """
+    releases = sorted(r for r in (releases or []) if r[0] > now)
+    release_total = sum(b for _, b in releases)
+    if len(samples) < 2 or (samples[-1].taken_at - samples[0].taken_at) < timedelta(minutes=1):
+        return Forecast(None, None, None, "not enough history", release_total)
+    t0 = samples[0].taken_at
+    slope = linear_fit(
+        [((s.taken_at - t0).total_seconds() / 86400, float(s.used_bytes)) for s in samples]
+    )
+    if slope is None:
+        return Forecast(None, None, None, "not enough history", release_total)
+    if slope < FLAT_BYTES_PER_DAY:
+        return Forecast(slope, None, None, "not growing", release_total)
+    last = samples[-1]
+    limit = full_percent / 100 * (last.used_bytes + last.free_bytes)
+    used = float(last.used_bytes)
+    t = 0.0  # days after now
+    for when, size in [*releases, (now + timedelta(days=FORECAST_HORIZON_DAYS), 0)]:
+        seg_end = max(t, (when - now).total_seconds() / 86400)
+        reach = t + max(0.0, limit - used) / slope
+        if reach <= seg_end:
+            return Forecast(slope, reach, now + timedelta(days=reach), "growing", release_total)
+        used += slope * (seg_end - t) - size
+        t = seg_end
+    return Forecast(slope, float(FORECAST_HORIZON_DAYS), None, "growing", release_total)
+
+
+class _Watcher(FileSystemEventHandler):
+    def __init__(self, repository_id: int, poke: Callable[[int], None]) -> None:
+        self.repository_id = repository_id
+        self.poke = poke
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        self.poke(self.repository_id)
+
+
+class CapacityMonitor:
+    def __init__(
+        self,
+        repositories: RepositoryStore,
+        store: CapacityStore,
+        bus: EventBus,
+        settings: CapacitySettings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.repositories = repositories
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.clock = clock
+        self._readings: dict[int, Reading] = {}
+        self._pending: dict[int, float] = {}
+        self._lock = threading.RLock()
+        self._eval_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer: Any = None
+        self._watches: dict[int, tuple[str, Any]] = {}
+        self.samples_taken = 0
+
+    # -- thresholds -------------------------------------------------------------
+
+    def thresholds(self, repo: Repository) -> Thresholds:
+        s = self.settings
+        return Thresholds(
+            warning=repo.warning_percent if repo.warning_percent is not None else s.warning_percent,
+            critical=(
+                repo.critical_percent if repo.critical_percent is not None else s.critical_percent
+            ),
+            full=repo.full_percent if repo.full_percent is not None else s.full_percent,
+            min_free=repo.min_free_bytes if repo.min_free_bytes is not None else s.min_free_bytes,
+        )
+
+    # -- sampling ------------------------------------------------------------------
+
+    def measure(self, repo: Repository) -> Reading:
+        """Read the filesystem now (a worker with a timeout for network repositories)."""
+        now = self.clock.now()
+        try:
+            if repo.kind in ("nfs", "cifs"):
+                total, used, free, pct, dev = run_with_timeout(
+                    f"repository {repo.name}", lambda: usage(repo.path), NETWORK_TIMEOUT
+                )
+            else:
+                total, used, free, pct, dev = usage(repo.path)
+        except RepositoryCheckError as exc:
+            return Reading(repo.id, repo.name, repo.path, now, error=exc.message)
+        except FileNotFoundError:
+            return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path} does not exist")
+        except OSError as exc:
+            return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path}: {exc.strerror}")
+        level = self.thresholds(repo).level(pct, free)
+        return Reading(repo.id, repo.name, repo.path, now, total, used, free, pct, level, dev)
+
+    def sample(self, ref: int | str | Repository, *, store: bool = True) -> Reading:
+        """Measure one repository, store the sample, fire threshold events on a change."""
+        repo = ref if isinstance(ref, Repository) else self.repositories.get(ref)
+        reading = self.measure(repo)
+        self.samples_taken += 1
+        with self._lock:
+            self._readings[repo.id] = reading
+        if reading.error is None:
+            if store:
+                self.store.add(
+                    repo.id,
+                    taken_at=reading.taken_at,
+                    total_bytes=reading.total,
+                    used_bytes=reading.used,
+                    free_bytes=reading.free,
+                )
+            self._evaluate(repo, reading)
+        else:
+            self._unresponsive(repo, reading)
+        return reading
+
+    def _evaluate(self, repo: Repository, reading: Reading) -> None:
+        with self._eval_lock:
+            current = self.repositories.get(repo.id)
+            old, new = current.capacity_level or "ok", reading.level
+            fields: dict[str, Any] = {"last_seen_at": reading.taken_at}
+            if current.state == "unresponsive":
+                fields["state"] = "mounted" if current.kind != "local" else "ready"
+                fields["state_detail"] = None
+            if old == new:
+                if current.state == "unresponsive":
+                    self.repositories.update(repo.id, reading.taken_at, **fields)
+                return
+            fields["capacity_level"] = new
+            self.repositories.update(repo.id, reading.taken_at, **fields)
+        th = self.thresholds(repo)
+        numbers = (
+            f"{reading.percent:.1f} % used, {_human(reading.free)} free of {_human(reading.total)}"
+        )
+        data = {
+            "level": new,
+            "previous": old,
+            "percent": round(reading.percent, 2),
+            "used": reading.used,
+            "free": reading.free,
+            "total": reading.total,
+        }
+        if LEVELS.index(new) > LEVELS.index(old):
+            limit = {"warning": th.warning, "critical": th.critical, "full": th.full}[new]
+            tail = ": no new backups or copies until space is freed" if new == "full" else ""
+            self.bus.publish(
+                Event(
+                    kind="capacity.threshold_crossed",
+                    message=f"repository {repo.name} is past its {new} threshold "
+                    f"({limit:g} %): {numbers}{tail}",
+                    level=_EVENT_LEVEL[new],
+                    source="capacity",
+                    repository_id=repo.id,
+                    data=data,
+                )
+            )
+        else:
+            still = "" if new == "ok" else f"; still at {new}"
+            self.bus.publish(
+                Event(
+                    kind="capacity.threshold_cleared",
+                    message=f"repository {repo.name} is back below its {old} threshold: "
+                    f"{numbers}{still}",
+                    level="info",
+                    source="capacity",
+                    repository_id=repo.id,
+                    data=data,
+                )
+            )
+
+    def _unresponsive(self, repo: Repository, reading: Reading) -> None:
+        if repo.kind not in ("nfs", "cifs"):
+            return
+        current = self.repositories.get(repo.id)
+        if current.state == "unresponsive":
+            return
+        seen = current.last_seen_at
+        when = seen.strftime("%Y-%m-%d %H:%M UTC") if seen else "never"
+        self.repositories.update(
+            repo.id,
+            reading.taken_at,
+            state="unresponsive",
+            state_detail=f"{reading.error}; last seen {when}",
+        )
+        self.bus.publish(
+            Event(
+                kind="repository.unresponsive",
+                message=f"repository {repo.name} does not answer ({reading.error}); "
+                f"last seen {when}",
+                level="error",
+                source="capacity",
+                repository_id=repo.id,
+            )
+        )
+
+    def sample_all(self) -> list[Reading]:
+        out = []
+        for repo in self.repositories.list(enabled_only=True):
+            try:
+                out.append(self.sample(repo))
+            except Exception:
+                log.exception("capacity sample of %s failed", repo.name)
+        return out
+
+    def reading(self, repository_id: int) -> Reading | None:
+        with self._lock:
+            return self._readings.get(repository_id)
+
+    # -- the "full" gate ------------------------------------------------------------------
+
+    def ensure_room(self, ref: int | str | Repository) -> Reading:
+        """Raise RepositoryFullError when the repository is at its "full" threshold.
+
+        Backup and copy services call this before starting to write."""
+        repo = ref if isinstance(ref, Repository) else self.repositories.get(ref)
+        reading = self.sample(repo)
+        if reading.error is None and reading.level == "full":
+            th = self.thresholds(repo)
+            raise RepositoryFullError(
+                f"repository {repo.name} is full ({reading.percent:.1f} % used, limit "
+                f"{th.full:g} %, {_human(reading.free)} free): it takes no new backups or "
+                "copies until space is freed",
+                hint="delete released backups, move chains to another repository, "
+                "or raise its full threshold",
+            )
+        return reading
+
+    # -- shared filesystems, forecast, overview ----------------------------------------------
+
+    def shared_groups(self, readings: list[Reading] | None = None) -> list[list[str]]:
+        """Names of repositories on one filesystem (same device), groups of two or more."""
+        if readings is None:
+            with self._lock:
+                readings = list(self._readings.values())
+        groups: dict[int, list[str]] = {}
+        for r in readings:
+            if r.device is not None and r.error is None:
+                groups.setdefault(r.device, []).append(r.name)
+        return [sorted(names) for names in groups.values() if len(names) > 1]
+
+    def totals(self, readings: list[Reading] | None = None) -> tuple[int, int, int]:
+        """(total, used, free) over all repositories, each filesystem counted once."""
+        if readings is None:
+            with self._lock:
+                readings = list(self._readings.values())
+        seen: dict[int, Reading] = {}
+        for r in readings:
+            if r.device is not None and r.error is None:
+                seen.setdefault(r.device, r)
+        return (
+            sum(r.total for r in seen.values()),
+            sum(r.used for r in seen.values()),
+            sum(r.free for r in seen.values()),
+        )
+
+    def forecast(self, repo: Repository, breakdown: SpaceBreakdown | None = None) -> Forecast:
+        now = self.clock.now()
+        samples = self.store.samples(repo.id, since=now - FORECAST_WINDOW, until=now)
+        if breakdown is None:
+            breakdown = self.store.breakdown(repo.id, now)
+        return forecast(samples, now, self.thresholds(repo).full, breakdown.scheduled_releases)
+
+    def overview(
+        self,
+        *,
+        history_span: timedelta = timedelta(days=1),
+        buckets: int = 48,
+        measure: bool = True,
+    ) -> list[RepositoryCapacity]:
+        """One entry per repository for the capacity screen."""
+        now = self.clock.now()
+        repos = self.repositories.list()
+        readings: list[Reading] = []
+        for repo in repos:
+            reading = self.reading(repo.id)
+            if reading is None and measure and repo.enabled:
+                reading = self.sample(repo)
+            if reading is None:
+                latest = self.store.latest(repo.id)
+                if latest is not None:
+                    pct = latest.used_bytes * 100 / max(1, latest.used_bytes + latest.free_bytes)
+                    reading = Reading(
+                        repo.id,
+                        repo.name,
+                        repo.path,
+                        latest.taken_at,
+                        latest.total_bytes,
+                        latest.used_bytes,
+                        latest.free_bytes,
+                        pct,
+                        repo.capacity_level or "ok",
+                    )
+            if reading is not None:
+                readings.append(reading)
+        shared = self.shared_groups(readings)
+        by_id = {r.repository_id: r for r in readings}
+        out = []
+        for repo in repos:
+            breakdown = self.store.breakdown(repo.id, now)
+            out.append(
+                RepositoryCapacity(
+                    repository=repo,
+                    reading=by_id.get(repo.id),
+                    thresholds=self.thresholds(repo),
+                    forecast=self.forecast(repo, breakdown),
+                    breakdown=breakdown,
+                    history=self.store.history(
+                        repo.id, since=now - history_span, until=now, buckets=buckets
+                    ),
+                    shared_with=next(
+                        ([n for n in g if n != repo.name] for g in shared if repo.name in g), []
+                    ),
+                )
+            )
+        return out
+
+    # -- background ----------------------------------------------------------------------
+
+    def poke(self, repository_id: int) -> None:
+        """Something was written in the repository: sample it again soon (debounced)."""
+        with self._lock:
+            if repository_id not in self._pending:
+                self._pending[repository_id] = time.monotonic() + self.settings.debounce_seconds
+                self._wake.set()
+
+    def watch_all(self) -> None:
+        """(Re)build the watchdog watches from the enabled repositories."""
+        if self._observer is None:
+            return
+        wanted = {r.id: r for r in self.repositories.list(enabled_only=True)}
+        with self._lock:
+            for rid in list(self._watches):
+                path, watch = self._watches[rid]
+                if rid not in wanted or wanted[rid].path != path:
+                    with contextlib.suppress(Exception):
+                        self._observer.unschedule(watch)
+                    del self._watches[rid]
+        for rid, repo in wanted.items():
+            if rid in self._watches or not os.path.isdir(repo.path):
+                continue
+            handler = _Watcher(rid, self.poke)
+            try:
+                watch = run_with_timeout(
+                    f"watch {repo.name}",
+                    lambda h=handler, p=repo.path: self._observer.schedule(h, p, recursive=True),
+                    NETWORK_TIMEOUT,
+                )
+            except (RepositoryCheckError, OSError) as exc:
+                log.warning("cannot watch %s: %s", repo.path, exc)
+                continue
+            with self._lock:
+                self._watches[rid] = (repo.path, watch)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self.watch_all()
+        self._thread = threading.Thread(target=self._run, name="capacity-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            except Exception:
+                pass
+            self._observer = None
+        self._watches.clear()
+
+    def _run(self) -> None:
+        next_poll = time.monotonic()
+        next_downsample = time.monotonic() + 3600
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                self.sample_all()
+                self.watch_all()
+                next_poll = time.monotonic() + self.settings.poll_seconds
+            if now >= next_downsample:
+                try:
+                    self.store.downsample(self.clock.now())
+                except Exception:
+                    log.exception("capacity downsampling failed")
+                next_downsample = now + 3600
+            with self._lock:
+                due = [rid for rid, t in self._pending.items() if t <= time.monotonic()]
+                for rid in due:
+                    del self._pending[rid]
+                wake_at = min([next_poll, *self._pending.values()])
+            for rid in due:
+                try:
+                    self.sample(rid)
+                except Exception:
+                    log.exception("capacity sample of repository %s failed", rid)
+            if due:
+                continue
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,984 @@
+"""Repositories: local directories, NFS exports and CIFS shares behind one interface.
+
+The interface, for every kind:
+
+- ``test(spec)``: check a repository *before* it is saved: fields, server
+  (userspace pre-mount checks), mount, layout, a write test (a small file
+  written, fsynced, read back and removed), capacity found, capabilities.
+- ``add(spec)``: saves only when the test passes, or disabled when asked.
+- ``prepare(repo)``: mount if needed, create the layout, write test.
+- ``capacity(repo)``, ``list_contents(repo)``, ``health(repo)``, ``detach(repo)``.
+- ``enable``/``disable``/``edit``/``remove`` (refused while it holds backups
+  or is a copy target, unless forced; a forced removal is audited).
+- ``mount``/``unmount`` (unmount refused while a job uses the repository).
+
+**Before writing into a repository, call ``ensure_writable_mount(repo)``**
+(backup, copy and restore services do): for a network repository it checks
+that the path really is the mount, so a backup never lands on the root
+filesystem under an empty mount point; it also refuses a disabled repository.
+``ready_for_new_data(repo)`` adds the capacity gate ("full" takes no new data).
+
+Errors are RepositoryCheckError with a ``reason`` and a sentence that says
+what to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.jobs import JobStore
+from engine.catalog.models import Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.errors import ValidationError
+from engine.events import Event, EventBus
+from engine.services.capacity import CapacityMonitor, Reading, usage
+from engine.services.mounts import MountManager
+from engine.services.probe import (
+    NFS_PORT,
+    SMB_PORT,
+    RepositoryCheckError,
+    check_nfs,
+    check_smb,
+    run_with_timeout,
+)
+from engine.services.secrets import SecretBox
+from engine.tools.attrs import AttrError, ImmutableUnsupported, is_immutable, set_immutable
+from engine.tools.base import ToolError
+from engine.tools.mounts import find_mount, is_mountpoint
+
+log = logging.getLogger(__name__)
+
+KINDS = ("local", "nfs", "cifs")
+KIND_LABELS = {"local": "Local directory", "nfs": "NFS export", "cifs": "CIFS/SMB share"}
+LAYOUT = ("chains", ".sendense")
+WRITE_TEST_BYTES = 64 * 1024
+NETWORK_PROBE_TIMEOUT = 10.0
+FICLONE = 0x40049409
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_SHARE_RE = re.compile(r'^[^\\/:*?"<>|\[\];=+,]{1,80}$')
+
+
+@dataclass
+class RepositorySpec:
+    """What an operator fills in to add or edit a repository."""
+
+    name: str
+    kind: str = "local"
+    #: local: the directory
+    path: str = ""
+    server: str = ""
+    #: NFS export path, or CIFS share name
+    export: str = ""
+    port: int | None = None
+    nfs_version: str = "4.1"
+    mount_options: str = ""
+    username: str = ""
+    password: str = ""
+    domain: str = ""
+    smb_version: str = "3.0"
+    #: local: create the directory when it does not exist
+    create: bool = False
+    warning_percent: float | None = None
+    critical_percent: float | None = None
+    full_percent: float | None = None
+    min_free_bytes: int | None = None
+    offsite: bool = False
+
+    def fields_for_kind(self) -> list[str]:
+        return FIELDS_BY_KIND[self.kind]
+
+
+FIELDS_BY_KIND: dict[str, list[str]] = {
+    "local": ["name", "path"],
+    "nfs": ["name", "server", "export", "port", "nfs_version", "mount_options"],
+    "cifs": ["name", "server", "export", "port", "username", "password", "domain", "smb_version"],
+}
+
+
+def validate_field(kind: str, name: str, value: Any) -> str | None:
+    """A sentence saying what is wrong with one field, or None (used while typing)."""
+    text = "" if value is None else str(value).strip()
+    if name == "name":
+        if not text:
+            return "a name is required"
+        if not _NAME_RE.match(text):
+            return (
+                "use letters, digits, '.', '_' or '-' (up to 64), starting with a letter or digit"
+            )
+    elif name == "path" and kind == "local":
+        if not text:
+            return "a directory is required"
+        if not text.startswith("/"):
+            return "the path must be absolute (start with /)"
+        if "\0" in text or "/../" in text + "/":
+            return "the path must not contain '..'"
+    elif name == "server" and kind in ("nfs", "cifs"):
+        if not text:
+            return "a server (host name or IP address) is required"
+        if not _is_host(text):
+            return f"{text!r} is not a host name or IP address"
+    elif name == "export" and kind == "nfs":
+        if not text:
+            return "the export path is required (e.g. /srv/backups)"
+        if not text.startswith("/"):
+            return "the export path must start with /"
+    elif name == "export" and kind == "cifs":
+        if not text:
+            return "the share name is required (e.g. backups)"
+        if not _SHARE_RE.match(text):
+            return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
+    elif name == "port" and text:
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            return "the port must be a number from 1 to 65535"
+    elif name == "nfs_version" and kind == "nfs":
+        if text not in ("3", "4", "4.0", "4.1", "4.2"):
+            return "the NFS version must be 3, 4, 4.0, 4.1 or 4.2"
+    elif name == "smb_version" and kind == "cifs":
+        if text and text not in ("2.0", "2.1", "3.0", "3.02", "3.1.1", "3", "default"):
+            return "the SMB version must be 2.0, 2.1, 3.0, 3.02 or 3.1.1"
+    elif name == "username" and kind == "cifs":
+        if not text:
+            return "a user name is required"
+        if any(c in text for c in "\n\r="):
+            return "the user name must not contain '=' or line breaks"
+    elif name == "password" and kind == "cifs":
+        if "\n" in str(value or "") or "\r" in str(value or ""):
+            return "the password must not contain line breaks"
+    elif (
+        name == "mount_options"
+        and text
+        and any(
+            o.strip().split("=")[0] in ("password", "credentials", "user", "username")
+            for o in text.split(",")
+        )
+    ):
+        return "credentials do not belong in mount options"
+    return None
+
+
+def _is_host(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        return True
+    except OSError:
+        pass
+    return bool(_HOST_RE.match(text)) and not text.replace(".", "").isdigit()
+
+
+def validate_spec(spec: RepositorySpec) -> dict[str, str]:
+    if spec.kind not in KINDS:
+        return {"kind": f"the type must be one of {', '.join(KINDS)}"}
+    problems: dict[str, str] = {}
+    for name in FIELDS_BY_KIND[spec.kind]:
+        problem = validate_field(spec.kind, name, getattr(spec, name))
+        if problem:
+            problems[name] = problem
+    return problems
+
+
+@dataclass
+class TestStep:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class TestReport:
+    ok: bool
+    steps: list[TestStep] = field(default_factory=list)
+    error: str | None = None
+    hint: str | None = None
+    reason: str | None = None
+    total: int = 0
+    used: int = 0
+    free: int = 0
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ContentEntry:
+    name: str
+    is_dir: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class Health:
+    state: str
+    detail: str | None
+    last_seen_at: datetime | None
+
+
+# -- filesystem checks (no catalog) ---------------------------------------------
+
+
+def _os_error(path: Path, exc: OSError, doing: str) -> RepositoryCheckError:
+    code = exc.errno
+    if code == errno.ENOSPC:
+        return RepositoryCheckError(
+            f"{path} has no space left: {doing} failed (ENOSPC)",
+            reason="no_space",
+            hint="free space on that filesystem or choose another one",
+        )
+    if code == errno.EDQUOT:
+        return RepositoryCheckError(
+            f"{path}: the disk quota is exhausted ({doing} failed)",
+            reason="no_space",
+            hint="raise the quota or free space",
+        )
+    if code == errno.EROFS:
+        return RepositoryCheckError(
+            f"{path} is on a read-only filesystem: {doing} is impossible",
+            reason="read_only",
+            hint="remount it read-write or choose a writable location",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return RepositoryCheckError(
+            f"{path}: permission denied ({doing})",
+            reason="permission",
+            hint="run Sendense as a user that may write there, or fix the ownership",
+        )
+    if code == errno.ENOENT:
+        return RepositoryCheckError(
+            f"{path} does not exist",
+            reason="not_found",
+            hint="create the directory first, or tick 'create it'",
+        )
+    if code == errno.ENOTDIR:
+        return RepositoryCheckError(
+            f"{path} is not a directory (a part of the path is a file)", reason="not_directory"
+        )
+    return RepositoryCheckError(f"{path}: {doing} failed: {exc.strerror or exc}", reason="io")
+
+
+def check_directory(path: Path, *, create: bool = False) -> None:
+    """The path exists and is a directory (created when ``create`` and the parent exists)."""
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise RepositoryCheckError(
+            f"{path} is a file, not a directory",
+            reason="not_directory",
+            hint="choose a directory, or a new name for one to be created",
+        )
+    if not path.exists():
+        if not create:
+            raise RepositoryCheckError(
+                f"{path} does not exist",
+                reason="not_found",
+                hint="create the directory first, or choose 'create it'",
+            )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(path, exc, "creating the directory") from None
+
+
+def make_layout(root: Path) -> None:
+    for sub in LAYOUT:
+        try:
+            (root / sub).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise _os_error(root, exc, f"creating {sub}/") from None
+
+
+def write_test(root: Path) -> None:
+    """Write a small file, fsync it, read it back, remove it. Raises RepositoryCheckError."""
+    data = os.urandom(WRITE_TEST_BYTES)
+    probe = root / ".sendense" / f"write-test-{os.getpid()}-{data[:4].hex()}"
+    if not probe.parent.is_dir():
+        probe = root / probe.name
+    try:
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if probe.read_bytes() != data:
+                raise RepositoryCheckError(
+                    f"{root}: the test file read back differs from what was written",
+                    reason="io",
+                    hint="the storage is corrupting data: check it before trusting backups to it",
+                )
+        except OSError as exc:
+            raise _os_error(root, exc, "the write test") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def probe_capabilities(root: Path) -> dict[str, Any]:
+    """Immutable flag and reflink, tried once on a canary file; and the filesystem type."""
+    caps: dict[str, Any] = {"immutable": False, "reflink": False, "fs_type": "unknown"}
+    with contextlib.suppress(OSError, ToolError):
+        caps["fs_type"] = find_mount(root).fstype
+    base = root / ".sendense" if (root / ".sendense").is_dir() else root
+    canary = base / "canary"
+    clone = base / "canary.clone"
+    try:
+        canary.write_bytes(b"sendense canary\n" * 256)
+        try:
+            set_immutable(canary, True)
+            caps["immutable"] = is_immutable(canary)
+        except ImmutableUnsupported:
+            caps["immutable"] = False
+        except AttrError as exc:
+            caps["immutable"] = False
+            caps["immutable_note"] = exc.message
+        finally:
+            with contextlib.suppress(AttrError):
+                set_immutable(canary, False)
+        try:
+            with open(canary, "rb") as src, open(clone, "wb") as dst:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            caps["reflink"] = True
+        except OSError:
+            caps["reflink"] = False
+    except OSError as exc:
+        caps["note"] = f"canary file: {exc.strerror}"
+    finally:
+        for f in (clone, canary):
+            with contextlib.suppress(OSError):
+                f.unlink(missing_ok=True)
+    return caps
+
+
+# -- the service ----------------------------------------------------------------------
+
+
+class RepositoryService:
+    def __init__(
+        self,
+        store: RepositoryStore,
+        jobs: JobStore,
+        bus: EventBus,
+        mounts: MountManager,
+        secrets: SecretBox,
+        monitor: CapacityMonitor,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.bus = bus
+        self.mounts = mounts
+        self.secrets = secrets
+        self.monitor = monitor
+        self.clock = clock
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, ref: int | str) -> Repository:
+        return self.store.get(ref)
+
+    def list(self) -> list[Repository]:
+        return self.store.list()
+
+    def backup_count(self, ref: int | str | Repository) -> int:
+        return self.store.backup_count(self._repo(ref).id)
+
+    def _repo(self, ref: int | str | Repository) -> Repository:
+        return ref if isinstance(ref, Repository) else self.store.get(ref)
+
+    def describe_location(self, repo: Repository) -> str:
+        if repo.kind == "nfs":
+            return f"{repo.server}:{repo.export}"
+        if repo.kind == "cifs":
+            return f"//{repo.server}/{repo.export}"
+        return repo.path
+
+    # -- testing ------------------------------------------------------------------------
+
+    def test(self, spec: RepositorySpec) -> TestReport:
+        """Check a repository that is not saved yet. Never raises for a failed check."""
+        report = TestReport(ok=False)
+        problems = validate_spec(spec)
+        if problems:
+            report.steps.append(TestStep("fields", False, "; ".join(problems.values())))
+            report.error = "; ".join(f"{k}: {v}" for k, v in problems.items())
+            report.reason = "invalid"
+            return report
+        report.steps.append(TestStep("fields", True))
+        temp_mount: Repository | None = None
+        try:
+            if spec.kind == "local":
+                root = Path(spec.path)
+                check_directory(root, create=spec.create)
+                report.steps.append(TestStep("directory", True, str(root)))
+            else:
+                self._pre_mount_check(spec)
+                report.steps.append(TestStep("server", True, "the server answered"))
+                temp_mount = self._row_from_spec(spec, name=f".test-{spec.name}")
+                temp_mount.path = str(self.mounts.mount_point(temp_mount.name))
+                root = self.mounts.mount(temp_mount, spec.password or None)
+                report.steps.append(TestStep("mount", True, str(root)))
+            make_layout(root)
+            write_test(root)
+            report.steps.append(TestStep("write", True, "wrote, fsynced, read back and removed"))
+            report.total, report.used, report.free, _, _ = usage(str(root))
+            report.capabilities = probe_capabilities(root)
+            report.ok = True
+        except RepositoryCheckError as exc:
+            report.steps.append(TestStep(exc.reason, False, exc.message))
+            report.error, report.hint, report.reason = exc.message, exc.hint, exc.reason
+        finally:
+            if temp_mount is not None:
+                with contextlib.suppress(RepositoryCheckError):
+                    self.mounts.unmount(temp_mount, lazy=True)
+                self.mounts.remove_credentials(temp_mount.name)
+        return report
+
+    def _pre_mount_check(self, spec: RepositorySpec) -> None:
+        if spec.kind == "nfs":
+            check_nfs(
+                spec.server, spec.export, port=spec.port or NFS_PORT, version=spec.nfs_version
+            )
+        else:
+            check_smb(
+                spec.server,
+                spec.export,
+                username=spec.username,
+                password=spec.password,
+                domain=spec.domain,
+                port=spec.port or SMB_PORT,
+            )
+
+    def pre_mount_check(self, ref: int | str | Repository) -> None:
+        """The userspace server check for a saved network repository."""
+        repo = self._repo(ref)
+        if repo.kind != "local":
+            self._pre_mount_check(self.spec_of(repo, with_password=True))
+
+    def spec_of(self, repo: Repository, *, with_password: bool = False) -> RepositorySpec:
+        opts = repo.options or {}
+        return RepositorySpec(
+            name=repo.name,
+            kind=repo.kind,
+            path=repo.path if repo.kind == "local" else "",
+            server=repo.server or "",
+            export=repo.export or "",
+            port=opts.get("port"),
+            nfs_version=str(opts.get("version") or "4.1"),
+            mount_options=str(opts.get("mount_options") or ""),
+            username=str(opts.get("username") or ""),
+            password=self._password(repo) if with_password else "",
+            domain=str(opts.get("domain") or ""),
+            smb_version=str(opts.get("smb_version") or "3.0"),
+            warning_percent=repo.warning_percent,
+            critical_percent=repo.critical_percent,
+            full_percent=repo.full_percent,
+            min_free_bytes=repo.min_free_bytes,
+            offsite=repo.offsite,
+        )
+
+    def _password(self, repo: Repository) -> str:
+        return self.secrets.decrypt(repo.secret) if repo.secret else ""
+
+    def _row_from_spec(self, spec: RepositorySpec, name: str | None = None) -> Repository:
+        name = name or spec.name
+        options: dict[str, Any] = {}
+        if spec.port:
+            options["port"] = int(spec.port)
+        if spec.kind == "nfs":
+            options["version"] = spec.nfs_version
+            if spec.mount_options:
+                options["mount_options"] = spec.mount_options
+        elif spec.kind == "cifs":
+            options.update(username=spec.username, smb_version=spec.smb_version)
+            if spec.domain:
+                options["domain"] = spec.domain
+        path = spec.path if spec.kind == "local" else str(self.mounts.mount_point(name))
+        return Repository(
+            name=name,
+            kind=spec.kind,
+            path=str(Path(path)),
+            server=spec.server or None,
+            export=spec.export or None,
+            options=options,
+        )
+
+    # -- adding and changing ------------------------------------------------------------
+
+    def add(
+        self,
+        spec: RepositorySpec,
+        *,
+        test: bool = True,
+        enabled: bool = True,
+        actor: str | None = None,
+    ) -> Repository:
+        """Save a repository. With ``test`` (the default) it is saved only if the test
+        passes; ``enabled=False`` saves it disabled even when the test fails."""
+        problems = validate_spec(spec)
+        if problems:
+            raise ValidationError(
+                "the repository cannot be saved: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            )
+        report: TestReport | None = None
+        if test:
+            report = self.test(spec)
+            if not report.ok and enabled:
+                raise RepositoryCheckError(
+                    f"repository {spec.name} was not saved: {report.error}",
+                    reason=report.reason or "io",
+                    hint=(report.hint or "")
+                    + (
+                        "; or save it disabled and fix it later"
+                        if report.hint
+                        else "save it disabled to fix it later"
+                    ),
+                )
+        row = self._row_from_spec(spec)
+        now = self.clock.now()
+        repo = self.store.add(
+            name=row.name,
+            kind=row.kind,
+            path=row.path,
+            now=now,
+            server=row.server,
+            export=row.export,
+            options=row.options,
+            secret=self.secrets.encrypt(spec.password) if spec.password else None,
+            enabled=enabled,
+            state="unknown" if enabled else "disabled",
+            warning_percent=spec.warning_percent,
+            critical_percent=spec.critical_percent,
+            full_percent=spec.full_percent,
+            min_free_bytes=spec.min_free_bytes,
+            offsite=spec.offsite,
+            capabilities=report.capabilities if report and report.ok else {},
+        )
+        self._event(
+            repo,
+            "repository.added",
+            f"repository {repo.name} added ({KIND_LABELS[repo.kind]}, "
+            f"{self.describe_location(repo)})",
+            actor=actor,
+        )
+        if enabled:
+            # a failure is recorded in the state and its detail
+            with contextlib.suppress(RepositoryCheckError):
+                self.prepare(repo)
+            self.monitor.watch_all()
+        return self.store.get(repo.id)
+
+    def edit(
+        self, ref: int | str | Repository, spec: RepositorySpec, *, actor: str | None = None
+    ) -> Repository:
+        """Change a repository's settings; a changed location is tested first."""
+        repo = self._repo(ref)
+        if spec.kind != repo.kind:
+            raise ValidationError("the type of a repository cannot change; add a new one")
+        if spec.name != repo.name:
+            raise ValidationError("a repository cannot be renamed (its mount point uses the name)")
+        problems = {k: v for k, v in validate_spec(spec).items() if k != "password"}
+        if problems:
+            raise ValidationError(
+                "nothing was changed: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            )
+        if repo.kind == "cifs" and not spec.password:
+            spec.password = self._password(repo)
+        row = self._row_from_spec(spec)
+        moved = (row.path, row.server, row.export, row.options) != (
+            repo.path,
+            repo.server,
+            repo.export,
+            repo.options,
+        )
+        if moved and repo.enabled:
+            if repo.kind != "local":
+                self.unmount(repo)
+            report = self.test(spec)
+            if not report.ok:
+                raise RepositoryCheckError(
+                    f"nothing was changed: {report.error}",
+                    reason=report.reason or "io",
+                    hint=report.hint,
+                )
+        fields: dict[str, Any] = dict(
+            path=row.path,
+            server=row.server,
+            export=row.export,
+            options=row.options,
+            warning_percent=spec.warning_percent,
+            critical_percent=spec.critical_percent,
+            full_percent=spec.full_percent,
+            min_free_bytes=spec.min_free_bytes,
+            offsite=spec.offsite,
+        )
+        if spec.password:
+            fields["secret"] = self.secrets.encrypt(spec.password)
+        repo = self.store.update(repo.id, self.clock.now(), **fields)
+        self._event(
+            repo, "repository.changed", f"repository {repo.name} settings changed", actor=actor
+        )
+        if moved and repo.enabled:
+            with contextlib.suppress(RepositoryCheckError):
+                self.prepare(repo)
+            self.monitor.watch_all()
+        return self.store.get(repo.id)
+
+    def set_enabled(
+        self, ref: int | str | Repository, enabled: bool, *, actor: str | None = None
+    ) -> Repository:
+        repo = self._repo(ref)
+        if not enabled:
+            self._refuse_if_busy(repo, "disable")
+            if repo.kind != "local":
+                self.unmount(repo)
+            repo = self.store.update(
+                repo.id, self.clock.now(), enabled=False, state="disabled", state_detail=None
+            )
+        else:
+            repo = self.store.update(repo.id, self.clock.now(), enabled=True, state="unknown")
+            with contextlib.suppress(RepositoryCheckError):
+                self.prepare(repo)
+        self.monitor.watch_all()
+        self._event(
+            repo,
+            "repository.enabled" if enabled else "repository.disabled",
+            f"repository {repo.name} {'enabled' if enabled else 'disabled'}",
+            actor=actor,
+        )
+        return self.store.get(repo.id)
+
+    def remove(
+        self, ref: int | str | Repository, *, force: bool = False, actor: str | None = None
+    ) -> None:
+        """Forget a repository. Refused while it holds backups or is a copy target,
+        unless ``force`` (then the catalog rows are forgotten, files stay on disk,
+        and the audit log records who did it)."""
+        repo = self._repo(ref)
+        self._refuse_if_busy(repo, "remove")
+        backups = self.store.backup_count(repo.id)
+        rules = self.store.copy_rules_targeting(repo.id)
+        policies = self.store.policies_targeting(repo.id)
+        if policies:
+            raise RepositoryCheckError(
+                f"repository {repo.name} cannot be removed: policy "
+                f"{', '.join(p.name for p in policies)} writes to it",
+                reason="in_use",
+                hint="point the policy at another repository first",
+            )
+        if (backups or rules) and not force:
+            what = []
+            if backups:
+                what.append(f"holds {backups} backup{'s' if backups != 1 else ''}")
+            if rules:
+                what.append(f"is the target of copy rule {', '.join(r.name for r in rules)}")
+            raise RepositoryCheckError(
+                f"repository {repo.name} cannot be removed: it {' and '.join(what)}",
+                reason="in_use",
+                hint="move or delete them first, or force it (files stay on disk; "
+                "the catalog forgets them)",
+            )
+        if repo.kind != "local":
+            try:
+                self.detach(repo)
+            except RepositoryCheckError:
+                if not force:
+                    raise
+        self.store.delete_with_contents(repo.id)
+        self.monitor.watch_all()
+        if force and (backups or rules):
+            self.bus.publish(
+                Event(
+                    kind="repository.removed_forced",
+                    message=f"repository {repo.name} removed by force: the catalog forgot "
+                    f"{backups} backups and {len(rules)} copy rules (files left on disk at "
+                    f"{self.describe_location(repo)})",
+                    level="warning",
+                    source="repositories",
+                    actor=actor,
+                    data={"repository": repo.name, "backups": backups, "copy_rules": len(rules)},
+                )
+            )
+        else:
+            self.bus.publish(
+                Event(
+                    kind="repository.removed",
+                    message=f"repository {repo.name} removed",
+                    source="repositories",
+                    actor=actor,
+                    data={"repository": repo.name},
+                )
+            )
+
+    def _refuse_if_busy(self, repo: Repository, action: str) -> None:
+        active = self.jobs.active_for_repository(repo.id)
+        if active:
+            raise RepositoryCheckError(
+                f"cannot {action} repository {repo.name}: job "
+                f"{', '.join(f'#{j.id} {j.title}' for j in active[:3])} uses it",
+                reason="busy",
+                hint="wait for the job to finish or cancel it",
+            )
+
+    # -- prepare / mount / detach ---------------------------------------------------------------
+
+    def prepare(self, ref: int | str | Repository) -> TestReport:
+        """Mount if needed, create the layout, write-test; record the state."""
+        repo = self._repo(ref)
+        report = TestReport(ok=False)
+        root = Path(repo.path)
+        try:
+            if repo.kind == "local":
+                check_directory(root)
+            else:
+                self.pre_mount_check(repo)
+                report.steps.append(TestStep("server", True))
+                self.mounts.mount(repo, self._password(repo) if repo.kind == "cifs" else None)
+                report.steps.append(TestStep("mount", True, str(root)))
+
+            def work() -> None:
+                make_layout(root)
+                write_test(root)
+
+            if repo.kind == "local":
+                work()
+            else:
+                run_with_timeout(f"repository {repo.name}", work, NETWORK_PROBE_TIMEOUT)
+            report.steps.append(TestStep("write", True))
+            report.total, report.used, report.free, _, _ = usage(str(root))
+            caps = repo.capabilities or {}
+            if not caps:
+                caps = probe_capabilities(root)
+            report.capabilities = caps
+            report.ok = True
+            self.store.update(
+                repo.id,
+                self.clock.now(),
+                state="ready" if repo.kind == "local" else "mounted",
+                state_detail=None,
+                last_seen_at=self.clock.now(),
+                capabilities=caps,
+            )
+        except RepositoryCheckError as exc:
+            report.steps.append(TestStep(exc.reason, False, exc.message))
+            report.error, report.hint, report.reason = exc.message, exc.hint, exc.reason
+            state = "unresponsive" if exc.reason == "unresponsive" else "error"
+            self.store.update(repo.id, self.clock.now(), state=state, state_detail=exc.message)
+            self._event(
+                repo, "repository.error", f"repository {repo.name}: {exc.message}", level="error"
+            )
+            raise
+        return report
+
+    def test_repository(self, ref: int | str | Repository) -> TestReport:
+        """Test a saved repository (prepare it, and probe its capabilities again)."""
+        repo = self._repo(ref)
+        try:
+            report = self.prepare(repo)
+        except RepositoryCheckError:
+            repo = self.store.get(repo.id)
+            return TestReport(ok=False, error=repo.state_detail, reason="error")
+        report.capabilities = probe_capabilities(Path(repo.path))
+        self.store.update(repo.id, self.clock.now(), capabilities=report.capabilities)
+        return report
+
+    def mount(self, ref: int | str | Repository) -> TestReport:
+        return self.prepare(ref)
+
+    def unmount(self, ref: int | str | Repository, *, actor: str | None = None) -> None:
+        """Unmount a network repository; refused while a job uses it."""
+        repo = self._repo(ref)
+        if repo.kind == "local":
+            raise RepositoryCheckError(
+                f"repository {repo.name} is a local directory: there is nothing to unmount",
+                reason="not_mounted",
+            )
+        self._refuse_if_busy(repo, "unmount")
+        self.mounts.unmount(repo)
+        self.store.update(repo.id, self.clock.now(), state="unmounted", state_detail=None)
+        self._event(repo, "repository.unmounted", f"repository {repo.name} unmounted", actor=actor)
+
+    def detach(self, ref: int | str | Repository) -> None:
+        """Unmount and remove the credentials file."""
+        repo = self._repo(ref)
+        if repo.kind != "local":
+            self.unmount(repo)
+            self.mounts.remove_credentials(repo.name)
+
+    # -- capacity, contents, health -----------------------------------------------------------
+
+    def capacity(self, ref: int | str | Repository) -> Reading:
+        return self.monitor.sample(self._repo(ref))
+
+    def list_contents(self, ref: int | str | Repository) -> list[ContentEntry]:
+        repo = self._repo(ref)
+        root = Path(repo.path)
+
+        def scan() -> list[ContentEntry]:
+            out = []
+            with os.scandir(root) as it:
+                for entry in it:
+                    if entry.name == ".sendense":
+                        continue
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    size = entry.stat(follow_symlinks=False).st_size if not is_dir else 0
+                    out.append(ContentEntry(entry.name, is_dir, size))
+            return sorted(out, key=lambda e: e.name)
+
+        if repo.kind != "local":
+            self.ensure_writable_mount(repo)
+            return run_with_timeout(f"repository {repo.name}", scan, NETWORK_PROBE_TIMEOUT)
+        return scan()
+
+    def health(self, ref: int | str | Repository) -> Health:
+        """Probe now: statvfs and a small write (network ones in a worker with a timeout)."""
+        repo = self._repo(ref)
+        root = Path(repo.path)
+        now = self.clock.now()
+
+        def probe() -> None:
+            os.statvfs(root)
+            write_test(root)
+
+        try:
+            if repo.kind != "local":
+                self.ensure_writable_mount(repo)
+                run_with_timeout(f"repository {repo.name}", probe, NETWORK_PROBE_TIMEOUT)
+            else:
+                check_directory(root)
+                probe()
+        except RepositoryCheckError as exc:
+            seen = repo.last_seen_at
+            state = "unresponsive" if exc.reason == "unresponsive" else "error"
+            detail = exc.message
+            if state == "unresponsive":
+                detail += f"; last seen {seen:%Y-%m-%d %H:%M UTC}" if seen else "; never seen"
+            self.store.update(repo.id, now, state=state, state_detail=detail)
+            return Health(state, detail, seen)
+        except OSError as exc:
+            detail = _os_error(root, exc, "the probe").message
+            self.store.update(repo.id, now, state="error", state_detail=detail)
+            return Health("error", detail, repo.last_seen_at)
+        state = "ready" if repo.kind == "local" else "mounted"
+        self.store.update(repo.id, now, state=state, state_detail=None, last_seen_at=now)
+        return Health(state, None, now)
+
+    # -- the write guard --------------------------------------------------------------------------
+
+    def ensure_writable_mount(self, ref: int | str | Repository) -> Path:
+        """Call before writing into a repository. Returns its root directory.
+
+        Refuses a disabled repository, a missing directory, and — for NFS/CIFS —
+        a path that is not the mount itself (an empty mount point would let a
+        backup land silently on the root filesystem)."""
+        repo = self._repo(ref)
+        root = Path(repo.path)
+        if not repo.enabled:
+            raise RepositoryCheckError(
+                f"repository {repo.name} is disabled",
+                reason="disabled",
+                hint="enable it first (repo enable)",
+            )
+        if repo.kind in ("nfs", "cifs"):
+            if not is_mountpoint(root):
+                raise RepositoryCheckError(
+                    f"repository {repo.name}: {root} is not mounted, so nothing may be "
+                    "written there (it would land on the local disk)",
+                    reason="not_mounted",
+                    hint="mount it (repo test / mount) and check the server",
+                )
+            mounted = find_mount(root)
+            if mounted.read_only:
+                raise RepositoryCheckError(
+                    f"repository {repo.name} is mounted read-only", reason="read_only"
+                )
+        elif not root.is_dir():
+            raise RepositoryCheckError(
+                f"repository {repo.name}: {root} does not exist or is not a directory",
+                reason="not_found",
+                hint="create it or fix the repository's path",
+            )
+        return root
+
+    def ready_for_new_data(self, ref: int | str | Repository) -> Path:
+        """ensure_writable_mount plus the capacity gate: a "full" repository is refused."""
+        repo = self._repo(ref)
+        root = self.ensure_writable_mount(repo)
+        self.monitor.ensure_room(repo)
+        return root
+
+    # -- engine start ------------------------------------------------------------------------------
+
+    def ensure_default(self, path: Path) -> Repository | None:
+        """A local repository "local" at ``path`` when the catalog has none at all."""
+        if self.store.list():
+            return None
+        Path(path).mkdir(parents=True, exist_ok=True)
+        repo = self.store.add(
+            name="local", kind="local", path=str(path), now=self.clock.now(), state="unknown"
+        )
+        self._event(repo, "repository.added", f"default local repository created at {path}")
+        return repo
+
+    def start(self) -> None:
+        """Repair mounts under the mount root, then prepare every enabled repository."""
+        repos = self.store.list()
+        try:
+            for finding in self.mounts.repair(repos):
+                if finding.status != "ok":
+                    self.bus.publish(
+                        Event(
+                            kind=f"mount.{finding.status}",
+                            message=f"{finding.status} mount {finding.source} on {finding.target}: "
+                            f"{finding.action}",
+                            level="warning",
+                            source="mounts",
+                        )
+                    )
+        except (OSError, ToolError):
+            log.exception("mount repair failed")
+        for repo in repos:
+            if not repo.enabled:
+                continue
+            try:
+                self.prepare(repo)
+            except RepositoryCheckError:
+                pass
+            except Exception:
+                log.exception("preparing repository %s failed", repo.name)
+
+    def _event(
+        self,
+        repo: Repository,
+        kind: str,
+        message: str,
+        *,
+        level: str = "info",
+        actor: str | None = None,
+    ) -> None:
+        self.bus.publish(
+            Event(
+                kind=kind,
+                message=message,
+                level=level,
+                source="repositories",
+                repository_id=repo.id,
+                actor=actor,
+            )
+        )

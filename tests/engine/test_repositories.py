@@ -1,0 +1,315 @@
+"""Repositories on real loop-mounted ext4/xfs: add, test, errors as sentences, remove, guards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.catalog.models import Backup, Chain, CopyRule
+from engine.clock import FixedClock
+from engine.config import default_settings
+from engine.errors import ValidationError
+from engine.runtime import Engine
+from engine.services.mounts import MountManager, kernel_client_missing
+from engine.services.probe import RepositoryCheckError
+from engine.services.repositories import RepositorySpec, validate_field, validate_spec
+from tests.plugins.loopfs import LoopFsFactory
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def eng(tmp_path: Path) -> Iterator[Engine]:
+    """An opened (not started) engine on SQLite with a fixed clock."""
+    engine = Engine(default_settings(tmp_path / "state"), clock=FixedClock()).open()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def test_add_local_repository_on_ext4_probes_capabilities_and_capacity(
+    eng: Engine, loop_fs: LoopFsFactory
+) -> None:
+    fs = loop_fs("ext4", size_mb=32)
+    report = eng.repositories.test(RepositorySpec(name="disk1", path=str(fs.mountpoint)))
+    assert report.ok, report.error
+    assert [s.name for s in report.steps] == ["fields", "directory", "write"]
+    assert 20 * 2**20 < report.total <= 32 * 2**20
+    assert report.capabilities["fs_type"] == "ext4"
+    assert report.capabilities["immutable"] is True
+    assert report.capabilities["reflink"] is False  # ext4 has no reflink
+    # the write test leaves nothing behind but the layout
+    assert sorted(p.name for p in fs.mountpoint.iterdir()) == [".sendense", "chains", "lost+found"]
+    assert list((fs.mountpoint / ".sendense").iterdir()) == []
+
+    repo = eng.repositories.add(RepositorySpec(name="disk1", path=str(fs.mountpoint)))
+    assert repo.state == "ready"
+    assert repo.capabilities["immutable"] is True
+    reading = eng.repositories.capacity(repo)
+    assert reading.error is None and reading.total == report.total
+
+
+def test_xfs_repository_supports_reflink(eng: Engine, loop_fs: LoopFsFactory) -> None:
+    fs = loop_fs("xfs", size_mb=320)
+    report = eng.repositories.test(RepositorySpec(name="x", path=str(fs.mountpoint)))
+    assert report.ok, report.error
+    assert report.capabilities == {"immutable": True, "reflink": True, "fs_type": "xfs"}
+
+
+def test_missing_path_is_refused_and_nothing_saved(eng: Engine, tmp_path: Path) -> None:
+    spec = RepositorySpec(name="gone", path=str(tmp_path / "no" / "such"))
+    with pytest.raises(RepositoryCheckError) as err:
+        eng.repositories.add(spec)
+    assert err.value.reason == "not_found"
+    assert f"{tmp_path}/no/such does not exist" in str(err.value)
+    assert eng.repositories.list() == []
+    # asked to create it, it works
+    spec.create = True
+    assert eng.repositories.add(spec).state == "ready"
+    assert (tmp_path / "no" / "such" / "chains").is_dir()
+
+
+def test_file_instead_of_directory(eng: Engine, tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    report = eng.repositories.test(RepositorySpec(name="f", path=str(target), create=True))
+    assert not report.ok
+    assert report.reason == "not_directory"
+    assert report.error == f"{target} is a file, not a directory"
+
+
+def test_read_only_mount_is_named(eng: Engine, loop_fs: LoopFsFactory) -> None:
+    fs = loop_fs("ext4", size_mb=16, read_only=True)
+    report = eng.repositories.test(RepositorySpec(name="ro", path=str(fs.mountpoint)))
+    assert not report.ok
+    assert report.reason == "read_only"
+    assert "read-only filesystem" in (report.error or "")
+    # saved disabled on purpose: allowed, and it stays disabled
+    repo = eng.repositories.add(RepositorySpec(name="ro", path=str(fs.mountpoint)), enabled=False)
+    assert (repo.enabled, repo.state) == (False, "disabled")
+
+
+def test_full_filesystem_fails_the_write_test_with_enospc(
+    eng: Engine, loop_fs: LoopFsFactory
+) -> None:
+    fs = loop_fs("ext4", size_mb=16)
+    eng.repositories.add(RepositorySpec(name="tiny", path=str(fs.mountpoint)))
+    # root may use ext4's reserve too: fill until the filesystem refuses
+    with open(fs.mountpoint / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\xff" * 1024 * 1024)
+                f.flush()
+        except OSError:
+            pass
+    subprocess.run(["sync"], check=False, timeout=30)
+    with open(fs.mountpoint / "filler2", "wb") as f:  # the last few blocks
+        try:
+            while True:
+                f.write(b"\xff" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            pass
+    report = eng.repositories.test_repository("tiny")
+    assert not report.ok
+    assert "no space left" in (report.error or "")
+    repo = eng.repositories.get("tiny")
+    assert repo.state == "error" and "ENOSPC" in (repo.state_detail or "")
+
+
+def test_field_validation_sentences() -> None:
+    assert validate_field("local", "path", "relative/dir") == (
+        "the path must be absolute (start with /)"
+    )
+    assert (
+        validate_field("nfs", "server", "bad host!")
+        == "'bad host!' is not a host name or IP address"
+    )
+    assert validate_field("nfs", "server", "nas-01.example.com") is None
+    assert validate_field("nfs", "server", "10.0.0.7") is None
+    assert validate_field("cifs", "port", "99999") == "the port must be a number from 1 to 65535"
+    assert "share name" in (validate_field("cifs", "export", "a/b") or "")
+    assert validate_field("nfs", "export", "srv") == "the export path must start with /"
+    problems = validate_spec(RepositorySpec(name="", kind="cifs", server="nas"))
+    assert set(problems) == {"name", "export", "username"}
+
+
+def test_remove_refused_while_holding_backups_forced_removal_is_audited(
+    eng: Engine, tmp_path: Path
+) -> None:
+    repo = eng.repositories.add(RepositorySpec(name="r1", path=str(tmp_path / "r1"), create=True))
+    other = eng.repositories.add(RepositorySpec(name="r2", path=str(tmp_path / "r2"), create=True))
+    now = eng.clock.now()
+    with eng.catalog.session() as s:
+        chain = Chain(
+            repository_id=repo.id,
+            vm_name="web01",
+            disk_name="sda",
+            directory="web01/sda",
+            created_at=now,
+        )
+        s.add(chain)
+        s.flush()
+        s.add(
+            Backup(
+                chain_id=chain.id,
+                kind="full",
+                position=0,
+                path="web01/sda/0.qcow2",
+                state="complete",
+                point_time=now,
+                created_at=now,
+                file_size=10,
+            )
+        )
+        s.add(
+            CopyRule(
+                name="offsite",
+                source_repository_id=other.id,
+                destination_repository_id=repo.id,
+                created_at=now,
+            )
+        )
+    with pytest.raises(RepositoryCheckError) as err:
+        eng.repositories.remove("r1")
+    assert str(err.value) == (
+        "repository r1 cannot be removed: it holds 1 backup and is the target of copy rule offsite"
+    )
+    assert eng.repositories.get("r1")
+    eng.repositories.remove("r1", force=True, actor="alice")
+    assert [r.name for r in eng.repositories.list()] == ["r2"]
+    entries = eng.audit.query(text="removed by force")
+    assert len(entries) == 1 and entries[0].actor == "alice"
+    assert (tmp_path / "r1" / "chains").is_dir()  # files stay
+
+
+def test_disable_and_unmount_refused_while_a_job_uses_the_repository(
+    eng: Engine, tmp_path: Path
+) -> None:
+    repo = eng.repositories.add(RepositorySpec(name="busy", path=str(tmp_path / "b"), create=True))
+    job = eng.job_store.create(
+        kind="backup", title="backup web01", now=eng.clock.now(), repository_id=repo.id
+    )
+    with pytest.raises(RepositoryCheckError, match=rf"job #{job.id} backup web01 uses it"):
+        eng.repositories.set_enabled(repo, False)
+    with pytest.raises(RepositoryCheckError, match="uses it"):
+        eng.repositories.remove(repo)
+
+
+def test_ensure_writable_mount_refuses_an_empty_mount_point(eng: Engine) -> None:
+    """A network repository whose mount point is a plain directory: nothing is written."""
+    repo = eng.repository_store.add(
+        name="nas",
+        kind="nfs",
+        path=str(eng.mounts.mount_point("nas")),
+        now=eng.clock.now(),
+        server="nas.example",
+        export="/srv/backups",
+    )
+    Path(repo.path).mkdir(parents=True)
+    with pytest.raises(RepositoryCheckError) as err:
+        eng.repositories.ensure_writable_mount(repo)
+    assert err.value.reason == "not_mounted"
+    assert "is not mounted, so nothing may be written there" in str(err.value)
+
+
+def test_ensure_writable_mount_accepts_a_real_mount(eng: Engine, loop_fs: LoopFsFactory) -> None:
+    """The same check passes when the path is a mount (a loop fs stands in for the
+    NFS mount: this kernel has no NFS client)."""
+    fs = loop_fs("ext4", size_mb=16)
+    repo = eng.repository_store.add(
+        name="nas",
+        kind="nfs",
+        path=str(fs.mountpoint),
+        now=eng.clock.now(),
+        server="nas.example",
+        export="/srv/backups",
+    )
+    assert eng.repositories.ensure_writable_mount(repo) == fs.mountpoint
+    eng.repositories.set_enabled(repo, False)
+    with pytest.raises(RepositoryCheckError, match="is disabled"):
+        eng.repositories.ensure_writable_mount(repo.id)
+
+
+def test_cifs_password_is_encrypted_and_credentials_file_is_private(
+    eng: Engine, tmp_path: Path
+) -> None:
+    spec = RepositorySpec(
+        name="smb",
+        kind="cifs",
+        server="127.0.0.1",
+        export="backups",
+        username="bk",
+        password="s3cret-Pw",
+        domain="CORP",
+    )
+    repo = eng.repositories.add(spec, test=False, enabled=False)
+    assert repo.secret and "s3cret-Pw" not in repo.secret
+    assert repo.secret.startswith("fernet:")
+    key = eng.settings.state_dir / "secret.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert eng.repositories.spec_of(repo, with_password=True).password == "s3cret-Pw"
+    cred = eng.mounts.write_credentials(repo, "s3cret-Pw")
+    assert oct(cred.stat().st_mode & 0o777) == "0o600"
+    assert cred.read_text() == "username=bk\npassword=s3cret-Pw\ndomain=CORP\n"
+    fstype, options = eng.mounts.mount_options(repo)
+    assert fstype == "cifs" and f"credentials={cred}" in options
+    assert not any("s3cret" in o for o in options)
+    eng.mounts.remove_credentials("smb")
+    assert not cred.exists()
+    # nothing in the audit log carries it
+    assert all("s3cret" not in e.message for e in eng.audit.query())
+
+
+def test_kernel_without_nfs_client_is_said_in_words() -> None:
+    text = kernel_client_missing("nfs", filesystems="nodev\tproc\n\text4\n")
+    if text is not None:  # a module may still be loadable on this host
+        assert text.startswith("this machine's kernel has no NFS client")
+    assert kernel_client_missing("nfs", filesystems="nodev\tnfs4\n") is None
+    assert kernel_client_missing("local") is None
+
+
+def test_engine_start_creates_default_local_repository(tmp_path: Path) -> None:
+    engine = Engine(default_settings(tmp_path / "state"), clock=FixedClock()).start()
+    try:
+        repos = engine.repositories.list()
+        assert [(r.name, r.kind, r.state) for r in repos] == [("local", "local", "ready")]
+        assert repos[0].path == str(tmp_path / "state" / "repository")
+        assert engine.capacity.reading(repos[0].id) is not None or engine.capacity.sample(repos[0])
+    finally:
+        engine.close()
+    # a second start does not add another one
+    engine = Engine(default_settings(tmp_path / "state"), clock=FixedClock()).start()
+    try:
+        assert len(engine.repositories.list()) == 1
+    finally:
+        engine.close()
+
+
+def test_mount_manager_repair_reports_foreign_mounts(
+    tmp_path: Path, loop_fs: LoopFsFactory
+) -> None:
+    fs = loop_fs("ext4", size_mb=16)
+    root = tmp_path / "mounts"
+    root.mkdir()
+    (root / "stray").mkdir()
+    subprocess.run(
+        ["mount", "--bind", str(fs.mountpoint), str(root / "stray")], check=True, timeout=30
+    )
+    try:
+        findings = MountManager(root, tmp_path / "cred").repair([])
+        assert [(f.status, f.target) for f in findings] == [("foreign", str(root / "stray"))]
+        assert "left alone" in findings[0].action
+    finally:
+        subprocess.run(["umount", str(root / "stray")], check=False, timeout=30)
+
+
+def test_validation_error_on_bad_fields(eng: Engine) -> None:
+    with pytest.raises(ValidationError, match="path: the path must be absolute"):
+        eng.repositories.add(RepositorySpec(name="x", path="rel"))
