@@ -1,0 +1,265 @@
+"""``sendense restore points|mount|ls|find|extract|unmount|mounts``: file-level restore.
+
+The ``restore`` group is shared: another module may create it (``restore disk``).
+``register`` adds these subcommands to an existing ``restore`` group when one is
+already registered, and creates the group otherwise. A module that creates the
+group itself after this one can call :func:`add_subcommands` on its subparsers.
+
+Mounts made here are *detached*: they outlive the command and go away with
+``unmount`` or when their expiry passes (default one hour, extended on use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import timedelta
+from typing import Any
+
+from engine.services.file_restore import Entry, MountView
+from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.format import human_bytes, human_duration
+
+
+def _group(subparsers: Any) -> Any:
+    """The ``restore`` group's subparsers action, creating the group if needed."""
+    parser = subparsers.choices.get("restore")
+    if parser is None:
+        parser = add_parser(subparsers, "restore", help="restore disks and files from backups")
+        return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
+
+
+def register(subparsers: Any) -> None:
+    add_subcommands(_group(subparsers))
+
+
+def add_subcommands(sub: Any) -> None:
+    points = add_parser(sub, "points", help="list restore points")
+    points.add_argument("--vm")
+    points.add_argument("--disk")
+    points.set_defaults(func=list_points)
+    mount = add_parser(sub, "mount", help="mount a restore point read-only to browse its files")
+    mount.add_argument("point", type=int, help="restore point (backup) id")
+    mount.add_argument(
+        "--minutes", type=int, default=60, help="idle minutes before it is removed (default 60)"
+    )
+    mount.set_defaults(func=mount_point)
+    mounts = add_parser(sub, "mounts", help="list mounted restore points")
+    mounts.set_defaults(func=list_mounts)
+    ls = add_parser(sub, "ls", help="list a folder of a mounted point")
+    ls.add_argument("mount", type=int, help="mount id")
+    ls.add_argument("path", nargs="?", default="", help="e.g. p1/etc (empty: filesystems)")
+    ls.set_defaults(func=list_dir)
+    find = add_parser(sub, "find", help="search a mounted point by name")
+    find.add_argument("mount", type=int)
+    find.add_argument("pattern", help="a word, or wildcards like '*.conf'")
+    find.add_argument("--under", default="", help="only below this path")
+    find.set_defaults(func=find_files)
+    extract = add_parser(sub, "extract", help="copy files or folders out of a mounted point")
+    extract.add_argument("mount", type=int)
+    extract.add_argument("paths", nargs="+", help="paths inside the mount, e.g. p1/etc/hosts")
+    extract.add_argument("--to", required=True, dest="destination", help="destination folder")
+    extract.add_argument("--overwrite", action="store_true", help="replace existing files")
+    extract.set_defaults(func=extract_files)
+    unmount = add_parser(sub, "unmount", help="unmount a restore point")
+    unmount.add_argument("mount", type=int)
+    unmount.set_defaults(func=unmount_point)
+
+
+def mount_dict(view: MountView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "backup_id": view.backup_id,
+        "point": view.point.label if view.point else None,
+        "state": view.state,
+        "reused": view.reused,
+        "expires_at": view.expires_at,
+        "filesystems": [
+            {
+                "name": fs.name,
+                "fs_type": fs.fs_type,
+                "state": fs.state,
+                "size": fs.size,
+                "label": fs.label,
+                "path": fs.path,
+                "detail": fs.detail,
+            }
+            for fs in view.filesystems
+        ],
+    }
+
+
+def entry_dict(entry: Entry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "path": entry.path,
+        "kind": entry.kind,
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "mode": f"{entry.mode:04o}",
+        "link_target": entry.link_target,
+        "detail": entry.detail,
+    }
+
+
+def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        points = engine.file_restore.points(vm_name=args.vm, disk_name=args.disk)
+    if ctx.json:
+        ctx.print_json(
+            [
+                {
+                    "id": p.backup_id,
+                    "vm": p.vm_name,
+                    "disk": p.disk_name,
+                    "kind": p.kind,
+                    "point_time": p.point_time,
+                    "repository": p.repository,
+                    "size": p.virtual_size,
+                }
+                for p in points
+            ]
+        )
+        return 0
+    rows = [
+        [
+            str(p.backup_id),
+            p.vm_name,
+            p.disk_name,
+            f"{p.point_time:%Y-%m-%d %H:%M}",
+            p.kind,
+            p.repository,
+        ]
+        for p in points
+    ]
+    print(table(rows, ["ID", "VM", "DISK", "TIME", "KIND", "REPOSITORY"]) if rows else "none")
+    return 0
+
+
+def _print_mount(view: MountView, now: Any) -> None:
+    what = "reusing" if view.reused else "mounted"
+    label = view.point.label if view.point else f"point {view.backup_id}"
+    remaining = human_duration(view.remaining(now).total_seconds())
+    print(f"{what} {label} as mount {view.id} (removed after {remaining} idle)")
+    for fs in view.filesystems:
+        note = fs.detail if fs.state != "mounted" else human_bytes(fs.size)
+        print(f"  {fs.name:6} {fs.fs_type:8} {fs.state:12} {note}")
+
+
+def mount_point(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        view = engine.file_restore.mount(
+            args.point, ttl=timedelta(minutes=max(1, args.minutes)), actor="cli", detached=True
+        )
+        now = engine.clock.now()
+    if ctx.json:
+        ctx.print_json(mount_dict(view))
+    else:
+        _print_mount(view, now)
+    return 0
+
+
+def list_mounts(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        views = engine.file_restore.list_mounts()
+        now = engine.clock.now()
+    if ctx.json:
+        ctx.print_json([mount_dict(v) for v in views])
+        return 0
+    rows = [
+        [
+            str(v.id),
+            v.point.label if v.point else str(v.backup_id),
+            ", ".join(f"{f.name}:{f.fs_type}" for f in v.filesystems),
+            human_duration(v.remaining(now).total_seconds()),
+        ]
+        for v in views
+    ]
+    print(table(rows, ["ID", "POINT", "FILESYSTEMS", "EXPIRES IN"]) if rows else "no mounts")
+    return 0
+
+
+def _print_entries(entries: list[Entry], *, full_path: bool = False) -> None:
+    rows = []
+    for e in entries:
+        name = e.path if full_path else e.name
+        if e.kind == "dir":
+            name += "/"
+        if e.link_target is not None:
+            name += f" -> {e.link_target}"
+        rows.append(
+            [
+                e.kind,
+                f"{e.mode:04o}" if e.mode else "",
+                human_bytes(e.size) if e.kind in ("file", "filesystem") else "",
+                f"{e.mtime:%Y-%m-%d %H:%M}" if e.mtime else "",
+                name + (f"  ({e.detail})" if e.detail else ""),
+            ]
+        )
+    print(table(rows, ["KIND", "MODE", "SIZE", "MODIFIED", "NAME"]) if rows else "(empty)")
+
+
+def list_dir(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        entries = engine.file_restore.ls(args.mount, args.path)
+    if ctx.json:
+        ctx.print_json([entry_dict(e) for e in entries])
+    else:
+        _print_entries(entries)
+    return 0
+
+
+def find_files(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        entries = engine.file_restore.search(args.mount, args.pattern, args.under)
+    if ctx.json:
+        ctx.print_json([entry_dict(e) for e in entries])
+    else:
+        _print_entries(entries, full_path=True)
+    return 0
+
+
+def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
+    interactive = sys.stderr.isatty() and not ctx.json
+
+    def progress(done: int, total: int, current: str) -> None:
+        if interactive:
+            pct = 100 * done / total if total else 100
+            sys.stderr.write(f"\r{pct:5.1f}% {human_bytes(done)} / {human_bytes(total)}  ")
+            sys.stderr.flush()
+
+    with ctx.engine() as engine:
+        result = engine.file_restore.extract(
+            args.mount,
+            args.paths,
+            args.destination,
+            overwrite=args.overwrite,
+            on_progress=progress,
+            actor="cli",
+        )
+    if interactive:
+        sys.stderr.write("\n")
+    if ctx.json:
+        ctx.print_json(result.as_dict())
+        return 0
+    print(
+        f"restored {result.files} file(s), {result.directories} folder(s), "
+        f"{result.symlinks} link(s), {human_bytes(result.bytes)} to {result.destination}"
+    )
+    for path, reason in result.skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def unmount_point(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        engine.file_restore.unmount(args.mount, actor="cli")
+    if ctx.json:
+        ctx.print_json({"id": args.mount, "state": "unmounted"})
+    else:
+        print(f"unmounted restore mount {args.mount}")
+    return 0

@@ -1,0 +1,91 @@
+"""`sendense restore mount|ls|find|extract|unmount` and `sendense export start|list|stop`
+on a real backup: each command is its own engine (as from a shell)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.catalog import Catalog
+from engine.clock import FixedClock
+from engine.config import sqlite_url
+from sendense_tui.cli import main
+from tests.engine.fsimages import Part, backup_chain, build_disk, loops_on, mounts_under
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def point(tmp_path: Path) -> int:
+    raw = build_disk(tmp_path / "disk.raw", [Part("ext4", 16, {"etc/motd": b"hello\n"})])
+    catalog = Catalog(sqlite_url(tmp_path / "state" / "catalog.db")).open()
+    (tmp_path / "repo").mkdir()
+    try:
+        return backup_chain(catalog, tmp_path / "repo", [raw], now=FixedClock().now()).full_id
+    finally:
+        catalog.dispose()
+
+
+def run(capsys: pytest.CaptureFixture[str], state: Path, *args: str) -> object:
+    code = main(["--state-dir", str(state), *args, "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_restore_commands_mount_browse_extract_unmount(
+    tmp_path: Path, point: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    try:
+        mounted = run(capsys, state, "restore", "mount", str(point))
+        assert isinstance(mounted, dict)
+        mount_id = str(mounted["id"])
+        assert [f["fs_type"] for f in mounted["filesystems"]] == ["ext4"]
+        again = run(capsys, state, "restore", "mount", str(point))
+        assert isinstance(again, dict) and again["reused"] and again["id"] == mounted["id"]
+
+        listing = run(capsys, state, "restore", "ls", mount_id, "p1/etc")
+        assert [(e["name"], e["size"]) for e in listing] == [("motd", 6)]  # type: ignore[index,union-attr]
+        found = run(capsys, state, "restore", "find", mount_id, "MOTD")
+        assert [e["path"] for e in found] == ["p1/etc/motd"]  # type: ignore[index,union-attr]
+        result = run(
+            capsys, state, "restore", "extract", mount_id, "p1/etc", "--to", str(tmp_path / "out")
+        )
+        assert isinstance(result, dict) and result["files"] == 1
+        assert (tmp_path / "out" / "etc" / "motd").read_bytes() == b"hello\n"
+
+        assert main(["--state-dir", str(state), "restore", "ls", mount_id, "p1/../.."]) == 2
+        assert "'..'" in capsys.readouterr().err
+
+        run(capsys, state, "restore", "unmount", mount_id)
+        assert mounts_under(tmp_path) == []
+        assert loops_on(tmp_path) == []
+    finally:
+        main(["--state-dir", str(state), "restore", "unmount", "1"])
+
+
+def test_export_commands(tmp_path: Path, point: int, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    try:
+        started = run(capsys, state, "export", "start", str(point), "--name", "motd")
+        assert isinstance(started, dict)
+        assert started["uri"].startswith("nbd+unix:///motd?socket=")
+        info = subprocess.run(
+            ["qemu-img", "info", "--output=json", started["uri"]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert json.loads(info.stdout)["virtual-size"] == (tmp_path / "disk.raw").stat().st_size
+        listed = run(capsys, state, "export", "list")
+        assert [e["uri"] for e in listed] == [started["uri"]]  # type: ignore[index,union-attr]
+        stopped = run(capsys, state, "export", "stop", "motd")
+        assert isinstance(stopped, dict) and stopped["state"] == "stopped"
+        assert run(capsys, state, "export", "list") == []
+    finally:
+        main(["--state-dir", str(state), "export", "stop", "motd"])
