@@ -42,9 +42,52 @@ class Engine:
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )
         self._wire_repositories()
+        self._wire_copies()
         self._wire_restore()
+        self._wire_backups()
         self._opened = False
         self._started = False
+
+    def _wire_backups(self) -> None:
+        """Backups (``self.backups``), the chain manager (``self.chains``) and whole-disk
+        restore (``self.restores``); job kinds backup, consolidate, restore_disk."""
+        from engine.catalog.chains import ChainStore
+        from engine.services.backup import BackupService
+        from engine.services.chains import ChainService
+        from engine.services.restore_disk import DiskRestoreService
+
+        def writable(repo: object) -> None:
+            service = getattr(self, "repositories", None)
+            gate = getattr(service, "ready_for_new_data", None) or getattr(
+                service, "ensure_writable_mount", None
+            )
+            if gate is not None:
+                gate(repo)
+
+        self.chain_store = ChainStore(self.catalog)
+        self.chains = ChainService(
+            self.chain_store,
+            self.repository_store,
+            self.bus,
+            settings=self.settings,
+            clock=self.clock,
+        )
+        self.backups = BackupService(
+            self.chain_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            self.chains,
+            settings=self.settings,
+            clock=self.clock,
+            repository_check=writable,
+        )
+        self.restores = DiskRestoreService(
+            self.chain_store, self.repository_store, self.jobs, self.bus, clock=self.clock
+        )
+        self.backups.register()
+        self.restores.register()
+        self.chains.register(self.jobs)
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
@@ -105,6 +148,27 @@ class Engine:
                 cleanup()
             except SendenseError as exc:
                 log.warning("restore cleanup at start: %s", exc)
+
+    def _wire_copies(self) -> None:
+        """Copy rules and copy jobs (``self.copies``), verification (``self.verifier``)."""
+        from engine.catalog.copies import CopyStore
+        from engine.services.copy import CopyService
+        from engine.services.verify import VerifyService
+
+        self.copy_store = CopyStore(self.catalog)
+        self.verifier = VerifyService(
+            self.copy_store, self.repository_store, self.jobs, self.bus, clock=self.clock
+        )
+        self.copies = CopyService(
+            self.copy_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            clock=self.clock,
+            verifier=self.verifier,
+        )
+        self.verifier.register()
+        self.copies.register()
 
     @classmethod
     def from_environment(cls, **kwargs: object) -> Engine:

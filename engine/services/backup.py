@@ -1,0 +1,751 @@
+"""Full and incremental QCOW2 backups of VM disks into a repository.
+
+A source is anything qemu-img reads: a raw or qcow2 file, a block device, or an
+``nbd://host:port/export`` / ``nbd+unix:///export?socket=…`` URI.
+
+Full: ``qemu-img convert -O qcow2 [-c -o compression_type=zstd]`` into a new
+chain directory.
+
+Incremental: ``qemu-img convert -B previous`` from a *raw* source writes every
+cluster (qemu-img 7.2 cannot tell which ones equal the backing file), so the
+incremental is made with a rebase instead: an empty overlay is created over the
+source (``create -b SOURCE -F raw``), then a *safe* ``qemu-img rebase -p -b
+PREVIOUS`` compares the old backing (the source) with the new one (the previous
+point, read through its chain) and copies only the clusters that differ into
+the overlay. The result holds exactly the changed clusters (2 MiB changed in a
+64 MiB disk gives a ≈2.3 MiB file) and its header names the previous point by
+plain file name, so the chain directory stays valid wherever it is copied.
+Incrementals are not compressed (a rebase cannot write compressed clusters).
+
+Data safety: each file is written as ``.NAME.partial`` in the chain directory,
+fsynced, renamed, the directory fsynced, and only then recorded in the catalog
+(size, virtual size, allocated bytes, sha256). Any failure (no space, cancel,
+a source that vanished) removes the partial file; the catalog and the existing
+chain are untouched.
+
+Chains are validated before and after every backup. A broken chain, a parent
+whose checksum no longer matches (its base changed under it), a changed disk
+size or the policy's "full every N" make the next backup a new full, announced
+with a warning event that says why (``backup.new_full``), instead of failing
+forever. ``mode="incremental"`` refuses instead of switching to a full.
+
+A VM with several disks is one job. Disks are backed up one after the other;
+the job succeeds only if every disk does. A disk that finished stays recorded
+(it is a good restore point of that disk), a disk that failed leaves nothing
+behind, and the job's error names which disks failed and why, and which were
+kept. The next run takes incrementals of the kept disks and retries the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.chains import ChainStore
+from engine.catalog.models import Backup, Chain, Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.config import Settings
+from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.hashing import sha256_file
+from engine.jobs import JobContext, JobRunner
+from engine.services.chains import (
+    ChainService,
+    _reserve,
+    allocated_bytes,
+    free_bytes,
+    fsync_dir,
+    fsync_file,
+    human_bytes,
+    partial_name,
+    repo_file,
+    stamp,
+)
+from engine.tools import qemu_img
+from engine.tools.base import ToolError
+from engine.tools.qemu_img_extra import rebase_with_progress
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "full", "incremental")
+COMPRESSIONS = (None, "zstd", "zlib")
+#: default "new full after N incrementals" when no policy says otherwise
+DEFAULT_FULL_EVERY = 14
+#: chains live under this directory of the repository (the repository layout has it)
+CHAINS_DIR = "chains"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BackupError(SendenseError):
+    """A backup could not be made; nothing half-written was left behind."""
+
+
+class BackupNoSpace(BackupError):
+    """The repository has (or had) too little room for the backup."""
+
+
+class SourceError(BackupError):
+    """The backup source cannot be read."""
+
+
+class BackupFailed(BackupError):
+    """At least one disk of a multi-disk backup failed (the others were kept)."""
+
+    def __init__(self, message: str, *, run: BackupRun, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.run = run
+
+
+@dataclass(frozen=True)
+class DiskSource:
+    name: str
+    #: path, block device or nbd:// / nbd+unix:// URI
+    source: str
+    #: the source's format; None lets qemu-img probe (raw for devices and NBD)
+    fmt: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DiskSource:
+        """``NAME=SOURCE`` (or just ``SOURCE``: the name becomes ``disk0``)."""
+        name, sep, source = text.partition("=")
+        if not sep or "://" in name:
+            return cls("disk0", text)
+        return cls(name, source)
+
+
+@dataclass
+class DiskResult:
+    disk: str
+    source: str
+    ok: bool = False
+    kind: str | None = None
+    backup_id: int | None = None
+    chain_id: int | None = None
+    path: str | None = None
+    virtual_size: int = 0
+    file_size: int = 0
+    allocated_bytes: int = 0
+    seconds: float = 0.0
+    #: why a full was taken where an incremental could have been
+    full_reason: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BackupRun:
+    vm: str
+    repository: str
+    disks: list[DiskResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.disks) and all(d.ok for d in self.disks)
+
+    @property
+    def failed(self) -> list[DiskResult]:
+        return [d for d in self.disks if not d.ok]
+
+    def sentence(self) -> str:
+        done = [d for d in self.disks if d.ok]
+        parts = [f"{d.disk}: {d.kind} #{d.backup_id} ({human_bytes(d.file_size)})" for d in done]
+        parts += [f"{d.disk}: FAILED ({d.error})" for d in self.failed]
+        return f"{self.vm} to {self.repository}: " + "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "repository": self.repository,
+            "ok": self.ok,
+            "disks": [d.as_dict() for d in self.disks],
+        }
+
+
+@dataclass(frozen=True)
+class _Probe:
+    source: DiskSource
+    fmt: str
+    virtual_size: int
+    #: what the overlay's backing reference is: an absolute path or the URI
+    backing_ref: str
+
+
+class _Stopper:
+    """``should_stop`` for qemu-img: asks the job at most twice a second."""
+
+    def __init__(self, ctx: JobContext | None, clock: Clock) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self._last = -1e9
+        self.reason: JobCancelled | None = None
+
+    def __call__(self) -> bool:
+        if self.ctx is None:
+            return False
+        now = time.monotonic()
+        if now - self._last < 0.5 and self.reason is None:
+            return False
+        self._last = now
+        try:
+            self.ctx.check()
+        except JobCancelled as exc:
+            self.reason = exc
+            return True
+        return False
+
+
+class BackupService:
+    """Backups of VM disks (``engine.backups``); job kind ``backup``."""
+
+    def __init__(
+        self,
+        store: ChainStore,
+        repositories: RepositoryStore,
+        jobs: JobRunner,
+        bus: EventBus,
+        chains: ChainService,
+        *,
+        settings: Settings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        repository_check: Callable[[Repository], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.repositories = repositories
+        self.jobs = jobs
+        self.bus = bus
+        self.chains = chains
+        self.settings = settings
+        self.clock = clock
+        #: the repositories service's "mounted, writable and not full" gate, when wired
+        self.repository_check = repository_check
+        #: compare the parent's sha256 with the catalog before an incremental
+        self.verify_parent = True
+
+    def register(self) -> None:
+        self.jobs.register("backup", self.run_job)
+
+    # -- jobs --------------------------------------------------------------------
+
+    def submit(
+        self,
+        repository: int | str,
+        vm: str,
+        disks: Sequence[DiskSource],
+        *,
+        mode: str = "auto",
+        compression: str | None = None,
+        full_every: int | None = None,
+        actor: str | None = None,
+    ) -> Any:
+        """Queue a backup job for a VM's disks; returns the Job row."""
+        repo = self.repositories.get(repository)
+        self._check_args(vm, disks, mode, compression)
+        params = {
+            "repository": repo.id,
+            "vm": vm,
+            "disks": [asdict(d) for d in disks],
+            "mode": mode,
+            "compression": compression,
+            "full_every": full_every,
+        }
+        return self.jobs.submit(
+            "backup",
+            f"back up {vm} ({', '.join(d.name for d in disks)}) to {repo.name}",
+            params,
+            repository_id=repo.id,
+            actor=actor,
+        )
+
+    def run_job(self, ctx: JobContext) -> dict[str, Any]:
+        p = ctx.params
+        run = self.run(
+            int(p["repository"]),
+            str(p["vm"]),
+            [DiskSource(**d) for d in p["disks"]],
+            mode=p.get("mode", "auto"),
+            compression=p.get("compression"),
+            full_every=p.get("full_every"),
+            ctx=ctx,
+        )
+        if not run.ok:
+            raise self._failure(run)
+        return run.as_dict()
+
+    def _failure(self, run: BackupRun) -> BackupFailed:
+        failed = run.failed
+        kept = [d for d in run.disks if d.ok]
+        msg = f"{len(failed)} of {len(run.disks)} disk(s) of {run.vm} failed: " + "; ".join(
+            f"{d.disk}: {d.error}" for d in failed
+        )
+        if kept:
+            msg += ". Kept: " + ", ".join(f"{d.disk} ({d.kind} #{d.backup_id})" for d in kept)
+        return BackupFailed(
+            msg,
+            run=run,
+            hint="fix the cause and run the backup again; kept disks continue incrementally",
+        )
+
+    # -- running -----------------------------------------------------------------
+
+    def _check_args(
+        self, vm: str, disks: Sequence[DiskSource], mode: str, compression: str | None
+    ) -> None:
+        if not _NAME.match(vm):
+            raise ValidationError(
+                f"VM name {vm!r} is not usable as a directory name",
+                hint="use letters, digits, '.', '_' and '-' (at most 128)",
+            )
+        if not disks:
+            raise ValidationError(f"no disks given for {vm}")
+        names = [d.name for d in disks]
+        for name in names:
+            if not _NAME.match(name):
+                raise ValidationError(f"disk name {name!r} is not usable as a directory name")
+        if len(set(names)) != len(names):
+            raise ValidationError(f"disk names repeat: {', '.join(names)}")
+        if mode not in MODES:
+            raise ValidationError(f"backup mode {mode!r} is unknown: use {', '.join(MODES)}")
+        if compression not in COMPRESSIONS:
+            raise ValidationError(f"compression {compression!r} is unknown: use zstd or none")
+
+    def run(
+        self,
+        repository: int | str,
+        vm: str,
+        disks: Sequence[DiskSource],
+        *,
+        mode: str = "auto",
+        compression: str | None = None,
+        full_every: int | None = None,
+        ctx: JobContext | None = None,
+        actor: str | None = None,
+    ) -> BackupRun:
+        """Back up every disk of ``vm``; returns what happened per disk (never half-done).
+
+        Problems that concern the whole run (bad names, repository not usable)
+        raise; a disk that fails is recorded in the result and the others go on.
+        A cancel stops the run (disks already finished stay).
+        """
+        self._check_args(vm, disks, mode, compression)
+        repo = self.repositories.get(repository)
+        self._check_repository(repo)
+        run = BackupRun(vm, repo.name)
+        probes: list[_Probe | None] = []
+        for disk in disks:
+            try:
+                probes.append(self._probe(disk))
+            except SendenseError as exc:
+                probes.append(None)
+                run.disks.append(DiskResult(disk.name, disk.source, error=exc.for_humans()))
+                self._announce_failure(repo, vm, disk.name, exc, ctx, actor)
+        total = sum(p.virtual_size for p in probes if p is not None)
+        done_before = 0
+        for probe in probes:
+            if probe is None:
+                continue
+            result = DiskResult(probe.source.name, probe.source.source)
+            started = time.monotonic()
+            try:
+                self._backup_disk(
+                    repo,
+                    vm,
+                    probe,
+                    result,
+                    mode=mode,
+                    compression=compression,
+                    full_every=full_every if full_every is not None else DEFAULT_FULL_EVERY,
+                    ctx=ctx,
+                    done_before=done_before,
+                    total=total,
+                    actor=actor,
+                )
+                result.ok = True
+            except JobCancelled:
+                raise
+            except SendenseError as exc:
+                result.error = exc.for_humans()
+                self._announce_failure(repo, vm, probe.source.name, exc, ctx, actor)
+            finally:
+                result.seconds = round(time.monotonic() - started, 3)
+            run.disks.append(result)
+            done_before += probe.virtual_size
+        order = {d.name: i for i, d in enumerate(disks)}
+        run.disks.sort(key=lambda d: order.get(d.disk, 0))
+        return run
+
+    def _announce_failure(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        exc: SendenseError,
+        ctx: JobContext | None,
+        actor: str | None,
+    ) -> None:
+        self.bus.publish(
+            Event(
+                kind="backup.failed",
+                message=f"backup of {vm}/{disk} failed: {exc.message}",
+                level="error",
+                source="backup",
+                repository_id=repo.id,
+                job_id=ctx.job_id if ctx else None,
+                actor=actor,
+                data={"vm": vm, "disk": disk, "hint": exc.hint},
+            )
+        )
+
+    def _check_repository(self, repo: Repository) -> None:
+        if not repo.enabled:
+            raise BackupError(
+                f"repository {repo.name} is disabled",
+                hint=f"enable it first (`sendense repo enable {repo.name}`)",
+            )
+        root = Path(repo.path)
+        if not root.is_dir():
+            raise BackupError(
+                f"repository {repo.name}: {root} does not exist or is not a directory",
+                hint="check that the repository is mounted",
+            )
+        if not os.access(root, os.W_OK):
+            raise BackupError(
+                f"repository {repo.name}: {root} is not writable",
+                hint="check the mount options and the directory owner",
+            )
+        if self.repository_check is not None:
+            self.repository_check(repo)
+
+    def _probe(self, disk: DiskSource) -> _Probe:
+        src = disk.source
+        is_uri = "://" in src
+        if not is_uri:
+            path = Path(src)
+            if not path.exists():
+                raise SourceError(
+                    f"source {src} of disk {disk.name} does not exist",
+                    hint="check the path (a file, a block device or an nbd:// URI)",
+                )
+            if not os.access(path, os.R_OK):
+                raise SourceError(
+                    f"source {src} of disk {disk.name} cannot be read: permission denied",
+                    hint="run the backup as a user that may read it (root for block devices)",
+                )
+            if path.is_dir():
+                raise SourceError(f"source {src} of disk {disk.name} is a directory, not a disk")
+        try:
+            head = qemu_img.info(src, fmt=disk.fmt)
+        except ToolError as exc:
+            raise SourceError(
+                f"source {src} of disk {disk.name} cannot be read: {exc.message}",
+                hint=exc.hint or "check that the source is a disk image qemu-img can open",
+            ) from None
+        if head.virtual_size <= 0:
+            raise SourceError(f"source {src} of disk {disk.name} is empty (0 bytes)")
+        ref = src if is_uri else os.path.abspath(src)
+        return _Probe(disk, disk.fmt or head.format, head.virtual_size, ref)
+
+    # -- one disk ----------------------------------------------------------------
+
+    def _plan(
+        self,
+        repo: Repository,
+        vm: str,
+        probe: _Probe,
+        *,
+        mode: str,
+        full_every: int,
+    ) -> tuple[Chain | None, list[Backup], str | None, bool]:
+        """(current chain, its points, why a full, whether that reason is a warning)."""
+        disk = probe.source.name
+        chain = self.store.current_chain(repo.id, vm, disk)
+        if mode == "full":
+            return chain, [], "a full backup was asked for", False
+        if chain is None:
+            return None, [], "first backup of this disk", False
+        report = self.chains.validate(chain.id)
+        points = self.store.backups(chain.id)
+        if not report.ok:
+            return chain, points, f"chain {chain.id} is broken ({report.sentence()})", True
+        if not points:
+            return chain, points, "the chain has no points left", False
+        parent = points[-1]
+        if parent.virtual_size != probe.virtual_size:
+            return (
+                chain,
+                points,
+                f"the disk size changed from {parent.virtual_size} to {probe.virtual_size} bytes",
+                False,
+            )
+        if len(points) - 1 >= full_every:
+            return (
+                chain,
+                points,
+                f"{len(points) - 1} incrementals reached the limit of {full_every}",
+                False,
+            )
+        if self.verify_parent and parent.checksum:
+            digest = sha256_file(repo_file(repo, parent.path))
+            if digest != parent.checksum:
+                detail = (
+                    f"point #{parent.id} ({Path(parent.path).name}) no longer matches its "
+                    "checksum: its base changed under it"
+                )
+                self.store.update_backup(parent.id, state="bad", state_detail=detail)
+                self.store.update_chain(chain.id, state="broken", state_detail=detail)
+                return chain, points, f"chain {chain.id} is broken: {detail}", True
+        return chain, points, None, False
+
+    def _backup_disk(
+        self,
+        repo: Repository,
+        vm: str,
+        probe: _Probe,
+        result: DiskResult,
+        *,
+        mode: str,
+        compression: str | None,
+        full_every: int,
+        ctx: JobContext | None,
+        done_before: int,
+        total: int,
+        actor: str | None,
+    ) -> None:
+        disk = probe.source.name
+        now = self.clock.now()
+        chain, points, full_reason, loud = self._plan(
+            repo, vm, probe, mode=mode, full_every=full_every
+        )
+        if full_reason is not None and mode == "incremental":
+            raise BackupError(
+                f"cannot take an incremental of {vm}/{disk}: {full_reason}",
+                hint="run the backup with mode auto or full to start a new chain",
+            )
+        result.virtual_size = probe.virtual_size
+        result.full_reason = full_reason
+        if full_reason is not None and loud:
+            self.bus.publish(
+                Event(
+                    kind="backup.new_full",
+                    message=f"{vm}/{disk}: starting a NEW FULL backup because {full_reason}",
+                    level="warning",
+                    source="backup",
+                    repository_id=repo.id,
+                    job_id=ctx.job_id if ctx else None,
+                    actor=actor,
+                    data={"vm": vm, "disk": disk, "reason": full_reason},
+                )
+            )
+
+        stopper = _Stopper(ctx, self.clock)
+
+        def progress(percent: float) -> None:
+            if ctx is not None:
+                ctx.progress(
+                    done_before + int(probe.virtual_size * percent / 100),
+                    total,
+                    message=f"{vm}/{disk}: {'full' if full_reason else 'incremental'}",
+                )
+
+        if full_reason is not None:
+            directory_rel = self._new_chain_dir(repo, vm, disk, now)
+            name = f"0000-full-{stamp(now)}.qcow2"
+            self._check_room_full(repo, probe, compression)
+        else:
+            assert chain is not None
+            directory_rel = chain.directory
+            position = points[-1].position + 1
+            name = f"{position:04d}-inc-{stamp(now)}.qcow2"
+            self._check_room_incremental(repo)
+        directory = repo_file(repo, directory_rel)
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / name
+        tmp = directory / partial_name(name)
+        try:
+            if full_reason is not None:
+                qemu_img.convert(
+                    probe.backing_ref,
+                    tmp,
+                    src_fmt=probe.fmt,
+                    compression=compression,
+                    on_progress=progress,
+                    should_stop=stopper,
+                )
+            else:
+                parent_name = Path(points[-1].path).name
+                qemu_img.create(
+                    tmp, probe.virtual_size, backing=probe.backing_ref, backing_fmt=probe.fmt
+                )
+                if stopper():  # cancelled while planning: stop before the long part
+                    assert stopper.reason is not None
+                    raise stopper.reason
+                rebase_with_progress(tmp, parent_name, on_progress=progress, should_stop=stopper)
+                head = qemu_img.info(tmp, fmt="qcow2")
+                if head.backing_filename != parent_name:
+                    raise BackupError(
+                        f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
+                        f"as its parent instead of {parent_name}",
+                    )
+            if final.exists():
+                raise BackupError(f"{final} already exists; refusing to overwrite a backup")
+            fsync_file(tmp)
+            os.replace(tmp, final)
+            fsync_dir(directory)
+        except JobCancelled:
+            _discard(tmp)
+            raise
+        except qemu_img.NoSpaceError as exc:
+            _discard(tmp)
+            raise self._no_space(repo, vm, disk) from exc
+        except OSError as exc:
+            _discard(tmp)
+            if exc.errno == errno.ENOSPC:
+                raise self._no_space(repo, vm, disk) from exc
+            raise BackupError(f"writing {final} failed: {exc.strerror}") from exc
+        except BaseException:
+            _discard(tmp)
+            if stopper.reason is not None:
+                raise stopper.reason from None
+            raise
+        try:
+            head = qemu_img.info(final, fmt="qcow2")
+            fields = {
+                "path": str(Path(directory_rel) / name),
+                "state": "complete",
+                "point_time": now,
+                "source": _shown_source(probe.source.source),
+                "compression": compression if full_reason is not None else None,
+                "virtual_size": head.virtual_size,
+                "file_size": final.stat().st_size,
+                "allocated_bytes": allocated_bytes(final),
+                "checksum": sha256_file(final),
+                "job_id": ctx.job_id if ctx else None,
+            }
+        except BaseException:
+            # the file never made it into the catalog: do not leave an orphan
+            _discard(final)
+            raise
+        if full_reason is not None:
+            retire = [chain.id] if chain is not None else []
+            new_chain, row = self.store.add_full(
+                repository_id=repo.id,
+                vm_name=vm,
+                disk_name=disk,
+                directory=directory_rel,
+                now=now,
+                backup=fields,
+                retire=retire,
+                retire_detail=f"superseded by a new full: {full_reason}",
+            )
+            chain_id = new_chain.id
+        else:
+            assert chain is not None
+            row = self.store.add_incremental(
+                chain_id=chain.id,
+                parent_id=points[-1].id,
+                position=points[-1].position + 1,
+                now=now,
+                backup=fields,
+            )
+            chain_id = chain.id
+        result.kind = row.kind
+        result.backup_id = row.id
+        result.chain_id = chain_id
+        result.path = row.path
+        result.file_size = row.file_size
+        result.allocated_bytes = row.allocated_bytes
+        if ctx is not None:
+            ctx.progress(done_before + probe.virtual_size, total, force=True)
+        report = self.chains.validate(chain_id)
+        self.bus.publish(
+            Event(
+                kind="backup.completed",
+                message=f"{vm}/{disk}: {row.kind} backup #{row.id} written "
+                f"({human_bytes(row.file_size)} for {human_bytes(row.virtual_size)} disk)",
+                source="backup",
+                repository_id=repo.id,
+                job_id=ctx.job_id if ctx else None,
+                actor=actor,
+                data={
+                    "backup_id": row.id,
+                    "chain_id": chain_id,
+                    "repository_id": repo.id,
+                    "kind": row.kind,
+                    "chain_ok": report.ok,
+                },
+            )
+        )
+
+    def _new_chain_dir(self, repo: Repository, vm: str, disk: str, now: datetime) -> str:
+        base = f"{CHAINS_DIR}/{vm}/{disk}/{stamp(now)}"
+        candidate, n = base, 1
+        while self.store.directory_taken(repo.id, candidate) or repo_file(repo, candidate).exists():
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _check_room_full(self, repo: Repository, probe: _Probe, compression: str | None) -> None:
+        try:
+            need = qemu_img.measure(probe.backing_ref, src_fmt=probe.fmt).required
+        except ToolError as exc:
+            raise SourceError(
+                f"cannot measure source {probe.source.source}: {exc.message}"
+            ) from None
+        reserve = _reserve(repo, self.settings)
+        free = free_bytes(Path(repo.path))
+        if free - need < reserve:
+            raise BackupNoSpace(
+                f"repository {repo.name} has {human_bytes(free)} free; a full backup of "
+                f"{probe.source.name} needs up to {human_bytes(need)}"
+                + (" (before compression)" if compression else "")
+                + f" plus the {human_bytes(reserve)} reserve",
+                hint="free space, lower capacity.min_free, or choose another repository",
+            )
+
+    def _check_room_incremental(self, repo: Repository) -> None:
+        # the changed bytes are not known before the rebase has compared them; the
+        # reserve is kept, and running out mid-way removes the partial file
+        reserve = _reserve(repo, self.settings)
+        free = free_bytes(Path(repo.path))
+        if free <= reserve:
+            raise BackupNoSpace(
+                f"repository {repo.name} has {human_bytes(free)} free, at or below its "
+                f"{human_bytes(reserve)} reserve",
+                hint="free space or choose another repository",
+            )
+
+    def _no_space(self, repo: Repository, vm: str, disk: str) -> BackupNoSpace:
+        return BackupNoSpace(
+            f"repository {repo.name} filled up while backing up {vm}/{disk}; the partial "
+            "file was removed and the existing chain is unchanged",
+            hint="free space (delete or consolidate old points) or choose another repository",
+        )
+
+    # -- listing -----------------------------------------------------------------
+
+    def list_points(
+        self, *, repository: int | str | None = None, vm: str | None = None
+    ) -> list[tuple[Backup, Chain]]:
+        repo_id = self.repositories.get(repository).id if repository is not None else None
+        return self.store.list_backups(repository_id=repo_id, vm_name=vm)
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _shown_source(source: str) -> str:
+    """The source as recorded: no credentials in a URI's user part."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", source)[:1024]

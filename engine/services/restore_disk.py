@@ -1,0 +1,243 @@
+"""Whole-disk restore: write any restore point out as a raw or qcow2 file, or to an NBD target.
+
+``qemu-img convert`` reads the point through its backing chain, so an
+incremental restores to the whole disk as it was at that moment. A file target
+is written as ``.NAME.partial`` next to the destination, fsynced and renamed;
+an existing file is never overwritten unless forced. An NBD target
+(``nbd://`` or ``nbd+unix://``) is written in place (``convert -n``) and must be
+at least as large as the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.chains import ChainStore
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.jobs import JobContext, JobRunner
+from engine.services.chains import fsync_dir, fsync_file, human_bytes, partial_name, repo_file
+from engine.tools import qemu_img
+from engine.tools.base import ToolError
+
+FORMATS = ("raw", "qcow2")
+
+
+class RestoreError(SendenseError):
+    """The restore could not be done; the destination was left as it was."""
+
+
+@dataclass
+class DiskRestoreResult:
+    backup_id: int
+    target: str
+    fmt: str
+    bytes: int
+    vm: str
+    disk: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_nbd(target: str) -> bool:
+    return target.startswith(("nbd://", "nbd+unix://", "nbd+tcp://"))
+
+
+class DiskRestoreService:
+    """Whole-disk restores (``engine.restores``); job kind ``restore_disk``."""
+
+    def __init__(
+        self,
+        store: ChainStore,
+        repositories: RepositoryStore,
+        jobs: JobRunner,
+        bus: EventBus,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.repositories = repositories
+        self.jobs = jobs
+        self.bus = bus
+        self.clock = clock
+
+    def register(self) -> None:
+        self.jobs.register("restore_disk", self.run_job)
+
+    def submit(
+        self,
+        backup_id: int,
+        target: str,
+        *,
+        fmt: str = "raw",
+        force: bool = False,
+        actor: str | None = None,
+    ) -> Any:
+        backup, chain, repo = self.store.locate(backup_id)
+        self._check_target(target, fmt, force)
+        return self.jobs.submit(
+            "restore_disk",
+            f"restore {chain.vm_name}/{chain.disk_name} point #{backup_id} to {target}",
+            {"backup_id": backup_id, "target": target, "fmt": fmt, "force": force},
+            repository_id=repo.id,
+            bytes_total=backup.virtual_size,
+            actor=actor,
+        )
+
+    def run_job(self, ctx: JobContext) -> dict[str, Any]:
+        p = ctx.params
+        return self.restore(
+            int(p["backup_id"]),
+            str(p["target"]),
+            fmt=str(p.get("fmt", "raw")),
+            force=bool(p.get("force", False)),
+            ctx=ctx,
+        ).as_dict()
+
+    def _check_target(self, target: str, fmt: str, force: bool) -> None:
+        if fmt not in FORMATS:
+            raise ValidationError(f"restore format {fmt!r} is unknown: use raw or qcow2")
+        if is_nbd(target):
+            return
+        path = Path(target)
+        if path.is_dir():
+            raise ValidationError(
+                f"restore target {target} is a directory",
+                hint="give a file name, e.g. /restore/web01-sda.raw",
+            )
+        if not path.parent.is_dir():
+            raise ValidationError(
+                f"restore target directory {path.parent} does not exist",
+                hint="create it first or choose another place",
+            )
+        if path.exists() and not force:
+            raise ValidationError(
+                f"restore target {target} already exists",
+                hint="choose another name or force the overwrite (--force)",
+            )
+        if path.exists() and path.is_block_device():
+            raise ValidationError(
+                f"restore target {target} is a block device; use an nbd:// target or a file"
+            )
+
+    def restore(
+        self,
+        backup_id: int,
+        target: str,
+        *,
+        fmt: str = "raw",
+        force: bool = False,
+        ctx: JobContext | None = None,
+        actor: str | None = None,
+    ) -> DiskRestoreResult:
+        """Write point ``backup_id`` as a whole disk to ``target`` (file path or NBD URI)."""
+        backup, chain, repo = self.store.locate(backup_id)
+        if backup.state == "deleted":
+            raise RestoreError(f"restore point {backup_id} was deleted")
+        self._check_target(target, fmt, force)
+        source = repo_file(repo, backup.path)
+        if not source.exists():
+            raise RestoreError(
+                f"restore point {backup_id} ({source.name}) is missing from {repo.name}",
+                hint="restore from a copy in another repository, or check the mount",
+            )
+        try:
+            qemu_img.info_chain(source)
+        except ToolError as exc:
+            raise RestoreError(
+                f"restore point {backup_id} cannot be read through its chain: {exc.message}",
+                hint=exc.hint or "run `sendense chain check` to see what is wrong",
+            ) from None
+        size = backup.virtual_size
+
+        def progress(percent: float) -> None:
+            if ctx is not None:
+                ctx.progress(int(size * percent / 100), size, message=f"restore to {target}")
+
+        def should_stop() -> bool:
+            if ctx is None:
+                return False
+            try:
+                ctx.check()
+            except JobCancelled:
+                return True
+            return False
+
+        if is_nbd(target):
+            self._to_nbd(source, target, size, progress, should_stop)
+        else:
+            self._to_file(source, Path(target), fmt, progress, should_stop)
+        if ctx is not None:
+            ctx.progress(size, size, force=True)
+        result = DiskRestoreResult(backup_id, target, fmt, size, chain.vm_name, chain.disk_name)
+        self.bus.publish(
+            Event(
+                kind="restore.disk_completed",
+                message=f"restored {chain.vm_name}/{chain.disk_name} point #{backup_id} "
+                f"({human_bytes(size)}) to {target}",
+                source="restore",
+                repository_id=repo.id,
+                job_id=ctx.job_id if ctx else None,
+                actor=actor,
+                data=result.as_dict(),
+            )
+        )
+        return result
+
+    def _to_file(
+        self, source: Path, target: Path, fmt: str, progress: Any, should_stop: Any
+    ) -> None:
+        tmp = target.parent / partial_name(target.name)
+        try:
+            qemu_img.convert(
+                source,
+                tmp,
+                src_fmt="qcow2",
+                dst_fmt=fmt,
+                on_progress=progress,
+                should_stop=should_stop,
+            )
+            fsync_file(tmp)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def _to_nbd(
+        self, source: Path, target: str, size: int, progress: Any, should_stop: Any
+    ) -> None:
+        try:
+            dest = qemu_img.info(target, fmt="raw")
+        except ToolError as exc:
+            raise RestoreError(f"NBD target {target} cannot be opened: {exc.message}") from None
+        if dest.virtual_size < size:
+            raise RestoreError(
+                f"NBD target {target} holds {dest.virtual_size} bytes, the disk needs {size}",
+                hint="export a target at least as large as the disk",
+            )
+        extra: Sequence[str] = ("-n",)
+        qemu_img.convert(
+            source,
+            target,
+            src_fmt="qcow2",
+            dst_fmt="raw",
+            extra_args=extra,
+            on_progress=progress,
+            should_stop=should_stop,
+        )
+
+
+def point_file(store: ChainStore, backup_id: int) -> Path:
+    """Where a restore point's file is (for callers that only need the path)."""
+    backup, _chain, repo = store.locate(backup_id)
+    return repo_file(repo, backup.path)
