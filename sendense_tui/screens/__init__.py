@@ -16,6 +16,7 @@ from sendense_tui.screens.base import SECTIONS, PlaceholderScreen, SendenseScree
 from sendense_tui.screens.dashboard import DashboardScreen
 from sendense_tui.screens.events import EventsScreen
 from sendense_tui.screens.jobs import JobsScreen
+from sendense_tui.screens.restore import RestoreScreen
 
 #: mode name -> screen class (or factory), in number-key order (see SECTIONS)
 SCREENS: dict[str, Callable[[], Screen[object]]] = {
@@ -34,7 +35,7 @@ SCREENS: dict[str, Callable[[], Screen[object]]] = {
         "policies", "Backup schedules, retention, copies to other repositories and locking."
     ),
     "jobs": JobsScreen,
-    "restore": placeholder("restore", "Browse a backup read-only and restore a disk or files."),
+    "restore": RestoreScreen,
     "events": EventsScreen,
 }
 

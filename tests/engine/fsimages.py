@@ -262,3 +262,23 @@ def processes_mentioning(text: str) -> list[int]:
         if text.encode() in cmd and b"qemu" in cmd:
             found.append(int(entry.name))
     return found
+
+
+def backup_chain_rows(catalog: Catalog, repo_dir: Path, *, now: datetime) -> int:
+    """Catalog rows of one full backup (no file): for console tests on seeded data."""
+    repos = RepositoryStore(catalog)
+    repo = repos.add(name="restore-demo", kind="local", path=str(repo_dir), now=now)
+    _, full = ChainStore(catalog).add_full(
+        repository_id=repo.id,
+        vm_name="web01",
+        disk_name="sda",
+        directory="web01/sda",
+        now=now,
+        backup={
+            "path": "web01/sda/0000.qcow2",
+            "state": "complete",
+            "point_time": now - timedelta(hours=3),
+            "virtual_size": 64 * MiB,
+        },
+    )
+    return full.id

@@ -1,0 +1,328 @@
+"""Restore: pick a restore point, mount it, browse, select files, extract; NBD exports.
+
+Left: restore points (VM, disk, time) and the mounts with their time before
+expiry. Right: the browser of the mount under the cursor (a path line and a
+listing with size and time; Enter opens a folder, Backspace goes up, Space
+marks), the destination box, and the NBD exports with their URI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Input, ProgressBar, Static
+
+from engine.catalog.restore import PointLocation
+from engine.services.exports import ExportView
+from engine.services.file_restore import Entry, MountView
+from sendense_tui.format import human_bytes, human_duration
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+
+
+@dataclass
+class RestoreData:
+    now: datetime
+    points: list[PointLocation]
+    mounts: list[MountView]
+    exports: list[ExportView]
+    mount_id: int | None = None
+    path: str = ""
+    entries: list[Entry] = field(default_factory=list)
+    error: str = ""
+
+
+class RestoreScreen(SendenseScreen):
+    MODE = "restore"
+    CSS_PATH = STYLES_DIR / "restore.tcss"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("m", "mount", "Mount"),
+        Binding("enter", "open", "Open", show=False),
+        Binding("backspace", "up", "Up", show=False),
+        Binding("space", "mark", "Mark"),
+        Binding("e", "extract", "Extract"),
+        Binding("u", "unmount", "Unmount"),
+        Binding("x", "stop_export", "Stop export"),
+        Binding("tab", "app.focus_next", "Next pane", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mount_id: int | None = None
+        self.path = ""
+        self.marked: set[str] = set()
+        self.progress_text = ""
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="restore-main"):
+            with Vertical(id="left"):
+                yield Static("Restore points", classes="title")
+                yield FlexTable(
+                    [("vm", "VM", 10), ("disk", "Disk", 6), ("time", "Time", 16), ("kind", "", 4)],
+                    id="points",
+                )
+                yield Static("Mounted", classes="title")
+                yield FlexTable(
+                    [("point", "Point", None), ("fs", "FS", 10), ("expires", "Expires", 8)],
+                    id="mounts",
+                )
+            with Vertical(id="right"):
+                yield Static("no mount selected: pick a point and press m", id="where")
+                yield FlexTable(
+                    [
+                        ("mark", "", 1),
+                        ("name", "Name", None),
+                        ("size", "Size", 9),
+                        ("time", "Modified", 16),
+                    ],
+                    id="files",
+                )
+                yield Input(placeholder="destination folder, e.g. /srv/restore", id="destination")
+                yield ProgressBar(total=100, show_eta=False, id="progress")
+                yield Static("", id="status")
+                yield Static("NBD exports", classes="title")
+                yield FlexTable(
+                    [("name", "Name", 12), ("state", "State", 8), ("uri", "URI", None)],
+                    id="exports",
+                )
+
+    def on_mount(self) -> None:
+        self.query_one("#progress", ProgressBar).display = False
+        self.query_one("#destination", Input).cursor_blink = self.sendense.live
+        self.query_one("#points", DataTable).focus()
+
+    # -- data ----------------------------------------------------------------------
+
+    def fetch(self) -> RestoreData:
+        service = self.engine.file_restore
+        mounts = service.list_mounts()
+        data = RestoreData(
+            now=self.sendense.clock.now(),
+            points=service.points(),
+            mounts=mounts,
+            exports=self.engine.exports.list(),
+        )
+        mount_id = self.mount_id
+        if mount_id is None and mounts:
+            mount_id = mounts[0].id
+        if mount_id is not None and any(m.id == mount_id for m in mounts):
+            data.mount_id, data.path = mount_id, self.path
+            try:
+                data.entries = _browse(
+                    self.engine, next(m for m in mounts if m.id == mount_id), self.path
+                )
+            except Exception as exc:
+                data.error = str(exc)
+        return data
+
+    def apply(self, data: RestoreData) -> None:
+        self.mount_id = data.mount_id
+        sync_rows(
+            self.query_one("#points", DataTable),
+            [
+                (
+                    str(p.backup_id),
+                    (p.vm_name, p.disk_name, f"{p.point_time:%Y-%m-%d %H:%M}", p.kind[:4]),
+                )
+                for p in data.points
+            ],
+            ("vm", "disk", "time", "kind"),
+        )
+        sync_rows(
+            self.query_one("#mounts", DataTable),
+            [
+                (
+                    str(m.id),
+                    (
+                        m.point.label if m.point else f"point {m.backup_id}",
+                        ",".join(f.fs_type for f in m.filesystems if f.state == "mounted"),
+                        human_duration(m.remaining(data.now).total_seconds()),
+                    ),
+                )
+                for m in data.mounts
+            ],
+            ("point", "fs", "expires"),
+        )
+        sync_rows(
+            self.query_one("#files", DataTable),
+            [
+                (
+                    e.path,
+                    (
+                        "*" if e.path in self.marked else " ",
+                        Text(
+                            e.name + ("/" if e.kind == "dir" else ""),
+                            style="bold" if e.kind == "dir" else "",
+                        ),
+                        human_bytes(e.size) if e.kind != "dir" else "",
+                        f"{e.mtime:%Y-%m-%d %H:%M}" if e.mtime else e.detail,
+                    ),
+                )
+                for e in data.entries
+            ],
+            ("mark", "name", "size", "time"),
+        )
+        sync_rows(
+            self.query_one("#exports", DataTable),
+            [(str(x.id), (x.name, x.state, x.uri)) for x in data.exports],
+            ("name", "state", "uri"),
+        )
+        where = self.query_one("#where", Static)
+        if data.mount_id is None:
+            where.update("no mount selected: pick a point and press m")
+        else:
+            mount = next(m for m in data.mounts if m.id == data.mount_id)
+            remaining = human_duration(mount.remaining(data.now).total_seconds())
+            where.update(
+                Text.assemble(
+                    (f"mount {mount.id} ", "bold"),
+                    f"/{data.path}  ",
+                    (f"expires in {remaining}", "dim"),
+                    (f"  {len(self.marked)} marked", "dim") if self.marked else "",
+                )
+            )
+        self.query_one("#status", Static).update(data.error or self.progress_text)
+
+    # -- actions -------------------------------------------------------------------
+
+    def action_mount(self) -> None:
+        key = cursor_key(self.query_one("#points", DataTable))
+        if key is None:
+            return
+        service = self.engine.file_restore
+
+        def done(view: MountView) -> None:
+            self.mount_id, self.path = view.id, ""
+            self.marked.clear()
+            self.sendense.notify(f"mounted {view.point.label if view.point else view.id}")
+
+        self.run_engine(lambda: service.mount(int(key)), after=done, description="mount")
+
+    def action_unmount(self) -> None:
+        mount_id = self.mount_id
+        if mount_id is None:
+            return
+        self.mount_id, self.path = None, ""
+        self.marked.clear()
+        self.run_engine(lambda: self.engine.file_restore.unmount(mount_id), description="unmount")
+
+    def _file_key(self) -> str | None:
+        return cursor_key(self.query_one("#files", DataTable))
+
+    def action_open(self) -> None:
+        focused = self.focused
+        if focused is not None and focused.id == "mounts":
+            key = cursor_key(self.query_one("#mounts", DataTable))
+            if key is not None:
+                self.mount_id, self.path = int(key), ""
+                self.marked.clear()
+                self.refresh_now()
+            return
+        if focused is not None and focused.id == "points":
+            self.action_mount()
+            return
+        key = self._file_key()
+        if key is not None:
+            self.path = key
+            self.refresh_now()
+
+    def action_up(self) -> None:
+        if self.path:
+            self.path = self.path.rpartition("/")[0]
+            self.refresh_now()
+
+    def action_mark(self) -> None:
+        key = self._file_key()
+        if key is None or "/" not in key:
+            return
+        self.marked.symmetric_difference_update({key})
+        self.refresh_now()
+
+    def action_extract(self) -> None:
+        mount_id = self.mount_id
+        box = self.query_one("#destination", Input)
+        destination = box.value.strip()
+        if mount_id is None:
+            return
+        if not destination or not Path(destination).is_absolute():
+            self.query_one("#status", Static).update("enter an absolute destination folder first")
+            box.focus()
+            return
+        paths = sorted(self.marked) or ([self._file_key()] if self._file_key() else [])
+        if not paths:
+            return
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        bar.update(total=100, progress=0)
+
+        def progress(done: int, total: int, current: str) -> None:
+            pct = 100 * done / total if total else 100
+            self.app.call_from_thread(bar.update, progress=pct)
+
+        def finished(result: Any) -> None:
+            bar.display = False
+            self.marked.clear()
+            self.progress_text = (
+                f"restored {result.files} file(s), {human_bytes(result.bytes)} to "
+                f"{result.destination}"
+                + (f"; {len(result.skipped)} skipped" if result.skipped else "")
+            )
+
+        self.run_engine(
+            lambda: self.engine.file_restore.extract(
+                mount_id, paths, destination, on_progress=progress, actor="console"
+            ),
+            after=finished,
+            description="extract",
+        )
+
+    def action_stop_export(self) -> None:
+        key = cursor_key(self.query_one("#exports", DataTable))
+        if key is not None:
+            self.run_engine(lambda: self.engine.exports.stop(int(key), actor="console"))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # while typing a destination, letters are text, not commands
+        typing = isinstance(self.focused, Input)
+        return not (
+            typing and action in ("mount", "mark", "extract", "unmount", "stop_export", "up")
+        )
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_extract()
+
+
+def _browse(engine: Any, mount: MountView, path: str) -> list[Entry]:
+    """The listing of ``path``; a mount whose directories exist but is not a real mount
+    (seeded demo data) is read from those directories directly."""
+    service = engine.file_restore
+    try:
+        return service.ls(mount.id, path)
+    except Exception:
+        if not path:
+            return [
+                Entry(
+                    name=f.name, path=f.name, kind="dir", size=f.size, mtime=None, detail=f.fs_type
+                )
+                for f in mount.filesystems
+            ]
+        name, _, rest = path.partition("/")
+        fs = mount.filesystem(name)
+        if not fs.path or not Path(fs.path).is_dir():
+            raise
+        from engine.safepath import clean_relative, resolve_no_symlinks
+        from engine.services.file_restore import _entry
+
+        target = resolve_no_symlinks(fs.path, clean_relative(rest))
+        entries = [_entry(p, f"{path}/{p.name}") for p in sorted(target.iterdir())]
+        entries.sort(key=lambda e: (e.kind != "dir", e.name))
+        return entries

@@ -1,0 +1,93 @@
+"""The Restore screen on seeded rows (no real mount: the browser reads a fixture folder)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from engine.catalog.restore import RestoreStore
+from engine.runtime import Engine
+from sendense_tui.app import SendenseApp
+from tests.engine.fsimages import MTIME, backup_chain_rows
+
+
+def _seed(engine: Engine, tmp_path: Path) -> int:
+    now = engine.clock.now()
+    point = backup_chain_rows(engine.catalog, tmp_path / "repo", now=now)
+    fs = tmp_path / "fixture-fs"
+    (fs / "etc").mkdir(parents=True)
+    (fs / "etc" / "hosts").write_bytes(b"127.0.0.1 localhost\n")
+    (fs / "readme.txt").write_bytes(b"x" * 2048)
+    for p in (fs / "etc" / "hosts", fs / "readme.txt", fs / "etc"):
+        os.utime(p, (MTIME, MTIME))
+    store = RestoreStore(engine.catalog)
+    row = store.add_mount(
+        backup_id=point,
+        state="mounted",
+        base_dir=str(tmp_path / "m"),
+        owner="elsewhere:1:x",
+        filesystems=[
+            {
+                "name": "p1",
+                "number": 1,
+                "fs_type": "ext4",
+                "state": "mounted",
+                "path": str(fs),
+                "size": 24 << 20,
+            }
+        ],
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(minutes=42),
+    )
+    store.add_export(
+        backup_id=point,
+        export_name="web01-sda",
+        socket_path=None,
+        tcp_host="127.0.0.1",
+        tcp_port=10809,
+        uri="nbd://127.0.0.1:10809/web01-sda",
+        pid=None,
+        persistent=True,
+        state="running",
+        owner="elsewhere:1:x",
+        started_at=now,
+    )
+    return row.id
+
+
+async def test_restore_screen_browses_seeded_mount(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    _seed(demo_engine, tmp_path)
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("7")
+        await pilot.pause()
+        screen = app.screen
+        for _ in range(50):
+            if screen.draws:
+                break
+            await pilot.pause(0.05)
+        where = str(screen.query_one("#where").render())
+        assert "expires in 42" in where
+        files = screen.query_one("#files")
+        assert files.row_count == 1  # p1 at the top
+        screen.path = "p1"
+        screen.refresh_now()
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if files.row_count == 2:
+                break
+        assert [k.value for k in files.rows] == ["p1/etc", "p1/readme.txt"]
+
+
+def test_restore_screen_snapshot(
+    snap_compare, make_app, demo_engine: Engine, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.tui.conftest import keys_then_settle
+
+    _seed(demo_engine, tmp_path)
+    assert snap_compare(make_app(), terminal_size=(100, 30), run_before=keys_then_settle("7"))
