@@ -56,6 +56,8 @@ FORECAST_WINDOW = timedelta(days=7)
 #: growth below this many bytes per day counts as "not growing"
 FLAT_BYTES_PER_DAY = 1024 * 1024
 FORECAST_HORIZON_DAYS = 3650
+#: after a write-triggered sample, one more this much later (delayed frees)
+SETTLE_SECONDS = 2.0
 
 
 class RepositoryFullError(SendenseError):
@@ -217,6 +219,7 @@ class CapacityMonitor:
         self.clock = clock
         self._readings: dict[int, Reading] = {}
         self._pending: dict[int, float] = {}
+        self._settle: dict[int, float] = {}
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()
         self._wake = threading.Event()
@@ -560,16 +563,22 @@ class CapacityMonitor:
                     log.exception("capacity downsampling failed")
                 next_downsample = now + 3600
             with self._lock:
-                due = [rid for rid, t in self._pending.items() if t <= time.monotonic()]
+                now = time.monotonic()
+                due = [rid for rid, t in self._pending.items() if t <= now]
                 for rid in due:
                     del self._pending[rid]
-                wake_at = min([next_poll, *self._pending.values()])
-            for rid in due:
+                    # some filesystems (xfs) free deleted space a moment later: look again
+                    self._settle.setdefault(rid, now + SETTLE_SECONDS)
+                settle = [rid for rid, t in self._settle.items() if t <= now and rid not in due]
+                for rid in settle:
+                    del self._settle[rid]
+                wake_at = min([next_poll, *self._pending.values(), *self._settle.values()])
+            for rid in [*due, *settle]:
                 try:
                     self.sample(rid)
                 except Exception:
                     log.exception("capacity sample of repository %s failed", rid)
-            if due:
+            if due or settle:
                 continue
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()

@@ -133,6 +133,8 @@ def smb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]
   path = {share}
   read only = no
   valid users = {SMB_USER}
+  # the temp directory is private to root: serve it as root
+  force user = root
 """
     )
     try:
@@ -150,6 +152,8 @@ def smb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]
         ["smbd", "--foreground", "--no-process-group", f"--configfile={conf}", "-d", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # smbd signals its whole process group when it stops: give it its own
+        start_new_session=True,
     )
     if not _wait_port(port, proc):
         _stop(proc)
@@ -212,6 +216,7 @@ EXPORT {{
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError as exc:
         pytest.skip(f"nfs-ganesha cannot be started: {exc}")
