@@ -166,6 +166,8 @@ class Engine:
             self.bus,
             clock=self.clock,
             verifier=self.verifier,
+            destination_check=self.repositories.ensure_writable_mount,
+            room_check=self.capacity.ensure_room,
         )
         self.verifier.register()
         self.copies.register()

@@ -1,0 +1,357 @@
+"""Copy rules, copies and verification results: the rows behind 3-2-1 and integrity.
+
+Rows are handed back detached (the session closes); their attributes stay loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
+from engine.errors import NotFoundError, ValidationError
+
+#: copy states a restore can rely on
+COPY_DONE = "completed"
+COPY_OPEN_STATES = ("pending", "copying", "verifying")
+
+
+@dataclass(frozen=True)
+class SourceBackup:
+    """A backup with the facts a copy or a verification needs (chain, repository)."""
+
+    id: int
+    chain_id: int
+    parent_id: int | None
+    kind: str
+    position: int
+    path: str
+    checksum: str | None
+    file_size: int
+    point_time: datetime
+    state: str
+    verify_state: str | None
+    verified_at: datetime | None
+    repository_id: int
+    vm_name: str
+    disk_name: str
+    chain_directory: str
+
+
+def _source(backup: Backup, chain: Chain) -> SourceBackup:
+    return SourceBackup(
+        id=backup.id,
+        chain_id=backup.chain_id,
+        parent_id=backup.parent_id,
+        kind=backup.kind,
+        position=backup.position,
+        path=backup.path,
+        checksum=backup.checksum,
+        file_size=backup.file_size,
+        point_time=backup.point_time,
+        state=backup.state,
+        verify_state=backup.verify_state,
+        verified_at=backup.verified_at,
+        repository_id=chain.repository_id,
+        vm_name=chain.vm_name,
+        disk_name=chain.disk_name,
+        chain_directory=chain.directory,
+    )
+
+
+class CopyStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # -- rules -----------------------------------------------------------------
+
+    def add_rule(self, *, name: str, now: datetime, **fields: Any) -> CopyRule:
+        with self.catalog.session() as session:
+            if session.scalar(select(CopyRule.id).where(CopyRule.name == name)):
+                raise ValidationError(f"a copy rule named {name!r} already exists")
+            rule = CopyRule(name=name, created_at=now, **fields)
+            session.add(rule)
+            session.flush()
+            return rule
+
+    def get_rule(self, ref: int | str) -> CopyRule:
+        """By id, or by name."""
+        with self.catalog.session() as session:
+            if isinstance(ref, int) or ref.isdigit():
+                rule = session.get(CopyRule, int(ref))
+            else:
+                rule = session.scalar(select(CopyRule).where(CopyRule.name == ref))
+            if rule is None:
+                raise NotFoundError(
+                    f"copy rule {ref!r} does not exist",
+                    hint="`sendense copy rule list` shows the rules",
+                )
+            return rule
+
+    def list_rules(
+        self,
+        *,
+        source_repository_id: int | None = None,
+        mode: str | None = None,
+        enabled_only: bool = False,
+    ) -> list[CopyRule]:
+        query = select(CopyRule).order_by(CopyRule.priority, CopyRule.name)
+        if source_repository_id is not None:
+            query = query.where(CopyRule.source_repository_id == source_repository_id)
+        if mode is not None:
+            query = query.where(CopyRule.mode == mode)
+        if enabled_only:
+            query = query.where(CopyRule.enabled.is_(True))
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def update_rule(self, rule_id: int, **fields: Any) -> CopyRule:
+        with self.catalog.session() as session:
+            rule = session.get(CopyRule, rule_id)
+            if rule is None:
+                raise NotFoundError(f"copy rule {rule_id} does not exist")
+            for key, value in fields.items():
+                if not hasattr(CopyRule, key):
+                    raise AttributeError(key)
+                setattr(rule, key, value)
+            return rule
+
+    def delete_rule(self, rule_id: int) -> None:
+        with self.catalog.session() as session:
+            rule = session.get(CopyRule, rule_id)
+            if rule is not None:
+                session.delete(rule)
+
+    def record_rule_outcome(self, rule_id: int, ok: bool) -> int:
+        """Reset or bump the rule's failures-in-a-row counter; returns the new count."""
+        with self.catalog.session() as session:
+            rule = session.get(CopyRule, rule_id)
+            if rule is None:
+                return 0
+            rule.failures_in_row = 0 if ok else rule.failures_in_row + 1
+            return rule.failures_in_row
+
+    # -- source backups ----------------------------------------------------------
+
+    def source_backups(
+        self, repository_id: int, *, states: Sequence[str] = ("complete",)
+    ) -> list[SourceBackup]:
+        """Backups kept in a repository, chain by chain, bases before incrementals."""
+        query = (
+            select(Backup, Chain)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.repository_id == repository_id, Backup.state.in_(states))
+            .order_by(Chain.id, Backup.position, Backup.id)
+        )
+        with self.catalog.session() as session:
+            return [_source(b, c) for b, c in session.execute(query)]
+
+    def source_backup(self, backup_id: int) -> SourceBackup:
+        query = (
+            select(Backup, Chain)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.id == backup_id)
+        )
+        with self.catalog.session() as session:
+            row = session.execute(query).one_or_none()
+        if row is None:
+            raise NotFoundError(f"backup {backup_id} does not exist")
+        return _source(row[0], row[1])
+
+    def chain_backups(self, chain_id: int) -> list[SourceBackup]:
+        query = (
+            select(Backup, Chain)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.id == chain_id, Backup.state != "deleted")
+            .order_by(Backup.position, Backup.id)
+        )
+        with self.catalog.session() as session:
+            return [_source(b, c) for b, c in session.execute(query)]
+
+    def all_backups(self, *, repository_id: int | None = None) -> list[SourceBackup]:
+        query = (
+            select(Backup, Chain)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state.in_(("complete", "bad")))
+            .order_by(Chain.repository_id, Chain.id, Backup.position)
+        )
+        if repository_id is not None:
+            query = query.where(Chain.repository_id == repository_id)
+        with self.catalog.session() as session:
+            return [_source(b, c) for b, c in session.execute(query)]
+
+    def set_backup_verified(
+        self, backup_id: int, verify_state: str, at: datetime, *, mark_bad: bool = False
+    ) -> None:
+        values: dict[str, Any] = {"verify_state": verify_state, "verified_at": at}
+        if mark_bad:
+            values["state"] = "bad"
+            values["state_detail"] = f"verification found {verify_state} at {at:%Y-%m-%d %H:%M}"
+        with self.catalog.session() as session:
+            session.execute(
+                update(Backup)
+                .where(Backup.id == backup_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    # -- copies ------------------------------------------------------------------
+
+    def find_copy(self, backup_id: int, destination_repository_id: int) -> Copy | None:
+        """The newest copy row of a backup in a repository."""
+        query = (
+            select(Copy)
+            .where(
+                Copy.backup_id == backup_id,
+                Copy.destination_repository_id == destination_repository_id,
+            )
+            .order_by(Copy.id.desc())
+            .limit(1)
+        )
+        with self.catalog.session() as session:
+            return session.scalar(query)
+
+    def create_copy(
+        self,
+        *,
+        backup_id: int,
+        destination_repository_id: int,
+        path: str,
+        size: int,
+        now: datetime,
+        rule_id: int | None = None,
+        job_id: int | None = None,
+    ) -> Copy:
+        copy = Copy(
+            backup_id=backup_id,
+            destination_repository_id=destination_repository_id,
+            path=path,
+            size=size,
+            rule_id=rule_id,
+            job_id=job_id,
+            state="pending",
+            created_at=now,
+        )
+        with self.catalog.session() as session:
+            session.add(copy)
+            session.flush()
+            return copy
+
+    def get_copy(self, copy_id: int) -> Copy:
+        with self.catalog.session() as session:
+            copy = session.get(Copy, copy_id)
+            if copy is None:
+                raise NotFoundError(
+                    f"copy {copy_id} does not exist",
+                    hint="`sendense copy status` lists the copies",
+                )
+            return copy
+
+    def update_copy(self, copy_id: int, **fields: Any) -> None:
+        with self.catalog.session() as session:
+            session.execute(
+                update(Copy)
+                .where(Copy.id == copy_id)
+                .values(**fields)
+                .execution_options(synchronize_session=False)
+            )
+
+    def list_copies(
+        self,
+        *,
+        rule_id: int | None = None,
+        backup_id: int | None = None,
+        destination_repository_id: int | None = None,
+        states: Sequence[str] | None = None,
+        limit: int = 500,
+    ) -> list[Copy]:
+        query = select(Copy).order_by(Copy.id.desc()).limit(limit)
+        if rule_id is not None:
+            query = query.where(Copy.rule_id == rule_id)
+        if backup_id is not None:
+            query = query.where(Copy.backup_id == backup_id)
+        if destination_repository_id is not None:
+            query = query.where(Copy.destination_repository_id == destination_repository_id)
+        if states:
+            query = query.where(Copy.state.in_(states))
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
+        if not backup_ids:
+            return {}
+        query = select(Copy).where(Copy.backup_id.in_(list(backup_ids))).order_by(Copy.id)
+        found: dict[int, list[Copy]] = {}
+        with self.catalog.session() as session:
+            for copy in session.scalars(query):
+                found.setdefault(copy.backup_id, []).append(copy)
+        return found
+
+    def newest_completed_copy(self, rule_id: int) -> Copy | None:
+        query = (
+            select(Copy)
+            .where(Copy.rule_id == rule_id, Copy.state == COPY_DONE)
+            .order_by(Copy.completed_at.desc(), Copy.id.desc())
+            .limit(1)
+        )
+        with self.catalog.session() as session:
+            return session.scalar(query)
+
+    # -- verifications -------------------------------------------------------------
+
+    def add_verification(
+        self,
+        *,
+        outcome: str,
+        started_at: datetime,
+        finished_at: datetime,
+        backup_id: int | None = None,
+        copy_id: int | None = None,
+        job_id: int | None = None,
+        detail: str | None = None,
+        bytes_read: int = 0,
+    ) -> Verification:
+        row = Verification(
+            backup_id=backup_id,
+            copy_id=copy_id,
+            job_id=job_id,
+            outcome=outcome,
+            started_at=started_at,
+            finished_at=finished_at,
+            detail=detail,
+            bytes_read=bytes_read,
+        )
+        with self.catalog.session() as session:
+            session.add(row)
+            session.flush()
+            return row
+
+    def verifications(
+        self,
+        *,
+        backup_id: int | None = None,
+        copy_id: int | None = None,
+        job_id: int | None = None,
+        since: datetime | None = None,
+        limit: int = 500,
+    ) -> list[Verification]:
+        query = select(Verification).order_by(Verification.id.desc()).limit(limit)
+        if backup_id is not None:
+            query = query.where(Verification.backup_id == backup_id)
+        if copy_id is not None:
+            query = query.where(Verification.copy_id == copy_id)
+        if job_id is not None:
+            query = query.where(Verification.job_id == job_id)
+        if since is not None:
+            query = query.where(Verification.started_at >= since)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def repositories_by_id(self) -> dict[int, Repository]:
+        with self.catalog.session() as session:
+            return {r.id: r for r in session.scalars(select(Repository))}

@@ -1,0 +1,1093 @@
+"""Backup copies between repositories (3-2-1): rules, copy jobs, retries, alerts.
+
+A copy job copies the files of a rule's selected backups into the destination
+repository at the same relative path, so the chains' relative backing
+references resolve there too. Bases go before incrementals; an incremental whose
+base did not make it is not copied.
+
+Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in the
+same pass (a writer thread writes while the next chunk is read and hashed), a
+``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
+the Copy row marked completed. The computed checksum must equal the source
+backup's recorded one: a source that rotted is never copied silently. When both
+sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
+instead (``cloned=True``, counted as the same device for 3-2-1).
+
+After a crash the job is claimed again (lease lapse) and the file resumes from
+its partial: the partial is truncated to a whole chunk and re-hashed (simple and
+safe), and if the result does not match the source the file restarts from zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
+from engine.catalog.jobs import JobStore
+from engine.catalog.models import Copy, CopyRule, Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 8 * 1024 * 1024
+#: linux/fs.h FICLONE = _IOW(0x94, 9, int)
+FICLONE = 0x40049409
+#: the event a finished backup publishes; immediate rules subscribe to it
+BACKUP_LANDED_EVENT = "backup.completed"
+
+SELECTIONS = ("all", "fulls", "latest")
+MODES = ("immediate", "scheduled", "manual")
+
+
+class CopyError(SendenseError):
+    """A copy could not be made; retrying may help."""
+
+
+class CopyNoSpace(CopyError):
+    """The destination filled up; retrying will not help until space is freed."""
+
+
+class SourceChecksumMismatch(CopyError):
+    """The source file does not match its recorded checksum (bit rot or a changed file)."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------
+# copying one file
+
+
+class TokenBucket:
+    """A bandwidth limit: ``take(n)`` sleeps so the average stays under ``rate`` B/s."""
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        burst: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("a bandwidth limit must be positive")
+        self.rate = float(rate)
+        self.capacity = float(burst if burst is not None else max(rate // 4, 64 * 1024))
+        self.tokens = self.capacity
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._last = monotonic()
+
+    def take(self, n: int) -> None:
+        now = self._monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        self.tokens -= n
+        if self.tokens < 0:
+            self._sleep(-self.tokens / self.rate)
+
+
+@dataclass(frozen=True)
+class FileCopyResult:
+    checksum: str
+    size: int
+    cloned: bool
+    resumed_from: int
+
+
+def partial_path(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.partial")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_prefix(fd: int, length: int, chunk_size: int) -> Any:
+    digest = hashlib.sha256()
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    offset = 0
+    while offset < length:
+        n = os.preadv(fd, [view[: min(chunk_size, length - offset)]], offset)
+        if n <= 0:
+            break
+        digest.update(view[:n])
+        offset += n
+    return digest
+
+
+def _try_clone(src_fd: int, dst_fd: int) -> bool:
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
+            return False
+        if exc.errno == errno.EPERM:
+            return False
+        raise
+    return True
+
+
+class _Writer(threading.Thread):
+    """Writes filled buffers to the partial file while the next chunk is read and hashed."""
+
+    def __init__(self, fd: int, free: queue.Queue[bytearray], offset: int) -> None:
+        super().__init__(name="sendense-copy-writer", daemon=True)
+        self.fd = fd
+        self.free = free
+        self.todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.written = offset
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            buf, n = item
+            if self.error is None:
+                try:
+                    view = memoryview(buf)[:n]
+                    while view:
+                        done = os.write(self.fd, view)
+                        view = view[done:]
+                    self.written += n
+                except OSError as exc:
+                    self.error = exc
+            self.free.put(buf)
+
+
+def copy_file(
+    src: Path,
+    dst: Path,
+    *,
+    expected_checksum: str | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    resume: bool = True,
+    try_clone: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    bucket: TokenBucket | None = None,
+    label: str | None = None,
+    drop_cache: bool = False,
+) -> FileCopyResult:
+    """Copy ``src`` to ``dst`` safely; returns the sha256 of the bytes written.
+
+    ``progress(done, total)`` is called after every chunk (it may raise to stop the
+    copy: a JobCancelled keeps the partial for a resume). ``label`` names the
+    destination in messages. Raises CopyNoSpace, SourceChecksumMismatch or CopyError;
+    on those the partial is removed (a plain read/write error keeps it for a resume).
+    """
+    where = label or str(dst.parent)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    part = partial_path(dst)
+    total = src.stat().st_size
+    src_fd = os.open(src, os.O_RDONLY)
+    dst_fd = -1
+    cloned = False
+    offset = 0
+    try:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if resume and part.exists():
+            dst_fd = os.open(part, os.O_RDWR)
+            have = os.fstat(dst_fd).st_size
+            offset = min(have - have % chunk_size, total - total % chunk_size)
+            os.ftruncate(dst_fd, offset)
+            digest = _hash_prefix(dst_fd, offset, chunk_size)
+            os.lseek(dst_fd, offset, os.SEEK_SET)
+            os.lseek(src_fd, offset, os.SEEK_SET)
+        else:
+            dst_fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+            digest = hashlib.sha256()
+            if try_clone and total > 0 and _try_clone(src_fd, dst_fd):
+                cloned = True
+        if cloned:
+            # the clone shares the source's blocks: hashing it is hashing the source
+            digest = _hash_prefix(dst_fd, total, chunk_size)
+            if progress is not None:
+                progress(total, total)
+        else:
+            _pipe(src_fd, dst_fd, digest, offset, total, chunk_size, progress, bucket)
+        try:
+            os.fsync(dst_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(dst, where, total, offset) from None
+            raise
+        if drop_cache:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        checksum = digest.hexdigest()
+        if expected_checksum and checksum != expected_checksum:
+            if offset > 0:
+                # the partial we resumed from was not what the source holds: start over
+                os.close(dst_fd)
+                dst_fd = -1
+                part.unlink(missing_ok=True)
+                return copy_file(
+                    src,
+                    dst,
+                    expected_checksum=expected_checksum,
+                    chunk_size=chunk_size,
+                    resume=False,
+                    try_clone=try_clone,
+                    progress=progress,
+                    bucket=bucket,
+                    label=label,
+                    drop_cache=drop_cache,
+                )
+            raise SourceChecksumMismatch(
+                f"{src} does not match its recorded checksum (read sha256 {checksum[:16]}…, "
+                f"recorded {expected_checksum[:16]}…): the source changed or rotted, so it "
+                "was not copied",
+                hint="run `sendense verify run` on the source and restore this point "
+                "from a copy that is still good",
+            )
+        os.close(dst_fd)
+        dst_fd = -1
+        os.rename(part, dst)
+        fsync_dir(dst.parent)
+        return FileCopyResult(checksum=checksum, size=total, cloned=cloned, resumed_from=offset)
+    except JobCancelled:
+        raise
+    except (CopyNoSpace, SourceChecksumMismatch):
+        _discard(part)
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _discard(part)
+            raise _no_space(dst, where, total, offset) from None
+        raise CopyError(
+            f"copying {src} to {where} failed: {exc.strerror or exc}",
+            hint="check the source and destination storage; the copy resumes on retry",
+        ) from None
+    finally:
+        if dst_fd >= 0:
+            os.close(dst_fd)
+        os.close(src_fd)
+
+
+def _discard(part: Path) -> None:
+    with contextlib.suppress(OSError):
+        part.unlink()
+    with contextlib.suppress(OSError):
+        fsync_dir(part.parent)
+
+
+def _no_space(dst: Path, where: str, total: int, written: int) -> CopyNoSpace:
+    free = 0
+    with contextlib.suppress(OSError):
+        st = os.statvfs(dst.parent)
+        free = st.f_bavail * st.f_frsize
+    return CopyNoSpace(
+        f"no space left on {where}: {dst.name} needs {human_bytes(total)}, the filesystem "
+        f"filled up with {human_bytes(free)} free; the partial file was removed and the "
+        "source is untouched",
+        hint="free space on the destination (or pick another one) and re-run the copy",
+    )
+
+
+def _pipe(
+    src_fd: int,
+    dst_fd: int,
+    digest: Any,
+    offset: int,
+    total: int,
+    chunk_size: int,
+    progress: Callable[[int, int], None] | None,
+    bucket: TokenBucket | None,
+) -> None:
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(4):
+        free.put(bytearray(chunk_size))
+    writer = _Writer(dst_fd, free, offset)
+    writer.start()
+    done = offset
+    try:
+        while True:
+            if writer.error is not None:
+                raise writer.error
+            buf = free.get()
+            n = os.readv(src_fd, [buf])
+            if n <= 0:
+                free.put(buf)
+                break
+            digest.update(memoryview(buf)[:n])
+            if bucket is not None:
+                bucket.take(n)
+            writer.todo.put((buf, n))
+            done += n
+            if progress is not None:
+                progress(done, total)
+    finally:
+        writer.todo.put(None)
+        writer.join()
+    if writer.error is not None:
+        raise writer.error
+
+
+# ---------------------------------------------------------------------------
+# the service
+
+
+@dataclass
+class Alert:
+    kind: str  # rule_failing | copy_too_old | verification_overdue
+    level: str
+    message: str
+    rule_id: int | None = None
+    repository_id: int | None = None
+
+
+@dataclass
+class RuleStatus:
+    rule: CopyRule
+    source: str
+    destination: str
+    completed: int
+    failed: int
+    in_progress: int
+    newest_copy_at: datetime | None
+    next_run_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class CopyService:
+    """Copy rules and copy jobs. Built by the Engine as ``engine.copies``."""
+
+    #: attempts per file before the copy fails and an event is raised
+    max_attempts = 3
+    #: first retry waits this long, then twice as long each time
+    backoff_seconds = 2.0
+    #: copy jobs writing to one destination at the same time (in this engine)
+    per_destination = 1
+    #: alert when a rule failed this many times in a row
+    alert_after_failures = 3
+
+    def __init__(
+        self,
+        store: CopyStore,
+        repositories: RepositoryStore,
+        jobs: JobRunner,
+        bus: EventBus,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        verifier: Any = None,
+        destination_check: Callable[[Repository], object] | None = None,
+        room_check: Callable[[Repository], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.repositories = repositories
+        self.jobs = jobs
+        self.job_store: JobStore = jobs.store
+        self.bus = bus
+        self.clock = clock
+        self.verifier = verifier
+        #: the repositories service's "is it mounted and not full" gate, when wired
+        self.destination_check = destination_check
+        #: the capacity gate ("full" repositories take no new copies), checked before a job
+        self.room_check = room_check
+        self._slots: dict[int, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # -- wiring ------------------------------------------------------------------
+
+    def register(self) -> None:
+        """Register the "copy" job kind and follow landed backups for immediate rules."""
+        self.jobs.register("copy", self.run_job)
+        if self._unsubscribe is None:
+            self._unsubscribe = self.bus.subscribe(self._on_backup_landed, (BACKUP_LANDED_EVENT,))
+
+    def _on_backup_landed(self, event: Event) -> None:
+        repo_id = event.repository_id or event.data.get("repository_id")
+        if repo_id is None and event.data.get("backup_id") is not None:
+            with contextlib.suppress(NotFoundError):
+                repo_id = self.store.source_backup(int(event.data["backup_id"])).repository_id
+        if repo_id is None:
+            return
+        for rule in self.store.list_rules(
+            source_repository_id=int(repo_id), mode="immediate", enabled_only=True
+        ):
+            try:
+                self.run_rule(rule.id, actor="copy-rule", if_idle=True)
+            except SendenseError as exc:
+                log.warning("immediate copy rule %s: %s", rule.name, exc)
+
+    # -- rules -------------------------------------------------------------------
+
+    def validate_rule(
+        self,
+        *,
+        name: str,
+        source: int | str,
+        destination: int | str,
+        selection: str = "all",
+        latest_count: int | None = None,
+        mode: str = "manual",
+        schedule: str | None = None,
+        priority: int = 100,
+        bandwidth_limit: int | None = None,
+        max_age_hours: int | None = None,
+    ) -> tuple[Repository, Repository]:
+        """Check a rule before it is stored; raises ValidationError with a clear sentence."""
+        if not name or not name.strip():
+            raise ValidationError("a copy rule needs a name")
+        if len(name) > 64:
+            raise ValidationError("a copy rule name has at most 64 characters")
+        src = self.repositories.get(source)
+        dst = self.repositories.get(destination)
+        if src.id == dst.id:
+            raise ValidationError(
+                f"source and destination are both {src.name!r}: a copy must go to another "
+                "repository",
+                hint="pick a destination on another disk or site",
+            )
+        self.check_destination(dst)
+        if selection not in SELECTIONS:
+            raise ValidationError(f"selection must be one of {', '.join(SELECTIONS)}")
+        if selection == "latest" and (latest_count is None or latest_count < 1):
+            raise ValidationError("selection 'latest' needs a count of at least 1 (latest N)")
+        if mode not in MODES:
+            raise ValidationError(f"mode must be one of {', '.join(MODES)}")
+        if mode == "scheduled":
+            from croniter import croniter
+
+            if not schedule or not croniter.is_valid(schedule):
+                raise ValidationError(
+                    f"schedule {schedule!r} is not a cron expression",
+                    hint="five fields, e.g. '0 2 * * *' for 02:00 every day",
+                )
+        if bandwidth_limit is not None and bandwidth_limit < 0:
+            raise ValidationError("a bandwidth limit cannot be negative")
+        if max_age_hours is not None and max_age_hours < 1:
+            raise ValidationError("the maximum copy age must be at least 1 hour")
+        if not 0 <= priority <= 1000:
+            raise ValidationError("priority must be between 0 and 1000 (lower runs first)")
+        return src, dst
+
+    def check_destination(self, dst: Repository) -> None:
+        """The destination must be enabled, present and writable."""
+        if not dst.enabled:
+            raise ValidationError(
+                f"destination repository {dst.name!r} is disabled",
+                hint=f"enable it first: sendense repo enable {dst.name}",
+            )
+        root = Path(dst.path)
+        if not root.is_dir():
+            raise ValidationError(
+                f"destination repository {dst.name!r} is not reachable: {root} is not a "
+                "directory" + (" (is the share mounted?)" if dst.kind != "local" else ""),
+            )
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise ValidationError(
+                f"destination repository {dst.name!r} is not writable ({root})",
+                hint="check its permissions, or whether it is mounted read-only",
+            )
+        if self.destination_check is not None:
+            self.destination_check(dst)
+
+    def add_rule(
+        self,
+        *,
+        name: str,
+        source: int | str,
+        destination: int | str,
+        selection: str = "all",
+        latest_count: int | None = None,
+        mode: str = "manual",
+        schedule: str | None = None,
+        priority: int = 100,
+        lock_copies: bool = False,
+        verify_after: bool = True,
+        bandwidth_limit: int | None = None,
+        max_age_hours: int | None = None,
+        actor: str | None = None,
+    ) -> CopyRule:
+        src, dst = self.validate_rule(
+            name=name,
+            source=source,
+            destination=destination,
+            selection=selection,
+            latest_count=latest_count,
+            mode=mode,
+            schedule=schedule,
+            priority=priority,
+            bandwidth_limit=bandwidth_limit,
+            max_age_hours=max_age_hours,
+        )
+        rule = self.store.add_rule(
+            name=name.strip(),
+            now=self.clock.now(),
+            source_repository_id=src.id,
+            destination_repository_id=dst.id,
+            selection=selection,
+            latest_count=latest_count if selection == "latest" else None,
+            mode=mode,
+            schedule=schedule if mode == "scheduled" else None,
+            priority=priority,
+            lock_copies=lock_copies,
+            verify_after=verify_after,
+            bandwidth_limit=bandwidth_limit or None,
+            max_age_hours=max_age_hours,
+        )
+        self.bus.publish(
+            Event(
+                kind="copy.rule_added",
+                message=f"copy rule {rule.name}: {src.name} -> {dst.name} ({mode})",
+                source="copy",
+                repository_id=dst.id,
+                actor=actor,
+                data={"rule_id": rule.id},
+            )
+        )
+        return rule
+
+    def list_rules(self) -> list[CopyRule]:
+        return self.store.list_rules()
+
+    def get_rule(self, ref: int | str) -> CopyRule:
+        return self.store.get_rule(ref)
+
+    def remove_rule(self, ref: int | str, *, actor: str | None = None) -> CopyRule:
+        rule = self.store.get_rule(ref)
+        for job in self._active_jobs():
+            if job.params.get("rule_id") == rule.id:
+                raise ValidationError(
+                    f"copy rule {rule.name!r} has a job running or queued (job {job.id})",
+                    hint=f"cancel it first: sendense job cancel {job.id}",
+                )
+        self.store.delete_rule(rule.id)
+        self.bus.publish(
+            Event(
+                kind="copy.rule_removed",
+                message=f"copy rule {rule.name} removed (copies already made stay)",
+                source="copy",
+                actor=actor,
+                data={"rule_id": rule.id},
+            )
+        )
+        return rule
+
+    def next_run(self, rule: CopyRule, after: datetime | None = None) -> datetime | None:
+        if rule.mode != "scheduled" or not rule.schedule:
+            return None
+        from croniter import croniter
+
+        base = after or self.clock.now()
+        return as_utc(croniter(rule.schedule, base).get_next(datetime))
+
+    # -- planning ------------------------------------------------------------------
+
+    def select(self, rule: CopyRule) -> list[SourceBackup]:
+        """The backups a rule covers, bases before incrementals (ancestors included)."""
+        backups = self.store.source_backups(rule.source_repository_id)
+        by_id = {b.id: b for b in backups}
+        if rule.selection == "fulls":
+            chosen = {b.id for b in backups if b.kind == "full"}
+        elif rule.selection == "latest":
+            per_disk: dict[tuple[str, str], list[SourceBackup]] = {}
+            for b in backups:
+                per_disk.setdefault((b.vm_name, b.disk_name), []).append(b)
+            chosen = set()
+            for points in per_disk.values():
+                points.sort(key=lambda b: (b.point_time, b.id), reverse=True)
+                chosen.update(b.id for b in points[: rule.latest_count or 1])
+        else:
+            chosen = set(by_id)
+        # an incremental is useless without its base: bring the ancestors along
+        for backup_id in list(chosen):
+            parent = by_id[backup_id].parent_id
+            while parent is not None and parent in by_id and parent not in chosen:
+                chosen.add(parent)
+                parent = by_id[parent].parent_id
+        return [b for b in backups if b.id in chosen]
+
+    # -- running -------------------------------------------------------------------
+
+    def _active_jobs(self) -> list[Any]:
+        return self.job_store.list(states=("queued", "running", "paused"), kind="copy")
+
+    def run_rule(self, ref: int | str, *, actor: str | None = None, if_idle: bool = False) -> Any:
+        """Queue a copy job for a rule. ``if_idle``: not when one is already queued."""
+        rule = self.store.get_rule(ref)
+        if not rule.enabled:
+            raise ValidationError(f"copy rule {rule.name!r} is disabled")
+        if if_idle:
+            for job in self.job_store.list(states=("queued",), kind="copy"):
+                if job.params.get("rule_id") == rule.id:
+                    return job
+        repos = self.store.repositories_by_id()
+        src = repos[rule.source_repository_id]
+        dst = repos[rule.destination_repository_id]
+        return self.jobs.submit(
+            "copy",
+            f"copy {rule.name}: {src.name} -> {dst.name}",
+            {"rule_id": rule.id},
+            repository_id=dst.id,
+            priority=rule.priority,
+            actor=actor,
+        )
+
+    def copy_backups(
+        self,
+        backup_ids: list[int],
+        destination: int | str,
+        *,
+        actor: str | None = None,
+        verify_after: bool = True,
+    ) -> Any:
+        """Queue a one-off copy of some backups (their bases come along) to a repository."""
+        dst = self.repositories.get(destination)
+        self.check_destination(dst)
+        for backup_id in backup_ids:
+            b = self.store.source_backup(backup_id)
+            if b.repository_id == dst.id:
+                raise ValidationError(f"backup {backup_id} already lives in {dst.name!r}")
+        return self.jobs.submit(
+            "copy",
+            f"copy {len(backup_ids)} backup(s) -> {dst.name}",
+            {
+                "backup_ids": list(backup_ids),
+                "destination_repository_id": dst.id,
+                "verify_after": verify_after,
+            },
+            repository_id=dst.id,
+            actor=actor,
+        )
+
+    def rerun(self, copy_id: int, *, actor: str | None = None) -> Any:
+        """Run a failed copy again by hand (it resumes from its partial when there is one)."""
+        copy = self.store.get_copy(copy_id)
+        if copy.state != "failed":
+            raise ValidationError(
+                f"copy {copy_id} is {copy.state}; only a failed copy can be re-run"
+            )
+        self.store.update_copy(copy_id, state="pending", error=None)
+        dst = self.repositories.get(copy.destination_repository_id)
+        params: dict[str, Any] = {
+            "backup_ids": [copy.backup_id],
+            "destination_repository_id": dst.id,
+        }
+        if copy.rule_id is not None:
+            params["rule_id"] = copy.rule_id
+        return self.jobs.submit(
+            "copy",
+            f"re-run copy {copy_id} -> {dst.name}",
+            params,
+            repository_id=dst.id,
+            actor=actor,
+        )
+
+    @contextlib.contextmanager
+    def _destination_slot(self, repo_id: int, ctx: JobContext) -> Iterator[None]:
+        with self._slots_lock:
+            slot = self._slots.setdefault(repo_id, threading.BoundedSemaphore(self.per_destination))
+        while not slot.acquire(timeout=0.5):
+            ctx.check()
+        try:
+            yield
+        finally:
+            slot.release()
+
+    def run_job(self, ctx: JobContext) -> dict[str, Any]:
+        """The "copy" job handler."""
+        params = ctx.params
+        rule: CopyRule | None = None
+        if params.get("rule_id") is not None:
+            try:
+                rule = self.store.get_rule(int(params["rule_id"]))
+            except NotFoundError:
+                if not params.get("backup_ids"):
+                    raise
+        if params.get("backup_ids"):
+            dst = self.repositories.get(int(params["destination_repository_id"]))
+            wanted = [self.store.source_backup(int(i)) for i in params["backup_ids"]]
+            items = self._with_ancestors(wanted)
+            verify_after = bool(params.get("verify_after", rule.verify_after if rule else True))
+        elif rule is not None:
+            dst = self.repositories.get(rule.destination_repository_id)
+            items = self.select(rule)
+            verify_after = rule.verify_after
+        else:
+            raise ValidationError("a copy job needs a rule or a list of backups")
+        try:
+            self.check_destination(dst)
+            if self.room_check is not None:
+                self.room_check(dst)
+            result = self._copy_items(ctx, items, dst, rule, verify_after)
+        except (JobCancelled, JobPaused):
+            raise
+        except SendenseError as exc:
+            self._rule_failed(rule, exc.message)
+            raise
+        if rule is not None:
+            self.store.record_rule_outcome(rule.id, ok=True)
+        return result
+
+    def _with_ancestors(self, wanted: list[SourceBackup]) -> list[SourceBackup]:
+        found: dict[int, SourceBackup] = {}
+        for b in wanted:
+            for member in self.store.chain_backups(b.chain_id):
+                if member.position <= b.position and member.state == "complete":
+                    found[member.id] = member
+        return sorted(found.values(), key=lambda b: (b.chain_id, b.position, b.id))
+
+    def _rule_failed(self, rule: CopyRule | None, why: str) -> None:
+        if rule is None:
+            return
+        count = self.store.record_rule_outcome(rule.id, ok=False)
+        if count >= self.alert_after_failures:
+            self.bus.publish(
+                Event(
+                    kind="copy.rule_failing",
+                    message=f"copy rule {rule.name} failed {count} times in a row: {why}",
+                    level="error",
+                    source="copy",
+                    repository_id=rule.destination_repository_id,
+                    data={"rule_id": rule.id, "failures_in_row": count},
+                )
+            )
+
+    def _copy_items(
+        self,
+        ctx: JobContext,
+        items: list[SourceBackup],
+        dst: Repository,
+        rule: CopyRule | None,
+        verify_after: bool,
+    ) -> dict[str, Any]:
+        repos = self.store.repositories_by_id()
+        total = sum(b.file_size for b in items)
+        existing = {b.id: self.store.find_copy(b.id, dst.id) for b in items}
+        good = {bid for bid, c in existing.items() if c is not None and c.state == COPY_DONE}
+        done = sum(b.file_size for b in items if b.id in good)
+        ctx.progress(done, total, message=f"{len(items) - len(good)} file(s) to copy", force=True)
+        copied: list[int] = []
+        skipped: list[str] = []
+        failures: list[str] = []
+        with self._destination_slot(dst.id, ctx):
+            for b in items:
+                if b.id in good:
+                    continue
+                ctx.check()
+                if b.parent_id is not None and b.parent_id not in good:
+                    skipped.append(b.path)
+                    failures.append(f"{b.path}: its base was not copied, so it was skipped")
+                    continue
+                src_repo = repos[b.repository_id]
+                try:
+                    self._copy_one(
+                        ctx, b, src_repo, dst, rule, existing.get(b.id), done, total, verify_after
+                    )
+                except CopyNoSpace:
+                    raise
+                except SourceChecksumMismatch as exc:
+                    failures.append(exc.message)
+                    done += b.file_size
+                    continue
+                except CopyError as exc:
+                    failures.append(exc.message)
+                    done += b.file_size
+                    continue
+                good.add(b.id)
+                copied.append(b.id)
+                done += b.file_size
+                ctx.progress(done, total, force=True)
+        result = {
+            "copied": len(copied),
+            "already_there": len(items) - len(copied) - len(failures),
+            "failed": len(failures),
+            "destination": dst.name,
+            "bytes": total,
+        }
+        if failures:
+            raise CopyError(
+                f"{len(failures)} of {len(items)} file(s) could not be copied to {dst.name}: "
+                + "; ".join(failures[:3])
+                + (" …" if len(failures) > 3 else ""),
+                hint="`sendense copy status` lists the failed copies; "
+                "`sendense copy run --copy ID` re-runs one",
+            )
+        return result
+
+    def _copy_one(
+        self,
+        ctx: JobContext,
+        b: SourceBackup,
+        src_repo: Repository,
+        dst: Repository,
+        rule: CopyRule | None,
+        copy: Copy | None,
+        base_done: int,
+        total: int,
+        verify_after: bool,
+    ) -> None:
+        now = self.clock.now()
+        if copy is None:
+            copy = self.store.create_copy(
+                backup_id=b.id,
+                destination_repository_id=dst.id,
+                path=b.path,
+                size=b.file_size,
+                now=now,
+                rule_id=rule.id if rule else None,
+                job_id=ctx.job_id,
+            )
+        src_path = _inside(Path(src_repo.path), b.path)
+        dst_path = _inside(Path(dst.path), b.path)
+        bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
+        chunk = CHUNK_SIZE
+        if bucket is not None:
+            chunk = max(64 * 1024, min(CHUNK_SIZE, int(bucket.rate) // 8 // 65536 * 65536))
+        label = f"repository {dst.name} ({dst.path})"
+        attempt = 0
+        while True:
+            attempt += 1
+            self.store.update_copy(
+                copy.id,
+                state="copying",
+                error=None,
+                attempts=(copy.attempts or 0) + attempt,
+                job_id=ctx.job_id,
+                rule_id=rule.id if rule else copy.rule_id,
+            )
+
+            last_check = [time.monotonic()]
+
+            def progress(
+                file_done: int,
+                file_total: int,
+                _path: str = b.path,
+                last_check: list[float] = last_check,
+            ) -> None:
+                # ctx.progress checks for cancel/pause when it writes (on the engine's
+                # clock); check on real time too, so a fixed clock cannot hide a cancel
+                if time.monotonic() - last_check[0] >= 0.25:
+                    last_check[0] = time.monotonic()
+                    ctx.check()
+                ctx.progress(
+                    base_done + file_done,
+                    total,
+                    message=f"{_path}: {human_bytes(file_done)} of {human_bytes(file_total)}",
+                    resume_point={"copy_id": copy.id, "offset": file_done},
+                )
+
+            try:
+                if not src_path.is_file():
+                    raise CopyError(f"source file {src_path} is missing")
+                result = copy_file(
+                    src_path,
+                    dst_path,
+                    expected_checksum=b.checksum,
+                    chunk_size=chunk,
+                    progress=progress,
+                    bucket=bucket,
+                    label=label,
+                    drop_cache=verify_after,
+                )
+                break
+            except (JobPaused, EngineStopping, LeaseLost):
+                self.store.update_copy(copy.id, state="pending")
+                raise
+            except JobCancelled:
+                _discard(partial_path(dst_path))
+                self.store.update_copy(copy.id, state="failed", error="cancelled by the operator")
+                raise
+            except SourceChecksumMismatch as exc:
+                self._fail_copy(copy.id, b, dst, exc, level="critical")
+                self._mark_source_bad(b)
+                raise
+            except CopyNoSpace as exc:
+                self._fail_copy(copy.id, b, dst, exc)
+                raise
+            except CopyError as exc:
+                if attempt >= self.max_attempts:
+                    self._fail_copy(copy.id, b, dst, exc, attempts=attempt)
+                    raise
+                wait = self.backoff_seconds * 2 ** (attempt - 1)
+                log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
+                self._sleep(ctx, wait)
+        self.store.update_copy(
+            copy.id,
+            state="verifying" if verify_after else COPY_DONE,
+            size=result.size,
+            bytes_done=result.size,
+            checksum=result.checksum,
+            cloned=result.cloned,
+            **({} if verify_after else {"completed_at": self.clock.now()}),
+        )
+        if verify_after and self.verifier is not None:
+            outcome = self.verifier.verify_copy(copy.id, job_id=ctx.job_id)
+            if outcome != "ok":
+                self.store.update_copy(
+                    copy.id, state="failed", error=f"verification after the copy: {outcome}"
+                )
+                raise CopyError(f"{b.path} at {dst.name} failed verification after the copy")
+            self.store.update_copy(copy.id, state=COPY_DONE, completed_at=self.clock.now())
+        elif verify_after:
+            self.store.update_copy(copy.id, state=COPY_DONE, completed_at=self.clock.now())
+        self.bus.publish(
+            Event(
+                kind="copy.completed",
+                message=f"copied {b.path} to {dst.name} ({human_bytes(result.size)}"
+                + (", cloned" if result.cloned else "")
+                + (
+                    f", resumed at {human_bytes(result.resumed_from)}"
+                    if result.resumed_from
+                    else ""
+                )
+                + ")",
+                source="copy",
+                repository_id=dst.id,
+                job_id=ctx.job_id,
+                data={"copy_id": copy.id, "backup_id": b.id, "cloned": result.cloned},
+            )
+        )
+
+    def _sleep(self, ctx: JobContext, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ctx.check()
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    def _fail_copy(
+        self,
+        copy_id: int,
+        b: SourceBackup,
+        dst: Repository,
+        exc: SendenseError,
+        *,
+        level: str = "error",
+        attempts: int | None = None,
+    ) -> None:
+        self.store.update_copy(copy_id, state="failed", error=exc.message)
+        tries = f" after {attempts} attempts" if attempts else ""
+        self.bus.publish(
+            Event(
+                kind="copy.failed",
+                message=f"copy of {b.path} to {dst.name} failed{tries}: {exc.message}",
+                level=level,
+                source="copy",
+                repository_id=dst.id,
+                data={"copy_id": copy_id, "backup_id": b.id},
+            )
+        )
+
+    def _mark_source_bad(self, b: SourceBackup) -> None:
+        self.store.set_backup_verified(b.id, "mismatch", self.clock.now(), mark_bad=True)
+
+    # -- status and alerts -------------------------------------------------------------
+
+    def status(self) -> list[RuleStatus]:
+        repos = self.store.repositories_by_id()
+        out = []
+        for rule in self.store.list_rules():
+            copies = self.store.list_copies(rule_id=rule.id, limit=100000)
+            newest = self.store.newest_completed_copy(rule.id)
+            status = RuleStatus(
+                rule=rule,
+                source=repos[rule.source_repository_id].name,
+                destination=repos[rule.destination_repository_id].name,
+                completed=sum(1 for c in copies if c.state == COPY_DONE),
+                failed=sum(1 for c in copies if c.state == "failed"),
+                in_progress=sum(1 for c in copies if c.state in ("copying", "verifying")),
+                newest_copy_at=newest.completed_at if newest else None,
+                next_run_at=self.next_run(rule),
+            )
+            status.problems = [a.message for a in self._rule_alerts(rule, status)]
+            out.append(status)
+        return out
+
+    def list_copies(self, **filters: Any) -> list[Copy]:
+        return self.store.list_copies(**filters)
+
+    def _rule_alerts(self, rule: CopyRule, status: RuleStatus) -> list[Alert]:
+        alerts = []
+        if rule.failures_in_row >= self.alert_after_failures:
+            alerts.append(
+                Alert(
+                    "rule_failing",
+                    "error",
+                    f"copy rule {rule.name} failed {rule.failures_in_row} times in a row",
+                    rule_id=rule.id,
+                    repository_id=rule.destination_repository_id,
+                )
+            )
+        if rule.max_age_hours and rule.enabled:
+            limit = self.clock.now() - timedelta(hours=rule.max_age_hours)
+            newest = status.newest_copy_at
+            if newest is None or newest < limit:
+                age = (
+                    "has no copy yet"
+                    if newest is None
+                    else (f"newest copy is from {newest:%Y-%m-%d %H:%M} UTC")
+                )
+                alerts.append(
+                    Alert(
+                        "copy_too_old",
+                        "warning",
+                        f"{status.destination} ({rule.name}) {age}; the rule allows "
+                        f"{rule.max_age_hours} h",
+                        rule_id=rule.id,
+                        repository_id=rule.destination_repository_id,
+                    )
+                )
+        return alerts
+
+    def alerts(self) -> list[Alert]:
+        """What anchors miss: failing rules and destinations whose copies are too old."""
+        out: list[Alert] = []
+        for status in self.status():
+            out.extend(self._rule_alerts(status.rule, status))
+        return out
+
+    def protection(self, backup_id: int) -> dict[str, Any]:
+        """3-2-1 facts of one backup: copies, distinct devices, an offsite one."""
+        b = self.store.source_backup(backup_id)
+        repos = self.store.repositories_by_id()
+        copies = [c for c in self.store.list_copies(backup_id=backup_id) if c.state == COPY_DONE]
+        devices = {("repo", b.repository_id)}
+        for c in copies:
+            devices.add(
+                ("repo", b.repository_id) if c.cloned else ("repo", c.destination_repository_id)
+            )
+        offsite = repos[b.repository_id].offsite or any(
+            repos[c.destination_repository_id].offsite for c in copies
+        )
+        return {"copies": 1 + len(copies), "devices": len(devices), "offsite": offsite}
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """``root/relative``, refusing anything that would leave the root."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValidationError(f"path {relative!r} leaves the repository root {root}")
+    return path

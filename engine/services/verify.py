@@ -1,0 +1,664 @@
+"""Verification: do the backup files (and their copies) still hold what was written?
+
+``qemu-img check`` reads metadata only and cannot see damaged data, so integrity
+rests on our own checksums: every file is re-read and its sha256 compared with
+the one recorded when it was written. Then ``qemu-img check`` (metadata) and the
+chain's backing references (they must resolve, inside the repository, to the
+parent backup). Reads are large and sequential; hashing runs in threads with one
+stream per device (two streams on one disk would only make it seek).
+
+A mismatch marks the point bad (``Backup.state = "bad"`` for a source file,
+``Copy.verify_state = "mismatch"`` for a copy), raises a critical event, and the
+report names the copies of that point that are still good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
+from engine.catalog.models import Copy, Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.jobs import JobContext, JobRunner
+from engine.safepath import is_within
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 8 * 1024 * 1024
+SCOPES = ("backup", "chain", "repository", "all")
+OUTCOMES = ("ok", "mismatch", "missing", "check_failed", "chain_broken")
+
+
+class VerifyStopped(JobCancelled):
+    """The verification was asked to stop between chunks."""
+
+
+def hash_file(
+    path: Path,
+    *,
+    read_size: int = READ_SIZE,
+    on_bytes: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[str, int]:
+    """sha256 of a file and the bytes read. A reader thread keeps the disk busy while
+    the calling thread hashes (hashlib releases the GIL)."""
+    digest = hashlib.sha256()
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(3):
+        free.put(bytearray(read_size))
+    filled: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+    fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                if stop.is_set():
+                    break
+                n = os.readv(fd, [buf])
+                if n <= 0:
+                    break
+                filled.put((buf, n))
+        except BaseException as exc:
+            filled.put(exc)
+            return
+        filled.put(None)
+
+    thread = threading.Thread(target=reader, name="sendense-verify-read", daemon=True)
+    thread.start()
+    total = 0
+    try:
+        while True:
+            item = filled.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            buf, n = item
+            digest.update(memoryview(buf)[:n])
+            free.put(buf)
+            total += n
+            if on_bytes is not None:
+                on_bytes(n)
+            if should_stop is not None and should_stop():
+                raise VerifyStopped(f"verification of {path} was stopped")
+    finally:
+        stop.set()
+        free.put(bytearray(0))
+        thread.join()
+        os.close(fd)
+    return digest.hexdigest(), total
+
+
+@dataclass
+class Target:
+    """One file to verify: a backup in its own repository, or a copy of it."""
+
+    backup: SourceBackup
+    repository: Repository
+    copy: Copy | None = None
+
+    @property
+    def path(self) -> Path:
+        rel = self.copy.path if self.copy is not None else self.backup.path
+        return Path(self.repository.path) / rel
+
+    @property
+    def expected(self) -> str | None:
+        if self.copy is not None and self.copy.checksum:
+            return self.copy.checksum
+        return self.backup.checksum
+
+    @property
+    def size(self) -> int:
+        return self.copy.size if self.copy is not None and self.copy.size else self.backup.file_size
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("copy", self.copy.id) if self.copy is not None else ("backup", self.backup.id)
+
+    def describe(self) -> str:
+        what = f"copy {self.copy.id}" if self.copy is not None else "original"
+        return f"{self.backup.path} in {self.repository.name} ({what})"
+
+
+@dataclass
+class Result:
+    target: Target
+    outcome: str
+    detail: str | None = None
+    bytes_read: int = 0
+    #: for a bad file: the other places this point is still good
+    good_elsewhere: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.target
+        return {
+            "backup_id": t.backup.id,
+            "copy_id": t.copy.id if t.copy is not None else None,
+            "repository": t.repository.name,
+            "path": t.backup.path,
+            "outcome": self.outcome,
+            "detail": self.detail,
+            "bytes_read": self.bytes_read,
+            "good_elsewhere": self.good_elsewhere,
+        }
+
+
+@dataclass
+class Badge:
+    """What the Chains screen shows next to a restore point."""
+
+    backup_id: int
+    state: str | None  # ok | mismatch | missing | check_failed | chain_broken | None
+    verified_at: datetime | None
+    overdue: bool
+    good_copies: list[str]
+    bad_copies: list[str]
+
+    @property
+    def label(self) -> str:
+        if self.state is None:
+            return "unverified"
+        if self.state == "ok":
+            return "overdue" if self.overdue else "verified"
+        return self.state.replace("_", " ")
+
+
+@dataclass
+class Report:
+    days: int
+    bytes_total: int
+    bytes_verified: int
+    files_total: int
+    files_verified: int
+    bad: list[dict[str, Any]]
+    overdue: list[dict[str, Any]]
+
+    @property
+    def coverage_percent(self) -> float:
+        return 100.0 * self.bytes_verified / self.bytes_total if self.bytes_total else 100.0
+
+    def sentence(self) -> str:
+        return f"{self.coverage_percent:.0f}% of bytes verified in the last {self.days} days"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "days": self.days,
+            "coverage_percent": round(self.coverage_percent, 2),
+            "bytes_total": self.bytes_total,
+            "bytes_verified": self.bytes_verified,
+            "files_total": self.files_total,
+            "files_verified": self.files_verified,
+            "bad": self.bad,
+            "overdue": self.overdue,
+            "summary": self.sentence(),
+        }
+
+
+class VerifyService:
+    """Verification jobs, results and coverage. Built by the Engine as ``engine.verifier``."""
+
+    #: a file verified longer ago than this is due again
+    reverify_after_days = 30
+    #: the window of the coverage figure
+    coverage_days = 30
+
+    def __init__(
+        self,
+        store: CopyStore,
+        repositories: RepositoryStore,
+        jobs: JobRunner,
+        bus: EventBus,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.repositories = repositories
+        self.jobs = jobs
+        self.bus = bus
+        self.clock = clock
+
+    def register(self) -> None:
+        self.jobs.register("verify", self.run_job)
+
+    # -- what to verify -----------------------------------------------------------
+
+    def targets(
+        self, scope: str = "all", ref: int | str | None = None, *, include_copies: bool = True
+    ) -> list[Target]:
+        if scope not in SCOPES:
+            raise ValidationError(f"scope must be one of {', '.join(SCOPES)}")
+        repos = self.store.repositories_by_id()
+        if scope == "repository":
+            repo = self.repositories.get(_need(ref, scope))
+            out = [Target(b, repo) for b in self.store.all_backups(repository_id=repo.id)]
+            # and the copies that landed here from other repositories
+            for c in self.store.list_copies(
+                destination_repository_id=repo.id, states=(COPY_DONE,), limit=1_000_000
+            ):
+                out.append(Target(self.store.source_backup(c.backup_id), repo, c))
+            return out
+        if scope == "backup":
+            backups = [self.store.source_backup(int(_need(ref, scope)))]
+        elif scope == "chain":
+            backups = self.store.chain_backups(int(_need(ref, scope)))
+            if not backups:
+                raise NotFoundError(f"chain {ref} does not exist or holds no backups")
+        else:
+            backups = self.store.all_backups()
+        out = [Target(b, repos[b.repository_id]) for b in backups]
+        if include_copies:
+            by_id = {b.id: b for b in backups}
+            for backup_id, rows in self.store.copies_of_backups(list(by_id)).items():
+                for c in rows:
+                    if c.state == COPY_DONE:
+                        out.append(Target(by_id[backup_id], repos[c.destination_repository_id], c))
+        return out
+
+    # -- verifying ------------------------------------------------------------------
+
+    def verify_target(
+        self,
+        target: Target,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Checksum, then qemu-img check, then the backing references."""
+        path = target.path
+        if not is_within(target.repository.path, path):
+            return Result(target, "chain_broken", f"{path} lies outside its repository")
+        if not path.is_file():
+            return Result(target, "missing", f"{path} does not exist")
+        checksum, read = hash_file(path, on_bytes=on_bytes, should_stop=should_stop)
+        expected = target.expected
+        if expected and checksum != expected:
+            size = path.stat().st_size
+            extra = f", size {size} instead of {target.size}" if size != target.size else ""
+            return Result(
+                target,
+                "mismatch",
+                f"sha256 {checksum[:16]}… differs from the recorded {expected[:16]}…{extra}",
+                read,
+            )
+        from engine.tools import qemu_img
+        from engine.tools.base import ToolError
+
+        try:
+            check = qemu_img.check(path)
+        except ToolError as exc:
+            return Result(target, "check_failed", f"qemu-img check: {exc.message}", read)
+        if not check.clean:
+            return Result(
+                target,
+                "check_failed",
+                f"qemu-img check: {check.corruptions} corruption(s), {check.leaks} leak(s), "
+                f"{check.check_errors} error(s)",
+                read,
+            )
+        problem = self._chain_problem(target)
+        if problem:
+            return Result(target, "chain_broken", problem, read)
+        note = None if expected else "no recorded checksum: metadata and chain checked only"
+        return Result(target, "ok", note, read)
+
+    def _chain_problem(self, target: Target) -> str | None:
+        from engine.tools import qemu_img
+        from engine.tools.base import ToolError
+
+        try:
+            chain = qemu_img.info_chain(target.path)
+        except ToolError as exc:
+            return f"backing chain does not resolve: {exc.message}"
+        root = target.repository.path
+        for image in chain[1:]:
+            if not is_within(root, image.filename):
+                return f"backing file {image.filename} lies outside {target.repository.name}"
+        expected_depth = target.backup.position + 1
+        if target.backup.parent_id is None:
+            expected_depth = 1
+        if len(chain) != expected_depth:
+            return (
+                f"chain has {len(chain)} image(s), the catalog expects {expected_depth} "
+                f"(position {target.backup.position})"
+            )
+        if target.backup.parent_id is not None and len(chain) > 1:
+            parent = self.store.source_backup(target.backup.parent_id)
+            want = os.path.realpath(Path(root) / parent.path)
+            if os.path.realpath(chain[1].filename) != want:
+                return f"backing file is {chain[1].filename}, expected {want}"
+        return None
+
+    def verify_targets(
+        self,
+        targets: list[Target],
+        *,
+        job_id: int | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Result]:
+        """Verify files with one stream per device; record each result as it comes."""
+        groups: dict[int, list[Target]] = {}
+        for t in targets:
+            try:
+                dev = os.stat(t.repository.path).st_dev
+            except OSError:
+                dev = -1
+            groups.setdefault(dev, []).append(t)
+        results: list[Result] = []
+        lock = threading.Lock()
+
+        def run_group(items: list[Target]) -> None:
+            for t in items:
+                if should_stop is not None and should_stop():
+                    return
+                started = self.clock.now()
+                try:
+                    result = self.verify_target(t, on_bytes=on_bytes, should_stop=should_stop)
+                except VerifyStopped:
+                    return
+                except OSError as exc:
+                    result = Result(t, "missing", f"cannot read {t.path}: {exc.strerror}")
+                self._record(result, started, job_id)
+                with lock:
+                    results.append(result)
+
+        if len(groups) == 1:
+            run_group(next(iter(groups.values())))
+        else:
+            with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="verify") as pool:
+                for future in [pool.submit(run_group, items) for items in groups.values()]:
+                    future.result()
+        self._name_good_copies(results, job_id)
+        return results
+
+    def _record(self, result: Result, started: datetime, job_id: int | None) -> None:
+        t = result.target
+        now = self.clock.now()
+        self.store.add_verification(
+            outcome=result.outcome,
+            started_at=started,
+            finished_at=now,
+            backup_id=t.backup.id if t.copy is None else None,
+            copy_id=t.copy.id if t.copy is not None else None,
+            job_id=job_id,
+            detail=result.detail,
+            bytes_read=result.bytes_read,
+        )
+        if t.copy is None:
+            self.store.set_backup_verified(
+                t.backup.id,
+                result.outcome,
+                now,
+                mark_bad=result.outcome in ("mismatch", "missing", "check_failed"),
+            )
+        else:
+            self.store.update_copy(t.copy.id, verify_state=result.outcome, verified_at=now)
+
+    def _name_good_copies(self, results: list[Result], job_id: int | None) -> None:
+        """For every bad file: which other copies of that point are good (verifying them
+        now when this run did not), and a critical event that names them."""
+        by_key = {r.target.key: r for r in results}
+        for result in [r for r in results if r.outcome != "ok"]:
+            backup = result.target.backup
+            for other in self._places(backup):
+                if other.key == result.target.key:
+                    continue
+                known = by_key.get(other.key)
+                if known is None:
+                    started = self.clock.now()
+                    try:
+                        known = self.verify_target(other)
+                    except OSError as exc:
+                        known = Result(other, "missing", str(exc))
+                    self._record(known, started, job_id)
+                    by_key[other.key] = known
+                if known.outcome == "ok":
+                    result.good_elsewhere.append(other.describe())
+            still = (
+                "still good: " + ", ".join(result.good_elsewhere)
+                if result.good_elsewhere
+                else "NO good copy of this point is left"
+            )
+            self.bus.publish(
+                Event(
+                    kind=f"verify.{result.outcome}",
+                    message=f"{result.target.describe()} is {result.outcome.replace('_', ' ')}"
+                    f" ({result.detail}); {still}",
+                    level="critical",
+                    source="verify",
+                    repository_id=result.target.repository.id,
+                    job_id=job_id,
+                    data=result.as_dict(),
+                )
+            )
+
+    def _places(self, backup: SourceBackup) -> list[Target]:
+        repos = self.store.repositories_by_id()
+        fresh = self.store.source_backup(backup.id)
+        places = [Target(fresh, repos[fresh.repository_id])]
+        for c in self.store.list_copies(backup_id=backup.id, states=(COPY_DONE, "verifying")):
+            places.append(Target(fresh, repos[c.destination_repository_id], c))
+        return places
+
+    def verify_copy(self, copy_id: int, *, job_id: int | None = None) -> str:
+        """Verify one copy (after it was written); returns the outcome."""
+        copy = self.store.get_copy(copy_id)
+        backup = self.store.source_backup(copy.backup_id)
+        repo = self.repositories.get(copy.destination_repository_id)
+        started = self.clock.now()
+        result = self.verify_target(Target(backup, repo, copy))
+        self._record(result, started, job_id)
+        if result.outcome != "ok":
+            self._name_good_copies([result], job_id)
+        return result.outcome
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        scope: str = "all",
+        ref: int | str | None = None,
+        *,
+        include_copies: bool = True,
+        actor: str | None = None,
+    ) -> Any:
+        targets = self.targets(scope, ref, include_copies=include_copies)
+        what = scope if ref is None else f"{scope} {ref}"
+        return self.jobs.submit(
+            "verify",
+            f"verify {what} ({len(targets)} file(s))",
+            {"scope": scope, "ref": ref, "include_copies": include_copies},
+            bytes_total=sum(t.size for t in targets),
+            actor=actor,
+        )
+
+    def run_job(self, ctx: JobContext) -> dict[str, Any]:
+        params = ctx.params
+        targets = self.targets(
+            params.get("scope", "all"),
+            params.get("ref"),
+            include_copies=bool(params.get("include_copies", True)),
+        )
+        total = sum(t.size for t in targets)
+        done = [0]
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def on_bytes(n: int) -> None:
+            with lock:
+                done[0] += n
+
+        ctx.progress(0, total, message=f"verifying {len(targets)} file(s)", force=True)
+        outcome: list[list[Result]] = []
+        error: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                outcome.append(
+                    self.verify_targets(
+                        targets, job_id=ctx.job_id, on_bytes=on_bytes, should_stop=stop.is_set
+                    )
+                )
+            except BaseException as exc:
+                error.append(exc)
+
+        worker = threading.Thread(target=work, name="sendense-verify", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+                with lock:
+                    value = done[0]
+                ctx.progress(min(value, total), total)
+        except BaseException:
+            stop.set()
+            worker.join()
+            raise
+        if error:
+            raise error[0]
+        results = outcome[0] if outcome else []
+        ctx.progress(total, total, force=True)
+        bad = [r for r in results if r.outcome != "ok"]
+        summary = {
+            "files": len(results),
+            "ok": len(results) - len(bad),
+            "bad": [r.as_dict() for r in bad],
+            "bytes_read": sum(r.bytes_read for r in results),
+        }
+        if bad:
+            first = bad[0]
+            raise VerificationFailed(
+                f"{len(bad)} of {len(results)} file(s) failed verification; first: "
+                f"{first.target.describe()}: {first.outcome} ({first.detail})"
+                + (
+                    f"; still good: {', '.join(first.good_elsewhere)}"
+                    if first.good_elsewhere
+                    else "; no good copy left"
+                ),
+                hint="`sendense verify report` lists the bad points and the good copies",
+            )
+        return summary
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _all_items(self) -> list[Target]:
+        return self.targets("all", include_copies=True)
+
+    def report(self, days: int | None = None) -> Report:
+        days = days or self.coverage_days
+        now = self.clock.now()
+        since = now - timedelta(days=days)
+        due = now - timedelta(days=self.reverify_after_days)
+        items = self._all_items()
+        bytes_total = bytes_verified = files_verified = 0
+        bad: list[dict[str, Any]] = []
+        overdue: list[dict[str, Any]] = []
+        for t in items:
+            state, at = _verify_state(t)
+            bytes_total += t.size
+            if state == "ok" and at is not None and at >= since:
+                bytes_verified += t.size
+                files_verified += 1
+            entry = {
+                "backup_id": t.backup.id,
+                "copy_id": t.copy.id if t.copy is not None else None,
+                "repository": t.repository.name,
+                "path": t.backup.path,
+                "verify_state": state,
+                "verified_at": at.isoformat() if at else None,
+            }
+            if state not in (None, "ok"):
+                entry["good_elsewhere"] = [
+                    o.describe()
+                    for o in self._places(t.backup)
+                    if o.key != t.key and _verify_state(o)[0] == "ok"
+                ]
+                bad.append(entry)
+            elif at is None or at < due:
+                overdue.append(entry)
+        return Report(days, bytes_total, bytes_verified, len(items), files_verified, bad, overdue)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        report = self.report()
+        out = []
+        if report.overdue:
+            out.append(
+                {
+                    "kind": "verification_overdue",
+                    "level": "warning",
+                    "message": f"{len(report.overdue)} file(s) not verified in the last "
+                    f"{self.reverify_after_days} days ({report.sentence()})",
+                }
+            )
+        for entry in report.bad:
+            out.append(
+                {
+                    "kind": "verification_failed",
+                    "level": "critical",
+                    "message": f"{entry['path']} in {entry['repository']} is "
+                    f"{entry['verify_state']}; still good: "
+                    + (", ".join(entry["good_elsewhere"]) or "none"),
+                }
+            )
+        return out
+
+    def badges(self, chain_id: int) -> dict[int, Badge]:
+        """Verification badges of a chain's restore points, for the Chains screen."""
+        backups = self.store.chain_backups(chain_id)
+        repos = self.store.repositories_by_id()
+        copies = self.store.copies_of_backups([b.id for b in backups])
+        due = self.clock.now() - timedelta(days=self.reverify_after_days)
+        out: dict[int, Badge] = {}
+        for b in backups:
+            good: list[str] = []
+            bad: list[str] = []
+            for c in copies.get(b.id, []):
+                if c.state != COPY_DONE:
+                    continue
+                name = repos[c.destination_repository_id].name
+                (good if c.verify_state in (None, "ok") else bad).append(name)
+            verified_at = as_utc(b.verified_at)
+            out[b.id] = Badge(
+                backup_id=b.id,
+                state=b.verify_state,
+                verified_at=verified_at,
+                overdue=verified_at is None or verified_at < due,
+                good_copies=good,
+                bad_copies=bad,
+            )
+        return out
+
+
+class VerificationFailed(SendenseError):
+    """At least one file did not verify."""
+
+
+def _verify_state(t: Target) -> tuple[str | None, datetime | None]:
+    if t.copy is not None:
+        return t.copy.verify_state, as_utc(t.copy.verified_at)
+    return t.backup.verify_state, as_utc(t.backup.verified_at)
+
+
+def _need(ref: int | str | None, scope: str) -> int | str:
+    if ref is None:
+        raise ValidationError(f"verifying a {scope} needs its id or name")
+    return ref

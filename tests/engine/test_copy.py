@@ -1,0 +1,396 @@
+"""Copy rules and copy jobs on real QCOW2 chains and real (loop-mounted) filesystems."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.catalog.models import Job
+from engine.errors import ValidationError
+from engine.events import Event
+from engine.runtime import Engine
+from engine.services.copy import TokenBucket, copy_file, partial_path
+from tests.engine.copy_worker import MiB, add_repo, make_chain, sha256
+
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
+FINAL = ("succeeded", "failed", "cancelled", "paused")
+
+
+def wait_job(engine: Engine, job_id: int, states: tuple[str, ...] = FINAL, timeout=60.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = engine.job_store.get(job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {engine.job_store.get(job_id).state}")
+
+
+def backing_chain(path: Path) -> list[dict]:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", "--backing-chain", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)
+
+
+# -- rules --------------------------------------------------------------------------
+
+
+def test_rule_validation_gives_clear_messages(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    add_repo(engine, "off", tmp_path / "off", enabled=False)
+    gone = add_repo(engine, "gone", tmp_path / "gone")
+    os.rmdir(gone.path)
+
+    with pytest.raises(ValidationError, match="both 'main'"):
+        engine.copies.add_rule(name="r", source="main", destination="main")
+    with pytest.raises(ValidationError, match="'off' is disabled"):
+        engine.copies.add_rule(name="r", source="main", destination="off")
+    with pytest.raises(ValidationError, match="'gone' is not reachable"):
+        engine.copies.add_rule(name="r", source="main", destination="gone")
+    with pytest.raises(ValidationError, match="latest N"):
+        engine.copies.add_rule(name="r", source="main", destination="offsite", selection="latest")
+    with pytest.raises(ValidationError, match="not a cron expression"):
+        engine.copies.add_rule(
+            name="r", source="main", destination="offsite", mode="scheduled", schedule="nope"
+        )
+    assert engine.copies.list_rules() == []
+
+    rule = engine.copies.add_rule(
+        name="nightly",
+        source=src.id,
+        destination="offsite",
+        selection="latest",
+        latest_count=2,
+        mode="scheduled",
+        schedule="0 2 * * *",
+        lock_copies=True,
+        bandwidth_limit=50 * MiB,
+    )
+    assert [r.name for r in engine.copies.list_rules()] == ["nightly"]
+    assert rule.destination_repository_id == dst.id and rule.lock_copies
+    assert engine.copies.next_run(rule).hour == 2
+    with pytest.raises(ValidationError, match="already exists"):
+        engine.copies.add_rule(name="nightly", source="main", destination="offsite")
+    engine.copies.remove_rule("nightly")
+    assert engine.copies.list_rules() == []
+
+
+def test_latest_selection_brings_the_bases_along(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=2, incrementals=3)
+    rule = engine.copies.add_rule(
+        name="last1", source="main", destination="offsite", selection="latest", latest_count=1
+    )
+    picked = engine.copies.select(rule)
+    # the newest point is the third incremental: it needs every file below it, base first
+    assert [b.id for b in picked] == chain.backup_ids
+    fulls = engine.copies.add_rule(
+        name="fulls", source="main", destination="offsite", selection="fulls"
+    )
+    assert [b.id for b in engine.copies.select(fulls)] == chain.backup_ids[:1]
+
+
+# -- copying ------------------------------------------------------------------------
+
+
+@pytest.mark.root
+@SQLITE_ONLY
+def test_copy_chain_between_two_loop_mounted_repositories(
+    engine: Engine, loop_fs, tmp_path: Path
+) -> None:
+    a = loop_fs("ext4", 64)
+    b = loop_fs("ext4", 64)
+    src = add_repo(engine, "main", a.mountpoint / "repo")
+    dst = add_repo(engine, "offsite", b.mountpoint / "repo")
+    chain = make_chain(engine, src, size_mb=8, incrementals=2, work=tmp_path / "w")
+    rule = engine.copies.add_rule(name="all", source="main", destination="offsite")
+    seen: list[Event] = []
+    engine.bus.subscribe(seen.append, ("job.progress", "copy."))
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule(rule.id).id)
+    assert job.state == "succeeded", job.error
+    assert job.bytes_done == job.bytes_total > 0
+
+    for rel in chain.paths:
+        assert sha256(Path(dst.path) / rel) == sha256(Path(src.path) / rel)
+    top = Path(dst.path) / chain.paths[-1]
+    images = backing_chain(top)
+    assert len(images) == 3
+    for image in images:  # every link resolves inside the destination
+        assert image["filename"].startswith(str(dst.path))
+    copies = engine.copies.list_copies(rule_id=rule.id)
+    assert {c.state for c in copies} == {"completed"}
+    assert {c.verify_state for c in copies} == {"ok"}  # verify_after is on by default
+    assert not any(p.name.endswith(".partial") for p in Path(dst.path).rglob("*"))
+    assert any(e.kind == "job.progress" and e.data["bytes_done"] for e in seen)
+    assert sum(e.kind == "copy.completed" for e in seen) == 3
+
+    # a second run has nothing to do
+    again = wait_job(engine, engine.copies.run_rule(rule.id).id)
+    assert again.state == "succeeded" and again.result["copied"] == 0
+    assert engine.copies.protection(chain.backup_ids[0]) == {
+        "copies": 2,
+        "devices": 2,
+        "offsite": False,
+    }
+
+
+@SQLITE_ONLY
+def test_rotten_source_is_not_copied(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=2, incrementals=1)
+    full = Path(src.path) / chain.paths[0]
+    with open(full, "r+b") as f:  # bit rot in the middle of the data
+        f.seek(full.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    seen: list[Event] = []
+    engine.bus.subscribe(seen.append, ("copy.",))
+    engine.copies.add_rule(name="r", source="main", destination="offsite")
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("r").id)
+    assert job.state == "failed"
+    assert "does not match its recorded checksum" in job.error
+    assert "its base was not copied" in job.error  # the incremental waited for its base
+    assert not (Path(dst.path) / chain.paths[0]).exists()
+    assert not partial_path(Path(dst.path) / chain.paths[0]).exists()
+    assert engine.copy_store.source_backup(chain.backup_ids[0]).state == "bad"
+    assert any(e.kind == "copy.failed" and e.level == "critical" for e in seen)
+
+
+@pytest.mark.root
+@SQLITE_ONLY
+def test_enospc_mid_file_removes_partial_and_fails_clearly(
+    engine: Engine, loop_fs, tmp_path: Path
+) -> None:
+    dst_fs = loop_fs("ext4", 32)
+    src = add_repo(engine, "main", tmp_path / "main")
+    # thresholds off: this test is about the filesystem filling up mid-file, not the gate
+    dst = add_repo(
+        engine, "small", dst_fs.mountpoint / "repo", full_percent=100.0, min_free_bytes=0
+    )
+    chain = make_chain(engine, src, size_mb=24, incrementals=0)
+    st = os.statvfs(dst_fs.mountpoint)
+    free = st.f_bavail * st.f_frsize
+    dst_fs.fill("ballast", free - 8 * MiB)  # leaves 8 MiB for a 24 MiB file
+    before = sha256(Path(src.path) / chain.paths[0])
+    engine.copies.add_rule(name="r", source="main", destination="small")
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("r").id)
+    assert job.state == "failed"
+    assert "no space left on repository small" in job.error
+    assert "needs 24." in job.error and "source is untouched" in job.error
+    target = Path(dst.path) / chain.paths[0]
+    assert not target.exists() and not partial_path(target).exists()
+    assert sha256(Path(src.path) / chain.paths[0]) == before
+    [copy] = engine.copies.list_copies()
+    assert copy.state == "failed" and "no space" in copy.error
+
+
+@SQLITE_ONLY
+def test_pause_keeps_the_partial_and_resume_finishes(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=8, incrementals=0)
+    rule = engine.copies.add_rule(
+        name="slow", source="main", destination="offsite", bandwidth_limit=4 * MiB
+    )
+    events: list[Event] = []
+    engine.bus.subscribe(events.append, ("copy.completed",))
+    engine.jobs.progress_write_interval = 0.05
+    engine.start()
+    job = engine.copies.run_rule(rule.id)
+    target = Path(dst.path) / chain.paths[0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        part = partial_path(target)
+        if part.exists() and part.stat().st_size >= 2 * MiB:
+            break
+        time.sleep(0.02)
+    engine.jobs.pause(job.id)
+    paused = wait_job(engine, job.id)
+    assert paused.state == "paused"
+    assert not target.exists() and partial_path(target).stat().st_size > 0
+    [copy] = engine.copies.list_copies()
+    assert copy.state == "pending"
+    engine.jobs.resume(job.id)
+    done = wait_job(engine, job.id, ("succeeded", "failed"))
+    assert done.state == "succeeded", done.error
+    assert sha256(target) == sha256(Path(src.path) / chain.paths[0])
+    assert "resumed at" in events[-1].message
+
+
+@SQLITE_ONLY
+def test_retries_then_fails_and_a_rerun_by_hand_succeeds(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=1, incrementals=0)
+    full = Path(src.path) / chain.paths[0]
+    hidden = full.with_suffix(".away")
+    full.rename(hidden)
+    engine.copies.backoff_seconds = 0.01
+    engine.copies.alert_after_failures = 2
+    events: list[Event] = []
+    engine.bus.subscribe(events.append, ("copy.",))
+    engine.copies.add_rule(name="r", source="main", destination="offsite")
+    engine.start()
+    for _ in range(2):
+        job = wait_job(engine, engine.copies.run_rule("r").id)
+        assert job.state == "failed" and "source file" in job.error
+    [copy] = engine.copies.list_copies()
+    assert copy.state == "failed" and copy.attempts == 2 * engine.copies.max_attempts
+    assert any(e.kind == "copy.failed" and "after 3 attempts" in e.message for e in events)
+    assert any(e.kind == "copy.rule_failing" for e in events)
+    assert [a.kind for a in engine.copies.alerts()] == ["rule_failing"]
+
+    hidden.rename(full)
+    job = wait_job(engine, engine.copies.rerun(copy.id).id)
+    assert job.state == "succeeded", job.error
+    assert engine.copy_store.get_copy(copy.id).state == "completed"
+    assert engine.copies.get_rule("r").failures_in_row == 0
+    with pytest.raises(ValidationError, match="only a failed copy"):
+        engine.copies.rerun(copy.id)
+
+
+def test_immediate_rule_follows_landed_backups(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    engine.copies.add_rule(name="now", source="main", destination="offsite", mode="immediate")
+    engine.copies.add_rule(name="later", source="main", destination="offsite", mode="manual")
+    for _ in range(2):  # a second landing while one job is queued adds no job
+        engine.bus.publish(
+            Event(kind="backup.completed", message="backup done", repository_id=src.id)
+        )
+    jobs = engine.job_store.list(kind="copy")
+    assert len(jobs) == 1 and jobs[0].params == {"rule_id": engine.copies.get_rule("now").id}
+
+
+def test_destination_too_old_alert(engine: Engine, clock, tmp_path: Path) -> None:
+    add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    engine.copies.add_rule(name="r", source="main", destination="offsite", max_age_hours=24)
+    [alert] = engine.copies.alerts()
+    assert alert.kind == "copy_too_old" and "offsite (r) has no copy yet" in alert.message
+
+
+# -- the file copier ------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_clone_on_xfs_counts_as_same_device(loop_fs, tmp_path: Path) -> None:
+    fs = loop_fs("xfs", 320)
+    src = fs.mountpoint / "a" / "f.bin"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(3 * MiB))
+    result = copy_file(src, fs.mountpoint / "b" / "f.bin", expected_checksum=sha256(src))
+    assert result.cloned and result.checksum == sha256(src)
+    assert (fs.mountpoint / "b" / "f.bin").read_bytes() == src.read_bytes()
+
+
+def test_copy_file_resumes_from_a_partial_and_restarts_a_bad_one(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(5 * MiB + 123))
+    want = sha256(src)
+    dst = tmp_path / "out" / "dst.bin"
+    dst.parent.mkdir()
+    part = partial_path(dst)
+    part.write_bytes(src.read_bytes()[: 3 * MiB + 5])  # a crash left 3 MiB and a bit
+    r = copy_file(src, dst, expected_checksum=want, chunk_size=MiB, try_clone=False)
+    assert r.resumed_from == 3 * MiB and r.checksum == want and not part.exists()
+    assert sha256(dst) == want
+
+    dst.unlink()
+    part.write_bytes(b"\0" * 2 * MiB)  # garbage in the partial: restart from zero
+    r = copy_file(src, dst, expected_checksum=want, chunk_size=MiB, try_clone=False)
+    assert r.resumed_from == 0 and sha256(dst) == want
+
+
+def test_token_bucket_limits_the_rate() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    bucket = TokenBucket(1000, burst=100, monotonic=lambda: now[0], sleep=sleep)
+    for _ in range(10):
+        bucket.take(100)
+    assert now[0] == pytest.approx(0.9)  # 1000 bytes at 1000 B/s, less the burst
+
+
+# -- crash -----------------------------------------------------------------------------
+
+
+@SQLITE_ONLY
+def test_sigkill_mid_file_then_another_engine_finishes(
+    engine_factory, catalog_url: str, tmp_path: Path
+) -> None:
+    from engine.config import JobSettings
+
+    setup = engine_factory(owner="setup")
+    src = add_repo(setup, "main", tmp_path / "main")
+    dst = add_repo(setup, "offsite", tmp_path / "offsite")
+    chain = make_chain(setup, src, size_mb=12, incrementals=0)
+    setup.copies.add_rule(
+        name="slow", source="main", destination="offsite", bandwidth_limit=4 * MiB
+    )
+    job = setup.copies.run_rule("slow")
+    target = Path(dst.path) / chain.paths[0]
+    repo_root = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.copy_worker",
+            catalog_url,
+            str(tmp_path / "w"),
+            str(job.id),
+        ],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            part = partial_path(target)
+            if part.exists() and part.stat().st_size >= 3 * MiB:
+                break
+            assert worker.poll() is None, worker.stderr.read().decode()
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the worker never started copying")
+    finally:
+        worker.kill()  # SIGKILL: no cleanup at all
+        worker.wait(10)
+    assert not target.exists()
+    [copy] = setup.copies.list_copies()
+    assert copy.state == "copying"  # not completed: no half copy recorded as whole
+    assert setup.job_store.get(job.id).state == "running"
+
+    resumer = engine_factory(
+        owner="resumer", jobs=JobSettings(max_concurrent=1, lease_seconds=1, heartbeat_seconds=0.2)
+    )
+    resumer.copies.get_rule("slow")
+    resumer.copy_store.update_rule(copy.rule_id, bandwidth_limit=None)  # finish quickly
+    resumer.start()
+    done = wait_job(resumer, job.id, ("succeeded", "failed"), timeout=60)
+    assert done.state == "succeeded", done.error
+    assert done.attempts == 2
+    assert sha256(target) == sha256(Path(src.path) / chain.paths[0])
+    assert resumer.copy_store.get_copy(copy.id).state == "completed"
