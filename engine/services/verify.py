@@ -304,6 +304,8 @@ class VerifyService:
 
         try:
             check = qemu_img.check(path)
+        except qemu_img.BackingFileError as exc:
+            return Result(target, "chain_broken", exc.message, read)
         except ToolError as exc:
             return Result(target, "check_failed", f"qemu-img check: {exc.message}", read)
         if not check.clean:

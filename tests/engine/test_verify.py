@@ -1,0 +1,149 @@
+"""Verification on real QCOW2 chains: bit rot, truncation, broken chains, coverage."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.clock import FixedClock
+from engine.events import Event
+from engine.runtime import Engine
+from engine.services.verify import hash_file
+from tests.engine.copy_worker import MiB, add_repo, make_chain
+
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
+
+
+def wait_job(engine: Engine, job_id: int, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = engine.job_store.get(job_id)
+        if job.state in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2 if offset is None else offset)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def copied_setup(engine: Engine, tmp_path: Path, incrementals: int = 1):
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=4, incrementals=incrementals)
+    engine.copies.add_rule(name="r", source="main", destination="offsite")
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("r").id)
+    assert job.state == "succeeded", job.error
+    return src, dst, chain
+
+
+def test_hash_file_matches_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(3 * MiB + 17)
+    path.write_bytes(data)
+    digest, read = hash_file(path, read_size=MiB)
+    assert digest == hashlib.sha256(data).hexdigest() and read == len(data)
+
+
+@SQLITE_ONLY
+def test_one_flipped_byte_in_a_copy_is_found_and_the_good_copy_named(
+    engine: Engine, tmp_path: Path
+) -> None:
+    _src, dst, chain = copied_setup(engine, tmp_path)
+    flip_byte(Path(dst.path) / chain.paths[0])
+    critical: list[Event] = []
+    engine.bus.subscribe(critical.append, ("verify.",))
+
+    job = wait_job(engine, engine.verifier.submit("all").id)
+    assert job.state == "failed"
+    assert "web01/sda/chain-1/0000-full.qcow2 in offsite" in job.error
+    assert "still good: web01/sda/chain-1/0000-full.qcow2 in main (original)" in job.error
+    [event] = critical
+    assert event.level == "critical" and event.kind == "verify.mismatch"
+    assert event.data["good_elsewhere"] == ["web01/sda/chain-1/0000-full.qcow2 in main (original)"]
+
+    copies = {c.backup_id: c for c in engine.copies.list_copies()}
+    assert copies[chain.backup_ids[0]].verify_state == "mismatch"
+    assert copies[chain.backup_ids[1]].verify_state == "ok"
+    source = engine.copy_store.source_backup(chain.backup_ids[0])
+    assert source.verify_state == "ok" and source.state == "complete"
+
+    report = engine.verifier.report()
+    [bad] = report.bad
+    assert bad["repository"] == "offsite" and bad["good_elsewhere"] == [
+        "web01/sda/chain-1/0000-full.qcow2 in main (original)"
+    ]
+    badges = engine.verifier.badges(chain.chain_id)
+    assert badges[chain.backup_ids[0]].bad_copies == ["offsite"]
+    assert badges[chain.backup_ids[1]].label == "verified"
+
+
+@SQLITE_ONLY
+def test_rot_in_the_original_marks_the_point_bad_and_names_the_copy(
+    engine: Engine, tmp_path: Path
+) -> None:
+    src, _dst, chain = copied_setup(engine, tmp_path, incrementals=0)
+    flip_byte(Path(src.path) / chain.paths[0])
+    # only the original is asked for: the copy gets verified to say whether it is good
+    results = engine.verifier.verify_targets(
+        engine.verifier.targets("backup", chain.backup_ids[0], include_copies=False)
+    )
+    [result] = results
+    assert result.outcome == "mismatch"
+    assert result.good_elsewhere == [f"{chain.paths[0]} in offsite (copy 1)"]
+    backup = engine.copy_store.source_backup(chain.backup_ids[0])
+    assert backup.state == "bad" and backup.verify_state == "mismatch"
+    assert engine.verifier.badges(chain.chain_id)[backup.id].good_copies == ["offsite"]
+
+
+@SQLITE_ONLY
+def test_truncation_and_a_missing_base_are_reported(engine: Engine, tmp_path: Path) -> None:
+    src, dst, chain = copied_setup(engine, tmp_path, incrementals=1)
+    top = Path(dst.path) / chain.paths[1]
+    with open(top, "r+b") as f:
+        f.truncate(top.stat().st_size - 4096)
+    (Path(src.path) / chain.paths[0]).unlink()
+    results = {
+        (r.target.repository.name, r.target.backup.position): r
+        for r in engine.verifier.verify_targets(engine.verifier.targets("chain", chain.chain_id))
+    }
+    assert results[("offsite", 1)].outcome == "mismatch"
+    assert "size" in results[("offsite", 1)].detail
+    assert results[("main", 0)].outcome == "missing"
+    # the incremental in main is intact, but its base is gone: the chain is broken
+    assert results[("main", 1)].outcome == "chain_broken"
+    assert results[("offsite", 0)].outcome == "ok"
+    assert results[("main", 0)].good_elsewhere == [f"{chain.paths[0]} in offsite (copy 1)"]
+
+
+def test_coverage_and_overdue_follow_the_clock(engine: Engine, tmp_path: Path) -> None:
+    clock: FixedClock = engine.clock  # type: ignore[assignment]
+    src = add_repo(engine, "main", tmp_path / "main")
+    chain = make_chain(engine, src, size_mb=2, incrementals=1)
+    report = engine.verifier.report()
+    assert report.coverage_percent == 0 and len(report.overdue) == 2
+    engine.verifier.verify_targets(engine.verifier.targets("backup", chain.backup_ids[0]))
+    report = engine.verifier.report()
+    sizes = [engine.copy_store.source_backup(i).file_size for i in chain.backup_ids]
+    assert report.coverage_percent == pytest.approx(100 * sizes[0] / sum(sizes))
+    assert "% of bytes verified in the last 30 days" in report.sentence()
+    engine.verifier.verify_targets(engine.verifier.targets("all"))
+    assert engine.verifier.report().coverage_percent == 100
+    assert engine.verifier.alerts() == []
+    clock.advance(timedelta(days=31))
+    report = engine.verifier.report()
+    assert report.coverage_percent == 0 and len(report.overdue) == 2
+    [alert] = engine.verifier.alerts()
+    assert alert["kind"] == "verification_overdue"
+    assert engine.verifier.badges(chain.chain_id)[chain.backup_ids[0]].label == "overdue"
