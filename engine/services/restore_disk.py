@@ -149,6 +149,17 @@ class DiskRestoreService:
                 f"restore point {backup_id} ({source.name}) is missing from {repo.name}",
                 hint="restore from a copy in another repository, or check the mount",
             )
+        for link in self.store.backups(chain.id):
+            if link.position > backup.position:
+                break
+            path = repo_file(repo, link.path)
+            if not path.exists() or (link.file_size and path.stat().st_size != link.file_size):
+                what = "is missing" if not path.exists() else "changed size since it was written"
+                raise RestoreError(
+                    f"restore point {backup_id} cannot be read through its chain: "
+                    f"{path.name} (point #{link.id}) {what}",
+                    hint="run `sendense chain check` and restore from a copy of the chain",
+                )
         try:
             qemu_img.info_chain(source)
         except ToolError as exc:

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (fixtures imported from tests.engine.diskgen)
+# ruff: noqa: F401, F811  (fixtures imported from tests.engine.diskgen)
 """Full and incremental backups with real qemu-img, real files and a real catalog (SQLite).
 
 The source disks are random data with known regions changed between backups;
@@ -23,7 +23,7 @@ from engine.runtime import Engine
 from engine.services.backup import BackupError, BackupFailed, DiskSource
 from engine.tools import qemu_img
 from engine.tools.nbd import start_qemu_nbd
-from tests.engine.diskgen import (  # noqa: F401  (fixtures)
+from tests.engine.diskgen import (
     CLUSTER,
     MiB,
     SourceDisk,
