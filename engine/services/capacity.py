@@ -138,7 +138,9 @@ def usage(path: str) -> tuple[int, int, int, float, int]:
     """(total, used, free, percent, st_dev) of the filesystem holding ``path``."""
     du = psutil.disk_usage(path)
     dev = os.stat(path).st_dev
-    return du.total, du.used, du.free, float(du.percent), dev
+    # psutil's own percent is the same ratio rounded to 0.1: too coarse for big disks
+    percent = du.used * 100 / (du.used + du.free) if du.used + du.free else 0.0
+    return du.total, du.used, du.free, percent, dev
 
 
 def linear_fit(points: list[tuple[float, float]]) -> float | None:
@@ -220,6 +222,8 @@ class CapacityMonitor:
         self._readings: dict[int, Reading] = {}
         self._pending: dict[int, float] = {}
         self._settle: dict[int, float] = {}
+        #: last evaluated (level, unresponsive) per repository
+        self._known: dict[int, tuple[str, bool]] = {}
         self._lock = threading.RLock()
         self._eval_lock = threading.Lock()
         self._wake = threading.Event()
@@ -286,12 +290,16 @@ class CapacityMonitor:
 
     def _evaluate(self, repo: Repository, reading: Reading) -> None:
         with self._eval_lock:
+            # unchanged level of a responsive repository: no catalog round trip
+            if self._known.get(repo.id) == (reading.level, False):
+                return
             current = self.repositories.get(repo.id)
             old, new = current.capacity_level or "ok", reading.level
             fields: dict[str, Any] = {"last_seen_at": reading.taken_at}
             if current.state == "unresponsive":
                 fields["state"] = "mounted" if current.kind != "local" else "ready"
                 fields["state_detail"] = None
+            self._known[repo.id] = (new, False)
             if old == new:
                 if current.state == "unresponsive":
                     self.repositories.update(repo.id, reading.taken_at, **fields)
@@ -341,6 +349,8 @@ class CapacityMonitor:
     def _unresponsive(self, repo: Repository, reading: Reading) -> None:
         if repo.kind not in ("nfs", "cifs"):
             return
+        with self._eval_lock:
+            self._known.pop(repo.id, None)
         current = self.repositories.get(repo.id)
         if current.state == "unresponsive":
             return
