@@ -47,6 +47,8 @@ from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseL
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8 * 1024 * 1024
+#: the writer asks the kernel to start writing back every this many bytes
+WRITEBACK_STEP = 64 * 1024 * 1024
 #: linux/fs.h FICLONE = _IOW(0x94, 9, int)
 FICLONE = 0x40049409
 #: the event a finished backup publishes; immediate rules subscribe to it
@@ -164,6 +166,7 @@ class _Writer(threading.Thread):
         self.free = free
         self.todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
         self.written = offset
+        self._flushed = offset
         self.error: OSError | None = None
 
     def run(self) -> None:
@@ -179,6 +182,17 @@ class _Writer(threading.Thread):
                         done = os.write(self.fd, view)
                         view = view[done:]
                     self.written += n
+                    if self.written - self._flushed >= WRITEBACK_STEP:
+                        # start writeback of what is written so far (async), so the
+                        # final fsync has little left and dirty pages stay bounded
+                        with contextlib.suppress(OSError):
+                            os.posix_fadvise(
+                                self.fd,
+                                self._flushed,
+                                self.written - self._flushed,
+                                os.POSIX_FADV_DONTNEED,
+                            )
+                        self._flushed = self.written
                 except OSError as exc:
                     self.error = exc
             self.free.put(buf)
@@ -324,21 +338,44 @@ def _pipe(
     progress: Callable[[int, int], None] | None,
     bucket: TokenBucket | None,
 ) -> None:
+    """Three stages: a reader thread, hashing here, a writer thread (I/O and hashlib
+    release the GIL, so the three overlap)."""
     free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(4):
+    for _ in range(6):
         free.put(bytearray(chunk_size))
+    filled: queue.Queue[tuple[bytearray, int] | OSError | None] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while True:
+                buf = free.get()
+                if stop.is_set():
+                    return
+                n = os.readv(src_fd, [buf])
+                if n <= 0:
+                    break
+                filled.put((buf, n))
+        except OSError as exc:
+            filled.put(exc)
+            return
+        filled.put(None)
+
+    reader = threading.Thread(target=read, name="sendense-copy-reader", daemon=True)
     writer = _Writer(dst_fd, free, offset)
+    reader.start()
     writer.start()
     done = offset
     try:
         while True:
             if writer.error is not None:
                 raise writer.error
-            buf = free.get()
-            n = os.readv(src_fd, [buf])
-            if n <= 0:
-                free.put(buf)
+            item = filled.get()
+            if item is None:
                 break
+            if isinstance(item, OSError):
+                raise item
+            buf, n = item
             digest.update(memoryview(buf)[:n])
             if bucket is not None:
                 bucket.take(n)
@@ -347,6 +384,9 @@ def _pipe(
             if progress is not None:
                 progress(done, total)
     finally:
+        stop.set()
+        free.put(bytearray(0))  # wakes the reader if it waits for a buffer
+        reader.join()
         writer.todo.put(None)
         writer.join()
     if writer.error is not None:
