@@ -30,8 +30,12 @@ class Engine:
         *,
         clock: Clock = SYSTEM_CLOCK,
         owner: str | None = None,
+        run_scheduler: bool = False,
     ) -> None:
         self.settings = settings
+        #: start the policy scheduler in start() (the console and the daemon do; CLI
+        #: one-shots and tests do not)
+        self.run_scheduler = run_scheduler
         self.clock = clock
         self.catalog = Catalog(settings.db_url)
         self.audit = AuditStore(self.catalog)
@@ -45,6 +49,7 @@ class Engine:
         self._wire_copies()
         self._wire_restore()
         self._wire_backups()
+        self._wire_policies()
         self._opened = False
         self._started = False
 
@@ -88,6 +93,58 @@ class Engine:
         self.backups.register()
         self.restores.register()
         self.chains.register(self.jobs)
+
+    def _wire_policies(self) -> None:
+        """Immutability locks (``self.locks``), retention (``self.retention``), policies
+        (``self.policies``), 3-2-1 compliance (``self.compliance``) and the scheduler
+        (``self.scheduler``); job kinds policy_run and locks.maintain."""
+        from engine.catalog.locks import LockStore
+        from engine.catalog.policies import PolicyStore
+        from engine.services.compliance import ComplianceService
+        from engine.services.immutability import LockService
+        from engine.services.policies import PolicyService
+        from engine.services.retention import RetentionService
+        from engine.services.scheduler import Scheduler
+
+        self.lock_store = LockStore(self.catalog)
+        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=self.clock)
+        self.locks.subscribe(self.chain_store, self.copy_store)
+        self.locks.register(self.jobs)
+        self.retention = RetentionService(
+            self.chain_store,
+            self.copy_store,
+            self.repository_store,
+            self.bus,
+            chains=self.chains,
+            locks=self.locks,
+            clock=self.clock,
+        )
+        self.policy_store = PolicyStore(self.catalog)
+        self.policies = PolicyService(
+            self.policy_store,
+            self.repository_store,
+            self.chain_store,
+            self.copy_store,
+            self.bus,
+            jobs=self.jobs,
+            locks=self.locks,
+            retention=self.retention,
+            backups=self.backups,
+            verifier=self.verifier,
+            clock=self.clock,
+        )
+        self.policies.register()
+        self.compliance = ComplianceService(
+            self.chain_store,
+            self.copy_store,
+            self.repository_store,
+            self.policy_store,
+            locks=self.locks,
+            clock=self.clock,
+        )
+        self.scheduler = Scheduler(
+            self.policy_store, self.policies, self.bus, locks=self.locks, clock=self.clock
+        )
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
@@ -193,13 +250,18 @@ class Engine:
         self._cleanup_restore()
         return self
 
-    def start(self) -> Engine:
-        """Start background work: the job runner and monitors."""
+    def start(self, *, run_scheduler: bool | None = None) -> Engine:
+        """Start background work: the job runner and monitors (and the policy scheduler
+        when ``run_scheduler``, default: the constructor's flag)."""
         self.open()
+        if run_scheduler is not None:
+            self.run_scheduler = run_scheduler
         if not self._started:
             self.jobs.start()
             self._start_repositories()
             self.file_restore.start_reaper()
+            if self.run_scheduler:
+                self.scheduler.start()
             self._started = True
             self.bus.publish(
                 Event(
@@ -213,6 +275,7 @@ class Engine:
 
     def close(self) -> None:
         if self._started:
+            self.scheduler.stop()
             self.capacity.stop()
             self.jobs.stop()
             self._started = False

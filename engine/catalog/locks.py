@@ -1,0 +1,166 @@
+"""Immutability lock rows: one per locked file (a backup or a copy), with its expiry.
+
+States: ``pending`` (landed, inside the repository's grace period, not yet
+``chattr +i``), ``active`` (flag set), ``drift`` (the flag was found removed
+and could not be re-applied), ``released`` (expired and the flag removed).
+Rows are handed back detached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from engine.catalog.db import Catalog
+from engine.catalog.models import AuditEntry, ImmutabilityLock
+from engine.errors import NotFoundError
+
+#: states in which the file must not be changed or deleted
+HOLDING_STATES = ("pending", "active", "drift")
+
+
+class LockStore:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def add(
+        self,
+        *,
+        repository_id: int,
+        path: str,
+        expires_at: datetime,
+        now: datetime,
+        state: str = "active",
+        backup_id: int | None = None,
+        copy_id: int | None = None,
+    ) -> ImmutabilityLock:
+        row = ImmutabilityLock(
+            repository_id=repository_id,
+            path=path,
+            expires_at=expires_at,
+            state=state,
+            locked_at=now if state == "active" else None,
+            backup_id=backup_id,
+            copy_id=copy_id,
+            created_at=now,
+        )
+        with self.catalog.session() as session:
+            session.add(row)
+            session.flush()
+            return row
+
+    def get(self, lock_id: int) -> ImmutabilityLock:
+        with self.catalog.session() as session:
+            row = session.get(ImmutabilityLock, lock_id)
+            if row is None:
+                raise NotFoundError(
+                    f"lock {lock_id} does not exist", hint="`sendense lock list` shows the locks"
+                )
+            return row
+
+    def holding(self, repository_id: int, path: str) -> ImmutabilityLock | None:
+        """The lock that holds this file now (newest expiry), if any."""
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.repository_id == repository_id,
+                ImmutabilityLock.path == path,
+                ImmutabilityLock.state.in_(HOLDING_STATES),
+            )
+            .order_by(ImmutabilityLock.expires_at.desc())
+            .limit(1)
+        )
+        with self.catalog.session() as session:
+            return session.scalar(query)
+
+    def list(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        repository_id: int | None = None,
+        backup_ids: Sequence[int] | None = None,
+        limit: int = 10_000,
+    ) -> list[ImmutabilityLock]:
+        query = select(ImmutabilityLock).order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)
+        if states:
+            query = query.where(ImmutabilityLock.state.in_(list(states)))
+        if repository_id is not None:
+            query = query.where(ImmutabilityLock.repository_id == repository_id)
+        if backup_ids is not None:
+            query = query.where(ImmutabilityLock.backup_id.in_(list(backup_ids)))
+        with self.catalog.session() as session:
+            return list(session.scalars(query.limit(limit)))
+
+    def expired(self, now: datetime) -> list[ImmutabilityLock]:
+        """Holding locks whose expiry has passed."""
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.state.in_(("active", "drift")),
+                ImmutabilityLock.expires_at <= now,
+            )
+            .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def update(self, lock_id: int, **fields: Any) -> ImmutabilityLock:
+        with self.catalog.session() as session:
+            row = session.get(ImmutabilityLock, lock_id)
+            if row is None:
+                raise NotFoundError(f"lock {lock_id} does not exist")
+            for key, value in fields.items():
+                if not hasattr(ImmutabilityLock, key):
+                    raise AttributeError(key)
+                setattr(row, key, value)
+            return row
+
+    def mark_released(self, lock_id: int, now: datetime) -> bool:
+        """Compare-and-set: only one engine releases a lock."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(ImmutabilityLock)
+                .where(
+                    ImmutabilityLock.id == lock_id,
+                    ImmutabilityLock.state.in_(("active", "drift")),
+                )
+                .values(state="released", released_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def extend(self, lock_id: int, expires_at: datetime) -> bool:
+        """Move the expiry later; never earlier (the WHERE makes it a no-op)."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(ImmutabilityLock)
+                .where(
+                    ImmutabilityLock.id == lock_id,
+                    ImmutabilityLock.expires_at < expires_at,
+                )
+                .values(expires_at=expires_at)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def newest_recorded_time(self) -> datetime | None:
+        """The latest time anything in the catalog was recorded at (audit log and
+        locks): a clock that reads earlier than this has jumped backwards."""
+        with self.catalog.session() as session:
+            times = [
+                session.scalar(select(func.max(AuditEntry.at))),
+                session.scalar(select(func.max(ImmutabilityLock.created_at))),
+                session.scalar(select(func.max(ImmutabilityLock.locked_at))),
+                session.scalar(select(func.max(ImmutabilityLock.released_at))),
+            ]
+        found = [_aware(t) for t in times if t is not None]
+        return max(found) if found else None
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,514 @@
+"""Backup policies: what to back up, where, when, how long to keep it.
+
+A policy names its sources (VMs and their disks), a target repository, a cron
+schedule (UTC), when to take a new full (every N backups, or on a weekday), a
+retention (keep last N plus GFS), the copy rules attached to it, verification
+after the backup, and a lock period. ``validate`` returns every problem at
+once, per field, so the console can show them while the operator types;
+``add`` saves nothing unless all of them are fixed.
+
+Immutable targets: retention never merges on them (a merge rewrites files),
+so chains must roll over to a new full within the lock period; ``validate``
+enforces ``full_every`` against the lock period, and ``lock_space_estimate``
+tells how much space a lock period will hold before it is confirmed.
+
+A run is the job kind ``policy_run``: back up every source through the backup
+service, lock what landed for the policy's lock period, verify if asked, then
+apply retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+
+from engine.catalog.chains import ChainStore
+from engine.catalog.copies import CopyStore
+from engine.catalog.models import Job, Policy, Repository
+from engine.catalog.policies import POLICY_RUN, PolicyStore
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.errors import JobError, NotFoundError, SendenseError, ValidationError
+from engine.events import Event, EventBus
+from engine.services.retention import RetentionRules
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class PolicyRunFailed(SendenseError):
+    """A policy run backed up some disks but not all, or none."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def cron_error(schedule: str) -> str | None:
+    """None when ``schedule`` is a valid five-field cron expression."""
+    text = (schedule or "").strip()
+    if not text:
+        return "a schedule is needed (cron, e.g. '0 2 * * *' for 02:00 every day)"
+    if len(text.split()) != 5:
+        return (
+            f"{text!r} is not a cron expression: it needs five fields "
+            "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
+        )
+    if not croniter.is_valid(text):
+        return f"{text!r} is not a valid cron expression (e.g. '0 2 * * *' for 02:00 daily)"
+    return None
+
+
+def next_runs(schedule: str, after: datetime, count: int = 5) -> list[datetime]:
+    """The next ``count`` times a schedule fires after ``after`` (UTC)."""
+    it = croniter(schedule, as_utc(after))
+    return [as_utc(it.get_next(datetime)) for _ in range(count)]  # type: ignore[misc]
+
+
+def runs_per_day(schedule: str, reference: datetime) -> float:
+    """Average runs a day over the four weeks after ``reference``."""
+    it = croniter(schedule, as_utc(reference))
+    end = as_utc(reference) + timedelta(days=28)  # type: ignore[operator]
+    count = 0
+    while count < 10_000 and as_utc(it.get_next(datetime)) <= end:  # type: ignore[operator]
+        count += 1
+    return count / 28
+
+
+@dataclass
+class PolicySpec:
+    name: str
+    schedule: str
+    target: int | str
+    #: [{"vm": "web01", "disks": [{"name": "sda", "source": "/dev/vg/web01"}]}]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    full_every: int = 7
+    #: 0 = Monday … 6 = Sunday; a new full on that day (besides full_every)
+    full_weekday: int | None = None
+    retention: dict[str, Any] = field(default_factory=lambda: {"keep_last": 7})
+    copy_rules: list[str] = field(default_factory=list)
+    verify_after: bool = False
+    immutable_days: int = 0
+    compression: str | None = None
+    enabled: bool = True
+
+    @staticmethod
+    def parse_source(text: str) -> tuple[str, dict[str, str]]:
+        """``VM:DISK=SOURCE`` -> (vm, {"name": disk, "source": source})."""
+        vm, sep, rest = text.partition(":")
+        name, sep2, source = rest.partition("=")
+        if not sep or not sep2 or not vm or not name or not source:
+            raise ValidationError(
+                f"source {text!r} is not VM:DISK=SOURCE",
+                hint="e.g. web01:sda=/dev/vg/web01 (repeat --source for more disks)",
+            )
+        return vm, {"name": name, "source": source}
+
+    @classmethod
+    def sources_from(cls, texts: list[str]) -> list[dict[str, Any]]:
+        by_vm: dict[str, list[dict[str, str]]] = {}
+        for text in texts:
+            vm, disk = cls.parse_source(text)
+            by_vm.setdefault(vm, []).append(disk)
+        return [{"vm": vm, "disks": disks} for vm, disks in by_vm.items()]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SpaceEstimate:
+    days: int
+    bytes: int | None
+    basis: str
+
+    def sentence(self) -> str:
+        if self.bytes is None:
+            return f"a {self.days}-day lock: {self.basis}"
+        return (
+            f"a {self.days}-day lock holds about {human_bytes(self.bytes)} that cannot be "
+            f"freed early ({self.basis})"
+        )
+
+
+class PolicyService:
+    """Policies (``engine.policies``): validate, save, run, preview retention."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        repositories: RepositoryStore,
+        chain_store: ChainStore,
+        copy_store: CopyStore,
+        bus: EventBus,
+        *,
+        jobs: Any,
+        locks: Any,
+        retention: Any,
+        backups: Any = None,
+        verifier: Any = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.repositories = repositories
+        self.chain_store = chain_store
+        self.copy_store = copy_store
+        self.bus = bus
+        self.jobs = jobs
+        #: engine.services.immutability.LockService
+        self.locks = locks
+        #: engine.services.retention.RetentionService
+        self.retention = retention
+        #: engine.services.backup.BackupService
+        self.backups = backups
+        #: engine.services.verify.VerifyService
+        self.verifier = verifier
+        self.clock = clock
+
+    def register(self) -> None:
+        self.jobs.register(POLICY_RUN, self.run_job)
+
+    # -- validation -------------------------------------------------------------------
+
+    def _target(self, ref: int | str) -> Repository | None:
+        try:
+            return self.repositories.get(ref)
+        except NotFoundError:
+            return None
+
+    def validate(self, spec: PolicySpec, *, existing_id: int | None = None) -> dict[str, str]:
+        """Field -> what is wrong with it. Empty: the policy can be saved."""
+        problems: dict[str, str] = {}
+        if not NAME_RE.match(spec.name or ""):
+            problems["name"] = (
+                "a name is 1-64 letters, digits, dots, dashes or underscores, starting with "
+                "a letter or digit"
+            )
+        else:
+            try:
+                other = self.store.get(spec.name)
+                if other.id != existing_id:
+                    problems["name"] = f"a policy named {spec.name!r} already exists"
+            except NotFoundError:
+                pass
+        cron = cron_error(spec.schedule)
+        if cron:
+            problems["schedule"] = cron
+        repo = self._target(spec.target) if spec.target not in (None, "") else None
+        if repo is None:
+            names = ", ".join(r.name for r in self.repositories.list()) or "none yet"
+            problems["target"] = (
+                f"repository {spec.target!r} does not exist (repositories: {names})"
+                if spec.target not in (None, "")
+                else f"choose a target repository ({names})"
+            )
+        elif not repo.enabled or repo.state == "disabled":
+            problems["target"] = (
+                f"repository {repo.name} is disabled: backups cannot go there "
+                "(enable it first, or choose another)"
+            )
+        problems.update(self._validate_sources(spec.sources))
+        if not isinstance(spec.full_every, int) or spec.full_every < 1:
+            problems["full_every"] = "a new full every N backups needs N of at least 1"
+        if spec.full_weekday is not None and spec.full_weekday not in range(7):
+            problems["full_weekday"] = "the full weekday is 0 (Monday) to 6 (Sunday)"
+        try:
+            rules = RetentionRules.from_dict(spec.retention)
+            if rules.keeps_nothing:
+                problems["retention"] = (
+                    "this retention keeps nothing: every backup would be deleted; set "
+                    "keep_last or a daily/weekly/monthly/yearly count"
+                )
+        except ValidationError as exc:
+            problems["retention"] = exc.message
+        problems.update(self._validate_copy_rules(spec, repo))
+        if spec.immutable_days < 0:
+            problems["immutable_days"] = "the lock period cannot be negative"
+        elif repo is not None:
+            lock_days = max(spec.immutable_days, repo.immutable_days if repo.immutable else 0)
+            if spec.immutable_days > 0 and "target" not in problems:
+                try:
+                    self.locks.check_supported(repo)
+                except SendenseError as exc:
+                    problems["immutable_days"] = exc.message
+            if lock_days > 0 and "schedule" not in problems and "full_every" not in problems:
+                limit = self.max_full_every(spec.schedule, lock_days)
+                weekly_ok = spec.full_weekday is not None and lock_days >= 7
+                if spec.full_every > limit and not weekly_ok:
+                    problems["full_every"] = (
+                        f"backups are locked for {lock_days} day(s), so a chain must start a "
+                        f"new full at least every {limit} backup(s) (asked: every "
+                        f"{spec.full_every}); otherwise old points could only go by merging "
+                        "locked files"
+                    )
+        return problems
+
+    def max_full_every(self, schedule: str, lock_days: int) -> int:
+        """The longest chain (in backups) an immutable target allows: one lock period."""
+        per_day = runs_per_day(schedule, self.clock.now())
+        return max(1, int(per_day * lock_days))
+
+    def _validate_sources(self, sources: list[dict[str, Any]]) -> dict[str, str]:
+        if not sources:
+            return {"sources": "add at least one VM with a disk (VM:DISK=SOURCE)"}
+        seen: set[tuple[str, str]] = set()
+        for entry in sources:
+            vm = str(entry.get("vm") or "")
+            if not NAME_RE.match(vm):
+                return {"sources": f"VM name {vm!r} is not valid (letters, digits, . _ -)"}
+            disks = entry.get("disks") or []
+            if not disks:
+                return {"sources": f"VM {vm} has no disks"}
+            for disk in disks:
+                name = str(disk.get("name") or "")
+                if not NAME_RE.match(name):
+                    return {"sources": f"disk name {name!r} of {vm} is not valid"}
+                if not str(disk.get("source") or "").strip():
+                    return {"sources": f"disk {vm}/{name} has no source path or URI"}
+                if (vm, name) in seen:
+                    return {"sources": f"disk {vm}/{name} is listed twice"}
+                seen.add((vm, name))
+        return {}
+
+    def _validate_copy_rules(self, spec: PolicySpec, repo: Repository | None) -> dict[str, str]:
+        for ref in spec.copy_rules:
+            try:
+                rule = self.copy_store.get_rule(ref)
+            except NotFoundError:
+                return {"copy_rules": f"copy rule {ref!r} does not exist"}
+            if repo is not None and rule.source_repository_id != repo.id:
+                return {
+                    "copy_rules": f"copy rule {rule.name} copies from another repository, "
+                    f"not from {repo.name}"
+                }
+        return {}
+
+    # -- saving ------------------------------------------------------------------------
+
+    def add(self, spec: PolicySpec, *, actor: str | None = None) -> Policy:
+        problems = self.validate(spec)
+        if problems:
+            raise ValidationError(
+                f"policy {spec.name or '(unnamed)'} was not saved: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                hint="fix these and save again; nothing was changed",
+            )
+        repo = self.repositories.get(spec.target)
+        rule_ids = [self.copy_store.get_rule(r).id for r in spec.copy_rules]
+        now = self.clock.now()
+        policy = self.store.add(
+            name=spec.name,
+            now=now,
+            copy_rule_ids=rule_ids,
+            enabled=spec.enabled,
+            schedule=spec.schedule.strip(),
+            target_repository_id=repo.id,
+            sources=spec.sources,
+            full_every=spec.full_every,
+            full_weekday=spec.full_weekday,
+            retention=RetentionRules.from_dict(spec.retention).as_dict(),
+            verify_after=spec.verify_after,
+            immutable_days=spec.immutable_days,
+            compression=spec.compression,
+            next_run_at=next_runs(spec.schedule, now, 1)[0],
+        )
+        self._event(
+            "policy.added",
+            f"policy {policy.name} added: {spec.schedule} to {repo.name}, "
+            f"{RetentionRules.from_dict(policy.retention).sentence()}"
+            + (f", locked {spec.immutable_days} days" if spec.immutable_days else ""),
+            repository_id=repo.id,
+            actor=actor,
+        )
+        return policy
+
+    def set_enabled(self, ref: int | str, enabled: bool, *, actor: str | None = None) -> Policy:
+        policy = self.store.get(ref)
+        fields: dict[str, Any] = {"enabled": enabled}
+        if enabled:
+            fields["next_run_at"] = next_runs(policy.schedule, self.clock.now(), 1)[0]
+        policy = self.store.update(policy.id, **fields)
+        self._event(
+            "policy.enabled" if enabled else "policy.disabled",
+            f"policy {policy.name} {'enabled' if enabled else 'disabled'}",
+            actor=actor,
+        )
+        return policy
+
+    def remove(self, ref: int | str, *, actor: str | None = None) -> None:
+        policy = self.store.get(ref)
+        if self.store.active_runs(policy.id):
+            raise JobError(f"policy {policy.name} is running; remove it when the run ends")
+        self.store.delete(policy.id)
+        self._event("policy.removed", f"policy {policy.name} removed", actor=actor)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, ref: int | str) -> Policy:
+        return self.store.get(ref)
+
+    def list(self) -> list[Policy]:
+        return self.store.list()
+
+    def copy_rules(self, policy: Policy) -> list[Any]:
+        return self.store.copy_rules(policy.id)
+
+    def lock_space_estimate(
+        self, target: int | str, vms: list[str], days: int, schedule: str
+    ) -> SpaceEstimate:
+        """The space ``days`` of locked backups will hold, from recent backup sizes."""
+        repo = self._target(target)
+        if repo is None or days <= 0:
+            return SpaceEstimate(days, None, "no lock")
+        per_disk: dict[tuple[str, str], list[int]] = {}
+        for vm in vms:
+            for backup, chain in self.chain_store.list_backups(repository_id=repo.id, vm_name=vm):
+                if backup.state == "complete":
+                    per_disk.setdefault((chain.vm_name, chain.disk_name), []).append(
+                        backup.file_size
+                    )
+        if not per_disk:
+            return SpaceEstimate(days, None, "no backups yet to estimate from")
+        per_run = sum(sum(s[-14:]) / len(s[-14:]) for s in per_disk.values())
+        try:
+            per_day = runs_per_day(schedule, self.clock.now())
+        except (ValueError, KeyError):
+            per_day = 1.0
+        total = int(per_run * max(per_day, 1 / 7) * days)
+        count = sum(min(len(s), 14) for s in per_disk.values())
+        return SpaceEstimate(
+            days,
+            total,
+            f"from the last {count} backup(s) of {len(per_disk)} disk(s), "
+            f"{human_bytes(per_run)} a run, {per_day:.1f} run(s) a day",
+        )
+
+    def preview(self, ref: int | str) -> Any:
+        """Retention dry run (what would be removed or merged, and why)."""
+        return self.retention.plan(self.store.get(ref))
+
+    def apply_retention(
+        self, ref: int | str, *, force: bool = False, actor: str | None = None
+    ) -> Any:
+        return self.retention.apply(self.store.get(ref), force=force, actor=actor)
+
+    # -- running -----------------------------------------------------------------------
+
+    def run_now(self, ref: int | str, *, actor: str | None = None, trigger: str = "manual") -> Job:
+        """Queue a run; refused while a run of the same policy is queued or running."""
+        policy = self.store.get(ref)
+        active = self.store.active_runs(policy.id)
+        if active:
+            raise JobError(
+                f"policy {policy.name} is already running (job {active[0].id})",
+                hint="one run of a policy at a time; wait for it or cancel it",
+            )
+        repo = self.repositories.get(policy.target_repository_id)
+        return self.jobs.submit(
+            POLICY_RUN,
+            f"policy {policy.name}: back up {', '.join(s['vm'] for s in policy.sources)} "
+            f"to {repo.name}",
+            {"policy_id": policy.id, "trigger": trigger},
+            repository_id=repo.id,
+            actor=actor,
+        )
+
+    def _mode(self, policy: Policy, vm: str, now: datetime) -> str:
+        if policy.full_weekday is None or now.weekday() != policy.full_weekday:
+            return "auto"
+        for backup, _chain in self.chain_store.list_backups(
+            repository_id=policy.target_repository_id, vm_name=vm
+        ):
+            if backup.kind == "full" and as_utc(backup.point_time).date() == now.date():  # type: ignore[union-attr]
+                return "auto"
+        return "full"
+
+    def run_job(self, ctx: Any) -> dict[str, Any]:
+        from engine.services.backup import DiskSource
+
+        policy = self.store.get(int(ctx.params["policy_id"]))
+        repo = self.repositories.get(policy.target_repository_id)
+        now = self.clock.now()
+        result: dict[str, Any] = {"policy": policy.name, "runs": [], "locked": 0}
+        failures: list[str] = []
+        if self.backups is None:
+            raise PolicyRunFailed("no backup service is wired to the policies")
+        for source in policy.sources:
+            vm = str(source["vm"])
+            disks = [DiskSource(str(d["name"]), str(d["source"])) for d in source["disks"]]
+            try:
+                run = self.backups.run(
+                    repo.id,
+                    vm,
+                    disks,
+                    mode=self._mode(policy, vm, now),
+                    compression=policy.compression,
+                    full_every=policy.full_every,
+                    ctx=ctx,
+                    actor=f"policy:{policy.name}",
+                )
+            except SendenseError as exc:
+                failures.append(f"{vm}: {exc.message}")
+                continue
+            result["runs"].append(run.as_dict())
+            failures += [f"{vm}/{d.disk}: {d.error}" for d in run.failed]
+            for disk in run.disks:
+                if disk.ok and disk.path and policy.immutable_days > 0:
+                    self.locks.lock_landed(
+                        repo, disk.path, backup_id=disk.backup_id, days=policy.immutable_days
+                    )
+                    result["locked"] += 1
+            if policy.verify_after and self.verifier is not None:
+                ids = [d.backup_id for d in run.disks if d.ok and d.backup_id]
+                targets = [t for i in ids for t in self.verifier.targets("backup", i)]
+                outcomes = self.verifier.verify_targets(targets, job_id=ctx.job_id)
+                bad = [r for r in outcomes if getattr(r, "outcome", "ok") != "ok"]
+                if bad:
+                    failures.append(f"{vm}: verification after the backup failed")
+        if not failures:
+            try:
+                applied = self.retention.apply(policy, actor=f"policy:{policy.name}")
+                result["retention"] = applied.sentence()
+            except SendenseError as exc:
+                result["retention"] = f"not applied: {exc.message}"
+        outcome = "ok" if not failures else ("partial" if result["runs"] else "failed")
+        self.store.update(policy.id, last_run_at=now, last_result=outcome)
+        if failures:
+            raise PolicyRunFailed(
+                f"policy {policy.name}: " + "; ".join(failures),
+                hint="fix the cause; the next scheduled run tries again",
+            )
+        return result
+
+    def _event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        level: str = "info",
+        repository_id: int | None = None,
+        actor: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.bus.publish(
+            Event(
+                kind=kind,
+                message=message,
+                level=level,
+                source="policies",
+                repository_id=repository_id,
+                actor=actor,
+                data=data or {},
+            )
+        )

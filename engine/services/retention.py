@@ -1,0 +1,501 @@
+"""Retention: which restore points a policy keeps (keep-last plus GFS), and why.
+
+Three layers:
+
+- ``gfs_keep``: pure grandfather-father-son selection over points with times.
+  ``keep_last`` keeps the newest N; ``daily``/``weekly``/``monthly``/``yearly``
+  keep the newest point of each of the N newest days/ISO weeks/months/years
+  that have a point (the restic/borg rule). Every kept point carries the rules
+  that keep it.
+- ``RetentionService.plan``: the dry run. Per chain it turns "not kept" into
+  operations that never break a chain: points after the last kept one are
+  deleted (``ChainService.delete_point``), points before the first kept one are
+  merged into it (``ChainService.consolidate``), points between two kept ones
+  stay because a kept point builds on them. On an immutable target nothing is
+  merged: a chain goes whole once no point of it is wanted. Each operation is
+  checked against locks (never overridable) and the copy rules (a point whose
+  required copies do not exist yet is kept unless the operator forces it).
+- ``RetentionService.apply``: runs the unblocked operations through the chain
+  service and records what happened in the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.catalog.chains import ChainStore
+from engine.catalog.copies import COPY_DONE, CopyStore
+from engine.catalog.models import Backup, Chain, Policy, Repository
+from engine.catalog.repositories import RepositoryStore
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.errors import SendenseError, ValidationError
+from engine.events import Event, EventBus
+
+log = logging.getLogger(__name__)
+
+RULE_NAMES = ("keep_last", "daily", "weekly", "monthly", "yearly")
+
+
+@dataclass(frozen=True)
+class RetentionRules:
+    keep_last: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RetentionRules:
+        """From a policy's JSON; raises ValidationError on unknown keys or bad numbers."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(RULE_NAMES))
+        if unknown:
+            raise ValidationError(
+                f"unknown retention rule(s): {', '.join(unknown)}",
+                hint=f"use {', '.join(RULE_NAMES)}",
+            )
+        values: dict[str, int] = {}
+        for name in RULE_NAMES:
+            raw = data.get(name, 0)
+            try:
+                number = int(raw if raw not in (None, "") else 0)
+            except (TypeError, ValueError):
+                raise ValidationError(
+                    f"retention {name} must be a whole number, not {raw!r}"
+                ) from None
+            if number < 0:
+                raise ValidationError(f"retention {name} cannot be negative ({number})")
+            values[name] = number
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in RULE_NAMES}
+
+    @property
+    def keeps_nothing(self) -> bool:
+        return not any(self.as_dict().values())
+
+    def sentence(self) -> str:
+        parts = [f"{name.replace('_', ' ')} {n}" for name, n in self.as_dict().items() if n]
+        return ", ".join(parts) or "keeps nothing"
+
+
+@dataclass(frozen=True)
+class Point:
+    """What GFS needs of a restore point."""
+
+    id: int
+    time: datetime
+
+
+def _buckets() -> list[tuple[str, Any, Any]]:
+    return [
+        ("daily", lambda t: t.date(), lambda t: f"{t:%Y-%m-%d}"),
+        (
+            "weekly",
+            lambda t: t.isocalendar()[:2],
+            lambda t: f"{t.isocalendar()[0]}-W{t.isocalendar()[1]:02d}",
+        ),
+        ("monthly", lambda t: (t.year, t.month), lambda t: f"{t:%Y-%m}"),
+        ("yearly", lambda t: t.year, lambda t: f"{t:%Y}"),
+    ]
+
+
+def gfs_keep(points: Iterable[Point], rules: RetentionRules) -> dict[int, list[str]]:
+    """Point id -> the rules that keep it (points not in the result are not kept)."""
+    newest_first = sorted(points, key=lambda p: (p.time, p.id), reverse=True)
+    keep: dict[int, list[str]] = {}
+    for p in newest_first[: rules.keep_last]:
+        keep.setdefault(p.id, []).append(f"last {rules.keep_last}")
+    for name, key_of, label_of in _buckets():
+        count = getattr(rules, name)
+        seen: set[Any] = set()
+        for p in newest_first:
+            if len(seen) >= count:
+                break
+            key = key_of(p.time)
+            if key in seen:
+                continue
+            seen.add(key)
+            keep.setdefault(p.id, []).append(f"{name} {label_of(p.time)}")
+    return keep
+
+
+# -- the plan ----------------------------------------------------------------------------
+
+
+@dataclass
+class PointDecision:
+    backup_id: int
+    vm: str
+    disk: str
+    chain_id: int
+    position: int
+    kind: str
+    point_time: datetime
+    #: keep | delete | merge
+    action: str
+    reasons: list[str] = field(default_factory=list)
+    #: why the removal cannot happen now (locks, missing copies); None: it can
+    blocked: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "vm": self.vm,
+            "disk": self.disk,
+            "chain_id": self.chain_id,
+            "position": self.position,
+            "kind": self.kind,
+            "point_time": self.point_time.isoformat(),
+            "action": self.action,
+            "reasons": list(self.reasons),
+            "blocked": self.blocked,
+        }
+
+
+@dataclass
+class Operation:
+    #: delete (this point and every later point of its chain) | merge (points before
+    #: ``backup_id`` into it, which becomes the full)
+    kind: str
+    chain_id: int
+    backup_id: int
+    removes: list[int]
+    locked: list[str] = field(default_factory=list)
+    missing_copies: list[str] = field(default_factory=list)
+
+    def blocked(self, force: bool = False) -> str | None:
+        if self.locked:
+            return "; ".join(self.locked)
+        if self.missing_copies and not force:
+            return "; ".join(self.missing_copies)
+        return None
+
+    def sentence(self) -> str:
+        ids = ", ".join(f"#{i}" for i in self.removes)
+        if self.kind == "merge":
+            return f"chain {self.chain_id}: merge {ids} into #{self.backup_id} (new full)"
+        return f"chain {self.chain_id}: delete {ids}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "chain_id": self.chain_id,
+            "backup_id": self.backup_id,
+            "removes": list(self.removes),
+            "locked": list(self.locked),
+            "missing_copies": list(self.missing_copies),
+            "text": self.sentence(),
+        }
+
+
+@dataclass
+class RetentionPlan:
+    policy: str
+    rules: RetentionRules
+    decisions: list[PointDecision] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
+    merges_allowed: bool = True
+
+    @property
+    def kept(self) -> list[PointDecision]:
+        return [d for d in self.decisions if d.action == "keep"]
+
+    @property
+    def removed(self) -> list[PointDecision]:
+        return [d for d in self.decisions if d.action != "keep"]
+
+    def sentence(self) -> str:
+        blocked = sum(1 for d in self.removed if d.blocked)
+        tail = f" ({blocked} blocked)" if blocked else ""
+        return (
+            f"policy {self.policy}: keeps {len(self.kept)} point(s), removes "
+            f"{len(self.removed)}{tail} ({self.rules.sentence()})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "rules": self.rules.as_dict(),
+            "merges_allowed": self.merges_allowed,
+            "summary": self.sentence(),
+            "points": [d.as_dict() for d in self.decisions],
+            "operations": [o.as_dict() for o in self.operations],
+        }
+
+
+@dataclass
+class ApplyResult:
+    plan: RetentionPlan
+    done: list[Operation] = field(default_factory=list)
+    skipped: list[tuple[Operation, str]] = field(default_factory=list)
+    failed: list[tuple[Operation, str]] = field(default_factory=list)
+    forced: bool = False
+
+    def sentence(self) -> str:
+        removed = sum(len(o.removes) for o in self.done)
+        parts = [f"removed {removed} point(s) in {len(self.done)} operation(s)"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        return f"retention of {self.plan.policy}: " + ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.sentence(),
+            "forced": self.forced,
+            "done": [o.as_dict() for o in self.done],
+            "skipped": [{**o.as_dict(), "why": why} for o, why in self.skipped],
+            "failed": [{**o.as_dict(), "error": why} for o, why in self.failed],
+        }
+
+
+def plan_chain(
+    points: Sequence[Backup], keep: dict[int, list[str]], *, merges_allowed: bool
+) -> tuple[dict[int, tuple[str, list[str]]], list[Operation]]:
+    """One chain (points in chain order): action and reasons per point, operations."""
+    out: dict[int, tuple[str, list[str]]] = {}
+    if not points:
+        return out, []
+    chain_id = points[0].chain_id
+    kept_idx = [i for i, p in enumerate(points) if p.id in keep]
+    if not kept_idx:
+        for p in points:
+            out[p.id] = ("delete", ["no rule keeps any point of this chain"])
+        return out, [Operation("delete", chain_id, points[0].id, [p.id for p in points])]
+    first, last = kept_idx[0], kept_idx[-1]
+    ops: list[Operation] = []
+    for i, p in enumerate(points):
+        if p.id in keep:
+            out[p.id] = ("keep", list(keep[p.id]))
+        elif i > last:
+            out[p.id] = ("delete", ["no rule keeps it; nothing later builds on it"])
+        elif i < first and merges_allowed:
+            out[p.id] = (
+                "merge",
+                [f"no rule keeps it; merged into #{points[first].id}, which builds on it"],
+            )
+        elif i < first:
+            out[p.id] = (
+                "keep",
+                [
+                    f"#{points[first].id} builds on it and merges are off on an immutable "
+                    "target (the chain goes whole later)"
+                ],
+            )
+        else:
+            later = next(points[j].id for j in kept_idx if j > i)
+            out[p.id] = ("keep", [f"#{later} builds on it (incremental chain)"])
+    if last + 1 < len(points):
+        ops.append(
+            Operation("delete", chain_id, points[last + 1].id, [p.id for p in points[last + 1 :]])
+        )
+    if first > 0 and merges_allowed:
+        ops.append(Operation("merge", chain_id, points[first].id, [p.id for p in points[:first]]))
+    return out, ops
+
+
+class RetentionService:
+    """Dry run and apply of a policy's retention (``engine.retention``)."""
+
+    def __init__(
+        self,
+        chain_store: ChainStore,
+        copy_store: CopyStore,
+        repositories: RepositoryStore,
+        bus: EventBus,
+        *,
+        chains: Any,
+        locks: Any,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.chain_store = chain_store
+        self.copy_store = copy_store
+        self.repositories = repositories
+        self.bus = bus
+        #: engine.services.chains.ChainService (delete_point, consolidate)
+        self.chains = chains
+        #: engine.services.immutability.LockService (why_locked_rel, clock_status)
+        self.locks = locks
+        self.clock = clock
+
+    # -- dry run ----------------------------------------------------------------------
+
+    def series(self, policy: Policy) -> dict[tuple[str, str], list[tuple[Chain, list[Backup]]]]:
+        """The policy's chains in its target, per (vm, disk), oldest chain first."""
+        found: dict[tuple[str, str], list[tuple[Chain, list[Backup]]]] = {}
+        for source in policy.sources or []:
+            vm = str(source.get("vm"))
+            for disk in source.get("disks") or []:
+                name = str(disk.get("name"))
+                chains = self.chain_store.list_chains(
+                    repository_id=policy.target_repository_id, vm_name=vm, disk_name=name
+                )
+                rows = []
+                for chain in sorted(chains, key=lambda c: c.id):
+                    points = [
+                        b for b in self.chain_store.backups(chain.id) if b.state == "complete"
+                    ]
+                    if points:
+                        rows.append((chain, points))
+                found[(vm, name)] = rows
+        return found
+
+    def merges_allowed(self, policy: Policy, repo: Repository) -> bool:
+        return not (repo.immutable or policy.immutable_days > 0)
+
+    def plan(self, policy: Policy) -> RetentionPlan:
+        rules = RetentionRules.from_dict(policy.retention)
+        repo = self.repositories.get(policy.target_repository_id)
+        merges = self.merges_allowed(policy, repo)
+        plan = RetentionPlan(policy.name, rules, merges_allowed=merges)
+        if rules.keeps_nothing:
+            raise ValidationError(
+                f"policy {policy.name}'s retention keeps nothing; refusing to plan",
+                hint="set keep_last or a daily/weekly/monthly/yearly count",
+            )
+        rules_by_dest = self._required_copy_rules(policy, repo)
+        for (vm, disk), chains in self.series(policy).items():
+            every = [b for _c, points in chains for b in points]
+            keep = gfs_keep([Point(b.id, b.point_time) for b in every], rules)
+            for chain, points in chains:
+                actions, ops = plan_chain(points, keep, merges_allowed=merges)
+                by_id = {b.id: b for b in points}
+                for op in ops:
+                    involved = [by_id[i] for i in op.removes]
+                    if op.kind == "merge":
+                        involved.append(by_id[op.backup_id])
+                        # the point after the new full gets its header rebased
+                        after = [b for b in points if b.position > by_id[op.backup_id].position]
+                        involved += after[:1]
+                    op.locked = self._locked(repo, involved)
+                    op.missing_copies = self._missing_copies(
+                        [by_id[i] for i in op.removes], rules_by_dest
+                    )
+                plan.operations.extend(ops)
+                blocked_by: dict[int, str] = {}
+                for op in ops:
+                    why = op.blocked()
+                    if why:
+                        for i in op.removes:
+                            blocked_by[i] = why
+                for b in points:
+                    action, reasons = actions[b.id]
+                    plan.decisions.append(
+                        PointDecision(
+                            backup_id=b.id,
+                            vm=vm,
+                            disk=disk,
+                            chain_id=chain.id,
+                            position=b.position,
+                            kind=b.kind,
+                            point_time=b.point_time,
+                            action=action,
+                            reasons=reasons,
+                            blocked=blocked_by.get(b.id),
+                        )
+                    )
+        return plan
+
+    def _locked(self, repo: Repository, backups: Sequence[Backup]) -> list[str]:
+        reasons = []
+        for b in backups:
+            why = self.locks.why_locked_rel(repo, b.path)
+            if why:
+                reasons.append(f"#{b.id} {why}")
+        return reasons
+
+    def _required_copy_rules(self, policy: Policy, repo: Repository) -> list[Any]:
+        return [
+            r
+            for r in self.copy_store.list_rules(source_repository_id=repo.id, enabled_only=True)
+            if r.policy_id in (None, policy.id) and r.selection in ("all", "fulls")
+        ]
+
+    def _missing_copies(self, backups: Sequence[Backup], rules: Sequence[Any]) -> list[str]:
+        if not rules or not backups:
+            return []
+        repos = {r.id: r.name for r in self.repositories.list()}
+        copies = self.copy_store.copies_of_backups([b.id for b in backups])
+        missing = []
+        for b in backups:
+            done = {
+                c.destination_repository_id for c in copies.get(b.id, []) if c.state == COPY_DONE
+            }
+            for rule in rules:
+                if rule.selection == "fulls" and b.kind != "full":
+                    continue
+                if rule.destination_repository_id not in done:
+                    dest = repos.get(rule.destination_repository_id, "?")
+                    missing.append(f"#{b.id} has no copy at {dest} yet (copy rule {rule.name})")
+        return missing
+
+    # -- apply ------------------------------------------------------------------------
+
+    def apply(
+        self,
+        policy: Policy,
+        *,
+        force: bool = False,
+        actor: str | None = None,
+        plan: RetentionPlan | None = None,
+    ) -> ApplyResult:
+        """Run the plan's unblocked operations. ``force`` removes points whose copies do
+        not exist yet (audited); locks are never overridden."""
+        status = self.locks.clock_status()
+        if not status.ok:
+            raise SendenseError(
+                f"retention not applied: {status.message}",
+                hint="fix the system clock (NTP); retention and lock release wait for it",
+            )
+        plan = plan or self.plan(policy)
+        result = ApplyResult(plan, forced=force)
+        # tails first: a merge rebases the point after the new full
+        for op in sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id)):
+            why = op.blocked(force)
+            if why:
+                result.skipped.append((op, why))
+                continue
+            try:
+                if op.kind == "delete":
+                    self.chains.delete_point(op.backup_id, actor=actor or "retention")
+                else:
+                    self.chains.consolidate(
+                        op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
+                    )
+            except SendenseError as exc:
+                result.failed.append((op, exc.message))
+                continue
+            result.done.append(op)
+            if op.missing_copies:
+                self.bus.publish(
+                    Event(
+                        kind="retention.forced",
+                        message=f"policy {policy.name}: {op.sentence()} although "
+                        + "; ".join(op.missing_copies),
+                        level="warning",
+                        source="retention",
+                        repository_id=policy.target_repository_id,
+                        actor=actor,
+                        data={"policy_id": policy.id, **op.as_dict()},
+                    )
+                )
+        level = "warning" if result.failed else "info"
+        self.bus.publish(
+            Event(
+                kind="retention.applied",
+                message=result.sentence(),
+                level=level,
+                source="retention",
+                repository_id=policy.target_repository_id,
+                actor=actor,
+                data={"policy_id": policy.id, **result.as_dict()},
+            )
+        )
+        return result
