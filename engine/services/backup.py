@@ -43,6 +43,7 @@ import errno
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -466,10 +467,13 @@ class BackupService:
         *,
         mode: str,
         full_every: int,
+        forced: str | None = None,
     ) -> tuple[Chain | None, list[Backup], str | None, bool]:
         """(current chain, its points, why a full, whether that reason is a warning)."""
         disk = probe.source.name
         chain = self.store.current_chain(repo.id, vm, disk)
+        if forced is not None:
+            return chain, [], forced, True
         if mode == "full":
             return chain, [], "a full backup was asked for", False
         if chain is None:
@@ -495,19 +499,27 @@ class BackupService:
                 f"{len(points) - 1} incrementals reached the limit of {full_every}",
                 False,
             )
-        if self.verify_parent and parent.checksum:
-            digest = sha256_file(repo_file(repo, parent.path))
-            if digest != parent.checksum:
-                detail = (
-                    f"point #{parent.id} ({Path(parent.path).name}) no longer matches its "
-                    "checksum: its base changed under it"
-                )
-                self.store.update_backup(parent.id, state="bad", state_detail=detail)
-                self.store.update_chain(chain.id, state="broken", state_detail=detail)
-                return chain, points, f"chain {chain.id} is broken: {detail}", True
         return chain, points, None, False
 
     def _backup_disk(
+        self, repo: Repository, vm: str, probe: _Probe, result: DiskResult, **kw: Any
+    ) -> None:
+        try:
+            self._backup_disk_once(repo, vm, probe, result, **kw)
+        except _BaseChanged as changed:
+            self.store.update_backup(changed.parent.id, state="bad", state_detail=changed.detail)
+            self.store.update_chain(
+                changed.parent.chain_id, state="broken", state_detail=changed.detail
+            )
+            reason = f"chain {changed.parent.chain_id} is broken: {changed.detail}"
+            if kw["mode"] == "incremental":
+                raise BackupError(
+                    f"cannot take an incremental of {vm}/{probe.source.name}: {reason}",
+                    hint="run the backup with mode auto or full to start a new chain",
+                ) from None
+            self._backup_disk_once(repo, vm, probe, result, forced=reason, **kw)
+
+    def _backup_disk_once(
         self,
         repo: Repository,
         vm: str,
@@ -521,11 +533,12 @@ class BackupService:
         done_before: int,
         total: int,
         actor: str | None,
+        forced: str | None = None,
     ) -> None:
         disk = probe.source.name
         now = self.clock.now()
         chain, points, full_reason, loud = self._plan(
-            repo, vm, probe, mode=mode, full_every=full_every
+            repo, vm, probe, mode=mode, full_every=full_every, forced=forced
         )
         if full_reason is not None and mode == "incremental":
             raise BackupError(
@@ -583,7 +596,14 @@ class BackupService:
                     should_stop=stopper,
                 )
             else:
-                parent_name = Path(points[-1].path).name
+                parent = points[-1]
+                parent_name = Path(parent.path).name
+                # the parent's checksum is checked while the rebase runs (both read it)
+                parent_hash = (
+                    _Background(sha256_file, repo_file(repo, parent.path))
+                    if self.verify_parent and parent.checksum
+                    else None
+                )
                 qemu_img.create(
                     tmp, probe.virtual_size, backing=probe.backing_ref, backing_fmt=probe.fmt
                 )
@@ -591,6 +611,12 @@ class BackupService:
                     assert stopper.reason is not None
                     raise stopper.reason
                 rebase_with_progress(tmp, parent_name, on_progress=progress, should_stop=stopper)
+                if parent_hash is not None and parent_hash.result() != parent.checksum:
+                    raise _BaseChanged(
+                        parent,
+                        f"point #{parent.id} ({parent_name}) no longer matches its "
+                        "checksum: its base changed under it",
+                    )
                 head = qemu_img.info(tmp, fmt="qcow2")
                 if head.backing_filename != parent_name:
                     raise BackupError(
@@ -619,6 +645,7 @@ class BackupService:
                 raise stopper.reason from None
             raise
         try:
+            digest = _Background(sha256_file, final)
             head = qemu_img.info(final, fmt="qcow2")
             fields = {
                 "path": str(Path(directory_rel) / name),
@@ -629,7 +656,7 @@ class BackupService:
                 "virtual_size": head.virtual_size,
                 "file_size": final.stat().st_size,
                 "allocated_bytes": allocated_bytes(final),
-                "checksum": sha256_file(final),
+                "checksum": digest.result(),
                 "job_id": ctx.job_id if ctx else None,
             }
         except BaseException:
@@ -739,6 +766,38 @@ class BackupService:
     ) -> list[tuple[Backup, Chain]]:
         repo_id = self.repositories.get(repository).id if repository is not None else None
         return self.store.list_backups(repository_id=repo_id, vm_name=vm)
+
+
+class _BaseChanged(Exception):
+    """The parent of a new incremental no longer matches its checksum."""
+
+    def __init__(self, parent: Backup, detail: str) -> None:
+        super().__init__(detail)
+        self.parent = parent
+        self.detail = detail
+
+
+class _Background(threading.Thread):
+    """Run a function on a thread; ``result()`` joins and returns (or raises) its outcome."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True, name="sendense-backup-hash")
+        self._fn, self._args = fn, args
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _discard(path: Path) -> None:
