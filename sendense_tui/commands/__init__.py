@@ -22,7 +22,17 @@ from typing import Any
 from engine.config import Settings, load_settings, sqlite_url
 
 #: module names under sendense_tui.commands, in --help order
-GROUPS: list[str] = ["jobs", "restore_files", "export", "events", "catalog", "doctor", "version"]
+GROUPS: list[str] = [
+    "jobs",
+    "copy",
+    "verify",
+    "restore_files",
+    "export",
+    "events",
+    "catalog",
+    "doctor",
+    "version",
+]
 
 Handler = Callable[[argparse.Namespace, "CliContext"], int]
 

@@ -1,0 +1,298 @@
+"""``sendense copy rule add|list|remove`` and ``sendense copy run|status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from engine.catalog.models import Copy, CopyRule
+from engine.config import parse_size
+from engine.errors import ValidationError
+from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.format import human_bytes, short_time
+
+FINAL = ("succeeded", "failed", "cancelled", "paused")
+
+
+def rule_dict(rule: CopyRule, repos: dict[int, Any] | None = None) -> dict[str, Any]:
+    repos = repos or {}
+    src = repos.get(rule.source_repository_id)
+    dst = repos.get(rule.destination_repository_id)
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "source": src.name if src else rule.source_repository_id,
+        "destination": dst.name if dst else rule.destination_repository_id,
+        "selection": rule.selection,
+        "latest_count": rule.latest_count,
+        "mode": rule.mode,
+        "schedule": rule.schedule,
+        "priority": rule.priority,
+        "lock_copies": rule.lock_copies,
+        "verify_after": rule.verify_after,
+        "bandwidth_limit": rule.bandwidth_limit,
+        "max_age_hours": rule.max_age_hours,
+        "enabled": rule.enabled,
+        "failures_in_row": rule.failures_in_row,
+    }
+
+
+def copy_dict(copy: Copy) -> dict[str, Any]:
+    return {
+        "id": copy.id,
+        "backup_id": copy.backup_id,
+        "rule_id": copy.rule_id,
+        "destination_repository_id": copy.destination_repository_id,
+        "path": copy.path,
+        "state": copy.state,
+        "size": copy.size,
+        "checksum": copy.checksum,
+        "cloned": copy.cloned,
+        "verify_state": copy.verify_state,
+        "verified_at": copy.verified_at,
+        "error": copy.error,
+        "attempts": copy.attempts,
+        "completed_at": copy.completed_at,
+    }
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "copy", help="copy backups to other repositories (3-2-1)")
+    sub = parser.add_subparsers(dest="copy_command", metavar="ACTION", required=True)
+
+    rule = add_parser(sub, "rule", help="copy rules: add, list, remove")
+    rules = rule.add_subparsers(dest="rule_command", metavar="ACTION", required=True)
+    add = add_parser(rules, "add", help="add a copy rule")
+    add.add_argument("name")
+    add.add_argument("--from", dest="source", required=True, help="source repository")
+    add.add_argument("--to", dest="destination", required=True, help="destination repository")
+    add.add_argument("--select", choices=("all", "fulls", "latest"), default="all")
+    add.add_argument("--latest", type=int, help="with --select latest: how many points per disk")
+    add.add_argument("--mode", choices=("immediate", "scheduled", "manual"), default="manual")
+    add.add_argument("--schedule", help="cron expression for --mode scheduled ('0 2 * * *')")
+    add.add_argument("--priority", type=int, default=100, help="lower runs first")
+    add.add_argument("--lock", action="store_true", help="lock the copies (immutability)")
+    add.add_argument("--no-verify", action="store_true", help="do not verify after copying")
+    add.add_argument("--bandwidth", type=_size, help="limit per second, e.g. 50M")
+    add.add_argument("--max-age-hours", type=int, help="alert when the newest copy is older")
+    add.set_defaults(func=add_rule)
+    lister = add_parser(rules, "list", help="list copy rules")
+    lister.set_defaults(func=list_rules)
+    remove = add_parser(rules, "remove", help="remove a copy rule (copies stay)")
+    remove.add_argument("name")
+    remove.set_defaults(func=remove_rule)
+
+    run = add_parser(sub, "run", help="run a copy rule now, or re-run a failed copy")
+    run.add_argument("rule", nargs="?", help="rule name or id")
+    run.add_argument("--copy", type=int, dest="copy_id", help="re-run this failed copy")
+    run.add_argument("--no-wait", action="store_true", help="queue the job and return")
+    run.set_defaults(func=run_copy)
+
+    status = add_parser(sub, "status", help="rules, their copies and alerts")
+    status.add_argument("--copies", action="store_true", help="also list recent copies")
+    status.set_defaults(func=show_status)
+
+
+def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.select == "latest" and args.latest is None:
+        raise ValidationError("--select latest needs --latest N")
+    with ctx.engine() as engine:
+        rule = engine.copies.add_rule(
+            name=args.name,
+            source=args.source,
+            destination=args.destination,
+            selection=args.select,
+            latest_count=args.latest,
+            mode=args.mode,
+            schedule=args.schedule,
+            priority=args.priority,
+            lock_copies=args.lock,
+            verify_after=not args.no_verify,
+            bandwidth_limit=args.bandwidth,
+            max_age_hours=args.max_age_hours,
+            actor="cli",
+        )
+        data = rule_dict(rule, engine.copy_store.repositories_by_id())
+    if ctx.json:
+        ctx.print_json(data)
+    else:
+        print(f"copy rule {data['name']}: {data['source']} -> {data['destination']} ({args.mode})")
+    return 0
+
+
+def list_rules(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        repos = engine.copy_store.repositories_by_id()
+        rules = [rule_dict(r, repos) for r in engine.copies.list_rules()]
+    if ctx.json:
+        ctx.print_json(rules)
+        return 0
+    if not rules:
+        print("no copy rules (add one: sendense copy rule add NAME --from A --to B)")
+        return 0
+    rows = [
+        [
+            str(r["id"]),
+            r["name"],
+            f"{r['source']} -> {r['destination']}",
+            r["selection"] + (f" {r['latest_count']}" if r["latest_count"] else ""),
+            r["mode"] + (f" ({r['schedule']})" if r["schedule"] else ""),
+            str(r["priority"]),
+            human_bytes(r["bandwidth_limit"]) + "/s" if r["bandwidth_limit"] else "-",
+            "yes" if r["lock_copies"] else "no",
+        ]
+        for r in rules
+    ]
+    print(table(rows, ["ID", "NAME", "ROUTE", "SELECT", "MODE", "PRIO", "LIMIT", "LOCK"]))
+    return 0
+
+
+def remove_rule(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        rule = engine.copies.remove_rule(args.name, actor="cli")
+    if ctx.json:
+        ctx.print_json({"removed": rule.id, "name": rule.name})
+    else:
+        print(f"copy rule {rule.name} removed; copies already made stay")
+    return 0
+
+
+def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
+    """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
+    if not show:
+        while (job := engine.job_store.get(job_id)).state not in FINAL:
+            time.sleep(0.2)
+        return job
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        job = engine.job_store.get(job_id)
+        task = bar.add_task(job.title[:40], total=job.bytes_total or None)
+        while True:
+            job = engine.job_store.get(job_id)
+            bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
+            if job.state in FINAL:
+                return job
+            time.sleep(0.2)
+
+
+def report_job(ctx: CliContext, job: Any) -> int:
+    data = {
+        "job_id": job.id,
+        "state": job.state,
+        "error": job.error,
+        "result": job.result,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+    }
+    if ctx.json:
+        ctx.print_json(data)
+    elif job.state == "succeeded":
+        print(f"job {job.id} finished: {job.title}")
+        for key, value in (job.result or {}).items():
+            if not isinstance(value, list | dict):
+                print(f"  {key}: {value}")
+    else:
+        print(f"job {job.id} {job.state}: {job.error or job.title}", file=sys.stderr)
+    return 0 if job.state == "succeeded" else 1
+
+
+def run_copy(args: argparse.Namespace, ctx: CliContext) -> int:
+    if (args.rule is None) == (args.copy_id is None):
+        raise ValidationError("give a rule name, or --copy ID to re-run a failed copy")
+    with ctx.engine(start=not args.no_wait) as engine:
+        if args.copy_id is not None:
+            job = engine.copies.rerun(args.copy_id, actor="cli")
+        else:
+            job = engine.copies.run_rule(args.rule, actor="cli")
+        if args.no_wait:
+            if ctx.json:
+                ctx.print_json({"job_id": job.id, "state": job.state})
+            else:
+                print(f"queued job {job.id}: {job.title}")
+            return 0
+        job = wait_with_progress(engine, job.id, show=sys.stdout.isatty() and not ctx.json)
+        return report_job(ctx, job)
+
+
+def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        statuses = engine.copies.status()
+        alerts = engine.copies.alerts()
+        copies = engine.copies.list_copies(limit=50) if args.copies or ctx.json else []
+        repos = engine.copy_store.repositories_by_id()
+        now = engine.clock.now()
+    if ctx.json:
+        ctx.print_json(
+            {
+                "rules": [
+                    {
+                        **rule_dict(s.rule, repos),
+                        "completed": s.completed,
+                        "failed": s.failed,
+                        "in_progress": s.in_progress,
+                        "newest_copy_at": s.newest_copy_at,
+                        "next_run_at": s.next_run_at,
+                        "problems": s.problems,
+                    }
+                    for s in statuses
+                ],
+                "alerts": [a.__dict__ for a in alerts],
+                "copies": [copy_dict(c) for c in copies],
+            }
+        )
+        return 0
+    if not statuses:
+        print("no copy rules")
+    else:
+        rows = [
+            [
+                s.rule.name,
+                f"{s.source} -> {s.destination}",
+                str(s.completed),
+                str(s.failed),
+                short_time(s.newest_copy_at, now) if s.newest_copy_at else "never",
+                "; ".join(s.problems) or "ok",
+            ]
+            for s in statuses
+        ]
+        print(table(rows, ["RULE", "ROUTE", "DONE", "FAILED", "NEWEST", "STATUS"]))
+    if copies:
+        print()
+        rows = [
+            [
+                str(c.id),
+                c.state,
+                repos[c.destination_repository_id].name,
+                c.path,
+                human_bytes(c.size),
+                c.verify_state or "-",
+                (c.error or "")[:60],
+            ]
+            for c in copies
+        ]
+        print(table(rows, ["ID", "STATE", "DEST", "PATH", "SIZE", "VERIFY", "ERROR"]))
+    return 0

@@ -1,0 +1,72 @@
+"""``sendense verify run|report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands.copy import report_job, wait_with_progress
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "verify", help="re-read backups and copies, compare checksums")
+    sub = parser.add_subparsers(dest="verify_command", metavar="ACTION", required=True)
+    run = add_parser(sub, "run", help="verify a backup, a chain, a repository or everything")
+    what = run.add_mutually_exclusive_group()
+    what.add_argument("--backup", type=int, help="one backup (and its copies)")
+    what.add_argument("--chain", type=int, help="every backup of a chain (and copies)")
+    what.add_argument("--repository", help="every file kept in a repository")
+    run.add_argument("--no-copies", action="store_true", help="skip the copies")
+    run.add_argument("--no-wait", action="store_true", help="queue the job and return")
+    run.set_defaults(func=run_verify)
+    report = add_parser(sub, "report", help="coverage, bad points and what is overdue")
+    report.add_argument("--days", type=int, default=30, help="coverage window in days")
+    report.set_defaults(func=show_report)
+
+
+def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.backup is not None:
+        scope, ref = "backup", args.backup
+    elif args.chain is not None:
+        scope, ref = "chain", args.chain
+    elif args.repository is not None:
+        scope, ref = "repository", args.repository
+    else:
+        scope, ref = "all", None
+    with ctx.engine(start=not args.no_wait) as engine:
+        job = engine.verifier.submit(scope, ref, include_copies=not args.no_copies, actor="cli")
+        if args.no_wait:
+            if ctx.json:
+                ctx.print_json({"job_id": job.id, "state": job.state})
+            else:
+                print(f"queued job {job.id}: {job.title}")
+            return 0
+        job = wait_with_progress(engine, job.id, show=sys.stdout.isatty() and not ctx.json)
+        return report_job(ctx, job)
+
+
+def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        report = engine.verifier.report(args.days)
+    if ctx.json:
+        ctx.print_json(report.as_dict())
+        return 1 if report.bad else 0
+    print(report.sentence())
+    print(f"{report.files_verified} of {report.files_total} file(s) verified in the window")
+    if report.bad:
+        print()
+        rows = [
+            [
+                b["path"],
+                b["repository"],
+                b["verify_state"],
+                ", ".join(b.get("good_elsewhere") or []) or "NONE",
+            ]
+            for b in report.bad
+        ]
+        print(table(rows, ["BAD POINT", "WHERE", "STATE", "STILL GOOD AT"]))
+    if report.overdue:
+        print(f"\n{len(report.overdue)} file(s) overdue for verification")
+    return 1 if report.bad else 0
