@@ -614,7 +614,8 @@ class LockService:
     # -- helpers -----------------------------------------------------------------------
 
     def _repo(self, ref: Repository | int | str) -> Repository:
-        return ref if isinstance(ref, Repository) else self.repositories.get(ref)
+        # always the catalog's current row: a caller's copy may be stale
+        return self.repositories.get(ref.id if isinstance(ref, Repository) else ref)
 
     def _file(self, repo: Repository, relative: str) -> Path:
         root = Path(repo.path)
