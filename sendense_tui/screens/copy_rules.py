@@ -1,0 +1,209 @@
+"""Copy rules: the 3-2-1 routes, their health, and a form to add one with validation.
+
+A pushable screen (``app.push_screen(CopyRulesScreen())``), meant to become a tab
+of the Policies section. ``a`` opens the form, ``d`` removes the rule under the
+cursor (after a confirmation), ``r`` runs it now, ``q``/Esc goes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Input, Select, Static
+
+from engine.services.copy import MODES, SELECTIONS, RuleStatus
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.tables import FlexTable, sync_rows
+
+COLUMNS = ("name", "route", "select", "mode", "status")
+
+
+@dataclass
+class RulesData:
+    statuses: list[RuleStatus]
+    repositories: list[str]
+
+
+class CopyRulesScreen(SendenseScreen):
+    MODE = "copy_rules"
+    CSS_PATH = STYLES_DIR / "copy_rules.tcss"
+    BINDINGS = [
+        Binding("a", "add", "Add rule"),
+        Binding("d", "remove", "Remove"),
+        Binding("r", "run", "Run now"),
+        Binding("escape", "close", "Back"),
+        Binding("q", "close", "Back", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._repos: list[str] = []
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("Copy rules (3-2-1): a add · d remove · r run now · Esc back", id="title")
+        yield FlexTable(
+            [
+                ("name", "Rule", 14),
+                ("route", "Route", 22),
+                ("select", "Select", 8),
+                ("mode", "Mode", 10),
+                ("status", "Status", None),
+            ],
+            id="rules",
+        )
+        with Vertical(id="form"):
+            yield Input(placeholder="rule name", id="name")
+            with Horizontal():
+                yield Select([], prompt="source", id="source")
+                yield Select([], prompt="destination", id="destination")
+            with Horizontal():
+                yield Select([(s, s) for s in SELECTIONS], value="all", id="selection")
+                yield Input(placeholder="latest N", id="latest")
+                yield Select([(m, m) for m in MODES], value="manual", id="mode")
+                yield Input(placeholder="cron (scheduled)", id="schedule")
+            yield Static("", id="form-error")
+            with Horizontal():
+                yield Button("Save", id="save", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#form").display = False
+        self.query_one("#rules", DataTable).focus()
+
+    def fetch(self) -> RulesData:
+        return RulesData(
+            self.engine.copies.status(),
+            [r.name for r in self.engine.repository_store.list()],
+        )
+
+    def apply(self, data: RulesData) -> None:
+        if data.repositories != self._repos:
+            self._repos = data.repositories
+            options = [(name, name) for name in data.repositories]
+            self.query_one("#source", Select).set_options(options)
+            self.query_one("#destination", Select).set_options(options)
+        rows = []
+        for s in data.statuses:
+            r = s.rule
+            select = r.selection + (f" {r.latest_count}" if r.latest_count else "")
+            status = "; ".join(s.problems) or f"ok · {s.completed} copies"
+            rows.append(
+                (
+                    str(r.id),
+                    [r.name, f"{s.source} → {s.destination}", select, r.mode, status],
+                )
+            )
+        sync_rows(self.query_one("#rules", DataTable), rows, COLUMNS)
+
+    # -- actions -------------------------------------------------------------------
+
+    def _selected_rule(self) -> str | None:
+        table = self.query_one("#rules", DataTable)
+        if table.row_count == 0:
+            return None
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return key.value
+
+    def action_add(self) -> None:
+        self.query_one("#form").display = True
+        self.query_one("#form-error", Static).update("")
+        self.query_one("#name", Input).focus()
+
+    def action_close(self) -> None:
+        form = self.query_one("#form")
+        if form.display:
+            form.display = False
+            self.query_one("#rules", DataTable).focus()
+        else:
+            self.app.pop_screen()
+
+    def action_remove(self) -> None:
+        rule_id = self._selected_rule()
+        if rule_id is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_engine(
+                    lambda: self.engine.copies.remove_rule(int(rule_id), actor="console"),
+                    description="remove copy rule",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Remove copy rule {rule_id}?", "Copies already made stay where they are."
+            ),
+            answer,
+        )
+
+    def action_run(self) -> None:
+        rule_id = self._selected_rule()
+        if rule_id is not None:
+            self.run_engine(
+                lambda: self.engine.copies.run_rule(int(rule_id), actor="console"),
+                after=lambda job: self.notify(f"queued job {job.id}: {job.title}"),
+                description="run copy rule",
+            )
+
+    def form_values(self) -> dict[str, Any]:
+        def value(selector: str) -> Any:
+            v = self.query_one(selector, Select).value
+            return None if v is Select.BLANK else v
+
+        latest = self.query_one("#latest", Input).value.strip()
+        return {
+            "name": self.query_one("#name", Input).value.strip(),
+            "source": value("#source"),
+            "destination": value("#destination"),
+            "selection": value("#selection") or "all",
+            "latest_count": int(latest) if latest.isdigit() else None,
+            "mode": value("#mode") or "manual",
+            "schedule": self.query_one("#schedule", Input).value.strip() or None,
+        }
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "cancel":
+            self.action_close()
+        elif event.button.id == "save":
+            self.save()
+
+    def save(self) -> None:
+        values = self.form_values()
+        error = self.query_one("#form-error", Static)
+        if not values["source"] or not values["destination"]:
+            error.update("pick a source and a destination repository")
+            return
+
+        def done(_rule: Any) -> None:
+            self.query_one("#form").display = False
+            self.query_one("#rules", DataTable).focus()
+            self.notify(f"copy rule {values['name']} added")
+
+        def add() -> Any:
+            return self.engine.copies.add_rule(actor="console", **values)
+
+        worker = self.run_worker(add, group="form", thread=True, exit_on_error=False)
+        self._form_worker = (worker, done)
+
+    def on_worker_state_changed(self, event: Any) -> None:
+        pending = getattr(self, "_form_worker", None)
+        if pending is not None and event.worker is pending[0]:
+            from textual.worker import WorkerState
+
+            if event.state == WorkerState.SUCCESS:
+                self._form_worker = None
+                pending[1](event.worker.result)
+                self.refresh_now()
+            elif event.state == WorkerState.ERROR:
+                self._form_worker = None
+                exc = event.worker.error
+                message = getattr(exc, "message", None) or str(exc)
+                self.query_one("#form-error", Static).update(f"✗ {message}")
+            return
+        super().on_worker_state_changed(event)
