@@ -24,6 +24,9 @@ from engine.config import Settings, load_settings, sqlite_url
 #: module names under sendense_tui.commands, in --help order
 GROUPS: list[str] = [
     "jobs",
+    "backup",
+    "chain",
+    "restore",
     "copy",
     "verify",
     "restore_files",

@@ -1,0 +1,130 @@
+"""``sendense chain show|check|consolidate|delete``: the backup chains of each VM disk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sendense_tui.commands import CliContext, add_parser
+from sendense_tui.commands.backup import point_dict
+from sendense_tui.format import human_bytes, short_time
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "chain", help="show, check and consolidate backup chains")
+    sub = parser.add_subparsers(dest="chain_command", metavar="ACTION", required=True)
+    show = add_parser(sub, "show", help="chains with their restore points and sizes")
+    show.add_argument("chain_id", type=int, nargs="?", help="only this chain")
+    show.add_argument("--repo", help="only this repository")
+    show.add_argument("--all", action="store_true", help="also retired chains")
+    show.set_defaults(func=show_chains)
+    check = add_parser(sub, "check", help="compare chains on disk with the catalog")
+    check.add_argument("chain_id", type=int, nargs="?", help="only this chain")
+    check.add_argument("--deep", action="store_true", help="also re-read files (sha256)")
+    check.set_defaults(func=check_chains)
+    cons = add_parser(sub, "consolidate", help="merge the oldest point(s) into a new full")
+    cons.add_argument("chain_id", type=int)
+    cons.add_argument("--upto", type=int, help="point that becomes the full (default: 2nd)")
+    cons.set_defaults(func=consolidate)
+    delete = add_parser(sub, "delete", help="delete a restore point and the points after it")
+    delete.add_argument("point", type=int)
+    delete.add_argument("--yes", action="store_true", help="do it (without: only show the plan)")
+    delete.set_defaults(func=delete_point)
+
+
+def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        repo_id = engine.repository_store.get(args.repo).id if args.repo else None
+        views = engine.chains.overview(repository_id=repo_id, include_retired=args.all)
+        now = engine.clock.now()
+    if args.chain_id is not None:
+        views = [v for v in views if v.chain.id == args.chain_id]
+    if ctx.json:
+        ctx.print_json(
+            [
+                {
+                    "chain_id": v.chain.id,
+                    "repository": v.repository,
+                    "vm": v.chain.vm_name,
+                    "disk": v.chain.disk_name,
+                    "directory": v.chain.directory,
+                    "state": v.chain.state,
+                    "state_detail": v.chain.state_detail,
+                    "logical_bytes": v.logical_bytes,
+                    "physical_bytes": v.physical_bytes,
+                    "allocated_bytes": v.allocated_bytes,
+                    "points": [
+                        {**point_dict(p.backup, v.chain), "locked_until": p.locked_until}
+                        for p in v.points
+                    ],
+                }
+                for v in views
+            ]
+        )
+        return 0
+    if not views:
+        print("no chains")
+        return 0
+    for v in views:
+        print(
+            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.chain.state}] in "
+            f"{v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}, "
+            f"files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
+        )
+        if v.chain.state_detail:
+            print(f"  ! {v.chain.state_detail}")
+        for p in v.points:
+            b = p.backup
+            lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
+            print(
+                f"  #{b.id:<5} {b.kind:<11} {short_time(b.point_time, now):>16}  "
+                f"{human_bytes(b.file_size):>10}  {b.state}{lock}"
+            )
+    return 0
+
+
+def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        if args.chain_id is not None:
+            reports = [engine.chains.validate(args.chain_id, deep=args.deep)]
+        else:
+            reports = engine.chains.check_all(deep=args.deep)
+    if ctx.json:
+        ctx.print_json([r.as_dict() for r in reports])
+    else:
+        if not reports:
+            print("no chains")
+        for r in reports:
+            print(("OK     " if r.ok else "BROKEN ") + r.sentence())
+            for f in r.findings:
+                print(f"  - {f.message}\n    -> {f.hint}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def consolidate(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        point = engine.chains.consolidate(args.chain_id, new_base_id=args.upto, actor="cli")
+    if ctx.json:
+        ctx.print_json({"chain_id": args.chain_id, "new_full": point.id, "path": point.path})
+    else:
+        print(f"chain {args.chain_id}: point #{point.id} is now the full ({point.path})")
+    return 0
+
+
+def delete_point(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        plan = engine.chains.delete_plan(args.point)
+        if not args.yes:
+            if ctx.json:
+                ctx.print_json({"would_delete": [b.id for b in plan.goes], "done": False})
+            else:
+                print(f"point #{args.point} {plan.sentence()}")
+                print("run again with --yes to delete", file=sys.stderr)
+            return 2
+        engine.chains.delete_point(args.point, actor="cli")
+    if ctx.json:
+        ctx.print_json({"deleted": [b.id for b in plan.goes], "done": True})
+    else:
+        print(f"deleted: {plan.sentence()}")
+    return 0

@@ -1,0 +1,56 @@
+"""``sendense restore disk``: write a whole restore point out as a disk.
+
+The ``restore`` group is shared with file-level restore (``restore_files``):
+``register`` adds ``disk`` to an existing group or creates the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sendense_tui.commands import CliContext, add_parser
+from sendense_tui.commands.backup import wait_for_job
+from sendense_tui.format import human_bytes
+
+
+def _group(subparsers: Any) -> Any:
+    parser = subparsers.choices.get("restore")
+    if parser is None:
+        parser = add_parser(subparsers, "restore", help="restore disks and files from backups")
+        return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
+
+
+def register(subparsers: Any) -> None:
+    add_subcommands(_group(subparsers))
+
+
+def add_subcommands(sub: Any) -> None:
+    disk = add_parser(sub, "disk", help="write a restore point out as a whole disk")
+    disk.add_argument("point", type=int, help="restore point (backup) id")
+    disk.add_argument("target", help="file to create, or an nbd:// / nbd+unix:// URI")
+    disk.add_argument("--format", choices=("raw", "qcow2"), default="raw", dest="fmt")
+    disk.add_argument("--force", action="store_true", help="overwrite an existing file")
+    disk.set_defaults(func=restore_disk)
+
+
+def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        job = engine.restores.submit(
+            args.point, args.target, fmt=args.fmt, force=args.force, actor="cli"
+        )
+        final = wait_for_job(engine, job.id, ctx)
+    if ctx.json:
+        ctx.print_json(
+            {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
+        )
+    elif final.state == "succeeded":
+        print(f"restored point #{args.point} ({human_bytes(final.bytes_total)}) to {args.target}")
+    else:
+        print(f"restore {final.state}: {final.error or ''}", file=sys.stderr)
+    return 0 if final.state == "succeeded" else 1
