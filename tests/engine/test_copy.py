@@ -394,3 +394,22 @@ def test_sigkill_mid_file_then_another_engine_finishes(
     assert done.attempts == 2
     assert sha256(target) == sha256(Path(src.path) / chain.paths[0])
     assert resumer.copy_store.get_copy(copy.id).state == "completed"
+
+
+@SQLITE_ONLY
+def test_a_full_destination_takes_no_copy(engine: Engine, tmp_path: Path) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    add_repo(
+        engine,
+        "offsite",
+        tmp_path / "offsite",
+        full_percent=1.0,
+        warning_percent=0.5,
+        critical_percent=0.8,
+    )
+    make_chain(engine, src, size_mb=1, incrementals=0)
+    engine.copies.add_rule(name="r", source="main", destination="offsite")
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("r").id)
+    assert job.state == "failed" and "repository offsite is full" in job.error
+    assert engine.copies.list_copies() == []
