@@ -1,0 +1,120 @@
+"""3-2-1 and 3-2-1-1-0 per VM from seeded catalog rows (both backends)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from engine.runtime import Engine
+
+
+def add_repo(engine: Engine, root: Path, name: str, **kw: Any) -> Any:
+    root.mkdir(parents=True, exist_ok=True)
+    return engine.repository_store.add(
+        name=name, kind="local", path=str(root), now=engine.clock.now(), **kw
+    )
+
+
+def backup(engine: Engine, repo_id: int, vm: str = "web01", **fields: Any) -> int:
+    now = engine.clock.now()
+    _chain, row = engine.chain_store.add_full(
+        repository_id=repo_id,
+        vm_name=vm,
+        disk_name="sda",
+        directory=f"{vm}/sda/{repo_id}",
+        now=now,
+        backup={"path": f"{vm}/sda/{repo_id}/0.qcow2", "state": "complete", "point_time": now}
+        | fields,
+    )
+    return row.id
+
+
+def copy_to(engine: Engine, backup_id: int, repo_id: int, **fields: Any) -> int:
+    row = engine.copy_store.create_copy(
+        backup_id=backup_id,
+        destination_repository_id=repo_id,
+        path="x.qcow2",
+        size=1,
+        now=engine.clock.now(),
+    )
+    engine.copy_store.update_copy(row.id, state="completed", **fields)
+    return row.id
+
+
+def test_one_backup_only_says_to_add_a_copy_and_an_offsite_or_immutable_one(
+    engine: Engine, tmp_path: Path
+) -> None:
+    main = add_repo(engine, tmp_path / "main", "main")
+    backup(engine, main.id)
+    report = engine.compliance.report("web01")
+    assert report.copies == 2 and report.badge == "not 3-2-1"
+    assert any("add a copy rule from main to a second repository" in s for s in report.shortfalls)
+    assert any("offsite or locked" in s for s in report.shortfalls)
+
+
+def test_two_repositories_on_one_filesystem_count_as_one_device(
+    engine: Engine, tmp_path: Path
+) -> None:
+    main = add_repo(engine, tmp_path / "main", "main")
+    other = add_repo(engine, tmp_path / "other", "other", offsite=True)
+    copy_to(engine, backup(engine, main.id), other.id)
+    report = engine.compliance.report("web01")
+    assert report.copies == 3 and report.devices == 1
+    assert report.shortfalls == [
+        "2 devices: main, other share one filesystem; copy to a repository on another "
+        "disk or server"
+    ]
+
+
+def test_offsite_copy_meets_321_and_a_lock_with_clean_verification_meets_32110(
+    engine: Engine, tmp_path: Path
+) -> None:
+    main = add_repo(engine, tmp_path / "main", "main")
+    nas = engine.repository_store.add(
+        name="nas",
+        kind="nfs",
+        path=str(tmp_path / "nas"),
+        server="nas1",
+        export="/b",
+        now=engine.clock.now(),
+        offsite=True,
+    )
+    b = backup(engine, main.id)
+    copy_to(engine, b, nas.id)
+    report = engine.compliance.report("web01")
+    assert report.badge == "3-2-1" and report.meets_321 and not report.meets_32110
+    assert report.strict_shortfalls == [
+        "1 immutable: no backup of web01 is locked; send one to an immutable repository"
+    ]
+    engine.lock_store.add(
+        repository_id=main.id,
+        path="web01/sda/1/0.qcow2",
+        expires_at=engine.clock.now() + timedelta(days=30),
+        now=engine.clock.now(),
+        backup_id=b,
+    )
+    assert engine.compliance.report("web01").badge == "3-2-1-1-0"
+    engine.chain_store.update_backup(b, verify_state="mismatch")
+    report = engine.compliance.report("web01")
+    assert report.badge == "3-2-1"
+    assert "0 errors: 1 verification error(s)" in report.strict_shortfalls[0]
+
+
+def test_a_vm_named_only_in_a_policy_reports_no_backup(engine: Engine, tmp_path: Path) -> None:
+    from engine.services.policies import PolicySpec
+
+    add_repo(engine, tmp_path / "main", "main")
+    engine.policies.add(
+        PolicySpec(
+            name="db",
+            schedule="0 3 * * *",
+            target="main",
+            sources=PolicySpec.sources_from(["db01:vda=/dev/null"]),
+        )
+    )
+    [report] = engine.compliance.report_all()
+    assert report.vm == "db01" and report.copies == 1
+    assert report.shortfalls == [
+        "db01 has no backup: add a policy that backs it up to a repository"
+    ]
