@@ -83,7 +83,7 @@ COMMANDS: tuple[Command, ...] = (
     # -- lists (vim keys) -------------------------------------------------------
     *(
         cmd
-        for scope in ("jobs", "events")
+        for scope in ("jobs", "events", "chains")
         for cmd in (
             Command(
                 f"{scope}.down",
@@ -107,6 +107,28 @@ COMMANDS: tuple[Command, ...] = (
             ),
         )
     ),
+    # -- chains --------------------------------------------------------------------
+    Command("chains.backup", "b", "backup_now", "Back up", "Back up a disk now", scope="chains"),
+    Command(
+        "chains.restore", "R", "restore_disk", "Restore", "Restore point as a disk", scope="chains"
+    ),
+    Command(
+        "chains.consolidate",
+        "c",
+        "consolidate",
+        "Consolidate",
+        "Merge the oldest point into a new full (asks first)",
+        scope="chains",
+    ),
+    Command(
+        "chains.delete",
+        "d",
+        "delete_point",
+        "Delete",
+        "Delete point and the points after it (asks first)",
+        scope="chains",
+    ),
+    Command("chains.info", "i", "point_info", "Info", "qemu-img info of the point", scope="chains"),
     # -- jobs ----------------------------------------------------------------------
     Command("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel job (asks first)", scope="jobs"),
     Command("jobs.pause", "p", "pause_job", "Pause", "Pause job", scope="jobs"),

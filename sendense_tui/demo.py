@@ -170,3 +170,111 @@ def seed_demo_catalog(engine: Engine, clock: FixedClock | None = None) -> None:
         ),
     ):
         audit.append(at=at(minutes), level=level, source=source, kind=kind, message=message)
+    seed_demo_capacity(engine, clock)
+
+
+def seed_demo_capacity(engine: Engine, clock: FixedClock | None = None) -> None:
+    """A day of capacity samples (every 30 minutes) for the demo repositories."""
+    now = (clock or demo_clock()).now()
+    TiB = 1024 * GiB
+    shapes = {
+        # name: (total, used a day ago, growth per day)
+        "primary": (4 * TiB, int(2.1 * TiB), 20 * GiB),
+        "offsite-nfs": (2 * TiB, int(1.62 * TiB), 9 * GiB),
+        "archive-smb": (8 * TiB, int(3.2 * TiB), 0),
+    }
+    for repo in engine.repository_store.list():
+        if repo.name not in shapes:
+            continue
+        total, start, per_day = shapes[repo.name]
+        usable = int(total * 0.95)  # what an ext4-like reserve leaves writable
+        for step in range(49):
+            at = now - timedelta(minutes=30 * (48 - step))
+            used = start + per_day * step // 48
+            engine.capacity_store.add(
+                repo.id, taken_at=at, total_bytes=total, used_bytes=used, free_bytes=usable - used
+            )
+
+
+def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
+    """Backup chains in "primary": web01 (two disks, one with a retired older chain),
+    db01 with a broken chain and a locked, verified full. Catalog rows only."""
+    from engine.catalog.models import ImmutabilityLock
+
+    now = (clock or demo_clock()).now()
+    repo = engine.repository_store.get("primary")
+    store = engine.chain_store
+    gib = 1024**3
+
+    def chain(vm: str, disk: str, days_ago: int, incs: list[int], size: int) -> list[int]:
+        start = now - timedelta(days=days_ago)
+        directory = f"chains/{vm}/{disk}/{start:%Y%m%dT%H%M%SZ}"
+        full_path = f"{directory}/0000-full-{start:%Y%m%dT%H%M%SZ}.qcow2"
+        row, full = store.add_full(
+            repository_id=repo.id,
+            vm_name=vm,
+            disk_name=disk,
+            directory=directory,
+            now=start,
+            backup={
+                "path": full_path,
+                "state": "complete",
+                "point_time": start,
+                "virtual_size": size,
+                "file_size": size * 6 // 10,
+                "allocated_bytes": size * 6 // 10 - 4 * 1024**2,
+                "checksum": "9f2c" * 16,
+                "verify_state": "ok",
+                "verified_at": start + timedelta(hours=2),
+            },
+            retire=[
+                c.id
+                for c in store.list_chains(repository_id=repo.id, vm_name=vm)
+                if c.disk_name == disk
+            ],
+            retire_detail="superseded by a new full",
+        )
+        ids, parent = [full.id], full.id
+        for n, changed in enumerate(incs, start=1):
+            when = start + timedelta(days=n)
+            inc = store.add_incremental(
+                chain_id=row.id,
+                parent_id=parent,
+                position=n,
+                now=when,
+                backup={
+                    "path": f"{directory}/{n:04d}-inc-{when:%Y%m%dT%H%M%SZ}.qcow2",
+                    "state": "complete",
+                    "point_time": when,
+                    "virtual_size": size,
+                    "file_size": changed + 512 * 1024,
+                    "allocated_bytes": changed,
+                    "checksum": f"{n:04x}" * 16,
+                },
+            )
+            ids.append(inc.id)
+            parent = inc.id
+        return ids
+
+    chain("web01", "sda", 20, [300 * 1024**2], 40 * gib)
+    chain("web01", "sda", 6, [120 * 1024**2, 96 * 1024**2, 410 * 1024**2], 40 * gib)
+    chain("web01", "sdb", 6, [2 * 1024**3, 1024**3], 200 * gib)
+    db = chain("db01", "vda", 4, [700 * 1024**2, 650 * 1024**2], 80 * gib)
+    broken = store.backups(store.get_backup(db[0]).chain_id)[0].chain_id
+    store.update_chain(
+        broken,
+        state="broken",
+        state_detail=f"0001-inc file (point #{db[1]}) is missing",
+    )
+    with engine.catalog.session() as session:
+        session.add(
+            ImmutabilityLock(
+                repository_id=repo.id,
+                backup_id=db[0],
+                path=store.get_backup(db[0]).path,
+                state="active",
+                locked_at=now - timedelta(days=4),
+                expires_at=now + timedelta(days=26),
+                created_at=now - timedelta(days=4),
+            )
+        )

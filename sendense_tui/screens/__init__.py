@@ -13,6 +13,7 @@ from collections.abc import Callable
 from textual.screen import Screen
 
 from sendense_tui.screens.base import SECTIONS, PlaceholderScreen, SendenseScreen, placeholder
+from sendense_tui.screens.chains import ChainsScreen
 from sendense_tui.screens.dashboard import DashboardScreen
 from sendense_tui.screens.events import EventsScreen
 from sendense_tui.screens.jobs import JobsScreen
@@ -28,9 +29,7 @@ SCREENS: dict[str, Callable[[], Screen[object]]] = {
     "capacity": placeholder(
         "capacity", "Used and free space per repository, thresholds and growth over time."
     ),
-    "chains": placeholder(
-        "chains", "Full and incremental backup chains, their files, locks and verification."
-    ),
+    "chains": ChainsScreen,
     "policies": placeholder(
         "policies", "Backup schedules, retention, copies to other repositories and locking."
     ),

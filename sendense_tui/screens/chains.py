@@ -1,0 +1,369 @@
+"""Chains: VM -> disk -> restore points, with sizes, state, lock and verification badges.
+
+Keys: ``b`` back up a disk now (asks for the source path or URI), ``R`` restore
+the selected point as a whole disk (asks for the target), ``c`` consolidate the
+selected chain (merge its oldest point into a new full), ``d`` delete the
+selected point (the dialog lists every later point that goes with it), ``i``
+show what qemu-img reports about the point's file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static, Tree
+
+from engine.catalog.models import Backup
+from engine.services.backup import DiskSource
+from engine.services.chains import ChainView
+from sendense_tui.actions import bindings_for
+from sendense_tui.format import human_bytes, short_time
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.confirm import ConfirmDialog
+
+
+@dataclass
+class ChainsData:
+    now: datetime
+    views: list[ChainView]
+
+
+class AskDialog(ModalScreen[str | None]):
+    """One line of input (Enter accepts, Esc cancels)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, placeholder: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="ask"):
+            yield Static(self.question, id="ask-question")
+            yield Input(placeholder=self.placeholder, id="ask-input")
+            yield Static("Enter: go   Esc: cancel", id="ask-keys")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def point_label(b: Backup, now: datetime, locked: bool) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("F " if b.kind == "full" else "+ ", style="bold")
+    text.append(f"#{b.id} {short_time(b.point_time, now)}  ")
+    text.append(f"{human_bytes(b.file_size)} ", style="cyan")
+    text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
+    if b.state != "complete":
+        text.append(f" [{b.state}]", style="bold red")
+    if locked:
+        text.append(" [locked]", style="bold yellow")
+    if b.verify_state == "ok":
+        text.append(" [verified]", style="green")
+    elif b.verify_state:
+        text.append(f" [{b.verify_state}]", style="bold red")
+    return text
+
+
+class ChainsScreen(SendenseScreen):
+    MODE = "chains"
+    CSS_PATH = STYLES_DIR / "chains.tcss"
+    BINDINGS = bindings_for("chains")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._points: dict[int, tuple[Backup, ChainView]] = {}
+        self._chains: dict[int, ChainView] = {}
+        self._shape: list[Any] = []
+        self._now: datetime | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="chains-main"):
+            tree: Tree[tuple[str, int | str]] = Tree("Backups", id="chains-tree")
+            tree.show_root = False
+            yield tree
+            yield Static("Select a restore point.", id="chains-details")
+
+    def on_mount(self) -> None:
+        self.query_one("#chains-tree", Tree).focus()
+
+    # -- data --------------------------------------------------------------------
+
+    def fetch(self) -> ChainsData:
+        return ChainsData(self.sendense.clock.now(), self.engine.chains.overview())
+
+    def apply(self, data: ChainsData) -> None:
+        self._now = data.now
+        self._chains = {v.chain.id: v for v in data.views}
+        self._points = {p.backup.id: (p.backup, v) for v in data.views for p in v.points}
+        shape = [
+            (v.chain.id, v.chain.state, [(p.backup.id, p.backup.state, p.locked) for p in v.points])
+            for v in data.views
+        ]
+        if shape == self._shape:
+            return  # nothing changed: keep the tree (and the cursor) as it is
+        self._shape = shape
+        tree = self.query_one("#chains-tree", Tree)
+        selected = tree.cursor_node.data if tree.cursor_node is not None else None
+        tree.clear()
+        vms: dict[str, Any] = {}
+        target_line = None
+        for view in data.views:
+            chain = view.chain
+            vm_node = vms.get(chain.vm_name)
+            if vm_node is None:
+                vm_node = tree.root.add(Text(chain.vm_name, style="bold"), ("vm", chain.vm_name))
+                vm_node.expand()
+                vms[chain.vm_name] = vm_node
+            label = Text(f"{chain.disk_name} ", no_wrap=True, overflow="ellipsis")
+            label.append(f"[{chain.state}] ", style=_state_style(chain.state))
+            label.append(
+                f"{len(view.points)} pts, {human_bytes(view.physical_bytes)} on disk "
+                f"for {human_bytes(view.logical_bytes)}",
+                style="dim",
+            )
+            disk_node = vm_node.add(label, ("chain", chain.id))
+            if chain.state != "retired":
+                disk_node.expand()
+            for p in view.points:
+                node = disk_node.add_leaf(
+                    point_label(p.backup, data.now, p.locked), ("point", p.backup.id)
+                )
+                if selected == ("point", p.backup.id):
+                    target_line = node
+        if target_line is not None:
+            tree.move_cursor(target_line)
+        self._show_details()
+
+    # -- details -----------------------------------------------------------------
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
+        self._show_details()
+
+    def _selection(self) -> tuple[str, Any] | None:
+        node = self.query_one("#chains-tree", Tree).cursor_node
+        return node.data if node is not None else None
+
+    def _show_details(self, extra: str = "") -> None:
+        pane = self.query_one("#chains-details", Static)
+        sel = self._selection()
+        now = self._now
+        if sel is None or now is None:
+            pane.update("No backups yet. Press b to back up a disk.")
+            return
+        kind, ref = sel
+        lines: list[str] = []
+        if kind == "point" and ref in self._points:
+            b, view = self._points[ref]
+            lines = [
+                f"Point #{b.id} — {b.kind}",
+                f"{view.chain.vm_name}/{view.chain.disk_name} in {view.repository}",
+                f"time      {b.point_time:%Y-%m-%d %H:%M} UTC",
+                f"disk      {human_bytes(b.virtual_size)} (logical)",
+                f"file      {human_bytes(b.file_size)}",
+                f"data      {human_bytes(b.allocated_bytes)} (allocated here)",
+                f"state     {b.state}" + (f": {b.state_detail}" if b.state_detail else ""),
+                f"verified  {b.verify_state or 'never'}",
+                f"checksum  {(b.checksum or '-')[:16]}…",
+                f"file      {b.path}",
+                "",
+                "i: qemu-img info   R: restore disk   d: delete",
+            ]
+        elif kind == "chain" and ref in self._chains:
+            v = self._chains[ref]
+            lines = [
+                f"Chain #{v.chain.id} — {v.chain.vm_name}/{v.chain.disk_name}",
+                f"repository {v.repository}",
+                f"state      {v.chain.state}",
+                f"points     {len(v.points)}",
+                f"logical    {human_bytes(v.logical_bytes)} per point, "
+                f"{human_bytes(v.logical_total)} in all",
+                f"physical   {human_bytes(v.physical_bytes)} in files",
+                f"allocated  {human_bytes(v.allocated_bytes)} of data",
+            ]
+            if v.chain.state_detail:
+                lines += ["", f"! {v.chain.state_detail}"]
+            lines += ["", "c: consolidate   b: back up now"]
+        elif kind == "vm":
+            lines = [f"VM {ref}", "", "b: back up a disk now"]
+        if extra:
+            lines += ["", extra]
+        pane.update("\n".join(lines))
+
+    # -- actions -------------------------------------------------------------------
+
+    def _point(self) -> tuple[Backup, ChainView] | None:
+        sel = self._selection()
+        if sel is not None and sel[0] == "point" and sel[1] in self._points:
+            return self._points[sel[1]]
+        self.notify("Select a restore point first (j/k or arrows).", severity="warning")
+        return None
+
+    def _chain(self) -> ChainView | None:
+        sel = self._selection()
+        if sel is not None and sel[0] == "chain":
+            return self._chains.get(sel[1])
+        if sel is not None and sel[0] == "point" and sel[1] in self._points:
+            return self._points[sel[1]][1]
+        self.notify("Select a chain (a disk) first.", severity="warning")
+        return None
+
+    def action_cursor_down(self) -> None:
+        self.query_one("#chains-tree", Tree).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one("#chains-tree", Tree).action_cursor_up()
+
+    def action_point_info(self) -> None:
+        found = self._point()
+        if found is None:
+            return
+        backup = found[0]
+
+        def show(details: dict[str, Any]) -> None:
+            if "error" in details:
+                self._show_details(f"qemu-img: {details['error']}")
+                return
+            rows = [
+                f"{c['file']}: {human_bytes(c['actual_size'])}"
+                + (f" -> {c['backing']}" if c["backing"] else " (full)")
+                for c in details["chain"]
+            ]
+            self._show_details("qemu-img backing chain:\n" + "\n".join(rows))
+
+        self.run_engine(
+            lambda: self.engine.chains.point_details(backup.id),
+            after=show,
+            description=f"qemu-img info of point {backup.id}",
+        )
+
+    def action_delete_point(self) -> None:
+        found = self._point()
+        if found is None:
+            return
+        backup, view = found
+        plan = self.engine.chains.delete_plan(backup.id)
+        goes = "\n".join(
+            f"  #{b.id} {b.kind} {b.point_time:%Y-%m-%d %H:%M} ({human_bytes(b.file_size)})"
+            for b in plan.goes
+        )
+        tail = " This removes the whole chain." if plan.chain_ends else ""
+        consequence = f"These files are deleted for good:\n{goes}\n{tail}".rstrip()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_engine(
+                    lambda: self.engine.chains.delete_point(backup.id, actor="console"),
+                    after=lambda p: (self.notify(f"Deleted: {p.sentence()}"), self.refresh_now()),
+                    description=f"delete point {backup.id}",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Delete point #{backup.id} of {view.chain.vm_name}/{view.chain.disk_name}?",
+                consequence,
+                yes_label="Delete",
+            ),
+            answered,
+        )
+
+    def action_consolidate(self) -> None:
+        view = self._chain()
+        if view is None:
+            return
+        if len(view.points) < 2:
+            self.notify("Nothing to consolidate: the chain has one point.")
+            return
+        first, second = view.points[0].backup, view.points[1].backup
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_engine(
+                    lambda: self.engine.chains.submit_consolidate(view.chain.id, actor="console"),
+                    after=lambda job: self.notify(f"Consolidation queued as job {job.id}."),
+                    description=f"consolidate chain {view.chain.id}",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Consolidate {view.chain.vm_name}/{view.chain.disk_name}?",
+                f"Point #{second.id} becomes the new full; point #{first.id} "
+                f"({first.point_time:%Y-%m-%d %H:%M}) is merged into it and removed.",
+                yes_label="Consolidate",
+            ),
+            answered,
+        )
+
+    def action_backup_now(self) -> None:
+        sel = self._selection()
+        view = self._chain() if sel is not None and sel[0] != "vm" else None
+        vm = view.chain.vm_name if view else (sel[1] if sel and sel[0] == "vm" else None)
+        disk = view.chain.disk_name if view else "sda"
+        if vm is None:
+            return
+        repo_id = view.chain.repository_id if view else None
+
+        def answered(source: str | None) -> None:
+            if not source:
+                return
+            repo = repo_id
+            if repo is None:
+                repos = self.engine.repository_store.list(enabled_only=True)
+                if not repos:
+                    self.notify("No repository to back up into.", severity="error")
+                    return
+                repo = repos[0].id
+            self.run_engine(
+                lambda: self.engine.backups.submit(
+                    repo, vm, [DiskSource(disk, source)], actor="console"
+                ),
+                after=lambda job: self.notify(f"Backup queued as job {job.id}."),
+                description=f"back up {vm}/{disk}",
+            )
+
+        self.app.push_screen(
+            AskDialog(
+                f"Back up {vm}/{disk} now from:",
+                "/dev/vg/disk, /path/disk.raw or nbd+unix:///export?socket=/run/x.sock",
+            ),
+            answered,
+        )
+
+    def action_restore_disk(self) -> None:
+        found = self._point()
+        if found is None:
+            return
+        backup, view = found
+
+        def answered(target: str | None) -> None:
+            if not target:
+                return
+            fmt = "qcow2" if target.endswith(".qcow2") else "raw"
+            self.run_engine(
+                lambda: self.engine.restores.submit(backup.id, target, fmt=fmt, actor="console"),
+                after=lambda job: self.notify(f"Restore queued as job {job.id}."),
+                description=f"restore point {backup.id}",
+            )
+
+        self.app.push_screen(
+            AskDialog(
+                f"Restore point #{backup.id} of {view.chain.vm_name}/{view.chain.disk_name} to:",
+                "/restore/disk.raw (.qcow2 for qcow2) or nbd+unix:///x?socket=/run/t.sock",
+            ),
+            answered,
+        )
+
+
+def _state_style(state: str) -> str:
+    return {"ok": "green", "broken": "bold red", "retired": "dim"}.get(state, "")

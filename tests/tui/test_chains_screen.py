@@ -1,0 +1,84 @@
+"""Chains screen: snapshots on seeded demo chains (fixed clock), Pilot delete with confirm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from sendense_tui.app import SendenseApp
+from sendense_tui.demo import seed_demo_chains
+from sendense_tui.screens.chains import ChainsScreen
+from tests.tui.conftest import keys_then_settle, settle
+
+
+@pytest.fixture
+def chains_app(make_app: Callable[..., SendenseApp], demo_engine, clock) -> SendenseApp:  # type: ignore[no-untyped-def]
+    seed_demo_chains(demo_engine, clock)
+    return make_app()
+
+
+def test_chains_snapshot_wide(snap_compare, chains_app: SendenseApp) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(
+        chains_app, terminal_size=(120, 40), run_before=keys_then_settle("4", "j", "j", "j")
+    )
+
+
+def test_chains_snapshot_narrow(snap_compare, chains_app: SendenseApp) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(
+        chains_app, terminal_size=(80, 24), run_before=keys_then_settle("4", "j", "j")
+    )
+
+
+async def test_delete_point_asks_lists_what_goes_and_removes_rows(chains_app: SendenseApp) -> None:
+    engine = chains_app.engine
+    async with chains_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        screen = chains_app.screen
+        assert isinstance(screen, ChainsScreen)
+        # db01 -> vda chain -> its full (#first), then the two incrementals
+        tree = screen.query_one("#chains-tree")
+        db_inc = next(
+            b
+            for b, c in engine.chain_store.list_backups()
+            if c.vm_name == "db01" and b.position == 1
+        )
+        line = next(
+            n
+            for n in tree._tree_lines
+            if n.node.data == ("point", db_inc.id)  # type: ignore[attr-defined]
+        )
+        tree.move_cursor(line.node)  # type: ignore[attr-defined]
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        dialog_text = " ".join(str(w.render()) for w in chains_app.screen.query("Static"))
+        assert f"#{db_inc.id} incremental" in dialog_text
+        assert f"#{db_inc.id + 1} incremental" in dialog_text  # the later point goes too
+        await pilot.press("y")
+        await settle(pilot)
+    states = {b.id: b.state for b, _ in engine.chain_store.list_backups(include_deleted=True)}
+    assert states[db_inc.id] == "deleted" and states[db_inc.id + 1] == "deleted"
+    assert states[db_inc.id - 1] == "complete"
+
+
+async def test_locked_full_cannot_be_deleted(chains_app: SendenseApp) -> None:
+    engine = chains_app.engine
+    full = next(
+        b for b, c in engine.chain_store.list_backups() if c.vm_name == "db01" and b.kind == "full"
+    )
+    async with chains_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        tree = chains_app.screen.query_one("#chains-tree")
+        line = next(n for n in tree._tree_lines if n.node.data == ("point", full.id))  # type: ignore[attr-defined]
+        tree.move_cursor(line.node)  # type: ignore[attr-defined]
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+    assert engine.chain_store.get_backup(full.id).state == "complete"
