@@ -159,6 +159,77 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "events.source", "s", "cycle_source", "Source", "Cycle the source filter", scope="events"
     ),
+    # -- repositories ----------------------------------------------------------------------
+    Command(
+        "repositories.down",
+        "j",
+        "cursor_down",
+        "Down",
+        "Move down the list",
+        scope="repositories",
+        show=False,
+        palette=False,
+    ),
+    Command(
+        "repositories.up",
+        "k",
+        "cursor_up",
+        "Up",
+        "Move up the list",
+        scope="repositories",
+        show=False,
+        palette=False,
+    ),
+    Command(
+        "repositories.add",
+        "a",
+        "add_repository",
+        "Add",
+        "Add a repository (guided setup)",
+        scope="repositories",
+    ),
+    Command(
+        "repositories.edit",
+        "e",
+        "edit_repository",
+        "Edit",
+        "Edit the selected repository",
+        scope="repositories",
+    ),
+    Command(
+        "repositories.test",
+        "T",
+        "test_repository",
+        "Test",
+        "Test the connection and write access now",
+        scope="repositories",
+        key_display="T",
+    ),
+    Command(
+        "repositories.toggle",
+        "x",
+        "toggle_repository",
+        "Enable/disable",
+        "Enable or disable the selected repository",
+        scope="repositories",
+    ),
+    Command(
+        "repositories.mount",
+        "m",
+        "mount_repository",
+        "Mount/unmount",
+        "Mount or unmount a network repository",
+        scope="repositories",
+    ),
+    Command(
+        "repositories.remove",
+        "D",
+        "remove_repository",
+        "Remove",
+        "Remove the selected repository (asks first)",
+        scope="repositories",
+        key_display="D",
+    ),
 )
 
 

@@ -425,8 +425,9 @@ class CapacityMonitor:
                 readings = list(self._readings.values())
         seen: dict[int, Reading] = {}
         for r in readings:
-            if r.device is not None and r.error is None:
-                seen.setdefault(r.device, r)
+            if r.error is None and r.total:
+                # no device known (a stored sample): count it on its own
+                seen.setdefault(r.device if r.device is not None else -r.repository_id, r)
         return (
             sum(r.total for r in seen.values()),
             sum(r.used for r in seen.values()),

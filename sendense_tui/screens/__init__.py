@@ -13,22 +13,19 @@ from collections.abc import Callable
 from textual.screen import Screen
 
 from sendense_tui.screens.base import SECTIONS, PlaceholderScreen, SendenseScreen, placeholder
+from sendense_tui.screens.capacity import CapacityScreen
 from sendense_tui.screens.chains import ChainsScreen
 from sendense_tui.screens.dashboard import DashboardScreen
 from sendense_tui.screens.events import EventsScreen
 from sendense_tui.screens.jobs import JobsScreen
+from sendense_tui.screens.repositories import RepositoriesScreen
 from sendense_tui.screens.restore import RestoreScreen
 
 #: mode name -> screen class (or factory), in number-key order (see SECTIONS)
 SCREENS: dict[str, Callable[[], Screen[object]]] = {
     "dashboard": DashboardScreen,
-    "repositories": placeholder(
-        "repositories",
-        "Add, mount and check local, NFS and CIFS repositories, with a guided setup.",
-    ),
-    "capacity": placeholder(
-        "capacity", "Used and free space per repository, thresholds and growth over time."
-    ),
+    "repositories": RepositoriesScreen,
+    "capacity": CapacityScreen,
     "chains": ChainsScreen,
     "policies": placeholder(
         "policies", "Backup schedules, retention, copies to other repositories and locking."

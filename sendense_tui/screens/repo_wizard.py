@@ -1,0 +1,246 @@
+"""Guided setup for a repository: choose the type, fill only that type's fields
+(checked as you type), test the connection and a write, see the capacity found,
+then save. Nothing is saved until the test passes, unless the operator chooses
+"Save disabled" (kept, but used by nothing until it is fixed and enabled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
+from textual.worker import Worker, WorkerState
+
+from engine.catalog.models import Repository
+from engine.errors import SendenseError
+from engine.services.repositories import (
+    FIELDS_BY_KIND,
+    KIND_LABELS,
+    RepositorySpec,
+    TestReport,
+    validate_field,
+)
+from sendense_tui.screens.repositories import describe_report
+from sendense_tui.styles import STYLES_DIR
+
+#: field -> (label, placeholder); the export field is labelled per kind
+FIELDS: dict[str, tuple[str, str]] = {
+    "name": ("Name", "e.g. primary"),
+    "path": ("Directory", "/srv/backups"),
+    "server": ("Server", "host name or IP address"),
+    "export": ("Export / share", ""),
+    "port": ("Port", "default"),
+    "nfs_version": ("NFS version", "4.1"),
+    "mount_options": ("Mount options", "optional, comma separated"),
+    "username": ("User", ""),
+    "password": ("Password", ""),
+    "domain": ("Domain", "optional"),
+    "smb_version": ("SMB version", "3.0"),
+}
+DEFAULTS = {"nfs_version": "4.1", "smb_version": "3.0"}
+
+
+class RepoWizard(ModalScreen[Repository | None]):
+    CSS_PATH = STYLES_DIR / "repositories.tcss"
+    BINDINGS = [Binding("escape", "close", "Cancel")]
+
+    def __init__(self, edit: Repository | None = None) -> None:
+        super().__init__()
+        self.editing = edit
+        self.kind = edit.kind if edit else "local"
+        self._passed = False
+        self.saved: Repository | None = None
+
+    # -- layout ------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        title = f"Edit repository {self.editing.name}" if self.editing else "Add a repository"
+        with Vertical(id="wizard"):
+            yield Label(title, id="wizard-title")
+            with RadioSet(id="kind", disabled=self.editing is not None):
+                for kind, label in KIND_LABELS.items():
+                    yield RadioButton(label, id=f"kind-{kind}", value=kind == self.kind)
+            with VerticalScroll(id="wizard-fields"):
+                for name, (label, placeholder) in FIELDS.items():
+                    with Horizontal(classes="field-row", id=f"row-{name}"):
+                        yield Label(label, classes="field-label")
+                        yield Input(
+                            value=DEFAULTS.get(name, ""),
+                            placeholder=placeholder,
+                            password=name == "password",
+                            id=f"f-{name}",
+                            classes="field-input",
+                            compact=True,
+                        )
+                    yield Static("", id=f"err-{name}", classes="field-error -empty")
+                yield Checkbox(
+                    "create the directory if it does not exist", id="f-create", compact=True
+                )
+            yield Static(Text("Fill in the fields, then Test.", style="dim"), id="wizard-result")
+            with Horizontal(id="wizard-buttons"):
+                yield Button("Test", id="test", variant="primary", compact=True)
+                yield Button("Save", id="save", variant="success", disabled=True, compact=True)
+                yield Button("Save disabled", id="save-disabled", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        if self.editing is not None:
+            spec = self.app.engine.repositories.spec_of(self.editing)  # type: ignore[attr-defined]
+            for name in FIELDS:
+                value = getattr(spec, name)
+                self.query_one(f"#f-{name}", Input).value = "" if value is None else str(value)
+            self.query_one("#f-name", Input).disabled = True
+            self.query_one("#f-password", Input).placeholder = "unchanged"
+        self._show_kind()
+        self.query_one("#f-name" if self.editing is None else "#test").focus()
+
+    def _show_kind(self) -> None:
+        wanted = set(FIELDS_BY_KIND[self.kind])
+        for name in FIELDS:
+            self.query_one(f"#row-{name}").display = name in wanted
+            if name not in wanted:
+                self._field_error(name, None)
+        self.query_one("#f-create").display = self.kind == "local"
+        export = self.query_one("#row-export Label", Label)
+        export.update("Export path" if self.kind == "nfs" else "Share")
+        self.query_one("#f-export", Input).placeholder = (
+            "/srv/backups" if self.kind == "nfs" else "backups"
+        )
+        self._invalidate()
+
+    # -- typing ---------------------------------------------------------------------
+
+    def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
+        pressed = event.pressed.id or ""
+        self.kind = pressed.removeprefix("kind-")
+        self._show_kind()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        name = (event.input.id or "").removeprefix("f-")
+        if name not in FIELDS:
+            return
+        problem = validate_field(self.kind, name, event.value) if event.value else None
+        self._field_error(name, problem)
+        self._invalidate()
+
+    def on_checkbox_changed(self, _event: Checkbox.Changed) -> None:
+        self._invalidate()
+
+    def _field_error(self, name: str, problem: str | None) -> None:
+        err = self.query_one(f"#err-{name}", Static)
+        err.update(problem or "")
+        err.set_class(not problem, "-empty")
+
+    def _invalidate(self) -> None:
+        self._passed = False
+        self.query_one("#save", Button).disabled = True
+
+    def spec(self) -> RepositorySpec:
+        values = {name: self.query_one(f"#f-{name}", Input).value.strip() for name in FIELDS}
+        values["password"] = self.query_one("#f-password", Input).value  # spaces count
+        port = values.pop("port")
+        return RepositorySpec(
+            kind=self.kind,
+            port=int(port) if port.isdigit() else None,
+            create=self.query_one("#f-create", Checkbox).value,
+            **values,
+        )
+
+    def _problems(self, spec: RepositorySpec) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        for name in FIELDS_BY_KIND[self.kind]:
+            if name == "password" and self.editing is not None:
+                continue
+            problem = validate_field(self.kind, name, getattr(spec, name))
+            self._field_error(name, problem)
+            if problem:
+                problems[name] = problem
+        return problems
+
+    def _result(self, text: Text | str) -> None:
+        self.query_one("#wizard-result", Static).update(text)
+
+    # -- buttons ------------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        button = event.button.id
+        if button == "cancel":
+            self.dismiss(None)
+        elif button == "test":
+            self.action_test()
+        elif button == "save":
+            self._save(enabled=True)
+        elif button == "save-disabled":
+            self._save(enabled=False)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_test(self) -> None:
+        spec = self.spec()
+        problems = self._problems(spec)
+        if problems:
+            self._result(Text("Fix the fields marked in red first.", style="bold red"))
+            return
+        if self.editing is not None and not spec.password:
+            spec = self._with_stored_password(spec)
+        self._result(Text("Testing: server, mount, write…", style="italic"))
+        engine: Any = self.app.engine  # type: ignore[attr-defined]
+        self.run_worker(
+            lambda: engine.repositories.test(spec),
+            group="wizard-test",
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def _with_stored_password(self, spec: RepositorySpec) -> RepositorySpec:
+        assert self.editing is not None
+        stored = self.app.engine.repositories.spec_of(  # type: ignore[attr-defined]
+            self.editing, with_password=True
+        )
+        spec.password = stored.password
+        return spec
+
+    def _save(self, *, enabled: bool) -> None:
+        spec = self.spec()
+        if self._problems(spec):
+            self._result(Text("Fix the fields marked in red first.", style="bold red"))
+            return
+        if enabled and not self._passed:
+            self._result(
+                Text("Test first: it must pass before saving (or Save disabled).", style="bold red")
+            )
+            return
+        engine: Any = self.app.engine  # type: ignore[attr-defined]
+        if self.editing is not None:
+            repo = self.editing
+            work = lambda: engine.repositories.edit(repo, spec, actor="console")  # noqa: E731
+        else:
+            work = lambda: engine.repositories.add(  # noqa: E731
+                spec, test=False, enabled=enabled, actor="console"
+            )
+        self.run_worker(work, group="wizard-save", thread=True, exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if event.state == WorkerState.ERROR:
+            error = worker.error
+            text = error.for_humans() if isinstance(error, SendenseError) else repr(error)
+            self._result(Text(text, style="bold red"))
+            return
+        if worker.group == "wizard-test":
+            report: TestReport = worker.result  # type: ignore[assignment]
+            self._result(describe_report(report))
+            self._passed = report.ok
+            self.query_one("#save", Button).disabled = not report.ok
+            if report.ok:
+                self.query_one("#save", Button).focus()
+        elif worker.group == "wizard-save":
+            self.saved = worker.result  # type: ignore[assignment]
+            self.dismiss(self.saved)

@@ -1,0 +1,303 @@
+"""Repositories: a table of every repository with add (guided setup), edit, test,
+enable/disable, mount/unmount and remove (asks first, naming what happens)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from engine.catalog.models import Repository
+from engine.services.repositories import TestReport
+from sendense_tui.actions import bindings_for
+from sendense_tui.format import human_bytes, short_time, state_text
+from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.gauge import LEVEL_COLOURS
+from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+
+COLUMNS = ("name", "type", "where", "state", "used", "free", "backups")
+KINDS = {"local": "local", "nfs": "NFS", "cifs": "CIFS"}
+
+
+@dataclass
+class RepoRow:
+    repo: Repository
+    location: str
+    used: int | None = None
+    total: int | None = None
+    free: int | None = None
+    backups: int = 0
+
+
+@dataclass
+class RepositoriesData:
+    now: datetime
+    rows: list[RepoRow] = field(default_factory=list)
+
+
+def describe_report(report: TestReport) -> Text:
+    """A test result as lines an operator can act on."""
+    text = Text()
+    for step in report.steps:
+        mark, style = ("✓", "green") if step.ok else ("✗", "bold red")
+        text.append(f"{mark} {step.name.replace('_', ' ')}", style=style)
+        if step.detail and step.ok:
+            text.append(f"  {step.detail}", style="dim")
+        text.append("\n")
+    if report.ok:
+        text.append(
+            f"Capacity found: {human_bytes(report.total)} total, {human_bytes(report.free)} free",
+            style="bold",
+        )
+        caps = report.capabilities
+        if caps:
+            text.append(
+                f"\nfilesystem {caps.get('fs_type', '?')}, immutable flag "
+                f"{'yes' if caps.get('immutable') else 'no'}, reflink "
+                f"{'yes' if caps.get('reflink') else 'no'}"
+            )
+    else:
+        text.append(report.error or "the test failed", style="bold red")
+        if report.hint:
+            text.append(f"\n→ {report.hint}", style="yellow")
+    return text
+
+
+class RepositoriesScreen(SendenseScreen):
+    MODE = "repositories"
+    CSS_PATH = STYLES_DIR / "repositories.tcss"
+    BINDINGS = bindings_for("repositories")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, RepoRow] = {}
+
+    def compose_body(self) -> ComposeResult:
+        yield FlexTable(
+            [
+                ("name", "Name", 12),
+                ("type", "Type", 5),
+                ("where", "Path or server", None),
+                ("state", "State", 10),
+                ("used", "Used/total", 10),
+                ("free", "Free", 6),
+                ("backups", "Backups", 7),
+            ],
+            id="repositories",
+        )
+        yield Static("", id="repo-detail")
+
+    def on_mount(self) -> None:
+        self.query_one("#repositories", DataTable).focus()
+
+    # -- data ---------------------------------------------------------------------
+
+    def fetch(self) -> RepositoriesData:
+        engine = self.engine
+        data = RepositoriesData(now=self.sendense.clock.now())
+        for repo in engine.repositories.list():
+            row = RepoRow(repo, engine.repositories.describe_location(repo))
+            reading = engine.capacity.reading(repo.id)
+            if reading is not None and reading.error is None:
+                row.used, row.total, row.free = reading.used, reading.total, reading.free
+            else:
+                latest = engine.capacity_store.latest(repo.id)
+                if latest is not None:
+                    row.used, row.total = latest.used_bytes, latest.total_bytes
+                    row.free = latest.free_bytes
+            row.backups = engine.repository_store.backup_count(repo.id)
+            data.rows.append(row)
+        return data
+
+    def apply(self, data: RepositoriesData) -> None:
+        self._rows = {str(r.repo.id): r for r in data.rows}
+        table = self.query_one("#repositories", DataTable)
+        sync_rows(table, [(str(r.repo.id), self._cells(r)) for r in data.rows], COLUMNS)
+        self._show_detail(data.now)
+
+    @staticmethod
+    def _cells(row: RepoRow) -> tuple[Any, ...]:
+        repo = row.repo
+        state = repo.state if repo.enabled else "disabled"
+        colour = LEVEL_COLOURS.get(repo.capacity_level or "ok", "white")
+        used = (
+            Text(f"{human_bytes(row.used)}/{human_bytes(row.total)}", style=colour)
+            if row.total
+            else "-"
+        )
+        return (
+            repo.name,
+            KINDS.get(repo.kind, repo.kind),
+            Text(row.location, overflow="ellipsis"),
+            state_text(state),
+            used,
+            human_bytes(row.free) if row.free is not None else "-",
+            str(row.backups),
+        )
+
+    def _selected(self) -> RepoRow | None:
+        key = cursor_key(self.query_one("#repositories", DataTable))
+        return self._rows.get(key) if key else None
+
+    def _show_detail(self, now: datetime | None = None) -> None:
+        row = self._selected()
+        detail = self.query_one("#repo-detail", Static)
+        if row is None:
+            detail.update(Text("No repository yet: press a to add one.", style="dim"))
+            return
+        repo = row.repo
+        text = Text()
+        text.append(repo.name, style="bold")
+        text.append(f"  {repo.path}", style="dim")
+        if repo.state_detail:
+            text.append(f"\n{repo.state_detail}", style="red")
+        caps = repo.capabilities or {}
+        if caps:
+            text.append(
+                f"\n{caps.get('fs_type', '?')}  immutable "
+                f"{'yes' if caps.get('immutable') else 'no'}  reflink "
+                f"{'yes' if caps.get('reflink') else 'no'}",
+                style="dim",
+            )
+        if repo.last_seen_at is not None:
+            text.append(f"  last seen {short_time(repo.last_seen_at, now)}", style="dim")
+        if repo.capacity_level == "full":
+            text.append(
+                "\nFULL: takes no new backups or copies until space is freed", style="bold red"
+            )
+        detail.update(text)
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._show_detail(self.sendense.clock.now())
+
+    # -- actions ---------------------------------------------------------------------
+
+    def action_cursor_down(self) -> None:
+        self.query_one("#repositories", DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one("#repositories", DataTable).action_cursor_up()
+
+    def action_add_repository(self) -> None:
+        from sendense_tui.screens.repo_wizard import RepoWizard
+
+        self.app.push_screen(RepoWizard(), lambda _saved: self.refresh_now())
+
+    def action_edit_repository(self) -> None:
+        from sendense_tui.screens.repo_wizard import RepoWizard
+
+        row = self._selected()
+        if row is not None:
+            self.app.push_screen(RepoWizard(edit=row.repo), lambda _saved: self.refresh_now())
+
+    def action_test_repository(self) -> None:
+        row = self._selected()
+        if row is None:
+            return
+        name = row.repo.name
+
+        def done(report: TestReport) -> None:
+            if report.ok:
+                self.notify(
+                    f"{name}: mounted, writable, {human_bytes(report.free)} free",
+                    title="Test passed",
+                )
+            else:
+                self.notify(f"{name}: {report.error}", title="Test failed", severity="error")
+
+        self.notify(f"testing {name}…", timeout=2)
+        self.run_engine(
+            lambda: self.engine.repositories.test_repository(row.repo.id),
+            after=done,
+            description=f"test {name}",
+        )
+
+    def action_toggle_repository(self) -> None:
+        row = self._selected()
+        if row is None:
+            return
+        repo = row.repo
+        if repo.enabled:
+            self.app.push_screen(
+                ConfirmDialog(
+                    f"Disable repository “{repo.name}”?",
+                    "No backup or copy will use it until it is enabled again"
+                    + (" and it will be unmounted." if repo.kind != "local" else "."),
+                    yes_label="Disable",
+                ),
+                lambda yes: (
+                    yes
+                    and self.run_engine(
+                        lambda: self.engine.repositories.set_enabled(
+                            repo.id, False, actor="console"
+                        ),
+                        description=f"disable {repo.name}",
+                    )
+                ),
+            )
+        else:
+            self.run_engine(
+                lambda: self.engine.repositories.set_enabled(repo.id, True, actor="console"),
+                description=f"enable {repo.name}",
+            )
+
+    def action_mount_repository(self) -> None:
+        row = self._selected()
+        if row is None:
+            return
+        repo = row.repo
+        if repo.kind == "local":
+            self.notify(f"{repo.name} is a local directory: nothing to mount", timeout=3)
+            return
+        if repo.state == "mounted":
+            self.app.push_screen(
+                ConfirmDialog(
+                    f"Unmount repository “{repo.name}”?",
+                    f"{self.engine.mounts.mount_point(repo.name)} is unmounted; backups and "
+                    "copies to it fail until it is mounted again.",
+                    yes_label="Unmount",
+                ),
+                lambda yes: (
+                    yes
+                    and self.run_engine(
+                        lambda: self.engine.repositories.unmount(repo.id, actor="console"),
+                        description=f"unmount {repo.name}",
+                    )
+                ),
+            )
+        else:
+            self.run_engine(
+                lambda: self.engine.repositories.mount(repo.id), description=f"mount {repo.name}"
+            )
+
+    def action_remove_repository(self) -> None:
+        row = self._selected()
+        if row is None:
+            return
+        repo = row.repo
+        force = row.backups > 0
+        what = (
+            f"It holds {row.backups} backups: the catalog forgets them (forced removal, "
+            "recorded in the audit log). The files stay on disk at "
+            f"{row.location}."
+            if force
+            else f"The catalog forgets it; files at {row.location} stay on disk."
+        )
+        if repo.kind != "local":
+            what += " It is unmounted and its credentials file removed."
+        self.app.push_screen(
+            ConfirmDialog(f"Remove repository “{repo.name}”?", what, yes_label="Remove"),
+            lambda yes: (
+                yes
+                and self.run_engine(
+                    lambda: self.engine.repositories.remove(repo.id, force=force, actor="console"),
+                    description=f"remove {repo.name}",
+                )
+            ),
+        )

@@ -1,0 +1,156 @@
+"""Repositories screen and the guided setup wizard: snapshots on the seeded catalog
+(fixed clock) and Pilot tests for a success and three failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.widgets import Button, Checkbox, Input, Static
+
+from engine.runtime import Engine
+from sendense_tui.app import SendenseApp
+from sendense_tui.screens.repo_wizard import RepoWizard
+from tests.plugins.netservers import free_port_number
+from tests.tui.conftest import keys_then_settle, settle
+
+
+def test_repositories_screen_snapshot(snap_compare, make_app) -> None:
+    assert snap_compare(make_app(), terminal_size=(100, 30), run_before=keys_then_settle("2"))
+
+
+def test_wizard_snapshot(snap_compare, make_app) -> None:
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=keys_then_settle("2", "a"))
+
+
+def test_wizard_cifs_fields_snapshot(snap_compare, make_app) -> None:
+    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
+        await settle(pilot)
+        await pilot.press("2", "a")
+        await settle(pilot)
+        await pilot.click("#kind-cifs")
+        await settle(pilot)
+        pilot.app.screen.query_one("#f-server", Input).value = "bad host!"
+        await settle(pilot)
+
+    assert snap_compare(make_app(), terminal_size=(100, 34), run_before=run_before)
+
+
+def test_remove_confirmation_snapshot(snap_compare, make_app) -> None:
+    assert snap_compare(
+        make_app(), terminal_size=(80, 24), run_before=keys_then_settle("2", "j", "D")
+    )
+
+
+async def _open_wizard(app: SendenseApp, pilot) -> RepoWizard:  # type: ignore[no-untyped-def]
+    await settle(pilot)
+    await pilot.press("2")
+    await settle(pilot)
+    await pilot.press("a")
+    await settle(pilot)
+    assert isinstance(app.screen, RepoWizard)
+    return app.screen
+
+
+async def _fill(pilot, wizard: RepoWizard, **values: str) -> None:  # type: ignore[no-untyped-def]
+    for name, value in values.items():
+        wizard.query_one(f"#f-{name}", Input).value = value
+    await pilot.pause()
+
+
+async def _press(pilot, wizard: RepoWizard, button: str) -> None:  # type: ignore[no-untyped-def]
+    wizard.query_one(f"#{button}", Button).press()
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def _result(wizard: RepoWizard) -> str:
+    return str(wizard.query_one("#wizard-result", Static).content)
+
+
+async def test_wizard_success_tests_then_saves(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        target = tmp_path / "new-repo"
+        await _fill(pilot, wizard, name="fresh", path=str(target))
+        wizard.query_one("#f-create", Checkbox).value = True
+        await pilot.pause()
+        assert wizard.query_one("#save", Button).disabled  # not before a passing test
+        await _press(pilot, wizard, "test")
+        text = _result(wizard)
+        assert "✓ write" in text and "Capacity found:" in text
+        assert not wizard.query_one("#save", Button).disabled
+        await _press(pilot, wizard, "save")
+        await settle(pilot)
+        assert not isinstance(app.screen, RepoWizard)
+    repo = demo_engine.repositories.get("fresh")
+    assert (repo.kind, repo.path, repo.enabled) == ("local", str(target), True)
+    assert (target / "chains").is_dir()
+
+
+async def test_wizard_missing_path_is_shown_and_nothing_saved(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        await _fill(pilot, wizard, name="nope", path=str(tmp_path / "missing"))
+        await _press(pilot, wizard, "test")
+        assert f"{tmp_path}/missing does not exist" in _result(wizard)
+        assert "choose 'create it'" in _result(wizard)
+        assert wizard.query_one("#save", Button).disabled
+    assert "nope" not in [r.name for r in demo_engine.repositories.list()]
+
+
+async def test_wizard_file_instead_of_directory(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        await _fill(pilot, wizard, name="filerepo", path=str(afile))
+        await _press(pilot, wizard, "test")
+        assert f"{afile} is a file, not a directory" in _result(wizard)
+        assert wizard.query_one("#save", Button).disabled
+    assert "filerepo" not in [r.name for r in demo_engine.repositories.list()]
+
+
+async def test_wizard_unreachable_server_then_save_disabled(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine
+) -> None:
+    port = free_port_number()
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        await pilot.click("#kind-nfs")
+        await pilot.pause()
+        assert not wizard.query_one("#row-path").display
+        assert wizard.query_one("#row-server").display
+        await _fill(
+            pilot, wizard, name="nas", server="127.0.0.1", export="/backups", port=str(port)
+        )
+        await _press(pilot, wizard, "test")
+        text = _result(wizard)
+        assert f"server 127.0.0.1 is unreachable on port {port}: connection refused" in text
+        assert wizard.query_one("#save", Button).disabled
+        await _press(pilot, wizard, "save-disabled")
+        await settle(pilot)
+    repo = demo_engine.repositories.get("nas")
+    assert (repo.kind, repo.enabled, repo.state) == ("nfs", False, "disabled")
+
+
+async def test_validation_as_you_type(make_app: Callable[..., SendenseApp]) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        await _fill(pilot, wizard, path="relative/path")
+        err = wizard.query_one("#err-path", Static)
+        assert str(err.content) == "the path must be absolute (start with /)"
+        await _fill(pilot, wizard, path="/srv/ok")
+        assert str(err.content) == ""
