@@ -1,0 +1,117 @@
+"""``sendense lock list|release-expired|check|enable``: immutability locks."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from engine.catalog.models import ImmutabilityLock
+from engine.errors import SendenseError
+from sendense_tui.commands import CliContext, add_parser, table
+
+
+def lock_dict(lock: ImmutabilityLock, repos: dict[int, str]) -> dict[str, Any]:
+    return {
+        "id": lock.id,
+        "repository": repos.get(lock.repository_id, str(lock.repository_id)),
+        "path": lock.path,
+        "state": lock.state,
+        "backup_id": lock.backup_id,
+        "copy_id": lock.copy_id,
+        "locked_at": lock.locked_at,
+        "expires_at": lock.expires_at,
+        "released_at": lock.released_at,
+    }
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "lock", help="immutability locks (chattr +i)")
+    sub = parser.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
+    lister = add_parser(sub, "list", help="locks in force (with --all: released ones too)")
+    lister.add_argument("--all", action="store_true")
+    lister.set_defaults(func=list_locks)
+    release = add_parser(sub, "release-expired", help="clear the flag of expired locks")
+    release.set_defaults(func=release_expired)
+    check = add_parser(sub, "check", help="read every flag back; re-apply removed ones")
+    check.set_defaults(func=check_locks)
+    enable = add_parser(sub, "enable", help="make a repository immutable (or lock longer)")
+    enable.add_argument("repository")
+    enable.add_argument("--days", type=int, required=True)
+    enable.add_argument("--grace-hours", type=int, default=0)
+    enable.add_argument("--yes", action="store_true", help="confirm: locks cannot be shortened")
+    enable.set_defaults(func=enable_repository)
+
+
+def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        states = None if args.all else ("pending", "active", "drift")
+        locks = engine.locks.list(states=states)
+        repos = {r.id: r.name for r in engine.repository_store.list()}
+    rows = [lock_dict(lock, repos) for lock in locks]
+    if ctx.json:
+        ctx.print_json(rows)
+        return 0
+    if not rows:
+        print("no locks")
+        return 0
+    print(
+        table(
+            [
+                [
+                    str(r["id"]),
+                    r["repository"],
+                    r["path"],
+                    r["state"],
+                    f"{r['expires_at']:%Y-%m-%d %H:%M}",
+                ]
+                for r in rows
+            ],
+            ["ID", "REPOSITORY", "FILE", "STATE", "UNTIL (UTC)"],
+        )
+    )
+    return 0
+
+
+def release_expired(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        report = engine.locks.release_expired(actor="cli")
+    if ctx.json:
+        ctx.print_json(report.as_dict())
+    elif report.clock is not None and not report.clock.ok:
+        raise SendenseError(
+            f"no lock released: {report.clock.message}",
+            hint="fix the system clock (NTP) first",
+        )
+    else:
+        print(f"released {len(report.released)} expired lock(s)")
+    return 0
+
+
+def check_locks(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        report = engine.locks.check_drift()
+    if ctx.json:
+        ctx.print_json(report.as_dict())
+        return 0
+    print(
+        f"{len(report.drift_repaired)} removed flag(s) set again, "
+        f"{len(report.drift_failed)} could not be set, {len(report.missing)} locked file(s) gone"
+    )
+    return 1 if report.drift_failed or report.missing else 0
+
+
+def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        print(engine.locks.protects)
+        print(engine.locks.does_not_protect)
+        if not args.yes:
+            raise SendenseError(
+                f"nothing changed: a {args.days}-day lock period can be extended later but "
+                "never shortened",
+                hint="add --yes to confirm",
+            )
+        repo = engine.locks.configure_repository(
+            args.repository, args.days, grace_hours=args.grace_hours, actor="cli"
+        )
+    print(f"repository {repo.name}: new backups are locked for {repo.immutable_days} day(s)")
+    return 0

@@ -1,0 +1,302 @@
+"""``sendense policy add|list|show|run|preview|enable|disable|remove``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from engine.catalog.models import Policy
+from engine.errors import SendenseError, ValidationError
+from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.format import short_time
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def policy_dict(engine: Any, policy: Policy) -> dict[str, Any]:
+    repo = engine.repository_store.get(policy.target_repository_id)
+    return {
+        "id": policy.id,
+        "name": policy.name,
+        "enabled": policy.enabled,
+        "schedule": policy.schedule,
+        "target": repo.name,
+        "sources": policy.sources,
+        "full_every": policy.full_every,
+        "full_weekday": policy.full_weekday,
+        "retention": policy.retention,
+        "verify_after": policy.verify_after,
+        "immutable_days": policy.immutable_days,
+        "compression": policy.compression,
+        "copy_rules": [r.name for r in engine.policies.copy_rules(policy)],
+        "next_run_at": policy.next_run_at,
+        "last_run_at": policy.last_run_at,
+        "last_result": policy.last_result,
+        "compliance": engine.compliance.for_policy(policy),
+    }
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "policy", help="backup policies: schedule, retention, locks")
+    sub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    add = add_parser(sub, "add", help="add a policy (validated; nothing saved on error)")
+    add.add_argument("name")
+    add.add_argument("--schedule", required=True, help="cron, UTC, e.g. '0 2 * * *'")
+    add.add_argument("--target", required=True, help="target repository name")
+    add.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        required=True,
+        metavar="VM:DISK=SOURCE",
+        help="a disk to back up (repeatable), e.g. web01:sda=/dev/vg/web01",
+    )
+    add.add_argument("--full-every", type=int, default=7, help="a new full every N backups")
+    add.add_argument("--full-weekday", choices=WEEKDAYS, help="and a new full on this day")
+    for rule, default in (("keep-last", 7), ("daily", 0), ("weekly", 0), ("monthly", 0)):
+        add.add_argument(f"--{rule}", type=int, default=default)
+    add.add_argument("--yearly", type=int, default=0)
+    add.add_argument("--copy-rule", action="append", default=[], help="attach a copy rule")
+    add.add_argument("--verify", action="store_true", help="verify after each backup")
+    add.add_argument("--immutable-days", type=int, default=0, help="lock backups N days")
+    add.add_argument("--compression", choices=("zstd", "none"))
+    add.add_argument("--disabled", action="store_true", help="save it without scheduling it")
+    add.add_argument("--yes", action="store_true", help="confirm the space a lock will hold")
+    add.set_defaults(func=add_policy)
+
+    lister = add_parser(sub, "list", help="policies with next run, last result, 3-2-1 badge")
+    lister.set_defaults(func=list_policies)
+
+    show = add_parser(sub, "show", help="one policy, its next five runs and compliance")
+    show.add_argument("name")
+    show.set_defaults(func=show_policy)
+
+    run = add_parser(sub, "run", help="run a policy now")
+    run.add_argument("name")
+    run.add_argument("--wait", action="store_true", help="run it in this process and wait")
+    run.set_defaults(func=run_policy)
+
+    preview = add_parser(sub, "preview", help="retention dry run: what goes and why")
+    preview.add_argument("name")
+    preview.add_argument("--apply", action="store_true", help="apply the plan")
+    preview.add_argument(
+        "--force",
+        action="store_true",
+        help="with --apply: also remove points whose required copies do not exist yet "
+        "(audited; locks are never overridden)",
+    )
+    preview.set_defaults(func=preview_policy)
+
+    for verb, text in (("enable", "schedule it again"), ("disable", "stop scheduling it")):
+        p = add_parser(sub, verb, help=text)
+        p.add_argument("name")
+        p.set_defaults(func=toggle_policy, enabled=verb == "enable")
+    remove = add_parser(sub, "remove", help="remove a policy (its backups stay)")
+    remove.add_argument("name")
+    remove.set_defaults(func=remove_policy)
+
+
+def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    from engine.services.policies import PolicySpec
+
+    spec = PolicySpec(
+        name=args.name,
+        schedule=args.schedule,
+        target=args.target,
+        sources=PolicySpec.sources_from(args.source),
+        full_every=args.full_every,
+        full_weekday=WEEKDAYS.index(args.full_weekday) if args.full_weekday else None,
+        retention={
+            "keep_last": args.keep_last,
+            "daily": args.daily,
+            "weekly": args.weekly,
+            "monthly": args.monthly,
+            "yearly": args.yearly,
+        },
+        copy_rules=args.copy_rule,
+        verify_after=args.verify,
+        immutable_days=args.immutable_days,
+        compression=args.compression,
+        enabled=not args.disabled,
+    )
+    with ctx.engine() as engine:
+        problems = engine.policies.validate(spec)
+        if problems:
+            raise ValidationError(
+                f"policy {spec.name} was not saved: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                hint="fix these and run the command again; nothing was changed",
+            )
+        if spec.immutable_days > 0:
+            vms = [s["vm"] for s in spec.sources]
+            estimate = engine.policies.lock_space_estimate(
+                spec.target, vms, spec.immutable_days, spec.schedule
+            )
+            print(estimate.sentence(), file=sys.stderr)
+            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
+            if not args.yes:
+                raise SendenseError(
+                    f"policy {spec.name} was not saved: a {spec.immutable_days}-day lock "
+                    "cannot be shortened later",
+                    hint="read the estimate above and add --yes to confirm",
+                )
+        policy = engine.policies.add(spec, actor="cli")
+        data = policy_dict(engine, policy)
+    if ctx.json:
+        ctx.print_json(data)
+    else:
+        print(f"policy {policy.name} saved; next run {data['next_run_at']:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        rows = [policy_dict(engine, p) for p in engine.policies.list()]
+        now = engine.clock.now()
+    if ctx.json:
+        ctx.print_json(rows)
+        return 0
+    if not rows:
+        print("no policies (add one: sendense policy add --help)")
+        return 0
+    print(
+        table(
+            [
+                [
+                    r["name"],
+                    "on" if r["enabled"] else "off",
+                    r["schedule"],
+                    r["target"],
+                    short_time(r["next_run_at"], now) if r["enabled"] else "-",
+                    r["last_result"] or "never run",
+                    r["compliance"],
+                ]
+                for r in rows
+            ],
+            ["NAME", "ON", "SCHEDULE", "TARGET", "NEXT RUN", "LAST", "3-2-1"],
+        )
+    )
+    return 0
+
+
+def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    from engine.services.policies import next_runs
+
+    with ctx.engine() as engine:
+        policy = engine.policies.get(args.name)
+        data = policy_dict(engine, policy)
+        data["next_runs"] = next_runs(policy.schedule, engine.clock.now(), 5)
+        reports = [engine.compliance.report(s["vm"]).as_dict() for s in policy.sources]
+        data["compliance_detail"] = reports
+    if ctx.json:
+        ctx.print_json(data)
+        return 0
+    for key in (
+        "name",
+        "enabled",
+        "schedule",
+        "target",
+        "full_every",
+        "full_weekday",
+        "retention",
+        "copy_rules",
+        "verify_after",
+        "immutable_days",
+        "last_run_at",
+        "last_result",
+    ):
+        value = data[key]
+        print(f"{key + ':':16} {'-' if value in (None, []) else value}")
+    print("sources:")
+    for s in data["sources"]:
+        for d in s["disks"]:
+            print(f"  {s['vm']}:{d['name']} = {d['source']}")
+    print("next runs (UTC):")
+    for when in data["next_runs"]:
+        print(f"  {when:%a %Y-%m-%d %H:%M}")
+    for report in reports:
+        print(f"3-2-1 {report['vm']}: {report['badge']}")
+        for s in report["shortfalls"] + report["strict_shortfalls"]:
+            print(f"  - {s}")
+    return 0
+
+
+def run_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine(start=args.wait) as engine:
+        job = engine.policies.run_now(args.name, actor="cli")
+        if not args.wait:
+            if ctx.json:
+                ctx.print_json({"job_id": job.id, "state": job.state})
+            else:
+                print(f"queued job {job.id}: {job.title} (the console or the daemon runs it)")
+            return 0
+        while True:
+            job = engine.job_store.get(job.id)
+            if job.state in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.2)
+    if ctx.json:
+        ctx.print_json(
+            {"job_id": job.id, "state": job.state, "error": job.error, "result": job.result}
+        )
+    else:
+        print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+        if job.result and job.result.get("retention"):
+            print(f"retention: {job.result['retention']}")
+    return 0 if job.state == "succeeded" else 1
+
+
+def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        plan = engine.policies.preview(args.name)
+        result = None
+        if args.apply:
+            result = engine.policies.apply_retention(args.name, force=args.force, actor="cli")
+    if ctx.json:
+        data = plan.as_dict()
+        if result is not None:
+            data["applied"] = result.as_dict()
+        ctx.print_json(data)
+        return 0
+    print(plan.sentence())
+    rows = [
+        [
+            f"#{d.backup_id}",
+            f"{d.vm}/{d.disk}",
+            f"{d.point_time:%Y-%m-%d %H:%M}",
+            d.kind,
+            d.action.upper() if d.action != "keep" else "keep",
+            ("BLOCKED: " + d.blocked) if d.blocked else "; ".join(d.reasons),
+        ]
+        for d in plan.decisions
+    ]
+    if rows:
+        print(table(rows, ["POINT", "DISK", "TIME", "KIND", "ACTION", "WHY"]))
+    if not plan.merges_allowed:
+        print("merges are off: the target is immutable, chains go whole once unwanted")
+    if result is not None:
+        print(result.sentence())
+        for op, why in result.skipped:
+            print(f"  skipped {op.sentence()}: {why}")
+        for op, why in result.failed:
+            print(f"  FAILED {op.sentence()}: {why}")
+    elif plan.operations:
+        print("dry run: nothing was changed (add --apply to apply)")
+    return 0
+
+
+def toggle_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        policy = engine.policies.set_enabled(args.name, args.enabled, actor="cli")
+    print(f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}")
+    return 0
+
+
+def remove_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        engine.policies.remove(args.name, actor="cli")
+    print(f"policy {args.name} removed (its backups stay)")
+    return 0
