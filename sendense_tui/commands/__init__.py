@@ -23,6 +23,7 @@ from engine.config import Settings, load_settings, sqlite_url
 
 #: module names under sendense_tui.commands, in --help order
 GROUPS: list[str] = [
+    "repo",
     "jobs",
     "backup",
     "chain",

@@ -1,0 +1,281 @@
+"""``sendense repo list|add|show|test|remove`` (all with ``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Any
+
+from engine.catalog.models import Repository
+from engine.errors import SendenseError
+from engine.services.repositories import RepositorySpec, TestReport
+from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.format import human_bytes
+
+
+def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
+    """Everything about a repository except its secret."""
+    latest = engine.capacity_store.latest(repo.id)
+    return {
+        "id": repo.id,
+        "name": repo.name,
+        "kind": repo.kind,
+        "path": repo.path,
+        "server": repo.server,
+        "export": repo.export,
+        "options": repo.options,
+        "enabled": repo.enabled,
+        "state": repo.state,
+        "state_detail": repo.state_detail,
+        "last_seen_at": repo.last_seen_at,
+        "capacity_level": repo.capacity_level,
+        "capabilities": repo.capabilities,
+        "backups": engine.repository_store.backup_count(repo.id),
+        "total_bytes": latest.total_bytes if latest else None,
+        "used_bytes": latest.used_bytes if latest else None,
+        "free_bytes": latest.free_bytes if latest else None,
+        "has_password": bool(repo.secret),
+    }
+
+
+def report_dict(report: TestReport) -> dict[str, Any]:
+    return report.as_dict()
+
+
+def register(subparsers: Any) -> None:
+    parser = add_parser(subparsers, "repo", help="repositories: list, add, show, test, remove")
+    sub = parser.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
+    add_parser(sub, "list", help="every repository with its state and space").set_defaults(
+        func=list_repos
+    )
+    add = add_parser(sub, "add", help="test and add a repository (saved only if the test passes)")
+    add.add_argument("name")
+    add.add_argument("--type", dest="kind", choices=("local", "nfs", "cifs"), default="local")
+    add.add_argument("--path", default="", help="local: the directory")
+    add.add_argument("--create", action="store_true", help="local: create the directory")
+    add.add_argument("--server", default="", help="nfs/cifs: host name or IP address")
+    add.add_argument("--export", default="", help="nfs: export path")
+    add.add_argument("--share", default="", help="cifs: share name")
+    add.add_argument("--port", type=int, default=None)
+    add.add_argument("--nfs-version", default="4.1")
+    add.add_argument("--mount-options", default="")
+    add.add_argument("--user", default="", help="cifs: user name")
+    add.add_argument("--domain", default="")
+    add.add_argument("--smb-version", default="3.0")
+    add.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="cifs: read the password from this environment variable (else it is asked)",
+    )
+    add.add_argument(
+        "--disabled", action="store_true", help="save it disabled even if the test fails"
+    )
+    add.set_defaults(func=add_repo)
+    show = add_parser(sub, "show", help="one repository in detail, with capacity")
+    show.add_argument("name")
+    show.set_defaults(func=show_repo)
+    test = add_parser(sub, "test", help="test a repository now (mount, write, capacity)")
+    test.add_argument("name")
+    test.set_defaults(func=test_repo)
+    remove = add_parser(sub, "remove", help="remove a repository (refused while it holds backups)")
+    remove.add_argument("name")
+    remove.add_argument(
+        "--force", action="store_true", help="even if it holds backups (audited; files stay)"
+    )
+    remove.set_defaults(func=remove_repo)
+
+
+def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        repos = engine.repositories.list()
+        for repo in repos:
+            if repo.enabled:
+                engine.capacity.sample(repo)  # network ones time out in a worker
+        data = [repo_dict(r, engine) for r in repos]
+        where = {r.id: engine.repositories.describe_location(r) for r in repos}
+    if ctx.json:
+        ctx.print_json(data)
+        return 0
+    if not data:
+        print("no repositories (sendense repo add NAME --path DIR)")
+        return 0
+    rows = [
+        [
+            d["name"],
+            d["kind"],
+            where[d["id"]],
+            d["state"] if d["enabled"] else "disabled",
+            f"{human_bytes(d['used_bytes'])}/{human_bytes(d['total_bytes'])}"
+            if d["total_bytes"]
+            else "-",
+            human_bytes(d["free_bytes"]) if d["free_bytes"] is not None else "-",
+            str(d["backups"]),
+        ]
+        for d in data
+    ]
+    print(table(rows, ["NAME", "TYPE", "WHERE", "STATE", "USED/TOTAL", "FREE", "BACKUPS"]))
+    return 0
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.kind != "cifs":
+        return ""
+    if args.password_env:
+        if args.password_env not in os.environ:
+            raise SendenseError(f"environment variable {args.password_env} is not set")
+        return os.environ[args.password_env]
+    if not sys.stdin.isatty():
+        raise SendenseError(
+            "a CIFS repository needs a password",
+            hint="pass --password-env VAR (the password is never taken on the command line)",
+        )
+    return getpass.getpass(f"password for {args.user}@{args.server}: ")
+
+
+def add_repo(args: argparse.Namespace, ctx: CliContext) -> int:
+    spec = RepositorySpec(
+        name=args.name,
+        kind=args.kind,
+        path=args.path,
+        create=args.create,
+        server=args.server,
+        export=args.share if args.kind == "cifs" else args.export,
+        port=args.port,
+        nfs_version=args.nfs_version,
+        mount_options=args.mount_options,
+        username=args.user,
+        password=_password(args),
+        domain=args.domain,
+        smb_version=args.smb_version,
+    )
+    with ctx.engine() as engine:
+        report = engine.repositories.test(spec)
+        if not report.ok and not args.disabled:
+            if ctx.json:
+                ctx.print_json({"saved": False, "test": report_dict(report)})
+            else:
+                _print_report(report)
+                print(f"repository {args.name} was not saved (add --disabled to keep it anyway)")
+            return 1
+        repo = engine.repositories.add(spec, test=False, enabled=report.ok, actor=_actor())
+        data = repo_dict(repo, engine)
+    if ctx.json:
+        ctx.print_json({"saved": True, "test": report_dict(report), "repository": data})
+    else:
+        _print_report(report)
+        print(f"repository {repo.name} saved{'' if repo.enabled else ' (disabled)'}")
+    return 0
+
+
+def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        repo = engine.repositories.get(args.name)
+        data = repo_dict(repo, engine)
+        data["location"] = engine.repositories.describe_location(repo)
+        [item] = [i for i in engine.capacity.overview(measure=True) if i.repository.id == repo.id]
+        fc, b, th = item.forecast, item.breakdown, item.thresholds
+        if item.reading is not None and item.reading.error is None:
+            data.update(
+                total_bytes=item.reading.total,
+                used_bytes=item.reading.used,
+                free_bytes=item.reading.free,
+                used_percent=round(item.reading.percent, 2),
+            )
+        data["thresholds"] = {
+            "warning": th.warning,
+            "critical": th.critical,
+            "full": th.full,
+            "min_free_bytes": th.min_free,
+        }
+        data["forecast"] = {
+            "trend": fc.trend,
+            "growth_bytes_per_day": fc.growth_per_day,
+            "days_until_full": fc.days_until_full,
+            "full_at": fc.full_at,
+        }
+        data["space"] = {
+            "used_by_backups": b.used,
+            "reclaimable_now": b.reclaimable_now,
+            "reclaimable_later": b.reclaimable_later,
+            "reclaimable_later_at": b.reclaimable_later_at,
+            "locked": b.locked,
+            "locked_until": b.locked_until,
+        }
+        data["shares_filesystem_with"] = item.shared_with
+    if ctx.json:
+        ctx.print_json(data)
+        return 0
+    print(f"{data['name']} ({data['kind']}) {data['location']}")
+    print(
+        f"  state      {data['state'] if data['enabled'] else 'disabled'}"
+        + (f": {data['state_detail']}" if data["state_detail"] else "")
+    )
+    if data.get("total_bytes"):
+        print(
+            f"  space      {human_bytes(data['used_bytes'])} used, "
+            f"{human_bytes(data['free_bytes'])} free of {human_bytes(data['total_bytes'])}"
+            f" ({data.get('used_percent', 0):.1f} % of used+free), level {data['capacity_level']}"
+        )
+    print(f"  forecast   {fc.describe()}")
+    print(
+        f"  backups    {data['backups']}; reclaimable now {human_bytes(b.reclaimable_now)}, "
+        f"later {human_bytes(b.reclaimable_later)}, locked {human_bytes(b.locked)}"
+    )
+    caps = data["capabilities"] or {}
+    if caps:
+        print(
+            f"  filesystem {caps.get('fs_type')}, "
+            f"immutable {'yes' if caps.get('immutable') else 'no'}, "
+            f"reflink {'yes' if caps.get('reflink') else 'no'}"
+        )
+    if item.shared_with:
+        print(f"  shares its filesystem with {', '.join(item.shared_with)}")
+    return 0
+
+
+def test_repo(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        report = engine.repositories.test_repository(args.name)
+    if ctx.json:
+        ctx.print_json(report_dict(report))
+    else:
+        _print_report(report)
+    return 0 if report.ok else 1
+
+
+def remove_repo(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        engine.repositories.remove(args.name, force=args.force, actor=_actor())
+    if ctx.json:
+        ctx.print_json({"removed": args.name})
+    else:
+        print(f"repository {args.name} removed")
+    return 0
+
+
+def _print_report(report: TestReport) -> None:
+    for step in report.steps:
+        print(
+            f"  {'ok ' if step.ok else 'FAIL'} {step.name.replace('_', ' ')}"
+            + (f": {step.detail}" if step.detail and step.ok else "")
+        )
+    if report.ok:
+        caps = report.capabilities
+        print(
+            f"  capacity found: {human_bytes(report.total)} total, {human_bytes(report.free)} free"
+            f"; {caps.get('fs_type', '?')}, immutable {'yes' if caps.get('immutable') else 'no'}, "
+            f"reflink {'yes' if caps.get('reflink') else 'no'}"
+        )
+    else:
+        print(f"  {report.error}")
+        if report.hint:
+            print(f"  -> {report.hint}")
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"

@@ -1,0 +1,113 @@
+"""`sendense repo list|add|show|test|remove`, text and --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(
+    state: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sendense_tui.cli", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_add_list_show_test_remove(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    target = tmp_path / "repo1"
+    done = cli(state, "repo", "add", "r1", "--path", str(target), "--create")
+    assert done.returncode == 0, done.stderr
+    assert "ok  write: wrote, fsynced, read back and removed" in done.stdout
+    assert "repository r1 saved" in done.stdout
+
+    listed = json.loads(cli(state, "repo", "list", "--json").stdout)
+    assert [(r["name"], r["kind"], r["state"]) for r in listed] == [("r1", "local", "ready")]
+    assert listed[0]["total_bytes"] > 0
+
+    shown = json.loads(cli(state, "repo", "show", "r1", "--json").stdout)
+    assert shown["location"] == str(target)
+    assert set(shown["space"]) == {
+        "used_by_backups",
+        "reclaimable_now",
+        "reclaimable_later",
+        "reclaimable_later_at",
+        "locked",
+        "locked_until",
+    }
+    assert shown["forecast"]["trend"] in ("not enough history", "not growing", "growing")
+
+    tested = json.loads(cli(state, "repo", "test", "r1", "--json").stdout)
+    assert tested["ok"] is True
+
+    removed = cli(state, "repo", "remove", "r1")
+    assert removed.returncode == 0 and "repository r1 removed" in removed.stdout
+    assert json.loads(cli(state, "repo", "list", "--json").stdout) == []
+
+
+def test_add_refused_for_missing_path_exit_code_and_message(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = cli(state, "repo", "add", "bad", "--path", str(tmp_path / "nope"))
+    assert done.returncode == 1
+    assert f"{tmp_path}/nope does not exist" in done.stdout
+    assert "was not saved" in done.stdout
+    as_json = json.loads(cli(state, "repo", "add", "bad", "--path", "/x/y", "--json").stdout)
+    assert as_json["saved"] is False and as_json["test"]["reason"] == "not_found"
+
+
+def test_cifs_password_only_from_environment_and_never_printed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = cli(
+        state,
+        "repo",
+        "add",
+        "smb",
+        "--type",
+        "cifs",
+        "--server",
+        "127.0.0.1",
+        "--port",
+        "1",
+        "--share",
+        "backups",
+        "--user",
+        "bk",
+        "--password-env",
+        "SMBPW",
+        "--disabled",
+        "--json",
+        env={"SMBPW": "Hunter2-secret"},
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["saved"] is True and out["repository"]["enabled"] is False
+    assert out["repository"]["has_password"] is True
+    assert "Hunter2" not in done.stdout + done.stderr
+    assert "unreachable on port 1" in out["test"]["error"]
+    no_pw = cli(
+        state,
+        "repo",
+        "add",
+        "smb2",
+        "--type",
+        "cifs",
+        "--server",
+        "h",
+        "--share",
+        "s",
+        "--user",
+        "u",
+    )
+    assert no_pw.returncode != 0 and "--password-env" in no_pw.stderr
