@@ -19,6 +19,8 @@ from sendense_tui.screens.base import SendenseScreen  # noqa: E402
 SIZE = (120, 36)
 SHOTS: dict[str, tuple[str, ...]] = {
     "dashboard": (),
+    "repositories": ("2",),
+    "capacity": ("3",),
     "jobs": ("6",),
     "events": ("8",),
     "help": ("6", "question_mark"),
