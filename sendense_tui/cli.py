@@ -45,7 +45,7 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     engine = Engine(ctx.settings)
     try:
         engine.open()
-        engine.start()
+        engine.start(run_scheduler=True)
         app = SendenseApp(engine)
         app.run()
         return int(app.return_code or 0)

@@ -18,6 +18,7 @@ from sendense_tui.screens.chains import ChainsScreen
 from sendense_tui.screens.dashboard import DashboardScreen
 from sendense_tui.screens.events import EventsScreen
 from sendense_tui.screens.jobs import JobsScreen
+from sendense_tui.screens.policies import PoliciesScreen
 from sendense_tui.screens.repositories import RepositoriesScreen
 from sendense_tui.screens.restore import RestoreScreen
 
@@ -27,9 +28,7 @@ SCREENS: dict[str, Callable[[], Screen[object]]] = {
     "repositories": RepositoriesScreen,
     "capacity": CapacityScreen,
     "chains": ChainsScreen,
-    "policies": placeholder(
-        "policies", "Backup schedules, retention, copies to other repositories and locking."
-    ),
+    "policies": PoliciesScreen,
     "jobs": JobsScreen,
     "restore": RestoreScreen,
     "events": EventsScreen,
