@@ -13,13 +13,14 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from engine.config import Settings, load_settings, sqlite_url
+from engine.errors import SendenseError
 
 #: module names under sendense_tui.commands, in --help order
 GROUPS: list[str] = [
@@ -114,6 +115,10 @@ class CliContext:
         engine = Engine(self.settings)
         try:
             engine.open()
+            # The same embedded default the console starts with, so a newcomer's
+            # first `sendense backup run --repo local ...` has somewhere to go.
+            with suppress(OSError, SendenseError):
+                engine.repositories.ensure_default(engine.settings.default_repository)
             if start:
                 engine.start()
             yield engine
