@@ -74,7 +74,6 @@ from engine.services.chains import (
 )
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
-from engine.tools.qemu_img_extra import rebase_with_progress
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +609,9 @@ class BackupService:
                 if stopper():  # cancelled while planning: stop before the long part
                     assert stopper.reason is not None
                     raise stopper.reason
-                rebase_with_progress(tmp, parent_name, on_progress=progress, should_stop=stopper)
+                qemu_img.rebase_with_progress(
+                    tmp, parent_name, on_progress=progress, should_stop=stopper
+                )
                 if parent_hash is not None and parent_hash.result() != parent.checksum:
                     raise _BaseChanged(
                         parent,

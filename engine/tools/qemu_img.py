@@ -1,5 +1,8 @@
 """qemu-img: create, inspect, check, convert, commit, rebase, measure, map, compare.
 
+``convert`` and ``rebase_with_progress`` share one runner that parses ``-p`` progress
+and handles cancel and timeout.
+
 Every call has a timeout; read-only queries (info, map, measure) pass ``-U``
 (force-share) so they work while a backup job or qemu-nbd holds the image.
 ``check`` and ``compare`` do not: checking or comparing an image that is being
@@ -409,7 +412,43 @@ def convert(
     args += _opts(opts)
     args += [*extra_args, str(src), str(dst)]
 
-    proc = start(args)
+    _run_with_progress(
+        args,
+        image=src,
+        dest=dst,
+        fmt=src_fmt,
+        cancelled=f"copy into {dst} was cancelled; the partial file is left in place",
+        timed_out=f"qemu-img convert into {dst} did not finish within {timeout:g} s and was stopped"
+        if timeout is not None
+        else "",
+        on_progress=on_progress,
+        should_stop=should_stop,
+        timeout=timeout,
+        poll_interval=poll_interval,
+    )
+
+
+def _run_with_progress(
+    args: Sequence[str],
+    *,
+    image: PathLike,
+    dest: PathLike | None,
+    fmt: str | None = None,
+    cancelled: str,
+    timed_out: str,
+    on_progress: Callable[[float], None] | None,
+    should_stop: Callable[[], bool] | None,
+    timeout: float | None,
+    poll_interval: float = 0.1,
+) -> None:
+    """Run a ``qemu-img … -p`` command, feeding its ``(NN.NN/100%)`` lines to ``on_progress``.
+
+    ``on_progress`` is called from the calling thread. ``should_stop()`` is polled every
+    ``poll_interval``; True kills the process and raises ToolCancelled(``cancelled``).
+    Past ``timeout`` seconds (None: no limit) it is killed and ToolTimeout(``timed_out``)
+    raised. A non-zero exit raises the specific QemuImgError for its stderr.
+    """
+    proc = start(list(args))
     assert proc.stdout is not None and proc.stderr is not None
     err_chunks: list[bytes] = []
     err_thread = threading.Thread(
@@ -438,15 +477,12 @@ def convert(
     out_thread.start()
 
     def flush_progress() -> None:
-        if on_progress is None:
-            with lock:
-                percents.clear()
-            return
         with lock:
             pending = percents[:]
             percents.clear()
-        for p in pending:
-            on_progress(p)
+        if on_progress is not None:
+            for p in pending:
+                on_progress(p)
 
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -459,15 +495,11 @@ def convert(
             flush_progress()
             if should_stop is not None and should_stop():
                 _kill(proc)
-                raise ToolCancelled(
-                    f"copy into {dst} was cancelled; the partial file is left in place",
-                    program="qemu-img",
-                )
+                raise ToolCancelled(cancelled, program="qemu-img")
             if deadline is not None and time.monotonic() > deadline:
                 _kill(proc)
                 raise ToolTimeout(
-                    f"qemu-img convert into {dst} did not finish within {timeout:g} s "
-                    "and was stopped",
+                    timed_out,
                     program="qemu-img",
                     hint="the source or the repository storage may be hung or very slow",
                 )
@@ -479,7 +511,7 @@ def convert(
     flush_progress()
     stderr = b"".join(err_chunks).decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise explain_stderr(stderr, image=str(src), dest=dst, fmt=src_fmt, rc=proc.returncode)
+        raise explain_stderr(stderr, image=str(image), dest=dest, fmt=fmt, rc=proc.returncode)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -537,6 +569,39 @@ def rebase(
     if timeout is None:
         timeout = QUERY_TIMEOUT if unsafe else DATA_TIMEOUT
     run([*args, str(path)], timeout=timeout, explain=_explain_for(path))
+
+
+def rebase_with_progress(
+    path: PathLike,
+    backing: str,
+    *,
+    backing_fmt: str = "qcow2",
+    on_progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Safe rebase of ``path`` onto ``backing``, copying the clusters that differ.
+
+    ``backing`` is written into the header as given (a plain file name is resolved in
+    ``path``'s directory). This is the incremental backup's "rebase trick": an empty
+    overlay over the source, safely rebased onto the previous restore point, ends up
+    holding exactly the changed clusters. It can take as long as reading the disk
+    twice, so it reports progress and can be cancelled like ``convert``;
+    ``timeout=None`` means no limit.
+    """
+    args = ["qemu-img", "rebase", "-p", "-b", backing, "-F", backing_fmt, str(path)]
+    _run_with_progress(
+        args,
+        image=path,
+        dest=path,
+        cancelled=f"rebase of {path} was cancelled",
+        timed_out=f"qemu-img rebase of {path} did not finish within {timeout:g} s"
+        if timeout is not None
+        else "",
+        on_progress=on_progress,
+        should_stop=should_stop,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------------
