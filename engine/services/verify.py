@@ -14,11 +14,8 @@ report names the copies of that point that are still good.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engine import hashing
 from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
 from engine.catalog.models import Copy, Repository
 from engine.catalog.repositories import RepositoryStore
@@ -54,57 +52,15 @@ def hash_file(
     on_bytes: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[str, int]:
-    """sha256 of a file and the bytes read. A reader thread keeps the disk busy while
-    the calling thread hashes (hashlib releases the GIL)."""
-    digest = hashlib.sha256()
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(3):
-        free.put(bytearray(read_size))
-    filled: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
-    stop = threading.Event()
-    fd = os.open(path, os.O_RDONLY)
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                buf = free.get()
-                if stop.is_set():
-                    break
-                n = os.readv(fd, [buf])
-                if n <= 0:
-                    break
-                filled.put((buf, n))
-        except BaseException as exc:
-            filled.put(exc)
-            return
-        filled.put(None)
-
-    thread = threading.Thread(target=reader, name="sendense-verify-read", daemon=True)
-    thread.start()
-    total = 0
-    try:
-        while True:
-            item = filled.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            buf, n = item
-            digest.update(memoryview(buf)[:n])
-            free.put(buf)
-            total += n
-            if on_bytes is not None:
-                on_bytes(n)
-            if should_stop is not None and should_stop():
-                raise VerifyStopped(f"verification of {path} was stopped")
-    finally:
-        stop.set()
-        free.put(bytearray(0))
-        thread.join()
-        os.close(fd)
-    return digest.hexdigest(), total
+    """sha256 of a file and the bytes read (engine.hashing.hash_file); a stop raises
+    VerifyStopped."""
+    return hashing.hash_file(
+        path,
+        read_size=read_size,
+        on_bytes=on_bytes,
+        should_stop=should_stop,
+        cancelled=lambda: VerifyStopped(f"verification of {path} was stopped"),
+    )
 
 
 @dataclass
