@@ -58,6 +58,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.fsutil import partial_path, publish
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import (
@@ -65,15 +66,12 @@ from engine.services.chains import (
     _reserve,
     allocated_bytes,
     free_bytes,
-    fsync_dir,
-    fsync_file,
-    human_bytes,
-    partial_name,
     repo_file,
     stamp,
 )
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
+from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +581,7 @@ class BackupService:
         directory = repo_file(repo, directory_rel)
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / name
-        tmp = directory / partial_name(name)
+        tmp = partial_path(final)
         try:
             if full_reason is not None:
                 qemu_img.convert(
@@ -626,9 +624,7 @@ class BackupService:
                     )
             if final.exists():
                 raise BackupError(f"{final} already exists; refusing to overwrite a backup")
-            fsync_file(tmp)
-            os.replace(tmp, final)
-            fsync_dir(directory)
+            publish(tmp, final)
         except JobCancelled:
             _discard(tmp)
             raise

@@ -38,10 +38,12 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.fsutil import durable_output, fsync_dir, fsync_file
 from engine.hashing import sha256_file
 from engine.safepath import is_within
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
+from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +59,8 @@ class LockedError(ChainError):
     """A file involved is locked (immutable) and cannot be changed or deleted."""
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def stamp(when: datetime) -> str:
     return when.strftime("%Y%m%dT%H%M%SZ")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def partial_name(name: str) -> str:
-    return f".{name}.partial"
 
 
 def allocated_bytes(path: Path) -> int:
@@ -614,10 +588,9 @@ class ChainService:
         self._check_room(repo, target_path)
         name = f"{target.position:04d}-full-{stamp(target.point_time)}.qcow2"
         final = directory / name
-        tmp = directory / partial_name(name)
         full = merged[0]
         compression = full.compression
-        try:
+        with durable_output(final) as tmp:
             qemu_img.convert(
                 target_path,
                 tmp,
@@ -626,13 +599,6 @@ class ChainService:
                 on_progress=on_progress,
                 should_stop=should_stop,
             )
-            fsync_file(tmp)
-            os.replace(tmp, final)
-            fsync_dir(directory)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
         # the next point now reads the same data from the new full: header only
         other_updates: dict[int, dict[str, Any]] = {}
         if following is not None:

@@ -42,7 +42,9 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.fsutil import fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +70,6 @@ class CopyNoSpace(CopyError):
 
 class SourceChecksumMismatch(CopyError):
     """The source file does not match its recorded checksum (bit rot or a changed file)."""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------
@@ -117,18 +111,6 @@ class FileCopyResult:
     size: int
     cloned: bool
     resumed_from: int
-
-
-def partial_path(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.partial")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _hash_prefix(fd: int, length: int, chunk_size: int) -> Any:

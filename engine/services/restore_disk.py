@@ -10,8 +10,6 @@ at least as large as the disk.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +20,12 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
-from engine.services.chains import fsync_dir, fsync_file, human_bytes, partial_name, repo_file
+from engine.services.chains import repo_file
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
+from engine.units import human_bytes
 
 FORMATS = ("raw", "qcow2")
 
@@ -206,8 +206,7 @@ class DiskRestoreService:
     def _to_file(
         self, source: Path, target: Path, fmt: str, progress: Any, should_stop: Any
     ) -> None:
-        tmp = target.parent / partial_name(target.name)
-        try:
+        with durable_output(target) as tmp:
             qemu_img.convert(
                 source,
                 tmp,
@@ -216,13 +215,6 @@ class DiskRestoreService:
                 on_progress=progress,
                 should_stop=should_stop,
             )
-            fsync_file(tmp)
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
 
     def _to_nbd(
         self, source: Path, target: str, size: int, progress: Any, should_stop: Any
