@@ -15,9 +15,8 @@ from typing import Any
 
 from engine.services.backup import DiskSource
 from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
 from sendense_tui.format import human_bytes, short_time
-
-FINAL_STATES = ("succeeded", "failed", "cancelled", "paused")
 
 
 def register(subparsers: Any) -> None:
@@ -77,7 +76,7 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             pct = f"{100 * d / t:5.1f}%" if t else "  ?  "
             sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {event.message[:40]}")
             sys.stderr.flush()
-        elif event.kind.startswith("job.") and event.kind[4:] in FINAL_STATES:
+        elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
             done.set()
         elif event.kind in ("backup.new_full", "chain.broken", "backup.failed") and not ctx.json:
             sys.stderr.write(f"\n{event.level.upper()}: {event.message}\n")
@@ -87,7 +86,7 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         engine.start()
         while not done.wait(0.5):
             job = engine.job_store.get(job_id)
-            if job.state in FINAL_STATES:
+            if job.state in WAIT_ENDS:
                 break
     finally:
         unsubscribe()
@@ -110,11 +109,7 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
             actor="cli",
         )
         if args.no_wait:
-            if ctx.json:
-                ctx.print_json({"job_id": job.id, "state": job.state})
-            else:
-                print(f"queued job {job.id}: {job.title}")
-            return 0
+            return print_queued(ctx, job)
         final = wait_for_job(engine, job.id, ctx)
     if ctx.json:
         ctx.print_json(

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 from engine.catalog.models import Copy, CopyRule
 from engine.config import parse_size
 from engine.errors import ValidationError
 from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
 from sendense_tui.format import human_bytes, short_time
-
-FINAL = ("succeeded", "failed", "cancelled", "paused")
 
 
 def rule_dict(rule: CopyRule, repos: dict[int, Any] | None = None) -> dict[str, Any]:
@@ -166,60 +164,6 @@ def remove_rule(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
-    """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
-    if not show:
-        while (job := engine.job_store.get(job_id)).state not in FINAL:
-            time.sleep(0.2)
-        return job
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as bar:
-        job = engine.job_store.get(job_id)
-        task = bar.add_task(job.title[:40], total=job.bytes_total or None)
-        while True:
-            job = engine.job_store.get(job_id)
-            bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
-            if job.state in FINAL:
-                return job
-            time.sleep(0.2)
-
-
-def report_job(ctx: CliContext, job: Any) -> int:
-    data = {
-        "job_id": job.id,
-        "state": job.state,
-        "error": job.error,
-        "result": job.result,
-        "bytes_done": job.bytes_done,
-        "bytes_total": job.bytes_total,
-    }
-    if ctx.json:
-        ctx.print_json(data)
-    elif job.state == "succeeded":
-        print(f"job {job.id} finished: {job.title}")
-        for key, value in (job.result or {}).items():
-            if not isinstance(value, list | dict):
-                print(f"  {key}: {value}")
-    else:
-        print(f"job {job.id} {job.state}: {job.error or job.title}", file=sys.stderr)
-    return 0 if job.state == "succeeded" else 1
-
-
 def run_copy(args: argparse.Namespace, ctx: CliContext) -> int:
     if (args.rule is None) == (args.copy_id is None):
         raise ValidationError("give a rule name, or --copy ID to re-run a failed copy")
@@ -229,11 +173,7 @@ def run_copy(args: argparse.Namespace, ctx: CliContext) -> int:
         else:
             job = engine.copies.run_rule(args.rule, actor="cli")
         if args.no_wait:
-            if ctx.json:
-                ctx.print_json({"job_id": job.id, "state": job.state})
-            else:
-                print(f"queued job {job.id}: {job.title}")
-            return 0
+            return print_queued(ctx, job)
         job = wait_with_progress(engine, job.id, show=sys.stdout.isatty() and not ctx.json)
         return report_job(ctx, job)
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from typing import Any
 
+from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
 from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.format import human_bytes, human_duration, human_rate, percent, short_time
+
+#: job states that end a command's wait (a paused job waits for someone to resume it)
+WAIT_ENDS = (*FINAL_STATES, "paused")
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -29,6 +35,69 @@ def job_dict(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
+
+
+def print_queued(ctx: CliContext, job: Any) -> int:
+    """What ``--no-wait`` prints once a job is queued; returns the exit code 0."""
+    if ctx.json:
+        ctx.print_json({"job_id": job.id, "state": job.state})
+    else:
+        print(f"queued job {job.id}: {job.title}")
+    return 0
+
+
+def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
+    """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
+    if not show:
+        while (job := engine.job_store.get(job_id)).state not in WAIT_ENDS:
+            time.sleep(0.2)
+        return job
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        job = engine.job_store.get(job_id)
+        task = bar.add_task(job.title[:40], total=job.bytes_total or None)
+        while True:
+            job = engine.job_store.get(job_id)
+            bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
+            if job.state in WAIT_ENDS:
+                return job
+            time.sleep(0.2)
+
+
+def report_job(ctx: CliContext, job: Any) -> int:
+    data = {
+        "job_id": job.id,
+        "state": job.state,
+        "error": job.error,
+        "result": job.result,
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+    }
+    if ctx.json:
+        ctx.print_json(data)
+    elif job.state == "succeeded":
+        print(f"job {job.id} finished: {job.title}")
+        for key, value in (job.result or {}).items():
+            if not isinstance(value, list | dict):
+                print(f"  {key}: {value}")
+    else:
+        print(f"job {job.id} {job.state}: {job.error or job.title}", file=sys.stderr)
+    return 0 if job.state == "succeeded" else 1
 
 
 def register(subparsers: Any) -> None:

@@ -1,7 +1,8 @@
 """``sendense restore disk``: write a whole restore point out as a disk.
 
 The ``restore`` group is shared with file-level restore (``restore_files``):
-``register`` adds ``disk`` to an existing group or creates the group.
+``register`` adds ``disk`` to an existing group or creates the group; both
+modules find or create it with :func:`restore_group`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.format import human_bytes
 
 
-def _group(subparsers: Any) -> Any:
+def restore_group(subparsers: Any) -> Any:
+    """The ``restore`` group's subparsers action, creating the group if needed."""
     parser = subparsers.choices.get("restore")
     if parser is None:
         parser = add_parser(subparsers, "restore", help="restore disks and files from backups")
@@ -27,7 +29,7 @@ def _group(subparsers: Any) -> Any:
 
 
 def register(subparsers: Any) -> None:
-    add_subcommands(_group(subparsers))
+    add_subcommands(restore_group(subparsers))
 
 
 def add_subcommands(sub: Any) -> None:

@@ -18,23 +18,12 @@ from typing import Any
 
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands.restore import restore_group
 from sendense_tui.format import human_bytes, human_duration
 
 
-def _group(subparsers: Any) -> Any:
-    """The ``restore`` group's subparsers action, creating the group if needed."""
-    parser = subparsers.choices.get("restore")
-    if parser is None:
-        parser = add_parser(subparsers, "restore", help="restore disks and files from backups")
-        return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="restore_command", metavar="ACTION", required=True)
-
-
 def register(subparsers: Any) -> None:
-    add_subcommands(_group(subparsers))
+    add_subcommands(restore_group(subparsers))
 
 
 def add_subcommands(sub: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.commands.copy import report_job, wait_with_progress
+from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
 
 
 def register(subparsers: Any) -> None:
@@ -38,11 +38,7 @@ def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine(start=not args.no_wait) as engine:
         job = engine.verifier.submit(scope, ref, include_copies=not args.no_copies, actor="cli")
         if args.no_wait:
-            if ctx.json:
-                ctx.print_json({"job_id": job.id, "state": job.state})
-            else:
-                print(f"queued job {job.id}: {job.title}")
-            return 0
+            return print_queued(ctx, job)
         job = wait_with_progress(engine, job.id, show=sys.stdout.isatty() and not ctx.json)
         return report_job(ctx, job)
 
