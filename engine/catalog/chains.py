@@ -106,19 +106,21 @@ class ChainStore:
             return backup
 
     def locate(self, backup_id: int) -> tuple[Backup, Chain, Repository]:
-        """A backup with its chain and repository."""
+        """A backup with its chain and repository (one query)."""
+        query = (
+            select(Backup, Chain, Repository)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .join(Repository, Chain.repository_id == Repository.id)
+            .where(Backup.id == backup_id)
+        )
         with self.catalog.session() as session:
-            backup = session.get(Backup, backup_id)
-            if backup is None:
+            row = session.execute(query).first()
+            if row is None:
                 raise NotFoundError(
                     f"restore point {backup_id} does not exist",
                     hint="`sendense backup list` shows the restore points",
                 )
-            chain = session.get(Chain, backup.chain_id)
-            assert chain is not None
-            repo = session.get(Repository, chain.repository_id)
-            assert repo is not None
-            return backup, chain, repo
+            return row[0], row[1], row[2]
 
     def backups(self, chain_id: int, *, include_deleted: bool = False) -> list[Backup]:
         """A chain's backups in chain order (full first)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
 from engine.errors import NotFoundError, ValidationError
@@ -67,6 +68,8 @@ def _source(backup: Backup, chain: Chain) -> SourceBackup:
 class CopyStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        #: backup and chain lookups shared with the chain manager
+        self.chains = ChainStore(catalog)
 
     # -- rules -----------------------------------------------------------------
 
@@ -152,16 +155,8 @@ class CopyStore:
             return [_source(b, c) for b, c in session.execute(query)]
 
     def source_backup(self, backup_id: int) -> SourceBackup:
-        query = (
-            select(Backup, Chain)
-            .join(Chain, Backup.chain_id == Chain.id)
-            .where(Backup.id == backup_id)
-        )
-        with self.catalog.session() as session:
-            row = session.execute(query).one_or_none()
-        if row is None:
-            raise NotFoundError(f"backup {backup_id} does not exist")
-        return _source(row[0], row[1])
+        backup, chain, _repo = self.chains.locate(backup_id)
+        return _source(backup, chain)
 
     def chain_backups(self, chain_id: int) -> list[SourceBackup]:
         query = (
@@ -174,16 +169,9 @@ class CopyStore:
             return [_source(b, c) for b, c in session.execute(query)]
 
     def all_backups(self, *, repository_id: int | None = None) -> list[SourceBackup]:
-        query = (
-            select(Backup, Chain)
-            .join(Chain, Backup.chain_id == Chain.id)
-            .where(Backup.state.in_(("complete", "bad")))
-            .order_by(Chain.repository_id, Chain.id, Backup.position)
-        )
-        if repository_id is not None:
-            query = query.where(Chain.repository_id == repository_id)
-        with self.catalog.session() as session:
-            return [_source(b, c) for b, c in session.execute(query)]
+        """Restore points (complete or bad), repository by repository, chain order."""
+        found = [_source(b, c) for b, c in self.chains.list_backups(repository_id=repository_id)]
+        return sorted(found, key=lambda s: (s.repository_id, s.chain_id, s.position))
 
     def set_backup_verified(
         self, backup_id: int, verify_state: str, at: datetime, *, mark_bad: bool = False

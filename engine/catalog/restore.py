@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, NbdExport, Repository, RestoreMount
 from engine.errors import NotFoundError
@@ -55,24 +56,13 @@ def _location(backup: Backup, chain: Chain, repo: Repository) -> PointLocation:
 class RestoreStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        #: backup and chain lookups shared with the chain manager
+        self.chains = ChainStore(catalog)
 
     # -- restore points ----------------------------------------------------------
 
     def locate(self, backup_id: int) -> PointLocation:
-        query = (
-            select(Backup, Chain, Repository)
-            .join(Chain, Backup.chain_id == Chain.id)
-            .join(Repository, Chain.repository_id == Repository.id)
-            .where(Backup.id == backup_id)
-        )
-        with self.catalog.session() as session:
-            row = session.execute(query).first()
-            if row is None:
-                raise NotFoundError(
-                    f"restore point {backup_id} does not exist",
-                    hint="`sendense restore points` lists them",
-                )
-            return _location(*row)
+        return _location(*self.chains.locate(backup_id))
 
     def points(
         self, *, vm_name: str | None = None, disk_name: str | None = None
