@@ -180,6 +180,9 @@ class SendenseApp(App[int]):
             else:
                 screen.dismiss(None)
             return
+        if len(self.screen_stack) > 1:  # a page pushed on a section (copy rules)
+            self.pop_screen()
+            return
         if self.current_mode != self.DEFAULT_MODE:
             self.switch_mode(self.DEFAULT_MODE)
             return
@@ -189,6 +192,9 @@ class SendenseApp(App[int]):
         if isinstance(self.screen, HelpScreen):
             return
         title = SECTIONS.get(self.current_mode, (self.current_mode, ""))[0]
+        page = getattr(self.screen, "MODE", "")
+        if page and page != self.current_mode:  # a page pushed on the section
+            title += " / " + (self.screen.TITLE or page)
         self.push_screen(HelpScreen(title, rows_from_bindings(self.screen)))
 
     def action_refresh_now(self) -> None:

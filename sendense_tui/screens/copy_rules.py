@@ -1,8 +1,8 @@
 """Copy rules: the 3-2-1 routes, their health, and a form to add one with validation.
 
-A pushable screen (``app.push_screen(CopyRulesScreen())``), meant to become a tab
-of the Policies section. ``a`` opens the form, ``d`` removes the rule under the
-cursor (after a confirmation), ``r`` runs it now, ``q``/Esc goes back.
+Pushed from the Policies section (``c`` there, or "Copy rules" in the palette).
+Keys (see ``actions.py``): ``a`` opens the form, ``d`` removes the rule under the
+cursor (after a confirmation), ``n`` runs it now, ``q``/Esc goes back.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Select, Static
 
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
-from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.actions import bindings_for
+from sendense_tui.screens.base import NavBar, SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.tables import FlexTable, sync_rows
@@ -32,21 +32,21 @@ class RulesData:
 
 class CopyRulesScreen(SendenseScreen):
     MODE = "copy_rules"
+    TITLE = "Copy rules"
     CSS_PATH = STYLES_DIR / "copy_rules.tcss"
-    BINDINGS = [
-        Binding("a", "add", "Add rule"),
-        Binding("d", "remove", "Remove"),
-        Binding("r", "run", "Run now"),
-        Binding("escape", "close", "Back"),
-        Binding("q", "close", "Back", show=False),
-    ]
+    BINDINGS = bindings_for("copy_rules")
 
     def __init__(self) -> None:
         super().__init__()
         self._repos: list[str] = []
 
+    def compose(self) -> ComposeResult:
+        # a page of the Policies section: that section stays lit in the bar
+        for widget in super().compose():
+            yield NavBar("policies") if isinstance(widget, NavBar) else widget
+
     def compose_body(self) -> ComposeResult:
-        yield Static("Copy rules (3-2-1): a add · d remove · r run now · Esc back", id="title")
+        yield Static("Copy rules (3-2-1): a add · d remove · n run now · q back", id="title")
         yield FlexTable(
             [
                 ("name", "Rule", 14),

@@ -22,38 +22,53 @@ class HelpRow:
     description: str
 
 
+#: cursor moves of our own (j/k) join the widgets' keys on the navigation line
+_NAVIGATION_ACTIONS = ("cursor_down", "cursor_up")
+
+
 def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:
-    """One row per action bound on ``screen`` (its widgets, itself, the app).
+    """One row per command of the table bound on ``screen``: the screen's own
+    commands first, then those that work everywhere.
 
     Several keys for one action share a row; the number keys that switch
-    sections are folded into one row so the list fits a small terminal.
+    sections are folded into one row, and the keys of the focused widget (a
+    list's arrows, Page Up…) into one navigation line, so the help fits 80x24.
     """
     app = screen.app
-    grouped: dict[tuple[str, str], list[str]] = {}
+    table = {cmd.id: (index, cmd) for index, cmd in enumerate(COMMANDS)}
+    scope = getattr(screen, "MODE", "")
+    grouped: dict[str, list[str]] = {}
+    rank: dict[str, tuple[int, int, str]] = {}
     sections: list[str] = []
-    first_id: dict[tuple[str, str], str] = {}
+    navigation: list[str] = []
     for key, active in screen.active_bindings.items():
         binding: Binding = active.binding
-        description = active.tooltip or binding.tooltip or binding.description
-        if not description:
-            continue
         if binding.action.startswith("switch_mode(") or binding.action.startswith(
             "app.switch_mode("
         ):
             sections.append(f"{key} {binding.description}")
             continue
         shown = binding.key_display or app.get_key_display(binding)
-        first_id.setdefault((binding.action, description), binding.id or "")
-        grouped.setdefault((binding.action, description), [])
-        if shown not in grouped[(binding.action, description)]:
-            grouped[(binding.action, description)].append(shown)
-    order = {cmd.id: index for index, cmd in enumerate(COMMANDS)}
-    ranked = sorted(
-        grouped.items(), key=lambda item: order.get(first_id.get(item[0], ""), len(order))
-    )
-    rows = [HelpRow(", ".join(keys), description) for (_, description), keys in ranked]
+        found = table.get(binding.id or "")
+        if found is None or found[1].action in _NAVIGATION_ACTIONS:
+            # a widget's own key: only the plain ones (no Ctrl/Shift chords)
+            if "+" not in key and shown not in navigation:
+                navigation.append(shown)
+            continue
+        index, cmd = found
+        described = (0 if cmd.scope == scope else 1, index, cmd.help or cmd.description)
+        rank[binding.action] = min(rank.get(binding.action, described), described)
+        keys = grouped.setdefault(binding.action, [])
+        if shown not in keys:
+            keys.append(shown)
+    rows = [
+        HelpRow(", ".join(grouped[action]), rank[action][2])
+        for action in sorted(grouped, key=lambda action: rank[action][:2])
+    ]
     if sections:
         rows.append(HelpRow("1-8", "Go to a section: " + ", ".join(sections)))
+    if navigation:
+        rows.append(HelpRow("arrows…", "Move in the list: " + " ".join(navigation)))
     return rows
 
 

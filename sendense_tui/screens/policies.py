@@ -1,8 +1,9 @@
 """Policies: schedules, retention, locks and 3-2-1 at a glance, with an editor.
 
 List: name, schedule, target, next run, last result and the 3-2-1 badge of the
-policy's VMs. Keys: ``a`` add (the editor), ``r`` run now, ``p`` retention
-preview (what would go and why), ``x`` apply retention (after a confirmation).
+policy's VMs. Keys (see ``actions.py``): ``a`` add (the editor), ``n`` run now, ``p``
+retention preview (what would go and why), ``x`` apply retention (after a
+confirmation), ``c`` the copy rules (3-2-1 routes).
 
 The editor validates as you type: the cron expression is parsed and its next
 five runs shown; everything else (retention numbers, the target repository,
@@ -17,15 +18,16 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Static
 from textual.worker import WorkerState
 
 from engine.services.immutability import DOES_NOT_PROTECT, PROTECTS
 from engine.services.policies import PolicySpec, cron_error, next_runs
+from sendense_tui.actions import bindings_for
 from sendense_tui.format import short_time
 from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
@@ -57,13 +59,7 @@ class PoliciesData:
 class PoliciesScreen(SendenseScreen):
     MODE = "policies"
     CSS_PATH = STYLES_DIR / "policies.tcss"
-    BINDINGS = [
-        Binding("a", "add", "Add"),
-        Binding("r", "run", "Run now"),
-        Binding("p", "preview", "Preview retention"),
-        Binding("x", "apply", "Apply retention"),
-        Binding("escape", "close_form", "Close", show=False),
-    ]
+    BINDINGS = bindings_for("policies")
 
     def __init__(self) -> None:
         super().__init__()
@@ -240,6 +236,11 @@ class PoliciesScreen(SendenseScreen):
             editor.display = False
             self.query_one("#detail").display = True
             self.query_one("#policies", DataTable).focus()
+        else:
+            self.sendense.action_back()
+
+    def action_copy_rules(self) -> None:
+        self.app.push_screen(CopyRulesScreen())
 
     def _value(self, field: str) -> str:
         return self.query_one(f"#{field}", Input).value.strip()
