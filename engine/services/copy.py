@@ -44,6 +44,7 @@ from engine.errors import JobCancelled, NotFoundError, SendenseError, Validation
 from engine.events import Event, EventBus
 from engine.fsutil import fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+from engine.services.chains import repo_file
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -883,8 +884,8 @@ class CopyService:
                 rule_id=rule.id if rule else None,
                 job_id=ctx.job_id,
             )
-        src_path = _inside(Path(src_repo.path), b.path)
-        dst_path = _inside(Path(dst.path), b.path)
+        src_path = repo_file(src_repo, b.path)
+        dst_path = repo_file(dst, b.path)
         bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
         chunk = CHUNK_SIZE
         if bucket is not None:
@@ -1105,11 +1106,3 @@ class CopyService:
             repos[c.destination_repository_id].offsite for c in copies
         )
         return {"copies": 1 + len(copies), "devices": len(devices), "offsite": offsite}
-
-
-def _inside(root: Path, relative: str) -> Path:
-    """``root/relative``, refusing anything that would leave the root."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ValidationError(f"path {relative!r} leaves the repository root {root}")
-    return path
