@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.tools.base import Completed, ToolError, run
+from engine.tools.partitions import probe as _probe
 
 PathLike = str | Path
 
@@ -153,16 +154,7 @@ def partx_add(device: str) -> list[str]:
 
 
 def blkid(device: PathLike) -> dict[str, str]:
-    """What is on a device or image (TYPE, UUID, LABEL, …); empty when nothing is recognised."""
-    done = run(
-        ["blkid", "-p", "-o", "export", str(device)],
-        timeout=TIMEOUT,
-        ok_codes=(0, 2),
-        explain=_explain(f"probe {device}"),
-    )
-    result: dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            result[key] = value
-    return result
+    """What is on a device or image (TYPE, UUID, LABEL, …); empty when nothing is recognised.
+
+    The same probe file-level restore uses (engine.tools.partitions.probe)."""
+    return _probe(device)
