@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -161,31 +162,16 @@ def wait_for_socket(
     ``connect=False`` only waits for the socket file (qemu-nbd creates it once it
     listens): use it for a one-shot server that would exit after a probe connection.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise _died(process, what or str(path))
+
+    def ready() -> bool:
         if not connect:
-            if os.path.exists(path):
-                return
-            if time.monotonic() > deadline:
-                raise ToolTimeout(
-                    f"nothing listened on {path} within {timeout:g} s", program="qemu-nbd"
-                )
-            time.sleep(0.02)
-            continue
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(1.0)
-                s.connect(os.fspath(path))
-            return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise ToolTimeout(
-                f"nothing listened on {path} within {timeout:g} s", program="qemu-nbd"
-            )
-        time.sleep(0.02)
+            return os.path.exists(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(os.fspath(path))
+        return True
+
+    _wait_listening(ready, str(path), timeout=timeout, process=process, what=what)
 
 
 def wait_for_port(
@@ -197,17 +183,35 @@ def wait_for_port(
     what: str | None = None,
 ) -> None:
     """Wait until a TCP port accepts a connection (or the server process died)."""
+
+    def ready() -> bool:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+
+    _wait_listening(ready, f"{host}:{port}", timeout=timeout, process=process, what=what)
+
+
+def _wait_listening(
+    ready: Callable[[], bool],
+    shown: str,
+    *,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None,
+    what: str | None,
+) -> None:
+    """Poll ``ready()`` (an OSError counts as not ready) until it is True; raise the
+    server's own error if ``process`` dies first, ToolTimeout after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:
-            raise _died(process, what or f"{host}:{port}")
+            raise _died(process, what or shown)
         try:
-            with socket.create_connection((host, port), timeout=1.0):
+            if ready():
                 return
         except OSError:
             pass
         if time.monotonic() > deadline:
             raise ToolTimeout(
-                f"nothing listened on {host}:{port} within {timeout:g} s", program="qemu-nbd"
+                f"nothing listened on {shown} within {timeout:g} s", program="qemu-nbd"
             )
         time.sleep(0.02)
