@@ -37,6 +37,11 @@ def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:
     app = screen.app
     table = {cmd.id: (index, cmd) for index, cmd in enumerate(COMMANDS)}
     scope = getattr(screen, "MODE", "")
+    # a widget that takes one of the screen's keys first (Enter on a list) still
+    # ends in the screen's command (the screen acts on the widget's message)
+    own = {
+        key: table[cmd.id] for cmd in COMMANDS if cmd.scope == scope for key in cmd.keys.split(",")
+    }
     grouped: dict[str, list[str]] = {}
     rank: dict[str, tuple[int, int, str]] = {}
     sections: list[str] = []
@@ -49,7 +54,7 @@ def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:
             sections.append(f"{key} {binding.description}")
             continue
         shown = binding.key_display or app.get_key_display(binding)
-        found = table.get(binding.id or "")
+        found = table.get(binding.id or "") or own.get(key)
         if found is None or found[1].action in _NAVIGATION_ACTIONS:
             # a widget's own key: only the plain ones (no Ctrl/Shift chords)
             if "+" not in key and shown not in navigation:
@@ -57,8 +62,8 @@ def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:
             continue
         index, cmd = found
         described = (0 if cmd.scope == scope else 1, index, cmd.help or cmd.description)
-        rank[binding.action] = min(rank.get(binding.action, described), described)
-        keys = grouped.setdefault(binding.action, [])
+        rank[cmd.action] = min(rank.get(cmd.action, described), described)
+        keys = grouped.setdefault(cmd.action, [])
         if shown not in keys:
             keys.append(shown)
     rows = [

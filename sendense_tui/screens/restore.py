@@ -1,9 +1,11 @@
 """Restore: pick a restore point, mount it, browse, select files, extract; NBD exports.
 
-Left: restore points (VM, disk, time) and the mounts with their time before
-expiry. Right: the browser of the mount under the cursor (a path line and a
-listing with size and time; Enter opens a folder, Backspace goes up, Space
-marks), the destination box, and the NBD exports with their URI.
+Restore points (VM, disk, time, kind) beside the browser of the shown mount
+(a path line and a listing with size and time; Enter opens a folder, Backspace
+goes up, Space marks); on a terminal narrower than ``SIDE_BY_SIDE`` columns the
+browser goes below the points. Under them: the mounts with their time before
+expiry, the NBD exports with their URI, the destination box and the status line.
+Keys come from the command table (``actions.py``, scope "restore").
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from engine.catalog.restore import PointLocation
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
+from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, human_duration
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
@@ -40,19 +43,15 @@ class RestoreData:
     error: str = ""
 
 
+#: narrower than this, the browser goes below the restore points
+SIDE_BY_SIDE = 110
+NO_MOUNT = "no mount shown: pick a restore point and press m (or Enter)"
+
+
 class RestoreScreen(SendenseScreen):
     MODE = "restore"
     CSS_PATH = STYLES_DIR / "restore.tcss"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("m", "mount", "Mount"),
-        Binding("enter", "open", "Open", show=False),
-        Binding("backspace", "up", "Up", show=False),
-        Binding("space", "mark", "Mark"),
-        Binding("e", "extract", "Extract"),
-        Binding("u", "unmount", "Unmount"),
-        Binding("x", "stop_export", "Stop export"),
-        Binding("tab", "app.focus_next", "Next pane", show=False),
-    ]
+    BINDINGS = bindings_for("restore")
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,18 +63,18 @@ class RestoreScreen(SendenseScreen):
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="restore-main"):
             with Vertical(id="left"):
-                yield Static("Restore points", classes="title")
+                yield Static("Restore points · m mounts", classes="title")
                 yield FlexTable(
-                    [("vm", "VM", 10), ("disk", "Disk", 6), ("time", "Time", 16), ("kind", "", 4)],
+                    [
+                        ("vm", "VM", None),
+                        ("disk", "Disk", 6),
+                        ("time", "Time", 16),
+                        ("kind", "Kind", 4),
+                    ],
                     id="points",
                 )
-                yield Static("Mounted", classes="title")
-                yield FlexTable(
-                    [("point", "Point", None), ("fs", "FS", 10), ("expires", "Expires", 8)],
-                    id="mounts",
-                )
             with Vertical(id="right"):
-                yield Static("no mount selected: pick a point and press m", id="where")
+                yield Static(NO_MOUNT, id="where")
                 yield FlexTable(
                     [
                         ("mark", "", 1),
@@ -85,19 +84,34 @@ class RestoreScreen(SendenseScreen):
                     ],
                     id="files",
                 )
-                yield Input(placeholder="destination folder, e.g. /srv/restore", id="destination")
-                yield ProgressBar(total=100, show_eta=False, id="progress")
-                yield Static("", id="status")
-                yield Static("NBD exports", classes="title")
+        with Horizontal(id="restore-bottom"):
+            with Vertical(id="mounts-box"):
+                yield Static("Mounted · u unmounts", classes="title")
                 yield FlexTable(
-                    [("name", "Name", 12), ("state", "State", 8), ("uri", "URI", None)],
-                    id="exports",
+                    [("point", "Point", None), ("fs", "FS", 4), ("expires", "Expires", 7)],
+                    id="mounts",
                 )
+            with Vertical(id="exports-box"):
+                yield Static("NBD exports · x stops", classes="title")
+                yield FlexTable([("uri", "URI", None), ("state", "State", 8)], id="exports")
+        yield Input(
+            placeholder="extract to: destination folder, e.g. /srv/restore", id="destination"
+        )
+        yield ProgressBar(total=100, show_eta=False, id="progress")
+        yield Static("", id="status")
 
     def on_mount(self) -> None:
+        self._fit(self.app.size.width)
         self.query_one("#progress", ProgressBar).display = False
         self.query_one("#destination", Input).cursor_blink = self.sendense.live
         self.query_one("#points", DataTable).focus()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        # side by side the points list and the browser each need ~50 columns
+        self.set_class(width < SIDE_BY_SIDE, "narrow")
 
     # -- data ----------------------------------------------------------------------
 
@@ -142,7 +156,7 @@ class RestoreScreen(SendenseScreen):
                 (
                     str(m.id),
                     (
-                        m.point.label if m.point else f"point {m.backup_id}",
+                        _point_label(m.point) if m.point else f"point {m.backup_id}",
                         ",".join(f.fs_type for f in m.filesystems if f.state == "mounted"),
                         human_duration(m.remaining(data.now).total_seconds()),
                     ),
@@ -172,12 +186,12 @@ class RestoreScreen(SendenseScreen):
         )
         sync_rows(
             self.query_one("#exports", DataTable),
-            [(str(x.id), (x.name, x.state, x.uri)) for x in data.exports],
-            ("name", "state", "uri"),
+            [(str(x.id), (x.uri or x.name, x.state)) for x in data.exports],
+            ("uri", "state"),
         )
         where = self.query_one("#where", Static)
         if data.mount_id is None:
-            where.update("no mount selected: pick a point and press m")
+            where.update(NO_MOUNT)
         else:
             mount = next(m for m in data.mounts if m.id == data.mount_id)
             remaining = human_duration(mount.remaining(data.now).total_seconds())
@@ -296,9 +310,19 @@ class RestoreScreen(SendenseScreen):
             typing and action in ("mount", "mark", "extract", "unmount", "stop_export", "up")
         )
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        # Enter on a list: the table takes the key first and says "selected"
+        if event.data_table.id in ("points", "mounts", "files"):
+            event.stop()
+            self.action_open()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.action_extract()
+
+
+def _point_label(point: PointLocation) -> str:
+    return f"{point.vm_name}/{point.disk_name} {point.point_time:%m-%d %H:%M}"
 
 
 def _browse(engine: Any, mount: MountView, path: str) -> list[Entry]:
