@@ -112,6 +112,8 @@ class ChainsScreen(SendenseScreen):
             for v in data.views
         ]
         if shape == self._shape:
+            if not shape:
+                self._show_details()  # first draw of an empty catalog
             return  # nothing changed: keep the tree (and the cursor) as it is
         self._shape = shape
         tree = self.query_one("#chains-tree", Tree)
@@ -160,7 +162,10 @@ class ChainsScreen(SendenseScreen):
         sel = self._selection()
         now = self._now
         if sel is None or now is None:
-            pane.update("No backups yet. Press b to back up a disk.")
+            if now is not None and not self._chains:
+                pane.update("No backups yet. Press b to back up a disk.")
+            else:
+                pane.update("Select a restore point (j/k or the arrows) to see its details.")
             return
         kind, ref = sel
         lines: list[str] = []
