@@ -181,7 +181,7 @@ class Engine:
         try:
             self.repositories.ensure_default(self.settings.default_repository)
             self.repositories.start()
-        except Exception:  # noqa: BLE001 - a bad repository must not stop the engine
+        except Exception:
             log.exception("starting repositories")
         self.capacity.start()
 

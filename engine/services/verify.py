@@ -339,6 +339,8 @@ class VerifyService:
                 with lock:
                     results.append(result)
 
+        if not groups:
+            return []
         if len(groups) == 1:
             run_group(next(iter(groups.values())))
         else:

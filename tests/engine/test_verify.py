@@ -147,3 +147,12 @@ def test_coverage_and_overdue_follow_the_clock(engine: Engine, tmp_path: Path) -
     [alert] = engine.verifier.alerts()
     assert alert["kind"] == "verification_overdue"
     assert engine.verifier.badges(chain.chain_id)[chain.backup_ids[0]].label == "overdue"
+
+
+@SQLITE_ONLY
+def test_verifying_an_empty_catalog_finishes_with_nothing_checked(engine: Engine) -> None:
+    # A fresh appliance: `sendense verify run` must succeed with zero files, not crash.
+    engine.start()
+    job = wait_job(engine, engine.verifier.submit("all", None).id)
+    assert job.state == "succeeded", job.error
+    assert job.result["files"] == 0
