@@ -57,9 +57,10 @@ class CopyRulesScreen(SendenseScreen):
             ],
             id="rules",
         )
+        # two rows of fields and one of buttons: the list keeps room at 80x24
         with Vertical(id="form"):
-            yield Input(placeholder="rule name", id="name")
             with Horizontal():
+                yield Input(placeholder="rule name", id="name")
                 yield Select([], prompt="source", id="source")
                 yield Select([], prompt="destination", id="destination")
             with Horizontal():
@@ -67,10 +68,10 @@ class CopyRulesScreen(SendenseScreen):
                 yield Input(placeholder="latest N", id="latest")
                 yield Select([(m, m) for m in MODES], value="manual", id="mode")
                 yield Input(placeholder="cron (scheduled)", id="schedule")
-            yield Static("", id="form-error")
-            with Horizontal():
+            with Horizontal(id="form-buttons"):
                 yield Button("Save", id="save", variant="primary")
                 yield Button("Cancel", id="cancel")
+                yield Static("", id="form-error")
 
     def on_mount(self) -> None:
         self.query_one("#form").display = False
@@ -112,16 +113,29 @@ class CopyRulesScreen(SendenseScreen):
 
     def action_add(self) -> None:
         self.query_one("#form").display = True
+        self.refresh_bindings()
         self.query_one("#form-error", Static).update("")
         self.query_one("#name", Input).focus()
 
-    def action_close(self) -> None:
+    def action_close_form(self) -> None:
         form = self.query_one("#form")
         if form.display:
             form.display = False
             self.query_one("#rules", DataTable).focus()
+            self.refresh_bindings()
+
+    def action_close(self) -> None:
+        if self.query_one("#form").display:
+            self.action_close_form()
         else:
             self.app.pop_screen()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Esc closes the form; with no form open it is the app's Esc (back)
+        if action == "close_form":
+            found = self.query("#form")
+            return bool(found) and bool(found.first().display)
+        return True
 
     def action_remove(self) -> None:
         rule_id = self._selected_rule()
@@ -169,7 +183,7 @@ class CopyRulesScreen(SendenseScreen):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "cancel":
-            self.action_close()
+            self.action_close_form()
         elif event.button.id == "save":
             self.save()
 

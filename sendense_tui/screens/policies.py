@@ -236,8 +236,13 @@ class PoliciesScreen(SendenseScreen):
             editor.display = False
             self.query_one("#detail").display = True
             self.query_one("#policies", DataTable).focus()
-        else:
-            self.sendense.action_back()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Esc closes the editor; with no editor open it is the app's Esc (back)
+        if action == "close_form":
+            found = self.query("#editor")
+            return bool(found) and bool(found.first().display)
+        return True
 
     def action_copy_rules(self) -> None:
         self.app.push_screen(CopyRulesScreen())
