@@ -63,6 +63,11 @@ class EventBus:
 
         return unsubscribe
 
+    def emit(self, source: str, kind: str, message: str, **fields: Any) -> Event:
+        """Publish an event from ``source``; ``fields`` are the other Event fields
+        (level, repository_id, job_id, actor, data, record)."""
+        return self.publish(Event(kind=kind, message=message, source=source, **fields))
+
     def publish(self, event: Event) -> Event:
         if event.at is None:
             event = _with_time(event, self._clock.now())

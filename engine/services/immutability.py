@@ -630,24 +630,5 @@ class LockService:
         except ToolError:
             return False
 
-    def _event(
-        self,
-        kind: str,
-        message: str,
-        *,
-        level: str = "info",
-        repository_id: int | None = None,
-        actor: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self.bus.publish(
-            Event(
-                kind=kind,
-                message=message,
-                level=level,
-                source="immutability",
-                repository_id=repository_id,
-                actor=actor,
-                data=data or {},
-            )
-        )
+    def _event(self, kind: str, message: str, **fields: Any) -> None:
+        self.bus.emit("immutability", kind, message, **fields)

@@ -34,7 +34,7 @@ from engine.catalog.policies import POLICY_RUN, PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobError, NotFoundError, SendenseError, ValidationError
-from engine.events import Event, EventBus
+from engine.events import EventBus
 from engine.services.retention import RetentionRules
 
 log = logging.getLogger(__name__)
@@ -491,24 +491,5 @@ class PolicyService:
             )
         return result
 
-    def _event(
-        self,
-        kind: str,
-        message: str,
-        *,
-        level: str = "info",
-        repository_id: int | None = None,
-        actor: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self.bus.publish(
-            Event(
-                kind=kind,
-                message=message,
-                level=level,
-                source="policies",
-                repository_id=repository_id,
-                actor=actor,
-                data=data or {},
-            )
-        )
+    def _event(self, kind: str, message: str, **fields: Any) -> None:
+        self.bus.emit("policies", kind, message, **fields)

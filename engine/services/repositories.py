@@ -972,13 +972,6 @@ class RepositoryService:
         level: str = "info",
         actor: str | None = None,
     ) -> None:
-        self.bus.publish(
-            Event(
-                kind=kind,
-                message=message,
-                level=level,
-                source="repositories",
-                repository_id=repo.id,
-                actor=actor,
-            )
+        self.bus.emit(
+            "repositories", kind, message, level=level, repository_id=repo.id, actor=actor
         )

@@ -25,7 +25,7 @@ from croniter import croniter
 from engine.catalog.policies import PolicyStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import SendenseError
-from engine.events import Event, EventBus
+from engine.events import EventBus
 
 log = logging.getLogger(__name__)
 
@@ -159,4 +159,4 @@ class Scheduler:
             self._stop.wait(self.interval)
 
     def _event(self, kind: str, message: str, *, level: str = "info") -> None:
-        self.bus.publish(Event(kind=kind, message=message, level=level, source="scheduler"))
+        self.bus.emit("scheduler", kind, message, level=level)
