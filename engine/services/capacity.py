@@ -46,6 +46,7 @@ from engine.config import CapacitySettings
 from engine.errors import SendenseError
 from engine.events import Event, EventBus
 from engine.services.probe import RepositoryCheckError, run_with_timeout
+from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +308,8 @@ class CapacityMonitor:
             fields["capacity_level"] = new
             self.repositories.update(repo.id, reading.taken_at, **fields)
         th = self.thresholds(repo)
-        numbers = (
-            f"{reading.percent:.1f} % used, {_human(reading.free)} free of {_human(reading.total)}"
-        )
+        free, total = human_bytes(reading.free), human_bytes(reading.total)
+        numbers = f"{reading.percent:.1f} % used, {free} free of {total}"
         data = {
             "level": new,
             "previous": old,
@@ -398,7 +398,7 @@ class CapacityMonitor:
             th = self.thresholds(repo)
             raise RepositoryFullError(
                 f"repository {repo.name} is full ({reading.percent:.1f} % used, limit "
-                f"{th.full:g} %, {_human(reading.free)} free): it takes no new backups or "
+                f"{th.full:g} %, {human_bytes(reading.free)} free): it takes no new backups or "
                 "copies until space is freed",
                 hint="delete released backups, move chains to another repository, "
                 "or raise its full threshold",
@@ -593,11 +593,3 @@ class CapacityMonitor:
                 continue
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -36,6 +36,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobError, NotFoundError, SendenseError, ValidationError
 from engine.events import EventBus
 from engine.services.retention import RetentionRules
+from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 class PolicyRunFailed(SendenseError):
     """A policy run backed up some disks but not all, or none."""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def cron_error(schedule: str) -> str | None:
