@@ -67,6 +67,26 @@ async def test_help_lists_the_live_bindings(make_app) -> None:
         assert isinstance(app.screen, JobsScreen)
 
 
+async def test_help_fits_80x24_with_list_keys_on_one_line(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        for section in ("6", "8"):  # Jobs, Events: a DataTable has the focus
+            await pilot.press(section)
+            await settle(pilot)
+            await pilot.press("question_mark")
+            await settle(pilot)
+            help_screen = app.screen
+            assert isinstance(help_screen, HelpScreen)
+            box = help_screen.query_one("#help")
+            assert box.max_scroll_y == 0, "the help scrolls at 80x24"
+            assert box.region.bottom <= SIZE[1]
+            text = [f"{row.keys} {row.description}" for row in help_screen.rows]
+            assert not any("Page up" in line or "Cursor left" in line for line in text)
+            assert sum("pgup" in line for line in text) == 1
+            await pilot.press("escape")
+            await settle(pilot)
+
+
 async def test_cancel_queued_job_after_yes(make_app, demo_engine: Engine) -> None:
     job_id = _job_id(demo_engine, "verify db01/disk0 chain")
     app = make_app()

@@ -82,3 +82,23 @@ async def test_locked_full_cannot_be_deleted(chains_app: SendenseApp) -> None:
         await pilot.press("y")
         await settle(pilot)
     assert engine.chain_store.get_backup(full.id).state == "complete"
+
+
+async def test_details_before_selection_depend_on_whether_chains_exist(
+    make_app: Callable[..., SendenseApp],
+    demo_engine,
+    clock,  # type: ignore[no-untyped-def]
+) -> None:
+    async def details() -> str:
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            await pilot.press("4")
+            await settle(pilot)
+            return str(app.screen.query_one("#chains-details").render())
+
+    assert "No backups yet" in await details()
+    seed_demo_chains(demo_engine, clock)
+    text = await details()
+    assert "No backups yet" not in text
+    assert "Select a restore point" in text

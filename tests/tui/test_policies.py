@@ -11,6 +11,8 @@ from textual.widgets import Input, Static
 from engine.runtime import Engine
 from engine.services.policies import PolicySpec
 from sendense_tui.app import SendenseApp
+from sendense_tui.screens.copy_rules import CopyRulesScreen
+from sendense_tui.screens.help import HelpScreen
 from sendense_tui.screens.policies import PoliciesScreen
 from tests.tui.conftest import keys_then_settle, settle
 
@@ -77,3 +79,89 @@ async def test_editor_refuses_a_bad_cron_and_saves_a_good_one(
         await settle(pilot)
         assert [p.name for p in demo_engine.policy_store.list()] == ["nightly"]
         assert not screen.query_one("#editor").display
+
+
+async def _on_policies(pilot) -> PoliciesScreen:  # type: ignore[no-untyped-def]
+    await settle(pilot)
+    await pilot.press("5")
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, PoliciesScreen)
+    return screen
+
+
+async def test_help_on_policies_lists_run_now_and_copy_rules(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _on_policies(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        rows = {row.description: row.keys for row in app.screen.rows}
+        assert rows["Run the selected policy now (queues its backups)"] == "n"
+        assert rows["Copy rules (3-2-1): where backups are copied"] == "c"
+        assert rows["Reload this screen now"] == "r"  # r stays the app-wide refresh
+        # the screen's own commands come before the ones that work everywhere
+        descriptions = list(rows)
+        assert descriptions.index("Add a policy (the editor)") < descriptions.index(
+            "Show every key"
+        )
+
+
+async def test_n_runs_the_policy_and_r_only_refreshes(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _on_policies(pilot)
+        jobs_before = len(seeded.job_store.list())
+        await pilot.press("r")
+        await settle(pilot)
+        assert len(seeded.job_store.list()) == jobs_before
+        await pilot.press("n")
+        await settle(pilot)
+        assert len(seeded.job_store.list()) == jobs_before + 1
+
+
+async def test_c_opens_copy_rules_and_escape_returns(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        policies = await _on_policies(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        rules = app.screen
+        assert isinstance(rules, CopyRulesScreen)
+        # the form opens and Esc closes it first; the next Esc goes back to Policies
+        await pilot.press("a")
+        await settle(pilot)
+        assert rules.query_one("#form").display
+        assert rules.query_one("#save").region.bottom <= 23  # above the footer at 80x24
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is rules and not rules.query_one("#form").display
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is policies
+        assert app.current_mode == "policies"
+
+
+async def test_palette_on_policies_offers_copy_rules(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _on_policies(pilot)
+        await pilot.press("colon")
+        await settle(pilot)
+        await pilot.press(*"copy rules")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CopyRulesScreen)
+        await pilot.press("q")
+        await settle(pilot)
+        assert isinstance(app.screen, PoliciesScreen)

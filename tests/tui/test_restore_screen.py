@@ -7,6 +7,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+from textual.widgets import DataTable
+
 from engine.catalog.restore import RestoreStore
 from engine.runtime import Engine
 from sendense_tui.app import SendenseApp
@@ -91,3 +94,43 @@ def test_restore_screen_snapshot(
 
     _seed(demo_engine, tmp_path)
     assert snap_compare(make_app(), terminal_size=(100, 30), run_before=keys_then_settle("7"))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_restore_points_and_files_are_readable(
+    make_app: Callable[..., SendenseApp],
+    demo_engine: Engine,
+    tmp_path: Path,
+    clock,  # type: ignore[no-untyped-def]
+    size: tuple[int, int],
+) -> None:
+    """Every column of the points list is wide enough for its text, and the
+    browser sits beside the points (wide) or below them (narrow)."""
+    from sendense_tui.demo import seed_demo_chains
+    from tests.tui.conftest import settle
+
+    seed_demo_chains(demo_engine, clock)
+    _seed(demo_engine, tmp_path)
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        points = screen.query_one("#points", DataTable)
+        assert points.row_count > 10
+        for column in points.columns.values():
+            cells = [str(cell) for cell in points.get_column(column.key)]
+            assert column.width >= max(len(cell) for cell in cells), column.label
+        left, right = screen.query_one("#left").region, screen.query_one("#right").region
+        if size[0] >= 110:
+            assert left.right <= right.x and left.y == right.y
+        else:
+            assert left.bottom <= right.y and left.width == size[0]
+        assert points.region.height >= 5 and screen.query_one("#files").region.height >= 5
+        # Enter on the browser opens the folder under the cursor
+        screen.query_one("#files", DataTable).focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        files = screen.query_one("#files", DataTable)
+        assert [k.value for k in files.rows] == ["p1/etc", "p1/readme.txt"]
