@@ -33,9 +33,12 @@ def test_add_list_show_test_remove(tmp_path: Path) -> None:
     assert "ok  write: wrote, fsynced, read back and removed" in done.stdout
     assert "repository r1 saved" in done.stdout
 
-    listed = json.loads(cli(state, "repo", "list", "--json").stdout)
-    assert [(r["name"], r["kind"], r["state"]) for r in listed] == [("r1", "local", "ready")]
-    assert listed[0]["total_bytes"] > 0
+    # a fresh state directory also gets the embedded default "local" repository
+    listed = {r["name"]: r for r in json.loads(cli(state, "repo", "list", "--json").stdout)}
+    assert sorted(listed) == ["local", "r1"]
+    assert listed["local"]["path"] == str(state / "repository")
+    assert (listed["r1"]["kind"], listed["r1"]["state"]) == ("local", "ready")
+    assert listed["r1"]["total_bytes"] > 0
 
     shown = json.loads(cli(state, "repo", "show", "r1", "--json").stdout)
     assert shown["location"] == str(target)
@@ -54,7 +57,8 @@ def test_add_list_show_test_remove(tmp_path: Path) -> None:
 
     removed = cli(state, "repo", "remove", "r1")
     assert removed.returncode == 0 and "repository r1 removed" in removed.stdout
-    assert json.loads(cli(state, "repo", "list", "--json").stdout) == []
+    remaining = json.loads(cli(state, "repo", "list", "--json").stdout)
+    assert [r["name"] for r in remaining] == ["local"]
 
 
 def test_add_refused_for_missing_path_exit_code_and_message(tmp_path: Path) -> None:
