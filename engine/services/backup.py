@@ -58,7 +58,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.fsutil import partial_path, publish
+from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import (
@@ -582,6 +582,7 @@ class BackupService:
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / name
         tmp = partial_path(final)
+        head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below
         try:
             if full_reason is not None:
                 qemu_img.convert(
@@ -622,9 +623,10 @@ class BackupService:
                         f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
                         f"as its parent instead of {parent_name}",
                     )
+            sealed = _seal(tmp, head)
             if final.exists():
                 raise BackupError(f"{final} already exists; refusing to overwrite a backup")
-            publish(tmp, final)
+            os.replace(tmp, final)
         except JobCancelled:
             _discard(tmp)
             raise
@@ -642,24 +644,23 @@ class BackupService:
                 raise stopper.reason from None
             raise
         try:
-            digest = _Background(sha256_file, final)
-            head = qemu_img.info(final, fmt="qcow2")
-            fields = {
-                "path": str(Path(directory_rel) / name),
-                "state": "complete",
-                "point_time": now,
-                "source": _shown_source(probe.source.source),
-                "compression": compression if full_reason is not None else None,
-                "virtual_size": head.virtual_size,
-                "file_size": final.stat().st_size,
-                "allocated_bytes": allocated_bytes(final),
-                "checksum": digest.result(),
-                "job_id": ctx.job_id if ctx else None,
-            }
+            fsync_dir(directory)  # the rename itself is durable before the catalog row
         except BaseException:
             # the file never made it into the catalog: do not leave an orphan
             _discard(final)
             raise
+        fields = {
+            "path": str(Path(directory_rel) / name),
+            "state": "complete",
+            "point_time": now,
+            "source": _shown_source(probe.source.source),
+            "compression": compression if full_reason is not None else None,
+            "virtual_size": sealed.virtual_size,
+            "file_size": sealed.file_size,
+            "allocated_bytes": sealed.allocated_bytes,
+            "checksum": sealed.checksum,
+            "job_id": ctx.job_id if ctx else None,
+        }
         if full_reason is not None:
             retire = [chain.id] if chain is not None else []
             new_chain, row = self.store.add_full(
@@ -795,6 +796,39 @@ class _Background(threading.Thread):
         if self._error is not None:
             raise self._error
         return self._value
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    virtual_size: int
+    file_size: int
+    allocated_bytes: int
+    checksum: str
+
+
+def _seal(tmp: Path, head: qemu_img.ImageInfo | None) -> _Sealed:
+    """Flush a finished partial file to disk and take its facts, before it is renamed.
+
+    qemu-img has exited, so nothing writes the file again: its sha256 is read back
+    (from the page cache) on one thread while fsync flushes it on another, and
+    qemu-img info/map read its metadata meanwhile; the slowest of the three sets the
+    pace instead of their sum. Both threads are joined before the file is renamed or
+    removed. (Hashing while qemu-img still writes is not possible: it rewrites the
+    refcount block and L2 tables near the start of the file last, and sha256 has to
+    read the file from its first byte on.)
+    """
+    digest = _Background(sha256_file, tmp)
+    flushed = _Background(fsync_file, tmp)
+    try:
+        if head is None:
+            head = qemu_img.info(tmp, fmt="qcow2")
+        stored = allocated_bytes(tmp)
+        size = tmp.stat().st_size
+    finally:
+        flushed.join()
+        digest.join()
+    flushed.result()
+    return _Sealed(head.virtual_size, size, stored, digest.result())
 
 
 def _discard(path: Path) -> None:

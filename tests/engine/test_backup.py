@@ -369,3 +369,36 @@ def test_backup_failed_error_lists_kept_disks() -> None:
     err = BackupService._failure(None, run)  # type: ignore[arg-type]
     assert isinstance(err, BackupFailed)
     assert str(err) == "1 of 2 disk(s) of vm failed: sdb: no space. Kept: sda (full #4)"
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+@pytest.mark.parametrize("size", [MiB, 17 * MiB + 4096, 40 * MiB])
+def test_stored_checksum_is_the_sha256_of_the_final_file(
+    bk_engine: Engine,
+    repo: Any,
+    tmp_path: Path,
+    clock: FixedClock,
+    size: int,
+    compression: str | None,
+) -> None:
+    # the checksum is read back while the file is flushed; it must still be exactly
+    # what verify and copy will read from the published file, for a full and an
+    # incremental, and no temporary file may be left behind
+    src = SourceDisk.create(tmp_path / "d.raw", size, seed=size % 97)
+    sources = [DiskSource("sda", str(src.path))]
+    run = bk_engine.backups.run(repo.id, "vm", sources, compression=compression)
+    assert run.ok, run.sentence()
+    clock.advance(60)
+    src.change([(size // 2, 70 * 1024)])
+    run = bk_engine.backups.run(repo.id, "vm", sources)
+    assert run.ok and run.disks[0].kind == "incremental", run.sentence()
+    chain = bk_engine.chain_store.get_chain(run.disks[0].chain_id)
+    points = bk_engine.chain_store.backups(chain.id)
+    assert len(points) == 2
+    for p in points:
+        path = Path(repo.path) / p.path
+        assert p.checksum == sha256_of(path)
+        assert p.file_size == path.stat().st_size
+        assert p.virtual_size == qemu_img.info(path).virtual_size
+    directory = Path(repo.path) / chain.directory
+    assert sorted(f.name for f in directory.iterdir()) == sorted(Path(p.path).name for p in points)
