@@ -42,6 +42,11 @@ PACKAGES: dict[str, str] = {
 }
 
 DEFAULT_TIMEOUT = 60.0
+#: after a timeout, how long a killed program may take to go away
+KILL_GRACE_SECONDS = 5.0
+
+#: killed programs stuck in uninterruptible sleep; polled so they do not stay zombies
+_abandoned: list[subprocess.Popen[str]] = []
 SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 
@@ -135,33 +140,50 @@ def run(
     secrets = tuple(secrets)
     program = args[0]
     argv = [which(program), *[str(a) for a in args[1:]]]
-    shown = redact(" ".join(args), secrets)
+    shown = redact(" ".join(str(a) for a in args), secrets)
     log.debug("run: %s", shown)
+    _reap_abandoned()
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            input=input_text,
-            capture_output=True,
+            # never the console's terminal: a program that prompts must fail, not hang
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             env=tool_env(),
-            check=False,
         )
+    except PermissionError:
+        raise ToolError(
+            f"{program} cannot be started: permission denied", program=program
+        ) from None
+    try:
+        stdout, stderr = proc.communicate(input_text, timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.communicate(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            # Killed but still there: it sleeps uninterruptibly in the kernel, waiting
+            # for storage that does not answer (a hard NFS mount, a frozen FUSE
+            # server). Waiting for it would hang us too; it is reaped later.
+            _abandoned.append(proc)
+            raise ToolTimeout(
+                f"{program} did not finish within {timeout:g} s and cannot be stopped: "
+                f"it is stuck in the kernel waiting for storage ({shown})",
+                program=program,
+                hint="the storage or server behind it is hung; it ends when that answers",
+            ) from None
         raise ToolTimeout(
             f"{program} did not finish within {timeout:g} s and was stopped ({shown})",
             program=program,
             hint="the storage or server behind it may be hung",
         ) from None
-    except PermissionError:
-        raise ToolError(
-            f"{program} cannot be started: permission denied", program=program
-        ) from None
     done = Completed(
         args=list(args),
         returncode=proc.returncode,
-        stdout=proc.stdout,
-        stderr=redact(proc.stderr, secrets),
+        stdout=stdout,
+        stderr=redact(stderr, secrets),
     )
     if check and proc.returncode not in ok_codes:
         specific = explain(done) if explain else None
@@ -174,6 +196,10 @@ def run(
             stderr=done.stderr,
         )
     return done
+
+
+def _reap_abandoned() -> None:
+    _abandoned[:] = [proc for proc in _abandoned if proc.poll() is None]
 
 
 def first_error_line(stderr: str) -> str:

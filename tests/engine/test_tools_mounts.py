@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from engine.tools import ToolTimeout, mounts
+from engine.tools import ToolTimeout, base, exporters, loop, mounts
 from engine.tools.mounts import MountError
 
 pytestmark = pytest.mark.root
@@ -125,12 +128,33 @@ def test_mount_secret_is_redacted(tmp_path: Path) -> None:
     assert "hunter2" not in str(err.value) + err.value.stderr
 
 
-def test_mount_timeout(tmp_path: Path) -> None:
-    # a timeout far below what mount needs stands in for a hung server
-    target = tmp_path / "slow"
+def test_mount_on_hung_storage_times_out_instead_of_hanging(tmp_path: Path) -> None:
+    # A FUSE export whose server is frozen (SIGSTOP) stands in for a dead NFS server:
+    # reading the superblock through the loop device blocks in the kernel, and the
+    # killed mount stays in uninterruptible sleep. The call must still come back.
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    raw = tmp_path / "disk.raw"
+    server = exporters.start_fuse_export(
+        image, raw, pidfile=tmp_path / "qsd.pid", log_file=tmp_path / "qsd.log"
+    )
+    target = tmp_path / "mnt"
     target.mkdir()
+    os.kill(server.pid, signal.SIGSTOP)
+    started = time.monotonic()
     try:
-        with pytest.raises(ToolTimeout, match="did not finish within"):
-            mounts.mount("tmpfs", target, fstype="tmpfs", timeout=0.0001)
+        with pytest.raises(ToolTimeout, match="did not finish within 1 s") as err:
+            mounts.mount(raw, target, fstype="ext4", options=["loop", "ro"], timeout=1)
+        assert time.monotonic() - started < 1 + base.KILL_GRACE_SECONDS + 3
+        assert "hung" in (err.value.hint or "")
     finally:
+        os.kill(server.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while base._abandoned and time.monotonic() < deadline:  # the stuck mount ends
+            base._reap_abandoned()
+            time.sleep(0.1)
         subprocess.run(["umount", str(target)], capture_output=True, check=False)
+        for dev in loop.devices_for(raw):
+            loop.detach(dev.device)
+        server.stop()
+        exporters.fuse_unmount(raw)
