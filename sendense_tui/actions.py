@@ -108,7 +108,8 @@ COMMANDS: tuple[Command, ...] = (
         )
     ),
     # -- chains --------------------------------------------------------------------
-    Command("chains.backup", "b", "backup_now", "Back up", "Back up a disk now", scope="chains"),
+    # (the footer must fit 80 columns: short labels, Info only in help and the palette)
+    Command("chains.backup", "b", "backup_now", "Backup", "Back up a disk now", scope="chains"),
     Command(
         "chains.restore", "R", "restore_disk", "Restore", "Restore point as a disk", scope="chains"
     ),
@@ -128,7 +129,15 @@ COMMANDS: tuple[Command, ...] = (
         "Delete point and the points after it (asks first)",
         scope="chains",
     ),
-    Command("chains.info", "i", "point_info", "Info", "qemu-img info of the point", scope="chains"),
+    Command(
+        "chains.info",
+        "i",
+        "point_info",
+        "Info",
+        "qemu-img info of the point",
+        scope="chains",
+        show=False,
+    ),
     # -- jobs ----------------------------------------------------------------------
     Command("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel job (asks first)", scope="jobs"),
     Command("jobs.pause", "p", "pause_job", "Pause", "Pause job", scope="jobs"),

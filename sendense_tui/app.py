@@ -195,7 +195,8 @@ class SendenseApp(App[int]):
         page = getattr(self.screen, "MODE", "")
         if page and page != self.current_mode:  # a page pushed on the section
             title += " / " + (self.screen.TITLE or page)
-        self.push_screen(HelpScreen(title, rows_from_bindings(self.screen)))
+        note = getattr(self.screen, "HELP_NOTE", "")
+        self.push_screen(HelpScreen(title, rows_from_bindings(self.screen), note))
 
     def action_refresh_now(self) -> None:
         screen = self.screen

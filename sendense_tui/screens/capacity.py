@@ -47,11 +47,17 @@ def _date(value: datetime | None) -> str:
     return value.strftime("%b %d") if value else "-"
 
 
+def level_of(item: RepositoryCapacity) -> str:
+    """The threshold level a repository shows: its last good reading's, else the catalog's."""
+    reading = item.reading
+    return (reading.level if reading and not reading.error else None) or (
+        item.repository.capacity_level or "ok"
+    )
+
+
 def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
     repo, reading, th = item.repository, item.reading, item.thresholds
-    level = (reading.level if reading and not reading.error else None) or (
-        repo.capacity_level or "ok"
-    )
+    level = level_of(item)
     colour = LEVEL_COLOURS.get(level, "white")
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{repo.name}", style="bold")

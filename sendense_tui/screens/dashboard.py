@@ -1,19 +1,29 @@
-"""Dashboard: repositories, jobs in flight and the latest warnings at a glance."""
+"""Dashboard: repositories, jobs in flight and the latest warnings at a glance.
+
+Each repository is one line: a capacity gauge coloured by its threshold level,
+used %, free space and days until full (the Capacity screen has the rest). A
+line is its own widget holding a frozen value, so a refresh that changes
+nothing redraws nothing, and a resize re-lays the line to the new width.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal
+from textual.containers import VerticalScroll
+from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.catalog.models import AuditEntry, Job, Repository
+from engine.catalog.models import AuditEntry, Job
+from engine.services.capacity import RepositoryCapacity
 from sendense_tui.format import (
+    human_bytes,
     human_duration,
     human_rate,
     level_text,
@@ -21,15 +31,121 @@ from sendense_tui.format import (
     short_time,
 )
 from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.screens.capacity import KINDS, level_of
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge
 
-_REPO_STATE_STYLES = {"ok": "green", "online": "green", "warning": "yellow", "critical": "red"}
+#: longest repository name shown before it is cut with "…"
+NAME_WIDTH = 16
+
+
+@dataclass(frozen=True)
+class RepoGaugeLine:
+    """What one repository line shows (equal values: no redraw)."""
+
+    name: str
+    kind: str
+    enabled: bool
+    level: str
+    percent: float | None = None
+    used: int = 0
+    free: int = 0
+    total: int = 0
+    days_until_full: float | None = None
+    trend: str = "not enough history"
+    marks: tuple[float, ...] = ()
+    error: str | None = None
+    name_width: int = 12
+
+    @classmethod
+    def of(cls, item: RepositoryCapacity, name_width: int) -> RepoGaugeLine:
+        repo, reading, th, fc = item.repository, item.reading, item.thresholds, item.forecast
+        measured = reading is not None and not reading.error
+        return cls(
+            name=repo.name,
+            kind=KINDS.get(repo.kind, repo.kind),
+            enabled=repo.enabled,
+            level=level_of(item),
+            percent=reading.percent if measured and reading else None,
+            used=reading.used if reading else 0,
+            free=reading.free if reading else 0,
+            total=reading.total if reading else 0,
+            days_until_full=fc.days_until_full if fc.trend == "growing" else None,
+            trend=fc.trend,
+            marks=(th.warning, th.critical, th.full),
+            error=reading.error if reading else "not measured yet",
+            name_width=name_width,
+        )
+
+    def days_text(self, long: bool) -> str:
+        if self.days_until_full is not None:
+            days = self.days_until_full
+            if days >= 3650:
+                return "full in >10 years" if long else ">10y to full"
+            return f"full in {days:.0f} days" if long else f"{days:.0f}d to full"
+        if self.trend == "not growing":
+            return "not growing" if long else "steady"
+        return "no trend yet" if long else "no trend"
+
+    def render(self, width: int) -> Text:
+        """The line at ``width`` cells: the gauge takes what the words leave (8-40)."""
+        colour = LEVEL_COLOURS.get(self.level, "white")
+        name = self.name if len(self.name) <= self.name_width else self.name[: self.name_width - 1]
+        if name != self.name:
+            name += "…"
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(name.ljust(self.name_width), style="bold" if self.enabled else "dim")
+        if self.percent is None:
+            text.append(" ")
+            text.append(gauge(None, "unknown", 8))
+            text.append(f" {self.error or 'not measured yet'}", style="dim")
+            return text
+        long = width >= 100
+        # fixed-width fields, so every line's gauge has the same length
+        kind = f" {self.kind:<5}" if long else ""
+        pct = f" {self.percent:5.1f}%"
+        if self.level != "ok":
+            lvl = f" {self.level.upper():<8}"
+        else:
+            lvl = f" {'off' if not self.enabled else '':<8}"
+        free = f"  {human_bytes(self.free):>5} free"
+        if long:
+            free = f"  {human_bytes(self.used):>5} used of {human_bytes(self.total):>5}" + free
+        days = f"  {self.days_text(long):<{17 if long else 12}}"
+        words = len(kind) + len(pct) + len(lvl) + len(free) + len(days)
+        bar = max(8, min(40, width - self.name_width - 1 - words))
+        text.append(kind, style="dim")
+        text.append(" ")
+        text.append(gauge(self.percent, self.level, bar, self.marks))
+        text.append(pct, style=f"bold {colour}")
+        text.append(lvl, style=f"bold {colour}" if self.level != "ok" else "dim")
+        text.append(free)
+        text.append(days, style="bold" if self.level != "ok" else "")
+        return text
+
+
+class RepoGauge(Widget):
+    """One repository's capacity line on the dashboard."""
+
+    DEFAULT_CSS = """
+    RepoGauge { height: 1; }
+    """
+
+    line: reactive[RepoGaugeLine | None] = reactive(None)
+
+    def render(self) -> Text:
+        if self.line is None:
+            return Text("")
+        return self.line.render(self.size.width)
 
 
 @dataclass
 class DashboardData:
     now: datetime
-    repositories: list[Repository] = field(default_factory=list)
+    repositories: list[RepositoryCapacity] = field(default_factory=list)
+    used: int = 0
+    free: int = 0
+    total: int = 0
     running: list[Job] = field(default_factory=list)
     queued: int = 0
     paused: int = 0
@@ -41,10 +157,14 @@ class DashboardScreen(SendenseScreen):
     MODE = "dashboard"
     CSS_PATH = STYLES_DIR / "dashboard.tcss"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._repo_ids: list[int] | None = None
+
     def compose_body(self) -> ComposeResult:
-        with Horizontal(id="top"):
-            yield Static("loading…", id="repositories", classes="panel")
-            yield Static("loading…", id="jobs", classes="panel")
+        with VerticalScroll(id="repositories", classes="panel"):
+            yield Static("loading…", id="repo-summary")
+        yield Static("loading…", id="jobs", classes="panel")
         yield Static("loading…", id="warnings", classes="panel")
 
     def on_mount(self) -> None:
@@ -55,9 +175,14 @@ class DashboardScreen(SendenseScreen):
     def fetch(self) -> DashboardData:
         engine = self.engine
         active = engine.job_store.list(states=("running", "queued", "paused"), limit=500)
+        items = engine.capacity.overview(history_span=timedelta(0), buckets=1, measure=False)
+        total, used, free = engine.capacity.totals([i.reading for i in items if i.reading])
         return DashboardData(
             now=self.sendense.clock.now(),
-            repositories=engine.repository_store.list(),
+            repositories=items,
+            used=used,
+            free=free,
+            total=total,
             running=sorted((j for j in active if j.state == "running"), key=lambda j: j.id),
             queued=sum(1 for j in active if j.state == "queued"),
             paused=sum(1 for j in active if j.state == "paused"),
@@ -66,33 +191,46 @@ class DashboardScreen(SendenseScreen):
         )
 
     def apply(self, data: DashboardData) -> None:
-        self.query_one("#repositories", Static).update(self._repositories(data))
+        self._apply_repositories(data)
         self.query_one("#jobs", Static).update(self._jobs(data))
         self.query_one("#warnings", Static).update(self._warnings(data))
 
+    def _apply_repositories(self, data: DashboardData) -> None:
+        box = self.query_one("#repositories", VerticalScroll)
+        self.query_one("#repo-summary", Static).update(self._summary(data))
+        ids = [item.repository.id for item in data.repositories]
+        if ids != self._repo_ids:  # repositories came or went: new lines, once
+            with self.app.batch_update():
+                box.remove_children(RepoGauge)
+                box.mount_all(RepoGauge(id=f"gauge-{i}", classes="repo-gauge") for i in ids)
+            self._repo_ids = ids
+        width = min(NAME_WIDTH, max((len(i.repository.name) for i in data.repositories), default=8))
+        for item in data.repositories:
+            line = RepoGaugeLine.of(item, width)
+            for widget in box.query(f"#gauge-{item.repository.id}").results(RepoGauge):
+                widget.line = line  # a reactive: redraws only if the value changed
+
     @staticmethod
-    def _repositories(data: DashboardData) -> Group | Text:
+    def _summary(data: DashboardData) -> Text:
         repos = data.repositories
         if not repos:
             return Text("No repository yet.\n`sendense repo add` creates one.", style="dim")
-        head = Text()
+        head = Text(no_wrap=True, overflow="ellipsis")
         head.append(f"{len(repos)}", style="bold")
         head.append(" repositories")
-        disabled = sum(1 for r in repos if not r.enabled)
+        disabled = sum(1 for r in repos if not r.repository.enabled)
         if disabled:
             head.append(f", {disabled} off", style="dim")
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True, justify="right")
-        for repo in repos:
-            level = repo.capacity_level or "ok"
-            table.add_row(
-                Text(repo.name, style="" if repo.enabled else "dim"),
-                Text(repo.kind, style="dim"),
-                Text(level, style=_REPO_STATE_STYLES.get(level, "")),
+        if data.total:
+            head.append(
+                f" · {human_bytes(data.used)} used, {human_bytes(data.free)} free of "
+                f"{human_bytes(data.total)}"
             )
-        return Group(head, table)
+        attention = [i.repository.name for i in repos if level_of(i) not in ("ok", "unknown")]
+        if attention:
+            head.append(" · check ", style="dim")
+            head.append(", ".join(attention), style="bold yellow")
+        return head
 
     @staticmethod
     def _jobs(data: DashboardData) -> Group:

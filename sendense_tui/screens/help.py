@@ -83,10 +83,12 @@ class HelpScreen(ModalScreen[None]):
         Binding("escape,q,question_mark", "close", "Close", show=True),
     ]
 
-    def __init__(self, title: str, rows: list[HelpRow]) -> None:
+    def __init__(self, title: str, rows: list[HelpRow], note: str = "") -> None:
         super().__init__()
         self.title_text = title
         self.rows = rows
+        #: a screen's longer explanation (its ``HELP_NOTE``), under the keys
+        self.note = note
 
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
@@ -96,6 +98,8 @@ class HelpScreen(ModalScreen[None]):
             table.add_row(Text(row.keys), Text(row.description))
         with VerticalScroll(id="help"):
             yield Static(table, id="keys")
+            if self.note:
+                yield Static(Text(self.note), id="help-note")
             yield Static(Text("Esc, q or ? closes this help.", style="dim"), id="help-footer")
 
     def on_mount(self) -> None:

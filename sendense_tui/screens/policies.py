@@ -1,9 +1,14 @@
 """Policies: schedules, retention, locks and 3-2-1 at a glance, with an editor.
 
 List: name, schedule, target, next run, last result and the 3-2-1 badge of the
-policy's VMs. Keys (see ``actions.py``): ``a`` add (the editor), ``n`` run now, ``p``
-retention preview (what would go and why), ``x`` apply retention (after a
-confirmation), ``c`` the copy rules (3-2-1 routes).
+policy's VMs. Below it, the details of the policy under the cursor: sources,
+target, the next five runs, fulls, retention, copy rules, verify, lock, last run
+and the 3-2-1 / 3-2-1-1-0 report with each shortfall and what to add (side by
+side from ``SIDE_BY_SIDE`` columns). Everything the pane shows is fetched with
+the list, so moving the cursor redraws it at once. Keys (see ``actions.py``):
+``a`` add (the editor), ``n`` run now, ``p`` retention preview (what would go
+and why, shown in the details), ``x`` apply retention (after a confirmation),
+``c`` the copy rules (3-2-1 routes).
 
 The editor validates as you type: the cron expression is parsed and its next
 five runs shown; everything else (retention numbers, the target repository,
@@ -13,15 +18,19 @@ saves nothing unless all of it is right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Static
 from textual.worker import WorkerState
 
+from engine.services.compliance import Compliance
 from engine.services.immutability import DOES_NOT_PROTECT, PROTECTS
 from engine.services.policies import PolicySpec, cron_error, next_runs
 from sendense_tui.actions import bindings_for
@@ -34,6 +43,15 @@ from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
 RETENTION_FIELDS = ("keep_last", "daily", "weekly", "monthly", "yearly")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+#: from this many columns the details show settings and 3-2-1 side by side
+SIDE_BY_SIDE = 160
+#: the full lock explanation (the `?` help shows it; the details pane a short line)
+LOCK_NOTE = f"Locks: {PROTECTS} {DOES_NOT_PROTECT}"
+LOCK_SHORT = (
+    "a lock (chattr +i) stops Sendense, its tools and non-root users, not root (? explains)"
+)
+_BADGE_ORDER = {"not 3-2-1": 0, "3-2-1": 1, "3-2-1-1-0": 2}
 
 
 @dataclass
@@ -47,6 +65,22 @@ class PolicyRow:
     last_result: str | None
     badge: str
     immutable_days: int
+    #: for the details pane
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    target_kind: str = ""
+    full_every: int = 0
+    full_weekday: int | None = None
+    retention: dict[str, Any] = field(default_factory=dict)
+    verify_after: bool = False
+    last_run: Any = None
+    next_runs: list[Any] = field(default_factory=list)
+    #: "name → destination (mode)" of the copy rules that copy this policy's backups
+    copy_rules: list[str] = field(default_factory=list)
+    compliance: list[Compliance] = field(default_factory=list)
+
+    @property
+    def gaps(self) -> int:
+        return sum(len(c.shortfalls) for c in self.compliance)
 
 
 @dataclass
@@ -56,14 +90,118 @@ class PoliciesData:
     now: Any
 
 
+def _rule_line(rule: Any, repos: dict[int, str], policy_id: int) -> str:
+    """``to-usb → usb-disk (immediate, every backup in primary)``"""
+    how = [rule.mode]
+    if rule.selection != "all":
+        how.append(rule.selection)
+    if rule.policy_id != policy_id:
+        how.append(f"every backup in {repos.get(rule.source_repository_id, '?')}")
+    return f"{rule.name} → {repos.get(rule.destination_repository_id, '?')} ({', '.join(how)})"
+
+
+def _when(value: Any, now: Any) -> str:
+    return short_time(value, now) if value else "never"
+
+
+def detail_settings(row: PolicyRow, now: Any) -> Table:
+    """Sources, target, schedule with the next runs, fulls, retention, copy rules,
+    verify, lock and the last run of one policy, as label/value rows."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(ratio=1)
+    sources = Text()
+    for i, src in enumerate(row.sources):
+        if i:
+            sources.append("\n")
+        sources.append(f"{src.get('vm')}", style="bold")
+        disks = ", ".join(f"{d.get('name')}={d.get('source')}" for d in src.get("disks") or [])
+        sources.append(f": {disks or 'no disks'}")
+    table.add_row("Sources", sources if row.sources else Text("none", style="yellow"))
+    target = Text(row.target, style="bold")
+    if row.target_kind:
+        target.append(f" ({row.target_kind})")
+    if not row.enabled:
+        target.append("  policy disabled", style="yellow")
+    table.add_row("Target", target)
+    fulls = f"full every {row.full_every}" if row.full_every else "fulls only"
+    if row.full_weekday is not None and 0 <= row.full_weekday < 7:
+        fulls += f" and on {WEEKDAYS[row.full_weekday]}"
+    schedule = Text(f"{row.schedule} UTC")
+    schedule.append(f" · {fulls}", style="")
+    table.add_row("Schedule", schedule)
+    runs = "  ".join(f"{r:%m-%d %H:%M}" for r in row.next_runs) if row.enabled else "off"
+    table.add_row("Next", Text(runs or "none"))
+    kept = [
+        f"{'last' if key == 'keep_last' else key} {row.retention[key]}"
+        for key in RETENTION_FIELDS
+        if row.retention.get(key)
+    ]
+    table.add_row("Keep", Text(" · ".join(kept) if kept else "no rule: every point is kept"))
+    copies = Text("\n".join(row.copy_rules)) if row.copy_rules else Text("none", style="dim")
+    table.add_row("Copies", copies)
+    checks = Text(f"verify after backup: {'yes' if row.verify_after else 'no'} · lock ")
+    if row.immutable_days:
+        checks.append(f"{row.immutable_days} days", style="bold")
+        checks.append(f" ({LOCK_SHORT})", style="dim")
+    else:
+        checks.append("none")
+    table.add_row("Checks", checks)
+    last = Text(_when(row.last_run, now))
+    if row.last_result:
+        ok = row.last_result in ("ok", "succeeded")
+        last.append(f"  {row.last_result}", style="green" if ok else "red")
+    table.add_row("Last run", last)
+    return table
+
+
+def detail_compliance(row: PolicyRow) -> Group | Text:
+    """The 3-2-1 and 3-2-1-1-0 report of each of the policy's VMs: each shortfall
+    says what to add."""
+    if not row.compliance:
+        return Text("3-2-1: no VM to report on (the policy has no sources)", style="yellow")
+    parts: list[Text | Table] = []
+    for report in row.compliance:
+        head = Text()
+        head.append(f"{report.vm} ", style="bold")
+        colour = "yellow" if report.badge == "not 3-2-1" else "green"
+        head.append(f" {report.badge} ", style=f"bold reverse {colour}")
+        head.append(
+            f"  copies {report.copies} · devices {report.devices}"
+            f" · offsite {', '.join(report.offsite) or 'none'}"
+            f" · immutable {', '.join(report.immutable) or 'none'}",
+            style="dim",
+        )
+        if report.verification_errors:
+            head.append(f" · {report.verification_errors} verify error(s)", style="red")
+        parts.append(head)
+        table = Table.grid(padding=(0, 1))
+        table.add_column(no_wrap=True)
+        table.add_column(ratio=1)
+        for gap in report.shortfalls:
+            table.add_row(Text("✗", style="yellow"), Text(gap, style="yellow"))
+        if report.meets_321:
+            table.add_row(Text("✓", style="green"), Text("3-2-1 met", style="green"))
+        for gap in report.strict_shortfalls:
+            table.add_row(Text("·", style="dim"), Text(f"for 3-2-1-1-0: {gap}", style="dim"))
+        parts.append(table)
+    return Group(*parts)
+
+
 class PoliciesScreen(SendenseScreen):
     MODE = "policies"
     CSS_PATH = STYLES_DIR / "policies.tcss"
     BINDINGS = bindings_for("policies")
+    #: shown under the keys in `?` help
+    HELP_NOTE = LOCK_NOTE
 
     def __init__(self) -> None:
         super().__init__()
         self._repos: list[str] = []
+        self._rows: dict[int, PolicyRow] = {}
+        self._now: Any = None
+        #: (policy id, retention plan text) while a preview is shown
+        self._plan: tuple[int, Text] | None = None
         self._validate_worker: Any = None
         self._save_worker: Any = None
         self.saved: list[str] = []
@@ -80,7 +218,9 @@ class PoliciesScreen(SendenseScreen):
             ],
             id="policies",
         )
-        yield Static("", id="detail")
+        with VerticalScroll(id="detail"):
+            yield Static("", id="detail-settings")
+            yield Static("", id="detail-compliance")
         with Vertical(id="editor"):
             yield Static(
                 "New policy · Esc closes · cron in UTC · retention: last, daily, weekly, "
@@ -109,41 +249,107 @@ class PoliciesScreen(SendenseScreen):
     def on_mount(self) -> None:
         self.query_one("#editor").display = False
         self.query_one("#policies", DataTable).focus()
-        self._show_lock_text()
+        self.query_one("#detail").border_title = "Details"
+        self._fit(self.app.size.width)
 
-    def _show_lock_text(self) -> None:
-        text = Text()
-        text.append("Locks: ", style="bold")
-        text.append(PROTECTS + " ")
-        text.append(DOES_NOT_PROTECT, style="italic")
-        self.query_one("#detail", Static).update(text)
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        self.set_class(width < SIDE_BY_SIDE, "narrow")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        settings = self.query_one("#detail-settings", Static)
+        report = self.query_one("#detail-compliance", Static)
+        pid = self._selected()
+        row = self._rows.get(pid) if pid is not None else None
+        if row is None:
+            settings.update(
+                Text(
+                    "No policy yet. a adds one: what to back up, where, when and how long "
+                    "to keep it.",
+                    style="dim",
+                )
+            )
+            report.update("")
+            return
+        self.query_one("#detail").border_title = f"Details · {row.name}"
+        if self._plan is not None and self._plan[0] != row.id:
+            self._plan = None
+        if self._plan is not None:
+            settings.update(Group(self._plan[1], detail_settings(row, self._now)))
+        else:
+            settings.update(detail_settings(row, self._now))
+        report.update(detail_compliance(row))
 
     # -- data ----------------------------------------------------------------------
 
     def fetch(self) -> PoliciesData:
         engine = self.engine
-        repos = {r.id: r.name for r in engine.repository_store.list()}
-        rows = [
-            PolicyRow(
-                id=p.id,
-                name=p.name,
-                schedule=p.schedule,
-                target=repos.get(p.target_repository_id, "?"),
-                enabled=p.enabled,
-                next_run=p.next_run_at,
-                last_result=p.last_result,
-                badge=engine.compliance.for_policy(p),
-                immutable_days=p.immutable_days,
+        now = engine.clock.now()
+        all_repos = {r.id: r for r in engine.repository_store.list()}
+        repos = {i: r.name for i, r in all_repos.items()}
+        reports: dict[str, Compliance] = {}
+        rules = engine.copies.list_rules()
+        rows = []
+        for p in engine.policies.list():
+            vms = [str(src.get("vm")) for src in p.sources or []]
+            for vm in vms:
+                if vm not in reports:
+                    reports[vm] = engine.compliance.report(vm)
+            compliance = [reports[vm] for vm in vms]
+            badge = min(
+                (c.badge for c in compliance), key=_BADGE_ORDER.__getitem__, default="not 3-2-1"
             )
-            for p in engine.policies.list()
-        ]
-        return PoliciesData(rows, sorted(repos.values()), engine.clock.now())
+            copy_rules = [
+                _rule_line(rule, repos, p.id)
+                for rule in rules
+                if rule.policy_id == p.id
+                or (rule.policy_id is None and rule.source_repository_id == p.target_repository_id)
+            ]
+            try:
+                runs = next_runs(p.schedule, now, 5)
+            except (ValueError, KeyError):
+                runs = []
+            target = all_repos.get(p.target_repository_id)
+            rows.append(
+                PolicyRow(
+                    id=p.id,
+                    name=p.name,
+                    schedule=p.schedule,
+                    target=repos.get(p.target_repository_id, "?"),
+                    enabled=p.enabled,
+                    next_run=p.next_run_at,
+                    last_result=p.last_result,
+                    badge=badge,
+                    immutable_days=p.immutable_days,
+                    sources=list(p.sources or []),
+                    target_kind=target.kind if target else "",
+                    full_every=p.full_every,
+                    full_weekday=p.full_weekday,
+                    retention=dict(p.retention or {}),
+                    verify_after=p.verify_after,
+                    last_run=p.last_run_at,
+                    next_runs=runs,
+                    copy_rules=copy_rules,
+                    compliance=compliance,
+                )
+            )
+        return PoliciesData(rows, sorted(repos.values()), now)
 
     def apply(self, data: PoliciesData) -> None:
         self._repos = data.repositories
         rows = []
+        self._rows = {r.id: r for r in data.rows}
+        self._now = data.now
         for r in data.rows:
-            badge = Text(r.badge, style="green" if r.badge != "not 3-2-1" else "yellow")
+            if r.gaps:  # the details pane says what each one is and what to add
+                badge = Text(f"✗ {r.gaps} gap{'s' if r.gaps > 1 else ''}", style="yellow")
+            else:
+                badge = Text(f"✓ {r.badge}", style="green")
             if r.immutable_days:
                 badge.append(f" · lock {r.immutable_days}d")
             rows.append(
@@ -161,6 +367,7 @@ class PoliciesScreen(SendenseScreen):
             )
         table = self.query_one("#policies", DataTable)
         sync_rows(table, rows, COLUMNS)
+        self._show_detail()
 
     # -- list actions ------------------------------------------------------------------
 
@@ -198,7 +405,10 @@ class PoliciesScreen(SendenseScreen):
             )
         if not plan.merges_allowed:
             text.append("immutable target: no merges, chains go whole\n", style="italic")
-        self.query_one("#detail", Static).update(text)
+        pid = self._selected()
+        if pid is not None:
+            self._plan = (pid, text)
+            self._show_detail()
 
     def action_apply(self) -> None:
         pid = self._selected()
@@ -319,8 +529,8 @@ class PoliciesScreen(SendenseScreen):
             box.update(Text("✓ ready to save", style="green"))
             return
         text = Text()
-        for field, message in problems.items():
-            text.append(f"✗ {field}: {message}\n", style="red")
+        for name, message in problems.items():
+            text.append(f"✗ {name}: {message}\n", style="red")
         box.update(text)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

@@ -3,14 +3,17 @@ validation as you type (bad cron: error shown, nothing saved; good: saved)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import pytest
-from textual.widgets import Input, Static
+from rich.console import Console
+from textual.widgets import DataTable, Input, Static
 
 from engine.runtime import Engine
 from engine.services.policies import PolicySpec
 from sendense_tui.app import SendenseApp
+from sendense_tui.demo import seed_demo_chains
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.screens.help import HelpScreen
 from sendense_tui.screens.policies import PoliciesScreen
@@ -165,3 +168,44 @@ async def test_palette_on_policies_offers_copy_rules(
         await pilot.press("q")
         await settle(pilot)
         assert isinstance(app.screen, PoliciesScreen)
+
+
+def _detail_text(screen: PoliciesScreen) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    for part in ("#detail-settings", "#detail-compliance"):
+        console.print(screen.query_one(part, Static).content)
+    return console.export_text()
+
+
+async def test_details_follow_the_cursor_with_each_shortfall(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    seed_demo_chains(seeded)  # web01 has backups in "primary" only
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _on_policies(pilot)
+        detail = screen.query_one("#detail")
+        # rows are sorted by name: db-hourly, then web
+        assert "db-hourly" in str(detail.border_title)
+        text = _detail_text(screen)
+        assert "db-hourly01: sda=/dev/vg/db-hourly01" in text
+        assert "db-hourly01 has no backup: add a policy" in text
+        await pilot.press("down")
+        await settle(pilot)
+        assert "web" in str(detail.border_title)
+        assert "db-hourly" not in str(detail.border_title)
+        text = _detail_text(screen)
+        assert "web01: sda=/dev/vg/web01" in text
+        assert "last 7 · weekly 4" in text
+        assert "02:00  11-26 02:00" in text  # the next runs of 0 2 * * *
+        assert "add a copy rule from primary to a second repository" in text
+        assert "no backup of web01 is offsite or locked" in text
+        assert "db-hourly01" not in text
+        # the list says how many shortfalls; the pane says what they are
+        table = screen.query_one("#policies", DataTable)
+        assert str(table.get_row(str(seeded.policies.get("web").id))[-1]) == "✗ 2 gaps"
+        # and the lock explanation, once a line, is in `?` help in full
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        assert "does not stop root" in str(app.screen.query_one("#help-note", Static).content)
