@@ -9,8 +9,8 @@ Where the file is looked for, first hit wins:
 No file at all is fine: the defaults give an embedded SQLite catalog in the
 state directory and a local repository under it. Environment variables
 override the file (``SENDENSE_DB_URL``, ``SENDENSE_STATE_DIR``,
-``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``). A wrong value stops with one
-line that names the key and where it came from.
+``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``, ``SENDENSE_VERIFY_*``). A
+wrong value stops with one line that names the key and where it came from.
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    #: a file last verified longer ago than this is re-read by the scheduled verification
+    reverify_days: int = 30
+    #: cron of the scheduled verification (default: every day at 03:00 UTC)
+    schedule: str = "0 3 * * *"
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     db_url: str
@@ -68,6 +76,7 @@ class Settings:
     default_repository: Path
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
     theme: str = "dark"
     #: the file the settings came from, None when only defaults and env were used
     source: Path | None = None
@@ -174,6 +183,16 @@ def _positive_int(value: Any) -> int:
     return int(value)
 
 
+def _cron(value: Any) -> str:
+    from croniter import croniter
+
+    if not isinstance(value, str) or not croniter.is_valid(value.strip()):
+        raise ValueError(
+            f"must be a cron expression (five fields, e.g. '0 3 * * *'), got {value!r}"
+        )
+    return value.strip()
+
+
 def _abs_path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a path, got {value!r}")
@@ -217,6 +236,8 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_CAPACITY_MIN_FREE": "capacity.min_free",
     "SENDENSE_CAPACITY_POLL_SECONDS": "capacity.poll_seconds",
     "SENDENSE_MAX_JOBS": "jobs.max_concurrent",
+    "SENDENSE_VERIFY_REVERIFY_DAYS": "verify.reverify_days",
+    "SENDENSE_VERIFY_SCHEDULE": "verify.schedule",
     "SENDENSE_THEME": "console.theme",
 }
 
@@ -302,6 +323,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"than jobs.lease_seconds ({jobs.lease_seconds:g})",
             hint="a heartbeat of a third of the lease or less is safe",
         )
+    verify = VerifySettings(
+        reverify_days=reader.get("verify.reverify_days", _positive_int, 30),
+        schedule=reader.get("verify.schedule", _cron, "0 3 * * *"),
+    )
     settings = replace(
         base,
         db_url=reader.get("catalog.url", _db_url, base.db_url),
@@ -311,6 +336,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         capacity=capacity,
         jobs=jobs,
+        verify=verify,
         theme=reader.get("console.theme", _theme, "dark"),
         source=path if path and path.is_file() else None,
     )

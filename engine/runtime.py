@@ -143,8 +143,19 @@ class Engine:
             clock=self.clock,
         )
         self.scheduler = Scheduler(
-            self.policy_store, self.policies, self.bus, locks=self.locks, clock=self.clock
+            self.policy_store,
+            self.policies,
+            self.bus,
+            locks=self.locks,
+            clock=self.clock,
+            marks=self.schedule_store,
+            copies=self.copies,
+            verifier=self.verifier,
+            verify_schedule=self.settings.verify.schedule,
         )
+        # a failing copy rule raises (and a recovered one clears) its alert at once
+        self.copies.alert_hook = self.scheduler.alert_hook(("rule_failing",))
+        self.copies.lock_check = self.locks.check_supported
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
@@ -209,12 +220,20 @@ class Engine:
     def _wire_copies(self) -> None:
         """Copy rules and copy jobs (``self.copies``), verification (``self.verifier``)."""
         from engine.catalog.copies import CopyStore
+        from engine.catalog.policies import ScheduleStore
         from engine.services.copy import CopyService
         from engine.services.verify import VerifyService
 
         self.copy_store = CopyStore(self.catalog)
+        #: schedule marks: scheduled copy rules, the verify schedule, raised alerts
+        self.schedule_store = ScheduleStore(self.catalog)
         self.verifier = VerifyService(
-            self.copy_store, self.repository_store, self.jobs, self.bus, clock=self.clock
+            self.copy_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            clock=self.clock,
+            reverify_days=self.settings.verify.reverify_days,
         )
         self.copies = CopyService(
             self.copy_store,
@@ -226,6 +245,7 @@ class Engine:
             destination_check=self.repositories.ensure_writable_mount,
             room_check=self.capacity.ensure_room,
         )
+        self.copies.marks = self.schedule_store
         self.verifier.register()
         self.copies.register()
 

@@ -229,6 +229,24 @@ class CopyRule(Base):
     created_at: Mapped[datetime]
 
 
+class ScheduleMark(Base):
+    """Scheduler state shared by every engine on the catalog, keyed by name.
+
+    ``schedule:<what>`` rows carry the next run time (``due_at``), moved with a
+    compare-and-set so only one engine starts a run; ``alert:<kind>:<subject>``
+    rows exist while an alert is raised (``level``, ``message``), so it fires once,
+    clears once and survives a restart.
+    """
+
+    __tablename__ = "schedule_marks"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    due_at: Mapped[datetime | None]
+    level: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
 class Copy(Base):
     """A backup file copied to another repository."""
 

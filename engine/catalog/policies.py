@@ -1,4 +1,5 @@
-"""Backup policy rows; the scheduler's compare-and-set lease on ``next_run_at``.
+"""Backup policy rows; the scheduler's compare-and-set lease on ``next_run_at``;
+schedule marks (scheduled copy rules, the verify schedule, raised alerts).
 
 Rows are handed back detached.
 """
@@ -9,10 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.catalog.db import Catalog
-from engine.catalog.models import CopyRule, Job, Policy
+from engine.catalog.models import CopyRule, Job, Policy, ScheduleMark
 from engine.errors import NotFoundError, ValidationError
 
 #: the job kind a policy run uses
@@ -108,3 +110,106 @@ class PolicyStore:
         with self.catalog.session() as session:
             jobs = list(session.scalars(query))
         return [j for j in jobs if int((j.params or {}).get("policy_id", -1)) == policy_id]
+
+
+class ScheduleStore:
+    """Rows of ``schedule_marks``: a next-run time per schedule, a row per raised alert.
+
+    Both are taken with compare-and-set statements, so engines sharing the catalog
+    agree on who starts a run and who announces an alert.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def get(self, key: str) -> ScheduleMark | None:
+        with self.catalog.session() as session:
+            return session.get(ScheduleMark, key)
+
+    def list(self, prefix: str = "") -> list[ScheduleMark]:
+        query = select(ScheduleMark).order_by(ScheduleMark.key)
+        if prefix:
+            query = query.where(ScheduleMark.key.like(prefix + "%"))
+        with self.catalog.session() as session:
+            rows = list(session.scalars(query))
+        return [r for r in rows if r.key.startswith(prefix)]  # "_" is a LIKE wildcard
+
+    def _insert(self, row: ScheduleMark) -> bool:
+        try:
+            with self.catalog.session() as session:
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            return False  # another engine wrote the row first
+        return True
+
+    def take_due(
+        self,
+        key: str,
+        expected: datetime | None,
+        new_due: datetime,
+        now: datetime,
+        *,
+        schedule: str | None = None,
+    ) -> bool:
+        """Move ``key``'s next run from ``expected`` (None: no row yet) to ``new_due``;
+        True for the one engine whose statement matched. ``schedule``: the cron text
+        the time was computed from (kept in ``message``)."""
+        if expected is None:
+            return self._insert(
+                ScheduleMark(key=key, due_at=new_due, message=schedule, updated_at=now)
+            )
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(ScheduleMark)
+                .where(ScheduleMark.key == key, ScheduleMark.due_at == expected)
+                .values(due_at=new_due, message=schedule, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def raise_alert(self, key: str, level: str, message: str, now: datetime) -> str | None:
+        """Record a raised alert. Returns "raised" (new), "changed" (its level moved),
+        or None (already raised at that level, by us or by another engine)."""
+        if self._insert(ScheduleMark(key=key, level=level, message=message, updated_at=now)):
+            return "raised"
+        current = self.get(key)
+        if current is None or current.level == level:
+            if current is not None and current.message != message:
+                with self.catalog.session() as session:
+                    session.execute(
+                        update(ScheduleMark)
+                        .where(ScheduleMark.key == key)
+                        .values(message=message)
+                        .execution_options(synchronize_session=False)
+                    )
+            return None
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(ScheduleMark)
+                .where(ScheduleMark.key == key, ScheduleMark.level == current.level)
+                .values(level=level, message=message, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return "changed" if result.rowcount == 1 else None
+
+    def clear_alert(self, key: str) -> ScheduleMark | None:
+        """Remove a raised alert; returns it for the one engine that removed it."""
+        row = self.get(key)
+        if row is None:
+            return None
+        with self.catalog.session() as session:
+            result = session.execute(
+                delete(ScheduleMark)
+                .where(ScheduleMark.key == key)
+                .execution_options(synchronize_session=False)
+            )
+            return row if result.rowcount == 1 else None
+
+    def forget(self, key: str) -> None:
+        with self.catalog.session() as session:
+            session.execute(
+                delete(ScheduleMark)
+                .where(ScheduleMark.key == key)
+                .execution_options(synchronize_session=False)
+            )

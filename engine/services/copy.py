@@ -440,6 +440,14 @@ class CopyService:
         self._slots: dict[int, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
         self._unsubscribe: Callable[[], None] | None = None
+        #: schedule marks (engine.catalog.policies.ScheduleStore): the scheduler's next
+        #: run of a scheduled rule; without them next_run() computes from the cron
+        self.marks: Any = None
+        #: run when a rule's failure count changes, so a failing-rule alert is raised
+        #: (or cleared) at once instead of at the scheduler's next alert pass
+        self.alert_hook: Callable[[], None] | None = None
+        #: the immutability gate (LockService.check_supported) for rules with lock_copies
+        self.lock_check: Callable[[Repository], object] | None = None
 
     # -- wiring ------------------------------------------------------------------
 
@@ -479,6 +487,7 @@ class CopyService:
         priority: int = 100,
         bandwidth_limit: int | None = None,
         max_age_hours: int | None = None,
+        lock_copies: bool = False,
     ) -> tuple[Repository, Repository]:
         """Check a rule before it is stored; raises ValidationError with a clear sentence."""
         if not name or not name.strip():
@@ -514,7 +523,31 @@ class CopyService:
             raise ValidationError("the maximum copy age must be at least 1 hour")
         if not 0 <= priority <= 1000:
             raise ValidationError("priority must be between 0 and 1000 (lower runs first)")
+        if lock_copies:
+            self._check_lock_copies(src, dst)
         return src, dst
+
+    def _check_lock_copies(self, src: Repository, dst: Repository) -> None:
+        """``lock_copies`` needs a lock period and a destination that can hold the flag.
+
+        The choice: a copy is locked for the destination's lock period when the
+        destination is immutable, and at least as long as the original is locked when
+        the source is immutable (a copy held for less than its original would be the
+        weak link). A rule has no lock period of its own, so with neither side
+        immutable there is nothing to lock for and the rule is refused rather than
+        saved with a setting that does nothing. The destination's filesystem must
+        support the immutable flag (ext4, xfs, btrfs; not tmpfs, NFS or CIFS),
+        checked now so the rule is refused with the reason instead of failing later.
+        """
+        if not dst.immutable and not src.immutable:
+            raise ValidationError(
+                f"locking copies needs a lock period, and neither {src.name!r} nor "
+                f"{dst.name!r} is immutable",
+                hint=f"make the destination immutable first (sendense lock enable {dst.name} "
+                "--days N), or copy from an immutable repository",
+            )
+        if self.lock_check is not None:
+            self.lock_check(dst)
 
     def check_destination(self, dst: Repository) -> None:
         """The destination must be enabled, present and writable."""
@@ -565,6 +598,7 @@ class CopyService:
             priority=priority,
             bandwidth_limit=bandwidth_limit,
             max_age_hours=max_age_hours,
+            lock_copies=lock_copies,
         )
         rule = self.store.add_rule(
             name=name.strip(),
@@ -620,8 +654,15 @@ class CopyService:
         return rule
 
     def next_run(self, rule: CopyRule, after: datetime | None = None) -> datetime | None:
-        if rule.mode != "scheduled" or not rule.schedule:
+        """When a scheduled rule runs next: the scheduler's mark when it has one for this
+        schedule (a time in the past means "due, starts at the next tick"), else the
+        next cron time after ``after`` (default now)."""
+        if rule.mode != "scheduled" or not rule.schedule or not rule.enabled:
             return None
+        if after is None and self.marks is not None:
+            mark = self.marks.get(f"schedule:copy_rule:{rule.id}")
+            if mark is not None and mark.message == rule.schedule and mark.due_at is not None:
+                return as_utc(mark.due_at)
         from croniter import croniter
 
         base = after or self.clock.now()
@@ -657,6 +698,10 @@ class CopyService:
 
     def _active_jobs(self) -> list[Any]:
         return self.job_store.list(states=("queued", "running", "paused"), kind="copy")
+
+    def active_rule_jobs(self, rule_id: int) -> list[Any]:
+        """Copy jobs of this rule that are queued, running or paused."""
+        return [j for j in self._active_jobs() if j.params.get("rule_id") == rule_id]
 
     def run_rule(self, ref: int | str, *, actor: str | None = None, if_idle: bool = False) -> Any:
         """Queue a copy job for a rule. ``if_idle``: not when one is already queued."""
@@ -772,8 +817,15 @@ class CopyService:
             self._rule_failed(rule, exc.message)
             raise
         if rule is not None:
+            before = rule.failures_in_row
             self.store.record_rule_outcome(rule.id, ok=True)
+            if before:
+                self._alerts_changed()
         return result
+
+    def _alerts_changed(self) -> None:
+        if self.alert_hook is not None:
+            self.alert_hook()
 
     def _with_ancestors(self, wanted: list[SourceBackup]) -> list[SourceBackup]:
         found: dict[int, SourceBackup] = {}
@@ -787,17 +839,11 @@ class CopyService:
         if rule is None:
             return
         count = self.store.record_rule_outcome(rule.id, ok=False)
+        # the alert itself (once, until the rule succeeds again) comes from the
+        # scheduler's alert pass; the hook runs that pass for copy alerts now
+        log.info("copy rule %s failed %d time(s) in a row: %s", rule.name, count, why)
         if count >= self.alert_after_failures:
-            self.bus.publish(
-                Event(
-                    kind="copy.rule_failing",
-                    message=f"copy rule {rule.name} failed {count} times in a row: {why}",
-                    level="error",
-                    source="copy",
-                    repository_id=rule.destination_repository_id,
-                    data={"rule_id": rule.id, "failures_in_row": count},
-                )
-            )
+            self._alerts_changed()
 
     def _copy_items(
         self,
@@ -1053,32 +1099,42 @@ class CopyService:
         return self.store.list_copies(**filters)
 
     def _rule_alerts(self, rule: CopyRule, status: RuleStatus) -> list[Alert]:
+        """A rule failing N times in a row (warning; critical at 2N) and a destination
+        whose newest copy is older than ``max_age_hours`` (warning; critical at twice
+        the age). A rule younger than its max age is not blamed for having no copy."""
         alerts = []
         if rule.failures_in_row >= self.alert_after_failures:
+            level = (
+                "critical" if rule.failures_in_row >= 2 * self.alert_after_failures else "warning"
+            )
             alerts.append(
                 Alert(
                     "rule_failing",
-                    "error",
-                    f"copy rule {rule.name} failed {rule.failures_in_row} times in a row",
+                    level,
+                    f"copy rule {rule.name} ({status.source} -> {status.destination}) failed "
+                    f"{rule.failures_in_row} times in a row",
                     rule_id=rule.id,
                     repository_id=rule.destination_repository_id,
                 )
             )
         if rule.max_age_hours and rule.enabled:
-            limit = self.clock.now() - timedelta(hours=rule.max_age_hours)
-            newest = status.newest_copy_at
-            if newest is None or newest < limit:
+            now = self.clock.now()
+            limit = now - timedelta(hours=rule.max_age_hours)
+            newest = as_utc(status.newest_copy_at)
+            since = newest if newest is not None else as_utc(rule.created_at)
+            if since is not None and since < limit:
                 age = (
                     "has no copy yet"
                     if newest is None
-                    else (f"newest copy is from {newest:%Y-%m-%d %H:%M} UTC")
+                    else f"newest copy is from {newest:%Y-%m-%d %H:%M} UTC"
                 )
+                twice = now - timedelta(hours=2 * rule.max_age_hours)
                 alerts.append(
                     Alert(
                         "copy_too_old",
-                        "warning",
-                        f"{status.destination} ({rule.name}) {age}; the rule allows "
-                        f"{rule.max_age_hours} h",
+                        "critical" if since < twice else "warning",
+                        f"destination {status.destination} (copy rule {rule.name}) {age}; "
+                        f"the rule allows {rule.max_age_hours} h",
                         rule_id=rule.id,
                         repository_id=rule.destination_repository_id,
                     )

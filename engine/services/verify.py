@@ -185,12 +185,16 @@ class VerifyService:
         bus: EventBus,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        reverify_days: int | None = None,
     ) -> None:
         self.store = store
         self.repositories = repositories
         self.jobs = jobs
         self.bus = bus
         self.clock = clock
+        if reverify_days is not None:
+            #: ``[verify] reverify_days``: a file verified longer ago is due again
+            self.reverify_after_days = reverify_days
 
     def register(self) -> None:
         self.jobs.register("verify", self.run_job)
@@ -451,6 +455,51 @@ class VerifyService:
             actor=actor,
         )
 
+    def overdue_targets(self) -> list[Target]:
+        """Files (backups and copies) never verified, or last verified longer ago than
+        ``reverify_after_days``. Files already found bad are not re-read: they are
+        reported as bad until an operator replaces them."""
+        due = self.clock.now() - timedelta(days=self.reverify_after_days)
+        out = []
+        for t in self._all_items():
+            state, at = _verify_state(t)
+            if state in (None, "ok") and (at is None or at < due):
+                out.append(t)
+        return out
+
+    def submit_overdue(self, *, actor: str | None = None) -> Any:
+        """Queue a verify job for the overdue files only (the scheduled verification);
+        None when nothing is overdue."""
+        targets = self.overdue_targets()
+        if not targets:
+            self.bus.emit(
+                "verify",
+                "verify.nothing_overdue",
+                f"scheduled verification: every file was verified in the last "
+                f"{self.reverify_after_days} days",
+                level="debug",
+            )
+            return None
+        return self.jobs.submit(
+            "verify",
+            f"verify overdue files ({len(targets)} file(s), not verified in "
+            f"{self.reverify_after_days} days)",
+            {
+                "scope": "all",
+                "ref": None,
+                "include_copies": True,
+                "trigger": "schedule",
+                "only": [list(t.key) for t in targets],
+            },
+            bytes_total=sum(t.size for t in targets),
+            actor=actor,
+        )
+
+    def active_scheduled_jobs(self) -> list[Any]:
+        """Scheduled verify jobs still queued, running or paused."""
+        jobs = self.jobs.store.list(states=("queued", "running", "paused"), kind="verify")
+        return [j for j in jobs if (j.params or {}).get("trigger") == "schedule"]
+
     def run_job(self, ctx: JobContext) -> dict[str, Any]:
         params = ctx.params
         targets = self.targets(
@@ -458,6 +507,10 @@ class VerifyService:
             params.get("ref"),
             include_copies=bool(params.get("include_copies", True)),
         )
+        if params.get("only") is not None:
+            # a scheduled job verifies the files that were overdue when it was queued
+            only = {(str(kind), int(i)) for kind, i in params["only"]}
+            targets = [t for t in targets if t.key in only]
         total = sum(t.size for t in targets)
         done = [0]
         lock = threading.Lock()
@@ -565,8 +618,9 @@ class VerifyService:
                 {
                     "kind": "verification_overdue",
                     "level": "warning",
-                    "message": f"{len(report.overdue)} file(s) not verified in the last "
-                    f"{self.reverify_after_days} days ({report.sentence()})",
+                    "message": f"verification overdue: {len(report.overdue)} file(s) not "
+                    f"verified in the last {self.reverify_after_days} days "
+                    f"({report.sentence()})",
                 }
             )
         for entry in report.bad:

@@ -15,6 +15,7 @@ import engine.config
 from engine.config import (
     CapacitySettings,
     JobSettings,
+    VerifySettings,
     load_settings,
     parse_size,
     redact_url,
@@ -63,6 +64,7 @@ def test_no_file_gives_sqlite_in_the_state_dir(env: dict[str, str], tmp_path: Pa
     assert settings.default_repository == expected_state / "repository"
     assert settings.capacity == CapacitySettings()
     assert settings.jobs == JobSettings()
+    assert settings.verify == VerifySettings(reverify_days=30, schedule="0 3 * * *")
     assert settings.source is None
 
 
@@ -198,6 +200,9 @@ def test_redact_url_hides_the_password() -> None:
         ("[jobs]\nlease_seconds = 5\nheartbeat_seconds = 5\n", "must be shorter"),
         ('[catalog]\nurl = "catalog.db"\n', "catalog.url is invalid: expected a URL"),
         ('[console]\ntheme = "neon"\n', "console.theme is invalid"),
+        ("[verify]\nreverify_days = 0\n", "verify.reverify_days is invalid"),
+        ('[verify]\nschedule = "at three"\n', "verify.schedule is invalid: must be a cron"),
+        ("[verify]\nreverify_dyas = 7\n", "verify.reverify_dyas is not a known setting"),
     ],
     ids=lambda v: v.splitlines()[-1][:30] if "\n" in v else None,
 )
@@ -218,6 +223,8 @@ def test_bad_file_values_name_key_and_file(env: dict[str, str], text: str, expec
         ("SENDENSE_STATE_DIR", "relative/dir", "must be an absolute path"),
         ("SENDENSE_MAX_JOBS", "many", "jobs.max_concurrent"),
         ("SENDENSE_DB_URL", "nonsense", "expected a URL"),
+        ("SENDENSE_VERIFY_REVERIFY_DAYS", "monthly", "verify.reverify_days"),
+        ("SENDENSE_VERIFY_SCHEDULE", "0 3 * *", "must be a cron expression"),
     ],
 )
 def test_bad_environment_values_name_the_variable(
@@ -272,3 +279,11 @@ def test_a_config_file_that_is_not_text(env: dict[str, str]) -> None:
     path.write_bytes(b"\xff\xfe\x00binary")
     message = config_error(env)
     assert str(path) in message and "not UTF-8" in message
+
+
+def test_verify_settings_from_the_file_and_the_environment(env: dict[str, str]) -> None:
+    write_config(env, '[verify]\nreverify_days = 14\nschedule = "30 1 * * 6"\n')
+    assert load_settings(env).verify == VerifySettings(reverify_days=14, schedule="30 1 * * 6")
+    env["SENDENSE_VERIFY_REVERIFY_DAYS"] = "7"
+    env["SENDENSE_VERIFY_SCHEDULE"] = "0 4 * * *"
+    assert load_settings(env).verify == VerifySettings(reverify_days=7, schedule="0 4 * * *")
