@@ -41,8 +41,16 @@ def gauge(
     return text
 
 
-def sparkline(values: Sequence[float | None], width: int | None = None) -> Text:
-    """Block sparkline of ``values`` (None = no sample: a blank), scaled to their range."""
+def sparkline(
+    values: Sequence[float | None],
+    width: int | None = None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> Text:
+    """Block sparkline of ``values`` (None = no sample: a blank), scaled to their range;
+    ``low``/``high`` fix either end of the scale instead (e.g. ``low=0`` for a rate,
+    so a steady rate draws tall blocks, not noise); values beyond it are clamped."""
     data = list(values)
     if width is not None and len(data) > width:
         step = len(data) / width
@@ -52,7 +60,8 @@ def sparkline(values: Sequence[float | None], width: int | None = None) -> Text:
     if not present:
         text.append(" " * len(data))
         return text
-    low, high = min(present), max(present)
+    low = min(present) if low is None else low
+    high = max(present) if high is None else high
     span = high - low
     for v in data:
         if v is None:
@@ -60,5 +69,5 @@ def sparkline(values: Sequence[float | None], width: int | None = None) -> Text:
         elif span <= 0:
             text.append(SPARK[0], style="cyan")
         else:
-            text.append(SPARK[min(7, int((v - low) / span * 7.999))], style="cyan")
+            text.append(SPARK[max(0, min(7, int((v - low) / span * 7.999)))], style="cyan")
     return text
