@@ -245,8 +245,9 @@ class LockService:
             elif event.kind == "copy.completed" and self._copy_store is not None:
                 copy = self._copy_store.get_copy(int(event.data["copy_id"]))
                 repo = self.repositories.get(copy.destination_repository_id)
-                if repo.immutable:
-                    self.lock_landed(repo, copy.path, copy_id=copy.id)
+                days = self._copy_rule_lock_days(copy)
+                if repo.immutable or days:
+                    self.lock_landed(repo, copy.path, copy_id=copy.id, days=days)
         except SendenseError as exc:
             self._event(
                 "immutability.lock_failed",
@@ -255,6 +256,22 @@ class LockService:
             )
         except Exception:
             log.exception("locking a landed file (%s)", event.kind)
+
+    def _copy_rule_lock_days(self, copy: Any) -> int | None:
+        """A copy rule with ``lock_copies`` holds its copies at least as long as the
+        original is locked (the source repository's lock period); the destination's own
+        period applies on top when it is immutable (lock_landed takes the longer).
+        The rule is refused at validation when neither side has a lock period."""
+        if copy.rule_id is None:
+            return None
+        try:
+            rule = self._copy_store.get_rule(copy.rule_id)
+        except SendenseError:
+            return None
+        if not rule.lock_copies:
+            return None
+        source = self.repositories.get(rule.source_repository_id)
+        return source.immutable_days if source.immutable else None
 
     # -- repositories ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.catalog.models import Job
-from engine.errors import ValidationError
+from engine.errors import SendenseError, ValidationError
 from engine.events import Event
 from engine.runtime import Engine
 from engine.services.copy import TokenBucket, copy_file, partial_path
@@ -249,6 +249,8 @@ def test_retries_then_fails_and_a_rerun_by_hand_succeeds(engine: Engine, tmp_pat
     engine.copies.alert_after_failures = 2
     events: list[Event] = []
     engine.bus.subscribe(events.append, ("copy.",))
+    alerts: list[Event] = []
+    engine.bus.subscribe(alerts.append, ("alert.",))
     engine.copies.add_rule(name="r", source="main", destination="offsite")
     engine.start()
     for _ in range(2):
@@ -258,12 +260,15 @@ def test_retries_then_fails_and_a_rerun_by_hand_succeeds(engine: Engine, tmp_pat
     assert copy.state == "failed" and copy.attempts == 2 * engine.copies.max_attempts
     assert any(e.kind == "copy.failed" and "after 3 attempts" in e.message for e in events)
     assert [a.kind for a in engine.copies.alerts()] == ["rule_failing"]
+    # raised once, at the second failure in a row, without waiting for the scheduler
+    assert [(e.kind, e.level) for e in alerts] == [("alert.rule_failing", "warning")]
 
     hidden.rename(full)
     job = wait_job(engine, engine.copies.rerun(copy.id).id)
     assert job.state == "succeeded", job.error
     assert engine.copy_store.get_copy(copy.id).state == "completed"
     assert engine.copies.get_rule("r").failures_in_row == 0
+    assert [e.kind for e in alerts][-1] == "alert.rule_failing.cleared" and len(alerts) == 2
     with pytest.raises(ValidationError, match="only a failed copy"):
         engine.copies.rerun(copy.id)
 
@@ -420,3 +425,42 @@ def test_a_full_destination_takes_no_copy(engine: Engine, tmp_path: Path) -> Non
     job = wait_job(engine, engine.copies.run_rule("r").id)
     assert job.state == "failed" and "repository offsite is full" in job.error
     assert engine.copies.list_copies() == []
+
+
+# -- lock_copies -----------------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_lock_copies_locks_what_lands_through_the_rule_on_ext4(
+    engine: Engine, loop_fs, tmpfs: Path, tmp_path: Path
+) -> None:
+    """An immutable source (30 days) copied to a plain ext4 destination by a rule with
+    lock_copies: each copy is chattr +i there and held as long as the original."""
+    src = add_repo(engine, "main", loop_fs("ext4", 64).mountpoint / "repo")
+    dst_fs = loop_fs("ext4", 64)
+    add_repo(engine, "offsite", dst_fs.mountpoint / "repo")
+    add_repo(engine, "scratch", tmpfs / "repo")
+    engine.locks.configure_repository("main", 30)
+    chain = make_chain(engine, engine.repository_store.get(src.id), size_mb=1, incrementals=1)
+    with pytest.raises(SendenseError, match="tmpfs"):
+        engine.copies.add_rule(name="t", source="main", destination="scratch", lock_copies=True)
+    assert engine.copies.list_rules() == []
+    engine.copies.add_rule(name="locked", source="main", destination="offsite", lock_copies=True)
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("locked").id)
+    assert job.state == "succeeded", job.error
+    now = engine.clock.now()
+    for rel in chain.paths:
+        landed = dst_fs.mountpoint / "repo" / rel
+        assert "i" in attrs_of(landed)
+        with pytest.raises(PermissionError):
+            landed.unlink()
+        reason = engine.locks.why_locked(landed)
+        assert reason is not None and "2026-12-24" in reason  # 30 days after 11-24
+    locks = [lk for lk in engine.locks.list() if lk.copy_id is not None]
+    assert len(locks) == 2 and {lk.expires_at for lk in locks} == {now + timedelta(days=30)}
+
+
+def attrs_of(path: Path) -> str:
+    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
