@@ -178,10 +178,26 @@ def run_copy(args: argparse.Namespace, ctx: CliContext) -> int:
         return report_job(ctx, job)
 
 
+def _next_text(status: Any, now: Any) -> str:
+    """When a rule runs next: a time for scheduled rules, else how it is triggered."""
+    rule = status.rule
+    if not rule.enabled:
+        return "disabled"
+    if rule.mode != "scheduled":
+        return "after backups" if rule.mode == "immediate" else "manual"
+    if status.next_run_at is None:
+        return "-"
+    if status.next_run_at <= now:
+        return "due now"
+    return status.next_run_at.strftime("%Y-%m-%d %H:%M UTC")
+
+
 def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         statuses = engine.copies.status()
         alerts = engine.copies.alerts()
+        # alerts announced by a scheduler (console or daemon) on this catalog
+        raised = {m.key: m for m in engine.scheduler.active_alerts()}
         copies = engine.copies.list_copies(limit=50) if args.copies or ctx.json else []
         repos = engine.copy_store.repositories_by_id()
         now = engine.clock.now()
@@ -201,6 +217,10 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
                     for s in statuses
                 ],
                 "alerts": [a.__dict__ for a in alerts],
+                "raised_alerts": [
+                    {"key": m.key, "level": m.level, "message": m.message, "since": m.updated_at}
+                    for m in raised.values()
+                ],
                 "copies": [copy_dict(c) for c in copies],
             }
         )
@@ -215,11 +235,16 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
                 str(s.completed),
                 str(s.failed),
                 short_time(s.newest_copy_at, now) if s.newest_copy_at else "never",
-                "; ".join(s.problems) or "ok",
+                _next_text(s, now),
+                "alert" if s.problems else "ok",
             ]
             for s in statuses
         ]
-        print(table(rows, ["RULE", "ROUTE", "DONE", "FAILED", "NEWEST", "STATUS"]))
+        print(table(rows, ["RULE", "ROUTE", "DONE", "FAILED", "NEWEST", "NEXT RUN", "STATUS"]))
+    if alerts:
+        print("\nalerts:")
+        for a in alerts:
+            print(f"  {a.level.upper():8} {a.message}")
     if copies:
         print()
         rows = [

@@ -46,11 +46,30 @@ def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
 def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         report = engine.verifier.report(args.days)
+        next_at = engine.scheduler.next_verification()
+        schedule = engine.scheduler.verify_schedule
+        reverify_days = engine.verifier.reverify_after_days
     if ctx.json:
-        ctx.print_json(report.as_dict())
+        ctx.print_json(
+            {
+                **report.as_dict(),
+                "overdue_count": len(report.overdue),
+                "reverify_days": reverify_days,
+                "schedule": schedule,
+                "next_scheduled_at": next_at,
+            }
+        )
         return 1 if report.bad else 0
     print(report.sentence())
     print(f"{report.files_verified} of {report.files_total} file(s) verified in the window")
+    print(f"{len(report.overdue)} file(s) overdue (not verified in the last {reverify_days} days)")
+    if next_at is not None:
+        print(
+            f"next scheduled verification: {next_at:%Y-%m-%d %H:%M} UTC ({schedule}); "
+            "it re-reads the overdue files"
+        )
+    else:
+        print("scheduled verification is off")
     if report.bad:
         print()
         rows = [
@@ -63,6 +82,4 @@ def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
             for b in report.bad
         ]
         print(table(rows, ["BAD POINT", "WHERE", "STATE", "STILL GOOD AT"]))
-    if report.overdue:
-        print(f"\n{len(report.overdue)} file(s) overdue for verification")
     return 1 if report.bad else 0

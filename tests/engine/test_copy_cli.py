@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,46 @@ def test_rule_add_run_status_verify_from_the_command_line(
 
     code, out, _ = run("copy", "rule", "remove", "r")
     assert code == 0 and "removed" in out
+
+
+@SQLITE_ONLY
+def test_status_shows_next_runs_and_alerts_and_events_find_them(
+    engine: Engine, catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    base = ["--state-dir", str(tmp_path / "cli-state"), "--db-url", catalog_url]
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main([*argv, *base])
+        return code, capsys.readouterr().out
+
+    code, _ = run(
+        "copy", "rule", "add", "nightly", "--from", "main", "--to", "offsite",
+        "--mode", "scheduled", "--schedule", "30 2 * * *",
+    )  # fmt: skip
+    assert code == 0
+    run("copy", "rule", "add", "byhand", "--from", "main", "--to", "offsite")
+    rule = engine.copies.get_rule("nightly")
+    for _ in range(3):
+        engine.copy_store.record_rule_outcome(rule.id, ok=False)
+    engine.scheduler.evaluate_alerts()
+
+    code, out = run("copy", "status")
+    assert code == 0 and "NEXT RUN" in out
+    [nightly] = [line for line in out.splitlines() if line.startswith("nightly")]
+    assert re.search(r"\d{4}-\d\d-\d\d 02:30 UTC", nightly) and "alert" in nightly
+    [byhand] = [line for line in out.splitlines() if line.startswith("byhand")]
+    assert "manual" in byhand and "ok" in byhand
+    assert "WARNING  copy rule nightly (main -> offsite) failed 3 times in a row" in out
+    code, out = run("copy", "status", "--json")
+    data = json.loads(out)
+    assert [a["key"] for a in data["raised_alerts"]] == [f"alert:rule_failing:rule:{rule.id}"]
+    assert data["rules"][1]["next_run_at"].endswith(("02:30:00+00:00", "02:30:00Z"))
+
+    code, out = run("events", "--grep", "alert")
+    assert code == 0 and "alert raised: copy rule nightly" in out
+
+    code, out = run("verify", "report")
+    assert "0 file(s) overdue (not verified in the last 30 days)" in out
+    assert re.search(r"next scheduled verification: \S+ 03:00 UTC \(0 3 \* \* \*\)", out)
