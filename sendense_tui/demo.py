@@ -171,6 +171,36 @@ def seed_demo_catalog(engine: Engine, clock: FixedClock | None = None) -> None:
     ):
         audit.append(at=at(minutes), level=level, source=source, kind=kind, message=message)
     seed_demo_capacity(engine, clock)
+    seed_demo_copy_rules(engine, clock)
+
+
+def seed_demo_copy_rules(engine: Engine, clock: FixedClock | None = None) -> None:
+    """A scheduled copy rule to offsite-nfs that failed 3 times in a row (the failed
+    "no space" copy job) and its raised alert, worded as the engine words it. Catalog
+    rows only: no destination check, no job."""
+    from engine.services.scheduler import ALERT_PREFIX
+
+    now = (clock or demo_clock()).now()
+    repos = engine.repository_store
+    primary, offsite = repos.get("primary"), repos.get("offsite-nfs")
+    rule = engine.copy_store.add_rule(
+        name="db01-offsite",
+        now=now - timedelta(days=20),
+        source_repository_id=primary.id,
+        destination_repository_id=offsite.id,
+        selection="latest",
+        latest_count=7,
+        mode="scheduled",
+        schedule="30 1 * * *",
+    )
+    for _ in range(engine.copies.alert_after_failures):
+        engine.copy_store.record_rule_outcome(rule.id, ok=False)
+    for alert in engine.copies.alerts():
+        if alert.rule_id == rule.id:
+            key = f"{ALERT_PREFIX}{alert.kind}:rule:{rule.id}"
+            engine.schedule_store.raise_alert(
+                key, alert.level, alert.message, now - timedelta(minutes=71)
+            )
 
 
 def seed_demo_capacity(engine: Engine, clock: FixedClock | None = None) -> None:

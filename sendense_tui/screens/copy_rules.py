@@ -1,33 +1,88 @@
 """Copy rules: the 3-2-1 routes, their health, and a form to add one with validation.
 
 Pushed from the Policies section (``c`` there, or "Copy rules" in the palette).
+Each rule shows when it runs next (a time for scheduled rules, "after backups" for
+immediate ones, "manual", "disabled") and its state: the raised alert's level and
+the failures in a row, or the last good result.
 Keys (see ``actions.py``): ``a`` opens the form, ``d`` removes the rule under the
 cursor (after a confirmation), ``n`` runs it now, ``q``/Esc goes back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Select, Static
 
+from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
+from engine.services.scheduler import ALERT_PREFIX
 from sendense_tui.actions import bindings_for
+from sendense_tui.format import level_text, short_time
 from sendense_tui.screens.base import NavBar, SendenseScreen
+from sendense_tui.screens.dashboard import next_time_text
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.gauge import LEVEL_COLOURS
 from sendense_tui.widgets.tables import FlexTable, sync_rows
 
-COLUMNS = ("name", "route", "select", "mode", "status")
+COLUMNS = ("name", "route", "select", "next", "status")
+_LEVEL_ORDER = {"critical": 0, "warning": 1}
 
 
 @dataclass
 class RulesData:
     statuses: list[RuleStatus]
     repositories: list[str]
+    now: datetime | None = None
+    #: raised alerts by rule id (an ``alert:<kind>:rule:<id>`` mark)
+    alerts: dict[int, list[ScheduleMark]] = field(default_factory=dict)
+
+
+def next_run_text(status: RuleStatus, now: datetime) -> str:
+    rule = status.rule
+    if not rule.enabled:
+        return "disabled"
+    if rule.mode == "immediate":
+        return "after backups"
+    if rule.mode != "scheduled":
+        return "manual"
+    return next_time_text(status.next_run_at, now)
+
+
+def state_text(status: RuleStatus, alerts: list[ScheduleMark], now: datetime) -> Text:
+    """What needs attention first (it stays readable when the cell is cut at 80
+    columns): "⚠ 3 failed · warning" in the alert's colour, then the last result."""
+    rule = status.rule
+    text = Text(no_wrap=True, overflow="ellipsis")
+    levels = sorted((m.level or "warning" for m in alerts), key=lambda v: _LEVEL_ORDER.get(v, 2))
+    trouble: list[str] = []
+    if rule.failures_in_row:
+        trouble.append(f"{rule.failures_in_row} failed")
+    if status.problems and (not rule.failures_in_row or len(status.problems) > 1):
+        trouble.append("copy too old")
+    if trouble or levels:
+        level = levels[0] if levels else "warning"
+        text.append("⚠ ", style=LEVEL_COLOURS.get(level, "yellow"))
+        text.append(", ".join(trouble) or "alert", style="bold")
+        text.append(" · ")
+        text.append_text(level_text(level))
+    if status.in_progress:
+        text.append(" · " if text.plain else "")
+        text.append(f"copying {status.in_progress}", style="bold cyan")
+    if not text.plain:
+        text.append("ok", style="bold green")
+    if status.completed:
+        newest = short_time(status.newest_copy_at, now) if status.newest_copy_at else "-"
+        text.append(f" · {status.completed} copies, newest {newest}", style="dim")
+    elif not trouble:
+        text.append(" · no copy yet", style="dim")
+    return text
 
 
 class CopyRulesScreen(SendenseScreen):
@@ -49,11 +104,11 @@ class CopyRulesScreen(SendenseScreen):
         yield Static("Copy rules (3-2-1): a add · d remove · n run now · q back", id="title")
         yield FlexTable(
             [
-                ("name", "Rule", 14),
-                ("route", "Route", 22),
+                ("name", "Rule", 12),
+                ("route", "Route", 21),
                 ("select", "Select", 8),
-                ("mode", "Mode", 10),
-                ("status", "Status", None),
+                ("next", "Next run", 14),
+                ("status", "State", None),
             ],
             id="rules",
         )
@@ -78,9 +133,17 @@ class CopyRulesScreen(SendenseScreen):
         self.query_one("#rules", DataTable).focus()
 
     def fetch(self) -> RulesData:
+        alerts: dict[int, list[ScheduleMark]] = {}
+        for mark in self.engine.scheduler.active_alerts():
+            # alert:<kind>:rule:<id>
+            parts = mark.key[len(ALERT_PREFIX) :].split(":")
+            if len(parts) == 3 and parts[1] == "rule" and parts[2].isdigit():
+                alerts.setdefault(int(parts[2]), []).append(mark)
         return RulesData(
             self.engine.copies.status(),
             [r.name for r in self.engine.repository_store.list()],
+            now=self.engine.clock.now(),
+            alerts=alerts,
         )
 
     def apply(self, data: RulesData) -> None:
@@ -89,15 +152,21 @@ class CopyRulesScreen(SendenseScreen):
             options = [(name, name) for name in data.repositories]
             self.query_one("#source", Select).set_options(options)
             self.query_one("#destination", Select).set_options(options)
-        rows = []
+        now = data.now or self.engine.clock.now()
+        rows: list[tuple[str, list[Any]]] = []
         for s in data.statuses:
             r = s.rule
             select = r.selection + (f" {r.latest_count}" if r.latest_count else "")
-            status = "; ".join(s.problems) or f"ok · {s.completed} copies"
             rows.append(
                 (
                     str(r.id),
-                    [r.name, f"{s.source} → {s.destination}", select, r.mode, status],
+                    [
+                        r.name,
+                        f"{s.source} → {s.destination}",
+                        select,
+                        next_run_text(s, now),
+                        state_text(s, data.alerts.get(r.id, []), now),
+                    ],
                 )
             )
         sync_rows(self.query_one("#rules", DataTable), rows, COLUMNS)

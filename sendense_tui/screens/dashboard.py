@@ -1,15 +1,20 @@
-"""Dashboard: repositories, jobs in flight and the latest warnings at a glance.
+"""Dashboard: repositories, jobs in flight, active alerts with the verification
+coverage, and the latest warnings at a glance.
 
 Each repository is one line: a capacity gauge coloured by its threshold level,
 used %, free space and days until full (the Capacity screen has the rest). A
 line is its own widget holding a frozen value, so a refresh that changes
 nothing redraws nothing, and a resize re-lays the line to the new width.
+
+The Alerts panel lists the alerts raised now (each fires once and clears once,
+see ``engine.services.scheduler``), then one line of verification coverage:
+"97% of bytes verified in the last 30 days · 2 overdue · next verification 03:00".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Group
 from rich.table import Table
@@ -20,8 +25,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.catalog.models import AuditEntry, Job
+from engine.catalog.models import AuditEntry, Job, ScheduleMark
 from engine.services.capacity import RepositoryCapacity
+from engine.services.verify import Report
 from sendense_tui.format import (
     human_bytes,
     human_duration,
@@ -37,6 +43,23 @@ from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge
 
 #: longest repository name shown before it is cut with "…"
 NAME_WIDTH = 16
+#: alert lines shown before "… and N more"
+MAX_ALERTS = 4
+
+
+def next_time_text(at: datetime | None, now: datetime) -> str:
+    """A coming time, UTC like every time in the console: "03:00" later today,
+    "tomorrow 03:00", "11-30 03:00" further on, "due now" once it has come."""
+    if at is None:
+        return "-"
+    at, now = at.astimezone(UTC), now.astimezone(UTC)
+    if at <= now:
+        return "due now"
+    if at.date() == now.date():
+        return f"{at:%H:%M}"
+    if at.date() == now.date() + timedelta(days=1):
+        return f"tomorrow {at:%H:%M}"
+    return f"{at:%m-%d %H:%M}"
 
 
 @dataclass(frozen=True)
@@ -151,6 +174,9 @@ class DashboardData:
     paused: int = 0
     failed: int = 0
     warnings: list[AuditEntry] = field(default_factory=list)
+    alerts: list[ScheduleMark] = field(default_factory=list)
+    coverage: Report | None = None
+    next_verification: datetime | None = None
 
 
 class DashboardScreen(SendenseScreen):
@@ -165,11 +191,13 @@ class DashboardScreen(SendenseScreen):
         with VerticalScroll(id="repositories", classes="panel"):
             yield Static("loading…", id="repo-summary")
         yield Static("loading…", id="jobs", classes="panel")
+        yield Static("loading…", id="alerts", classes="panel")
         yield Static("loading…", id="warnings", classes="panel")
 
     def on_mount(self) -> None:
         self.query_one("#repositories").border_title = "Repositories"
         self.query_one("#jobs").border_title = "Jobs"
+        self.query_one("#alerts").border_title = "Alerts"
         self.query_one("#warnings").border_title = "Latest warnings and errors"
 
     def fetch(self) -> DashboardData:
@@ -188,11 +216,17 @@ class DashboardScreen(SendenseScreen):
             paused=sum(1 for j in active if j.state == "paused"),
             failed=len(engine.job_store.list(states=("failed",), limit=500)),
             warnings=engine.audit.query(min_level="warning", limit=20),
+            alerts=engine.scheduler.active_alerts(),
+            coverage=engine.verifier.report(),
+            next_verification=engine.scheduler.next_verification(),
         )
 
     def apply(self, data: DashboardData) -> None:
         self._apply_repositories(data)
         self.query_one("#jobs", Static).update(self._jobs(data))
+        alerts = self.query_one("#alerts", Static)
+        alerts.update(self._alerts(data))
+        alerts.border_title = f"Alerts ({len(data.alerts)})" if data.alerts else "Alerts"
         self.query_one("#warnings", Static).update(self._warnings(data))
 
     def _apply_repositories(self, data: DashboardData) -> None:
@@ -257,6 +291,57 @@ class DashboardScreen(SendenseScreen):
         if not data.running:
             table.add_row(Text("nothing running", style="dim"), Text(""), Text(""))
         return Group(head, table)
+
+    @staticmethod
+    def _alerts(data: DashboardData) -> Group:
+        """The raised alerts (level, since, message), then the verification line."""
+        table = Table.grid(padding=(0, 1), expand=True)
+        table.add_column(no_wrap=True, width=8)
+        table.add_column(no_wrap=True)
+        table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        order = {"critical": 0, "warning": 1}
+        shown = sorted(data.alerts, key=lambda m: (order.get(m.level or "", 2), m.key))
+        for mark in shown[:MAX_ALERTS]:
+            level = mark.level or "warning"
+            table.add_row(
+                level_text(level),
+                Text(short_time(mark.updated_at, data.now), style="dim"),
+                Text(mark.message or mark.key),
+            )
+        if len(shown) > MAX_ALERTS:
+            more = Text(f"… and {len(shown) - MAX_ALERTS} more (sendense copy status)")
+            table.add_row(Text(""), Text(""), more)
+        if not shown:
+            table.add_row(Text("✓", style="bold green"), Text(""), Text("no active alerts"))
+        return Group(table, DashboardScreen._verification(data))
+
+    @staticmethod
+    def _verification(data: DashboardData) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        report = data.coverage
+        # compact, so it fits 80 columns: "verified 97% of bytes in 30 days · 2 overdue ·
+        # next tomorrow 03:00" (the Chains screen and `sendense verify report` say more)
+        if report is None or report.files_total == 0:
+            text.append("verified: nothing to verify yet", style="dim")
+        else:
+            pct = report.coverage_percent
+            text.append("verified ")
+            text.append(f"{pct:.0f}%", style="bold green" if pct >= 90 else "bold yellow")
+            text.append(f" of bytes in {report.days} days")
+            overdue = len(report.overdue)
+            text.append(" · ")
+            text.append(f"{overdue} overdue", style="bold yellow" if overdue else "")
+            if report.bad:
+                text.append(" · ")
+                text.append(f"{len(report.bad)} bad", style="bold red")
+        text.append(" · ", style="dim")
+        if data.next_verification is None:
+            text.append("scheduled verification off", style="dim")
+        else:
+            text.append(
+                f"next check {next_time_text(data.next_verification, data.now)}", style="dim"
+            )
+        return text
 
     @staticmethod
     def _warnings(data: DashboardData) -> Table | Text:

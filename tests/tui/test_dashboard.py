@@ -1,12 +1,20 @@
 """Dashboard: one capacity gauge line per repository (level colour, percent, free,
-days until full) from the seeded demo samples, updated in place."""
+days until full) from the seeded demo samples, updated in place; the Alerts panel
+(raised alerts, verification coverage and the next scheduled verification)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from datetime import timedelta
 
+from rich.console import Console
+from textual.widgets import Static
+
+from engine.clock import FixedClock
 from engine.runtime import Engine
 from sendense_tui.app import SendenseApp
+from sendense_tui.demo import seed_demo_chains
 from sendense_tui.screens.dashboard import DashboardScreen, RepoGauge
 from sendense_tui.widgets.gauge import LEVEL_COLOURS
 from tests.tui.conftest import settle
@@ -75,3 +83,74 @@ async def test_new_capacity_sample_updates_the_same_line(
         after = str(widget.render())
         assert after != before
         assert "91.0%" in after
+
+
+def _alerts_text(screen: DashboardScreen) -> str:
+    panel = screen.query_one("#alerts", Static)
+    console = Console(width=panel.size.width, record=True, file=io.StringIO())
+    console.print(panel.content)
+    return console.export_text()
+
+
+async def test_alerts_panel_lists_the_seeded_alert_and_the_verification_line(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        shown = _alerts_text(screen)
+        # seeded: copy rule db01-offsite failed 3 times in a row, its alert is raised
+        assert "warning" in shown and "copy rule db01-offsite" in shown
+        # no backup in the bare demo catalog; the daily 03:00 verification comes next
+        assert "nothing to verify yet" in shown and "next check tomorrow 03:00" in shown
+        assert screen.query_one("#alerts").border_title == "Alerts (1)"
+        # the warnings panel still has room at 80x24
+        assert screen.query_one("#warnings").size.height >= 4
+
+
+async def test_an_alert_raised_by_the_engine_shows_after_refresh(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine
+) -> None:
+    primary, archive = (demo_engine.repository_store.get(n) for n in ("primary", "archive-smb"))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert "archive-smb" not in _alerts_text(screen)
+        # a rule allowing 24 h without a copy, 3 days old and never copied: critical
+        demo_engine.copy_store.add_rule(
+            name="web01-archive",
+            now=demo_engine.clock.now() - timedelta(days=3),
+            source_repository_id=primary.id,
+            destination_repository_id=archive.id,
+            max_age_hours=24,
+        )
+        raised = demo_engine.scheduler.evaluate_alerts(kinds=("copy_too_old",))
+        assert len(raised) == 2
+        await pilot.press("r")
+        await settle(pilot)
+        shown = _alerts_text(screen)
+        assert "critical" in shown
+        assert "destination archive-smb (copy rule web01-archive) has no copy yet" in shown
+        assert "copy rule db01-offsite" in shown
+        assert screen.query_one("#alerts").border_title == "Alerts (2)"
+
+
+async def test_verification_line_counts_coverage_and_overdue_files(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, clock: FixedClock
+) -> None:
+    # seeded chains: fulls verified 2 h after they were taken, incrementals never
+    seed_demo_chains(demo_engine, clock)
+    report = demo_engine.verifier.report()
+    assert 0 < report.coverage_percent < 100 and report.overdue
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        shown = _alerts_text(screen)
+        assert f"verified {report.coverage_percent:.0f}% of bytes in 30 days" in shown
+        assert f"{len(report.overdue)} overdue" in shown
