@@ -1,9 +1,8 @@
 """The screen registry: one line per section of the console.
 
-To build a section, add ``sendense_tui/screens/<name>.py`` with a
-``SendenseScreen`` subclass (``MODE = "<name>"``) and change its line below
-from ``placeholder(...)`` to the class. Keys for it go into
-``sendense_tui/actions.py`` with ``scope="<name>"``.
+A section is a ``SendenseScreen`` subclass (``MODE = "<name>"``) in
+``sendense_tui/screens/<name>.py``, listed below and in ``SECTIONS``. Keys for
+it go into ``sendense_tui/actions.py`` with ``scope="<name>"``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import Callable
 
 from textual.screen import Screen
 
-from sendense_tui.screens.base import SECTIONS, PlaceholderScreen, SendenseScreen, placeholder
+from sendense_tui.screens.base import SECTIONS, SendenseScreen
 from sendense_tui.screens.capacity import CapacityScreen
 from sendense_tui.screens.chains import ChainsScreen
 from sendense_tui.screens.dashboard import DashboardScreen
@@ -36,4 +35,4 @@ SCREENS: dict[str, Callable[[], Screen[object]]] = {
 
 assert list(SCREENS) == list(SECTIONS), "SCREENS and SECTIONS must list the same sections"
 
-__all__ = ["SCREENS", "SECTIONS", "PlaceholderScreen", "SendenseScreen", "placeholder"]
+__all__ = ["SCREENS", "SECTIONS", "SendenseScreen"]

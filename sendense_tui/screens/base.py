@@ -21,10 +21,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
-
-from sendense_tui.styles import STYLES_DIR
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -208,37 +206,3 @@ class SendenseScreen(Screen[None]):
 
         if isinstance(message, EngineEvent):
             self.refresh_now()
-
-
-class PlaceholderScreen(SendenseScreen):
-    """A section that is not built yet; says so plainly."""
-
-    CSS_PATH = STYLES_DIR / "placeholder.tcss"
-    LIVE = False
-
-    def __init__(self, mode: str, what: str, meanwhile: str = "") -> None:
-        self.MODE = mode  # type: ignore[misc]
-        super().__init__()
-        self.what = what
-        self.meanwhile = meanwhile
-
-    def compose_body(self) -> ComposeResult:
-        title = SECTIONS.get(self.MODE, (self.MODE.title(), ""))[0]
-        text = Text()
-        text.append(f"{title}\n\n", style="bold")
-        text.append("Coming in a later release.\n\n")
-        text.append(self.what)
-        if self.meanwhile:
-            text.append("\n\nMeanwhile: ")
-            text.append(self.meanwhile, style="bold")
-        yield Static(text, id="placeholder")
-
-
-def placeholder(mode: str, what: str, meanwhile: str = "") -> Callable[[], PlaceholderScreen]:
-    """A registry entry for a section that is not built yet."""
-
-    def make() -> PlaceholderScreen:
-        return PlaceholderScreen(mode, what, meanwhile)
-
-    make.__name__ = f"{mode}_placeholder"
-    return make
