@@ -140,7 +140,8 @@ class CapacityScreen(SendenseScreen):
 
     def apply(self, data: CapacityData) -> None:
         summary = Text()
-        summary.append(f"{len(data.items)} repositories", style="bold")
+        count = len(data.items)
+        summary.append(f"{count} {'repository' if count == 1 else 'repositories'}", style="bold")
         if data.total:
             summary.append(
                 f"  ·  {human_bytes(data.used)} used, {human_bytes(data.free)} free of "

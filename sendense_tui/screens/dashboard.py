@@ -251,7 +251,7 @@ class DashboardScreen(SendenseScreen):
             return Text("No repository yet.\n`sendense repo add` creates one.", style="dim")
         head = Text(no_wrap=True, overflow="ellipsis")
         head.append(f"{len(repos)}", style="bold")
-        head.append(" repositories")
+        head.append(" repository" if len(repos) == 1 else " repositories")
         disabled = sum(1 for r in repos if not r.repository.enabled)
         if disabled:
             head.append(f", {disabled} off", style="dim")
