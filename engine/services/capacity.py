@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +50,13 @@ from engine.services.probe import RepositoryCheckError, run_with_timeout
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
+
+# watchdog 7 races its own recursive watch when nested directories appear quickly (a
+# backup creates chains/<vm>/<disk>/<timestamp>) and warns that it re-registers the same
+# path; harmless, but it would print a multi-line warning on the operator's terminal.
+warnings.filterwarnings(
+    "ignore", message=r"Callback with id .* already exists", category=RuntimeWarning
+)
 
 LEVELS = ("ok", "warning", "critical", "full")
 _EVENT_LEVEL = {"ok": "info", "warning": "warning", "critical": "error", "full": "critical"}
