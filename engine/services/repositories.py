@@ -156,6 +156,9 @@ def validate_field(kind: str, name: str, value: Any) -> str | None:
             return "a user name is required"
         if any(c in text for c in "\n\r="):
             return "the user name must not contain '=' or line breaks"
+    elif name == "domain" and kind == "cifs":
+        if any(c in text for c in "\n\r="):
+            return "the domain must not contain '=' or line breaks"
     elif name == "password" and kind == "cifs":
         if "\n" in str(value or "") or "\r" in str(value or ""):
             return "the password must not contain line breaks"

@@ -140,6 +140,19 @@ def test_field_validation_sentences() -> None:
     assert set(problems) == {"name", "export", "username"}
 
 
+def test_cifs_domain_cannot_inject_lines_into_the_credentials_file() -> None:
+    """The domain is written as `domain=...` into the 0600 credentials file; a line
+    break in it would add lines of its own (e.g. a second `password=`)."""
+    assert validate_field("cifs", "domain", "CORP") is None
+    assert validate_field("cifs", "domain", "CORP\npassword=x") == (
+        "the domain must not contain '=' or line breaks"
+    )
+    spec = RepositorySpec(
+        name="n", kind="cifs", server="nas", export="b", username="u", domain="a\rb"
+    )
+    assert set(validate_spec(spec)) == {"domain"}
+
+
 def test_remove_refused_while_holding_backups_forced_removal_is_audited(
     eng: Engine, tmp_path: Path
 ) -> None:
