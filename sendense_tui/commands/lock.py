@@ -1,8 +1,9 @@
-"""``sendense lock list|release-expired|check|enable``: immutability locks."""
+"""``sendense lock list|release-expired|check|enable|extend``: immutability locks."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.catalog.models import ImmutabilityLock
@@ -40,6 +41,10 @@ def register(subparsers: Any) -> None:
     enable.add_argument("--grace-hours", type=int, default=0)
     enable.add_argument("--yes", action="store_true", help="confirm: locks cannot be shortened")
     enable.set_defaults(func=enable_repository)
+    extend = add_parser(sub, "extend", help="keep one lock longer (never shorter)")
+    extend.add_argument("lock", type=int, help="lock id (see `sendense lock list`)")
+    extend.add_argument("--until", required=True, help="new expiry, YYYY-MM-DD (UTC)")
+    extend.set_defaults(func=extend_lock)
 
 
 def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -114,4 +119,21 @@ def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
             args.repository, args.days, grace_hours=args.grace_hours, actor="cli"
         )
     print(f"repository {repo.name}: new backups are locked for {repo.immutable_days} day(s)")
+    return 0
+
+
+def extend_lock(args: argparse.Namespace, ctx: CliContext) -> int:
+    try:
+        until = datetime.strptime(args.until, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise SendenseError(
+            f"--until {args.until!r} is not a date", hint="give it as YYYY-MM-DD (UTC)"
+        ) from None
+    with ctx.engine() as engine:
+        lock = engine.locks.extend(args.lock, until, actor="cli")
+        repos = {r.id: r.name for r in engine.repository_store.list()}
+    if ctx.json:
+        ctx.print_json(lock_dict(lock, repos))
+    else:
+        print(f"lock {lock.id} on {lock.path} extended to {until:%Y-%m-%d %H:%M} UTC")
     return 0

@@ -160,3 +160,34 @@ def test_console_without_a_terminal_refuses_instead_of_hanging(tmp_path: Path) -
 def test_version(capsys) -> None:
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("sendense ")
+
+
+def test_lock_extend_moves_the_expiry_later_and_refuses_earlier(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lock periods can be extended from the CLI, never shortened."""
+    from datetime import UTC, datetime
+
+    clock = demo_clock()
+    engine = build_demo_engine(state_dir, clock)
+    try:
+        repo = engine.repository_store.list()[0]
+        lock = engine.lock_store.add(
+            repository_id=repo.id,
+            path="chains/db01/disk0/x/0000-full.qcow2",
+            expires_at=datetime(2026, 12, 24, tzinfo=UTC),
+            now=clock.now(),
+        )
+    finally:
+        engine.close()
+    base = ["--state-dir", str(state_dir), "lock", "extend", str(lock.id)]
+    assert main([*base, "--until", "2027-01-31"]) == 0
+    assert "extended to 2027-01-31" in capsys.readouterr().out
+    assert main([*base, "--until", "2027-01-01"]) == 2
+    err = capsys.readouterr().err
+    assert "never shortened" in err and "Traceback" not in err
+    assert main([*base, "--until", "soon"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert main(["--state-dir", str(state_dir), "lock", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["expires_at"][:10] for r in rows if r["id"] == lock.id] == ["2027-01-31"]
