@@ -676,6 +676,28 @@ class ChainService:
         goes = backups[index:]
         return DeletePlan(backup, goes, chain_ends=index == 0)
 
+    def _refuse_if_in_use(self, goes: list[Backup], backup_id: int) -> None:
+        """An NBD export or a file-restore mount reads these files: deleting them would
+        leave the operator on a backup the catalog calls gone."""
+        from engine.catalog.restore import LIVE_MOUNT_STATES, RestoreStore
+
+        restores = RestoreStore(self.store.catalog)
+        running = restores.exports(states=("running",))
+        for b in goes:
+            for export in running:
+                if export.backup_id == b.id:
+                    raise ChainError(
+                        f"cannot delete point {backup_id}: NBD export "
+                        f"'{export.export_name}' serves point {b.id}",
+                        hint=f"stop it first: sendense export stop {export.export_name}",
+                    )
+            for mount in restores.mounts_of(b.id, states=LIVE_MOUNT_STATES):
+                raise ChainError(
+                    f"cannot delete point {backup_id}: restore mount {mount.id} browses "
+                    f"point {b.id}",
+                    hint=f"unmount it first: sendense restore unmount {mount.id}",
+                )
+
     def delete_point(self, backup_id: int, *, actor: str | None = None) -> DeletePlan:
         """Delete a point and the points that depend on it (newest first)."""
         plan = self.delete_plan(backup_id)
@@ -686,6 +708,7 @@ class ChainService:
                 f"cannot delete point {backup_id}: " + "; ".join(reasons),
                 hint="locked points can only be deleted after their lock expires",
             )
+        self._refuse_if_in_use(plan.goes, backup_id)
         for b in reversed(plan.goes):
             path = repo_file(repo, b.path)
             with contextlib.suppress(FileNotFoundError):

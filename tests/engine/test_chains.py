@@ -329,3 +329,37 @@ def test_chain_store_on_both_catalogs(catalog: Catalog, clock: FixedClock) -> No
     assert [lock.backup_id for lock in store.active_locks([inc.id], clock.now())] == [inc.id]
     assert store.active_locks([inc.id], clock.now() + timedelta(hours=2)) == []
     assert set(store.lock_counts(clock.now())) == {inc.id}
+
+
+def test_delete_refused_while_a_later_point_is_exported_or_mounted(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock
+) -> None:
+    """Deleting a point that an NBD export serves (or a file-restore mount browses) would
+    leave the operator reading a backup the catalog says is gone: refuse, say which."""
+    from engine.catalog.restore import RestoreStore
+
+    ids, _ = build_chain(bk_engine, repo, disk, clock, incrementals=2)
+    restores = RestoreStore(bk_engine.catalog)
+    export = restores.add_export(
+        backup_id=ids[2], export_name="live", uri="nbd+unix:///live", started_at=clock.now()
+    )
+    with pytest.raises(ChainError, match="NBD export 'live' serves point") as err:
+        bk_engine.chains.delete_point(ids[1], actor="test")
+    assert "sendense export stop live" in (err.value.hint or "")
+    assert all(point_path(bk_engine, repo, i).exists() for i in ids)
+    assert bk_engine.chain_store.get_backup(ids[1]).state == "complete"
+    restores.update_export(export.id, state="stopped")
+    mount = restores.add_mount(
+        backup_id=ids[1],
+        state="mounted",
+        base_dir="/nowhere",
+        created_at=clock.now(),
+        last_used_at=clock.now(),
+        expires_at=clock.now() + timedelta(hours=1),
+    )
+    with pytest.raises(ChainError, match=f"restore mount {mount.id} browses point {ids[1]}"):
+        bk_engine.chains.delete_point(ids[1], actor="test")
+    assert point_path(bk_engine, repo, ids[1]).exists()
+    restores.delete_mount(mount.id)
+    bk_engine.chains.delete_point(ids[1], actor="test")  # nothing reads it: it may go now
+    assert not point_path(bk_engine, repo, ids[1]).exists()
