@@ -583,6 +583,7 @@ class ChainService:
                 f"cannot consolidate chain {chain_id}: " + "; ".join(reasons),
                 hint="wait for the locks to expire; locked points cannot be merged",
             )
+        self._refuse_if_in_use(merged, f"consolidate chain {chain_id}")
         directory = repo_file(repo, chain.directory)
         target_path = repo_file(repo, target.path)
         self._check_room(repo, target_path)
@@ -676,7 +677,7 @@ class ChainService:
         goes = backups[index:]
         return DeletePlan(backup, goes, chain_ends=index == 0)
 
-    def _refuse_if_in_use(self, goes: list[Backup], backup_id: int) -> None:
+    def _refuse_if_in_use(self, goes: list[Backup], doing: str) -> None:
         """An NBD export or a file-restore mount reads these files: deleting them would
         leave the operator on a backup the catalog calls gone."""
         from engine.catalog.restore import LIVE_MOUNT_STATES, RestoreStore
@@ -687,14 +688,12 @@ class ChainService:
             for export in running:
                 if export.backup_id == b.id:
                     raise ChainError(
-                        f"cannot delete point {backup_id}: NBD export "
-                        f"'{export.export_name}' serves point {b.id}",
+                        f"cannot {doing}: NBD export '{export.export_name}' serves point {b.id}",
                         hint=f"stop it first: sendense export stop {export.export_name}",
                     )
             for mount in restores.mounts_of(b.id, states=LIVE_MOUNT_STATES):
                 raise ChainError(
-                    f"cannot delete point {backup_id}: restore mount {mount.id} browses "
-                    f"point {b.id}",
+                    f"cannot {doing}: restore mount {mount.id} browses point {b.id}",
                     hint=f"unmount it first: sendense restore unmount {mount.id}",
                 )
 
@@ -708,7 +707,7 @@ class ChainService:
                 f"cannot delete point {backup_id}: " + "; ".join(reasons),
                 hint="locked points can only be deleted after their lock expires",
             )
-        self._refuse_if_in_use(plan.goes, backup_id)
+        self._refuse_if_in_use(plan.goes, f"delete point {backup_id}")
         for b in reversed(plan.goes):
             path = repo_file(repo, b.path)
             with contextlib.suppress(FileNotFoundError):

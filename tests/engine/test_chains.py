@@ -363,3 +363,18 @@ def test_delete_refused_while_a_later_point_is_exported_or_mounted(
     restores.delete_mount(mount.id)
     bk_engine.chains.delete_point(ids[1], actor="test")  # nothing reads it: it may go now
     assert not point_path(bk_engine, repo, ids[1]).exists()
+
+
+def test_consolidate_refused_while_a_merged_point_is_exported(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock
+) -> None:
+    from engine.catalog.restore import RestoreStore
+
+    ids, _ = build_chain(bk_engine, repo, disk, clock, incrementals=2)
+    RestoreStore(bk_engine.catalog).add_export(
+        backup_id=ids[0], export_name="full", uri="nbd+unix:///full", started_at=clock.now()
+    )
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    with pytest.raises(ChainError, match=r"cannot consolidate chain .*NBD export 'full'"):
+        bk_engine.chains.consolidate(chain_id)
+    assert point_path(bk_engine, repo, ids[0]).exists()
