@@ -232,16 +232,18 @@ def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     if interactive:
         sys.stderr.write("\n")
+    # something asked for was not restored: exit 1 so a script does not read success
+    code = 1 if result.skipped else 0
     if ctx.json:
         ctx.print_json(result.as_dict())
-        return 0
+        return code
     print(
         f"restored {result.files} file(s), {result.directories} folder(s), "
         f"{result.symlinks} link(s), {human_bytes(result.bytes)} to {result.destination}"
     )
     for path, reason in result.skipped:
         print(f"  skipped {path}: {reason}")
-    return 0
+    return code
 
 
 def unmount_point(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -57,6 +57,11 @@ def test_restore_commands_mount_browse_extract_unmount(
         )
         assert isinstance(result, dict) and result["files"] == 1
         assert (tmp_path / "out" / "etc" / "motd").read_bytes() == b"hello\n"
+        # again: everything already exists and is skipped; a script must not read success
+        again_args = ["restore", "extract", mount_id, "p1/etc", "--to", str(tmp_path / "out")]
+        assert main(["--state-dir", str(state), *again_args]) == 1
+        out = capsys.readouterr().out
+        assert "restored 0 file(s)" in out and "skipped etc/motd: already exists" in out
 
         assert main(["--state-dir", str(state), "restore", "ls", mount_id, "p1/../.."]) == 2
         assert "'..'" in capsys.readouterr().err
