@@ -88,7 +88,7 @@ class RepositorySpec:
     nfs_version: str = "4.1"
     mount_options: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     domain: str = ""
     smb_version: str = "3.0"
     #: local: create the directory when it does not exist

@@ -326,3 +326,10 @@ def test_mount_manager_repair_reports_foreign_mounts(
 def test_validation_error_on_bad_fields(eng: Engine) -> None:
     with pytest.raises(ValidationError, match="path: the path must be absolute"):
         eng.repositories.add(RepositorySpec(name="x", path="rel"))
+
+
+def test_a_spec_never_shows_its_password_in_repr() -> None:
+    """Specs end up in logs, Textual's crash screen and pytest output via repr()."""
+    spec = RepositorySpec(name="n", kind="cifs", server="nas", username="u", password="s3cr3t!")
+    assert "s3cr3t!" not in repr(spec)
+    assert spec.password == "s3cr3t!"
