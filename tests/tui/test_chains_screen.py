@@ -81,6 +81,9 @@ async def test_locked_full_cannot_be_deleted(chains_app: SendenseApp) -> None:
         await settle(pilot)
         await pilot.press("y")
         await settle(pilot)
+        # the operator is told which lock stops it (not just: nothing happened)
+        messages = [n.message for n in chains_app._notifications]
+        assert any(f"cannot delete point {full.id}" in m and "locked until" in m for m in messages)
     assert engine.chain_store.get_backup(full.id).state == "complete"
 
 
