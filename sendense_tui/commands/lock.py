@@ -82,7 +82,9 @@ def release_expired(args: argparse.Namespace, ctx: CliContext) -> int:
         report = engine.locks.release_expired(actor="cli")
     if ctx.json:
         ctx.print_json(report.as_dict())
-    elif report.clock is not None and not report.clock.ok:
+        # nothing was released because the clock is not trusted: not a success
+        return 2 if report.clock is not None and not report.clock.ok else 0
+    if report.clock is not None and not report.clock.ok:
         raise SendenseError(
             f"no lock released: {report.clock.message}",
             hint="fix the system clock (NTP) first",

@@ -191,3 +191,28 @@ def test_lock_extend_moves_the_expiry_later_and_refuses_earlier(
     assert main(["--state-dir", str(state_dir), "lock", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["expires_at"][:10] for r in rows if r["id"] == lock.id] == ["2027-01-31"]
+
+
+def test_release_expired_with_an_untrusted_clock_fails_in_json_too(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clock that jumped backwards releases nothing; a script reading --json must not
+    see success (exit 0) while no lock was released."""
+    from datetime import UTC, datetime
+
+    engine = build_demo_engine(state_dir, demo_clock())
+    try:
+        engine.lock_store.add(
+            repository_id=engine.repository_store.list()[0].id,
+            path="chains/x/y/z/0000-full.qcow2",
+            expires_at=datetime(2031, 1, 1, tzinfo=UTC),
+            now=datetime(2030, 1, 1, tzinfo=UTC),  # recorded "later" than the clock reads
+        )
+    finally:
+        engine.close()
+    base = ["--state-dir", str(state_dir), "lock", "release-expired"]
+    assert main(base) == 2
+    assert "jumped backwards" in capsys.readouterr().err
+    assert main([*base, "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["released"] == []
