@@ -76,6 +76,7 @@ class Engine:
             self.bus,
             settings=self.settings,
             clock=self.clock,
+            repository_check=writable,
         )
         self.backups = BackupService(
             self.chain_store,

@@ -193,12 +193,16 @@ class ChainService:
         *,
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        repository_check: Callable[[Repository], None] | None = None,
     ) -> None:
         self.store = store
         self.repositories = repositories
         self.bus = bus
         self.settings = settings
         self.clock = clock
+        #: the repositories service's "mounted, writable and not full" gate (the one
+        #: backups and copies use), when wired: consolidation writes a new full too
+        self.repository_check = repository_check
         self.jobs: Any = None
 
     def register(self, jobs: Any) -> None:
@@ -552,6 +556,9 @@ class ChainService:
         Returns the point that is now the full."""
         chain = self.store.get_chain(chain_id)
         repo = self.repositories.get(chain.repository_id)
+        if self.repository_check is not None:
+            # before validate(): an unmounted share would read as missing files
+            self.repository_check(repo)
         backups = self.store.backups(chain_id)
         if len(backups) < 2:
             raise ChainError(

@@ -16,6 +16,7 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.models import ImmutabilityLock
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import FixedClock
+from engine.errors import SendenseError
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainError, LockedError
@@ -378,3 +379,23 @@ def test_consolidate_refused_while_a_merged_point_is_exported(
     with pytest.raises(ChainError, match=r"cannot consolidate chain .*NBD export 'full'"):
         bk_engine.chains.consolidate(chain_id)
     assert point_path(bk_engine, repo, ids[0]).exists()
+
+
+def test_consolidate_refused_when_the_network_repository_is_not_mounted(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock
+) -> None:
+    """The same "really mounted" gate as backups: a network repository whose path is a
+    plain directory (the share fell off) gets no new full written onto the local disk.
+    (No kernel NFS client here: the repository is switched to kind nfs in the catalog.)"""
+    ids, _ = build_chain(bk_engine, repo, disk, clock, incrementals=2)
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    bk_engine.repository_store.update(repo.id, clock.now(), kind="nfs", server="nas", export="/x")
+    root = Path(repo.path)
+    files_before = {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    rows_before = [(b.id, b.kind, b.state, b.path) for b in bk_engine.chain_store.backups(chain_id)]
+    with pytest.raises(SendenseError, match="is not mounted, so nothing may be written there"):
+        bk_engine.chains.consolidate(chain_id)
+    assert {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()} == files_before
+    rows_after = [(b.id, b.kind, b.state, b.path) for b in bk_engine.chain_store.backups(chain_id)]
+    assert rows_after == rows_before
+    assert bk_engine.chain_store.get_chain(chain_id).state != "broken"
