@@ -204,6 +204,24 @@ COMMANDS: tuple[Command, ...] = (
         scope="policies",
     ),
     Command(
+        "policies.toggle",
+        "e",
+        "toggle",
+        "On/off",
+        "Enable or disable the selected policy (its schedule)",
+        scope="policies",
+    ),
+    Command(
+        "policies.remove",
+        "D",
+        "remove",
+        "Remove",
+        "Remove the selected policy (asks first; its backups stay)",
+        scope="policies",
+        key_display="D",
+        show=False,  # the footer must fit 80 columns; ? and the palette list it
+    ),
+    Command(
         "policies.close",
         "escape",
         "close_form",

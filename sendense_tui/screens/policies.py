@@ -8,7 +8,8 @@ side from ``SIDE_BY_SIDE`` columns). Everything the pane shows is fetched with
 the list, so moving the cursor redraws it at once. Keys (see ``actions.py``):
 ``a`` add (the editor), ``n`` run now, ``p`` retention preview (what would go
 and why, shown in the details), ``x`` apply retention (after a confirmation),
-``c`` the copy rules (3-2-1 routes).
+``c`` the copy rules (3-2-1 routes), ``e`` enable/disable, ``D`` remove (after a
+confirmation; the backups stay).
 
 The editor validates as you type: the cron expression is parsed and its next
 five runs shown; everything else (retention numbers, the target repository,
@@ -428,6 +429,45 @@ class PoliciesScreen(SendenseScreen):
                 "Apply retention now?",
                 "Points no rule keeps are deleted or merged; locked points and points "
                 "without their copies stay (see the preview with p).",
+            ),
+            answer,
+        )
+
+    def action_toggle(self) -> None:
+        pid = self._selected()
+        row = self._rows.get(pid) if pid is not None else None
+        if row is None:
+            return
+        enable = not row.enabled
+        self.run_engine(
+            lambda: self.engine.policies.set_enabled(row.id, enable, actor="console"),
+            after=lambda policy: self.notify(
+                f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}"
+                + ("" if policy.enabled else ": no scheduled runs until e enables it")
+            ),
+            description="enable policy" if enable else "disable policy",
+        )
+
+    def action_remove(self) -> None:
+        pid = self._selected()
+        row = self._rows.get(pid) if pid is not None else None
+        if row is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_engine(
+                    lambda: self.engine.policies.remove(row.id, actor="console"),
+                    after=lambda _: self.notify(f"policy {row.name} removed"),
+                    description="remove policy",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Remove policy {row.name}?",
+                f"Its schedule stops: no more runs ({row.schedule}). The backups it made "
+                "stay in the repository; delete them from Chains if you want them gone.",
+                yes_label="Remove",
             ),
             answer,
         )

@@ -17,6 +17,7 @@ from sendense_tui.demo import seed_demo_chains
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.screens.help import HelpScreen
 from sendense_tui.screens.policies import PoliciesScreen
+from sendense_tui.widgets.confirm import ConfirmDialog
 from tests.tui.conftest import keys_then_settle, settle
 
 
@@ -209,3 +210,61 @@ async def test_details_follow_the_cursor_with_each_shortfall(
         await settle(pilot)
         assert isinstance(app.screen, HelpScreen)
         assert "does not stop root" in str(app.screen.query_one("#help-note", Static).content)
+
+
+async def test_e_disables_and_enables_the_policy_under_the_cursor(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await _on_policies(pilot)
+        table = screen.query_one("#policies", DataTable)
+        name = table.get_row_at(table.cursor_row)[0]
+        await pilot.press("e")
+        await settle(pilot)
+        assert seeded.policies.get(name).enabled is False
+        row = table.get_row_at(table.cursor_row)
+        assert row[0] == name and row[3] == "off"  # the list shows it has no next run
+        await pilot.press("e")
+        await settle(pilot)
+        assert seeded.policies.get(name).enabled is True
+        assert table.get_row_at(table.cursor_row)[3] != "off"
+
+
+async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await _on_policies(pilot)
+        table = screen.query_one("#policies", DataTable)
+        name = table.get_row_at(table.cursor_row)[0]
+        await pilot.press("D")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        assert name in app.screen.question
+        assert "schedule stops" in app.screen.consequence
+        assert "backups it made stay" in app.screen.consequence
+        await pilot.press("n")
+        await settle(pilot)
+        assert name in [p.name for p in seeded.policies.list()]
+        await pilot.press("D")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert name not in [p.name for p in seeded.policies.list()]
+        assert table.row_count == 1
+        assert name not in [table.get_row_at(i)[0] for i in range(table.row_count)]
+
+
+async def test_help_on_policies_lists_enable_and_remove(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _on_policies(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        rows = {row.description: row.keys for row in app.screen.rows}
+        assert rows["Enable or disable the selected policy (its schedule)"] == "e"
+        assert rows["Remove the selected policy (asks first; its backups stay)"] == "D"
