@@ -9,6 +9,7 @@ survives a crash. A reader therefore sees either no file or a complete one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,32 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def place_new(tmp: Path, final: Path) -> None:
+    """Give a complete (already fsynced) temporary file its final name without ever
+    replacing a file there: a hard link, which fails atomically with FileExistsError
+    when ``final`` exists, then the temporary name is removed. A filesystem without
+    hard links (a CIFS share without unix extensions) falls back to check-then-rename.
+    The caller fsyncs the directory afterwards."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if final.exists() or final.is_symlink():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.rename(tmp, final)
+        return
+    try:
+        tmp.unlink()
+    except BaseException:
+        # two names for one file: drop the new one, the caller discards the partial
+        with contextlib.suppress(FileNotFoundError):
+            final.unlink()
+        raise
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.fsutil import fsync_dir, fsync_file, partial_path
+from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import (
@@ -623,10 +623,8 @@ class BackupService:
                         f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
                         f"as its parent instead of {parent_name}",
                     )
-            sealed = _seal(tmp, head)
-            if final.exists():
-                raise BackupError(f"{final} already exists; refusing to overwrite a backup")
-            os.replace(tmp, final)
+            sealed = _seal(tmp, head)  # fsynced before it takes its name
+            _publish(tmp, final)
         except JobCancelled:
             _discard(tmp)
             raise
@@ -829,6 +827,20 @@ def _seal(tmp: Path, head: qemu_img.ImageInfo | None) -> _Sealed:
         digest.join()
     flushed.result()
     return _Sealed(head.virtual_size, size, stored, digest.result())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Give the sealed partial file its final name, never overwriting a file that is
+    already there (atomically: no window between a check and the rename). On refusal
+    the partial file is removed; the caller fsyncs the directory afterwards."""
+    try:
+        place_new(tmp, final)
+    except FileExistsError:
+        _discard(tmp)
+        raise BackupError(
+            f"{final} already exists; refusing to overwrite a backup",
+            hint="another writer uses this chain directory: check what created that file",
+        ) from None
 
 
 def _discard(path: Path) -> None:

@@ -402,3 +402,26 @@ def test_stored_checksum_is_the_sha256_of_the_final_file(
         assert p.virtual_size == qemu_img.info(path).virtual_size
     directory = Path(repo.path) / chain.directory
     assert sorted(f.name for f in directory.iterdir()) == sorted(Path(p.path).name for p in points)
+
+
+def test_publish_never_overwrites_a_file_that_appeared_at_the_final_name(tmp_path: Path) -> None:
+    """The finished partial file takes its final name without clobbering: a file that
+    appeared there after the plan (another writer, a restored copy) keeps its bytes,
+    the backup is refused with a sentence naming the file, and no partial is left."""
+    from engine.fsutil import partial_path
+    from engine.services.backup import _publish
+
+    final = tmp_path / "0001-full-20261201T100000Z.qcow2"
+    tmp = partial_path(final)
+    tmp.write_bytes(b"new backup data")
+    final.write_bytes(b"somebody else's backup")
+    with pytest.raises(BackupError, match="already exists; refusing to overwrite") as err:
+        _publish(tmp, final)
+    assert str(final) in str(err.value)
+    assert final.read_bytes() == b"somebody else's backup"
+    assert not tmp.exists()
+    # nothing in the way: the file is published under its final name, the partial gone
+    other = tmp_path / "0002-inc-20261201T110000Z.qcow2"
+    partial_path(other).write_bytes(b"incremental")
+    _publish(partial_path(other), other)
+    assert other.read_bytes() == b"incremental" and not partial_path(other).exists()
