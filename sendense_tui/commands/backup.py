@@ -18,6 +18,17 @@ from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
 from sendense_tui.format import human_bytes, short_time
 
+DISK_FORMAT = "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01"
+
+
+def disk_argument(text: str) -> DiskSource:
+    """``--disk NAME=SOURCE``; without a name argparse exits 2 with the format, instead
+    of a made-up disk "disk0" reading whatever was typed."""
+    name, sep, source = text.partition("=")
+    if not sep or not name or not source or "://" in name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{DISK_FORMAT} (got {text!r})")
+    return DiskSource(name, source)
+
 
 def register(subparsers: Any) -> None:
     parser = add_parser(subparsers, "backup", help="back up VM disks, list restore points")
@@ -29,6 +40,7 @@ def register(subparsers: Any) -> None:
         "--disk",
         action="append",
         required=True,
+        type=disk_argument,
         metavar="NAME=SOURCE",
         help="a disk and where to read it: file, device or nbd URI (repeatable)",
     )
@@ -96,7 +108,7 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
 
 
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
-    disks = [DiskSource.parse(text) for text in args.disk]
+    disks: list[DiskSource] = list(args.disk)
     compression = None if args.compress == "none" else args.compress
     with ctx.engine() as engine:
         job = engine.backups.submit(

@@ -216,3 +216,17 @@ def test_release_expired_with_an_untrusted_clock_fails_in_json_too(
     assert main([*base, "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert report["released"] == []
+
+
+@pytest.mark.parametrize("value", ["bad", "/dev/vg0/web01", "=/dev/vg0/web01", "sda="])
+def test_backup_run_disk_without_name_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--disk bad` used to become disk "disk0" reading source "bad": a typo turned into
+    a backup of the wrong thing under a made-up name. Now it is exit 2 with the format."""
+    with pytest.raises(SystemExit) as exited:
+        main(["backup", "run", "--repo", "local", "--vm", "web01", "--disk", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01" in err
+    assert "Traceback" not in err
