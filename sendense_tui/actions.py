@@ -130,6 +130,15 @@ COMMANDS: tuple[Command, ...] = (
         scope="chains",
     ),
     Command(
+        "chains.verify",
+        "v",
+        "verify",
+        "Verify",
+        "Verify the selected point or chain (queues a verify job)",
+        scope="chains",
+        show=False,  # the footer must fit 80 columns; the details pane names v
+    ),
+    Command(
         "chains.info",
         "i",
         "point_info",

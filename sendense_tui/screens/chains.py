@@ -183,7 +183,8 @@ class ChainsScreen(SendenseScreen):
                 f"checksum  {(b.checksum or '-')[:16]}…",
                 f"file      {b.path}",
                 "",
-                "i: qemu-img info   R: restore disk   d: delete",
+                "i: qemu-img info   v: verify",
+                "R: restore disk   d: delete",
             ]
         elif kind == "chain" and ref in self._chains:
             v = self._chains[ref]
@@ -199,7 +200,7 @@ class ChainsScreen(SendenseScreen):
             ]
             if v.chain.state_detail:
                 lines += ["", f"! {v.chain.state_detail}"]
-            lines += ["", "c: consolidate   b: back up now"]
+            lines += ["", "c: consolidate   v: verify   b: back up now"]
         elif kind == "vm":
             lines = [f"VM {ref}", "", "b: back up a disk now"]
         if extra:
@@ -251,6 +252,22 @@ class ChainsScreen(SendenseScreen):
             lambda: self.engine.chains.point_details(backup.id),
             after=show,
             description=f"qemu-img info of point {backup.id}",
+        )
+
+    def action_verify(self) -> None:
+        sel = self._selection()
+        if sel is not None and sel[0] == "point" and sel[1] in self._points:
+            scope, ref, what = "backup", sel[1], f"point #{sel[1]}"
+        elif sel is not None and sel[0] == "chain" and sel[1] in self._chains:
+            v = self._chains[sel[1]].chain
+            scope, ref, what = "chain", sel[1], f"chain {v.vm_name}/{v.disk_name}"
+        else:
+            self.notify("Select a restore point or a chain first.", severity="warning")
+            return
+        self.run_engine(
+            lambda: self.engine.verifier.submit(scope, ref, actor="console"),
+            after=lambda job: self.notify(f"verify job {job.id} queued ({what})"),
+            description=f"verify {what}",
         )
 
     def action_delete_point(self) -> None:

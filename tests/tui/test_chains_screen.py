@@ -105,3 +105,34 @@ async def test_details_before_selection_depend_on_whether_chains_exist(
     text = await details()
     assert "No backups yet" not in text
     assert "Select a restore point" in text
+
+
+async def test_v_queues_a_verify_job_for_the_selected_point(chains_app: SendenseApp) -> None:
+    engine = chains_app.engine
+    async with chains_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        screen = chains_app.screen
+        assert isinstance(screen, ChainsScreen)
+        point = next(b for b, c in engine.chain_store.list_backups() if c.vm_name == "db01")
+        tree = screen.query_one("#chains-tree")
+        line = next(
+            n
+            for n in tree._tree_lines
+            if n.node.data == ("point", point.id)  # type: ignore[attr-defined]
+        )
+        tree.move_cursor(line.node)  # type: ignore[attr-defined]
+        await settle(pilot)
+        before = {j.id for j in engine.job_store.list()}
+        await pilot.press("v")
+        await settle(pilot)
+        jobs = [j for j in engine.job_store.list() if j.id not in before]
+        assert [j.kind for j in jobs] == ["verify"]
+        assert jobs[0].params["scope"] == "backup" and jobs[0].params["ref"] == point.id
+        shown = [n.message for n in chains_app._notifications]
+        assert f"verify job {jobs[0].id} queued (point #{point.id})" in shown
+        await pilot.press("question_mark")
+        await settle(pilot)
+        rows = {row.description: row.keys for row in chains_app.screen.rows}  # type: ignore[attr-defined]
+        assert rows["Verify the selected point or chain (queues a verify job)"] == "v"
