@@ -219,6 +219,7 @@ COMMANDS: tuple[Command, ...] = (
         "On/off",
         "Enable or disable the selected policy (its schedule)",
         scope="policies",
+        show=False,  # the footer is full at 80 columns; ? and the palette list it
     ),
     Command(
         "policies.remove",
@@ -228,7 +229,7 @@ COMMANDS: tuple[Command, ...] = (
         "Remove the selected policy (asks first; its backups stay)",
         scope="policies",
         key_display="D",
-        show=False,  # the footer must fit 80 columns; ? and the palette list it
+        show=False,
     ),
     Command(
         "policies.close",
@@ -324,6 +325,16 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "restore.unmount", "u", "unmount", "Unmount", "Unmount the shown mount", scope="restore"
+    ),
+    Command(
+        "restore.export",
+        "N",
+        "export",
+        "NBD export",
+        "Serve the selected restore point read-only over NBD (a unix socket)",
+        scope="restore",
+        key_display="N",
+        show=False,
     ),
     Command(
         "restore.stop_export",

@@ -92,7 +92,7 @@ class RestoreScreen(SendenseScreen):
                     id="mounts",
                 )
             with Vertical(id="exports-box"):
-                yield Static("NBD exports · x stops", classes="title")
+                yield Static("NBD exports · N starts · x stops", classes="title")
                 yield FlexTable([("uri", "URI", None), ("state", "State", 8)], id="exports")
         yield Input(
             placeholder="extract to: destination folder, e.g. /srv/restore", id="destination"
@@ -298,6 +298,18 @@ class RestoreScreen(SendenseScreen):
             description="extract",
         )
 
+    def action_export(self) -> None:
+        key = cursor_key(self.query_one("#points", DataTable))
+        if key is None:
+            self.notify("Select a restore point first.", severity="warning")
+            return
+        backup_id = int(key)
+        self.run_engine(
+            lambda: self.engine.exports.start(backup_id, actor="console"),
+            after=lambda view: self.notify(f"exported point {backup_id}: {view.uri}"),
+            description=f"export point {backup_id}",
+        )
+
     def action_stop_export(self) -> None:
         key = cursor_key(self.query_one("#exports", DataTable))
         if key is not None:
@@ -307,7 +319,8 @@ class RestoreScreen(SendenseScreen):
         # while typing a destination, letters are text, not commands
         typing = isinstance(self.focused, Input)
         return not (
-            typing and action in ("mount", "mark", "extract", "unmount", "stop_export", "up")
+            typing
+            and action in ("mount", "mark", "extract", "unmount", "export", "stop_export", "up")
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -134,3 +134,50 @@ async def test_restore_points_and_files_are_readable(
         await settle(pilot)
         files = screen.query_one("#files", DataTable)
         assert [k.value for k in files.rows] == ["p1/etc", "p1/readme.txt"]
+
+
+async def test_N_exports_the_selected_point_and_shows_its_uri(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """Real qemu-nbd on a unix socket: first the point's file is missing (the
+    notification names it, nothing is exported), then a real qcow2 is served."""
+    from tests.engine.fsimages import sh
+    from tests.tui.conftest import settle
+
+    _seed(demo_engine, tmp_path)
+    point = demo_engine.chain_store.list_backups()[0][0]
+    qcow2 = tmp_path / "repo" / "web01" / "sda" / "0000.qcow2"
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#points", DataTable).focus()
+        await pilot.press("N")
+        await settle(pilot)
+        messages = [n.message for n in app._notifications]
+        assert any(
+            f"restore point {point.id} is missing" in m and str(qcow2) in m for m in messages
+        )
+        assert [x for x in demo_engine.exports.list() if x.name == f"point-{point.id}"] == []
+
+        qcow2.parent.mkdir(parents=True)
+        sh("qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "16M")
+        await pilot.press("N")
+        await settle(pilot)
+        try:
+            mine = [x for x in demo_engine.exports.list() if x.name == f"point-{point.id}"]
+            assert len(mine) == 1 and mine[0].uri.startswith("nbd+unix:///")
+            exports = screen.query_one("#exports", DataTable)
+            uris = [str(exports.get_row_at(i)[0]) for i in range(exports.row_count)]
+            assert mine[0].uri in uris
+            assert any(mine[0].uri in n.message for n in app._notifications)
+        finally:
+            for x in demo_engine.exports.list():
+                if x.name == f"point-{point.id}":
+                    demo_engine.exports.stop(x.id)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        rows = {row.description: row.keys for row in app.screen.rows}  # type: ignore[attr-defined]
+        assert rows["Serve the selected restore point read-only over NBD (a unix socket)"] == "N"
