@@ -2,7 +2,8 @@
 
 Restore points (VM, disk, time, kind) beside the browser of the shown mount
 (a path line and a listing with size and time; Enter opens a folder, Backspace
-goes up, Space marks); on a terminal narrower than ``SIDE_BY_SIDE`` columns the
+goes up, Space marks; ``/`` searches the mount by name and lists the matches with
+their full path until Esc or Backspace); on a terminal narrower than ``SIDE_BY_SIDE`` columns the
 browser goes below the points. Under them: the mounts with their time before
 expiry, the NBD exports with their URI, the destination box and the status line.
 Keys come from the command table (``actions.py``, scope "restore").
@@ -18,10 +19,12 @@ from typing import Any
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from engine.catalog.restore import PointLocation
+from engine.errors import SendenseError
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.actions import bindings_for
@@ -46,6 +49,26 @@ class RestoreData:
 #: narrower than this, the browser goes below the restore points
 SIDE_BY_SIDE = 110
 NO_MOUNT = "no mount shown: pick a restore point and press m (or Enter)"
+#: most matches a search lists
+SEARCH_LIMIT = 1000
+
+
+@dataclass
+class SearchResults:
+    mount_id: int
+    pattern: str
+    entries: list[Entry]
+
+
+class SearchInput(Input):
+    """The search box; Esc inside it closes the search (an Input keeps the key)."""
+
+    BINDINGS = [Binding("escape", "close_search", "Close", show=False)]
+
+    def action_close_search(self) -> None:
+        screen = self.screen
+        if isinstance(screen, RestoreScreen):
+            screen.action_close_search()
 
 
 class RestoreScreen(SendenseScreen):
@@ -59,6 +82,8 @@ class RestoreScreen(SendenseScreen):
         self.path = ""
         self.marked: set[str] = set()
         self.progress_text = ""
+        #: the matches shown instead of the folder listing, if a search ran
+        self.results: SearchResults | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="restore-main"):
@@ -84,6 +109,10 @@ class RestoreScreen(SendenseScreen):
                     ],
                     id="files",
                 )
+                yield SearchInput(
+                    placeholder="search by name: a word or *.conf; Enter runs, Esc closes",
+                    id="search",
+                )
         with Horizontal(id="restore-bottom"):
             with Vertical(id="mounts-box"):
                 yield Static("Mounted · u unmounts", classes="title")
@@ -104,6 +133,9 @@ class RestoreScreen(SendenseScreen):
         self._fit(self.app.size.width)
         self.query_one("#progress", ProgressBar).display = False
         self.query_one("#destination", Input).cursor_blink = self.sendense.live
+        search = self.query_one("#search", Input)
+        search.cursor_blink = self.sendense.live
+        search.display = False
         self.query_one("#points", DataTable).focus()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -129,6 +161,8 @@ class RestoreScreen(SendenseScreen):
             mount_id = mounts[0].id
         if mount_id is not None and any(m.id == mount_id for m in mounts):
             data.mount_id, data.path = mount_id, self.path
+            if self.results is not None and self.results.mount_id == mount_id:
+                return data  # the search results stay in the listing
             try:
                 data.entries = _browse(
                     self.engine, next(m for m in mounts if m.id == mount_id), self.path
@@ -139,6 +173,10 @@ class RestoreScreen(SendenseScreen):
 
     def apply(self, data: RestoreData) -> None:
         self.mount_id = data.mount_id
+        results = self.results
+        if results is not None and results.mount_id != data.mount_id:
+            results = self.results = None  # its mount went away
+        entries = results.entries if results is not None else data.entries
         sync_rows(
             self.query_one("#points", DataTable),
             [
@@ -173,14 +211,15 @@ class RestoreScreen(SendenseScreen):
                     (
                         "*" if e.path in self.marked else " ",
                         Text(
-                            e.name + ("/" if e.kind == "dir" else ""),
+                            (e.path if results is not None else e.name)
+                            + ("/" if e.kind == "dir" else ""),
                             style="bold" if e.kind == "dir" else "",
                         ),
                         human_bytes(e.size) if e.kind != "dir" else "",
                         f"{e.mtime:%Y-%m-%d %H:%M}" if e.mtime else e.detail,
                     ),
                 )
-                for e in data.entries
+                for e in entries
             ],
             ("mark", "name", "size", "time"),
         )
@@ -195,6 +234,18 @@ class RestoreScreen(SendenseScreen):
         else:
             mount = next(m for m in data.mounts if m.id == data.mount_id)
             remaining = human_duration(mount.remaining(data.now).total_seconds())
+            if results is not None:
+                found = len(results.entries)
+                where.update(
+                    Text.assemble(
+                        (f"search '{results.pattern}' · ", "bold"),
+                        (f"{found}{'+' if found >= SEARCH_LIMIT else ''} found", "bold"),
+                        (f" in mount {mount.id}  Esc returns", "dim"),
+                        (f"  {len(self.marked)} marked", "dim") if self.marked else "",
+                    )
+                )
+                self.query_one("#status", Static).update(data.error or self.progress_text)
+                return
             where.update(
                 Text.assemble(
                     (f"mount {mount.id} ", "bold"),
@@ -231,6 +282,42 @@ class RestoreScreen(SendenseScreen):
     def _file_key(self) -> str | None:
         return cursor_key(self.query_one("#files", DataTable))
 
+    def action_search(self) -> None:
+        if self.mount_id is None:
+            self.query_one("#status", Static).update("mount a restore point first, then search it")
+            return
+        box = self.query_one("#search", Input)
+        box.display = True
+        box.focus()
+
+    def action_close_search(self) -> None:
+        """Esc: close the search box, then the results; with neither, the app's Back."""
+        box = self.query_one("#search", Input)
+        if not box.display and self.results is None:
+            self.sendense.action_back()
+            return
+        box.display = False
+        self.results = None
+        self.query_one("#files", DataTable).focus()
+        self.refresh_now()
+
+    def _run_search(self, pattern: str) -> None:
+        mount_id = self.mount_id
+        if mount_id is None or not pattern:
+            return
+        engine = self.engine
+
+        def show(entries: list[Entry]) -> None:
+            if self.mount_id != mount_id:
+                return
+            self.results = SearchResults(mount_id, pattern, entries)
+            self.query_one("#search", Input).display = False
+            self.query_one("#files", DataTable).focus()
+
+        self.run_engine(
+            lambda: _search(engine, mount_id, pattern), after=show, description="search"
+        )
+
     def action_open(self) -> None:
         focused = self.focused
         if focused is not None and focused.id == "mounts":
@@ -244,11 +331,22 @@ class RestoreScreen(SendenseScreen):
             self.action_mount()
             return
         key = self._file_key()
-        if key is not None:
-            self.path = key
-            self.refresh_now()
+        if key is None:
+            return
+        if self.results is not None:
+            entry = next((e for e in self.results.entries if e.path == key), None)
+            if entry is not None and entry.kind != "dir":
+                self.action_mark()  # a file found: mark it for extraction
+                return
+            self.results = None  # a folder found: open it
+        self.path = key
+        self.refresh_now()
 
     def action_up(self) -> None:
+        if self.results is not None:
+            self.results = None
+            self.refresh_now()
+            return
         if self.path:
             self.path = self.path.rpartition("/")[0]
             self.refresh_now()
@@ -320,7 +418,8 @@ class RestoreScreen(SendenseScreen):
         typing = isinstance(self.focused, Input)
         return not (
             typing
-            and action in ("mount", "mark", "extract", "unmount", "export", "stop_export", "up")
+            and action
+            in ("mount", "mark", "extract", "unmount", "export", "stop_export", "up", "search")
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -331,7 +430,10 @@ class RestoreScreen(SendenseScreen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.action_extract()
+        if event.input.id == "search":
+            self._run_search(event.value.strip())
+        else:
+            self.action_extract()
 
 
 def _point_label(point: PointLocation) -> str:
@@ -363,3 +465,34 @@ def _browse(engine: Any, mount: MountView, path: str) -> list[Entry]:
         entries = [_entry(p, f"{path}/{p.name}") for p in sorted(target.iterdir())]
         entries.sort(key=lambda e: (e.kind != "dir", e.name))
         return entries
+
+
+def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
+    """Matches of ``pattern`` in the mount; a mount whose directories exist but is not
+    a real mount (seeded demo data) is searched in those directories directly."""
+    service = engine.file_restore
+    try:
+        return service.search(mount_id, pattern, limit=SEARCH_LIMIT)
+    except SendenseError:
+        mount = next((m for m in service.list_mounts() if m.id == mount_id), None)
+        roots = [
+            (Path(f.path), f.name)
+            for f in (mount.filesystems if mount else [])
+            if f.path and Path(f.path).is_dir()
+        ]
+        if not roots:
+            raise
+        import fnmatch
+
+        from engine.services.file_restore import _entry, _walk
+
+        wildcard = any(ch in pattern for ch in "*?[")
+        needle = pattern.lower() if wildcard else f"*{pattern.lower()}*"
+        found = []
+        for top, name in roots:
+            for item, rel in _walk(top, (name,)):
+                if fnmatch.fnmatchcase(rel[-1].lower(), needle):
+                    found.append(_entry(item, "/".join(rel)))
+                    if len(found) >= SEARCH_LIMIT:
+                        return found
+        return found

@@ -181,3 +181,60 @@ async def test_N_exports_the_selected_point_and_shows_its_uri(
         await settle(pilot)
         rows = {row.description: row.keys for row in app.screen.rows}  # type: ignore[attr-defined]
         assert rows["Serve the selected restore point read-only over NBD (a unix socket)"] == "N"
+
+
+async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    from tests.tui.conftest import settle
+
+    _seed(demo_engine, tmp_path)
+    (tmp_path / "fixture-fs" / "etc" / "nginx").mkdir()
+    (tmp_path / "fixture-fs" / "etc" / "nginx" / "nginx.conf").write_bytes(b"events {}\n")
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        files = screen.query_one("#files", DataTable)
+        files.focus()
+        await pilot.press("slash")
+        search = screen.query_one("#search")
+        assert search.display and screen.focused is search
+        # Esc inside the box closes it and gives the listing the keys again
+        await pilot.press("escape")
+        await settle(pilot)
+        assert not search.display and screen.focused is files and app.screen is screen
+
+        await pilot.press("slash", *"NGINX", "enter")
+        await settle(pilot)
+        assert [k.value for k in files.rows] == ["p1/etc/nginx", "p1/etc/nginx/nginx.conf"]
+        assert str(files.get_row_at(1)[1]) == "p1/etc/nginx/nginx.conf"
+        assert "search 'NGINX' · 2 found" in str(screen.query_one("#where").render())
+        assert screen.focused is files and not search.display
+        # Enter on a file found marks it for extraction
+        files.move_cursor(row=1)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.marked == {"p1/etc/nginx/nginx.conf"}
+
+        await pilot.press("escape")
+        await settle(pilot)
+        assert [k.value for k in files.rows] == ["p1"]
+        assert "expires in" in str(screen.query_one("#where").render())
+        assert app.screen is screen
+
+        # Enter on a folder found opens it
+        await pilot.press("slash", *"nginx", "enter")
+        await settle(pilot)
+        files.move_cursor(row=0)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert [k.value for k in files.rows] == ["p1/etc/nginx/nginx.conf"]
+        assert "/p1/etc/nginx" in str(screen.query_one("#where").render())
+
+        await pilot.press("question_mark")
+        await settle(pilot)
+        rows = {row.description: row.keys for row in app.screen.rows}  # type: ignore[attr-defined]
+        assert rows["Search the shown mount by file name (a word, or wildcards like *.conf)"] == "/"
