@@ -240,7 +240,7 @@ class RestoreScreen(SendenseScreen):
                     Text.assemble(
                         (f"search '{results.pattern}' · ", "bold"),
                         (f"{found}{'+' if found >= SEARCH_LIMIT else ''} found", "bold"),
-                        (f" in mount {mount.id}  Esc returns", "dim"),
+                        (f"  in mount {mount.id} · Esc returns", "dim"),
                         (f"  {len(self.marked)} marked", "dim") if self.marked else "",
                     )
                 )
