@@ -74,6 +74,36 @@ class PolicyStore:
                 setattr(policy, key, value)
             return policy
 
+    def replace(
+        self, policy_id: int, *, copy_rule_ids: Sequence[int] = (), **fields: Any
+    ) -> Policy:
+        """New values for a policy and its copy-rule attachments (rules no longer listed
+        are detached), in one transaction: all of it is saved, or none."""
+        with self.catalog.session() as session:
+            policy = session.get(Policy, policy_id)
+            if policy is None:
+                raise NotFoundError(f"policy {policy_id} does not exist")
+            name = fields.get("name")
+            if name is not None and session.scalar(
+                select(Policy.id).where(Policy.name == name, Policy.id != policy_id)
+            ):
+                raise ValidationError(f"a policy named {name!r} already exists")
+            for key, value in fields.items():
+                if not hasattr(Policy, key):
+                    raise AttributeError(key)
+                setattr(policy, key, value)
+            attached = session.scalars(select(CopyRule).where(CopyRule.policy_id == policy_id))
+            for rule in attached:
+                if rule.id not in copy_rule_ids:
+                    rule.policy_id = None
+            for rule_id in copy_rule_ids:
+                rule = session.get(CopyRule, rule_id)
+                if rule is None:
+                    raise NotFoundError(f"copy rule {rule_id} does not exist")
+                rule.policy_id = policy.id
+            session.flush()
+            return policy
+
     def delete(self, policy_id: int) -> None:
         with self.catalog.session() as session:
             policy = session.get(Policy, policy_id)

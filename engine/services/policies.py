@@ -326,6 +326,71 @@ class PolicyService:
         )
         return policy
 
+    def spec_of(self, ref: int | str) -> PolicySpec:
+        """A stored policy as a spec: the starting point of an edit."""
+        policy = self.store.get(ref)
+        return PolicySpec(
+            name=policy.name,
+            schedule=policy.schedule,
+            target=self.repositories.get(policy.target_repository_id).name,
+            sources=[dict(s) for s in policy.sources or []],
+            full_every=policy.full_every,
+            full_weekday=policy.full_weekday,
+            retention=dict(policy.retention or {}),
+            copy_rules=[r.name for r in self.store.copy_rules(policy.id)],
+            verify_after=policy.verify_after,
+            immutable_days=policy.immutable_days,
+            compression=policy.compression,
+            enabled=policy.enabled,
+        )
+
+    def update(
+        self, name_or_id: int | str, spec: PolicySpec, *, actor: str | None = None
+    ) -> Policy:
+        """Replace a policy's settings with ``spec`` (validated like ``add``; nothing is
+        saved unless all of it is right). A new schedule, or enabling it, moves the next
+        run to the schedule's next time from now (missed runs are not caught up)."""
+        current = self.store.get(name_or_id)
+        problems = self.validate(spec, existing_id=current.id)
+        if problems:
+            raise ValidationError(
+                f"policy {current.name} was not changed: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                hint="fix these and save again; nothing was changed",
+            )
+        repo = self.repositories.get(spec.target)
+        rule_ids = [self.copy_store.get_rule(r).id for r in spec.copy_rules]
+        schedule = spec.schedule.strip()
+        fields: dict[str, Any] = {}
+        if schedule != current.schedule or (spec.enabled and not current.enabled):
+            fields["next_run_at"] = next_runs(schedule, self.clock.now(), 1)[0]
+        policy = self.store.replace(
+            current.id,
+            copy_rule_ids=rule_ids,
+            name=spec.name,
+            enabled=spec.enabled,
+            schedule=schedule,
+            target_repository_id=repo.id,
+            sources=spec.sources,
+            full_every=spec.full_every,
+            full_weekday=spec.full_weekday,
+            retention=RetentionRules.from_dict(spec.retention).as_dict(),
+            verify_after=spec.verify_after,
+            immutable_days=spec.immutable_days,
+            compression=spec.compression,
+            **fields,
+        )
+        renamed = f" (was {current.name})" if policy.name != current.name else ""
+        self._event(
+            "policy.updated",
+            f"policy {policy.name}{renamed} changed: {schedule} to {repo.name}, "
+            f"{RetentionRules.from_dict(policy.retention).sentence()}"
+            + (f", locked {spec.immutable_days} days" if spec.immutable_days else ""),
+            repository_id=repo.id,
+            actor=actor,
+        )
+        return policy
+
     def set_enabled(self, ref: int | str, enabled: bool, *, actor: str | None = None) -> Policy:
         policy = self.store.get(ref)
         fields: dict[str, Any] = {"enabled": enabled}

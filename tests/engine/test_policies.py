@@ -84,6 +84,69 @@ def test_a_valid_policy_is_saved_with_its_next_run_and_copy_rules(
         engine.policies.add(spec())
 
 
+def test_an_edit_changes_schedule_retention_and_the_next_run_from_now(
+    engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    repo(engine, tmp_path, "main")
+    repo(engine, tmp_path, "offsite", offsite=True)
+    engine.copies.add_rule(name="to-offsite", source="main", destination="offsite")
+    engine.policies.add(spec(copy_rules=["to-offsite"]))
+    seen: list[Event] = []
+    engine.bus.subscribe(seen.append)
+    clock.advance(timedelta(days=3))  # 2026-11-27 09:00: missed runs are not caught up
+    edited = engine.policies.spec_of("web")
+    edited.schedule = "30 22 * * *"
+    edited.retention = {"keep_last": 3, "daily": 5}
+    edited.copy_rules = []
+    policy = engine.policies.update("web", edited, actor="alice")
+    assert policy.schedule == "30 22 * * *"
+    assert policy.next_run_at == datetime(2026, 11, 27, 22, 30, tzinfo=UTC)
+    stored = engine.policies.get("web")
+    assert (stored.retention["keep_last"], stored.retention["daily"]) == (3, 5)
+    assert engine.policies.copy_rules(stored) == []
+    assert [(e.kind, e.actor) for e in seen if e.kind.startswith("policy.")] == [
+        ("policy.updated", "alice")
+    ]
+    # the same schedule leaves the next run where it is
+    clock.advance(timedelta(hours=1))
+    again = engine.policies.update("web", engine.policies.spec_of("web"))
+    assert again.next_run_at == datetime(2026, 11, 27, 22, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"schedule": "0 25 * * *"}, "schedule", "not a valid cron expression"),
+        ({"target": "old"}, "target", "is disabled"),
+        ({"target": "nowhere"}, "target", "does not exist"),
+        ({"name": "other"}, "name", "already exists"),
+    ],
+)
+def test_a_bad_edit_is_refused_and_the_stored_policy_is_unchanged(
+    engine: Engine, tmp_path: Path, change: dict[str, Any], field: str, message: str
+) -> None:
+    repo(engine, tmp_path, "main")
+    repo(engine, tmp_path, "old", enabled=False, state="disabled")
+    before = engine.policies.add(spec())
+    engine.policies.add(spec(name="other"))
+    edited = engine.policies.spec_of("web")
+    edited.retention = {"keep_last": 2}
+    for key, value in change.items():
+        setattr(edited, key, value)
+    with pytest.raises(ValidationError, match="was not changed") as info:
+        engine.policies.update("web", edited)
+    assert f"{field}: " in info.value.message and message in info.value.message
+    after = engine.policies.get(before.id)
+    assert (after.name, after.schedule, after.target_repository_id, after.retention) == (
+        before.name,
+        before.schedule,
+        before.target_repository_id,
+        before.retention,
+    )
+    with pytest.raises(SendenseError, match="does not exist"):
+        engine.policies.update("ghost", edited)
+
+
 def test_next_five_runs_of_a_cron_schedule() -> None:
     runs = next_runs("30 1 * * 1-5", datetime(2026, 11, 27, 12, tzinfo=UTC), 5)  # a Friday
     assert [r.strftime("%a %d %H:%M") for r in runs] == [
