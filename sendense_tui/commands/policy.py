@@ -1,4 +1,4 @@
-"""``sendense policy add|list|show|run|preview|enable|disable|remove``."""
+"""``sendense policy add|edit|list|show|run|preview|enable|disable|remove``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,35 @@ def register(subparsers: Any) -> None:
     add.add_argument("--disabled", action="store_true", help="save it without scheduling it")
     add.add_argument("--yes", action="store_true", help="confirm the space a lock will hold")
     add.set_defaults(func=add_policy)
+
+    edit = add_parser(
+        sub, "edit", help="change a policy (options as in add; the others stay as they are)"
+    )
+    edit.add_argument("name")
+    edit.add_argument("--rename", metavar="NEW_NAME", help="give the policy a new name")
+    edit.add_argument("--schedule", help="cron, UTC, e.g. '0 2 * * *'")
+    edit.add_argument("--target", help="target repository name")
+    edit.add_argument(
+        "--source",
+        action="append",
+        metavar="VM:DISK=SOURCE",
+        help="the disks to back up (repeatable; replaces all the current sources)",
+    )
+    edit.add_argument("--full-every", type=int, help="a new full every N backups")
+    edit.add_argument("--full-weekday", choices=(*WEEKDAYS, "none"), help="and on this day")
+    for rule in ("keep-last", "daily", "weekly", "monthly", "yearly"):
+        edit.add_argument(f"--{rule}", type=int)
+    edit.add_argument(
+        "--copy-rule", action="append", help="the copy rules (repeatable; replaces the list)"
+    )
+    edit.add_argument("--no-copy-rules", action="store_true", help="detach every copy rule")
+    edit.add_argument(
+        "--verify", action=argparse.BooleanOptionalAction, help="verify after each backup"
+    )
+    edit.add_argument("--immutable-days", type=int, help="lock backups N days")
+    edit.add_argument("--compression", choices=("zstd", "none"))
+    edit.add_argument("--yes", action="store_true", help="confirm the space a lock will hold")
+    edit.set_defaults(func=edit_policy)
 
     lister = add_parser(sub, "list", help="policies with next run, last result, 3-2-1 badge")
     lister.set_defaults(func=list_policies)
@@ -149,6 +178,67 @@ def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(data)
     else:
         print(f"policy {policy.name} saved; next run {data['next_run_at']:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        current = engine.policies.get(args.name)
+        spec = engine.policies.spec_of(current.id)
+        if args.rename is not None:
+            spec.name = args.rename
+        if args.schedule is not None:
+            spec.schedule = args.schedule
+        if args.target is not None:
+            spec.target = args.target
+        if args.source:
+            spec.sources = spec.sources_from(args.source)
+        if args.full_every is not None:
+            spec.full_every = args.full_every
+        if args.full_weekday is not None:
+            weekday = args.full_weekday
+            spec.full_weekday = None if weekday == "none" else WEEKDAYS.index(weekday)
+        for key in ("keep_last", "daily", "weekly", "monthly", "yearly"):
+            if getattr(args, key) is not None:
+                spec.retention[key] = getattr(args, key)
+        if args.no_copy_rules:
+            spec.copy_rules = []
+        if args.copy_rule:
+            spec.copy_rules = args.copy_rule
+        if args.verify is not None:
+            spec.verify_after = args.verify
+        if args.immutable_days is not None:
+            spec.immutable_days = args.immutable_days
+        if args.compression is not None:
+            spec.compression = args.compression
+        problems = engine.policies.validate(spec, existing_id=current.id)
+        if problems:
+            raise ValidationError(
+                f"policy {current.name} was not changed: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                hint="fix these and run the command again; nothing was changed",
+            )
+        if spec.immutable_days > current.immutable_days:
+            vms = [s["vm"] for s in spec.sources]
+            estimate = engine.policies.lock_space_estimate(
+                spec.target, vms, spec.immutable_days, spec.schedule
+            )
+            print(estimate.sentence(), file=sys.stderr)
+            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
+            if not args.yes:
+                raise SendenseError(
+                    f"policy {current.name} was not changed: a {spec.immutable_days}-day lock "
+                    "cannot be shortened later",
+                    hint="read the estimate above and add --yes to confirm",
+                )
+        policy = engine.policies.update(current.id, spec, actor="cli")
+        data = policy_dict(engine, policy)
+    if ctx.json:
+        ctx.print_json(data)
+    elif policy.enabled and data["next_run_at"] is not None:
+        print(f"policy {policy.name} changed; next run {data['next_run_at']:%Y-%m-%d %H:%M} UTC")
+    else:
+        print(f"policy {policy.name} changed (disabled: no scheduled runs)")
     return 0
 
 
