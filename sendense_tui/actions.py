@@ -213,6 +213,16 @@ COMMANDS: tuple[Command, ...] = (
         scope="policies",
     ),
     Command(
+        "policies.edit",
+        "E",
+        "edit",
+        "Edit",
+        "Edit the selected policy (the editor, filled in)",
+        scope="policies",
+        key_display="E",
+        show=False,  # the footer is full at 80 columns; ? and the palette list it
+    ),
+    Command(
         "policies.toggle",
         "e",
         "toggle",
