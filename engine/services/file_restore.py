@@ -119,6 +119,8 @@ class MountView:
     point: PointLocation | None = None
     #: True when mount() found the point already mounted and reused it
     reused: bool = False
+    #: the qemu-storage-daemon behind a real mount (None only for rows seeded by hand)
+    exporter_pid: int | None = None
 
     def remaining(self, now: datetime) -> timedelta:
         return max(timedelta(0), self.expires_at - now)
@@ -270,6 +272,7 @@ class FileRestoreService:
             created_at=as_utc(row.created_at) or row.created_at,
             last_used_at=as_utc(row.last_used_at) or row.last_used_at,
             expires_at=as_utc(row.expires_at) or row.expires_at,
+            exporter_pid=row.exporter_pid,
             point=point,
             reused=reused,
         )

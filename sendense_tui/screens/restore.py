@@ -441,12 +441,14 @@ def _point_label(point: PointLocation) -> str:
 
 
 def _browse(engine: Any, mount: MountView, path: str) -> list[Entry]:
-    """The listing of ``path``; a mount whose directories exist but is not a real mount
-    (seeded demo data) is read from those directories directly."""
+    """The listing of ``path``; a mount row seeded by hand (demo data, tests: no
+    exporter behind it) is read from its directories directly."""
     service = engine.file_restore
     try:
         return service.ls(mount.id, path)
     except Exception:
+        if mount.exporter_pid is not None:
+            raise  # a real mount that went away: say so, never list its empty mount points
         if not path:
             return [
                 Entry(
@@ -475,6 +477,8 @@ def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
         return service.search(mount_id, pattern, limit=SEARCH_LIMIT)
     except SendenseError:
         mount = next((m for m in service.list_mounts() if m.id == mount_id), None)
+        if mount is None or mount.exporter_pid is not None:
+            raise  # a real mount that went away: say so, never search its empty mount points
         roots = [
             (Path(f.path), f.name)
             for f in (mount.filesystems if mount else [])

@@ -238,3 +238,29 @@ async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
         await settle(pilot)
         rows = {row.description: row.keys for row in app.screen.rows}  # type: ignore[attr-defined]
         assert rows["Search the shown mount by file name (a word, or wildcards like *.conf)"] == "/"
+
+
+async def test_a_real_mount_that_went_away_is_reported_not_listed_empty(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """A mount whose exporter died leaves its mount-point folders behind: the browser
+    must show the engine's "gone" sentence, not read those folders as the backup."""
+    mount_id = _seed(demo_engine, tmp_path)
+    RestoreStore(demo_engine.catalog).update_mount(mount_id, exporter_pid=2**22 + 17)
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("7")
+        screen = app.screen
+        for _ in range(50):
+            if screen.draws:
+                break
+            await pilot.pause(0.05)
+        screen.path = "p1"
+        screen.refresh_now()
+        status = screen.query_one("#status")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if "is gone" in str(status.render()):
+                break
+        assert "is gone" in str(status.render())
+        assert "p1/etc" not in [k.value for k in screen.query_one("#files").rows]
