@@ -8,8 +8,9 @@ side from ``SIDE_BY_SIDE`` columns). Everything the pane shows is fetched with
 the list, so moving the cursor redraws it at once. Keys (see ``actions.py``):
 ``a`` add (the editor), ``n`` run now, ``p`` retention preview (what would go
 and why, shown in the details), ``x`` apply retention (after a confirmation),
-``c`` the copy rules (3-2-1 routes), ``e`` enable/disable, ``D`` remove (after a
-confirmation; the backups stay).
+``c`` the copy rules (3-2-1 routes), ``e`` enable/disable, ``E`` edit (the editor,
+filled in with the selected policy; saved through ``PolicyService.update``), ``D``
+remove (after a confirmation; the backups stay).
 
 The editor validates as you type: the cron expression is parsed and its next
 five runs shown; everything else (retention numbers, the target repository,
@@ -44,6 +45,21 @@ from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
 RETENTION_FIELDS = ("keep_last", "daily", "weekly", "monthly", "yearly")
+EDITOR_NOTE = (
+    "Esc closes · cron in UTC · retention: last, daily, weekly, monthly, yearly · "
+    "a full every N · lock days"
+)
+#: the editor's inputs as a new policy starts them
+EDITOR_DEFAULTS = {"keep_last": "7", "full_every": "7"}
+EDITOR_INPUTS = (
+    "name",
+    "schedule",
+    "target",
+    "sources",
+    *RETENTION_FIELDS,
+    "full_every",
+    "immutable_days",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 #: from this many columns the details show settings and 3-2-1 side by side
 SIDE_BY_SIDE = 160
@@ -206,6 +222,10 @@ class PoliciesScreen(SendenseScreen):
         self._validate_worker: Any = None
         self._save_worker: Any = None
         self.saved: list[str] = []
+        #: the policy the editor changes (None: it adds a new one), and its stored spec
+        #: (the settings the editor has no input for are kept from it)
+        self._editing: int | None = None
+        self._base: PolicySpec | None = None
 
     def compose_body(self) -> ComposeResult:
         yield FlexTable(
@@ -223,11 +243,7 @@ class PoliciesScreen(SendenseScreen):
             yield Static("", id="detail-settings")
             yield Static("", id="detail-compliance")
         with Vertical(id="editor"):
-            yield Static(
-                "New policy · Esc closes · cron in UTC · retention: last, daily, weekly, "
-                "monthly, yearly · a full every N · lock days",
-                id="editor-title",
-            )
+            yield Static(f"New policy · {EDITOR_NOTE}", id="editor-title")
             with Horizontal():
                 yield Input(placeholder="name", id="name")
                 yield Input(placeholder="cron, e.g. 0 2 * * *", id="schedule")
@@ -475,10 +491,54 @@ class PoliciesScreen(SendenseScreen):
     # -- the editor ----------------------------------------------------------------------
 
     def action_add(self) -> None:
+        if self._editing is not None:  # the last edit's values are not a new policy's
+            self._fill({field: EDITOR_DEFAULTS.get(field, "") for field in EDITOR_INPUTS})
+        self._editing = None
+        self._base = None
+        self.query_one("#editor-title", Static).update(f"New policy · {EDITOR_NOTE}")
         self.query_one("#editor").display = True
         self.query_one("#detail").display = False
         self.query_one("#editor-error", Static).update("")
         self.query_one("#name", Input).focus()
+
+    def action_edit(self) -> None:
+        pid = self._selected()
+        if pid is not None:
+            self.run_engine(
+                lambda: self.engine.policies.spec_of(pid),
+                after=lambda spec: self._open_edit(pid, spec),
+                description="edit policy",
+            )
+
+    def _open_edit(self, pid: int, spec: PolicySpec) -> None:
+        self._editing = pid
+        self._base = spec
+        self.query_one("#editor-title", Static).update(f"Edit policy {spec.name} · {EDITOR_NOTE}")
+        self.query_one("#editor").display = True
+        self.query_one("#detail").display = False
+        self.query_one("#editor-error", Static).update("")
+        sources = ", ".join(
+            f"{src.get('vm')}:{d.get('name')}={d.get('source')}"
+            for src in spec.sources
+            for d in src.get("disks") or []
+        )
+        values = {
+            "name": spec.name,
+            "schedule": spec.schedule,
+            "target": str(spec.target),
+            "sources": sources,
+            "full_every": str(spec.full_every),
+            "immutable_days": str(spec.immutable_days) if spec.immutable_days else "",
+        }
+        for key in RETENTION_FIELDS:
+            value = spec.retention.get(key)
+            values[key] = str(value) if value else ""
+        self._fill(values)
+        self.query_one("#schedule", Input).focus()
+
+    def _fill(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.query_one(f"#{key}", Input).value = value
 
     def action_close_form(self) -> None:
         editor = self.query_one("#editor")
@@ -517,14 +577,19 @@ class PoliciesScreen(SendenseScreen):
             sources = [{"vm": "", "disks": [], "error": getattr(exc, "message", str(exc))}]
         full_every = number("full_every", 7)
         lock = number("immutable_days", 0)
+        # an edit keeps what the editor has no input for (copy rules, full weekday, ...)
+        kept = self._base.as_dict() if self._base is not None else {}
         return PolicySpec(
-            name=self._value("name"),
-            schedule=self._value("schedule"),
-            target=self._value("target"),
-            sources=sources,
-            full_every=full_every if isinstance(full_every, int) else 0,
-            retention={f: number(f) for f in RETENTION_FIELDS},
-            immutable_days=lock if isinstance(lock, int) else -1,
+            **{
+                **kept,
+                "name": self._value("name"),
+                "schedule": self._value("schedule"),
+                "target": self._value("target"),
+                "sources": sources,
+                "full_every": full_every if isinstance(full_every, int) else 0,
+                "retention": {f: number(f) for f in RETENTION_FIELDS},
+                "immutable_days": lock if isinstance(lock, int) else -1,
+            }
         )
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -546,18 +611,20 @@ class PoliciesScreen(SendenseScreen):
 
     def _validate_soon(self) -> None:
         spec = self.spec()
+        editing = self._editing
         self._validate_worker = self.run_worker(
-            lambda: self._problems(spec),
+            lambda: self._problems(spec, editing),
             group="validate",
             exclusive=True,
             thread=True,
             exit_on_error=False,
         )
 
-    def _problems(self, spec: PolicySpec) -> dict[str, str]:
+    def _problems(self, spec: PolicySpec, editing: int | None = None) -> dict[str, str]:
         broken = [s.get("error") for s in spec.sources if s.get("error")]
         problems = self.engine.policies.validate(
-            PolicySpec(**{**spec.as_dict(), "sources": [] if broken else spec.sources})
+            PolicySpec(**{**spec.as_dict(), "sources": [] if broken else spec.sources}),
+            existing_id=editing,
         )
         if broken:
             problems["sources"] = str(broken[0])
@@ -581,6 +648,7 @@ class PoliciesScreen(SendenseScreen):
 
     def save(self) -> None:
         spec = self.spec()
+        editing = self._editing
 
         def add() -> Any:
             broken = [s.get("error") for s in spec.sources if s.get("error")]
@@ -588,6 +656,8 @@ class PoliciesScreen(SendenseScreen):
                 from engine.errors import ValidationError
 
                 raise ValidationError(f"policy {spec.name} was not saved: sources: {broken[0]}")
+            if editing is not None:
+                return self.engine.policies.update(editing, spec, actor="console")
             return self.engine.policies.add(spec, actor="console")
 
         self._save_worker = self.run_worker(add, group="save", thread=True, exit_on_error=False)

@@ -268,3 +268,45 @@ async def test_help_on_policies_lists_enable_and_remove(
         rows = {row.description: row.keys for row in app.screen.rows}
         assert rows["Enable or disable the selected policy (its schedule)"] == "e"
         assert rows["Remove the selected policy (asks first; its backups stay)"] == "D"
+
+
+async def test_E_edits_the_selected_policy_in_the_filled_in_editor(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await _on_policies(pilot)
+        table = screen.query_one("#policies", DataTable)
+        table.move_cursor(row=[p.name for p in seeded.policies.list()].index("web"))
+        await settle(pilot)
+        await pilot.press("E")
+        await settle(pilot)
+        assert screen.query_one("#editor").display
+        assert "Edit policy web" in str(screen.query_one("#editor-title", Static).render())
+        assert screen.query_one("#name", Input).value == "web"
+        assert screen.query_one("#sources", Input).value == "web01:sda=/dev/vg/web01"
+        assert screen.query_one("#weekly", Input).value == "4"
+
+        await _type(pilot, "#schedule", "0 25 * * *")
+        assert "not a valid cron" in str(screen.query_one("#cron-help", Static).render())
+        assert "schedule" in str(screen.query_one("#editor-error", Static).render())
+        await pilot.click("#save")
+        await settle(pilot)
+        assert "was not changed" in str(screen.query_one("#editor-error", Static).render())
+        assert seeded.policies.get("web").schedule == "0 2 * * *"
+
+        await _type(pilot, "#schedule", "45 23 * * *")
+        # its own name is not "already taken"
+        assert "ready to save" in str(screen.query_one("#editor-error", Static).render())
+        await pilot.click("#save")
+        await settle(pilot)
+        web = seeded.policies.get("web")
+        assert web.schedule == "45 23 * * *"
+        assert web.retention["weekly"] == 4 and web.last_result == "ok"
+        assert not screen.query_one("#editor").display
+        assert [p.name for p in seeded.policies.list()] == ["db-hourly", "web"]
+
+        await pilot.press("a")  # a new policy starts from empty inputs again
+        await settle(pilot)
+        assert screen.query_one("#name", Input).value == ""
+        assert "New policy" in str(screen.query_one("#editor-title", Static).render())
