@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +91,52 @@ def durable_output(final: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+class ReadAhead:
+    """Reads a file descriptor on a thread into a few reusable buffers, so the disk
+    stays busy while the caller hashes (and maybe writes) the previous chunk.
+
+    Iterate for ``(buffer, length)``; hand each buffer back to ``free`` when done
+    with it (a writer thread may do that later). A read error is raised from the
+    iteration. ``close()`` stops and joins the reader; it is safe to call twice.
+    """
+
+    def __init__(self, fd: int, chunk_size: int, buffers: int, name: str) -> None:
+        self.fd = fd
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(buffers):
+            self.free.put(bytearray(chunk_size))
+        self._filled: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                buf = self.free.get()
+                if self._stop.is_set():
+                    return
+                n = os.readv(self.fd, [buf])
+                if n <= 0:
+                    break
+                self._filled.put((buf, n))
+        except BaseException as exc:
+            self._filled.put(exc)
+            return
+        self._filled.put(None)
+
+    def __iter__(self) -> Iterator[tuple[bytearray, int]]:
+        while True:
+            item = self._filled.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self.free.put(bytearray(0))  # wakes the reader if it waits for a buffer
+        self._thread.join()

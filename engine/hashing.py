@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import JobCancelled
+from engine.fsutil import ReadAhead
 
 CHUNK_SIZE = 8 * 1024 * 1024
 
@@ -39,43 +38,15 @@ def hash_file(
     (default: a JobCancelled naming the file).
     """
     digest = hashlib.sha256()
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(3):
-        free.put(bytearray(read_size))
-    filled: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
-    stop = threading.Event()
     fd = os.open(path, os.O_RDONLY)
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                buf = free.get()
-                if stop.is_set():
-                    break
-                n = os.readv(fd, [buf])
-                if n <= 0:
-                    break
-                filled.put((buf, n))
-        except BaseException as exc:
-            filled.put(exc)
-            return
-        filled.put(None)
-
-    thread = threading.Thread(target=reader, name="sendense-hash-read", daemon=True)
-    thread.start()
+    ahead = ReadAhead(fd, read_size, buffers=3, name="sendense-hash-read")
     total = 0
     try:
-        while True:
-            item = filled.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            buf, n = item
+        for buf, n in ahead:
             digest.update(memoryview(buf)[:n])
-            free.put(buf)
+            ahead.free.put(buf)
             total += n
             if on_bytes is not None:
                 on_bytes(n)
@@ -84,9 +55,7 @@ def hash_file(
                     raise cancelled()
                 raise JobCancelled(f"checksum of {path} was cancelled")
     finally:
-        stop.set()
-        free.put(bytearray(0))
-        thread.join()
+        ahead.close()
         os.close(fd)
     return digest.hexdigest(), total
 

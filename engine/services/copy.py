@@ -42,7 +42,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.fsutil import fsync_dir, partial_path
+from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.services.chains import repo_file
 from engine.units import human_bytes
@@ -323,42 +323,15 @@ def _pipe(
 ) -> None:
     """Three stages: a reader thread, hashing here, a writer thread (I/O and hashlib
     release the GIL, so the three overlap)."""
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(6):
-        free.put(bytearray(chunk_size))
-    filled: queue.Queue[tuple[bytearray, int] | OSError | None] = queue.Queue()
-    stop = threading.Event()
-
-    def read() -> None:
-        try:
-            while True:
-                buf = free.get()
-                if stop.is_set():
-                    return
-                n = os.readv(src_fd, [buf])
-                if n <= 0:
-                    break
-                filled.put((buf, n))
-        except OSError as exc:
-            filled.put(exc)
-            return
-        filled.put(None)
-
-    reader = threading.Thread(target=read, name="sendense-copy-reader", daemon=True)
-    writer = _Writer(dst_fd, free, offset)
-    reader.start()
+    ahead = ReadAhead(src_fd, chunk_size, buffers=6, name="sendense-copy-reader")
+    # the writer hands each buffer back to the reader once it is on disk
+    writer = _Writer(dst_fd, ahead.free, offset)
     writer.start()
     done = offset
     try:
-        while True:
+        for buf, n in ahead:
             if writer.error is not None:
                 raise writer.error
-            item = filled.get()
-            if item is None:
-                break
-            if isinstance(item, OSError):
-                raise item
-            buf, n = item
             digest.update(memoryview(buf)[:n])
             if bucket is not None:
                 bucket.take(n)
@@ -367,9 +340,7 @@ def _pipe(
             if progress is not None:
                 progress(done, total)
     finally:
-        stop.set()
-        free.put(bytearray(0))  # wakes the reader if it waits for a buffer
-        reader.join()
+        ahead.close()
         writer.todo.put(None)
         writer.join()
     if writer.error is not None:
