@@ -36,6 +36,14 @@ class CatalogError(SendenseError):
     """The catalog database cannot be reached or used."""
 
 
+class CatalogUnavailable(CatalogError):
+    """The catalog cannot be reached, is read-only, or went away while in use.
+
+    The CLI exits 3 for it (see sendense_tui.exitcodes); a job that meets it
+    stops with its files consistent and is settled by the next engine.
+    """
+
+
 class CatalogVersionError(CatalogError):
     """The catalog was written by a newer Sendense than this one."""
 

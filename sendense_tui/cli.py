@@ -2,7 +2,8 @@
 
 Errors are handled in one place (``main``): an operator error prints
 ``sendense: <message>`` and its hint on stderr and exits 2, never a traceback;
-Ctrl+C exits 130.
+a catalog that cannot be reached exits 3, Ctrl+C exits 4 (the table is in
+``sendense_tui.exitcodes``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from engine.errors import SendenseError
+from engine.errors import CatalogUnavailable, SendenseError
 from sendense_tui.commands import COMMON, CliContext, register_all
+from sendense_tui.exitcodes import ExitCode, epilog
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_ERROR = int(ExitCode.REFUSED)
+EXIT_INTERRUPTED = int(ExitCode.INTERRUPTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sendense",
         description="Sendense backup repository console. Without a command, opens the console.",
         parents=[COMMON],
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     register_all(subparsers)
@@ -67,11 +71,11 @@ def _log_to_file(ctx: CliContext) -> None:
     root.setLevel(logging.INFO)
 
 
-def _fail(message: str, hint: str | None = None) -> int:
+def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
     print(f"sendense: {message}", file=sys.stderr)
     if hint:
         print(f"  hint: {hint}", file=sys.stderr)
-    return EXIT_ERROR
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "func", None) or open_console
     try:
         return int(handler(args, ctx))
+    except CatalogUnavailable as exc:
+        return _fail(exc.message, exc.hint, int(ExitCode.CATALOG_UNAVAILABLE))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
         return _fail(exc.message, exc.hint)
     except KeyboardInterrupt:
