@@ -9,7 +9,11 @@ Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in th
 same pass (a writer thread writes while the next chunk is read and hashed), a
 ``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
 the Copy row marked completed. The computed checksum must equal the source
-backup's recorded one: a source that rotted is never copied silently. When both
+backup's recorded one: a source that rotted is never copied silently. Before a
+file is copied, the headers of its chain are checked against the catalog
+(engine.services.images): a point whose header names another file, a data
+file or another format is not copied (a copy would carry the foreign reference
+to another repository). When both
 sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
 instead (``cloned=True``, counted as the same device for 3-2-1).
 
@@ -45,6 +49,7 @@ from engine.events import Event, EventBus
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.services.chains import repo_file
+from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -391,6 +396,7 @@ class CopyService:
         repositories: RepositoryStore,
         jobs: JobRunner,
         bus: EventBus,
+        guard: ImageGuard,
         *,
         clock: Clock = SYSTEM_CLOCK,
         verifier: Any = None,
@@ -402,6 +408,8 @@ class CopyService:
         self.jobs = jobs
         self.job_store: JobStore = jobs.store
         self.bus = bus
+        #: checks the headers of the chain a copied file belongs to
+        self.guard = guard
         self.clock = clock
         self.verifier = verifier
         #: the repositories service's "is it mounted and not full" gate, when wired
@@ -903,6 +911,7 @@ class CopyService:
             )
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
+        self._check_headers(copy.id, b, src_repo, dst)
         bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
         chunk = CHUNK_SIZE
         if bucket is not None:
@@ -1011,6 +1020,21 @@ class CopyService:
                 data={"copy_id": copy.id, "backup_id": b.id, "cloned": result.cloned},
             )
         )
+
+    def _check_headers(
+        self, copy_id: int, b: SourceBackup, src_repo: Repository, dst: Repository
+    ) -> None:
+        """Refuse to copy a file whose chain's headers disagree with the catalog."""
+        chain = [x for x in self.store.chain_backups(b.chain_id) if x.position < b.position]
+        layers = [Layer(x.id, x.path, x.file_size) for x in chain] + [
+            Layer(b.id, b.path, b.file_size)
+        ]
+        try:
+            self.guard.chain_spec(src_repo, b.chain_directory, layers)
+        except (ImageRefused, PointUnreadable) as exc:
+            error = CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint)
+            self._fail_copy(copy_id, b, dst, error)
+            raise error from None
 
     def _sleep(self, ctx: JobContext, seconds: float) -> None:
         deadline = time.monotonic() + seconds
