@@ -78,6 +78,10 @@ class SourceChecksumMismatch(CopyError):
     """The source file does not match its recorded checksum (bit rot or a changed file)."""
 
 
+class SourceRefused(CopyError):
+    """A header of the source's chain disagrees with the catalog; retrying will not help."""
+
+
 # ---------------------------------------------------------------------------
 # copying one file
 
@@ -911,7 +915,6 @@ class CopyService:
             )
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
-        self._check_headers(copy.id, b, src_repo, dst)
         bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
         chunk = CHUNK_SIZE
         if bucket is not None:
@@ -952,6 +955,7 @@ class CopyService:
             try:
                 if not src_path.is_file():
                     raise CopyError(f"source file {src_path} is missing")
+                self._check_headers(b, src_repo)
                 result = copy_file(
                     src_path,
                     dst_path,
@@ -973,6 +977,9 @@ class CopyService:
             except SourceChecksumMismatch as exc:
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
+                raise
+            except SourceRefused as exc:
+                self._fail_copy(copy.id, b, dst, exc)
                 raise
             except CopyNoSpace as exc:
                 self._fail_copy(copy.id, b, dst, exc)
@@ -1021,20 +1028,19 @@ class CopyService:
             )
         )
 
-    def _check_headers(
-        self, copy_id: int, b: SourceBackup, src_repo: Repository, dst: Repository
-    ) -> None:
-        """Refuse to copy a file whose chain's headers disagree with the catalog."""
+    def _check_headers(self, b: SourceBackup, src_repo: Repository) -> None:
+        """Refuse to copy a file whose chain's headers disagree with the catalog (the
+        guard raises the critical event); a missing link is retried like a missing
+        file."""
         chain = [x for x in self.store.chain_backups(b.chain_id) if x.position < b.position]
-        layers = [Layer(x.id, x.path, x.file_size) for x in chain] + [
-            Layer(b.id, b.path, b.file_size)
-        ]
+        layers = [Layer(x.id, x.path, x.file_size) for x in chain]
+        layers.append(Layer(b.id, b.path, b.file_size))
         try:
             self.guard.chain_spec(src_repo, b.chain_directory, layers)
-        except (ImageRefused, PointUnreadable) as exc:
-            error = CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint)
-            self._fail_copy(copy_id, b, dst, error)
-            raise error from None
+        except ImageRefused as exc:
+            raise SourceRefused(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
+        except PointUnreadable as exc:
+            raise CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
 
     def _sleep(self, ctx: JobContext, seconds: float) -> None:
         deadline = time.monotonic() + seconds
