@@ -348,9 +348,12 @@ class BackupService:
         full_every: int | None = None,
         actor: str | None = None,
     ) -> Any:
-        """Queue a backup job for a VM's disks; returns the Job row."""
+        """Queue a backup job for a VM's disks; returns the Job row. A source text
+        qemu would read as a protocol is refused here, before anything is queued."""
         repo = self.repositories.get(repository)
         self._check_args(vm, disks, mode, compression)
+        for disk in disks:
+            check_source_text(disk)
         params = {
             "repository": repo.id,
             "vm": vm,

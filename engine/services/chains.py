@@ -46,6 +46,7 @@ from engine.hashing import sha256_file
 from engine.safepath import is_within
 from engine.services.images import (
     ImageGuard,
+    ImageRefused,
     Layer,
     PointUnreadable,
     describe_backing,
@@ -372,7 +373,22 @@ class ChainService:
         new_full = "the next backup of this disk starts a new full automatically"
         present: list[Backup] = []
         for index, b in enumerate(backups):
-            path = repo_file(repo, b.path)
+            try:
+                path = repo_file(repo, b.path)
+            except ValidationError:
+                # a symbolic link (or a catalog path) leading out of the repository
+                found.append(
+                    Finding(
+                        "foreign",
+                        f"{Path(b.path).name} (point #{b.id}) is refused: it leads out of "
+                        f"repository {repo.name} (a symbolic link?)",
+                        f"nothing is read through it; restore it from a copy if one exists; "
+                        f"{new_full}",
+                        b.id,
+                        b.path,
+                    )
+                )
+                continue
             name = path.name
             if index == 0 and b.kind != "full":
                 found.append(
@@ -629,8 +645,19 @@ class ChainService:
                 f"chain {chain_id} has {len(backups)} point(s): nothing to consolidate",
                 hint="consolidation merges the oldest incremental into the full",
             )
+        # every header of the chain checked against the catalog first: a foreign one
+        # is refused with its own sentence and a critical event (and recorded by
+        # validate); the merge then reads through the catalog's chain, spelled out
+        layers = [Layer(b.id, b.path, b.file_size) for b in backups]
+        try:
+            whole = self.guard.chain_spec(repo, chain.directory, layers).layers()
+        except ImageRefused:
+            self.validate(chain_id)
+            raise
+        except PointUnreadable:
+            whole = []  # validate names what is missing
         report = self.validate(chain_id)
-        if not report.ok:
+        if not report.ok or not whole:
             raise ChainError(
                 f"chain {chain_id} is broken, consolidation would build on bad data: "
                 + report.sentence(),
@@ -656,11 +683,6 @@ class ChainService:
             )
         self._refuse_if_in_use(merged, f"consolidate chain {chain_id}")
         directory = repo_file(repo, chain.directory)
-        # every header of the chain checked against the catalog; the merge reads the
-        # target through the catalog's chain, spelled out layer by layer
-        whole = self.guard.chain_spec(
-            repo, chain.directory, [Layer(b.id, b.path, b.file_size) for b in backups]
-        ).layers()
         target_spec = whole[len(backups) - 1 - index]
         self._check_room(repo, target_spec)
         name = f"{target.position:04d}-full-{stamp(target.point_time)}.qcow2"

@@ -913,6 +913,16 @@ class CopyService:
                 rule_id=rule.id if rule else None,
                 job_id=ctx.job_id,
             )
+        # the chain's headers first: a foreign one is refused before any path of it
+        # is used; a missing file is retried below (a repository may come back)
+        headers_checked = True
+        try:
+            self._check_headers(b, src_repo)
+        except SourceRefused as exc:
+            self._fail_copy(copy.id, b, dst, exc)
+            raise
+        except CopyError:
+            headers_checked = False
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
         bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
@@ -955,7 +965,9 @@ class CopyService:
             try:
                 if not src_path.is_file():
                     raise CopyError(f"source file {src_path} is missing")
-                self._check_headers(b, src_repo)
+                if not headers_checked:
+                    self._check_headers(b, src_repo)
+                    headers_checked = True
                 result = copy_file(
                     src_path,
                     dst_path,

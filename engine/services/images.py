@@ -231,13 +231,6 @@ class ImageGuard:
             return Inspection(
                 path, None, Problem("foreign", "it is not a regular file (a device or a pipe)")
             )
-        if layer.size and st.st_size != layer.size:
-            raise PointUnreadable(
-                f"{layer.path}{point} in repository {repository.name} changed size since it "
-                f"was written ({st.st_size} bytes, the catalog recorded {layer.size})",
-                backup_id=layer.backup_id,
-                hint="run `sendense chain check`; a verified copy may still have it",
-            )
         try:
             head = qemu_img.info(ImageSpec.file(path, "qcow2"))
         except qemu_img.NotAnImage:
@@ -249,7 +242,15 @@ class ImageGuard:
                 backup_id=layer.backup_id,
                 hint=exc.hint,
             ) from None
-        return Inspection(path, head, header_problem(head, parent))
+        problem = header_problem(head, parent)
+        if problem is None and layer.size and st.st_size != layer.size:
+            raise PointUnreadable(
+                f"{layer.path}{point} in repository {repository.name} changed size since it "
+                f"was written ({st.st_size} bytes, the catalog recorded {layer.size})",
+                backup_id=layer.backup_id,
+                hint="run `sendense chain check`; a verified copy may still have it",
+            )
+        return Inspection(path, head, problem)
 
     def _refuse(
         self, repository: Repository, layer: Layer, problem: str, *, announce: bool
