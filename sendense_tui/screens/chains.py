@@ -203,9 +203,10 @@ class ChainsScreen(SendenseScreen):
                 f"physical   {human_bytes(v.physical_bytes)} in files",
                 f"allocated  {human_bytes(v.allocated_bytes)} of data",
             ]
-            if v.chain.state_detail:
-                lines += ["", f"! {v.chain.state_detail}"]
-            lines += [f"! {line}" for line in v.damage()]
+            notes = [f"! {v.chain.state_detail}"] if v.chain.state_detail else []
+            notes += [f"! {line}" for line in v.damage()]
+            if notes:
+                lines += ["", *notes]
             lines += ["", "c: consolidate   v: verify   b: back up now"]
         elif kind == "vm":
             lines = [f"VM {ref}", "", "b: back up a disk now"]
