@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -291,6 +291,8 @@ class ReadPlan:
     from_copy: bool = False
     #: a bad point read anyway (force)
     unverified: bool = False
+    #: why the read is not the plain one (the damage, or the refusal of the own files)
+    reason: str | None = None
     #: the sentence for the operator when the read is not the plain one
     note: str | None = None
 
@@ -351,6 +353,36 @@ class PointReader:
         ]
         return places, named
 
+    def _own(self, backup: Backup) -> ReadPlan:
+        _backup, chain, repo = self.chains.locate(backup.id)
+        links = self._links(backup)
+        return ReadPlan(backup, chain, repo, tuple(Layer(b.id, b.path, b.file_size) for b in links))
+
+    @staticmethod
+    def _forced(own: ReadPlan, reason: str) -> ReadPlan:
+        return replace(
+            own,
+            unverified=True,
+            reason=reason,
+            note=f"{reason}: read anyway because it was forced; the data is UNVERIFIED",
+        )
+
+    def _from_copy(
+        self, plan: ReadPlan, place: Repository, rows: Sequence[Copy], reason: str
+    ) -> ReadPlan:
+        layers = tuple(
+            Layer(b.id, c.path, c.size) for b, c in zip(self._links(plan.backup), rows, strict=True)
+        )
+        return ReadPlan(
+            plan.backup,
+            plan.chain,
+            place,
+            layers,
+            from_copy=True,
+            reason=reason,
+            note=f"{reason}: read from the verified copy on repository {place.name}",
+        )
+
     def plan(self, backup_id: int, *, force: bool = False) -> ReadPlan:
         """Where to read ``backup_id`` from (catalog only); DamagedPoint when it is bad
         with no verified copy and no ``force``."""
@@ -371,24 +403,9 @@ class PointReader:
         damage = "; ".join(f"point #{b.id} is bad ({why_bad(b)})" for b in bad)
         places, named = self._copy_places(links)
         if places:
-            place, rows = places[0]
-            return ReadPlan(
-                backup,
-                chain,
-                place,
-                tuple(Layer(b.id, c.path, c.size) for b, c in zip(links, rows, strict=True)),
-                from_copy=True,
-                note=f"{damage}: read from the verified copy on repository {place.name}",
-            )
+            return self._from_copy(own, *places[0], damage)
         if force:
-            return ReadPlan(
-                backup,
-                chain,
-                repo,
-                own.layers,
-                unverified=True,
-                note=f"{damage}: read anyway because it was forced; the data is UNVERIFIED",
-            )
+            return self._forced(own, damage)
         listed = [f"#{b.id} on {', '.join(named[b.id])}" for b in links if named[b.id]]
         copies = (
             "verified copies exist only of " + "; ".join(listed) + ", not of the whole chain"
@@ -403,33 +420,30 @@ class PointReader:
         )
 
     def open(self, backup_id: int, *, force: bool = False) -> PointRead:
-        """The spec to read ``backup_id`` with, from the good place. A file refused by
-        the guard in the point's own repository falls back to a verified copy."""
+        """The spec to read ``backup_id`` with, from the place :meth:`plan` names. When
+        the guard refuses that place's files (or one is missing), the other verified
+        copies are tried, then, when forced, the point's own repository; the first
+        error is raised when none can be opened."""
         plan = self.plan(backup_id, force=force)
         try:
             return PointRead(plan, self._spec(plan))
         except (ImageRefused, PointUnreadable) as exc:
-            if plan.from_copy:
-                raise
-            links = self._links(plan.backup)
-            places, _named = self._copy_places(links)
-            for place, rows in places:
-                layers = tuple(
-                    Layer(b.id, c.path, c.size) for b, c in zip(links, rows, strict=True)
-                )
-                other = ReadPlan(
-                    plan.backup,
-                    plan.chain,
-                    place,
-                    layers,
-                    from_copy=True,
-                    note=f"{exc.message}: read from the verified copy on repository {place.name}",
-                )
-                try:
-                    return PointRead(other, self._spec(other))
-                except (ImageRefused, PointUnreadable):
-                    continue
-            raise
+            error = exc
+        reason = plan.reason or error.message
+        places, _named = self._copy_places(self._links(plan.backup))
+        others = [
+            self._from_copy(plan, place, rows, reason)
+            for place, rows in places
+            if place.id != plan.repository.id
+        ]
+        if force and plan.from_copy:
+            others.append(self._forced(self._own(plan.backup), reason))
+        for other in others:
+            try:
+                return PointRead(other, self._spec(other))
+            except (ImageRefused, PointUnreadable):
+                continue
+        raise error
 
     def _spec(self, plan: ReadPlan) -> ImageSpec:
         return self.guard.chain_spec(plan.repository, plan.chain.directory, plan.layers)

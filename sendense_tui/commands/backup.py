@@ -20,7 +20,10 @@ from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
 from sendense_tui.format import human_bytes, short_time
 
-DISK_FORMAT = "--disk takes NAME=SOURCE or NAME:qcow2=SOURCE, e.g. sda=/dev/vg0/web01"
+DISK_FORMAT = (
+    "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01 (read as raw), "
+    "or NAME:qcow2=SOURCE for a qcow2 image"
+)
 
 
 def disk_argument(text: str) -> DiskSource:
@@ -28,8 +31,8 @@ def disk_argument(text: str) -> DiskSource:
     instead of a made-up disk "disk0" reading whatever was typed."""
     try:
         return DiskSource.parse(text)
-    except ValidationError as exc:
-        raise argparse.ArgumentTypeError(f"{DISK_FORMAT} ({exc.message})") from None
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{DISK_FORMAT} (got {text!r})") from None
 
 
 def register(subparsers: Any) -> None:

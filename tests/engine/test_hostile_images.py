@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -310,10 +311,24 @@ def point_file(engine: Engine, repo: Any, backup_id: int) -> Path:
 
 
 def tamper(
-    variant: str, engine: Engine, repo: Any, ids: list[int], host: HostFile, port: int
+    variant: str,
+    engine: Engine,
+    repo: Any,
+    ids: list[int],
+    host: HostFile,
+    port: int,
+    request: pytest.FixtureRequest | None = None,
 ) -> Path:
     """Rewrite a recorded point as an attacker would; returns the file changed."""
     full, inc1, inc2 = (point_file(engine, repo, i) for i in ids)
+    if variant == "device":
+        # a block device node (a loop device over the host file) in place of the point
+        assert request is not None
+        device = loop.attach(host.path, read_only=True)
+        request.addfinalizer(lambda: loop.detach(device))
+        inc2.unlink()
+        os.mknod(inc2, stat.S_IFBLK | 0o600, os.stat(device).st_rdev)
+        return inc2
     if variant == "data_file":
         # the full replaced by a qcow2 whose guest view is the host file
         stub = full.with_name("stub.raw")
@@ -366,6 +381,7 @@ VARIANTS = [
     "data_file",
     "raw_file",
     "symlink",
+    "device",
 ]
 
 
@@ -377,6 +393,7 @@ def test_point_whose_header_was_rewritten_is_never_opened(
     clock: FixedClock,
     listener: Listener,
     variant: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     events: list[Event] = []
     bk_engine.bus.subscribe(events.append)
@@ -384,7 +401,7 @@ def test_point_whose_header_was_rewritten_is_never_opened(
     ids = chain_of_three(bk_engine, repo, tmp_path, clock)
     stray = Path(repo.path) / "stray.qcow2"  # inside the repository, outside the chain
     qemu_img.convert(ImageSpec.file(host.path, "raw"), stray)
-    changed = tamper(variant, bk_engine, repo, ids, host, listener.port)
+    changed = tamper(variant, bk_engine, repo, ids, host, listener.port, request)
     stray_file = HostFile.watch(stray)
     host = HostFile.watch(host.path)  # from here on nothing may read it
     name = changed.name

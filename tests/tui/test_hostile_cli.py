@@ -75,7 +75,7 @@ def test_backup_reads_a_source_as_qcow2_only_when_named_so_and_refuses_protocols
     bad_format = sendense(
         state, "backup", "run", "--repo", "r1", "--vm", "vm2", "--disk", "sda:vmdk=/x"
     )
-    assert bad_format.returncode == 2 and "raw or qcow2" in bad_format.stderr
+    assert bad_format.returncode == 2 and "NAME:qcow2=SOURCE" in bad_format.stderr
 
 
 def test_bad_point_is_refused_then_forced_unverified_and_its_chain_shows_damaged(
