@@ -28,7 +28,7 @@ from engine.events import Event, EventBus
 from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import repo_file
-from engine.services.images import PointReader, PointUnreadable
+from engine.services.images import PointRead, PointReader, PointUnreadable
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -98,11 +98,12 @@ class DiskRestoreService:
         actor: str | None = None,
     ) -> Any:
         """Queue a restore. ``overwrite`` replaces an existing target file; ``force``
-        reads a bad point with no verified copy anyway (refused here otherwise, so
-        the operator learns it before the job runs)."""
+        reads a bad point with no verified copy anyway. A bad point without ``force``
+        and a chain whose headers disagree with the catalog are refused here, so the
+        operator learns it before a job is queued (the job checks again)."""
         backup, chain, repo = self.store.locate(backup_id)
         target = self._check_target(target, fmt, overwrite)
-        self.reader.plan(backup_id, force=force)
+        self._open(backup_id, force)
         return self.jobs.submit(
             "restore_disk",
             f"restore {chain.vm_name}/{chain.disk_name} point #{backup_id} to {target}",
@@ -174,13 +175,7 @@ class DiskRestoreService:
         if backup.state == "deleted":
             raise RestoreError(f"restore point {backup_id} was deleted")
         target = self._check_target(target, fmt, overwrite)
-        try:
-            opened = self.reader.open(backup_id, force=force)
-        except PointUnreadable as exc:
-            raise RestoreError(
-                f"restore point {backup_id} cannot be read through its chain: {exc.message}",
-                hint=exc.hint or "run `sendense chain check` and restore from a copy",
-            ) from None
+        opened = self._open(backup_id, force)
         source = opened.spec
         size = backup.virtual_size
 
@@ -228,6 +223,15 @@ class DiskRestoreService:
             )
         )
         return result
+
+    def _open(self, backup_id: int, force: bool) -> PointRead:
+        try:
+            return self.reader.open(backup_id, force=force)
+        except PointUnreadable as exc:
+            raise RestoreError(
+                f"restore point {backup_id} cannot be read through its chain: {exc.message}",
+                hint=exc.hint or "run `sendense chain check` and restore from a copy",
+            ) from None
 
     def _to_file(
         self, source: ImageSpec, target: Path, fmt: str, progress: Any, should_stop: Any

@@ -422,7 +422,9 @@ def test_point_whose_header_was_rewritten_is_never_opened(
         return message
 
     sentence = refused(lambda: bk_engine.restores.restore(newest, str(out / "disk.raw")))
+    refused(lambda: bk_engine.restores.submit(newest, str(out / "disk.raw")))  # no job queued
     assert list(out.iterdir()) == []
+    assert bk_engine.job_store.list(kind="restore_disk") == []
     refused(lambda: bk_engine.file_restore.mount(newest))
     refused(lambda: bk_engine.exports.start(newest))
     chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
