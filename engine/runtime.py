@@ -46,6 +46,7 @@ class Engine:
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )
         self._wire_repositories()
+        self._wire_images()
         self._wire_copies()
         self._wire_restore()
         self._wire_backups()
@@ -56,7 +57,6 @@ class Engine:
     def _wire_backups(self) -> None:
         """Backups (``self.backups``), the chain manager (``self.chains``) and whole-disk
         restore (``self.restores``); job kinds backup, consolidate, restore_disk."""
-        from engine.catalog.chains import ChainStore
         from engine.services.backup import BackupService
         from engine.services.chains import ChainService
         from engine.services.restore_disk import DiskRestoreService
@@ -69,11 +69,11 @@ class Engine:
             if gate is not None:
                 gate(repo)
 
-        self.chain_store = ChainStore(self.catalog)
         self.chains = ChainService(
             self.chain_store,
             self.repository_store,
             self.bus,
+            self.image_guard,
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
@@ -89,7 +89,12 @@ class Engine:
             repository_check=writable,
         )
         self.restores = DiskRestoreService(
-            self.chain_store, self.repository_store, self.jobs, self.bus, clock=self.clock
+            self.chain_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            self.point_reader,
+            clock=self.clock,
         )
         self.backups.register()
         self.restores.register()
@@ -197,15 +202,30 @@ class Engine:
             log.exception("starting repositories")
         self.capacity.start()
 
+    def _wire_images(self) -> None:
+        """The catalog's view of chains (``self.chain_store``, ``self.copy_store``), the
+        header guard every qemu call on a point goes through (``self.image_guard``) and
+        the choice of where a point is read from (``self.point_reader``)."""
+        from engine.catalog.chains import ChainStore
+        from engine.catalog.copies import CopyStore
+        from engine.services.images import ImageGuard, PointReader
+
+        self.chain_store = ChainStore(self.catalog)
+        self.copy_store = CopyStore(self.catalog)
+        self.image_guard = ImageGuard(self.bus)
+        self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
+
     def _wire_restore(self) -> None:
         """File-level restore (``self.file_restore``) and NBD exports (``self.exports``)."""
         from engine.services.exports import ExportService
         from engine.services.file_restore import FileRestoreService
 
         self.file_restore = FileRestoreService(
-            self.catalog, self.bus, self.settings, clock=self.clock
+            self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
         )
-        self.exports = ExportService(self.catalog, self.bus, self.settings, clock=self.clock)
+        self.exports = ExportService(
+            self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
+        )
         self.jobs.register("restore.files", self.file_restore.run_extract_job)
 
     def _cleanup_restore(self) -> None:
@@ -220,12 +240,10 @@ class Engine:
 
     def _wire_copies(self) -> None:
         """Copy rules and copy jobs (``self.copies``), verification (``self.verifier``)."""
-        from engine.catalog.copies import CopyStore
         from engine.catalog.policies import ScheduleStore
         from engine.services.copy import CopyService
         from engine.services.verify import VerifyService
 
-        self.copy_store = CopyStore(self.catalog)
         #: schedule marks: scheduled copy rules, the verify schedule, raised alerts
         self.schedule_store = ScheduleStore(self.catalog)
         self.verifier = VerifyService(
@@ -233,6 +251,7 @@ class Engine:
             self.repository_store,
             self.jobs,
             self.bus,
+            self.image_guard,
             clock=self.clock,
             reverify_days=self.settings.verify.reverify_days,
         )
@@ -241,6 +260,7 @@ class Engine:
             self.repository_store,
             self.jobs,
             self.bus,
+            self.image_guard,
             clock=self.clock,
             verifier=self.verifier,
             destination_check=self.repositories.ensure_writable_mount,

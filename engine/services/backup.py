@@ -1,19 +1,28 @@
 """Full and incremental QCOW2 backups of VM disks into a repository.
 
-A source is anything qemu-img reads: a raw or qcow2 file, a block device, or an
-``nbd://host:port/export`` / ``nbd+unix:///export?socket=…`` URI.
+A source is a file or a block device named by its path, or an
+``nbd://host:port/export`` / ``nbd+unix:///export?socket=…`` URI. Its format
+and protocol are pinned, never probed (a guest can write a qcow2, vmdk or LUKS
+header into its own disk): it is read as raw bytes unless the operator says
+qcow2 (``NAME:qcow2=SOURCE``), and a qcow2 source is accepted only when its
+own header names no backing file and no external data file. A text qemu would
+read as a protocol or a ``json:`` specification (``json:…``, ``file:…``,
+``http://…``, any ``word:`` before the first slash) is refused; an NBD URI is
+taken apart here and handed to qemu as typed options. See :func:`source_spec`.
 
 Full: ``qemu-img convert -O qcow2 [-c -o compression_type=zstd]`` into a new
 chain directory.
 
 Incremental: ``qemu-img convert -B previous`` from a *raw* source writes every
 cluster (qemu-img 7.2 cannot tell which ones equal the backing file), so the
-incremental is made with a rebase instead: an empty overlay is created over the
-source (``create -b SOURCE -F raw``), then a *safe* ``qemu-img rebase -p -b
-PREVIOUS`` compares the old backing (the source) with the new one (the previous
-point, read through its chain) and copies only the clusters that differ into
-the overlay. The result holds exactly the changed clusters (2 MiB changed in a
-64 MiB disk gives a ≈2.3 MiB file) and its header names the previous point by
+incremental is made with a rebase instead: an empty standalone overlay is
+created, opened with the source spelled out as its backing (no header ever
+names the source), and a *safe* ``qemu-img rebase -p -b PREVIOUS`` compares
+the old backing (the source) with the new one (the previous point, read
+through its chain, whose headers are checked against the catalog before and
+after) and copies only the clusters that differ into the overlay. The result
+holds exactly the changed clusters (2 MiB changed in a 64 MiB disk gives a
+≈2.3 MiB file) and its header names the previous point by
 plain file name, so the chain directory stays valid wherever it is copied.
 Incrementals are not compressed (a rebase cannot write compressed clusters).
 
@@ -43,6 +52,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,8 +79,10 @@ from engine.services.chains import (
     repo_file,
     stamp,
 )
+from engine.services.images import Layer
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
+from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -82,6 +94,10 @@ DEFAULT_FULL_EVERY = 14
 #: chains live under this directory of the repository (the repository layout has it)
 CHAINS_DIR = "chains"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: how a source may be read: raw unless the operator says qcow2 (never probed)
+SOURCE_FORMATS = ("raw", "qcow2")
+NBD_PREFIXES = ("nbd://", "nbd+unix://")
+SOURCE_FORM = "NAME=SOURCE or NAME:qcow2=SOURCE"
 
 
 class BackupError(SendenseError):
@@ -107,18 +123,104 @@ class BackupFailed(BackupError):
 @dataclass(frozen=True)
 class DiskSource:
     name: str
-    #: path, block device or nbd:// / nbd+unix:// URI
+    #: path of a file or block device, or an nbd:// / nbd+unix:// URI
     source: str
-    #: the source's format; None lets qemu-img probe (raw for devices and NBD)
-    fmt: str | None = None
+    #: how the source is read: raw (never probed), or qcow2 when the operator says so
+    fmt: str = "raw"
 
     @classmethod
     def parse(cls, text: str) -> DiskSource:
-        """``NAME=SOURCE`` (or just ``SOURCE``: the name becomes ``disk0``)."""
-        name, sep, source = text.partition("=")
-        if not sep or "://" in name:
-            return cls("disk0", text)
-        return cls(name, source)
+        """``NAME=SOURCE`` or ``NAME:FORMAT=SOURCE`` (FORMAT raw or qcow2). The
+        format belongs to the name side: a disk name has no ``:``, while a path or
+        a URI may."""
+        left, sep, source = text.partition("=")
+        name, colon, fmt = left.partition(":")
+        if not sep or not name or not source or "/" in left or (colon and not fmt):
+            raise ValidationError(
+                f"disk {text!r} is not {SOURCE_FORM}",
+                hint="e.g. sda=/dev/vg0/web01 or vda:qcow2=/var/lib/images/web01.qcow2",
+            )
+        if fmt and fmt not in SOURCE_FORMATS:
+            raise ValidationError(
+                f"disk {name}: format {fmt!r} is not raw or qcow2",
+                hint="a source is read as raw unless you say qcow2",
+            )
+        return cls(name, source, fmt or "raw")
+
+    @classmethod
+    def from_policy(cls, entry: dict[str, Any]) -> DiskSource:
+        """A disk of a policy's sources: {"name", "source"[, "format"]}."""
+        return cls(str(entry["name"]), str(entry["source"]), str(entry.get("format") or "raw"))
+
+    @property
+    def shown(self) -> str:
+        """``NAME=SOURCE`` as the operator wrote it (``NAME:qcow2=…`` for qcow2)."""
+        return f"{self.name}{':qcow2' if self.fmt == 'qcow2' else ''}={self.source}"
+
+
+def check_source_text(disk: DiskSource) -> NbdAddress | None:
+    """Refuse a source text qemu would not read as a plain file (before anything is
+    opened); the NBD address of an nbd:// or nbd+unix:// URI, None for a path."""
+    src = disk.source
+    if (disk.fmt or "raw") not in SOURCE_FORMATS:
+        raise SourceError(f"disk {disk.name}: format {disk.fmt!r} is not raw or qcow2")
+    if not src or "\0" in src:
+        raise SourceError(f"disk {disk.name} has an empty or unusable source")
+    if src.lower().startswith(NBD_PREFIXES):
+        try:
+            return parse_nbd_uri(src)
+        except SpecError as exc:
+            raise SourceError(f"source of disk {disk.name}: {exc.message}", hint=exc.hint) from None
+    if ":" in src.split("/", 1)[0]:
+        raise SourceError(
+            f"source {_shown_source(src)!r} of disk {disk.name} is refused: qemu would read "
+            "it as a protocol or a json: specification, not as a file",
+            hint="name a file or block device by its path (./NAME for a relative name with "
+            "a colon), or give an nbd:// or nbd+unix:// URI",
+        )
+    return None
+
+
+def source_spec(disk: DiskSource) -> ImageSpec:
+    """How qemu opens a source: format and protocol pinned, nothing left to qemu.
+
+    A path becomes absolute and is opened with the ``file`` protocol (a regular
+    file) or ``host_device`` (a block device); an nbd:// or nbd+unix:// URI with the
+    ``nbd`` protocol. Anything qemu would read as a protocol or a ``json:``
+    specification is refused: qemu treats a ``word:`` before the first slash so.
+    """
+    src = disk.source
+    fmt = disk.fmt or "raw"
+    address = check_source_text(disk)
+    if address is not None:
+        return ImageSpec.nbd(address, fmt)
+    path = os.path.abspath(src)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError(
+            f"source {src} of disk {disk.name} does not exist",
+            hint="check the path (a file, a block device or an nbd:// URI)",
+        ) from None
+    except OSError as exc:
+        raise SourceError(
+            f"source {src} of disk {disk.name} cannot be read: {exc.strerror}"
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"source {src} of disk {disk.name} is a directory, not a disk")
+    if not os.access(path, os.R_OK):
+        raise SourceError(
+            f"source {src} of disk {disk.name} cannot be read: permission denied",
+            hint="run the backup as a user that may read it (root for block devices)",
+        )
+    if stat.S_ISBLK(st.st_mode):
+        return ImageSpec.device(path, fmt)
+    if stat.S_ISREG(st.st_mode):
+        return ImageSpec.file(path, fmt)
+    raise SourceError(
+        f"source {src} of disk {disk.name} is not a regular file or a block device",
+        hint="a character device, pipe or socket is not a disk",
+    )
 
 
 @dataclass
@@ -174,10 +276,9 @@ class BackupRun:
 @dataclass(frozen=True)
 class _Probe:
     source: DiskSource
-    fmt: str
+    #: how qemu opens the source: format and protocol pinned
+    spec: ImageSpec
     virtual_size: int
-    #: what the overlay's backing reference is: an absolute path or the URI
-    backing_ref: str
 
 
 class _Stopper:
@@ -247,9 +348,12 @@ class BackupService:
         full_every: int | None = None,
         actor: str | None = None,
     ) -> Any:
-        """Queue a backup job for a VM's disks; returns the Job row."""
+        """Queue a backup job for a VM's disks; returns the Job row. A source text
+        qemu would read as a protocol is refused here, before anything is queued."""
         repo = self.repositories.get(repository)
         self._check_args(vm, disks, mode, compression)
+        for disk in disks:
+            check_source_text(disk)
         params = {
             "repository": repo.id,
             "vm": vm,
@@ -271,7 +375,8 @@ class BackupService:
         run = self.run(
             int(p["repository"]),
             str(p["vm"]),
-            [DiskSource(**d) for d in p["disks"]],
+            # fmt None: a job queued before formats were pinned (raw, as it meant)
+            [DiskSource(d["name"], d["source"], d.get("fmt") or "raw") for d in p["disks"]],
             mode=p.get("mode", "auto"),
             compression=p.get("compression"),
             full_every=p.get("full_every"),
@@ -426,33 +531,33 @@ class BackupService:
             self.repository_check(repo)
 
     def _probe(self, disk: DiskSource) -> _Probe:
-        src = disk.source
-        is_uri = "://" in src
-        if not is_uri:
-            path = Path(src)
-            if not path.exists():
-                raise SourceError(
-                    f"source {src} of disk {disk.name} does not exist",
-                    hint="check the path (a file, a block device or an nbd:// URI)",
-                )
-            if not os.access(path, os.R_OK):
-                raise SourceError(
-                    f"source {src} of disk {disk.name} cannot be read: permission denied",
-                    hint="run the backup as a user that may read it (root for block devices)",
-                )
-            if path.is_dir():
-                raise SourceError(f"source {src} of disk {disk.name} is a directory, not a disk")
+        spec = source_spec(disk)
         try:
-            head = qemu_img.info(src, fmt=disk.fmt)
+            head = qemu_img.info(spec)
         except ToolError as exc:
             raise SourceError(
-                f"source {src} of disk {disk.name} cannot be read: {exc.message}",
-                hint=exc.hint or "check that the source is a disk image qemu-img can open",
+                f"source {_shown_source(disk.source)} of disk {disk.name} cannot be read as "
+                f"{spec.fmt}: {exc.message}",
+                hint=exc.hint or "check the source; a qcow2 image must be named NAME:qcow2=…",
             ) from None
+        if spec.fmt == "qcow2":
+            specific = (head.raw.get("format-specific") or {}).get("data") or {}
+            if head.backing_filename:
+                raise SourceError(
+                    f"qcow2 source {disk.source} of disk {disk.name} is refused: its header "
+                    f"names the backing file {head.backing_filename!r}",
+                    hint="a qcow2 source must stand alone: back up the flattened image "
+                    "(qemu-img convert) or the VM's disk as raw",
+                )
+            if specific.get("data-file"):
+                raise SourceError(
+                    f"qcow2 source {disk.source} of disk {disk.name} is refused: its header "
+                    f"names the external data file {specific['data-file']!r}",
+                    hint="a qcow2 source must stand alone: back up the data file as raw",
+                )
         if head.virtual_size <= 0:
-            raise SourceError(f"source {src} of disk {disk.name} is empty (0 bytes)")
-        ref = src if is_uri else os.path.abspath(src)
-        return _Probe(disk, disk.fmt or head.format, head.virtual_size, ref)
+            raise SourceError(f"source {disk.source} of disk {disk.name} is empty (0 bytes)")
+        return _Probe(disk, spec, head.virtual_size)
 
     # -- one disk ----------------------------------------------------------------
 
@@ -586,9 +691,8 @@ class BackupService:
         try:
             if full_reason is not None:
                 qemu_img.convert(
-                    probe.backing_ref,
+                    probe.spec,
                     tmp,
-                    src_fmt=probe.fmt,
                     compression=compression,
                     on_progress=progress,
                     should_stop=stopper,
@@ -596,21 +700,29 @@ class BackupService:
             else:
                 parent = points[-1]
                 parent_name = Path(parent.path).name
+                # the previous chain's headers, checked against the catalog before and
+                # after the rebase reads through them
+                layers = [Layer(b.id, b.path, b.file_size) for b in points]
+                previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
                 # the parent's checksum is checked while the rebase runs (both read it)
                 parent_hash = (
                     _Background(sha256_file, repo_file(repo, parent.path))
                     if self.verify_parent and parent.checksum
                     else None
                 )
-                qemu_img.create(
-                    tmp, probe.virtual_size, backing=probe.backing_ref, backing_fmt=probe.fmt
-                )
+                qemu_img.create(tmp, probe.virtual_size)
                 if stopper():  # cancelled while planning: stop before the long part
                     assert stopper.reason is not None
                     raise stopper.reason
-                qemu_img.rebase_with_progress(
-                    tmp, parent_name, on_progress=progress, should_stop=stopper
+                overlay = ImageSpec.file(os.path.abspath(tmp), backing=probe.spec)
+                qemu_img.rebase_onto(
+                    overlay,
+                    previous.filename,
+                    header_name=parent_name,
+                    on_progress=progress,
+                    should_stop=stopper,
                 )
+                self.chains.guard.chain_spec(repo, chain.directory, layers)
                 if parent_hash is not None and parent_hash.result() != parent.checksum:
                     raise _BaseChanged(
                         parent,
@@ -720,7 +832,7 @@ class BackupService:
 
     def _check_room_full(self, repo: Repository, probe: _Probe, compression: str | None) -> None:
         try:
-            need = qemu_img.measure(probe.backing_ref, src_fmt=probe.fmt).required
+            need = qemu_img.measure(probe.spec).required
         except ToolError as exc:
             raise SourceError(
                 f"cannot measure source {probe.source.source}: {exc.message}"

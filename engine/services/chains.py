@@ -6,8 +6,11 @@ parent by plain file name (relative), so the directory stays valid when copied.
 
 ``validate`` compares what ``qemu-img`` sees with the catalog: files missing or
 renamed, files whose size or checksum changed, headers that are damaged, backing
-references that point at the wrong file, points out of order, and files on disk
-the catalog does not know (orphans, e.g. left by a crash). Each finding says
+references that point at the wrong file, headers that name anything else (a
+data file, a json: or protocol backing, a symlink or device in place of the
+file: ``foreign``), points out of order, and files on disk the catalog does not
+know (orphans, e.g. left by a crash). Headers are read one file at a time
+(engine.services.images); nothing a header names is opened. Each finding says
 what to do. A chain with a breaking finding is marked ``broken``; the next
 backup of that disk then starts a new full (with a loud event) instead of
 failing forever.
@@ -41,14 +44,32 @@ from engine.events import Event, EventBus
 from engine.fsutil import durable_output, fsync_dir, fsync_file
 from engine.hashing import sha256_file
 from engine.safepath import is_within
+from engine.services.images import (
+    ImageGuard,
+    ImageRefused,
+    Layer,
+    PointUnreadable,
+    describe_backing,
+    is_bad,
+    why_bad,
+)
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
+from engine.tools.blockspec import ImageSpec
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
 #: finding kinds that make a chain unusable for new incrementals
-BREAKING = ("missing", "changed", "corrupt", "wrong_backing", "wrong_order", "unreadable")
+BREAKING = (
+    "missing",
+    "changed",
+    "corrupt",
+    "wrong_backing",
+    "foreign",
+    "wrong_order",
+    "unreadable",
+)
 
 
 class ChainError(SendenseError):
@@ -64,8 +85,10 @@ def stamp(when: datetime) -> str:
 
 
 def allocated_bytes(path: Path) -> int:
-    """Guest bytes stored in this file itself (not in its backing files)."""
-    return sum(e.length for e in qemu_img.map_image(path) if e.depth == 0 and e.data)
+    """Guest bytes stored in this file itself (not in its backing files, which are not
+    opened: the file is mapped alone)."""
+    alone = ImageSpec.file(Path(path).absolute())
+    return sum(e.length for e in qemu_img.map_image(alone) if e.depth == 0 and e.data)
 
 
 def repo_file(repo: Repository, relative: str) -> Path:
@@ -79,7 +102,7 @@ def repo_file(repo: Repository, relative: str) -> Path:
 
 @dataclass(frozen=True)
 class Finding:
-    #: missing | changed | corrupt | wrong_backing | wrong_order | unreadable | orphan
+    #: missing | changed | corrupt | wrong_backing | foreign | wrong_order | unreadable | orphan
     kind: str
     message: str
     hint: str
@@ -152,6 +175,23 @@ class ChainView:
     points: list[PointView]
 
     @property
+    def bad_points(self) -> list[Backup]:
+        """Points marked bad or whose last verification was not ok."""
+        return [p.backup for p in self.points if is_bad(p.backup)]
+
+    @property
+    def state(self) -> str:
+        """The state to show: ``damaged`` when any point in it is bad (a restore of a
+        later point needs it), unless the chain is broken; else the catalog's."""
+        if self.chain.state != "broken" and self.bad_points:
+            return "damaged"
+        return self.chain.state
+
+    def damage(self) -> list[str]:
+        """One line per bad point, for the operator."""
+        return [f"point #{b.id} is bad: {why_bad(b)}" for b in self.bad_points]
+
+    @property
     def logical_bytes(self) -> int:
         """What the newest point restores to (the disk's virtual size)."""
         return self.points[-1].backup.virtual_size if self.points else 0
@@ -190,6 +230,7 @@ class ChainService:
         store: ChainStore,
         repositories: RepositoryStore,
         bus: EventBus,
+        guard: ImageGuard,
         *,
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -198,6 +239,8 @@ class ChainService:
         self.store = store
         self.repositories = repositories
         self.bus = bus
+        #: reads each point's own header and builds the explicit spec qemu opens
+        self.guard = guard
         self.settings = settings
         self.clock = clock
         #: the repositories service's "mounted, writable and not full" gate (the one
@@ -267,25 +310,35 @@ class ChainService:
         return views
 
     def point_details(self, backup_id: int) -> dict[str, Any]:
-        """What qemu-img reports about a point's file (header and backing chain)."""
-        backup, _chain, repo = self.store.locate(backup_id)
+        """Each file of the point's chain as its own header describes it (top first),
+        with what disagrees with the catalog; nothing a header names is opened."""
+        backup, chain, repo = self.store.locate(backup_id)
         path = repo_file(repo, backup.path)
         details: dict[str, Any] = {"path": str(path)}
-        try:
-            chain_info = qemu_img.info_chain(path)
-            details["chain"] = [
+        rows: list[dict[str, Any]] = []
+        parent: str | None = None
+        for link in self.store.backups(chain.id):
+            if link.position > backup.position:
+                break
+            try:
+                found = self.guard.inspect(repo, chain.directory, Layer(link.id, link.path), parent)
+            except PointUnreadable as exc:
+                details["error"] = exc.for_humans()
+                break
+            head = found.head
+            rows.append(
                 {
-                    "file": Path(i.filename).name,
-                    "virtual_size": i.virtual_size,
-                    "actual_size": i.actual_size,
-                    "backing": i.backing_filename,
-                    "compression": i.compression_type,
-                    "corrupt": i.corrupt,
+                    "file": found.path.name,
+                    "virtual_size": head.virtual_size if head else 0,
+                    "actual_size": head.actual_size if head else 0,
+                    "backing": head.backing_filename if head else None,
+                    "compression": head.compression_type if head else None,
+                    "corrupt": head.corrupt if head else True,
+                    "problem": found.problem.text if found.problem else None,
                 }
-                for i in chain_info
-            ]
-        except ToolError as exc:
-            details["error"] = exc.for_humans()
+            )
+            parent = found.path.name
+        details["chain"] = list(reversed(rows))
         return details
 
     # -- validation --------------------------------------------------------------
@@ -320,7 +373,22 @@ class ChainService:
         new_full = "the next backup of this disk starts a new full automatically"
         present: list[Backup] = []
         for index, b in enumerate(backups):
-            path = repo_file(repo, b.path)
+            try:
+                path = repo_file(repo, b.path)
+            except ValidationError:
+                # a symbolic link (or a catalog path) leading out of the repository
+                found.append(
+                    Finding(
+                        "foreign",
+                        f"{Path(b.path).name} (point #{b.id}) is refused: it leads out of "
+                        f"repository {repo.name} (a symbolic link?)",
+                        f"nothing is read through it; restore it from a copy if one exists; "
+                        f"{new_full}",
+                        b.id,
+                        b.path,
+                    )
+                )
+                continue
             name = path.name
             if index == 0 and b.kind != "full":
                 found.append(
@@ -370,13 +438,17 @@ class ChainService:
                     )
                 )
                 continue
+            expected = None if index == 0 else Path(backups[index - 1].path).name
             try:
-                head = qemu_img.info(path, fmt="qcow2")
-                checked = qemu_img.check(path, fmt="qcow2")
+                seen = self.guard.inspect(repo, chain.directory, Layer(b.id, b.path), expected)
+                problem = seen.problem
+                if problem is None or problem.kind == "wrong_backing":
+                    # metadata of this one file; its backing file is not opened
+                    checked = qemu_img.check(ImageSpec.file(seen.path))
             except qemu_img.ImageBusy:
                 present.append(b)
                 continue
-            except ToolError as exc:
+            except (ToolError, PointUnreadable) as exc:
                 found.append(
                     Finding(
                         "corrupt",
@@ -387,6 +459,25 @@ class ChainService:
                     )
                 )
                 continue
+            if problem is not None and problem.kind != "wrong_backing":
+                what = (
+                    f"is not a readable QCOW2 image: {problem.text}"
+                    if problem.kind == "corrupt"
+                    else f"is refused: {problem.text}"
+                )
+                found.append(
+                    Finding(
+                        problem.kind,
+                        f"{name} (point #{b.id}) {what}",
+                        "nothing is read through it; restore it from a copy if one exists; "
+                        + new_full,
+                        b.id,
+                        b.path,
+                    )
+                )
+                continue
+            head = seen.head
+            assert head is not None
             if head.corrupt or checked.corruptions or checked.check_errors:
                 found.append(
                     Finding(
@@ -399,10 +490,16 @@ class ChainService:
                     )
                 )
                 continue
-            expected = None if index == 0 else Path(backups[index - 1].path).name
             actual = head.backing_filename or None
             if actual != expected:
-                what = f"points at {actual!r}" if actual else "has no backing file"
+                shown = describe_backing(actual) if actual else ""
+                what = (
+                    f"points at {actual!r}"
+                    if actual and shown == actual
+                    else f"points at {shown}"
+                    if actual
+                    else "has no backing file"
+                )
                 fix = (
                     f"if {expected} is the right parent: qemu-img rebase -u -b {expected} "
                     f"-F qcow2 {name}"
@@ -434,23 +531,6 @@ class ChainService:
                     )
                     continue
             present.append(b)
-        if backups and not any(f.breaking for f in found):
-            # qemu-img's own view of the whole chain, through the newest point
-            newest = repo_file(repo, backups[-1].path)
-            try:
-                qemu_img.info_chain(newest)
-            except qemu_img.ImageBusy:
-                pass
-            except ToolError as exc:
-                found.append(
-                    Finding(
-                        "unreadable",
-                        f"qemu-img cannot read the chain through {newest.name}: {exc.message}",
-                        exc.hint or new_full,
-                        backups[-1].id,
-                        backups[-1].path,
-                    )
-                )
         known = {Path(b.path).name for b in all_rows if b.state != "deleted"}
         if directory.is_dir():
             for entry in sorted(directory.iterdir()):
@@ -565,8 +645,19 @@ class ChainService:
                 f"chain {chain_id} has {len(backups)} point(s): nothing to consolidate",
                 hint="consolidation merges the oldest incremental into the full",
             )
+        # every header of the chain checked against the catalog first: a foreign one
+        # is refused with its own sentence and a critical event (and recorded by
+        # validate); the merge then reads through the catalog's chain, spelled out
+        layers = [Layer(b.id, b.path, b.file_size) for b in backups]
+        try:
+            whole = self.guard.chain_spec(repo, chain.directory, layers).layers()
+        except ImageRefused:
+            self.validate(chain_id)
+            raise
+        except PointUnreadable:
+            whole = []  # validate names what is missing
         report = self.validate(chain_id)
-        if not report.ok:
+        if not report.ok or not whole:
             raise ChainError(
                 f"chain {chain_id} is broken, consolidation would build on bad data: "
                 + report.sentence(),
@@ -592,17 +683,16 @@ class ChainService:
             )
         self._refuse_if_in_use(merged, f"consolidate chain {chain_id}")
         directory = repo_file(repo, chain.directory)
-        target_path = repo_file(repo, target.path)
-        self._check_room(repo, target_path)
+        target_spec = whole[len(backups) - 1 - index]
+        self._check_room(repo, target_spec)
         name = f"{target.position:04d}-full-{stamp(target.point_time)}.qcow2"
         final = directory / name
         full = merged[0]
         compression = full.compression
         with durable_output(final) as tmp:
             qemu_img.convert(
-                target_path,
+                target_spec,
                 tmp,
-                src_fmt="qcow2",
                 compression=compression,
                 on_progress=on_progress,
                 should_stop=should_stop,
@@ -660,8 +750,8 @@ class ChainService:
         self.validate(chain_id)
         return promoted
 
-    def _check_room(self, repo: Repository, source: Path) -> None:
-        need = qemu_img.measure(source, src_fmt="qcow2").required
+    def _check_room(self, repo: Repository, source: ImageSpec) -> None:
+        need = qemu_img.measure(source).required
         reserve = _reserve(repo, self.settings)
         free = free_bytes(Path(repo.path))
         if free - need < reserve:

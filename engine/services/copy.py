@@ -9,7 +9,11 @@ Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in th
 same pass (a writer thread writes while the next chunk is read and hashed), a
 ``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
 the Copy row marked completed. The computed checksum must equal the source
-backup's recorded one: a source that rotted is never copied silently. When both
+backup's recorded one: a source that rotted is never copied silently. Before a
+file is copied, the headers of its chain are checked against the catalog
+(engine.services.images): a point whose header names another file, a data
+file or another format is not copied (a copy would carry the foreign reference
+to another repository). When both
 sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
 instead (``cloned=True``, counted as the same device for 3-2-1).
 
@@ -45,6 +49,7 @@ from engine.events import Event, EventBus
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.services.chains import repo_file
+from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,10 @@ class CopyNoSpace(CopyError):
 
 class SourceChecksumMismatch(CopyError):
     """The source file does not match its recorded checksum (bit rot or a changed file)."""
+
+
+class SourceRefused(CopyError):
+    """A header of the source's chain disagrees with the catalog; retrying will not help."""
 
 
 # ---------------------------------------------------------------------------
@@ -391,6 +400,7 @@ class CopyService:
         repositories: RepositoryStore,
         jobs: JobRunner,
         bus: EventBus,
+        guard: ImageGuard,
         *,
         clock: Clock = SYSTEM_CLOCK,
         verifier: Any = None,
@@ -402,6 +412,8 @@ class CopyService:
         self.jobs = jobs
         self.job_store: JobStore = jobs.store
         self.bus = bus
+        #: checks the headers of the chain a copied file belongs to
+        self.guard = guard
         self.clock = clock
         self.verifier = verifier
         #: the repositories service's "is it mounted and not full" gate, when wired
@@ -901,6 +913,16 @@ class CopyService:
                 rule_id=rule.id if rule else None,
                 job_id=ctx.job_id,
             )
+        # the chain's headers first: a foreign one is refused before any path of it
+        # is used; a missing file is retried below (a repository may come back)
+        headers_checked = True
+        try:
+            self._check_headers(b, src_repo)
+        except SourceRefused as exc:
+            self._fail_copy(copy.id, b, dst, exc)
+            raise
+        except CopyError:
+            headers_checked = False
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
         bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
@@ -943,6 +965,9 @@ class CopyService:
             try:
                 if not src_path.is_file():
                     raise CopyError(f"source file {src_path} is missing")
+                if not headers_checked:
+                    self._check_headers(b, src_repo)
+                    headers_checked = True
                 result = copy_file(
                     src_path,
                     dst_path,
@@ -964,6 +989,9 @@ class CopyService:
             except SourceChecksumMismatch as exc:
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
+                raise
+            except SourceRefused as exc:
+                self._fail_copy(copy.id, b, dst, exc)
                 raise
             except CopyNoSpace as exc:
                 self._fail_copy(copy.id, b, dst, exc)
@@ -1011,6 +1039,20 @@ class CopyService:
                 data={"copy_id": copy.id, "backup_id": b.id, "cloned": result.cloned},
             )
         )
+
+    def _check_headers(self, b: SourceBackup, src_repo: Repository) -> None:
+        """Refuse to copy a file whose chain's headers disagree with the catalog (the
+        guard raises the critical event); a missing link is retried like a missing
+        file."""
+        chain = [x for x in self.store.chain_backups(b.chain_id) if x.position < b.position]
+        layers = [Layer(x.id, x.path, x.file_size) for x in chain]
+        layers.append(Layer(b.id, b.path, b.file_size))
+        try:
+            self.guard.chain_spec(src_repo, b.chain_directory, layers)
+        except ImageRefused as exc:
+            raise SourceRefused(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
+        except PointUnreadable as exc:
+            raise CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
 
     def _sleep(self, ctx: JobContext, seconds: float) -> None:
         deadline = time.monotonic() + seconds

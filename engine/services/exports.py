@@ -1,8 +1,11 @@
 """NBD exports: serve a restore point read-only to another machine or tool.
 
 ``qemu-nbd`` serves the QCOW2 read-only (an incremental serves its whole
-chain's view) on a unix socket under the state directory by default, or on a
-TCP address the operator chooses, under an export name. Each export is a
+chain's view, each layer spelled out as the catalog records it after its header
+was checked: engine.services.images) on a unix socket under the state directory
+by default, or on a TCP address the operator chooses, under an export name. A
+bad point is served from a verified copy, or refused, or with ``force`` served
+anyway and reported as unverified. Each export is a
 catalog row with its URI and pid; a server found dead is marked ``dead``.
 Exports not marked persistent are stopped when the engine closes, and at the
 next start when the engine that made them is gone.
@@ -16,11 +19,12 @@ import re
 import socket
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from engine.catalog.copies import CopyStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import NbdExport
 from engine.catalog.restore import RestoreStore
@@ -28,6 +32,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.services.images import ImageGuard, PointReader, PointUnreadable
 from engine.tools import exporters
 from engine.tools.base import ToolError
 
@@ -56,6 +61,9 @@ class ExportView:
     started_at: datetime
     stopped_at: datetime | None
     point_label: str = ""
+    #: how the point is read when that is not the plain way (a verified copy, or a
+    #: bad point forced and unverified); set by start() only
+    note: str | None = None
 
 
 def _owner_alive(owner: str | None) -> bool:
@@ -84,10 +92,18 @@ def _marker(row: NbdExport) -> str:
 
 class ExportService:
     def __init__(
-        self, catalog: Catalog, bus: EventBus, settings: Settings, *, clock: Clock = SYSTEM_CLOCK
+        self,
+        catalog: Catalog,
+        bus: EventBus,
+        settings: Settings,
+        reader: PointReader | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = RestoreStore(catalog)
         self.bus = bus
+        #: opens points the catalog's way and picks a verified copy for a bad one
+        self.reader = reader or PointReader(self.store.chains, CopyStore(catalog), ImageGuard(bus))
         self.clock = clock
         self.root = Path(settings.state_dir) / "exports"
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -123,9 +139,11 @@ class ExportService:
         port: int | None = None,
         persistent: bool = False,
         actor: str | None = None,
+        force: bool = False,
     ) -> ExportView:
         """Serve a restore point read-only. TCP when ``port`` is given (host defaults
-        to 127.0.0.1), else a unix socket under the state directory."""
+        to 127.0.0.1), else a unix socket under the state directory. ``force`` serves
+        a bad point that has no verified copy anyway (unverified)."""
         point = self.store.locate(backup_id)
         name = name or f"point-{backup_id}"
         if not _NAME.match(name):
@@ -135,11 +153,13 @@ class ExportService:
             )
         if host is not None and port is None:
             raise ValidationError("a TCP export needs a port (--port)")
-        if not os.path.isfile(point.path):
+        try:
+            read = self.reader.open(backup_id, force=force)
+        except PointUnreadable as exc:
             raise ExportError(
-                f"the file of restore point {backup_id} is missing: {point.path}",
-                hint="is the repository mounted? `sendense repo list` shows its state",
-            )
+                f"cannot serve restore point {backup_id}: {exc.message}",
+                hint=exc.hint or "is the repository mounted? `sendense repo list` says",
+            ) from None
         with self._lock:
             self.refresh()
             if self.store.export_named(name, states=("running",)) is not None:
@@ -155,7 +175,7 @@ class ExportService:
             bind = (host or "127.0.0.1") if port is not None else None
             try:
                 server = exporters.start_nbd_server(
-                    point.path,
+                    read.spec,
                     export_name=name,
                     pidfile=pidfile,
                     log_file=log_file,
@@ -189,13 +209,15 @@ class ExportService:
         self.bus.publish(
             Event(
                 kind="export.started",
-                message=f"serving {point.label} over NBD at {uri}",
+                message=f"serving {point.label} over NBD at {uri}"
+                + (f" ({read.note})" if read.note else ""),
+                level="warning" if read.plan.unverified else "info",
                 source="exports",
                 actor=actor,
-                data={"export_id": row.id, "backup_id": backup_id, "uri": uri},
+                data={"export_id": row.id, "backup_id": backup_id, "uri": uri, **read.as_dict()},
             )
         )
-        return self._view(row)
+        return replace(self._view(row), note=read.note)
 
     def refresh(self) -> list[int]:
         """Mark running exports whose server died as ``dead``; returns their ids."""

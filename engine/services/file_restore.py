@@ -2,8 +2,11 @@
 
 How a point is mounted (no kernel NBD module needed):
 
-1. ``qemu-storage-daemon`` exports the QCOW2 (with its whole backing chain) as a
-   raw, read-only regular file ``<base>/disk.raw`` through FUSE;
+1. ``qemu-storage-daemon`` exports the QCOW2 (with its whole backing chain, each
+   layer spelled out as the catalog records it, after its header was checked:
+   engine.services.images) as a raw, read-only regular file ``<base>/disk.raw``
+   through FUSE. A bad point is mounted from a verified copy, or refused, or with
+   ``force`` mounted anyway and reported as unverified;
 2. ``losetup -r`` attaches that file; ``sfdisk --json`` reads the partition
    table (none: a bare filesystem); ``partx -a`` makes partition nodes, and
    when the kernel makes none an offset loop device stands in;
@@ -50,11 +53,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.catalog.copies import CopyStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import RestoreMount
 from engine.catalog.restore import PointLocation, RestoreStore
@@ -70,6 +74,7 @@ from engine.safepath import (
     link_stays_inside,
     resolve_no_symlinks,
 )
+from engine.services.images import ImageGuard, PointRead, PointReader, PointUnreadable
 from engine.tools import exporters, loop, mounts, partitions
 from engine.tools.base import ToolError
 
@@ -121,6 +126,9 @@ class MountView:
     reused: bool = False
     #: the qemu-storage-daemon behind a real mount (None only for rows seeded by hand)
     exporter_pid: int | None = None
+    #: how the point was read when that is not the plain way (a verified copy, or a
+    #: bad point forced and unverified); set by mount() only
+    note: str | None = None
 
     def remaining(self, now: datetime) -> timedelta:
         return max(timedelta(0), self.expires_at - now)
@@ -228,12 +236,15 @@ class FileRestoreService:
         catalog: Catalog,
         bus: EventBus,
         settings: Settings,
+        reader: PointReader | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
         ttl: timedelta = DEFAULT_TTL,
     ) -> None:
         self.store = RestoreStore(catalog)
         self.bus = bus
+        #: opens points the catalog's way and picks a verified copy for a bad one
+        self.reader = reader or PointReader(self.store.chains, CopyStore(catalog), ImageGuard(bus))
         self.clock = clock
         self.settings = settings
         self.ttl = ttl
@@ -297,17 +308,22 @@ class FileRestoreService:
         ttl: timedelta | None = None,
         actor: str | None = None,
         detached: bool = False,
+        force: bool = False,
     ) -> MountView:
         """Mount a restore point read-only; a point already mounted is reused.
 
         ``detached``: the mount outlives this engine (CLI use) until it is
         unmounted or expires; otherwise the engine unmounts it when it closes.
+        ``force``: mount a bad point that has no verified copy anyway (unverified).
         """
         ttl = ttl or self.ttl
         point = self.store.locate(backup_id)
+        plan = self.reader.plan(backup_id, force=force)
         with self._lock:
             for row in self.store.mounts_of(backup_id, states=("mounting", "mounted")):
-                if row.state == "mounted" and self._healthy(row):
+                # a point found bad since it was mounted is mounted again from the
+                # place the plan names (a verified copy), never served from the old one
+                if row.state == "mounted" and plan.note is None and self._healthy(row):
                     now = self.clock.now()
                     row = self.store.update_mount(
                         row.id, last_used_at=now, expires_at=max(as_utc(row.expires_at), now + ttl)
@@ -319,16 +335,19 @@ class FileRestoreService:
                         hint="try again in a few seconds",
                     )
                 self._teardown(row)
-            return self._mount_new(point, ttl, actor, DETACHED if detached else self.owner)
+            try:
+                read = self.reader.open(backup_id, force=force)
+            except PointUnreadable as exc:
+                raise FileRestoreError(
+                    f"cannot mount restore point {backup_id} ({point.label}): {exc.message}",
+                    hint=exc.hint or "is the repository mounted? `sendense repo list` says",
+                ) from None
+            view = self._mount_new(point, read, ttl, actor, DETACHED if detached else self.owner)
+            return replace(view, note=read.note)
 
     def _mount_new(
-        self, point: PointLocation, ttl: timedelta, actor: str | None, owner: str
+        self, point: PointLocation, read: PointRead, ttl: timedelta, actor: str | None, owner: str
     ) -> MountView:
-        if not os.path.isfile(point.path):
-            raise FileRestoreError(
-                f"the file of restore point {point.backup_id} is missing: {point.path}",
-                hint="is the repository mounted? `sendense repo list` shows its state",
-            )
         now = self.clock.now()
         row = self.store.add_mount(
             backup_id=point.backup_id,
@@ -344,7 +363,7 @@ class FileRestoreService:
         self.store.update_mount(row.id, base_dir=str(base))
         row.base_dir = str(base)
         try:
-            filesystems, device, pid = self._assemble(point, base)
+            filesystems, device, pid = self._assemble(point, read, base)
         except BaseException as exc:
             try:
                 self._teardown(row)
@@ -372,19 +391,23 @@ class FileRestoreService:
         self.bus.publish(
             Event(
                 kind="restore.mounted",
-                message=f"mounted {point.label} for file restore: {names}",
+                message=f"mounted {point.label} for file restore: {names}"
+                + (f" ({read.note})" if read.note else ""),
+                level="warning" if read.plan.unverified else "info",
                 source="restore",
                 actor=actor,
-                data={"mount_id": row.id, "backup_id": point.backup_id},
+                data={"mount_id": row.id, "backup_id": point.backup_id, **read.as_dict()},
             )
         )
         return self._view(row)
 
-    def _assemble(self, point: PointLocation, base: Path) -> tuple[list[dict[str, Any]], str, int]:
+    def _assemble(
+        self, point: PointLocation, read: PointRead, base: Path
+    ) -> tuple[list[dict[str, Any]], str, int]:
         base.mkdir(parents=True, exist_ok=True)
         disk = base / "disk.raw"
         server = exporters.start_fuse_export(
-            point.path, disk, pidfile=base / "exporter.pid", log_file=base / "exporter.log"
+            read.spec, disk, pidfile=base / "exporter.pid", log_file=base / "exporter.log"
         )
         self.store.update_mount(int(base.name[1:]), exporter_pid=server.pid)
         device = loop.attach(disk, read_only=True)

@@ -35,6 +35,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobError, NotFoundError, SendenseError, ValidationError
 from engine.events import EventBus
+from engine.services.backup import DiskSource, check_source_text
 from engine.services.retention import RetentionRules
 from engine.units import human_bytes
 
@@ -98,15 +99,21 @@ class PolicySpec:
 
     @staticmethod
     def parse_source(text: str) -> tuple[str, dict[str, str]]:
-        """``VM:DISK=SOURCE`` -> (vm, {"name": disk, "source": source})."""
+        """``VM:DISK=SOURCE`` or ``VM:DISK:qcow2=SOURCE`` -> (vm, {"name": disk,
+        "source": source[, "format": "qcow2"]}). A source is read as raw unless the
+        format says qcow2 (never probed)."""
         vm, sep, rest = text.partition(":")
         name, sep2, source = rest.partition("=")
-        if not sep or not sep2 or not vm or not name or not source:
+        if not sep or not sep2 or not vm or not name or not source or "/" in vm:
             raise ValidationError(
-                f"source {text!r} is not VM:DISK=SOURCE",
+                f"source {text!r} is not VM:DISK=SOURCE (or VM:DISK:qcow2=SOURCE)",
                 hint="e.g. web01:sda=/dev/vg/web01 (repeat --source for more disks)",
             )
-        return vm, {"name": name, "source": source}
+        disk = DiskSource.parse(rest)
+        entry = {"name": disk.name, "source": disk.source}
+        if disk.fmt != "raw":
+            entry["format"] = disk.fmt
+        return vm, entry
 
     @classmethod
     def sources_from(cls, texts: list[str]) -> list[dict[str, Any]]:
@@ -269,6 +276,10 @@ class PolicyService:
                     return {"sources": f"disk name {name!r} of {vm} is not valid"}
                 if not str(disk.get("source") or "").strip():
                     return {"sources": f"disk {vm}/{name} has no source path or URI"}
+                try:
+                    check_source_text(DiskSource.from_policy(disk))
+                except SendenseError as exc:
+                    return {"sources": f"{vm}: {exc.message}"}
                 if (vm, name) in seen:
                     return {"sources": f"disk {vm}/{name} is listed twice"}
                 seen.add((vm, name))
@@ -493,8 +504,6 @@ class PolicyService:
         return "full"
 
     def run_job(self, ctx: Any) -> dict[str, Any]:
-        from engine.services.backup import DiskSource
-
         policy = self.store.get(int(ctx.params["policy_id"]))
         repo = self.repositories.get(policy.target_repository_id)
         now = self.clock.now()
@@ -504,7 +513,7 @@ class PolicyService:
             raise PolicyRunFailed("no backup service is wired to the policies")
         for source in policy.sources:
             vm = str(source["vm"])
-            disks = [DiskSource(str(d["name"]), str(d["source"])) for d in source["disks"]]
+            disks = [DiskSource.from_policy(d) for d in source["disks"]]
             try:
                 run = self.backups.run(
                     repo.id,

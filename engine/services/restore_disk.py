@@ -1,15 +1,20 @@
 """Whole-disk restore: write any restore point out as a raw or qcow2 file, or to an NBD target.
 
-``qemu-img convert`` reads the point through its backing chain, so an
-incremental restores to the whole disk as it was at that moment. A file target
-is written as ``.NAME.partial`` next to the destination, fsynced and renamed;
-an existing file is never overwritten unless forced. An NBD target
-(``nbd://`` or ``nbd+unix://``) is written in place (``convert -n``) and must be
-at least as large as the disk.
+``qemu-img convert`` reads the point through its chain, so an incremental
+restores to the whole disk as it was at that moment. The chain is the one the
+catalog records, spelled out layer by layer after each header was checked
+(engine.services.images): a header that names another file is refused, never
+followed. A point that is bad (or needs a bad point) is read from a verified
+copy when one exists, refused otherwise, or read anyway with ``force`` and
+reported as unverified. A file target is written as ``.NAME.partial`` next to
+the destination, fsynced and renamed; an existing file is never overwritten
+unless ``overwrite``. An NBD target (``nbd://`` or ``nbd+unix://``) is written
+in place (``convert -n``) and must be at least as large as the disk.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +28,10 @@ from engine.events import Event, EventBus
 from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import repo_file
+from engine.services.images import PointRead, PointReader, PointUnreadable
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
+from engine.tools.blockspec import ImageSpec
 from engine.units import human_bytes
 
 FORMATS = ("raw", "qcow2")
@@ -42,6 +49,11 @@ class DiskRestoreResult:
     bytes: int
     vm: str
     disk: str
+    #: the repository the files were read from (a copy's, when the point was bad)
+    read_from: str = ""
+    #: how it was read when that is not the plain way (a copy, or forced and unverified)
+    note: str | None = None
+    unverified: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +72,7 @@ class DiskRestoreService:
         repositories: RepositoryStore,
         jobs: JobRunner,
         bus: EventBus,
+        reader: PointReader,
         *,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -67,6 +80,8 @@ class DiskRestoreService:
         self.repositories = repositories
         self.jobs = jobs
         self.bus = bus
+        #: opens points the catalog's way and picks a verified copy for a bad one
+        self.reader = reader
         self.clock = clock
 
     def register(self) -> None:
@@ -78,15 +93,27 @@ class DiskRestoreService:
         target: str,
         *,
         fmt: str = "raw",
+        overwrite: bool = False,
         force: bool = False,
         actor: str | None = None,
     ) -> Any:
+        """Queue a restore. ``overwrite`` replaces an existing target file; ``force``
+        reads a bad point with no verified copy anyway. A bad point without ``force``
+        and a chain whose headers disagree with the catalog are refused here, so the
+        operator learns it before a job is queued (the job checks again)."""
         backup, chain, repo = self.store.locate(backup_id)
-        self._check_target(target, fmt, force)
+        target = self._check_target(target, fmt, overwrite)
+        self._open(backup_id, force)
         return self.jobs.submit(
             "restore_disk",
             f"restore {chain.vm_name}/{chain.disk_name} point #{backup_id} to {target}",
-            {"backup_id": backup_id, "target": target, "fmt": fmt, "force": force},
+            {
+                "backup_id": backup_id,
+                "target": target,
+                "fmt": fmt,
+                "overwrite": overwrite,
+                "force": force,
+            },
             repository_id=repo.id,
             bytes_total=backup.virtual_size,
             actor=actor,
@@ -98,16 +125,19 @@ class DiskRestoreService:
             int(p["backup_id"]),
             str(p["target"]),
             fmt=str(p.get("fmt", "raw")),
+            overwrite=bool(p.get("overwrite", False)),
             force=bool(p.get("force", False)),
             ctx=ctx,
         ).as_dict()
 
-    def _check_target(self, target: str, fmt: str, force: bool) -> None:
+    def _check_target(self, target: str, fmt: str, overwrite: bool) -> str:
+        """The target as it will be used (a file made absolute, so qemu never reads a
+        ``word:`` prefix as a protocol); refuses what cannot be written."""
         if fmt not in FORMATS:
             raise ValidationError(f"restore format {fmt!r} is unknown: use raw or qcow2")
         if is_nbd(target):
-            return
-        path = Path(target)
+            return target
+        path = Path(os.path.abspath(target))
         if path.is_dir():
             raise ValidationError(
                 f"restore target {target} is a directory",
@@ -118,15 +148,16 @@ class DiskRestoreService:
                 f"restore target directory {path.parent} does not exist",
                 hint="create it first or choose another place",
             )
-        if path.exists() and not force:
+        if path.exists() and not overwrite:
             raise ValidationError(
                 f"restore target {target} already exists",
-                hint="choose another name or force the overwrite (--force)",
+                hint="choose another name or replace it (--overwrite)",
             )
         if path.exists() and path.is_block_device():
             raise ValidationError(
                 f"restore target {target} is a block device; use an nbd:// target or a file"
             )
+        return str(path)
 
     def restore(
         self,
@@ -134,6 +165,7 @@ class DiskRestoreService:
         target: str,
         *,
         fmt: str = "raw",
+        overwrite: bool = False,
         force: bool = False,
         ctx: JobContext | None = None,
         actor: str | None = None,
@@ -142,31 +174,9 @@ class DiskRestoreService:
         backup, chain, repo = self.store.locate(backup_id)
         if backup.state == "deleted":
             raise RestoreError(f"restore point {backup_id} was deleted")
-        self._check_target(target, fmt, force)
-        source = repo_file(repo, backup.path)
-        if not source.exists():
-            raise RestoreError(
-                f"restore point {backup_id} ({source.name}) is missing from {repo.name}",
-                hint="restore from a copy in another repository, or check the mount",
-            )
-        for link in self.store.backups(chain.id):
-            if link.position > backup.position:
-                break
-            path = repo_file(repo, link.path)
-            if not path.exists() or (link.file_size and path.stat().st_size != link.file_size):
-                what = "is missing" if not path.exists() else "changed size since it was written"
-                raise RestoreError(
-                    f"restore point {backup_id} cannot be read through its chain: "
-                    f"{path.name} (point #{link.id}) {what}",
-                    hint="run `sendense chain check` and restore from a copy of the chain",
-                )
-        try:
-            qemu_img.info_chain(source)
-        except ToolError as exc:
-            raise RestoreError(
-                f"restore point {backup_id} cannot be read through its chain: {exc.message}",
-                hint=exc.hint or "run `sendense chain check` to see what is wrong",
-            ) from None
+        target = self._check_target(target, fmt, overwrite)
+        opened = self._open(backup_id, force)
+        source = opened.spec
         size = backup.virtual_size
 
         def progress(percent: float) -> None:
@@ -188,12 +198,23 @@ class DiskRestoreService:
             self._to_file(source, Path(target), fmt, progress, should_stop)
         if ctx is not None:
             ctx.progress(size, size, force=True)
-        result = DiskRestoreResult(backup_id, target, fmt, size, chain.vm_name, chain.disk_name)
+        result = DiskRestoreResult(
+            backup_id,
+            target,
+            fmt,
+            size,
+            chain.vm_name,
+            chain.disk_name,
+            read_from=opened.repository,
+            note=opened.note,
+            unverified=opened.plan.unverified,
+        )
         self.bus.publish(
             Event(
                 kind="restore.disk_completed",
                 message=f"restored {chain.vm_name}/{chain.disk_name} point #{backup_id} "
-                f"({human_bytes(size)}) to {target}",
+                f"({human_bytes(size)}) to {target}" + (f" ({opened.note})" if opened.note else ""),
+                level="warning" if opened.plan.unverified else "info",
                 source="restore",
                 repository_id=repo.id,
                 job_id=ctx.job_id if ctx else None,
@@ -203,21 +224,29 @@ class DiskRestoreService:
         )
         return result
 
+    def _open(self, backup_id: int, force: bool) -> PointRead:
+        try:
+            return self.reader.open(backup_id, force=force)
+        except PointUnreadable as exc:
+            raise RestoreError(
+                f"restore point {backup_id} cannot be read through its chain: {exc.message}",
+                hint=exc.hint or "run `sendense chain check` and restore from a copy",
+            ) from None
+
     def _to_file(
-        self, source: Path, target: Path, fmt: str, progress: Any, should_stop: Any
+        self, source: ImageSpec, target: Path, fmt: str, progress: Any, should_stop: Any
     ) -> None:
         with durable_output(target) as tmp:
             qemu_img.convert(
                 source,
                 tmp,
-                src_fmt="qcow2",
                 dst_fmt=fmt,
                 on_progress=progress,
                 should_stop=should_stop,
             )
 
     def _to_nbd(
-        self, source: Path, target: str, size: int, progress: Any, should_stop: Any
+        self, source: ImageSpec, target: str, size: int, progress: Any, should_stop: Any
     ) -> None:
         try:
             dest = qemu_img.info(target, fmt="raw")
@@ -232,7 +261,6 @@ class DiskRestoreService:
         qemu_img.convert(
             source,
             target,
-            src_fmt="qcow2",
             dst_fmt="raw",
             extra_args=extra,
             on_progress=progress,

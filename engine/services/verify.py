@@ -2,10 +2,12 @@
 
 ``qemu-img check`` reads metadata only and cannot see damaged data, so integrity
 rests on our own checksums: every file is re-read and its sha256 compared with
-the one recorded when it was written. Then ``qemu-img check`` (metadata) and the
-chain's backing references (they must resolve, inside the repository, to the
-parent backup). Reads are large and sequential; hashing runs in threads with one
-stream per device (two streams on one disk would only make it seek).
+the one recorded when it was written. Then the chain's headers (each file's
+backing name must be exactly its parent's in catalog order, no data file: the
+header guard of engine.services.images, which never opens what a header names)
+and ``qemu-img check`` (metadata) of that one file, opened with no backing.
+Reads are large and sequential; hashing runs in threads with one stream per
+device (two streams on one disk would only make it seek).
 
 A mismatch marks the point bad (``Backup.state = "bad"`` for a source file,
 ``Copy.verify_state = "mismatch"`` for a copy), raises a critical event, and the
@@ -33,6 +35,10 @@ from engine.errors import JobCancelled, NotFoundError, SendenseError, Validation
 from engine.events import Event, EventBus
 from engine.jobs import JobContext, JobRunner
 from engine.safepath import is_within
+from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
+from engine.tools import qemu_img
+from engine.tools.base import ToolError
+from engine.tools.blockspec import ImageSpec
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +189,7 @@ class VerifyService:
         repositories: RepositoryStore,
         jobs: JobRunner,
         bus: EventBus,
+        guard: ImageGuard,
         *,
         clock: Clock = SYSTEM_CLOCK,
         reverify_days: int | None = None,
@@ -191,6 +198,8 @@ class VerifyService:
         self.repositories = repositories
         self.jobs = jobs
         self.bus = bus
+        #: checks each header of a file's chain against the catalog before qemu opens it
+        self.guard = guard
         self.clock = clock
         if reverify_days is not None:
             #: ``[verify] reverify_days``: a file verified longer ago is due again
@@ -242,7 +251,7 @@ class VerifyService:
         on_bytes: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Result:
-        """Checksum, then qemu-img check, then the backing references."""
+        """Checksum, then the chain's headers against the catalog, then qemu-img check."""
         path = target.path
         if not is_within(target.repository.path, path):
             return Result(target, "chain_broken", f"{path} lies outside its repository")
@@ -253,19 +262,19 @@ class VerifyService:
         if expected and checksum != expected:
             size = path.stat().st_size
             extra = f", size {size} instead of {target.size}" if size != target.size else ""
+            header = self._chain_problem(target)
             return Result(
                 target,
                 "mismatch",
-                f"sha256 {checksum[:16]}… differs from the recorded {expected[:16]}…{extra}",
+                f"sha256 {checksum[:16]}… differs from the recorded {expected[:16]}…{extra}"
+                + (f"; {header}" if header else ""),
                 read,
             )
-        from engine.tools import qemu_img
-        from engine.tools.base import ToolError
-
+        problem = self._chain_problem(target)
+        if problem:
+            return Result(target, "chain_broken", problem, read)
         try:
-            check = qemu_img.check(path)
-        except qemu_img.BackingFileError as exc:
-            return Result(target, "chain_broken", exc.message, read)
+            check = qemu_img.check(ImageSpec.file(path.resolve()))
         except ToolError as exc:
             return Result(target, "check_failed", f"qemu-img check: {exc.message}", read)
         if not check.clean:
@@ -276,37 +285,27 @@ class VerifyService:
                 f"{check.check_errors} error(s)",
                 read,
             )
-        problem = self._chain_problem(target)
-        if problem:
-            return Result(target, "chain_broken", problem, read)
         note = None if expected else "no recorded checksum: metadata and chain checked only"
         return Result(target, "ok", note, read)
 
     def _chain_problem(self, target: Target) -> str | None:
-        from engine.tools import qemu_img
-        from engine.tools.base import ToolError
-
+        """What is wrong with the headers of the file's chain, in the target's
+        repository, against the catalog (None: nothing). The verify event that
+        follows a bad result is the critical event, so the guard does not add one."""
+        chain = [
+            b
+            for b in self.store.chain_backups(target.backup.chain_id)
+            if b.position < target.backup.position
+        ]
+        layers = [Layer(b.id, b.path) for b in chain]
+        own = target.copy.path if target.copy is not None else target.backup.path
+        layers.append(Layer(target.backup.id, own))
         try:
-            chain = qemu_img.info_chain(target.path)
-        except ToolError as exc:
-            return f"backing chain does not resolve: {exc.message}"
-        root = target.repository.path
-        for image in chain[1:]:
-            if not is_within(root, image.filename):
-                return f"backing file {image.filename} lies outside {target.repository.name}"
-        expected_depth = target.backup.position + 1
-        if target.backup.parent_id is None:
-            expected_depth = 1
-        if len(chain) != expected_depth:
-            return (
-                f"chain has {len(chain)} image(s), the catalog expects {expected_depth} "
-                f"(position {target.backup.position})"
+            self.guard.chain_spec(
+                target.repository, target.backup.chain_directory, layers, announce=False
             )
-        if target.backup.parent_id is not None and len(chain) > 1:
-            parent = self.store.source_backup(target.backup.parent_id)
-            want = os.path.realpath(Path(root) / parent.path)
-            if os.path.realpath(chain[1].filename) != want:
-                return f"backing file is {chain[1].filename}, expected {want}"
+        except (ImageRefused, PointUnreadable) as exc:
+            return exc.message
         return None
 
     def verify_targets(

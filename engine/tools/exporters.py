@@ -9,6 +9,9 @@ later engine (after a crash) can find and stop them:
 - an NBD server by ``qemu-nbd``: read-only, on a unix socket or a TCP address,
   with an export name.
 
+Both take the image as an ImageSpec: every layer of the chain is given, so no
+header decides what the server reads.
+
 Every server is stopped by :func:`stop_pid` / :meth:`ServerProcess.stop`: TERM,
 wait, KILL. A pid is only signalled after ``/proc/<pid>/cmdline`` confirms it
 still runs the program we started (pids are reused).
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.tools.base import ToolError, first_error_line, run, start
+from engine.tools.blockspec import ImageSpec
 from engine.tools.mounts import list_mounts
 
 log = logging.getLogger(__name__)
@@ -201,19 +205,11 @@ def _start_failed(program: str, log_file: Path, what: str, code: int | None) -> 
     )
 
 
-def _qcow2_node(image: Path) -> dict[str, object]:
-    return {
-        "driver": "qcow2",
-        "node-name": "point",
-        "read-only": True,
-        "file": {
-            "driver": "file",
-            "filename": str(image),
-            "read-only": True,
-            # several readers (other mounts, exports, backups) may hold the file
-            "locking": "off",
-        },
-    }
+def _point_node(image: ImageSpec) -> dict[str, object]:
+    # several readers (other mounts, exports, backups) may hold the files: no locking
+    node = image.options(read_only=True, locking=False)
+    node["node-name"] = "point"
+    return node
 
 
 def fuse_mounted(path: PathLike) -> bool:
@@ -221,26 +217,34 @@ def fuse_mounted(path: PathLike) -> bool:
     return any(m.target == target and m.fstype.startswith("fuse") for m in list_mounts())
 
 
+def _missing(image: ImageSpec, program: str) -> ExporterError | None:
+    for layer in image.layers():
+        if layer.protocol == "file" and not os.path.isfile(layer.filename):
+            return ExporterError(
+                f"the restore point file {layer.filename} does not exist",
+                program=program,
+                hint="the repository may be unmounted, or the backup was deleted",
+            )
+    return None
+
+
 def start_fuse_export(
-    image: PathLike,
+    image: ImageSpec,
     mountpoint: PathLike,
     *,
     pidfile: PathLike,
     log_file: PathLike,
     timeout: float = START_TIMEOUT,
 ) -> ServerProcess:
-    """Expose ``image`` (with its backing chain) as the raw read-only file ``mountpoint``.
+    """Expose ``image`` (every layer spelled out) as the raw read-only file ``mountpoint``.
 
     ``mountpoint`` is created as an empty regular file if missing (FUSE needs it).
     """
-    image, mountpoint = Path(image), Path(mountpoint)
+    mountpoint = Path(mountpoint)
     pidfile, log_file = Path(pidfile), Path(log_file)
-    if not image.is_file():
-        raise ExporterError(
-            f"the restore point file {image} does not exist",
-            program="qemu-storage-daemon",
-            hint="the repository may be unmounted, or the backup was deleted",
-        )
+    missing = _missing(image, "qemu-storage-daemon")
+    if missing is not None:
+        raise missing
     mountpoint.parent.mkdir(parents=True, exist_ok=True)
     if not mountpoint.exists():
         mountpoint.touch(mode=0o600)
@@ -254,7 +258,7 @@ def start_fuse_export(
     args = [
         "qemu-storage-daemon",
         "--blockdev",
-        json.dumps(_qcow2_node(image)),
+        json.dumps(_point_node(image)),
         "--export",
         json.dumps(export),
         "--pidfile",
@@ -268,7 +272,7 @@ def start_fuse_export(
             "qemu-storage-daemon",
             lambda: fuse_mounted(mountpoint),
             log_file,
-            str(image),
+            image.shown,
             timeout,
         )
     except BaseException:
@@ -334,7 +338,7 @@ def _connectable(host: str, port: int) -> bool:
 
 
 def start_nbd_server(
-    image: PathLike,
+    image: ImageSpec,
     *,
     export_name: str,
     pidfile: PathLike,
@@ -345,22 +349,19 @@ def start_nbd_server(
     description: str | None = None,
     timeout: float = START_TIMEOUT,
 ) -> ServerProcess:
-    """Serve ``image`` read-only over NBD (unix socket, or TCP when ``port`` is given).
+    """Serve ``image`` (every layer spelled out) read-only over NBD (unix socket, or
+    TCP when ``port`` is given).
 
     The server accepts any number of clients and keeps running after they
     disconnect, until stopped.
     """
-    image, pidfile, log_file = Path(image), Path(pidfile), Path(log_file)
-    if not image.is_file():
-        raise ExporterError(
-            f"the restore point file {image} does not exist",
-            program="qemu-nbd",
-            hint="the repository may be unmounted, or the backup was deleted",
-        )
+    pidfile, log_file = Path(pidfile), Path(log_file)
+    missing = _missing(image, "qemu-nbd")
+    if missing is not None:
+        raise missing
     args = [
         "qemu-nbd",
         "--read-only",
-        "--format=qcow2",
         "--persistent",
         "--shared=0",
         f"--export-name={export_name}",
@@ -374,7 +375,7 @@ def start_nbd_server(
         args += [f"--bind={bind}", f"--port={port}"]
         marker = f"--port={port}"
         ready = lambda: _connectable(bind, port)  # noqa: E731
-        what = f"{image} on {bind}:{port}"
+        what = f"{image.shown} on {bind}:{port}"
     else:
         if socket_path is None:
             raise ExporterError("an NBD export needs a unix socket or a TCP port")
@@ -385,8 +386,8 @@ def start_nbd_server(
         args.append(f"--socket={sock}")
         marker = str(sock)
         ready = sock.exists
-        what = f"{image} on {sock}"
-    args.append(str(image))
+        what = f"{image.shown} on {sock}"
+    args.append(image.json_name())
     with open(log_file, "wb") as err:
         proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
     try:

@@ -1,6 +1,6 @@
 """qemu-img: create, inspect, check, convert, commit, rebase, measure, map, compare.
 
-``convert`` and ``rebase_with_progress`` share one runner that parses ``-p`` progress
+``convert`` and ``rebase_onto`` share one runner that parses ``-p`` progress
 and handles cancel and timeout.
 
 Every call has a timeout; read-only queries (info, map, measure) pass ``-U``
@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.tools.base import Completed, ToolCancelled, ToolError, ToolTimeout, run, start
+from engine.tools.blockspec import ImageSpec
 
 log = logging.getLogger("engine.tools.qemu_img")
 
 PathLike = str | Path
+#: a plain path (our own new files), or an image spelled out layer by layer
+Image = str | Path | ImageSpec
 
 #: timeout for metadata-only calls (info, check, map, measure, create, rebase -u)
 QUERY_TIMEOUT = 120.0
@@ -45,6 +48,34 @@ DATA_TIMEOUT = 6 * 3600.0
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _OPEN = re.compile(r"Could not open '([^']*)'")
 _LOCK_IMAGE = re.compile(r"Is another process using the image \[([^\]]*)\]")
+_JSON_NAME = re.compile(r"json:(\{[^']*\})")
+_JSON_FILE = re.compile(r'"(?:filename|path)":\s*"([^"]*)"')
+
+
+def _name(image: Image) -> str:
+    """The file name argument qemu gets: a spec as ``json:{...}``, a path as is."""
+    return image.json_name() if isinstance(image, ImageSpec) else str(image)
+
+
+def _shown(image: Image) -> str:
+    return image.shown if isinstance(image, ImageSpec) else str(image)
+
+
+def _format_args(image: Image, fmt: str | None, flag: str = "-f") -> list[str]:
+    """``-f FMT`` for a path; nothing for a spec, whose format is inside it."""
+    if isinstance(image, ImageSpec) or not fmt:
+        return []
+    return [flag, fmt]
+
+
+def _unjson(text: str) -> str:
+    """qemu echoes a ``json:{...}`` name in its errors: show the file it names instead."""
+
+    def first_file(match: re.Match[str]) -> str:
+        found = _JSON_FILE.search(match.group(1))
+        return found.group(1) if found else "the image"
+
+    return _JSON_NAME.sub(first_file, text)
 
 
 # ---------------------------------------------------------------------------
@@ -89,12 +120,14 @@ class NotAnImage(QemuImgError):
 
 
 def _explain_for(
-    image: PathLike, *, dest: PathLike | None = None, fmt: str | None = None
+    image: Image, *, dest: PathLike | None = None, fmt: str | None = None
 ) -> Callable[[Completed], ToolError | None]:
     """An ``explain`` callback for base.run that knows which files the call touched."""
 
     def explain(done: Completed) -> ToolError | None:
-        return explain_stderr(done.stderr, image=str(image), dest=dest, fmt=fmt, rc=done.returncode)
+        return explain_stderr(
+            done.stderr, image=_shown(image), dest=dest, fmt=fmt, rc=done.returncode
+        )
 
     return explain
 
@@ -108,6 +141,7 @@ def explain_stderr(
     rc: int | None = None,
 ) -> QemuImgError:
     """Turn qemu-img's stderr into the most specific error with an actionable sentence."""
+    stderr = _unjson(stderr)
     text = stderr.strip()
     kw: dict[str, Any] = {"program": "qemu-img", "returncode": rc, "stderr": stderr}
     last = text.splitlines()[-1] if text else f"exit code {rc}"
@@ -234,12 +268,13 @@ def _image_info(data: Mapping[str, Any]) -> ImageInfo:
     )
 
 
-def info(path: PathLike, *, fmt: str | None = None, timeout: float = QUERY_TIMEOUT) -> ImageInfo:
-    """Header facts of one image (does not open its backing file)."""
-    args = ["qemu-img", "info", "--output=json", "-U"]
-    if fmt:
-        args += ["-f", fmt]
-    done = run([*args, str(path)], timeout=timeout, explain=_explain_for(path, fmt=fmt))
+def info(path: Image, *, fmt: str | None = None, timeout: float = QUERY_TIMEOUT) -> ImageInfo:
+    """Header facts of one image. It opens neither the backing file nor an external
+    data file the header names (checked with strace on qemu 7.2), so it is the safe
+    way to read a header that is not trusted yet. A spec must have no backing layer:
+    qemu-img info refuses one (use ``spec.alone()``)."""
+    args = ["qemu-img", "info", "--output=json", "-U", *_format_args(path, fmt)]
+    done = run([*args, _name(path)], timeout=timeout, explain=_explain_for(path, fmt=fmt))
     return _image_info(json.loads(done.stdout))
 
 
@@ -335,13 +370,15 @@ class CheckResult:
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-def check(path: PathLike, *, fmt: str | None = None, timeout: float = QUERY_TIMEOUT) -> CheckResult:
-    """Check an image's metadata (not its data). Corruption and leaks are results, not errors."""
-    args = ["qemu-img", "check", "--output=json"]
-    if fmt:
-        args += ["-f", fmt]
+def check(path: Image, *, fmt: str | None = None, timeout: float = QUERY_TIMEOUT) -> CheckResult:
+    """Check an image's metadata (not its data). Corruption and leaks are results, not errors.
+
+    qemu-img check opens the backing chain a path's header names: give a repository
+    file as a spec (``spec.alone()`` checks that one file only).
+    """
+    args = ["qemu-img", "check", "--output=json", *_format_args(path, fmt)]
     done = run(
-        [*args, str(path)],
+        [*args, _name(path)],
         timeout=timeout,
         ok_codes=(0, 2, 3),
         explain=_explain_for(path, fmt=fmt),
@@ -350,7 +387,7 @@ def check(path: PathLike, *, fmt: str | None = None, timeout: float = QUERY_TIME
         data = json.loads(done.stdout)
     except json.JSONDecodeError:
         raise QemuImgError(
-            f"qemu-img check on {path} gave no readable report: "
+            f"qemu-img check on {_shown(path)} gave no readable report: "
             f"{done.stderr.strip()[-200:] or 'empty output'}",
             program="qemu-img",
             returncode=done.returncode,
@@ -374,7 +411,7 @@ def check(path: PathLike, *, fmt: str | None = None, timeout: float = QUERY_TIME
 
 
 def convert(
-    src: PathLike,
+    src: Image,
     dst: PathLike,
     *,
     src_fmt: str | None = None,
@@ -389,7 +426,9 @@ def convert(
     extra_args: Sequence[str] = (),
     poll_interval: float = 0.1,
 ) -> None:
-    """Copy ``src`` (a path, device or nbd:// / nbd+unix:// URI) into a new image ``dst``.
+    """Copy ``src`` into a new image ``dst``. Anything not written by Sendense itself
+    (a backup source, a repository point) is given as an ImageSpec, so qemu neither
+    probes its format nor follows its header.
 
     ``on_progress(percent)`` is called with 0..100 as qemu-img reports it (from the
     thread that called convert). ``should_stop()`` is polled every ``poll_interval``;
@@ -400,17 +439,14 @@ def convert(
     if compression not in (None, "zstd", "zlib"):
         raise ToolError(f"unknown compression {compression!r}: use 'zstd', 'zlib' or none")
     opts: dict[str, str] = dict(options or {})
-    args = ["qemu-img", "convert", "-p"]
-    if src_fmt:
-        args += ["-f", src_fmt]
-    args += ["-O", dst_fmt]
+    args = ["qemu-img", "convert", "-p", *_format_args(src, src_fmt), "-O", dst_fmt]
     if compression:
         opts.setdefault("compression_type", compression)
         args.append("-c")
     if backing is not None:
         args += ["-B", str(backing), "-F", backing_fmt]
     args += _opts(opts)
-    args += [*extra_args, str(src), str(dst)]
+    args += [*extra_args, _name(src), str(dst)]
 
     _run_with_progress(
         args,
@@ -431,7 +467,7 @@ def convert(
 def _run_with_progress(
     args: Sequence[str],
     *,
-    image: PathLike,
+    image: Image,
     dest: PathLike | None,
     fmt: str | None = None,
     cancelled: str,
@@ -511,7 +547,7 @@ def _run_with_progress(
     flush_progress()
     stderr = b"".join(err_chunks).decode("utf-8", "replace")
     if proc.returncode != 0:
-        raise explain_stderr(stderr, image=str(image), dest=dest, fmt=fmt, rc=proc.returncode)
+        raise explain_stderr(stderr, image=_shown(image), dest=dest, fmt=fmt, rc=proc.returncode)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -559,7 +595,7 @@ def rebase(
     ``unsafe=True`` (``-u``) only rewrites the header, for when the data is known to be
     the same (a renamed or moved chain); the safe mode copies differing data.
     """
-    args = ["qemu-img", "rebase", "-q"]
+    args = ["qemu-img", "rebase", "-q", "-f", "qcow2"]
     if unsafe:
         args.append("-u")
     if backing is None:
@@ -571,37 +607,47 @@ def rebase(
     run([*args, str(path)], timeout=timeout, explain=_explain_for(path))
 
 
-def rebase_with_progress(
-    path: PathLike,
-    backing: str,
+def rebase_onto(
+    image: ImageSpec,
+    new_backing: PathLike,
     *,
-    backing_fmt: str = "qcow2",
+    header_name: str,
     on_progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     timeout: float | None = None,
 ) -> None:
-    """Safe rebase of ``path`` onto ``backing``, copying the clusters that differ.
+    """Safe rebase of ``image`` onto the qcow2 file ``new_backing``, copying the clusters
+    where its current backing and the new one differ; the header then names
+    ``header_name`` (a plain file name, so the chain directory stays movable).
 
-    ``backing`` is written into the header as given (a plain file name is resolved in
-    ``path``'s directory). This is the incremental backup's "rebase trick": an empty
-    overlay over the source, safely rebased onto the previous restore point, ends up
-    holding exactly the changed clusters. It can take as long as reading the disk
-    twice, so it reports progress and can be cancelled like ``convert``;
-    ``timeout=None`` means no limit.
+    This is the incremental backup's "rebase trick": an empty overlay whose backing
+    is the source, safely rebased onto the previous restore point, ends up holding
+    exactly the changed clusters. ``image`` spells out the overlay *and its current
+    backing* (the source, with its format and protocol pinned), so no header names
+    the source at any time. The new backing is opened by its absolute path and read
+    through the backing names in its header: qemu-img writes ``-b`` into the header,
+    which holds at most 1023 bytes, too few for a whole chain spelled out, so the
+    caller checks that chain's headers against the catalog just before and after.
+    Then an unsafe rebase (header only) replaces the absolute name by
+    ``header_name``. It can take as long as reading the disk twice, so it reports
+    progress and can be cancelled like ``convert``; ``timeout=None`` means no limit.
     """
-    args = ["qemu-img", "rebase", "-p", "-b", backing, "-F", backing_fmt, str(path)]
+    if image.protocol != "file" or image.fmt != "qcow2":
+        raise ToolError("rebase_onto needs a qcow2 overlay file", program="qemu-img")
+    args = ["qemu-img", "rebase", "-p", "-b", str(new_backing), "-F", "qcow2", _name(image)]
     _run_with_progress(
         args,
-        image=path,
-        dest=path,
-        cancelled=f"rebase of {path} was cancelled",
-        timed_out=f"qemu-img rebase of {path} did not finish within {timeout:g} s"
+        image=image,
+        dest=image.filename,
+        cancelled=f"rebase of {image.filename} was cancelled",
+        timed_out=f"qemu-img rebase of {image.filename} did not finish within {timeout:g} s"
         if timeout is not None
         else "",
         on_progress=on_progress,
         should_stop=should_stop,
         timeout=timeout,
     )
+    rebase(image.filename, header_name, backing_fmt="qcow2", unsafe=True)
 
 
 # ---------------------------------------------------------------------------
@@ -615,7 +661,7 @@ class Measure:
 
 
 def measure(
-    src: PathLike,
+    src: Image,
     *,
     out_fmt: str = "qcow2",
     src_fmt: str | None = None,
@@ -624,9 +670,8 @@ def measure(
 ) -> Measure:
     """Bytes a conversion of ``src`` into ``out_fmt`` needs (required) and could need."""
     args = ["qemu-img", "measure", "--output=json", "-U", "-O", out_fmt, *_opts(options)]
-    if src_fmt:
-        args += ["-f", src_fmt]
-    done = run([*args, str(src)], timeout=timeout, explain=_explain_for(src, fmt=src_fmt))
+    args += _format_args(src, src_fmt)
+    done = run([*args, _name(src)], timeout=timeout, explain=_explain_for(src, fmt=src_fmt))
     data = json.loads(done.stdout)
     return Measure(required=int(data["required"]), fully_allocated=int(data["fully-allocated"]))
 
@@ -644,10 +689,10 @@ class MapExtent:
     offset: int | None = None
 
 
-def map_image(path: PathLike, *, timeout: float = QUERY_TIMEOUT) -> list[MapExtent]:
-    """Allocation map of an image (through its backing chain)."""
+def map_image(path: Image, *, timeout: float = QUERY_TIMEOUT) -> list[MapExtent]:
+    """Allocation map of an image (through its backing chain; a spec's layers only)."""
     done = run(
-        ["qemu-img", "map", "--output=json", "-U", str(path)],
+        ["qemu-img", "map", "--output=json", "-U", _name(path)],
         timeout=timeout,
         explain=_explain_for(path),
     )
@@ -666,8 +711,8 @@ def map_image(path: PathLike, *, timeout: float = QUERY_TIMEOUT) -> list[MapExte
 
 
 def compare(
-    a: PathLike,
-    b: PathLike,
+    a: Image,
+    b: Image,
     *,
     strict: bool = False,
     a_fmt: str | None = None,
@@ -681,9 +726,8 @@ def compare(
     args = ["qemu-img", "compare", "-q"]
     if strict:
         args.append("-s")
-    if a_fmt:
-        args += ["-f", a_fmt]
-    if b_fmt:
-        args += ["-F", b_fmt]
-    done = run([*args, str(a), str(b)], timeout=timeout, ok_codes=(0, 1), explain=_explain_for(a))
+    args += _format_args(a, a_fmt) + _format_args(b, b_fmt, "-F")
+    done = run(
+        [*args, _name(a), _name(b)], timeout=timeout, ok_codes=(0, 1), explain=_explain_for(a)
+    )
     return done.returncode == 0

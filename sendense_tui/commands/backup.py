@@ -3,7 +3,8 @@
 ``backup run`` queues a backup job and, unless ``--no-wait``, runs it in this
 process and prints progress until it ends (exit code 0 only when every disk
 was backed up). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block
-device or an ``nbd://`` / ``nbd+unix://`` URI.
+device or an ``nbd://`` / ``nbd+unix://`` URI, read as raw bytes; a qcow2 image
+is named ``NAME:qcow2=SOURCE`` (a format is never guessed from a header).
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ import sys
 import threading
 from typing import Any
 
+from engine.errors import ValidationError
 from engine.services.backup import DiskSource
 from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
 from sendense_tui.format import human_bytes, short_time
 
-DISK_FORMAT = "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01"
+DISK_FORMAT = (
+    "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01 (read as raw), "
+    "or NAME:qcow2=SOURCE for a qcow2 image"
+)
 
 
 def disk_argument(text: str) -> DiskSource:
-    """``--disk NAME=SOURCE``; without a name argparse exits 2 with the format, instead
-    of a made-up disk "disk0" reading whatever was typed."""
-    name, sep, source = text.partition("=")
-    if not sep or not name or not source or "://" in name or "/" in name:
-        raise argparse.ArgumentTypeError(f"{DISK_FORMAT} (got {text!r})")
-    return DiskSource(name, source)
+    """``--disk NAME[:qcow2]=SOURCE``; without a name argparse exits 2 with the format,
+    instead of a made-up disk "disk0" reading whatever was typed."""
+    try:
+        return DiskSource.parse(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{DISK_FORMAT} (got {text!r})") from None
 
 
 def register(subparsers: Any) -> None:
@@ -41,8 +46,9 @@ def register(subparsers: Any) -> None:
         action="append",
         required=True,
         type=disk_argument,
-        metavar="NAME=SOURCE",
-        help="a disk and where to read it: file, device or nbd URI (repeatable)",
+        metavar="NAME[:qcow2]=SOURCE",
+        help="a disk and where to read it: file, device or nbd URI, read as raw; "
+        "NAME:qcow2=… for a standalone qcow2 image (repeatable)",
     )
     run.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
     run.add_argument("--compress", choices=("zstd", "none"), default="none")

@@ -49,8 +49,9 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
                     "vm": v.chain.vm_name,
                     "disk": v.chain.disk_name,
                     "directory": v.chain.directory,
-                    "state": v.chain.state,
+                    "state": v.state,
                     "state_detail": v.chain.state_detail,
+                    "damage": v.damage(),
                     "logical_bytes": v.logical_bytes,
                     "physical_bytes": v.physical_bytes,
                     "allocated_bytes": v.allocated_bytes,
@@ -68,12 +69,14 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
     for v in views:
         print(
-            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.chain.state}] in "
+            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] in "
             f"{v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}, "
             f"files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
         )
         if v.chain.state_detail:
             print(f"  ! {v.chain.state_detail}")
+        for line in v.damage():
+            print(f"  ! {line}")
         for p in v.points:
             b = p.backup
             lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""

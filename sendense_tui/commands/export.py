@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.services.exports import ExportView
 from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands.restore import FORCE_HELP
 
 
 def register(subparsers: Any) -> None:
@@ -21,6 +22,7 @@ def register(subparsers: Any) -> None:
     start.add_argument("--name", help="export name (default point-<id>)")
     start.add_argument("--port", type=int, help="serve on TCP (default: a unix socket)")
     start.add_argument("--host", help="TCP address to listen on (default 127.0.0.1)")
+    start.add_argument("--force", action="store_true", help=FORCE_HELP)
     start.set_defaults(func=start_export)
     lister = add_parser(sub, "list", help="running exports with their URI")
     lister.add_argument("--all", action="store_true", help="also stopped and dead ones")
@@ -42,6 +44,7 @@ def export_dict(view: ExportView) -> dict[str, Any]:
         "pid": view.pid,
         "started_at": view.started_at,
         "stopped_at": view.stopped_at,
+        "note": view.note,
     }
 
 
@@ -54,10 +57,13 @@ def start_export(args: argparse.Namespace, ctx: CliContext) -> int:
             port=args.port,
             persistent=True,
             actor="cli",
+            force=args.force,
         )
     if ctx.json:
         ctx.print_json(export_dict(view))
     else:
+        if view.note:
+            print(f"NOTE: {view.note}")
         print(f"serving {view.point_label} read-only at {view.uri}")
         print(f"  read it with: qemu-img info '{view.uri}'   stop: sendense export stop {view.id}")
     return 0

@@ -52,7 +52,8 @@ def register(subparsers: Any) -> None:
         default=[],
         required=True,
         metavar="VM:DISK=SOURCE",
-        help="a disk to back up (repeatable), e.g. web01:sda=/dev/vg/web01",
+        help="a disk to back up (repeatable), e.g. web01:sda=/dev/vg/web01, read as raw; "
+        "web01:vda:qcow2=/images/web01.qcow2 for a standalone qcow2 image",
     )
     add.add_argument("--full-every", type=int, default=7, help="a new full every N backups")
     add.add_argument("--full-weekday", choices=WEEKDAYS, help="and a new full on this day")
@@ -303,7 +304,8 @@ def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     print("sources:")
     for s in data["sources"]:
         for d in s["disks"]:
-            print(f"  {s['vm']}:{d['name']} = {d['source']}")
+            fmt = f":{d['format']}" if d.get("format") else ""
+            print(f"  {s['vm']}:{d['name']}{fmt} = {d['source']}")
     print("next runs (UTC):")
     for when in data["next_runs"]:
         print(f"  {when:%a %Y-%m-%d %H:%M}")

@@ -15,6 +15,9 @@ from sendense_tui.commands import CliContext, add_parser
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.format import human_bytes
 
+#: the same words on every command that reads a restore point
+FORCE_HELP = "read a bad point that has no verified copy anyway (its data is unverified)"
+
 
 def restore_group(subparsers: Any) -> Any:
     """The ``restore`` group's subparsers action, creating the group if needed."""
@@ -37,21 +40,28 @@ def add_subcommands(sub: Any) -> None:
     disk.add_argument("point", type=int, help="restore point (backup) id")
     disk.add_argument("target", help="file to create, or an nbd:// / nbd+unix:// URI")
     disk.add_argument("--format", choices=("raw", "qcow2"), default="raw", dest="fmt")
-    disk.add_argument("--force", action="store_true", help="overwrite an existing file")
+    disk.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    disk.add_argument("--force", action="store_true", help=FORCE_HELP)
     disk.set_defaults(func=restore_disk)
 
 
 def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         job = engine.restores.submit(
-            args.point, args.target, fmt=args.fmt, force=args.force, actor="cli"
+            args.point,
+            args.target,
+            fmt=args.fmt,
+            overwrite=args.overwrite,
+            force=args.force,
+            actor="cli",
         )
         final = wait_for_job(engine, job.id, ctx)
+    result = final.result or {}
     if ctx.json:
-        ctx.print_json(
-            {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
-        )
+        ctx.print_json({"job_id": final.id, "state": final.state, "error": final.error, **result})
     elif final.state == "succeeded":
+        if result.get("note"):
+            print(f"NOTE: {result['note']}")
         print(f"restored point #{args.point} ({human_bytes(final.bytes_total)}) to {args.target}")
     else:
         print(f"restore {final.state}: {final.error or ''}", file=sys.stderr)

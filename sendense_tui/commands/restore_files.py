@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.commands.restore import restore_group
+from sendense_tui.commands.restore import FORCE_HELP, restore_group
 from sendense_tui.format import human_bytes, human_duration
 
 
@@ -36,6 +36,7 @@ def add_subcommands(sub: Any) -> None:
     mount.add_argument(
         "--minutes", type=int, default=60, help="idle minutes before it is removed (default 60)"
     )
+    mount.add_argument("--force", action="store_true", help=FORCE_HELP)
     mount.set_defaults(func=mount_point)
     mounts = add_parser(sub, "mounts", help="list mounted restore points")
     mounts.set_defaults(func=list_mounts)
@@ -66,6 +67,7 @@ def mount_dict(view: MountView) -> dict[str, Any]:
         "point": view.point.label if view.point else None,
         "state": view.state,
         "reused": view.reused,
+        "note": view.note,
         "expires_at": view.expires_at,
         "filesystems": [
             {
@@ -130,6 +132,8 @@ def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _print_mount(view: MountView, now: Any) -> None:
+    if view.note:
+        print(f"NOTE: {view.note}")
     what = "reusing" if view.reused else "mounted"
     label = view.point.label if view.point else f"point {view.backup_id}"
     remaining = human_duration(view.remaining(now).total_seconds())
@@ -142,7 +146,11 @@ def _print_mount(view: MountView, now: Any) -> None:
 def mount_point(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         view = engine.file_restore.mount(
-            args.point, ttl=timedelta(minutes=max(1, args.minutes)), actor="cli", detached=True
+            args.point,
+            ttl=timedelta(minutes=max(1, args.minutes)),
+            actor="cli",
+            detached=True,
+            force=args.force,
         )
         now = engine.clock.now()
     if ctx.json:

@@ -27,6 +27,7 @@ from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
 
 
@@ -108,7 +109,11 @@ class ChainsScreen(SendenseScreen):
         self._chains = {v.chain.id: v for v in data.views}
         self._points = {p.backup.id: (p.backup, v) for v in data.views for p in v.points}
         shape = [
-            (v.chain.id, v.chain.state, [(p.backup.id, p.backup.state, p.locked) for p in v.points])
+            (
+                v.chain.id,
+                v.state,
+                [(p.backup.id, p.backup.state, p.backup.verify_state, p.locked) for p in v.points],
+            )
             for v in data.views
         ]
         if shape == self._shape:
@@ -129,7 +134,7 @@ class ChainsScreen(SendenseScreen):
                 vm_node.expand()
                 vms[chain.vm_name] = vm_node
             label = Text(f"{chain.disk_name} ", no_wrap=True, overflow="ellipsis")
-            label.append(f"[{chain.state}] ", style=_state_style(chain.state))
+            label.append(f"[{view.state}] ", style=_state_style(view.state))
             label.append(
                 f"{len(view.points)} pts, {human_bytes(view.physical_bytes)} on disk "
                 f"for {human_bytes(view.logical_bytes)}",
@@ -191,15 +196,17 @@ class ChainsScreen(SendenseScreen):
             lines = [
                 f"Chain #{v.chain.id} — {v.chain.vm_name}/{v.chain.disk_name}",
                 f"repository {v.repository}",
-                f"state      {v.chain.state}",
+                f"state      {v.state}",
                 f"points     {len(v.points)}",
                 f"logical    {human_bytes(v.logical_bytes)} per point, "
                 f"{human_bytes(v.logical_total)} in all",
                 f"physical   {human_bytes(v.physical_bytes)} in files",
                 f"allocated  {human_bytes(v.allocated_bytes)} of data",
             ]
-            if v.chain.state_detail:
-                lines += ["", f"! {v.chain.state_detail}"]
+            notes = [f"! {v.chain.state_detail}"] if v.chain.state_detail else []
+            notes += [f"! {line}" for line in v.damage()]
+            if notes:
+                lines += ["", *notes]
             lines += ["", "c: consolidate   v: verify   b: back up now"]
         elif kind == "vm":
             lines = [f"VM {ref}", "", "b: back up a disk now"]
@@ -238,15 +245,15 @@ class ChainsScreen(SendenseScreen):
         backup = found[0]
 
         def show(details: dict[str, Any]) -> None:
-            if "error" in details:
-                self._show_details(f"qemu-img: {details['error']}")
-                return
             rows = [
                 f"{c['file']}: {human_bytes(c['actual_size'])}"
                 + (f" -> {c['backing']}" if c["backing"] else " (full)")
+                + (f"\n  REFUSED: {c['problem']}" if c.get("problem") else "")
                 for c in details["chain"]
             ]
-            self._show_details("qemu-img backing chain:\n" + "\n".join(rows))
+            if "error" in details:
+                rows.append(f"qemu-img: {details['error']}")
+            self._show_details("headers (catalog order):\n" + "\n".join(rows))
 
         self.run_engine(
             lambda: self.engine.chains.point_details(backup.id),
@@ -372,10 +379,14 @@ class ChainsScreen(SendenseScreen):
             if not target:
                 return
             fmt = "qcow2" if target.endswith(".qcow2") else "raw"
-            self.run_engine(
-                lambda: self.engine.restores.submit(backup.id, target, fmt=fmt, actor="console"),
+            read_point(
+                self,
+                backup.id,
+                lambda force: self.engine.restores.submit(
+                    backup.id, target, fmt=fmt, force=force, actor="console"
+                ),
+                what="Restore",
                 after=lambda job: self.notify(f"Restore queued as job {job.id}."),
-                description=f"restore point {backup.id}",
             )
 
         self.app.push_screen(
@@ -388,4 +399,6 @@ class ChainsScreen(SendenseScreen):
 
 
 def _state_style(state: str) -> str:
-    return {"ok": "green", "broken": "bold red", "retired": "dim"}.get(state, "")
+    return {"ok": "green", "broken": "bold red", "damaged": "bold red", "retired": "dim"}.get(
+        state, ""
+    )

@@ -31,6 +31,7 @@ from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, human_duration
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 
@@ -268,8 +269,16 @@ class RestoreScreen(SendenseScreen):
             self.mount_id, self.path = view.id, ""
             self.marked.clear()
             self.sendense.notify(f"mounted {view.point.label if view.point else view.id}")
+            if view.note:
+                self.notify(view.note, severity="warning", timeout=15)
 
-        self.run_engine(lambda: service.mount(int(key)), after=done, description="mount")
+        read_point(
+            self,
+            int(key),
+            lambda force: service.mount(int(key), force=force),
+            what="Mount",
+            after=done,
+        )
 
     def action_unmount(self) -> None:
         mount_id = self.mount_id
@@ -402,10 +411,18 @@ class RestoreScreen(SendenseScreen):
             self.notify("Select a restore point first.", severity="warning")
             return
         backup_id = int(key)
-        self.run_engine(
-            lambda: self.engine.exports.start(backup_id, actor="console"),
-            after=lambda view: self.notify(f"exported point {backup_id}: {view.uri}"),
-            description=f"export point {backup_id}",
+
+        def done(view: ExportView) -> None:
+            self.notify(f"exported point {backup_id}: {view.uri}")
+            if view.note:
+                self.notify(view.note, severity="warning", timeout=15)
+
+        read_point(
+            self,
+            backup_id,
+            lambda force: self.engine.exports.start(backup_id, actor="console", force=force),
+            what="Export",
+            after=done,
         )
 
     def action_stop_export(self) -> None:

@@ -52,7 +52,7 @@ def test_restore_incremental_to_raw_and_qcow2(
     assert sorted(p.name for p in raw.parent.iterdir()) == ["disk.qcow2", "disk.raw"]
 
 
-def test_existing_target_is_refused_unless_forced(
+def test_existing_target_is_refused_unless_overwrite(
     bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, tmp_path: Path
 ) -> None:
     (full, full_hash), _ = two_points(bk_engine, repo, disk, clock)
@@ -60,9 +60,9 @@ def test_existing_target_is_refused_unless_forced(
     target.write_bytes(b"do not lose me")
     with pytest.raises(ValidationError, match="already exists") as err:
         bk_engine.restores.restore(full, str(target))
-    assert "--force" in (err.value.hint or "")
+    assert "--overwrite" in (err.value.hint or "")
     assert target.read_bytes() == b"do not lose me"
-    bk_engine.restores.restore(full, str(target), force=True)
+    bk_engine.restores.restore(full, str(target), overwrite=True)
     assert sha256_of(target) == full_hash
     with pytest.raises(ValidationError, match="does not exist"):
         bk_engine.restores.restore(full, str(tmp_path / "no" / "dir.raw"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.tools import ToolTimeout, base, exporters, loop, mounts
+from engine.tools.blockspec import ImageSpec
 from engine.tools.mounts import MountError
 
 pytestmark = pytest.mark.root
@@ -136,7 +137,7 @@ def test_mount_on_hung_storage_times_out_instead_of_hanging(tmp_path: Path) -> N
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     raw = tmp_path / "disk.raw"
     server = exporters.start_fuse_export(
-        image, raw, pidfile=tmp_path / "qsd.pid", log_file=tmp_path / "qsd.log"
+        ImageSpec.file(image), raw, pidfile=tmp_path / "qsd.pid", log_file=tmp_path / "qsd.log"
     )
     target = tmp_path / "mnt"
     target.mkdir()

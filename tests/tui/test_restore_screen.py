@@ -158,7 +158,8 @@ async def test_N_exports_the_selected_point_and_shows_its_uri(
         await settle(pilot)
         messages = [n.message for n in app._notifications]
         assert any(
-            f"restore point {point.id} is missing" in m and str(qcow2) in m for m in messages
+            f"restore point {point.id}" in m and "web01/sda/0000.qcow2" in m and "missing" in m
+            for m in messages
         )
         assert [x for x in demo_engine.exports.list() if x.name == f"point-{point.id}"] == []
 

@@ -52,3 +52,17 @@ def test_events_filtered(snap_compare, make_app) -> None:
         terminal_size=(80, 24),
         run_before=keys_then_settle("8", "slash", "o", "f", "f", "s", "i", "t", "e"),
     )
+
+
+def test_chains_with_a_bad_point(snap_compare, make_app, demo_engine, clock) -> None:
+    # verification found web01/sda's newest point bad: its chain shows damaged
+    from sendense_tui.demo import seed_demo_chains
+
+    seed_demo_chains(demo_engine, clock)
+    web01_sda = next(v for v in demo_engine.chains.overview() if v.chain.state == "ok")
+    demo_engine.copy_store.set_backup_verified(
+        web01_sda.points[-1].backup.id, "mismatch", clock.now(), mark_bad=True
+    )
+    # the cursor on that chain: db01, vda, its 3 points, web01, the retired sda, sda
+    keys = ("4", *["j"] * 8)
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=keys_then_settle(*keys))
