@@ -244,7 +244,7 @@ def _duration_text(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds >= 2 * 86400:
         return f"{seconds / 86400:.1f} days"
-    if seconds >= 2 * 3600:
+    if seconds >= 3600:
         return f"{seconds / 3600:.1f} hours"
     if seconds >= 120:
         return f"{seconds / 60:.0f} minutes"
@@ -309,7 +309,7 @@ class LockService:
         """Make a repository immutable, or lengthen its lock period. Shortening (or
         turning it off) is refused: locks only ever grow."""
         repo = self._repo(repo)
-        days = LOCK_DAYS.check(days, hint="give the lock period in days, at least 1")
+        days = LOCK_DAYS.check(days)
         grace_hours = GRACE_HOURS.check(grace_hours)
         if repo.immutable:
             # a period stored before bounds existed counts as the longest one allowed:
@@ -534,9 +534,16 @@ class LockService:
                 backup_id=backup_id,
                 copy_id=copy_id,
             )
+        what = (
+            f"point #{backup_id}"
+            if backup_id is not None
+            else f"copy #{copy_id}"
+            if copy_id is not None
+            else Path(relative_path).name
+        )
         self._event(
             "immutability.lock_failed",
-            f"{relative_path} on {repo.name} is NOT protected: {why}",
+            f"{what} on {repo.name} is NOT protected: {why} ({relative_path})",
             level="critical",
             repository_id=repo.id,
             job_id=job_id,
