@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import AuditEntry, Backup, Chain, Copy, ImmutabilityLock, LockClockCheck
@@ -206,21 +207,28 @@ class LockStore:
     ) -> LockClockCheck:
         """Record a check; with ``anchor`` its reading becomes the one the next check of
         this boot is compared with."""
-        with self.catalog.session() as session:
-            row = session.get(LockClockCheck, boot_id)
-            if row is None:
-                row = LockClockCheck(boot_id=boot_id)
-                session.add(row)
-            row.host = host[:255]
-            row.last_wall = wall
-            row.last_boot_ms = boot_ms
-            row.last_ok = ok
-            row.last_detail = detail
-            if anchor:
-                row.anchor_wall = wall
-                row.anchor_boot_ms = boot_ms
-            session.flush()
-            return row
+        for attempt in (1, 2):
+            try:
+                with self.catalog.session() as session:
+                    row = session.get(LockClockCheck, boot_id)
+                    if row is None:
+                        row = LockClockCheck(boot_id=boot_id)
+                        session.add(row)
+                    row.host = host[:255]
+                    row.last_wall = wall
+                    row.last_boot_ms = boot_ms
+                    row.last_ok = ok
+                    row.last_detail = detail
+                    if anchor:
+                        row.anchor_wall = wall
+                        row.anchor_boot_ms = boot_ms
+                    session.flush()
+                    return row
+            except IntegrityError:
+                # another process of this boot added the row first: update it instead
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def newest_recorded_time(self) -> datetime | None:
         """The latest time anything in the catalog was recorded at (audit log and

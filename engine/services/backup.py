@@ -297,11 +297,11 @@ class BackupService:
         if not run.ok:
             raise self._failure(run)
         if run.unprotected:
-            raise self.unprotected_failure(run)
+            raise self._unprotected_failure(run)
         return run.as_dict()
 
     @staticmethod
-    def unprotected_failure(run: BackupRun) -> JobUnprotected:
+    def _unprotected_failure(run: BackupRun) -> JobUnprotected:
         """The job's end when points landed but could not be locked."""
         return JobUnprotected(
             f"{run.vm}: backed up, but NOT protected: "
@@ -318,7 +318,11 @@ class BackupService:
             f"{d.disk}: {d.error}" for d in failed
         )
         if kept:
-            msg += ". Kept: " + ", ".join(f"{d.disk} ({d.kind} #{d.backup_id})" for d in kept)
+            msg += ". Kept: " + ", ".join(
+                f"{d.disk} ({d.kind} #{d.backup_id}"
+                + (", NOT protected: its lock could not be set)" if d.unprotected else ")")
+                for d in kept
+            )
         return BackupFailed(
             msg,
             run=run,

@@ -421,21 +421,29 @@ class LockService:
         path = self._file(repo, relative_path)
         now = self.clock.now()
         grace = repo.immutable_grace_hours if repo.immutable else 0
+        why: str | None = None
         try:
-            period = max(LOCK_DAYS.check(d) for d in wanted)
-            grace = GRACE_HOURS.check(grace)
-            expires = expiry_after(now, days=period)
-            grace_end = expiry_after(expires, hours=grace)
+            if repo.immutable:
+                LOCK_DAYS.check(repo.immutable_days)
+                grace = GRACE_HOURS.check(grace)
         except ValidationError as exc:
-            # a period stored before bounds existed: lock as long as the engine can
-            # and say the period itself was refused
+            # stored before bounds existed (or written around the engine)
             why = (
-                f"repository {repo.name}'s lock period is refused ({exc.message}); "
-                f"fix it with `sendense lock enable {repo.name} --days N --yes`"
+                f"repository {repo.name}'s lock settings are refused ({exc.message}); "
+                f"fix them with `sendense lock enable {repo.name} --days N --yes`"
             )
+        try:
+            if days:
+                LOCK_DAYS.check(days)
+        except ValidationError as exc:
+            why = f"the lock period asked for is refused ({exc.message})"
+        if why is not None:
+            # the file is still held, as long as the engine holds anything
             return self._failed(
                 repo, relative_path, latest_allowed(now), why, backup_id, copy_id, job_id
             )
+        expires = expiry_after(now, days=max(wanted))
+        grace_end = expiry_after(expires, hours=grace)
         existing = self.store.holding(repo.id, relative_path)
         if existing is not None:
             if as_utc(existing.expires_at) < expires:  # type: ignore[operator]

@@ -100,8 +100,7 @@ def test_release_job_unlocks_exactly_the_expired_locks(
     repo = add_repo(bk_engine, fs.mountpoint, clock)
     files = {days: put(fs.mountpoint, f"c/{days}.qcow2") for days in (5, 10, 30)}
     locks = {
-        days: bk_engine.locks.lock_landed(repo, f"c/{days}.qcow2", days=days).lock
-        for days in files
+        days: bk_engine.locks.lock_landed(repo, f"c/{days}.qcow2", days=days).lock for days in files
     }
     assert all(attrs.is_immutable(p) for p in files.values())
 

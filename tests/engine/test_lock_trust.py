@@ -306,7 +306,7 @@ def test_an_overflowing_lock_period_fails_the_backup_unprotected_with_one_senten
     assert run.returncode == 1, run.stderr
     one_sentence(run.stderr)
     assert run.stderr.startswith("backup written but NOT protected: web01: backed up")
-    assert "lock period is refused" in run.stderr and "36500" in run.stderr
+    assert "lock settings are refused (a lock period must be 1-36500 days" in run.stderr
 
     listed = cli("jobs", "list", state_dir=state_dir)
     assert listed.returncode == 0 and "failed_unprotected" in listed.stdout
@@ -406,6 +406,24 @@ def test_grace_extend_and_every_count_option_are_bounded(
             latest_count=10**9,
         )
     assert engine.copies.list_rules() == []
+
+
+def test_a_lock_period_out_of_bounds_at_lock_time_holds_the_file_and_says_why(
+    engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    """A period that reaches the lock step out of bounds (a policy row written around
+    the engine) never overflows: the file is held as long as the engine holds anything,
+    reported unprotected, and the lock job sets the flag later."""
+    repo = add_repo(engine, tmp_path / "vault")
+    seen = events_of(engine)
+    outcome = engine.locks.lock_landed(repo, "c/0.qcow2", backup_id=None, days=10**9)
+    assert outcome.failure == (
+        "the lock period asked for is refused (a lock period must be 1-36500 days, not 1000000000)"
+    )
+    assert outcome.lock is not None and outcome.lock.state == "failed"
+    assert outcome.until == expiry_after(clock.now(), days=LOCK_DAYS.high)
+    [event] = [e for e in seen if e.kind == "immutability.lock_failed"]
+    assert event.level == "critical" and event.message.startswith("0.qcow2 on vault is NOT")
 
 
 def test_expiries_never_overflow_and_config_days_are_bounded(tmp_path: Path) -> None:
