@@ -551,7 +551,8 @@ class LockService:
         )
         self._event(
             "immutability.lock_failed",
-            f"{what} on {repo.name} is NOT protected: {why} ({relative_path})",
+            f"{what} on {repo.name} is NOT protected: {why}"
+            + ("" if relative_path in why else f" ({relative_path})"),
             level="critical",
             repository_id=repo.id,
             job_id=job_id,
