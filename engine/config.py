@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.bounds import REVERIFY_DAYS
 from engine.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/sendense/sendense.toml")
@@ -183,6 +184,13 @@ def _positive_int(value: Any) -> int:
     return int(value)
 
 
+def _reverify_days(value: Any) -> int:
+    days = _positive_int(value)
+    if days > REVERIFY_DAYS.high:
+        raise ValueError(f"must be {REVERIFY_DAYS.range_text()}, got {value!r}")
+    return days
+
+
 def _cron(value: Any) -> str:
     from croniter import croniter
 
@@ -324,7 +332,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             hint="a heartbeat of a third of the lease or less is safe",
         )
     verify = VerifySettings(
-        reverify_days=reader.get("verify.reverify_days", _positive_int, 30),
+        reverify_days=reader.get("verify.reverify_days", _reverify_days, 30),
         schedule=reader.get("verify.schedule", _cron, "0 3 * * *"),
     )
     settings = replace(

@@ -62,3 +62,15 @@ class JobError(SendenseError):
 
 class JobCancelled(JobError):
     """Raised inside a job's work when the operator cancelled it."""
+
+
+class JobUnprotected(JobError):
+    """A job's files landed and are good restore points, but the lock they must carry
+    could not be set: the job ends as ``failed_unprotected``, never as succeeded."""
+
+    def __init__(
+        self, message: str, *, result: dict[str, object] | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        #: what the job did (its normal result), recorded with the failed state
+        self.result: dict[str, object] = dict(result or {})

@@ -26,7 +26,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import JobSettings
-from engine.errors import JobCancelled, JobError, SendenseError
+from engine.errors import JobCancelled, JobError, JobUnprotected, SendenseError
 from engine.events import Event, EventBus
 
 log = logging.getLogger(__name__)
@@ -415,6 +415,10 @@ class JobRunner:
             state, level = "paused", "info"
         except JobCancelled as exc:
             state, error, level = "cancelled", str(exc), "warning"
+        except JobUnprotected as exc:
+            # the files are good restore points, but not locked: never "succeeded"
+            state, error, level = "failed_unprotected", exc.for_humans(), "error"
+            result = exc.result
         except SendenseError as exc:
             state, error, level = "failed", exc.for_humans(), "error"
         except Exception as exc:
@@ -441,7 +445,11 @@ class JobRunner:
                 job.id, self.owner, state, self.clock.now(), error=error, result=result
             ):
                 state, error = "lost", "the lease lapsed before the job finished"
-        words = {"succeeded": "finished", "queued": "returned to the queue"}
+        words = {
+            "succeeded": "finished",
+            "queued": "returned to the queue",
+            "failed_unprotected": "finished but NOT protected",
+        }
         self.bus.publish(
             Event(
                 kind=f"job.{state}",

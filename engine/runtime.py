@@ -45,6 +45,7 @@ class Engine:
         self.jobs = JobRunner(
             self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
         )
+        self._wire_locks()
         self._wire_repositories()
         self._wire_images()
         self._wire_copies()
@@ -87,6 +88,7 @@ class Engine:
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
+            locks=self.locks,
         )
         self.restores = DiskRestoreService(
             self.chain_store,
@@ -100,22 +102,26 @@ class Engine:
         self.restores.register()
         self.chains.register(self.jobs)
 
-    def _wire_policies(self) -> None:
-        """Immutability locks (``self.locks``), retention (``self.retention``), policies
-        (``self.policies``), 3-2-1 compliance (``self.compliance``) and the scheduler
-        (``self.scheduler``); job kinds policy_run and locks.maintain."""
+    def _wire_locks(self) -> None:
+        """Immutability locks (``self.locks``): a step of the backup and copy jobs, which
+        get it in their constructors; job kind locks.maintain."""
         from engine.catalog.locks import LockStore
+        from engine.services.immutability import LockService
+
+        self.lock_store = LockStore(self.catalog)
+        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=self.clock)
+        self.locks.register(self.jobs)
+
+    def _wire_policies(self) -> None:
+        """Retention (``self.retention``), policies (``self.policies``), 3-2-1 compliance
+        (``self.compliance``) and the scheduler (``self.scheduler``); job kind
+        policy_run."""
         from engine.catalog.policies import PolicyStore
         from engine.services.compliance import ComplianceService
-        from engine.services.immutability import LockService
         from engine.services.policies import PolicyService
         from engine.services.retention import RetentionService
         from engine.services.scheduler import Scheduler
 
-        self.lock_store = LockStore(self.catalog)
-        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=self.clock)
-        self.locks.subscribe(self.chain_store, self.copy_store)
-        self.locks.register(self.jobs)
         self.retention = RetentionService(
             self.chain_store,
             self.copy_store,
@@ -161,7 +167,6 @@ class Engine:
         )
         # a failing copy rule raises (and a recovered one clears) its alert at once
         self.copies.alert_hook = self.scheduler.alert_hook(("rule_failing",))
-        self.copies.lock_check = self.locks.check_supported
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
@@ -191,6 +196,7 @@ class Engine:
             SecretBox(self.settings.state_dir / "secret.key"),
             self.capacity,
             clock=self.clock,
+            locks=self.locks,
         )
 
     def _start_repositories(self) -> None:
@@ -265,6 +271,7 @@ class Engine:
             verifier=self.verifier,
             destination_check=self.repositories.ensure_writable_mount,
             room_check=self.capacity.ensure_room,
+            locks=self.locks,
         )
         self.copies.marks = self.schedule_store
         self.verifier.register()

@@ -134,6 +134,18 @@ def seed_demo_catalog(engine: Engine, clock: FixedClock | None = None) -> None:
     store.request_pause(paused)
     job("verify", "verify db01/disk0 chain", 5, primary.id, 8 * GiB)
     job("backup", "backup mail01/disk0 (full)", 3, primary.id, 60 * GiB)
+    # written, but the lock step could not set the flag: a good point, not protected
+    unlocked = job("backup", "back up web01 (sdb) to primary", 50, primary.id, 2 * GiB)
+    finish(
+        unlocked,
+        49,
+        45,
+        "failed_unprotected",
+        error="web01: backed up, but NOT protected: sdb #9: the immutable flag could not "
+        "be set (chattr: Operation not supported)",
+        done=2 * GiB,
+        total=2 * GiB,
+    )
 
     audit = engine.audit
     for minutes, level, source, kind, message in (
@@ -156,6 +168,15 @@ def seed_demo_catalog(engine: Engine, clock: FixedClock | None = None) -> None:
             "offsite-nfs is 82% full (warning at 80%)",
         ),
         (62, "warning", "jobs", "job.cancelled", "cancel: verify web01/disk0 chain"),
+        (
+            45,
+            "critical",
+            "immutability",
+            "immutability.lock_failed",
+            "point #9 on primary is NOT protected: the immutable flag could not be set "
+            "(chattr: Operation not supported) "
+            "(chains/web01/sdb/20261118T090000Z/0002-inc-20261120T090000Z.qcow2)",
+        ),
         (40, "debug", "engine", "engine.heartbeat", "heartbeat"),
         (30, "info", "repositories", "repository.checked", "archive-smb mounted and writable"),
         (10, "info", "jobs", "job.started", "started: backup db01/disk0 (incremental)"),
@@ -288,7 +309,7 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
 
     chain("web01", "sda", 20, [300 * 1024**2], 40 * gib)
     chain("web01", "sda", 6, [120 * 1024**2, 96 * 1024**2, 410 * 1024**2], 40 * gib)
-    chain("web01", "sdb", 6, [2 * 1024**3, 1024**3], 200 * gib)
+    sdb = chain("web01", "sdb", 6, [2 * 1024**3, 1024**3], 200 * gib)
     db = chain("db01", "vda", 4, [700 * 1024**2, 650 * 1024**2], 80 * gib)
     broken = store.backups(store.get_backup(db[0]).chain_id)[0].chain_id
     store.update_chain(
@@ -304,6 +325,18 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
                 path=store.get_backup(db[0]).path,
                 state="active",
                 locked_at=now - timedelta(days=4),
+                expires_at=now + timedelta(days=26),
+                created_at=now - timedelta(days=4),
+            )
+        )
+        # a policy's lock was due on this point but the flag could not be set
+        session.add(
+            ImmutabilityLock(
+                repository_id=repo.id,
+                backup_id=sdb[-1],
+                path=store.get_backup(sdb[-1]).path,
+                state="failed",
+                locked_at=None,
                 expires_at=now + timedelta(days=26),
                 created_at=now - timedelta(days=4),
             )

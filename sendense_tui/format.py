@@ -96,6 +96,7 @@ STATE_STYLES: dict[str, str] = {
     "paused": "yellow",
     "succeeded": "green",
     "failed": "bold red",
+    "failed_unprotected": "bold white on red",
     "cancelled": "yellow",
 }
 
@@ -104,5 +105,12 @@ def level_text(level: str) -> Text:
     return Text(level, style=LEVEL_STYLES.get(level, ""))
 
 
+#: how a state reads where a column is narrow (the state itself everywhere else)
+STATE_LABELS: dict[str, str] = {
+    # the work landed (good restore points) but its lock could not be set
+    "failed_unprotected": "unprotected",
+}
+
+
 def state_text(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 
 from engine.catalog.db import Catalog
+from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, CapacitySample, Chain, Copy, ImmutabilityLock
 from engine.clock import as_utc
 
@@ -28,7 +29,7 @@ LIVE_BACKUP_STATES = ("pending", "complete", "bad", "expired", "released")
 RELEASED_STATES = ("expired", "released")
 LIVE_COPY_STATES = ("pending", "copying", "verifying", "completed", "failed", "expired")
 RELEASED_COPY_STATES = ("expired", "released")
-ACTIVE_LOCK_STATES = ("pending", "active", "drift")
+ACTIVE_LOCK_STATES = HOLDING_STATES
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from engine.catalog.db import Catalog
+from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, ImmutabilityLock, Repository
 from engine.errors import NotFoundError
 
 #: backup states that are restore points (files that should exist)
 LIVE_STATES = ("complete", "bad")
 #: lock states that forbid changing or deleting a file
-LOCKING_STATES = ("pending", "active", "drift")
+LOCKING_STATES = HOLDING_STATES
 
 
 class ChainStore:
@@ -257,7 +258,11 @@ class ChainStore:
     def active_locks(
         self, backup_ids: Iterable[int], now: datetime, *, paths: Iterable[str] = ()
     ) -> list[ImmutabilityLock]:
-        """Locks in force on these backups (by id, or by repository-relative path)."""
+        """Locks holding these backups (by id, or by repository-relative path).
+
+        A lock holds until the lock job has released it, even after its expiry: only
+        the release checks that the clock can be trusted (``now`` is kept for callers
+        that word the reason)."""
         ids = list(backup_ids)
         path_list = list(paths)
         conditions = []
@@ -273,34 +278,23 @@ class ChainStore:
             ImmutabilityLock.copy_id.is_(None),
         )
         with self.catalog.session() as session:
-            rows = list(session.scalars(query))
-        result = []
-        for row in rows:
-            expires = (
-                row.expires_at
-                if row.expires_at.tzinfo
-                else row.expires_at.replace(tzinfo=now.tzinfo)
-            )
-            if expires > now:
-                result.append(row)
-        return result
+            return list(session.scalars(query))
 
     def lock_counts(self, now: datetime) -> dict[int, ImmutabilityLock]:
-        """The lock in force per backup id (for badges)."""
-        query = select(ImmutabilityLock).where(
-            ImmutabilityLock.state.in_(LOCKING_STATES),
-            ImmutabilityLock.backup_id.is_not(None),
-            ImmutabilityLock.copy_id.is_(None),
+        """The holding lock per backup id (for badges), the latest expiry if several."""
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.state.in_(LOCKING_STATES),
+                ImmutabilityLock.backup_id.is_not(None),
+                ImmutabilityLock.copy_id.is_(None),
+            )
+            .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)
         )
         with self.catalog.session() as session:
             rows = list(session.scalars(query))
         found: dict[int, ImmutabilityLock] = {}
         for row in rows:
-            expires = (
-                row.expires_at
-                if row.expires_at.tzinfo
-                else row.expires_at.replace(tzinfo=now.tzinfo)
-            )
-            if expires > now and row.backup_id is not None:
+            if row.backup_id is not None:
                 found[row.backup_id] = row
         return found

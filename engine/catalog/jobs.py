@@ -17,14 +17,18 @@ from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
 
 ACTIVE_STATES = ("queued", "running", "paused")
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+#: ``failed_unprotected``: the work landed (good restore points) but the immutability
+#: lock it had to set could not be set
+FINAL_STATES = ("succeeded", "failed", "failed_unprotected", "cancelled")
 
 #: legal moves of the job state machine
 TRANSITIONS: dict[str, set[str]] = {
     "queued": {"running", "cancelled"},
-    "running": {"succeeded", "failed", "cancelled", "paused", "queued"},
+    "running": {"succeeded", "failed", "failed_unprotected", "cancelled", "paused", "queued"},
     "paused": {"queued", "cancelled"},
     "failed": {"queued"},  # retry by hand
+    # a retry would make a new backup, not protect this one; the lock job retries the flag
+    "failed_unprotected": set(),
     "succeeded": set(),
     "cancelled": {"queued"},  # retry by hand
 }
@@ -181,7 +185,7 @@ class JobStore:
         result: dict[str, Any] | None = None,
     ) -> bool:
         """Record the outcome if we still hold the lease; False if we lost it."""
-        if state not in ("succeeded", "failed", "cancelled", "paused", "queued"):
+        if state not in (*FINAL_STATES, "paused", "queued"):
             raise JobError(f"cannot finish a job as {state!r}")
         values: dict[str, Any] = {
             "state": state,

@@ -2,7 +2,12 @@
 
 States: ``pending`` (landed, inside the repository's grace period, not yet
 ``chattr +i``), ``active`` (flag set), ``drift`` (the flag was found removed
-and could not be re-applied), ``released`` (expired and the flag removed).
+and could not be re-applied), ``failed`` (the flag could not be set when it was
+due: the file is unprotected; the lock job keeps trying), ``released`` (expired
+and the flag removed). A row leaves the holding states only through
+``mark_released``; nothing deletes a holding row.
+
+Also the clock readings of the lock checks (``LockClockCheck``), one row per boot.
 Rows are handed back detached.
 """
 
@@ -12,14 +17,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from engine.catalog.db import Catalog
-from engine.catalog.models import AuditEntry, ImmutabilityLock
+from engine.catalog.models import AuditEntry, Backup, Chain, Copy, ImmutabilityLock, LockClockCheck
 from engine.errors import NotFoundError
 
 #: states in which the file must not be changed or deleted
-HOLDING_STATES = ("pending", "active", "drift")
+HOLDING_STATES = ("pending", "active", "drift", "failed")
+#: holding states whose flag should be set by now (pending ones wait for their grace)
+FLAGGED_STATES = ("active", "drift", "failed")
+#: holding states in which the file is NOT protected by the kernel flag
+UNPROTECTED_STATES = ("drift", "failed")
 
 
 class LockStore:
@@ -99,7 +109,7 @@ class LockStore:
         query = (
             select(ImmutabilityLock)
             .where(
-                ImmutabilityLock.state.in_(("active", "drift")),
+                ImmutabilityLock.state.in_(FLAGGED_STATES),
                 ImmutabilityLock.expires_at <= now,
             )
             .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)
@@ -125,7 +135,7 @@ class LockStore:
                 update(ImmutabilityLock)
                 .where(
                     ImmutabilityLock.id == lock_id,
-                    ImmutabilityLock.state.in_(("active", "drift")),
+                    ImmutabilityLock.state.in_(FLAGGED_STATES),
                 )
                 .values(state="released", released_at=now)
                 .execution_options(synchronize_session=False)
@@ -145,6 +155,80 @@ class LockStore:
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
+
+    def holding_for_repository(self, repository_id: int) -> list[ImmutabilityLock]:
+        """Every holding lock a forced removal of this repository would take with it:
+        on its files, on its backups, and on copies of its backups or into it
+        (wherever they are), newest expiry first."""
+        backup_ids = (
+            select(Backup.id)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.repository_id == repository_id)
+        )
+        copy_ids = select(Copy.id).where(
+            or_(Copy.destination_repository_id == repository_id, Copy.backup_id.in_(backup_ids))
+        )
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.state.in_(HOLDING_STATES),
+                or_(
+                    ImmutabilityLock.repository_id == repository_id,
+                    ImmutabilityLock.backup_id.in_(backup_ids),
+                    ImmutabilityLock.copy_id.in_(copy_ids),
+                ),
+            )
+            .order_by(ImmutabilityLock.expires_at.desc(), ImmutabilityLock.id)
+        )
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    # -- clock checks ---------------------------------------------------------------------
+
+    def clock_check(self, boot_id: str) -> LockClockCheck | None:
+        with self.catalog.session() as session:
+            return session.get(LockClockCheck, boot_id)
+
+    def any_clock_check(self) -> bool:
+        """Whether any lock check was ever recorded (by any boot of any machine)."""
+        with self.catalog.session() as session:
+            return session.scalar(select(LockClockCheck.boot_id).limit(1)) is not None
+
+    def record_clock_check(
+        self,
+        *,
+        boot_id: str,
+        host: str,
+        wall: datetime,
+        boot_ms: int,
+        ok: bool,
+        detail: str | None,
+        anchor: bool,
+    ) -> LockClockCheck:
+        """Record a check; with ``anchor`` its reading becomes the one the next check of
+        this boot is compared with."""
+        for attempt in (1, 2):
+            try:
+                with self.catalog.session() as session:
+                    row = session.get(LockClockCheck, boot_id)
+                    if row is None:
+                        row = LockClockCheck(boot_id=boot_id)
+                        session.add(row)
+                    row.host = host[:255]
+                    row.last_wall = wall
+                    row.last_boot_ms = boot_ms
+                    row.last_ok = ok
+                    row.last_detail = detail
+                    if anchor:
+                        row.anchor_wall = wall
+                        row.anchor_boot_ms = boot_ms
+                    session.flush()
+                    return row
+            except IntegrityError:
+                # another process of this boot added the row first: update it instead
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def newest_recorded_time(self) -> datetime | None:
         """The latest time anything in the catalog was recorded at (audit log and

@@ -279,8 +279,10 @@ class Copy(Base):
 class Job(Base):
     """Long work (backup, copy, verify, restore) with a state machine and a lease.
 
-    queued -> running -> succeeded | failed | cancelled; a running job whose
-    lease expired (its engine died) can be claimed again by another engine.
+    queued -> running -> succeeded | failed | failed_unprotected | cancelled; a
+    running job whose lease expired (its engine died) can be claimed again by
+    another engine. ``failed_unprotected``: the work landed (the files are good
+    restore points) but the lock it had to set could not be set.
     """
 
     __tablename__ = "jobs"
@@ -289,7 +291,8 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     title: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    #: queued | running | paused | succeeded | failed | failed_unprotected | cancelled
+    state: Mapped[str] = mapped_column(String(32), default="queued")
     priority: Mapped[int] = mapped_column(Integer, default=100)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -328,12 +331,39 @@ class ImmutabilityLock(Base):
     )
     #: relative to the repository root
     path: Mapped[str] = mapped_column(String(1024))
-    #: pending (grace period) | active | released | drift
+    #: pending (grace period) | active | drift (the flag was removed behind our back
+    #: and could not be set again) | failed (the flag could not be set when due) |
+    #: released (expired, flag cleared)
     state: Mapped[str] = mapped_column(String(16), default="active")
     locked_at: Mapped[datetime | None]
     expires_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+
+
+class LockClockCheck(Base):
+    """What the clocks read at the lock checks of one boot of one machine.
+
+    ``anchor_*``: the newest reading whose wall time was corroborated (by the boot
+    clock since the previous anchor, or by a synchronised clock after a reboot);
+    the next check expects the wall clock to have moved as far as the boot clock
+    since then. ``last_*``: the newest check, whatever it found. Keyed by the
+    kernel's boot id, so several appliances sharing a catalog never compare their
+    boot clocks with each other's.
+    """
+
+    __tablename__ = "lock_clock_checks"
+
+    boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    #: None until a check of this boot was corroborated
+    anchor_wall: Mapped[datetime | None]
+    #: CLOCK_BOOTTIME in milliseconds (a float column would round on MariaDB)
+    anchor_boot_ms: Mapped[int | None] = mapped_column(BigInteger)
+    last_wall: Mapped[datetime]
+    last_boot_ms: Mapped[int] = mapped_column(BigInteger)
+    last_ok: Mapped[bool] = mapped_column(Boolean)
+    last_detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Verification(Base):

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from engine.catalog.db import Catalog
+from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import (
     Backup,
     CapacitySample,
@@ -99,20 +100,35 @@ class RepositoryStore:
 
     def delete_with_contents(self, repo_id: int) -> None:
         """Forget a repository and every catalog row about what it holds (forced removal:
-        the files themselves are not touched). Policies must be moved away first."""
+        the files themselves are not touched). Policies must be moved away first; a
+        holding lock on any of it refuses the whole removal (ValidationError)."""
         with self.catalog.session() as session:
             chain_ids = select(Chain.id).where(Chain.repository_id == repo_id)
             backup_ids = select(Backup.id).where(Backup.chain_id.in_(chain_ids))
             copy_ids = select(Copy.id).where(
                 or_(Copy.destination_repository_id == repo_id, Copy.backup_id.in_(backup_ids))
             )
+            its_locks = or_(
+                ImmutabilityLock.repository_id == repo_id,
+                ImmutabilityLock.backup_id.in_(backup_ids),
+                ImmutabilityLock.copy_id.in_(copy_ids),
+            )
+            holding = session.scalar(
+                select(func.count(ImmutabilityLock.id)).where(
+                    its_locks, ImmutabilityLock.state.in_(HOLDING_STATES)
+                )
+            )
+            if holding:
+                # the service refuses first with the dates; this guards the transaction
+                raise ValidationError(
+                    f"{holding} lock(s) still hold files of this repository; nothing removed",
+                    hint="`sendense lock list --repo NAME` shows them",
+                )
+            # only released rows go; a lock added meanwhile stays (and its foreign key
+            # then stops the removal of the repository row: nothing is dropped early)
             session.execute(
                 delete(ImmutabilityLock).where(
-                    or_(
-                        ImmutabilityLock.repository_id == repo_id,
-                        ImmutabilityLock.backup_id.in_(backup_ids),
-                        ImmutabilityLock.copy_id.in_(copy_ids),
-                    )
+                    its_locks, ImmutabilityLock.state.not_in(HOLDING_STATES)
                 )
             )
             session.execute(delete(Verification).where(Verification.copy_id.in_(copy_ids)))

@@ -66,7 +66,7 @@ from engine.catalog.models import Backup, Chain, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
-from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.errors import JobCancelled, JobUnprotected, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
@@ -80,6 +80,7 @@ from engine.services.chains import (
     stamp,
 )
 from engine.services.images import Layer
+from engine.services.immutability import LockService
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
@@ -239,6 +240,10 @@ class DiskResult:
     #: why a full was taken where an incremental could have been
     full_reason: str | None = None
     error: str | None = None
+    #: the point's lock expiry (ISO, UTC) when the repository or policy locks it
+    locked_until: str | None = None
+    #: why the point is NOT protected although a lock was due (the point itself is good)
+    unprotected: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,9 +263,18 @@ class BackupRun:
     def failed(self) -> list[DiskResult]:
         return [d for d in self.disks if not d.ok]
 
+    @property
+    def unprotected(self) -> list[DiskResult]:
+        """Disks backed up whose point could not be locked."""
+        return [d for d in self.disks if d.ok and d.unprotected]
+
     def sentence(self) -> str:
         done = [d for d in self.disks if d.ok]
-        parts = [f"{d.disk}: {d.kind} #{d.backup_id} ({human_bytes(d.file_size)})" for d in done]
+        parts = [
+            f"{d.disk}: {d.kind} #{d.backup_id} ({human_bytes(d.file_size)})"
+            + (" NOT LOCKED" if d.unprotected else "")
+            for d in done
+        ]
         parts += [f"{d.disk}: FAILED ({d.error})" for d in self.failed]
         return f"{self.vm} to {self.repository}: " + "; ".join(parts)
 
@@ -316,6 +330,7 @@ class BackupService:
         bus: EventBus,
         chains: ChainService,
         *,
+        locks: LockService,
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
         repository_check: Callable[[Repository], None] | None = None,
@@ -325,6 +340,8 @@ class BackupService:
         self.jobs = jobs
         self.bus = bus
         self.chains = chains
+        #: the lock step: every recorded point is locked when its repository asks for it
+        self.locks = locks
         self.settings = settings
         self.clock = clock
         #: the repositories service's "mounted, writable and not full" gate, when wired
@@ -384,7 +401,20 @@ class BackupService:
         )
         if not run.ok:
             raise self._failure(run)
+        if run.unprotected:
+            raise self._unprotected_failure(run)
         return run.as_dict()
+
+    @staticmethod
+    def _unprotected_failure(run: BackupRun) -> JobUnprotected:
+        """The job's end when points landed but could not be locked."""
+        return JobUnprotected(
+            f"{run.vm}: backed up, but NOT protected: "
+            + "; ".join(f"{d.disk} #{d.backup_id}: {d.unprotected}" for d in run.unprotected),
+            result=run.as_dict(),
+            hint="the points are good backups; fix the cause, then `sendense lock check` "
+            "sets the flag (the lock job retries it too)",
+        )
 
     def _failure(self, run: BackupRun) -> BackupFailed:
         failed = run.failed
@@ -393,7 +423,11 @@ class BackupService:
             f"{d.disk}: {d.error}" for d in failed
         )
         if kept:
-            msg += ". Kept: " + ", ".join(f"{d.disk} ({d.kind} #{d.backup_id})" for d in kept)
+            msg += ". Kept: " + ", ".join(
+                f"{d.disk} ({d.kind} #{d.backup_id}"
+                + (", NOT protected: its lock could not be set)" if d.unprotected else ")")
+                for d in kept
+            )
         return BackupFailed(
             msg,
             run=run,
@@ -434,12 +468,16 @@ class BackupService:
         full_every: int | None = None,
         ctx: JobContext | None = None,
         actor: str | None = None,
+        lock_days: int | None = None,
     ) -> BackupRun:
         """Back up every disk of ``vm``; returns what happened per disk (never half-done).
 
         Problems that concern the whole run (bad names, repository not usable)
         raise; a disk that fails is recorded in the result and the others go on.
-        A cancel stops the run (disks already finished stay).
+        A cancel stops the run (disks already finished stay). Each recorded point is
+        locked as a step of the run (the repository's lock period, or ``lock_days``
+        of a policy when longer); a point that could not be locked stays and is
+        reported in its result's ``unprotected``.
         """
         self._check_args(vm, disks, mode, compression)
         repo = self.repositories.get(repository)
@@ -473,6 +511,7 @@ class BackupService:
                     done_before=done_before,
                     total=total,
                     actor=actor,
+                    lock_days=lock_days,
                 )
                 result.ok = True
             except JobCancelled:
@@ -635,6 +674,7 @@ class BackupService:
         done_before: int,
         total: int,
         actor: str | None,
+        lock_days: int | None = None,
         forced: str | None = None,
     ) -> None:
         disk = probe.source.name
@@ -803,11 +843,24 @@ class BackupService:
         if ctx is not None:
             ctx.progress(done_before + probe.virtual_size, total, force=True)
         report = self.chains.validate(chain_id)
+        # the lock step: part of the job, after the point is recorded (a point that
+        # cannot be locked is still a good backup, and the job says it is unprotected)
+        lock = self.locks.lock_landed(
+            repo,
+            row.path,
+            backup_id=row.id,
+            days=lock_days,
+            job_id=ctx.job_id if ctx else None,
+        )
+        if lock.until is not None:
+            result.locked_until = lock.until.isoformat()
+        result.unprotected = lock.failure
         self.bus.publish(
             Event(
                 kind="backup.completed",
                 message=f"{vm}/{disk}: {row.kind} backup #{row.id} written "
-                f"({human_bytes(row.file_size)} for {human_bytes(row.virtual_size)} disk)",
+                f"({human_bytes(row.file_size)} for {human_bytes(row.virtual_size)} disk)"
+                + (" but NOT locked" if lock.failure else ""),
                 source="backup",
                 repository_id=repo.id,
                 job_id=ctx.job_id if ctx else None,
@@ -818,6 +871,8 @@ class BackupService:
                     "repository_id": repo.id,
                     "kind": row.kind,
                     "chain_ok": report.ok,
+                    "locked_until": result.locked_until,
+                    "unprotected": lock.failure,
                 },
             )
         )

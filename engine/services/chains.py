@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog.chains import ChainStore
+from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import Backup, Chain, Repository
 from engine.catalog.repositories import RepositoryStore
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
@@ -162,10 +163,17 @@ class ChainReport:
 class PointView:
     backup: Backup
     locked_until: datetime | None
+    #: the holding lock's state: pending | active | drift | failed (None: no lock)
+    lock_state: str | None = None
 
     @property
     def locked(self) -> bool:
         return self.locked_until is not None
+
+    @property
+    def unprotected(self) -> bool:
+        """A lock was due but its flag is not set (it could not be, or was removed)."""
+        return self.lock_state in UNPROTECTED_STATES
 
 
 @dataclass(frozen=True)
@@ -303,7 +311,9 @@ class ChainService:
             if not include_retired and chain.state == "retired":
                 continue
             points = [
-                PointView(b, locks[b.id].expires_at if b.id in locks else None)
+                PointView(b, locks[b.id].expires_at, locks[b.id].state)
+                if b.id in locks
+                else PointView(b, None)
                 for b in self.store.backups(chain.id)
             ]
             views.append(ChainView(chain, repos.get(chain.repository_id, "?"), points))
@@ -606,9 +616,14 @@ class ChainService:
         reasons: list[str] = []
         now = self.clock.now()
         for lock in self.store.active_locks([b.id for b in backups], now):
-            reasons.append(
-                f"{Path(lock.path).name} is locked until {lock.expires_at:%Y-%m-%d %H:%M} UTC"
-            )
+            until = f"{lock.expires_at:%Y-%m-%d %H:%M} UTC"
+            if as_utc(lock.expires_at) <= now:  # type: ignore[operator]
+                reasons.append(
+                    f"{Path(lock.path).name} is locked; its lock expired at {until} and is "
+                    "released by the next lock job (`sendense lock release-expired`)"
+                )
+            else:
+                reasons.append(f"{Path(lock.path).name} is locked until {until}")
         for target in [*(repo_file(repo, b.path) for b in backups), repo_file(repo, directory)]:
             if not target.exists():
                 continue

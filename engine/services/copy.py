@@ -17,6 +17,11 @@ to another repository). When both
 sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
 instead (``cloned=True``, counted as the same device for 3-2-1).
 
+Locking is a step of the copy: once a copy is complete (and verified) it is
+locked when its destination is immutable or its rule has ``lock_copies``; a
+copy that cannot be locked stays (it is a good copy) and the job ends as
+``failed_unprotected`` (``LockService.lock_landed``).
+
 After a crash the job is claimed again (lease lapse) and the file resumes from
 its partial: the partial is truncated to a whole chunk and re-hashed (simple and
 safe), and if the result does not match the source the file restarts from zero.
@@ -39,17 +44,25 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engine.bounds import LATEST_COUNT, MAX_AGE_HOURS
 from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Copy, CopyRule, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
+from engine.errors import (
+    JobCancelled,
+    JobUnprotected,
+    NotFoundError,
+    SendenseError,
+    ValidationError,
+)
 from engine.events import Event, EventBus
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
+from engine.services.immutability import LockOutcome, LockService
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -402,6 +415,7 @@ class CopyService:
         bus: EventBus,
         guard: ImageGuard,
         *,
+        locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
         verifier: Any = None,
         destination_check: Callable[[Repository], object] | None = None,
@@ -429,8 +443,8 @@ class CopyService:
         #: run when a rule's failure count changes, so a failing-rule alert is raised
         #: (or cleared) at once instead of at the scheduler's next alert pass
         self.alert_hook: Callable[[], None] | None = None
-        #: the immutability gate (LockService.check_supported) for rules with lock_copies
-        self.lock_check: Callable[[Repository], object] | None = None
+        #: the lock step of every copy, and the immutability gate of lock_copies rules
+        self.locks = locks
 
     # -- wiring ------------------------------------------------------------------
 
@@ -488,8 +502,10 @@ class CopyService:
         self.check_destination(dst)
         if selection not in SELECTIONS:
             raise ValidationError(f"selection must be one of {', '.join(SELECTIONS)}")
-        if selection == "latest" and (latest_count is None or latest_count < 1):
-            raise ValidationError("selection 'latest' needs a count of at least 1 (latest N)")
+        if selection == "latest":
+            if latest_count is None:
+                raise ValidationError("selection 'latest' needs a count of at least 1 (latest N)")
+            LATEST_COUNT.check(latest_count)
         if mode not in MODES:
             raise ValidationError(f"mode must be one of {', '.join(MODES)}")
         if mode == "scheduled":
@@ -502,8 +518,8 @@ class CopyService:
                 )
         if bandwidth_limit is not None and bandwidth_limit < 0:
             raise ValidationError("a bandwidth limit cannot be negative")
-        if max_age_hours is not None and max_age_hours < 1:
-            raise ValidationError("the maximum copy age must be at least 1 hour")
+        if max_age_hours is not None:
+            MAX_AGE_HOURS.check(max_age_hours)
         if not 0 <= priority <= 1000:
             raise ValidationError("priority must be between 0 and 1000 (lower runs first)")
         if lock_copies:
@@ -529,8 +545,7 @@ class CopyService:
                 hint=f"make the destination immutable first (sendense lock enable {dst.name} "
                 "--days N), or copy from an immutable repository",
             )
-        if self.lock_check is not None:
-            self.lock_check(dst)
+        self.locks.check_supported(dst)
 
     def check_destination(self, dst: Repository) -> None:
         """The destination must be enabled, present and writable."""
@@ -845,6 +860,7 @@ class CopyService:
         copied: list[int] = []
         skipped: list[str] = []
         failures: list[str] = []
+        unprotected: list[str] = []
         with self._destination_slot(dst.id, ctx):
             for b in items:
                 if b.id in good:
@@ -856,7 +872,7 @@ class CopyService:
                     continue
                 src_repo = repos[b.repository_id]
                 try:
-                    self._copy_one(
+                    lock = self._copy_one(
                         ctx, b, src_repo, dst, rule, existing.get(b.id), done, total, verify_after
                     )
                 except CopyNoSpace:
@@ -871,6 +887,8 @@ class CopyService:
                     continue
                 good.add(b.id)
                 copied.append(b.id)
+                if lock.failure is not None:
+                    unprotected.append(f"{b.path}: {lock.failure}")
                 done += b.file_size
                 ctx.progress(done, total, force=True)
         result = {
@@ -879,6 +897,7 @@ class CopyService:
             "failed": len(failures),
             "destination": dst.name,
             "bytes": total,
+            "unprotected": unprotected,
         }
         if failures:
             raise CopyError(
@@ -887,6 +906,15 @@ class CopyService:
                 + (" …" if len(failures) > 3 else ""),
                 hint="`sendense copy status` lists the failed copies; "
                 "`sendense copy run --copy ID` re-runs one",
+            )
+        if unprotected:
+            raise JobUnprotected(
+                f"{len(unprotected)} copied file(s) on {dst.name} are NOT protected: "
+                + "; ".join(unprotected[:3])
+                + (" …" if len(unprotected) > 3 else ""),
+                result=result,
+                hint="the copies are good; fix the cause, then `sendense lock check` sets "
+                "the flag (the lock job retries it too)",
             )
         return result
 
@@ -901,7 +929,8 @@ class CopyService:
         base_done: int,
         total: int,
         verify_after: bool,
-    ) -> None:
+    ) -> LockOutcome:
+        """Copy one file, verify it if asked, then lock it (the job's lock step)."""
         now = self.clock.now()
         if copy is None:
             copy = self.store.create_copy(
@@ -1022,6 +1051,9 @@ class CopyService:
             self.store.update_copy(copy.id, state=COPY_DONE, completed_at=self.clock.now())
         elif verify_after:
             self.store.update_copy(copy.id, state=COPY_DONE, completed_at=self.clock.now())
+        lock = self.locks.lock_landed(
+            dst, b.path, copy_id=copy.id, days=self._rule_lock_days(rule), job_id=ctx.job_id
+        )
         self.bus.publish(
             Event(
                 kind="copy.completed",
@@ -1032,13 +1064,31 @@ class CopyService:
                     if result.resumed_from
                     else ""
                 )
-                + ")",
+                + ")"
+                + (" but NOT locked" if lock.failure else ""),
                 source="copy",
                 repository_id=dst.id,
                 job_id=ctx.job_id,
-                data={"copy_id": copy.id, "backup_id": b.id, "cloned": result.cloned},
+                data={
+                    "copy_id": copy.id,
+                    "backup_id": b.id,
+                    "cloned": result.cloned,
+                    "locked_until": lock.until.isoformat() if lock.until else None,
+                    "unprotected": lock.failure,
+                },
             )
         )
+        return lock
+
+    def _rule_lock_days(self, rule: CopyRule | None) -> int | None:
+        """A rule with ``lock_copies`` holds its copies at least as long as the original
+        is locked (the source repository's lock period); the destination's own period
+        applies on top when it is immutable (``lock_landed`` takes the longer). The rule
+        is refused at validation when neither side has a lock period."""
+        if rule is None or not rule.lock_copies:
+            return None
+        source = self.repositories.get(rule.source_repository_id)
+        return source.immutable_days if source.immutable else None
 
     def _check_headers(self, b: SourceBackup, src_repo: Repository) -> None:
         """Refuse to copy a file whose chain's headers disagree with the catalog (the

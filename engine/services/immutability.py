@@ -9,10 +9,20 @@ flag back and re-applies it (and raises a critical event), but protection
 against a compromised root needs a second copy elsewhere (offsite, or a
 different appliance).
 
+Locking is a step of the job that lands a file (backup, copy), not a reaction
+to an event: ``LockService.lock_landed`` sets the flag and reads it back, and
+when that fails the job ends as ``failed_unprotected`` with a critical event
+naming the file and why; the point stays (it is a good backup) and shows as
+unprotected until the lock job manages to set the flag.
+
 The lock logic is behind ``LockBackend`` so S3 Object Lock can be added later;
 ``ChattrLockBackend`` is the local-filesystem one. The catalog keeps each lock's
 expiry; the release job clears the flag only after it, and never while the
-clock looks like it jumped backwards.
+clock is suspect: behind what the catalog holds (a backward jump), ahead of
+what the boot clock (CLOCK_BOOTTIME) says has passed since the last lock check
+(a forward jump), or not corroborated after a reboot (the system does not
+report it synchronised). Nothing deletes a holding lock row; a repository with
+holding locks cannot be removed, not even by force.
 
 Filesystems: only ext4, xfs and btrfs are accepted (an allow-list, then a canary
 ``chattr +i`` probe). tmpfs is refused although Linux >= 6.0 accepts the flag
@@ -24,13 +34,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.catalog.locks import HOLDING_STATES, LockStore
+from engine.bounds import GRACE_HOURS, LOCK_DAYS, expiry_after, latest_allowed
+from engine.catalog.locks import FLAGGED_STATES, HOLDING_STATES, UNPROTECTED_STATES, LockStore
 from engine.catalog.models import ImmutabilityLock, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
@@ -44,8 +56,12 @@ log = logging.getLogger(__name__)
 
 #: filesystems whose immutable flag is persistent and enforced by the kernel
 SUPPORTED_FILESYSTEMS = ("ext4", "xfs", "btrfs")
-#: a clock this far behind what the catalog already recorded is "jumped backwards"
+#: a clock this far behind what the catalog already recorded is "jumped backwards", and
+#: this far from where the boot clock says it should be is "jumped"
 CLOCK_TOLERANCE = timedelta(minutes=5)
+#: on top of that, what the wall and boot clocks may drift apart per second elapsed
+#: (NTP slews both alike; 0.1 % is twice the largest slew NTP applies)
+CLOCK_DRIFT_RATE = 0.001
 
 PROTECTS = (
     "The immutable flag (chattr +i) stops Sendense itself, any program it runs and every "
@@ -177,6 +193,26 @@ class ClockStatus:
     now: datetime
     newest_recorded: datetime | None
     message: str
+    #: where the boot clock says the wall clock should stand (None: nothing to compare)
+    expected: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What the lock step of a job did for one file that landed."""
+
+    #: the lock row (None: nothing asked for a lock)
+    lock: ImmutabilityLock | None
+    #: why the file is NOT protected (None: flag set and read back, or a grace period)
+    failure: str | None = None
+
+    @property
+    def protected(self) -> bool:
+        return self.failure is None
+
+    @property
+    def until(self) -> datetime | None:
+        return as_utc(self.lock.expires_at) if self.lock is not None else None
 
 
 @dataclass
@@ -204,11 +240,27 @@ def until_text(when: datetime) -> str:
     return f"{as_utc(when):%Y-%m-%d %H:%M} UTC"
 
 
+def _duration_text(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} seconds"
+
+
 # -- the service ------------------------------------------------------------------------
 
 
 class LockService:
-    """Locks on files in immutable repositories (``engine.locks``)."""
+    """Locks on files in immutable repositories (``engine.locks``).
+
+    The backup and copy jobs call ``lock_landed`` as a step of their own, after the
+    file is recorded; a flag that cannot be set (or read back) makes the job end as
+    ``failed_unprotected`` with a critical event naming the file and why.
+    """
 
     def __init__(
         self,
@@ -226,52 +278,6 @@ class LockService:
         self.clock = clock
         self.protects = PROTECTS
         self.does_not_protect = DOES_NOT_PROTECT
-
-    # -- wiring -------------------------------------------------------------------------
-
-    def subscribe(self, chain_store: Any = None, copy_store: Any = None) -> None:
-        """Lock what lands on immutable repositories: backup.completed, copy.completed."""
-        self._chain_store = chain_store
-        self._copy_store = copy_store
-        self.bus.subscribe(self._on_landed, ("backup.completed", "copy.completed"))
-
-    def _on_landed(self, event: Event) -> None:
-        try:
-            if event.kind == "backup.completed" and self._chain_store is not None:
-                backup_id = int(event.data["backup_id"])
-                backup, _chain, repo = self._chain_store.locate(backup_id)
-                if repo.immutable:
-                    self.lock_landed(repo, backup.path, backup_id=backup_id)
-            elif event.kind == "copy.completed" and self._copy_store is not None:
-                copy = self._copy_store.get_copy(int(event.data["copy_id"]))
-                repo = self.repositories.get(copy.destination_repository_id)
-                days = self._copy_rule_lock_days(copy)
-                if repo.immutable or days:
-                    self.lock_landed(repo, copy.path, copy_id=copy.id, days=days)
-        except SendenseError as exc:
-            self._event(
-                "immutability.lock_failed",
-                f"a landed file could not be locked: {exc.message}",
-                level="error",
-            )
-        except Exception:
-            log.exception("locking a landed file (%s)", event.kind)
-
-    def _copy_rule_lock_days(self, copy: Any) -> int | None:
-        """A copy rule with ``lock_copies`` holds its copies at least as long as the
-        original is locked (the source repository's lock period); the destination's own
-        period applies on top when it is immutable (lock_landed takes the longer).
-        The rule is refused at validation when neither side has a lock period."""
-        if copy.rule_id is None:
-            return None
-        try:
-            rule = self._copy_store.get_rule(copy.rule_id)
-        except SendenseError:
-            return None
-        if not rule.lock_copies:
-            return None
-        source = self.repositories.get(rule.source_repository_id)
-        return source.immutable_days if source.immutable else None
 
     # -- repositories ------------------------------------------------------------------
 
@@ -303,26 +309,25 @@ class LockService:
         """Make a repository immutable, or lengthen its lock period. Shortening (or
         turning it off) is refused: locks only ever grow."""
         repo = self._repo(repo)
-        if days < 1:
-            raise ValidationError(
-                f"a lock period of {days} day(s) is not a lock",
-                hint="give at least 1 day",
-            )
-        if grace_hours < 0 or grace_hours > 72:
-            raise ValidationError("the grace period must be between 0 and 72 hours")
-        if repo.immutable and days < repo.immutable_days:
-            raise ImmutabilityError(
-                f"repository {repo.name} locks for {repo.immutable_days} days; lock periods "
-                f"can be extended, never shortened (asked: {days})",
-                hint="existing and future locks keep their length; add a new repository "
-                "for a shorter period",
-            )
-        if repo.immutable and grace_hours > repo.immutable_grace_hours:
-            raise ImmutabilityError(
-                f"repository {repo.name} has a {repo.immutable_grace_hours} h grace period; "
-                "a longer grace period would leave new backups unlocked for longer",
-                hint="the grace period can only get shorter",
-            )
+        days = LOCK_DAYS.check(days)
+        grace_hours = GRACE_HOURS.check(grace_hours)
+        if repo.immutable:
+            # a period stored before bounds existed counts as the longest one allowed:
+            # that is how long its locks were made to hold
+            current = min(repo.immutable_days, LOCK_DAYS.high)
+            if days < current:
+                raise ImmutabilityError(
+                    f"repository {repo.name} locks for {current} days; lock periods "
+                    f"can be extended, never shortened (asked: {days})",
+                    hint="existing and future locks keep their length; add a new repository "
+                    "for a shorter period",
+                )
+            if grace_hours > repo.immutable_grace_hours:
+                raise ImmutabilityError(
+                    f"repository {repo.name} has a {repo.immutable_grace_hours} h grace "
+                    "period; a longer grace period would leave new backups unlocked for longer",
+                    hint="the grace period can only get shorter",
+                )
         how = self.check_supported(repo)
         updated = self.repositories.update(
             repo.id,
@@ -350,6 +355,10 @@ class LockService:
             hint="existing locks expire on their own; stop sending new backups there instead",
         )
 
+    def holding_for_repository(self, repo: Repository | int | str) -> list[ImmutabilityLock]:
+        """Locks that hold files of this repository (or copies of them), latest first."""
+        return self.store.holding_for_repository(self._repo(repo).id)
+
     # -- locking -----------------------------------------------------------------------
 
     def lock_landed(
@@ -360,29 +369,100 @@ class LockService:
         backup_id: int | None = None,
         copy_id: int | None = None,
         days: int | None = None,
-    ) -> ImmutabilityLock | None:
-        """Lock a complete file that just landed. ``days`` (a policy's lock period)
-        adds to the repository's; None when nothing asks for a lock."""
+        job_id: int | None = None,
+    ) -> LockOutcome:
+        """The lock step of a job: lock a complete, recorded file that just landed.
+
+        ``days`` (a policy's or a copy rule's lock period) adds to the repository's;
+        the longer one wins. Returns a LockOutcome whose ``failure`` says why the file
+        is not protected: the flag could not be set or read back, or the period is
+        not one a calendar holds. Such a file gets a ``failed`` lock row (the engine
+        still refuses to change or delete it, and the lock job keeps trying to set
+        the flag) and a critical event. Never raises for what an operator can fix: a
+        lock that cannot even be recorded is reported as a failure too.
+        """
+        try:
+            return self._lock_landed(
+                repository,
+                relative_path,
+                backup_id=backup_id,
+                copy_id=copy_id,
+                days=days,
+                job_id=job_id,
+            )
+        except SendenseError as exc:
+            why = f"the lock could not be recorded ({exc.message})"
+            with contextlib.suppress(SendenseError):
+                self._event(
+                    "immutability.lock_failed",
+                    f"{relative_path} is NOT protected: {why}",
+                    level="critical",
+                    job_id=job_id,
+                    data={"backup_id": backup_id, "copy_id": copy_id, "why": why},
+                )
+            return LockOutcome(None, why)
+
+    def _lock_landed(
+        self,
+        repository: Repository | int | str,
+        relative_path: str,
+        *,
+        backup_id: int | None,
+        copy_id: int | None,
+        days: int | None,
+        job_id: int | None,
+    ) -> LockOutcome:
         repo = self._repo(repository)
-        period = max(repo.immutable_days if repo.immutable else 0, days or 0)
-        if period <= 0:
-            return None
+        wanted = [repo.immutable_days] if repo.immutable else []
+        if days:
+            wanted.append(days)
+        if not wanted or max(wanted) <= 0:
+            return LockOutcome(None)
         path = self._file(repo, relative_path)
         now = self.clock.now()
-        expires = now + timedelta(days=period)
+        grace = repo.immutable_grace_hours if repo.immutable else 0
+        why: str | None = None
+        try:
+            if repo.immutable:
+                LOCK_DAYS.check(repo.immutable_days)
+                grace = GRACE_HOURS.check(grace)
+        except ValidationError as exc:
+            # stored before bounds existed (or written around the engine)
+            why = (
+                f"repository {repo.name}'s lock settings are refused ({exc.message}); "
+                f"fix them with `sendense lock enable {repo.name} --days N --yes`"
+            )
+        try:
+            if days:
+                LOCK_DAYS.check(days)
+        except ValidationError as exc:
+            why = f"the lock period asked for is refused ({exc.message})"
+        if why is not None:
+            # the file is still held, as long as the engine holds anything
+            return self._failed(
+                repo, relative_path, latest_allowed(now), why, backup_id, copy_id, job_id
+            )
+        expires = expiry_after(now, days=max(wanted))
+        grace_end = expiry_after(expires, hours=grace)
         existing = self.store.holding(repo.id, relative_path)
         if existing is not None:
             if as_utc(existing.expires_at) < expires:  # type: ignore[operator]
                 self.store.extend(existing.id, expires)
-            if existing.state == "active" and not self._flag(path):
-                self.backend.lock(path)
-            return self.store.get(existing.id)
-        grace = repo.immutable_grace_hours if repo.immutable else 0
+            if existing.state == "pending":
+                return LockOutcome(self.store.get(existing.id))
+            failure = self._set_flag(path)
+            if failure is not None:
+                return self._failed(
+                    repo, relative_path, expires, failure, backup_id, copy_id, job_id, existing
+                )
+            if existing.state != "active":
+                self.store.update(existing.id, state="active", locked_at=now)
+            return LockOutcome(self.store.get(existing.id))
         if grace > 0:
             row = self.store.add(
                 repository_id=repo.id,
                 path=relative_path,
-                expires_at=expires + timedelta(hours=grace),
+                expires_at=grace_end,
                 now=now,
                 state="pending",
                 backup_id=backup_id,
@@ -393,10 +473,13 @@ class LockService:
                 f"{relative_path} on {repo.name} will be locked after the {grace} h grace "
                 f"period, until {until_text(row.expires_at)}",
                 repository_id=repo.id,
+                job_id=job_id,
                 level="debug",
             )
-            return row
-        self.backend.lock(path)
+            return LockOutcome(row)
+        failure = self._set_flag(path)
+        if failure is not None:
+            return self._failed(repo, relative_path, expires, failure, backup_id, copy_id, job_id)
         row = self.store.add(
             repository_id=repo.id,
             path=relative_path,
@@ -410,15 +493,78 @@ class LockService:
             "immutability.locked",
             f"{relative_path} on {repo.name} locked until {until_text(expires)}",
             repository_id=repo.id,
+            job_id=job_id,
             level="debug",
             data={"lock_id": row.id, "backup_id": backup_id, "copy_id": copy_id},
         )
-        return row
+        return LockOutcome(row)
+
+    def _set_flag(self, path: Path) -> str | None:
+        """Set the flag and read it back; None when it holds, else why it does not."""
+        try:
+            self.backend.lock(path)
+        except ToolError as exc:
+            return f"the immutable flag could not be set ({exc.message})"
+        except OSError as exc:
+            return f"the immutable flag could not be set ({exc.strerror or exc})"
+        try:
+            if not self.backend.is_locked(path):
+                return "the immutable flag did not stick (lsattr does not show it)"
+        except ToolError as exc:
+            return f"the immutable flag could not be read back ({exc.message})"
+        except OSError as exc:
+            return f"the immutable flag could not be read back ({exc.strerror or exc})"
+        return None
+
+    def _failed(
+        self,
+        repo: Repository,
+        relative_path: str,
+        expires: datetime,
+        why: str,
+        backup_id: int | None,
+        copy_id: int | None,
+        job_id: int | None,
+        existing: ImmutabilityLock | None = None,
+    ) -> LockOutcome:
+        """Record an unprotected file: a ``failed`` lock row (the engine keeps refusing
+        to touch the file until the lock's time is over) and a critical event."""
+        if existing is not None:
+            self.store.update(existing.id, state="failed")
+            row = self.store.get(existing.id)
+        else:
+            row = self.store.add(
+                repository_id=repo.id,
+                path=relative_path,
+                expires_at=expires,
+                now=self.clock.now(),
+                state="failed",
+                backup_id=backup_id,
+                copy_id=copy_id,
+            )
+        what = (
+            f"point #{backup_id}"
+            if backup_id is not None
+            else f"copy #{copy_id}"
+            if copy_id is not None
+            else Path(relative_path).name
+        )
+        self._event(
+            "immutability.lock_failed",
+            f"{what} on {repo.name} is NOT protected: {why}"
+            + ("" if relative_path in why else f" ({relative_path})"),
+            level="critical",
+            repository_id=repo.id,
+            job_id=job_id,
+            data={"lock_id": row.id, "backup_id": backup_id, "copy_id": copy_id, "why": why},
+        )
+        return LockOutcome(row, why)
 
     def extend(
         self, lock_id: int, until: datetime, *, actor: str | None = None
     ) -> ImmutabilityLock:
-        """Move a lock's expiry later; an earlier date is refused."""
+        """Move a lock's expiry later; an earlier date (or one past the longest lock
+        period from now) is refused."""
         lock = self.store.get(lock_id)
         if lock.state not in HOLDING_STATES:
             raise ImmutabilityError(f"lock {lock_id} is {lock.state}; only a holding lock extends")
@@ -429,6 +575,13 @@ class LockService:
                 f"lock {lock_id} holds until {until_text(current)}; lock periods can be "
                 f"extended, never shortened (asked: {until_text(until)})",
                 hint="give a later date",
+            )
+        latest = latest_allowed(self.clock.now())
+        if as_utc(until) > latest:  # type: ignore[operator]
+            raise ValidationError(
+                f"a lock can be extended to {latest:%Y-%m-%d} at the latest "
+                f"({LOCK_DAYS.high} days from now), not to {until:%Y-%m-%d}",
+                hint="give an earlier date; extend it again later if needed",
             )
         self.store.extend(lock_id, until)
         self._event(
@@ -448,14 +601,31 @@ class LockService:
             repo = repos.get(lock.repository_id)
             if repo is None:
                 continue
-            due = as_utc(lock.created_at) + timedelta(hours=repo.immutable_grace_hours)  # type: ignore[operator]
-            if due > now:
+            try:
+                grace = GRACE_HOURS.check(repo.immutable_grace_hours)
+                due = expiry_after(as_utc(lock.created_at), hours=grace)  # type: ignore[arg-type]
+            except ValidationError:
+                due = as_utc(lock.created_at)  # a grace out of bounds: lock now
+            if due > now:  # type: ignore[operator]
                 continue
             path = self._file(repo, lock.path)
             if not path.exists():
+                # removed inside its grace period, as the grace period allows
                 self.store.update(lock.id, state="released", released_at=now)
                 continue
-            self.backend.lock(path)
+            failure = self._set_flag(path)
+            if failure is not None:
+                self._failed(
+                    repo,
+                    lock.path,
+                    lock.expires_at,
+                    failure,
+                    lock.backup_id,
+                    lock.copy_id,
+                    None,
+                    lock,
+                )
+                continue
             self.store.update(lock.id, state="active", locked_at=now)
             applied.append(lock.id)
         return applied
@@ -474,6 +644,8 @@ class LockService:
                 )
             if lock.state == "pending":
                 return f"locked by immutability until {until} (grace period, flag not yet set)"
+            if lock.state in UNPROTECTED_STATES:
+                return f"locked by immutability until {until} (flag NOT set: unprotected)"
             return f"locked by immutability until {until}"
         path = self._file(repo, relative_path)
         if path.exists() and self._flag(path):
@@ -499,8 +671,11 @@ class LockService:
                 hint="locked files can only be removed after the lock expires",
             )
 
-    def list(self, *, states: tuple[str, ...] | None = None) -> list[ImmutabilityLock]:
-        return self.store.list(states=states)
+    def list(
+        self, *, states: tuple[str, ...] | None = None, repository: int | str | None = None
+    ) -> list[ImmutabilityLock]:
+        repo_id = self._repo(repository).id if repository is not None else None
+        return self.store.list(states=states, repository_id=repo_id)
 
     def locks_for_backups(self, backup_ids: list[int]) -> dict[int, ImmutabilityLock]:
         found: dict[int, ImmutabilityLock] = {}
@@ -512,27 +687,127 @@ class LockService:
     # -- the clock ---------------------------------------------------------------------
 
     def clock_status(self) -> ClockStatus:
+        """Can the wall clock be trusted to release locks now? Recorded as a lock check.
+
+        Two checks. Backwards: the clock must not read earlier than what the catalog
+        already holds. Forwards: the wall time elapsed since this boot's last
+        corroborated check must match the boot clock (CLOCK_BOOTTIME, which ``date
+        -s`` and NTP steps do not move) within a tolerance; after a reboot (no
+        corroborated check of this boot yet) the system must report its clock as
+        synchronised. Only the very first check a catalog ever sees has nothing to
+        compare with and is taken as it is.
+        """
         now = self.clock.now()
+        boot = self.clock.boot()
+        boot_ms = int(boot.seconds * 1000)
         newest = self.store.newest_recorded_time()
+        previous = self.store.clock_check(boot.boot_id)
+        expected: datetime | None = None
         if newest is not None and now + CLOCK_TOLERANCE < newest:
-            return ClockStatus(
+            ok, message = (
                 False,
-                now,
-                newest,
                 f"the clock reads {now:%Y-%m-%d %H:%M} UTC but the catalog already holds "
                 f"entries from {newest:%Y-%m-%d %H:%M} UTC: it jumped backwards and is not "
                 "trusted",
             )
-        return ClockStatus(True, now, newest, "clock ok")
+        elif previous is not None and previous.anchor_wall is not None:
+            anchor = as_utc(previous.anchor_wall)
+            assert anchor is not None and previous.anchor_boot_ms is not None
+            boot_elapsed = (boot_ms - previous.anchor_boot_ms) / 1000
+            wall_elapsed = (now - anchor).total_seconds()
+            expected = anchor + timedelta(seconds=boot_elapsed)
+            jump = wall_elapsed - boot_elapsed
+            tolerance = CLOCK_TOLERANCE.total_seconds() + CLOCK_DRIFT_RATE * max(boot_elapsed, 0)
+            if abs(jump) <= tolerance:
+                ok, message = True, "clock ok (corroborated by the boot clock)"
+            else:
+                ok, message = (
+                    False,
+                    f"the clock reads {now:%Y-%m-%d %H:%M} UTC, but by the boot clock only "
+                    f"{_duration_text(boot_elapsed)} passed since the lock check at "
+                    f"{anchor:%Y-%m-%d %H:%M} UTC, so it should read about "
+                    f"{expected:%Y-%m-%d %H:%M} UTC: it jumped "
+                    f"{'forwards' if jump > 0 else 'backwards'} by {_duration_text(jump)} "
+                    "and is not trusted",
+                )
+        elif self.clock.synchronised():
+            ok, message = True, "clock ok (new boot; the system reports it synchronised)"
+        elif not self.store.any_clock_check():
+            ok, message = True, "clock taken as it is (the first lock check on this catalog)"
+        else:
+            ok, message = (
+                False,
+                "the machine restarted since the last lock check and the system does not "
+                "report its clock as synchronised (NTP), so the time that passed cannot be "
+                "corroborated: the clock is not trusted",
+            )
+        self.store.record_clock_check(
+            boot_id=boot.boot_id,
+            host=socket.gethostname(),
+            wall=now,
+            boot_ms=boot_ms,
+            ok=ok,
+            detail=None if ok else message,
+            anchor=ok,
+        )
+        return ClockStatus(ok, now, newest, message, expected)
+
+    def trust_clock(self, *, actor: str | None = None) -> ClockStatus:
+        """The operator vouches for the wall clock as it reads now (it was really wrong
+        before and is right now, or the appliance has no NTP): the next checks of this
+        boot compare with this reading. A clock behind the catalog is still refused."""
+        now = self.clock.now()
+        boot = self.clock.boot()
+        newest = self.store.newest_recorded_time()
+        if newest is not None and now + CLOCK_TOLERANCE < newest:
+            raise ImmutabilityError(
+                f"the clock reads {now:%Y-%m-%d %H:%M} UTC but the catalog already holds "
+                f"entries from {newest:%Y-%m-%d %H:%M} UTC; a clock behind the catalog "
+                "cannot be trusted",
+                hint="set the clock right (NTP); locks are released once it is",
+            )
+        self.store.record_clock_check(
+            boot_id=boot.boot_id,
+            host=socket.gethostname(),
+            wall=now,
+            boot_ms=int(boot.seconds * 1000),
+            ok=True,
+            detail=f"trusted by {actor or 'the operator'}",
+            anchor=True,
+        )
+        self._event(
+            "immutability.clock_trusted",
+            f"the clock ({now:%Y-%m-%d %H:%M} UTC) was declared right by "
+            f"{actor or 'the operator'}; lock expiry is judged from it from now on",
+            level="warning",
+            actor=actor,
+        )
+        return ClockStatus(True, now, newest, "clock trusted by the operator")
+
+    def _clock_suspect(self, status: ClockStatus, actor: str | None) -> None:
+        # stamped with the time the boot clock vouches for, not the jumped one, so the
+        # warning itself does not make a corrected clock look like it went backwards
+        at = min(status.now, status.expected) if status.expected is not None else status.now
+        self.bus.publish(
+            Event(
+                kind="immutability.clock_suspect",
+                message=f"no lock released: {status.message}",
+                level="critical",
+                source="immutability",
+                actor=actor,
+                at=at,
+            )
+        )
 
     # -- maintenance: pending, drift, release --------------------------------------------
 
     def check_drift(self) -> MaintenanceReport:
-        """Read every holding flag back; re-apply what was removed behind our back."""
+        """Read every flag that should be set back; set again what was removed behind our
+        back, and retry the ones that could not be set when they landed."""
         report = MaintenanceReport()
         now = self.clock.now()
         repos = {r.id: r for r in self.repositories.list()}
-        for lock in self.store.list(states=("active", "drift")):
+        for lock in self.store.list(states=FLAGGED_STATES):
             repo = repos.get(lock.repository_id)
             if repo is None or as_utc(lock.expires_at) <= now:  # type: ignore[operator]
                 continue
@@ -550,17 +825,30 @@ class LockService:
                 continue
             try:
                 if self.backend.is_locked(path):
-                    if lock.state == "drift":
-                        self.store.update(lock.id, state="active")
+                    if lock.state != "active":
+                        self.store.update(lock.id, state="active", locked_at=now)
                     continue
             except ToolError as exc:
                 log.warning("reading the flag of %s: %s", path, exc)
                 continue
-            try:
-                self.backend.lock(path)
-                repaired = self.backend.is_locked(path)
-            except ToolError:
-                repaired = False
+            repaired = self._set_flag(path) is None
+            if lock.state == "failed":
+                # its critical event was raised when it failed; say when it recovers
+                if repaired:
+                    self.store.update(lock.id, state="active", locked_at=now)
+                    report.drift_repaired.append(lock.id)
+                    self._event(
+                        "immutability.locked",
+                        f"{lock.path} on {repo.name} is protected now (the flag could not "
+                        f"be set when it landed), until {until_text(lock.expires_at)}",
+                        level="warning",
+                        repository_id=repo.id,
+                        data={"lock_id": lock.id},
+                    )
+                else:
+                    report.drift_failed.append(lock.id)
+                    log.warning("%s on %s: the flag still cannot be set", lock.path, repo.name)
+                continue
             self.store.update(lock.id, state="active" if repaired else "drift")
             (report.drift_repaired if repaired else report.drift_failed).append(lock.id)
             self._event(
@@ -575,17 +863,13 @@ class LockService:
         return report
 
     def release_expired(self, *, actor: str | None = None) -> MaintenanceReport:
-        """Clear the flag of locks whose expiry passed; nothing while the clock is suspect."""
+        """Clear the flag of locks whose expiry passed; nothing while the clock is suspect
+        (jumped backwards or forwards, or not corroborated after a reboot)."""
         report = MaintenanceReport()
         status = self.clock_status()
         report.clock = status
         if not status.ok:
-            self._event(
-                "immutability.clock_suspect",
-                f"no lock released: {status.message}",
-                level="critical",
-                actor=actor,
-            )
+            self._clock_suspect(status, actor)
             return report
         now = status.now
         repos = {r.id: r for r in self.repositories.list()}

@@ -27,13 +27,14 @@ from typing import Any
 
 from croniter import croniter
 
+from engine.bounds import FULL_EVERY, POLICY_LOCK_DAYS
 from engine.catalog.chains import ChainStore
 from engine.catalog.copies import CopyStore
 from engine.catalog.models import Job, Policy, Repository
 from engine.catalog.policies import POLICY_RUN, PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import JobError, NotFoundError, SendenseError, ValidationError
+from engine.errors import JobError, JobUnprotected, NotFoundError, SendenseError, ValidationError
 from engine.events import EventBus
 from engine.services.backup import DiskSource, check_source_text
 from engine.services.retention import RetentionRules
@@ -221,6 +222,8 @@ class PolicyService:
         problems.update(self._validate_sources(spec.sources))
         if not isinstance(spec.full_every, int) or spec.full_every < 1:
             problems["full_every"] = "a new full every N backups needs N of at least 1"
+        elif FULL_EVERY.problem(spec.full_every):
+            problems["full_every"] = str(FULL_EVERY.problem(spec.full_every))
         if spec.full_weekday is not None and spec.full_weekday not in range(7):
             problems["full_weekday"] = "the full weekday is 0 (Monday) to 6 (Sunday)"
         try:
@@ -235,6 +238,8 @@ class PolicyService:
         problems.update(self._validate_copy_rules(spec, repo))
         if spec.immutable_days < 0:
             problems["immutable_days"] = "the lock period cannot be negative"
+        elif POLICY_LOCK_DAYS.problem(spec.immutable_days):
+            problems["immutable_days"] = str(POLICY_LOCK_DAYS.problem(spec.immutable_days))
         elif repo is not None:
             lock_days = max(spec.immutable_days, repo.immutable_days if repo.immutable else 0)
             if spec.immutable_days > 0 and "target" not in problems:
@@ -363,6 +368,11 @@ class PolicyService:
         run to the schedule's next time from now (missed runs are not caught up)."""
         current = self.store.get(name_or_id)
         problems = self.validate(spec, existing_id=current.id)
+        if spec.immutable_days < current.immutable_days and "immutable_days" not in problems:
+            problems["immutable_days"] = (
+                f"policy {current.name} locks its backups for {current.immutable_days} days; "
+                f"lock periods can be extended, never shortened (asked: {spec.immutable_days})"
+            )
         if problems:
             raise ValidationError(
                 f"policy {current.name} was not changed: "
@@ -509,6 +519,7 @@ class PolicyService:
         now = self.clock.now()
         result: dict[str, Any] = {"policy": policy.name, "runs": [], "locked": 0}
         failures: list[str] = []
+        unprotected: list[str] = []
         if self.backups is None:
             raise PolicyRunFailed("no backup service is wired to the policies")
         for source in policy.sources:
@@ -524,18 +535,21 @@ class PolicyService:
                     full_every=policy.full_every,
                     ctx=ctx,
                     actor=f"policy:{policy.name}",
+                    # the backup job locks each point as a step (the longer of the
+                    # repository's period and the policy's)
+                    lock_days=policy.immutable_days or None,
                 )
             except SendenseError as exc:
                 failures.append(f"{vm}: {exc.message}")
                 continue
             result["runs"].append(run.as_dict())
             failures += [f"{vm}/{d.disk}: {d.error}" for d in run.failed]
-            for disk in run.disks:
-                if disk.ok and disk.path and policy.immutable_days > 0:
-                    self.locks.lock_landed(
-                        repo, disk.path, backup_id=disk.backup_id, days=policy.immutable_days
-                    )
-                    result["locked"] += 1
+            unprotected += [
+                f"{vm}/{d.disk} #{d.backup_id}: {d.unprotected}" for d in run.unprotected
+            ]
+            result["locked"] += sum(
+                1 for d in run.disks if d.ok and d.locked_until and not d.unprotected
+            )
             if policy.verify_after and self.verifier is not None:
                 ids = [d.backup_id for d in run.disks if d.ok and d.backup_id]
                 targets = [t for i in ids for t in self.verifier.targets("backup", i)]
@@ -543,18 +557,29 @@ class PolicyService:
                 bad = [r for r in outcomes if getattr(r, "outcome", "ok") != "ok"]
                 if bad:
                     failures.append(f"{vm}: verification after the backup failed")
-        if not failures:
+        if not failures and not unprotected:
             try:
                 applied = self.retention.apply(policy, actor=f"policy:{policy.name}")
                 result["retention"] = applied.sentence()
             except SendenseError as exc:
                 result["retention"] = f"not applied: {exc.message}"
         outcome = "ok" if not failures else ("partial" if result["runs"] else "failed")
+        if outcome == "ok" and unprotected:
+            outcome = "unprotected"
         self.store.update(policy.id, last_run_at=now, last_result=outcome)
         if failures:
             raise PolicyRunFailed(
-                f"policy {policy.name}: " + "; ".join(failures),
+                f"policy {policy.name}: "
+                + "; ".join(failures + [f"NOT protected: {u}" for u in unprotected]),
                 hint="fix the cause; the next scheduled run tries again",
+            )
+        if unprotected:
+            result["retention"] = "not applied: some new points are not protected"
+            raise JobUnprotected(
+                f"policy {policy.name}: backed up, but NOT protected: " + "; ".join(unprotected),
+                result=result,
+                hint="the points are good backups; fix the cause, then `sendense lock check` "
+                "sets the flag (the lock job retries it too)",
             )
         return result
 

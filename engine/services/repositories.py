@@ -9,7 +9,10 @@ The interface, for every kind:
 - ``prepare(repo)``: mount if needed, create the layout, write test.
 - ``capacity(repo)``, ``list_contents(repo)``, ``health(repo)``, ``detach(repo)``.
 - ``enable``/``disable``/``edit``/``remove`` (refused while it holds backups
-  or is a copy target, unless forced; a forced removal is audited).
+  or is a copy target, unless forced; a forced removal is audited). Removal,
+  forced or not, and moving the location are refused while any lock on the
+  repository's files (or on copies of its backups) holds: nothing drops a lock
+  before its time.
 - ``mount``/``unmount`` (unmount refused while a job uses the repository).
 
 **Before writing into a repository, call ``ensure_writable_mount(repo)``**
@@ -39,10 +42,11 @@ from typing import Any
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import ValidationError
 from engine.events import Event, EventBus
 from engine.services.capacity import CapacityMonitor, Reading, usage
+from engine.services.immutability import LockService, until_text
 from engine.services.mounts import MountManager
 from engine.services.probe import (
     NFS_PORT,
@@ -380,6 +384,7 @@ class RepositoryService:
         secrets: SecretBox,
         monitor: CapacityMonitor,
         *,
+        locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
@@ -388,6 +393,8 @@ class RepositoryService:
         self.mounts = mounts
         self.secrets = secrets
         self.monitor = monitor
+        #: holding locks keep a repository from being removed or moved
+        self.locks = locks
         self.clock = clock
 
     # -- reading ---------------------------------------------------------------------
@@ -610,6 +617,8 @@ class RepositoryService:
             repo.export,
             repo.options,
         )
+        if moved:
+            self._refuse_if_locked(repo, "moved to another location")
         if moved and repo.enabled:
             if repo.kind != "local":
                 self.unmount(repo)
@@ -675,6 +684,9 @@ class RepositoryService:
         and the audit log records who did it)."""
         repo = self._repo(ref)
         self._refuse_if_busy(repo, "remove")
+        # before anything else, and whatever ``force`` says: removing the repository
+        # would drop lock rows (and forget flagged files) before their time
+        self._refuse_if_locked(repo, "removed")
         backups = self.store.backup_count(repo.id)
         rules = self.store.copy_rules_targeting(repo.id)
         policies = self.store.policies_targeting(repo.id)
@@ -728,6 +740,29 @@ class RepositoryService:
                     data={"repository": repo.name},
                 )
             )
+
+    def _refuse_if_locked(self, repo: Repository, what: str) -> None:
+        """Refuse while any lock on the repository (or on copies of its backups) holds."""
+        holding = self.locks.holding_for_repository(repo)
+        if not holding:
+            return
+        latest = holding[0]
+        expired = as_utc(latest.expires_at) <= self.clock.now()  # type: ignore[operator]
+        raise RepositoryCheckError(
+            f"repository {repo.name} cannot be {what}: {len(holding)} lock(s) hold its files "
+            + (
+                f"(expired at {until_text(latest.expires_at)}, not yet released)"
+                if expired
+                else f"until {until_text(latest.expires_at)}"
+            ),
+            reason="locked",
+            hint=f"`sendense lock list --repo {repo.name}` shows them; "
+            + (
+                "`sendense lock release-expired` releases expired locks"
+                if expired
+                else "locks are never dropped before they expire, not even with --force"
+            ),
+        )
 
     def _refuse_if_busy(self, repo: Repository, action: str) -> None:
         active = self.jobs.active_for_repository(repo.id)

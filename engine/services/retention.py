@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.bounds import RETENTION_COUNT
 from engine.catalog.chains import ChainStore
 from engine.catalog.copies import COPY_DONE, CopyStore
 from engine.catalog.models import Backup, Chain, Policy, Repository
@@ -69,6 +70,11 @@ class RetentionRules:
                 ) from None
             if number < 0:
                 raise ValidationError(f"retention {name} cannot be negative ({number})")
+            if number > RETENTION_COUNT.high:
+                raise ValidationError(
+                    f"retention {name} must be {RETENTION_COUNT.range_text()}, not {number}",
+                    hint="keep fewer points, or use a coarser rule (weekly, monthly, yearly)",
+                )
             values[name] = number
         return cls(**values)
 

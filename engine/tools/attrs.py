@@ -55,8 +55,10 @@ def _explain(path: PathLike, what: str) -> Callable[[Completed], ToolError | Non
             )
         if "Operation not permitted" in text or "Permission denied" in text:
             return AttributePermissionError(
-                f"changing the {what} flag of {path} needs root",
-                hint="run the console as root or through sudo",
+                f"changing the {what} flag of {path} needs root with the "
+                "CAP_LINUX_IMMUTABLE capability (Operation not permitted)",
+                hint="run Sendense as root; a container or a systemd unit whose capability "
+                "bounding set lacks CAP_LINUX_IMMUTABLE cannot lock files",
                 **kw,
             )
         if "No such file or directory" in text:

@@ -142,7 +142,9 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
                 f"{human_bytes(d['virtual_size'])} disk{why}"
             )
     else:
-        print(f"backup {final.state}: {final.error or ''}", file=sys.stderr)
+        # failed_unprotected: the points are written and good, but the lock is not set
+        what = "written but NOT protected" if final.state == "failed_unprotected" else final.state
+        print(f"backup {what}: {final.error or ''}", file=sys.stderr)
     return 0 if final.state == "succeeded" else 1
 
 

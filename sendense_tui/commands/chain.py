@@ -56,7 +56,12 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
                     "physical_bytes": v.physical_bytes,
                     "allocated_bytes": v.allocated_bytes,
                     "points": [
-                        {**point_dict(p.backup, v.chain), "locked_until": p.locked_until}
+                        {
+                            **point_dict(p.backup, v.chain),
+                            "locked_until": p.locked_until,
+                            "lock_state": p.lock_state,
+                            "unprotected": p.unprotected,
+                        }
                         for p in v.points
                     ],
                 }
@@ -80,6 +85,8 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
         for p in v.points:
             b = p.backup
             lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
+            if p.unprotected:
+                lock = f"  NOT PROTECTED (lock due until {p.locked_until:%Y-%m-%d})"
             print(
                 f"  #{b.id:<5} {b.kind:<11} {short_time(b.point_time, now):>16}  "
                 f"{human_bytes(b.file_size):>10}  {b.state}{lock}"

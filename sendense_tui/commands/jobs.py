@@ -96,7 +96,8 @@ def report_job(ctx: CliContext, job: Any) -> int:
             if not isinstance(value, list | dict):
                 print(f"  {key}: {value}")
     else:
-        print(f"job {job.id} {job.state}: {job.error or job.title}", file=sys.stderr)
+        what = "finished but NOT protected" if job.state == "failed_unprotected" else job.state
+        print(f"job {job.id} {what}: {job.error or job.title}", file=sys.stderr)
     return 0 if job.state == "succeeded" else 1
 
 

@@ -1,4 +1,5 @@
-"""``sendense lock list|release-expired|check|enable|extend``: immutability locks."""
+"""``sendense lock list|release-expired|check|enable|extend|trust-clock``: immutability
+locks."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.bounds import GRACE_HOURS, LOCK_DAYS
+from engine.catalog.locks import HOLDING_STATES, UNPROTECTED_STATES
 from engine.catalog.models import ImmutabilityLock
 from engine.errors import SendenseError
 from sendense_tui.commands import CliContext, add_parser, table
@@ -30,6 +33,7 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
     lister = add_parser(sub, "list", help="locks in force (with --all: released ones too)")
     lister.add_argument("--all", action="store_true")
+    lister.add_argument("--repo", help="only locks on this repository's files")
     lister.set_defaults(func=list_locks)
     release = add_parser(sub, "release-expired", help="clear the flag of expired locks")
     release.set_defaults(func=release_expired)
@@ -45,12 +49,20 @@ def register(subparsers: Any) -> None:
     extend.add_argument("lock", type=int, help="lock id (see `sendense lock list`)")
     extend.add_argument("--until", required=True, help="new expiry, YYYY-MM-DD (UTC)")
     extend.set_defaults(func=extend_lock)
+    trust = add_parser(
+        sub,
+        "trust-clock",
+        help="declare the system clock right now (after a correction the boot clock "
+        "cannot confirm)",
+    )
+    trust.add_argument("--yes", action="store_true", help="confirm: expiry is judged from it")
+    trust.set_defaults(func=trust_clock)
 
 
 def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        states = None if args.all else ("pending", "active", "drift")
-        locks = engine.locks.list(states=states)
+        states = None if args.all else HOLDING_STATES
+        locks = engine.locks.list(states=states, repository=args.repo)
         repos = {r.id: r.name for r in engine.repository_store.list()}
     rows = [lock_dict(lock, repos) for lock in locks]
     if ctx.json:
@@ -66,7 +78,7 @@ def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
                     str(r["id"]),
                     r["repository"],
                     r["path"],
-                    r["state"],
+                    "NOT PROTECTED" if r["state"] in UNPROTECTED_STATES else r["state"],
                     f"{r['expires_at']:%Y-%m-%d %H:%M}",
                 ]
                 for r in rows
@@ -108,6 +120,9 @@ def check_locks(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
+    # the engine checks these again; here they are refused before asking to confirm
+    LOCK_DAYS.check(args.days)
+    GRACE_HOURS.check(args.grace_hours)
     with ctx.engine() as engine:
         print(engine.locks.protects)
         print(engine.locks.does_not_protect)
@@ -138,4 +153,21 @@ def extend_lock(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(lock_dict(lock, repos))
     else:
         print(f"lock {lock.id} on {lock.path} extended to {until:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def trust_clock(args: argparse.Namespace, ctx: CliContext) -> int:
+    with ctx.engine() as engine:
+        now = engine.clock.now()
+        if not args.yes:
+            raise SendenseError(
+                f"nothing changed: the clock reads {now:%Y-%m-%d %H:%M} UTC; lock expiry "
+                "would be judged from it, so a wrong clock would release locks early",
+                hint="check the time, then add --yes to confirm",
+            )
+        status = engine.locks.trust_clock(actor="cli")
+    if ctx.json:
+        ctx.print_json({"clock_ok": status.ok, "now": status.now, "clock": status.message})
+    else:
+        print(f"clock trusted at {status.now:%Y-%m-%d %H:%M} UTC")
     return 0

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Policy
 from engine.errors import SendenseError, ValidationError
 from sendense_tui.commands import CliContext, add_parser, table
@@ -327,7 +328,7 @@ def run_policy(args: argparse.Namespace, ctx: CliContext) -> int:
             return 0
         while True:
             job = engine.job_store.get(job.id)
-            if job.state in ("succeeded", "failed", "cancelled"):
+            if job.state in FINAL_STATES:
                 break
             time.sleep(0.2)
     if ctx.json:

@@ -22,7 +22,7 @@ from textual.widgets import Input, Static, Tree
 
 from engine.catalog.models import Backup
 from engine.services.backup import DiskSource
-from engine.services.chains import ChainView
+from engine.services.chains import ChainView, PointView
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, short_time
 from sendense_tui.screens.base import SendenseScreen
@@ -60,7 +60,7 @@ class AskDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-def point_label(b: Backup, now: datetime, locked: bool) -> Text:
+def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = False) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("F " if b.kind == "full" else "+ ", style="bold")
     text.append(f"#{b.id} {short_time(b.point_time, now)}  ")
@@ -68,7 +68,10 @@ def point_label(b: Backup, now: datetime, locked: bool) -> Text:
     text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
     if b.state != "complete":
         text.append(f" [{b.state}]", style="bold red")
-    if locked:
+    if unprotected:
+        # a lock was due but its flag is not set: the one badge that must stand out
+        text.append(" [UNPROTECTED]", style="bold white on red")
+    elif locked:
         text.append(" [locked]", style="bold yellow")
     if b.verify_state == "ok":
         text.append(" [verified]", style="green")
@@ -85,6 +88,8 @@ class ChainsScreen(SendenseScreen):
     def __init__(self) -> None:
         super().__init__()
         self._points: dict[int, tuple[Backup, ChainView]] = {}
+        #: each point's lock badge facts (locked until, lock state)
+        self._point_views: dict[int, PointView] = {}
         self._chains: dict[int, ChainView] = {}
         self._shape: list[Any] = []
         self._now: datetime | None = None
@@ -108,11 +113,15 @@ class ChainsScreen(SendenseScreen):
         self._now = data.now
         self._chains = {v.chain.id: v for v in data.views}
         self._points = {p.backup.id: (p.backup, v) for v in data.views for p in v.points}
+        self._point_views = {p.backup.id: p for v in data.views for p in v.points}
         shape = [
             (
                 v.chain.id,
                 v.state,
-                [(p.backup.id, p.backup.state, p.backup.verify_state, p.locked) for p in v.points],
+                [
+                    (p.backup.id, p.backup.state, p.backup.verify_state, p.locked, p.lock_state)
+                    for p in v.points
+                ],
             )
             for v in data.views
         ]
@@ -145,7 +154,8 @@ class ChainsScreen(SendenseScreen):
                 disk_node.expand()
             for p in view.points:
                 node = disk_node.add_leaf(
-                    point_label(p.backup, data.now, p.locked), ("point", p.backup.id)
+                    point_label(p.backup, data.now, p.locked, p.unprotected),
+                    ("point", p.backup.id),
                 )
                 if selected == ("point", p.backup.id):
                     target_line = node
@@ -185,6 +195,7 @@ class ChainsScreen(SendenseScreen):
                 f"data      {human_bytes(b.allocated_bytes)} (allocated here)",
                 f"state     {b.state}" + (f": {b.state_detail}" if b.state_detail else ""),
                 f"verified  {b.verify_state or 'never'}",
+                f"lock      {_lock_text(self._point_views.get(b.id))}",
                 f"checksum  {(b.checksum or '-')[:16]}…",
                 f"file      {b.path}",
                 "",
@@ -402,3 +413,14 @@ def _state_style(state: str) -> str:
     return {"ok": "green", "broken": "bold red", "damaged": "bold red", "retired": "dim"}.get(
         state, ""
     )
+
+
+def _lock_text(view: PointView | None) -> str:
+    if view is None or view.locked_until is None:
+        return "none"
+    until = f"{view.locked_until:%Y-%m-%d %H:%M} UTC"
+    if view.unprotected:
+        return f"NOT PROTECTED (flag not set; due until {until})"
+    if view.lock_state == "pending":
+        return f"grace period, then until {until}"
+    return f"until {until}"

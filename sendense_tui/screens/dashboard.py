@@ -25,6 +25,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
+from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import AuditEntry, Job, ScheduleMark
 from engine.services.capacity import RepositoryCapacity
 from engine.services.verify import Report
@@ -173,6 +174,10 @@ class DashboardData:
     queued: int = 0
     paused: int = 0
     failed: int = 0
+    #: jobs whose files landed but could not be locked
+    unprotected_jobs: int = 0
+    #: points and copies whose lock is due but whose flag is not set
+    unprotected_files: int = 0
     warnings: list[AuditEntry] = field(default_factory=list)
     alerts: list[ScheduleMark] = field(default_factory=list)
     coverage: Report | None = None
@@ -215,6 +220,8 @@ class DashboardScreen(SendenseScreen):
             queued=sum(1 for j in active if j.state == "queued"),
             paused=sum(1 for j in active if j.state == "paused"),
             failed=len(engine.job_store.list(states=("failed",), limit=500)),
+            unprotected_jobs=len(engine.job_store.list(states=("failed_unprotected",), limit=500)),
+            unprotected_files=len(engine.locks.list(states=UNPROTECTED_STATES)),
             warnings=engine.audit.query(min_level="warning", limit=20),
             alerts=engine.scheduler.active_alerts(),
             coverage=engine.verifier.report(),
@@ -226,7 +233,8 @@ class DashboardScreen(SendenseScreen):
         self.query_one("#jobs", Static).update(self._jobs(data))
         alerts = self.query_one("#alerts", Static)
         alerts.update(self._alerts(data))
-        alerts.border_title = f"Alerts ({len(data.alerts)})" if data.alerts else "Alerts"
+        count = len(data.alerts) + (1 if data.unprotected_files else 0)
+        alerts.border_title = f"Alerts ({count})" if count else "Alerts"
         self.query_one("#warnings", Static).update(self._warnings(data))
 
     def _apply_repositories(self, data: DashboardData) -> None:
@@ -277,6 +285,9 @@ class DashboardScreen(SendenseScreen):
         head.append(" paused · ")
         head.append(f"{data.failed}", style="bold red" if data.failed else "bold")
         head.append(" failed")
+        if data.unprotected_jobs:
+            head.append(" · ")
+            head.append(f"{data.unprotected_jobs} unprotected", style="bold white on red")
         table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         table.add_column(no_wrap=True)
@@ -301,6 +312,16 @@ class DashboardScreen(SendenseScreen):
         table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         order = {"critical": 0, "warning": 1}
         shown = sorted(data.alerts, key=lambda m: (order.get(m.level or "", 2), m.key))
+        if data.unprotected_files:
+            # not a raised alert but a standing fact: locked files without their flag
+            table.add_row(
+                level_text("critical"),
+                Text("now", style="dim"),
+                Text(
+                    f"{data.unprotected_files} locked file(s) NOT protected: the immutable "
+                    "flag is not set (sendense lock list)"
+                ),
+            )
         for mark in shown[:MAX_ALERTS]:
             level = mark.level or "warning"
             table.add_row(
@@ -311,7 +332,7 @@ class DashboardScreen(SendenseScreen):
         if len(shown) > MAX_ALERTS:
             more = Text(f"… and {len(shown) - MAX_ALERTS} more (sendense copy status)")
             table.add_row(Text(""), Text(""), more)
-        if not shown:
+        if not shown and not data.unprotected_files:
             table.add_row(Text("✓", style="bold green"), Text(""), Text("no active alerts"))
         return Group(table, DashboardScreen._verification(data))
 

@@ -172,7 +172,7 @@ class JobsScreen(SendenseScreen):
             [
                 ("id", "ID", 3),
                 ("job", "Job", None),
-                ("outcome", "Outcome", 9),
+                ("outcome", "Outcome", 11),
                 ("took", "Took", 6),
                 ("finished", "Finished", 11),
             ],

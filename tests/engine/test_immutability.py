@@ -64,7 +64,7 @@ def test_a_backup_landing_on_an_immutable_repository_cannot_be_deleted_or_change
     point = run.disks[0]
     path = fs.mountpoint / str(point.path)
 
-    # the backup service's "backup.completed" locked it, expiry in the catalog
+    # the backup job's lock step locked it, expiry in the catalog
     assert attrs.is_immutable(path)
     [lock] = bk_engine.locks.list()
     assert lock.backup_id == point.backup_id and lock.state == "active"
@@ -100,7 +100,7 @@ def test_release_job_unlocks_exactly_the_expired_locks(
     repo = add_repo(bk_engine, fs.mountpoint, clock)
     files = {days: put(fs.mountpoint, f"c/{days}.qcow2") for days in (5, 10, 30)}
     locks = {
-        days: bk_engine.locks.lock_landed(repo, f"c/{days}.qcow2", days=days) for days in files
+        days: bk_engine.locks.lock_landed(repo, f"c/{days}.qcow2", days=days).lock for days in files
     }
     assert all(attrs.is_immutable(p) for p in files.values())
 
@@ -121,7 +121,7 @@ def test_drift_is_detected_reported_critical_and_repaired(
     fs = loop_fs("ext4", 32)
     repo = add_repo(bk_engine, fs.mountpoint, clock)
     path = put(fs.mountpoint, "c/0.qcow2")
-    lock = bk_engine.locks.lock_landed(repo, "c/0.qcow2", days=7)
+    lock = bk_engine.locks.lock_landed(repo, "c/0.qcow2", days=7).lock
     seen = events_of(bk_engine)
     subprocess.run(["chattr", "-i", str(path)], check=True, timeout=30)  # root, behind our back
     assert not attrs.is_immutable(path)
@@ -173,14 +173,14 @@ def test_lock_periods_can_be_extended_never_shortened(
     assert bk_engine.locks.configure_repository(repo, 60).immutable_days == 60
 
     put(fs.mountpoint, "c/0.qcow2")
-    lock = bk_engine.locks.lock_landed(repo.id, "c/0.qcow2")
+    lock = bk_engine.locks.lock_landed(repo.id, "c/0.qcow2").lock
     assert lock is not None
     with pytest.raises(ImmutabilityError, match="never shortened"):
         bk_engine.locks.extend(lock.id, clock.now() + timedelta(days=5))
     longer = bk_engine.locks.extend(lock.id, clock.now() + timedelta(days=90))
     assert longer.expires_at == clock.now() + timedelta(days=90)
     # landing again (a policy asking for fewer days) never moves the expiry earlier
-    again = bk_engine.locks.lock_landed(repo.id, "c/0.qcow2", days=1)
+    again = bk_engine.locks.lock_landed(repo.id, "c/0.qcow2", days=1).lock
     assert again is not None and again.expires_at == clock.now() + timedelta(days=90)
 
 
@@ -191,7 +191,7 @@ def test_grace_period_leaves_a_new_backup_removable_then_locks_it(
     repo = add_repo(bk_engine, fs.mountpoint, clock)
     repo = bk_engine.locks.configure_repository(repo, 7, grace_hours=2)
     path = put(fs.mountpoint, "c/0.qcow2")
-    lock = bk_engine.locks.lock_landed(repo, "c/0.qcow2")
+    lock = bk_engine.locks.lock_landed(repo, "c/0.qcow2").lock
     assert lock is not None and lock.state == "pending"
     assert not attrs.is_immutable(path)
     assert "grace period" in (bk_engine.locks.why_locked(path) or "")

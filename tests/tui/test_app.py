@@ -174,7 +174,7 @@ async def test_filter_events_and_escape_clears(make_app) -> None:
         assert isinstance(screen, EventsScreen)
         table = screen.query_one("#events", DataTable)
         everything = table.row_count
-        assert everything == 12  # the debug entry is hidden at level info
+        assert everything == 13  # the debug entry is hidden at level info
         await pilot.press("slash")
         await pilot.press(*"offsite")
         await settle(pilot)
@@ -198,7 +198,7 @@ async def test_level_and_source_filters(make_app) -> None:
         await pilot.press("l")  # info -> warning
         await settle(pilot)
         levels = {str(table.get_row(k)[1]) for k in table.rows}
-        assert levels == {"warning", "error"}
+        assert levels == {"warning", "error", "critical"}
         await pilot.press("s")  # all -> first source seen (capacity)
         await settle(pilot)
         assert {str(table.get_row(k)[2]) for k in table.rows} == {"capacity"}

@@ -48,6 +48,7 @@ def test_jobs_list_json(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> 
         "paused",
         "succeeded",
         "failed",
+        "failed_unprotected",  # written, but its lock could not be set
         "cancelled",
     }
     running = next(j for j in jobs if j["title"] == "backup db01/disk0 (incremental)")
@@ -73,7 +74,7 @@ def test_unknown_job_is_one_line_exit_2(state_dir: Path, capsys) -> None:
 def test_events_filters(state_dir: Path, capsys) -> None:
     assert main(["--state-dir", str(state_dir), "events", "--level", "warning", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
-    assert {e["level"] for e in entries} == {"warning", "error"}
+    assert {e["level"] for e in entries} == {"warning", "error", "critical"}
     assert main(["--state-dir", str(state_dir), "events", "--grep", "offsite", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("offsite" in line for line in lines)
