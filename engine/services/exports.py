@@ -28,6 +28,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.private import make_private_dir
 from engine.tools import exporters
 from engine.tools.base import ToolError
 
@@ -147,7 +148,7 @@ class ExportService:
                     f"an export named {name!r} is already running",
                     hint="stop it first or choose another --name",
                 )
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.root)
             key = f"tcp{port}" if port is not None else uuid.uuid4().hex[:8]
             pidfile = self.root / f"{name}-{key}.pid"
             log_file = self.root / f"{name}-{key}.log"

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.private import make_private_dirs, open_private, write_private
 from engine.tools.base import ToolError, first_error_line, run, start
 from engine.tools.mounts import list_mounts
 
@@ -241,15 +242,17 @@ def start_fuse_export(
             program="qemu-storage-daemon",
             hint="the repository may be unmounted, or the backup was deleted",
         )
-    mountpoint.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(mountpoint.parent)
     if not mountpoint.exists():
-        mountpoint.touch(mode=0o600)
+        os.close(open_private(mountpoint))
     export = {
         "type": "fuse",
         "id": "restore",
         "node-name": "point",
         "mountpoint": str(mountpoint),
         "writable": False,
+        # only the user who mounted it (root) may read the disk, whatever its mode says
+        "allow-other": "off",
     }
     args = [
         "qemu-storage-daemon",
@@ -260,7 +263,7 @@ def start_fuse_export(
         "--pidfile",
         str(pidfile),
     ]
-    with open(log_file, "wb") as err:
+    with os.fdopen(open_private(log_file), "wb") as err:
         proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_ready(
@@ -277,7 +280,7 @@ def start_fuse_export(
             proc.wait(timeout=STOP_TIMEOUT)
         fuse_unmount(mountpoint)
         raise
-    pidfile.write_text(f"{proc.pid}\n")
+    write_private(pidfile, f"{proc.pid}\n")
     return ServerProcess("qemu-storage-daemon", proc.pid, pidfile, str(mountpoint), proc)
 
 
@@ -379,7 +382,9 @@ def start_nbd_server(
         if socket_path is None:
             raise ExporterError("an NBD export needs a unix socket or a TCP port")
         sock = Path(socket_path)
-        sock.parent.mkdir(parents=True, exist_ok=True)
+        # whoever reaches the socket reads the whole disk: its folder is root's only,
+        # and qemu-nbd runs with umask 077 (engine.tools.base), so the socket is too
+        make_private_dirs(sock.parent)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         args.append(f"--socket={sock}")
@@ -387,7 +392,7 @@ def start_nbd_server(
         ready = sock.exists
         what = f"{image} on {sock}"
     args.append(str(image))
-    with open(log_file, "wb") as err:
+    with os.fdopen(open_private(log_file), "wb") as err:
         proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_ready(proc, "qemu-nbd", ready, log_file, what, timeout)
@@ -396,5 +401,5 @@ def start_nbd_server(
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT)
         raise
-    pidfile.write_text(f"{proc.pid}\n")
+    write_private(pidfile, f"{proc.pid}\n")
     return ServerProcess("qemu-nbd", proc.pid, pidfile, marker, proc)
