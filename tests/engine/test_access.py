@@ -87,9 +87,9 @@ class Outsider:
 def outsider() -> Iterator[Outsider]:
     """A local user with no home and no rights, removed afterwards."""
     name = f"sdtest{uuid.uuid4().hex[:8]}"
+    useradd = ["useradd", "--system", "--no-create-home", "--user-group"]
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin"]
-        + [name],
+        [*useradd, "--shell", "/usr/sbin/nologin", name],
         check=True,
         capture_output=True,
         timeout=30,
