@@ -315,6 +315,7 @@ class Engine:
             self.jobs.start()
             self._start_repositories()
             self.file_restore.start_reaper()
+            self.exports.start_reaper()
             if self.run_scheduler:
                 self.scheduler.start()
             self._started = True
