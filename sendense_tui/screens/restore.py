@@ -12,7 +12,7 @@ Keys come from the command table (``actions.py``, scope "restore").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,10 @@ class RestoreScreen(SendenseScreen):
                 )
             with Vertical(id="exports-box"):
                 yield Static("NBD exports · N starts · x stops", classes="title")
-                yield FlexTable([("uri", "URI", None), ("state", "State", 8)], id="exports")
+                yield FlexTable(
+                    [("uri", "URI", None), ("state", "State", 8), ("ends", "Idle/ends", 11)],
+                    id="exports",
+                )
         yield Input(
             placeholder="extract to: destination folder, e.g. /srv/restore", id="destination"
         )
@@ -225,8 +228,8 @@ class RestoreScreen(SendenseScreen):
         )
         sync_rows(
             self.query_one("#exports", DataTable),
-            [(str(x.id), (x.uri or x.name, x.state)) for x in data.exports],
-            ("uri", "state"),
+            [(str(x.id), (x.uri or x.name, x.state, _limits(x, data.now))) for x in data.exports],
+            ("uri", "state", "ends"),
         )
         where = self.query_one("#where", Static)
         if data.mount_id is None:
@@ -500,3 +503,18 @@ def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
                     if len(found) >= SEARCH_LIMIT:
                         return found
         return found
+
+
+def _limits(export: ExportView, now: datetime) -> str:
+    """An export's idle timeout and when it ends at the latest (UTC): '30m/17:00',
+    or '30m/11-25' when that is another day."""
+    idle = human_duration(export.idle_seconds) if export.idle_seconds else "-"
+    ends = export.expires_at
+    if ends is None:
+        return idle
+    ends = ends.astimezone(UTC)
+    return (
+        f"{idle}/{ends:%H:%M}"
+        if ends.date() == now.astimezone(UTC).date()
+        else (f"{idle}/{ends:%m-%d}")
+    )
