@@ -104,7 +104,7 @@ def _keep(service: ExportService, view: ExportView, stop: threading.Event) -> No
         while not (ended or stop.is_set()) and time.monotonic() < deadline:
             ended = service.wait_for_server(view.id, min(SIGNAL_SLICE, interval))
         if stop.is_set():
-            break
+            return
         try:
             if ended and _stopped_by_someone(service, view.id):
                 return
@@ -113,12 +113,15 @@ def _keep(service: ExportService, view: ExportView, stop: threading.Event) -> No
         except SendenseError as exc:  # the catalog away: try again, but keep the limit
             log.warning("export %s: %s", view.id, exc.message)
             if ended or (view.expires_at and service.clock.now() >= view.expires_at):
-                service.kill_server(view.id)
                 return
+
+
+def _release(service: ExportService, view: ExportView) -> None:
+    """The keeper leaves: an export still running goes with it (recorded when the
+    catalog answers; its server is stopped either way)."""
     with contextlib.suppress(SendenseError):
         if service.store.get_export(view.id).state == "running":
             service.stop(view.id, actor="engine", reason="owner_gone")
-            return
     service.kill_server(view.id)
 
 
@@ -162,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _report({"export_id": view.id})
         log.info("keeping NBD export %s (%s)", view.id, view.uri)
-        _keep(service, view, stop)
+        try:
+            _keep(service, view, stop)
+        finally:
+            _release(service, view)
         log.info("NBD export %s ended; keeper leaves", view.id)
         return 0
     finally:
