@@ -407,7 +407,11 @@ class RestoreScreen(SendenseScreen):
         backup_id = int(key)
         self.run_engine(
             lambda: self.engine.exports.start(backup_id, actor="console"),
-            after=lambda view: self.notify(f"exported point {backup_id}: {view.uri}"),
+            after=lambda view: self.notify(
+                f"exported point {backup_id}: {view.uri} (root only; stops after "
+                f"{human_duration(view.idle_seconds)} without a client, "
+                f"{_ends(view, self.sendense.clock.now())} UTC at the latest)"
+            ),
             description=f"export point {backup_id}",
         )
 
@@ -505,16 +509,15 @@ def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
         return found
 
 
+def _ends(export: ExportView, now: datetime) -> str:
+    """When an export ends at the latest (UTC): '17:00' today, else '11-25'."""
+    if export.expires_at is None:
+        return "-"
+    ends = export.expires_at.astimezone(UTC)
+    return f"{ends:%H:%M}" if ends.date() == now.astimezone(UTC).date() else f"{ends:%m-%d}"
+
+
 def _limits(export: ExportView, now: datetime) -> str:
-    """An export's idle timeout and when it ends at the latest (UTC): '30m/17:00',
-    or '30m/11-25' when that is another day."""
+    """An export's idle timeout and when it ends at the latest: '30m/17:00'."""
     idle = human_duration(export.idle_seconds) if export.idle_seconds else "-"
-    ends = export.expires_at
-    if ends is None:
-        return idle
-    ends = ends.astimezone(UTC)
-    return (
-        f"{idle}/{ends:%H:%M}"
-        if ends.date() == now.astimezone(UTC).date()
-        else (f"{idle}/{ends:%m-%d}")
-    )
+    return f"{idle}/{_ends(export, now)}"
