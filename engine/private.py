@@ -114,11 +114,14 @@ class ModeRepair:
     locked: list[str] = field(default_factory=list)
     #: open to others and not changeable for another reason: (path, reason)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: lsattr said this filesystem has no flags (NFS, CIFS): no need to ask per file
+    flags_unsupported: bool = field(default=False, repr=False)
 
     def merge(self, other: ModeRepair) -> None:
         self.fixed += other.fixed
         self.locked += other.locked
         self.failed += other.failed
+        self.flags_unsupported |= other.flags_unsupported
 
     @property
     def clean(self) -> bool:
@@ -146,18 +149,26 @@ def _fix_one(path: str, result: ModeRepair) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        if exc.errno == errno.EPERM and _is_locked(path):
+        if exc.errno == errno.EPERM and _is_locked(path, result):
             result.locked.append(path)
         else:
             result.failed.append((path, exc.strerror or str(exc)))
 
 
-def _is_locked(path: str) -> bool:
-    from engine.tools.attrs import is_immutable
+def _is_locked(path: str, result: ModeRepair) -> bool:
+    """Is ``path`` immutable (the reason root may not chmod it)? Asked of lsattr only
+    while the filesystem has flags at all (a root-squashed NFS share refuses every
+    chmod: one question answers for the whole tree)."""
+    from engine.tools.attrs import ImmutableUnsupported, is_immutable
     from engine.tools.base import ToolError
 
+    if result.flags_unsupported:
+        return False
     try:
         return is_immutable(path)
+    except ImmutableUnsupported:
+        result.flags_unsupported = True
+        return False
     except ToolError:
         return False
 
