@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -103,12 +104,14 @@ class ExportView:
         if self.tls != "psk" or self.key_file is None:
             return [f"qemu-img info '{self.uri}'"]
         host = self.tcp_host or "127.0.0.1"
-        key_dir = os.path.dirname(self.key_file)
+        key_dir = os.path.dirname(self.key_file).replace(",", ",,")
+        creds = (
+            f"tls-creds-psk,id=tls0,endpoint=client,dir={key_dir},username={exporters.PSK_IDENTITY}"
+        )
         image = f"driver=nbd,host={host},port={self.tcp_port},export={self.name},tls-creds=tls0"
         return [
-            f"nbdinfo '{self.uri}?tls-psk-file={self.key_file}'",
-            f"qemu-img info --object tls-creds-psk,id=tls0,endpoint=client,dir={key_dir},"
-            f"username={exporters.PSK_IDENTITY} --image-opts '{image}'",
+            f"nbdinfo {shlex.quote(f'{self.uri}?tls-psk-file={self.key_file}')}",
+            f"qemu-img info --object {shlex.quote(creds)} --image-opts {shlex.quote(image)}",
         ]
 
 
@@ -528,9 +531,13 @@ class ExportService:
         self, ref: int | str, *, actor: str | None = None, reason: str = "operator"
     ) -> ExportView:
         row = self._row(ref)
-        if row.state == "running":
+        own = self._servers.pop(row.id, None)
+        if row.state == "running" or own is not None:
             try:
-                exporters.stop_pid(row.pid, PROGRAM, _marker(row))
+                if own is not None:
+                    own.stop()  # our child: waited for, so it does not linger as a zombie
+                else:
+                    exporters.stop_pid(row.pid, PROGRAM, _marker(row))
             except ToolError as exc:
                 raise ExportError(str(exc), hint=exc.hint) from None
         self._remove_files(row)
@@ -590,4 +597,5 @@ class ExportService:
     def abandon(self) -> None:
         """Forget this engine's exports without stopping them (what a crash does)."""
         self._reaper_stop.set()
+        self._servers.clear()
         _LIVE_OWNERS.discard(self.owner)

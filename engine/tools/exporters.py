@@ -140,6 +140,13 @@ def read_pidfile(path: PathLike) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is an ended child of this process (one an earlier engine in
+    this process started), so it does not stay behind as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def stop_pid(pid: int | None, program: str, marker: str, *, timeout: float = STOP_TIMEOUT) -> bool:
     """Stop a server another engine started. Returns True when one was running."""
     if not pid_matches(pid, program, marker):
@@ -150,11 +157,10 @@ def stop_pid(pid: int | None, program: str, marker: str, *, timeout: float = STO
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            _reap(pid)
             if not pid_matches(pid, program, marker):
+                _reap(pid)  # it may have ended between the two looks
                 return True
-            # our own child (started by this process earlier): reap it
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
             time.sleep(0.05)
     raise ExporterError(
         f"{program} (pid {pid}) did not stop within {2 * timeout:g} s",
