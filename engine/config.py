@@ -9,12 +9,14 @@ Where the file is looked for, first hit wins:
 No file at all is fine: the defaults give an embedded SQLite catalog in the
 state directory and a local repository under it. Environment variables
 override the file (``SENDENSE_DB_URL``, ``SENDENSE_STATE_DIR``,
-``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``, ``SENDENSE_VERIFY_*``). A
+``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``, ``SENDENSE_VERIFY_*``,
+``SENDENSE_EXPORT_*``). A
 wrong value stops with one line that names the key and where it came from.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -70,6 +72,29 @@ class VerifySettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """Limits every NBD export gets unless its start says otherwise."""
+
+    #: stopped after this long without a client connected
+    idle_minutes: float = 30.0
+    #: stopped this long after it started, clients or not
+    max_hours: float = 8.0
+
+    @property
+    def idle_seconds(self) -> float:
+        return self.idle_minutes * 60
+
+    @property
+    def max_age_seconds(self) -> float:
+        return self.max_hours * 3600
+
+
+#: sane bounds for export limits (a week idle, 30 days in all)
+EXPORT_IDLE_MINUTES_MAX = 7 * 24 * 60.0
+EXPORT_MAX_HOURS_MAX = 30 * 24.0
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     db_url: str
@@ -78,6 +103,7 @@ class Settings:
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
+    exports: ExportSettings = field(default_factory=ExportSettings)
     theme: str = "dark"
     #: the file the settings came from, None when only defaults and env were used
     source: Path | None = None
@@ -191,6 +217,18 @@ def _reverify_days(value: Any) -> int:
     return days
 
 
+def _bounded(upper: float) -> Callable[[Any], float]:
+    """A number greater than 0 and at most ``upper``."""
+
+    def convert(value: Any) -> float:
+        number = _positive(value)
+        if not math.isfinite(number) or number > upper:
+            raise ValueError(f"must be at most {upper:g}, got {value!r}")
+        return number
+
+    return convert
+
+
 def _cron(value: Any) -> str:
     from croniter import croniter
 
@@ -246,6 +284,8 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_MAX_JOBS": "jobs.max_concurrent",
     "SENDENSE_VERIFY_REVERIFY_DAYS": "verify.reverify_days",
     "SENDENSE_VERIFY_SCHEDULE": "verify.schedule",
+    "SENDENSE_EXPORT_IDLE_MINUTES": "exports.idle_minutes",
+    "SENDENSE_EXPORT_MAX_HOURS": "exports.max_hours",
     "SENDENSE_THEME": "console.theme",
 }
 
@@ -335,6 +375,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reverify_days=reader.get("verify.reverify_days", _reverify_days, 30),
         schedule=reader.get("verify.schedule", _cron, "0 3 * * *"),
     )
+    exports = ExportSettings(
+        idle_minutes=reader.get(
+            "exports.idle_minutes", _bounded(EXPORT_IDLE_MINUTES_MAX), ExportSettings.idle_minutes
+        ),
+        max_hours=reader.get(
+            "exports.max_hours", _bounded(EXPORT_MAX_HOURS_MAX), ExportSettings.max_hours
+        ),
+    )
     settings = replace(
         base,
         db_url=reader.get("catalog.url", _db_url, base.db_url),
@@ -345,6 +393,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         capacity=capacity,
         jobs=jobs,
         verify=verify,
+        exports=exports,
         theme=reader.get("console.theme", _theme, "dark"),
         source=path if path and path.is_file() else None,
     )

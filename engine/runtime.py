@@ -8,6 +8,7 @@ method of a service hanging off it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from engine.catalog import Catalog
@@ -19,6 +20,7 @@ from engine.config import Settings, load_settings
 from engine.errors import ConfigError
 from engine.events import Event, EventBus
 from engine.jobs import JobRunner
+from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,7 @@ class Engine:
             return self
         for directory in (self.settings.state_dir, self.settings.log_dir):
             try:
-                Path(directory).mkdir(parents=True, exist_ok=True)
+                make_private_dir(directory)
             except OSError as exc:
                 raise ConfigError(
                     f"state directory {directory} cannot be created: {exc.strerror}",
@@ -295,8 +297,40 @@ class Engine:
                 ) from None
         self.catalog.open()
         self._opened = True
+        self._keep_state_private()
         self._cleanup_restore()
         return self
+
+    def _keep_state_private(self) -> None:
+        """Close the state directory to other users: itself, the mount root, what lies
+        directly in it (catalog, secret.key, the default repository's root…) and the
+        trees of logs, credentials and exports. Mounted filesystems (repositories,
+        restore mounts) are not entered; a repository's own tree is repaired when it
+        is prepared (``repo test``)."""
+        state = Path(self.settings.state_dir)
+        repair = ModeRepair()
+        try:
+            make_private_dir(self.settings.mount_root)
+        except OSError as exc:
+            repair.failed.append((str(self.settings.mount_root), exc.strerror or str(exc)))
+        try:
+            top = [entry.path for entry in os.scandir(state) if not os.path.ismount(entry.path)]
+        except OSError:
+            top = []
+        repair.merge(repair_entries([state, *top]))
+        for sub in ("logs", "credentials", "exports"):
+            if (state / sub).is_dir():
+                repair.merge(repair_tree(state / sub))
+        if repair.fixed or not repair.clean:
+            self.bus.publish(
+                Event(
+                    kind="security.modes_repaired",
+                    message=f"state directory {state}: {repair.summary()}",
+                    source="engine",
+                    level="warning",
+                    data={"fixed": repair.fixed, "locked": repair.locked},
+                )
+            )
 
     def start(self, *, run_scheduler: bool | None = None) -> Engine:
         """Start background work: the job runner and monitors (and the policy scheduler
@@ -308,6 +342,7 @@ class Engine:
             self.jobs.start()
             self._start_repositories()
             self.file_restore.start_reaper()
+            self.exports.start_reaper()
             if self.run_scheduler:
                 self.scheduler.start()
             self._started = True

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.errors import CatalogUnavailable, SendenseError
+from engine.private import PRIVATE_UMASK, make_private_dir, open_private
 from sendense_tui.commands import COMMON, CliContext, register_all
 from sendense_tui.exitcodes import ExitCode, epilog
 
@@ -61,7 +62,9 @@ def _log_to_file(ctx: CliContext) -> None:
     """The console owns the terminal: log lines go to a file in the state dir."""
     log_dir = ctx.settings.log_dir
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(log_dir)
+        # log lines name repositories, points and paths: root reads them, no one else
+        os.close(open_private(log_dir / "console.log", os.O_WRONLY | os.O_APPEND))
         handler: logging.Handler = logging.FileHandler(log_dir / "console.log")
     except OSError:
         handler = logging.NullHandler()
@@ -79,6 +82,9 @@ def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Sendense holds backups, catalog rows and keys: whatever it creates without an
+    # explicit mode is still closed to other users (engine.private)
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     ctx = CliContext(args)

@@ -63,6 +63,14 @@ def short_time(value: datetime | None, now: datetime | None = None) -> str:
     return value.strftime("%m-%d %H:%M")
 
 
+def export_limits(
+    idle_seconds: int | None, expires_at: datetime | None, now: datetime | None = None
+) -> str:
+    """An NBD export's limits: 'idle 30m, ends 17:00:00' (see short_time)."""
+    idle = f"idle {human_duration(idle_seconds)}" if idle_seconds else "no idle limit"
+    return f"{idle}, ends {short_time(expires_at, now)}" if expires_at else idle
+
+
 def percent(done: int, total: int) -> float | None:
     if total <= 0:
         return None

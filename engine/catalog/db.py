@@ -8,6 +8,7 @@ problems become a CatalogError with a sentence an operator can act on.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import redact_url
 from engine.errors import CatalogError, CatalogVersionError
+from engine.private import make_private_dirs, open_private, tighten
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: files SQLite keeps next to the database, with the database's content in them
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 # MySQL/MariaDB client error codes we explain in words.
 _MYSQL_ACCESS_DENIED = 1045
@@ -90,11 +94,14 @@ class Catalog:
                 hint="use sqlite:////path/catalog.db or mysql+pymysql://user:pass@host/db",
             ) from None
         self.dialect = parsed.get_backend_name()
+        #: the SQLite database file, when the catalog is one
+        self._sqlite_file: Path | None = None
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
+                self._sqlite_file = Path(parsed.database)
                 try:
-                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                    make_private_dirs(Path(parsed.database).parent)
                 except OSError as exc:
                     raise CatalogError(
                         f"catalog {redact_url(url)}: cannot create directory "
@@ -168,9 +175,22 @@ class Catalog:
                 raise explain_db_error(self.url, exc) from None
 
     def open(self) -> Catalog:
+        self._keep_sqlite_private()
         self.check_connection()
         self.migrate()
         return self
+
+    def _keep_sqlite_private(self) -> None:
+        """The SQLite file is 0600 before SQLite first opens it (its -wal, -shm and
+        -journal files take the database file's mode); an older one is closed to
+        other users. A file that cannot be opened is left for SQLite to explain."""
+        if self._sqlite_file is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(open_private(self._sqlite_file, os.O_RDONLY))
+        for suffix in SQLITE_SIDECARS:
+            with contextlib.suppress(OSError):
+                tighten(f"{self._sqlite_file}{suffix}")
 
     def table_names(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())

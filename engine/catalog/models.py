@@ -422,6 +422,16 @@ class NbdExport(Base):
     owner: Mapped[str | None] = mapped_column(String(128))
     started_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
+    #: "psk" when clients must speak TLS with the export's pre-shared key, else None
+    tls: Mapped[str | None] = mapped_column(String(16))
+    #: stopped after this many seconds without a client connected
+    idle_seconds: Mapped[int | None] = mapped_column(Integer)
+    #: when a client was last seen connected (or the start)
+    last_active_at: Mapped[datetime | None]
+    #: stopped at this time at the latest (the maximum age)
+    expires_at: Mapped[datetime | None]
+    #: why it ended: stopped by an operator, idle, max_age, owner_gone, server_died
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class AuditEntry(Base):

@@ -71,6 +71,7 @@ from engine.events import Event, EventBus
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
+from engine.private import make_private_dirs
 from engine.services.chains import (
     ChainService,
     _reserve,
@@ -724,7 +725,7 @@ class BackupService:
             name = f"{position:04d}-inc-{stamp(now)}.qcow2"
             self._check_room_incremental(repo)
         directory = repo_file(repo, directory_rel)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)  # VM, disk and chain folders: 0700 from mkdir on
         final = directory / name
         tmp = partial_path(final)
         head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below

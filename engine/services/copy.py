@@ -60,6 +60,7 @@ from engine.errors import (
 from engine.events import Event, EventBus
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+from engine.private import make_private_dirs, open_private
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
@@ -224,7 +225,7 @@ def copy_file(
     on those the partial is removed (a plain read/write error keeps it for a resume).
     """
     where = label or str(dst.parent)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(dst.parent)
     part = partial_path(dst)
     total = src.stat().st_size
     src_fd = os.open(src, os.O_RDONLY)
@@ -243,7 +244,7 @@ def copy_file(
             os.lseek(dst_fd, offset, os.SEEK_SET)
             os.lseek(src_fd, offset, os.SEEK_SET)
         else:
-            dst_fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+            dst_fd = open_private(part, os.O_RDWR | os.O_TRUNC)
             digest = hashlib.sha256()
             if try_clone and total > 0 and _try_clone(src_fd, dst_fd):
                 cloned = True

@@ -66,6 +66,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.private import PRIVATE_DIR, make_private_dir, make_private_dirs
 from engine.safepath import (
     UnsafePath,
     child_path,
@@ -404,7 +405,10 @@ class FileRestoreService:
     def _assemble(
         self, point: PointLocation, read: PointRead, base: Path
     ) -> tuple[list[dict[str, Any]], str, int]:
-        base.mkdir(parents=True, exist_ok=True)
+        # the mount's folder is the only way to the backup's files: root only (the
+        # filesystems inside keep the guest's modes, so nothing above them may be open)
+        make_private_dir(self.root)
+        make_private_dir(base)
         disk = base / "disk.raw"
         server = exporters.start_fuse_export(
             read.spec, disk, pidfile=base / "exporter.pid", log_file=base / "exporter.log"
@@ -414,8 +418,7 @@ class FileRestoreService:
         self.store.update_mount(int(base.name[1:]), loop_device=device)
         table = partitions.read_table(device)
         size = os.path.getsize(disk)
-        fs_dir = base / "fs"
-        fs_dir.mkdir(exist_ok=True)
+        fs_dir = make_private_dir(base / "fs")
         found: list[dict[str, Any]] = []
         if table is None:
             found.append(self._mount_one(device, disk, None, 0, size, fs_dir / "disk"))
@@ -506,7 +509,7 @@ class FileRestoreService:
             return entry
         if not node:
             node = loop.attach(disk, read_only=True, offset=offset, sizelimit=size)
-        target.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target)
         try:
             mounts.mount(node, target, fstype=kernel_type, options=options)
         except ToolError as exc:
@@ -874,7 +877,7 @@ def _prepare_destination(destination: str | Path) -> Path:
         )
     if not dest.exists():
         try:
-            dest.mkdir(mode=0o750)
+            dest.mkdir(mode=PRIVATE_DIR)
         except FileNotFoundError:
             raise ValidationError(
                 f"the destination's parent folder {dest.parent} does not exist"

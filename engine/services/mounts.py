@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.catalog.models import Repository
+from engine.private import make_private_dir, make_private_dirs
 from engine.services.probe import RepositoryCheckError, run_with_timeout
 from engine.tools.base import ToolError
 from engine.tools.mounts import MountInfo, find_mount, is_mountpoint, list_mounts, mount, umount
@@ -114,7 +115,7 @@ class MountManager:
     # -- credentials ------------------------------------------------------------------
 
     def write_credentials(self, repo: Repository, password: str) -> Path:
-        self.credentials_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.credentials_dir)
         path = self.credentials_file(repo.name)
         opts = repo.options or {}
         lines = [f"username={opts.get('username', '')}", f"password={password}"]
@@ -159,7 +160,7 @@ class MountManager:
                 reason="no_kernel_client",
                 hint="load the kernel module (modprobe nfs / cifs) or run on a host that has it",
             )
-        target.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target)  # under the mount root, which is root's only
         fstype, options = self.mount_options(repo)
         secrets: list[str] = []
         if repo.kind == "cifs":

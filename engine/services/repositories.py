@@ -45,6 +45,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import ValidationError
 from engine.events import Event, EventBus
+from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
 from engine.services.mounts import MountManager
@@ -68,6 +69,8 @@ KIND_LABELS = {"local": "Local directory", "nfs": "NFS export", "cifs": "CIFS/SM
 LAYOUT = ("chains", ".sendense")
 WRITE_TEST_BYTES = 64 * 1024
 NETWORK_PROBE_TIMEOUT = 10.0
+#: walking a large network repository to fix modes may take longer than a probe
+MODE_REPAIR_TIMEOUT = 120.0
 FICLONE = 0x40049409
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -216,6 +219,10 @@ class TestReport:
     used: int = 0
     free: int = 0
     capabilities: dict[str, Any] = field(default_factory=dict)
+    #: files and folders closed to other users by this test (engine.private)
+    modes_fixed: int = 0
+    #: open to others but locked with chattr +i, so left as they are
+    modes_locked: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -293,7 +300,7 @@ def check_directory(path: Path, *, create: bool = False) -> None:
                 hint="create the directory first, or choose 'create it'",
             )
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path)
         except OSError as exc:
             raise _os_error(path, exc, "creating the directory") from None
 
@@ -301,9 +308,19 @@ def check_directory(path: Path, *, create: bool = False) -> None:
 def make_layout(root: Path) -> None:
     for sub in LAYOUT:
         try:
-            (root / sub).mkdir(exist_ok=True)
+            # backups live under these: root reads them, no one else (engine.private)
+            (root / sub).mkdir(mode=PRIVATE_DIR, exist_ok=True)
         except OSError as exc:
             raise _os_error(root, exc, f"creating {sub}/") from None
+
+
+def repair_modes(root: Path) -> ModeRepair:
+    """Close the repository's layout (chains, .sendense and everything under them) to
+    group and others; a locked file is reported, never unlocked."""
+    repair = ModeRepair()
+    for sub in LAYOUT:
+        repair.merge(repair_tree(root / sub))
+    return repair
 
 
 def write_test(root: Path) -> None:
@@ -796,9 +813,23 @@ class RepositoryService:
 
             if repo.kind == "local":
                 work()
+                modes = repair_modes(root)
             else:
                 run_with_timeout(f"repository {repo.name}", work, NETWORK_PROBE_TIMEOUT)
+                modes = run_with_timeout(
+                    f"repository {repo.name}", lambda: repair_modes(root), MODE_REPAIR_TIMEOUT
+                )
             report.steps.append(TestStep("write", True))
+            # a locked file keeps its mode (and is listed): only a failed chmod fails
+            report.steps.append(TestStep("modes", not modes.failed, modes.summary()))
+            report.modes_fixed, report.modes_locked = modes.fixed, modes.locked
+            if modes.fixed or not modes.clean:
+                self._event(
+                    repo,
+                    "repository.modes_repaired",
+                    f"repository {repo.name}: {modes.summary()}",
+                    level="warning",
+                )
             report.total, report.used, report.free, _, _ = usage(str(root))
             caps = repo.capabilities or {}
             if not caps:
@@ -967,7 +998,7 @@ class RepositoryService:
         """A local repository "local" at ``path`` when the catalog has none at all."""
         if self.store.list():
             return None
-        Path(path).mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path)
         repo = self.store.add(
             name="local", kind="local", path=str(path), now=self.clock.now(), state="unknown"
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from engine.errors import SendenseError
+from engine.private import make_private_dirs
 
 PREFIX = "fernet:"
 
@@ -31,7 +32,7 @@ class SecretBox:
     def _box(self) -> Fernet:
         if self._fernet is None:
             if not self.key_file.exists():
-                self.key_file.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(self.key_file.parent)
                 fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(Fernet.generate_key())

@@ -1,6 +1,7 @@
 """Running system programs: the one place Sendense starts a process.
 
-Argument lists only (never a shell), a timeout on every call, and failures
+Argument lists only (never a shell), a timeout on every call, umask 077 (what a
+program creates is readable by root only: see engine.private), and failures
 raised as ToolError subclasses whose message a person can act on. Secrets
 given to ``run(secrets=...)`` are replaced by ``***`` in every message and log.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.errors import JobCancelled, SendenseError
+from engine.private import PRIVATE_UMASK
 
 log = logging.getLogger("engine.tools")
 
@@ -152,6 +154,8 @@ def run(
             stderr=subprocess.PIPE,
             text=True,
             env=tool_env(),
+            # what a program creates (a point, a restored disk, a socket) is private
+            umask=PRIVATE_UMASK,
         )
     except PermissionError:
         raise ToolError(
@@ -229,7 +233,13 @@ def start(
     log.debug("start: %s", redact(" ".join(str(a) for a in args), tuple(secrets)))
     try:
         return subprocess.Popen(
-            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=tool_env(), close_fds=True
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=tool_env(),
+            close_fds=True,
+            umask=PRIVATE_UMASK,
         )
     except PermissionError:
         raise ToolError(

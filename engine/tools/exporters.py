@@ -21,18 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import os
+import secrets
+import selectors
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.tools.base import ToolError, first_error_line, run, start
+from engine.private import (
+    PRIVATE_FILE,
+    PRIVATE_UMASK,
+    make_private_dirs,
+    open_private,
+    write_private,
+)
+from engine.tools.base import ToolError, first_error_line, run, start, tool_env
 from engine.tools.blockspec import ImageSpec
 from engine.tools.mounts import list_mounts
 
@@ -50,6 +61,16 @@ class ExporterError(ToolError):
 
 class PortInUse(ExporterError):
     """The TCP address the operator chose is already taken."""
+
+
+class PlainTcpRefused(ExporterError):
+    """An NBD export on an address other machines can reach, without TLS."""
+
+
+#: the PSK identity (qemu's "username") clients present with the export's key
+PSK_IDENTITY = "sendense"
+#: qemu's name for the file in a tls-creds-psk directory
+PSK_FILE = "keys.psk"
 
 
 @dataclass
@@ -123,6 +144,13 @@ def read_pidfile(path: PathLike) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is an ended child of this process (one an earlier engine in
+    this process started), so it does not stay behind as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def stop_pid(pid: int | None, program: str, marker: str, *, timeout: float = STOP_TIMEOUT) -> bool:
     """Stop a server another engine started. Returns True when one was running."""
     if not pid_matches(pid, program, marker):
@@ -133,11 +161,10 @@ def stop_pid(pid: int | None, program: str, marker: str, *, timeout: float = STO
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            _reap(pid)
             if not pid_matches(pid, program, marker):
+                _reap(pid)  # it may have ended between the two looks
                 return True
-            # our own child (started by this process earlier): reap it
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
             time.sleep(0.05)
     raise ExporterError(
         f"{program} (pid {pid}) did not stop within {2 * timeout:g} s",
@@ -245,15 +272,17 @@ def start_fuse_export(
     missing = _missing(image, "qemu-storage-daemon")
     if missing is not None:
         raise missing
-    mountpoint.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(mountpoint.parent)
     if not mountpoint.exists():
-        mountpoint.touch(mode=0o600)
+        os.close(open_private(mountpoint))
     export = {
         "type": "fuse",
         "id": "restore",
         "node-name": "point",
         "mountpoint": str(mountpoint),
         "writable": False,
+        # only the user who mounted it (root) may read the disk, whatever its mode says
+        "allow-other": "off",
     }
     args = [
         "qemu-storage-daemon",
@@ -264,7 +293,7 @@ def start_fuse_export(
         "--pidfile",
         str(pidfile),
     ]
-    with open(log_file, "wb") as err:
+    with os.fdopen(open_private(log_file), "wb") as err:
         proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_ready(
@@ -281,7 +310,7 @@ def start_fuse_export(
             proc.wait(timeout=STOP_TIMEOUT)
         fuse_unmount(mountpoint)
         raise
-    pidfile.write_text(f"{proc.pid}\n")
+    write_private(pidfile, f"{proc.pid}\n")
     return ServerProcess("qemu-storage-daemon", proc.pid, pidfile, str(mountpoint), proc)
 
 
@@ -328,6 +357,99 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only ever means this machine (127.0.0.0/8, ::1, a name that
+    resolves to nothing else). ``0.0.0.0`` and ``::`` mean every address: not loopback."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
+    )
+
+
+def refuse_plain_tcp(host: str, port: int, *, tls: bool) -> None:
+    """An NBD export serves the whole disk to whoever connects: off the loopback
+    address it must ask for TLS, or it is refused (before anything listens)."""
+    if tls or is_loopback(host):
+        return
+    raise PlainTcpRefused(
+        f"refusing to serve on {host}:{port} without TLS: anyone who can reach that "
+        "address could read the whole disk",
+        program="qemu-nbd",
+        hint="add --tls (a pre-shared key is made and how a client connects is printed), "
+        "or serve on 127.0.0.1 or a unix socket",
+    )
+
+
+@dataclass(frozen=True)
+class PskCredential:
+    """A TLS pre-shared key for one export: ``directory/keys.psk`` (0600) in qemu's
+    ``identity:hexkey`` form; the same file serves qemu-nbd, qemu-img and libnbd."""
+
+    directory: Path
+    identity: str = PSK_IDENTITY
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / PSK_FILE
+
+
+def make_psk_credential(directory: PathLike) -> PskCredential:
+    """A fresh 256-bit key in a new root-only directory (never on a command line)."""
+    folder = Path(directory)
+    make_private_dirs(folder.parent)
+    folder.mkdir(mode=0o700)
+    credential = PskCredential(folder)
+    fd = open_private(credential.key_file, os.O_WRONLY | os.O_EXCL)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{credential.identity}:{secrets.token_hex(32)}\n")
+    return credential
+
+
+def _qemu_option_value(value: str) -> str:
+    """A value inside a qemu ``key=value,…`` option: commas are doubled."""
+    return value.replace(",", ",,")
+
+
+def nbd_client_count(pid: int | None) -> int | None:
+    """How many clients are connected to the NBD server ``pid`` now: its established
+    TCP or connected unix sockets (listening ones do not count). None when the
+    process is gone or cannot be inspected."""
+    if not pid or pid <= 0:
+        return None
+    inodes: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    except OSError:
+        return None
+    connected = 0
+    # /proc/PID/net/*: the server's own network namespace; st 01 = ESTABLISHED
+    for table, inode_col, state_col, connected_state in (
+        ("tcp", 9, 3, "01"),
+        ("tcp6", 9, 3, "01"),
+        ("unix", 6, 5, "03"),  # SS_CONNECTED; a listening socket is SS_UNCONNECTED
+    ):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > inode_col and fields[inode_col] in inodes:
+                connected += fields[state_col] == connected_state
+    return connected
+
+
 def _connectable(host: str, port: int) -> bool:
     probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     try:
@@ -347,13 +469,16 @@ def start_nbd_server(
     host: str | None = None,
     port: int | None = None,
     description: str | None = None,
+    tls: PskCredential | None = None,
     timeout: float = START_TIMEOUT,
 ) -> ServerProcess:
     """Serve ``image`` (every layer spelled out) read-only over NBD (unix socket, or
     TCP when ``port`` is given).
 
     The server accepts any number of clients and keeps running after they
-    disconnect, until stopped.
+    disconnect, until stopped. With ``tls`` clients must speak TLS with that
+    pre-shared key (a plain client is turned away); TCP on anything but a loopback
+    address is refused without it.
     """
     pidfile, log_file = Path(pidfile), Path(log_file)
     missing = _missing(image, "qemu-nbd")
@@ -369,8 +494,16 @@ def start_nbd_server(
     ]
     if description:
         args.append(f"--description={description}")
+    if tls is not None:
+        directory = _qemu_option_value(str(tls.directory))
+        args += [
+            "--object",
+            f"tls-creds-psk,id=tls0,endpoint=server,dir={directory}",
+            "--tls-creds=tls0",
+        ]
     if port is not None:
         bind = host or "127.0.0.1"
+        refuse_plain_tcp(bind, port, tls=tls is not None)
         check_port_free(bind, port)
         args += [f"--bind={bind}", f"--port={port}"]
         marker = f"--port={port}"
@@ -380,7 +513,9 @@ def start_nbd_server(
         if socket_path is None:
             raise ExporterError("an NBD export needs a unix socket or a TCP port")
         sock = Path(socket_path)
-        sock.parent.mkdir(parents=True, exist_ok=True)
+        # whoever reaches the socket reads the whole disk: its folder is root's only,
+        # and qemu-nbd runs with umask 077 (engine.tools.base), so the socket is too
+        make_private_dirs(sock.parent)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         args.append(f"--socket={sock}")
@@ -388,14 +523,68 @@ def start_nbd_server(
         ready = sock.exists
         what = f"{image.shown} on {sock}"
     args.append(image.json_name())
-    with open(log_file, "wb") as err:
+    with os.fdopen(open_private(log_file), "wb") as err:
         proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_ready(proc, "qemu-nbd", ready, log_file, what, timeout)
+        if socket_path is not None:
+            # made 0700 under umask 077 in a 0700 folder; no execute bit on a socket
+            os.chmod(socket_path, PRIVATE_FILE)
     except BaseException:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=STOP_TIMEOUT)
         raise
-    pidfile.write_text(f"{proc.pid}\n")
+    write_private(pidfile, f"{proc.pid}\n")
     return ServerProcess("qemu-nbd", proc.pid, pidfile, marker, proc)
+
+
+# -- the keeper of a detached export ----------------------------------------------
+
+KEEPER_MODULE = "engine.services.export_keeper"
+
+
+def start_export_keeper(
+    args: Sequence[str], *, env: Mapping[str, str], log_file: PathLike
+) -> subprocess.Popen[bytes]:
+    """Start the process that owns an export started from a short-lived command (the
+    CLI): ``python -m engine.services.export_keeper ARGS`` in a session of its own, so
+    it outlives that command and its terminal. It reports on its stdout (one line,
+    see :func:`read_report`); its stderr goes to ``log_file``. Settings reach it
+    through ``env``, never on its command line (a catalog URL may hold a password)."""
+    with os.fdopen(open_private(log_file, os.O_WRONLY | os.O_APPEND), "wb") as err:
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", KEEPER_MODULE, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**tool_env(), **env},
+                close_fds=True,
+                start_new_session=True,
+                umask=PRIVATE_UMASK,
+            )
+        except OSError as exc:
+            raise ExporterError(
+                f"cannot start the export keeper: {exc.strerror}", program=KEEPER_MODULE
+            ) from None
+
+
+def read_report(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
+    """The first line ``proc`` writes to its stdout, or None when it exits or stays
+    silent for ``timeout`` s; its stdout is closed afterwards either way."""
+    assert proc.stdout is not None
+    line = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+    proc.stdout.close()
+    return line.decode("utf-8", "replace").strip() if line.endswith(b"\n") else None

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from engine.tools.base import ToolError, ToolTimeout, start
+from engine.tools.exporters import refuse_plain_tcp
 
 PathLike = str | Path
 
@@ -97,6 +98,10 @@ def start_qemu_nbd(
     if not persistent and socket_path is None:
         # readiness is probed by connecting, which would end a one-shot server
         raise NbdError("a one-shot (persistent=False) qemu-nbd needs a unix socket_path")
+    if not os.path.exists(image):
+        # qemu-nbd makes its socket before it opens the image: a probe could connect to
+        # a server that is about to fail
+        raise NbdError(f"cannot serve {image}: {image} does not exist", program="qemu-nbd")
     args = ["qemu-nbd", "-f", fmt, "-x", export_name, "-e", str(shared)]
     if read_only:
         args.append("--read-only")
@@ -107,6 +112,8 @@ def start_qemu_nbd(
     if socket_path is not None:
         args += ["-k", str(socket_path)]
     else:
+        # this helper has no TLS: only this machine may reach it (see exporters)
+        refuse_plain_tcp(host or "127.0.0.1", int(port or 0), tls=False)
         args += ["-b", host or "127.0.0.1", "-p", str(port)]
     args.append(str(image))
     proc = start(args, stdout=subprocess.DEVNULL)

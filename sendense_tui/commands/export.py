@@ -1,17 +1,21 @@
 """``sendense export start|list|stop``: serve a restore point read-only over NBD.
 
-Exports started here keep running after the command ends (they are marked
-persistent) until ``sendense export stop``.
+An export started here outlives the command: a small keeper process owns it,
+stops it after its idle timeout or maximum age (``[exports]`` in the config, or
+``--idle-minutes``/``--max-hours``), or on ``sendense export stop``. TCP on an
+address other machines can reach needs ``--tls``.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any
 
 from engine.services.exports import ExportView
 from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.commands.restore import FORCE_HELP
+from sendense_tui.format import export_limits, human_duration
 
 
 def register(subparsers: Any) -> None:
@@ -21,10 +25,27 @@ def register(subparsers: Any) -> None:
     start.add_argument("point", type=int, help="restore point (backup) id")
     start.add_argument("--name", help="export name (default point-<id>)")
     start.add_argument("--port", type=int, help="serve on TCP (default: a unix socket)")
-    start.add_argument("--host", help="TCP address to listen on (default 127.0.0.1)")
+    start.add_argument(
+        "--host", help="TCP address to listen on (default 127.0.0.1; any other needs --tls)"
+    )
+    start.add_argument(
+        "--tls",
+        action="store_true",
+        help="clients must use TLS with a pre-shared key made for this export",
+    )
+    start.add_argument(
+        "--idle-minutes",
+        type=float,
+        help="stop after this long without a client (default: [exports] idle_minutes)",
+    )
+    start.add_argument(
+        "--max-hours",
+        type=float,
+        help="stop this long after the start, clients or not (default: [exports] max_hours)",
+    )
     start.add_argument("--force", action="store_true", help=FORCE_HELP)
     start.set_defaults(func=start_export)
-    lister = add_parser(sub, "list", help="running exports with their URI")
+    lister = add_parser(sub, "list", help="running exports with their URI and limits")
     lister.add_argument("--all", action="store_true", help="also stopped and dead ones")
     lister.set_defaults(func=list_exports)
     stop = add_parser(sub, "stop", help="stop an export (by id or name)")
@@ -42,30 +63,51 @@ def export_dict(view: ExportView) -> dict[str, Any]:
         "state": view.state,
         "persistent": view.persistent,
         "pid": view.pid,
+        "tls": view.tls,
+        "key_file": view.key_file,
+        "idle_timeout_seconds": view.idle_seconds,
+        "last_active_at": view.last_active_at,
+        "expires_at": view.expires_at,
         "started_at": view.started_at,
         "stopped_at": view.stopped_at,
         "note": view.note,
+        "stop_reason": view.stop_reason,
     }
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M} UTC" if value is not None else "never"
 
 
 def start_export(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        view = engine.exports.start(
+        view = engine.exports.start_detached(
             args.point,
             name=args.name,
             host=args.host,
             port=args.port,
-            persistent=True,
+            tls=args.tls,
+            idle_minutes=args.idle_minutes,
+            max_hours=args.max_hours,
             actor="cli",
             force=args.force,
         )
     if ctx.json:
         ctx.print_json(export_dict(view))
+        return 0
+    if view.note:
+        print(f"NOTE: {view.note}")
+    print(f"serving {view.point_label} read-only at {view.uri}")
+    if view.tls:
+        print(f"  TLS with a pre-shared key; the key (keep it secret): {view.key_file}")
+        print("  copy that file to the client, then read the disk with:")
     else:
-        if view.note:
-            print(f"NOTE: {view.note}")
-        print(f"serving {view.point_label} read-only at {view.uri}")
-        print(f"  read it with: qemu-img info '{view.uri}'   stop: sendense export stop {view.id}")
+        print("  read it with:")
+    for line in view.connect_lines():
+        print(f"    {line}")
+    idle = human_duration(view.idle_seconds)
+    print(f"  ends after {idle} without a client, at {_when(view.expires_at)} at the latest")
+    print(f"  stop: sendense export stop {view.id}")
     return 0
 
 
@@ -75,8 +117,19 @@ def list_exports(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json([export_dict(v) for v in views])
         return 0
-    rows = [[str(v.id), v.name, v.state, v.point_label, v.uri] for v in views]
-    print(table(rows, ["ID", "NAME", "STATE", "POINT", "URI"]) if rows else "no exports")
+    rows = [
+        [
+            str(v.id),
+            v.name,
+            v.state if v.state == "running" else f"{v.state} ({v.stop_reason or '?'})",
+            v.point_label,
+            v.uri + (" (TLS)" if v.tls else ""),
+            export_limits(v.idle_seconds, v.expires_at),
+        ]
+        for v in views
+    ]
+    headers = ["ID", "NAME", "STATE", "POINT", "URI", "IDLE, ENDS"]
+    print(table(rows, headers) if rows else "no exports")
     return 0
 
 

@@ -259,7 +259,7 @@ def _print_report(report: TestReport) -> None:
     for step in report.steps:
         print(
             f"  {'ok ' if step.ok else 'FAIL'} {step.name.replace('_', ' ')}"
-            + (f": {step.detail}" if step.detail and step.ok else "")
+            + (f": {step.detail}" if step.detail and (step.ok or report.ok) else "")
         )
     if report.ok:
         caps = report.capabilities

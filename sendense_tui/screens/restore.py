@@ -12,7 +12,7 @@ Keys come from the command table (``actions.py``, scope "restore").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,10 @@ class RestoreScreen(SendenseScreen):
                 )
             with Vertical(id="exports-box"):
                 yield Static("NBD exports · N starts · x stops", classes="title")
-                yield FlexTable([("uri", "URI", None), ("state", "State", 8)], id="exports")
+                yield FlexTable(
+                    [("uri", "URI", None), ("state", "State", 8), ("ends", "Idle/ends", 11)],
+                    id="exports",
+                )
         yield Input(
             placeholder="extract to: destination folder, e.g. /srv/restore", id="destination"
         )
@@ -226,8 +229,8 @@ class RestoreScreen(SendenseScreen):
         )
         sync_rows(
             self.query_one("#exports", DataTable),
-            [(str(x.id), (x.uri or x.name, x.state)) for x in data.exports],
-            ("uri", "state"),
+            [(str(x.id), (x.uri or x.name, x.state, _limits(x, data.now))) for x in data.exports],
+            ("uri", "state", "ends"),
         )
         where = self.query_one("#where", Static)
         if data.mount_id is None:
@@ -413,7 +416,11 @@ class RestoreScreen(SendenseScreen):
         backup_id = int(key)
 
         def done(view: ExportView) -> None:
-            self.notify(f"exported point {backup_id}: {view.uri}")
+            self.notify(
+                f"exported point {backup_id}: {view.uri} (root only; stops after "
+                f"{human_duration(view.idle_seconds)} without a client, "
+                f"{_ends(view, self.sendense.clock.now())} UTC at the latest)"
+            )
             if view.note:
                 self.notify(view.note, severity="warning", timeout=15)
 
@@ -517,3 +524,17 @@ def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
                     if len(found) >= SEARCH_LIMIT:
                         return found
         return found
+
+
+def _ends(export: ExportView, now: datetime) -> str:
+    """When an export ends at the latest (UTC): '17:00' today, else '11-25'."""
+    if export.expires_at is None:
+        return "-"
+    ends = export.expires_at.astimezone(UTC)
+    return f"{ends:%H:%M}" if ends.date() == now.astimezone(UTC).date() else f"{ends:%m-%d}"
+
+
+def _limits(export: ExportView, now: datetime) -> str:
+    """An export's idle timeout and when it ends at the latest: '30m/17:00'."""
+    idle = human_duration(export.idle_seconds) if export.idle_seconds else "-"
+    return f"{idle}/{_ends(export, now)}"

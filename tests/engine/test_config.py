@@ -14,6 +14,7 @@ import pytest
 import engine.config
 from engine.config import (
     CapacitySettings,
+    ExportSettings,
     JobSettings,
     VerifySettings,
     load_settings,
@@ -287,3 +288,30 @@ def test_verify_settings_from_the_file_and_the_environment(env: dict[str, str]) 
     env["SENDENSE_VERIFY_REVERIFY_DAYS"] = "7"
     env["SENDENSE_VERIFY_SCHEDULE"] = "0 4 * * *"
     assert load_settings(env).verify == VerifySettings(reverify_days=7, schedule="0 4 * * *")
+
+
+def test_export_limits_from_the_file_and_the_environment(env: dict[str, str]) -> None:
+    assert load_settings(env).exports == ExportSettings(idle_minutes=30, max_hours=8)
+    write_config(env, "[exports]\nidle_minutes = 5\nmax_hours = 0.5\n")
+    settings = load_settings(env)
+    assert (settings.exports.idle_seconds, settings.exports.max_age_seconds) == (300, 1800)
+    env["SENDENSE_EXPORT_IDLE_MINUTES"] = "2.5"
+    assert load_settings(env).exports.idle_minutes == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("idle_minutes = 0", "exports.idle_minutes is invalid: must be greater than 0"),
+        ("idle_minutes = 10081", "exports.idle_minutes is invalid: must be at most 10080"),
+        ("idle_minutes = nan", "exports.idle_minutes is invalid: must be at most 10080"),
+        ("max_hours = -1", "exports.max_hours is invalid: must be greater than 0"),
+        ("max_hours = 1e999", "exports.max_hours is invalid: must be at most 720"),
+        ("max_hours = 'soon'", "exports.max_hours is invalid"),
+        ("max_age = 3", "exports.max_age is not a known setting"),
+    ],
+)
+def test_bad_export_limits_name_key_and_file(env: dict[str, str], text: str, expected: str) -> None:
+    path = write_config(env, f"[exports]\n{text}\n")
+    message = config_error(env)
+    assert message.startswith(f"{path}: {expected}"), message

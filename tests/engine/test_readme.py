@@ -25,6 +25,7 @@ def test_readme_sample_config_loads_with_the_values_it_shows(
     assert settings.capacity.min_free_bytes == 5 * 1024**3
     assert settings.jobs.heartbeat_seconds < settings.jobs.lease_seconds
     assert settings.verify.schedule == "0 3 * * *"
+    assert (settings.exports.idle_minutes, settings.exports.max_hours) == (30, 8)
 
 
 def test_readme_commands_parse_with_the_real_command_line() -> None:

@@ -57,6 +57,9 @@ def _seed(engine: Engine, tmp_path: Path) -> int:
         state="running",
         owner="elsewhere:1:x",
         started_at=now,
+        idle_seconds=1800,
+        last_active_at=now,
+        expires_at=now + timedelta(hours=8),
     )
     return row.id
 
