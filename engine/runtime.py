@@ -186,6 +186,8 @@ class Engine:
             SecretBox(self.settings.state_dir / "secret.key"),
             self.capacity,
             clock=self.clock,
+            own_directories=(self.settings.state_dir, self.settings.mount_root),
+            default_repository=self.settings.default_repository,
         )
 
     def _start_repositories(self) -> None:

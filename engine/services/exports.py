@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import threading
 import uuid
@@ -28,11 +27,12 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.names import name_error
 from engine.tools import exporters
 from engine.tools.base import ToolError
 
 PROGRAM = "qemu-nbd"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+EXPORT_NAME_MAX = 128
 _HOST = socket.gethostname()
 _LIVE_OWNERS: set[str] = set()
 
@@ -128,11 +128,9 @@ class ExportService:
         to 127.0.0.1), else a unix socket under the state directory."""
         point = self.store.locate(backup_id)
         name = name or f"point-{backup_id}"
-        if not _NAME.match(name):
-            raise ValidationError(
-                f"export name {name!r} is not allowed",
-                hint="use letters, digits, '.', '_' and '-' (up to 128)",
-            )
+        problem = name_error(name, max_length=EXPORT_NAME_MAX)
+        if problem:
+            raise ValidationError(f"export name {name!r} is not allowed: {problem}")
         if host is not None and port is None:
             raise ValidationError("a TCP export needs a port (--port)")
         if not os.path.isfile(point.path):
@@ -225,14 +223,8 @@ class ExportService:
         return self._view(self._row(ref))
 
     def _row(self, ref: int | str) -> NbdExport:
-        if isinstance(ref, int) or str(ref).isdigit():
-            return self.store.get_export(int(ref))
-        row = self.store.export_named(str(ref), states=("running", "dead"))
-        if row is None:
-            raise ExportError(
-                f"no NBD export named {ref!r}", hint="`sendense export list` shows them"
-            )
-        return row
+        """By name (a running or dead export), else by ``#ID`` / ``ID``."""
+        return self.store.export_by_ref(ref, name_states=("running", "dead"))
 
     def stop(self, ref: int | str, *, actor: str | None = None) -> ExportView:
         row = self._row(ref)
