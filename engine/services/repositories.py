@@ -363,23 +363,35 @@ def repository_path_error(
     with every symbolic link followed are checked, so ``/tmp/link-to-etc`` and
     ``/proc/self/root/etc`` are refused like ``/etc``."""
     given = Path(os.path.normpath(path))
-    real = Path(os.path.realpath(path))
-    via = f" (it leads to {real})" if real != given else ""
-    for candidate in dict.fromkeys((given, real)):
-        if str(candidate) in SYSTEM_TOPS:
-            return f"{path} is a system directory{via}: {_SYSTEM_HINT}"
-        for tree in SYSTEM_TREES:
-            if _within(candidate, Path(tree)):
-                return f"{path} is inside the system directory {tree}{via}: {_SYSTEM_HINT}"
-        if any(candidate == Path(os.path.realpath(a)) for a in allowed):
-            continue
-        for own in protected:
-            own_real = Path(os.path.realpath(own))
-            if _within(candidate, own_real) or candidate in own_real.parents:
-                return (
-                    f"{path} overlaps Sendense's own directory {own}{via}: the catalog, "
-                    f"keys and mounts live there; {_SYSTEM_HINT}"
-                )
+    problem = _path_problem(path, given, "", protected, allowed)
+    if problem:
+        return problem
+    try:
+        real = Path(os.path.realpath(path))
+    except OSError as exc:  # a link into /proc/1/root and the like
+        return f"{path} cannot be resolved ({exc.strerror}): {_SYSTEM_HINT}"
+    if real == given:
+        return None
+    return _path_problem(path, real, f" (it leads to {real})", protected, allowed)
+
+
+def _path_problem(
+    path: str, candidate: Path, via: str, protected: Sequence[Path], allowed: Sequence[Path]
+) -> str | None:
+    if str(candidate) in SYSTEM_TOPS:
+        return f"{path} is a system directory{via}: {_SYSTEM_HINT}"
+    for tree in SYSTEM_TREES:
+        if _within(candidate, Path(tree)):
+            return f"{path} is inside the system directory {tree}{via}: {_SYSTEM_HINT}"
+    if any(candidate == Path(os.path.realpath(a)) for a in allowed):
+        return None
+    for own in protected:
+        own_real = Path(os.path.realpath(own))
+        if _within(candidate, own_real) or candidate in own_real.parents:
+            return (
+                f"{path} overlaps Sendense's own directory {own}{via}: the catalog, "
+                f"keys and mounts live there; {_SYSTEM_HINT}"
+            )
     return None
 
 

@@ -81,8 +81,11 @@ def interruptible(job_id: int) -> Iterator[None]:
 def job_failed(job: Job) -> CommandFailed:
     """A job that did not succeed, as one sentence (its error's first line) and the
     error's own hint, or where to read more."""
-    message, _, hint = (job.error or "").partition("\n  -> ")
-    first = message.strip().splitlines()[0] if message.strip() else ""
+    # a job's error is its exception's for_humans(): a sentence, then "  -> hint" lines
+    # (one per nested error); anything else on further lines is detail for `jobs show`
+    lines = [line.strip() for line in (job.error or "").splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    hint = "; ".join(line[2:].strip() for line in lines[1:] if line.startswith("->"))
     what = f"job {job.id} ({job.title})"
     if job.state == "paused":
         return CommandFailed(
@@ -92,7 +95,7 @@ def job_failed(job: Job) -> CommandFailed:
     verb = "was cancelled" if job.state == "cancelled" else job.state
     return CommandFailed(
         f"{what} {verb}" + (f": {first}" if first else ""),
-        hint=hint.strip() or f"`sendense jobs show {job.id}` and `sendense events` say more",
+        hint=hint or f"`sendense jobs show {job.id}` and `sendense events` say more",
     )
 
 
