@@ -83,7 +83,7 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
     """Run the engine's job runner until the job ends, printing progress to stderr.
     Warnings the job raised (a new full, a broken chain) are printed once it has
     succeeded; a failed job says only its one sentence (``finish_job``)."""
-    with interruptible(job_id):
+    with interruptible(engine, job_id):
         return _wait_for_job(engine, job_id, ctx)
 
 

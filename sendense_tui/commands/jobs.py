@@ -65,16 +65,34 @@ def print_queued(ctx: CliContext, job: Any) -> int:
     return 0
 
 
+#: what became of a job whose wait was interrupted, by its state once the runner stopped
+_AFTER_INTERRUPT = {
+    "queued": "it went back to the queue",
+    "paused": "it is paused",
+    "cancelled": "it was cancelled",
+    "succeeded": "it had just finished",
+    "failed": "it had just failed",
+}
+
+
 @contextmanager
-def interruptible(job_id: int) -> Iterator[None]:
+def interruptible(engine: Any, job_id: int) -> Iterator[None]:
     """Around a wait for a job: Ctrl+C or SIGTERM ends the command with one sentence
-    (exit 4) saying what becomes of the job; closing the engine hands it back."""
+    (exit 4) saying what became of the job. The runner is stopped first, as closing
+    the engine would: a running job is handed back to the queue."""
     try:
         yield
     except KeyboardInterrupt:
+        engine.jobs.stop()
+        state = engine.job_store.get(job_id).state
+        outcome = _AFTER_INTERRUPT.get(state, f"it is {state}")
+        hint = (
+            f"the daemon or the console runs it; `sendense jobs cancel {job_id}` stops it"
+            if state == "queued"
+            else f"`sendense jobs show {job_id}` says more"
+        )
         raise CommandInterrupted(
-            f"interrupted while waiting for job {job_id}: it goes back to the queue",
-            hint=f"the daemon or the console runs it; `sendense jobs cancel {job_id}` stops it",
+            f"interrupted while waiting for job {job_id}: {outcome}", hint=hint
         ) from None
 
 
@@ -114,7 +132,7 @@ def finish_job(ctx: CliContext, job: Job, data: dict[str, Any], done: Callable[[
 
 def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
-    with interruptible(job_id):
+    with interruptible(engine, job_id):
         return _wait_with_progress(engine, job_id, show=show)
 
 
