@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from engine.catalog.models import Policy
@@ -171,18 +170,7 @@ def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 hint="fix these and run the command again; nothing was changed",
             )
         if spec.immutable_days > 0:
-            vms = [s["vm"] for s in spec.sources]
-            estimate = engine.policies.lock_space_estimate(
-                spec.target, vms, spec.immutable_days, spec.schedule
-            )
-            print(estimate.sentence(), file=sys.stderr)
-            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
-            if not args.yes:
-                raise SendenseError(
-                    f"policy {spec.name} was not saved: a {spec.immutable_days}-day lock "
-                    "cannot be shortened later",
-                    hint="read the estimate above and add --yes to confirm",
-                )
+            _confirm_lock(ctx, engine, spec, args.yes, f"policy {spec.name} was not saved")
         policy = engine.policies.add(spec, actor="cli")
         data = policy_dict(engine, policy)
     if ctx.json:
@@ -231,18 +219,7 @@ def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 hint="fix these and run the command again; nothing was changed",
             )
         if spec.immutable_days > current.immutable_days:
-            vms = [s["vm"] for s in spec.sources]
-            estimate = engine.policies.lock_space_estimate(
-                spec.target, vms, spec.immutable_days, spec.schedule
-            )
-            print(estimate.sentence(), file=sys.stderr)
-            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
-            if not args.yes:
-                raise SendenseError(
-                    f"policy {current.name} was not changed: a {spec.immutable_days}-day lock "
-                    "cannot be shortened later",
-                    hint="read the estimate above and add --yes to confirm",
-                )
+            _confirm_lock(ctx, engine, spec, args.yes, f"policy {current.name} was not changed")
         policy = engine.policies.update(current.id, spec, actor="cli")
         data = policy_dict(engine, policy)
     if ctx.json:
@@ -253,6 +230,25 @@ def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         print(printable(f"policy {policy.name} changed (disabled: no scheduled runs)"))
     return 0
+
+
+def _confirm_lock(ctx: CliContext, engine: Any, spec: Any, yes: bool, refused: str) -> None:
+    """A lock period cannot be shortened: say what it holds and protects (on stdout,
+    it is what the operator reads before confirming), and refuse without --yes (one
+    sentence on stderr that carries the estimate)."""
+    vms = [s["vm"] for s in spec.sources]
+    estimate = engine.policies.lock_space_estimate(
+        spec.target, vms, spec.immutable_days, spec.schedule
+    )
+    if not ctx.json:
+        print(printable(estimate.sentence()))
+        print(engine.locks.protects + " " + engine.locks.does_not_protect)
+    if not yes:
+        raise SendenseError(
+            f"{refused}: a {spec.immutable_days}-day lock cannot be shortened later "
+            f"({estimate.sentence()})",
+            hint="add --yes to confirm",
+        )
 
 
 def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -21,6 +21,7 @@ from sendense_tui.format import (
     human_bytes,
     human_duration,
     human_rate,
+    printable,
     progress_bar,
     short_time,
     state_text,
@@ -264,7 +265,7 @@ class JobsScreen(SendenseScreen):
             str(job.id),
             # the error's sentence (its hint, on the next line, is in the job's details)
             Text(
-                job.title + (f" — {job.error.splitlines()[0]}" if job.error else ""),
+                printable(job.title + (f" — {job.error.splitlines()[0]}" if job.error else "")),
                 overflow="ellipsis",
             ),
             outcome,

@@ -134,7 +134,7 @@ class RepositoriesScreen(SendenseScreen):
         return (
             repo.name,
             KINDS.get(repo.kind, repo.kind),
-            Text(row.location, overflow="ellipsis"),
+            Text(printable(row.location), overflow="ellipsis"),
             state_text(state),
             used,
             human_bytes(row.free) if row.free is not None else "-",

@@ -210,8 +210,9 @@ class RestoreScreen(SendenseScreen):
                     e.path,
                     (
                         "*" if e.path in self.marked else " ",
+                        # escaped before Rich sees it (Text itself drops a bare \r)
                         Text(
-                            (e.path if results is not None else e.name)
+                            printable(e.path if results is not None else e.name)
                             + ("/" if e.kind == "dir" else ""),
                             style="bold" if e.kind == "dir" else "",
                         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -103,12 +104,15 @@ def usage_error(done: subprocess.CompletedProcess[str]) -> str:
     return last
 
 
-def test_the_table_is_in_help() -> None:
+def test_the_table_is_in_help_and_in_the_readme() -> None:
     done = sendense(Path("/nonexistent-state"), "--help")
     assert done.returncode == 0
     assert "exit codes:" in done.stdout
     for code, text in TABLE:
         assert f"  {int(code)}  {text}" in done.stdout
+    readme = (ROOT / "README.md").read_text()
+    codes = re.findall(r"^\| (\d) \| ", readme, re.M)
+    assert codes == [str(int(code)) for code, _ in TABLE]
 
 
 # -- 2: bad usage (argparse) ----------------------------------------------------------
