@@ -477,8 +477,8 @@ class CopyService:
         self.check_destination(dst)
         if selection not in SELECTIONS:
             raise ValidationError(f"selection must be one of {', '.join(SELECTIONS)}")
-        if selection == "latest" and (latest_count is None or latest_count < 1):
-            raise ValidationError("selection 'latest' needs a count of at least 1 (latest N)")
+        if selection == "latest" and (latest_count is None or not 1 <= latest_count <= 10_000):
+            raise ValidationError("selection 'latest' needs a count from 1 to 10000 (latest N)")
         if mode not in MODES:
             raise ValidationError(f"mode must be one of {', '.join(MODES)}")
         if mode == "scheduled":
@@ -488,10 +488,12 @@ class CopyService:
                     f"the schedule is refused: {problem}",
                     hint="five fields, UTC, e.g. '0 2 * * *' for 02:00 every day",
                 )
-        if bandwidth_limit is not None and bandwidth_limit < 0:
-            raise ValidationError("a bandwidth limit cannot be negative")
-        if max_age_hours is not None and max_age_hours < 1:
-            raise ValidationError("the maximum copy age must be at least 1 hour")
+        # bounded as the catalog's columns are: a number typed in the console that
+        # would overflow one is refused here, not by the database
+        if bandwidth_limit is not None and not 0 <= bandwidth_limit <= 2**63 - 1:
+            raise ValidationError("a bandwidth limit is from 0 (none) to 8 EiB a second")
+        if max_age_hours is not None and not 1 <= max_age_hours <= 87_600:
+            raise ValidationError("the maximum copy age is from 1 hour to 10 years (87600)")
         if not 0 <= priority <= 1000:
             raise ValidationError("priority must be between 0 and 1000 (lower runs first)")
         if lock_copies:
