@@ -230,11 +230,12 @@ def _bounded(upper: float) -> Callable[[Any], float]:
 
 
 def _cron(value: Any) -> str:
-    from croniter import croniter
+    from engine.cron import cron_error
 
-    if not isinstance(value, str) or not croniter.is_valid(value.strip()):
+    problem = cron_error(value) if isinstance(value, str) else "it is not text"
+    if problem:
         raise ValueError(
-            f"must be a cron expression (five fields, e.g. '0 3 * * *'), got {value!r}"
+            f"must be a cron expression that fires (five fields, e.g. '0 3 * * *'): {problem}"
         )
     return value.strip()
 

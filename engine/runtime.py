@@ -199,6 +199,8 @@ class Engine:
             self.capacity,
             clock=self.clock,
             locks=self.locks,
+            own_directories=(self.settings.state_dir, self.settings.mount_root),
+            default_repository=self.settings.default_repository,
         )
 
     def _start_repositories(self) -> None:

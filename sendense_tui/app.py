@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual.app import App
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 
 from engine.clock import SYSTEM_CLOCK, Clock
@@ -19,6 +20,7 @@ from engine.errors import SendenseError
 from engine.events import Event
 from engine.runtime import Engine
 from sendense_tui.actions import bindings_for
+from sendense_tui.format import printable
 from sendense_tui.messages import EngineEvent, JobProgress, message_for
 from sendense_tui.palette import SendenseCommands
 from sendense_tui.screens import SCREENS, SECTIONS
@@ -152,6 +154,25 @@ class SendenseApp(App[int]):
     @property
     def terminal_lost(self) -> bool:
         return self._terminal_lost
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification carries names from outside (events, errors, file names):
+        control characters are escaped and markup is never read from the text."""
+        super().notify(
+            printable(message, keep_newlines=True),
+            title=printable(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     # -- the one error handler ---------------------------------------------------------
 

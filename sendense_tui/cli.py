@@ -1,9 +1,9 @@
 """The ``sendense`` command: no subcommand opens the console.
 
-Errors are handled in one place (``main``): an operator error prints
-``sendense: <message>`` and its hint on stderr and exits 2, never a traceback;
-a catalog that cannot be reached exits 3, Ctrl+C exits 4 (the table is in
-``sendense_tui.exitcodes``).
+Errors are handled in one place (``main``): an error prints ``sendense:
+<message>`` and its hint on stderr, never a traceback, and exits with its code
+from the table in ``sendense_tui.exitcodes``: 1 a job (or check) ran and failed,
+2 refused, 3 catalog unavailable, 4 interrupted (Ctrl+C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
-from engine.errors import CatalogUnavailable, SendenseError
+from engine.errors import SendenseError
 from engine.private import PRIVATE_UMASK, make_private_dir, open_private
 from sendense_tui.commands import COMMON, CliContext, register_all
-from sendense_tui.exitcodes import ExitCode, epilog
+from sendense_tui.exitcodes import ExitCode, epilog, exit_code_for
+from sendense_tui.format import printable
 
 EXIT_ERROR = int(ExitCode.REFUSED)
 EXIT_INTERRUPTED = int(ExitCode.INTERRUPTED)
@@ -75,10 +79,18 @@ def _log_to_file(ctx: CliContext) -> None:
 
 
 def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
-    print(f"sendense: {message}", file=sys.stderr)
+    # one sentence on one line: names inside it (a file, a VM) are escaped
+    print(f"sendense: {printable(message)}", file=sys.stderr)
     if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
+        print(f"  hint: {printable(hint)}", file=sys.stderr)
     return code
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM ends a command the way Ctrl+C does (exit 4, a waited-for job handed
+    back); a second one while it winds down is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,21 +100,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     ctx = CliContext(args)
-    handler = getattr(args, "func", None) or open_console
+    handler = getattr(args, "func", None)
+    previous = None
+    if handler is None:
+        handler = open_console  # Textual and the console handle their own signals
+    elif threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(handler(args, ctx))
-    except CatalogUnavailable as exc:
-        return _fail(exc.message, exc.hint, int(ExitCode.CATALOG_UNAVAILABLE))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
-        return _fail(exc.message, exc.hint)
+        return _fail(exc.message, exc.hint, int(exit_code_for(exc)))
     except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail("interrupted before the command finished", code=EXIT_INTERRUPTED)
     except BrokenPipeError:
         # `sendense events | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:  # main() called in-process (tests): leave no trace
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,74 @@
-"""Small text helpers shared by screens and the CLI: sizes, rates, times."""
+r"""Small text helpers shared by screens and the CLI: sizes, rates, times, and names
+from outside made safe to show.
+
+Anything that comes from outside Sendense's own code (a file name inside a
+restore point, a VM or disk name, a path, an event message, a tool's error) goes
+through ``printable`` before it reaches a terminal, so a crafted name cannot
+forge a listing line (``\n``, ``\r``) or send terminal escapes (``\x1b[2J``).
+In the console, ``safe_text`` also keeps it from being read as Rich markup (a
+file named ``[@click=app.quit]x`` is shown as it is, not made a link).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from rich.markup import escape as escape_markup
 from rich.text import Text
+
+from engine.names import UNSAFE_CHARS
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: Any) -> str:
+    char: str = match.group()
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        # an undecodable byte of a file name (os.fsdecode's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def printable(value: object, *, keep_newlines: bool = False) -> str:
+    r"""``value`` as text with every control or invisible formatting character shown
+    as an escape: ``\n``, ``\r``, ``\t``, ``\x1b``, ``\x9b``, ``\u202e``; an
+    undecodable byte of a file name as ``\xff``. Everything else is unchanged.
+    ``keep_newlines``: for text meant to have several lines (a notification and its
+    hint); the lines stay, every other control character is still escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if keep_newlines:
+        return "\n".join(UNSAFE_CHARS.sub(_escape_char, line) for line in text.split("\n"))
+    return UNSAFE_CHARS.sub(_escape_char, text)
+
+
+def safe_text(value: object, style: str = "") -> Text:
+    """A Text for the console: control characters escaped, never read as markup."""
+    return Text(printable(value), style=style)
+
+
+def safe_cell(cell: object) -> object:
+    """A table cell made safe: a str becomes a Text (a DataTable reads a str as
+    markup); a Text holding control characters is rebuilt with them escaped (its
+    inner styles give way, its base style stays). Other cells are unchanged."""
+    if isinstance(cell, str):
+        return safe_text(cell)
+    if isinstance(cell, Text) and UNSAFE_CHARS.search(cell.plain):
+        return Text(printable(cell.plain), style=cell.style, justify=cell.justify)
+    return cell
+
+
+def safe_markup(value: object) -> str:
+    """For widgets that read markup (``Static.update`` or ``Label`` with a str):
+    control characters escaped and ``[`` escaped, so a name cannot style or link."""
+    return escape_markup(printable(value))
+
 
 _UNITS = ("B", "K", "M", "G", "T", "P")
 

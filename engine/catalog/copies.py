@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
+from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError, ValidationError
 
 #: copy states a restore can rely on
@@ -83,12 +84,9 @@ class CopyStore:
             return rule
 
     def get_rule(self, ref: int | str) -> CopyRule:
-        """By id, or by name."""
+        """By name, else by ``#ID`` / ``ID`` (``engine.names`` has the rule)."""
         with self.catalog.session() as session:
-            if isinstance(ref, int) or ref.isdigit():
-                rule = session.get(CopyRule, int(ref))
-            else:
-                rule = session.scalar(select(CopyRule).where(CopyRule.name == ref))
+            rule = find_by_ref(session, CopyRule, ref, name_column=CopyRule.name)
             if rule is None:
                 raise NotFoundError(
                     f"copy rule {ref!r} does not exist",

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import CopyRule, Job, Policy, ScheduleMark
+from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError, ValidationError
 
 #: the job kind a policy run uses
@@ -44,12 +45,9 @@ class PolicyStore:
             return policy
 
     def get(self, ref: int | str) -> Policy:
-        """By id, or by name."""
+        """By name, else by ``#ID`` / ``ID`` (``engine.names`` has the rule)."""
         with self.catalog.session() as session:
-            if isinstance(ref, int) or ref.isdigit():
-                policy = session.get(Policy, int(ref))
-            else:
-                policy = session.scalar(select(Policy).where(Policy.name == ref))
+            policy = find_by_ref(session, Policy, ref, name_column=Policy.name)
             if policy is None:
                 raise NotFoundError(
                     f"policy {ref!r} does not exist", hint="`sendense policy list` shows them"

@@ -22,6 +22,7 @@ from engine.catalog.models import (
     RestoreMount,
     Verification,
 )
+from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError, ValidationError
 
 
@@ -41,12 +42,9 @@ class RepositoryStore:
             return repo
 
     def get(self, ref: int | str) -> Repository:
-        """By id, or by name."""
+        """By name, else by ``#ID`` / ``ID`` (``engine.names`` has the rule)."""
         with self.catalog.session() as session:
-            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-                repo = session.get(Repository, int(ref))
-            else:
-                repo = session.scalar(select(Repository).where(Repository.name == ref))
+            repo = find_by_ref(session, Repository, ref, name_column=Repository.name)
             if repo is None:
                 raise NotFoundError(
                     f"repository {ref!r} does not exist",

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, NbdExport, Repository, RestoreMount
+from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError
 
 #: mount rows in these states hold (or may hold) kernel mounts and processes
@@ -173,6 +174,26 @@ class RestoreStore:
             query = query.where(NbdExport.state.in_(states))
         with self.catalog.session() as session:
             return list(session.scalars(query))
+
+    def export_by_ref(self, ref: int | str, *, name_states: tuple[str, ...]) -> NbdExport:
+        """An export by name (among rows in ``name_states``: names repeat over time, the
+        newest wins), else by ``#ID`` / ``ID``."""
+        with self.catalog.session() as session:
+            row = find_by_ref(
+                session,
+                NbdExport,
+                ref,
+                name_column=NbdExport.export_name,
+                where=(NbdExport.state.in_(name_states),),
+            )
+            if row is None:
+                raise NotFoundError(
+                    f"no NBD export named {ref!r}"
+                    if isinstance(ref, str)
+                    else f"NBD export {ref} does not exist",
+                    hint="`sendense export list` shows the exports",
+                )
+            return row
 
     def export_named(self, name: str, *, states: tuple[str, ...]) -> NbdExport | None:
         query = select(NbdExport).where(NbdExport.export_name == name, NbdExport.state.in_(states))

@@ -95,7 +95,8 @@ COMPRESSIONS = (None, "zstd", "zlib")
 DEFAULT_FULL_EVERY = 14
 #: chains live under this directory of the repository (the repository layout has it)
 CHAINS_DIR = "chains"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: VM and disk names (whole-string match: "web01\n" is not a name)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: how a source may be read: raw unless the operator says qcow2 (never probed)
 SOURCE_FORMATS = ("raw", "qcow2")
 NBD_PREFIXES = ("nbd://", "nbd+unix://")
@@ -440,7 +441,7 @@ class BackupService:
     def _check_args(
         self, vm: str, disks: Sequence[DiskSource], mode: str, compression: str | None
     ) -> None:
-        if not _NAME.match(vm):
+        if not _NAME.fullmatch(vm):
             raise ValidationError(
                 f"VM name {vm!r} is not usable as a directory name",
                 hint="use letters, digits, '.', '_' and '-' (at most 128)",
@@ -449,7 +450,7 @@ class BackupService:
             raise ValidationError(f"no disks given for {vm}")
         names = [d.name for d in disks]
         for name in names:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValidationError(f"disk name {name!r} is not usable as a directory name")
         if len(set(names)) != len(names):
             raise ValidationError(f"disk names repeat: {', '.join(names)}")

@@ -50,6 +50,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Copy, CopyRule, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.cron import cron_error
 from engine.errors import (
     JobCancelled,
     JobUnprotected,
@@ -60,6 +61,7 @@ from engine.errors import (
 from engine.events import Event, EventBus
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+from engine.names import name_error
 from engine.private import make_private_dirs, open_private
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
@@ -488,10 +490,9 @@ class CopyService:
         lock_copies: bool = False,
     ) -> tuple[Repository, Repository]:
         """Check a rule before it is stored; raises ValidationError with a clear sentence."""
-        if not name or not name.strip():
-            raise ValidationError("a copy rule needs a name")
-        if len(name) > 64:
-            raise ValidationError("a copy rule name has at most 64 characters")
+        problem = name_error(name)
+        if problem:
+            raise ValidationError(f"copy rule name {name!r} is not allowed: {problem}")
         src = self.repositories.get(source)
         dst = self.repositories.get(destination)
         if src.id == dst.id:
@@ -510,15 +511,16 @@ class CopyService:
         if mode not in MODES:
             raise ValidationError(f"mode must be one of {', '.join(MODES)}")
         if mode == "scheduled":
-            from croniter import croniter
-
-            if not schedule or not croniter.is_valid(schedule):
+            problem = cron_error(schedule, now=self.clock.now())
+            if problem:
                 raise ValidationError(
-                    f"schedule {schedule!r} is not a cron expression",
-                    hint="five fields, e.g. '0 2 * * *' for 02:00 every day",
+                    f"the schedule is refused: {problem}",
+                    hint="five fields, UTC, e.g. '0 2 * * *' for 02:00 every day",
                 )
-        if bandwidth_limit is not None and bandwidth_limit < 0:
-            raise ValidationError("a bandwidth limit cannot be negative")
+        # bounded as the catalog's column is: a number typed in the console that
+        # would overflow it is refused here, not by the database
+        if bandwidth_limit is not None and not 0 <= bandwidth_limit <= 2**63 - 1:
+            raise ValidationError("a bandwidth limit is from 0 (none) to 8 EiB a second")
         if max_age_hours is not None:
             MAX_AGE_HOURS.check(max_age_hours)
         if not 0 <= priority <= 1000:
@@ -600,7 +602,7 @@ class CopyService:
             lock_copies=lock_copies,
         )
         rule = self.store.add_rule(
-            name=name.strip(),
+            name=name,
             now=self.clock.now(),
             source_repository_id=src.id,
             destination_repository_id=dst.id,

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import socket
@@ -48,6 +47,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import EXPORT_IDLE_MINUTES_MAX, EXPORT_MAX_HOURS_MAX, Settings
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.names import name_error
 from engine.private import make_private_dir
 from engine.services.images import ImageGuard, PointReader, PointUnreadable
 from engine.tools import exporters
@@ -56,7 +56,7 @@ from engine.tools.base import ToolError
 log = logging.getLogger(__name__)
 
 PROGRAM = "qemu-nbd"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+EXPORT_NAME_MAX = 128
 _HOST = socket.gethostname()
 _LIVE_OWNERS: set[str] = set()
 #: how often an engine looks at its exports' clients and limits
@@ -234,11 +234,9 @@ class ExportService:
     ) -> tuple[float, float]:
         """Everything about a start that can be refused before anything runs; returns
         the idle timeout and maximum age in seconds."""
-        if name is not None and not _NAME.match(name):
-            raise ValidationError(
-                f"export name {name!r} is not allowed",
-                hint="use letters, digits, '.', '_' and '-' (up to 128)",
-            )
+        problem = None if name is None else name_error(name, max_length=EXPORT_NAME_MAX)
+        if problem:
+            raise ValidationError(f"export name {name!r} is not allowed: {problem}")
         if host is not None and port is None:
             raise ValidationError("a TCP export needs a port (--port)")
         if tls and port is None:
@@ -540,14 +538,8 @@ class ExportService:
         return self._view(self._row(ref))
 
     def _row(self, ref: int | str) -> NbdExport:
-        if isinstance(ref, int) or str(ref).isdigit():
-            return self.store.get_export(int(ref))
-        row = self.store.export_named(str(ref), states=("running", "dead"))
-        if row is None:
-            raise ExportError(
-                f"no NBD export named {ref!r}", hint="`sendense export list` shows them"
-            )
-        return row
+        """By name (a running or dead export), else by ``#ID`` / ``ID``."""
+        return self.store.export_by_ref(ref, name_states=("running", "dead"))
 
     # -- stopping ----------------------------------------------------------------
 

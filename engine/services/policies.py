@@ -34,35 +34,23 @@ from engine.catalog.models import Job, Policy, Repository
 from engine.catalog.policies import POLICY_RUN, PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.cron import cron_error
 from engine.errors import JobError, JobUnprotected, NotFoundError, SendenseError, ValidationError
 from engine.events import EventBus
+from engine.names import name_error
 from engine.services.backup import DiskSource, check_source_text
 from engine.services.retention import RetentionRules
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: VM and disk names in a policy's sources (the same rule as backups')
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 class PolicyRunFailed(SendenseError):
     """A policy run backed up some disks but not all, or none."""
-
-
-def cron_error(schedule: str) -> str | None:
-    """None when ``schedule`` is a valid five-field cron expression."""
-    text = (schedule or "").strip()
-    if not text:
-        return "a schedule is needed (cron, e.g. '0 2 * * *' for 02:00 every day)"
-    if len(text.split()) != 5:
-        return (
-            f"{text!r} is not a cron expression: it needs five fields "
-            "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
-        )
-    if not croniter.is_valid(text):
-        return f"{text!r} is not a valid cron expression (e.g. '0 2 * * *' for 02:00 daily)"
-    return None
 
 
 def next_runs(schedule: str, after: datetime, count: int = 5) -> list[datetime]:
@@ -191,11 +179,9 @@ class PolicyService:
     def validate(self, spec: PolicySpec, *, existing_id: int | None = None) -> dict[str, str]:
         """Field -> what is wrong with it. Empty: the policy can be saved."""
         problems: dict[str, str] = {}
-        if not NAME_RE.match(spec.name or ""):
-            problems["name"] = (
-                "a name is 1-64 letters, digits, dots, dashes or underscores, starting with "
-                "a letter or digit"
-            )
+        name_problem = name_error(spec.name)
+        if name_problem:
+            problems["name"] = name_problem
         else:
             try:
                 other = self.store.get(spec.name)
@@ -203,7 +189,7 @@ class PolicyService:
                     problems["name"] = f"a policy named {spec.name!r} already exists"
             except NotFoundError:
                 pass
-        cron = cron_error(spec.schedule)
+        cron = cron_error(spec.schedule, now=self.clock.now())
         if cron:
             problems["schedule"] = cron
         repo = self._target(spec.target) if spec.target not in (None, "") else None
@@ -270,14 +256,14 @@ class PolicyService:
         seen: set[tuple[str, str]] = set()
         for entry in sources:
             vm = str(entry.get("vm") or "")
-            if not NAME_RE.match(vm):
+            if not NAME_RE.fullmatch(vm):
                 return {"sources": f"VM name {vm!r} is not valid (letters, digits, . _ -)"}
             disks = entry.get("disks") or []
             if not disks:
                 return {"sources": f"VM {vm} has no disks"}
             for disk in disks:
                 name = str(disk.get("name") or "")
-                if not NAME_RE.match(name):
+                if not NAME_RE.fullmatch(name):
                     return {"sources": f"disk name {name!r} of {vm} is not valid"}
                 if not str(disk.get("source") or "").strip():
                     return {"sources": f"disk {vm}/{name} has no source path or URI"}

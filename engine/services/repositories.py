@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,8 +44,9 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import ValidationError
+from engine.errors import NotFoundError, ValidationError
 from engine.events import Event, EventBus
+from engine.names import has_unsafe_chars, name_error
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
@@ -73,11 +75,10 @@ NETWORK_PROBE_TIMEOUT = 10.0
 MODE_REPAIR_TIMEOUT = 120.0
 FICLONE = 0x40049409
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HOST_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
-_SHARE_RE = re.compile(r'^[^\\/:*?"<>|\[\];=+,]{1,80}$')
+_SHARE_RE = re.compile(r'[^\\/:*?"<>|\[\];=+,\x00-\x1f\x7f]{1,80}')
 
 
 @dataclass
@@ -121,18 +122,17 @@ def validate_field(kind: str, name: str, value: Any) -> str | None:
     """A sentence saying what is wrong with one field, or None (used while typing)."""
     text = "" if value is None else str(value).strip()
     if name == "name":
-        if not text:
-            return "a name is required"
-        if not _NAME_RE.match(text):
-            return (
-                "use letters, digits, '.', '_' or '-' (up to 64), starting with a letter or digit"
-            )
+        # exactly as typed: "nas\n" must not be trimmed into a valid name
+        return name_error("" if value is None else str(value))
     elif name == "path" and kind == "local":
+        raw = "" if value is None else str(value)
         if not text:
             return "a directory is required"
-        if not text.startswith("/"):
+        if not raw.startswith("/"):
             return "the path must be absolute (start with /)"
-        if "\0" in text or "/../" in text + "/":
+        if has_unsafe_chars(raw):
+            return "the path must not contain control characters (line breaks, tabs, escapes)"
+        if "/../" in raw + "/":
             return "the path must not contain '..'"
     elif name == "server" and kind in ("nfs", "cifs"):
         if not text:
@@ -144,13 +144,15 @@ def validate_field(kind: str, name: str, value: Any) -> str | None:
             return "the export path is required (e.g. /srv/backups)"
         if not text.startswith("/"):
             return "the export path must start with /"
+        if has_unsafe_chars(str(value)):
+            return "the export path must not contain control characters"
     elif name == "export" and kind == "cifs":
         if not text:
             return "the share name is required (e.g. backups)"
-        if not _SHARE_RE.match(text):
+        if not _SHARE_RE.fullmatch(text):
             return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
     elif name == "port" and text:
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             return "the port must be a number from 1 to 65535"
     elif name == "nfs_version" and kind == "nfs":
         if text not in ("3", "4", "4.0", "4.1", "4.2"):
@@ -187,7 +189,7 @@ def _is_host(text: str) -> bool:
         return True
     except OSError:
         pass
-    return bool(_HOST_RE.match(text)) and not text.replace(".", "").isdigit()
+    return bool(_HOST_RE.fullmatch(text)) and not text.replace(".", "").isdigit()
 
 
 def validate_spec(spec: RepositorySpec) -> dict[str, str]:
@@ -284,25 +286,124 @@ def _os_error(path: Path, exc: OSError, doing: str) -> RepositoryCheckError:
     return RepositoryCheckError(f"{path}: {doing} failed: {exc.strerror or exc}", reason="io")
 
 
-def check_directory(path: Path, *, create: bool = False) -> None:
-    """The path exists and is a directory (created when ``create`` and the parent exists)."""
+def check_directory(path: Path, *, create: bool = False) -> list[Path]:
+    """The path exists and is a directory (created with its missing parents when
+    ``create``). Returns the directories it created, deepest first, so a caller
+    whose check then fails can take them away again (``remove_created``)."""
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise RepositoryCheckError(
             f"{path} is a file, not a directory",
             reason="not_directory",
             hint="choose a directory, or a new name for one to be created",
         )
-    if not path.exists():
-        if not create:
-            raise RepositoryCheckError(
-                f"{path} does not exist",
-                reason="not_found",
-                hint="create the directory first, or choose 'create it'",
+    if path.exists():
+        return []
+    if not create:
+        raise RepositoryCheckError(
+            f"{path} does not exist",
+            reason="not_found",
+            hint="create the directory first, or choose 'create it'",
+        )
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    try:
+        make_private_dirs(path)
+    except OSError as exc:
+        remove_created(missing)
+        raise _os_error(path, exc, "creating the directory") from None
+    return missing
+
+
+def remove_created(directories: list[Path]) -> None:
+    """Remove directories a failed check created (deepest first; only empty ones)."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+#: never a repository, nor anything below them: the system's own trees
+SYSTEM_TREES = (
+    "/etc",
+    "/usr",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/var/run",
+    "/var/lock",
+    "/var/log",
+    "/var/cache",
+    "/var/spool",
+)
+#: never a repository themselves (a directory of its own below them is fine)
+SYSTEM_TOPS = (
+    "/",
+    "/var",
+    "/var/lib",
+    "/var/tmp",
+    "/home",
+    "/root",
+    "/tmp",
+    "/srv",
+    "/mnt",
+    "/media",
+    "/opt",
+)
+_SYSTEM_HINT = "give the repository a directory of its own, e.g. /srv/backups"
+
+
+def _within(path: Path, tree: Path) -> bool:
+    return path == tree or tree in path.parents
+
+
+def repository_path_error(
+    path: str, *, protected: Sequence[Path] = (), allowed: Sequence[Path] = ()
+) -> str | None:
+    """Why ``path`` may not be a local repository, or None.
+
+    Refused: the system's directories (``SYSTEM_TREES`` and everything below them,
+    ``SYSTEM_TOPS`` themselves) and Sendense's own directories (``protected``: the
+    state directory and mount root, below or above them), except the ``allowed``
+    ones (the configured default repository). Both the path as written and the path
+    with every symbolic link followed are checked, so ``/tmp/link-to-etc`` and
+    ``/proc/self/root/etc`` are refused like ``/etc``."""
+    given = Path(os.path.normpath(path))
+    problem = _path_problem(path, given, "", protected, allowed)
+    if problem:
+        return problem
+    try:
+        real = Path(os.path.realpath(path))
+    except OSError as exc:  # a link into /proc/1/root and the like
+        return f"{path} cannot be resolved ({exc.strerror}): {_SYSTEM_HINT}"
+    if real == given:
+        return None
+    return _path_problem(path, real, f" (it leads to {real})", protected, allowed)
+
+
+def _path_problem(
+    path: str, candidate: Path, via: str, protected: Sequence[Path], allowed: Sequence[Path]
+) -> str | None:
+    if str(candidate) in SYSTEM_TOPS:
+        return f"{path} is a system directory{via}: {_SYSTEM_HINT}"
+    for tree in SYSTEM_TREES:
+        if _within(candidate, Path(tree)):
+            return f"{path} is inside the system directory {tree}{via}: {_SYSTEM_HINT}"
+    if any(candidate == Path(os.path.realpath(a)) for a in allowed):
+        return None
+    for own in protected:
+        own_real = Path(os.path.realpath(own))
+        if _within(candidate, own_real) or candidate in own_real.parents:
+            return (
+                f"{path} overlaps Sendense's own directory {own}{via}: the catalog, "
+                f"keys and mounts live there; {_SYSTEM_HINT}"
             )
-        try:
-            make_private_dirs(path)
-        except OSError as exc:
-            raise _os_error(path, exc, "creating the directory") from None
+    return None
 
 
 def make_layout(root: Path) -> None:
@@ -403,8 +504,14 @@ class RepositoryService:
         *,
         locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
+        own_directories: Sequence[Path] = (),
+        default_repository: Path | None = None,
     ) -> None:
         self.store = store
+        #: the state directory and mount root: never (part of) a repository
+        self.own_directories = tuple(own_directories)
+        #: the one directory below them a repository may use: where the default one lives
+        self.default_repository = default_repository
         self.jobs = jobs
         self.bus = bus
         self.mounts = mounts
@@ -435,12 +542,46 @@ class RepositoryService:
             return f"//{repo.server}/{repo.export}"
         return repo.path
 
-    # -- testing ------------------------------------------------------------------------
+    # -- validating and testing -----------------------------------------------------------
 
-    def test(self, spec: RepositorySpec) -> TestReport:
-        """Check a repository that is not saved yet. Never raises for a failed check."""
-        report = TestReport(ok=False)
+    def path_error(self, path: str) -> str | None:
+        """Why ``path`` may not be a local repository (a system directory, Sendense's own
+        state directory…), or None."""
+        allowed = (self.default_repository,) if self.default_repository else ()
+        return repository_path_error(path, protected=self.own_directories, allowed=allowed)
+
+    def validate(
+        self, spec: RepositorySpec, *, existing: Repository | None = None
+    ) -> dict[str, str]:
+        """Field -> what is wrong, for the whole spec, before anything is touched: the
+        fields, the directory (never a system directory), the name (not taken).
+        ``existing``: the repository being edited (its own name is not "taken", its
+        stored password stands in for an empty one, its unchanged path is not checked)."""
         problems = validate_spec(spec)
+        if existing is not None:
+            problems.pop("password", None)
+        if spec.kind == "local" and "path" not in problems:
+            moved = existing is None or str(Path(spec.path)) != existing.path
+            problem = self.path_error(spec.path) if moved else None
+            if problem:
+                problems["path"] = problem
+        if existing is None and "name" not in problems:
+            try:
+                self.store.get(spec.name)
+                problems["name"] = f"a repository named {spec.name!r} already exists"
+            except NotFoundError:
+                pass
+        return problems
+
+    def test(self, spec: RepositorySpec, *, existing: Repository | None = None) -> TestReport:
+        """Check a repository that is not saved yet. Never raises for a failed check.
+
+        Nothing is left behind: a spec that does not validate touches nothing; the
+        write test and the capability canary remove their files; a directory made for
+        ``create`` is removed again when the test fails. The layout (``chains/``,
+        ``.sendense/``) is made only once the repository is saved (``prepare``)."""
+        report = TestReport(ok=False)
+        problems = self.validate(spec, existing=existing)
         if problems:
             report.steps.append(TestStep("fields", False, "; ".join(problems.values())))
             report.error = "; ".join(f"{k}: {v}" for k, v in problems.items())
@@ -448,10 +589,11 @@ class RepositoryService:
             return report
         report.steps.append(TestStep("fields", True))
         temp_mount: Repository | None = None
+        created: list[Path] = []
         try:
             if spec.kind == "local":
                 root = Path(spec.path)
-                check_directory(root, create=spec.create)
+                created = check_directory(root, create=spec.create)
                 report.steps.append(TestStep("directory", True, str(root)))
             else:
                 self._pre_mount_check(spec)
@@ -460,7 +602,6 @@ class RepositoryService:
                 temp_mount.path = str(self.mounts.mount_point(temp_mount.name))
                 root = self.mounts.mount(temp_mount, spec.password or None)
                 report.steps.append(TestStep("mount", True, str(root)))
-            make_layout(root)
             write_test(root)
             report.steps.append(TestStep("write", True, "wrote, fsynced, read back and removed"))
             report.total, report.used, report.free, _, _ = usage(str(root))
@@ -474,6 +615,8 @@ class RepositoryService:
                 with contextlib.suppress(RepositoryCheckError):
                     self.mounts.unmount(temp_mount, lazy=True)
                 self.mounts.remove_credentials(temp_mount.name)
+            if not report.ok:
+                remove_created(created)
         return report
 
     def _pre_mount_check(self, spec: RepositorySpec) -> None:
@@ -556,8 +699,10 @@ class RepositoryService:
         actor: str | None = None,
     ) -> Repository:
         """Save a repository. With ``test`` (the default) it is saved only if the test
-        passes; ``enabled=False`` saves it disabled even when the test fails."""
-        problems = validate_spec(spec)
+        passes; ``enabled=False`` saves it disabled even when the test fails. A spec
+        that does not validate (a system directory, a taken name…) is refused before
+        anything is written."""
+        problems = self.validate(spec)
         if problems:
             raise ValidationError(
                 "the repository cannot be saved: "
@@ -620,7 +765,7 @@ class RepositoryService:
             raise ValidationError("the type of a repository cannot change; add a new one")
         if spec.name != repo.name:
             raise ValidationError("a repository cannot be renamed (its mount point uses the name)")
-        problems = {k: v for k, v in validate_spec(spec).items() if k != "password"}
+        problems = self.validate(spec, existing=repo)
         if problems:
             raise ValidationError(
                 "nothing was changed: " + "; ".join(f"{k}: {v}" for k, v in problems.items())
@@ -637,15 +782,17 @@ class RepositoryService:
         if moved:
             self._refuse_if_locked(repo, "moved to another location")
         if moved and repo.enabled:
-            if repo.kind != "local":
-                self.unmount(repo)
-            report = self.test(spec)
+            # tested beside the current mount (the test mounts on a point of its own),
+            # so a refused change leaves the repository as it was, still mounted
+            report = self.test(spec, existing=repo)
             if not report.ok:
                 raise RepositoryCheckError(
                     f"nothing was changed: {report.error}",
                     reason=report.reason or "io",
                     hint=report.hint,
                 )
+            if repo.kind != "local":
+                self.unmount(repo)
         fields: dict[str, Any] = dict(
             path=row.path,
             server=row.server,

@@ -4,6 +4,11 @@ A group module exposes ``register(subparsers)`` and sets ``func`` on its
 parsers: ``func(args, ctx) -> int``. To add a group, write
 ``sendense_tui/commands/<group>.py`` and add its name to GROUPS; groups never
 touch each other.
+
+What every group shares lives here: the argument types (every number a command
+takes is a ``bounded_int`` or an ``id_argument``, so no input can overflow a
+catalog column), the table printer and the JSON printer (both escape control
+characters: a name from outside cannot forge a line or send terminal escapes).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -21,6 +27,8 @@ from typing import Any
 
 from engine.config import Settings, load_settings, sqlite_url
 from engine.errors import SendenseError
+from engine.names import ID_MAX, UNSAFE_CHARS, parse_id
+from sendense_tui.format import printable
 
 #: module names under sendense_tui.commands, in --help order
 GROUPS: list[str] = [
@@ -43,6 +51,56 @@ GROUPS: list[str] = [
 ]
 
 Handler = Callable[[argparse.Namespace, "CliContext"], int]
+
+#: the largest value a 32-bit INTEGER column holds (counts, days, hours, priorities)
+INT_MAX = 2**31 - 1
+#: the largest value a BIGINT column holds (sizes in bytes)
+BIGINT_MAX = 2**63 - 1
+#: common domain bounds, shared so the same option means the same range everywhere
+DAYS_MAX = 36500
+COUNT_MAX = 10_000
+LIMIT_MAX = 100_000
+
+_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+def bounded_int(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (both within the
+    catalog's integer columns), refused with one sentence otherwise (exit 2)."""
+    if not -INT_MAX <= low <= high <= BIGINT_MAX:
+        raise ValueError(f"bounds {low}..{high} do not fit the catalog")
+    suffix = f" {unit}" if unit else ""
+
+    def number(text: str) -> int:
+        digits = text.strip()
+        if not _NUMBER.fullmatch(digits):
+            raise argparse.ArgumentTypeError(f"{printable(text)[:40]!r} is not a whole number")
+        # a number longer than 30 digits is out of range whatever the bounds (and int()
+        # refuses strings of thousands of digits)
+        value = int(digits) if len(digits) <= 30 else (high + 1 if digits[0] != "-" else low - 1)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{digits[:30]}{'…' if len(digits) > 30 else ''} is out of range: "
+                f"give {low} to {high}{suffix}"
+            )
+        return value
+
+    return number
+
+
+def id_argument(what: str) -> Callable[[str], int]:
+    """An argparse type for an id: ``12`` or ``#12`` (the form listings show)."""
+
+    def identifier(text: str) -> int:
+        value = parse_id(text.strip())
+        if value is None:
+            raise argparse.ArgumentTypeError(
+                f"{printable(text)[:40]!r} is not {what} id: give a number from 1 to "
+                f"{ID_MAX}, e.g. 12 or #12"
+            )
+        return value
+
+    return identifier
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -126,8 +184,7 @@ class CliContext:
             engine.close()
 
     def print_json(self, data: Any) -> None:
-        json.dump(data, sys.stdout, indent=2, default=_json_default, ensure_ascii=False)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text(data, indent=2) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -138,8 +195,26 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def json_text(data: Any, *, indent: int | None = None) -> str:
+    """JSON for scripts and terminals alike. ``ensure_ascii=False`` keeps names
+    readable, but would let DEL, C1 controls (0x9b is a CSI), bidi overrides and
+    undecodable bytes of a file name through raw: those become ``\\uXXXX``
+    escapes (valid JSON: they only ever occur inside strings)."""
+    text = json.dumps(data, indent=indent, default=_json_default, ensure_ascii=False)
+    return UNSAFE_CHARS.sub(_json_escape, text)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    # json.dumps already escaped every C0 control inside strings: one left here is the
+    # layout's own newline or indent
+    return char if ord(char) < 0x20 else f"\\u{ord(char):04x}"
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    """Plain aligned columns for terminals and pipes."""
+    """Plain aligned columns for terminals and pipes; every cell with its control
+    characters escaped (a file name holding a newline stays on its row)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):

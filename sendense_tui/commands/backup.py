@@ -2,9 +2,9 @@
 
 ``backup run`` queues a backup job and, unless ``--no-wait``, runs it in this
 process and prints progress until it ends (exit code 0 only when every disk
-was backed up). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block
-device or an ``nbd://`` / ``nbd+unix://`` URI, read as raw bytes; a qcow2 image
-is named ``NAME:qcow2=SOURCE`` (a format is never guessed from a header).
+was backed up; else 1 and one sentence). Sources are ``NAME=SOURCE`` where SOURCE
+is a file, a block device or an ``nbd://`` / ``nbd+unix://`` URI, read as raw bytes;
+a qcow2 image is named ``NAME:qcow2=SOURCE`` (a format is never guessed from a header).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
-from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
-from sendense_tui.format import human_bytes, short_time
+from sendense_tui.commands import COUNT_MAX, CliContext, add_parser, bounded_int, table
+from sendense_tui.commands.jobs import WAIT_ENDS, finish_job, interruptible, print_queued
+from sendense_tui.format import human_bytes, printable, short_time
 
 DISK_FORMAT = (
     "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01 (read as raw), "
@@ -52,11 +52,15 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
     run.add_argument("--compress", choices=("zstd", "none"), default="none")
-    run.add_argument("--full-every", type=int, help="start a new full after N incrementals")
+    run.add_argument(
+        "--full-every",
+        type=bounded_int(1, COUNT_MAX),
+        help="start a new full after N incrementals",
+    )
     run.add_argument("--no-wait", action="store_true", help="only queue the job")
     run.set_defaults(func=run_backup)
     lister = add_parser(sub, "list", help="list restore points")
-    lister.add_argument("--repo", help="only this repository")
+    lister.add_argument("--repo", help="only this repository (name, or #ID)")
     lister.add_argument("--vm", help="only this VM")
     lister.set_defaults(func=list_points)
 
@@ -82,9 +86,17 @@ def point_dict(backup: Any, chain: Any) -> dict[str, Any]:
 
 
 def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
-    """Run the engine's job runner until the job ends, printing progress to stderr."""
+    """Run the engine's job runner until the job ends, printing progress to stderr.
+    Warnings the job raised (a new full, a broken chain) are printed once it has
+    succeeded; a failed job says only its one sentence (``finish_job``)."""
+    with interruptible(engine, job_id):
+        return _wait_for_job(engine, job_id, ctx)
+
+
+def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
     done = threading.Event()
     quiet = ctx.json or not sys.stderr.isatty()
+    notices: list[str] = []
 
     def on_event(event: Any) -> None:
         if event.job_id != job_id:
@@ -92,12 +104,13 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         if event.kind == "job.progress" and not quiet:
             d, t = event.data.get("bytes_done", 0), event.data.get("bytes_total", 0)
             pct = f"{100 * d / t:5.1f}%" if t else "  ?  "
-            sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {event.message[:40]}")
+            line = printable(event.message[:40])
+            sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {line}")
             sys.stderr.flush()
         elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
             done.set()
-        elif event.kind in ("backup.new_full", "chain.broken", "backup.failed") and not ctx.json:
-            sys.stderr.write(f"\n{event.level.upper()}: {event.message}\n")
+        elif event.kind in ("backup.new_full", "chain.broken") and not ctx.json:
+            notices.append(f"{event.level}: {printable(event.message)}")
 
     unsubscribe = engine.bus.subscribe(on_event)
     try:
@@ -110,7 +123,11 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         unsubscribe()
         if not quiet:
             sys.stderr.write("\n")
-    return engine.job_store.get(job_id)
+    final = engine.job_store.get(job_id)
+    if final.state == "succeeded":
+        for notice in notices:
+            print(notice, file=sys.stderr)
+    return final
 
 
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -129,23 +146,20 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
         if args.no_wait:
             return print_queued(ctx, job)
         final = wait_for_job(engine, job.id, ctx)
-    if ctx.json:
-        ctx.print_json(
-            {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
-        )
-    elif final.state == "succeeded":
+
+    def done() -> None:
         for d in (final.result or {}).get("disks", []):
             why = f"  ({d['full_reason']})" if d.get("full_reason") else ""
             print(
-                f"{args.vm}/{d['disk']}: {d['kind']} #{d['backup_id']} "
-                f"{human_bytes(d['file_size'])} written for a "
-                f"{human_bytes(d['virtual_size'])} disk{why}"
+                printable(
+                    f"{args.vm}/{d['disk']}: {d['kind']} #{d['backup_id']} "
+                    f"{human_bytes(d['file_size'])} written for a "
+                    f"{human_bytes(d['virtual_size'])} disk{why}"
+                )
             )
-    else:
-        # failed_unprotected: the points are written and good, but the lock is not set
-        what = "written but NOT protected" if final.state == "failed_unprotected" else final.state
-        print(f"backup {what}: {final.error or ''}", file=sys.stderr)
-    return 0 if final.state == "succeeded" else 1
+
+    data = {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
+    return finish_job(ctx, final, data, done)
 
 
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -3,32 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from sendense_tui.commands import CliContext, add_parser
+from engine.errors import ValidationError
+from sendense_tui.commands import CliContext, add_parser, id_argument
 from sendense_tui.commands.backup import point_dict
-from sendense_tui.format import human_bytes, short_time
+from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import human_bytes, printable, short_time
+
+CHAIN_ID = id_argument("a chain")
+POINT_ID = id_argument("a restore point")
 
 
 def register(subparsers: Any) -> None:
     parser = add_parser(subparsers, "chain", help="show, check and consolidate backup chains")
     sub = parser.add_subparsers(dest="chain_command", metavar="ACTION", required=True)
     show = add_parser(sub, "show", help="chains with their restore points and sizes")
-    show.add_argument("chain_id", type=int, nargs="?", help="only this chain")
+    show.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
     show.add_argument("--repo", help="only this repository")
     show.add_argument("--all", action="store_true", help="also retired chains")
     show.set_defaults(func=show_chains)
     check = add_parser(sub, "check", help="compare chains on disk with the catalog")
-    check.add_argument("chain_id", type=int, nargs="?", help="only this chain")
+    check.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
     check.add_argument("--deep", action="store_true", help="also re-read files (sha256)")
     check.set_defaults(func=check_chains)
     cons = add_parser(sub, "consolidate", help="merge the oldest point(s) into a new full")
-    cons.add_argument("chain_id", type=int)
-    cons.add_argument("--upto", type=int, help="point that becomes the full (default: 2nd)")
+    cons.add_argument("chain_id", type=CHAIN_ID)
+    cons.add_argument("--upto", type=POINT_ID, help="point that becomes the full (default: 2nd)")
     cons.set_defaults(func=consolidate)
     delete = add_parser(sub, "delete", help="delete a restore point and the points after it")
-    delete.add_argument("point", type=int)
+    delete.add_argument("point", type=POINT_ID)
     delete.add_argument("--yes", action="store_true", help="do it (without: only show the plan)")
     delete.set_defaults(func=delete_point)
 
@@ -74,14 +78,16 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
     for v in views:
         print(
-            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] in "
-            f"{v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}, "
-            f"files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
+            printable(
+                f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] "
+                f"in {v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}"
+                f", files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
+            )
         )
         if v.chain.state_detail:
-            print(f"  ! {v.chain.state_detail}")
+            print(printable(f"  ! {v.chain.state_detail}"))
         for line in v.damage():
-            print(f"  ! {line}")
+            print(printable(f"  ! {line}"))
         for p in v.points:
             b = p.backup
             lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
@@ -106,10 +112,17 @@ def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:
         if not reports:
             print("no chains")
         for r in reports:
-            print(("OK     " if r.ok else "BROKEN ") + r.sentence())
+            print(printable(("OK     " if r.ok else "BROKEN ") + r.sentence()))
             for f in r.findings:
-                print(f"  - {f.message}\n    -> {f.hint}")
-    return 0 if all(r.ok for r in reports) else 1
+                print(printable(f"  - {f.message}"))
+                print(printable(f"    -> {f.hint}"))
+    broken = [r for r in reports if not r.ok]
+    if broken:
+        raise CommandFailed(
+            f"{len(broken)} of {len(reports)} chain(s) checked are broken",
+            hint="each finding above says what to do",
+        )
+    return 0
 
 
 def consolidate(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -118,7 +131,7 @@ def consolidate(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json({"chain_id": args.chain_id, "new_full": point.id, "path": point.path})
     else:
-        print(f"chain {args.chain_id}: point #{point.id} is now the full ({point.path})")
+        print(printable(f"chain {args.chain_id}: point #{point.id} is now the full ({point.path})"))
     return 0
 
 
@@ -129,12 +142,14 @@ def delete_point(args: argparse.Namespace, ctx: CliContext) -> int:
             if ctx.json:
                 ctx.print_json({"would_delete": [b.id for b in plan.goes], "done": False})
             else:
-                print(f"point #{args.point} {plan.sentence()}")
-                print("run again with --yes to delete", file=sys.stderr)
-            return 2
+                print(printable(f"point #{args.point} {plan.sentence()}"))
+            raise ValidationError(
+                f"point #{args.point} was not deleted: deleting needs --yes",
+                hint="read the plan above and run the command again with --yes",
+            )
         engine.chains.delete_point(args.point, actor="cli")
     if ctx.json:
         ctx.print_json({"deleted": [b.id for b in plan.goes], "done": True})
     else:
-        print(f"deleted: {plan.sentence()}")
+        print(printable(f"deleted: {plan.sentence()}"))
     return 0

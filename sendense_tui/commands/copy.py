@@ -9,9 +9,20 @@ from typing import Any
 from engine.catalog.models import Copy, CopyRule
 from engine.config import parse_size
 from engine.errors import ValidationError
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import (
+    BIGINT_MAX,
+    COUNT_MAX,
+    CliContext,
+    add_parser,
+    bounded_int,
+    id_argument,
+    table,
+)
 from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
-from sendense_tui.format import human_bytes, short_time
+from sendense_tui.format import human_bytes, printable, short_time
+
+#: the longest a copy may be overdue before the rule raises an alert: ten years
+MAX_AGE_HOURS = 10 * 365 * 24
 
 
 def rule_dict(rule: CopyRule, repos: dict[int, Any] | None = None) -> dict[str, Any]:
@@ -58,9 +69,14 @@ def copy_dict(copy: Copy) -> dict[str, Any]:
 
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except OverflowError:
+        size = BIGINT_MAX + 1
+    if size > BIGINT_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: give 0 (no limit) to 8E")
+    return size
 
 
 def register(subparsers: Any) -> None:
@@ -74,24 +90,36 @@ def register(subparsers: Any) -> None:
     add.add_argument("--from", dest="source", required=True, help="source repository")
     add.add_argument("--to", dest="destination", required=True, help="destination repository")
     add.add_argument("--select", choices=("all", "fulls", "latest"), default="all")
-    add.add_argument("--latest", type=int, help="with --select latest: how many points per disk")
+    add.add_argument(
+        "--latest",
+        type=bounded_int(1, COUNT_MAX),
+        help="with --select latest: how many points per disk",
+    )
     add.add_argument("--mode", choices=("immediate", "scheduled", "manual"), default="manual")
     add.add_argument("--schedule", help="cron expression for --mode scheduled ('0 2 * * *')")
-    add.add_argument("--priority", type=int, default=100, help="lower runs first")
+    add.add_argument(
+        "--priority", type=bounded_int(0, 1000), default=100, help="0-1000, lower runs first"
+    )
     add.add_argument("--lock", action="store_true", help="lock the copies (immutability)")
     add.add_argument("--no-verify", action="store_true", help="do not verify after copying")
     add.add_argument("--bandwidth", type=_size, help="limit per second, e.g. 50M")
-    add.add_argument("--max-age-hours", type=int, help="alert when the newest copy is older")
+    add.add_argument(
+        "--max-age-hours",
+        type=bounded_int(1, MAX_AGE_HOURS, "hours"),
+        help="alert when the newest copy is older",
+    )
     add.set_defaults(func=add_rule)
     lister = add_parser(rules, "list", help="list copy rules")
     lister.set_defaults(func=list_rules)
     remove = add_parser(rules, "remove", help="remove a copy rule (copies stay)")
-    remove.add_argument("name")
+    remove.add_argument("name", help="rule name, or #ID")
     remove.set_defaults(func=remove_rule)
 
     run = add_parser(sub, "run", help="run a copy rule now, or re-run a failed copy")
-    run.add_argument("rule", nargs="?", help="rule name or id")
-    run.add_argument("--copy", type=int, dest="copy_id", help="re-run this failed copy")
+    run.add_argument("rule", nargs="?", help="rule name, or #ID")
+    run.add_argument(
+        "--copy", type=id_argument("a copy"), dest="copy_id", help="re-run this failed copy"
+    )
     run.add_argument("--no-wait", action="store_true", help="queue the job and return")
     run.set_defaults(func=run_copy)
 
@@ -123,7 +151,8 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(data)
     else:
-        print(f"copy rule {data['name']}: {data['source']} -> {data['destination']} ({args.mode})")
+        route = f"{data['source']} -> {data['destination']}"
+        print(printable(f"copy rule {data['name']}: {route} ({args.mode})"))
     return 0
 
 
@@ -160,7 +189,7 @@ def remove_rule(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json({"removed": rule.id, "name": rule.name})
     else:
-        print(f"copy rule {rule.name} removed; copies already made stay")
+        print(printable(f"copy rule {rule.name} removed; copies already made stay"))
     return 0
 
 
@@ -244,7 +273,7 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
     if alerts:
         print("\nalerts:")
         for a in alerts:
-            print(f"  {a.level.upper():8} {a.message}")
+            print(printable(f"  {a.level.upper():8} {a.message}"))
     if copies:
         print()
         rows = [

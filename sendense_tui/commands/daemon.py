@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from sendense_tui.commands import CliContext, add_parser
+from sendense_tui.format import printable
 
 log = logging.getLogger("sendense.daemon")
 
@@ -53,7 +54,8 @@ def run_daemon(args: argparse.Namespace, ctx: CliContext) -> int:
                 if event.level == "critical"
                 else getattr(logging, event.level.upper(), logging.INFO)
             )
-            log.log(level, "[%s] %s", event.kind, event.message)
+            # one event, one journal line: a crafted name cannot forge another
+            log.log(level, "[%s] %s", event.kind, printable(event.message))
 
     engine = Engine(ctx.settings, run_scheduler=True)
     try:

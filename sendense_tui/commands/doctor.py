@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.tools.base import PACKAGES, ToolMissing, which
 from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.exitcodes import CommandFailed
 
 #: program -> what it is needed for
 PROGRAMS: dict[str, str] = {
@@ -63,9 +64,12 @@ def doctor(args: argparse.Namespace, ctx: CliContext) -> int:
             for r in results
         ]
         print(table(rows, ["PROGRAM", "STATE", "PATH / FIX", "NEEDED FOR"]))
-        if missing:
-            packages = sorted({r["package"] for r in missing})
-            print(f"\n{len(missing)} missing; install with: apt-get install {' '.join(packages)}")
-        else:
+        if not missing:
             print("\nall programs found")
-    return 1 if missing else 0
+    if missing:
+        packages = sorted({r["package"] for r in missing})
+        raise CommandFailed(
+            f"{len(missing)} program(s) Sendense needs are missing",
+            hint=f"install them: apt-get install {' '.join(packages)}",
+        )
+    return 0

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import AuditEntry
-from sendense_tui.commands import CliContext, _json_default, add_parser
+from sendense_tui.commands import LIMIT_MAX, CliContext, add_parser, bounded_int, json_text
+from sendense_tui.format import printable
 
 FOLLOW_POLL_SECONDS = 1.0
 
@@ -34,20 +34,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--level", choices=LEVELS, default="info", help="minimum level")
     parser.add_argument("--source", help="only events from this source (jobs, capacity…)")
     parser.add_argument("--grep", help="only events whose message or kind contains this")
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--limit", type=bounded_int(1, LIMIT_MAX), default=50)
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     parser.set_defaults(func=show_events)
 
 
 def _line(entry: AuditEntry) -> str:
     at = entry.at.strftime("%Y-%m-%d %H:%M:%S") if entry.at else "-"
-    return f"{at}  {entry.level:<8} {entry.source:<12} {entry.message}"
+    # one event, one line: a message naming a crafted file cannot forge another
+    return printable(f"{at}  {entry.level:<8} {entry.source:<12} {entry.message}")
 
 
 def _emit(entries: list[AuditEntry], as_json: bool) -> None:
     for entry in entries:
         if as_json:
-            print(json.dumps(entry_dict(entry), default=_json_default, ensure_ascii=False))
+            print(json_text(entry_dict(entry)))
         else:
             print(_line(entry))
     sys.stdout.flush()
@@ -64,7 +65,7 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
         if not args.follow:
             return 0
         last = entries[-1].id if entries else 0
-        while True:  # Ctrl+C ends it (exit 130, handled in cli.main)
+        while True:  # Ctrl+C or SIGTERM ends it (exit 4, handled in cli.main)
             time.sleep(FOLLOW_POLL_SECONDS)
             fresh = list(reversed(engine.audit.query(after_id=last, limit=1000, **query)))
             if fresh:

@@ -13,18 +13,20 @@ from datetime import datetime
 from typing import Any
 
 from engine.services.exports import ExportView
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.restore import FORCE_HELP
-from sendense_tui.format import export_limits, human_duration
+from sendense_tui.format import export_limits, human_duration, printable
 
 
 def register(subparsers: Any) -> None:
     parser = add_parser(subparsers, "export", help="serve restore points over NBD")
     sub = parser.add_subparsers(dest="export_command", metavar="ACTION", required=True)
     start = add_parser(sub, "start", help="serve a restore point read-only")
-    start.add_argument("point", type=int, help="restore point (backup) id")
+    start.add_argument("point", type=id_argument("a restore point"), help="restore point id")
     start.add_argument("--name", help="export name (default point-<id>)")
-    start.add_argument("--port", type=int, help="serve on TCP (default: a unix socket)")
+    start.add_argument(
+        "--port", type=bounded_int(1, 65535), help="serve on TCP (default: a unix socket)"
+    )
     start.add_argument(
         "--host", help="TCP address to listen on (default 127.0.0.1; any other needs --tls)"
     )
@@ -48,7 +50,7 @@ def register(subparsers: Any) -> None:
     lister = add_parser(sub, "list", help="running exports with their URI and limits")
     lister.add_argument("--all", action="store_true", help="also stopped and dead ones")
     lister.set_defaults(func=list_exports)
-    stop = add_parser(sub, "stop", help="stop an export (by id or name)")
+    stop = add_parser(sub, "stop", help="stop an export (by name, or #ID)")
     stop.add_argument("export")
     stop.set_defaults(func=stop_export)
 
@@ -96,15 +98,15 @@ def start_export(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(export_dict(view))
         return 0
     if view.note:
-        print(f"NOTE: {view.note}")
-    print(f"serving {view.point_label} read-only at {view.uri}")
+        print(printable(f"NOTE: {view.note}"))
+    print(printable(f"serving {view.point_label} read-only at {view.uri}"))
     if view.tls:
         print(f"  TLS with a pre-shared key; the key (keep it secret): {view.key_file}")
         print("  copy that file to the client, then read the disk with:")
     else:
         print("  read it with:")
     for line in view.connect_lines():
-        print(f"    {line}")
+        print(printable(f"    {line}"))
     idle = human_duration(view.idle_seconds)
     print(f"  ends after {idle} without a client, at {_when(view.expires_at)} at the latest")
     print(f"  stop: sendense export stop {view.id}")
@@ -139,5 +141,5 @@ def stop_export(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(export_dict(view))
     else:
-        print(f"stopped export {view.name} ({view.uri})")
+        print(printable(f"stopped export {view.name} ({view.uri})"))
     return 0

@@ -1,16 +1,35 @@
-"""``sendense jobs list|show|cancel|pause|resume|retry``."""
+"""``sendense jobs list|show|cancel|pause|resume|retry``, and how every command that
+waits for a job ends: ``finish_job`` (0, or one sentence and exit 1) and
+``interruptible`` (Ctrl+C or SIGTERM: one sentence and exit 4; the job goes back
+to the queue as the engine closes)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
-from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.format import human_bytes, human_duration, human_rate, percent, short_time
+from sendense_tui.commands import (
+    LIMIT_MAX,
+    CliContext,
+    add_parser,
+    bounded_int,
+    id_argument,
+    table,
+)
+from sendense_tui.exitcodes import CommandFailed, CommandInterrupted
+from sendense_tui.format import (
+    human_bytes,
+    human_duration,
+    human_rate,
+    percent,
+    printable,
+    short_time,
+)
 
 #: job states that end a command's wait (a paused job waits for someone to resume it)
 WAIT_ENDS = (*FINAL_STATES, "paused")
@@ -42,12 +61,86 @@ def print_queued(ctx: CliContext, job: Any) -> int:
     if ctx.json:
         ctx.print_json({"job_id": job.id, "state": job.state})
     else:
-        print(f"queued job {job.id}: {job.title}")
+        print(printable(f"queued job {job.id}: {job.title}"))
+    return 0
+
+
+#: what became of a job whose wait was interrupted, by its state once the runner stopped
+_AFTER_INTERRUPT = {
+    "queued": "it went back to the queue",
+    "paused": "it is paused",
+    "cancelled": "it was cancelled",
+    "succeeded": "it had just finished",
+    "failed": "it had just failed",
+}
+
+
+@contextmanager
+def interruptible(engine: Any, job_id: int) -> Iterator[None]:
+    """Around a wait for a job: Ctrl+C or SIGTERM ends the command with one sentence
+    (exit 4) saying what became of the job. The runner is stopped first, as closing
+    the engine would: a running job is handed back to the queue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        engine.jobs.stop()
+        state = engine.job_store.get(job_id).state
+        outcome = _AFTER_INTERRUPT.get(state, f"it is {state}")
+        hint = (
+            f"the daemon or the console runs it; `sendense jobs cancel {job_id}` stops it"
+            if state == "queued"
+            else f"`sendense jobs show {job_id}` says more"
+        )
+        raise CommandInterrupted(
+            f"interrupted while waiting for job {job_id}: {outcome}", hint=hint
+        ) from None
+
+
+def job_failed(job: Job) -> CommandFailed:
+    """A job that did not succeed, as one sentence (its error's first line) and the
+    error's own hint, or where to read more."""
+    # a job's error is its exception's for_humans(): a sentence, then "  -> hint" lines
+    # (one per nested error); anything else on further lines is detail for `jobs show`
+    lines = [line.strip() for line in (job.error or "").splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    hint = "; ".join(line[2:].strip() for line in lines[1:] if line.startswith("->"))
+    what = f"job {job.id} ({job.title})"
+    if job.state == "paused":
+        return CommandFailed(
+            f"{what} was paused before it finished",
+            hint=f"resume it: sendense jobs resume {job.id}",
+        )
+    verb = {
+        "cancelled": "was cancelled",
+        # the points are written and good, but their immutability flag is not set
+        "failed_unprotected": "wrote its files but could NOT protect them",
+    }.get(job.state, job.state)
+    return CommandFailed(
+        f"{what} {verb}" + (f": {first}" if first else ""),
+        hint=hint or f"`sendense jobs show {job.id}` and `sendense events` say more",
+    )
+
+
+def finish_job(ctx: CliContext, job: Job, data: dict[str, Any], done: Callable[[], None]) -> int:
+    """How a command that waited for a job ends: ``--json`` prints ``data``; else
+    ``done()`` prints the success. A job that did not succeed exits 1 with one
+    sentence on stderr (after the JSON, for scripts)."""
+    if ctx.json:
+        ctx.print_json(data)
+    elif job.state == "succeeded":
+        done()
+    if job.state != "succeeded":
+        raise job_failed(job)
     return 0
 
 
 def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
+    with interruptible(engine, job_id):
+        return _wait_with_progress(engine, job_id, show=show)
+
+
+def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     if not show:
         while (job := engine.job_store.get(job_id)).state not in WAIT_ENDS:
             time.sleep(0.2)
@@ -70,7 +163,7 @@ def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
         transient=False,
     ) as bar:
         job = engine.job_store.get(job_id)
-        task = bar.add_task(job.title[:40], total=job.bytes_total or None)
+        task = bar.add_task(printable(job.title[:40]), total=job.bytes_total or None)
         while True:
             job = engine.job_store.get(job_id)
             bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
@@ -88,17 +181,14 @@ def report_job(ctx: CliContext, job: Any) -> int:
         "bytes_done": job.bytes_done,
         "bytes_total": job.bytes_total,
     }
-    if ctx.json:
-        ctx.print_json(data)
-    elif job.state == "succeeded":
-        print(f"job {job.id} finished: {job.title}")
+
+    def done() -> None:
+        print(printable(f"job {job.id} finished: {job.title}"))
         for key, value in (job.result or {}).items():
             if not isinstance(value, list | dict):
-                print(f"  {key}: {value}")
-    else:
-        what = "finished but NOT protected" if job.state == "failed_unprotected" else job.state
-        print(f"job {job.id} {what}: {job.error or job.title}", file=sys.stderr)
-    return 0 if job.state == "succeeded" else 1
+                print(printable(f"  {key}: {value}"))
+
+    return finish_job(ctx, job, data, done)
 
 
 def register(subparsers: Any) -> None:
@@ -106,10 +196,10 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     lister = add_parser(sub, "list", help="list jobs, newest first")
     lister.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
-    lister.add_argument("--limit", type=int, default=50)
+    lister.add_argument("--limit", type=bounded_int(1, LIMIT_MAX), default=50)
     lister.set_defaults(func=list_jobs)
     show = add_parser(sub, "show", help="one job in detail")
-    show.add_argument("job_id", type=int)
+    show.add_argument("job_id", type=id_argument("a job"))
     show.set_defaults(func=show_job)
     for verb, text in (
         ("cancel", "cancel a queued, paused or running job"),
@@ -118,7 +208,7 @@ def register(subparsers: Any) -> None:
         ("retry", "queue a failed or cancelled job again"),
     ):
         steer = add_parser(sub, verb, help=text)
-        steer.add_argument("job_id", type=int)
+        steer.add_argument("job_id", type=id_argument("a job"))
         steer.set_defaults(func=steer_job, verb=verb)
 
 
@@ -162,7 +252,7 @@ def show_job(args: argparse.Namespace, ctx: CliContext) -> int:
     data["rate"] = human_rate(job.rate)
     data["eta_seconds"] = human_duration(job.eta_seconds)
     for key, value in data.items():
-        print(f"{key + ':':14} {'-' if value is None else value}")
+        print(printable(f"{key + ':':14} {'-' if value is None else value}"))
     return 0
 
 
@@ -175,5 +265,5 @@ def steer_job(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(job_dict(job))
     else:
         note = " (the running work stops at its next check)" if job.cancel_requested else ""
-        print(f"job {job.id} {job.state}{note}: {job.title}")
+        print(printable(f"job {job.id} {job.state}{note}: {job.title}"))
     return 0

@@ -11,7 +11,12 @@ from engine.bounds import GRACE_HOURS, LOCK_DAYS
 from engine.catalog.locks import HOLDING_STATES, UNPROTECTED_STATES
 from engine.catalog.models import ImmutabilityLock
 from engine.errors import SendenseError
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
+from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import printable
+
+#: the longest grace after a lock period: a year
+GRACE_HOURS_MAX = 366 * 24
 
 
 def lock_dict(lock: ImmutabilityLock, repos: dict[int, str]) -> dict[str, Any]:
@@ -41,12 +46,14 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_locks)
     enable = add_parser(sub, "enable", help="make a repository immutable (or lock longer)")
     enable.add_argument("repository")
-    enable.add_argument("--days", type=int, required=True)
-    enable.add_argument("--grace-hours", type=int, default=0)
+    enable.add_argument("--days", type=bounded_int(1, DAYS_MAX, "days"), required=True)
+    enable.add_argument("--grace-hours", type=bounded_int(0, GRACE_HOURS_MAX, "hours"), default=0)
     enable.add_argument("--yes", action="store_true", help="confirm: locks cannot be shortened")
     enable.set_defaults(func=enable_repository)
     extend = add_parser(sub, "extend", help="keep one lock longer (never shorter)")
-    extend.add_argument("lock", type=int, help="lock id (see `sendense lock list`)")
+    extend.add_argument(
+        "lock", type=id_argument("a lock"), help="lock id (see `sendense lock list`)"
+    )
     extend.add_argument("--until", required=True, help="new expiry, YYYY-MM-DD (UTC)")
     extend.set_defaults(func=extend_lock)
     trust = add_parser(
@@ -94,14 +101,13 @@ def release_expired(args: argparse.Namespace, ctx: CliContext) -> int:
         report = engine.locks.release_expired(actor="cli")
     if ctx.json:
         ctx.print_json(report.as_dict())
-        # nothing was released because the clock is not trusted: not a success
-        return 2 if report.clock is not None and not report.clock.ok else 0
     if report.clock is not None and not report.clock.ok:
+        # nothing was released because the clock is not trusted: not a success
         raise SendenseError(
             f"no lock released: {report.clock.message}",
             hint="fix the system clock (NTP) first",
         )
-    else:
+    if not ctx.json:
         print(f"released {len(report.released)} expired lock(s)")
     return 0
 
@@ -116,7 +122,13 @@ def check_locks(args: argparse.Namespace, ctx: CliContext) -> int:
         f"{len(report.drift_repaired)} removed flag(s) set again, "
         f"{len(report.drift_failed)} could not be set, {len(report.missing)} locked file(s) gone"
     )
-    return 1 if report.drift_failed or report.missing else 0
+    if report.drift_failed or report.missing:
+        raise CommandFailed(
+            f"{len(report.drift_failed)} lock(s) could not be set again and "
+            f"{len(report.missing)} locked file(s) are gone",
+            hint="`sendense events --level critical` names the files",
+        )
+    return 0
 
 
 def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -135,7 +147,11 @@ def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
         repo = engine.locks.configure_repository(
             args.repository, args.days, grace_hours=args.grace_hours, actor="cli"
         )
-    print(f"repository {repo.name}: new backups are locked for {repo.immutable_days} day(s)")
+    print(
+        printable(
+            f"repository {repo.name}: new backups are locked for {repo.immutable_days} day(s)"
+        )
+    )
     return 0
 
 
@@ -152,7 +168,7 @@ def extend_lock(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(lock_dict(lock, repos))
     else:
-        print(f"lock {lock.id} on {lock.path} extended to {until:%Y-%m-%d %H:%M} UTC")
+        print(printable(f"lock {lock.id} on {lock.path} extended to {until:%Y-%m-%d %H:%M} UTC"))
     return 0
 
 

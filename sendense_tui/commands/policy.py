@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from typing import Any
 
-from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Policy
 from engine.errors import SendenseError, ValidationError
-from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.format import short_time
+from sendense_tui.commands import (
+    COUNT_MAX,
+    DAYS_MAX,
+    CliContext,
+    add_parser,
+    bounded_int,
+    table,
+)
+from sendense_tui.commands.jobs import finish_job, print_queued, wait_with_progress
+from sendense_tui.format import printable, short_time
+
+FULL_EVERY = bounded_int(1, COUNT_MAX)
+RETENTION_COUNT = bounded_int(0, COUNT_MAX)
+LOCK_DAYS = bounded_int(0, DAYS_MAX, "days")
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -56,14 +65,14 @@ def register(subparsers: Any) -> None:
         help="a disk to back up (repeatable), e.g. web01:sda=/dev/vg/web01, read as raw; "
         "web01:vda:qcow2=/images/web01.qcow2 for a standalone qcow2 image",
     )
-    add.add_argument("--full-every", type=int, default=7, help="a new full every N backups")
+    add.add_argument("--full-every", type=FULL_EVERY, default=7, help="a new full every N backups")
     add.add_argument("--full-weekday", choices=WEEKDAYS, help="and a new full on this day")
     for rule, default in (("keep-last", 7), ("daily", 0), ("weekly", 0), ("monthly", 0)):
-        add.add_argument(f"--{rule}", type=int, default=default)
-    add.add_argument("--yearly", type=int, default=0)
+        add.add_argument(f"--{rule}", type=RETENTION_COUNT, default=default)
+    add.add_argument("--yearly", type=RETENTION_COUNT, default=0)
     add.add_argument("--copy-rule", action="append", default=[], help="attach a copy rule")
     add.add_argument("--verify", action="store_true", help="verify after each backup")
-    add.add_argument("--immutable-days", type=int, default=0, help="lock backups N days")
+    add.add_argument("--immutable-days", type=LOCK_DAYS, default=0, help="lock backups N days")
     add.add_argument("--compression", choices=("zstd", "none"))
     add.add_argument("--disabled", action="store_true", help="save it without scheduling it")
     add.add_argument("--yes", action="store_true", help="confirm the space a lock will hold")
@@ -72,7 +81,7 @@ def register(subparsers: Any) -> None:
     edit = add_parser(
         sub, "edit", help="change a policy (options as in add; the others stay as they are)"
     )
-    edit.add_argument("name")
+    edit.add_argument("name", help="policy name, or #ID")
     edit.add_argument("--rename", metavar="NEW_NAME", help="give the policy a new name")
     edit.add_argument("--schedule", help="cron, UTC, e.g. '0 2 * * *'")
     edit.add_argument("--target", help="target repository name")
@@ -82,10 +91,10 @@ def register(subparsers: Any) -> None:
         metavar="VM:DISK=SOURCE",
         help="the disks to back up (repeatable; replaces all the current sources)",
     )
-    edit.add_argument("--full-every", type=int, help="a new full every N backups")
+    edit.add_argument("--full-every", type=FULL_EVERY, help="a new full every N backups")
     edit.add_argument("--full-weekday", choices=(*WEEKDAYS, "none"), help="and on this day")
     for rule in ("keep-last", "daily", "weekly", "monthly", "yearly"):
-        edit.add_argument(f"--{rule}", type=int)
+        edit.add_argument(f"--{rule}", type=RETENTION_COUNT)
     edit.add_argument(
         "--copy-rule", action="append", help="the copy rules (repeatable; replaces the list)"
     )
@@ -93,7 +102,7 @@ def register(subparsers: Any) -> None:
     edit.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, help="verify after each backup"
     )
-    edit.add_argument("--immutable-days", type=int, help="lock backups N days")
+    edit.add_argument("--immutable-days", type=LOCK_DAYS, help="lock backups N days")
     edit.add_argument("--compression", choices=("zstd", "none"))
     edit.add_argument("--yes", action="store_true", help="confirm the space a lock will hold")
     edit.set_defaults(func=edit_policy)
@@ -162,24 +171,14 @@ def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 hint="fix these and run the command again; nothing was changed",
             )
         if spec.immutable_days > 0:
-            vms = [s["vm"] for s in spec.sources]
-            estimate = engine.policies.lock_space_estimate(
-                spec.target, vms, spec.immutable_days, spec.schedule
-            )
-            print(estimate.sentence(), file=sys.stderr)
-            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
-            if not args.yes:
-                raise SendenseError(
-                    f"policy {spec.name} was not saved: a {spec.immutable_days}-day lock "
-                    "cannot be shortened later",
-                    hint="read the estimate above and add --yes to confirm",
-                )
+            _confirm_lock(ctx, engine, spec, args.yes, f"policy {spec.name} was not saved")
         policy = engine.policies.add(spec, actor="cli")
         data = policy_dict(engine, policy)
     if ctx.json:
         ctx.print_json(data)
     else:
-        print(f"policy {policy.name} saved; next run {data['next_run_at']:%Y-%m-%d %H:%M} UTC")
+        when = f"{data['next_run_at']:%Y-%m-%d %H:%M}"
+        print(printable(f"policy {policy.name} saved; next run {when} UTC"))
     return 0
 
 
@@ -221,27 +220,36 @@ def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 hint="fix these and run the command again; nothing was changed",
             )
         if spec.immutable_days > current.immutable_days:
-            vms = [s["vm"] for s in spec.sources]
-            estimate = engine.policies.lock_space_estimate(
-                spec.target, vms, spec.immutable_days, spec.schedule
-            )
-            print(estimate.sentence(), file=sys.stderr)
-            print(engine.locks.protects + " " + engine.locks.does_not_protect, file=sys.stderr)
-            if not args.yes:
-                raise SendenseError(
-                    f"policy {current.name} was not changed: a {spec.immutable_days}-day lock "
-                    "cannot be shortened later",
-                    hint="read the estimate above and add --yes to confirm",
-                )
+            _confirm_lock(ctx, engine, spec, args.yes, f"policy {current.name} was not changed")
         policy = engine.policies.update(current.id, spec, actor="cli")
         data = policy_dict(engine, policy)
     if ctx.json:
         ctx.print_json(data)
     elif policy.enabled and data["next_run_at"] is not None:
-        print(f"policy {policy.name} changed; next run {data['next_run_at']:%Y-%m-%d %H:%M} UTC")
+        when = f"{data['next_run_at']:%Y-%m-%d %H:%M}"
+        print(printable(f"policy {policy.name} changed; next run {when} UTC"))
     else:
-        print(f"policy {policy.name} changed (disabled: no scheduled runs)")
+        print(printable(f"policy {policy.name} changed (disabled: no scheduled runs)"))
     return 0
+
+
+def _confirm_lock(ctx: CliContext, engine: Any, spec: Any, yes: bool, refused: str) -> None:
+    """A lock period cannot be shortened: say what it holds and protects (on stdout,
+    it is what the operator reads before confirming), and refuse without --yes (one
+    sentence on stderr that carries the estimate)."""
+    vms = [s["vm"] for s in spec.sources]
+    estimate = engine.policies.lock_space_estimate(
+        spec.target, vms, spec.immutable_days, spec.schedule
+    )
+    if not ctx.json:
+        print(printable(estimate.sentence()))
+        print(engine.locks.protects + " " + engine.locks.does_not_protect)
+    if not yes:
+        raise SendenseError(
+            f"{refused}: a {spec.immutable_days}-day lock cannot be shortened later "
+            f"({estimate.sentence()})",
+            hint="add --yes to confirm",
+        )
 
 
 def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -301,19 +309,19 @@ def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
         "last_result",
     ):
         value = data[key]
-        print(f"{key + ':':16} {'-' if value in (None, []) else value}")
+        print(printable(f"{key + ':':16} {'-' if value in (None, []) else value}"))
     print("sources:")
     for s in data["sources"]:
         for d in s["disks"]:
             fmt = f":{d['format']}" if d.get("format") else ""
-            print(f"  {s['vm']}:{d['name']}{fmt} = {d['source']}")
+            print(printable(f"  {s['vm']}:{d['name']}{fmt} = {d['source']}"))
     print("next runs (UTC):")
     for when in data["next_runs"]:
         print(f"  {when:%a %Y-%m-%d %H:%M}")
     for report in reports:
-        print(f"3-2-1 {report['vm']}: {report['badge']}")
+        print(printable(f"3-2-1 {report['vm']}: {report['badge']}"))
         for s in report["shortfalls"] + report["strict_shortfalls"]:
-            print(f"  - {s}")
+            print(printable(f"  - {s}"))
     return 0
 
 
@@ -321,25 +329,16 @@ def run_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine(start=args.wait) as engine:
         job = engine.policies.run_now(args.name, actor="cli")
         if not args.wait:
-            if ctx.json:
-                ctx.print_json({"job_id": job.id, "state": job.state})
-            else:
-                print(f"queued job {job.id}: {job.title} (the console or the daemon runs it)")
-            return 0
-        while True:
-            job = engine.job_store.get(job.id)
-            if job.state in FINAL_STATES:
-                break
-            time.sleep(0.2)
-    if ctx.json:
-        ctx.print_json(
-            {"job_id": job.id, "state": job.state, "error": job.error, "result": job.result}
-        )
-    else:
-        print(f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
+            return print_queued(ctx, job)
+        job = wait_with_progress(engine, job.id, show=False)
+
+    def done() -> None:
+        print(f"job {job.id} {job.state}")
         if job.result and job.result.get("retention"):
-            print(f"retention: {job.result['retention']}")
-    return 0 if job.state == "succeeded" else 1
+            print(printable(f"retention: {job.result['retention']}"))
+
+    data = {"job_id": job.id, "state": job.state, "error": job.error, "result": job.result}
+    return finish_job(ctx, job, data, done)
 
 
 def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -354,7 +353,7 @@ def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
             data["applied"] = result.as_dict()
         ctx.print_json(data)
         return 0
-    print(plan.sentence())
+    print(printable(plan.sentence()))
     rows = [
         [
             f"#{d.backup_id}",
@@ -371,11 +370,11 @@ def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     if not plan.merges_allowed:
         print("merges are off: the target is immutable, chains go whole once unwanted")
     if result is not None:
-        print(result.sentence())
+        print(printable(result.sentence()))
         for op, why in result.skipped:
-            print(f"  skipped {op.sentence()}: {why}")
+            print(printable(f"  skipped {op.sentence()}: {why}"))
         for op, why in result.failed:
-            print(f"  FAILED {op.sentence()}: {why}")
+            print(printable(f"  FAILED {op.sentence()}: {why}"))
     elif plan.operations:
         print("dry run: nothing was changed (add --apply to apply)")
     return 0
@@ -384,12 +383,12 @@ def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
 def toggle_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         policy = engine.policies.set_enabled(args.name, args.enabled, actor="cli")
-    print(f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}")
+    print(printable(f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}"))
     return 0
 
 
 def remove_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         engine.policies.remove(args.name, actor="cli")
-    print(f"policy {args.name} removed (its backups stay)")
+    print(printable(f"policy {args.name} removed (its backups stay)"))
     return 0

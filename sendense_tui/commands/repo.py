@@ -9,10 +9,11 @@ import sys
 from typing import Any
 
 from engine.catalog.models import Repository
-from engine.errors import SendenseError
+from engine.errors import SendenseError, ValidationError
 from engine.services.repositories import RepositorySpec, TestReport
-from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.format import human_bytes
+from sendense_tui.commands import CliContext, add_parser, bounded_int, table
+from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import human_bytes, printable
 
 
 def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def register(subparsers: Any) -> None:
     add.add_argument("--server", default="", help="nfs/cifs: host name or IP address")
     add.add_argument("--export", default="", help="nfs: export path")
     add.add_argument("--share", default="", help="cifs: share name")
-    add.add_argument("--port", type=int, default=None)
+    add.add_argument("--port", type=bounded_int(1, 65535), default=None)
     add.add_argument("--nfs-version", default="4.1")
     add.add_argument("--mount-options", default="")
     add.add_argument("--user", default="", help="cifs: user name")
@@ -74,7 +75,7 @@ def register(subparsers: Any) -> None:
     )
     add.set_defaults(func=add_repo)
     show = add_parser(sub, "show", help="one repository in detail, with capacity")
-    show.add_argument("name")
+    show.add_argument("name", help="name, or #ID")
     show.set_defaults(func=show_repo)
     test = add_parser(sub, "test", help="test a repository now (mount, write, capacity)")
     test.add_argument("name")
@@ -151,21 +152,31 @@ def add_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         smb_version=args.smb_version,
     )
     with ctx.engine() as engine:
+        # the whole spec first (fields, a system directory, a taken name): a refused
+        # add writes nothing anywhere, not even the test's files
+        problems = engine.repositories.validate(spec)
+        if problems:
+            raise ValidationError(
+                f"repository {args.name} was not saved: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+                hint="fix it and run the command again; nothing was written",
+            )
         report = engine.repositories.test(spec)
         if not report.ok and not args.disabled:
             if ctx.json:
                 ctx.print_json({"saved": False, "test": report_dict(report)})
-            else:
-                _print_report(report)
-                print(f"repository {args.name} was not saved (add --disabled to keep it anyway)")
-            return 1
+            raise ValidationError(
+                f"repository {args.name} was not saved: {report.error}",
+                hint=(f"{report.hint}; or " if report.hint else "")
+                + "add --disabled to keep it (disabled) and fix it later",
+            )
         repo = engine.repositories.add(spec, test=False, enabled=report.ok, actor=_actor())
         data = repo_dict(repo, engine)
     if ctx.json:
         ctx.print_json({"saved": True, "test": report_dict(report), "repository": data})
     else:
         _print_report(report)
-        print(f"repository {repo.name} saved{'' if repo.enabled else ' (disabled)'}")
+        print(printable(f"repository {repo.name} saved{'' if repo.enabled else ' (disabled)'}"))
     return 0
 
 
@@ -207,10 +218,12 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(data)
         return 0
-    print(f"{data['name']} ({data['kind']}) {data['location']}")
+    print(printable(f"{data['name']} ({data['kind']}) {data['location']}"))
     print(
-        f"  state      {data['state'] if data['enabled'] else 'disabled'}"
-        + (f": {data['state_detail']}" if data["state_detail"] else "")
+        printable(
+            f"  state      {data['state'] if data['enabled'] else 'disabled'}"
+            + (f": {data['state_detail']}" if data["state_detail"] else "")
+        )
     )
     if data.get("total_bytes"):
         print(
@@ -231,7 +244,7 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
             f"reflink {'yes' if caps.get('reflink') else 'no'}"
         )
     if item.shared_with:
-        print(f"  shares its filesystem with {', '.join(item.shared_with)}")
+        print(printable(f"  shares its filesystem with {', '.join(item.shared_with)}"))
     return 0
 
 
@@ -242,7 +255,12 @@ def test_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(report_dict(report))
     else:
         _print_report(report)
-    return 0 if report.ok else 1
+    if not report.ok:
+        raise CommandFailed(
+            f"repository {args.name} failed its test: {report.error or 'see above'}",
+            hint=report.hint or "fix the cause and run `sendense repo test` again",
+        )
+    return 0
 
 
 def remove_repo(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -251,15 +269,18 @@ def remove_repo(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json({"removed": args.name})
     else:
-        print(f"repository {args.name} removed")
+        print(printable(f"repository {args.name} removed"))
     return 0
 
 
 def _print_report(report: TestReport) -> None:
+    """The steps of a test; a failure's sentence is the command's error (stderr)."""
     for step in report.steps:
         print(
-            f"  {'ok ' if step.ok else 'FAIL'} {step.name.replace('_', ' ')}"
-            + (f": {step.detail}" if step.detail and (step.ok or report.ok) else "")
+            printable(
+                f"  {'ok ' if step.ok else 'FAIL'} {step.name.replace('_', ' ')}"
+                + (f": {step.detail}" if step.detail and (step.ok or report.ok) else "")
+            )
         )
     if report.ok:
         caps = report.capabilities
@@ -268,10 +289,6 @@ def _print_report(report: TestReport) -> None:
             f"; {caps.get('fs_type', '?')}, immutable {'yes' if caps.get('immutable') else 'no'}, "
             f"reflink {'yes' if caps.get('reflink') else 'no'}"
         )
-    else:
-        print(f"  {report.error}")
-        if report.hint:
-            print(f"  -> {report.hint}")
 
 
 def _actor() -> str:

@@ -8,12 +8,12 @@ modules find or create it with :func:`restore_group`.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from sendense_tui.commands import CliContext, add_parser
+from sendense_tui.commands import CliContext, add_parser, id_argument
 from sendense_tui.commands.backup import wait_for_job
-from sendense_tui.format import human_bytes
+from sendense_tui.commands.jobs import finish_job
+from sendense_tui.format import human_bytes, printable
 
 #: the same words on every command that reads a restore point
 FORCE_HELP = "read a bad point that has no verified copy anyway (its data is unverified)"
@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 def add_subcommands(sub: Any) -> None:
     disk = add_parser(sub, "disk", help="write a restore point out as a whole disk")
-    disk.add_argument("point", type=int, help="restore point (backup) id")
+    disk.add_argument("point", type=id_argument("a restore point"), help="restore point id")
     disk.add_argument("target", help="file to create, or an nbd:// / nbd+unix:// URI")
     disk.add_argument("--format", choices=("raw", "qcow2"), default="raw", dest="fmt")
     disk.add_argument("--overwrite", action="store_true", help="replace an existing file")
@@ -56,13 +56,12 @@ def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
             actor="cli",
         )
         final = wait_for_job(engine, job.id, ctx)
-    result = final.result or {}
-    if ctx.json:
-        ctx.print_json({"job_id": final.id, "state": final.state, "error": final.error, **result})
-    elif final.state == "succeeded":
-        if result.get("note"):
-            print(f"NOTE: {result['note']}")
-        print(f"restored point #{args.point} ({human_bytes(final.bytes_total)}) to {args.target}")
-    else:
-        print(f"restore {final.state}: {final.error or ''}", file=sys.stderr)
-    return 0 if final.state == "succeeded" else 1
+
+    def done() -> None:
+        if (final.result or {}).get("note"):
+            print(printable(f"NOTE: {final.result['note']}"))
+        size = human_bytes(final.bytes_total)
+        print(printable(f"restored point #{args.point} ({size}) to {args.target}"))
+
+    data = {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
+    return finish_job(ctx, final, data, done)

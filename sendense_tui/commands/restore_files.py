@@ -17,9 +17,14 @@ from datetime import timedelta
 from typing import Any
 
 from engine.services.file_restore import Entry, MountView
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
-from sendense_tui.format import human_bytes, human_duration
+from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import human_bytes, human_duration, printable
+
+#: the longest a restore mount may sit idle before it is removed: a week
+MOUNT_MINUTES_MAX = 7 * 24 * 60
+MOUNT_ID = id_argument("a restore mount")
 
 
 def register(subparsers: Any) -> None:
@@ -32,31 +37,34 @@ def add_subcommands(sub: Any) -> None:
     points.add_argument("--disk")
     points.set_defaults(func=list_points)
     mount = add_parser(sub, "mount", help="mount a restore point read-only to browse its files")
-    mount.add_argument("point", type=int, help="restore point (backup) id")
+    mount.add_argument("point", type=id_argument("a restore point"), help="restore point id")
     mount.add_argument(
-        "--minutes", type=int, default=60, help="idle minutes before it is removed (default 60)"
+        "--minutes",
+        type=bounded_int(1, MOUNT_MINUTES_MAX, "minutes"),
+        default=60,
+        help=f"idle minutes before it is removed (default 60, at most {MOUNT_MINUTES_MAX})",
     )
     mount.add_argument("--force", action="store_true", help=FORCE_HELP)
     mount.set_defaults(func=mount_point)
     mounts = add_parser(sub, "mounts", help="list mounted restore points")
     mounts.set_defaults(func=list_mounts)
     ls = add_parser(sub, "ls", help="list a folder of a mounted point")
-    ls.add_argument("mount", type=int, help="mount id")
+    ls.add_argument("mount", type=MOUNT_ID, help="mount id")
     ls.add_argument("path", nargs="?", default="", help="e.g. p1/etc (empty: filesystems)")
     ls.set_defaults(func=list_dir)
     find = add_parser(sub, "find", help="search a mounted point by name")
-    find.add_argument("mount", type=int)
+    find.add_argument("mount", type=MOUNT_ID)
     find.add_argument("pattern", help="a word, or wildcards like '*.conf'")
     find.add_argument("--under", default="", help="only below this path")
     find.set_defaults(func=find_files)
     extract = add_parser(sub, "extract", help="copy files or folders out of a mounted point")
-    extract.add_argument("mount", type=int)
+    extract.add_argument("mount", type=MOUNT_ID)
     extract.add_argument("paths", nargs="+", help="paths inside the mount, e.g. p1/etc/hosts")
     extract.add_argument("--to", required=True, dest="destination", help="destination folder")
     extract.add_argument("--overwrite", action="store_true", help="replace existing files")
     extract.set_defaults(func=extract_files)
     unmount = add_parser(sub, "unmount", help="unmount a restore point")
-    unmount.add_argument("mount", type=int)
+    unmount.add_argument("mount", type=MOUNT_ID)
     unmount.set_defaults(func=unmount_point)
 
 
@@ -137,17 +145,17 @@ def _print_mount(view: MountView, now: Any) -> None:
     what = "reusing" if view.reused else "mounted"
     label = view.point.label if view.point else f"point {view.backup_id}"
     remaining = human_duration(view.remaining(now).total_seconds())
-    print(f"{what} {label} as mount {view.id} (removed after {remaining} idle)")
+    print(printable(f"{what} {label} as mount {view.id} (removed after {remaining} idle)"))
     for fs in view.filesystems:
         note = fs.detail if fs.state != "mounted" else human_bytes(fs.size)
-        print(f"  {fs.name:6} {fs.fs_type:8} {fs.state:12} {note}")
+        print(printable(f"  {fs.name:6} {fs.fs_type:8} {fs.state:12} {note}"))
 
 
 def mount_point(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         view = engine.file_restore.mount(
             args.point,
-            ttl=timedelta(minutes=max(1, args.minutes)),
+            ttl=timedelta(minutes=args.minutes),
             actor="cli",
             detached=True,
             force=args.force,
@@ -240,18 +248,24 @@ def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     if interactive:
         sys.stderr.write("\n")
-    # something asked for was not restored: exit 1 so a script does not read success
-    code = 1 if result.skipped else 0
     if ctx.json:
         ctx.print_json(result.as_dict())
-        return code
-    print(
-        f"restored {result.files} file(s), {result.directories} folder(s), "
-        f"{result.symlinks} link(s), {human_bytes(result.bytes)} to {result.destination}"
-    )
-    for path, reason in result.skipped:
-        print(f"  skipped {path}: {reason}")
-    return code
+    else:
+        print(
+            printable(
+                f"restored {result.files} file(s), {result.directories} folder(s), "
+                f"{result.symlinks} link(s), {human_bytes(result.bytes)} to {result.destination}"
+            )
+        )
+        for path, reason in result.skipped:
+            print(printable(f"  skipped {path}: {reason}"))
+    if result.skipped:
+        # something asked for was not restored: exit 1 so a script does not read success
+        raise CommandFailed(
+            f"{len(result.skipped)} item(s) asked for were not restored",
+            hint="the lines above say which and why",
+        )
+    return 0
 
 
 def unmount_point(args: argparse.Namespace, ctx: CliContext) -> int:

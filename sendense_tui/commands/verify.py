@@ -6,8 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
+from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import printable
 
 
 def register(subparsers: Any) -> None:
@@ -15,14 +17,21 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="verify_command", metavar="ACTION", required=True)
     run = add_parser(sub, "run", help="verify a backup, a chain, a repository or everything")
     what = run.add_mutually_exclusive_group()
-    what.add_argument("--backup", type=int, help="one backup (and its copies)")
-    what.add_argument("--chain", type=int, help="every backup of a chain (and copies)")
-    what.add_argument("--repository", help="every file kept in a repository")
+    what.add_argument("--backup", type=id_argument("a backup"), help="one backup (and its copies)")
+    what.add_argument(
+        "--chain", type=id_argument("a chain"), help="every backup of a chain (and copies)"
+    )
+    what.add_argument("--repository", help="every file kept in a repository (name, or #ID)")
     run.add_argument("--no-copies", action="store_true", help="skip the copies")
     run.add_argument("--no-wait", action="store_true", help="queue the job and return")
     run.set_defaults(func=run_verify)
     report = add_parser(sub, "report", help="coverage, bad points and what is overdue")
-    report.add_argument("--days", type=int, default=30, help="coverage window in days")
+    report.add_argument(
+        "--days",
+        type=bounded_int(1, DAYS_MAX, "days"),
+        default=30,
+        help="coverage window in days",
+    )
     report.set_defaults(func=show_report)
 
 
@@ -59,8 +68,8 @@ def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
                 "next_scheduled_at": next_at,
             }
         )
-        return 1 if report.bad else 0
-    print(report.sentence())
+        return _bad_points(report)
+    print(printable(report.sentence()))
     print(f"{report.files_verified} of {report.files_total} file(s) verified in the window")
     print(f"{len(report.overdue)} file(s) overdue (not verified in the last {reverify_days} days)")
     if next_at is not None:
@@ -82,4 +91,14 @@ def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
             for b in report.bad
         ]
         print(table(rows, ["BAD POINT", "WHERE", "STATE", "STILL GOOD AT"]))
-    return 1 if report.bad else 0
+    return _bad_points(report)
+
+
+def _bad_points(report: Any) -> int:
+    """The check found damage: exit 1 with one sentence (the report said which)."""
+    if report.bad:
+        raise CommandFailed(
+            f"{len(report.bad)} backup file(s) failed verification",
+            hint="the report lists them and the copies still good; restore from those",
+        )
+    return 0

@@ -22,7 +22,7 @@ from textual.widgets import Static
 
 from engine.services.capacity import RepositoryCapacity
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes
+from sendense_tui.format import human_bytes, printable
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge, sparkline
@@ -60,20 +60,24 @@ def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
     level = level_of(item)
     colour = LEVEL_COLOURS.get(level, "white")
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"{repo.name}", style="bold")
+    text.append(printable(repo.name), style="bold")
     text.append(f"  {KINDS.get(repo.kind, repo.kind)}", style="dim")
     text.append("  ")
     text.append(f" {level.upper()} ", style=f"bold reverse {colour}")
     if not repo.enabled:
         text.append("  disabled", style="dim")
     if item.shared_with:
-        text.append(f"  shares its filesystem with {', '.join(item.shared_with)}", style="italic")
+        shared = printable(", ".join(item.shared_with))
+        text.append(f"  shares its filesystem with {shared}", style="italic")
     text.append("\n")
     bar = max(10, min(40, width - 44))
     if reading is None or reading.error:
         text.append(gauge(None, "unknown", bar))
         text.append("  ")
-        text.append(reading.error if reading and reading.error else "not measured yet", style="dim")
+        text.append(
+            printable(reading.error) if reading and reading.error else "not measured yet",
+            style="dim",
+        )
     else:
         text.append(gauge(reading.percent, level, bar, (th.warning, th.critical, th.full)))
         text.append(f" {reading.percent:5.1f}%", style=f"bold {colour}")

@@ -24,7 +24,7 @@ from engine.catalog.models import Backup
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainView, PointView
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, short_time
+from sendense_tui.format import human_bytes, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
@@ -49,7 +49,7 @@ class AskDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="ask"):
-            yield Static(self.question, id="ask-question")
+            yield Static(safe_text(self.question), id="ask-question")
             yield Input(placeholder=self.placeholder, id="ask-input")
             yield Static("Enter: go   Esc: cancel", id="ask-keys")
 
@@ -139,10 +139,10 @@ class ChainsScreen(SendenseScreen):
             chain = view.chain
             vm_node = vms.get(chain.vm_name)
             if vm_node is None:
-                vm_node = tree.root.add(Text(chain.vm_name, style="bold"), ("vm", chain.vm_name))
+                vm_node = tree.root.add(safe_text(chain.vm_name, "bold"), ("vm", chain.vm_name))
                 vm_node.expand()
                 vms[chain.vm_name] = vm_node
-            label = Text(f"{chain.disk_name} ", no_wrap=True, overflow="ellipsis")
+            label = Text(f"{printable(chain.disk_name)} ", no_wrap=True, overflow="ellipsis")
             label.append(f"[{view.state}] ", style=_state_style(view.state))
             label.append(
                 f"{len(view.points)} pts, {human_bytes(view.physical_bytes)} on disk "
@@ -223,7 +223,8 @@ class ChainsScreen(SendenseScreen):
             lines = [f"VM {ref}", "", "b: back up a disk now"]
         if extra:
             lines += ["", extra]
-        pane.update("\n".join(lines))
+        # names and tool output from outside: shown as text, escapes made visible
+        pane.update(Text(printable("\n".join(lines), keep_newlines=True)))
 
     # -- actions -------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
 from engine.services.scheduler import ALERT_PREFIX
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import level_text, short_time
+from sendense_tui.format import level_text, safe_text, short_time
 from sendense_tui.screens.base import NavBar, SendenseScreen
 from sendense_tui.screens.dashboard import next_time_text
 from sendense_tui.styles import STYLES_DIR
@@ -245,7 +245,7 @@ class CopyRulesScreen(SendenseScreen):
             "source": value("#source"),
             "destination": value("#destination"),
             "selection": value("#selection") or "all",
-            "latest_count": int(latest) if latest.isdigit() else None,
+            "latest_count": int(latest) if latest.isascii() and latest.isdigit() else None,
             "mode": value("#mode") or "manual",
             "schedule": self.query_one("#schedule", Input).value.strip() or None,
         }
@@ -287,6 +287,6 @@ class CopyRulesScreen(SendenseScreen):
                 self._form_worker = None
                 exc = event.worker.error
                 message = getattr(exc, "message", None) or str(exc)
-                self.query_one("#form-error", Static).update(f"✗ {message}")
+                self.query_one("#form-error", Static).update(safe_text(f"✗ {message}"))
             return
         super().on_worker_state_changed(event)

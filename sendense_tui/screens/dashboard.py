@@ -27,14 +27,16 @@ from textual.widgets import Static
 
 from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import AuditEntry, Job, ScheduleMark
-from engine.services.capacity import RepositoryCapacity
+from engine.services.capacity import Reading, RepositoryCapacity
 from engine.services.verify import Report
 from sendense_tui.format import (
     human_bytes,
     human_duration,
     human_rate,
     level_text,
+    printable,
     progress_bar,
+    safe_text,
     short_time,
 )
 from sendense_tui.screens.base import SendenseScreen
@@ -63,6 +65,12 @@ def next_time_text(at: datetime | None, now: datetime) -> str:
     return f"{at:%m-%d %H:%M}"
 
 
+def _reading_error(reading: Reading | None) -> str | None:
+    if reading is None:
+        return "not measured yet"
+    return printable(reading.error) if reading.error else None
+
+
 @dataclass(frozen=True)
 class RepoGaugeLine:
     """What one repository line shows (equal values: no redraw)."""
@@ -86,7 +94,7 @@ class RepoGaugeLine:
         repo, reading, th, fc = item.repository, item.reading, item.thresholds, item.forecast
         measured = reading is not None and not reading.error
         return cls(
-            name=repo.name,
+            name=printable(repo.name),
             kind=KINDS.get(repo.kind, repo.kind),
             enabled=repo.enabled,
             level=level_of(item),
@@ -97,7 +105,7 @@ class RepoGaugeLine:
             days_until_full=fc.days_until_full if fc.trend == "growing" else None,
             trend=fc.trend,
             marks=(th.warning, th.critical, th.full),
-            error=reading.error if reading else "not measured yet",
+            error=_reading_error(reading),
             name_width=name_width,
         )
 
@@ -271,7 +279,7 @@ class DashboardScreen(SendenseScreen):
         attention = [i.repository.name for i in repos if level_of(i) not in ("ok", "unknown")]
         if attention:
             head.append(" · check ", style="dim")
-            head.append(", ".join(attention), style="bold yellow")
+            head.append(printable(", ".join(attention)), style="bold yellow")
         return head
 
     @staticmethod
@@ -295,7 +303,7 @@ class DashboardScreen(SendenseScreen):
         for job in data.running[:6]:
             eta = human_duration(job.eta_seconds) if job.eta_seconds is not None else "-"
             table.add_row(
-                Text(f"#{job.id} {job.title}"),
+                safe_text(f"#{job.id} {job.title}"),
                 progress_bar(job.bytes_done, job.bytes_total, width=8),
                 Text(f"{human_rate(job.rate)} {eta}", style="dim"),
             )
@@ -327,7 +335,7 @@ class DashboardScreen(SendenseScreen):
             table.add_row(
                 level_text(level),
                 Text(short_time(mark.updated_at, data.now), style="dim"),
-                Text(mark.message or mark.key),
+                safe_text(mark.message or mark.key),
             )
         if len(shown) > MAX_ALERTS:
             more = Text(f"… and {len(shown) - MAX_ALERTS} more (sendense copy status)")
@@ -377,7 +385,7 @@ class DashboardScreen(SendenseScreen):
             table.add_row(
                 Text(short_time(entry.at, data.now), style="dim"),
                 level_text(entry.level),
-                Text(entry.source, style="dim"),
-                Text(entry.message),
+                safe_text(entry.source, "dim"),
+                safe_text(entry.message),
             )
         return table

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Input, Static
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import AuditEntry
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import level_text, short_time
+from sendense_tui.format import level_text, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.tables import FlexTable, sync_rows
@@ -85,7 +85,7 @@ class EventsScreen(SendenseScreen):
                     (
                         Text(short_time(e.at, data.now), style="dim"),
                         level_text(e.level),
-                        Text(e.source, style="dim"),
+                        safe_text(e.source, "dim"),
                         e.message,
                     ),
                 )

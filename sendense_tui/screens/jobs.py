@@ -21,6 +21,7 @@ from sendense_tui.format import (
     human_bytes,
     human_duration,
     human_rate,
+    printable,
     progress_bar,
     short_time,
     state_text,
@@ -262,7 +263,11 @@ class JobsScreen(SendenseScreen):
         outcome = state_text(job.state)
         return (
             str(job.id),
-            Text(job.title + (f" — {job.error}" if job.error else ""), overflow="ellipsis"),
+            # the error's sentence (its hint, on the next line, is in the job's details)
+            Text(
+                printable(job.title + (f" — {job.error.splitlines()[0]}" if job.error else "")),
+                overflow="ellipsis",
+            ),
             outcome,
             human_duration(took),
             short_time(finished, now),

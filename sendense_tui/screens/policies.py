@@ -36,7 +36,7 @@ from engine.services.compliance import Compliance
 from engine.services.immutability import DOES_NOT_PROTECT, PROTECTS
 from engine.services.policies import PolicySpec, cron_error, next_runs
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import short_time
+from sendense_tui.format import printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
@@ -131,11 +131,11 @@ def detail_settings(row: PolicyRow, now: Any) -> Table:
     for i, src in enumerate(row.sources):
         if i:
             sources.append("\n")
-        sources.append(f"{src.get('vm')}", style="bold")
+        sources.append(printable(src.get("vm")), style="bold")
         disks = ", ".join(f"{d.get('name')}={d.get('source')}" for d in src.get("disks") or [])
-        sources.append(f": {disks or 'no disks'}")
+        sources.append(f": {printable(disks) or 'no disks'}")
     table.add_row("Sources", sources if row.sources else Text("none", style="yellow"))
-    target = Text(row.target, style="bold")
+    target = safe_text(row.target, "bold")
     if row.target_kind:
         target.append(f" ({row.target_kind})")
     if not row.enabled:
@@ -155,7 +155,11 @@ def detail_settings(row: PolicyRow, now: Any) -> Table:
         if row.retention.get(key)
     ]
     table.add_row("Keep", Text(" · ".join(kept) if kept else "no rule: every point is kept"))
-    copies = Text("\n".join(row.copy_rules)) if row.copy_rules else Text("none", style="dim")
+    copies = (
+        Text("\n".join(printable(r) for r in row.copy_rules))
+        if row.copy_rules
+        else Text("none", style="dim")
+    )
     table.add_row("Copies", copies)
     checks = Text(f"verify after backup: {'yes' if row.verify_after else 'no'} · lock ")
     if row.immutable_days:
@@ -180,13 +184,15 @@ def detail_compliance(row: PolicyRow) -> Group | Text:
     parts: list[Text | Table] = []
     for report in row.compliance:
         head = Text()
-        head.append(f"{report.vm} ", style="bold")
+        head.append(f"{printable(report.vm)} ", style="bold")
         colour = "yellow" if report.badge == "not 3-2-1" else "green"
         head.append(f" {report.badge} ", style=f"bold reverse {colour}")
         head.append(
-            f"  copies {report.copies} · devices {report.devices}"
-            f" · offsite {', '.join(report.offsite) or 'none'}"
-            f" · immutable {', '.join(report.immutable) or 'none'}",
+            printable(
+                f"  copies {report.copies} · devices {report.devices}"
+                f" · offsite {', '.join(report.offsite) or 'none'}"
+                f" · immutable {', '.join(report.immutable) or 'none'}"
+            ),
             style="dim",
         )
         if report.verification_errors:
@@ -196,11 +202,11 @@ def detail_compliance(row: PolicyRow) -> Group | Text:
         table.add_column(no_wrap=True)
         table.add_column(ratio=1)
         for gap in report.shortfalls:
-            table.add_row(Text("✗", style="yellow"), Text(gap, style="yellow"))
+            table.add_row(Text("✗", style="yellow"), safe_text(gap, "yellow"))
         if report.meets_321:
             table.add_row(Text("✓", style="green"), Text("3-2-1 met", style="green"))
         for gap in report.strict_shortfalls:
-            table.add_row(Text("·", style="dim"), Text(f"for 3-2-1-1-0: {gap}", style="dim"))
+            table.add_row(Text("·", style="dim"), safe_text(f"for 3-2-1-1-0: {gap}", "dim"))
         parts.append(table)
     return Group(*parts)
 
@@ -637,7 +643,7 @@ class PoliciesScreen(SendenseScreen):
             return
         text = Text()
         for name, message in problems.items():
-            text.append(f"✗ {name}: {message}\n", style="red")
+            text.append(f"✗ {name}: {printable(message)}\n", style="red")
         box.update(text)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -679,6 +685,6 @@ class PoliciesScreen(SendenseScreen):
                 self._save_worker = None
                 exc = worker.error
                 message = getattr(exc, "message", None) or str(exc)
-                self.query_one("#editor-error", Static).update(Text(f"✗ {message}", style="red"))
+                self.query_one("#editor-error", Static).update(safe_text(f"✗ {message}", "red"))
             return
         super().on_worker_state_changed(event)

@@ -24,6 +24,7 @@ from engine.services.repositories import (
     TestReport,
     validate_field,
 )
+from sendense_tui.format import printable, safe_text
 from sendense_tui.screens.repositories import describe_report
 from sendense_tui.styles import STYLES_DIR
 
@@ -132,7 +133,7 @@ class RepoWizard(ModalScreen[Repository | None]):
 
     def _field_error(self, name: str, problem: str | None) -> None:
         err = self.query_one(f"#err-{name}", Static)
-        err.update(problem or "")
+        err.update(safe_text(problem or ""))
         err.set_class(not problem, "-empty")
 
     def _invalidate(self) -> None:
@@ -145,20 +146,18 @@ class RepoWizard(ModalScreen[Repository | None]):
         port = values.pop("port")
         return RepositorySpec(
             kind=self.kind,
-            port=int(port) if port.isdigit() else None,
+            port=int(port) if port.isascii() and port.isdigit() else None,
             create=self.query_one("#f-create", Checkbox).value,
             **values,
         )
 
     def _problems(self, spec: RepositorySpec) -> dict[str, str]:
-        problems: dict[str, str] = {}
+        """The engine's whole check (the one ``repo add`` runs): the fields, a system
+        directory, a taken name; each shown under its field."""
+        engine: Any = self.app.engine  # type: ignore[attr-defined]
+        problems: dict[str, str] = engine.repositories.validate(spec, existing=self.editing)
         for name in FIELDS_BY_KIND[self.kind]:
-            if name == "password" and self.editing is not None:
-                continue
-            problem = validate_field(self.kind, name, getattr(spec, name))
-            self._field_error(name, problem)
-            if problem:
-                problems[name] = problem
+            self._field_error(name, problems.get(name))
         return problems
 
     def _result(self, text: Text | str) -> None:
@@ -190,8 +189,9 @@ class RepoWizard(ModalScreen[Repository | None]):
             spec = self._with_stored_password(spec)
         self._result(Text("Testing: server, mount, write…", style="italic"))
         engine: Any = self.app.engine  # type: ignore[attr-defined]
+        editing = self.editing
         self.run_worker(
-            lambda: engine.repositories.test(spec),
+            lambda: engine.repositories.test(spec, existing=editing),
             group="wizard-test",
             thread=True,
             exit_on_error=False,
@@ -232,7 +232,7 @@ class RepoWizard(ModalScreen[Repository | None]):
         if event.state == WorkerState.ERROR:
             error = worker.error
             text = error.for_humans() if isinstance(error, SendenseError) else repr(error)
-            self._result(Text(text, style="bold red"))
+            self._result(Text(printable(text, keep_newlines=True), style="bold red"))
             return
         if worker.group == "wizard-test":
             report: TestReport = worker.result  # type: ignore[assignment]

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Static
 from engine.catalog.models import Repository
 from engine.services.repositories import TestReport
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, short_time, state_text
+from sendense_tui.format import human_bytes, printable, short_time, state_text
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
@@ -48,7 +48,7 @@ def describe_report(report: TestReport) -> Text:
         mark, style = ("✓", "green") if step.ok else ("✗", "bold red")
         text.append(f"{mark} {step.name.replace('_', ' ')}", style=style)
         if step.detail and step.ok:
-            text.append(f"  {step.detail}", style="dim")
+            text.append(f"  {printable(step.detail)}", style="dim")
         text.append("\n")
     if report.ok:
         text.append(
@@ -63,9 +63,9 @@ def describe_report(report: TestReport) -> Text:
                 f"{'yes' if caps.get('reflink') else 'no'}"
             )
     else:
-        text.append(report.error or "the test failed", style="bold red")
+        text.append(printable(report.error or "the test failed"), style="bold red")
         if report.hint:
-            text.append(f"\n→ {report.hint}", style="yellow")
+            text.append(f"\n→ {printable(report.hint)}", style="yellow")
     return text
 
 
@@ -134,7 +134,7 @@ class RepositoriesScreen(SendenseScreen):
         return (
             repo.name,
             KINDS.get(repo.kind, repo.kind),
-            Text(row.location, overflow="ellipsis"),
+            Text(printable(row.location), overflow="ellipsis"),
             state_text(state),
             used,
             human_bytes(row.free) if row.free is not None else "-",
@@ -153,10 +153,10 @@ class RepositoriesScreen(SendenseScreen):
             return
         repo = row.repo
         text = Text()
-        text.append(repo.name, style="bold")
-        text.append(f"  {repo.path}", style="dim")
+        text.append(printable(repo.name), style="bold")
+        text.append(f"  {printable(repo.path)}", style="dim")
         if repo.state_detail:
-            text.append(f"\n{repo.state_detail}", style="red")
+            text.append(f"\n{printable(repo.state_detail)}", style="red")
         caps = repo.capabilities or {}
         if caps:
             text.append(

@@ -28,7 +28,7 @@ from engine.errors import SendenseError
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, human_duration
+from sendense_tui.format import human_bytes, human_duration, printable, safe_text
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
@@ -214,8 +214,9 @@ class RestoreScreen(SendenseScreen):
                     e.path,
                     (
                         "*" if e.path in self.marked else " ",
+                        # escaped before Rich sees it (Text itself drops a bare \r)
                         Text(
-                            (e.path if results is not None else e.name)
+                            printable(e.path if results is not None else e.name)
                             + ("/" if e.kind == "dir" else ""),
                             style="bold" if e.kind == "dir" else "",
                         ),
@@ -242,23 +243,25 @@ class RestoreScreen(SendenseScreen):
                 found = len(results.entries)
                 where.update(
                     Text.assemble(
-                        (f"search '{results.pattern}' · ", "bold"),
+                        (f"search '{printable(results.pattern)}' · ", "bold"),
                         (f"{found}{'+' if found >= SEARCH_LIMIT else ''} found", "bold"),
                         (f"  in mount {mount.id} · Esc returns", "dim"),
                         (f"  {len(self.marked)} marked", "dim") if self.marked else "",
                     )
                 )
-                self.query_one("#status", Static).update(data.error or self.progress_text)
+                self.query_one("#status", Static).update(
+                    safe_text(data.error or self.progress_text)
+                )
                 return
             where.update(
                 Text.assemble(
                     (f"mount {mount.id} ", "bold"),
-                    f"/{data.path}  ",
+                    f"/{printable(data.path)}  ",
                     (f"expires in {remaining}", "dim"),
                     (f"  {len(self.marked)} marked", "dim") if self.marked else "",
                 )
             )
-        self.query_one("#status", Static).update(data.error or self.progress_text)
+        self.query_one("#status", Static).update(safe_text(data.error or self.progress_text))
 
     # -- actions -------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from sendense_tui.format import safe_text
 from sendense_tui.styles import STYLES_DIR
 
 
@@ -44,9 +45,10 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
+            # both name things from outside (a file, a VM): shown as text, never markup
+            yield Label(safe_text(self.question), id="question")
             if self.consequence:
-                yield Static(self.consequence, id="consequence")
+                yield Static(safe_text(self.consequence), id="consequence")
             with Horizontal(id="buttons"):
                 yield Button(
                     f"{self.yes_label} (y)",

@@ -8,6 +8,8 @@ from typing import Any
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowKey
 
+from sendense_tui.format import safe_cell
+
 
 def cursor_key(table: DataTable[Any]) -> str | None:
     """The key of the row under the cursor, or None for an empty table."""
@@ -28,7 +30,10 @@ def sync_rows(
     When the same rows are shown in the same order (the common case on a live
     screen), only changed cells are updated. When rows come or go, the table is
     refilled in one batch and the cursor stays on the same row if it still exists.
+    Every cell goes through ``safe_cell``: names from outside never reach the
+    terminal as control characters or markup.
     """
+    rows = [(key, [safe_cell(cell) for cell in cells]) for key, cells in rows]
     wanted = [key for key, _ in rows]
     current = [key.value for key in table.rows]
     if wanted == current:

@@ -43,12 +43,13 @@ def test_add_local_repository_on_ext4_probes_capabilities_and_capacity(
     assert report.capabilities["fs_type"] == "ext4"
     assert report.capabilities["immutable"] is True
     assert report.capabilities["reflink"] is False  # ext4 has no reflink
-    # the write test leaves nothing behind but the layout
-    assert sorted(p.name for p in fs.mountpoint.iterdir()) == [".sendense", "chains", "lost+found"]
-    assert list((fs.mountpoint / ".sendense").iterdir()) == []
+    # the test leaves nothing behind: the layout comes with the saved repository
+    assert sorted(p.name for p in fs.mountpoint.iterdir()) == ["lost+found"]
 
     repo = eng.repositories.add(RepositorySpec(name="disk1", path=str(fs.mountpoint)))
     assert repo.state == "ready"
+    assert sorted(p.name for p in fs.mountpoint.iterdir()) == [".sendense", "chains", "lost+found"]
+    assert list((fs.mountpoint / ".sendense").iterdir()) == []
     assert repo.capabilities["immutable"] is True
     reading = eng.repositories.capacity(repo)
     assert reading.error is None and reading.total == report.total
@@ -333,3 +334,105 @@ def test_a_spec_never_shows_its_password_in_repr() -> None:
     spec = RepositorySpec(name="n", kind="cifs", server="nas", username="u", password="s3cr3t!")
     assert "s3cr3t!" not in repr(spec)
     assert spec.password == "s3cr3t!"
+
+
+# -- a refused add or edit writes nothing anywhere ---------------------------------------
+
+
+def _tree(root: Path) -> dict[str, tuple[bool, int, int]]:
+    """Every entry under ``root`` (and root itself): is it a directory, its size and
+    its mtime. A directory's mtime moves when anything is created in it, even if it
+    is removed again, so equal snapshots mean nothing was written."""
+    found = {".": (True, 0, root.stat().st_mtime_ns)}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        found[str(path.relative_to(root))] = (path.is_dir(), info.st_size, info.st_mtime_ns)
+    return found
+
+
+def test_refused_add_writes_nothing_anywhere(eng: Engine, tmp_path: Path) -> None:
+    """Each spec is refused before the filesystem is touched, even with create."""
+    eng.repositories.add(RepositorySpec(name="main", path=str(tmp_path / "main"), create=True))
+    (tmp_path / "link-to-etc").symlink_to("/etc")
+    probe = f"sendense-must-not-exist-{os.getpid()}"
+    refused = [
+        ("main", tmp_path / "new" / "deep", "already exists"),  # a taken name
+        ("12", tmp_path / "new" / "deep", "cannot be all digits"),
+        ("main\n", tmp_path / "new", "use letters, digits"),
+        ("sys", tmp_path / "link-to-etc" / probe, "inside the system directory /etc"),
+        ("own", tmp_path / "state" / "new", "Sendense's own directory"),
+        ("boot", Path("/boot") / probe, "inside the system directory /boot"),
+    ]
+    before = _tree(tmp_path)
+    etc_before = Path("/etc").stat().st_mtime_ns
+    for name, path, problem in refused:
+        spec = RepositorySpec(name=name, path=str(path), create=True)
+        assert problem in (eng.repositories.test(spec).error or "")
+        with pytest.raises(ValidationError, match=problem):
+            eng.repositories.add(spec)
+    assert _tree(tmp_path) == before
+    assert not (Path("/etc") / probe).exists() and not (Path("/boot") / probe).exists()
+    assert Path("/etc").stat().st_mtime_ns == etc_before
+    assert [r.name for r in eng.repositories.list()] == ["main"]
+
+
+def test_the_root_directory_is_refused_before_anything_is_written(eng: Engine) -> None:
+    layout = [Path("/") / sub for sub in (".sendense", "chains")]
+    assert not any(p.exists() for p in layout)  # else this test could not see a write
+    root_before = Path("/").stat().st_mtime_ns
+    report = eng.repositories.test(RepositorySpec(name="root", path="/", create=True))
+    assert not report.ok and report.error == "path: / is a system directory: " + (
+        "give the repository a directory of its own, e.g. /srv/backups"
+    )
+    with pytest.raises(ValidationError, match="/ is a system directory"):
+        eng.repositories.add(RepositorySpec(name="root", path="/"), enabled=False)
+    assert not any(p.exists() for p in layout)
+    assert Path("/").stat().st_mtime_ns == root_before
+    assert eng.repositories.list() == []
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs of 64 KiB, filled: directories can still be made (they take no
+    pages), files cannot be written."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\xff" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+
+
+def test_a_failed_test_removes_the_directories_it_created(
+    eng: Engine, full_tmpfs: Path, tmp_path: Path
+) -> None:
+    target = full_tmpfs / "a" / "b"
+    spec = RepositorySpec(name="tiny", path=str(target), create=True)
+    report = eng.repositories.test(spec)
+    assert not report.ok and report.reason == "no_space", report.error
+    assert sorted(p.name for p in full_tmpfs.iterdir()) == ["filler"]
+    with pytest.raises(RepositoryCheckError, match="no space left"):
+        eng.repositories.add(spec)
+    assert sorted(p.name for p in full_tmpfs.iterdir()) == ["filler"]
+    assert eng.repositories.list() == []
+
+    # an edit that moves a repository there is refused the same way, and the
+    # repository stays where it was
+    repo = eng.repositories.add(RepositorySpec(name="r", path=str(tmp_path / "r"), create=True))
+    with pytest.raises(RepositoryCheckError, match="nothing was changed"):
+        eng.repositories.edit(repo, RepositorySpec(name="r", path=str(target), create=True))
+    assert sorted(p.name for p in full_tmpfs.iterdir()) == ["filler"]
+    assert eng.repositories.get("r").path == str(tmp_path / "r")
+    with pytest.raises(ValidationError, match="inside the system directory /etc"):
+        eng.repositories.edit(repo, RepositorySpec(name="r", path="/etc/backups", create=True))
+    assert not Path("/etc/backups").exists()
+    assert eng.repositories.get("r").path == str(tmp_path / "r")

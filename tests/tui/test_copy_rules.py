@@ -56,7 +56,7 @@ async def test_form_refuses_same_source_and_destination_then_adds(
         table = screen.query_one("#rules", DataTable)
         assert table.row_count == before + 1
         rule = demo_engine.copies.get_rule("to-offsite")
-        assert table.get_row(str(rule.id))[1] == "cr-main → cr-offsite"
+        assert str(table.get_row(str(rule.id))[1]) == "cr-main → cr-offsite"
 
         table.focus()
         table.move_cursor(row=table.get_row_index(str(rule.id)))
@@ -98,11 +98,11 @@ async def test_rules_show_next_run_and_failing_state(
         seeded = demo_engine.copies.get_rule("db01-offsite")
         row = table.get_row(str(seeded.id))
         # the demo clock is 2026-11-24 09:00 UTC: the next 01:30 is tomorrow's
-        assert row[3] == "tomorrow 01:30"
+        assert str(row[3]) == "tomorrow 01:30"
         assert str(row[4]).startswith("⚠ 3 failed · warning")
-        assert table.get_row(str(ids["after"]))[3] == "after backups"
-        assert table.get_row(str(ids["by-hand"]))[3] == "manual"
-        assert table.get_row(str(ids["paused"]))[3] == "disabled"
+        assert str(table.get_row(str(ids["after"]))[3]) == "after backups"
+        assert str(table.get_row(str(ids["by-hand"]))[3]) == "manual"
+        assert str(table.get_row(str(ids["paused"]))[3]) == "disabled"
         assert str(table.get_row(str(ids["after"]))[4]).startswith("ok")
 
         # a run moves the scheduler's mark: the screen shows the engine's next run
@@ -115,4 +115,4 @@ async def test_rules_show_next_run_and_failing_state(
         )
         await pilot.press("r")
         await settle(pilot)
-        assert table.get_row(str(seeded.id))[3] == "13:30"
+        assert str(table.get_row(str(seeded.id))[3]) == "13:30"

@@ -219,16 +219,16 @@ async def test_e_disables_and_enables_the_policy_under_the_cursor(
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await _on_policies(pilot)
         table = screen.query_one("#policies", DataTable)
-        name = table.get_row_at(table.cursor_row)[0]
+        name = str(table.get_row_at(table.cursor_row)[0])
         await pilot.press("e")
         await settle(pilot)
         assert seeded.policies.get(name).enabled is False
         row = table.get_row_at(table.cursor_row)
-        assert row[0] == name and row[3] == "off"  # the list shows it has no next run
+        assert str(row[0]) == name and str(row[3]) == "off"  # the list shows no next run
         await pilot.press("e")
         await settle(pilot)
         assert seeded.policies.get(name).enabled is True
-        assert table.get_row_at(table.cursor_row)[3] != "off"
+        assert str(table.get_row_at(table.cursor_row)[3]) != "off"
 
 
 async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
@@ -238,7 +238,7 @@ async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await _on_policies(pilot)
         table = screen.query_one("#policies", DataTable)
-        name = table.get_row_at(table.cursor_row)[0]
+        name = str(table.get_row_at(table.cursor_row)[0])
         await pilot.press("D")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmDialog)
@@ -254,7 +254,7 @@ async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
         await settle(pilot)
         assert name not in [p.name for p in seeded.policies.list()]
         assert table.row_count == 1
-        assert name not in [table.get_row_at(i)[0] for i in range(table.row_count)]
+        assert name not in [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
 
 
 async def test_help_on_policies_lists_enable_and_remove(

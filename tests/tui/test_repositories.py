@@ -154,3 +154,30 @@ async def test_validation_as_you_type(make_app: Callable[..., SendenseApp]) -> N
         assert str(err.content) == "the path must be absolute (start with /)"
         await _fill(pilot, wizard, path="/srv/ok")
         assert str(err.content) == ""
+
+
+async def test_wizard_refuses_system_directories_with_the_engines_sentence(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """The same check as `sendense repo add`: shown under the field on Test, and again
+    on "Save disabled" (which skips the test); nothing is written or saved."""
+    (tmp_path / "link-to-etc").symlink_to("/etc")
+    target = tmp_path / "link-to-etc" / f"sendense-wizard-{id(tmp_path)}"
+    expected = demo_engine.repositories.path_error(str(target))
+    assert expected and "inside the system directory /etc" in expected
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        await _fill(pilot, wizard, name="sneaky", path=str(target))
+        wizard.query_one("#f-create", Checkbox).value = True
+        await _press(pilot, wizard, "test")
+        assert str(wizard.query_one("#err-path", Static).content) == expected
+        assert "Fix the fields marked in red first." in _result(wizard)
+        await _press(pilot, wizard, "save-disabled")
+        assert str(wizard.query_one("#err-path", Static).content) == expected
+        await _fill(pilot, wizard, name="1", path="/")
+        await _press(pilot, wizard, "test")
+        assert "cannot be all digits" in str(wizard.query_one("#err-name", Static).content)
+        assert "/ is a system directory" in str(wizard.query_one("#err-path", Static).content)
+    assert not target.exists() and not Path("/.sendense").exists()
+    assert {"sneaky", "1"}.isdisjoint(r.name for r in demo_engine.repositories.list())

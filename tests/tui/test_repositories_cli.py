@@ -64,11 +64,17 @@ def test_add_list_show_test_remove(tmp_path: Path) -> None:
 def test_add_refused_for_missing_path_exit_code_and_message(tmp_path: Path) -> None:
     state = tmp_path / "state"
     done = cli(state, "repo", "add", "bad", "--path", str(tmp_path / "nope"))
-    assert done.returncode == 1
-    assert f"{tmp_path}/nope does not exist" in done.stdout
-    assert "was not saved" in done.stdout
-    as_json = json.loads(cli(state, "repo", "add", "bad", "--path", "/x/y", "--json").stdout)
-    assert as_json["saved"] is False and as_json["test"]["reason"] == "not_found"
+    # refused input: exit 2, one sentence and its hint on stderr, nothing on stdout
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(
+        f"sendense: repository bad was not saved: {tmp_path}/nope does not exist\n"
+    )
+    assert "--disabled" in done.stderr and len(done.stderr.splitlines()) == 2
+    as_json = cli(state, "repo", "add", "bad", "--path", "/x/y", "--json")
+    assert as_json.returncode == 2
+    data = json.loads(as_json.stdout)
+    assert data["saved"] is False and data["test"]["reason"] == "not_found"
 
 
 def test_cifs_password_only_from_environment_and_never_printed(tmp_path: Path) -> None:

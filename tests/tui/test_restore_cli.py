@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from sendense_tui.cli import main
 from tests.engine.fsimages import Part, backup_chain, build_disk, loops_on, mounts_under
 
 pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -94,3 +96,69 @@ def test_export_commands(tmp_path: Path, point: int, capsys: pytest.CaptureFixtu
         assert run(capsys, state, "export", "list") == []
     finally:
         main(["--state-dir", str(state), "export", "stop", "motd"])
+
+
+#: file names a guest can give its files, each trying to fool a listing or a terminal
+CRAFTED = {
+    "evil\nfile  0640  6B  2023-11-14 00:00  forged-line": "evil\\nfile  0640",
+    "\x1b[2Jwipe": "\\x1b[2Jwipe",
+    "cr\rhidden": "cr\\rhidden",
+    "bad\udcffbyte": "bad\\xffbyte",  # the byte 0xff: not UTF-8
+    "bidi\u202etxt.exe": "bidi\\u202etxt.exe",
+    "csi\x9b31m": "csi\\x9b31m",
+}
+
+
+def test_crafted_file_names_cannot_forge_lines_or_send_escapes(tmp_path: Path) -> None:
+    """A guest's file names, listed by a real `sendense` process: one row per file,
+    every control character shown as an escape, and stdout stays valid UTF-8 even
+    for a name that is not (printing it raw would end in a traceback)."""
+    files: dict[str, bytes | None] = {"etc": None}
+    files.update({f"etc/{name}": b"x" for name in CRAFTED})
+    raw = build_disk(tmp_path / "disk.raw", [Part("ext4", 16, files)])  # type: ignore[arg-type]
+    state = tmp_path / "state"
+    catalog = Catalog(sqlite_url(state / "catalog.db")).open()
+    (tmp_path / "repo").mkdir()
+    try:
+        point = backup_chain(catalog, tmp_path / "repo", [raw], now=FixedClock().now()).full_id
+    finally:
+        catalog.dispose()
+
+    def sendense(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(state), *args],
+            capture_output=True,
+            timeout=120,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    mounted = sendense("restore", "mount", str(point), "--json")
+    assert mounted.returncode == 0, mounted.stderr
+    mount_id = str(json.loads(mounted.stdout)["id"])
+    try:
+        listing = sendense("restore", "ls", mount_id, "p1/etc")
+        assert listing.returncode == 0, listing.stderr
+        text = listing.stdout.decode("utf-8")  # strict: no raw undecodable byte
+        lines = text.splitlines()
+        assert len(lines) == 1 + len(CRAFTED)  # the header and one row per file
+        assert not any(c in text for c in ("\x1b", "\r", "\x9b", "\u202e"))
+        for shown in CRAFTED.values():
+            assert sum(shown in line for line in lines) == 1, shown
+        # the would-be forged row is part of its file's row, not a row of its own
+        assert [line for line in lines if "forged-line" in line] == [
+            line for line in lines if "evil\\nfile" in line
+        ]
+
+        found = sendense("restore", "find", mount_id, "*")
+        assert found.returncode == 0, found.stderr
+        found_text = found.stdout.decode("utf-8")
+        assert not any(c in found_text for c in ("\x1b", "\r", "\x9b", "\u202e"))
+        assert "p1/etc/\\x1b[2Jwipe" in found_text
+
+        as_json = sendense("restore", "ls", mount_id, "p1/etc", "--json")
+        assert not any(c in as_json.stdout for c in (b"\x1b", b"\r", b"\xc2\x9b", b"\xff"))
+        names = {e["name"] for e in json.loads(as_json.stdout)}
+        assert names == set(CRAFTED)  # scripts get the names back exactly
+    finally:
+        sendense("restore", "unmount", mount_id)

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from textual.widgets import DataTable
 
 from engine.catalog.restore import RestoreStore
@@ -268,3 +269,52 @@ async def test_a_real_mount_that_went_away_is_reported_not_listed_empty(
                 break
         assert "is gone" in str(status.render())
         assert "p1/etc" not in [k.value for k in screen.query_one("#files").rows]
+
+
+async def test_crafted_file_names_are_shown_escaped_and_never_as_markup(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """A guest's file names in the browser, the search results and the path line:
+    control characters escaped (no row forged, no terminal escape), and markup in a
+    name (a link that would run an action) shown as the characters it is."""
+    from sendense_tui.format import printable
+    from tests.tui.conftest import settle
+
+    _seed(demo_engine, tmp_path)
+    etc = tmp_path / "fixture-fs" / "etc"
+    crafted = [
+        "evil\nforged-row",
+        "\x1b[2Jwipe",
+        "cr\rhidden",
+        "bad\udcffbyte",
+        "csi\x9b31m",
+        "[@click=app.quit]quit",
+        "[bold red]loud",
+    ]
+    for name in crafted:
+        (etc / name).write_bytes(b"x")
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        screen.path = "p1/etc"
+        screen.refresh_now()
+        await settle(pilot)
+        files = screen.query_one("#files", DataTable)
+        shown = [files.get_row(key)[1] for key in files.rows]
+        assert {str(cell) for cell in shown} == {printable(n) for n in [*crafted, "hosts"]}
+        assert all(isinstance(cell, Text) for cell in shown)  # text, never parsed as markup
+        assert "[@click=app.quit]quit" in {str(cell) for cell in shown}
+        assert all(not cell.spans and not cell.style for cell in shown)  # "[bold red]": no style
+        # what reaches the terminal: no raw escape, no carriage return, one line per row
+        svg = app.export_screenshot()
+        assert "\x1b" not in svg and "\r" not in svg and "\x9b" not in svg
+        assert "\\x1b[2Jwipe" in svg.replace("&#160;", " ")
+
+        # the same names as search results
+        await pilot.press("slash", *"i", "enter")
+        await settle(pilot)
+        found = {str(files.get_row(key)[1]) for key in files.rows}
+        assert "p1/etc/\\x1b[2Jwipe" in found and "p1/etc/evil\\nforged-row" in found
