@@ -77,6 +77,8 @@ class Engine:
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
+            verifier=self.verifier,
+            owner=self.jobs.owner,
         )
         self.backups = BackupService(
             self.chain_store,
@@ -269,7 +271,18 @@ class Engine:
         self.catalog.open()
         self._opened = True
         self._cleanup_restore()
+        self._recover_merges()
         return self
+
+    def _recover_merges(self) -> None:
+        """Finish or roll back consolidations a crashed engine left half-way."""
+        from engine.errors import SendenseError
+
+        try:
+            for sentence in self.chains.recover():
+                log.warning("%s", sentence)
+        except SendenseError as exc:
+            log.warning("recovering interrupted merges at start: %s", exc)
 
     def start(self, *, run_scheduler: bool | None = None) -> Engine:
         """Start background work: the job runner and monitors (and the policy scheduler

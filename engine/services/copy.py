@@ -42,6 +42,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.failpoints import failpoint
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.services.chains import repo_file
@@ -269,6 +270,7 @@ def copy_file(
             )
         os.close(dst_fd)
         dst_fd = -1
+        failpoint("copy.after_write")
         os.rename(part, dst)
         fsync_dir(dst.parent)
         return FileCopyResult(checksum=checksum, size=total, cloned=cloned, resumed_from=offset)
@@ -891,6 +893,10 @@ class CopyService:
         verify_after: bool,
     ) -> None:
         now = self.clock.now()
+        # the copy this file will be backed by at the destination (its lineage, kept even
+        # when the source chain is consolidated later)
+        base = self.store.find_copy(b.parent_id, dst.id) if b.parent_id is not None else None
+        parent_copy_id = base.id if base is not None else None
         if copy is None:
             copy = self.store.create_copy(
                 backup_id=b.id,
@@ -900,6 +906,7 @@ class CopyService:
                 now=now,
                 rule_id=rule.id if rule else None,
                 job_id=ctx.job_id,
+                parent_copy_id=parent_copy_id,
             )
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
@@ -918,6 +925,7 @@ class CopyService:
                 attempts=(copy.attempts or 0) + attempt,
                 job_id=ctx.job_id,
                 rule_id=rule.id if rule else copy.rule_id,
+                parent_copy_id=parent_copy_id,
             )
 
             last_check = [time.monotonic()]
@@ -975,6 +983,7 @@ class CopyService:
                 wait = self.backoff_seconds * 2 ** (attempt - 1)
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
+        failpoint("copy.after_rename")
         self.store.update_copy(
             copy.id,
             state="verifying" if verify_after else COPY_DONE,
@@ -984,6 +993,7 @@ class CopyService:
             cloned=result.cloned,
             **({} if verify_after else {"completed_at": self.clock.now()}),
         )
+        failpoint("copy.after_record")
         if verify_after and self.verifier is not None:
             outcome = self.verifier.verify_copy(copy.id, job_id=ctx.job_id)
             if outcome != "ok":

@@ -290,24 +290,38 @@ class VerifyService:
             chain = qemu_img.info_chain(target.path)
         except ToolError as exc:
             return f"backing chain does not resolve: {exc.message}"
-        root = target.repository.path
+        root = Path(target.repository.path)
         for image in chain[1:]:
             if not is_within(root, image.filename):
                 return f"backing file {image.filename} lies outside {target.repository.name}"
-        expected_depth = target.backup.position + 1
-        if target.backup.parent_id is None:
-            expected_depth = 1
-        if len(chain) != expected_depth:
-            return (
-                f"chain has {len(chain)} image(s), the catalog expects {expected_depth} "
-                f"(position {target.backup.position})"
-            )
-        if target.backup.parent_id is not None and len(chain) > 1:
-            parent = self.store.source_backup(target.backup.parent_id)
-            want = os.path.realpath(Path(root) / parent.path)
-            if os.path.realpath(chain[1].filename) != want:
-                return f"backing file is {chain[1].filename}, expected {want}"
+        expected = self._expected_chain(target)
+        if len(chain) != len(expected):
+            names = " <- ".join(Path(p).name for p in reversed(expected))
+            return f"chain has {len(chain)} image(s), the catalog expects {len(expected)} ({names})"
+        for image, want in zip(chain[1:], expected[1:], strict=True):
+            wanted = os.path.realpath(root / want)
+            if os.path.realpath(image.filename) != wanted:
+                return f"backing file is {image.filename}, expected {wanted}"
         return None
+
+    def _expected_chain(self, target: Target) -> list[str]:
+        """Repository-relative paths of the files ``target`` must be read through, itself
+        first: the catalog's parent links (copies: the lineage they were made with)."""
+        if target.copy is not None:
+            return [c.path for c in self.store.copy_lineage(target.copy.id)]
+        return [b.path for b in self.store.lineage(target.backup.id)]
+
+    def verify_points(
+        self, backup_ids: list[int], *, should_stop: Callable[[], bool] | None = None
+    ) -> list[Result]:
+        """Re-read these restore points' own files (not their copies) now and record the
+        outcome as a verify run does: a damaged point is marked bad and a critical event
+        names its good copies. A merge checks its inputs with this first."""
+        repos = self.store.repositories_by_id()
+        targets = [
+            Target(b, repos[b.repository_id]) for b in map(self.store.source_backup, backup_ids)
+        ]
+        return self.verify_targets(targets, should_stop=should_stop)
 
     def verify_targets(
         self,
