@@ -216,6 +216,30 @@ class CopyStore:
                 )
         return found
 
+    def bases_of_merged_points(
+        self, *, destination_repository_id: int | None = None, chain_id: int | None = None
+    ) -> list[Copy]:
+        """Completed copies of points that were merged away (deleted) at the source but
+        still back a completed copy: the copied chain reads through them, so they are
+        verified like the copies of live points."""
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        query = (
+            select(Copy)
+            .join(Backup, Copy.backup_id == Backup.id)
+            .where(Copy.state == COPY_DONE, Backup.state == "deleted", Copy.id.in_(needed))
+            .order_by(Copy.id)
+        )
+        if destination_repository_id is not None:
+            query = query.where(Copy.destination_repository_id == destination_repository_id)
+        if chain_id is not None:
+            query = query.where(Backup.chain_id == chain_id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
     def all_backups(self, *, repository_id: int | None = None) -> list[SourceBackup]:
         """Restore points (complete or bad), repository by repository, chain order."""
         found = [_source(b, c) for b, c in self.chains.list_backups(repository_id=repository_id)]

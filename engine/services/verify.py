@@ -210,7 +210,8 @@ class VerifyService:
         if scope == "repository":
             repo = self.repositories.get(_need(ref, scope))
             out = [Target(b, repo) for b in self.store.all_backups(repository_id=repo.id)]
-            # and the copies that landed here from other repositories
+            # and the copies that landed here from other repositories (those of merged
+            # points included: copies made before a merge still read through them)
             for c in self.store.list_copies(
                 destination_repository_id=repo.id, states=(COPY_DONE,), limit=1_000_000
             ):
@@ -231,6 +232,13 @@ class VerifyService:
                 for c in rows:
                     if c.state == COPY_DONE:
                         out.append(Target(by_id[backup_id], repos[c.destination_repository_id], c))
+            if scope != "backup":
+                # copies of points merged away that copies made before the merge still
+                # read through
+                chain_id = int(_need(ref, scope)) if scope == "chain" else None
+                for c in self.store.bases_of_merged_points(chain_id=chain_id):
+                    base = self.store.source_backup(c.backup_id)
+                    out.append(Target(base, repos[c.destination_repository_id], c))
         return out
 
     # -- verifying ------------------------------------------------------------------

@@ -278,6 +278,18 @@ def test_verify_and_copies_agree_with_the_catalog_after_merges_and_deletes(
     assert report.bad == [] and report.coverage_percent == 100.0
     for bid in live:
         assert restored(bk_engine, bid, tmp_path) == moments[bid]
+    if operation == "delete":
+        return
+    # the copies of the points merged away still back the copies made before the merge:
+    # they are verified too, and damage to one of them is found
+    verified_copies = {
+        v.copy_id for v in bk_engine.copy_store.verifications(job_id=verified.id) if v.copy_id
+    }
+    merged_copies = [c for c in copies if c.backup_id in (ids[0], ids[1])]
+    assert len(merged_copies) == 2 and {c.id for c in merged_copies} <= verified_copies
+    damage_data(offsite_root / merged_copies[0].path)
+    again = wait_job(bk_engine, bk_engine.verifier.submit("all"))
+    assert again.state == "failed" and merged_copies[0].path in (again.error or "")
 
 
 # -- the merge intent ------------------------------------------------------------------
