@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
-from engine.errors import NotFoundError
+from engine.errors import CatalogError, NotFoundError
 
 #: backup states that are restore points (files that should exist)
 LIVE_STATES = ("complete", "bad")
@@ -233,17 +233,24 @@ class ChainStore:
         detail: str,
         other_updates: dict[int, dict[str, Any]] | None = None,
         intent_id: int | None = None,
+        intent_owner: str | None = None,
         now: datetime | None = None,
     ) -> Backup:
         """Consolidation's catalog step, in one transaction: ``backup_id`` becomes the
         chain's full (file ``path``), the points merged into it are marked deleted, and
-        the merge intent ``intent_id`` (when given) moves to "recorded".
+        the merge intent ``intent_id`` (when given) moves to "recorded" (refused with
+        nothing changed when ``intent_owner`` no longer holds it).
 
         Copies of the target made before the merge still hold the incremental they
         copied: they keep their own lineage (``Copy.parent_copy_id``, filled in here
         where a copy predates that column), so they verify as what they are."""
         deleted = list(deleted_ids)
         with self.catalog.session() as session:
+            intent = session.get(MergeIntent, intent_id) if intent_id is not None else None
+            if intent is not None and intent_owner is not None and intent.owner != intent_owner:
+                raise CatalogError(
+                    f"merge intent {intent_id} is held by {intent.owner}, not {intent_owner}"
+                )
             target = session.get(Backup, backup_id)
             if target is None:
                 raise NotFoundError(f"restore point {backup_id} does not exist")
@@ -275,12 +282,10 @@ class ChainStore:
                 if other is not None:
                     for key, value in updates.items():
                         setattr(other, key, value)
-            if intent_id is not None:
-                intent = session.get(MergeIntent, intent_id)
-                if intent is not None:
-                    intent.step = "recorded"
-                    if now is not None:
-                        intent.updated_at = now
+            if intent is not None:
+                intent.step = "recorded"
+                if now is not None:
+                    intent.updated_at = now
             return target
 
     # -- merge intents -----------------------------------------------------------

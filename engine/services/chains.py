@@ -56,6 +56,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,8 +247,10 @@ class ChainService:
         self.verifier = verifier
         #: who holds the merge intents this service writes (the engine's job owner)
         self.owner = owner or f"{_HOST}:{os.getpid()}:chains"
-        #: intents this process is working on now (never settled as abandoned)
+        #: intents this service is working on now (never settled as abandoned); the
+        #: lock makes "create and mark active" and "judge abandoned and take over" atomic
         self._active_intents: set[int] = set()
+        self._intents_lock = threading.Lock()
         self.jobs: Any = None
 
     def register(self, jobs: Any) -> None:
@@ -665,20 +668,21 @@ class ChainService:
         self._check_room(repo, target_path)
         partial = partial_path(target_path)
         compression = merged[0].compression
-        intent = self.store.add_intent(
-            chain_id=chain.id,
-            target_id=target.id,
-            merged_ids=[b.id for b in merged],
-            partial_name=partial.name,
-            old_checksum=target.checksum,
-            owner=self.owner,
-            now=self.clock.now(),
-        )
-        self._active_intents.add(intent.id)
+        with self._intents_lock:
+            intent = self.store.add_intent(
+                chain_id=chain.id,
+                target_id=target.id,
+                merged_ids=[b.id for b in merged],
+                partial_name=partial.name,
+                old_checksum=target.checksum,
+                owner=self.owner,
+                now=self.clock.now(),
+            )
+            self._active_intents.add(intent.id)
         try:
             failpoint("consolidate.after_intent")
             result = self._write_merged(
-                intent.id, target_path, partial, compression, on_progress, should_stop
+                intent.id, chain, target_path, partial, compression, on_progress, should_stop
             )
             failpoint("consolidate.after_convert")
             try:
@@ -697,7 +701,7 @@ class ChainService:
             failpoint("consolidate.after_record")
             self._remove_merged(repo, merged, directory)
             failpoint("consolidate.after_unlink")
-            self._end_intent(intent.id, "done", None)
+            self._move_intent(intent.id, chain, step="done")
         finally:
             self._active_intents.discard(intent.id)
         self.bus.publish(
@@ -762,6 +766,7 @@ class ChainService:
     def _write_merged(
         self,
         intent_id: int,
+        chain: Chain,
         target_path: Path,
         partial: Path,
         compression: str | None,
@@ -772,12 +777,14 @@ class ChainService:
         name; its facts recorded in the intent ("converted")."""
         beat_every = max(1.0, self._stale_after().total_seconds() / 4)
         last_beat = [time.monotonic()]
+        lost = [False]
 
         def stop_or_beat() -> bool:
             if time.monotonic() - last_beat[0] >= beat_every:
                 last_beat[0] = time.monotonic()
-                self.store.update_intent(intent_id, self.owner, self.clock.now())
-            return bool(should_stop and should_stop())
+                if not self.store.update_intent(intent_id, self.owner, self.clock.now()):
+                    lost[0] = True  # another engine judged us dead and took the merge
+            return lost[0] or bool(should_stop and should_stop())
 
         try:
             qemu_img.convert(
@@ -801,10 +808,10 @@ class ChainService:
             _discard(partial)
             with contextlib.suppress(SendenseError):
                 self._end_intent(intent_id, "rolled_back", f"writing the new full: {exc}")
+            if lost[0]:
+                raise self._taken_over(intent_id, chain) from None
             raise
-        self.store.update_intent(
-            intent_id, self.owner, self.clock.now(), step="converted", result=result
-        )
+        self._move_intent(intent_id, chain, step="converted", result=result)
         return result
 
     def _record_merge(
@@ -834,6 +841,7 @@ class ChainService:
             deleted_ids=[b.id for b in merged],
             detail=f"merged into point #{target.id} by consolidation",
             intent_id=intent_id,
+            intent_owner=self.owner,
             now=self.clock.now(),
         )
 
@@ -844,7 +852,19 @@ class ChainService:
                 repo_file(repo, old.path).unlink()
         fsync_dir(directory)
 
+    def _move_intent(self, intent_id: int, chain: Chain, **fields: Any) -> None:
+        if not self.store.update_intent(intent_id, self.owner, self.clock.now(), **fields):
+            raise self._taken_over(intent_id, chain)
+
+    def _taken_over(self, intent_id: int, chain: Chain) -> ChainError:
+        return ChainError(
+            f"the merge in chain {chain.id} ({chain.vm_name}/{chain.disk_name}) was taken "
+            "over by another engine, which settles it; this one stopped",
+            hint="its heartbeat lapsed (a stalled engine or catalog); check the events",
+        )
+
     def _end_intent(self, intent_id: int, step: str, detail: str | None) -> None:
+        """Close an intent (rolled back, stuck, done after a crash); as its holder only."""
         self.store.update_intent(
             intent_id, self.owner, self.clock.now(), step=step, detail=detail and detail[:2000]
         )
@@ -871,14 +891,15 @@ class ChainService:
         start and before every consolidation. Returns one sentence per merge settled."""
         done: list[str] = []
         for intent in self.store.open_intents(chain_id):
-            if not self._abandoned(intent):
-                continue
-            now = self.clock.now()
-            if not self.store.take_over_intent(
-                intent.id, intent.owner, intent.updated_at, self.owner, now
-            ):
-                continue  # another engine is settling it
-            self._active_intents.add(intent.id)
+            with self._intents_lock:
+                if not self._abandoned(intent):
+                    continue
+                now = self.clock.now()
+                if not self.store.take_over_intent(
+                    intent.id, intent.owner, intent.updated_at, self.owner, now
+                ):
+                    continue  # another engine is settling it
+                self._active_intents.add(intent.id)
             try:
                 done.append(self._settle(self.store.get_intent(intent.id)))
             except (SendenseError, OSError) as exc:
@@ -908,8 +929,7 @@ class ChainService:
         if intent.step == "started" or (intent.step == "converted" and partial.exists()):
             # the new full never replaced the target's file: the chain is as it was
             _discard(partial)
-            if directory.is_dir():
-                fsync_dir(directory)
+            fsync_dir(directory)
             self._end_intent(intent.id, "rolled_back", "rolled back after a crash")
             sentence = f"{where}: {what} was rolled back; the chain is as it was before"
         elif intent.step == "converted":

@@ -6,7 +6,6 @@ tests/engine/test_crash_matrix.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.models import Job
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import FixedClock
+from engine.errors import CatalogError
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainError
@@ -336,8 +336,9 @@ def test_merge_intents_on_both_catalogs(catalog: Catalog, clock: FixedClock) -> 
     )
     assert store.take_over_intent(intent.id, "host:1:one", seen.updated_at, "b", clock.now())
     assert not store.take_over_intent(intent.id, "host:1:one", seen.updated_at, "c", clock.now())
-    # the catalog step records the merge and moves the intent in one transaction
-    store.promote_to_full(
+    # the catalog step records the merge and moves the intent in one transaction, only
+    # for the engine that holds the intent now
+    record = dict(
         backup_id=inc.id,
         path="c/1.qcow2",
         fields={"checksum": "b" * 64},
@@ -346,6 +347,14 @@ def test_merge_intents_on_both_catalogs(catalog: Catalog, clock: FixedClock) -> 
         intent_id=intent.id,
         now=clock.now(),
     )
+    with pytest.raises(CatalogError, match="is held by b"):
+        store.promote_to_full(**record, intent_owner="host:1:one")  # type: ignore[arg-type]
+    assert [(b.id, b.kind, b.state) for b in store.backups(chain.id)] == [
+        (full.id, "full", "complete"),
+        (inc.id, "incremental", "complete"),
+    ]
+    assert store.get_intent(intent.id).step == "converted"
+    store.promote_to_full(**record, intent_owner="b")  # type: ignore[arg-type]
     assert store.get_intent(intent.id).step == "recorded"
     assert store.open_intents(chain.id)[0].id == intent.id
     assert store.update_intent(intent.id, "b", clock.now(), step="done")
