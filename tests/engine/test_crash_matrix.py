@@ -64,11 +64,14 @@ class World:
     moments: dict[int, str] = field(default_factory=dict)
     #: what the killed command needs (chain id, point id, rule name, ...)
     refs: dict[str, Any] = field(default_factory=dict)
+    #: a MariaDB catalog instead of SQLite in the state directory
+    db_url: str | None = None
 
     def settings(self) -> Settings:
         base = default_settings(self.state_dir)
         return dataclasses.replace(
             base,
+            db_url=self.db_url or base.db_url,
             capacity=dataclasses.replace(CapacitySettings(), min_free_bytes=0),
             jobs=JobSettings(max_concurrent=2, lease_seconds=LEASE_SECONDS, heartbeat_seconds=0.5),
         )
@@ -99,8 +102,17 @@ class World:
         env["SENDENSE_CONFIG"] = str(self.config)
         if failpoint:
             env["SENDENSE_FAILPOINT"] = failpoint
+        catalog = ["--db-url", self.db_url] if self.db_url else []
         return subprocess.run(
-            [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(self.state_dir), *args],
+            [
+                sys.executable,
+                "-m",
+                "sendense_tui.cli",
+                "--state-dir",
+                str(self.state_dir),
+                *catalog,
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=180,
@@ -261,18 +273,27 @@ ROWS: list[Row] = [
 ]
 
 
+#: rows also run on a throwaway MariaDB catalog (the intent's transactions and
+#: compare-and-sets, a job's lease on another backend)
+MARIADB_ROWS: list[Row] = [
+    Row("consolidate.after_replace", "consolidate"),
+    Row("consolidate.after_record", "consolidate job"),
+    Row("backup.after_record", "backup"),
+]
+
+
 def test_every_failpoint_is_in_the_matrix() -> None:
     covered = {row.failpoint for row in ROWS}
     assert [p for p in POINTS if p not in covered] == []
-    assert [r.failpoint for r in ROWS if r.failpoint not in POINTS] == []
-    assert {r.scenario for r in ROWS} <= set(SCENARIOS)
+    assert [r.failpoint for r in ROWS + MARIADB_ROWS if r.failpoint not in POINTS] == []
+    assert {r.scenario for r in ROWS + MARIADB_ROWS} <= set(SCENARIOS)
 
 
 # -- the test ----------------------------------------------------------------------------
 
 
 @pytest.fixture
-def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+def world(tmp_path: Path) -> Iterator[World]:
     config = tmp_path / "sendense.toml"
     config.write_text(
         "[capacity]\nmin_free = 0\n\n"
@@ -282,12 +303,26 @@ def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     yield World(tmp=tmp_path, state_dir=tmp_path / "state", config=config, disk=disk)
 
 
-@pytest.mark.parametrize(
-    "row", ROWS, ids=[f"{r.failpoint}@{r.scenario.replace(' ', '-')}" for r in ROWS]
-)
+def _ids(rows: list[Row]) -> list[str]:
+    return [f"{r.failpoint}@{r.scenario.replace(' ', '-')}" for r in rows]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
 def test_sigkill_at_a_failpoint_loses_nothing(
     world: World, row: Row, request: pytest.FixtureRequest
 ) -> None:
+    kill_restart_and_check(world, row, request)
+
+
+@pytest.mark.parametrize("row", MARIADB_ROWS, ids=_ids(MARIADB_ROWS))
+def test_sigkill_at_a_failpoint_loses_nothing_on_mariadb(
+    world: World, row: Row, request: pytest.FixtureRequest, mariadb_url: str
+) -> None:
+    world.db_url = mariadb_url
+    kill_restart_and_check(world, row, request)
+
+
+def kill_restart_and_check(world: World, row: Row, request: pytest.FixtureRequest) -> None:
     scenario = SCENARIOS[row.scenario]
     if scenario.needs_root:
         loop_fs = request.getfixturevalue("loop_fs")
