@@ -3,7 +3,9 @@
 A copy job copies the files of a rule's selected backups into the destination
 repository at the same relative path, so the chains' relative backing
 references resolve there too. Bases go before incrementals; an incremental whose
-base did not make it is not copied.
+base did not make it is not copied. Each copy records the copy it is backed by
+(``Copy.parent_copy_id``), which stays true when the source chain is consolidated
+later (the merge replaces the source file, not the copy).
 
 Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in the
 same pass (a writer thread writes while the next chunk is read and hashed), a

@@ -3,8 +3,12 @@
 ``qemu-img check`` reads metadata only and cannot see damaged data, so integrity
 rests on our own checksums: every file is re-read and its sha256 compared with
 the one recorded when it was written. Then ``qemu-img check`` (metadata) and the
-chain's backing references (they must resolve, inside the repository, to the
-parent backup). Reads are large and sequential; hashing runs in threads with one
+chain's backing references: they must resolve, inside the repository, to exactly
+the files the catalog's parent links name (``CopyStore.lineage``; positions are
+only an order and keep their numbers when older points are merged away). A copy
+is held to the lineage it was made with (``CopyStore.copy_lineage``): a merge at
+the source leaves copied files as they were, and the copies of merged-away
+points they read through are verified with them. Reads are large and sequential; hashing runs in threads with one
 stream per device (two streams on one disk would only make it seek).
 
 A mismatch marks the point bad (``Backup.state = "bad"`` for a source file,
