@@ -8,8 +8,9 @@ the files the catalog's parent links name (``CopyStore.lineage``; positions are
 only an order and keep their numbers when older points are merged away). A copy
 is held to the lineage it was made with (``CopyStore.copy_lineage``): a merge at
 the source leaves copied files as they were, and the copies of merged-away
-points they read through are verified with them. Reads are large and sequential; hashing runs in threads with one
-stream per device (two streams on one disk would only make it seek).
+points they read through are verified with them. Reads are large and
+sequential; hashing runs in threads with one stream per device (two streams on
+one disk would only make it seek).
 
 A mismatch marks the point bad (``Backup.state = "bad"`` for a source file,
 ``Copy.verify_state = "mismatch"`` for a copy), raises a critical event, and the
