@@ -456,7 +456,7 @@ class RetentionService:
             )
         plan = plan or self.plan(policy)
         result = ApplyResult(plan, forced=force)
-        # tails first: a merge rebases the point after the new full
+        # deletes first: they free the room the merges' new fulls need
         for op in sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id)):
             why = op.blocked(force)
             if why:
