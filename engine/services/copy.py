@@ -972,6 +972,13 @@ class CopyService:
                 self.store.update_copy(copy.id, state="failed", error="cancelled by the operator")
                 raise
             except SourceChecksumMismatch as exc:
+                fresh = self.store.source_backup(b.id)
+                if fresh.state != "deleted" and fresh.checksum != b.checksum:
+                    # not rot: a merge replaced this point's file while the job ran
+                    # (the point became the full); copy the file it is now
+                    return self._copy_one(
+                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, verify_after
+                    )
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
                 raise

@@ -427,3 +427,63 @@ def test_a_merge_whose_file_matches_neither_checksum_is_left_to_the_operator(
     assert bk_engine.chain_store.get_chain(chain_id).state == "broken"
     assert snapshot(bk_engine, repo, chain_id) == (files_before, rows_before)
     assert [e.kind for e in seen if e.level == "critical"] == ["chain.merge_recovered"]
+
+
+# -- a merge while a verify or copy job runs ---------------------------------------------
+
+
+def test_a_verify_run_that_started_before_a_merge_calls_nothing_bad(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock
+) -> None:
+    """The merge replaces the target's file (new checksum) and removes the merged point's
+    file: a run that listed its files before must not call either of them rot."""
+    seen: list[Any] = []
+    bk_engine.bus.subscribe(seen.append)
+    ids, _ = build_chain(bk_engine, repo, disk, clock, incrementals=2, vm="web01")
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    listed = bk_engine.verifier.targets("chain", chain_id)
+    bk_engine.chains.consolidate(chain_id)
+    results = bk_engine.verifier.verify_targets(listed)
+    assert [(r.target.backup.id, r.outcome) for r in results] == [(ids[1], "ok"), (ids[2], "ok")]
+    assert [b.state for b in bk_engine.chain_store.backups(chain_id, include_deleted=True)] == [
+        "deleted",
+        "complete",
+        "complete",
+    ]
+    assert [e.message for e in seen if e.level == "critical"] == []
+
+
+def test_a_copy_job_that_started_before_a_merge_copies_the_new_full(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, tmp_path: Path
+) -> None:
+    seen: list[Any] = []
+    bk_engine.bus.subscribe(seen.append)
+    offsite_root = tmp_path / "offsite"
+    offsite_root.mkdir()
+    bk_engine.repository_store.add(
+        name="offsite", kind="local", path=str(offsite_root), now=clock.now()
+    )
+    ids, moments = build_chain(bk_engine, repo, disk, clock, incrementals=2, vm="web01")
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    merged: list[int] = []
+
+    def merge_once_the_full_is_copied(event: Any) -> None:
+        # runs in the copy job's thread, between its first and second file
+        if event.kind == "copy.completed" and event.data["backup_id"] == ids[0] and not merged:
+            merged.append(bk_engine.chains.consolidate(chain_id).id)
+
+    bk_engine.bus.subscribe(merge_once_the_full_is_copied, ("copy.completed",))
+    bk_engine.start()
+    bk_engine.copies.add_rule(name="out", source="local", destination="offsite")
+    job = wait_job(bk_engine, bk_engine.copies.run_rule("out"))
+    assert merged == [ids[1]]
+    assert job.state == "succeeded", job.error
+    assert [e.message for e in seen if e.level == "critical"] == []
+    assert all(b.state != "bad" for b in bk_engine.chain_store.backups(chain_id))
+    # the copy of the new full is the new full; the chain copied after it reads through it
+    full_copy = bk_engine.copy_store.find_copy(ids[1], bk_engine.repository_store.get("offsite").id)
+    assert full_copy is not None
+    assert full_copy.checksum == bk_engine.chain_store.get_backup(ids[1]).checksum
+    verified = wait_job(bk_engine, bk_engine.verifier.submit("all"))
+    assert verified.state == "succeeded", verified.error
+    assert restored(bk_engine, ids[2], tmp_path) == moments[ids[2]]
