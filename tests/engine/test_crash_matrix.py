@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from engine.catalog.models import ImmutabilityLock
 from engine.config import CapacitySettings, JobSettings, Settings, default_settings
@@ -199,7 +200,7 @@ def locked_and_expired(world: World, engine: Engine) -> None:
     world.backup(engine)
     past = engine.clock.now() - timedelta(hours=1)
     with engine.catalog.session() as session:
-        locks = list(session.query(ImmutabilityLock))
+        locks = list(session.scalars(select(ImmutabilityLock)))
         assert len(locks) == 2, "every landed point is locked"
         for lock in locks:
             lock.expires_at = past
