@@ -20,7 +20,31 @@ import signal
 ENV = "SENDENSE_FAILPOINT"
 
 #: every failpoint in the engine, in the order its operation reaches them
-POINTS: tuple[str, ...] = ()
+POINTS: tuple[str, ...] = (
+    # backup (services.backup): partial written -> fsynced -> renamed -> catalog row
+    "backup.after_write",
+    "backup.after_seal",
+    "backup.after_publish",
+    "backup.after_record",
+    # copy (services.copy): partial written and fsynced -> renamed -> copy row done
+    "copy.after_write",
+    "copy.after_rename",
+    "copy.after_record",
+    # consolidation (services.chains; its module docstring lists the steps)
+    "consolidate.after_intent",
+    "consolidate.after_convert",
+    "consolidate.after_replace",
+    "consolidate.after_record",
+    "consolidate.after_unlink",
+    # deleting a point (services.chains): catalog row -> file
+    "delete.after_record",
+    # retention apply (services.retention): between its operations
+    "retention.after_delete",
+    "retention.after_merge",
+    # lock release (services.immutability): flag cleared -> lock row released
+    "locks.after_unlock",
+    "locks.after_release",
+)
 
 
 def failpoint(name: str) -> None:

@@ -80,6 +80,8 @@ class Engine:
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
+            verifier=self.verifier,
+            owner=self.jobs.owner,
         )
         self.backups = BackupService(
             self.chain_store,
@@ -301,6 +303,7 @@ class Engine:
         self._opened = True
         self._keep_state_private()
         self._cleanup_restore()
+        self._recover_merges()
         return self
 
     def _keep_state_private(self) -> None:
@@ -333,6 +336,16 @@ class Engine:
                     data={"fixed": repair.fixed, "locked": repair.locked},
                 )
             )
+
+    def _recover_merges(self) -> None:
+        """Finish or roll back consolidations a crashed engine left half-way."""
+        from engine.errors import SendenseError
+
+        try:
+            for sentence in self.chains.recover():
+                log.warning("%s", sentence)
+        except SendenseError as exc:
+            log.warning("recovering interrupted merges at start: %s", exc)
 
     def start(self, *, run_scheduler: bool | None = None) -> Engine:
         """Start background work: the job runner and monitors (and the policy scheduler

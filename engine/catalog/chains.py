@@ -11,15 +11,17 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from engine.catalog.db import Catalog
 from engine.catalog.locks import HOLDING_STATES
-from engine.catalog.models import Backup, Chain, ImmutabilityLock, Repository
-from engine.errors import NotFoundError
+from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
+from engine.errors import CatalogError, NotFoundError
 
 #: backup states that are restore points (files that should exist)
 LIVE_STATES = ("complete", "bad")
+#: merge intent steps a restart has to settle (finish or roll back)
+OPEN_INTENT_STEPS = ("started", "converted", "recorded")
 #: lock states that forbid changing or deleting a file
 LOCKING_STATES = HOLDING_STATES
 
@@ -231,16 +233,46 @@ class ChainStore:
         deleted_ids: Iterable[int],
         detail: str,
         other_updates: dict[int, dict[str, Any]] | None = None,
+        intent_id: int | None = None,
+        intent_owner: str | None = None,
+        now: datetime | None = None,
     ) -> Backup:
-        """Consolidation's catalog step: ``backup_id`` becomes the chain's full (new file
-        ``path``) and the points merged into it are marked deleted, in one transaction."""
+        """Consolidation's catalog step, in one transaction: ``backup_id`` becomes the
+        chain's full (file ``path``), the points merged into it are marked deleted, and
+        the merge intent ``intent_id`` (when given) moves to "recorded" (refused with
+        nothing changed when ``intent_owner`` no longer holds it).
+
+        Copies of the target made before the merge still hold the incremental they
+        copied: they keep their own lineage (``Copy.parent_copy_id``, filled in here
+        where a copy predates that column), so they verify as what they are."""
+        deleted = list(deleted_ids)
         with self.catalog.session() as session:
-            for row in session.scalars(select(Backup).where(Backup.id.in_(list(deleted_ids)))):
-                row.state = "deleted"
-                row.state_detail = detail
+            intent = session.get(MergeIntent, intent_id) if intent_id is not None else None
+            if intent is not None and intent_owner is not None and intent.owner != intent_owner:
+                raise CatalogError(
+                    f"merge intent {intent_id} is held by {intent.owner}, not {intent_owner}"
+                )
             target = session.get(Backup, backup_id)
             if target is None:
                 raise NotFoundError(f"restore point {backup_id} does not exist")
+            old_parent = target.parent_id
+            if old_parent is not None:
+                for copy in session.scalars(
+                    select(Copy).where(Copy.backup_id == backup_id, Copy.parent_copy_id.is_(None))
+                ):
+                    copy.parent_copy_id = session.scalar(
+                        select(Copy.id)
+                        .where(
+                            Copy.backup_id == old_parent,
+                            Copy.destination_repository_id == copy.destination_repository_id,
+                            Copy.state == "completed",
+                        )
+                        .order_by(Copy.id.desc())
+                        .limit(1)
+                    )
+            for row in session.scalars(select(Backup).where(Backup.id.in_(deleted))):
+                row.state = "deleted"
+                row.state_detail = detail
             target.kind = "full"
             target.parent_id = None
             target.path = path
@@ -251,7 +283,86 @@ class ChainStore:
                 if other is not None:
                     for key, value in updates.items():
                         setattr(other, key, value)
+            if intent is not None:
+                intent.step = "recorded"
+                if now is not None:
+                    intent.updated_at = now
             return target
+
+    # -- merge intents -----------------------------------------------------------
+
+    def add_intent(
+        self,
+        *,
+        chain_id: int,
+        target_id: int,
+        merged_ids: Sequence[int],
+        partial_name: str,
+        old_checksum: str | None,
+        owner: str,
+        now: datetime,
+    ) -> MergeIntent:
+        with self.catalog.session() as session:
+            row = MergeIntent(
+                chain_id=chain_id,
+                target_id=target_id,
+                merged_ids=list(merged_ids),
+                partial_name=partial_name,
+                old_checksum=old_checksum,
+                step="started",
+                owner=owner,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return row
+
+    def get_intent(self, intent_id: int) -> MergeIntent:
+        with self.catalog.session() as session:
+            row = session.get(MergeIntent, intent_id)
+            if row is None:
+                raise NotFoundError(f"merge intent {intent_id} does not exist")
+            return row
+
+    def open_intents(self, chain_id: int | None = None) -> list[MergeIntent]:
+        """Merges not finished nor rolled back (oldest first)."""
+        query = select(MergeIntent).where(MergeIntent.step.in_(OPEN_INTENT_STEPS))
+        if chain_id is not None:
+            query = query.where(MergeIntent.chain_id == chain_id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query.order_by(MergeIntent.id)))
+
+    def update_intent(self, intent_id: int, owner: str, now: datetime, **fields: Any) -> bool:
+        """Move an intent on (a step, its result, or just the heartbeat), only while
+        ``owner`` holds it; False when another engine took it over."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(MergeIntent)
+                .where(MergeIntent.id == intent_id, MergeIntent.owner == owner)
+                .values(updated_at=now, **fields)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)
+
+    def take_over_intent(
+        self, intent_id: int, old_owner: str, seen_at: datetime, new_owner: str, now: datetime
+    ) -> bool:
+        """Claim an abandoned intent (compare-and-set on owner and heartbeat): of two
+        engines settling the same crashed merge, exactly one wins."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                update(MergeIntent)
+                .where(
+                    MergeIntent.id == intent_id,
+                    MergeIntent.owner == old_owner,
+                    MergeIntent.updated_at == seen_at,
+                    MergeIntent.step.in_(OPEN_INTENT_STEPS),
+                )
+                .values(owner=new_owner, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)
 
     # -- locks -------------------------------------------------------------------
 

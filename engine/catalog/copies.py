@@ -166,6 +166,78 @@ class CopyStore:
         with self.catalog.session() as session:
             return [_source(b, c) for b, c in session.execute(query)]
 
+    def lineage(self, backup_id: int) -> list[Backup]:
+        """The files a restore point is read through, by the catalog's parent links: the
+        point itself first, then its parent, ... down to the full. This (not positions,
+        which keep their numbers when older points are merged away) is what a point's
+        chain must look like on disk."""
+        found: list[Backup] = []
+        seen: set[int] = set()
+        next_id: int | None = backup_id
+        with self.catalog.session() as session:
+            while next_id is not None and next_id not in seen:
+                seen.add(next_id)
+                row = session.get(Backup, next_id)
+                if row is None:
+                    raise NotFoundError(f"restore point {next_id} does not exist")
+                found.append(row)
+                next_id = row.parent_id
+        return found
+
+    def copy_lineage(self, copy_id: int) -> list[Copy]:
+        """The same for a copy: the copy first, then the copy it is backed by in the same
+        repository, ... down to a copy of a full. A copy keeps the lineage it was made
+        with (``parent_copy_id``); a copy made before that was recorded follows its
+        point's parent. Stops early (shorter list) where a base copy is not recorded."""
+        found: list[Copy] = []
+        seen: set[int] = set()
+        with self.catalog.session() as session:
+            row = session.get(Copy, copy_id)
+            while row is not None and row.id not in seen:
+                seen.add(row.id)
+                found.append(row)
+                if row.parent_copy_id is not None:
+                    row = session.get(Copy, row.parent_copy_id)
+                    continue
+                backup = session.get(Backup, row.backup_id)
+                if backup is None or backup.parent_id is None:
+                    break
+                row = session.scalar(
+                    select(Copy)
+                    .where(
+                        Copy.backup_id == backup.parent_id,
+                        Copy.destination_repository_id == row.destination_repository_id,
+                        Copy.state == COPY_DONE,
+                    )
+                    .order_by(Copy.id.desc())
+                    .limit(1)
+                )
+        return found
+
+    def bases_of_merged_points(
+        self, *, destination_repository_id: int | None = None, chain_id: int | None = None
+    ) -> list[Copy]:
+        """Completed copies of points that were merged away (deleted) at the source but
+        still back a completed copy: the copied chain reads through them, so they are
+        verified like the copies of live points."""
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        query = (
+            select(Copy)
+            .join(Backup, Copy.backup_id == Backup.id)
+            .where(Copy.state == COPY_DONE, Backup.state == "deleted", Copy.id.in_(needed))
+            .order_by(Copy.id)
+        )
+        if destination_repository_id is not None:
+            query = query.where(Copy.destination_repository_id == destination_repository_id)
+        if chain_id is not None:
+            query = query.where(Backup.chain_id == chain_id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
     def all_backups(self, *, repository_id: int | None = None) -> list[SourceBackup]:
         """Restore points (complete or bad), repository by repository, chain order."""
         found = [_source(b, c) for b, c in self.chains.list_backups(repository_id=repository_id)]
@@ -212,11 +284,13 @@ class CopyStore:
         now: datetime,
         rule_id: int | None = None,
         job_id: int | None = None,
+        parent_copy_id: int | None = None,
     ) -> Copy:
         copy = Copy(
             backup_id=backup_id,
             destination_repository_id=destination_repository_id,
             path=path,
+            parent_copy_id=parent_copy_id,
             size=size,
             rule_id=rule_id,
             job_id=job_id,

@@ -261,6 +261,10 @@ class Copy(Base):
         ForeignKey("repositories.id"), index=True
     )
     path: Mapped[str] = mapped_column(String(1024))
+    #: the copy (in the same repository) this copy's file is backed by; None for a full.
+    #: A copy keeps the lineage it was made with: a later consolidation of the source
+    #: chain turns the source point into a full but leaves the copied file as it was.
+    parent_copy_id: Mapped[int | None] = _fk("copies.id", nullable=True)
     #: pending | copying | verifying | completed | failed
     state: Mapped[str] = mapped_column(String(16), default="pending")
     size: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -274,6 +278,35 @@ class Copy(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+
+
+class MergeIntent(Base):
+    """A consolidation (or retention merge) in progress, written before its first durable
+    step and moved on at each one, so an engine that starts after a crash finishes the
+    merge or rolls it back (engine.services.chains explains the steps)."""
+
+    __tablename__ = "merge_intents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chain_id: Mapped[int] = mapped_column(ForeignKey("chains.id"), index=True)
+    #: the point that becomes the full (its file is replaced by the merged one)
+    target_id: Mapped[int] = mapped_column(ForeignKey("backups.id"))
+    #: the points merged into it (deleted once the merge is recorded), oldest first
+    merged_ids: Mapped[list[Any]] = mapped_column(default=list)
+    #: the name, in the chain directory, the new full is written under
+    partial_name: Mapped[str] = mapped_column(String(255))
+    #: the target's recorded sha256 before the merge
+    old_checksum: Mapped[str | None] = mapped_column(String(128))
+    #: the new full's facts once written: checksum, file_size, virtual_size,
+    #: allocated_bytes, compression
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: started | converted | recorded | done | rolled_back | stuck
+    step: Mapped[str] = mapped_column(String(16), default="started")
+    detail: Mapped[str | None] = mapped_column(Text)
+    #: the engine doing the merge (host:pid:token); updated_at is its heartbeat
+    owner: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class Job(Base):

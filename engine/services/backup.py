@@ -68,6 +68,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import JobCancelled, JobUnprotected, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
@@ -777,8 +778,11 @@ class BackupService:
                         f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
                         f"as its parent instead of {parent_name}",
                     )
+            failpoint("backup.after_write")
             sealed = _seal(tmp, head)  # fsynced before it takes its name
+            failpoint("backup.after_seal")
             _publish(tmp, final)
+            failpoint("backup.after_publish")
         except JobCancelled:
             _discard(tmp)
             raise
@@ -836,6 +840,7 @@ class BackupService:
                 backup=fields,
             )
             chain_id = chain.id
+        failpoint("backup.after_record")
         result.kind = row.kind
         result.backup_id = row.id
         result.chain_id = chain_id

@@ -15,12 +15,42 @@ what to do. A chain with a breaking finding is marked ``broken``; the next
 backup of that disk then starts a new full (with a loud event) instead of
 failing forever.
 
-Consolidation merges the oldest point(s) into a new full without ever leaving
-an unreadable chain: the merged view is converted into a *new* file (temporary
-name, fsync, rename), the next point's header is then switched to it with an
-unsafe rebase (same data, header only), the catalog is updated in one
-transaction, and only then are the old files removed. A crash at any step leaves
-a readable chain (at worst an orphan file that ``validate`` reports).
+Consolidation merges the oldest point(s) into the first point kept (the
+*target*), which becomes the full. The merged view is written as a new file that
+then *replaces the target's file under the same name*, so the points after it
+keep their backing references (no header is rewritten) and their files, and
+copies of them in other repositories, stay exactly as they were. A merge never
+launders damage: every input (the points merged and the target) is re-read and
+compared with its recorded sha256 first; a mismatch marks that point bad (as a
+verify run does) and stops the merge before anything is written.
+
+The durable steps, and what a restart does after a crash between them (an
+*intent* row in the catalog, ``merge_intents``, says how far a merge got; it is
+settled at engine start and before any consolidation of that chain, by the
+engine that takes it over, never while its own engine is alive):
+
+1. intent "started" (target, merged points, partial name, the target's old
+   checksum). Crash here or during 2: the partial file (if any) is removed,
+   intent "rolled_back"; the chain was never touched.
+2. ``qemu-img convert`` of the target's chain into ``.NAME.partial``, fsync, its
+   facts (sha256, sizes) recorded: intent "converted". Crash before 3: the
+   partial still exists, so the target's file was not replaced: the partial is
+   removed, intent "rolled_back".
+3. the partial is renamed over the target's file (atomic), directory fsynced.
+   The chain now reads the same data through the new full; the catalog does not
+   know yet. Crash here (intent "converted", no partial left): the target's file
+   is re-hashed; it matches the recorded new sha256, so the merge is finished
+   (steps 4 and 5). A file matching neither the old nor the new sha256 is left
+   alone: intent "stuck", chain broken, a critical event.
+4. one catalog transaction: the target becomes the full (new facts), the merged
+   points are marked deleted, intent "recorded".
+5. the merged points' files are removed, directory fsynced. Crash between 4 and
+   6: the removal is done again, intent "done".
+6. intent "done".
+
+Failpoints ``consolidate.after_*`` sit between these steps (engine.failpoints).
+Retention merges are consolidations (``RetentionService.apply`` calls
+``consolidate``), so the same intent covers them.
 """
 
 from __future__ import annotations
@@ -28,21 +58,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.catalog.chains import ChainStore
 from engine.catalog.locks import UNPROTECTED_STATES
-from engine.catalog.models import Backup, Chain, Repository
+from engine.catalog.models import Backup, Chain, MergeIntent, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import SendenseError, ValidationError
+from engine.errors import JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.fsutil import durable_output, fsync_dir, fsync_file
+from engine.failpoints import failpoint
+from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
 from engine.safepath import is_within
 from engine.services.images import (
@@ -59,7 +93,11 @@ from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
 from engine.units import human_bytes
 
+if TYPE_CHECKING:
+    from engine.services.verify import VerifyService
+
 log = logging.getLogger(__name__)
+_HOST = socket.gethostname()
 
 #: finding kinds that make a chain unusable for new incrementals
 BREAKING = (
@@ -243,6 +281,8 @@ class ChainService:
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
         repository_check: Callable[[Repository], None] | None = None,
+        verifier: VerifyService | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.repositories = repositories
@@ -254,6 +294,14 @@ class ChainService:
         #: the repositories service's "mounted, writable and not full" gate (the one
         #: backups and copies use), when wired: consolidation writes a new full too
         self.repository_check = repository_check
+        #: re-reads a merge's inputs and records what it finds, as a verify run does
+        self.verifier = verifier
+        #: who holds the merge intents this service writes (the engine's job owner)
+        self.owner = owner or f"{_HOST}:{os.getpid()}:chains"
+        #: intents this service is working on now (never settled as abandoned); the
+        #: lock makes "create and mark active" and "judge abandoned and take over" atomic
+        self._active_intents: set[int] = set()
+        self._intents_lock = threading.Lock()
         self.jobs: Any = None
 
     def register(self, jobs: Any) -> None:
@@ -279,6 +327,22 @@ class ChainService:
         chain_id = int(ctx.params["chain_id"])
         backups = self.store.backups(chain_id)
         size = backups[0].virtual_size if backups else 0
+        resumed = (ctx.resume_point or {}).get("target_id")
+        if resumed is not None:
+            # a re-run after a crash: settle the merge first; if its target is the full
+            # now, the merge this job asked for is done (running it again would merge
+            # one point more than asked)
+            self.recover(chain_id)
+            target = self.store.get_backup(int(resumed))
+            if target.kind == "full" and target.state != "deleted":
+                return {"chain_id": chain_id, "new_full": target.id, "path": target.path}
+            new_base_id: int | None = int(resumed)
+        else:
+            new_base_id = ctx.params.get("new_base_id")
+            if new_base_id is None and len(backups) > 1:
+                new_base_id = backups[1].id
+            if new_base_id is not None:
+                ctx.progress(0, size, resume_point={"target_id": int(new_base_id)}, force=True)
 
         def progress(percent: float) -> None:
             ctx.progress(int(size * percent / 100), size, message="consolidating")
@@ -292,7 +356,7 @@ class ChainService:
 
         new_full = self.consolidate(
             chain_id,
-            new_base_id=ctx.params.get("new_base_id"),
+            new_base_id=new_base_id,
             on_progress=progress,
             should_stop=should_stop,
         )
@@ -648,12 +712,20 @@ class ChainService:
     ) -> Backup:
         """Merge the points before ``new_base_id`` (default: the full, i.e. merge the
         oldest incremental into it) into a new full; the merged points are deleted.
-        Returns the point that is now the full."""
+        Returns the point that is now the full. The steps and what a crash between
+        them leaves are in the module docstring."""
         chain = self.store.get_chain(chain_id)
         repo = self.repositories.get(chain.repository_id)
         if self.repository_check is not None:
             # before validate(): an unmounted share would read as missing files
             self.repository_check(repo)
+        self.recover(chain_id)
+        for unfinished in self.store.open_intents(chain_id):
+            raise ChainError(
+                f"chain {chain_id} has a merge in progress (point #{unfinished.target_id}, "
+                f"by {unfinished.owner}, step {unfinished.step})",
+                hint="wait for it to finish; an interrupted one is settled at the next start",
+            )
         backups = self.store.backups(chain_id)
         if len(backups) < 2:
             raise ChainError(
@@ -689,7 +761,6 @@ class ChainService:
             index = ids.index(new_base_id)
         target = backups[index]
         merged = backups[:index]
-        following = backups[index + 1] if index + 1 < len(backups) else None
         reasons = self.locked_reasons(repo, [*merged, target], chain.directory)
         if reasons:
             raise LockedError(
@@ -697,56 +768,50 @@ class ChainService:
                 hint="wait for the locks to expire; locked points cannot be merged",
             )
         self._refuse_if_in_use(merged, f"consolidate chain {chain_id}")
+        self._check_inputs(chain, [*merged, target], should_stop)
         directory = repo_file(repo, chain.directory)
+        target_path = repo_file(repo, target.path)
+        # read through the catalog's chain, every layer spelled out (never the headers)
         target_spec = whole[len(backups) - 1 - index]
         self._check_room(repo, target_spec)
-        name = f"{target.position:04d}-full-{stamp(target.point_time)}.qcow2"
-        final = directory / name
-        full = merged[0]
-        compression = full.compression
-        with durable_output(final) as tmp:
-            qemu_img.convert(
-                target_spec,
-                tmp,
-                compression=compression,
-                on_progress=on_progress,
-                should_stop=should_stop,
+        partial = partial_path(target_path)
+        compression = merged[0].compression
+        with self._intents_lock:
+            intent = self.store.add_intent(
+                chain_id=chain.id,
+                target_id=target.id,
+                merged_ids=[b.id for b in merged],
+                partial_name=partial.name,
+                old_checksum=target.checksum,
+                owner=self.owner,
+                now=self.clock.now(),
             )
-        # the next point now reads the same data from the new full: header only
-        other_updates: dict[int, dict[str, Any]] = {}
-        if following is not None:
-            following_path = repo_file(repo, following.path)
-            qemu_img.rebase(following_path, name, backing_fmt="qcow2", unsafe=True)
-            fsync_file(following_path)
-            other_updates[following.id] = {
-                "file_size": following_path.stat().st_size,
-                "checksum": sha256_file(following_path),
-            }
-        head = qemu_img.info(final, fmt="qcow2")
-        fields = {
-            "file_size": final.stat().st_size,
-            "virtual_size": head.virtual_size,
-            "allocated_bytes": allocated_bytes(final),
-            "checksum": sha256_file(final),
-            "compression": compression,
-            "state": "complete",
-            "verify_state": None,
-            "verified_at": None,
-        }
-        rel = str(Path(chain.directory) / name)
-        detail = f"merged into point #{target.id} by consolidation"
-        promoted = self.store.promote_to_full(
-            backup_id=target.id,
-            path=rel,
-            fields=fields,
-            deleted_ids=[b.id for b in merged],
-            detail=detail,
-            other_updates=other_updates,
-        )
-        for old in [*merged, target]:
-            with contextlib.suppress(FileNotFoundError):
-                repo_file(repo, old.path).unlink()
-        fsync_dir(directory)
+            self._active_intents.add(intent.id)
+        try:
+            failpoint("consolidate.after_intent")
+            result = self._write_merged(
+                intent.id, chain, target_spec, partial, compression, on_progress, should_stop
+            )
+            failpoint("consolidate.after_convert")
+            try:
+                os.replace(partial, target_path)
+                fsync_dir(directory)
+            except OSError as exc:
+                _discard(partial)
+                self._end_intent(intent.id, "rolled_back", f"replacing the file: {exc}")
+                raise ChainError(
+                    f"cannot consolidate chain {chain_id}: {target_path.name} could not be "
+                    f"replaced ({exc.strerror}); nothing was merged",
+                    hint="check that the repository is writable and the file is not immutable",
+                ) from None
+            failpoint("consolidate.after_replace")
+            promoted = self._record_merge(intent.id, chain, target, merged, result)
+            failpoint("consolidate.after_record")
+            self._remove_merged(repo, merged, directory)
+            failpoint("consolidate.after_unlink")
+            self._move_intent(intent.id, chain, step="done")
+        finally:
+            self._active_intents.discard(intent.id)
         self.bus.publish(
             Event(
                 kind="chain.consolidated",
@@ -764,6 +829,253 @@ class ChainService:
         )
         self.validate(chain_id)
         return promoted
+
+    def _check_inputs(
+        self, chain: Chain, inputs: list[Backup], should_stop: Callable[[], bool] | None
+    ) -> None:
+        """A merge never launders damage: every input must be good and still match its
+        recorded sha256 (re-read now). A mismatch is recorded as a verify run records it
+        (the point is marked bad, a critical event names its good copies) and the merge
+        stops before anything is written."""
+        where = f"cannot consolidate chain {chain.id} ({chain.vm_name}/{chain.disk_name})"
+        hint = (
+            "restore the point from a good copy (`sendense verify report` lists them) or "
+            "let the next full backup replace this chain"
+        )
+        for b in inputs:
+            if b.state == "bad":
+                raise ChainError(
+                    f"{where}: point #{b.id} ({Path(b.path).name}) is marked bad"
+                    + (f" ({b.state_detail})" if b.state_detail else "")
+                    + "; merging it would carry its damage into the new full",
+                    hint=hint,
+                )
+            if not b.checksum:
+                raise ChainError(
+                    f"{where}: point #{b.id} ({Path(b.path).name}) has no recorded checksum, "
+                    "so it cannot be checked before the merge",
+                    hint="verification needs a checksum; leave this chain to retention",
+                )
+        if self.verifier is None:
+            raise ChainError(f"{where}: no verifier is wired to check its inputs")
+        results = self.verifier.verify_points([b.id for b in inputs], should_stop=should_stop)
+        if len(results) < len(inputs):
+            raise JobCancelled(f"consolidation of chain {chain.id} was stopped")
+        for r in results:
+            if r.outcome != "ok":
+                marked = " (it is now marked bad)" if r.outcome != "chain_broken" else ""
+                raise ChainError(
+                    f"{where}: point #{r.target.backup.id} "
+                    f"({Path(r.target.backup.path).name}) failed its check before the merge: "
+                    f"{r.outcome.replace('_', ' ')}, {r.detail}{marked}; nothing was merged",
+                    hint=hint,
+                )
+
+    def _write_merged(
+        self,
+        intent_id: int,
+        chain: Chain,
+        target: ImageSpec,
+        partial: Path,
+        compression: str | None,
+        on_progress: Callable[[float], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> dict[str, Any]:
+        """Step 2: the merged view of the target, written and fsynced under the partial
+        name; its facts recorded in the intent ("converted")."""
+        beat_every = max(1.0, self._stale_after().total_seconds() / 4)
+        last_beat = [time.monotonic()]
+        lost = [False]
+
+        def stop_or_beat() -> bool:
+            if time.monotonic() - last_beat[0] >= beat_every:
+                last_beat[0] = time.monotonic()
+                if not self.store.update_intent(intent_id, self.owner, self.clock.now()):
+                    lost[0] = True  # another engine judged us dead and took the merge
+            return lost[0] or bool(should_stop and should_stop())
+
+        try:
+            qemu_img.convert(
+                target,
+                partial,
+                compression=compression,
+                on_progress=on_progress,
+                should_stop=stop_or_beat,
+            )
+            fsync_file(partial)
+            head = qemu_img.info(ImageSpec.file(partial.absolute()))
+            result = {
+                "checksum": sha256_file(partial),
+                "file_size": partial.stat().st_size,
+                "virtual_size": head.virtual_size,
+                "allocated_bytes": allocated_bytes(partial),
+                "compression": compression,
+            }
+        except BaseException as exc:
+            _discard(partial)
+            with contextlib.suppress(SendenseError):
+                self._end_intent(intent_id, "rolled_back", f"writing the new full: {exc}")
+            if lost[0]:
+                raise self._taken_over(intent_id, chain) from None
+            raise
+        self._move_intent(intent_id, chain, step="converted", result=result)
+        return result
+
+    def _record_merge(
+        self,
+        intent_id: int,
+        chain: Chain,
+        target: Backup,
+        merged: list[Backup],
+        result: dict[str, Any],
+    ) -> Backup:
+        """Step 4: the catalog learns the merge (one transaction, intent "recorded")."""
+        fields = {
+            "file_size": result["file_size"],
+            "virtual_size": result["virtual_size"],
+            "allocated_bytes": result["allocated_bytes"],
+            "checksum": result["checksum"],
+            "compression": result.get("compression"),
+            "state": "complete",
+            "state_detail": None,
+            "verify_state": None,
+            "verified_at": None,
+        }
+        return self.store.promote_to_full(
+            backup_id=target.id,
+            path=target.path,
+            fields=fields,
+            deleted_ids=[b.id for b in merged],
+            detail=f"merged into point #{target.id} by consolidation",
+            intent_id=intent_id,
+            intent_owner=self.owner,
+            now=self.clock.now(),
+        )
+
+    def _remove_merged(self, repo: Repository, merged: list[Backup], directory: Path) -> None:
+        """Step 5: the merged points' files go (the catalog already calls them deleted)."""
+        for old in merged:
+            with contextlib.suppress(FileNotFoundError):
+                repo_file(repo, old.path).unlink()
+        fsync_dir(directory)
+
+    def _move_intent(self, intent_id: int, chain: Chain, **fields: Any) -> None:
+        if not self.store.update_intent(intent_id, self.owner, self.clock.now(), **fields):
+            raise self._taken_over(intent_id, chain)
+
+    def _taken_over(self, intent_id: int, chain: Chain) -> ChainError:
+        return ChainError(
+            f"the merge in chain {chain.id} ({chain.vm_name}/{chain.disk_name}) was taken "
+            "over by another engine, which settles it; this one stopped",
+            hint="its heartbeat lapsed (a stalled engine or catalog); check the events",
+        )
+
+    def _end_intent(self, intent_id: int, step: str, detail: str | None) -> None:
+        """Close an intent (rolled back, stuck, done after a crash); as its holder only."""
+        self.store.update_intent(
+            intent_id, self.owner, self.clock.now(), step=step, detail=detail and detail[:2000]
+        )
+
+    # -- recovery of interrupted merges ---------------------------------------------
+
+    def _stale_after(self) -> timedelta:
+        """How long an intent's heartbeat may be silent before another engine takes it."""
+        seconds = self.settings.jobs.lease_seconds if self.settings is not None else 30.0
+        return timedelta(seconds=seconds)
+
+    def _abandoned(self, intent: MergeIntent) -> bool:
+        if intent.id in self._active_intents:
+            return False  # this engine is doing it right now
+        if intent.owner == self.owner:
+            return True  # ours, and no longer running (it failed half-way)
+        if not _owner_alive(intent.owner):
+            return True
+        return as_utc(intent.updated_at) + self._stale_after() < self.clock.now()  # type: ignore[operator]
+
+    def recover(self, chain_id: int | None = None) -> list[str]:
+        """Finish or roll back merges that a crash (or a lost catalog) interrupted, on one
+        chain or all; merges another live engine is doing are left alone. Runs at engine
+        start and before every consolidation. Returns one sentence per merge settled."""
+        done: list[str] = []
+        for intent in self.store.open_intents(chain_id):
+            with self._intents_lock:
+                if not self._abandoned(intent):
+                    continue
+                now = self.clock.now()
+                if not self.store.take_over_intent(
+                    intent.id, intent.owner, intent.updated_at, self.owner, now
+                ):
+                    continue  # another engine is settling it
+                self._active_intents.add(intent.id)
+            try:
+                done.append(self._settle(self.store.get_intent(intent.id)))
+            except (SendenseError, OSError) as exc:
+                # left open (and ours): the next start or consolidation tries again
+                log.warning("merge intent %s of chain %s: %s", intent.id, intent.chain_id, exc)
+            finally:
+                self._active_intents.discard(intent.id)
+        return done
+
+    def _settle(self, intent: MergeIntent) -> str:
+        chain = self.store.get_chain(intent.chain_id)
+        repo = self.repositories.get(chain.repository_id)
+        target = self.store.get_backup(intent.target_id)
+        merged = [self.store.get_backup(int(i)) for i in intent.merged_ids]
+        directory = repo_file(repo, chain.directory)
+        target_path = repo_file(repo, target.path)
+        partial = repo_file(repo, str(Path(chain.directory) / Path(intent.partial_name).name))
+        where = f"chain {chain.vm_name}/{chain.disk_name} (#{chain.id})"
+        if not directory.is_dir():
+            # an unmounted share looks like missing files: decide nothing until it is back
+            raise ChainError(
+                f"{where}: its directory is not there, so its interrupted merge waits",
+                hint=f"check that repository {repo.name} is mounted",
+            )
+        what = f"the interrupted merge of {len(merged)} point(s) into point #{target.id}"
+        level = "warning"
+        if intent.step == "started" or (intent.step == "converted" and partial.exists()):
+            # the new full never replaced the target's file: the chain is as it was
+            _discard(partial)
+            fsync_dir(directory)
+            self._end_intent(intent.id, "rolled_back", "rolled back after a crash")
+            sentence = f"{where}: {what} was rolled back; the chain is as it was before"
+        elif intent.step == "converted":
+            expected = (intent.result or {}).get("checksum")
+            found = sha256_file(target_path) if target_path.is_file() else None
+            if found is not None and found == expected:
+                self._record_merge(intent.id, chain, target, merged, intent.result or {})
+                self._remove_merged(repo, merged, directory)
+                self._end_intent(intent.id, "done", "finished after a crash")
+                sentence = f"{where}: {what} was finished (the new full matched its checksum)"
+            elif found is not None and found == intent.old_checksum:
+                self._end_intent(intent.id, "rolled_back", "rolled back after a crash")
+                sentence = f"{where}: {what} was rolled back; the chain is as it was before"
+            else:
+                detail = (
+                    f"{target_path.name} is neither the point it was nor the new full the "
+                    "merge wrote (checksum differs from both)"
+                )
+                self._end_intent(intent.id, "stuck", detail)
+                self.store.update_chain(chain.id, state="broken", state_detail=detail)
+                sentence = f"{where}: {what} cannot be finished nor rolled back: {detail}"
+                level = "critical"
+        else:  # recorded: only the merged files are left to remove
+            self._remove_merged(repo, merged, directory)
+            self._end_intent(intent.id, "done", "finished after a crash")
+            sentence = f"{where}: {what} was finished (old files removed)"
+        self.bus.publish(
+            Event(
+                kind="chain.merge_recovered",
+                message=sentence,
+                level=level,
+                source="chains",
+                repository_id=chain.repository_id,
+                data={"chain_id": chain.id, "intent_id": intent.id, "target": target.id},
+            )
+        )
+        if level != "critical":
+            self.validate(chain.id)
+        return sentence
 
     def _check_room(self, repo: Repository, source: ImageSpec) -> None:
         need = qemu_img.measure(source).required
@@ -820,11 +1132,14 @@ class ChainService:
                 hint="locked points can only be deleted after their lock expires",
             )
         self._refuse_if_in_use(plan.goes, f"delete point {backup_id}")
+        # newest first, each one out of the catalog before its file goes: a crash in
+        # between leaves an orphan file that `chain check` names, never a recorded
+        # point whose file is missing
         for b in reversed(plan.goes):
-            path = repo_file(repo, b.path)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
             self.store.mark_deleted([b.id], f"deleted by {actor or 'operator'}")
+            failpoint("delete.after_record")
+            with contextlib.suppress(FileNotFoundError):
+                repo_file(repo, b.path).unlink()
         directory = repo_file(repo, chain.directory)
         if directory.is_dir():
             fsync_dir(directory)
@@ -844,6 +1159,31 @@ class ChainService:
             )
         )
         return plan
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the engine ``host:pid:token`` may still run. Another host's engine is
+    judged by its heartbeat instead (assume alive here)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST:
+        return True
+    if not pid_text.isdigit():
+        return False
+    if int(pid_text) == os.getpid():
+        return True  # this process: only intents it is working on are live (see _abandoned)
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_bytes(path: Path) -> int:

@@ -3,7 +3,9 @@
 A copy job copies the files of a rule's selected backups into the destination
 repository at the same relative path, so the chains' relative backing
 references resolve there too. Bases go before incrementals; an incremental whose
-base did not make it is not copied.
+base did not make it is not copied. Each copy records the copy it is backed by
+(``Copy.parent_copy_id``), which stays true when the source chain is consolidated
+later (the merge replaces the source file, not the copy).
 
 Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in the
 same pass (a writer thread writes while the next chunk is read and hashed), a
@@ -59,6 +61,7 @@ from engine.errors import (
     ValidationError,
 )
 from engine.events import Event, EventBus
+from engine.failpoints import failpoint
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.names import name_error
@@ -294,6 +297,7 @@ def copy_file(
             )
         os.close(dst_fd)
         dst_fd = -1
+        failpoint("copy.after_write")
         os.rename(part, dst)
         fsync_dir(dst.parent)
         return FileCopyResult(checksum=checksum, size=total, cloned=cloned, resumed_from=offset)
@@ -935,6 +939,10 @@ class CopyService:
     ) -> LockOutcome:
         """Copy one file, verify it if asked, then lock it (the job's lock step)."""
         now = self.clock.now()
+        # the copy this file will be backed by at the destination (its lineage, kept even
+        # when the source chain is consolidated later)
+        base = self.store.find_copy(b.parent_id, dst.id) if b.parent_id is not None else None
+        parent_copy_id = base.id if base is not None else None
         if copy is None:
             copy = self.store.create_copy(
                 backup_id=b.id,
@@ -944,6 +952,7 @@ class CopyService:
                 now=now,
                 rule_id=rule.id if rule else None,
                 job_id=ctx.job_id,
+                parent_copy_id=parent_copy_id,
             )
         # the chain's headers first: a foreign one is refused before any path of it
         # is used; a missing file is retried below (a repository may come back)
@@ -972,6 +981,7 @@ class CopyService:
                 attempts=(copy.attempts or 0) + attempt,
                 job_id=ctx.job_id,
                 rule_id=rule.id if rule else copy.rule_id,
+                parent_copy_id=parent_copy_id,
             )
 
             last_check = [time.monotonic()]
@@ -1019,6 +1029,13 @@ class CopyService:
                 self.store.update_copy(copy.id, state="failed", error="cancelled by the operator")
                 raise
             except SourceChecksumMismatch as exc:
+                fresh = self.store.source_backup(b.id)
+                if fresh.state != "deleted" and fresh.checksum != b.checksum:
+                    # not rot: a merge replaced this point's file while the job ran
+                    # (the point became the full); copy the file it is now
+                    return self._copy_one(
+                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, verify_after
+                    )
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
                 raise
@@ -1035,6 +1052,7 @@ class CopyService:
                 wait = self.backoff_seconds * 2 ** (attempt - 1)
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
+        failpoint("copy.after_rename")
         self.store.update_copy(
             copy.id,
             state="verifying" if verify_after else COPY_DONE,
@@ -1044,6 +1062,7 @@ class CopyService:
             cloned=result.cloned,
             **({} if verify_after else {"completed_at": self.clock.now()}),
         )
+        failpoint("copy.after_record")
         if verify_after and self.verifier is not None:
             outcome = self.verifier.verify_copy(copy.id, job_id=ctx.job_id)
             if outcome != "ok":

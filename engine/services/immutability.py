@@ -48,6 +48,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.failpoints import failpoint
 from engine.safepath import is_within
 from engine.tools import attrs
 from engine.tools.base import ToolError
@@ -884,8 +885,10 @@ class LockService:
                 except ToolError as exc:
                     log.warning("releasing %s: %s", path, exc)
                     continue
+            failpoint("locks.after_unlock")
             if self.store.mark_released(lock.id, now):
                 report.released.append(lock.id)
+            failpoint("locks.after_release")
         if report.released:
             self._event(
                 "immutability.released",

@@ -35,6 +35,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +377,9 @@ class RetentionService:
                 for op in ops:
                     involved = [by_id[i] for i in op.removes]
                     if op.kind == "merge":
+                        # the target's file is replaced by the new full (the points after
+                        # it are not touched: they keep their files and headers)
                         involved.append(by_id[op.backup_id])
-                        # the point after the new full gets its header rebased
-                        after = [b for b in points if b.position > by_id[op.backup_id].position]
-                        involved += after[:1]
                     op.locked = self._locked(repo, involved)
                     op.missing_copies = self._missing_copies(
                         [by_id[i] for i in op.removes], rules_by_dest
@@ -462,7 +462,7 @@ class RetentionService:
             )
         plan = plan or self.plan(policy)
         result = ApplyResult(plan, forced=force)
-        # tails first: a merge rebases the point after the new full
+        # deletes first: they free the room the merges' new fulls need
         for op in sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id)):
             why = op.blocked(force)
             if why:
@@ -476,8 +476,10 @@ class RetentionService:
                         op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
                     )
             except SendenseError as exc:
+                # this chain stays as it was; the other chains go on
                 result.failed.append((op, exc.message))
                 continue
+            failpoint(f"retention.after_{op.kind}")
             result.done.append(op)
             if op.missing_copies:
                 self.bus.publish(

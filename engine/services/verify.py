@@ -2,11 +2,16 @@
 
 ``qemu-img check`` reads metadata only and cannot see damaged data, so integrity
 rests on our own checksums: every file is re-read and its sha256 compared with
-the one recorded when it was written. Then the chain's headers (each file's
-backing name must be exactly its parent's in catalog order, no data file: the
-header guard of engine.services.images, which never opens what a header names)
-and ``qemu-img check`` (metadata) of that one file, opened with no backing.
-Reads are large and sequential; hashing runs in threads with one stream per
+the one recorded when it was written. Then the chain's headers: the files a
+point is read through are exactly those the catalog's parent links name
+(``CopyStore.lineage``; positions are only an order and keep their numbers when
+older points are merged away), each file's backing name must be exactly its
+parent's, no data file (the header guard of engine.services.images, which never
+opens what a header names); then ``qemu-img check`` (metadata) of that one file,
+opened with no backing. A copy is held to the lineage it was made with
+(``CopyStore.copy_lineage``): a merge at the source leaves copied files as they
+were, and the copies of merged-away points they read through are verified with
+them. Reads are large and sequential; hashing runs in threads with one stream per
 device (two streams on one disk would only make it seek).
 
 A mismatch marks the point bad (``Backup.state = "bad"`` for a source file,
@@ -219,7 +224,8 @@ class VerifyService:
         if scope == "repository":
             repo = self.repositories.get(_need(ref, scope))
             out = [Target(b, repo) for b in self.store.all_backups(repository_id=repo.id)]
-            # and the copies that landed here from other repositories
+            # and the copies that landed here from other repositories (those of merged
+            # points included: copies made before a merge still read through them)
             for c in self.store.list_copies(
                 destination_repository_id=repo.id, states=(COPY_DONE,), limit=1_000_000
             ):
@@ -240,6 +246,13 @@ class VerifyService:
                 for c in rows:
                     if c.state == COPY_DONE:
                         out.append(Target(by_id[backup_id], repos[c.destination_repository_id], c))
+            if scope != "backup":
+                # copies of points merged away that copies made before the merge still
+                # read through
+                chain_id = int(_need(ref, scope)) if scope == "chain" else None
+                for c in self.store.bases_of_merged_points(chain_id=chain_id):
+                    base = self.store.source_backup(c.backup_id)
+                    out.append(Target(base, repos[c.destination_repository_id], c))
         return out
 
     # -- verifying ------------------------------------------------------------------
@@ -292,14 +305,13 @@ class VerifyService:
         """What is wrong with the headers of the file's chain, in the target's
         repository, against the catalog (None: nothing). The verify event that
         follows a bad result is the critical event, so the guard does not add one."""
-        chain = [
-            b
-            for b in self.store.chain_backups(target.backup.chain_id)
-            if b.position < target.backup.position
-        ]
-        layers = [Layer(b.id, b.path) for b in chain]
-        own = target.copy.path if target.copy is not None else target.backup.path
-        layers.append(Layer(target.backup.id, own))
+        # the files it is read through, oldest first: the catalog's parent links
+        # (a copy: the lineage it was made with), never positions
+        if target.copy is not None:
+            lineage = [(c.backup_id, c.path) for c in self.store.copy_lineage(target.copy.id)]
+        else:
+            lineage = [(b.id, b.path) for b in self.store.lineage(target.backup.id)]
+        layers = [Layer(backup_id, path) for backup_id, path in reversed(lineage)]
         try:
             self.guard.chain_spec(
                 target.repository, target.backup.chain_directory, layers, announce=False
@@ -307,6 +319,25 @@ class VerifyService:
         except (ImageRefused, PointUnreadable) as exc:
             return exc.message
         return None
+
+    def _expected_chain(self, target: Target) -> list[str]:
+        """Repository-relative paths of the files ``target`` must be read through, itself
+        first: the catalog's parent links (copies: the lineage they were made with)."""
+        if target.copy is not None:
+            return [c.path for c in self.store.copy_lineage(target.copy.id)]
+        return [b.path for b in self.store.lineage(target.backup.id)]
+
+    def verify_points(
+        self, backup_ids: list[int], *, should_stop: Callable[[], bool] | None = None
+    ) -> list[Result]:
+        """Re-read these restore points' own files (not their copies) now and record the
+        outcome as a verify run does: a damaged point is marked bad and a critical event
+        names its good copies. A merge checks its inputs with this first."""
+        repos = self.store.repositories_by_id()
+        targets = [
+            Target(b, repos[b.repository_id]) for b in map(self.store.source_backup, backup_ids)
+        ]
+        return self.verify_targets(targets, should_stop=should_stop)
 
     def verify_targets(
         self,
@@ -334,10 +365,14 @@ class VerifyService:
                 started = self.clock.now()
                 try:
                     result = self.verify_target(t, on_bytes=on_bytes, should_stop=should_stop)
+                    if result.outcome != "ok" and t.copy is None:
+                        result = self._as_the_catalog_says_now(result, on_bytes, should_stop)
                 except VerifyStopped:
                     return
                 except OSError as exc:
                     result = Result(t, "missing", f"cannot read {t.path}: {exc.strerror}")
+                if result is None:
+                    continue
                 self._record(result, started, job_id)
                 with lock:
                     results.append(result)
@@ -352,6 +387,24 @@ class VerifyService:
                     future.result()
         self._name_good_copies(results, job_id)
         return results
+
+    def _as_the_catalog_says_now(
+        self,
+        result: Result,
+        on_bytes: Callable[[int], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> Result | None:
+        """A point merged or deleted while this run went on is not rot: a merge replaces
+        the target's file (new checksum) and removes the merged points. Judge it by the
+        catalog's row as it is now: verify the new file, or nothing for a point gone."""
+        fresh = self.store.source_backup(result.target.backup.id)
+        if fresh.state == "deleted":
+            return None
+        old = result.target.backup
+        if (fresh.checksum, fresh.path) == (old.checksum, old.path):
+            return result
+        again = Target(fresh, result.target.repository)
+        return self.verify_target(again, on_bytes=on_bytes, should_stop=should_stop)
 
     def _record(self, result: Result, started: datetime, job_id: int | None) -> None:
         t = result.target

@@ -162,14 +162,19 @@ def test_consolidate_merges_oldest_point_and_every_other_point_still_restores(
     old_full = point_path(bk_engine, repo, ids[0])
     old_inc1 = point_path(bk_engine, repo, ids[1])
     chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    later_files = {i: point_path(bk_engine, repo, i).read_bytes() for i in ids[2:]}
     new_full = bk_engine.chains.consolidate(chain_id)
     assert new_full.id == ids[1] and new_full.kind == "full"
-    assert not old_full.exists() and not old_inc1.exists()
+    assert not old_full.exists()
     points = bk_engine.chain_store.backups(chain_id)
     assert [p.id for p in points] == ids[1:]
     assert bk_engine.chain_store.get_backup(ids[0]).state == "deleted"
+    # the merged full replaced the target's file under its name: the later points (and
+    # their copies elsewhere) are untouched, header and all
     new_file = Path(repo.path) / new_full.path
+    assert new_file == old_inc1
     assert qemu_img.info(new_file).backing_filename is None
+    assert {i: point_path(bk_engine, repo, i).read_bytes() for i in ids[2:]} == later_files
     assert qemu_img.info(point_path(bk_engine, repo, ids[2])).backing_filename == new_file.name
     report = bk_engine.chains.validate(chain_id, deep=True)
     assert report.ok and report.findings == []
