@@ -12,13 +12,16 @@ from pathlib import Path
 
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
+from engine.catalog.chains import ChainStore
 from engine.catalog.jobs import JobStore
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
 from engine.errors import ConfigError
 from engine.events import Event, EventBus
-from engine.jobs import JobRunner
+from engine.jobs import JobRunner, engine_owner
+from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,25 @@ class Engine:
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)
+        self.chain_store = ChainStore(self.catalog)
+        owner = owner or engine_owner()
+        #: one writer per VM disk: backup, consolidate, delete, retention, import
+        self.writers = DiskWriters(
+            WriterStore(self.catalog),
+            self.repository_store,
+            self.chain_store,
+            self.bus,
+            settings=settings.jobs,
+            owner=owner,
+            clock=clock,
+        )
         self.jobs = JobRunner(
-            self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
+            self.job_store,
+            self.bus,
+            settings=settings.jobs,
+            clock=clock,
+            owner=owner,
+            writers=self.writers,
         )
         self._wire_repositories()
         self._wire_copies()
@@ -56,7 +76,6 @@ class Engine:
     def _wire_backups(self) -> None:
         """Backups (``self.backups``), the chain manager (``self.chains``) and whole-disk
         restore (``self.restores``); job kinds backup, consolidate, restore_disk."""
-        from engine.catalog.chains import ChainStore
         from engine.services.backup import BackupService
         from engine.services.chains import ChainService
         from engine.services.restore_disk import DiskRestoreService
@@ -69,7 +88,6 @@ class Engine:
             if gate is not None:
                 gate(repo)
 
-        self.chain_store = ChainStore(self.catalog)
         self.chains = ChainService(
             self.chain_store,
             self.repository_store,
@@ -77,6 +95,7 @@ class Engine:
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
+            writers=self.writers,
         )
         self.backups = BackupService(
             self.chain_store,
@@ -87,6 +106,7 @@ class Engine:
             settings=self.settings,
             clock=self.clock,
             repository_check=writable,
+            writers=self.writers,
         )
         self.restores = DiskRestoreService(
             self.chain_store, self.repository_store, self.jobs, self.bus, clock=self.clock
@@ -119,6 +139,7 @@ class Engine:
             chains=self.chains,
             locks=self.locks,
             clock=self.clock,
+            writers=self.writers,
         )
         self.policy_store = PolicyStore(self.catalog)
         self.policies = PolicyService(
@@ -300,6 +321,7 @@ class Engine:
             self.capacity.stop()
             self.jobs.stop()
             self._started = False
+        self.writers.close()
         if self._opened:
             for stop in (self.file_restore.close, self.exports.close):
                 try:

@@ -18,6 +18,10 @@ name, fsync, rename), the next point's header is then switched to it with an
 unsafe rebase (same data, header only), the catalog is updated in one
 transaction, and only then are the old files removed. A crash at any step leaves
 a readable chain (at worst an orphan file that ``validate`` reports).
+
+Consolidation and point deletion hold the disk's writer lease (``engine.writers``)
+for their whole run, so they never overlap a backup, a retention run or another
+merge of the same disk, in this engine or any other on the catalog.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 from engine.catalog.chains import ChainStore
 from engine.catalog.models import Backup, Chain, Repository
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import SendenseError, ValidationError
@@ -44,6 +49,7 @@ from engine.safepath import is_within
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.units import human_bytes
+from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +200,15 @@ class ChainService:
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
         repository_check: Callable[[Repository], None] | None = None,
+        writers: DiskWriters,
     ) -> None:
         self.store = store
         self.repositories = repositories
         self.bus = bus
         self.settings = settings
         self.clock = clock
+        #: one writer per disk (held around consolidation and deletion)
+        self.writers = writers
         #: the repositories service's "mounted, writable and not full" gate (the one
         #: backups and copies use), when wired: consolidation writes a new full too
         self.repository_check = repository_check
@@ -208,14 +217,31 @@ class ChainService:
     def register(self, jobs: Any) -> None:
         """Register the "consolidate" job kind on the engine's JobRunner."""
         self.jobs = jobs
-        jobs.register("consolidate", self.run_consolidate_job)
+        jobs.register("consolidate", self.run_consolidate_job, writes=self.disks_of_job)
+
+    def disk_of(self, chain_id: int) -> DiskKey:
+        """The disk a chain belongs to: what its writer lease covers."""
+        chain = self.store.get_chain(chain_id)
+        return DiskKey(chain.repository_id, chain.vm_name, chain.disk_name)
+
+    def disks_of_job(self, job: Any) -> list[DiskKey]:
+        return [self.disk_of(int((job.params or {})["chain_id"]))]
 
     def submit_consolidate(
-        self, chain_id: int, *, new_base_id: int | None = None, actor: str | None = None
+        self,
+        chain_id: int,
+        *,
+        new_base_id: int | None = None,
+        actor: str | None = None,
+        queue_if_busy: bool = True,
     ) -> Any:
+        """Queue a consolidation job. While another writer holds the chain's disk it
+        waits for it, or (``queue_if_busy=False``) DiskBusy names that writer."""
         if self.jobs is None:
             raise ChainError("no job runner is wired to the chain manager")
         chain = self.store.get_chain(chain_id)
+        if not queue_if_busy:
+            self.writers.refuse_if_busy([self.disk_of(chain_id)])
         return self.jobs.submit(
             "consolidate",
             f"consolidate chain {chain.vm_name}/{chain.disk_name} (#{chain.id})",
@@ -550,10 +576,33 @@ class ChainService:
         actor: str | None = None,
         on_progress: Callable[[float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        wait: bool = True,
     ) -> Backup:
         """Merge the points before ``new_base_id`` (default: the full, i.e. merge the
         oldest incremental into it) into a new full; the merged points are deleted.
-        Returns the point that is now the full."""
+        Returns the point that is now the full.
+
+        Holds the disk's writer lease throughout: while another writer holds it this
+        waits, or (``wait=False``) raises DiskBusy naming that writer."""
+        disk = self.disk_of(chain_id)
+        with self.writers.hold_all([disk], operation="consolidate", actor=actor, wait=wait):
+            return self._consolidate(
+                chain_id,
+                new_base_id=new_base_id,
+                actor=actor,
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+
+    def _consolidate(
+        self,
+        chain_id: int,
+        *,
+        new_base_id: int | None,
+        actor: str | None,
+        on_progress: Callable[[float], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> Backup:
         chain = self.store.get_chain(chain_id)
         repo = self.repositories.get(chain.repository_id)
         if self.repository_check is not None:
@@ -598,7 +647,9 @@ class ChainService:
         final = directory / name
         full = merged[0]
         compression = full.compression
+        disk = DiskKey(chain.repository_id, chain.vm_name, chain.disk_name)
         with durable_output(final) as tmp:
+            self.writers.writing(disk, str(Path(chain.directory) / tmp.name))
             qemu_img.convert(
                 target_path,
                 tmp,
@@ -607,6 +658,8 @@ class ChainService:
                 on_progress=on_progress,
                 should_stop=should_stop,
             )
+            self.writers.confirm(disk)  # nobody took the disk over while we merged
+        self.writers.writing(disk, None)
         # the next point now reads the same data from the new full: header only
         other_updates: dict[int, dict[str, Any]] = {}
         if following is not None:
@@ -704,8 +757,19 @@ class ChainService:
                     hint=f"unmount it first: sendense restore unmount {mount.id}",
                 )
 
-    def delete_point(self, backup_id: int, *, actor: str | None = None) -> DeletePlan:
-        """Delete a point and the points that depend on it (newest first)."""
+    def delete_point(
+        self, backup_id: int, *, actor: str | None = None, wait: bool = True
+    ) -> DeletePlan:
+        """Delete a point and the points that depend on it (newest first).
+
+        Holds the disk's writer lease (the plan is made under it, so a backup that
+        lands meanwhile is never swept along): while another writer holds it this
+        waits, or (``wait=False``) raises DiskBusy naming that writer."""
+        disk = self.disk_of(self.store.get_backup(backup_id).chain_id)
+        with self.writers.hold_all([disk], operation="delete", actor=actor, wait=wait):
+            return self._delete_point(backup_id, actor=actor)
+
+    def _delete_point(self, backup_id: int, *, actor: str | None) -> DeletePlan:
         plan = self.delete_plan(backup_id)
         _backup, chain, repo = self.store.locate(backup_id)
         reasons = self.locked_reasons(repo, plan.goes, chain.directory)

@@ -261,7 +261,9 @@ def start_fuse_export(
         str(pidfile),
     ]
     with open(log_file, "wb") as err:
-        proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
+        # a server meant to outlive a CLI command (persistent exports, detached
+        # mounts): not tied to this process; cleaned up at the next start instead
+        proc = start(args, stdout=subprocess.DEVNULL, stderr=err, outlives_engine=True)
     try:
         _wait_ready(
             proc,
@@ -388,7 +390,9 @@ def start_nbd_server(
         what = f"{image} on {sock}"
     args.append(str(image))
     with open(log_file, "wb") as err:
-        proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
+        # a server meant to outlive a CLI command (persistent exports, detached
+        # mounts): not tied to this process; cleaned up at the next start instead
+        proc = start(args, stdout=subprocess.DEVNULL, stderr=err, outlives_engine=True)
     try:
         _wait_ready(proc, "qemu-nbd", ready, log_file, what, timeout)
     except BaseException:
