@@ -2,8 +2,11 @@
 
 ``backup run`` queues a backup job and, unless ``--no-wait``, runs it in this
 process and prints progress until it ends (exit code 0 only when every disk
-was backed up). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block
-device or an ``nbd://`` / ``nbd+unix://`` URI.
+was backed up). While another writer (a backup, a merge, a retention run) holds
+one of the disks the job waits for it and says so; with ``--no-wait`` the
+request is refused instead (exit 2, one sentence naming the writer). Sources
+are ``NAME=SOURCE`` where SOURCE is a file, a block device or an ``nbd://`` /
+``nbd+unix://`` URI.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
     run.add_argument("--compress", choices=("zstd", "none"), default="none")
     run.add_argument("--full-every", type=int, help="start a new full after N incrementals")
-    run.add_argument("--no-wait", action="store_true", help="only queue the job")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="only queue the job; refused if another job writes one of the disks now",
+    )
     run.set_defaults(func=run_backup)
     lister = add_parser(sub, "list", help="list restore points")
     lister.add_argument("--repo", help="only this repository")
@@ -90,6 +97,9 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             sys.stderr.flush()
         elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
             done.set()
+        elif event.kind == "job.waiting" and not ctx.json:
+            sys.stderr.write(f"\nwaiting: {event.data.get('sentence', event.message)}\n")
+            sys.stderr.flush()
         elif event.kind in ("backup.new_full", "chain.broken", "backup.failed") and not ctx.json:
             sys.stderr.write(f"\n{event.level.upper()}: {event.message}\n")
 
@@ -119,6 +129,7 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
             compression=compression,
             full_every=args.full_every,
             actor="cli",
+            queue_if_busy=not args.no_wait,
         )
         if args.no_wait:
             return print_queued(ctx, job)

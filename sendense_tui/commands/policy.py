@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.catalog.models import Policy
 from engine.errors import SendenseError, ValidationError
-from sendense_tui.commands import CliContext, add_parser, table
+from sendense_tui.commands import CliContext, add_parser, say_when_waiting, table
 from sendense_tui.format import short_time
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -116,6 +116,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="with --apply: also remove points whose required copies do not exist yet "
         "(audited; locks are never overridden)",
+    )
+    preview.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --apply: refuse instead of waiting while another job writes a disk",
     )
     preview.set_defaults(func=preview_policy)
 
@@ -344,7 +349,10 @@ def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
         plan = engine.policies.preview(args.name)
         result = None
         if args.apply:
-            result = engine.policies.apply_retention(args.name, force=args.force, actor="cli")
+            with say_when_waiting(engine, ctx):
+                result = engine.policies.apply_retention(
+                    args.name, force=args.force, actor="cli", wait=not args.no_wait
+                )
     if ctx.json:
         data = plan.as_dict()
         if result is not None:
