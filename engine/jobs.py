@@ -409,8 +409,9 @@ class JobRunner:
         window = max(slots * 4, CANDIDATE_WINDOW)
         candidates = self.store.candidates(now, self.kinds(), limit=window)
         seen = {job.id for job in candidates}
-        for job_id in [i for i in self._waiting if i not in seen]:
-            del self._waiting[job_id]  # started elsewhere, cancelled or finished
+        with self._lock:
+            for job_id in [i for i in self._waiting if i not in seen]:
+                del self._waiting[job_id]  # started elsewhere, cancelled or finished
         for candidate in candidates:
             if started >= slots or self._stopping.is_set():
                 break
@@ -420,14 +421,16 @@ class JobRunner:
             writes = self._writes_of(candidate)
             blocker = self._blocker(writes, writing_here, now)
             if blocker is not None:
-                self._note_waiting(candidate, blocker, now)
+                if blocker.job_id != candidate.id:  # its own disk lease, not lapsed yet
+                    self._note_waiting(candidate, blocker, now)
                 continue
             lapsed = candidate.state == "running"
             claim = self.store.take_over if lapsed else self.store.claim_queued
             job = claim(candidate.id, self.owner, now, self.lease)
             if job is None:
                 continue  # another engine won the race
-            self._waiting.pop(job.id, None)
+            with self._lock:
+                self._waiting.pop(job.id, None)
             ctx = JobContext(self, job)
             ctx.writes = writes
             if lapsed:
@@ -472,10 +475,11 @@ class JobRunner:
 
     def _note_waiting(self, job: Job, blocker: Holder, now: datetime) -> None:
         sentence = busy_sentence(blocker, now)
-        if self._waiting.get(job.id) == sentence:
-            return
-        self._waiting[job.id] = sentence
-        self.store.note(job.id, f"waiting: {sentence}")
+        with self._lock:
+            if self._waiting.get(job.id) == sentence:
+                return
+            self._waiting[job.id] = sentence
+        self.store.note(job.id, sentence)
         self.bus.publish(
             Event(
                 kind="job.waiting",

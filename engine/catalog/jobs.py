@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
 
 ACTIVE_STATES = ("queued", "running", "paused")
+#: how a queued job's message starts while it waits for a disk another job writes
+WAITING = "waiting: "
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 #: legal moves of the job state machine
@@ -136,6 +138,8 @@ class JobStore:
             "heartbeat_at": now,
             "started_at": now,
             "attempts": Job.attempts + 1,
+            # the note on why it waited (``note``) is over once it runs
+            "message": case((Job.message.like(f"{WAITING}%"), None), else_=Job.message),
         }
         if takeover:
             values["takeovers"] = Job.takeovers + 1
@@ -152,12 +156,12 @@ class JobStore:
         return self.get(job_id)
 
     def note(self, job_id: int, message: str) -> None:
-        """Say why a queued job has not started (shown in job listings)."""
+        """Say why a queued job has not started: "waiting: <message>" (job listings)."""
         with self.catalog.session() as session:
             session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == "queued")
-                .values(message=message[:255])
+                .values(message=f"{WAITING}{message}"[:255])
                 .execution_options(synchronize_session=False)
             )
 

@@ -199,6 +199,7 @@ def test_a_job_whose_disk_is_busy_stays_queued_and_jobs_of_other_disks_run(
     for job in (first, second, third):
         assert wait_state(engine, job.id, "succeeded", "failed").state == "succeeded"
     assert ran == ["first", "other disk", "second", "third"]  # in the order they came
+    assert engine.job_store.get(second.id).message is None  # the waiting note went with it
     assert engine.writers.store.get(DiskKey(repo.id, "web01", "sda")) is None
 
 
