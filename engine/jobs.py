@@ -7,6 +7,23 @@ its lease lapses, and resumes from its ``resume_point`` where the work allows.
 
 A job's work is a handler registered per kind. It receives a JobContext to
 report progress and to check for cancel or pause between chunks.
+
+A kind that writes VM disks' chains names them (``register(..., writes=)``): the
+runner holds those disks' writer leases (``engine.writers``) around the handler,
+and leaves a job whose disk another writer holds in the queue, with a note that
+names that writer, while it starts other disks' jobs.
+
+Takeover. A job whose lease lapsed (its engine died) is taken over by exactly one
+engine (a compare-and-set on the row). That engine first settles the dead run:
+the disk leases it left are taken over, which makes sure no process still holds
+its partial files and removes them. Then the job runs again, once: every kind
+is safe to re-run (a backup writes a new partial file and records a point only
+when it is complete; a consolidation starts from the catalog's chain and the
+merge's own recovery; copy and verify resume or start over; a restore rewrites
+its target; a policy run backs up again and re-plans retention). A job whose
+engine dies again is failed, not run a third time (``MAX_TAKEOVERS``), so a job
+that kills its engine cannot take every engine down in turn. A kind registered
+with ``takeover="fail"`` is failed at the first takeover instead.
 """
 
 from __future__ import annotations
@@ -16,22 +33,38 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
+from engine.catalog.writers import DiskKey, Holder
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import JobSettings
 from engine.errors import JobCancelled, JobError, JobUnprotected, SendenseError
 from engine.events import Event, EventBus
+from engine.writers import DiskBusy, DiskWriters, WriterLost, busy_sentence
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[["JobContext"], dict[str, Any] | None]
+#: the VM disks a job writes (its writer leases), from its row
+Writes = Callable[[Job], Sequence[DiskKey]]
+TAKEOVER_POLICIES = ("rerun", "fail")
+#: a job is taken over (re-run after its engine died) at most this often
+MAX_TAKEOVERS = 1
+#: how many claimable jobs the dispatcher looks at: queued jobs waiting for a busy
+#: disk must not hide the jobs of other disks behind them
+CANDIDATE_WINDOW = 64
+
+
+def engine_owner() -> str:
+    """A lease owner name unique to this engine: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class JobPaused(JobCancelled):
@@ -90,6 +123,10 @@ class JobContext:
         self._stop_reason: type[JobCancelled] | None = None
         self.bytes_done = job.bytes_done
         self.bytes_total = job.bytes_total
+        #: the VM disks whose writer leases the runner holds around the handler
+        self.writes: tuple[DiskKey, ...] = ()
+        #: the lease owner this job was taken over from (its engine died), if any
+        self.taken_over_from: str | None = None
 
     @property
     def job_id(self) -> int:
@@ -169,15 +206,22 @@ class JobRunner:
         clock: Clock = SYSTEM_CLOCK,
         owner: str | None = None,
         poll_interval: float = 0.5,
+        writers: DiskWriters | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
         self.settings = settings or JobSettings()
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or engine_owner()
         self.poll_interval = poll_interval
         self.progress_write_interval = 0.5
+        #: per-disk writer leases; None: no kind writes disks (a bare runner in tests)
+        self.writers = writers
         self._handlers: dict[str, Handler] = {}
+        self._writes: dict[str, Writes] = {}
+        self._takeover: dict[str, str] = {}
+        #: the waiting note last written per queued job (so it is written once)
+        self._waiting: dict[int, str] = {}
         self._running: dict[int, JobContext] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -189,8 +233,22 @@ class JobRunner:
     def lease(self) -> timedelta:
         return timedelta(seconds=self.settings.lease_seconds)
 
-    def register(self, kind: str, handler: Handler) -> None:
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        writes: Writes | None = None,
+        takeover: str = "rerun",
+    ) -> None:
+        """``writes``: the disks a job of this kind writes (held around it).
+        ``takeover``: "rerun" (once) or "fail" when its engine died running it."""
+        if takeover not in TAKEOVER_POLICIES:
+            raise JobError(f"takeover policy {takeover!r} is unknown")
         self._handlers[kind] = handler
+        self._takeover[kind] = takeover
+        if writes is not None:
+            self._writes[kind] = writes
 
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
@@ -216,6 +274,7 @@ class JobRunner:
             repository_id=repository_id,
             bytes_total=bytes_total,
             priority=priority,
+            actor=actor,
         )
         self.bus.publish(
             Event(
@@ -336,27 +395,101 @@ class JobRunner:
             self._wake.clear()
 
     def dispatch_once(self) -> int:
-        """Claim and start as many jobs as there are free slots; returns how many."""
+        """Claim and start as many jobs as there are free slots; returns how many.
+
+        A job that writes a disk another job writes (here or in another engine) stays
+        queued; the ones behind it for other disks start meanwhile."""
         slots = self._free_slots()
         if slots <= 0 or not self._handlers or self._pool is None:
             return 0
         started = 0
         now = self.clock.now()
-        for job_id in self.store.claimable(now, self.kinds(), limit=slots * 4):
+        with self._lock:
+            writing_here = {key: ctx for ctx in self._running.values() for key in ctx.writes}
+        window = max(slots * 4, CANDIDATE_WINDOW)
+        candidates = self.store.candidates(now, self.kinds(), limit=window)
+        seen = {job.id for job in candidates}
+        with self._lock:
+            for job_id in [i for i in self._waiting if i not in seen]:
+                del self._waiting[job_id]  # started elsewhere, cancelled or finished
+        for candidate in candidates:
             if started >= slots or self._stopping.is_set():
                 break
             with self._lock:
-                if job_id in self._running:
+                if candidate.id in self._running:
                     continue  # ours already: its lease lapsed while it ran here
-            job = self.store.claim(job_id, self.owner, now, self.lease)
+            writes = self._writes_of(candidate)
+            blocker = self._blocker(writes, writing_here, now)
+            if blocker is not None:
+                if blocker.job_id != candidate.id:  # its own disk lease, not lapsed yet
+                    self._note_waiting(candidate, blocker, now)
+                continue
+            lapsed = candidate.state == "running"
+            claim = self.store.take_over if lapsed else self.store.claim_queued
+            job = claim(candidate.id, self.owner, now, self.lease)
             if job is None:
                 continue  # another engine won the race
+            with self._lock:
+                self._waiting.pop(job.id, None)
             ctx = JobContext(self, job)
+            ctx.writes = writes
+            if lapsed:
+                ctx.taken_over_from = candidate.lease_owner or "?"
             with self._lock:
                 self._running[job.id] = ctx
+            writing_here.update((key, ctx) for key in writes)
             self._pool.submit(self._run, ctx)
             started += 1
         return started
+
+    def _writes_of(self, job: Job) -> tuple[DiskKey, ...]:
+        writes = self._writes.get(job.kind)
+        if writes is None or self.writers is None:
+            return ()
+        try:
+            return tuple(sorted(set(writes(job))))
+        except SendenseError as exc:  # e.g. its chain is gone: the handler will say so
+            log.debug("job %s: disks it writes unknown: %s", job.id, exc)
+            return ()
+
+    def _blocker(
+        self, writes: Sequence[DiskKey], writing_here: dict[DiskKey, JobContext], now: datetime
+    ) -> Holder | None:
+        for key in writes:
+            ctx = writing_here.get(key)
+            if ctx is not None:
+                return Holder(
+                    key=key,
+                    token="",
+                    operation=ctx.job.kind,
+                    job_id=ctx.job.id,
+                    owner=self.owner,
+                    actor=ctx.job.actor,
+                    acquired_at=ctx.job.started_at or now,
+                    expires_at=now,
+                    output=None,
+                )
+        if writes and self.writers is not None:
+            return self.writers.blocker(writes)
+        return None
+
+    def _note_waiting(self, job: Job, blocker: Holder, now: datetime) -> None:
+        sentence = busy_sentence(blocker, now)
+        with self._lock:
+            if self._waiting.get(job.id) == sentence:
+                return
+            self._waiting[job.id] = sentence
+        self.store.note(job.id, sentence)
+        self.bus.publish(
+            Event(
+                kind="job.waiting",
+                message=f"job {job.id} waits: {sentence}",
+                source="jobs",
+                job_id=job.id,
+                repository_id=job.repository_id,
+                data={"sentence": sentence, "blocking_job_id": blocker.job_id},
+            )
+        )
 
     def _heartbeat_loop(self) -> None:
         while not self._stopping.wait(self.settings.heartbeat_seconds):
@@ -394,6 +527,11 @@ class JobRunner:
                     del self._running[job.id]
             self.store.finish(job.id, self.owner, "queued", self.clock.now())
             return
+        if ctx.taken_over_from is not None:
+            refused = self._settle_takeover(ctx)
+            if refused is not None:
+                self._end(ctx, "failed", refused, None, "error")
+                return
         self.bus.publish(
             Event(
                 kind="job.started",
@@ -406,8 +544,13 @@ class JobRunner:
         )
         state, error, result, level = "succeeded", None, None, "info"
         try:
-            result = handler(ctx) or {}
-        except LeaseLost:
+            with self._writing(ctx):
+                result = handler(ctx) or {}
+        except DiskBusy as exc:
+            # another writer took the disk between the dispatcher's look and ours
+            state, error, level = "queued", None, "info"
+            self._note_waiting(job, exc.holder, self.clock.now())
+        except (LeaseLost, WriterLost):
             state, error, level = "lost", "another engine took the job over", "warning"
         except EngineStopping:
             state, error, level = "queued", None, "info"
@@ -428,6 +571,18 @@ class JobRunner:
             with self._lock:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
+        self._end(ctx, state, error, result, level)
+
+    def _end(
+        self,
+        ctx: JobContext,
+        state: str,
+        error: str | None,
+        result: dict[str, Any] | None,
+        level: str,
+    ) -> None:
+        """Record a job's outcome (if we still hold it) and announce it."""
+        job = ctx.job
         if state != "lost":
             if state == "succeeded":
                 # the final byte count, so a finished job shows 100 %
@@ -463,6 +618,56 @@ class JobRunner:
             )
         )
         self._wake.set()
+
+    @contextmanager
+    def _writing(self, ctx: JobContext) -> Iterator[None]:
+        """The job's disks held (and its holds named after it) around its handler."""
+        if self.writers is None:
+            yield
+            return
+        job = ctx.job
+        with self.writers.job_scope(job.id, job.actor):
+            if not ctx.writes:
+                yield
+                return
+            with self.writers.hold_all(
+                ctx.writes, operation=job.kind, on_lost=lambda: ctx.stop(LeaseLost)
+            ):
+                yield
+
+    def _settle_takeover(self, ctx: JobContext) -> str | None:
+        """A job taken over from a dead engine: clean up after it, then say whether it
+        may run again (None) or why it is failed instead."""
+        job = ctx.job
+        dead = ctx.taken_over_from
+        if self.writers is not None:
+            try:
+                self.writers.settle_job(job.id)
+            except SendenseError as exc:
+                return f"its engine {dead} stopped while running it, and {exc.message}"
+        if job.takeovers > MAX_TAKEOVERS:
+            return (
+                f"its engine stopped while running it {job.takeovers} times (last {dead}); "
+                "it is not run again: retry it by hand if it is still needed"
+            )
+        if self._takeover.get(job.kind) == "fail":
+            return (
+                f"its engine {dead} stopped while running it; a {job.kind} job is not "
+                "re-run automatically: retry it by hand if it is still needed"
+            )
+        self.bus.publish(
+            Event(
+                kind="job.taken_over",
+                message=f"job {job.id} ({job.title}) was taken over from engine {dead}, "
+                "which stopped while running it; it runs again",
+                level="warning",
+                source="jobs",
+                job_id=job.id,
+                repository_id=job.repository_id,
+                data={"previous_owner": dead, "takeovers": job.takeovers},
+            )
+        )
+        return None
 
 
 __all__ = [

@@ -13,14 +13,17 @@ from pathlib import Path
 
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
+from engine.catalog.chains import ChainStore
 from engine.catalog.jobs import JobStore
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
 from engine.errors import ConfigError
 from engine.events import Event, EventBus
-from engine.jobs import JobRunner
+from engine.jobs import JobRunner, engine_owner
 from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
+from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,25 @@ class Engine:
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)
+        self.chain_store = ChainStore(self.catalog)
+        owner = owner or engine_owner()
+        #: one writer per VM disk: backup, consolidate, delete, retention, import
+        self.writers = DiskWriters(
+            WriterStore(self.catalog),
+            self.repository_store,
+            self.chain_store,
+            self.bus,
+            settings=settings.jobs,
+            owner=owner,
+            clock=clock,
+        )
         self.jobs = JobRunner(
-            self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
+            self.job_store,
+            self.bus,
+            settings=settings.jobs,
+            clock=clock,
+            owner=owner,
+            writers=self.writers,
         )
         self._wire_locks()
         self._wire_repositories()
@@ -82,6 +102,7 @@ class Engine:
             repository_check=writable,
             verifier=self.verifier,
             owner=self.jobs.owner,
+            writers=self.writers,
         )
         self.backups = BackupService(
             self.chain_store,
@@ -93,6 +114,7 @@ class Engine:
             clock=self.clock,
             repository_check=writable,
             locks=self.locks,
+            writers=self.writers,
         )
         self.restores = DiskRestoreService(
             self.chain_store,
@@ -134,6 +156,7 @@ class Engine:
             chains=self.chains,
             locks=self.locks,
             clock=self.clock,
+            writers=self.writers,
         )
         self.policy_store = PolicyStore(self.catalog)
         self.policies = PolicyService(
@@ -215,14 +238,12 @@ class Engine:
         self.capacity.start()
 
     def _wire_images(self) -> None:
-        """The catalog's view of chains (``self.chain_store``, ``self.copy_store``), the
-        header guard every qemu call on a point goes through (``self.image_guard``) and
-        the choice of where a point is read from (``self.point_reader``)."""
-        from engine.catalog.chains import ChainStore
+        """The catalog's view of copies (``self.copy_store``), the header guard every
+        qemu call on a point goes through (``self.image_guard``) and the choice of
+        where a point is read from (``self.point_reader``)."""
         from engine.catalog.copies import CopyStore
         from engine.services.images import ImageGuard, PointReader
 
-        self.chain_store = ChainStore(self.catalog)
         self.copy_store = CopyStore(self.catalog)
         self.image_guard = ImageGuard(self.bus)
         self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
@@ -377,6 +398,7 @@ class Engine:
             self.capacity.stop()
             self.jobs.stop()
             self._started = False
+        self.writers.close()
         if self._opened:
             for stop in (self.file_restore.close, self.exports.close):
                 try:

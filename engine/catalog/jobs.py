@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
 
 ACTIVE_STATES = ("queued", "running", "paused")
+#: how a queued job's message starts while it waits for a disk another job writes
+WAITING = "waiting: "
 #: ``failed_unprotected``: the work landed (good restore points) but the immutability
 #: lock it had to set could not be set
 FINAL_STATES = ("succeeded", "failed", "failed_unprotected", "cancelled")
@@ -48,10 +50,12 @@ class JobStore:
         repository_id: int | None = None,
         bytes_total: int = 0,
         priority: int = 100,
+        actor: str | None = None,
     ) -> Job:
         job = Job(
             kind=kind,
             title=title[:255],
+            actor=actor[:128] if actor else None,
             state="queued",
             params=params or {},
             repository_id=repository_id,
@@ -84,8 +88,13 @@ class JobStore:
 
     def claimable(self, now: datetime, kinds: Sequence[str], limit: int) -> list[int]:
         """Ids of jobs this engine could run: queued, or running with a lapsed lease."""
+        return [job.id for job in self.candidates(now, kinds, limit)]
+
+    def candidates(self, now: datetime, kinds: Sequence[str], limit: int) -> list[Job]:
+        """Jobs this engine could run, in the order to try them: queued, or running
+        with a lapsed lease (their engine died), by priority then age."""
         query = (
-            select(Job.id)
+            select(Job)
             .where(Job.kind.in_(kinds))
             .where(
                 or_(
@@ -100,30 +109,65 @@ class JobStore:
             return list(session.scalars(query))
 
     def claim(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
-        """Take the lease on a job; None when another engine got it first."""
+        """Take the lease on a job (queued, or lapsed: a takeover); None when another
+        engine got it first."""
+        return self.claim_queued(job_id, owner, now, lease) or self.take_over(
+            job_id, owner, now, lease
+        )
+
+    def claim_queued(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
+        """Start a queued job; None when another engine got it first."""
+        return self._claim(job_id, owner, now, lease, Job.state == "queued", takeover=False)
+
+    def take_over(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
+        """Take a running job whose lease lapsed (its engine died); counts the takeover.
+        None when the lease is still valid or another engine took it first."""
+        lapsed = and_(Job.state == "running", Job.lease_expires_at < now)
+        return self._claim(job_id, owner, now, lease, lapsed, takeover=True)
+
+    def _claim(
+        self,
+        job_id: int,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        condition: Any,
+        *,
+        takeover: bool,
+    ) -> Job | None:
+        values: dict[str, Any] = {
+            "state": "running",
+            "lease_owner": owner,
+            "lease_expires_at": now + lease,
+            "heartbeat_at": now,
+            "started_at": now,
+            "attempts": Job.attempts + 1,
+            # the note on why it waited (``note``) is over once it runs
+            "message": case((Job.message.like(f"{WAITING}%"), None), else_=Job.message),
+        }
+        if takeover:
+            values["takeovers"] = Job.takeovers + 1
         with self.catalog.session() as session:
             result = session.execute(
                 update(Job)
                 .where(Job.id == job_id)
-                .where(
-                    or_(
-                        Job.state == "queued",
-                        and_(Job.state == "running", Job.lease_expires_at < now),
-                    )
-                )
-                .values(
-                    state="running",
-                    lease_owner=owner,
-                    lease_expires_at=now + lease,
-                    heartbeat_at=now,
-                    started_at=now,
-                    attempts=Job.attempts + 1,
-                )
+                .where(condition)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 return None
         return self.get(job_id)
+
+    def note(self, job_id: int, message: str) -> None:
+        """Say why a queued job has not started: "waiting: <message>" (job listings)."""
+        with self.catalog.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(message=f"{WAITING}{message}"[:255])
+                .execution_options(synchronize_session=False)
+            )
 
     def heartbeat(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Extend our lease; False means we lost it (another engine took over)."""
@@ -272,6 +316,8 @@ class JobStore:
             job.pause_requested = False
             job.error = None
             job.finished_at = None
+            if "failed" in allowed_from:
+                job.takeovers = 0  # a retry by hand gets a fresh takeover
             return job
 
     def active_for_repository(self, repository_id: int) -> list[Job]:

@@ -342,6 +342,11 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: how often another engine took the job over after its lease lapsed (its engine
+    #: died); it is re-run at most once, then failed
+    takeovers: Mapped[int] = mapped_column(Integer, default=0)
+    #: who asked for it: cli, console, scheduler, policy:NAME...
+    actor: Mapped[str | None] = mapped_column(String(128))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     #: where the work can pick up after a crash (e.g. bytes already copied)
@@ -349,6 +354,40 @@ class Job(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class DiskWriter(Base):
+    """The one writer of a VM disk's chains in a repository (one row per disk).
+
+    Backup, consolidation, point deletion, retention and import of a disk take
+    this lease (a compare-and-set on ``token``) before they touch a file and keep
+    it alive with a heartbeat; ``token`` is None when nobody writes. A lease whose
+    ``expires_at`` passed belongs to a writer that died: the next one first makes
+    sure no process still holds ``output`` (the partial file it was writing) and
+    removes it.
+    """
+
+    __tablename__ = "disk_writers"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    vm_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    disk_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: this holding's random id; None: free
+    token: Mapped[str | None] = mapped_column(String(32))
+    #: backup | consolidate | delete | retention | import
+    operation: Mapped[str | None] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    #: the engine holding it (host:pid:id), and who asked
+    owner: Mapped[str | None] = mapped_column(String(128))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    acquired_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    #: the partial file being written now, relative to the repository root
+    output: Mapped[str | None] = mapped_column(String(1024))
 
 
 class ImmutabilityLock(Base):

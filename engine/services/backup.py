@@ -38,6 +38,12 @@ size or the policy's "full every N" make the next backup a new full, announced
 with a warning event that says why (``backup.new_full``), instead of failing
 forever. ``mode="incremental"`` refuses instead of switching to a full.
 
+One writer per disk: a backup holds the writer lease of every disk of the VM
+(``engine.writers``) from before it reads the chain until its points are
+recorded, and records each partial file on the lease before creating it, so a
+writer that takes the disk over after a crash removes it. The rename that makes
+a point final, and its catalog row, come only after the lease is confirmed.
+
 A VM with several disks is one job. Disks are backed up one after the other;
 the job succeeds only if every disk does. A disk that finished stays recorded
 (it is a good restore point of that disk), a disk that failed leaves nothing
@@ -62,8 +68,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog.chains import ChainStore
-from engine.catalog.models import Backup, Chain, Repository
+from engine.catalog.models import Backup, Chain, Job, Repository
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.errors import JobCancelled, JobUnprotected, SendenseError, ValidationError
@@ -87,6 +94,7 @@ from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
 from engine.units import human_bytes
+from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +345,7 @@ class BackupService:
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
         repository_check: Callable[[Repository], None] | None = None,
+        writers: DiskWriters,
     ) -> None:
         self.store = store
         self.repositories = repositories
@@ -345,6 +354,8 @@ class BackupService:
         self.chains = chains
         #: the lock step: every recorded point is locked when its repository asks for it
         self.locks = locks
+        #: one writer per disk (held around every run)
+        self.writers = writers
         self.settings = settings
         self.clock = clock
         #: the repositories service's "mounted, writable and not full" gate, when wired
@@ -353,7 +364,13 @@ class BackupService:
         self.verify_parent = True
 
     def register(self) -> None:
-        self.jobs.register("backup", self.run_job)
+        self.jobs.register("backup", self.run_job, writes=self.disks_of_job)
+
+    @staticmethod
+    def disks_of_job(job: Job) -> list[DiskKey]:
+        """The disks a backup job writes (the runner holds them around it)."""
+        p = job.params or {}
+        return [DiskKey(int(p["repository"]), str(p["vm"]), str(d["name"])) for d in p["disks"]]
 
     # -- jobs --------------------------------------------------------------------
 
@@ -367,13 +384,19 @@ class BackupService:
         compression: str | None = None,
         full_every: int | None = None,
         actor: str | None = None,
+        queue_if_busy: bool = True,
     ) -> Any:
         """Queue a backup job for a VM's disks; returns the Job row. A source text
-        qemu would read as a protocol is refused here, before anything is queued."""
+        qemu would read as a protocol is refused here, before anything is queued. A
+        disk another writer holds makes the job wait for it, or
+        (``queue_if_busy=False``) raises DiskBusy naming that writer, and nothing is
+        queued."""
         repo = self.repositories.get(repository)
         self._check_args(vm, disks, mode, compression)
         for disk in disks:
             check_source_text(disk)
+        if not queue_if_busy:
+            self.writers.refuse_if_busy(DiskKey(repo.id, vm, d.name) for d in disks)
         params = {
             "repository": repo.id,
             "vm": vm,
@@ -484,6 +507,25 @@ class BackupService:
         """
         self._check_args(vm, disks, mode, compression)
         repo = self.repositories.get(repository)
+        keys = [DiskKey(repo.id, vm, d.name) for d in disks]
+        # before the chain is read and anything written; a job already holds them
+        with self.writers.hold_all(keys, operation="backup", actor=actor):
+            return self._run_held(
+                repo, vm, disks, mode, compression, full_every, ctx, actor, lock_days
+            )
+
+    def _run_held(
+        self,
+        repo: Repository,
+        vm: str,
+        disks: Sequence[DiskSource],
+        mode: str,
+        compression: str | None,
+        full_every: int | None,
+        ctx: JobContext | None,
+        actor: str | None,
+        lock_days: int | None,
+    ) -> BackupRun:
         self._check_repository(repo)
         run = BackupRun(vm, repo.name)
         probes: list[_Probe | None] = []
@@ -727,9 +769,12 @@ class BackupService:
             name = f"{position:04d}-inc-{stamp(now)}.qcow2"
             self._check_room_incremental(repo)
         directory = repo_file(repo, directory_rel)
-        make_private_dirs(directory)  # VM, disk and chain folders: 0700 from mkdir on
         final = directory / name
         tmp = partial_path(final)
+        key = DiskKey(repo.id, vm, disk)
+        # on the lease before it exists: whoever takes over after a crash removes it
+        self.writers.writing(key, str(Path(directory_rel) / tmp.name))
+        make_private_dirs(directory)  # VM, disk and chain folders: 0700 from mkdir on
         head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below
         try:
             if full_reason is not None:
@@ -781,6 +826,7 @@ class BackupService:
             failpoint("backup.after_write")
             sealed = _seal(tmp, head)  # fsynced before it takes its name
             failpoint("backup.after_seal")
+            self.writers.confirm(key)  # nobody took the disk over meanwhile
             _publish(tmp, final)
             failpoint("backup.after_publish")
         except JobCancelled:
@@ -841,6 +887,7 @@ class BackupService:
             )
             chain_id = chain.id
         failpoint("backup.after_record")
+        self.writers.writing(key, None)
         result.kind = row.kind
         result.backup_id = row.id
         result.chain_id = chain_id

@@ -51,6 +51,10 @@ engine that takes it over, never while its own engine is alive):
 Failpoints ``consolidate.after_*`` sit between these steps (engine.failpoints).
 Retention merges are consolidations (``RetentionService.apply`` calls
 ``consolidate``), so the same intent covers them.
+
+Consolidation and point deletion hold the disk's writer lease (``engine.writers``)
+for their whole run, so they never overlap a backup, a retention run or another
+merge of the same disk, in this engine or any other on the catalog.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import Backup, Chain, MergeIntent, Repository
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import JobCancelled, SendenseError, ValidationError
@@ -92,6 +97,7 @@ from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
 from engine.units import human_bytes
+from engine.writers import DiskWriters
 
 if TYPE_CHECKING:
     from engine.services.verify import VerifyService
@@ -281,6 +287,7 @@ class ChainService:
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
         repository_check: Callable[[Repository], None] | None = None,
+        writers: DiskWriters,
         verifier: VerifyService | None = None,
         owner: str | None = None,
     ) -> None:
@@ -291,6 +298,8 @@ class ChainService:
         self.guard = guard
         self.settings = settings
         self.clock = clock
+        #: one writer per disk (held around consolidation and deletion)
+        self.writers = writers
         #: the repositories service's "mounted, writable and not full" gate (the one
         #: backups and copies use), when wired: consolidation writes a new full too
         self.repository_check = repository_check
@@ -307,14 +316,31 @@ class ChainService:
     def register(self, jobs: Any) -> None:
         """Register the "consolidate" job kind on the engine's JobRunner."""
         self.jobs = jobs
-        jobs.register("consolidate", self.run_consolidate_job)
+        jobs.register("consolidate", self.run_consolidate_job, writes=self.disks_of_job)
+
+    def disk_of(self, chain_id: int) -> DiskKey:
+        """The disk a chain belongs to: what its writer lease covers."""
+        chain = self.store.get_chain(chain_id)
+        return DiskKey(chain.repository_id, chain.vm_name, chain.disk_name)
+
+    def disks_of_job(self, job: Any) -> list[DiskKey]:
+        return [self.disk_of(int((job.params or {})["chain_id"]))]
 
     def submit_consolidate(
-        self, chain_id: int, *, new_base_id: int | None = None, actor: str | None = None
+        self,
+        chain_id: int,
+        *,
+        new_base_id: int | None = None,
+        actor: str | None = None,
+        queue_if_busy: bool = True,
     ) -> Any:
+        """Queue a consolidation job. While another writer holds the chain's disk it
+        waits for it, or (``queue_if_busy=False``) DiskBusy names that writer."""
         if self.jobs is None:
             raise ChainError("no job runner is wired to the chain manager")
         chain = self.store.get_chain(chain_id)
+        if not queue_if_busy:
+            self.writers.refuse_if_busy([self.disk_of(chain_id)])
         return self.jobs.submit(
             "consolidate",
             f"consolidate chain {chain.vm_name}/{chain.disk_name} (#{chain.id})",
@@ -709,11 +735,34 @@ class ChainService:
         actor: str | None = None,
         on_progress: Callable[[float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        wait: bool = True,
     ) -> Backup:
         """Merge the points before ``new_base_id`` (default: the full, i.e. merge the
         oldest incremental into it) into a new full; the merged points are deleted.
         Returns the point that is now the full. The steps and what a crash between
-        them leaves are in the module docstring."""
+        them leaves are in the module docstring.
+
+        Holds the disk's writer lease throughout: while another writer holds it this
+        waits, or (``wait=False``) raises DiskBusy naming that writer."""
+        disk = self.disk_of(chain_id)
+        with self.writers.hold_all([disk], operation="consolidate", actor=actor, wait=wait):
+            return self._consolidate(
+                chain_id,
+                new_base_id=new_base_id,
+                actor=actor,
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
+
+    def _consolidate(
+        self,
+        chain_id: int,
+        *,
+        new_base_id: int | None,
+        actor: str | None,
+        on_progress: Callable[[float], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> Backup:
         chain = self.store.get_chain(chain_id)
         repo = self.repositories.get(chain.repository_id)
         if self.repository_check is not None:
@@ -787,12 +836,16 @@ class ChainService:
                 now=self.clock.now(),
             )
             self._active_intents.add(intent.id)
+        disk = DiskKey(chain.repository_id, chain.vm_name, chain.disk_name)
         try:
             failpoint("consolidate.after_intent")
+            # on the lease before it exists: whoever takes the disk over removes it
+            self.writers.writing(disk, str(Path(chain.directory) / partial.name))
             result = self._write_merged(
                 intent.id, chain, target_spec, partial, compression, on_progress, should_stop
             )
             failpoint("consolidate.after_convert")
+            self.writers.confirm(disk)  # nobody took the disk over while we merged
             try:
                 os.replace(partial, target_path)
                 fsync_dir(directory)
@@ -804,6 +857,7 @@ class ChainService:
                     f"replaced ({exc.strerror}); nothing was merged",
                     hint="check that the repository is writable and the file is not immutable",
                 ) from None
+            self.writers.writing(disk, None)
             failpoint("consolidate.after_replace")
             promoted = self._record_merge(intent.id, chain, target, merged, result)
             failpoint("consolidate.after_record")
@@ -1121,8 +1175,19 @@ class ChainService:
                     hint=f"unmount it first: sendense restore unmount {mount.id}",
                 )
 
-    def delete_point(self, backup_id: int, *, actor: str | None = None) -> DeletePlan:
-        """Delete a point and the points that depend on it (newest first)."""
+    def delete_point(
+        self, backup_id: int, *, actor: str | None = None, wait: bool = True
+    ) -> DeletePlan:
+        """Delete a point and the points that depend on it (newest first).
+
+        Holds the disk's writer lease (the plan is made under it, so a backup that
+        lands meanwhile is never swept along): while another writer holds it this
+        waits, or (``wait=False``) raises DiskBusy naming that writer."""
+        disk = self.disk_of(self.store.get_backup(backup_id).chain_id)
+        with self.writers.hold_all([disk], operation="delete", actor=actor, wait=wait):
+            return self._delete_point(backup_id, actor=actor)
+
+    def _delete_point(self, backup_id: int, *, actor: str | None) -> DeletePlan:
         plan = self.delete_plan(backup_id)
         _backup, chain, repo = self.store.locate(backup_id)
         reasons = self.locked_reasons(repo, plan.goes, chain.directory)

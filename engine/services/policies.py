@@ -33,6 +33,7 @@ from engine.catalog.copies import CopyStore
 from engine.catalog.models import Job, Policy, Repository
 from engine.catalog.policies import POLICY_RUN, PolicyStore
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.cron import cron_error
 from engine.errors import JobError, JobUnprotected, NotFoundError, SendenseError, ValidationError
@@ -166,7 +167,11 @@ class PolicyService:
         self.clock = clock
 
     def register(self) -> None:
-        self.jobs.register(POLICY_RUN, self.run_job)
+        self.jobs.register(POLICY_RUN, self.run_job, writes=self.disks_of_job)
+
+    def disks_of_job(self, job: Job) -> list[DiskKey]:
+        """A policy run writes every disk of the policy (backups, then retention)."""
+        return self.retention.disks_of(self.store.get(int((job.params or {})["policy_id"])))
 
     # -- validation -------------------------------------------------------------------
 
@@ -464,9 +469,9 @@ class PolicyService:
         return self.retention.plan(self.store.get(ref))
 
     def apply_retention(
-        self, ref: int | str, *, force: bool = False, actor: str | None = None
+        self, ref: int | str, *, force: bool = False, actor: str | None = None, wait: bool = True
     ) -> Any:
-        return self.retention.apply(self.store.get(ref), force=force, actor=actor)
+        return self.retention.apply(self.store.get(ref), force=force, actor=actor, wait=wait)
 
     # -- running -----------------------------------------------------------------------
 

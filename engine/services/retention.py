@@ -16,7 +16,9 @@ Three layers:
   checked against locks (never overridable) and the copy rules (a point whose
   required copies do not exist yet is kept unless the operator forces it).
 - ``RetentionService.apply``: runs the unblocked operations through the chain
-  service and records what happened in the audit log.
+  service and records what happened in the audit log. It holds the writer lease
+  of every disk of the policy (``engine.writers``) from the plan to the last
+  operation, so no backup or merge of those disks runs in between.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.copies import COPY_DONE, CopyStore
 from engine.catalog.models import Backup, Chain, Policy, Repository
 from engine.catalog.repositories import RepositoryStore
+from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
+from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +325,10 @@ class RetentionService:
         chains: Any,
         locks: Any,
         clock: Clock = SYSTEM_CLOCK,
+        writers: DiskWriters,
     ) -> None:
+        #: one writer per disk (held around apply)
+        self.writers = writers
         self.chain_store = chain_store
         self.copy_store = copy_store
         self.repositories = repositories
@@ -353,6 +360,15 @@ class RetentionService:
                         rows.append((chain, points))
                 found[(vm, name)] = rows
         return found
+
+    @staticmethod
+    def disks_of(policy: Policy) -> list[DiskKey]:
+        """The disks a policy writes in its target (backups and retention)."""
+        return [
+            DiskKey(policy.target_repository_id, str(source.get("vm")), str(disk.get("name")))
+            for source in policy.sources or []
+            for disk in source.get("disks") or []
+        ]
 
     def merges_allowed(self, policy: Policy, repo: Repository) -> bool:
         return not (repo.immutable or policy.immutable_days > 0)
@@ -451,9 +467,24 @@ class RetentionService:
         force: bool = False,
         actor: str | None = None,
         plan: RetentionPlan | None = None,
+        wait: bool = True,
     ) -> ApplyResult:
         """Run the plan's unblocked operations. ``force`` removes points whose copies do
-        not exist yet (audited); locks are never overridden."""
+        not exist yet (audited); locks are never overridden. While another writer holds
+        one of the policy's disks this waits, or (``wait=False``) raises DiskBusy."""
+        with self.writers.hold_all(
+            self.disks_of(policy), operation="retention", actor=actor, wait=wait
+        ):
+            return self._apply(policy, force=force, actor=actor, plan=plan)
+
+    def _apply(
+        self,
+        policy: Policy,
+        *,
+        force: bool,
+        actor: str | None,
+        plan: RetentionPlan | None,
+    ) -> ApplyResult:
         status = self.locks.clock_status()
         if not status.ok:
             raise SendenseError(

@@ -294,7 +294,9 @@ def start_fuse_export(
         str(pidfile),
     ]
     with os.fdopen(open_private(log_file), "wb") as err:
-        proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
+        # a server meant to outlive a CLI command (persistent exports, detached
+        # mounts): not tied to this process; cleaned up at the next start instead
+        proc = start(args, stdout=subprocess.DEVNULL, stderr=err, outlives_engine=True)
     try:
         _wait_ready(
             proc,
@@ -524,7 +526,9 @@ def start_nbd_server(
         what = f"{image.shown} on {sock}"
     args.append(image.json_name())
     with os.fdopen(open_private(log_file), "wb") as err:
-        proc = start(args, stdout=subprocess.DEVNULL, stderr=err)
+        # a server meant to outlive a CLI command (persistent exports, detached
+        # mounts): not tied to this process; cleaned up at the next start instead
+        proc = start(args, stdout=subprocess.DEVNULL, stderr=err, outlives_engine=True)
     try:
         _wait_ready(proc, "qemu-nbd", ready, log_file, what, timeout)
         if socket_path is not None:

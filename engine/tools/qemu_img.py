@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.tools.base import Completed, ToolCancelled, ToolError, ToolTimeout, run, start
+from engine.tools.base import (
+    Completed,
+    ToolCancelled,
+    ToolError,
+    ToolTimeout,
+    kill_group,
+    run,
+    start,
+)
 from engine.tools.blockspec import ImageSpec
 
 log = logging.getLogger("engine.tools.qemu_img")
@@ -551,8 +559,7 @@ def _run_with_progress(
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
+    kill_group(proc)  # qemu-img and anything it started
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover - kernel stuck in D state
@@ -731,3 +738,20 @@ def compare(
         [*args, _name(a), _name(b)], timeout=timeout, ok_codes=(0, 1), explain=_explain_for(a)
     )
     return done.returncode == 0
+
+
+def write_locked(path: PathLike, *, timeout: float = QUERY_TIMEOUT) -> bool:
+    """Whether a qemu process (here or on another machine sharing the storage) holds
+    ``path`` open for writing: ``qemu-img info`` without ``-U`` then fails on qemu's
+    image lock. Any other failure (not an image yet, unreadable) means no such lock."""
+    try:
+        run(
+            ["qemu-img", "info", "--output=json", "-f", "qcow2", str(path)],
+            timeout=timeout,
+            explain=_explain_for(path, fmt="qcow2"),
+        )
+    except ImageBusy:
+        return True
+    except ToolError:
+        return False
+    return False

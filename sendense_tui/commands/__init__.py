@@ -187,6 +187,22 @@ class CliContext:
         sys.stdout.write(json_text(data, indent=2) + "\n")
 
 
+@contextmanager
+def say_when_waiting(engine: Any, ctx: CliContext) -> Iterator[None]:
+    """While the block runs, print "waiting: web01/sda is being written by job 42 ..."
+    on stderr when it has to wait for another writer of a disk."""
+
+    def on_event(event: Any) -> None:
+        if event.kind == "writer.waiting" and not ctx.json:
+            print(f"waiting: {event.data.get('sentence', event.message)}", file=sys.stderr)
+
+    unsubscribe = engine.bus.subscribe(on_event, kinds=("writer.waiting",))
+    try:
+        yield
+    finally:
+        unsubscribe()
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()

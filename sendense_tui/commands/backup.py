@@ -2,9 +2,12 @@
 
 ``backup run`` queues a backup job and, unless ``--no-wait``, runs it in this
 process and prints progress until it ends (exit code 0 only when every disk
-was backed up; else 1 and one sentence). Sources are ``NAME=SOURCE`` where SOURCE
-is a file, a block device or an ``nbd://`` / ``nbd+unix://`` URI, read as raw bytes;
-a qcow2 image is named ``NAME:qcow2=SOURCE`` (a format is never guessed from a header).
+was backed up; else 1 and one sentence). While another writer (a backup, a
+merge, a retention run) holds one of the disks the job waits for it and says so;
+with ``--no-wait`` the request is refused instead (exit 2, one sentence naming the
+writer). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block device or an
+``nbd://`` / ``nbd+unix://`` URI, read as raw bytes; a qcow2 image is named
+``NAME:qcow2=SOURCE`` (a format is never guessed from a header).
 """
 
 from __future__ import annotations
@@ -57,7 +60,11 @@ def register(subparsers: Any) -> None:
         type=bounded_int(1, COUNT_MAX),
         help="start a new full after N incrementals",
     )
-    run.add_argument("--no-wait", action="store_true", help="only queue the job")
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="only queue the job; refused if another job writes one of the disks now",
+    )
     run.set_defaults(func=run_backup)
     lister = add_parser(sub, "list", help="list restore points")
     lister.add_argument("--repo", help="only this repository (name, or #ID)")
@@ -109,6 +116,10 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             sys.stderr.flush()
         elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
             done.set()
+        elif event.kind == "job.waiting" and not ctx.json:
+            sentence = event.data.get("sentence", event.message)
+            sys.stderr.write(f"\nwaiting: {printable(sentence)}\n")
+            sys.stderr.flush()
         elif event.kind in ("backup.new_full", "chain.broken") and not ctx.json:
             notices.append(f"{event.level}: {printable(event.message)}")
 
@@ -142,6 +153,7 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
             compression=compression,
             full_every=args.full_every,
             actor="cli",
+            queue_if_busy=not args.no_wait,
         )
         if args.no_wait:
             return print_queued(ctx, job)

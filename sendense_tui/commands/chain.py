@@ -1,4 +1,9 @@
-"""``sendense chain show|check|consolidate|delete``: the backup chains of each VM disk."""
+"""``sendense chain show|check|consolidate|delete``: the backup chains of each VM disk.
+
+``consolidate`` and ``delete`` write the disk's chain: while another writer holds
+that disk (a backup, a merge, a retention run) they wait for it and say so, or
+with ``--no-wait`` are refused (exit 2, one sentence naming the writer).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 from typing import Any
 
 from engine.errors import ValidationError
-from sendense_tui.commands import CliContext, add_parser, id_argument
+from sendense_tui.commands import CliContext, add_parser, id_argument, say_when_waiting
 from sendense_tui.commands.backup import point_dict
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, printable, short_time
@@ -30,10 +35,16 @@ def register(subparsers: Any) -> None:
     cons = add_parser(sub, "consolidate", help="merge the oldest point(s) into a new full")
     cons.add_argument("chain_id", type=CHAIN_ID)
     cons.add_argument("--upto", type=POINT_ID, help="point that becomes the full (default: 2nd)")
+    cons.add_argument(
+        "--no-wait", action="store_true", help="refuse instead of waiting for a busy disk"
+    )
     cons.set_defaults(func=consolidate)
     delete = add_parser(sub, "delete", help="delete a restore point and the points after it")
     delete.add_argument("point", type=POINT_ID)
     delete.add_argument("--yes", action="store_true", help="do it (without: only show the plan)")
+    delete.add_argument(
+        "--no-wait", action="store_true", help="refuse instead of waiting for a busy disk"
+    )
     delete.set_defaults(func=delete_point)
 
 
@@ -126,8 +137,10 @@ def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def consolidate(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
-        point = engine.chains.consolidate(args.chain_id, new_base_id=args.upto, actor="cli")
+    with ctx.engine() as engine, say_when_waiting(engine, ctx):
+        point = engine.chains.consolidate(
+            args.chain_id, new_base_id=args.upto, actor="cli", wait=not args.no_wait
+        )
     if ctx.json:
         ctx.print_json({"chain_id": args.chain_id, "new_full": point.id, "path": point.path})
     else:
@@ -147,7 +160,8 @@ def delete_point(args: argparse.Namespace, ctx: CliContext) -> int:
                 f"point #{args.point} was not deleted: deleting needs --yes",
                 hint="read the plan above and run the command again with --yes",
             )
-        engine.chains.delete_point(args.point, actor="cli")
+        with say_when_waiting(engine, ctx):
+            engine.chains.delete_point(args.point, actor="cli", wait=not args.no_wait)
     if ctx.json:
         ctx.print_json({"deleted": [b.id for b in plan.goes], "done": True})
     else:

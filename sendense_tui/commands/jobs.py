@@ -50,6 +50,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "message": job.message,
         "error": job.error,
         "attempts": job.attempts,
+        "takeovers": job.takeovers,
+        "actor": job.actor,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

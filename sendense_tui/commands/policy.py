@@ -13,6 +13,7 @@ from sendense_tui.commands import (
     CliContext,
     add_parser,
     bounded_int,
+    say_when_waiting,
     table,
 )
 from sendense_tui.commands.jobs import finish_job, print_queued, wait_with_progress
@@ -127,6 +128,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="with --apply: also remove points whose required copies do not exist yet "
         "(audited; locks are never overridden)",
+    )
+    preview.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --apply: refuse instead of waiting while another job writes a disk",
     )
     preview.set_defaults(func=preview_policy)
 
@@ -346,7 +352,10 @@ def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
         plan = engine.policies.preview(args.name)
         result = None
         if args.apply:
-            result = engine.policies.apply_retention(args.name, force=args.force, actor="cli")
+            with say_when_waiting(engine, ctx):
+                result = engine.policies.apply_retention(
+                    args.name, force=args.force, actor="cli", wait=not args.no_wait
+                )
     if ctx.json:
         data = plan.as_dict()
         if result is not None:

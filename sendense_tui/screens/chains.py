@@ -305,7 +305,8 @@ class ChainsScreen(SendenseScreen):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.run_engine(
-                    lambda: self.engine.chains.delete_point(backup.id, actor="console"),
+                    # a disk being written refuses at once, naming its writer
+                    lambda: self.engine.chains.delete_point(backup.id, actor="console", wait=False),
                     after=lambda p: (self.notify(f"Deleted: {p.sentence()}"), self.refresh_now()),
                     description=f"delete point {backup.id}",
                 )
@@ -328,11 +329,18 @@ class ChainsScreen(SendenseScreen):
             return
         first, second = view.points[0].backup, view.points[1].backup
 
+        def submit() -> tuple[Any, str | None]:
+            job = self.engine.chains.submit_consolidate(view.chain.id, actor="console")
+            disk = self.engine.chains.disk_of(view.chain.id)
+            return job, self.engine.writers.busy_sentence([disk])
+
         def answered(yes: bool | None) -> None:
             if yes:
                 self.run_engine(
-                    lambda: self.engine.chains.submit_consolidate(view.chain.id, actor="console"),
-                    after=lambda job: self.notify(f"Consolidation queued as job {job.id}."),
+                    submit,
+                    after=lambda done: self.notify(
+                        f"Consolidation queued as job {done[0].id}." + _waits(done[1])
+                    ),
                     description=f"consolidate chain {view.chain.id}",
                 )
 
@@ -365,11 +373,18 @@ class ChainsScreen(SendenseScreen):
                     self.notify("No repository to back up into.", severity="error")
                     return
                 repo = repos[0].id
-            self.run_engine(
-                lambda: self.engine.backups.submit(
+
+            def submit() -> tuple[Any, str | None]:
+                job = self.engine.backups.submit(
                     repo, vm, [DiskSource(disk, source)], actor="console"
+                )
+                return job, self.engine.writers.busy_sentence(self.engine.backups.disks_of_job(job))
+
+            self.run_engine(
+                submit,
+                after=lambda done: self.notify(
+                    f"Backup queued as job {done[0].id}." + _waits(done[1])
                 ),
-                after=lambda job: self.notify(f"Backup queued as job {job.id}."),
                 description=f"back up {vm}/{disk}",
             )
 
@@ -408,6 +423,11 @@ class ChainsScreen(SendenseScreen):
             ),
             answered,
         )
+
+
+def _waits(sentence: str | None) -> str:
+    """What a queued job waits for, when another writer holds its disk."""
+    return f" It waits: {sentence}." if sentence else ""
 
 
 def _state_style(state: str) -> str:

@@ -441,7 +441,8 @@ class PoliciesScreen(SendenseScreen):
         def answer(yes: bool | None) -> None:
             if yes:
                 self.run_engine(
-                    lambda: self.engine.policies.apply_retention(pid, actor="console"),
+                    # a disk being written refuses at once, naming its writer
+                    lambda: self.engine.policies.apply_retention(pid, actor="console", wait=False),
                     after=lambda result: self.notify(result.sentence()),
                     description="apply retention",
                 )

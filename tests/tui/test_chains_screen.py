@@ -136,3 +136,34 @@ async def test_v_queues_a_verify_job_for_the_selected_point(chains_app: Sendense
         await settle(pilot)
         rows = {row.description: row.keys for row in chains_app.screen.rows}  # type: ignore[attr-defined]
         assert rows["Verify the selected point or chain (queues a verify job)"] == "v"
+
+
+async def test_deleting_a_point_of_a_disk_being_written_names_the_writer(
+    chains_app: SendenseApp,
+) -> None:
+    """The console refuses at once (its worker must not hang waiting) with the same
+    sentence the CLI prints, and nothing is deleted."""
+    engine = chains_app.engine
+    point, chain = next((b, c) for b, c in engine.chain_store.list_backups() if c.vm_name == "db01")
+    async with chains_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        tree = chains_app.screen.query_one("#chains-tree")
+        line = next(n for n in tree._tree_lines if n.node.data == ("point", point.id))  # type: ignore[attr-defined]
+        tree.move_cursor(line.node)  # type: ignore[attr-defined]
+        await settle(pilot)
+        # another writer (a backup from the CLI, say) holds db01/vda meanwhile
+        with engine.writers.hold(
+            chain.repository_id, "db01", chain.disk_name, operation="backup", actor="cli"
+        ):
+            await pilot.press("d")
+            await settle(pilot)
+            await pilot.press("y")
+            await settle(pilot)
+            messages = [n.message for n in chains_app._notifications]
+    assert any(
+        f"db01/{chain.disk_name} is being written by a backup (started" in m and "by cli" in m
+        for m in messages
+    ), messages
+    assert engine.chain_store.get_backup(point.id).state == "complete"
