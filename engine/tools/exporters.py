@@ -483,6 +483,9 @@ def start_nbd_server(
     address is refused without it.
     """
     pidfile, log_file = Path(pidfile), Path(log_file)
+    if port is not None:
+        # before anything else, whoever calls: no plain TCP off loopback
+        refuse_plain_tcp(host or "127.0.0.1", port, tls=tls is not None)
     missing = _missing(image, "qemu-nbd")
     if missing is not None:
         raise missing

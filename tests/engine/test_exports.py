@@ -26,6 +26,7 @@ from engine.errors import ValidationError
 from engine.events import EventBus
 from engine.services.exports import ExportError, ExportService
 from engine.tools import exporters
+from engine.tools.blockspec import ImageSpec
 from tests.engine.fsimages import Part, backup_chain, build_disk, processes_mentioning
 
 pytestmark = pytest.mark.root
@@ -200,7 +201,7 @@ def test_plain_tcp_off_loopback_is_refused_before_anything_listens(env: Env) -> 
     # the tools refuse it too, whoever calls them
     with pytest.raises(exporters.PlainTcpRefused):
         exporters.start_nbd_server(
-            env.tmp / "repo" / "web01" / "sda" / "0000.qcow2",
+            ImageSpec.file(env.tmp / "repo" / "web01" / "sda" / "0000.qcow2"),
             export_name="x",
             pidfile=env.tmp / "x.pid",
             log_file=env.tmp / "x.log",
