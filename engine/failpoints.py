@@ -20,7 +20,11 @@ import signal
 ENV = "SENDENSE_FAILPOINT"
 
 #: every failpoint in the engine, in the order its operation reaches them
-POINTS: tuple[str, ...] = ()
+POINTS: tuple[str, ...] = (
+    # repository import (engine.services.imports), per chain directory
+    "import.chain_recorded",
+    "import.locks_recorded",
+)
 
 
 def failpoint(name: str) -> None:

@@ -41,6 +41,7 @@ from engine.events import Event, EventBus
 from engine.fsutil import durable_output, fsync_dir, fsync_file
 from engine.hashing import sha256_file
 from engine.safepath import is_within
+from engine.services import manifests
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.units import human_bytes
@@ -103,7 +104,8 @@ class Finding:
 
 @dataclass
 class ChainReport:
-    chain_id: int
+    #: None for a chain directory the catalog has no chain for (see unknown_directories)
+    chain_id: int | None
     vm_name: str
     disk_name: str
     repository: str
@@ -115,7 +117,17 @@ class ChainReport:
     def ok(self) -> bool:
         return not any(f.breaking for f in self.findings)
 
+    @property
+    def unknown(self) -> bool:
+        """A chain directory on disk that no catalog chain or copy describes."""
+        return self.chain_id is None
+
     def sentence(self) -> str:
+        if self.unknown:
+            return (
+                f"{self.directory} in {self.repository}: {self.points} point file(s), "
+                "no chain in the catalog"
+            )
         where = f"chain {self.chain_id} ({self.vm_name}/{self.disk_name} in {self.repository})"
         if not self.findings:
             return f"{where}: {self.points} points, all consistent"
@@ -125,6 +137,7 @@ class ChainReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
+            "unknown": self.unknown,
             "vm": self.vm_name,
             "disk": self.disk_name,
             "repository": self.repository,
@@ -456,19 +469,9 @@ class ChainService:
             for entry in sorted(directory.iterdir()):
                 if entry.name in known or not entry.is_file():
                     continue
-                partial = entry.name.endswith(".partial")
-                found.append(
-                    Finding(
-                        "orphan",
-                        f"{entry.name} is in the chain directory but not in the catalog"
-                        + (" (left by an interrupted backup)" if partial else ""),
-                        "delete it if no backup job is running"
-                        if partial
-                        else "if it is a renamed point, rename it back; otherwise delete it",
-                        None,
-                        str(Path(chain.directory) / entry.name),
-                    )
-                )
+                orphan = orphan_finding(chain.directory, entry.name, known, directory)
+                if orphan is not None:
+                    found.append(orphan)
         elif backups:
             found.append(
                 Finding(
@@ -513,11 +516,54 @@ class ChainService:
     def check_all(
         self, *, repository_id: int | None = None, deep: bool = False
     ) -> list[ChainReport]:
-        return [
+        """Every chain against its files, then the chain directories on disk that the
+        catalog knows nothing about (``unknown_directories``)."""
+        reports = [
             self.validate(c.id, deep=deep)
             for c in self.store.list_chains(repository_id=repository_id)
             if c.state != "retired" or deep
         ]
+        return reports + self.unknown_directories(repository_id=repository_id)
+
+    def unknown_directories(self, *, repository_id: int | None = None) -> list[ChainReport]:
+        """Chain directories under ``chains/`` of a repository that are neither a chain
+        nor a copy in the catalog: a full whose catalog row was never written (a crash
+        after its file landed), or a repository whose catalog was lost."""
+        reports: list[ChainReport] = []
+        for repo in self.repositories.list():
+            if repository_id is not None and repo.id != repository_id:
+                continue
+            root = Path(repo.path)
+            if not repo.enabled or not (root / manifests.CHAINS_DIR).is_dir():
+                continue
+            known = self.store.known_directories(repo.id)
+            directories, _skipped = manifests.chain_directories(root)
+            for directory in directories:
+                if directory in known:
+                    continue
+                vm, disk = manifests.vm_and_disk(directory)
+                points = sorted(
+                    e.name
+                    for e in (root / directory).iterdir()
+                    if manifests.POINT_NAME.match(e.name)
+                )
+                what = f"{len(points)} point file(s)" if points else "no finished point file"
+                report = ChainReport(None, vm, disk, repo.name, directory, len(points))
+                report.findings.append(
+                    Finding(
+                        "unknown_chain",
+                        f"the chain directory of {vm}/{disk} holds {what} but the catalog has "
+                        "no chain for it (a backup stopped before its catalog row, or the "
+                        "catalog was lost)",
+                        "`sendense chain check --fix` imports it when its chain is valid "
+                        f"(`sendense repo import {repo.name}` for a whole repository); "
+                        "otherwise delete the directory",
+                        None,
+                        directory,
+                    )
+                )
+                reports.append(report)
+        return reports
 
     # -- locks -------------------------------------------------------------------
 
@@ -607,16 +653,6 @@ class ChainService:
                 on_progress=on_progress,
                 should_stop=should_stop,
             )
-        # the next point now reads the same data from the new full: header only
-        other_updates: dict[int, dict[str, Any]] = {}
-        if following is not None:
-            following_path = repo_file(repo, following.path)
-            qemu_img.rebase(following_path, name, backing_fmt="qcow2", unsafe=True)
-            fsync_file(following_path)
-            other_updates[following.id] = {
-                "file_size": following_path.stat().st_size,
-                "checksum": sha256_file(following_path),
-            }
         head = qemu_img.info(final, fmt="qcow2")
         fields = {
             "file_size": final.stat().st_size,
@@ -628,6 +664,47 @@ class ChainService:
             "verify_state": None,
             "verified_at": None,
         }
+        # the new full describes itself before anything points at it (nothing does yet,
+        # so a failure here removes it and leaves the chain as it was)
+        self._write_manifest(
+            final,
+            manifests.point_manifest(
+                target,
+                chain,
+                parent=None,
+                file=name,
+                kind="full",
+                virtual_size=fields["virtual_size"],
+                file_size=fields["file_size"],
+                allocated_bytes=fields["allocated_bytes"],
+                sha256=fields["checksum"],
+                compression=compression,
+            ),
+            discard=True,
+        )
+        # the next point now reads the same data from the new full: header only
+        other_updates: dict[int, dict[str, Any]] = {}
+        if following is not None:
+            following_path = repo_file(repo, following.path)
+            qemu_img.rebase(following_path, name, backing_fmt="qcow2", unsafe=True)
+            fsync_file(following_path)
+            other_updates[following.id] = {
+                "file_size": following_path.stat().st_size,
+                "checksum": sha256_file(following_path),
+            }
+            previous = manifests.try_read_manifest(following_path)
+            self._write_manifest(
+                following_path,
+                manifests.point_manifest(
+                    following,
+                    chain,
+                    parent=name,
+                    file_size=other_updates[following.id]["file_size"],
+                    sha256=other_updates[following.id]["checksum"],
+                    lock_expires=previous.lock_expires if previous else None,
+                    copy_of=previous.copy_of if previous else None,
+                ),
+            )
         rel = str(Path(chain.directory) / name)
         detail = f"merged into point #{target.id} by consolidation"
         promoted = self.store.promote_to_full(
@@ -641,6 +718,7 @@ class ChainService:
         for old in [*merged, target]:
             with contextlib.suppress(FileNotFoundError):
                 repo_file(repo, old.path).unlink()
+            manifests.remove_manifest(repo_file(repo, old.path))
         fsync_dir(directory)
         self.bus.publish(
             Event(
@@ -659,6 +737,20 @@ class ChainService:
         )
         self.validate(chain_id)
         return promoted
+
+    def _write_manifest(
+        self, point: Path, manifest: manifests.PointManifest, *, discard: bool = False
+    ) -> None:
+        try:
+            manifests.write_manifest(point, manifest)
+        except OSError as exc:
+            if discard:
+                with contextlib.suppress(FileNotFoundError):
+                    point.unlink()
+            raise ChainError(
+                f"the manifest of {point.name} could not be written: {exc.strerror}",
+                hint="check the repository (space, a flagged directory); the chain is unchanged",
+            ) from None
 
     def _check_room(self, repo: Repository, source: Path) -> None:
         need = qemu_img.measure(source, src_fmt="qcow2").required
@@ -719,6 +811,7 @@ class ChainService:
             path = repo_file(repo, b.path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+            manifests.remove_manifest(path)
             self.store.mark_deleted([b.id], f"deleted by {actor or 'operator'}")
         directory = repo_file(repo, chain.directory)
         if directory.is_dir():
@@ -739,6 +832,53 @@ class ChainService:
             )
         )
         return plan
+
+
+def orphan_finding(
+    chain_directory: str, name: str, known: set[str], directory: Path
+) -> Finding | None:
+    """What a file in a chain directory that the catalog does not record is, and what to
+    do with it; None for the manifest of a point the catalog knows or that is there."""
+    rel = str(Path(chain_directory) / name)
+    fix = "`sendense chain check --fix`"
+    if manifests.is_manifest_name(name):
+        point = manifests.point_name_of(name)
+        if point in known or (directory / point).exists():
+            return None  # the manifest of a recorded point, or of the orphan named below
+        return Finding(
+            "orphan",
+            f"{name} is the manifest of {point}, which is neither on disk nor in the catalog",
+            f"{fix} removes it when the catalog recorded that point as deleted; "
+            "otherwise put the point back from a copy or delete the manifest",
+            None,
+            rel,
+        )
+    if name.endswith(".partial"):
+        return Finding(
+            "orphan",
+            f"{name} is in the chain directory but not in the catalog (left by an "
+            "interrupted backup, copy or consolidation)",
+            f"{fix} removes it once no job writes to this repository",
+            None,
+            rel,
+        )
+    if manifests.POINT_NAME.match(name):
+        return Finding(
+            "orphan",
+            f"{name} is a finished point file the catalog does not know (a backup or "
+            "consolidation stopped before its catalog row)",
+            f"{fix} imports it when it extends this chain and its manifest and checksum "
+            "agree; otherwise delete it",
+            None,
+            rel,
+        )
+    return Finding(
+        "orphan",
+        f"{name} is in the chain directory but not in the catalog",
+        "if it is a renamed point, rename it back; otherwise delete it",
+        None,
+        rel,
+    )
 
 
 def free_bytes(path: Path) -> int:

@@ -9,6 +9,10 @@ flag back and re-applies it (and raises a critical event), but protection
 against a compromised root needs a second copy elsewhere (offsite, or a
 different appliance).
 
+Each lock's expiry is also written into the locked point's manifest (when the
+lock is set and when it is extended), so ``sendense repo import`` recreates the
+lock row with the same expiry after a catalog loss (engine.services.manifests).
+
 The lock logic is behind ``LockBackend`` so S3 Object Lock can be added later;
 ``ChattrLockBackend`` is the local-filesystem one. The catalog keeps each lock's
 expiry; the release job clears the flag only after it, and never while the
@@ -37,6 +41,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.safepath import is_within
+from engine.services import manifests
 from engine.tools import attrs
 from engine.tools.base import ToolError
 
@@ -374,6 +379,7 @@ class LockService:
         if existing is not None:
             if as_utc(existing.expires_at) < expires:  # type: ignore[operator]
                 self.store.extend(existing.id, expires)
+                self._record_expiry(repo, path, expires)
             if existing.state == "active" and not self._flag(path):
                 self.backend.lock(path)
             return self.store.get(existing.id)
@@ -388,6 +394,7 @@ class LockService:
                 backup_id=backup_id,
                 copy_id=copy_id,
             )
+            self._record_expiry(repo, path, row.expires_at)
             self._event(
                 "immutability.pending",
                 f"{relative_path} on {repo.name} will be locked after the {grace} h grace "
@@ -406,6 +413,7 @@ class LockService:
             backup_id=backup_id,
             copy_id=copy_id,
         )
+        self._record_expiry(repo, path, expires)
         self._event(
             "immutability.locked",
             f"{relative_path} on {repo.name} locked until {until_text(expires)}",
@@ -431,6 +439,8 @@ class LockService:
                 hint="give a later date",
             )
         self.store.extend(lock_id, until)
+        repo = self._repo(lock.repository_id)
+        self._record_expiry(repo, self._file(repo, lock.path), until)
         self._event(
             "immutability.extended",
             f"lock on {lock.path} extended to {until_text(until)}",
@@ -640,6 +650,22 @@ class LockService:
         if not is_within(root, path):
             raise ValidationError(f"{relative} lies outside repository {repo.name}")
         return path
+
+    def _record_expiry(self, repo: Repository, path: Path, expires: datetime) -> None:
+        """Write the lock's expiry into the point's manifest, so a catalog import keeps
+        the lock as long (engine.services.manifests). The flag is the lock: a manifest
+        that cannot be written is reported, and the lock holds all the same."""
+        try:
+            manifests.record_lock(path, as_utc(expires) or expires)
+        except OSError as exc:
+            self._event(
+                "immutability.manifest_failed",
+                f"the lock on {path.name} ({repo.name}) holds, but its manifest could not "
+                f"record until when ({exc.strerror}): an import after a catalog loss would "
+                "not know its expiry",
+                level="warning",
+                repository_id=repo.id,
+            )
 
     def _flag(self, path: Path) -> bool:
         try:

@@ -302,6 +302,18 @@ def make_layout(root: Path) -> None:
             raise _os_error(root, exc, f"creating {sub}/") from None
 
 
+def check_existing_layout(root: Path) -> None:
+    """A repository to import must already have its layout (never created here)."""
+    chains = root / LAYOUT[0]
+    if chains.is_symlink() or not chains.is_dir():
+        raise RepositoryCheckError(
+            f"{root} holds no Sendense repository: it has no {LAYOUT[0]}/ directory",
+            reason="no_repository",
+            hint="give the directory that holds chains/ (the repository's root), or add a "
+            "new repository with `sendense repo add`",
+        )
+
+
 def write_test(root: Path) -> None:
     """Write a small file, fsync it, read it back, remove it. Raises RepositoryCheckError."""
     data = os.urandom(WRITE_TEST_BYTES)
@@ -413,8 +425,11 @@ class RepositoryService:
 
     # -- testing ------------------------------------------------------------------------
 
-    def test(self, spec: RepositorySpec) -> TestReport:
-        """Check a repository that is not saved yet. Never raises for a failed check."""
+    def test(self, spec: RepositorySpec, *, existing: bool = False) -> TestReport:
+        """Check a repository that is not saved yet. Never raises for a failed check.
+
+        ``existing``: it must already hold a repository (its ``chains/`` directory), as
+        for ``repo import``; nothing is created when it does not."""
         report = TestReport(ok=False)
         problems = validate_spec(spec)
         if problems:
@@ -436,6 +451,9 @@ class RepositoryService:
                 temp_mount.path = str(self.mounts.mount_point(temp_mount.name))
                 root = self.mounts.mount(temp_mount, spec.password or None)
                 report.steps.append(TestStep("mount", True, str(root)))
+            if existing:
+                check_existing_layout(root)
+                report.steps.append(TestStep("layout", True, "chains/ found"))
             make_layout(root)
             write_test(root)
             report.steps.append(TestStep("write", True, "wrote, fsynced, read back and removed"))
