@@ -330,7 +330,17 @@ class RepositoryImportService:
         return self.repositories.add(spec, test=False, enabled=True, actor=actor)
 
     def submit(self, repository: int | str, *, actor: str | None = None) -> Any:
+        """Queue the import job; an import of this repository that is still queued, or
+        whose engine died (its lease lapsed), is returned instead of a second one: the
+        caller's job runner takes it over."""
         repo = self.repositories.get(repository)
+        now = self.clock.now()
+        for job in self.jobs.store.list(states=("queued", "running"), kind=JOB_KIND):
+            if job.repository_id != repo.id:
+                continue
+            lapsed = job.lease_expires_at is not None and as_utc(job.lease_expires_at) <= now  # type: ignore[operator]
+            if job.state == "queued" or lapsed:
+                return job
         self._refuse_if_busy(repo)
         return self.jobs.submit(
             JOB_KIND,
@@ -351,7 +361,8 @@ class RepositoryImportService:
         if busy:
             raise RepositoryImportError(
                 f"job #{busy[0].id} ({busy[0].title}) is running on repository {repo.name}",
-                hint="import (or fix) after it ends: its files are not finished yet",
+                hint="import (or fix) after it ends: its files are not finished yet (a job "
+                "whose engine died is taken over when its lease lapses)",
             )
 
     def _running_jobs(self, repo: Repository, *, except_job: int | None = None) -> list[Any]:
@@ -459,6 +470,8 @@ class RepositoryImportService:
     def _scan(self, directory: Path, vm: str, disk: str, out: ChainOutcome) -> list[_Point]:
         """Every point file (and every manifest whose point file is gone), with facts."""
         names: dict[str, bool] = {}
+        #: point names held by something that is not a regular file: never described
+        blocked: set[str] = set()
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
@@ -472,10 +485,13 @@ class RepositoryImportService:
                     out.problems.append(
                         f"{entry.name} is not a regular file (a link or a device): never read"
                     )
+                    blocked.add(entry.name)
                     continue
                 names[entry.name] = True
             elif manifests.is_manifest_name(entry.name):
                 names.setdefault(manifests.point_name_of(entry.name), False)
+        for name in blocked:
+            names.pop(name, None)
         points = [
             self._describe(directory / name, present, vm, disk, out)
             for name, present in sorted(names.items())
@@ -684,7 +700,8 @@ class RepositoryImportService:
                 break
             rows.append(self._fields(repo, directory, c))
         if not rows:
-            out.outcome = "damaged"
+            locked = any(c.verdict == "locked" for c in checked)
+            out.outcome = "left_alone" if locked else "damaged"
             return
         full = selected[0].facts
         assert full is not None
