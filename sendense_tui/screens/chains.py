@@ -332,12 +332,16 @@ class ChainsScreen(SendenseScreen):
 
     def action_fix_chains(self) -> None:
         def done(report: FixReport) -> None:
-            lines = [f"Fix: {report.sentence()}."]
+            lines = [f"{report.sentence()}."]
             lines += [f"removed {r}" for r in report.removed[:5]]
             lines += [f"imported: {c.sentence()}" for c in report.chains if c.points][:5]
             lines += [f"left alone {r}" for r in report.left_alone[:5]]
-            self.notify(report.sentence(), title="Fix orphans")
-            self._show_details("\n".join(lines))
+            self.notify(
+                "\n".join(lines),
+                title="Fix orphans",
+                severity="warning" if report.left_alone else "information",
+                timeout=30,
+            )
             self.refresh_now()
 
         def answered(yes: bool | None) -> None:
