@@ -7,8 +7,11 @@ parent by plain file name (relative), so the directory stays valid when copied.
 ``validate`` compares what ``qemu-img`` sees with the catalog: files missing or
 renamed, files whose size or checksum changed, headers that are damaged, backing
 references that point at the wrong file, points out of order, and files on disk
-the catalog does not know (orphans, e.g. left by a crash). Each finding says
-what to do. A chain with a breaking finding is marked ``broken``; the next
+the catalog does not know (orphans, e.g. left by a crash: a ``.partial``, a
+finished point whose row was never written, the manifest of a point that is gone;
+see ``orphan_finding``); ``check_all`` also lists chain directories the catalog
+has no chain or copy for (``unknown_directories``). Each finding says what to do
+(``chain check --fix``, engine.services.imports, cleans up what is safe to). A chain with a breaking finding is marked ``broken``; the next
 backup of that disk then starts a new full (with a loud event) instead of
 failing forever.
 
@@ -17,7 +20,10 @@ an unreadable chain: the merged view is converted into a *new* file (temporary
 name, fsync, rename), the next point's header is then switched to it with an
 unsafe rebase (same data, header only), the catalog is updated in one
 transaction, and only then are the old files removed. A crash at any step leaves
-a readable chain (at worst an orphan file that ``validate`` reports).
+a readable chain (at worst an orphan file that ``validate`` reports). The new full
+gets its manifest as soon as it is written and the rebased point's manifest is
+rewritten with its new parent and checksum (engine.services.manifests); deleting a
+point removes its manifest with it.
 """
 
 from __future__ import annotations
