@@ -11,9 +11,9 @@ the catalog does not know (orphans, e.g. left by a crash: a ``.partial``, a
 finished point whose row was never written, the manifest of a point that is gone;
 see ``orphan_finding``); ``check_all`` also lists chain directories the catalog
 has no chain or copy for (``unknown_directories``). Each finding says what to do
-(``chain check --fix``, engine.services.imports, cleans up what is safe to). A chain with a breaking finding is marked ``broken``; the next
-backup of that disk then starts a new full (with a loud event) instead of
-failing forever.
+(``chain check --fix``, engine.services.imports, cleans up what is safe to). A
+chain with a breaking finding is marked ``broken``; the next backup of that disk
+then starts a new full (with a loud event) instead of failing forever.
 
 Consolidation merges the oldest point(s) into a new full without ever leaving
 an unreadable chain: the merged view is converted into a *new* file (temporary

@@ -461,8 +461,13 @@ class RepositoryImportService:
             self._keep_locks(repo, directory, points, out)
         failpoint("import.locks_recorded")
         if out.chain_id is not None and out.points:
+            # qemu-img's view of what was recorded (chain state ok or broken); points
+            # recorded as bad were reported above already
+            bad = {b.id for b in self._rows(out.points) if b.state != "complete"}
             report = self.chain_service.validate(out.chain_id)
-            out.problems += [f.message for f in report.findings if f.breaking]
+            out.problems += [
+                f.message for f in report.findings if f.breaking and f.backup_id not in bad
+            ]
         return out
 
     # -- scanning ----------------------------------------------------------------------
@@ -866,6 +871,13 @@ class RepositoryImportService:
         }
         source = self.repositories.get(original.repository_id)
         out.notes.append(f"this chain is kept in repository {source.name} too: recorded as copies")
+        full = rows.get(selected[0].name)
+        if full is not None and not (Path(source.path) / full.path).exists():
+            out.notes.append(
+                f"repository {source.name} no longer has these files at {source.path}: if this "
+                f"is the same disk moved, change the path of {source.name} instead (Repositories "
+                "screen, e) so its backups stay as they were"
+            )
         checked = self._checked_chain(selected, progress, None, fix=False)
         now = self.clock.now()
         for c in checked:
@@ -1055,7 +1067,7 @@ class RepositoryImportService:
                 outcome = self.import_directory(repo, directory, progress, fix=True)
                 self._collect_left_alone(outcome, report)
                 report.chains.append(outcome)
-            self._retire_superseded(repo, report.chains)
+            self._retire_superseded(repo, [c for c in report.chains if c.repository == repo.name])
             for directory in touched:
                 with contextlib.suppress(OSError):
                     fsync_dir(root / directory)

@@ -613,3 +613,21 @@ def test_an_import_is_refused_while_a_job_writes_the_repository_and_a_dead_one_i
         bk_engine.imports.submit(repo.id)
     clock.advance(31)  # the engine that claimed it died: its lease lapsed
     assert bk_engine.imports.submit(repo.id).id == first.id  # taken over, never doubled
+
+
+def test_a_disk_moved_under_a_new_name_is_recorded_as_copies_and_the_report_says_how_to_move_it(
+    bk_engine: Engine, repo: Any, new_engine: EngineMaker, tmp_path: Path, clock: FixedClock
+) -> None:
+    disk = SourceDisk.create(tmp_path / "d.raw", 4 * MiB, seed=15)
+    moments = back_up(bk_engine, repo, disk, clock, points=2)
+    fresh = new_engine("after-loss")
+    assert import_into(fresh, "local", Path(repo.path)).ok
+    moved = tmp_path / "moved"
+    shutil.move(repo.path, moved)
+    report = import_into(fresh, "moved", moved)
+    [chain] = report.chains
+    assert chain.outcome == "copies" and len(chain.copies) == len(moments)
+    assert any(
+        "local no longer has these files" in note and "change the path of local" in note
+        for note in chain.notes
+    )
