@@ -553,21 +553,29 @@ class ChainService:
                     for e in (root / directory).iterdir()
                     if manifests.POINT_NAME.match(e.name)
                 )
-                what = f"{len(points)} point file(s)" if points else "no finished point file"
                 report = ChainReport(None, vm, disk, repo.name, directory, len(points))
-                report.findings.append(
-                    Finding(
-                        "unknown_chain",
-                        f"the chain directory of {vm}/{disk} holds {what} but the catalog has "
-                        "no chain for it (a backup stopped before its catalog row, or the "
-                        "catalog was lost)",
+                if points:
+                    message = (
+                        f"the chain directory of {vm}/{disk} holds {len(points)} point "
+                        "file(s) but the catalog has no chain for it (a backup stopped before "
+                        "its catalog row, or the catalog was lost)"
+                    )
+                    hint = (
                         "`sendense chain check --fix` imports it when its chain is valid "
                         f"(`sendense repo import {repo.name}` for a whole repository); "
-                        "otherwise delete the directory",
-                        None,
-                        directory,
+                        "otherwise delete the directory"
                     )
-                )
+                else:
+                    message = (
+                        f"the chain directory of {vm}/{disk} holds no finished point file and "
+                        "the catalog has no chain for it (a first backup that is running or "
+                        "stopped before its file landed)"
+                    )
+                    hint = (
+                        "`sendense chain check --fix` removes stale partial files in it; "
+                        "delete the empty directory when no backup of this disk runs"
+                    )
+                report.findings.append(Finding("unknown_chain", message, hint, None, directory))
                 reports.append(report)
         return reports
 

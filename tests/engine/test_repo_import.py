@@ -282,3 +282,20 @@ def test_repo_import_refuses_a_directory_without_a_repository_and_writes_nothing
     assert "holds no Sendense repository: it has no chains/ directory" in done.stderr
     assert "Traceback" not in done.stderr and list(empty.iterdir()) == []
     assert "x" not in [r["name"] for r in cli("repo", "list")]
+
+
+def test_repo_import_under_a_name_that_is_elsewhere_is_refused(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        (root / "chains").mkdir(parents=True)
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert cli("repo", "import", "vault", "--path", str(first))["ok"]
+    done = cli.run(
+        "repo", "import", "vault", "--path", str(second), "--state-dir", str(cli.state),
+        "--db-url", cli.db_url,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"a repository named vault already exists at {first}" in done.stderr
+    # the same place again is fine: it records what is not recorded yet (here: nothing)
+    again = cli("repo", "import", "vault", "--path", str(first))
+    assert again["ok"] and again["chains"] == []
