@@ -327,6 +327,8 @@ _EXT_BACKING_FORMAT = 0xE2792ACA
 _EXT_DATA_FILE = 0x44415441
 _EXT_CRYPTO = 0x0537BE77
 _MAX_BACKING_NAME = 1023
+#: the header and its extensions live in the first cluster; this much of it is read
+_HEADER_READ = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -369,7 +371,7 @@ def read_qcow2_header(path: Path) -> Qcow2Header:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ManifestError(f"{path.name} is not a regular file")
-        head = os.pread(fd, 4096, 0)
+        head = os.pread(fd, _HEADER_READ, 0)
         if len(head) < 72 or head[:4] != QCOW2_MAGIC:
             raise ManifestError(f"{path.name} is not a QCOW2 image")
         version, backing_offset, backing_size = struct.unpack_from(">IQI", head, 4)
@@ -383,7 +385,7 @@ def read_qcow2_header(path: Path) -> Qcow2Header:
                 raise ManifestError(f"{path.name} has a truncated QCOW2 header")
             (incompatible,) = struct.unpack_from(">Q", head, 72)
             (header_length,) = struct.unpack_from(">I", head, 100)
-            if not 104 <= header_length <= 4096 - 8:
+            if not 104 <= header_length <= len(head) - 8:
                 raise ManifestError(f"{path.name} has a QCOW2 header of {header_length} bytes")
         backing: str | None = None
         if backing_offset:
