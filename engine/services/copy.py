@@ -10,10 +10,11 @@ same pass (a writer thread writes while the next chunk is read and hashed), a
 ``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
 the Copy row marked completed. The copied file gets its own manifest next to it
 (``NAME.json``, ``copy_of`` naming the source repository), so the destination
-describes itself too (see engine.services.manifests). The computed checksum must equal the source
-backup's recorded one: a source that rotted is never copied silently. When both
-sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
-instead (``cloned=True``, counted as the same device for 3-2-1).
+describes itself too (see engine.services.manifests). The computed checksum must
+equal the source backup's recorded one: a source that rotted is never copied
+silently. When both sides share a filesystem that can clone (FICLONE: xfs,
+btrfs) the file is cloned instead (``cloned=True``, counted as the same device
+for 3-2-1).
 
 After a crash the job is claimed again (lease lapse) and the file resumes from
 its partial: the partial is truncated to a whole chunk and re-hashed (simple and
