@@ -73,7 +73,12 @@ from engine.jobs import JobContext, JobRunner
 from engine.services import manifests
 from engine.services.chains import ChainService, allocated_bytes, repo_file
 from engine.services.immutability import LockBackend, until_text
-from engine.services.manifests import ManifestError, PointManifest, Qcow2Header
+from engine.services.manifests import (
+    ManifestError,
+    ManifestMissing,
+    PointManifest,
+    Qcow2Header,
+)
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositoryService, RepositorySpec
 from engine.tools.base import ToolError
@@ -509,8 +514,11 @@ class RepositoryImportService:
         name = path.name
         manifest: PointManifest | None = None
         why_not: str | None = None
+        lost = False
         try:
             manifest = manifests.read_manifest(path)
+        except ManifestMissing as exc:
+            why_not, lost = exc.message, True
         except ManifestError as exc:
             why_not = exc.message
         if manifest is not None:
@@ -529,10 +537,10 @@ class RepositoryImportService:
         except ManifestError as exc:
             point.unusable = exc.message
         if manifest is None:
-            if why_not and "has no manifest" not in why_not:
-                out.problems.append(f"{why_not}: {name} is described from its header instead")
-            else:
+            if lost:
                 out.notes.append(f"{name} has no manifest: described from its header and name")
+            else:
+                out.problems.append(f"{why_not}: {name} is described from its header instead")
             point.facts = self._fallback_facts(point, vm, disk)
             if point.facts is None and point.unusable is None:
                 point.unusable = "its name does not say what it is"
@@ -543,17 +551,17 @@ class RepositoryImportService:
         header = point.header
         if parsed is None or header is None:
             return None
-        parent = header.backing_file
-        if parsed.kind == "full" or parent is None or not manifests.POINT_NAME.match(parent):
-            # a header naming anything else is refused when the chain is checked
-            parent = None if parsed.kind == "full" else (parent or "")
+        # an incremental builds on what its header names: a name that is not a point of
+        # this directory never joins a chain, and a full whose header names a backing
+        # file is refused when the chain is checked
+        parent = None if parsed.kind == "full" else header.backing_file
         return PointManifest(
             vm=vm,
             disk=disk,
             file=point.name,
             kind=parsed.kind,
             position=parsed.position,
-            parent=parent if parent else None,
+            parent=parent,
             point_time=parsed.point_time,
             created=parsed.point_time,
             virtual_size=header.virtual_size,

@@ -85,6 +85,10 @@ class ManifestError(SendenseError):
     """A manifest is missing, unreadable or not what a manifest must be."""
 
 
+class ManifestMissing(ManifestError):
+    """A point has no manifest (written before manifests existed, or lost)."""
+
+
 @dataclass(frozen=True)
 class PointManifest:
     """What a repository records about one point file, next to it."""
@@ -249,7 +253,7 @@ def read_manifest(point: Path) -> PointManifest:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ManifestError(f"{point.name} has no manifest") from None
+        raise ManifestMissing(f"{point.name} has no manifest") from None
     except OSError as exc:
         raise ManifestError(f"{where} cannot be read: {exc.strerror}") from None
     try:
