@@ -642,7 +642,11 @@ class RepositoryImportService:
             )
         except OSError as exc:
             return _Checked(
-                point, "bad", facts.sha256, "missing", f"{point.name} cannot be read: {exc}"
+                point,
+                "bad",
+                facts.sha256,
+                "missing",
+                f"{point.name} cannot be read: {exc.strerror or exc}",
             )
         if point.manifest is None:
             return _Checked(point, "good", digest, None)
