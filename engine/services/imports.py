@@ -1063,6 +1063,9 @@ class RepositoryImportService:
             }
             touched: list[str] = []
             for directory in directories:
+                # one writer per disk: until the per-disk writer lease exists, any job
+                # running on the repository keeps its directories as they are; with the
+                # lease, this directory's disk is leased here for the cleanup and import
                 if busy:
                     if self._has_leftovers(repo, directory):
                         report.left_alone.append(
