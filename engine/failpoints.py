@@ -44,6 +44,9 @@ POINTS: tuple[str, ...] = (
     # lock release (services.immutability): flag cleared -> lock row released
     "locks.after_unlock",
     "locks.after_release",
+    # repository import (engine.services.imports), per chain directory
+    "import.chain_recorded",
+    "import.locks_recorded",
 )
 
 

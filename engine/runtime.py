@@ -74,6 +74,7 @@ class Engine:
         self._wire_restore()
         self._wire_backups()
         self._wire_policies()
+        self._wire_imports()
         self._opened = False
         self._started = False
 
@@ -194,6 +195,25 @@ class Engine:
         )
         # a failing copy rule raises (and a recovered one clears) its alert at once
         self.copies.alert_hook = self.scheduler.alert_hook(("rule_failing",))
+
+    def _wire_imports(self) -> None:
+        """Reading repositories back from their files (``self.imports``): repository
+        import (job kind repository.import) and ``chain check --fix``."""
+        from engine.services.imports import RepositoryImportService
+
+        self.imports = RepositoryImportService(
+            self.chain_store,
+            self.copy_store,
+            self.lock_store,
+            self.locks.backend,
+            self.repositories,
+            self.chains,
+            self.jobs,
+            self.bus,
+            self.writers,
+            clock=self.clock,
+        )
+        self.imports.register()
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor

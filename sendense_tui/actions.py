@@ -147,6 +147,17 @@ COMMANDS: tuple[Command, ...] = (
         scope="chains",
         show=False,
     ),
+    Command(
+        "chains.fix",
+        "F",
+        "fix_chains",
+        "Fix orphans",
+        "Remove stale partial files and import finished orphan points (asks first; "
+        "never a locked file)",
+        scope="chains",
+        key_display="F",
+        show=False,  # the footer must fit 80 columns; ? and the palette list it
+    ),
     # -- jobs ----------------------------------------------------------------------
     Command("jobs.cancel", "c", "cancel_job", "Cancel", "Cancel job (asks first)", scope="jobs"),
     Command("jobs.pause", "p", "pause_job", "Pause", "Pause job", scope="jobs"),

@@ -7,6 +7,7 @@ ordered by ``position`` (the full is the lowest live position, usually 0).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -95,6 +96,16 @@ class ChainStore:
         )
         with self.catalog.session() as session:
             return session.scalar(query) is not None
+
+    def known_directories(self, repository_id: int) -> set[str]:
+        """Directories of a repository the catalog describes: its chains (any state) and
+        the directories its copies were written to."""
+        chains = select(Chain.directory).where(Chain.repository_id == repository_id)
+        copies = select(Copy.path).where(Copy.destination_repository_id == repository_id)
+        with self.catalog.session() as session:
+            found = set(session.scalars(chains))
+            found.update(posixpath.dirname(path) for path in session.scalars(copies))
+        return found
 
     # -- backups -----------------------------------------------------------------
 
@@ -203,6 +214,61 @@ class ChainStore:
             session.add(row)
             session.flush()
             return row
+
+    def chains_by_directory(self, directory: str) -> list[Chain]:
+        """Chains of every repository kept in this relative directory (a copied chain
+        has the same directory in its destination)."""
+        query = select(Chain).where(Chain.directory == directory).order_by(Chain.id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def import_chain(
+        self,
+        *,
+        repository_id: int,
+        vm_name: str,
+        disk_name: str,
+        directory: str,
+        created_at: datetime,
+        points: Sequence[dict[str, Any]],
+        state_detail: str | None = None,
+    ) -> tuple[Chain, list[Backup]]:
+        """A chain read back from its files and its points (full first, each the parent
+        of the next), in one transaction: an interrupted import records all or nothing."""
+        with self.catalog.session() as session:
+            chain = Chain(
+                repository_id=repository_id,
+                vm_name=vm_name,
+                disk_name=disk_name,
+                directory=directory,
+                state="ok",
+                state_detail=state_detail,
+                created_at=created_at,
+            )
+            session.add(chain)
+            session.flush()
+            rows = self._add_points(session, chain.id, None, points)
+            return chain, rows
+
+    def append_points(
+        self, *, chain_id: int, parent_id: int, points: Sequence[dict[str, Any]]
+    ) -> list[Backup]:
+        """Incrementals read back from their files, after ``parent_id``, in one transaction."""
+        with self.catalog.session() as session:
+            return self._add_points(session, chain_id, parent_id, points)
+
+    @staticmethod
+    def _add_points(
+        session: Any, chain_id: int, parent_id: int | None, points: Sequence[dict[str, Any]]
+    ) -> list[Backup]:
+        rows: list[Backup] = []
+        for fields in points:
+            row = Backup(chain_id=chain_id, parent_id=parent_id, **fields)
+            session.add(row)
+            session.flush()
+            rows.append(row)
+            parent_id = row.id
+        return rows
 
     def update_backup(self, backup_id: int, **fields: Any) -> Backup:
         with self.catalog.session() as session:

@@ -27,8 +27,10 @@ plain file name, so the chain directory stays valid wherever it is copied.
 Incrementals are not compressed (a rebase cannot write compressed clusters).
 
 Data safety: each file is written as ``.NAME.partial`` in the chain directory,
-fsynced, renamed, the directory fsynced, and only then recorded in the catalog
-(size, virtual size, allocated bytes, sha256). Any failure (no space, cancel,
+fsynced, renamed, its manifest written next to it (``NAME.json``: the same facts,
+so the repository describes itself; see engine.services.manifests), the directory
+fsynced, and only then recorded in the catalog (size, virtual size, allocated
+bytes, sha256). Any failure (no space, cancel,
 a source that vanished) removes the partial file; the catalog and the existing
 chain are untouched.
 
@@ -90,6 +92,12 @@ from engine.services.chains import (
 )
 from engine.services.images import Layer
 from engine.services.immutability import LockService
+from engine.services.manifests import (
+    CHAINS_DIR,
+    PointManifest,
+    remove_manifest,
+    write_manifest,
+)
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
@@ -102,8 +110,6 @@ MODES = ("auto", "full", "incremental")
 COMPRESSIONS = (None, "zstd", "zlib")
 #: default "new full after N incrementals" when no policy says otherwise
 DEFAULT_FULL_EVERY = 14
-#: chains live under this directory of the repository (the repository layout has it)
-CHAINS_DIR = "chains"
 #: VM and disk names (whole-string match: "web01\n" is not a name)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: how a source may be read: raw unless the operator says qcow2 (never probed)
@@ -845,11 +851,38 @@ class BackupService:
             if stopper.reason is not None:
                 raise stopper.reason from None
             raise
+        full = full_reason is not None
+        manifest = PointManifest(
+            vm=vm,
+            disk=disk,
+            file=name,
+            kind="full" if full else "incremental",
+            position=0 if full else points[-1].position + 1,
+            parent=None if full else Path(points[-1].path).name,
+            point_time=now,
+            created=now,
+            virtual_size=sealed.virtual_size,
+            file_size=sealed.file_size,
+            allocated_bytes=sealed.allocated_bytes,
+            sha256=sealed.checksum,
+            compression=compression if full else None,
+            source=_shown_source(probe.source.source),
+        )
         try:
-            fsync_dir(directory)  # the rename itself is durable before the catalog row
-        except BaseException:
+            # the point's manifest lands with it, before its catalog row (the repository
+            # describes itself: see engine.services.manifests)
+            write_manifest(final, manifest)
+            fsync_dir(directory)  # the renames themselves are durable before the row
+        except BaseException as exc:
             # the file never made it into the catalog: do not leave an orphan
             _discard(final)
+            remove_manifest(final)
+            if isinstance(exc, OSError):
+                if exc.errno == errno.ENOSPC:
+                    raise self._no_space(repo, vm, disk) from exc
+                raise BackupError(
+                    f"writing the manifest of {final} failed: {exc.strerror}"
+                ) from exc
             raise
         fields = {
             "path": str(Path(directory_rel) / name),

@@ -9,11 +9,15 @@ renamed, files whose size or checksum changed, headers that are damaged, backing
 references that point at the wrong file, headers that name anything else (a
 data file, a json: or protocol backing, a symlink or device in place of the
 file: ``foreign``), points out of order, and files on disk the catalog does not
-know (orphans, e.g. left by a crash). Headers are read one file at a time
+know (orphans, e.g. left by a crash: a ``.partial``, a finished point whose row
+was never written, the manifest of a point that is gone; see ``orphan_finding``);
+``check_all`` also lists chain directories the catalog has no chain or copy for
+(``unknown_directories``). Headers are read one file at a time
 (engine.services.images); nothing a header names is opened. Each finding says
-what to do. A chain with a breaking finding is marked ``broken``; the next
-backup of that disk then starts a new full (with a loud event) instead of
-failing forever.
+what to do (``chain check --fix``, engine.services.imports, cleans up what is
+safe to). A chain with a breaking finding is marked ``broken``; the next backup
+of that disk then starts a new full (with a loud event) instead of failing
+forever.
 
 Consolidation merges the oldest point(s) into the first point kept (the
 *target*), which becomes the full. The merged view is written as a new file that
@@ -42,9 +46,10 @@ engine that takes it over, never while its own engine is alive):
    is re-hashed; it matches the recorded new sha256, so the merge is finished
    (steps 4 and 5). A file matching neither the old nor the new sha256 is left
    alone: intent "stuck", chain broken, a critical event.
-4. one catalog transaction: the target becomes the full (new facts), the merged
-   points are marked deleted, intent "recorded".
-5. the merged points' files are removed, directory fsynced. Crash between 4 and
+4. the target's manifest is rewritten with its new facts (a full, no parent;
+   engine.services.manifests), then one catalog transaction: the target becomes
+   the full, the merged points are marked deleted, intent "recorded".
+5. the merged points' files and manifests are removed, directory fsynced. Crash between 4 and
    6: the removal is done again, intent "done".
 6. intent "done".
 
@@ -84,6 +89,7 @@ from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
 from engine.safepath import is_within
+from engine.services import manifests
 from engine.services.images import (
     ImageGuard,
     ImageRefused,
@@ -171,7 +177,8 @@ class Finding:
 
 @dataclass
 class ChainReport:
-    chain_id: int
+    #: None for a chain directory the catalog has no chain for (see unknown_directories)
+    chain_id: int | None
     vm_name: str
     disk_name: str
     repository: str
@@ -183,7 +190,17 @@ class ChainReport:
     def ok(self) -> bool:
         return not any(f.breaking for f in self.findings)
 
+    @property
+    def unknown(self) -> bool:
+        """A chain directory on disk that no catalog chain or copy describes."""
+        return self.chain_id is None
+
     def sentence(self) -> str:
+        if self.unknown:
+            return (
+                f"{self.directory} in {self.repository}: {self.points} point file(s), "
+                "no chain in the catalog"
+            )
         where = f"chain {self.chain_id} ({self.vm_name}/{self.disk_name} in {self.repository})"
         if not self.findings:
             return f"{where}: {self.points} points, all consistent"
@@ -193,6 +210,7 @@ class ChainReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "chain_id": self.chain_id,
+            "unknown": self.unknown,
             "vm": self.vm_name,
             "disk": self.disk_name,
             "repository": self.repository,
@@ -636,19 +654,9 @@ class ChainService:
             for entry in sorted(directory.iterdir()):
                 if entry.name in known or not entry.is_file():
                     continue
-                partial = entry.name.endswith(".partial")
-                found.append(
-                    Finding(
-                        "orphan",
-                        f"{entry.name} is in the chain directory but not in the catalog"
-                        + (" (left by an interrupted backup)" if partial else ""),
-                        "delete it if no backup job is running"
-                        if partial
-                        else "if it is a renamed point, rename it back; otherwise delete it",
-                        None,
-                        str(Path(chain.directory) / entry.name),
-                    )
-                )
+                orphan = orphan_finding(chain.directory, entry.name, known, directory)
+                if orphan is not None:
+                    found.append(orphan)
         elif backups:
             found.append(
                 Finding(
@@ -693,11 +701,62 @@ class ChainService:
     def check_all(
         self, *, repository_id: int | None = None, deep: bool = False
     ) -> list[ChainReport]:
-        return [
+        """Every chain against its files, then the chain directories on disk that the
+        catalog knows nothing about (``unknown_directories``)."""
+        reports = [
             self.validate(c.id, deep=deep)
             for c in self.store.list_chains(repository_id=repository_id)
             if c.state != "retired" or deep
         ]
+        return reports + self.unknown_directories(repository_id=repository_id)
+
+    def unknown_directories(self, *, repository_id: int | None = None) -> list[ChainReport]:
+        """Chain directories under ``chains/`` of a repository that are neither a chain
+        nor a copy in the catalog: a full whose catalog row was never written (a crash
+        after its file landed), or a repository whose catalog was lost."""
+        reports: list[ChainReport] = []
+        for repo in self.repositories.list():
+            if repository_id is not None and repo.id != repository_id:
+                continue
+            root = Path(repo.path)
+            if not repo.enabled or not (root / manifests.CHAINS_DIR).is_dir():
+                continue
+            known = self.store.known_directories(repo.id)
+            directories, _skipped = manifests.chain_directories(root)
+            for directory in directories:
+                if directory in known:
+                    continue
+                vm, disk = manifests.vm_and_disk(directory)
+                points = sorted(
+                    e.name
+                    for e in (root / directory).iterdir()
+                    if manifests.POINT_NAME.match(e.name)
+                )
+                report = ChainReport(None, vm, disk, repo.name, directory, len(points))
+                if points:
+                    message = (
+                        f"the chain directory of {vm}/{disk} holds {len(points)} point "
+                        "file(s) but the catalog has no chain for it (a backup stopped before "
+                        "its catalog row, or the catalog was lost)"
+                    )
+                    hint = (
+                        "`sendense chain check --fix` imports it when its chain is valid "
+                        f"(`sendense repo import {repo.name}` for a whole repository); "
+                        "otherwise delete the directory"
+                    )
+                else:
+                    message = (
+                        f"the chain directory of {vm}/{disk} holds no finished point file and "
+                        "the catalog has no chain for it (a first backup that is running or "
+                        "stopped before its file landed)"
+                    )
+                    hint = (
+                        "`sendense chain check --fix` removes stale partial files in it; "
+                        "delete the empty directory when no backup of this disk runs"
+                    )
+                report.findings.append(Finding("unknown_chain", message, hint, None, directory))
+                reports.append(report)
+        return reports
 
     # -- locks -------------------------------------------------------------------
 
@@ -983,7 +1042,23 @@ class ChainService:
         merged: list[Backup],
         result: dict[str, Any],
     ) -> Backup:
-        """Step 4: the catalog learns the merge (one transaction, intent "recorded")."""
+        """Step 4: the target's manifest says what its file now is (a full), then the
+        catalog learns the merge (one transaction, intent "recorded")."""
+        repo = self.repositories.get(chain.repository_id)
+        self._write_manifest(
+            repo_file(repo, target.path),
+            manifests.point_manifest(
+                target,
+                chain,
+                parent=None,
+                kind="full",
+                virtual_size=result["virtual_size"],
+                file_size=result["file_size"],
+                allocated_bytes=result["allocated_bytes"],
+                sha256=result["checksum"],
+                compression=result.get("compression"),
+            ),
+        )
         fields = {
             "file_size": result["file_size"],
             "virtual_size": result["virtual_size"],
@@ -1007,10 +1082,13 @@ class ChainService:
         )
 
     def _remove_merged(self, repo: Repository, merged: list[Backup], directory: Path) -> None:
-        """Step 5: the merged points' files go (the catalog already calls them deleted)."""
+        """Step 5: the merged points' files and manifests go (the catalog already calls
+        them deleted)."""
         for old in merged:
+            path = repo_file(repo, old.path)
             with contextlib.suppress(FileNotFoundError):
-                repo_file(repo, old.path).unlink()
+                path.unlink()
+            manifests.remove_manifest(path)
         fsync_dir(directory)
 
     def _move_intent(self, intent_id: int, chain: Chain, **fields: Any) -> None:
@@ -1142,6 +1220,16 @@ class ChainService:
                 hint="free space in the repository first",
             )
 
+    def _write_manifest(self, point: Path, manifest: manifests.PointManifest) -> None:
+        try:
+            manifests.write_manifest(point, manifest)
+        except OSError as exc:
+            raise ChainError(
+                f"the manifest of {point.name} could not be written: {exc.strerror}",
+                hint="check the repository (space, a flagged directory); the merge is "
+                "finished at the next start",
+            ) from None
+
     # -- deletion ----------------------------------------------------------------
 
     def delete_plan(self, backup_id: int) -> DeletePlan:
@@ -1203,8 +1291,10 @@ class ChainService:
         for b in reversed(plan.goes):
             self.store.mark_deleted([b.id], f"deleted by {actor or 'operator'}")
             failpoint("delete.after_record")
+            path = repo_file(repo, b.path)
             with contextlib.suppress(FileNotFoundError):
-                repo_file(repo, b.path).unlink()
+                path.unlink()
+            manifests.remove_manifest(path)
         directory = repo_file(repo, chain.directory)
         if directory.is_dir():
             fsync_dir(directory)
@@ -1249,6 +1339,53 @@ def _owner_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def orphan_finding(
+    chain_directory: str, name: str, known: set[str], directory: Path
+) -> Finding | None:
+    """What a file in a chain directory that the catalog does not record is, and what to
+    do with it; None for the manifest of a point the catalog knows or that is there."""
+    rel = str(Path(chain_directory) / name)
+    fix = "`sendense chain check --fix`"
+    if manifests.is_manifest_name(name):
+        point = manifests.point_name_of(name)
+        if point in known or (directory / point).exists():
+            return None  # the manifest of a recorded point, or of the orphan named below
+        return Finding(
+            "orphan",
+            f"{name} is the manifest of {point}, which is neither on disk nor in the catalog",
+            f"{fix} removes it when the catalog recorded that point as deleted; "
+            "otherwise put the point back from a copy or delete the manifest",
+            None,
+            rel,
+        )
+    if name.endswith(".partial"):
+        return Finding(
+            "orphan",
+            f"{name} is in the chain directory but not in the catalog (left by an "
+            "interrupted backup, copy or consolidation)",
+            f"{fix} removes it once no job writes to this repository",
+            None,
+            rel,
+        )
+    if manifests.POINT_NAME.match(name):
+        return Finding(
+            "orphan",
+            f"{name} is a finished point file the catalog does not know (a backup or "
+            "consolidation stopped before its catalog row)",
+            f"{fix} imports it when it extends this chain and its manifest and checksum "
+            "agree; otherwise delete it",
+            None,
+            rel,
+        )
+    return Finding(
+        "orphan",
+        f"{name} is in the chain directory but not in the catalog",
+        "if it is a renamed point, rename it back; otherwise delete it",
+        None,
+        rel,
+    )
 
 
 def free_bytes(path: Path) -> int:

@@ -10,14 +10,16 @@ later (the merge replaces the source file, not the copy).
 Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in the
 same pass (a writer thread writes while the next chunk is read and hashed), a
 ``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
-the Copy row marked completed. The computed checksum must equal the source
-backup's recorded one: a source that rotted is never copied silently. Before a
-file is copied, the headers of its chain are checked against the catalog
-(engine.services.images): a point whose header names another file, a data
-file or another format is not copied (a copy would carry the foreign reference
-to another repository). When both
-sides share a filesystem that can clone (FICLONE: xfs, btrfs) the file is cloned
-instead (``cloned=True``, counted as the same device for 3-2-1).
+the Copy row marked completed. The copied file gets its own manifest next to it
+(``NAME.json``, ``copy_of`` naming the source repository), so the destination
+describes itself too (see engine.services.manifests). The computed checksum must
+equal the source backup's recorded one: a source that rotted is never copied
+silently. Before a file is copied, the headers of its chain are checked against
+the catalog (engine.services.images): a point whose header names another file, a
+data file or another format is not copied (a copy would carry the foreign
+reference to another repository). When both sides share a filesystem that can
+clone (FICLONE: xfs, btrfs) the file is cloned instead (``cloned=True``, counted
+as the same device for 3-2-1).
 
 Locking is a step of the copy: once a copy is complete (and verified) it is
 locked when its destination is immutable or its rule has ``lock_copies``; a
@@ -66,6 +68,7 @@ from engine.fsutil import ReadAhead, fsync_dir, partial_path
 from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
 from engine.names import name_error
 from engine.private import make_private_dirs, open_private
+from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
@@ -1053,6 +1056,16 @@ class CopyService:
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
         failpoint("copy.after_rename")
+        try:
+            # the copy describes itself like its original (engine.services.manifests)
+            self._write_manifest(b, src_repo, dst_path)
+        except OSError as exc:
+            error = CopyError(
+                f"the manifest of {b.path} could not be written to {dst.name}: {exc.strerror}",
+                hint="check the destination (space, permissions); the copy is retried",
+            )
+            self._fail_copy(copy.id, b, dst, error)
+            raise error from None
         self.store.update_copy(
             copy.id,
             state="verifying" if verify_after else COPY_DONE,
@@ -1125,6 +1138,18 @@ class CopyService:
             raise SourceRefused(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
         except PointUnreadable as exc:
             raise CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
+
+    def _write_manifest(self, b: SourceBackup, src_repo: Repository, dst_path: Path) -> None:
+        backup, chain, _repo = self.store.chains.locate(b.id)
+        parent = (
+            Path(self.store.chains.get_backup(b.parent_id).path).name
+            if b.parent_id is not None and backup.kind != "full"
+            else None
+        )
+        manifests.write_manifest(
+            dst_path,
+            manifests.point_manifest(backup, chain, parent=parent, copy_of=src_repo.name),
+        )
 
     def _sleep(self, ctx: JobContext, seconds: float) -> None:
         deadline = time.monotonic() + seconds

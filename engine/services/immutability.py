@@ -15,6 +15,10 @@ when that fails the job ends as ``failed_unprotected`` with a critical event
 naming the file and why; the point stays (it is a good backup) and shows as
 unprotected until the lock job manages to set the flag.
 
+Each lock's expiry is also written into the locked point's manifest (when the
+lock is set and when it is extended), so ``sendense repo import`` recreates the
+lock row with the same expiry after a catalog loss (engine.services.manifests).
+
 The lock logic is behind ``LockBackend`` so S3 Object Lock can be added later;
 ``ChattrLockBackend`` is the local-filesystem one. The catalog keeps each lock's
 expiry; the release job clears the flag only after it, and never while the
@@ -50,6 +54,7 @@ from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.safepath import is_within
+from engine.services import manifests
 from engine.tools import attrs
 from engine.tools.base import ToolError
 
@@ -449,6 +454,7 @@ class LockService:
         if existing is not None:
             if as_utc(existing.expires_at) < expires:  # type: ignore[operator]
                 self.store.extend(existing.id, expires)
+                self._record_expiry(repo, path, expires)
             if existing.state == "pending":
                 return LockOutcome(self.store.get(existing.id))
             failure = self._set_flag(path)
@@ -469,6 +475,7 @@ class LockService:
                 backup_id=backup_id,
                 copy_id=copy_id,
             )
+            self._record_expiry(repo, path, row.expires_at)
             self._event(
                 "immutability.pending",
                 f"{relative_path} on {repo.name} will be locked after the {grace} h grace "
@@ -490,6 +497,7 @@ class LockService:
             backup_id=backup_id,
             copy_id=copy_id,
         )
+        self._record_expiry(repo, path, expires)
         self._event(
             "immutability.locked",
             f"{relative_path} on {repo.name} locked until {until_text(expires)}",
@@ -543,6 +551,8 @@ class LockService:
                 backup_id=backup_id,
                 copy_id=copy_id,
             )
+        # held all the same: an import after a catalog loss must hold it as long
+        self._record_expiry(repo, self._file(repo, relative_path), expires)
         what = (
             f"point #{backup_id}"
             if backup_id is not None
@@ -585,6 +595,8 @@ class LockService:
                 hint="give an earlier date; extend it again later if needed",
             )
         self.store.extend(lock_id, until)
+        repo = self._repo(lock.repository_id)
+        self._record_expiry(repo, self._file(repo, lock.path), until)
         self._event(
             "immutability.extended",
             f"lock on {lock.path} extended to {until_text(until)}",
@@ -927,6 +939,22 @@ class LockService:
         if not is_within(root, path):
             raise ValidationError(f"{relative} lies outside repository {repo.name}")
         return path
+
+    def _record_expiry(self, repo: Repository, path: Path, expires: datetime) -> None:
+        """Write the lock's expiry into the point's manifest, so a catalog import keeps
+        the lock as long (engine.services.manifests). The flag is the lock: a manifest
+        that cannot be written is reported, and the lock holds all the same."""
+        try:
+            manifests.record_lock(path, as_utc(expires) or expires)
+        except OSError as exc:
+            self._event(
+                "immutability.manifest_failed",
+                f"the lock on {path.name} ({repo.name}) holds, but its manifest could not "
+                f"record until when ({exc.strerror}): an import after a catalog loss would "
+                "not know its expiry",
+                level="warning",
+                repository_id=repo.id,
+            )
 
     def _flag(self, path: Path) -> bool:
         try:

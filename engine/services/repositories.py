@@ -424,6 +424,18 @@ def repair_modes(root: Path) -> ModeRepair:
     return repair
 
 
+def check_existing_layout(root: Path) -> None:
+    """A repository to import must already have its layout (never created here)."""
+    chains = root / LAYOUT[0]
+    if chains.is_symlink() or not chains.is_dir():
+        raise RepositoryCheckError(
+            f"{root} holds no Sendense repository: it has no {LAYOUT[0]}/ directory",
+            reason="no_repository",
+            hint="give the directory that holds chains/ (the repository's root), or add a "
+            "new repository with `sendense repo add`",
+        )
+
+
 def write_test(root: Path) -> None:
     """Write a small file, fsync it, read it back, remove it. Raises RepositoryCheckError."""
     data = os.urandom(WRITE_TEST_BYTES)
@@ -573,8 +585,16 @@ class RepositoryService:
                 pass
         return problems
 
-    def test(self, spec: RepositorySpec, *, existing: Repository | None = None) -> TestReport:
+    def test(
+        self,
+        spec: RepositorySpec,
+        *,
+        existing: Repository | None = None,
+        import_layout: bool = False,
+    ) -> TestReport:
         """Check a repository that is not saved yet. Never raises for a failed check.
+        ``import_layout``: it must already hold a repository (its ``chains/``
+        directory), as for ``repo import``; nothing is created when it does not.
 
         Nothing is left behind: a spec that does not validate touches nothing; the
         write test and the capability canary remove their files; a directory made for
@@ -602,6 +622,9 @@ class RepositoryService:
                 temp_mount.path = str(self.mounts.mount_point(temp_mount.name))
                 root = self.mounts.mount(temp_mount, spec.password or None)
                 report.steps.append(TestStep("mount", True, str(root)))
+            if import_layout:
+                check_existing_layout(root)
+                report.steps.append(TestStep("layout", True, "chains/ found"))
             write_test(root)
             report.steps.append(TestStep("write", True, "wrote, fsynced, read back and removed"))
             report.total, report.used, report.free, _, _ = usage(str(root))

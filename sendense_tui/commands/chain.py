@@ -3,7 +3,10 @@
 ``consolidate`` and ``delete`` write the disk's chain: while another writer holds
 that disk (a backup, a merge, a retention run) they wait for it and say so, or
 with ``--no-wait`` are refused (exit 2, one sentence naming the writer).
-"""
+
+``chain check`` also lists chain directories the catalog has no chain for and
+files in chain directories it does not know; ``--fix`` removes stale partial files
+and imports finished orphans (engine.services.imports) before checking."""
 
 from __future__ import annotations
 
@@ -31,6 +34,12 @@ def register(subparsers: Any) -> None:
     check = add_parser(sub, "check", help="compare chains on disk with the catalog")
     check.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
     check.add_argument("--deep", action="store_true", help="also re-read files (sha256)")
+    check.add_argument(
+        "--fix",
+        action="store_true",
+        help="first remove stale partial files and import finished orphans whose chain is "
+        "valid (never a locked file, nothing while a job runs on the repository)",
+    )
     check.set_defaults(func=check_chains)
     cons = add_parser(sub, "consolidate", help="merge the oldest point(s) into a new full")
     cons.add_argument("chain_id", type=CHAIN_ID)
@@ -113,17 +122,32 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
+        fixed = engine.imports.fix(actor="cli") if args.fix else None
         if args.chain_id is not None:
             reports = [engine.chains.validate(args.chain_id, deep=args.deep)]
         else:
             reports = engine.chains.check_all(deep=args.deep)
     if ctx.json:
-        ctx.print_json([r.as_dict() for r in reports])
+        data = [r.as_dict() for r in reports]
+        ctx.print_json({"fix": fixed.as_dict(), "reports": data} if fixed else data)
     else:
+        if fixed is not None:
+            print(printable(f"fix: {fixed.sentence()}"))
+            for line in fixed.removed:
+                print(printable(f"  removed {line}"))
+            for outcome in fixed.chains:
+                if outcome.points:
+                    print(printable(f"  {outcome.sentence()}"))
+            for line in fixed.left_alone:
+                print(printable(f"  left alone {line}"))
         if not reports:
             print("no chains")
         for r in reports:
-            print(printable(("OK     " if r.ok else "BROKEN ") + r.sentence()))
+            print(
+                printable(
+                    ("UNKNOWN " if r.unknown else "OK     " if r.ok else "BROKEN ") + r.sentence()
+                )
+            )
             for f in r.findings:
                 print(printable(f"  - {f.message}"))
                 print(printable(f"    -> {f.hint}"))

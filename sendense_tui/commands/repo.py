@@ -1,4 +1,4 @@
-"""``sendense repo list|add|show|test|remove`` (all with ``--json``)."""
+"""``sendense repo list|add|import|show|test|remove`` (all with ``--json``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from engine.catalog.models import Repository
 from engine.errors import SendenseError, ValidationError
 from engine.services.repositories import RepositorySpec, TestReport
 from sendense_tui.commands import CliContext, add_parser, bounded_int, table
+from sendense_tui.commands.backup import wait_for_job
+from sendense_tui.commands.jobs import finish_job, print_queued
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, printable
 
@@ -46,34 +48,33 @@ def report_dict(report: TestReport) -> dict[str, Any]:
 
 
 def register(subparsers: Any) -> None:
-    parser = add_parser(subparsers, "repo", help="repositories: list, add, show, test, remove")
+    parser = add_parser(
+        subparsers, "repo", help="repositories: list, add, import, show, test, remove"
+    )
     sub = parser.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
     add_parser(sub, "list", help="every repository with its state and space").set_defaults(
         func=list_repos
     )
     add = add_parser(sub, "add", help="test and add a repository (saved only if the test passes)")
-    add.add_argument("name")
-    add.add_argument("--type", dest="kind", choices=("local", "nfs", "cifs"), default="local")
-    add.add_argument("--path", default="", help="local: the directory")
+    _location_arguments(add)
     add.add_argument("--create", action="store_true", help="local: create the directory")
-    add.add_argument("--server", default="", help="nfs/cifs: host name or IP address")
-    add.add_argument("--export", default="", help="nfs: export path")
-    add.add_argument("--share", default="", help="cifs: share name")
-    add.add_argument("--port", type=bounded_int(1, 65535), default=None)
-    add.add_argument("--nfs-version", default="4.1")
-    add.add_argument("--mount-options", default="")
-    add.add_argument("--user", default="", help="cifs: user name")
-    add.add_argument("--domain", default="")
-    add.add_argument("--smb-version", default="3.0")
-    add.add_argument(
-        "--password-env",
-        metavar="VAR",
-        help="cifs: read the password from this environment variable (else it is asked)",
-    )
     add.add_argument(
         "--disabled", action="store_true", help="save it disabled even if the test fails"
     )
     add.set_defaults(func=add_repo)
+    imp = add_parser(
+        sub,
+        "import",
+        help="add a repository that already holds backups and read them back from its files",
+        description="Add a repository that already holds backups (after a catalog loss, on "
+        "a new appliance, or a moved disk) and read its chains back into the catalog: every "
+        "file is checked against its manifest; locked files stay locked until the same "
+        "time. Importing into an existing repository of that name and place records only "
+        "what the catalog does not have yet.",
+    )
+    _location_arguments(imp)
+    imp.add_argument("--no-wait", action="store_true", help="only queue the import job")
+    imp.set_defaults(func=import_repo)
     show = add_parser(sub, "show", help="one repository in detail, with capacity")
     show.add_argument("name", help="name, or #ID")
     show.set_defaults(func=show_repo)
@@ -86,6 +87,45 @@ def register(subparsers: Any) -> None:
         "--force", action="store_true", help="even if it holds backups (audited; files stay)"
     )
     remove.set_defaults(func=remove_repo)
+
+
+def _location_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a repository is: the same options for `repo add` and `repo import`."""
+    parser.add_argument("name")
+    parser.add_argument("--type", dest="kind", choices=("local", "nfs", "cifs"), default="local")
+    parser.add_argument("--path", default="", help="local: the directory")
+    parser.add_argument("--server", default="", help="nfs/cifs: host name or IP address")
+    parser.add_argument("--export", default="", help="nfs: export path")
+    parser.add_argument("--share", default="", help="cifs: share name")
+    parser.add_argument("--port", type=bounded_int(1, 65535), default=None)
+    parser.add_argument("--nfs-version", default="4.1")
+    parser.add_argument("--mount-options", default="")
+    parser.add_argument("--user", default="", help="cifs: user name")
+    parser.add_argument("--domain", default="")
+    parser.add_argument("--smb-version", default="3.0")
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="cifs: read the password from this environment variable (else it is asked)",
+    )
+
+
+def _spec(args: argparse.Namespace) -> RepositorySpec:
+    return RepositorySpec(
+        name=args.name,
+        kind=args.kind,
+        path=args.path,
+        create=bool(getattr(args, "create", False)),
+        server=args.server,
+        export=args.share if args.kind == "cifs" else args.export,
+        port=args.port,
+        nfs_version=args.nfs_version,
+        mount_options=args.mount_options,
+        username=args.user,
+        password=_password(args),
+        domain=args.domain,
+        smb_version=args.smb_version,
+    )
 
 
 def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -136,21 +176,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def add_repo(args: argparse.Namespace, ctx: CliContext) -> int:
-    spec = RepositorySpec(
-        name=args.name,
-        kind=args.kind,
-        path=args.path,
-        create=args.create,
-        server=args.server,
-        export=args.share if args.kind == "cifs" else args.export,
-        port=args.port,
-        nfs_version=args.nfs_version,
-        mount_options=args.mount_options,
-        username=args.user,
-        password=_password(args),
-        domain=args.domain,
-        smb_version=args.smb_version,
-    )
+    spec = _spec(args)
     with ctx.engine() as engine:
         # the whole spec first (fields, a system directory, a taken name): a refused
         # add writes nothing anywhere, not even the test's files
@@ -178,6 +204,41 @@ def add_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         _print_report(report)
         print(printable(f"repository {repo.name} saved{'' if repo.enabled else ' (disabled)'}"))
     return 0
+
+
+def import_repo(args: argparse.Namespace, ctx: CliContext) -> int:
+    """Add (or reuse) the repository, then run the import job here with progress."""
+    spec = _spec(args)
+    with ctx.engine() as engine:
+        repo = engine.imports.add_repository(spec, actor=_actor())
+        job = engine.imports.submit(repo.id, actor="cli")
+        if args.no_wait:
+            return print_queued(ctx, job)
+        final = wait_for_job(engine, job.id, ctx)
+    report: dict[str, Any] = final.result or {}
+    data = {"job_id": final.id, "state": final.state, "error": final.error, **report}
+    finish_job(ctx, final, data, lambda: print_import_report(report))
+    if not report.get("ok"):
+        # the import ran and found damaged chains or conflicts: the report lists them
+        raise CommandFailed(
+            f"repository {repo.name} was imported with problems: {report.get('sentence', '')}",
+            hint="the lines above (or --json) name each damaged chain and conflict",
+        )
+    return 0
+
+
+def print_import_report(report: dict[str, Any]) -> None:
+    print(printable(report["sentence"]))
+    for chain in report["chains"]:
+        print(printable(f"  {chain['sentence']}"))
+        for note in chain["notes"]:
+            print(printable(f"    note: {note}"))
+        for problem in chain["problems"]:
+            print(printable(f"    PROBLEM: {problem}"))
+    for skipped in report["skipped"]:
+        print(printable(f"  skipped {skipped}"))
+    for note in report["notes"]:
+        print(printable(f"  note: {note}"))
 
 
 def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -4,7 +4,9 @@ Keys: ``b`` back up a disk now (asks for the source path or URI), ``R`` restore
 the selected point as a whole disk (asks for the target), ``c`` consolidate the
 selected chain (merge its oldest point into a new full), ``d`` delete the
 selected point (the dialog lists every later point that goes with it), ``i``
-show what qemu-img reports about the point's file.
+show what qemu-img reports about the point's file, ``F`` fix orphans after a crash
+(remove stale partial files, import finished points the catalog never recorded;
+asks first, never touches a locked file).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from textual.widgets import Input, Static, Tree
 from engine.catalog.models import Backup
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainView, PointView
+from engine.services.imports import FixReport
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
@@ -350,6 +353,40 @@ class ChainsScreen(SendenseScreen):
                 f"Point #{second.id} becomes the new full; point #{first.id} "
                 f"({first.point_time:%Y-%m-%d %H:%M}) is merged into it and removed.",
                 yes_label="Consolidate",
+            ),
+            answered,
+        )
+
+    def action_fix_chains(self) -> None:
+        def done(report: FixReport) -> None:
+            lines = [f"{report.sentence()}."]
+            lines += [f"removed {r}" for r in report.removed[:5]]
+            lines += [f"imported: {c.sentence()}" for c in report.chains if c.points][:5]
+            lines += [f"left alone {r}" for r in report.left_alone[:5]]
+            self.notify(
+                "\n".join(lines),
+                title="Fix orphans",
+                severity="warning" if report.left_alone else "information",
+                timeout=30,
+            )
+            self.refresh_now()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_engine(
+                    lambda: self.engine.imports.fix(actor="console"),
+                    after=done,
+                    description="fix orphans in the chain directories",
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                "Fix orphans in every repository?",
+                "Stale partial files (left by an interrupted backup, copy or consolidation) "
+                "are deleted, and finished points the catalog never recorded are imported "
+                "when they extend a valid chain. Locked files are never touched, and nothing "
+                "is done in a repository while a job runs there.",
+                yes_label="Fix",
             ),
             answered,
         )

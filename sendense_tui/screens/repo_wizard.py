@@ -1,7 +1,12 @@
 """Guided setup for a repository: choose the type, fill only that type's fields
 (checked as you type), test the connection and a write, see the capacity found,
 then save. Nothing is saved until the test passes, unless the operator chooses
-"Save disabled" (kept, but used by nothing until it is fixed and enabled)."""
+"Save disabled" (kept, but used by nothing until it is fixed and enabled).
+
+"Import an existing repository" is the path for a repository that already holds
+backups (after a catalog loss, on a new appliance, a moved disk): the test then
+also requires its layout (nothing is created), and saving queues the import job
+that reads its chains back into the catalog (engine.services.imports)."""
 
 from __future__ import annotations
 
@@ -55,6 +60,8 @@ class RepoWizard(ModalScreen[Repository | None]):
         self.kind = edit.kind if edit else "local"
         self._passed = False
         self.saved: Repository | None = None
+        #: the import job queued by saving in "import an existing repository" mode
+        self.import_job: Any = None
 
     # -- layout ------------------------------------------------------------------
 
@@ -81,6 +88,11 @@ class RepoWizard(ModalScreen[Repository | None]):
                 yield Checkbox(
                     "create the directory if it does not exist", id="f-create", compact=True
                 )
+                yield Checkbox(
+                    "import an existing repository (read its backups back)",
+                    id="f-import",
+                    compact=True,
+                )
             yield Static(Text("Fill in the fields, then Test.", style="dim"), id="wizard-result")
             with Horizontal(id="wizard-buttons"):
                 yield Button("Test", id="test", variant="primary", compact=True)
@@ -105,7 +117,10 @@ class RepoWizard(ModalScreen[Repository | None]):
             self.query_one(f"#row-{name}").display = name in wanted
             if name not in wanted:
                 self._field_error(name, None)
-        self.query_one("#f-create").display = self.kind == "local"
+        importing = self._importing()
+        self.query_one("#f-create").display = self.kind == "local" and not importing
+        self.query_one("#f-import").display = self.editing is None
+        self.query_one("#save-disabled").display = not importing
         export = self.query_one("#row-export Label", Label)
         export.update("Export path" if self.kind == "nfs" else "Share")
         self.query_one("#f-export", Input).placeholder = (
@@ -128,8 +143,13 @@ class RepoWizard(ModalScreen[Repository | None]):
         self._field_error(name, problem)
         self._invalidate()
 
-    def on_checkbox_changed(self, _event: Checkbox.Changed) -> None:
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "f-import":
+            self._show_kind()
         self._invalidate()
+
+    def _importing(self) -> bool:
+        return self.editing is None and self.query_one("#f-import", Checkbox).value
 
     def _field_error(self, name: str, problem: str | None) -> None:
         err = self.query_one(f"#err-{name}", Static)
@@ -147,7 +167,7 @@ class RepoWizard(ModalScreen[Repository | None]):
         return RepositorySpec(
             kind=self.kind,
             port=int(port) if port.isascii() and port.isdigit() else None,
-            create=self.query_one("#f-create", Checkbox).value,
+            create=self.query_one("#f-create", Checkbox).value and not self._importing(),
             **values,
         )
 
@@ -190,8 +210,9 @@ class RepoWizard(ModalScreen[Repository | None]):
         self._result(Text("Testing: server, mount, write…", style="italic"))
         engine: Any = self.app.engine  # type: ignore[attr-defined]
         editing = self.editing
+        importing = self._importing()
         self.run_worker(
-            lambda: engine.repositories.test(spec, existing=editing),
+            lambda: engine.repositories.test(spec, existing=editing, import_layout=importing),
             group="wizard-test",
             thread=True,
             exit_on_error=False,
@@ -219,6 +240,13 @@ class RepoWizard(ModalScreen[Repository | None]):
         if self.editing is not None:
             repo = self.editing
             work = lambda: engine.repositories.edit(repo, spec, actor="console")  # noqa: E731
+        elif self._importing():
+
+            def work() -> Repository:
+                repo = engine.imports.add_repository(spec, actor="console")
+                self.import_job = engine.imports.submit(repo.id, actor="console")
+                return repo  # type: ignore[no-any-return]
+
         else:
             work = lambda: engine.repositories.add(  # noqa: E731
                 spec, test=False, enabled=enabled, actor="console"
@@ -243,4 +271,10 @@ class RepoWizard(ModalScreen[Repository | None]):
                 self.query_one("#save", Button).focus()
         elif worker.group == "wizard-save":
             self.saved = worker.result  # type: ignore[assignment]
+            if self.import_job is not None:
+                self.app.notify(
+                    f"Import job {self.import_job.id} queued: every file is checked against "
+                    "its manifest (Jobs shows the progress).",
+                    title=f"Importing {self.saved.name if self.saved else ''}",
+                )
             self.dismiss(self.saved)

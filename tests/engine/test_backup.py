@@ -21,6 +21,7 @@ from engine.errors import JobCancelled, ValidationError
 from engine.events import Event
 from engine.runtime import Engine
 from engine.services.backup import BackupError, BackupFailed, DiskSource
+from engine.services.manifests import read_manifest
 from engine.tools import qemu_img
 from engine.tools.nbd import start_qemu_nbd
 from tests.engine.diskgen import (
@@ -401,7 +402,20 @@ def test_stored_checksum_is_the_sha256_of_the_final_file(
         assert p.file_size == path.stat().st_size
         assert p.virtual_size == qemu_img.info(path).virtual_size
     directory = Path(repo.path) / chain.directory
-    assert sorted(f.name for f in directory.iterdir()) == sorted(Path(p.path).name for p in points)
+    # each point and its manifest (which records the same facts), nothing else
+    assert sorted(f.name for f in directory.iterdir()) == sorted(
+        name for p in points for name in (Path(p.path).name, Path(p.path).name + ".json")
+    )
+    for p in points:
+        manifest = read_manifest(Path(repo.path) / p.path)
+        assert (manifest.sha256, manifest.file_size, manifest.position, manifest.kind) == (
+            p.checksum,
+            p.file_size,
+            p.position,
+            p.kind,
+        )
+        assert manifest.compression == p.compression
+        assert manifest.parent == (None if p.kind == "full" else Path(points[0].path).name)
 
 
 def test_publish_never_overwrites_a_file_that_appeared_at_the_final_name(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from engine.errors import SendenseError
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainError, LockedError
+from engine.services.manifests import read_manifest
 from engine.tools import attrs, qemu_img
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, disk, repo, sha256_of
 
@@ -184,9 +185,15 @@ def test_consolidate_merges_oldest_point_and_every_other_point_still_restores(
     bk_engine.chains.consolidate(chain_id, new_base_id=ids[3])
     assert [p.id for p in bk_engine.chain_store.backups(chain_id)] == [ids[3]]
     assert restored(bk_engine, ids[3], tmp_path) == moments[ids[3]]
+    last = bk_engine.chain_store.get_backup(ids[3])
+    # the merged points' files and manifests are gone; the new full has its manifest
     assert sorted(p.name for p in new_file.parent.iterdir()) == [
-        Path(bk_engine.chain_store.get_backup(ids[3]).path).name
+        Path(last.path).name,
+        Path(last.path).name + ".json",
     ]
+    manifest = read_manifest(Path(repo.path) / last.path)
+    assert (manifest.kind, manifest.parent, manifest.position) == ("full", None, 3)
+    assert manifest.sha256 == last.checksum == sha256_of(Path(repo.path) / last.path)
 
 
 def test_consolidate_refused_on_locked_points(

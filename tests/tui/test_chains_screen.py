@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from sendense_tui.app import SendenseApp
 from sendense_tui.demo import seed_demo_chains
 from sendense_tui.screens.chains import ChainsScreen
+from sendense_tui.widgets.confirm import ConfirmDialog
 from tests.tui.conftest import keys_then_settle, settle
 
 
@@ -167,3 +171,45 @@ async def test_deleting_a_point_of_a_disk_being_written_names_the_writer(
         for m in messages
     ), messages
     assert engine.chain_store.get_backup(point.id).state == "complete"
+
+
+def test_fix_orphans_confirmation_snapshot(snap_compare, chains_app: SendenseApp) -> None:  # type: ignore[no-untyped-def]
+    assert snap_compare(chains_app, terminal_size=(80, 24), run_before=keys_then_settle("4", "F"))
+
+
+async def test_fix_orphans_asks_first_then_removes_a_stale_partial(
+    chains_app: SendenseApp, tmp_path: Path
+) -> None:
+    engine = chains_app.engine
+    root = tmp_path / "scratch-repo"
+    chain_dir = root / "chains" / "web09" / "sda" / "20261124T090000Z"
+    chain_dir.mkdir(parents=True)
+    engine.repository_store.add(
+        name="scratch", kind="local", path=str(root), now=engine.clock.now()
+    )
+    stale = chain_dir / ".0000-full-20261124T090000Z.qcow2.partial"
+    stale.write_bytes(b"left by a killed backup")
+    then = time.time() - 3600
+    os.utime(stale, (then, then))
+    async with chains_app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+        assert isinstance(chains_app.screen, ConfirmDialog)
+        await pilot.press("n")  # declined: nothing happens
+        await settle(pilot)
+        assert stale.exists()
+        await pilot.press("F")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        shown = "\n".join(n.message for n in chains_app._notifications)
+        await pilot.press("question_mark")
+        await settle(pilot)
+        rows = {row.description: row.keys for row in chains_app.screen.rows}  # type: ignore[attr-defined]
+    assert not stale.exists()
+    assert "removed 1 stale file(s), imported 0 orphan point(s), left 0 file(s) alone" in shown
+    assert f"removed scratch:chains/web09/sda/20261124T090000Z/{stale.name}" in shown
+    assert any(keys == "F" and "orphan" in description for description, keys in rows.items())

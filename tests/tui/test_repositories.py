@@ -181,3 +181,37 @@ async def test_wizard_refuses_system_directories_with_the_engines_sentence(
         assert "/ is a system directory" in str(wizard.query_one("#err-path", Static).content)
     assert not target.exists() and not Path("/.sendense").exists()
     assert {"sneaky", "1"}.isdisjoint(r.name for r in demo_engine.repositories.list())
+
+
+async def test_wizard_imports_an_existing_repository_and_queues_its_import(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    existing = tmp_path / "moved-disk"
+    (existing / "chains").mkdir(parents=True)
+    bare = tmp_path / "not-a-repository"
+    bare.mkdir()
+    app = make_app()
+    async with app.run_test(size=(100, 34)) as pilot:
+        wizard = await _open_wizard(app, pilot)
+        wizard.query_one("#f-import", Checkbox).value = True
+        await pilot.pause()
+        assert not wizard.query_one("#f-create").display  # nothing is created on import
+        assert not wizard.query_one("#save-disabled").display
+        # a directory without a repository in it is refused, and nothing is written there
+        await _fill(pilot, wizard, name="moved", path=str(bare))
+        await _press(pilot, wizard, "test")
+        assert "holds no Sendense repository: it has no chains/ directory" in _result(wizard)
+        assert wizard.query_one("#save", Button).disabled
+        assert list(bare.iterdir()) == []
+        await _fill(pilot, wizard, path=str(existing))
+        await _press(pilot, wizard, "test")
+        assert "✓ layout" in _result(wizard)
+        await _press(pilot, wizard, "save")
+        await settle(pilot)
+        assert not isinstance(app.screen, RepoWizard)
+        shown = [n.message for n in app._notifications]
+    repo = demo_engine.repositories.get("moved")
+    assert (repo.path, repo.enabled) == (str(existing), True)
+    [job] = demo_engine.job_store.list(kind="repository.import")
+    assert job.params["repository"] == repo.id and job.state == "queued"
+    assert any(f"Import job {job.id} queued" in m for m in shown)
