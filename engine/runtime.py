@@ -16,9 +16,10 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
-from engine.errors import ConfigError
+from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
 from engine.jobs import JobRunner
+from engine.unrecorded import UnrecordedOutcomes
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,13 @@ class Engine:
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)
         self.jobs = JobRunner(
-            self.job_store, self.bus, settings=settings.jobs, clock=clock, owner=owner
+            self.job_store,
+            self.bus,
+            settings=settings.jobs,
+            clock=clock,
+            owner=owner,
+            # outcomes of jobs whose catalog went away, for the next engine here
+            unrecorded=UnrecordedOutcomes(settings.state_dir / "unrecorded-jobs"),
         )
         self._wire_repositories()
         self._wire_copies()
@@ -193,6 +200,8 @@ class Engine:
         try:
             self.repositories.ensure_default(self.settings.default_repository)
             self.repositories.start()
+        except CatalogUnavailable:
+            pass  # logged once by the catalog
         except Exception:
             log.exception("starting repositories")
         self.capacity.start()
@@ -215,6 +224,8 @@ class Engine:
         for cleanup in (self.file_restore.cleanup_leftovers, self.exports.cleanup_leftovers):
             try:
                 cleanup()
+            except CatalogUnavailable:
+                pass  # logged once by the catalog
             except SendenseError as exc:
                 log.warning("restore cleanup at start: %s", exc)
 
@@ -266,8 +277,15 @@ class Engine:
                     f"state directory {directory} cannot be created: {exc.strerror}",
                     hint="set SENDENSE_STATE_DIR or [paths] state_dir to a writable place",
                 ) from None
-        self.catalog.open()
+        from engine.services.backup import CHAINS_DIR
+
+        # a missing SQLite catalog is only started afresh when no backups show that
+        # one existed (the default repository's chains, the catalog's marker file)
+        self.catalog.open(evidence=[Path(self.settings.default_repository) / CHAINS_DIR])
         self._opened = True
+        # jobs whose catalog went away under a process here are settled before
+        # anything lists or claims them
+        self.jobs.settle_unrecorded()
         self._cleanup_restore()
         return self
 
@@ -304,6 +322,8 @@ class Engine:
             for stop in (self.file_restore.close, self.exports.close):
                 try:
                     stop()
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog
                 except Exception:
                     log.exception("stopping restore mounts / NBD exports")
         self.catalog.dispose()

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from io import TextIOWrapper
+from pathlib import Path
 
 from engine.errors import CatalogUnavailable, SendenseError
 from sendense_tui.commands import COMMON, CliContext, register_all
@@ -45,7 +47,7 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     from engine.runtime import Engine
     from sendense_tui.app import SendenseApp
 
-    _log_to_file(ctx)
+    _log_to_file(ctx, "console.log")
     engine = Engine(ctx.settings)
     try:
         engine.open()
@@ -57,18 +59,39 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
         engine.close()
 
 
-def _log_to_file(ctx: CliContext) -> None:
-    """The console owns the terminal: log lines go to a file in the state dir."""
-    log_dir = ctx.settings.log_dir
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(log_dir / "console.log")
-    except OSError:
-        handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+class _LogFile(logging.FileHandler):
+    """A log file opened at its first line (a command that logs nothing creates
+    nothing); a state directory that cannot take it drops the line, never prints
+    a "Logging error" traceback on the terminal."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, delay=True)
+
+    def _open(self) -> TextIOWrapper:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+_log_handler: _LogFile | None = None
+
+
+def _log_to_file(ctx: CliContext, name: str) -> None:
+    """The terminal gets one sentence per problem: log lines (an outage noted by the
+    catalog, a warning from a job thread) go to a file in the state dir's log dir,
+    console.log for the console and cli.log for other commands."""
+    global _log_handler
     root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    if _log_handler is not None:  # main() called again in one process (tests)
+        root.removeHandler(_log_handler)
+        _log_handler.close()
+    _log_handler = _LogFile(ctx.settings.log_dir / name)
+    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(_log_handler)
+    if name == "console.log":
+        root.setLevel(logging.INFO)
 
 
 def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
@@ -84,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = CliContext(args)
     handler = getattr(args, "func", None) or open_console
     try:
+        if handler is not open_console and args.command != "daemon":  # those log themselves
+            _log_to_file(ctx, "cli.log")
         return int(handler(args, ctx))
     except CatalogUnavailable as exc:
         return _fail(exc.message, exc.hint, int(ExitCode.CATALOG_UNAVAILABLE))

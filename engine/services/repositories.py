@@ -40,7 +40,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import ValidationError
+from engine.errors import CatalogUnavailable, ValidationError
 from engine.events import Event, EventBus
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.mounts import MountManager
@@ -961,8 +961,8 @@ class RepositoryService:
                 continue
             try:
                 self.prepare(repo)
-            except RepositoryCheckError:
-                pass
+            except (RepositoryCheckError, CatalogUnavailable):
+                pass  # said by the check / logged once by the catalog
             except Exception:
                 log.exception("preparing repository %s failed", repo.name)
 

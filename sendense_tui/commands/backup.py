@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.services.backup import DiskSource
 from sendense_tui.commands import CliContext, add_parser, table
-from sendense_tui.commands.jobs import WAIT_ENDS, print_queued
+from sendense_tui.commands.jobs import WAIT_ENDS, check_recorded, following, print_queued
 from sendense_tui.format import human_bytes, short_time
 
 DISK_FORMAT = "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01"
@@ -88,23 +88,30 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             pct = f"{100 * d / t:5.1f}%" if t else "  ?  "
             sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {event.message[:40]}")
             sys.stderr.flush()
-        elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
+        elif event.kind.startswith("job.") and (
+            event.kind[4:] in WAIT_ENDS or event.data.get("unrecorded")
+        ):
             done.set()
         elif event.kind in ("backup.new_full", "chain.broken", "backup.failed") and not ctx.json:
             sys.stderr.write(f"\n{event.level.upper()}: {event.message}\n")
 
     unsubscribe = engine.bus.subscribe(on_event)
-    try:
-        engine.start()
-        while not done.wait(0.5):
-            job = engine.job_store.get(job_id)
-            if job.state in WAIT_ENDS:
-                break
-    finally:
-        unsubscribe()
-        if not quiet:
-            sys.stderr.write("\n")
-    return engine.job_store.get(job_id)
+    with following(job_id):
+        try:
+            engine.start()
+            while not done.wait(0.5):
+                job = engine.job_store.get(job_id)
+                if job.state in WAIT_ENDS:
+                    break
+                check_recorded(engine, job_id)
+        finally:
+            unsubscribe()
+            if not quiet:
+                sys.stderr.write("\n")
+        final = engine.job_store.get(job_id)
+        if final.state not in WAIT_ENDS:
+            check_recorded(engine, job_id)
+        return final
 
 
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
