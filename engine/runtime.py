@@ -24,6 +24,13 @@ from engine.unrecorded import UnrecordedOutcomes
 log = logging.getLogger(__name__)
 
 
+def catalog_evidence(settings: Settings) -> list[Path]:
+    """Places whose files show that a catalog existed (see Catalog.open)."""
+    from engine.services.backup import CHAINS_DIR
+
+    return [Path(settings.default_repository) / CHAINS_DIR]
+
+
 class Engine:
     def __init__(
         self,
@@ -277,11 +284,9 @@ class Engine:
                     f"state directory {directory} cannot be created: {exc.strerror}",
                     hint="set SENDENSE_STATE_DIR or [paths] state_dir to a writable place",
                 ) from None
-        from engine.services.backup import CHAINS_DIR
-
         # a missing SQLite catalog is only started afresh when no backups show that
         # one existed (the default repository's chains, the catalog's marker file)
-        self.catalog.open(evidence=[Path(self.settings.default_repository) / CHAINS_DIR])
+        self.catalog.open(evidence=catalog_evidence(self.settings))
         self._opened = True
         # jobs whose catalog went away under a process here are settled before
         # anything lists or claims them

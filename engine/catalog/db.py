@@ -40,7 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import redact_url
-from engine.errors import CatalogError, CatalogUnavailable, CatalogVersionError
+from engine.errors import CatalogError, CatalogReadOnly, CatalogUnavailable, CatalogVersionError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def explain_db_error(url: str, exc: BaseException) -> CatalogError:
             f"catalog {shown}: cannot reach the database server ({text})", hint=_SERVER_HINT
         )
     if code in _MYSQL_READ_ONLY or "readonly database" in low or "read-only" in low:
-        return CatalogUnavailable(f"catalog {shown} is read-only ({text})", hint=_WRITABLE_HINT)
+        return CatalogReadOnly(f"catalog {shown} is read-only ({text})", hint=_WRITABLE_HINT)
     if code in _MYSQL_DISK or "disk i/o error" in low or "database or disk is full" in low:
         return CatalogUnavailable(
             f"catalog {shown}: the disk under it failed or is full ({text})",
@@ -168,6 +168,8 @@ class Catalog:
         self._identity: tuple[int, int] | None = None
         #: the sentence of the outage in progress, None while the catalog answers
         self._outage: str | None = None
+        #: the outage is a read-only catalog: reads work, only a write ends it
+        self._outage_read_only = False
         self._outage_lock = threading.Lock()
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
@@ -202,7 +204,12 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             if self.sqlite_path is not None:
                 event.listen(self.engine, "do_connect", self._open_existing_file)
+        pool_log = getattr(self.engine.pool, "logger", None)
+        if isinstance(pool_log, logging.Logger) and _QUIET_POOL not in pool_log.filters:
+            pool_log.addFilter(_QUIET_POOL)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "do_orm_execute", _note_dml)
+        event.listen(self._sessions, "after_flush", _note_flush)
         self._migrate_lock = threading.Lock()
 
     @property
@@ -229,19 +236,38 @@ class Catalog:
         with self._outage_lock:
             starting = self._outage is None
             self._outage = error.message
+            self._outage_read_only = isinstance(error, CatalogReadOnly)
         if starting:
             log.warning("%s", error.for_humans().replace("\n  -> ", "; "))
         return error
 
-    def _answered(self) -> None:
-        if self._outage is not None:
-            with self._outage_lock:
-                was, self._outage = self._outage, None
-            if was is not None:
-                log.warning("catalog %s answers again", self.shown_url)
+    def _answered(self, *, wrote: bool) -> None:
+        """A session worked: the outage (if any) is over, unless the catalog was
+        read-only and this session only read."""
+        if self._outage is None:
+            return
+        if self._outage_read_only:
+            # SQLite takes an UPDATE that changes no row on a file it cannot write:
+            # ask the file; a server refuses every write while read-only
+            path = self.sqlite_path
+            writable = _unwritable(path) is None if path is not None else wrote
+            if not writable:
+                return
+        with self._outage_lock:
+            was, self._outage = self._outage, None
+        if was is not None:
+            log.warning("catalog %s answers again", self.shown_url)
 
     def _explain(self, exc: BaseException) -> CatalogError:
         error = explain_db_error(self.url, exc)
+        if isinstance(error, CatalogUnavailable) and self.sqlite_path is not None:
+            # SQLite reports a file it may no longer write (chattr +i, a filesystem
+            # remounted read-only) as a disk I/O error on an open connection
+            locked = _unwritable(self.sqlite_path)
+            if locked is not None:
+                error = CatalogReadOnly(
+                    f"catalog {self.shown_url} is read-only ({locked})", hint=_WRITABLE_HINT
+                )
         return self._unavailable(error) if isinstance(error, CatalogUnavailable) else error
 
     def _check_file(self) -> None:
@@ -254,6 +280,9 @@ class Catalog:
             st = os.stat(path)
         except FileNotFoundError:
             if self._identity is None:
+                lost = self._lost_file()
+                if lost is not None:  # `catalog status` after the file was lost
+                    raise self._unavailable(lost) from None
                 return  # never opened: connecting says "cannot open the SQLite file"
             raise self._unavailable(
                 CatalogUnavailable(
@@ -299,7 +328,7 @@ class Catalog:
         except (DBAPIError, SQLAlchemyError) as exc:
             raise self._explain(exc) from None
         self._check_file()
-        self._answered()
+        self._answered(wrote=False)
 
     def current_revision(self) -> str | None:
         try:
@@ -373,22 +402,15 @@ class Catalog:
                 _write_marker(marker, path)  # catalogs made before the marker existed
             return
         if not new:
-            lost = (
-                f"its marker {marker} says Sendense created it"
-                if marker.exists()
-                else next(
-                    (f"{place} holds backups" for place in evidence if _holds_files(place)),
-                    None,
-                )
-            )
+            lost = self._lost_file(evidence)
             if lost is not None:
-                raise CatalogUnavailable(
-                    f"catalog file {path} is missing, but {lost}: Sendense will not start "
-                    "an empty catalog over the backups it listed",
-                    hint="put the file back from a backup, or start a new catalog with "
-                    "`sendense catalog create` and bring the backups back with "
-                    "`sendense repo import NAME --path PATH`",
-                )
+                raise lost
+        for suffix in ("-wal", "-shm", "-journal"):
+            # left by a lost file: SQLite would replay a stale WAL into the new one
+            stale = path.with_name(path.name + suffix)
+            if stale.exists():
+                with contextlib.suppress(OSError):
+                    stale.rename(stale.with_name(f"{stale.name}.lost-{os.getpid()}"))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
@@ -403,6 +425,26 @@ class Catalog:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
         _write_marker(marker, path)
+
+    def _lost_file(self, evidence: Sequence[Path] = ()) -> CatalogUnavailable | None:
+        """The SQLite file is missing but a catalog existed: the sentence saying so."""
+        path, marker = self.sqlite_path, self.marker_path
+        if path is None or marker is None or path.exists() or path.is_symlink():
+            return None
+        lost = (
+            f"its marker {marker} says Sendense created it"
+            if marker.exists()
+            else next((f"{place} holds backups" for place in evidence if _holds_files(place)), None)
+        )
+        if lost is None:
+            return None
+        return CatalogUnavailable(
+            f"catalog file {path} is missing, but {lost}: Sendense will not start an "
+            "empty catalog over the backups it listed",
+            hint="put the file back from a backup, or start a new catalog with "
+            "`sendense catalog create` and bring the backups back with "
+            "`sendense repo import NAME --path PATH`",
+        )
 
     def table_names(self) -> list[str]:
         try:
@@ -431,6 +473,7 @@ class Catalog:
             yield session
             self._check_file()
             session.commit()
+            wrote = bool(session.info.get(_WROTE))
         except (DBAPIError, SQLAlchemyError) as exc:
             _rollback_quietly(session)
             error = self._explain(exc)
@@ -449,7 +492,7 @@ class Catalog:
         finally:
             with contextlib.suppress(Exception):
                 session.close()
-        self._answered()
+        self._answered(wrote=wrote)
 
 
 _LOST_HINT = (
@@ -459,11 +502,50 @@ _LOST_HINT = (
 )
 
 
+class _QuietPoolFilter(logging.Filter):
+    """SQLAlchemy's pool logs a traceback each time it cannot roll back a connection
+    that died with its server: the outage the catalog already reported, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        return not isinstance(explain_db_error("", exc), CatalogUnavailable)
+
+
+_QUIET_POOL = _QuietPoolFilter()
+
+#: Session.info key: the session wrote something (ends a read-only outage)
+_WROTE = "sendense_wrote"
+
+
+def _note_dml(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True
+
+
+def _note_flush(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = True
+
+
 def _rollback_quietly(session: Session) -> None:
     """Roll back; on a dead connection the rollback fails too, and that second error
     must not hide the first."""
     with contextlib.suppress(Exception):
         session.rollback()
+
+
+def _unwritable(path: Path) -> str | None:
+    """Which of the SQLite file and its WAL cannot be written now, or None.
+
+    access(2), not open(): it says so for root too (an immutable file, a read-only
+    filesystem), and closing a second descriptor of the file would drop the POSIX
+    locks SQLite holds on it in this process.
+    """
+    for candidate in (path, path.with_name(path.name + "-wal")):
+        if candidate.exists() and not os.access(candidate, os.W_OK):
+            return f"{candidate.name} cannot be written"
+    return None
 
 
 def _holds_files(place: Path) -> bool:
