@@ -77,7 +77,8 @@ class UnrecordedOutcomes:
         if self.directory is None:
             return
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # never parents=True: a state directory that was removed stays removed
+            self.directory.mkdir(mode=0o700, exist_ok=True)
             final = self.directory / f"job-{outcome.job_id}.json"
             tmp = final.with_name(f".{final.name}.partial")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

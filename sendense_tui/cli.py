@@ -9,12 +9,13 @@ a catalog that cannot be reached exits 3, Ctrl+C exits 4 (the table is in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from io import TextIOWrapper
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from engine.errors import CatalogUnavailable, SendenseError
 from sendense_tui.commands import COMMON, CliContext, register_all
@@ -59,20 +60,36 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
         engine.close()
 
 
-class _LogFile(logging.FileHandler):
-    """A log file opened at its first line (a command that logs nothing creates
-    nothing); a state directory that cannot take it drops the line, never prints
-    a "Logging error" traceback on the terminal."""
+class _LogFile(logging.Handler):
+    """A log file opened at its first line, where ``where()`` says (a command that
+    logs nothing reads no settings and creates nothing); a file that cannot be
+    written drops the lines, never prints a "Logging error" traceback."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, delay=True)
+    def __init__(self, where: Callable[[], Path]) -> None:
+        super().__init__()
+        self._where = where
+        self._stream: TextIO | None = None
+        self._broken = False
 
-    def _open(self) -> TextIOWrapper:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._broken:
+            return
+        try:
+            if self._stream is None:
+                path = self._where()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._stream = path.open("a", encoding="utf-8")
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
+        except Exception:  # no settings, no room, no permission: stay quiet
+            self._broken = True
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
+    def close(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            self._stream = None
+        super().close()
 
 
 _log_handler: _LogFile | None = None
@@ -87,7 +104,7 @@ def _log_to_file(ctx: CliContext, name: str) -> None:
     if _log_handler is not None:  # main() called again in one process (tests)
         root.removeHandler(_log_handler)
         _log_handler.close()
-    _log_handler = _LogFile(ctx.settings.log_dir / name)
+    _log_handler = _LogFile(lambda: ctx.settings.log_dir / name)
     _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(_log_handler)
     if name == "console.log":

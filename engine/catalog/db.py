@@ -242,8 +242,8 @@ class Catalog:
         return error
 
     def _answered(self, *, wrote: bool) -> None:
-        """A session worked: the outage (if any) is over, unless the catalog was
-        read-only and this session only read."""
+        """The database answered: the outage (if any) is over, unless the catalog was
+        read-only and this only read."""
         if self._outage is None:
             return
         if self._outage_read_only:
@@ -473,7 +473,7 @@ class Catalog:
             yield session
             self._check_file()
             session.commit()
-            wrote = bool(session.info.get(_WROTE))
+            talked, wrote = bool(session.info.get(_TALKED)), bool(session.info.get(_WROTE))
         except (DBAPIError, SQLAlchemyError) as exc:
             _rollback_quietly(session)
             error = self._explain(exc)
@@ -492,7 +492,8 @@ class Catalog:
         finally:
             with contextlib.suppress(Exception):
                 session.close()
-        self._answered(wrote=wrote)
+        if talked:  # a session that ran no statement proves nothing
+            self._answered(wrote=wrote)
 
 
 _LOST_HINT = (
@@ -515,17 +516,20 @@ class _QuietPoolFilter(logging.Filter):
 
 _QUIET_POOL = _QuietPoolFilter()
 
-#: Session.info key: the session wrote something (ends a read-only outage)
+#: Session.info keys: the session ran a statement (the database answered), and one
+#: that writes (only that ends a read-only outage)
+_TALKED = "sendense_talked"
 _WROTE = "sendense_wrote"
 
 
 def _note_dml(state: Any) -> None:
+    state.session.info[_TALKED] = True
     if state.is_insert or state.is_update or state.is_delete:
         state.session.info[_WROTE] = True
 
 
 def _note_flush(session: Session, _context: Any) -> None:
-    session.info[_WROTE] = True
+    session.info[_TALKED] = session.info[_WROTE] = True
 
 
 def _rollback_quietly(session: Session) -> None:
