@@ -376,13 +376,17 @@ class JobRunner:
         if slots <= 0 or not self._handlers or self._pool is None:
             return 0
         # outcomes kept during an outage go in first: their rows are `running` with a
-        # lapsed lease, and must be settled, not claimed and run a second time
+        # lapsed lease, and must be settled, not claimed and run a second time (one
+        # that could not be settled yet keeps its job out of reach)
         self.settle_unrecorded()
+        kept = self.unrecorded.job_ids()
         started = 0
         now = self.clock.now()
         for job_id in self.store.claimable(now, self.kinds(), limit=slots * 4):
             if started >= slots or self._stopping.is_set():
                 break
+            if job_id in kept:
+                continue
             with self._lock:
                 if job_id in self._running:
                     continue  # ours already: its lease lapsed while it ran here
@@ -412,6 +416,8 @@ class JobRunner:
                     ctx.catalog_lost(exc)
                 except SendenseError as exc:
                     log.warning("heartbeat for job %s: %s", ctx.job_id, exc)
+                except Exception:  # one odd database error must not end every heartbeat
+                    log.exception("heartbeat for job %s", ctx.job_id)
 
     def _run(self, ctx: JobContext) -> None:
         try:

@@ -96,6 +96,10 @@ class UnrecordedOutcomes:
         with self._lock:
             return self._memory.get(job_id)
 
+    def job_ids(self) -> set[int]:
+        """Jobs with an outcome waiting here: no engine here may claim them."""
+        return {o.job_id for o in self.pending()} if self.has_pending() else set()
+
     def pending(self) -> list[Outcome]:
         with self._lock:
             found = dict(self._memory)
@@ -105,6 +109,8 @@ class UnrecordedOutcomes:
                     outcome = Outcome.from_json(path.read_text())
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.warning("ignoring unreadable job outcome %s: %s", path, exc)
+                    with contextlib.suppress(OSError):  # said once, not every tick
+                        path.rename(path.with_name(f"{path.name}.unreadable"))
                     continue
                 found.setdefault(outcome.job_id, outcome)
         return [found[job_id] for job_id in sorted(found)]
@@ -118,7 +124,7 @@ class UnrecordedOutcomes:
             return False
         try:
             with os.scandir(self.directory) as entries:
-                return any(e.name.startswith("job-") for e in entries)
+                return any(e.name.startswith("job-") and e.name.endswith(".json") for e in entries)
         except OSError:
             return False
 

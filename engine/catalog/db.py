@@ -61,6 +61,9 @@ _MYSQL_DISK = (1021, 1114, 3, 1041)
 _MYSQL_DENIED = (1044, 1142)
 #: a table of the catalog is missing (1146): the database was dropped or replaced
 _MYSQL_NO_TABLE = 1146
+#: lock wait timeout (1205): a row stayed locked, e.g. while a restarted server
+#: rolls back what a crash left half done
+_MYSQL_LOCK_WAIT = 1205
 
 _WRITABLE_HINT = (
     "make it writable again (chattr -i, remount read-write, the server's read_only "
@@ -130,7 +133,7 @@ def explain_db_error(url: str, exc: BaseException) -> CatalogError:
             f"catalog {shown}: the file is not a SQLite database",
             hint="point SENDENSE_DB_URL at the right file or move this one away",
         )
-    if "database is locked" in low:
+    if "database is locked" in low or code == _MYSQL_LOCK_WAIT:
         return CatalogUnavailable(
             f"catalog {shown}: the database stayed locked by another process",
             hint="another Sendense process holds a long write; try again",

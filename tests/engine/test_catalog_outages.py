@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -671,23 +670,3 @@ def _submit_quietly(engine: Engine) -> Any:
         return engine.jobs.submit("quick", "after the outage")
     except CatalogUnavailable:
         return None
-
-
-def test_a_job_killed_by_its_engine_mid_outage_is_not_left_running(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    mariadb_private: MariaDBServer,
-    slow_source: SlowSource,
-) -> None:
-    """SIGTERM on the CLI while the server is down: the same one sentence, the same
-    settlement; SIGKILL is the writers' takeover (not tested here)."""
-    app = Appliance(tmp_path, monkeypatch, mariadb_private.url("sendense"))
-    proc = app.backup(f"sda={slow_source.uri}", wait_for_partial=True)
-    mariadb_private.stop(kill=True)
-    proc.send_signal(signal.SIGINT)
-    code, _out, err = finished(proc)
-    assert code in (3, 4), err
-    assert "Traceback" not in err
-    assert_files_consistent(app)
-    mariadb_private.restart()
-    assert_settled_and_recoverable(app, 1, slow_source.image)
