@@ -143,7 +143,7 @@ def explain_db_error(url: str, exc: BaseException) -> CatalogError:
 
 def _reason(orig: BaseException) -> str:
     """The driver's words without the Python noise: ``(2003, "Can't connect…")`` ->
-    ``Can't connect…``; an empty pymysql InterfaceError(0, '') -> ``connection closed``."""
+    ``Can't connect…``; an empty pymysql InterfaceError(0, '') says the connection closed."""
     args = getattr(orig, "args", ())
     if len(args) >= 2 and isinstance(args[0], int):
         words = str(args[1]).strip()

@@ -670,3 +670,43 @@ def _submit_quietly(engine: Engine) -> Any:
         return engine.jobs.submit("quick", "after the outage")
     except CatalogUnavailable:
         return None
+
+
+def test_an_engine_stopping_during_an_outage_does_not_hand_its_job_back(
+    tmp_path: Path, outage: Outage
+) -> None:
+    """A CLI leaving on the outage (or a daemon stopped meanwhile) would hand its
+    running job back to the queue; with no catalog to say so, the job ends failed
+    instead, so nothing runs it again beside the operator's next attempt."""
+    engine = _engine(tmp_path, outage.url, "leaving")
+    engine.jobs.settings = JobSettings(max_concurrent=2, lease_seconds=60, heartbeat_seconds=20)
+    gate = threading.Event()
+    engine.jobs.register("work", lambda ctx: (gate.wait(30), ctx.check(), {})[-1])
+    job = engine.jobs.submit("work", "work the engine leaves")
+    engine.start()
+    try:
+        wait_for("the job to run", lambda: engine.jobs.running_ids() == [job.id])
+        outage.begin()
+        with pytest.raises(CatalogUnavailable):  # the engine meets the outage
+            engine.jobs.submit("work", "refused")
+        stopping = threading.Thread(target=engine.jobs.stop)
+        stopping.start()
+        wait_for("the stop to reach the job", lambda: not stopping.is_alive() or _asked(engine))
+        gate.set()
+        stopping.join(60)
+        kept = engine.jobs.unrecorded.get(job.id)
+        assert kept is not None and kept.state == "failed", kept
+        assert kept.error and kept.error.startswith(CATALOG_FAILURE)
+        outage.end()
+    finally:
+        engine.close()
+    again = _engine(tmp_path, outage.url, "leaving")
+    try:
+        assert again.job_store.get(job.id).state == "failed"
+    finally:
+        again.close()
+
+
+def _asked(engine: Engine) -> bool:
+    """The runner has asked its running jobs to stop (it is waiting for them)."""
+    return engine.jobs._stopping.is_set()
