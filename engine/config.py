@@ -266,8 +266,9 @@ def _theme(value: Any) -> str:
 
 def _redact_url(url: str) -> str:
     redacted = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-    if redacted == url and "@" in url:
-        # a malformed URL (typo in the scheme) may still carry user:password@
+    if redacted == url and "@" in url and not re.match(r"^[\w+.-]+://[^:/@]*@", url):
+        # a malformed URL (typo in the scheme) may still carry user:password@; a
+        # well-formed one with a user name and no password has nothing to hide
         redacted = re.sub(r"([^:/@\s]+:)[^@\s]*@", r"\1***@", url)
     return redacted
 

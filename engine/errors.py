@@ -44,6 +44,11 @@ class CatalogUnavailable(CatalogError):
     """
 
 
+class CatalogReadOnly(CatalogUnavailable):
+    """The catalog answers but takes no writes (an immutable file, a read-only
+    filesystem or server): reads still work, so only a write shows it is back."""
+
+
 class CatalogVersionError(CatalogError):
     """The catalog was written by a newer Sendense than this one."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.catalog.audit import AuditStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import SendenseError
+from engine.errors import CatalogUnavailable, SendenseError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ class EventBus:
                     actor=event.actor,
                     data=event.data,
                 )
-            except SendenseError as exc:  # an unreachable catalog must not stop the work
+            except CatalogUnavailable:
+                pass  # must not stop the work; the catalog logs its outage once
+            except SendenseError as exc:
                 log.warning("could not write event %s to the audit log: %s", event.kind, exc)
             except Exception:
                 log.exception("could not write event %s to the audit log", event.kind)

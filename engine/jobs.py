@@ -24,6 +24,14 @@ its target; a policy run backs up again and re-plans retention). A job whose
 engine dies again is failed, not run a third time (``MAX_TAKEOVERS``), so a job
 that kills its engine cannot take every engine down in turn. A kind registered
 with ``takeover="fail"`` is failed at the first takeover instead.
+
+When the catalog goes away under a running job (its progress, check or
+heartbeat meets CatalogUnavailable), the job is stopped like a cancel
+(CatalogLost: child processes killed, partial output removed) and ends failed
+"because the catalog was unavailable while it ran". Its row cannot take that
+outcome now, so the runner keeps it (engine.unrecorded) and writes it when the
+catalog answers again, before claiming any work: the row never stays
+``running`` to be re-run beside a new job.
 """
 
 from __future__ import annotations
@@ -45,8 +53,15 @@ from engine.catalog.models import Job
 from engine.catalog.writers import DiskKey, Holder
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import JobSettings
-from engine.errors import JobCancelled, JobError, JobUnprotected, SendenseError
+from engine.errors import (
+    CatalogUnavailable,
+    JobCancelled,
+    JobError,
+    JobUnprotected,
+    SendenseError,
+)
 from engine.events import Event, EventBus
+from engine.unrecorded import Outcome, UnrecordedOutcomes, catalog_failure
 from engine.writers import DiskBusy, DiskWriters, WriterLost, busy_sentence
 
 log = logging.getLogger(__name__)
@@ -77,6 +92,11 @@ class LeaseLost(JobCancelled):
 
 class EngineStopping(JobCancelled):
     """This engine is shutting down; the job goes back to the queue."""
+
+
+class CatalogLost(JobCancelled):
+    """The catalog became unavailable while the job ran: it stops as for a cancel
+    (its work cleaned up) and ends failed once the catalog can record it."""
 
 
 @dataclass
@@ -121,6 +141,8 @@ class JobContext:
         self._last_write = -1e9
         self._last_event = -1e9
         self._stop_reason: type[JobCancelled] | None = None
+        #: the outage that stopped this job, if its catalog went away while it ran
+        self.catalog_error: CatalogUnavailable | None = None
         self.bytes_done = job.bytes_done
         self.bytes_total = job.bytes_total
         #: the VM disks whose writer leases the runner holds around the handler
@@ -135,11 +157,22 @@ class JobContext:
     def stop(self, reason: type[JobCancelled]) -> None:
         self._stop_reason = reason
 
+    def catalog_lost(self, error: CatalogUnavailable) -> CatalogLost:
+        """Stop this job because its catalog is unavailable; returns what to raise."""
+        if self.catalog_error is None:
+            self.catalog_error = error
+        self._stop_reason = CatalogLost
+        return CatalogLost(f"job {self.job.id} stopped: {error.message}", hint=error.hint)
+
     def check(self) -> None:
-        """Raise if the job must stop now (cancel, pause, lost lease, engine stop)."""
+        """Raise if the job must stop now (cancel, pause, lost lease, engine stop,
+        catalog gone)."""
         if self._stop_reason is not None:
             raise self._stop_reason(f"job {self.job.id} stopped")
-        cancel, pause = self.runner.store.flags(self.job.id)
+        try:
+            cancel, pause = self.runner.store.flags(self.job.id)
+        except CatalogUnavailable as exc:
+            raise self.catalog_lost(exc) from None
         if cancel:
             raise JobCancelled(f"job {self.job.id} was cancelled by the operator")
         if pause:
@@ -165,16 +198,19 @@ class JobContext:
             self.resume_point = resume_point
         if force or now - self._last_write >= self.runner.progress_write_interval:
             self._last_write = now
-            self.runner.store.progress(
-                self.job.id,
-                self.runner.owner,
-                bytes_done=done,
-                bytes_total=self.bytes_total,
-                rate=rate,
-                eta_seconds=eta,
-                message=message,
-                resume_point=self.resume_point,
-            )
+            try:
+                self.runner.store.progress(
+                    self.job.id,
+                    self.runner.owner,
+                    bytes_done=done,
+                    bytes_total=self.bytes_total,
+                    rate=rate,
+                    eta_seconds=eta,
+                    message=message,
+                    resume_point=self.resume_point,
+                )
+            except CatalogUnavailable as exc:
+                raise self.catalog_lost(exc) from None
             if self._stop_reason is None:
                 self.check()
         if force or now - self._last_event >= 0.1:
@@ -207,6 +243,7 @@ class JobRunner:
         owner: str | None = None,
         poll_interval: float = 0.5,
         writers: DiskWriters | None = None,
+        unrecorded: UnrecordedOutcomes | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -214,6 +251,8 @@ class JobRunner:
         self.settings = settings or JobSettings()
         self.owner = owner or engine_owner()
         self.poll_interval = poll_interval
+        #: outcomes the catalog could not take when their jobs ended
+        self.unrecorded = unrecorded or UnrecordedOutcomes()
         self.progress_write_interval = 0.5
         #: per-disk writer leases; None: no kind writes disks (a bare runner in tests)
         self.writers = writers
@@ -387,7 +426,9 @@ class JobRunner:
         while not self._stopping.is_set():
             try:
                 self.dispatch_once()
-            except SendenseError as exc:  # catalog down: say so, keep trying
+            except CatalogUnavailable:
+                pass  # the catalog logged the outage once; keep trying quietly
+            except SendenseError as exc:
                 log.warning("job dispatch: %s", exc)
             except Exception:
                 log.exception("job dispatch failed")
@@ -402,6 +443,11 @@ class JobRunner:
         slots = self._free_slots()
         if slots <= 0 or not self._handlers or self._pool is None:
             return 0
+        # outcomes kept during an outage go in first: their rows are `running` with a
+        # lapsed lease, and must be settled, not claimed and run a second time (one
+        # that could not be settled yet keeps its job out of reach)
+        self.settle_unrecorded()
+        kept = self.unrecorded.job_ids()
         started = 0
         now = self.clock.now()
         with self._lock:
@@ -415,6 +461,8 @@ class JobRunner:
         for candidate in candidates:
             if started >= slots or self._stopping.is_set():
                 break
+            if job_id in kept:
+                continue
             with self._lock:
                 if candidate.id in self._running:
                     continue  # ours already: its lease lapsed while it ran here
@@ -501,13 +549,21 @@ class JobRunner:
                         ctx.job_id, self.owner, self.clock.now(), self.lease
                     ):
                         ctx.stop(LeaseLost)
+                except CatalogUnavailable as exc:
+                    # the lease cannot be renewed: stop before another engine may
+                    # take the job over when the catalog is back
+                    ctx.catalog_lost(exc)
                 except SendenseError as exc:
                     log.warning("heartbeat for job %s: %s", ctx.job_id, exc)
+                except Exception:  # one odd database error must not end every heartbeat
+                    log.exception("heartbeat for job %s", ctx.job_id)
 
     def _run(self, ctx: JobContext) -> None:
         try:
             self._run_job(ctx)
-        except SendenseError as exc:  # catalog down while recording the outcome
+        except CatalogUnavailable:
+            pass  # logged once by the catalog; the outcome was kept for later
+        except SendenseError as exc:
             log.warning("job %s: %s", ctx.job_id, exc)
         except Exception:
             log.exception("job %s: runner failed", ctx.job_id)
@@ -525,7 +581,10 @@ class JobRunner:
             with self._lock:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
-            self.store.finish(job.id, self.owner, "queued", self.clock.now())
+            try:
+                self.store.finish(job.id, self.owner, "queued", self.clock.now())
+            except CatalogUnavailable as exc:
+                self._keep_unrecorded(ctx, "queued", None, exc)
             return
         if ctx.taken_over_from is not None:
             refused = self._settle_takeover(ctx)
@@ -550,6 +609,9 @@ class JobRunner:
             # another writer took the disk between the dispatcher's look and ours
             state, error, level = "queued", None, "info"
             self._note_waiting(job, exc.holder, self.clock.now())
+        except CatalogUnavailable as exc:  # met by the handler's own catalog calls
+            ctx.catalog_lost(exc)
+            state, error, level = "failed", exc.for_humans(), "error"
         except (LeaseLost, WriterLost):
             state, error, level = "lost", "another engine took the job over", "warning"
         except EngineStopping:
@@ -583,22 +645,36 @@ class JobRunner:
     ) -> None:
         """Record a job's outcome (if we still hold it) and announce it."""
         job = ctx.job
+        outage = self.store.catalog.outage
+        if ctx.catalog_error is None and state == "queued" and outage is not None:
+            # handed back while the catalog is away (a CLI leaving on the outage):
+            # it ends failed like the jobs that met the outage, not re-run later
+            ctx.catalog_error = CatalogUnavailable(outage)
+        if ctx.catalog_error is not None and state != "succeeded":
+            # whatever the handler made of it (a cancel, a failed disk…), the job
+            # stopped because its catalog went away: say that, once
+            state, error, level = "failed", catalog_failure(ctx.catalog_error), "error"
         if state != "lost":
-            if state == "succeeded":
-                # the final byte count, so a finished job shows 100 %
-                self.store.progress(
-                    job.id,
-                    self.owner,
-                    bytes_done=ctx.bytes_done,
-                    bytes_total=ctx.bytes_total,
-                    rate=0.0,
-                    eta_seconds=None,
+            try:
+                if state == "succeeded":
+                    # the final byte count, so a finished job shows 100 %
+                    self.store.progress(
+                        job.id,
+                        self.owner,
+                        bytes_done=ctx.bytes_done,
+                        bytes_total=ctx.bytes_total,
+                        rate=0.0,
+                        eta_seconds=None,
+                    )
+                if state == "paused":
+                    self.store.clear_pause(job.id)
+                recorded = self.store.finish(
+                    job.id, self.owner, state, self.clock.now(), error=error, result=result
                 )
-            if state == "paused":
-                self.store.clear_pause(job.id)
-            if not self.store.finish(
-                job.id, self.owner, state, self.clock.now(), error=error, result=result
-            ):
+            except CatalogUnavailable as exc:
+                self._keep_unrecorded(ctx, state, error, exc, result)
+                return
+            if not recorded:
                 state, error = "lost", "the lease lapsed before the job finished"
         words = {
             "succeeded": "finished",
@@ -669,8 +745,64 @@ class JobRunner:
         )
         return None
 
+    # -- outcomes the catalog could not take ----------------------------------------
+
+    def _keep_unrecorded(
+        self,
+        ctx: JobContext,
+        state: str,
+        error: str | None,
+        exc: CatalogUnavailable,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """The job ended but its row cannot be written: keep the outcome until the
+        catalog answers. Only a finished or cancelled job keeps its state; anything
+        else (stopped, paused, handed back) ends failed, so it is never re-run beside
+        a new job of the same work."""
+        job = ctx.job
+        if state not in ("succeeded", "failed", "cancelled"):
+            state, error = "failed", catalog_failure(ctx.catalog_error or exc)
+        self.unrecorded.keep(
+            Outcome(
+                job_id=job.id,
+                owner=self.owner,
+                state=state,
+                error=error,
+                at=self.clock.now(),
+                title=job.title,
+                repository_id=job.repository_id,
+            )
+        )
+        # not "job.succeeded": the catalog does not say so yet
+        kind = "job.unrecorded" if state == "succeeded" else f"job.{state}"
+        self.bus.publish(
+            Event(
+                kind=kind,
+                message=f"{state}: {job.title}"
+                + (f" ({error})" if error else "")
+                + "; the catalog will record it when it answers again",
+                level="warning" if state == "succeeded" else "error",
+                source="jobs",
+                job_id=job.id,
+                repository_id=job.repository_id,
+                data={"result": result or {}, "unrecorded": True},
+            )
+        )
+        self._wake.set()
+
+    def settle_unrecorded(self) -> int:
+        """Write outcomes kept during an outage into their rows (quietly nothing while
+        the catalog is still away); returns how many were settled."""
+        if not self.unrecorded.has_pending():
+            return 0
+        try:
+            return self.unrecorded.settle(self.store, self.bus)
+        except CatalogUnavailable:
+            return 0
+
 
 __all__ = [
+    "CatalogLost",
     "EngineStopping",
     "Handler",
     "JobContext",

@@ -19,13 +19,21 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
-from engine.errors import ConfigError
+from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
 from engine.jobs import JobRunner, engine_owner
 from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
+from engine.unrecorded import UnrecordedOutcomes
 from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
+
+
+def catalog_evidence(settings: Settings) -> list[Path]:
+    """Places whose files show that a catalog existed (see Catalog.open)."""
+    from engine.services.backup import CHAINS_DIR
+
+    return [Path(settings.default_repository) / CHAINS_DIR]
 
 
 class Engine:
@@ -66,6 +74,8 @@ class Engine:
             clock=clock,
             owner=owner,
             writers=self.writers,
+            # outcomes of jobs whose catalog went away, for the next engine here
+            unrecorded=UnrecordedOutcomes(settings.state_dir / "unrecorded-jobs"),
         )
         self._wire_locks()
         self._wire_repositories()
@@ -253,6 +263,8 @@ class Engine:
         try:
             self.repositories.ensure_default(self.settings.default_repository)
             self.repositories.start()
+        except CatalogUnavailable:
+            pass  # logged once by the catalog
         except Exception:
             log.exception("starting repositories")
         self.capacity.start()
@@ -288,6 +300,8 @@ class Engine:
         for cleanup in (self.file_restore.cleanup_leftovers, self.exports.cleanup_leftovers):
             try:
                 cleanup()
+            except CatalogUnavailable:
+                pass  # logged once by the catalog
             except SendenseError as exc:
                 log.warning("restore cleanup at start: %s", exc)
 
@@ -340,9 +354,14 @@ class Engine:
                     f"state directory {directory} cannot be created: {exc.strerror}",
                     hint="set SENDENSE_STATE_DIR or [paths] state_dir to a writable place",
                 ) from None
-        self.catalog.open()
+        # a missing SQLite catalog is only started afresh when no backups show that
+        # one existed (the default repository's chains, the catalog's marker file)
+        self.catalog.open(evidence=catalog_evidence(self.settings))
         self._opened = True
         self._keep_state_private()
+        # jobs whose catalog went away under a process here are settled before
+        # anything lists or claims them
+        self.jobs.settle_unrecorded()
         self._cleanup_restore()
         self._recover_merges()
         return self
@@ -423,6 +442,8 @@ class Engine:
             for stop in (self.file_restore.close, self.exports.close):
                 try:
                     stop()
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog
                 except Exception:
                     log.exception("stopping restore mounts / NBD exports")
         self.catalog.dispose()

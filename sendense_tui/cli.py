@@ -9,16 +9,19 @@ from the table in ``sendense_tui.exitcodes``: 1 a job (or check) ran and failed,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from engine.errors import SendenseError
-from engine.private import PRIVATE_UMASK, make_private_dir, open_private
+from engine.private import PRIVATE_UMASK, make_private_dirs, open_private
 from sendense_tui.commands import COMMON, CliContext, register_all
 from sendense_tui.exitcodes import ExitCode, epilog, exit_code_for
 from sendense_tui.format import printable
@@ -50,7 +53,7 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     from engine.runtime import Engine
     from sendense_tui.app import SendenseApp
 
-    _log_to_file(ctx)
+    _log_to_file(ctx, "console.log")
     engine = Engine(ctx.settings)
     try:
         engine.open()
@@ -62,20 +65,57 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
         engine.close()
 
 
-def _log_to_file(ctx: CliContext) -> None:
-    """The console owns the terminal: log lines go to a file in the state dir."""
-    log_dir = ctx.settings.log_dir
-    try:
-        make_private_dir(log_dir)
-        # log lines name repositories, points and paths: root reads them, no one else
-        os.close(open_private(log_dir / "console.log", os.O_WRONLY | os.O_APPEND))
-        handler: logging.Handler = logging.FileHandler(log_dir / "console.log")
-    except OSError:
-        handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+class _LogFile(logging.Handler):
+    """A log file opened at its first line, where ``where()`` says (a command that
+    logs nothing reads no settings and creates nothing); a file that cannot be
+    written drops the lines, never prints a "Logging error" traceback."""
+
+    def __init__(self, where: Callable[[], Path]) -> None:
+        super().__init__()
+        self._where = where
+        self._stream: TextIO | None = None
+        self._broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._broken:
+            return
+        try:
+            if self._stream is None:
+                path = self._where()
+                # log lines name repositories, points and paths: root reads them only
+                make_private_dirs(path.parent)
+                fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+                self._stream = os.fdopen(fd, "a", encoding="utf-8")
+            self._stream.write(self.format(record) + "\n")
+            self._stream.flush()
+        except Exception:  # no settings, no room, no permission: stay quiet
+            self._broken = True
+
+    def close(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+            self._stream = None
+        super().close()
+
+
+_log_handler: _LogFile | None = None
+
+
+def _log_to_file(ctx: CliContext, name: str) -> None:
+    """The terminal gets one sentence per problem: log lines (an outage noted by the
+    catalog, a warning from a job thread) go to a file in the state dir's log dir,
+    console.log for the console and cli.log for other commands."""
+    global _log_handler
     root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    if _log_handler is not None:  # main() called again in one process (tests)
+        root.removeHandler(_log_handler)
+        _log_handler.close()
+    _log_handler = _LogFile(lambda: ctx.settings.log_dir / name)
+    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(_log_handler)
+    if name == "console.log":
+        root.setLevel(logging.INFO)
 
 
 def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
@@ -107,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if handler is not open_console and args.command != "daemon":  # those log themselves
+            _log_to_file(ctx, "cli.log")
         return int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
         return _fail(exc.message, exc.hint, int(exit_code_for(exc)))

@@ -75,7 +75,13 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
-from engine.errors import JobCancelled, JobUnprotected, SendenseError, ValidationError
+from engine.errors import (
+    CatalogUnavailable,
+    JobCancelled,
+    JobUnprotected,
+    SendenseError,
+    ValidationError,
+)
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
@@ -538,6 +544,8 @@ class BackupService:
         for disk in disks:
             try:
                 probes.append(self._probe(disk))
+            except CatalogUnavailable:
+                raise
             except SendenseError as exc:
                 probes.append(None)
                 run.disks.append(DiskResult(disk.name, disk.source, error=exc.for_humans()))
@@ -565,8 +573,8 @@ class BackupService:
                     lock_days=lock_days,
                 )
                 result.ok = True
-            except JobCancelled:
-                raise
+            except (JobCancelled, CatalogUnavailable):
+                raise  # the whole run stops: cancelled, or no catalog to record anything
             except SendenseError as exc:
                 result.error = exc.for_humans()
                 self._announce_failure(repo, vm, probe.source.name, exc, ctx, actor)
@@ -896,29 +904,39 @@ class BackupService:
             "checksum": sealed.checksum,
             "job_id": ctx.job_id if ctx else None,
         }
-        if full_reason is not None:
-            retire = [chain.id] if chain is not None else []
-            new_chain, row = self.store.add_full(
-                repository_id=repo.id,
-                vm_name=vm,
-                disk_name=disk,
-                directory=directory_rel,
-                now=now,
-                backup=fields,
-                retire=retire,
-                retire_detail=f"superseded by a new full: {full_reason}",
-            )
-            chain_id = new_chain.id
-        else:
-            assert chain is not None
-            row = self.store.add_incremental(
-                chain_id=chain.id,
-                parent_id=points[-1].id,
-                position=points[-1].position + 1,
-                now=now,
-                backup=fields,
-            )
-            chain_id = chain.id
+        try:
+            if full_reason is not None:
+                retire = [chain.id] if chain is not None else []
+                new_chain, row = self.store.add_full(
+                    repository_id=repo.id,
+                    vm_name=vm,
+                    disk_name=disk,
+                    directory=directory_rel,
+                    now=now,
+                    backup=fields,
+                    retire=retire,
+                    retire_detail=f"superseded by a new full: {full_reason}",
+                )
+                chain_id = new_chain.id
+            else:
+                assert chain is not None
+                row = self.store.add_incremental(
+                    chain_id=chain.id,
+                    parent_id=points[-1].id,
+                    position=points[-1].position + 1,
+                    now=now,
+                    backup=fields,
+                )
+                chain_id = chain.id
+        except CatalogUnavailable as exc:
+            # The file is complete and durable but not recorded. It stays: a server
+            # that lost the connection during COMMIT may hold the row, and a row
+            # without its file is worse than a file without its row (an orphan that
+            # `chain check` lists and a repository import takes back).
+            raise CatalogUnavailable(
+                f"{exc.message}; the finished file {fields['path']} was kept, unrecorded",
+                hint=exc.hint,
+            ) from exc
         failpoint("backup.after_record")
         self.writers.writing(key, None)
         result.kind = row.kind

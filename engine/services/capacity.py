@@ -44,7 +44,7 @@ from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import CapacitySettings
-from engine.errors import SendenseError
+from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
 from engine.services.probe import RepositoryCheckError, run_with_timeout
 from engine.units import human_bytes
@@ -386,6 +386,8 @@ class CapacityMonitor:
         for repo in self.repositories.list(enabled_only=True):
             try:
                 out.append(self.sample(repo))
+            except CatalogUnavailable:
+                raise  # the other repositories cannot be recorded either
             except Exception:
                 log.exception("capacity sample of %s failed", repo.name)
         return out
@@ -572,12 +574,17 @@ class CapacityMonitor:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_poll:
-                self.sample_all()
-                self.watch_all()
+                try:
+                    self.sample_all()
+                    self.watch_all()
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog; the next poll tries again
                 next_poll = time.monotonic() + self.settings.poll_seconds
             if now >= next_downsample:
                 try:
                     self.store.downsample(self.clock.now())
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog
                 except Exception:
                     log.exception("capacity downsampling failed")
                 next_downsample = now + 3600
@@ -595,6 +602,8 @@ class CapacityMonitor:
             for rid in [*due, *settle]:
                 try:
                     self.sample(rid)
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog
                 except Exception:
                     log.exception("capacity sample of repository %s failed", rid)
             if due or settle:

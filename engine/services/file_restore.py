@@ -64,7 +64,7 @@ from engine.catalog.models import RestoreMount
 from engine.catalog.restore import PointLocation, RestoreStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import SendenseError, ValidationError
+from engine.errors import CatalogUnavailable, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.private import PRIVATE_DIR, make_private_dir, make_private_dirs
 from engine.safepath import (
@@ -620,6 +620,8 @@ class FileRestoreService:
             while not self._reaper_stop.wait(interval):
                 try:
                     self.reap_expired()
+                except CatalogUnavailable:
+                    pass  # logged once by the catalog
                 except Exception:
                     log.exception("restore mount reaper")
 

@@ -44,7 +44,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import NotFoundError, ValidationError
+from engine.errors import CatalogUnavailable, NotFoundError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
@@ -1197,8 +1197,8 @@ class RepositoryService:
                 continue
             try:
                 self.prepare(repo)
-            except RepositoryCheckError:
-                pass
+            except (RepositoryCheckError, CatalogUnavailable):
+                pass  # said by the check / logged once by the catalog
             except Exception:
                 log.exception("preparing repository %s failed", repo.name)
 

@@ -34,7 +34,7 @@ from croniter import croniter
 from engine.catalog.models import ScheduleMark
 from engine.catalog.policies import PolicyStore, ScheduleStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import SendenseError
+from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class Scheduler:
         for policy in self.store.list(enabled_only=True):
             try:
                 self._consider(policy, now, report)
+            except CatalogUnavailable:
+                raise  # nothing can be scheduled: the loop waits for the catalog
             except SendenseError as exc:
                 log.warning("scheduling policy %s: %s", policy.name, exc)
             except Exception:
@@ -124,6 +126,8 @@ class Scheduler:
             ):
                 try:
                     step(now, report)
+                except CatalogUnavailable:
+                    raise
                 except SendenseError as exc:
                     log.warning("scheduling %s: %s", what, exc)
                 except Exception:
@@ -301,6 +305,8 @@ class Scheduler:
         self._last_alerts = mono
         try:
             self.evaluate_alerts()
+        except CatalogUnavailable:
+            pass  # logged once by the catalog
         except SendenseError as exc:
             log.warning("evaluating alerts: %s", exc)
         except Exception:
@@ -312,6 +318,8 @@ class Scheduler:
         def hook() -> None:
             try:
                 self.evaluate_alerts(kinds=kinds)
+            except CatalogUnavailable:
+                pass  # logged once by the catalog
             except Exception:
                 log.exception("evaluating alerts")
 
@@ -362,6 +370,8 @@ class Scheduler:
             return
         try:
             self.locks.maintain(actor="scheduler")
+        except CatalogUnavailable:
+            pass  # logged once by the catalog
         except SendenseError as exc:
             log.warning("lock maintenance: %s", exc)
         except Exception:
@@ -391,6 +401,8 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
+            except CatalogUnavailable:
+                pass  # logged once by the catalog; the next tick tries again
             except Exception:
                 log.exception("scheduler tick")
             mono = self.clock.monotonic()

@@ -20,7 +20,14 @@ from typing import Any
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
 from sendense_tui.commands import COUNT_MAX, CliContext, add_parser, bounded_int, table
-from sendense_tui.commands.jobs import WAIT_ENDS, finish_job, interruptible, print_queued
+from sendense_tui.commands.jobs import (
+    WAIT_ENDS,
+    check_recorded,
+    finish_job,
+    following,
+    interruptible,
+    print_queued,
+)
 from sendense_tui.format import human_bytes, printable, short_time
 
 DISK_FORMAT = (
@@ -114,7 +121,9 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             line = printable(event.message[:40])
             sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {line}")
             sys.stderr.flush()
-        elif event.kind.startswith("job.") and event.kind[4:] in WAIT_ENDS:
+        elif event.kind.startswith("job.") and (
+            event.kind[4:] in WAIT_ENDS or event.data.get("unrecorded")
+        ):
             done.set()
         elif event.kind == "job.waiting" and not ctx.json:
             sentence = event.data.get("sentence", event.message)
@@ -124,21 +133,25 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             notices.append(f"{event.level}: {printable(event.message)}")
 
     unsubscribe = engine.bus.subscribe(on_event)
-    try:
-        engine.start()
-        while not done.wait(0.5):
-            job = engine.job_store.get(job_id)
-            if job.state in WAIT_ENDS:
-                break
-    finally:
-        unsubscribe()
-        if not quiet:
-            sys.stderr.write("\n")
-    final = engine.job_store.get(job_id)
-    if final.state == "succeeded":
-        for notice in notices:
-            print(notice, file=sys.stderr)
-    return final
+    with following(job_id):
+        try:
+            engine.start()
+            while not done.wait(0.5):
+                job = engine.job_store.get(job_id)
+                if job.state in WAIT_ENDS:
+                    break
+                check_recorded(engine, job_id)
+        finally:
+            unsubscribe()
+            if not quiet:
+                sys.stderr.write("\n")
+        final = engine.job_store.get(job_id)
+        if final.state not in WAIT_ENDS:
+            check_recorded(engine, job_id)
+        if final.state == "succeeded":
+            for notice in notices:
+                print(notice, file=sys.stderr)
+        return final
 
 
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:

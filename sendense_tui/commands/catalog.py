@@ -1,4 +1,4 @@
-"""``sendense catalog status|migrate``."""
+"""``sendense catalog status|migrate|create``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def register(subparsers: Any) -> None:
     add_parser(sub, "migrate", help="bring the catalog schema up to date").set_defaults(
         func=migrate
     )
+    add_parser(
+        sub, "create", help="start a new, empty catalog where one was lost (then repo import)"
+    ).set_defaults(func=create)
 
 
 def _report(catalog: Catalog, ctx: CliContext, migrated: bool | None = None) -> int:
@@ -60,9 +63,28 @@ def status(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def migrate(args: argparse.Namespace, ctx: CliContext) -> int:
+    from engine.runtime import catalog_evidence
+
     catalog = Catalog(ctx.settings.db_url)
     try:
-        catalog.open()  # connects and migrates; refuses a catalog from a newer Sendense
+        # connects and migrates; refuses a catalog from a newer Sendense, and will not
+        # start an empty one where a catalog was lost
+        catalog.open(evidence=catalog_evidence(ctx.settings))
         return _report(catalog, ctx, migrated=True)
+    finally:
+        catalog.dispose()
+
+
+def create(args: argparse.Namespace, ctx: CliContext) -> int:
+    """After a catalog was lost: an empty one, on purpose; refused where one exists."""
+    catalog = Catalog(ctx.settings.db_url)
+    try:
+        catalog.create()
+        if not ctx.json:
+            print(
+                f"created an empty catalog {catalog.shown_url}; bring the backups back "
+                "with `sendense repo import NAME --path PATH`"
+            )
+        return _report(catalog, ctx, migrated=True) if ctx.json else 0
     finally:
         catalog.dispose()

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
+from engine.errors import CatalogUnavailable
 from sendense_tui.commands import (
     LIMIT_MAX,
     CliContext,
@@ -136,15 +137,55 @@ def finish_job(ctx: CliContext, job: Job, data: dict[str, Any], done: Callable[[
     return 0
 
 
+class EndedUnrecorded(CatalogUnavailable):
+    """The job ended in this process, but its catalog could not record how."""
+
+
+def check_recorded(engine: Any, job_id: int) -> None:
+    """Raise EndedUnrecorded when the job ended here but its row could not take the
+    outcome (the catalog went away, or turned read-only: the row still says running).
+    A catalog that answers again gets the outcome first."""
+    kept = engine.jobs.unrecorded.get(job_id)
+    if kept is None:
+        return
+    engine.jobs.settle_unrecorded()
+    if engine.jobs.unrecorded.get(job_id) is None:
+        return  # recorded now: the row tells
+    why = kept.error or f"the catalog is unavailable: {engine.catalog.outage or 'no answer'}"
+    raise EndedUnrecorded(
+        f"job {job_id} ended {kept.state}, but the catalog could not record it: {why}",
+        hint=f"it is recorded when the catalog answers again (`sendense jobs show {job_id}`)",
+    )
+
+
+@contextmanager
+def following(job_id: int) -> Iterator[None]:
+    """While a command waits for its job: a catalog that goes away ends the wait with
+    one sentence naming the job (exit 3); leaving the engine then stops the job
+    (its partial output removed), and its row is settled when the catalog answers."""
+    try:
+        yield
+    except EndedUnrecorded:
+        raise
+    except CatalogUnavailable as exc:
+        hint = f"{exc.hint}; " if exc.hint else ""
+        raise CatalogUnavailable(
+            f"lost the catalog while following job {job_id}: {exc.message}",
+            hint=f"{hint}a job that could not finish is recorded as failed when the "
+            f"catalog answers again (`sendense jobs show {job_id}`)",
+        ) from None
+
+
 def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     """Wait for a job; on a terminal, draw a progress bar (bytes, rate, ETA)."""
-    with interruptible(engine, job_id):
+    with interruptible(engine, job_id), following(job_id):
         return _wait_with_progress(engine, job_id, show=show)
 
 
 def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     if not show:
         while (job := engine.job_store.get(job_id)).state not in WAIT_ENDS:
+            check_recorded(engine, job_id)
             time.sleep(0.2)
         return job
     from rich.progress import (
@@ -171,6 +212,7 @@ def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
             bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
             if job.state in WAIT_ENDS:
                 return job
+            check_recorded(engine, job_id)
             time.sleep(0.2)
 
 

@@ -6,7 +6,10 @@ runs on the UI thread with the result and updates widgets in place. The next
 refresh is a one-shot timer armed after each draw, and only while the screen
 is the one on top (a dialog or another section pauses it; resuming refreshes).
 Worker errors go to ``SendenseApp.report_error``: one place, a readable
-notification, never a traceback.
+notification, never a traceback. A catalog that cannot be reached (or went
+read-only, or away) is not a notification per refresh: one line at the top of
+the screen says so while the screen keeps what it last read, and goes away at
+the first refresh that reads the catalog again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
+
+from engine.errors import CatalogUnavailable
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -75,6 +80,33 @@ class NavBar(Widget):
         return self._line(True, False)
 
 
+class CatalogBanner(Widget):
+    """One line under the section bar while the catalog is unavailable."""
+
+    DEFAULT_CSS = """
+    CatalogBanner { height: 1; display: none; background: $error; color: $text; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__(id="catalog-banner")
+        self.sentence = ""
+
+    def show(self, error: CatalogUnavailable) -> None:
+        self.sentence = error.message
+        self.display = True
+        self.refresh()
+
+    def hide(self) -> None:
+        self.sentence = ""
+        self.display = False
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" Catalog unavailable ", style="bold reverse")
+        text.append(f" {self.sentence} · showing what was last read; retrying")
+        return text
+
+
 class SendenseScreen(Screen[None]):
     """Base for the console's sections (app modes)."""
 
@@ -102,6 +134,7 @@ class SendenseScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
+        yield CatalogBanner()
         with Vertical(id="body"):
             yield from self.compose_body()
         yield Footer()
@@ -167,6 +200,9 @@ class SendenseScreen(Screen[None]):
                 self.apply(worker.result)
                 self.draws += 1
                 self.sendense.clear_error()
+                self._banner(None)
+            elif event.state == WorkerState.ERROR and isinstance(worker.error, CatalogUnavailable):
+                self._banner(worker.error)
             elif event.state == WorkerState.ERROR and worker.error is not None:
                 self.sendense.report_error(worker.error)
             if self._again:
@@ -183,6 +219,13 @@ class SendenseScreen(Screen[None]):
                 self.refresh_now()
             elif event.state == WorkerState.ERROR and worker.error is not None:
                 self.sendense.report_error(worker.error)
+
+    def _banner(self, error: CatalogUnavailable | None) -> None:
+        for banner in self.query(CatalogBanner):
+            if error is None:
+                banner.hide()
+            else:
+                banner.show(error)
 
     def run_engine(
         self,

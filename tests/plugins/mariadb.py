@@ -59,6 +59,8 @@ class MariaDBServer:
     pid_file: Path
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
+    #: the mariadbd command line, for restart()
+    command: list[str] = field(default_factory=list)
     _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def url(
@@ -124,6 +126,11 @@ class MariaDBServer:
             proc.kill()
             proc.wait(10)
 
+    def restart(self, *, timeout: float = 30.0) -> None:
+        """Start the stopped (or killed) server again on the same data directory."""
+        self.stop()
+        _launch(self, timeout)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
@@ -170,23 +177,37 @@ def start_mariadb(base: Path, *, timeout: float = 30.0) -> MariaDBServer:
     )
     if install.returncode != 0:
         pytest.fail(f"mariadb-install-db failed:\n{install.stdout}\n{install.stderr}")
+    server.command = [
+        mariadbd,
+        "--no-defaults",
+        f"--datadir={server.datadir}",
+        f"--socket={server.socket}",
+        "--skip-networking",
+        f"--pid-file={server.pid_file}",
+        f"--log-error={server.log_file}",
+        "--skip-name-resolve",
+        "--innodb-buffer-pool-size=64M",
+        # a test server: durability across power loss does not matter here, but a
+        # committed row must survive the server being killed (the outage tests kill
+        # it mid-job): 2 hands the log to the OS at each commit, without an fsync
+        "--innodb-flush-log-at-trx-commit=2",
+        "--innodb-doublewrite=0",
+        "--max-connections=300",
+        *user_args,
+    ]
+    _launch(server, timeout)
+    server.execute(
+        f"CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY '{APP_PASSWORD}'",
+        "CREATE DATABASE sendense CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+        f"GRANT ALL PRIVILEGES ON sendense.* TO '{APP_USER}'@'localhost'",
+    )
+    return server
+
+
+def _launch(server: MariaDBServer, timeout: float) -> None:
+    """Run mariadbd and wait until it answers."""
     server.process = subprocess.Popen(
-        [
-            mariadbd,
-            "--no-defaults",
-            f"--datadir={server.datadir}",
-            f"--socket={server.socket}",
-            "--skip-networking",
-            f"--pid-file={server.pid_file}",
-            f"--log-error={server.log_file}",
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=64M",
-            # a test server: durability across power loss does not matter here
-            "--innodb-flush-log-at-trx-commit=0",
-            "--innodb-doublewrite=0",
-            "--max-connections=300",
-            *user_args,
-        ],
+        server.command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -207,12 +228,6 @@ def start_mariadb(base: Path, *, timeout: float = 30.0) -> MariaDBServer:
                 f"mariadbd did not accept connections in {timeout:g}s:\n{server.log_tail()}"
             )
         time.sleep(0.05)
-    server.execute(
-        f"CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY '{APP_PASSWORD}'",
-        "CREATE DATABASE sendense CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
-        f"GRANT ALL PRIVILEGES ON sendense.* TO '{APP_USER}'@'localhost'",
-    )
-    return server
 
 
 @pytest.fixture(scope="session")

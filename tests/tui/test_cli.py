@@ -122,7 +122,7 @@ def test_unreachable_mysql_hides_the_password(tmp_path: Path) -> None:
         "jobs",
         "list",
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # catalog unavailable (the exit-code table)
     assert "cannot reach" in proc.stderr
     assert "secret" not in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
