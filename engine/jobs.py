@@ -461,7 +461,7 @@ class JobRunner:
         for candidate in candidates:
             if started >= slots or self._stopping.is_set():
                 break
-            if job_id in kept:
+            if candidate.id in kept:
                 continue
             with self._lock:
                 if candidate.id in self._running:

@@ -650,11 +650,14 @@ class ChainService:
                     continue
             present.append(b)
         known = {Path(b.path).name for b in all_rows if b.state != "deleted"}
+        deleted = {Path(b.path).name for b in all_rows if b.state == "deleted"} - known
         if directory.is_dir():
             for entry in sorted(directory.iterdir()):
                 if entry.name in known or not entry.is_file():
                     continue
-                orphan = orphan_finding(chain.directory, entry.name, known, directory)
+                orphan = orphan_finding(
+                    chain.directory, entry.name, known, directory, deleted=deleted
+                )
                 if orphan is not None:
                     found.append(orphan)
         elif backups:
@@ -1342,12 +1345,28 @@ def _owner_alive(owner: str) -> bool:
 
 
 def orphan_finding(
-    chain_directory: str, name: str, known: set[str], directory: Path
+    chain_directory: str,
+    name: str,
+    known: set[str],
+    directory: Path,
+    *,
+    deleted: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Finding | None:
     """What a file in a chain directory that the catalog does not record is, and what to
-    do with it; None for the manifest of a point the catalog knows or that is there."""
+    do with it; None for the manifest of a point the catalog knows or that is there.
+    ``deleted``: file names of points the catalog records as deleted (a deletion or a
+    merge stopped between its catalog row and the file)."""
     rel = str(Path(chain_directory) / name)
     fix = "`sendense chain check --fix`"
+    if name in deleted:
+        return Finding(
+            "orphan",
+            f"{name} is a point the catalog records as deleted, still on disk (a deletion "
+            "or a merge stopped before removing its file)",
+            f"{fix} finishes removing it (and its manifest)",
+            None,
+            rel,
+        )
     if manifests.is_manifest_name(name):
         point = manifests.point_name_of(name)
         if point in known or (directory / point).exists():

@@ -1128,10 +1128,11 @@ class CopyService:
     def _check_headers(self, b: SourceBackup, src_repo: Repository) -> None:
         """Refuse to copy a file whose chain's headers disagree with the catalog (the
         guard raises the critical event); a missing link is retried like a missing
-        file."""
-        chain = [x for x in self.store.chain_backups(b.chain_id) if x.position < b.position]
-        layers = [Layer(x.id, x.path, x.file_size) for x in chain]
-        layers.append(Layer(b.id, b.path, b.file_size))
+        file. The chain is the catalog's as it is now (its parent links), not as the
+        job listed it: a merge may have replaced the point's file meanwhile, and the
+        copy then takes the file it is now (see the checksum check in _copy_one)."""
+        lineage = self.store.lineage(b.id)  # the point first, down to its full
+        layers = [Layer(x.id, x.path, x.file_size) for x in reversed(lineage)]
         try:
             self.guard.chain_spec(src_repo, b.chain_directory, layers)
         except ImageRefused as exc:

@@ -1133,7 +1133,9 @@ class RepositoryImportService:
         return partial or self._has_orphan_points(repo, directory)
 
     def _has_orphan_points(self, repo: Repository, directory: str) -> bool:
-        known = self._known_names(repo, directory)
+        """Finished point files the catalog does not know (a point it records as deleted
+        is not one: its removal is finished instead, never undone)."""
+        known = self._known_names(repo, directory) | self._deleted_names(repo, directory)
         with os.scandir(Path(repo.path) / directory) as it:
             return any(manifests.POINT_NAME.match(e.name) and e.name not in known for e in it)
 
@@ -1153,8 +1155,9 @@ class RepositoryImportService:
         return names - self._known_names(repo, directory)
 
     def _remove_leftovers(self, repo: Repository, directory: str, report: FixReport) -> bool:
-        """Stale partial files, and manifests of points the catalog recorded as deleted
-        whose files are gone; locked or recently written files are left alone."""
+        """Stale partial files, files of points the catalog recorded as deleted (a
+        deletion or merge that stopped between its catalog row and the file) and their
+        manifests; locked or recently written files are left alone."""
         where = Path(repo.path) / directory
         deleted = self._deleted_names(repo, directory)
         removed = False
@@ -1162,10 +1165,12 @@ class RepositoryImportService:
             rel = f"{repo.name}:{directory}/{entry.name}"
             if entry.name.endswith(".partial"):
                 why = "a stale partial file"
+            elif entry.name in deleted:
+                why = "a point the catalog records as deleted"
             elif manifests.is_manifest_name(entry.name):
                 point = manifests.point_name_of(entry.name)
                 if point not in deleted or (where / point).exists():
-                    continue
+                    continue  # a deleted point left alone (locked, recent) keeps it
                 why = "the manifest of a deleted point"
             else:
                 continue

@@ -42,6 +42,7 @@ from engine.catalog.models import ImmutabilityLock
 from engine.config import CapacitySettings, JobSettings, Settings, default_settings
 from engine.failpoints import POINTS
 from engine.runtime import Engine
+from engine.services import imports
 from engine.services.backup import DiskSource
 from engine.services.policies import PolicySpec
 from engine.tools import attrs
@@ -380,6 +381,7 @@ def kill_restart_and_check(world: World, row: Row, request: pytest.FixtureReques
     try:
         settle_jobs(engine)
         assert_nothing_lost(world, engine)
+        assert_fix_cleans_up(world, engine, request)
         if row.scenario == "lock release":
             assert_locks_agree_with_flags(engine)
         if row.scenario == "consolidate job":
@@ -416,6 +418,7 @@ def assert_nothing_lost(world: World, engine: Engine) -> None:
         # each point carries its manifest (engine.services.manifests)
         recorded |= {f"{name}.json" for name in recorded}
         named = {Path(f.path).name for f in report.findings if f.path}
+        named |= {f"{name}.json" for name in named}  # an orphan point's manifest
         if directory.is_dir():
             on_disk = {p.name for p in directory.iterdir()}
             assert on_disk <= recorded | named, f"unnamed files in {directory}"
@@ -437,6 +440,35 @@ def assert_nothing_lost(world: World, engine: Engine) -> None:
             [t for t in engine.verifier.targets("all") if t.copy is not None]
         )
         assert {r.outcome for r in results} == {"ok"}, [r.as_dict() for r in results]
+
+
+def deleted_points(engine: Engine) -> set[int]:
+    return {
+        b.id
+        for c in engine.chain_store.list_chains()
+        for b in engine.chain_store.backups(c.id, include_deleted=True)
+        if b.state == "deleted"
+    }
+
+
+def assert_fix_cleans_up(world: World, engine: Engine, request: pytest.FixtureRequest) -> None:
+    """`chain check --fix` cleans up what is safe to: a stale partial is removed, a
+    finished orphan that extends its chain imported (and it restores to its moment),
+    the file of a point recorded as deleted removed; a deleted point never comes back.
+    What it leaves (a finished point whose place a re-run took) it says it left, and
+    `chain check` still names."""
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    # the crash was a moment ago; fix otherwise waits before it calls a file stale
+    monkeypatch.setattr(imports, "PARTIAL_QUIET_SECONDS", 0)
+    deleted = deleted_points(engine)
+    fixed = engine.imports.fix(actor="test")
+    said = "\n".join(fixed.left_alone)
+    for report in engine.chains.check_all(deep=True):
+        for finding in report.findings:
+            assert finding.kind == "orphan", finding.message
+            assert finding.path and Path(finding.path).name in said, (finding.message, said)
+    assert deleted <= deleted_points(engine), "a deleted point came back"
+    assert_nothing_lost(world, engine)
 
 
 def assert_locks_agree_with_flags(engine: Engine) -> None:
