@@ -24,6 +24,7 @@ keeper process (``engine.services.export_keeper``) that outlives the command.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass, replace
@@ -48,7 +50,7 @@ from engine.config import EXPORT_IDLE_MINUTES_MAX, EXPORT_MAX_HOURS_MAX, Setting
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import name_error
-from engine.private import make_private_dir
+from engine.private import make_private_dir, make_private_dirs
 from engine.services.images import ImageGuard, PointReader, PointUnreadable
 from engine.tools import exporters
 from engine.tools.base import ToolError
@@ -56,6 +58,8 @@ from engine.tools.base import ToolError
 log = logging.getLogger(__name__)
 
 PROGRAM = "qemu-nbd"
+#: the longest unix socket path the kernel takes (sun_path less its terminating NUL)
+_SUN_PATH_MAX = 107
 EXPORT_NAME_MAX = 128
 _HOST = socket.gethostname()
 _LIVE_OWNERS: set[str] = set()
@@ -292,8 +296,11 @@ class ExportService:
                     hint="stop it first or choose another --name",
                 )
             make_private_dir(self.root)
-            key = f"tcp{port}" if port is not None else uuid.uuid4().hex[:8]
-            base = self.root / f"{name}-{key}"
+            if port is not None:
+                base = self.root / f"{name}-tcp{port}"
+            else:
+                base = self._socket_base(uuid.uuid4().hex[:12])
+                make_private_dirs(base.parent)
             pidfile, log_file = Path(f"{base}.pid"), Path(f"{base}.log")
             socket_path = None if port is not None else Path(f"{base}.sock")
             bind = (host or "127.0.0.1") if port is not None else None
@@ -360,6 +367,18 @@ class ExportService:
             )
         )
         return replace(self._view(row), note=read.note)
+
+    def _socket_base(self, key: str) -> Path:
+        """Where a unix-socket export's files go (``.sock``, ``.pid``, ``.log``): in the
+        state directory, or, when that path is too long for a unix socket (the kernel
+        takes 107 bytes), in a root-only folder under /run named after it. Named by a
+        short key, not the export's name (up to 128 characters)."""
+        base = self.root / key
+        if len(os.fsencode(base)) + len(".sock") <= _SUN_PATH_MAX:
+            return base
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        runtime = Path("/run") if os.geteuid() == 0 else Path(tempfile.gettempdir())
+        return runtime / f"sendense-{os.geteuid()}" / digest / key
 
     def start_detached(
         self,

@@ -67,11 +67,15 @@ class Cli:
 
 def lose_catalog(cli: Cli, request: pytest.FixtureRequest) -> None:
     """The catalog is gone: the SQLite file deleted, the MariaDB database dropped and
-    created empty again."""
+    created empty again. A lost SQLite file is never replaced by an empty one behind
+    the operator's back: commands refuse (exit 3) until `sendense catalog create`."""
     if cli.db_url.startswith("sqlite"):
         db = Path(urlparse(cli.db_url).path)
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+        refused = cli.run("repo", "list", "--state-dir", str(cli.state), "--db-url", cli.db_url)
+        assert refused.returncode == 3 and "catalog create" in refused.stderr, refused.stderr
+        cli("catalog", "create")
         return
     server = request.getfixturevalue("mariadb_server")
     name = urlparse(cli.db_url).path.lstrip("/")
@@ -181,6 +185,7 @@ def test_an_import_killed_at_each_failpoint_finishes_once_when_run_again(
         out = cli("backup", "run", "--repo", "main", "--vm", vm, "--disk", f"sda={disk.path}")
         moments[out["disks"][0]["path"]] = disk.sha256()
     (tmp_path / "catalog.db").unlink()
+    cli("catalog", "create")  # on purpose: a lost catalog is never replaced silently
 
     args = ["repo", "import", "main", "--path", str(repo_dir), "--state-dir", str(cli.state)]
     killed = cli.run(*args, "--db-url", cli.db_url, failpoint=failpoint)

@@ -130,13 +130,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             backends[item.nodeid] = str(callspec.params["catalog_url"])
         elif _MARIADB_FIXTURES & set(getattr(item, "fixturenames", ())):
             backends[item.nodeid] = "mariadb"
+        if item.nodeid in backends:
+            # carried on every report, so the count is right when pytest-xdist runs
+            # the tests in workers and only reports reach this process
+            item.user_properties.append(("catalog_backend", backends[item.nodeid]))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     config = _config
     if config is None:
         return
-    backend = config.stash[_BACKEND_KEY].get(report.nodeid)
+    backend = dict(report.user_properties).get("catalog_backend")
+    backend = backend or config.stash[_BACKEND_KEY].get(report.nodeid)
     if backend is None:
         return
     outcomes = config.stash[_OUTCOMES_KEY][backend]
