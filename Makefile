@@ -18,6 +18,9 @@ install: $(VENV)/bin/activate
 install-test: $(VENV)/bin/activate
 	./scripts/install-system-packages.sh test
 	$(PY) -m pip install -q -e '.[test]'
+	@# an editable install leaves our own modules uncompiled, and with
+	@# PYTHONDONTWRITEBYTECODE set every `sendense` the tests start compiles them again
+	$(PY) -m compileall -q engine sendense_tui >/dev/null
 
 run: install
 	$(VENV)/bin/sendense
@@ -25,7 +28,7 @@ run: install
 test: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 4 --durations=20
 
 lint: $(VENV)/bin/activate
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

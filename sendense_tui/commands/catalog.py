@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from alembic.script import ScriptDirectory
-
-from engine.catalog.db import Catalog, alembic_config
+from engine.catalog.db import SCHEMA_HEAD, Catalog
 from sendense_tui.commands import CliContext, add_parser
 
 
@@ -26,7 +24,7 @@ def register(subparsers: Any) -> None:
 
 
 def _report(catalog: Catalog, ctx: CliContext, migrated: bool | None = None) -> int:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = SCHEMA_HEAD
     revision = catalog.current_revision()
     tables = [t for t in catalog.table_names() if t != "alembic_version"]
     data = {

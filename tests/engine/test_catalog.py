@@ -34,6 +34,29 @@ def test_migrations_create_every_table(catalog: Catalog) -> None:
     assert tables - set(Base.metadata.tables) == {"alembic_version"}
 
 
+def test_schema_head_is_the_newest_migration_and_an_up_to_date_catalog_skips_alembic(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from alembic.script import ScriptDirectory
+
+    from engine.catalog.db import SCHEMA_HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == SCHEMA_HEAD
+    url = sqlite_url(tmp_path / "c.db")
+    Catalog(url).open().dispose()  # first open: created and migrated with alembic
+    probe = (
+        "import sys; from engine.catalog import Catalog; "
+        f"c = Catalog({url!r}).open(); c.dispose(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_migrating_twice_changes_nothing(catalog_url: str, clock: FixedClock) -> None:
     first = Catalog(catalog_url).open()
     try:
