@@ -69,6 +69,10 @@ class VerifySettings:
     reverify_days: int = 30
     #: cron of the scheduled verification (default: every day at 03:00 UTC)
     schedule: str = "0 3 * * *"
+    #: every this many days an incremental that could use change tracking (a bitmap,
+    #: an extent list) compares every block's digest instead and checks that the
+    #: tracking missed nothing (engine.services.changes)
+    tracking_check_days: int = 7
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,7 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_MAX_JOBS": "jobs.max_concurrent",
     "SENDENSE_VERIFY_REVERIFY_DAYS": "verify.reverify_days",
     "SENDENSE_VERIFY_SCHEDULE": "verify.schedule",
+    "SENDENSE_VERIFY_TRACKING_CHECK_DAYS": "verify.tracking_check_days",
     "SENDENSE_EXPORT_IDLE_MINUTES": "exports.idle_minutes",
     "SENDENSE_EXPORT_MAX_HOURS": "exports.max_hours",
     "SENDENSE_THEME": "console.theme",
@@ -376,6 +381,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     verify = VerifySettings(
         reverify_days=reader.get("verify.reverify_days", _reverify_days, 30),
         schedule=reader.get("verify.schedule", _cron, "0 3 * * *"),
+        tracking_check_days=reader.get("verify.tracking_check_days", _reverify_days, 7),
     )
     exports = ExportSettings(
         idle_minutes=reader.get(

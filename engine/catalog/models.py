@@ -178,6 +178,9 @@ class Backup(Base):
     #: ok | mismatch | missing | check_failed | None (never verified)
     verify_state: Mapped[str | None] = mapped_column(String(16))
     verified_at: Mapped[datetime | None]
+    #: how the point's data was found: rung, why, bytes read/written, digest table
+    #: checksum, the source bitmap added at it (engine.services.changes.Tracking)
+    tracking: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Policy(Base):

@@ -60,6 +60,7 @@ import errno
 import logging
 import os
 import re
+import secrets
 import stat
 import threading
 import time
@@ -75,6 +76,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
+from engine.digests import BLOCK_SIZE, DigestTableError, table_path
 from engine.errors import (
     CatalogUnavailable,
     JobCancelled,
@@ -88,6 +90,7 @@ from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
 from engine.private import make_private_dirs
+from engine.services import changes
 from engine.services.chains import (
     ChainService,
     _reserve,
@@ -96,6 +99,7 @@ from engine.services.chains import (
     repo_file,
     stamp,
 )
+from engine.services.changes import ChangeHints, Plan, Tracking
 from engine.services.images import Layer
 from engine.services.immutability import LockService
 from engine.services.manifests import (
@@ -104,7 +108,7 @@ from engine.services.manifests import (
     remove_manifest,
     write_manifest,
 )
-from engine.tools import qemu_img
+from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
 from engine.units import human_bytes
@@ -118,6 +122,8 @@ COMPRESSIONS = (None, "zstd", "zlib")
 DEFAULT_FULL_EVERY = 14
 #: VM and disk names (whole-string match: "web01\n" is not a name)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: a dirty bitmap's name as an NBD server offers it (qemu:dirty-bitmap:NAME)
+_BITMAP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 #: how a source may be read: raw unless the operator says qcow2 (never probed)
 SOURCE_FORMATS = ("raw", "qcow2")
 NBD_PREFIXES = ("nbd://", "nbd+unix://")
@@ -151,6 +157,14 @@ class DiskSource:
     source: str
     #: how the source is read: raw (never probed), or qcow2 when the operator says so
     fmt: str = "raw"
+    #: an NBD source's dirty bitmap that marks what changed since the previous point
+    changed_bitmap: str | None = None
+    #: a capture agent's extent list of what changed (engine.services.changes)
+    changed_extents: str | None = None
+
+    @property
+    def hints(self) -> ChangeHints:
+        return ChangeHints(nbd_bitmap=self.changed_bitmap, extent_file=self.changed_extents)
 
     @classmethod
     def parse(cls, text: str) -> DiskSource:
@@ -267,6 +281,17 @@ class DiskResult:
     locked_until: str | None = None
     #: why the point is NOT protected although a lock was due (the point itself is good)
     unprotected: str | None = None
+    #: how the changes were found: full | bitmap | extents | digest | compare
+    rung: str | None = None
+    #: why that rung and not a faster one
+    rung_reason: str | None = None
+    bytes_read: int | None = None
+    bytes_written: int | None = None
+    changed_bytes: int | None = None
+    #: how long the source was held (the backup window)
+    source_held_seconds: float | None = None
+    #: how long checksum and digest table took after the source was released
+    checksum_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,7 +456,16 @@ class BackupService:
             int(p["repository"]),
             str(p["vm"]),
             # fmt None: a job queued before formats were pinned (raw, as it meant)
-            [DiskSource(d["name"], d["source"], d.get("fmt") or "raw") for d in p["disks"]],
+            [
+                DiskSource(
+                    d["name"],
+                    d["source"],
+                    d.get("fmt") or "raw",
+                    changed_bitmap=d.get("changed_bitmap"),
+                    changed_extents=d.get("changed_extents"),
+                )
+                for d in p["disks"]
+            ],
             mode=p.get("mode", "auto"),
             compression=p.get("compression"),
             full_every=p.get("full_every"),
@@ -490,6 +524,24 @@ class BackupService:
                 raise ValidationError(f"disk name {name!r} is not usable as a directory name")
         if len(set(names)) != len(names):
             raise ValidationError(f"disk names repeat: {', '.join(names)}")
+        for d in disks:
+            if d.changed_bitmap is not None:
+                if not d.source.lower().startswith(NBD_PREFIXES):
+                    raise ValidationError(
+                        f"disk {d.name}: a changed-blocks bitmap is read from an nbd:// or "
+                        "nbd+unix:// source only",
+                        hint="a qcow2 source gets a bitmap of Sendense's own; a raw file is "
+                        "compared by digest",
+                    )
+                if not _BITMAP_NAME.fullmatch(d.changed_bitmap):
+                    raise ValidationError(
+                        f"disk {d.name}: bitmap name {d.changed_bitmap!r} is not usable",
+                        hint="letters, digits, '.', '_', ':' and '-' (at most 128)",
+                    )
+            if d.changed_extents is not None and not os.path.isabs(d.changed_extents):
+                raise ValidationError(
+                    f"disk {d.name}: the extent list {d.changed_extents!r} must be an absolute path"
+                )
         if mode not in MODES:
             raise ValidationError(f"backup mode {mode!r} is unknown: use {', '.join(MODES)}")
         if compression not in COMPRESSIONS:
@@ -790,8 +842,13 @@ class BackupService:
         self.writers.writing(key, str(Path(directory_rel) / tmp.name))
         make_private_dirs(directory)  # VM, disk and chain folders: 0700 from mkdir on
         head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below
+        table_tmp = partial_path(table_path(final))
+        track = Tracking(rung="full" if full_reason is not None else "digest")
+        bitmaps = self._prepare_bitmaps(probe, None if full_reason else points[-1])
         try:
+            held = time.monotonic()
             if full_reason is not None:
+                track.bytes_read = _data_bytes(probe.spec)
                 qemu_img.convert(
                     probe.spec,
                     tmp,
@@ -799,31 +856,48 @@ class BackupService:
                     on_progress=progress,
                     should_stop=stopper,
                 )
+                track.source_held_seconds = time.monotonic() - held
             else:
                 parent = points[-1]
                 parent_name = Path(parent.path).name
                 # the previous chain's headers, checked against the catalog before and
-                # after the rebase reads through them
+                # after the copy reads through them
                 layers = [Layer(b.id, b.path, b.file_size) for b in points]
                 previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
-                # the parent's checksum is checked while the rebase runs (both read it)
+                # the parent's checksum is checked while the copy runs
                 parent_hash = (
                     _Background(sha256_file, repo_file(repo, parent.path))
                     if self.verify_parent and parent.checksum
                     else None
                 )
-                qemu_img.create(tmp, probe.virtual_size)
+                plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
+                track.rung, track.reason, track.fallback = plan.rung, plan.reason, plan.fallback
+                # the header names the parent by its plain file name; nothing opens it
+                # by that name (the chain is spelled out below)
+                qemu_img.create(tmp, probe.virtual_size, backing=parent_name, unsafe=True)
                 if stopper():  # cancelled while planning: stop before the long part
                     assert stopper.reason is not None
                     raise stopper.reason
-                overlay = ImageSpec.file(os.path.abspath(tmp), backing=probe.spec)
-                qemu_img.rebase_onto(
-                    overlay,
-                    previous.filename,
-                    header_name=parent_name,
+                copied = changes.copy_changes(
+                    plan,
+                    source=probe.spec,
+                    target=ImageSpec.file(os.path.abspath(tmp), backing=previous),
+                    disk_size=probe.virtual_size,
                     on_progress=progress,
                     should_stop=stopper,
+                    cancelled=lambda: stopper.reason or JobCancelled("the backup was cancelled"),
                 )
+                track.source_held_seconds = time.monotonic() - held
+                track.bytes_read = copied.bytes_read
+                track.bytes_written = copied.bytes_written
+                track.changed_bytes = copied.changed_bytes
+                track.digest_verified = plan.rung in ("digest", "compare")
+                if plan.checking:
+                    track.check = {
+                        "tracking": plan.tracking,
+                        "missed_blocks": copied.missed_blocks,
+                        "missed_offsets": copied.missed_examples,
+                    }
                 self.chains.guard.chain_spec(repo, chain.directory, layers)
                 if parent_hash is not None and parent_hash.result() != parent.checksum:
                     raise _BaseChanged(
@@ -837,28 +911,45 @@ class BackupService:
                         f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
                         f"as its parent instead of {parent_name}",
                     )
+                if copied.table is not None:
+                    track.digests = copied.table.write(table_tmp)
             failpoint("backup.after_write")
+            sealing = time.monotonic()
+            if full_reason is not None:
+                track.digests = self._full_table(tmp, probe.virtual_size, table_tmp, stopper)
             sealed = _seal(tmp, head)  # fsynced before it takes its name
+            track.checksum_seconds = time.monotonic() - sealing
             failpoint("backup.after_seal")
             self.writers.confirm(key)  # nobody took the disk over meanwhile
             _publish(tmp, final)
+            if track.digests is not None:
+                os.replace(table_tmp, table_path(final))
             failpoint("backup.after_publish")
         except JobCancelled:
             _discard(tmp)
+            _discard(table_tmp)
+            self._undo_bitmaps(probe, bitmaps)
             raise
         except qemu_img.NoSpaceError as exc:
             _discard(tmp)
+            _discard(table_tmp)
+            self._undo_bitmaps(probe, bitmaps)
             raise self._no_space(repo, vm, disk) from exc
         except OSError as exc:
             _discard(tmp)
+            _discard(table_tmp)
+            self._undo_bitmaps(probe, bitmaps)
             if exc.errno == errno.ENOSPC:
                 raise self._no_space(repo, vm, disk) from exc
             raise BackupError(f"writing {final} failed: {exc.strerror}") from exc
         except BaseException:
             _discard(tmp)
+            _discard(table_tmp)
+            self._undo_bitmaps(probe, bitmaps)
             if stopper.reason is not None:
                 raise stopper.reason from None
             raise
+        track.bitmap = bitmaps.added
         full = full_reason is not None
         manifest = PointManifest(
             vm=vm,
@@ -885,6 +976,7 @@ class BackupService:
             # the file never made it into the catalog: do not leave an orphan
             _discard(final)
             remove_manifest(final)
+            _discard(table_path(final))
             if isinstance(exc, OSError):
                 if exc.errno == errno.ENOSPC:
                     raise self._no_space(repo, vm, disk) from exc
@@ -903,6 +995,7 @@ class BackupService:
             "allocated_bytes": sealed.allocated_bytes,
             "checksum": sealed.checksum,
             "job_id": ctx.job_id if ctx else None,
+            "tracking": track.as_dict(),
         }
         try:
             if full_reason is not None:
@@ -939,6 +1032,13 @@ class BackupService:
             ) from exc
         failpoint("backup.after_record")
         self.writers.writing(key, None)
+        self._retire_bitmaps(probe, bitmaps)
+        result.rung, result.rung_reason = track.rung, track.reason
+        result.bytes_read, result.bytes_written = track.bytes_read, track.bytes_written
+        result.changed_bytes = track.changed_bytes
+        result.source_held_seconds = track.source_held_seconds
+        result.checksum_seconds = track.checksum_seconds
+        self._announce_tracking(repo, vm, disk, row, track, ctx, actor)
         result.kind = row.kind
         result.backup_id = row.id
         result.chain_id = chain_id
@@ -981,6 +1081,180 @@ class BackupService:
                 },
             )
         )
+
+    # -- change tracking (engine.services.changes) ----------------------------------
+
+    def _prepare_bitmaps(self, probe: _Probe, parent: Backup | None) -> _Bitmaps:
+        """For a qcow2 source Sendense opens itself: judge the bitmap the previous point
+        added, drop stale and untrusted ones, add this point's (it records every write
+        from now on), and disable the previous one so it can be exported."""
+        state = _Bitmaps()
+        spec = probe.spec
+        if spec.fmt != "qcow2" or spec.protocol not in ("file", "host_device"):
+            return state
+        if parent is not None:
+            previous = Tracking.of(parent.tracking)
+            state.previous = previous.bitmap if previous else None
+            state.problem = changes.bitmap_problem(spec, state.previous)
+        usable = parent is not None and state.problem is None and state.previous is not None
+        changes.discard_bitmaps(spec, {state.previous} if usable and state.previous else set())
+        name = f"{changes.BITMAP_PREFIX}{secrets.token_hex(6)}"
+        try:
+            qemu_img.bitmap(spec.alone(), "add", name, granularity=BLOCK_SIZE)
+            state.added = name
+        except ToolError as exc:
+            log.warning("no dirty bitmap could be added to %s: %s", spec.shown, exc.message)
+        if usable and state.previous is not None:
+            try:
+                qemu_img.bitmap(spec.alone(), "disable", state.previous)
+                state.disabled = True
+            except ToolError as exc:
+                state.problem = f"bitmap {state.previous} cannot be exported: {exc.message}"
+        return state
+
+    def _undo_bitmaps(self, probe: _Probe, state: _Bitmaps) -> None:
+        """A failed run: the previous bitmap records again, this run's goes (best effort;
+        a bitmap left disabled is never trusted by the next run)."""
+        spec = probe.spec.alone() if probe.spec.protocol != "nbd" else None
+        if spec is None:
+            return
+        with contextlib.suppress(ToolError):
+            if state.added:
+                qemu_img.bitmap(spec, "remove", state.added)
+        with contextlib.suppress(ToolError):
+            if state.disabled and state.previous:
+                qemu_img.bitmap(spec, "enable", state.previous)
+
+    def _retire_bitmaps(self, probe: _Probe, state: _Bitmaps) -> None:
+        """The point is recorded: the previous point's bitmap has served."""
+        if state.disabled and state.previous:
+            with contextlib.suppress(ToolError):
+                qemu_img.bitmap(probe.spec.alone(), "remove", state.previous)
+
+    def _change_plan(
+        self,
+        repo: Repository,
+        chain_id: int,
+        points: list[Backup],
+        probe: _Probe,
+        bitmaps: _Bitmaps,
+        now: datetime,
+    ) -> Plan:
+        """Which rung this incremental takes, and why (see engine.services.changes)."""
+        parent = points[-1]
+        size = probe.virtual_size
+        table = None
+        table_problem = None
+        try:
+            table = changes.previous_table(
+                repo_file(repo, parent.path), Tracking.of(parent.tracking), size
+            )
+        except DigestTableError as exc:
+            table_problem = str(exc)
+        hints = probe.source.hints
+        dirty: list[tuple[int, int]] | None = None
+        tracking: str | None = None
+        problem: str | None = None
+        source_bitmap: str | None = None
+        rung = "extents"
+        if hints.extent_file:
+            try:
+                dirty = changes.read_extent_file(
+                    hints.extent_file, since_point=parent.id, disk_size=size
+                )
+                tracking = f"extent list {hints.extent_file}"
+            except changes.ExtentFileError as exc:
+                problem = exc.message
+        elif hints.nbd_bitmap and probe.spec.address is not None:
+            try:
+                dirty = nbdmap.dirty_extents(probe.spec.address, hints.nbd_bitmap)
+                tracking = f"NBD bitmap {hints.nbd_bitmap}"
+            except ToolError as exc:
+                problem = exc.message
+        elif probe.spec.fmt == "qcow2" and probe.spec.protocol != "nbd":
+            if bitmaps.problem is None and bitmaps.disabled:
+                source_bitmap, rung = bitmaps.previous, "bitmap"
+                tracking = f"bitmap {bitmaps.previous}"
+            else:
+                problem = bitmaps.problem
+        if tracking is not None:
+            days = self.settings.verify.tracking_check_days if self.settings else 7
+            if changes.check_due(_last_verified(points), now, days):
+                return Plan(
+                    "digest" if table is not None else "compare",
+                    f"the periodic check of {tracking}"
+                    + ("" if table is not None else f" ({table_problem})"),
+                    table=table,
+                    dirty=dirty,
+                    tracking=tracking,
+                    source_bitmap=source_bitmap,
+                    checking=True,
+                )
+            return Plan(rung, None, table, dirty, tracking, source_bitmap)
+        if table is not None:
+            if problem is not None:
+                return Plan("digest", problem, table, fallback=True)
+            return Plan("digest", None, table)
+        reason = table_problem or "no digest table"
+        return Plan("compare", reason + (f"; {problem}" if problem else ""), fallback=True)
+
+    def _full_table(self, tmp: Path, size: int, table_tmp: Path, stopper: _Stopper) -> str | None:
+        """The digest table of a new full, read back from the finished file after the
+        source was released; None (the next incremental compares) when it cannot be."""
+        try:
+            table = changes.table_of_image(
+                ImageSpec.file(os.path.abspath(tmp)),
+                size,
+                should_stop=stopper,
+                cancelled=lambda: stopper.reason or JobCancelled("the backup was cancelled"),
+            )
+            return table.write(table_tmp)
+        except (ToolError, OSError) as exc:
+            _discard(table_tmp)
+            log.warning("no digest table for %s: %s", tmp, exc)
+            return None
+
+    def _announce_tracking(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        row: Backup,
+        track: Tracking,
+        ctx: JobContext | None,
+        actor: str | None,
+    ) -> None:
+        common = {
+            "source": "backup",
+            "repository_id": repo.id,
+            "job_id": ctx.job_id if ctx else None,
+            "actor": actor,
+        }
+        data = {"vm": vm, "disk": disk, "backup_id": row.id, "tracking": track.as_dict()}
+        missed = (track.check or {}).get("missed_blocks") or 0
+        if missed:
+            self.bus.publish(
+                Event(
+                    kind="backup.tracking_missed",
+                    message=f"{vm}/{disk}: {track.check.get('tracking') if track.check else ''}"
+                    f" MISSED {missed} changed block(s) of 64 KiB; point #{row.id} was made "
+                    "by comparing every block and is complete, but points made with that "
+                    "tracking since the last check may lack those writes",
+                    level="critical",
+                    data=data,
+                    **common,
+                )
+            )
+        elif track.fallback:
+            self.bus.publish(
+                Event(
+                    kind="backup.tracking_fallback",
+                    message=f"{vm}/{disk}: {track.rung} compare because {track.reason}",
+                    level="warning",
+                    data=data,
+                    **common,
+                )
+            )
 
     def _new_chain_dir(self, repo: Repository, vm: str, disk: str, now: datetime) -> str:
         base = f"{CHAINS_DIR}/{vm}/{disk}/{stamp(now)}"
@@ -1034,6 +1308,37 @@ class BackupService:
     ) -> list[tuple[Backup, Chain]]:
         repo_id = self.repositories.get(repository).id if repository is not None else None
         return self.store.list_backups(repository_id=repo_id, vm_name=vm)
+
+
+@dataclass
+class _Bitmaps:
+    """The dirty bitmaps of a qcow2 source during one run."""
+
+    #: the bitmap the previous point added (None: none recorded)
+    previous: str | None = None
+    #: why it cannot be trusted (None: it can)
+    problem: str | None = None
+    #: disabled for export by this run (re-enabled if the run fails)
+    disabled: bool = False
+    #: this point's bitmap, recording from the moment the source was read
+    added: str | None = None
+
+
+def _last_verified(points: list[Backup]) -> datetime | None:
+    """When the chain was last read whole (a full, or a digest-verified incremental)."""
+    for b in reversed(points):
+        t = Tracking.of(b.tracking)
+        if b.kind == "full" or (t is not None and t.digest_verified):
+            return b.point_time
+    return None
+
+
+def _data_bytes(spec: ImageSpec) -> int | None:
+    """Bytes of the source that hold data (what a full reads), from its allocation map."""
+    try:
+        return sum(e.length for e in qemu_img.map_image(spec) if not e.zero)
+    except ToolError:
+        return None
 
 
 class _BaseChanged(Exception):

@@ -1373,7 +1373,8 @@ def orphan_finding(
             return None  # the manifest of a recorded point, or of the orphan named below
         return Finding(
             "orphan",
-            f"{name} is the manifest of {point}, which is neither on disk nor in the catalog",
+            f"{name} belongs to {point} (its manifest or digest table), which is neither "
+            "on disk nor in the catalog",
             f"{fix} removes it when the catalog recorded that point as deleted; "
             "otherwise put the point back from a copy or delete the manifest",
             None,

@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog.models import Backup, Chain
+from engine.digests import SUFFIX as DIGESTS_SUFFIX
+from engine.digests import table_path
 from engine.errors import SendenseError
 from engine.fsutil import durable_output
 
@@ -196,13 +198,24 @@ def manifest_path(point: Path) -> Path:
     return point.with_name(point.name + SUFFIX)
 
 
+#: files that belong to a point and lie beside it: its manifest, its digest table
+SIDE_SUFFIXES = (SUFFIX, DIGESTS_SUFFIX)
+
+
 def is_manifest_name(name: str) -> bool:
-    """``NAME.qcow2.json`` where NAME.qcow2 is a point file name."""
-    return name.endswith(SUFFIX) and bool(POINT_NAME.match(name[: -len(SUFFIX)]))
+    """``NAME.qcow2.json`` or ``NAME.qcow2.digests`` (a point's manifest or digest
+    table: engine.digests), where NAME.qcow2 is a point file name."""
+    return any(
+        name.endswith(suffix) and bool(POINT_NAME.match(name[: -len(suffix)]))
+        for suffix in SIDE_SUFFIXES
+    )
 
 
 def point_name_of(manifest_name: str) -> str:
-    return manifest_name[: -len(SUFFIX)]
+    for suffix in SIDE_SUFFIXES:
+        if manifest_name.endswith(suffix):
+            return manifest_name[: -len(suffix)]
+    return manifest_name
 
 
 def point_manifest(
@@ -282,9 +295,10 @@ def try_read_manifest(point: Path) -> PointManifest | None:
 
 
 def remove_manifest(point: Path) -> None:
-    """Remove ``point``'s manifest (the caller flushes the directory)."""
-    with contextlib.suppress(FileNotFoundError):
-        manifest_path(point).unlink()
+    """Remove ``point``'s manifest and digest table (the caller flushes the directory)."""
+    for side in (manifest_path(point), table_path(point)):
+        with contextlib.suppress(FileNotFoundError):
+            side.unlink()
 
 
 def record_lock(point: Path, expires: datetime) -> bool:

@@ -183,6 +183,18 @@ class ImageSpec:
             )
         return node
 
+    def image_opts(self) -> str:
+        """The same options as qemu's dotted ``--image-opts`` string (one layer, no
+        backing: for ``qemu-img bitmap``, which takes no ``json:`` name). Commas in a
+        value are doubled, as qemu's option parser expects."""
+        if self.backing is not None:
+            raise SpecError("--image-opts describes one layer: use alone()")
+        flat: dict[str, str] = {"driver": self.fmt, "file.driver": self.protocol}
+        if self.address is not None:
+            raise SpecError("an nbd image has no --image-opts form here")
+        flat["file.filename"] = self.filename
+        return ",".join(f"{k}={v.replace(',', ',,')}" for k, v in flat.items())
+
     def json_name(self) -> str:
         """The ``json:{...}`` file name qemu-img and qemu-nbd accept in place of a path."""
         return "json:" + json.dumps(self.options(), separators=(",", ":"))

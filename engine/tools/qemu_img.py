@@ -354,11 +354,15 @@ def create(
     backing_fmt: str | None = None,
     options: Mapping[str, str] | None = None,
     timeout: float = QUERY_TIMEOUT,
+    unsafe: bool = False,
 ) -> None:
-    """Create an image. ``backing`` is written into the header as given (keep it relative)."""
+    """Create an image. ``backing`` is written into the header as given (keep it relative);
+    ``unsafe`` writes it without opening it (the caller opens the chain spelled out)."""
     args = ["qemu-img", "create", "-q", "-f", fmt]
     if backing is not None:
         args += ["-b", str(backing), "-F", backing_fmt or "qcow2"]
+        if unsafe:
+            args.append("-u")
     args += _opts(options)
     args += [str(path), str(int(size))]
     run(args, timeout=timeout, explain=_explain_for(path, dest=path, fmt=fmt))
@@ -755,3 +759,65 @@ def write_locked(path: PathLike, *, timeout: float = QUERY_TIMEOUT) -> bool:
     except ToolError:
         return False
     return False
+
+
+# ---------------------------------------------------------------------------
+# persistent dirty bitmaps (qcow2 only)
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    """A persistent dirty bitmap stored in a qcow2 image."""
+
+    name: str
+    granularity: int
+    #: qemu's flags: "auto" (enabled: it records writes), "in-use" (a writer had the
+    #: image open and did not close it cleanly: the bitmap cannot be trusted)
+    flags: tuple[str, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return "auto" in self.flags
+
+    @property
+    def in_use(self) -> bool:
+        return "in-use" in self.flags
+
+
+def bitmaps(image: Image, *, timeout: float = QUERY_TIMEOUT) -> list[Bitmap]:
+    """The persistent bitmaps in a qcow2 image's header (an image alone, no backing)."""
+    head = info(image, fmt=None if isinstance(image, ImageSpec) else "qcow2", timeout=timeout)
+    specific = (head.raw.get("format-specific") or {}).get("data") or {}
+    return [
+        Bitmap(
+            name=str(b.get("name", "")),
+            granularity=int(b.get("granularity", 0)),
+            flags=tuple(str(f) for f in b.get("flags", ())),
+        )
+        for b in specific.get("bitmaps") or ()
+    ]
+
+
+BITMAP_ACTIONS = ("add", "remove", "enable", "disable")
+
+
+def bitmap(
+    image: Image,
+    action: str,
+    name: str,
+    *,
+    granularity: int | None = None,
+    timeout: float = QUERY_TIMEOUT,
+) -> None:
+    """``qemu-img bitmap --add|--remove|--enable|--disable`` on a qcow2 image that nobody
+    else has open (qemu's image lock refuses otherwise: ImageBusy)."""
+    if action not in BITMAP_ACTIONS:
+        raise ValueError(f"unknown bitmap action {action!r}")
+    args = ["qemu-img", "bitmap", f"--{action}"]
+    if action == "add" and granularity:
+        args += ["-g", str(granularity)]
+    if isinstance(image, ImageSpec):
+        args += ["--image-opts", image.image_opts()]
+    else:
+        args += ["-f", "qcow2", str(image)]
+    run([*args, name], timeout=timeout, explain=_explain_for(image))

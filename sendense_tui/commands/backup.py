@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from dataclasses import replace
 from typing import Any
 
 from engine.errors import ValidationError
@@ -60,6 +61,22 @@ def register(subparsers: Any) -> None:
         help="a disk and where to read it: file, device or nbd URI, read as raw; "
         "NAME:qcow2=… for a standalone qcow2 image (repeatable)",
     )
+    run.add_argument(
+        "--changed-bitmap",
+        action="append",
+        default=[],
+        metavar="NAME=BITMAP",
+        help="an nbd source's dirty bitmap that marks what changed since the previous "
+        "point (the server must offer qemu:dirty-bitmap:BITMAP)",
+    )
+    run.add_argument(
+        "--changed-extents",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a capture agent's JSON list of what changed since the previous point "
+        '({"since_point": ID, "disk_size": BYTES, "extents": [{"start", "length"}]})',
+    )
     run.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
     run.add_argument("--compress", choices=("zstd", "none"), default="none")
     run.add_argument(
@@ -96,6 +113,7 @@ def point_dict(backup: Any, chain: Any) -> dict[str, Any]:
         "checksum": backup.checksum,
         "compression": backup.compression,
         "verify_state": backup.verify_state,
+        "tracking": backup.tracking,
     }
 
 
@@ -154,8 +172,29 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         return final
 
 
+def _with_hints(disks: list[DiskSource], args: argparse.Namespace) -> list[DiskSource]:
+    """Attach --changed-bitmap / --changed-extents to the disks they name."""
+    by_name = {d.name: d for d in disks}
+    for option, field in (
+        ("changed_bitmap", "changed_bitmap"),
+        ("changed_extents", "changed_extents"),
+    ):
+        for text in getattr(args, option):
+            name, sep, value = text.partition("=")
+            flag = "--" + option.replace("_", "-")
+            if not sep or not value:
+                raise ValidationError(f"{flag} takes NAME=VALUE, got {text!r}")
+            if name not in by_name:
+                raise ValidationError(
+                    f"{flag} names disk {name!r}, which is not one of the --disk names "
+                    f"({', '.join(by_name)})"
+                )
+            by_name[name] = replace(by_name[name], **{field: value})
+    return [by_name[d.name] for d in disks]
+
+
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
-    disks: list[DiskSource] = list(args.disk)
+    disks: list[DiskSource] = _with_hints(list(args.disk), args)
     compression = None if args.compress == "none" else args.compress
     with ctx.engine() as engine:
         job = engine.backups.submit(
@@ -182,9 +221,30 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
                     f"{human_bytes(d['virtual_size'])} disk{why}"
                 )
             )
+            print(printable("  " + transfer_line(d)))
 
     data = {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
     return finish_job(ctx, final, data, done)
+
+
+def transfer_line(d: dict[str, Any]) -> str:
+    """``found by digest compare (why): read 2.0 GiB, wrote 16 MiB, changed 16 MiB,
+    source held 3.1 s, checksum 0.4 s`` for one disk of a finished backup."""
+    rung = d.get("rung") or "?"
+    text = f"found by {rung}" + (" compare" if rung in ("digest", "compare") else "")
+    if d.get("rung_reason"):
+        text += f" ({d['rung_reason']})"
+    parts = []
+    for key, label in (("bytes_read", "read"), ("bytes_written", "wrote")):
+        if d.get(key) is not None:
+            parts.append(f"{label} {human_bytes(d[key])}")
+    if d.get("changed_bytes") is not None:
+        parts.append(f"changed {human_bytes(d['changed_bytes'])}")
+    if d.get("source_held_seconds") is not None:
+        parts.append(f"source held {d['source_held_seconds']:.1f} s")
+    if d.get("checksum_seconds") is not None:
+        parts.append(f"checksum {d['checksum_seconds']:.1f} s")
+    return text + (": " + ", ".join(parts) if parts else "")
 
 
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -207,8 +267,13 @@ def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
             human_bytes(b.allocated_bytes),
             b.state,
             str(c.id),
+            (b.tracking or {}).get("rung") or "-",
         ]
         for b, c in points
     ]
-    print(table(rows, ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CHAIN"]))
+    print(
+        table(
+            rows, ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CHAIN", "FOUND BY"]
+        )
+    )
     return 0

@@ -25,6 +25,7 @@ from textual.widgets import Input, Static, Tree
 from engine.catalog.models import Backup
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainView, PointView
+from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, printable, safe_text, short_time
@@ -80,6 +81,21 @@ def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = Fals
         text.append(" [verified]", style="green")
     elif b.verify_state:
         text.append(f" [{b.verify_state}]", style="bold red")
+    return text
+
+
+def _tracking_text(tracking: dict[str, Any] | None) -> str:
+    """How a point's data was found: ``bitmap (read 16 MiB, wrote 16 MiB)``, or the
+    rung and why it fell back; a tracking check that found misses says so loudly."""
+    if not tracking:
+        return "-"
+    t = Tracking.of(tracking)
+    if t is None:
+        return "-"
+    text = t.summary()
+    missed = (t.check or {}).get("missed_blocks")
+    if t.check is not None:
+        text += f"; tracking check: {'MISSED ' + str(missed) + ' block(s)' if missed else 'ok'}"
     return text
 
 
@@ -198,6 +214,7 @@ class ChainsScreen(SendenseScreen):
                 f"data      {human_bytes(b.allocated_bytes)} (allocated here)",
                 f"state     {b.state}" + (f": {b.state_detail}" if b.state_detail else ""),
                 f"verified  {b.verify_state or 'never'}",
+                f"found by  {_tracking_text(b.tracking)}",
                 f"lock      {_lock_text(self._point_views.get(b.id))}",
                 f"checksum  {(b.checksum or '-')[:16]}…",
                 f"file      {b.path}",

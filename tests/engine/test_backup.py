@@ -402,9 +402,9 @@ def test_stored_checksum_is_the_sha256_of_the_final_file(
         assert p.file_size == path.stat().st_size
         assert p.virtual_size == qemu_img.info(path).virtual_size
     directory = Path(repo.path) / chain.directory
-    # each point and its manifest (which records the same facts), nothing else
+    # each point, its manifest (the same facts) and its digest table, nothing else
     assert sorted(f.name for f in directory.iterdir()) == sorted(
-        name for p in points for name in (Path(p.path).name, Path(p.path).name + ".json")
+        Path(p.path).name + side for p in points for side in ("", ".json", ".digests")
     )
     for p in points:
         manifest = read_manifest(Path(repo.path) / p.path)

@@ -186,9 +186,11 @@ def test_consolidate_merges_oldest_point_and_every_other_point_still_restores(
     assert [p.id for p in bk_engine.chain_store.backups(chain_id)] == [ids[3]]
     assert restored(bk_engine, ids[3], tmp_path) == moments[ids[3]]
     last = bk_engine.chain_store.get_backup(ids[3])
-    # the merged points' files and manifests are gone; the new full has its manifest
+    # the merged points' files, manifests and digest tables are gone; the new full
+    # keeps its manifest and its table (a merge does not change what a point holds)
     assert sorted(p.name for p in new_file.parent.iterdir()) == [
         Path(last.path).name,
+        Path(last.path).name + ".digests",
         Path(last.path).name + ".json",
     ]
     manifest = read_manifest(Path(repo.path) / last.path)

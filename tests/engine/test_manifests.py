@@ -536,7 +536,7 @@ def test_chain_check_names_orphans_and_unknown_directories_and_fix_cleans_them(
     assert "--fix` imports it" in said[Path(paths[2]).name][1]
     assert "left by an interrupted backup" in said[stale.name][0]
     assert "--fix` removes it" in said[stale.name][1]
-    assert "is the manifest of 0000-full-20261120T000000Z.qcow2" in said[leftover.name][0]
+    assert "belongs to 0000-full-20261120T000000Z.qcow2" in said[leftover.name][0]
     assert "rename it back" in said[junk.name][1]
     assert unknown.unknown and unknown.vm_name == "db01" and unknown.points == 1
     assert "the catalog has no chain for it" in unknown.findings[0].message
