@@ -257,7 +257,9 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
     store = engine.chain_store
     gib = 1024**3
 
-    def chain(vm: str, disk: str, days_ago: int, incs: list[int], size: int) -> list[int]:
+    def chain(
+        vm: str, disk: str, days_ago: int, incs: list[int], size: int, rung: str = "digest"
+    ) -> list[int]:
         start = now - timedelta(days=days_ago)
         directory = f"chains/{vm}/{disk}/{start:%Y%m%dT%H%M%SZ}"
         full_path = f"{directory}/0000-full-{start:%Y%m%dT%H%M%SZ}.qcow2"
@@ -277,6 +279,15 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
                 "checksum": "9f2c" * 16,
                 "verify_state": "ok",
                 "verified_at": start + timedelta(hours=2),
+                "tracking": {
+                    "rung": "full",
+                    "bytes_read": size * 6 // 10,
+                    "bytes_written": size * 6 // 10,
+                    "source_held_seconds": size / (900 * 1024**2),
+                    "checksum_seconds": size / (2400 * 1024**2),
+                    "digests": "ab" * 32,
+                    "digest_verified": True,
+                },
             },
             retire=[
                 c.id
@@ -301,6 +312,14 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
                     "file_size": changed + 512 * 1024,
                     "allocated_bytes": changed,
                     "checksum": f"{n:04x}" * 16,
+                    "tracking": {
+                        "rung": rung,
+                        "bytes_read": changed if rung == "bitmap" else size * 6 // 10,
+                        "bytes_written": changed,
+                        "changed_bytes": changed,
+                        "digests": "cd" * 32,
+                        "digest_verified": rung != "bitmap",
+                    },
                 },
             )
             ids.append(inc.id)
@@ -309,7 +328,7 @@ def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
 
     chain("web01", "sda", 20, [300 * 1024**2], 40 * gib)
     chain("web01", "sda", 6, [120 * 1024**2, 96 * 1024**2, 410 * 1024**2], 40 * gib)
-    sdb = chain("web01", "sdb", 6, [2 * 1024**3, 1024**3], 200 * gib)
+    sdb = chain("web01", "sdb", 6, [2 * 1024**3, 1024**3], 200 * gib, rung="bitmap")
     db = chain("db01", "vda", 4, [700 * 1024**2, 650 * 1024**2], 80 * gib)
     broken = store.backups(store.get_backup(db[0]).chain_id)[0].chain_id
     store.update_chain(

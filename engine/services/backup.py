@@ -13,18 +13,18 @@ taken apart here and handed to qemu as typed options. See :func:`source_spec`.
 Full: ``qemu-img convert -O qcow2 [-c -o compression_type=zstd]`` into a new
 chain directory.
 
-Incremental: ``qemu-img convert -B previous`` from a *raw* source writes every
-cluster (qemu-img 7.2 cannot tell which ones equal the backing file), so the
-incremental is made with a rebase instead: an empty standalone overlay is
-created, opened with the source spelled out as its backing (no header ever
-names the source), and a *safe* ``qemu-img rebase -p -b PREVIOUS`` compares
-the old backing (the source) with the new one (the previous point, read
-through its chain, whose headers are checked against the catalog before and
-after) and copies only the clusters that differ into the overlay. The result
-holds exactly the changed clusters (2 MiB changed in a 64 MiB disk gives a
-≈2.3 MiB file) and its header names the previous point by
-plain file name, so the chain directory stays valid wherever it is copied.
-Incrementals are not compressed (a rebase cannot write compressed clusters).
+Incremental: a new qcow2 file whose header names the previous point by plain
+file name is opened by a qemu-storage-daemon with the previous chain spelled out
+as its backing (headers checked against the catalog before and after), and only
+the blocks that changed are written into it, found on the fastest rung of change
+tracking that can be trusted: the source's dirty bitmap, an extent list, the
+previous point's digest table, or a whole-disk compare (engine.services.changes).
+The point records which rung ran and why; its digest table lies beside it
+(``NAME.qcow2.digests``). A full records one too, read back from the finished
+file after the source was released. The rungs that use tracking or digests
+never read the previous point: its size is checked at every incremental, its
+checksum when the compare rung reads it anyway, and its content by the scheduled
+verification. Incrementals are not compressed.
 
 Data safety: each file is written as ``.NAME.partial`` in the chain directory,
 fsynced, renamed, its manifest written next to it (``NAME.json``: the same facts,
@@ -864,13 +864,22 @@ class BackupService:
                 # after the copy reads through them
                 layers = [Layer(b.id, b.path, b.file_size) for b in points]
                 previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
-                # the parent's checksum is checked while the copy runs
+                plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
+                # The compare rung reads the previous point whole anyway: its checksum is
+                # checked meanwhile. The faster rungs never read it (that is their point);
+                # its size is checked here and its content by the scheduled verification.
+                parent_file = repo_file(repo, parent.path)
+                if parent_file.stat().st_size != parent.file_size:
+                    raise _BaseChanged(
+                        parent,
+                        f"point #{parent.id} ({parent_name}) is {parent_file.stat().st_size} "
+                        f"bytes, not the {parent.file_size} recorded: its base changed under it",
+                    )
                 parent_hash = (
-                    _Background(sha256_file, repo_file(repo, parent.path))
-                    if self.verify_parent and parent.checksum
+                    _Background(sha256_file, parent_file)
+                    if self.verify_parent and parent.checksum and plan.rung == "compare"
                     else None
                 )
-                plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
                 track.rung, track.reason, track.fallback = plan.rung, plan.reason, plan.fallback
                 # the header names the parent by its plain file name; nothing opens it
                 # by that name (the chain is spelled out below)

@@ -416,9 +416,11 @@ def assert_nothing_lost(world: World, engine: Engine) -> None:
         points = engine.chain_store.backups(chain.id)
         recorded = {Path(b.path).name for b in points}
         # each point carries its manifest (engine.services.manifests)
-        recorded |= {f"{name}.json" for name in recorded}
+        # and its digest table (engine.digests)
+        recorded |= {f"{name}{side}" for name in recorded for side in (".json", ".digests")}
         named = {Path(f.path).name for f in report.findings if f.path}
-        named |= {f"{name}.json" for name in named}  # an orphan point's manifest
+        # an orphan point's manifest and digest table
+        named |= {f"{name}{side}" for name in named for side in (".json", ".digests")}
         if directory.is_dir():
             on_disk = {p.name for p in directory.iterdir()}
             assert on_disk <= recorded | named, f"unnamed files in {directory}"
