@@ -846,9 +846,10 @@ class BackupService:
         track = Tracking(rung="full" if full_reason is not None else "digest")
         bitmaps = self._prepare_bitmaps(probe, None if full_reason else points[-1])
         try:
-            held = time.monotonic()
             if full_reason is not None:
                 track.bytes_read = _data_bytes(probe.spec)
+            held = time.monotonic()
+            if full_reason is not None:
                 qemu_img.convert(
                     probe.spec,
                     tmp,
@@ -924,9 +925,21 @@ class BackupService:
                     track.digests = copied.table.write(table_tmp)
             failpoint("backup.after_write")
             sealing = time.monotonic()
-            if full_reason is not None:
-                track.digests = self._full_table(tmp, probe.virtual_size, table_tmp, stopper)
-            sealed = _seal(tmp, head)  # fsynced before it takes its name
+            # a full's digest table is read back from the finished file while its
+            # checksum is taken (both from the page cache, on two cores)
+            table_job = (
+                _Background(self._full_table, tmp, probe.virtual_size, table_tmp, stopper)
+                if full_reason is not None
+                else None
+            )
+            try:
+                sealed = _seal(tmp, head)  # fsynced before it takes its name
+            finally:
+                if table_job is not None:
+                    table_job.join()
+            if table_job is not None:
+                track.digests = table_job.result()
+                track.bytes_written = sealed.file_size
             track.checksum_seconds = time.monotonic() - sealing
             failpoint("backup.after_seal")
             self.writers.confirm(key)  # nobody took the disk over meanwhile
