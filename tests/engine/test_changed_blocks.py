@@ -326,3 +326,105 @@ def test_an_nbd_source_with_a_dirty_bitmap_reads_only_the_dirty_extents(
     assert restore_hash(bk_engine, int(inc.backup_id or 0), tmp_path) == raw_view_hash(
         image, tmp_path
     )
+
+
+def _qmp(sock: Path, *commands: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send QMP commands to a qemu-storage-daemon monitor; the replies, in order."""
+    import socket as socketlib
+
+    replies = []
+    with socketlib.socket(socketlib.AF_UNIX) as s:
+        s.connect(str(sock))
+        reader = s.makefile("r")
+        json.loads(reader.readline())  # greeting
+        for command in ({"execute": "qmp_capabilities"}, *commands):
+            s.sendall(json.dumps(command).encode() + b"\n")
+            while True:
+                reply = json.loads(reader.readline())
+                if "return" in reply or "error" in reply:
+                    break  # events in between are skipped
+            assert "error" not in reply, reply
+            replies.append(reply)
+    return replies[1:]
+
+
+def test_a_fleecing_export_gives_the_moment_while_the_guest_keeps_writing(
+    bk_engine: Engine, repo: Any, tmp_path: Path
+) -> None:
+    """The hypervisor's side (played by a qemu-storage-daemon): the disk, a fleecing
+    overlay filled by ``blockdev-backup sync=none`` (copy-before-write), the overlay
+    exported over NBD for Sendense and the disk exported writable for the guest. The
+    guest writes all through the backup; the point is the disk at the moment the
+    fleecing started."""
+    size = 64 * MiB
+    image = qcow2_source(tmp_path, size)
+    moment = raw_view_hash(image, tmp_path)
+    fleece = tmp_path / "fleece.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image), str(fleece)],
+        check=True,
+    )
+    qmp, nbd = tmp_path / "qmp.sock", tmp_path / "hv.sock"
+    disk_node = {
+        "driver": "qcow2",
+        "node-name": "disk",
+        "file": {"driver": "file", "filename": str(image)},
+    }
+    fleece_node = {
+        "driver": "qcow2",
+        "node-name": "fleece",
+        "backing": "disk",
+        "file": {"driver": "file", "filename": str(fleece)},
+    }
+    hypervisor = subprocess.Popen(
+        [
+            "qemu-storage-daemon",
+            "--blockdev", json.dumps(disk_node),
+            "--blockdev", json.dumps(fleece_node),
+            "--chardev", f"socket,path={qmp},server=on,wait=off,id=m",
+            "--monitor", "chardev=m",
+            "--nbd-server", f"addr.type=unix,addr.path={nbd}",
+        ]
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not (qmp.exists() and nbd.exists()):
+            assert time.monotonic() < deadline and hypervisor.poll() is None
+            time.sleep(0.05)
+        # the guest's device first: the backup job puts its copy-before-write filter
+        # between that device and the disk
+        _qmp(
+            qmp,
+            {"execute": "block-export-add",
+             "arguments": {"type": "nbd", "id": "live", "node-name": "disk", "name": "live",
+                           "writable": True}},
+            {"execute": "blockdev-backup",
+             "arguments": {"job-id": "fleecing", "device": "disk", "target": "fleece",
+                           "sync": "none"}},
+            {"execute": "block-export-add",
+             "arguments": {"type": "nbd", "id": "snap", "node-name": "fleece", "name": "vda"}},
+        )  # fmt: skip
+        live = f"driver=nbd,server.type=unix,server.path={nbd},export=live"
+        done = tmp_path / "backup-done"
+        guest = subprocess.Popen(
+            [
+                "sh", "-c",
+                f"i=0; while [ ! -e {done} ] && [ $i -lt 2000 ]; do qemu-io --image-opts "
+                f"'{live}' -c \"write -q -P $((i % 200 + 30)) $(( (i * 1048576) % {size} )) "
+                "1M\" || exit 1; i=$((i+1)); done",
+            ]
+        )  # fmt: skip
+        time.sleep(0.3)  # the guest is writing
+        uri = f"nbd+unix:///vda?socket={nbd}"
+        point = bk_engine.backups.run(repo.id, "vm", [DiskSource("vda", uri)]).disks[0]
+        writing_during = guest.poll() is None
+        done.touch()
+        guest.wait(timeout=60)
+        assert guest.returncode == 0
+        assert point.ok, point.error
+        assert writing_during, "the guest stopped writing before the backup ended"
+        assert restore_hash(bk_engine, int(point.backup_id or 0), tmp_path) == moment
+    finally:
+        hypervisor.terminate()
+        hypervisor.wait(timeout=30)
+    assert raw_view_hash(image, tmp_path) != moment  # the guest's writes are in the disk
