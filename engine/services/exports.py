@@ -32,7 +32,6 @@ import os
 import shlex
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import uuid
@@ -514,13 +513,7 @@ class ExportService:
         """Wait up to ``timeout`` s for the server of an export this engine started to
         end (stopped by anyone, or died); True when it has ended. Reaps it."""
         server = self._servers.get(export_id)
-        if server is None or server.proc is None:
-            return True
-        try:
-            server.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return server is None or server.wait_ended(timeout)
 
     def kill_server(self, export_id: int) -> None:
         """Stop the server of an export this engine started without the catalog (when

@@ -89,6 +89,17 @@ class ServerProcess:
             return False
         return pid_matches(self.pid, self.program, self.marker)
 
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a server this engine started to end (reaping
+        it); True when it has ended."""
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Terminate the server and wait for it; KILL if it does not go."""
         if self.proc is not None:
