@@ -844,7 +844,9 @@ class BackupService:
         head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below
         table_tmp = partial_path(table_path(final))
         track = Tracking(rung="full" if full_reason is not None else "digest")
-        bitmaps = self._prepare_bitmaps(probe, None if full_reason else points[-1])
+        bitmaps = self._prepare_bitmaps(
+            probe, None if full_reason else points[-1], changes.bitmap_prefix(repo.id, vm, disk)
+        )
         try:
             if full_reason is not None:
                 track.bytes_read = _data_bytes(probe.spec)
@@ -1106,7 +1108,7 @@ class BackupService:
 
     # -- change tracking (engine.services.changes) ----------------------------------
 
-    def _prepare_bitmaps(self, probe: _Probe, parent: Backup | None) -> _Bitmaps:
+    def _prepare_bitmaps(self, probe: _Probe, parent: Backup | None, prefix: str) -> _Bitmaps:
         """For a qcow2 source Sendense opens itself: judge the bitmap the previous point
         added, drop stale and untrusted ones, add this point's (it records every write
         from now on), and disable the previous one so it can be exported."""
@@ -1119,8 +1121,10 @@ class BackupService:
             state.previous = previous.bitmap if previous else None
             state.problem = changes.bitmap_problem(spec, state.previous)
         usable = parent is not None and state.problem is None and state.previous is not None
-        changes.discard_bitmaps(spec, {state.previous} if usable and state.previous else set())
-        name = f"{changes.BITMAP_PREFIX}{secrets.token_hex(6)}"
+        changes.discard_bitmaps(
+            spec, prefix, {state.previous} if usable and state.previous else set()
+        )
+        name = f"{prefix}{secrets.token_hex(6)}"
         try:
             qemu_img.bitmap(spec.alone(), "add", name, granularity=BLOCK_SIZE)
             state.added = name

@@ -243,13 +243,19 @@ def bitmap_problem(spec: ImageSpec, expected: str | None) -> str | None:
     return None
 
 
-def discard_bitmaps(spec: ImageSpec, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-    """Remove every Sendense bitmap of a qcow2 source except ``keep`` (stale ones from
-    interrupted runs, in-use ones that can no longer be trusted). Best effort."""
+def bitmap_prefix(repository_id: int, vm: str, disk: str) -> str:
+    """The names of the bitmaps one chain keeps in a source: another repository or disk
+    backing up the same image keeps its own and never touches these."""
+    return f"{BITMAP_PREFIX}r{repository_id}-{vm}-{disk}-"
+
+
+def discard_bitmaps(spec: ImageSpec, prefix: str, keep: set[str]) -> list[str]:
+    """Remove the bitmaps named ``prefix…`` of a qcow2 source except ``keep`` (stale ones
+    from interrupted runs, in-use ones that can no longer be trusted). Best effort."""
     removed: list[str] = []
     with contextlib.suppress(ToolError):
         for b in qemu_img.bitmaps(spec.alone()):
-            if b.name.startswith(BITMAP_PREFIX) and b.name not in keep:
+            if b.name.startswith(prefix) and b.name not in keep:
                 with contextlib.suppress(ToolError):
                     qemu_img.bitmap(spec.alone(), "remove", b.name)
                     removed.append(b.name)

@@ -138,6 +138,29 @@ def test_qcow2_source_uses_its_bitmap_and_rotates_it(
         assert restore_hash(bk_engine, bid, tmp_path) == digest
 
 
+def test_two_repositories_backing_up_one_image_each_keep_their_own_bitmap(
+    bk_engine: Engine, repo: Any, tmp_path: Path, clock: FixedClock
+) -> None:
+    (tmp_path / "second").mkdir()
+    second = bk_engine.repository_store.add(
+        name="second", kind="local", path=str(tmp_path / "second"), now=clock.now()
+    )
+    src = qcow2_source(tmp_path, 16 * MiB)
+    sources = [DiskSource("vda", str(src), "qcow2")]
+    for target in (repo, second):
+        assert bk_engine.backups.run(target.id, "vm", sources).ok
+    assert len(sendense_bitmaps(src)) == 2
+    guest_write(src, [(MiB, 64 * KiB, 0x31)])
+    clock.advance(3600)
+    for target in (repo, second):
+        inc = bk_engine.backups.run(target.id, "vm", sources).disks[0]
+        assert inc.rung == "bitmap", inc.rung_reason
+        assert restore_hash(bk_engine, int(inc.backup_id or 0), tmp_path) == raw_view_hash(
+            src, tmp_path
+        )
+    assert len(sendense_bitmaps(src)) == 2
+
+
 def test_a_bitmap_left_in_use_by_a_killed_writer_falls_back_to_digests_out_loud(
     bk_engine: Engine, repo: Any, tmp_path: Path, clock: FixedClock
 ) -> None:
