@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from rich.console import Console
 from textual.widgets import Static
@@ -154,3 +155,44 @@ async def test_verification_line_counts_coverage_and_overdue_files(
         shown = _alerts_text(screen)
         assert f"verified {report.coverage_percent:.0f}% of bytes in 30 days" in shown
         assert f"{len(report.overdue)} overdue" in shown
+
+
+async def test_repositories_added_and_removed_while_shown_update_the_lines_without_a_crash(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """A repository added or removed (from the CLI, the wizard, another console) while
+    the Dashboard is shown: lines come and go in place, several times over, in one
+    refresh or across several, and the lines of the others stay the same widgets."""
+    app = make_app()
+    store = demo_engine.repository_store
+    primary = store.get("primary")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        kept = screen.query_one(f"#gauge-{primary.id}", RepoGauge)
+        added: list[int] = []
+        for n in range(4):
+            path = tmp_path / f"extra{n}"
+            path.mkdir()
+            added.append(store.add(name=f"extra{n}", kind="local", path=str(path),
+                                   now=demo_engine.clock.now()).id)  # fmt: skip
+            await pilot.press("r")
+            await settle(pilot)
+            if n % 2:  # remove one and add one within the same refresh
+                store.delete(added.pop(0))
+                path = tmp_path / f"more{n}"
+                path.mkdir()
+                added.append(store.add(name=f"more{n}", kind="local", path=str(path),
+                                       now=demo_engine.clock.now()).id)  # fmt: skip
+                await pilot.press("r")
+                await settle(pilot)
+            shown = {g.id for g in screen.query(RepoGauge)}
+            assert shown == {f"gauge-{r.id}" for r in store.list()}
+        assert screen.query_one(f"#gauge-{primary.id}", RepoGauge) is kept
+        for rid in added:
+            store.delete(rid)
+        await pilot.press("r")
+        await settle(pilot)
+        assert {g.id for g in screen.query(RepoGauge)} == {f"gauge-{r.id}" for r in store.list()}
+        assert app.is_running
