@@ -26,6 +26,7 @@ from sendense_tui.format import human_bytes, printable
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge, sparkline
+from sendense_tui.widgets.keyed import reconcile
 
 KINDS = {"local": "local", "nfs": "NFS", "cifs": "CIFS"}
 FOOTNOTE = (
@@ -157,17 +158,22 @@ class CapacityScreen(SendenseScreen):
         width = self.size.width or 100
         if keys != self._keys:
             with self.app.batch_update():
-                box.remove_children()
-                self._texts.clear()
-                if not data.items:
-                    box.mount(
+                empty = [] if data.items else ["capacity-empty"]
+                reconcile(
+                    box,
+                    Static,
+                    empty + [f"cap-{k}" for k in keys],
+                    lambda wid: (
                         Static(
                             "No repository yet. Add one on the Repositories screen (2).",
+                            id=wid,
                             classes="capacity-empty",
                         )
-                    )
-                for item in data.items:
-                    box.mount(Static("", id=f"cap-{item.repository.id}", classes="capacity-card"))
+                        if wid == "capacity-empty"
+                        else Static("", id=wid, classes="capacity-card")
+                    ),
+                )
+                self._texts = {k: v for k, v in self._texts.items() if k in keys}
             self._keys = keys
             self.call_after_refresh(self._fill, data, width)
             return

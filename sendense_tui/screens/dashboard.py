@@ -43,6 +43,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.capacity import KINDS, level_of
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge
+from sendense_tui.widgets.keyed import reconcile
 
 #: longest repository name shown before it is cut with "…"
 NAME_WIDTH = 16
@@ -250,35 +251,19 @@ class DashboardScreen(SendenseScreen):
         self.query_one("#repo-summary", Static).update(self._summary(data))
         ids = [item.repository.id for item in data.repositories]
         if ids != self._repo_ids:  # repositories came or went: keyed update of the lines
-            self._reconcile_gauges(box, ids)
+            reconcile(
+                box,
+                RepoGauge,
+                [f"gauge-{i}" for i in ids],
+                lambda wid: RepoGauge(id=wid, classes="repo-gauge"),
+                after="#repo-summary",
+            )
             self._repo_ids = ids
         width = min(NAME_WIDTH, max((len(i.repository.name) for i in data.repositories), default=8))
         for item in data.repositories:
             line = RepoGaugeLine.of(item, width)
             for widget in box.query(f"#gauge-{item.repository.id}").results(RepoGauge):
                 widget.line = line  # a reactive: redraws only if the value changed
-
-    @staticmethod
-    def _reconcile_gauges(box: VerticalScroll, ids: list[int]) -> None:
-        """Remove the lines of repositories that went, mount lines for the new ones in
-        their place, keep the others. Never remove-then-mount the same ids: removal
-        completes later, and a new widget with a still-present id crashes the console
-        (DuplicateIds) whenever a repository is added or removed."""
-        wanted = [f"gauge-{i}" for i in ids]
-        present = {w.id: w for w in box.query(RepoGauge) if w.id is not None}
-        for wid, widget in present.items():
-            if wid not in wanted:
-                widget.remove()
-        previous: RepoGauge | None = None
-        for wid in wanted:
-            widget = present.get(wid)
-            if widget is None:
-                widget = RepoGauge(id=wid, classes="repo-gauge")
-                if previous is None:
-                    box.mount(widget, after="#repo-summary")
-                else:
-                    box.mount(widget, after=previous)
-            previous = widget
 
     @staticmethod
     def _summary(data: DashboardData) -> Text:

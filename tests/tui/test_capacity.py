@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from textual.widgets import Static
 
@@ -55,3 +56,36 @@ async def test_capacity_updates_live_card_by_card(
         text = str(screen.query_one(f"#cap-{offsite.id}", Static).content)
         assert "FULL" in text and "no new backups or copies until space is freed" in text
         assert screen._texts[primary.id] == before_other  # untouched card
+
+
+async def test_repositories_that_come_and_go_while_shown_update_the_cards_in_place(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    app = make_app()
+    store = demo_engine.repository_store
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CapacityScreen)
+        primary = store.get("primary")
+        kept = screen.query_one(f"#cap-{primary.id}", Static)
+        for n in range(3):
+            path = tmp_path / f"extra{n}"
+            path.mkdir()
+            new = store.add(name=f"extra{n}", kind="local", path=str(path),
+                            now=demo_engine.clock.now())  # fmt: skip
+            await pilot.press("r")
+            await settle(pilot)
+            store.delete(new.id)
+            path = tmp_path / f"again{n}"
+            path.mkdir()
+            store.add(name=f"again{n}", kind="local", path=str(path),
+                      now=demo_engine.clock.now())  # fmt: skip
+            await pilot.press("r")
+            await settle(pilot)
+            cards = {w.id for w in screen.query(".capacity-card")}
+            assert cards == {f"cap-{r.id}" for r in store.list()}
+        assert screen.query_one(f"#cap-{primary.id}", Static) is kept
+        assert app.is_running
