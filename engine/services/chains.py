@@ -88,6 +88,7 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
+from engine.owners import owner_alive
 from engine.safepath import is_within
 from engine.services import manifests
 from engine.services.images import (
@@ -1123,7 +1124,7 @@ class ChainService:
             return False  # this engine is doing it right now
         if intent.owner == self.owner:
             return True  # ours, and no longer running (it failed half-way)
-        if not _owner_alive(intent.owner):
+        if not owner_alive(intent.owner):
             return True
         return as_utc(intent.updated_at) + self._stale_after() < self.clock.now()  # type: ignore[operator]
 
@@ -1322,26 +1323,6 @@ class ChainService:
 def _discard(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _owner_alive(owner: str) -> bool:
-    """Whether the engine ``host:pid:token`` may still run. Another host's engine is
-    judged by its heartbeat instead (assume alive here)."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST:
-        return True
-    if not pid_text.isdigit():
-        return False
-    if int(pid_text) == os.getpid():
-        return True  # this process: only intents it is working on are live (see _abandoned)
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def orphan_finding(

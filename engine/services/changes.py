@@ -362,7 +362,7 @@ def copy_changes(
             plan.dirty = nbdmap.dirty_extents(session.bitmap_address, bitmap[1])
         src_path = source.filename if raw_source else str(session.source_path)
         assert session.target_path is not None
-        return _copy(
+        outcome = _copy(
             plan,
             src_path,
             str(session.target_path),
@@ -372,6 +372,8 @@ def copy_changes(
             should_stop,
             cancelled,
         )
+        session.synced = True  # _copy fsynced the target through its view
+        return outcome
 
 
 def _copy(

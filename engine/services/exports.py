@@ -49,6 +49,7 @@ from engine.config import EXPORT_IDLE_MINUTES_MAX, EXPORT_MAX_HOURS_MAX, Setting
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import name_error
+from engine.owners import owner_alive
 from engine.private import make_private_dir, make_private_dirs
 from engine.services.images import ImageGuard, PointReader, PointUnreadable
 from engine.tools import exporters
@@ -128,26 +129,6 @@ class ExportView:
 
 def _on_this_host(owner: str | None) -> bool:
     return not owner or owner.partition(":")[0] == _HOST
-
-
-def _owner_alive(owner: str | None) -> bool:
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST:
-        return True
-    if not pid_text.isdigit():
-        return False
-    if int(pid_text) == os.getpid():
-        return owner in _LIVE_OWNERS
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _marker(row: NbdExport) -> str:
@@ -479,7 +460,7 @@ class ExportService:
             if (only is not None and row.id != only) or not _on_this_host(row.owner):
                 continue
             if row.owner != self.owner:
-                reason = None if _owner_alive(row.owner) else "owner_gone"
+                reason = None if owner_alive(row.owner, live_here=_LIVE_OWNERS) else "owner_gone"
             else:
                 reason = self._limit_passed(row, now)
             if reason is not None:

@@ -66,6 +66,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
 from engine.errors import CatalogUnavailable, SendenseError, ValidationError
 from engine.events import Event, EventBus
+from engine.owners import owner_alive
 from engine.private import PRIVATE_DIR, make_private_dir, make_private_dirs
 from engine.safepath import (
     UnsafePath,
@@ -188,28 +189,6 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the engine that made a row still runs (rows of other hosts: assume yes)."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text, _, _token = rest.partition(":")
-    if host != _HOST:
-        return True
-    if not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return owner in _LIVE_OWNERS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _explain_write_error(exc: OSError, where: Path) -> FileRestoreError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return FileRestoreError(
@@ -330,7 +309,11 @@ class FileRestoreService:
                         row.id, last_used_at=now, expires_at=max(as_utc(row.expires_at), now + ttl)
                     )
                     return self._view(row, reused=True)
-                if row.state == "mounting" and _owner_alive(row.owner) and row.owner != self.owner:
+                if (
+                    row.state == "mounting"
+                    and owner_alive(row.owner, live_here=_LIVE_OWNERS)
+                    and row.owner != self.owner
+                ):
                     raise FileRestoreError(
                         f"restore point {backup_id} is being mounted by another console",
                         hint="try again in a few seconds",
@@ -588,7 +571,7 @@ class FileRestoreService:
                 if fresh and self._healthy(row):
                     live_dirs.add(os.path.realpath(row.base_dir))
                     continue
-            elif _owner_alive(row.owner):
+            elif owner_alive(row.owner, live_here=_LIVE_OWNERS):
                 live_dirs.add(os.path.realpath(row.base_dir))
                 continue
             self._teardown(row)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.owners import is_zombie
 from engine.private import (
     PRIVATE_FILE,
     PRIVATE_UMASK,
@@ -127,20 +128,12 @@ def _cmdline(pid: int) -> list[str] | None:
     return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0") if part]
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
 def pid_matches(pid: int | None, program: str, marker: str) -> bool:
     """True when ``pid`` is a live ``program`` whose command line mentions ``marker``."""
     if not pid or pid <= 0:
         return False
     argv = _cmdline(pid)
-    if not argv or _is_zombie(pid):
+    if not argv or is_zombie(pid):
         return False
     if not os.path.basename(argv[0]).startswith(program):
         return False

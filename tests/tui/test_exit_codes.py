@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import default_settings
+from engine.events import Event
 from engine.runtime import Engine
 from sendense_tui.cli import main
 from sendense_tui.exitcodes import TABLE
@@ -62,6 +64,8 @@ def seed(tmp: Path) -> Seeded:
         main = add_repo(engine, "main", tmp / "main")
         add_repo(engine, "offsite", tmp / "offsite")
         chain = make_chain(engine, main, size_mb=2, incrementals=1)
+        # one event in the audit log, whichever test of this module runs first
+        engine.bus.publish(Event(kind="test.seeded", message="seeded", source="test"))
     finally:
         engine.close()
     return Seeded(state, tmp, chain.chain_id, chain.backup_ids)
@@ -347,7 +351,10 @@ def test_sigterm_while_following_events_exits_4(
     proc = _start(seeded.state, "events", "--follow")
     processes.append(proc)
     assert proc.stdout is not None
-    proc.stdout.readline()  # the first event: it is following now
+    # the first event: it is following now (never wait for it forever)
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    assert ready, "events --follow printed nothing within 60 s"
+    proc.stdout.readline()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 4

@@ -112,6 +112,11 @@ def test_an_export_whose_keeper_was_killed_is_stopped_by_the_next_command(
     export = json.loads(started.stdout)
     (keeper,) = keepers(tmp_path)
     os.kill(keeper, signal.SIGKILL)
+    # the kill lands before the next command looks (under load it may lag); the dead
+    # keeper may stay a zombie for a while: that is gone too
+    deadline = time.monotonic() + 20
+    while exporters.pid_matches(keeper, "python", "") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert exporters.pid_matches(export["pid"], "qemu-nbd", export["uri"].split("socket=")[1])
 
     row = exports(state)[0]  # any command's engine looks at this machine's exports
