@@ -60,8 +60,8 @@ from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockio import BlockSession, zero_range
 from engine.tools.blockspec import ImageSpec
+from engine.units import human_bytes
 
-RUNGS = ("full", "bitmap", "extents", "digest", "compare")
 #: a bitmap Sendense keeps in a qcow2 source is named with this prefix
 BITMAP_PREFIX = "sendense-"
 #: bytes read from the source in one request (a whole number of blocks)
@@ -111,8 +111,6 @@ class Tracking:
 
     def summary(self) -> str:
         """One line: ``digest (bitmap b7 was in use…): read 2.0 GiB, wrote 16 MiB``."""
-        from engine.units import human_bytes
-
         parts = [self.rung]
         if self.reason:
             parts[0] += f" ({self.reason})"
