@@ -1,7 +1,7 @@
 """qemu-img: create, inspect, check, convert, commit, rebase, measure, map, compare.
 
-``convert`` and ``rebase_onto`` share one runner that parses ``-p`` progress
-and handles cancel and timeout.
+``convert`` runs under a runner that parses ``-p`` progress and handles cancel
+and timeout.
 
 Every call has a timeout; read-only queries (info, map, measure) pass ``-U``
 (force-share) so they work while a backup job or qemu-nbd holds the image.
@@ -616,49 +616,6 @@ def rebase(
     if timeout is None:
         timeout = QUERY_TIMEOUT if unsafe else DATA_TIMEOUT
     run([*args, str(path)], timeout=timeout, explain=_explain_for(path))
-
-
-def rebase_onto(
-    image: ImageSpec,
-    new_backing: PathLike,
-    *,
-    header_name: str,
-    on_progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    timeout: float | None = None,
-) -> None:
-    """Safe rebase of ``image`` onto the qcow2 file ``new_backing``, copying the clusters
-    where its current backing and the new one differ; the header then names
-    ``header_name`` (a plain file name, so the chain directory stays movable).
-
-    This is the incremental backup's "rebase trick": an empty overlay whose backing
-    is the source, safely rebased onto the previous restore point, ends up holding
-    exactly the changed clusters. ``image`` spells out the overlay *and its current
-    backing* (the source, with its format and protocol pinned), so no header names
-    the source at any time. The new backing is opened by its absolute path and read
-    through the backing names in its header: qemu-img writes ``-b`` into the header,
-    which holds at most 1023 bytes, too few for a whole chain spelled out, so the
-    caller checks that chain's headers against the catalog just before and after.
-    Then an unsafe rebase (header only) replaces the absolute name by
-    ``header_name``. It can take as long as reading the disk twice, so it reports
-    progress and can be cancelled like ``convert``; ``timeout=None`` means no limit.
-    """
-    if image.protocol != "file" or image.fmt != "qcow2":
-        raise ToolError("rebase_onto needs a qcow2 overlay file", program="qemu-img")
-    args = ["qemu-img", "rebase", "-p", "-b", str(new_backing), "-F", "qcow2", _name(image)]
-    _run_with_progress(
-        args,
-        image=image,
-        dest=image.filename,
-        cancelled=f"rebase of {image.filename} was cancelled",
-        timed_out=f"qemu-img rebase of {image.filename} did not finish within {timeout:g} s"
-        if timeout is not None
-        else "",
-        on_progress=on_progress,
-        should_stop=should_stop,
-        timeout=timeout,
-    )
-    rebase(image.filename, header_name, backing_fmt="qcow2", unsafe=True)
 
 
 # ---------------------------------------------------------------------------
