@@ -1309,7 +1309,7 @@ class BackupService:
             )
 
     def _check_room_incremental(self, repo: Repository) -> None:
-        # the changed bytes are not known before the rebase has compared them; the
+        # the changed bytes are not known before the copy has compared them; the
         # reserve is kept, and running out mid-way removes the partial file
         reserve = _reserve(repo, self.settings)
         free = free_bytes(Path(repo.path))
