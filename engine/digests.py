@@ -23,7 +23,6 @@ u64 disk size, u64 block count, then ``count`` digests of 16 bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import xxhash
 
 from engine.fsutil import fsync_file
+from engine.private import write_private
 
 BLOCK_SIZE = 64 * 1024
 DIGEST_SIZE = 16
@@ -98,19 +98,10 @@ class DigestTable:
         head = _HEADER.pack(MAGIC, VERSION, self.block_size, self.disk_size, self.count)
         return head + bytes(self.digests)
 
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_bytes()).hexdigest()
-
     def write(self, path: Path) -> str:
-        """Write the table durably (fsynced) and return its sha256."""
+        """Write the table (0600 from its first byte, fsynced) and return its sha256."""
         data = self.to_bytes()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        write_private(path, data)
         fsync_file(path)
         return hashlib.sha256(data).hexdigest()
 

@@ -26,22 +26,9 @@ from engine.services.backup import DiskSource
 from engine.tools import qemu_img
 from engine.tools.blockspec import ImageSpec
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, repo, sha256_of
+from tests.engine.test_backup import events_of, restore_hash
 
 KiB = 1024
-
-
-def restore_hash(engine: Engine, backup_id: int, tmp_path: Path) -> str:
-    target = tmp_path / f"restored-{backup_id}.raw"
-    engine.restores.restore(backup_id, str(target), overwrite=True)
-    digest = sha256_of(target)
-    target.unlink()
-    return digest
-
-
-def events_of(engine: Engine) -> list[Event]:
-    seen: list[Event] = []
-    engine.bus.subscribe(seen.append)
-    return seen
 
 
 def qcow2_source(tmp_path: Path, size: int) -> Path:
