@@ -160,7 +160,13 @@ def start_mariadb(base: Path, *, timeout: float = 30.0) -> MariaDBServer:
     if len(str(server.socket)) > 100:  # sun_path is 108 bytes
         pytest.fail(f"socket path too long for a Unix socket: {server.socket}")
     as_root = os.geteuid() == 0
-    user_args = ["--user=root"] if as_root else []
+    # the server's temporary tables live under the test's own directory, not in the
+    # shared /tmp (a parallel run once lost one there mid-install: "Error on delete of
+    # /tmp/#sql-temptable-…")
+    (base / "tmp").mkdir(exist_ok=True)
+    user_args = (
+        ["--user=root", f"--tmpdir={base / 'tmp'}"] if as_root else [f"--tmpdir={base / 'tmp'}"]
+    )
     install = subprocess.run(
         [
             install_db,
