@@ -33,7 +33,13 @@ from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import redact_url
@@ -215,6 +221,9 @@ class Catalog:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             if self.sqlite_path is not None:
                 event.listen(self.engine, "do_connect", self._open_existing_file)
+                event.listen(self.engine, "connect", self._note_read_only_open)
+                event.listen(self.engine, "checkout", self._drop_read_only_open)
+                event.listen(self.engine, "handle_error", self._stale_read_only)
         pool_log = getattr(self.engine.pool, "logger", None)
         if isinstance(pool_log, logging.Logger) and _QUIET_POOL not in pool_log.filters:
             pool_log.addFilter(_QUIET_POOL)
@@ -327,6 +336,29 @@ class Catalog:
         assert self.sqlite_path is not None
         cargs[:1] = [f"file:{quote(str(self.sqlite_path))}?mode=rw"]
         cparams["uri"] = True
+
+    # SQLite opens a file it may not write (immutable, read-only filesystem) read-only
+    # and keeps that connection read-only for good: after the outage such a pooled
+    # connection would refuse every write while reads succeed, and the outage would
+    # flap between "read-only" and "answers again". Such connections are dropped.
+
+    def _note_read_only_open(self, _dbapi: Any, record: Any) -> None:
+        assert self.sqlite_path is not None
+        record.info["opened_read_only"] = _unwritable(self.sqlite_path) is not None
+
+    def _drop_read_only_open(self, _dbapi: Any, record: Any, _proxy: Any) -> None:
+        assert self.sqlite_path is not None
+        if record.info.get("opened_read_only") and _unwritable(self.sqlite_path) is None:
+            raise DisconnectionError("opened while the catalog file was read-only")
+
+    def _stale_read_only(self, context: Any) -> None:
+        """A connection opened read-only in the moment the file turned writable again
+        says "readonly database" on a writable file: treat it as disconnected."""
+        assert self.sqlite_path is not None
+        if "readonly database" in str(context.original_exception).lower() and (
+            _unwritable(self.sqlite_path) is None
+        ):
+            context.is_disconnect = True
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -427,6 +427,34 @@ def test_sqlite_read_only_is_one_sentence_and_comes_back(
     assert [r.name for r in store.list()] == ["after", "before"]
 
 
+@needs_root
+def test_connections_opened_while_read_only_do_not_outlive_the_outage(
+    sqlite_catalog: Catalog, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite opens a file it may not write read-only and keeps that connection
+    read-only: pooled, it would refuse every write after the outage while reads work,
+    and the outage would flap between "read-only" and "answers again"."""
+    store = RepositoryStore(sqlite_catalog)
+    _add(store, "before", clock)
+    path = sqlite_catalog.sqlite_path
+    assert path is not None
+    sqlite_catalog.engine.dispose()  # the next connections are opened during the outage
+    with caplog.at_level(logging.WARNING), immutable(path, path.with_name("catalog.db-wal")):
+        held = [sqlite_catalog.engine.connect() for _ in range(3)]
+        for conn in held:
+            assert conn.exec_driver_sql("SELECT count(*) FROM repositories").scalar() == 1
+        for conn in held:
+            conn.close()  # back into the pool, read-only
+        with pytest.raises(CatalogUnavailable):
+            _add(store, "refused", clock)
+    for name in ("one", "two", "three"):
+        _add(store, name, clock)
+    assert [r.name for r in store.list()] == ["before", "one", "three", "two"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and "is read-only" in warnings[0], warnings
+    assert "answers again" in warnings[1]
+
+
 def test_sqlite_file_removed_or_replaced_under_the_catalog(
     tmp_path: Path, sqlite_catalog: Catalog, clock: FixedClock
 ) -> None:
