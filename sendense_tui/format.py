@@ -18,6 +18,7 @@ from rich.markup import escape as escape_markup
 from rich.text import Text
 
 from engine.names import UNSAFE_CHARS
+from engine.units import plural as plural  # one helper for the engine and the console
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
