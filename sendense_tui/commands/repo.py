@@ -347,9 +347,12 @@ def _print_report(report: TestReport) -> None:
         caps = report.capabilities
         print(
             f"  capacity found: {human_bytes(report.total)} total, {human_bytes(report.free)} free"
-            f"; {caps.get('fs_type', '?')}, immutable {'yes' if caps.get('immutable') else 'no'}, "
+            f", {human_bytes(report.reserve)} kept free (min_free); {caps.get('fs_type', '?')}, "
+            f"immutable files {'supported' if caps.get('immutable') else 'not supported'}, "
             f"reflink {'yes' if caps.get('reflink') else 'no'}"
         )
+        for warning in report.warnings:
+            print(printable(f"  warning: {warning}"))
 
 
 def _actor() -> str:
