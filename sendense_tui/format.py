@@ -187,3 +187,22 @@ STATE_LABELS: dict[str, str] = {
 
 def state_text(state: str) -> Text:
     return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
+
+
+def lock_text(immutable: bool, days: int, grace_hours: int = 0) -> str:
+    """Whether a repository locks what lands on it, and for how long: "locks backups
+    for 30 days", "does not lock backups" (what its filesystem can do is another
+    matter: filesystem_lock_text)."""
+    if not immutable:
+        return "does not lock backups"
+    grace = f", {plural(grace_hours, 'hour')} after they land" if grace_hours else ""
+    return f"locks backups for {plural(days, 'day')}{grace}"
+
+
+def filesystem_lock_text(capabilities: dict[str, Any] | None) -> str:
+    """Whether the repository's filesystem takes the immutable flag (probed once)."""
+    if not capabilities or "immutable" not in capabilities:
+        return "filesystem not tested yet"
+    if capabilities.get("immutable"):
+        return "filesystem supports immutable files"
+    return "filesystem cannot make files immutable"

@@ -200,7 +200,8 @@ async def test_details_follow_the_cursor_with_each_shortfall(
         assert "last 7 · weekly 4" in text
         assert "02:00  11-26 02:00" in text  # the next runs of 0 2 * * *
         assert "add a copy rule from primary to a second repository" in text
-        assert "no backup of web01 is offsite or locked" in text
+        assert "no backup of web01 is offsite" in text
+        assert "offsite none" in text and "3-2-1 met" not in text
         assert "db-hourly01" not in text
         # the list says how many shortfalls; the pane says what they are
         table = screen.query_one("#policies", DataTable)
