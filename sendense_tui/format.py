@@ -118,13 +118,17 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def short_time(value: datetime | None, now: datetime | None = None) -> str:
-    """'09:14:03' today (UTC), '11-23 17:02' on other days. Always UTC, never local."""
+    """'09:14:03' today (UTC), '11-23 17:02' on another day of this year, '2025-11-23'
+    in another year: a time never hides that it is not today's. Always UTC."""
     value = as_utc(value)
     if value is None:
         return "-"
     value = value.astimezone(UTC)
-    if now is not None and as_utc(now).astimezone(UTC).date() == value.date():  # type: ignore[union-attr]
+    today = as_utc(now).astimezone(UTC).date() if now is not None else None  # type: ignore[union-attr]
+    if today == value.date():
         return value.strftime("%H:%M:%S")
+    if today is not None and today.year != value.year:
+        return value.strftime("%Y-%m-%d")
     return value.strftime("%m-%d %H:%M")
 
 
@@ -195,7 +199,8 @@ def lock_text(immutable: bool, days: int, grace_hours: int = 0) -> str:
     matter: filesystem_lock_text)."""
     if not immutable:
         return "does not lock backups"
-    grace = f", {plural(grace_hours, 'hour')} after they land" if grace_hours else ""
+    # a grace period leaves a new file unlocked for at most that long, then locks it
+    grace = f" (new ones within {plural(grace_hours, 'hour')})" if grace_hours else ""
     return f"locks backups for {plural(days, 'day')}{grace}"
 
 

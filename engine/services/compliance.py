@@ -24,6 +24,7 @@ from engine.catalog.policies import PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.fsutil import physical_device
+from engine.units import plural
 
 BAD_VERIFY = ("mismatch", "missing", "check_failed", "chain_broken")
 
@@ -176,7 +177,7 @@ class ComplianceService:
             )
         if errors:
             result.strict_shortfalls.append(
-                f"0 errors: {errors} verification error(s) on {vm}'s backups or copies; "
+                f"0 errors: {plural(errors, 'verification error')} on {vm}'s backups or copies; "
                 "verify again and replace the bad files"
             )
         return result

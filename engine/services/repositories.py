@@ -63,7 +63,7 @@ from engine.services.secrets import SecretBox
 from engine.tools.attrs import AttrError, ImmutableUnsupported, is_immutable, set_immutable
 from engine.tools.base import ToolError
 from engine.tools.mounts import find_mount, is_mountpoint
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
 
@@ -920,7 +920,7 @@ class RepositoryService:
         if (backups or rules) and not force:
             what = []
             if backups:
-                what.append(f"holds {backups} backup{'s' if backups != 1 else ''}")
+                what.append(f"holds {plural(backups, 'backup')}")
             if rules:
                 what.append(f"is the target of copy rule {', '.join(r.name for r in rules)}")
             raise RepositoryCheckError(

@@ -525,7 +525,7 @@ class VerifyService:
         what = scope if ref is None else f"{scope} {ref}"
         return self.jobs.submit(
             "verify",
-            f"verify {what} ({len(targets)} file(s))",
+            f"verify {what} ({plural(len(targets), 'file')})",
             {"scope": scope, "ref": ref, "include_copies": include_copies},
             bytes_total=sum(t.size for t in targets),
             actor=actor,
@@ -597,7 +597,7 @@ class VerifyService:
             with lock:
                 done[0] += n
 
-        ctx.progress(0, total, message=f"verifying {len(targets)} file(s)", force=True)
+        ctx.progress(0, total, message=f"verifying {plural(len(targets), 'file')}", force=True)
         outcome: list[list[Result]] = []
         error: list[BaseException] = []
 
@@ -637,7 +637,7 @@ class VerifyService:
         if bad:
             first = bad[0]
             raise VerificationFailed(
-                f"{len(bad)} of {len(results)} file(s) failed verification; first: "
+                f"{len(bad)} of {plural(len(results), 'file')} failed verification; first: "
                 f"{first.target.describe()}: {first.outcome} ({first.detail})"
                 + (
                     f"; still good: {', '.join(first.good_elsewhere)}"

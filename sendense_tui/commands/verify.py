@@ -101,7 +101,7 @@ def _bad_points(report: Any) -> int:
     """The check found damage: exit 1 with one sentence (the report said which)."""
     if report.bad:
         raise CommandFailed(
-            f"{len(report.bad)} backup file(s) failed verification",
+            f"{plural(len(report.bad), 'backup file')} failed verification",
             hint="the report lists them and the copies still good; restore from those",
         )
     return 0

@@ -102,7 +102,7 @@ def test_offsite_copy_meets_321_and_a_lock_with_clean_verification_meets_32110(
     engine.chain_store.update_backup(b, verify_state="mismatch")
     report = engine.compliance.report("web01")
     assert report.badge == "3-2-1"
-    assert "0 errors: 1 verification error(s)" in report.strict_shortfalls[0]
+    assert "0 errors: 1 verification error on" in report.strict_shortfalls[0]
 
 
 def test_a_vm_named_only_in_a_policy_reports_no_backup(engine: Engine, tmp_path: Path) -> None:
