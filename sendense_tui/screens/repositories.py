@@ -68,6 +68,8 @@ def describe_report(report: TestReport) -> Text:
                 f"\n{caps.get('fs_type', '?')}: {filesystem_lock_text(caps)}, reflink "
                 f"{'yes' if caps.get('reflink') else 'no'}"
             )
+        for warning in report.warnings:  # a reserve that leaves no room for a backup
+            text.append(f"\n⚠ {printable(warning)}", style="yellow")
     else:
         text.append(printable(report.error or "the test failed"), style="bold red")
         if report.hint:
