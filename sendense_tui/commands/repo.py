@@ -308,7 +308,8 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
     caps = data["capabilities"] or {}
     if caps:
         print(
-            f"  filesystem {caps.get('fs_type')}: {filesystem_lock_text(caps)}, "
+            f"  filesystem {caps.get('fs_type')}; "
+            f"{filesystem_lock_text(caps).removeprefix('filesystem ')}, "
             f"reflink {'yes' if caps.get('reflink') else 'no'}"
         )
     if item.shared_with:
@@ -354,7 +355,7 @@ def _print_report(report: TestReport) -> None:
         caps = report.capabilities
         print(
             f"  capacity found: {human_bytes(report.total)} total, {human_bytes(report.free)} free"
-            f", {human_bytes(report.reserve)} kept free (min_free); {caps.get('fs_type', '?')}: "
+            f", {human_bytes(report.reserve)} kept free (min_free); {caps.get('fs_type', '?')} "
             f"{filesystem_lock_text(caps)}, reflink {'yes' if caps.get('reflink') else 'no'}"
         )
         for warning in report.warnings:

@@ -65,7 +65,7 @@ def describe_report(report: TestReport) -> Text:
         caps = report.capabilities
         if caps:
             text.append(
-                f"\n{caps.get('fs_type', '?')}: {filesystem_lock_text(caps)}, reflink "
+                f"\n{caps.get('fs_type', '?')} {filesystem_lock_text(caps)}, reflink "
                 f"{'yes' if caps.get('reflink') else 'no'}"
             )
         for warning in report.warnings:  # a reserve that leaves no room for a backup
@@ -172,7 +172,7 @@ class RepositoriesScreen(SendenseScreen):
         )
         if caps:
             text.append(
-                f"  {caps.get('fs_type', '?')}: {filesystem_lock_text(caps)}, reflink "
+                f"  {caps.get('fs_type', '?')} {filesystem_lock_text(caps)}, reflink "
                 f"{'yes' if caps.get('reflink') else 'no'}",
                 style="dim",
             )
