@@ -45,15 +45,36 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
+#: the reserve when ``[capacity] min_free`` is not set: the smaller of this...
+DEFAULT_MIN_FREE_BYTES = 5 * 1024**3
+#: ...and this share of the filesystem (5 GiB would swallow a small disk whole)
+DEFAULT_MIN_FREE_SHARE = 0.05
+
+
+def default_min_free(filesystem_bytes: int) -> int:
+    """The proportional reserve: the smaller of 5 GiB and 5 % of the filesystem."""
+    return min(DEFAULT_MIN_FREE_BYTES, int(max(0, filesystem_bytes) * DEFAULT_MIN_FREE_SHARE))
+
+
 @dataclass(frozen=True)
 class CapacitySettings:
     warning_percent: float = 80.0
     critical_percent: float = 90.0
     full_percent: float = 95.0
-    min_free_bytes: int = 5 * 1024**3
+    #: the free space kept on every repository; None: proportional (default_min_free)
+    min_free_bytes: int | None = None
     poll_seconds: float = 60.0
     #: after a write seen by watchdog, sample again this soon (debounce)
     debounce_seconds: float = 0.3
+
+    def reserve(self, filesystem_bytes: int, repository_min_free: int | None = None) -> int:
+        """The free space a repository on a filesystem this big keeps: its own setting,
+        else ``[capacity] min_free``, else the smaller of 5 GiB and 5 % of it."""
+        if repository_min_free is not None:
+            return int(repository_min_free)
+        if self.min_free_bytes is not None:
+            return int(self.min_free_bytes)
+        return default_min_free(filesystem_bytes)
 
 
 @dataclass(frozen=True)
@@ -351,7 +372,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         warning_percent=reader.get("capacity.warning_percent", _percent, 80.0),
         critical_percent=reader.get("capacity.critical_percent", _percent, 90.0),
         full_percent=reader.get("capacity.full_percent", _percent, 95.0),
-        min_free_bytes=reader.get("capacity.min_free", parse_size, 5 * 1024**3),
+        min_free_bytes=reader.get("capacity.min_free", parse_size, None),
         poll_seconds=reader.get("capacity.poll_seconds", _positive, 60.0),
     )
     if not capacity.warning_percent < capacity.critical_percent < capacity.full_percent:

@@ -140,3 +140,53 @@ class ReadAhead:
         self._stop.set()
         self.free.put(bytearray(0))  # wakes the reader if it waits for a buffer
         self._thread.join()
+
+
+_SYS_DEV_BLOCK = Path("/sys/dev/block")
+
+
+def physical_device(path: str | Path) -> str:
+    """The disk a path's bytes live on, as the ``MAJ:MIN`` of a block device.
+
+    A loop device is followed to the filesystem under its backing file (two loop-mounted
+    images on one disk are one disk), a partition or a device-mapper volume with one
+    slave to the disk under it. A filesystem on no block device (tmpfs, FUSE) is its own
+    device. Only /sys is read: no process, nothing opened on the repository itself."""
+    return _underlying(os.stat(path).st_dev, depth=0)
+
+
+def _underlying(dev: int, depth: int) -> str:
+    key = f"{os.major(dev)}:{os.minor(dev)}"
+    if depth > 8:  # loop over loop over loop...: stop somewhere sensible
+        return key
+    try:
+        node = (_SYS_DEV_BLOCK / key).resolve(strict=True)
+    except OSError:
+        return key  # not a block device
+    try:
+        backing = (node / "loop" / "backing_file").read_text().strip()
+    except OSError:
+        backing = ""
+    if backing:
+        backing = backing.removesuffix(" (deleted)")
+        try:
+            return _underlying(os.stat(backing).st_dev, depth + 1)
+        except OSError:
+            return key
+    parent: Path | None = None
+    if (node / "partition").exists():
+        parent = node.parent
+    else:
+        try:
+            slaves = sorted((node / "slaves").iterdir())
+        except OSError:
+            slaves = []
+        if len(slaves) == 1:
+            parent = slaves[0].resolve()
+    if parent is not None:
+        try:
+            major, minor = (parent / "dev").read_text().strip().split(":")
+            return _underlying(os.makedev(int(major), int(minor)), depth + 1)
+        except (OSError, ValueError):
+            return key
+    return key

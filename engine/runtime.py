@@ -157,7 +157,7 @@ class Engine:
         from engine.services.compliance import ComplianceService
         from engine.services.policies import PolicyService
         from engine.services.retention import RetentionService
-        from engine.services.scheduler import Scheduler
+        from engine.services.scheduler import VERIFY_ALERT_KINDS, Scheduler
 
         self.retention = RetentionService(
             self.chain_store,
@@ -205,6 +205,8 @@ class Engine:
         )
         # a failing copy rule raises (and a recovered one clears) its alert at once
         self.copies.alert_hook = self.scheduler.alert_hook(("rule_failing",))
+        # a file found bad raises its critical alert at once, a good result clears it
+        self.verifier.alert_hook = self.scheduler.alert_hook(VERIFY_ALERT_KINDS)
 
     def _wire_imports(self) -> None:
         """Reading repositories back from their files (``self.imports``): repository

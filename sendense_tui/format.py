@@ -18,6 +18,7 @@ from rich.markup import escape as escape_markup
 from rich.text import Text
 
 from engine.names import UNSAFE_CHARS
+from engine.units import plural as plural  # one helper for the engine and the console
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -117,13 +118,17 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def short_time(value: datetime | None, now: datetime | None = None) -> str:
-    """'09:14:03' today (UTC), '11-23 17:02' on other days. Always UTC, never local."""
+    """'09:14:03' today (UTC), '11-23 17:02' on another day of this year, '2025-11-23'
+    in another year: a time never hides that it is not today's. Always UTC."""
     value = as_utc(value)
     if value is None:
         return "-"
     value = value.astimezone(UTC)
-    if now is not None and as_utc(now).astimezone(UTC).date() == value.date():  # type: ignore[union-attr]
+    today = as_utc(now).astimezone(UTC).date() if now is not None else None  # type: ignore[union-attr]
+    if today == value.date():
         return value.strftime("%H:%M:%S")
+    if today is not None and today.year != value.year:
+        return value.strftime("%Y-%m-%d")
     return value.strftime("%m-%d %H:%M")
 
 
@@ -186,3 +191,23 @@ STATE_LABELS: dict[str, str] = {
 
 def state_text(state: str) -> Text:
     return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
+
+
+def lock_text(immutable: bool, days: int, grace_hours: int = 0) -> str:
+    """Whether a repository locks what lands on it, and for how long: "locks backups
+    for 30 days", "does not lock backups" (what its filesystem can do is another
+    matter: filesystem_lock_text)."""
+    if not immutable:
+        return "does not lock backups"
+    # a grace period leaves a new file unlocked for at most that long, then locks it
+    grace = f" (new ones within {plural(grace_hours, 'hour')})" if grace_hours else ""
+    return f"locks backups for {plural(days, 'day')}{grace}"
+
+
+def filesystem_lock_text(capabilities: dict[str, Any] | None) -> str:
+    """Whether the repository's filesystem takes the immutable flag (probed once)."""
+    if not capabilities or "immutable" not in capabilities:
+        return "filesystem not tested yet"
+    if capabilities.get("immutable"):
+        return "filesystem supports immutable files"
+    return "filesystem cannot make files immutable"

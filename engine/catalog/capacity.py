@@ -27,7 +27,9 @@ LIVE_BACKUP_STATES = ("pending", "complete", "bad", "expired", "released")
 #: backup states meaning "retention let go of this point; the file may be deleted".
 #: The retention slice sets one of these; until then nothing is reclaimable.
 RELEASED_STATES = ("expired", "released")
-LIVE_COPY_STATES = ("pending", "copying", "verifying", "completed", "failed", "expired")
+#: copy states whose file is a whole copy on disk. Not pending/copying (a partial, not
+#: a backup yet) nor failed (cancelled, refused or damaged: its file is gone or bad)
+LIVE_COPY_STATES = ("verifying", "completed", "expired")
 RELEASED_COPY_STATES = ("expired", "released")
 ACTIVE_LOCK_STATES = HOLDING_STATES
 

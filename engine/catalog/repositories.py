@@ -78,13 +78,18 @@ class RepositoryStore:
                 session.delete(repo)
 
     def backup_count(self, repo_id: int) -> int:
-        query = (
+        """Restore points held here: its own backups and the completed copies that
+        landed here from other repositories (each one a backup an operator can restore)."""
+        own = (
             select(func.count(Backup.id))
             .join(Chain, Backup.chain_id == Chain.id)
             .where(Chain.repository_id == repo_id, Backup.state != "deleted")
         )
+        copies = select(func.count(Copy.id)).where(
+            Copy.destination_repository_id == repo_id, Copy.state == "completed"
+        )
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(own) or 0) + int(session.scalar(copies) or 0)
 
     def copy_rules_targeting(self, repo_id: int) -> list[CopyRule]:
         query = select(CopyRule).where(CopyRule.destination_repository_id == repo_id)

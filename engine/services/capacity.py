@@ -69,6 +69,11 @@ FORECAST_HORIZON_DAYS = 3650
 SETTLE_SECONDS = 2.0
 
 
+def _size_of(reading: Reading | None) -> int | None:
+    """The filesystem size a reading saw (None: not measured)."""
+    return reading.total if reading is not None and reading.total else None
+
+
 class RepositoryFullError(SendenseError):
     """The repository passed its "full" threshold: no new backups or copies."""
 
@@ -80,17 +85,25 @@ class Thresholds:
     full: float
     min_free: int
 
-    def level(self, percent: float, free: int) -> str:
-        level = "ok"
+    def percent_level(self, percent: float) -> str:
+        """The level the used percent alone gives."""
         if percent >= self.full:
-            level = "full"
-        elif percent >= self.critical:
-            level = "critical"
-        elif percent >= self.warning:
-            level = "warning"
+            return "full"
+        if percent >= self.critical:
+            return "critical"
+        if percent >= self.warning:
+            return "warning"
+        return "ok"
+
+    def level(self, percent: float, free: int) -> str:
+        level = self.percent_level(percent)
         if free < self.min_free and LEVELS.index(level) < LEVELS.index("critical"):
             level = "critical"
         return level
+
+    def reserve_raised(self, percent: float, free: int) -> bool:
+        """True when the reserve (min_free), not the percent, set the level."""
+        return self.level(percent, free) != self.percent_level(percent)
 
 
 @dataclass(frozen=True)
@@ -244,15 +257,20 @@ class CapacityMonitor:
 
     # -- thresholds -------------------------------------------------------------
 
-    def thresholds(self, repo: Repository) -> Thresholds:
+    def thresholds(self, repo: Repository, filesystem_bytes: int | None = None) -> Thresholds:
+        """``filesystem_bytes``: the size of its filesystem, for the proportional reserve
+        (unknown: the last sample's, else the 5 GiB ceiling)."""
         s = self.settings
+        if filesystem_bytes is None and repo.min_free_bytes is None and s.min_free_bytes is None:
+            latest = self.store.latest(repo.id)
+            filesystem_bytes = latest.total_bytes if latest is not None else 1 << 62
         return Thresholds(
             warning=repo.warning_percent if repo.warning_percent is not None else s.warning_percent,
             critical=(
                 repo.critical_percent if repo.critical_percent is not None else s.critical_percent
             ),
             full=repo.full_percent if repo.full_percent is not None else s.full_percent,
-            min_free=repo.min_free_bytes if repo.min_free_bytes is not None else s.min_free_bytes,
+            min_free=s.reserve(filesystem_bytes or 0, repo.min_free_bytes),
         )
 
     # -- sampling ------------------------------------------------------------------
@@ -273,7 +291,7 @@ class CapacityMonitor:
             return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path} does not exist")
         except OSError as exc:
             return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path}: {exc.strerror}")
-        level = self.thresholds(repo).level(pct, free)
+        level = self.thresholds(repo, total).level(pct, free)
         return Reading(repo.id, repo.name, repo.path, now, total, used, free, pct, level, dev)
 
     def sample(self, ref: int | str | Repository, *, store: bool = True) -> Reading:
@@ -315,7 +333,7 @@ class CapacityMonitor:
                 return
             fields["capacity_level"] = new
             self.repositories.update(repo.id, reading.taken_at, **fields)
-        th = self.thresholds(repo)
+        th = self.thresholds(repo, reading.total)
         free, total = human_bytes(reading.free), human_bytes(reading.total)
         numbers = f"{reading.percent:.1f} % used, {free} free of {total}"
         data = {
@@ -329,11 +347,18 @@ class CapacityMonitor:
         if LEVELS.index(new) > LEVELS.index(old):
             limit = {"warning": th.warning, "critical": th.critical, "full": th.full}[new]
             tail = ": no new backups or copies until space is freed" if new == "full" else ""
+            past = f"is past its {new} threshold ({limit:g} %)"
+            if th.reserve_raised(reading.percent, reading.free):
+                # the percent is fine; what is short is the free space it keeps back
+                past = (
+                    f"has less free space than its {human_bytes(th.min_free)} reserve "
+                    f"(min free), so it is {new}"
+                )
+                data["reserve"] = th.min_free
             self.bus.publish(
                 Event(
                     kind="capacity.threshold_crossed",
-                    message=f"repository {repo.name} is past its {new} threshold "
-                    f"({limit:g} %): {numbers}{tail}",
+                    message=f"repository {repo.name} {past}: {numbers}{tail}",
                     level=_EVENT_LEVEL[new],
                     source="capacity",
                     repository_id=repo.id,
@@ -492,7 +517,7 @@ class CapacityMonitor:
                 RepositoryCapacity(
                     repository=repo,
                     reading=by_id.get(repo.id),
-                    thresholds=self.thresholds(repo),
+                    thresholds=self.thresholds(repo, _size_of(by_id.get(repo.id))),
                     forecast=self.forecast(repo, breakdown),
                     breakdown=breakdown,
                     history=self.store.history(

@@ -1395,8 +1395,10 @@ def free_bytes(path: Path) -> int:
 
 
 def _reserve(repo: Repository, settings: Settings | None) -> int:
+    """The free space this repository keeps (``CapacitySettings.reserve``)."""
     if repo.min_free_bytes is not None:
         return int(repo.min_free_bytes)
-    if settings is not None:
-        return int(settings.capacity.min_free_bytes)
-    return 0
+    if settings is None:
+        return 0
+    st = os.statvfs(repo.path)
+    return settings.capacity.reserve(st.f_blocks * st.f_frsize)

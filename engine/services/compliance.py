@@ -2,8 +2,10 @@
 
 - 3: at least three copies of the data, counting production (so two backups);
 - 2: the backups sit on at least two distinct repositories/devices (two
-  repositories on the same local filesystem count as one device);
-- 1: at least one of them offsite (repository marked offsite) or immutable;
+  repositories on one disk count as one device: one filesystem, two loop-mounted
+  images whose files are on one disk, two partitions);
+- 1: at least one of them offsite (a repository marked offsite); a lock does not
+  stand in for another site;
 - stricter 3-2-1-1-0: one copy under an immutability lock, and zero
   verification errors on the VM's backups and copies.
 
@@ -12,7 +14,6 @@ Each shortfall is a sentence saying what to add.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from engine.catalog.models import Repository
 from engine.catalog.policies import PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
+from engine.fsutil import physical_device
+from engine.units import plural
 
 BAD_VERIFY = ("mismatch", "missing", "check_failed", "chain_broken")
 
@@ -73,10 +76,11 @@ class Compliance:
 
 
 def device_key(repo: Repository) -> str:
-    """Two repositories on one filesystem are one device."""
+    """Two repositories on one disk are one device: one filesystem, two loop-mounted
+    images on one disk, or two partitions of it (engine.fsutil.physical_device)."""
     if repo.kind == "local":
         try:
-            return f"dev:{os.stat(repo.path).st_dev}"
+            return f"dev:{physical_device(repo.path)}"
         except OSError:
             return f"path:{repo.path}"
     return f"{repo.kind}:{repo.server}:{repo.export}"
@@ -158,14 +162,14 @@ class ComplianceService:
             )
         if held_repos and devices < 2 and len(held_repos) >= 2:
             result.shortfalls.append(
-                f"2 devices: {', '.join(names)} share one filesystem; copy to a repository "
+                f"2 devices: {', '.join(names)} are on one disk; copy to a repository "
                 "on another disk or server"
             )
-        if held_repos and not offsite and not immutable:
+        if held_repos and not offsite:
+            # a lock is not a second site: it counts for 3-2-1-1-0, not for this "1"
             result.shortfalls.append(
-                "1 offsite or immutable: no backup of "
-                f"{vm} is offsite or locked; mark a copy destination offsite or make a "
-                "repository immutable (`sendense lock` / repository settings)"
+                f"1 offsite: no backup of {vm} is offsite; copy to a repository on another "
+                "site and mark it offsite"
             )
         if held_repos and not immutable:
             result.strict_shortfalls.append(
@@ -173,7 +177,7 @@ class ComplianceService:
             )
         if errors:
             result.strict_shortfalls.append(
-                f"0 errors: {errors} verification error(s) on {vm}'s backups or copies; "
+                f"0 errors: {plural(errors, 'verification error')} on {vm}'s backups or copies; "
                 "verify again and replace the bad files"
             )
         return result

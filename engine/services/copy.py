@@ -403,6 +403,18 @@ class RuleStatus:
     newest_copy_at: datetime | None
     next_run_at: datetime | None = None
     problems: list[str] = field(default_factory=list)
+    #: the state of the rule's newest copy job (None: never run)
+    last_run: str | None = None
+
+    @property
+    def health(self) -> str:
+        """One word for a listing: "alert", "cancelled" or "failed" (its last run),
+        else "ok". A run the operator cancelled copied nothing it promised."""
+        if self.problems:
+            return "alert"
+        if self.last_run in ("cancelled", "failed"):
+            return self.last_run
+        return "ok"
 
 
 class CopyService:
@@ -1188,6 +1200,11 @@ class CopyService:
 
     def status(self) -> list[RuleStatus]:
         repos = self.store.repositories_by_id()
+        last_run: dict[int, str] = {}
+        for job in self.jobs.store.list(kind="copy", limit=1000):  # newest first
+            rule_id = (job.params or {}).get("rule_id")
+            if isinstance(rule_id, int):
+                last_run.setdefault(rule_id, job.state)
         out = []
         for rule in self.store.list_rules():
             copies = self.store.list_copies(rule_id=rule.id, limit=100000)
@@ -1201,6 +1218,7 @@ class CopyService:
                 in_progress=sum(1 for c in copies if c.state in ("copying", "verifying")),
                 newest_copy_at=newest.completed_at if newest else None,
                 next_run_at=self.next_run(rule),
+                last_run=last_run.get(rule.id),
             )
             status.problems = [a.message for a in self._rule_alerts(rule, status)]
             out.append(status)

@@ -63,6 +63,7 @@ from engine.services.secrets import SecretBox
 from engine.tools.attrs import AttrError, ImmutableUnsupported, is_immutable, set_immutable
 from engine.tools.base import ToolError
 from engine.tools.mounts import find_mount, is_mountpoint
+from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,11 @@ class TestReport:
     modes_fixed: int = 0
     #: open to others but locked with chattr +i, so left as they are
     modes_locked: list[str] = field(default_factory=list)
+    #: the free space kept back on it (``CapacitySettings.reserve``)
+    reserve: int = 0
+    #: things the operator should know that do not fail the test (a reserve that
+    #: leaves no room for a backup)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -501,6 +507,24 @@ def probe_capabilities(root: Path) -> dict[str, Any]:
     return caps
 
 
+def _room_warning(name: str, free: int, reserve: int) -> str | None:
+    """A sentence when the reserve leaves a repository no room (or less room than the
+    reserve itself) for backups: a first full backup would be refused there."""
+    if free <= reserve:
+        return (
+            f"repository {name} has {human_bytes(free)} free, all of it inside its "
+            f"{human_bytes(reserve)} reserve (capacity.min_free): no backup can land there; "
+            "lower min_free or use a bigger filesystem"
+        )
+    if free - reserve < reserve:
+        return (
+            f"repository {name} has room for only {human_bytes(free - reserve)} of backups "
+            f"above its {human_bytes(reserve)} reserve (capacity.min_free): a first full "
+            "backup bigger than that is refused; lower min_free or use a bigger filesystem"
+        )
+    return None
+
+
 # -- the service ----------------------------------------------------------------------
 
 
@@ -629,6 +653,7 @@ class RepositoryService:
             report.steps.append(TestStep("write", True, "wrote, fsynced, read back and removed"))
             report.total, report.used, report.free, _, _ = usage(str(root))
             report.capabilities = probe_capabilities(root)
+            self._note_room(report, spec.name, spec.min_free_bytes)
             report.ok = True
         except RepositoryCheckError as exc:
             report.steps.append(TestStep(exc.reason, False, exc.message))
@@ -641,6 +666,14 @@ class RepositoryService:
             if not report.ok:
                 remove_created(created)
         return report
+
+    def _note_room(self, report: TestReport, name: str, min_free: int | None) -> None:
+        """The reserve on the space the test found, and a warning when it leaves no
+        room for a backup."""
+        report.reserve = self.monitor.settings.reserve(report.total, min_free)
+        room = _room_warning(name, report.free, report.reserve)
+        if room:
+            report.warnings.append(room)
 
     def _pre_mount_check(self, spec: RepositorySpec) -> None:
         if spec.kind == "nfs":
@@ -887,7 +920,7 @@ class RepositoryService:
         if (backups or rules) and not force:
             what = []
             if backups:
-                what.append(f"holds {backups} backup{'s' if backups != 1 else ''}")
+                what.append(f"holds {plural(backups, 'backup')}")
             if rules:
                 what.append(f"is the target of copy rule {', '.join(r.name for r in rules)}")
             raise RepositoryCheckError(
@@ -1005,6 +1038,7 @@ class RepositoryService:
             if not caps:
                 caps = probe_capabilities(root)
             report.capabilities = caps
+            self._note_room(report, repo.name, repo.min_free_bytes)
             report.ok = True
             self.store.update(
                 repo.id,

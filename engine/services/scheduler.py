@@ -12,8 +12,8 @@ Scheduled copy rules and the verification schedule work the same way, with
 their next time in a schedule mark (``schedule_marks``, ``ScheduleStore.take_due``):
 ``schedule:copy_rule:<id>`` and ``schedule:verify``. A mark remembers the cron
 text it was computed from, so an edited schedule restarts from now instead of
-catching up. The scheduled verification re-reads only the files whose last
-verification is older than ``[verify] reverify_days``.
+catching up. The scheduled verification reads only the files never verified or
+whose last verification is older than ``[verify] reverify_days``.
 
 The scheduler also runs the lock maintenance (grace periods, drift, release of
 expired locks) every ``maintain_every`` seconds, and evaluates alerts every
@@ -58,7 +58,7 @@ VERIFY_MARK = "schedule:verify"
 ALERT_PREFIX = "alert:"
 #: alert kinds the copy service reports (the rest come from verification)
 COPY_ALERT_KINDS = ("rule_failing", "copy_too_old")
-VERIFY_ALERT_KINDS = ("verification_overdue",)
+VERIFY_ALERT_KINDS = ("verification_overdue", "verification_failed")
 
 
 def copy_rule_mark(rule_id: int) -> str:
@@ -224,7 +224,7 @@ class Scheduler:
                 level="warning",
             )
             return
-        job = self.verifier.submit_overdue(actor="scheduler")
+        job = self.verifier.submit_due(actor="scheduler")
         if job is not None:
             report.verify_job = job.id
 
@@ -266,7 +266,7 @@ class Scheduler:
                 checked.update(VERIFY_ALERT_KINDS)
                 for a in self.verifier.alerts():
                     if a["kind"] in VERIFY_ALERT_KINDS:
-                        key = f"{ALERT_PREFIX}{a['kind']}:all"
+                        key = f"{ALERT_PREFIX}{a['kind']}:{a.get('subject', 'all')}"
                         current[key] = (a["kind"], a["level"], a["message"], None)
             for key, (kind, level, message, repo_id) in current.items():
                 outcome = self.marks.raise_alert(key, level, message, now)

@@ -44,6 +44,7 @@ from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreada
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
+from engine.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,17 @@ class Target:
     @property
     def key(self) -> tuple[str, int]:
         return ("copy", self.copy.id) if self.copy is not None else ("backup", self.backup.id)
+
+    @property
+    def written_at(self) -> datetime:
+        """When this file landed: a copy when it was completed, a backup at its point
+        time. A file younger than the re-verify window cannot be overdue."""
+        if self.copy is not None:
+            landed = as_utc(self.copy.completed_at or self.copy.created_at)
+        else:
+            landed = as_utc(self.backup.point_time)
+        assert landed is not None
+        return landed
 
     def describe(self) -> str:
         what = f"copy {self.copy.id}" if self.copy is not None else "original"
@@ -206,6 +218,9 @@ class VerifyService:
         #: checks each header of a file's chain against the catalog before qemu opens it
         self.guard = guard
         self.clock = clock
+        #: run after a verification recorded its results, so a bad file raises its
+        #: alert at once (the Engine sets it to the scheduler's alert evaluation)
+        self.alert_hook: Callable[[], None] | None = None
         if reverify_days is not None:
             #: ``[verify] reverify_days``: a file verified longer ago is due again
             self.reverify_after_days = reverify_days
@@ -386,6 +401,10 @@ class VerifyService:
                 for future in [pool.submit(run_group, items) for items in groups.values()]:
                     future.result()
         self._name_good_copies(results, job_id)
+        was_bad = any(_verify_state(r.target)[0] not in (None, "ok") for r in results)
+        if was_bad or any(r.outcome != "ok" for r in results):
+            # a file found bad (or one bad before that reads well now): its alert at once
+            self._alerts_changed()
         return results
 
     def _as_the_catalog_says_now(
@@ -485,7 +504,12 @@ class VerifyService:
         self._record(result, started, job_id)
         if result.outcome != "ok":
             self._name_good_copies([result], job_id)
+            self._alerts_changed()
         return result.outcome
+
+    def _alerts_changed(self) -> None:
+        if self.alert_hook is not None:
+            self.alert_hook()
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -501,16 +525,17 @@ class VerifyService:
         what = scope if ref is None else f"{scope} {ref}"
         return self.jobs.submit(
             "verify",
-            f"verify {what} ({len(targets)} file(s))",
+            f"verify {what} ({plural(len(targets), 'file')})",
             {"scope": scope, "ref": ref, "include_copies": include_copies},
             bytes_total=sum(t.size for t in targets),
             actor=actor,
         )
 
-    def overdue_targets(self) -> list[Target]:
+    def due_targets(self) -> list[Target]:
         """Files (backups and copies) never verified, or last verified longer ago than
-        ``reverify_after_days``. Files already found bad are not re-read: they are
-        reported as bad until an operator replaces them."""
+        ``reverify_after_days``: what the scheduled verification reads (a new backup is
+        read the next night, long before it could be overdue). Files already found bad
+        are not re-read: they are reported as bad until an operator replaces them."""
         due = self.clock.now() - timedelta(days=self.reverify_after_days)
         out = []
         for t in self._all_items():
@@ -519,23 +544,23 @@ class VerifyService:
                 out.append(t)
         return out
 
-    def submit_overdue(self, *, actor: str | None = None) -> Any:
-        """Queue a verify job for the overdue files only (the scheduled verification);
-        None when nothing is overdue."""
-        targets = self.overdue_targets()
+    def submit_due(self, *, actor: str | None = None) -> Any:
+        """Queue a verify job for the files due only (the scheduled verification); None
+        when nothing is due."""
+        targets = self.due_targets()
         if not targets:
             self.bus.emit(
                 "verify",
-                "verify.nothing_overdue",
+                "verify.nothing_due",
                 f"scheduled verification: every file was verified in the last "
-                f"{self.reverify_after_days} days",
+                f"{plural(self.reverify_after_days, 'day')}",
                 level="debug",
             )
             return None
         return self.jobs.submit(
             "verify",
-            f"verify overdue files ({len(targets)} file(s), not verified in "
-            f"{self.reverify_after_days} days)",
+            f"verify {plural(len(targets), 'file')} not verified in the last "
+            f"{plural(self.reverify_after_days, 'day')}",
             {
                 "scope": "all",
                 "ref": None,
@@ -572,7 +597,7 @@ class VerifyService:
             with lock:
                 done[0] += n
 
-        ctx.progress(0, total, message=f"verifying {len(targets)} file(s)", force=True)
+        ctx.progress(0, total, message=f"verifying {plural(len(targets), 'file')}", force=True)
         outcome: list[list[Result]] = []
         error: list[BaseException] = []
 
@@ -612,7 +637,7 @@ class VerifyService:
         if bad:
             first = bad[0]
             raise VerificationFailed(
-                f"{len(bad)} of {len(results)} file(s) failed verification; first: "
+                f"{len(bad)} of {plural(len(results), 'file')} failed verification; first: "
                 f"{first.target.describe()}: {first.outcome} ({first.detail})"
                 + (
                     f"; still good: {', '.join(first.good_elsewhere)}"
@@ -658,31 +683,42 @@ class VerifyService:
                     if o.key != t.key and _verify_state(o)[0] == "ok"
                 ]
                 bad.append(entry)
-            elif at is None or at < due:
+            elif _overdue(t, at, due):
                 overdue.append(entry)
         return Report(days, bytes_total, bytes_verified, len(items), files_verified, bad, overdue)
 
     def alerts(self) -> list[dict[str, Any]]:
+        """The verification alert conditions now: one ``verification_overdue`` for all
+        files, and one critical ``verification_failed`` per bad file (its ``subject``
+        names the file: ``backup:ID`` or ``copy:ID``)."""
         report = self.report()
         out = []
         if report.overdue:
             out.append(
                 {
                     "kind": "verification_overdue",
+                    "subject": "all",
                     "level": "warning",
-                    "message": f"verification overdue: {len(report.overdue)} file(s) not "
-                    f"verified in the last {self.reverify_after_days} days "
-                    f"({report.sentence()})",
+                    "message": f"verification overdue: {plural(len(report.overdue), 'file')} "
+                    f"older than {plural(self.reverify_after_days, 'day')} not verified in "
+                    f"them ({report.sentence()})",
                 }
             )
         for entry in report.bad:
+            good = entry["good_elsewhere"]
+            subject = (
+                f"copy:{entry['copy_id']}"
+                if entry["copy_id"] is not None
+                else f"backup:{entry['backup_id']}"
+            )
             out.append(
                 {
                     "kind": "verification_failed",
+                    "subject": subject,
                     "level": "critical",
-                    "message": f"{entry['path']} in {entry['repository']} is "
-                    f"{entry['verify_state']}; still good: "
-                    + (", ".join(entry["good_elsewhere"]) or "none"),
+                    "message": f"{entry['path']} in {entry['repository']} failed verification "
+                    f"({str(entry['verify_state']).replace('_', ' ')}); "
+                    + ("still good: " + ", ".join(good) if good else "no good copy is left"),
                 }
             )
         return out
@@ -707,7 +743,7 @@ class VerifyService:
                 backup_id=b.id,
                 state=b.verify_state,
                 verified_at=verified_at,
-                overdue=verified_at is None or verified_at < due,
+                overdue=_overdue(Target(b, repos[b.repository_id]), verified_at, due),
                 good_copies=good,
                 bad_copies=bad,
             )
@@ -722,6 +758,12 @@ def _verify_state(t: Target) -> tuple[str | None, datetime | None]:
     if t.copy is not None:
         return t.copy.verify_state, as_utc(t.copy.verified_at)
     return t.backup.verify_state, as_utc(t.backup.verified_at)
+
+
+def _overdue(t: Target, verified_at: datetime | None, due: datetime) -> bool:
+    """Overdue: the file is older than the re-verify window and was not verified within
+    it (``due`` is now minus the window). A backup made minutes ago is not overdue."""
+    return t.written_at < due and (verified_at is None or verified_at < due)
 
 
 def _need(ref: int | str | None, scope: str) -> int | str:

@@ -17,7 +17,7 @@ from engine.errors import ValidationError
 from sendense_tui.commands import CliContext, add_parser, id_argument, say_when_waiting
 from sendense_tui.commands.backup import point_dict
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import human_bytes, printable, short_time
+from sendense_tui.format import human_bytes, plural, printable, short_time
 
 CHAIN_ID = id_argument("a chain")
 POINT_ID = id_argument("a restore point")
@@ -154,7 +154,8 @@ def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     broken = [r for r in reports if not r.ok]
     if broken:
         raise CommandFailed(
-            f"{len(broken)} of {len(reports)} chain(s) checked are broken",
+            f"{len(broken)} of {plural(len(reports), 'chain')} checked "
+            f"{'is' if len(broken) == 1 else 'are'} broken",
             hint="each finding above says what to do",
         )
     return 0

@@ -242,6 +242,8 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
                         "newest_copy_at": s.newest_copy_at,
                         "next_run_at": s.next_run_at,
                         "problems": s.problems,
+                        "last_run": s.last_run,
+                        "health": s.health,
                     }
                     for s in statuses
                 ],
@@ -265,7 +267,7 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
                 str(s.failed),
                 short_time(s.newest_copy_at, now) if s.newest_copy_at else "never",
                 _next_text(s, now),
-                "alert" if s.problems else "ok",
+                s.health,
             ]
             for s in statuses
         ]

@@ -8,6 +8,7 @@ from typing import Any
 from engine.tools.base import PACKAGES, ToolMissing, which
 from sendense_tui.commands import CliContext, add_parser, table
 from sendense_tui.exitcodes import CommandFailed
+from sendense_tui.format import plural
 
 #: program -> what it is needed for
 PROGRAMS: dict[str, str] = {
@@ -69,7 +70,8 @@ def doctor(args: argparse.Namespace, ctx: CliContext) -> int:
     if missing:
         packages = sorted({r["package"] for r in missing})
         raise CommandFailed(
-            f"{len(missing)} program(s) Sendense needs are missing",
+            f"{plural(len(missing), 'program')} Sendense needs "
+            f"{'is' if len(missing) == 1 else 'are'} missing",
             hint=f"install them: apt-get install {' '.join(packages)}",
         )
     return 0

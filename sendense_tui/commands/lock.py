@@ -13,7 +13,7 @@ from engine.catalog.models import ImmutabilityLock
 from engine.errors import SendenseError
 from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import printable
+from sendense_tui.format import plural, printable
 
 #: the longest grace after a lock period: a year
 GRACE_HOURS_MAX = 366 * 24
@@ -108,7 +108,7 @@ def release_expired(args: argparse.Namespace, ctx: CliContext) -> int:
             hint="fix the system clock (NTP) first",
         )
     if not ctx.json:
-        print(f"released {len(report.released)} expired lock(s)")
+        print(f"released {plural(len(report.released), 'expired lock')}")
     return 0
 
 
@@ -119,13 +119,15 @@ def check_locks(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.print_json(report.as_dict())
         return 0
     print(
-        f"{len(report.drift_repaired)} removed flag(s) set again, "
-        f"{len(report.drift_failed)} could not be set, {len(report.missing)} locked file(s) gone"
+        f"{plural(len(report.drift_repaired), 'removed flag')} set again, "
+        f"{len(report.drift_failed)} could not be set, "
+        f"{plural(len(report.missing), 'locked file')} gone"
     )
     if report.drift_failed or report.missing:
         raise CommandFailed(
-            f"{len(report.drift_failed)} lock(s) could not be set again and "
-            f"{len(report.missing)} locked file(s) are gone",
+            f"{plural(len(report.drift_failed), 'lock')} could not be set again and "
+            f"{plural(len(report.missing), 'locked file')} "
+            f"{'is' if len(report.missing) == 1 else 'are'} gone",
             hint="`sendense events --level critical` names the files",
         )
     return 0

@@ -17,13 +17,14 @@ from sendense_tui.commands import (
     table,
 )
 from sendense_tui.commands.jobs import finish_job, print_queued, wait_with_progress
-from sendense_tui.format import printable, short_time
+from sendense_tui.format import lock_text, plural, printable, short_time
 
 FULL_EVERY = bounded_int(1, COUNT_MAX)
 RETENTION_COUNT = bounded_int(0, COUNT_MAX)
 LOCK_DAYS = bounded_int(0, DAYS_MAX, "days")
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def policy_dict(engine: Any, policy: Policy) -> dict[str, Any]:
@@ -300,22 +301,8 @@ def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(data)
         return 0
-    for key in (
-        "name",
-        "enabled",
-        "schedule",
-        "target",
-        "full_every",
-        "full_weekday",
-        "retention",
-        "copy_rules",
-        "verify_after",
-        "immutable_days",
-        "last_run_at",
-        "last_result",
-    ):
-        value = data[key]
-        print(printable(f"{key + ':':16} {'-' if value in (None, []) else value}"))
+    for label, value in _readable_settings(data):
+        print(printable(f"{label + ':':14} {value}"))
     print("sources:")
     for s in data["sources"]:
         for d in s["disks"]:
@@ -329,6 +316,33 @@ def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
         for s in report["shortfalls"] + report["strict_shortfalls"]:
             print(printable(f"  - {s}"))
     return 0
+
+
+def _readable_settings(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """A policy's settings as words: no Python dicts, lists or True/None."""
+    from engine.services.retention import RetentionRules
+
+    fulls = f"a new full every {plural(data['full_every'], 'backup')}"
+    if data["full_weekday"] is not None:
+        fulls += f", and on {WEEKDAY_NAMES[data['full_weekday']]}s"
+    last = "never"
+    if data["last_run_at"] is not None:
+        last = f"{data['last_run_at']:%Y-%m-%d %H:%M} UTC"
+        if data["last_result"]:
+            last += f" ({data['last_result']})"
+    return [
+        ("name", data["name"]),
+        ("enabled", "yes" if data["enabled"] else "no (the schedule does not run it)"),
+        ("schedule", f"{data['schedule']} (cron, UTC)"),
+        ("target", data["target"]),
+        ("fulls", fulls),
+        ("retention", RetentionRules.from_dict(data["retention"] or {}).sentence()),
+        ("copy rules", ", ".join(data["copy_rules"]) or "none"),
+        ("verify after", "yes" if data["verify_after"] else "no"),
+        ("locks", lock_text(bool(data["immutable_days"]), data["immutable_days"] or 0)),
+        ("compression", data["compression"] or "none"),
+        ("last run", last),
+    ]
 
 
 def run_policy(args: argparse.Namespace, ctx: CliContext) -> int:

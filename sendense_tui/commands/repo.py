@@ -15,7 +15,7 @@ from sendense_tui.commands import CliContext, add_parser, bounded_int, table
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import finish_job, print_queued
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import human_bytes, printable
+from sendense_tui.format import filesystem_lock_text, human_bytes, lock_text, printable
 
 
 def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
@@ -35,6 +35,11 @@ def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
         "last_seen_at": repo.last_seen_at,
         "capacity_level": repo.capacity_level,
         "capabilities": repo.capabilities,
+        # whether the repository locks what lands on it (capabilities: whether it can)
+        "immutable": repo.immutable,
+        "immutable_days": repo.immutable_days if repo.immutable else 0,
+        "immutable_grace_hours": repo.immutable_grace_hours if repo.immutable else 0,
+        # restore points held here, the copies that landed here included
         "backups": engine.repository_store.backup_count(repo.id),
         "total_bytes": latest.total_bytes if latest else None,
         "used_bytes": latest.used_bytes if latest else None,
@@ -297,11 +302,14 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         f"  backups    {data['backups']}; reclaimable now {human_bytes(b.reclaimable_now)}, "
         f"later {human_bytes(b.reclaimable_later)}, locked {human_bytes(b.locked)}"
     )
+    print(
+        f"  locks      {lock_text(repo.immutable, repo.immutable_days, repo.immutable_grace_hours)}"
+    )
     caps = data["capabilities"] or {}
     if caps:
         print(
-            f"  filesystem {caps.get('fs_type')}, "
-            f"immutable {'yes' if caps.get('immutable') else 'no'}, "
+            f"  filesystem {caps.get('fs_type')}; "
+            f"{filesystem_lock_text(caps).removeprefix('filesystem ')}, "
             f"reflink {'yes' if caps.get('reflink') else 'no'}"
         )
     if item.shared_with:
@@ -347,9 +355,11 @@ def _print_report(report: TestReport) -> None:
         caps = report.capabilities
         print(
             f"  capacity found: {human_bytes(report.total)} total, {human_bytes(report.free)} free"
-            f"; {caps.get('fs_type', '?')}, immutable {'yes' if caps.get('immutable') else 'no'}, "
-            f"reflink {'yes' if caps.get('reflink') else 'no'}"
+            f", {human_bytes(report.reserve)} kept free (min_free); {caps.get('fs_type', '?')} "
+            f"{filesystem_lock_text(caps)}, reflink {'yes' if caps.get('reflink') else 'no'}"
         )
+        for warning in report.warnings:
+            print(printable(f"  warning: {warning}"))
 
 
 def _actor() -> str:

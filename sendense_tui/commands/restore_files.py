@@ -20,7 +20,7 @@ from engine.services.file_restore import Entry, MountView
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import human_bytes, human_duration, printable
+from sendense_tui.format import human_bytes, human_duration, plural, printable
 
 #: the longest a restore mount may sit idle before it is removed: a week
 MOUNT_MINUTES_MAX = 7 * 24 * 60
@@ -253,8 +253,9 @@ def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         print(
             printable(
-                f"restored {result.files} file(s), {result.directories} folder(s), "
-                f"{result.symlinks} link(s), {human_bytes(result.bytes)} to {result.destination}"
+                f"restored {plural(result.files, 'file')}, "
+                f"{plural(result.directories, 'folder')}, {plural(result.symlinks, 'link')}, "
+                f"{human_bytes(result.bytes)} to {result.destination}"
             )
         )
         for path, reason in result.skipped:
@@ -262,7 +263,8 @@ def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
     if result.skipped:
         # something asked for was not restored: exit 1 so a script does not read success
         raise CommandFailed(
-            f"{len(result.skipped)} item(s) asked for were not restored",
+            f"{plural(len(result.skipped), 'item')} asked for "
+            f"{'was' if len(result.skipped) == 1 else 'were'} not restored",
             hint="the lines above say which and why",
         )
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import printable
+from sendense_tui.format import plural, printable
 
 
 def register(subparsers: Any) -> None:
@@ -70,12 +70,15 @@ def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
         )
         return _bad_points(report)
     print(printable(report.sentence()))
-    print(f"{report.files_verified} of {report.files_total} file(s) verified in the window")
-    print(f"{len(report.overdue)} file(s) overdue (not verified in the last {reverify_days} days)")
+    print(f"{report.files_verified} of {plural(report.files_total, 'file')} verified in the window")
+    print(
+        f"{plural(len(report.overdue), 'file')} overdue (older than "
+        f"{plural(reverify_days, 'day')} and not verified in them)"
+    )
     if next_at is not None:
         print(
             f"next scheduled verification: {next_at:%Y-%m-%d %H:%M} UTC ({schedule}); "
-            "it re-reads the overdue files"
+            "it reads the files not verified in that window"
         )
     else:
         print("scheduled verification is off")
@@ -98,7 +101,7 @@ def _bad_points(report: Any) -> int:
     """The check found damage: exit 1 with one sentence (the report said which)."""
     if report.bad:
         raise CommandFailed(
-            f"{len(report.bad)} backup file(s) failed verification",
+            f"{plural(len(report.bad), 'backup file')} failed verification",
             hint="the report lists them and the copies still good; restore from those",
         )
     return 0

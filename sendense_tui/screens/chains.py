@@ -28,7 +28,7 @@ from engine.services.chains import ChainView, PointView
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, printable, safe_text, short_time
+from sendense_tui.format import human_bytes, plural, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
@@ -95,7 +95,7 @@ def _tracking_text(tracking: dict[str, Any] | None) -> str:
     text = t.summary()
     missed = (t.check or {}).get("missed_blocks")
     if t.check is not None:
-        text += f"; tracking check: {'MISSED ' + str(missed) + ' block(s)' if missed else 'ok'}"
+        text += f"; tracking check: {'MISSED ' + plural(missed, 'block') if missed else 'ok'}"
     return text
 
 

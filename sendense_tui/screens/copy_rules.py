@@ -23,7 +23,7 @@ from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
 from engine.services.scheduler import ALERT_PREFIX
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import level_text, safe_text, short_time
+from sendense_tui.format import level_text, plural, safe_text, short_time
 from sendense_tui.screens.base import NavBar, SendenseScreen
 from sendense_tui.screens.dashboard import next_time_text
 from sendense_tui.styles import STYLES_DIR
@@ -75,11 +75,15 @@ def state_text(status: RuleStatus, alerts: list[ScheduleMark], now: datetime) ->
     if status.in_progress:
         text.append(" · " if text.plain else "")
         text.append(f"copying {status.in_progress}", style="bold cyan")
+    if not text.plain and status.last_run in ("cancelled", "failed"):
+        # the last run did not finish: not "ok" until one does
+        text.append(f"last run {status.last_run}", style="bold yellow")
     if not text.plain:
         text.append("ok", style="bold green")
     if status.completed:
         newest = short_time(status.newest_copy_at, now) if status.newest_copy_at else "-"
-        text.append(f" · {status.completed} copies, newest {newest}", style="dim")
+        copies = plural(status.completed, "copy", "copies")
+        text.append(f" · {copies}, newest {newest}", style="dim")
     elif not trouble:
         text.append(" · no copy yet", style="dim")
     return text

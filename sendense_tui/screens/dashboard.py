@@ -34,6 +34,7 @@ from sendense_tui.format import (
     human_duration,
     human_rate,
     level_text,
+    plural,
     printable,
     progress_bar,
     safe_text,
@@ -331,7 +332,7 @@ class DashboardScreen(SendenseScreen):
                 level_text("critical"),
                 Text("now", style="dim"),
                 Text(
-                    f"{data.unprotected_files} locked file(s) NOT protected: the immutable "
+                    f"{plural(data.unprotected_files, 'locked file')} NOT protected: the immutable "
                     "flag is not set (sendense lock list)"
                 ),
             )

@@ -36,7 +36,7 @@ from engine.services.compliance import Compliance
 from engine.services.immutability import DOES_NOT_PROTECT, PROTECTS
 from engine.services.policies import PolicySpec, cron_error, next_runs
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import printable, safe_text, short_time
+from sendense_tui.format import plural, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
@@ -196,7 +196,8 @@ def detail_compliance(row: PolicyRow) -> Group | Text:
             style="dim",
         )
         if report.verification_errors:
-            head.append(f" · {report.verification_errors} verify error(s)", style="red")
+            errors = plural(report.verification_errors, "verify error")
+            head.append(f" · {errors}", style="red")
         parts.append(head)
         table = Table.grid(padding=(0, 1))
         table.add_column(no_wrap=True)
@@ -370,7 +371,7 @@ class PoliciesScreen(SendenseScreen):
         self._now = data.now
         for r in data.rows:
             if r.gaps:  # the details pane says what each one is and what to add
-                badge = Text(f"✗ {r.gaps} gap{'s' if r.gaps > 1 else ''}", style="yellow")
+                badge = Text(f"✗ {plural(r.gaps, 'gap')}", style="yellow")
             else:
                 badge = Text(f"✓ {r.badge}", style="green")
             if r.immutable_days:

@@ -14,7 +14,14 @@ from textual.widgets import DataTable, Static
 from engine.catalog.models import Repository
 from engine.services.repositories import TestReport
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, printable, short_time, state_text
+from sendense_tui.format import (
+    filesystem_lock_text,
+    human_bytes,
+    lock_text,
+    printable,
+    short_time,
+    state_text,
+)
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
@@ -58,10 +65,11 @@ def describe_report(report: TestReport) -> Text:
         caps = report.capabilities
         if caps:
             text.append(
-                f"\nfilesystem {caps.get('fs_type', '?')}, immutable flag "
-                f"{'yes' if caps.get('immutable') else 'no'}, reflink "
+                f"\n{caps.get('fs_type', '?')} {filesystem_lock_text(caps)}, reflink "
                 f"{'yes' if caps.get('reflink') else 'no'}"
             )
+        for warning in report.warnings:  # a reserve that leaves no room for a backup
+            text.append(f"\n⚠ {printable(warning)}", style="yellow")
     else:
         text.append(printable(report.error or "the test failed"), style="bold red")
         if report.hint:
@@ -158,10 +166,13 @@ class RepositoriesScreen(SendenseScreen):
         if repo.state_detail:
             text.append(f"\n{printable(repo.state_detail)}", style="red")
         caps = repo.capabilities or {}
+        text.append(
+            f"\n{lock_text(repo.immutable, repo.immutable_days, repo.immutable_grace_hours)}",
+            style="bold" if repo.immutable else "",
+        )
         if caps:
             text.append(
-                f"\n{caps.get('fs_type', '?')}  immutable "
-                f"{'yes' if caps.get('immutable') else 'no'}  reflink "
+                f"  {caps.get('fs_type', '?')} {filesystem_lock_text(caps)}, reflink "
                 f"{'yes' if caps.get('reflink') else 'no'}",
                 style="dim",
             )

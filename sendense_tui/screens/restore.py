@@ -28,7 +28,7 @@ from engine.errors import SendenseError
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, human_duration, printable, safe_text
+from sendense_tui.format import human_bytes, human_duration, plural, printable, safe_text
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
@@ -398,7 +398,7 @@ class RestoreScreen(SendenseScreen):
             bar.display = False
             self.marked.clear()
             self.progress_text = (
-                f"restored {result.files} file(s), {human_bytes(result.bytes)} to "
+                f"restored {plural(result.files, 'file')}, {human_bytes(result.bytes)} to "
                 f"{result.destination}"
                 + (f"; {len(result.skipped)} skipped" if result.skipped else "")
             )

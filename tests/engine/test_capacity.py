@@ -356,3 +356,68 @@ def test_new_chain_directories_print_no_watchdog_warning(tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     assert "RuntimeWarning" not in proc.stderr, proc.stderr[:500]
+
+
+def _proportional_engine(tmp_path: Path) -> Engine:
+    """An engine with no min_free configured: the proportional default reserve."""
+    from dataclasses import replace
+
+    settings = replace(
+        default_settings(tmp_path / "state"),
+        capacity=CapacitySettings(poll_seconds=3600, debounce_seconds=0.2),
+    )
+    return Engine(settings, clock=FixedClock()).open()
+
+
+@pytest.mark.root
+def test_min_free_defaults_to_the_smaller_of_5_gib_and_5_percent_of_the_filesystem(
+    tmp_path: Path, loop_fs: LoopFsFactory
+) -> None:
+    from engine.config import load_settings
+
+    no_file = {"SENDENSE_CONFIG": str(tmp_path / "none.toml"), "HOME": str(tmp_path)}
+    (tmp_path / "none.toml").write_text("")
+    assert load_settings(env=no_file).capacity.min_free_bytes is None
+    small = loop_fs("ext4", size_mb=64)
+    big = loop_fs("ext4", size_mb=200 * 1024)  # sparse: 200 GiB, 5 % would be 10 GiB
+    eng = _proportional_engine(tmp_path)
+    try:
+        by_name = {}
+        for name, fs in (("small", small), ("big", big)):
+            eng.repositories.add(RepositorySpec(name=name, path=str(fs.mountpoint)))
+            st = os.statvfs(fs.mountpoint)
+            by_name[name] = st.f_blocks * st.f_frsize
+        items = {i.repository.name: i for i in eng.capacity.overview(measure=True)}
+        small_reserve = items["small"].thresholds.min_free
+        assert small_reserve == int(by_name["small"] * 0.05)
+        assert 2 * MiB < small_reserve < 4 * MiB  # not 5 GiB: the disk would be "critical"
+        assert items["small"].reading is not None and items["small"].reading.level == "ok"
+        assert items["big"].thresholds.min_free == 5 * 1024**3
+        # the backup service keeps the same reserve
+        from engine.services.chains import _reserve
+
+        assert _reserve(eng.repositories.get("small"), eng.settings) == small_reserve
+        assert _reserve(eng.repositories.get("big"), eng.settings) == 5 * 1024**3
+    finally:
+        eng.close()
+
+
+@pytest.mark.root
+def test_the_threshold_event_names_the_reserve_when_the_reserve_raised_it(
+    eng: Engine, loop_fs: LoopFsFactory
+) -> None:
+    fs = loop_fs("ext4", size_mb=64)
+    repo = eng.repositories.add(
+        RepositorySpec(name="r", path=str(fs.mountpoint), min_free_bytes=40 * MiB)
+    )
+    events = _events(eng)
+    _fill_to(fs.mountpoint, "a", 50)  # half full: below every percent threshold
+    reading = eng.capacity.sample(repo)
+    assert reading.level == "critical" and reading.percent < 80
+    [event] = events
+    assert event.kind == "capacity.threshold_crossed"
+    assert "repository r has less free space than its 40.0 MiB reserve (min free)" in (
+        event.message
+    )
+    assert "threshold (90 %)" not in event.message
+    assert event.data["reserve"] == 40 * MiB

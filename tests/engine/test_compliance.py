@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from engine.fsutil import physical_device
 from engine.runtime import Engine
+from tests.plugins.loopfs import LoopFsFactory
 
 
 def add_repo(engine: Engine, root: Path, name: str, **kw: Any) -> Any:
@@ -50,7 +55,7 @@ def test_one_backup_only_says_to_add_a_copy_and_an_offsite_or_immutable_one(
     report = engine.compliance.report("web01")
     assert report.copies == 2 and report.badge == "not 3-2-1"
     assert any("add a copy rule from main to a second repository" in s for s in report.shortfalls)
-    assert any("offsite or locked" in s for s in report.shortfalls)
+    assert any("no backup of web01 is offsite" in s for s in report.shortfalls)
 
 
 def test_two_repositories_on_one_filesystem_count_as_one_device(
@@ -62,8 +67,7 @@ def test_two_repositories_on_one_filesystem_count_as_one_device(
     report = engine.compliance.report("web01")
     assert report.copies == 3 and report.devices == 1
     assert report.shortfalls == [
-        "2 devices: main, other share one filesystem; copy to a repository on another "
-        "disk or server"
+        "2 devices: main, other are on one disk; copy to a repository on another disk or server"
     ]
 
 
@@ -98,7 +102,7 @@ def test_offsite_copy_meets_321_and_a_lock_with_clean_verification_meets_32110(
     engine.chain_store.update_backup(b, verify_state="mismatch")
     report = engine.compliance.report("web01")
     assert report.badge == "3-2-1"
-    assert "0 errors: 1 verification error(s)" in report.strict_shortfalls[0]
+    assert "0 errors: 1 verification error on" in report.strict_shortfalls[0]
 
 
 def test_a_vm_named_only_in_a_policy_reports_no_backup(engine: Engine, tmp_path: Path) -> None:
@@ -117,4 +121,47 @@ def test_a_vm_named_only_in_a_policy_reports_no_backup(engine: Engine, tmp_path:
     assert report.vm == "db01" and report.copies == 1
     assert report.shortfalls == [
         "db01 has no backup: add a policy that backs it up to a repository"
+    ]
+
+
+@pytest.mark.root
+def test_two_loop_filesystems_whose_images_are_on_one_disk_count_as_one_device(
+    engine: Engine, tmp_path: Path, loop_fs: LoopFsFactory, tmpfs: Path
+) -> None:
+    """Two loop-mounted filesystems: two st_dev values, but both image files sit on the
+    disk under tmp_path. One disk failing takes both: one device."""
+    first, second = loop_fs("ext4", size_mb=16), loop_fs("ext4", size_mb=16)
+    assert os.stat(first.mountpoint).st_dev != os.stat(second.mountpoint).st_dev
+    a = add_repo(engine, first.mountpoint / "a", "a")
+    b = add_repo(engine, second.mountpoint / "b", "b", offsite=True)
+    copy_to(engine, backup(engine, a.id), b.id)
+    report = engine.compliance.report("web01")
+    assert report.devices == 1 and report.badge == "not 3-2-1"
+    assert report.shortfalls == [
+        "2 devices: a, b are on one disk; copy to a repository on another disk or server"
+    ]
+    # the disk under the images is the one tmp_path is on
+    assert physical_device(first.mountpoint) == physical_device(tmp_path)
+    # a repository on memory (tmpfs: no block device under it) is another device
+    c = add_repo(engine, tmpfs / "c", "c")
+    copy_to(engine, backup(engine, a.id, vm="db01"), b.id)
+    copy_to(engine, engine.chain_store.list_backups(vm_name="web01")[0][0].id, c.id)
+    report = engine.compliance.report("web01")
+    assert report.devices == 2 and report.meets_321, report.shortfalls
+
+
+def test_a_lock_without_an_offsite_copy_is_not_3_2_1(engine: Engine, tmp_path: Path) -> None:
+    """ "✓ 3-2-1" next to "offsite none" was a contradiction: immutable is not offsite."""
+    main = add_repo(engine, tmp_path / "main", "main")
+    vault = engine.repository_store.add(
+        name="vault", kind="nfs", path=str(tmp_path / "v"), server="v1", export="/b",
+        now=engine.clock.now(), immutable=True, immutable_days=30,
+    )  # fmt: skip
+    copy_to(engine, backup(engine, main.id), vault.id)
+    report = engine.compliance.report("web01")
+    assert report.offsite == [] and report.immutable == ["vault"]
+    assert not report.meets_321 and report.badge == "not 3-2-1"
+    assert report.shortfalls == [
+        "1 offsite: no backup of web01 is offsite; copy to a repository on another site "
+        "and mark it offsite"
     ]

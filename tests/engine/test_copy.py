@@ -464,3 +464,50 @@ def test_lock_copies_locks_what_lands_through_the_rule_on_ext4(
 def attrs_of(path: Path) -> str:
     out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True)
     return out.stdout.split()[0]
+
+
+def test_a_cancelled_copy_is_not_counted_as_a_backup_and_its_rule_is_not_ok(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from sendense_tui.screens.copy_rules import state_text
+
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=8, incrementals=0)
+    rule = engine.copies.add_rule(
+        name="slow", source="main", destination="offsite", bandwidth_limit=4 * MiB
+    )
+    engine.jobs.progress_write_interval = 0.05
+    engine.start()
+    job = engine.copies.run_rule(rule.id)
+    target = Path(dst.path) / chain.paths[0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        part = partial_path(target)
+        if part.exists() and part.stat().st_size >= 2 * MiB:
+            break
+        time.sleep(0.02)
+    engine.jobs.cancel(job.id)
+    assert wait_job(engine, job.id).state == "cancelled"
+    [copy] = engine.copies.list_copies()
+    assert copy.state == "failed" and copy.size > 0  # the row remembers the planned size
+    assert not target.exists() and not partial_path(target).exists()
+
+    # nothing landed: no backup bytes and no backup counted at the destination
+    assert engine.capacity_store.breakdown(dst.id, engine.clock.now()).used == 0
+    assert engine.repository_store.backup_count(dst.id) == 0
+    # the rule does not read "ok" after a run that copied nothing it promised
+    [status] = engine.copies.status()
+    assert status.last_run == "cancelled" and status.health == "cancelled"
+    shown = state_text(status, [], engine.clock.now()).plain
+    assert shown.startswith("last run cancelled") and "ok" not in shown
+
+    # a run that finishes: "ok", and the copy counts as a backup of the destination
+    done = wait_job(engine, engine.copies.run_rule(rule.id).id)
+    assert done.state == "succeeded", done.error
+    [status] = engine.copies.status()
+    assert status.health == "ok"
+    assert state_text(status, [], engine.clock.now()).plain.startswith("ok · 1 copy, newest")
+    assert engine.repository_store.backup_count(dst.id) == 1
+    assert engine.repository_store.backup_count(src.id) == 1
+    assert engine.capacity_store.breakdown(dst.id, engine.clock.now()).used == target.stat().st_size

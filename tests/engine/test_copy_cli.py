@@ -98,5 +98,5 @@ def test_status_shows_next_runs_and_alerts_and_events_find_them(
     assert code == 0 and "alert raised: copy rule nightly" in out
 
     code, out = run("verify", "report")
-    assert "0 file(s) overdue (not verified in the last 30 days)" in out
+    assert "0 files overdue (older than 30 days and not verified in them)" in out
     assert re.search(r"next scheduled verification: \S+ 03:00 UTC \(0 3 \* \* \*\)", out)

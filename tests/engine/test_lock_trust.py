@@ -195,7 +195,7 @@ def test_a_flag_that_cannot_be_set_ends_the_backup_failed_unprotected_and_the_po
     }
     # once the cause is gone, the lock job sets the flag it could not set
     check = cli("lock", "check", state_dir=state_dir)
-    assert check.returncode == 0 and "1 removed flag(s) set again" in check.stdout
+    assert check.returncode == 0 and "1 removed flag set again" in check.stdout
     assert attrs.is_immutable(path)
     [chain] = json.loads(cli("chain", "show", "--json", state_dir=state_dir).stdout)
     assert chain["points"][0]["lock_state"] == "active" and not chain["points"][0]["unprotected"]
@@ -330,7 +330,7 @@ def test_an_overflowing_lock_period_fails_the_backup_unprotected_with_one_senten
     assert fixed.returncode == 0, fixed.stderr
     # the lock job (here `lock check`) sets the flag it could not set before
     check = cli("lock", "check", state_dir=state_dir)
-    assert check.returncode == 0 and "1 removed flag(s) set again" in check.stdout
+    assert check.returncode == 0 and "1 removed flag set again" in check.stdout
     [point] = list((fs.mountpoint / "vault" / "chains").rglob("*.qcow2"))
     assert attrs.is_immutable(point)
     again = cli(

@@ -132,7 +132,8 @@ def test_coverage_and_overdue_follow_the_clock(engine: Engine, tmp_path: Path) -
     src = add_repo(engine, "main", tmp_path / "main")
     chain = make_chain(engine, src, size_mb=2, incrementals=1)
     report = engine.verifier.report()
-    assert report.coverage_percent == 0 and len(report.overdue) == 2
+    # hours-old backups: not verified yet, but not overdue either
+    assert report.coverage_percent == 0 and report.overdue == []
     engine.verifier.verify_targets(engine.verifier.targets("backup", chain.backup_ids[0]))
     report = engine.verifier.report()
     sizes = [engine.copy_store.source_backup(i).file_size for i in chain.backup_ids]
@@ -146,7 +147,44 @@ def test_coverage_and_overdue_follow_the_clock(engine: Engine, tmp_path: Path) -
     assert report.coverage_percent == 0 and len(report.overdue) == 2
     [alert] = engine.verifier.alerts()
     assert alert["kind"] == "verification_overdue"
+    assert alert["message"].startswith(
+        "verification overdue: 2 files older than 30 days not verified in them"
+    )
     assert engine.verifier.badges(chain.chain_id)[chain.backup_ids[0]].label == "overdue"
+
+
+def test_a_backup_is_overdue_only_once_older_than_the_window_and_not_verified_in_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An hourly policy keeps landing new, unverified backups: they must not keep the
+    warning up. Overdue means older than the window AND not verified within it."""
+    clock: FixedClock = engine.clock  # type: ignore[assignment]
+    src = add_repo(engine, "main", tmp_path / "main")
+    old = make_chain(engine, src, size_mb=1, incrementals=0, vm="db01")
+    clock.advance(timedelta(days=31))  # db01's full is now 31 days old, never verified
+    fresh = make_chain(engine, src, size_mb=1, incrementals=0, vm="web01")
+    clock.advance(timedelta(minutes=5))  # web01's full: made minutes ago
+
+    overdue = [e["backup_id"] for e in engine.verifier.report().overdue]
+    assert overdue == old.backup_ids
+    badges = engine.verifier.badges(fresh.chain_id)
+    assert badges[fresh.backup_ids[0]].overdue is False
+    assert badges[fresh.backup_ids[0]].label == "unverified"
+    assert engine.verifier.badges(old.chain_id)[old.backup_ids[0]].overdue is True
+    # both are read by the next scheduled verification all the same
+    due = {t.backup.id for t in engine.verifier.due_targets()}
+    assert due == {old.backup_ids[0], fresh.backup_ids[0]}
+
+    # the old one verified now: nothing overdue, for the next 30 days
+    engine.verifier.verify_targets(engine.verifier.targets("backup", old.backup_ids[0]))
+    assert engine.verifier.report().overdue == []
+    assert engine.verifier.alerts() == []
+    clock.advance(timedelta(days=29))
+    assert engine.verifier.report().overdue == []
+    # a day past the window: db01's verification has aged out, web01 was never read
+    clock.advance(timedelta(days=2))
+    overdue = sorted(e["backup_id"] for e in engine.verifier.report().overdue)
+    assert overdue == sorted(old.backup_ids + fresh.backup_ids)
 
 
 @SQLITE_ONLY
@@ -156,3 +194,30 @@ def test_verifying_an_empty_catalog_finishes_with_nothing_checked(engine: Engine
     job = wait_job(engine, engine.verifier.submit("all", None).id)
     assert job.state == "succeeded", job.error
     assert job.result["files"] == 0
+
+
+def test_a_point_found_bad_raises_its_critical_alert_at_once_and_clears_when_replaced(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """No wait for the scheduler's next evaluation: the run that finds a file bad
+    raises its alert (a catalog mark every console and `copy status` sees)."""
+    src = add_repo(engine, "main", tmp_path / "main")
+    chain = make_chain(engine, src, size_mb=1, incrementals=1)
+    alerts: list[Event] = []
+    engine.bus.subscribe(alerts.append, ("alert.",))
+    assert engine.scheduler.active_alerts() == []
+    flip_byte(Path(src.path) / chain.paths[1])
+    results = engine.verifier.verify_targets(engine.verifier.targets("all"))
+    assert sorted(r.outcome for r in results) == ["mismatch", "ok"]
+    [mark] = engine.scheduler.active_alerts()
+    assert mark.key == f"alert:verification_failed:backup:{chain.backup_ids[1]}"
+    assert mark.level == "critical"
+    assert mark.message == (
+        f"{chain.paths[1]} in main failed verification (mismatch); no good copy is left"
+    )
+    assert [(e.kind, e.level) for e in alerts] == [("alert.verification_failed", "critical")]
+    # the operator put the good bytes back: the run that reads it well clears the alert
+    flip_byte(Path(src.path) / chain.paths[1])
+    engine.verifier.verify_targets(engine.verifier.targets("backup", chain.backup_ids[1]))
+    assert engine.scheduler.active_alerts() == []
+    assert [e.kind for e in alerts][-1] == "alert.verification_failed.cleared"

@@ -146,7 +146,8 @@ async def test_verification_line_counts_coverage_and_overdue_files(
     # seeded chains: fulls verified 2 h after they were taken, incrementals never
     seed_demo_chains(demo_engine, clock)
     report = demo_engine.verifier.report()
-    assert 0 < report.coverage_percent < 100 and report.overdue
+    # the unverified incrementals are younger than the 30-day window: not overdue
+    assert 0 < report.coverage_percent < 100 and report.overdue == []
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
@@ -154,7 +155,14 @@ async def test_verification_line_counts_coverage_and_overdue_files(
         assert isinstance(screen, DashboardScreen)
         shown = _alerts_text(screen)
         assert f"verified {report.coverage_percent:.0f}% of bytes in 30 days" in shown
-        assert f"{len(report.overdue)} overdue" in shown
+        assert "0 overdue" in shown
+        clock.advance(timedelta(days=31))  # now every file is past the window unread
+        await pilot.press("r")
+        await settle(pilot)
+        report = demo_engine.verifier.report()
+        assert len(report.overdue) == report.files_total > 0
+        shown = _alerts_text(screen)
+        assert f"{report.files_total} overdue" in shown and "verified 0% of bytes" in shown
 
 
 async def test_repositories_added_and_removed_while_shown_update_the_lines_without_a_crash(
@@ -196,3 +204,30 @@ async def test_repositories_added_and_removed_while_shown_update_the_lines_witho
         await settle(pilot)
         assert {g.id for g in screen.query(RepoGauge)} == {f"gauge-{r.id}" for r in store.list()}
         assert app.is_running
+
+
+async def test_a_point_found_bad_shows_a_critical_alert_at_once(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """A verification that finds a file damaged: the Dashboard's next draw lists it as a
+    critical alert, without waiting for the scheduler's alert evaluation."""
+    from tests.engine.copy_worker import add_repo, make_chain
+    from tests.engine.test_verify import flip_byte
+
+    repo = add_repo(demo_engine, "vault", tmp_path / "vault")
+    chain = make_chain(demo_engine, repo, size_mb=1, incrementals=0)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert "critical" not in _alerts_text(screen)
+        flip_byte(tmp_path / "vault" / chain.paths[0])
+        demo_engine.verifier.verify_targets(demo_engine.verifier.targets("repository", "vault"))
+        await pilot.press("r")
+        await settle(pilot)
+        shown = _alerts_text(screen)
+        assert "critical" in shown
+        assert f"{chain.paths[0]} in vault failed verification (mismatch)" in shown
+        assert "1 bad" in shown
+        assert screen.query_one("#alerts").border_title == "Alerts (2)"

@@ -314,11 +314,11 @@ def test_failed_checks_exit_1(tmp_path: Path) -> None:
     assert "BAD POINT" in done.stdout
     incremental.unlink()  # and now a file of the chain is gone
     done = sendense(s.state, "chain", "check")
-    assert done.returncode == 1 and "chain(s) checked are broken" in one_sentence(done)
+    assert done.returncode == 1 and "1 of 1 chain checked is broken" in one_sentence(done)
     assert "BROKEN" in done.stdout
 
     done = sendense(s.state, "doctor", env={"PATH": str(tmp_path / "no-bin")})
-    assert done.returncode == 1 and "program(s) Sendense needs are missing" in one_sentence(done)
+    assert done.returncode == 1 and "programs Sendense needs are missing" in one_sentence(done)
 
 
 # -- 4: interrupted -----------------------------------------------------------------------

@@ -200,7 +200,8 @@ async def test_details_follow_the_cursor_with_each_shortfall(
         assert "last 7 · weekly 4" in text
         assert "02:00  11-26 02:00" in text  # the next runs of 0 2 * * *
         assert "add a copy rule from primary to a second repository" in text
-        assert "no backup of web01 is offsite or locked" in text
+        assert "no backup of web01 is offsite" in text
+        assert "offsite none" in text and "3-2-1 met" not in text
         assert "db-hourly01" not in text
         # the list says how many shortfalls; the pane says what they are
         table = screen.query_one("#policies", DataTable)
@@ -310,3 +311,39 @@ async def test_E_edits_the_selected_policy_in_the_filled_in_editor(
         await settle(pilot)
         assert screen.query_one("#name", Input).value == ""
         assert "New policy" in str(screen.query_one("#editor-title", Static).render())
+
+
+async def test_no_tick_for_3_2_1_while_no_backup_is_offsite(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    """A copy on a locked (but not offsite) repository used to earn "✓ 3-2-1" next to
+    "offsite none": a lock is not another site."""
+    store, now = seeded.repository_store, seeded.clock.now()
+    primary, archive = store.get("primary"), store.get("archive-smb")
+    store.update(archive.id, now, offsite=False, immutable=True, immutable_days=30)
+    _chain, point = seeded.chain_store.add_full(
+        repository_id=primary.id, vm_name="web01", disk_name="sda", directory="web01/sda/9",
+        now=now, backup={"path": "web01/sda/9/0.qcow2", "state": "complete", "point_time": now},
+    )  # fmt: skip
+    row = seeded.copy_store.create_copy(
+        backup_id=point.id, destination_repository_id=archive.id, path="web01/sda/9/0.qcow2",
+        size=1, now=now,
+    )  # fmt: skip
+    seeded.copy_store.update_copy(row.id, state="completed")
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await _on_policies(pilot)
+        table = screen.query_one("#policies", DataTable)
+        for policy in seeded.policies.list():
+            table.move_cursor(row=table.get_row_index(str(policy.id)))
+            await settle(pilot)
+            text = _detail_text(screen)
+            badge = str(table.get_row(str(policy.id))[-1])
+            if "offsite none" in text:
+                assert not badge.startswith("✓") and "3-2-1 met" not in text, (badge, text)
+        web = seeded.policies.get("web")
+        table.move_cursor(row=table.get_row_index(str(web.id)))
+        await settle(pilot)
+        text = _detail_text(screen)
+        assert "offsite none" in text and "immutable archive-smb" in text
+        assert "no backup of web01 is offsite" in text

@@ -52,3 +52,22 @@ def test_policy_edit_changes_what_is_given_and_keeps_the_rest(
     err = capsys.readouterr().err.strip().splitlines()
     assert "was not changed" in err[0] and "not a valid cron expression" in err[0]
     assert show(capsys, state)["schedule"] == "15 3 * * 1-5"
+
+
+def test_policy_show_prints_settings_as_words_not_python(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = ["--state-dir", str(state)]
+    add = ["policy", "add", "web", "--schedule", "0 2 * * *", "--target", "r1"]
+    assert main([*s, *add, "--source", "web01:sda=/dev/vg/web01", "--keep-last", "1"]) == 0
+    assert main([*s, "policy", "edit", "web", "--weekly", "4", "--full-weekday", "sun"]) == 0
+    capsys.readouterr()
+    assert main([*s, "policy", "show", "web"]) == 0
+    out = capsys.readouterr().out
+    assert "retention:     keep last 1, weekly 4\n" in out
+    assert "fulls:         a new full every 7 backups, and on Sundays\n" in out
+    assert "locks:         does not lock backups\n" in out
+    assert "verify after:  no\n" in out and "last run:      never\n" in out
+    # nothing that reads like Python
+    for python in ("{", "}", "[", "]", "True", "False", "None", "'"):
+        assert python not in out.split("sources:")[0], python

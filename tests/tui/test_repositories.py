@@ -215,3 +215,59 @@ async def test_wizard_imports_an_existing_repository_and_queues_its_import(
     [job] = demo_engine.job_store.list(kind="repository.import")
     assert job.params["repository"] == repo.id and job.state == "queued"
     assert any(f"Import job {job.id} queued" in m for m in shown)
+
+
+async def test_details_say_whether_the_repository_locks_backups_and_whether_it_can(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine
+) -> None:
+    """ "immutable yes" said only that the filesystem takes the flag, not that anything
+    was locked: the details now say both, separately."""
+    store, now = demo_engine.repository_store, demo_engine.clock.now()
+    caps = {"immutable": True, "reflink": False, "fs_type": "ext4"}
+    store.update(store.get("primary").id, now, capabilities=caps)  # can, does not
+    vault = store.get("offsite-nfs")
+    store.update(vault.id, now, immutable=True, immutable_days=30, capabilities=caps)
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one("#repositories")
+        shown: dict[str, str] = {}
+        for name in ("primary", "offsite-nfs"):
+            table.move_cursor(row=table.get_row_index(str(store.get(name).id)))  # type: ignore[attr-defined]
+            await settle(pilot)
+            shown[name] = str(app.screen.query_one("#repo-detail", Static).content)
+        assert "does not lock backups" in shown["primary"]
+        assert "filesystem supports immutable files" in shown["primary"]
+        assert "locks backups for 30 days" in shown["offsite-nfs"]
+        assert "filesystem supports immutable files" in shown["offsite-nfs"]
+        assert "immutable yes" not in shown["primary"] + shown["offsite-nfs"]
+
+
+async def test_the_backups_column_counts_the_copies_a_repository_holds(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine
+) -> None:
+    from textual.widgets import DataTable
+
+    store, now = demo_engine.repository_store, demo_engine.clock.now()
+    primary, offsite = store.get("primary"), store.get("offsite-nfs")
+    _chain, point = demo_engine.chain_store.add_full(
+        repository_id=primary.id, vm_name="web01", disk_name="sda", directory="web01/sda/1",
+        now=now, backup={"path": "web01/sda/1/0.qcow2", "state": "complete", "point_time": now},
+    )  # fmt: skip
+    for state in ("completed", "failed"):  # a failed (or cancelled) copy is no backup
+        row = demo_engine.copy_store.create_copy(
+            backup_id=point.id, destination_repository_id=offsite.id, path="web01/sda/1/0.qcow2",
+            size=1, now=now,
+        )  # fmt: skip
+        demo_engine.copy_store.update_copy(row.id, state=state)
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one("#repositories", DataTable)
+        backups = {name: str(table.get_row(str(store.get(name).id))[-1]) for name in
+                   ("primary", "offsite-nfs", "archive-smb")}  # fmt: skip
+        assert backups == {"primary": "1", "offsite-nfs": "1", "archive-smb": "0"}

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.plugins.loopfs import LoopFsFactory
+
+MiB = 1024 * 1024
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +128,31 @@ def test_cifs_password_only_from_environment_and_never_printed(tmp_path: Path) -
         "u",
     )
     assert no_pw.returncode != 0 and "--password-env" in no_pw.stderr
+
+
+@pytest.mark.root
+def test_repo_add_warns_when_the_reserve_leaves_no_room_for_a_backup(
+    tmp_path: Path, loop_fs: LoopFsFactory
+) -> None:
+    """A 32 MiB disk under a configured 64 MiB reserve: saved (it tested fine), but the
+    operator is told at once that no backup can land there, not at the first backup."""
+    small = loop_fs("ext4", size_mb=32)
+    state = tmp_path / "state"
+    env = {"SENDENSE_CAPACITY_MIN_FREE": "64M"}
+    done = cli(state, "repo", "add", "usb", "--path", str(small.mountpoint), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "repository usb saved" in done.stdout
+    assert re.search(
+        r"warning: repository usb has [\d.]+ MiB free, all of it inside its 64.0 MiB reserve "
+        r"\(capacity.min_free\): no backup can land there",
+        done.stdout,
+    ), done.stdout
+    as_json = json.loads(cli(state, "repo", "test", "usb", "--json", env=env).stdout)
+    assert as_json["reserve"] == 64 * MiB and len(as_json["warnings"]) == 1
+
+    # the proportional default (5 % of this disk) leaves it room: no warning
+    state2 = tmp_path / "state2"
+    done = cli(state2, "repo", "add", "usb", "--path", str(small.mountpoint))
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stdout
+    assert re.search(r"capacity found: .* 1\.\dM kept free \(min_free\)", done.stdout), done.stdout
