@@ -11,7 +11,7 @@ file named ``[@click=app.quit]x`` is shown as it is, not made a link).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.markup import escape as escape_markup
@@ -186,3 +186,8 @@ STATE_LABELS: dict[str, str] = {
 
 def state_text(state: str) -> Text:
     return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
+
+
+def age_text(age: timedelta) -> str:
+    """How old a stale figure is: '45s ago', '12m ago', '1h05m ago', '2d03h ago'."""
+    return f"{human_duration(age.total_seconds())} ago"

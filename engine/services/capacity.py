@@ -382,7 +382,7 @@ class CapacityMonitor:
         if last_good is None:
             latest = self.store.latest(repo.id)
             if latest is not None:
-                last_good = self._stored(repo, latest)
+                last_good = self.stored_reading(repo, latest)
         return Reading(
             repo.id,
             repo.name,
@@ -394,7 +394,7 @@ class CapacityMonitor:
         )
 
     @staticmethod
-    def _stored(repo: Repository, latest: Sample) -> Reading:
+    def stored_reading(repo: Repository, latest: Sample) -> Reading:
         """A stored sample as a reading (no device known)."""
         pct = latest.used_bytes * 100 / max(1, latest.used_bytes + latest.free_bytes)
         return Reading(
@@ -522,6 +522,8 @@ class CapacityMonitor:
         if current.state == "unresponsive":
             return
         seen = current.last_seen_at
+        if reading.last_good is not None and (seen is None or reading.last_good.taken_at > seen):
+            seen = reading.last_good.taken_at  # answered since (unchanged levels skip the row)
         when = seen.strftime("%Y-%m-%d %H:%M UTC") if seen else "never"
         self.repositories.update(
             repo.id,
@@ -634,7 +636,7 @@ class CapacityMonitor:
             if reading is None:
                 latest = self.store.latest(repo.id)
                 if latest is not None:
-                    reading = self._stored(repo, latest)
+                    reading = self.stored_reading(repo, latest)
             if reading is not None:
                 readings.append(reading)
         shared = self.shared_groups(readings)
