@@ -73,9 +73,7 @@ def test_a_frozen_fuse_repository_turns_unresponsive_and_never_holds_the_others(
         readings = {r.name: r for r in eng.capacity.sample_all()}
         # the frozen one: unresponsive within this one poll, keeping its last figures
         stuck = readings["frozen"]
-        assert stuck.unresponsive and stuck.error == (
-            "repository frozen did not answer within 1 s"
-        )
+        assert stuck.unresponsive and stuck.error == ("repository frozen did not answer within 1 s")
         assert stuck.figures == before["frozen"]
         assert stuck.figures_age(eng.clock.now() + timedelta(minutes=5)) == timedelta(minutes=5)
         # the healthy one was read in the same poll, side by side
@@ -207,9 +205,7 @@ def test_no_forecast_minutes_after_the_first_backup(eng: Engine, tmp_path: Path)
     assert item.forecast.describe() == "forecast after 24 h of history"
 
 
-def test_a_day_of_history_without_a_backup_in_it_waits_for_one(
-    eng: Engine, tmp_path: Path
-) -> None:
+def test_a_day_of_history_without_a_backup_in_it_waits_for_one(eng: Engine, tmp_path: Path) -> None:
     now = eng.clock.now()
     repo = eng.repository_store.add(name="r", kind="local", path=str(tmp_path), now=now)
     for hour in range(30, -1, -1):
