@@ -26,7 +26,8 @@ reading keeps the last good figures so screens show them with their age.
 
 Forecasts are fitted on daily peaks (the fullest sample of each 24 h window),
 never on the minutes of a backup burst, and only once there are 24 h of samples
-with a backup landed inside them; until then the forecast says why.
+(counted from the first backup that landed inside them, so a first full is not
+taken for a trend); until then the forecast says why.
 """
 
 from __future__ import annotations
@@ -81,10 +82,9 @@ FORECAST_WINDOW = timedelta(days=7)
 #: growth below this many bytes per day counts as "not growing"
 FLAT_BYTES_PER_DAY = 1024 * 1024
 FORECAST_HORIZON_DAYS = 3650
-#: no "days until full" before this much history (and a backup landed inside it)
+#: no "days until full" before this much history (counted from a first backup)
 FORECAST_MIN_HISTORY = timedelta(hours=24)
 NEED_HISTORY = "forecast after 24 h of history"
-NEED_CYCLE = "forecast after the next backup"
 #: after a write-triggered sample, one more this much later (delayed frees)
 SETTLE_SECONDS = 2.0
 
@@ -230,19 +230,22 @@ def forecast(
 ) -> Forecast:
     """Days until ``full_percent`` from the growth of daily peaks, minus scheduled releases.
 
-    No days are promised before ``FORECAST_MIN_HISTORY`` of samples, nor (when
-    ``landings``, the times backups and copies landed, is given) before a backup
-    landed inside the sampled span: minutes after a first backup there is no trend
-    to speak of, only a burst. ``releases`` are (date, bytes) that expiring
-    locks/retention will free; used space drops by them on that date.
+    ``landings`` are the times backups and copies landed in the repository. The
+    history counts from the first one that lands inside the sampled span (the
+    samples before it are an empty repository, not a trend), and no days are
+    promised before ``FORECAST_MIN_HISTORY`` of it: minutes (or hours) after a first
+    backup there is only a burst, never "full in 0 days". ``releases`` are (date,
+    bytes) that expiring locks/retention will free; used space drops by them then.
     """
     releases = sorted(r for r in (releases or []) if r[0] > now)
     release_total = sum(b for _, b in releases)
+    if samples and landings:
+        inside = [t for t in landings if samples[0].taken_at < t <= samples[-1].taken_at]
+        if inside:
+            samples = [s for s in samples if s.taken_at >= min(inside)]
     if len(samples) < 2 or samples[-1].taken_at - samples[0].taken_at < FORECAST_MIN_HISTORY:
         return Forecast(None, None, None, "not enough history", release_total, NEED_HISTORY)
-    first, last = samples[0].taken_at, samples[-1].taken_at
-    if landings is not None and not any(first < t <= last for t in landings):
-        return Forecast(None, None, None, "not enough history", release_total, NEED_CYCLE)
+    first = samples[0].taken_at
     peaks = daily_peaks(samples)
     slope = linear_fit(
         [((s.taken_at - first).total_seconds() / 86400, float(s.used_bytes)) for s in peaks]

@@ -22,7 +22,7 @@ from engine.clock import FixedClock
 from engine.config import CapacitySettings, default_settings
 from engine.events import Event
 from engine.runtime import Engine
-from engine.services.capacity import NEED_CYCLE, NEED_HISTORY, forecast, linear_fit
+from engine.services.capacity import NEED_HISTORY, forecast, linear_fit
 from engine.services.probe import RepositoryCheckError
 from tests.plugins.fusedir import FuseDir
 
@@ -205,15 +205,26 @@ def test_no_forecast_minutes_after_the_first_backup(eng: Engine, tmp_path: Path)
     assert item.forecast.describe() == "forecast after 24 h of history"
 
 
-def test_a_day_of_history_without_a_backup_in_it_waits_for_one(eng: Engine, tmp_path: Path) -> None:
+def test_a_day_of_samples_before_a_first_backup_is_not_its_history(
+    eng: Engine, tmp_path: Path
+) -> None:
+    """A repository watched for 30 h, whose first backup landed an hour ago: the
+    hours before it are an empty repository, not a trend. A repository nobody backs
+    up into, growing by itself, gets its forecast from the samples alone."""
     now = eng.clock.now()
     repo = eng.repository_store.add(name="r", kind="local", path=str(tmp_path), now=now)
     for hour in range(30, -1, -1):
-        _sample(eng, repo, now - timedelta(hours=hour), (500 - hour) * MiB, 1000 * MiB)
+        used = 100 * MiB if hour > 1 else 600 * MiB
+        _sample(eng, repo, now - timedelta(hours=hour), used, 1000 * MiB)
+    _land(eng, repo, now - timedelta(hours=1))
     fc = eng.capacity.forecast(repo)
-    assert fc.days_until_full is None and fc.describe() == NEED_CYCLE
-    _land(eng, repo, now - timedelta(hours=3))
-    assert eng.capacity.forecast(repo).trend == "growing"
+    assert fc.days_until_full is None and fc.describe() == NEED_HISTORY
+
+    other = eng.repository_store.add(name="o", kind="local", path=str(tmp_path), now=now)
+    for hour in range(30, -1, -1):
+        _sample(eng, other, now - timedelta(hours=hour), (500 - hour) * MiB, 1000 * MiB)
+    grows = eng.capacity.forecast(other)
+    assert grows.trend == "growing" and grows.growth_per_day == pytest.approx(24 * MiB, rel=0.1)
 
 
 def test_three_days_of_daily_backups_fit_daily_peaks_not_the_bursts(
