@@ -170,6 +170,8 @@ STATE_STYLES: dict[str, str] = {
     "failed": "bold red",
     "failed_unprotected": "bold white on red",
     "cancelled": "yellow",
+    # a repository that does not answer (a hung server, a frozen FUSE directory)
+    "unresponsive": "bold red",
 }
 
 

@@ -90,7 +90,7 @@ class RepositoriesScreen(SendenseScreen):
                 ("name", "Name", 12),
                 ("type", "Type", 5),
                 ("where", "Path or server", None),
-                ("state", "State", 10),
+                ("state", "State", 12),
                 ("used", "Used/total", 10),
                 ("free", "Free", 6),
                 ("backups", "Backups", 7),
@@ -141,8 +141,7 @@ class RepositoriesScreen(SendenseScreen):
             else "-"
         )
         if row.age is not None and isinstance(used, Text):
-            used.stylize("dim")
-            used.append(f" {row.age}", style="dim")
+            used.stylize("dim")  # stale: the detail below says how old
         return (
             repo.name,
             KINDS.get(repo.kind, repo.kind),
@@ -169,6 +168,12 @@ class RepositoriesScreen(SendenseScreen):
         text.append(f"  {printable(repo.path)}", style="dim")
         if repo.state_detail:
             text.append(f"\n{printable(repo.state_detail)}", style="red")
+        if row.age is not None and row.total:
+            text.append(
+                f"\nlast figures {human_bytes(row.used)}/{human_bytes(row.total)}, "
+                f"{human_bytes(row.free)} free, measured {row.age}",
+                style="yellow",
+            )
         caps = repo.capabilities or {}
         if caps:
             text.append(

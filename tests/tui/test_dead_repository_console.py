@@ -12,21 +12,26 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
+from engine.clock import FixedClock
 from engine.config import CapacitySettings, default_settings
 from engine.runtime import Engine
 from sendense_tui.app import SendenseApp
 from sendense_tui.screens.dashboard import DashboardScreen, RepoGauge, RepoGaugeLine
 from tests.plugins.fusedir import FuseDir
 from tests.plugins.loopfs import LoopFsFactory
+from tests.tui.conftest import keys_then_settle
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -144,12 +149,13 @@ async def test_console_shows_a_frozen_repository_unresponsive_and_keeps_the_othe
                     in str(app.screen.query_one(DataTable).get_row(str(frozen.id))[3])
                 ),
             )
-            row = app.screen.query_one(DataTable).get_row(str(frozen.id))
-            assert "ago" in str(row[4])  # used/total, stale, with its age
-
-            # Test on it: "testing…" at once, then its result within the probe timeout
             table = app.screen.query_one(DataTable)
             table.move_cursor(row=table.get_row_index(str(frozen.id)))
+            await pilot.pause()
+            detail = str(app.screen.query_one("#repo-detail", Static).content)
+            assert "last figures" in detail and " ago" in detail  # stale, with its age
+
+            # Test on it: "testing…" at once, then its result within the probe timeout
             await pilot.press("T")  # Test (key of the repositories scope)
             assert "testing" in str(table.get_row(str(frozen.id))[3])
             await _until(
@@ -250,3 +256,38 @@ def test_cli_answers_with_a_frozen_repository_and_marks_it_unresponsive(
 
     back = {r["name"]: r for r in json.loads(_cli(state, "repo", "list", "--json").stdout)}
     assert back["frozen"]["state"] == "ready" and back["frozen"]["unresponsive"] is False
+
+
+# -- how it looks (deterministic: a stand-in hung statvfs on the seeded catalog) ----------
+
+
+@pytest.fixture
+def archive_stuck(demo_engine: Engine, clock: FixedClock) -> Iterator[None]:
+    """archive-smb stops answering 12 minutes after its last sample. Snapshots need
+    fixed figures and a fixed clock, which a real frozen FUSE directory cannot give:
+    its statvfs is stood in for by one that blocks (the real FUSE tests are above)."""
+    from engine.services import capacity as capacity_mod
+
+    release = threading.Event()
+
+    def hung(path: str) -> tuple[int, int, int, float, int]:
+        release.wait()
+        raise OSError(5, "released")
+
+    real = capacity_mod.usage
+    capacity_mod.usage = hung  # type: ignore[assignment]
+    try:
+        clock.advance(timedelta(minutes=12))
+        demo_engine.capacity.reading_timeout = 0.1
+        demo_engine.capacity.sample(demo_engine.repositories.get("archive-smb"))
+        yield
+    finally:
+        capacity_mod.usage = real
+        release.set()
+
+
+@pytest.mark.parametrize("keys", [(), ("3",), ("2",)], ids=["dashboard", "capacity", "repos"])
+def test_unresponsive_repository_snapshot_with_a_stand_in_hung_statvfs(
+    snap_compare: Any, make_app: Callable[..., SendenseApp], archive_stuck: None, keys: tuple
+) -> None:
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=keys_then_settle(*keys))
