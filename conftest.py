@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.plugins.common",
     "tests.plugins.mariadb",
     "tests.plugins.loopfs",
+    "tests.plugins.fusedir",
     "tests.plugins.netservers",
 ]

@@ -11,7 +11,7 @@ file named ``[@click=app.quit]x`` is shown as it is, not made a link).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.markup import escape as escape_markup
@@ -175,6 +175,8 @@ STATE_STYLES: dict[str, str] = {
     "failed": "bold red",
     "failed_unprotected": "bold white on red",
     "cancelled": "yellow",
+    # a repository that does not answer (a hung server, a frozen FUSE directory)
+    "unresponsive": "bold red",
 }
 
 
@@ -211,3 +213,8 @@ def filesystem_lock_text(capabilities: dict[str, Any] | None) -> str:
     if capabilities.get("immutable"):
         return "filesystem supports immutable files"
     return "filesystem cannot make files immutable"
+
+
+def age_text(age: timedelta) -> str:
+    """How old a stale figure is: '45s ago', '12m ago', '1h05m ago', '2d03h ago'."""
+    return f"{human_duration(age.total_seconds())} ago"

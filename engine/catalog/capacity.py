@@ -184,6 +184,28 @@ class CapacityStore:
 
     # -- the four numbers ---------------------------------------------------------
 
+    def landings(self, repository_id: int, *, since: datetime, until: datetime) -> list[datetime]:
+        """When backups and copies landed in this repository in the range, oldest first
+        (a forecast needs its history to span at least one backup cycle)."""
+        with self.catalog.session() as session:
+            backups = session.scalars(
+                select(Backup.created_at)
+                .join(Chain, Backup.chain_id == Chain.id)
+                .where(
+                    Chain.repository_id == repository_id,
+                    Backup.created_at > since,
+                    Backup.created_at <= until,
+                )
+            ).all()
+            copies = session.scalars(
+                select(Copy.completed_at).where(
+                    Copy.destination_repository_id == repository_id,
+                    Copy.completed_at > since,
+                    Copy.completed_at <= until,
+                )
+            ).all()
+        return sorted(t for t in (as_utc(v) for v in [*backups, *copies]) if t is not None)
+
     def breakdown(self, repository_id: int, now: datetime) -> SpaceBreakdown:
         """Used / reclaimable now / reclaimable later / locked, from Backup, Copy and
         ImmutabilityLock rows of this repository."""

@@ -666,6 +666,11 @@ class BackupService:
                 f"repository {repo.name} is disabled",
                 hint=f"enable it first (`sendense repo enable {repo.name}`)",
             )
+        # the repository's own gate first: it reads capacity with a timeout, so one that
+        # does not answer (a frozen FUSE directory, a hung server) is refused with a
+        # sentence instead of hanging the job in the stat below
+        if self.repository_check is not None:
+            self.repository_check(repo)
         root = Path(repo.path)
         if not root.is_dir():
             raise BackupError(
@@ -677,8 +682,6 @@ class BackupService:
                 f"repository {repo.name}: {root} is not writable",
                 hint="check the mount options and the directory owner",
             )
-        if self.repository_check is not None:
-            self.repository_check(repo)
 
     def _probe(self, disk: DiskSource) -> _Probe:
         spec = source_spec(disk)

@@ -18,8 +18,16 @@ upwards, ``capacity.threshold_cleared`` downwards) and is stored in
 A repository at "full" takes no new backups or copies: ``ensure_room`` raises
 ``RepositoryFullError`` naming the numbers.
 
-Network repositories are measured in a worker with a timeout; one that does
-not answer becomes ``unresponsive`` with the time it was last seen.
+Every repository, local ones included (a local path can be a FUSE directory or
+a stale bind mount), is measured in its own worker with a timeout, all side by
+side under one deadline: one that does not answer becomes ``unresponsive`` with
+the time it was last seen, within one poll, while the others keep updating; its
+reading keeps the last good figures so screens show them with their age.
+
+Forecasts are fitted on daily peaks (the fullest sample of each 24 h window),
+never on the minutes of a backup burst, and only once there are 24 h of samples
+(counted from the first backup that landed inside them, so a first full is not
+taken for a trend); until then the forecast says why.
 """
 
 from __future__ import annotations
@@ -46,7 +54,13 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import CapacitySettings
 from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
-from engine.services.probe import RepositoryCheckError, run_with_timeout
+from engine.services.probe import (
+    Probe,
+    ProbeTimeout,
+    RepositoryCheckError,
+    run_with_timeout,
+    start_probe,
+)
 from engine.units import human_bytes
 
 log = logging.getLogger(__name__)
@@ -60,11 +74,17 @@ warnings.filterwarnings(
 
 LEVELS = ("ok", "warning", "critical", "full")
 _EVENT_LEVEL = {"ok": "info", "warning": "warning", "critical": "error", "full": "critical"}
-NETWORK_TIMEOUT = 5.0
+#: how long a capacity reading (statvfs) may take, for every kind of repository
+READING_TIMEOUT = 5.0
+#: figures older than this show their age
+STALE_AFTER = timedelta(minutes=3)
 FORECAST_WINDOW = timedelta(days=7)
 #: growth below this many bytes per day counts as "not growing"
 FLAT_BYTES_PER_DAY = 1024 * 1024
 FORECAST_HORIZON_DAYS = 3650
+#: no "days until full" before this much history (counted from a first backup)
+FORECAST_MIN_HISTORY = timedelta(hours=24)
+NEED_HISTORY = "forecast after 24 h of history"
 #: after a write-triggered sample, one more this much later (delayed frees)
 SETTLE_SECONDS = 2.0
 
@@ -122,11 +142,29 @@ class Reading:
     device: int | None = None
     #: None when measured; a sentence when it could not be (unresponsive, missing)
     error: str | None = None
+    #: the filesystem did not answer in time (a hung server, a frozen FUSE directory)
+    unresponsive: bool = False
+    #: with an error: the last reading that had figures, shown with its age
+    last_good: Reading | None = None
+
+    @property
+    def figures(self) -> Reading | None:
+        """The reading whose numbers to show: this one, or the last good one."""
+        return self if self.error is None else self.last_good
+
+    def figures_age(self, now: datetime) -> timedelta | None:
+        """How old the figures are when they are stale (the repository did not answer,
+        or they were measured longer than ``STALE_AFTER`` ago); None when fresh."""
+        figures = self.figures
+        if figures is None:
+            return None
+        age = max(timedelta(0), now - figures.taken_at)
+        return age if self.error is not None or age > STALE_AFTER else None
 
 
 @dataclass(frozen=True)
 class Forecast:
-    #: bytes per day from a linear fit of recent samples (None: too little history)
+    #: bytes per day from a linear fit of daily peaks (None: too little history)
     growth_per_day: float | None
     days_until_full: float | None
     full_at: datetime | None
@@ -134,10 +172,12 @@ class Forecast:
     trend: str
     #: bytes that scheduled expiries will free in the horizon
     scheduled_release_bytes: int = 0
+    #: why there is no "days until full" yet, as the screens say it
+    reason: str | None = None
 
     def describe(self) -> str:
         if self.trend != "growing" or self.days_until_full is None:
-            return self.trend
+            return self.reason or self.trend
         if self.days_until_full >= FORECAST_HORIZON_DAYS:
             return "full in more than 10 years"
         return f"full in {self.days_until_full:.0f} days"
@@ -178,32 +218,58 @@ def linear_fit(points: list[tuple[float, float]]) -> float | None:
     return sum((p[0] - mx) * (p[1] - my) for p in points) / var
 
 
+def daily_peaks(samples: list[Sample]) -> list[Sample]:
+    """The fullest sample of each 24 h window counted back from the newest sample,
+    oldest first: what the repository holds once each day's backups have landed,
+    whatever a backup's minutes of writing (and their dense samples) looked like."""
+    if not samples:
+        return []
+    newest = samples[-1].taken_at
+    peaks: dict[int, Sample] = {}
+    for s in samples:
+        window = int((newest - s.taken_at) / FORECAST_MIN_HISTORY)
+        best = peaks.get(window)
+        if best is None or s.used_bytes >= best.used_bytes:
+            peaks[window] = s
+    return [peaks[w] for w in sorted(peaks, reverse=True)]
+
+
 def forecast(
     samples: list[Sample],
     now: datetime,
     full_percent: float,
     releases: list[tuple[datetime, int]] | None = None,
+    landings: list[datetime] | None = None,
 ) -> Forecast:
-    """Days until ``full_percent`` from the growth trend, minus scheduled releases.
+    """Days until ``full_percent`` from the growth of daily peaks, minus scheduled releases.
 
-    ``releases`` are (date, bytes) that expiring locks/retention will free; used
-    space drops by them on that date (the hook the retention slice feeds).
+    ``landings`` are the times backups and copies landed in the repository. The
+    history counts from the first one that lands inside the sampled span (the
+    samples before it are an empty repository, not a trend), and no days are
+    promised before ``FORECAST_MIN_HISTORY`` of it: minutes (or hours) after a first
+    backup there is only a burst, never "full in 0 days". ``releases`` are (date,
+    bytes) that expiring locks/retention will free; used space drops by them then.
     """
     releases = sorted(r for r in (releases or []) if r[0] > now)
     release_total = sum(b for _, b in releases)
-    if len(samples) < 2 or (samples[-1].taken_at - samples[0].taken_at) < timedelta(minutes=1):
-        return Forecast(None, None, None, "not enough history", release_total)
-    t0 = samples[0].taken_at
+    if samples and landings:
+        inside = [t for t in landings if samples[0].taken_at < t <= samples[-1].taken_at]
+        if inside:
+            samples = [s for s in samples if s.taken_at >= min(inside)]
+    if len(samples) < 2 or samples[-1].taken_at - samples[0].taken_at < FORECAST_MIN_HISTORY:
+        return Forecast(None, None, None, "not enough history", release_total, NEED_HISTORY)
+    first = samples[0].taken_at
+    peaks = daily_peaks(samples)
     slope = linear_fit(
-        [((s.taken_at - t0).total_seconds() / 86400, float(s.used_bytes)) for s in samples]
+        [((s.taken_at - first).total_seconds() / 86400, float(s.used_bytes)) for s in peaks]
     )
     if slope is None:
-        return Forecast(None, None, None, "not enough history", release_total)
+        return Forecast(None, None, None, "not enough history", release_total, NEED_HISTORY)
     if slope < FLAT_BYTES_PER_DAY:
         return Forecast(slope, None, None, "not growing", release_total)
-    last = samples[-1]
-    limit = full_percent / 100 * (last.used_bytes + last.free_bytes)
-    used = float(last.used_bytes)
+    latest = samples[-1]
+    limit = full_percent / 100 * (latest.used_bytes + latest.free_bytes)
+    used = float(latest.used_bytes)
     t = 0.0  # days after now
     for when, size in [*releases, (now + timedelta(days=FORECAST_HORIZON_DAYS), 0)]:
         seg_end = max(t, (when - now).total_seconds() / 86400)
@@ -235,8 +301,11 @@ class CapacityMonitor:
         settings: CapacitySettings,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        reading_timeout: float = READING_TIMEOUT,
     ) -> None:
         self.repositories = repositories
+        #: seconds a repository's statvfs may take before it counts as unresponsive
+        self.reading_timeout = reading_timeout
         self.store = store
         self.bus = bus
         self.settings = settings
@@ -276,28 +345,109 @@ class CapacityMonitor:
     # -- sampling ------------------------------------------------------------------
 
     def measure(self, repo: Repository) -> Reading:
-        """Read the filesystem now (a worker with a timeout for network repositories)."""
+        """Read the filesystem now, in a worker with a timeout (``measure_many``)."""
+        return self.measure_many([repo])[0]
+
+    def measure_many(self, repos: list[Repository]) -> list[Reading]:
+        """Read every repository's filesystem side by side, each in its own worker,
+        all under one deadline of ``reading_timeout``.
+
+        Any path can hang in statvfs (an NFS or CIFS server gone, a frozen FUSE
+        directory, a stale bind mount), local ones included, and such a thread cannot
+        be killed: it is left behind, and while it is stuck the repository's next
+        readings fail at once instead of starting another thread (one outstanding
+        reading per repository). A repository that does not answer gets an error
+        reading that keeps its last good figures; the others are read as usual."""
         now = self.clock.now()
-        try:
-            if repo.kind in ("nfs", "cifs"):
-                total, used, free, pct, dev = run_with_timeout(
-                    f"repository {repo.name}", lambda: usage(repo.path), NETWORK_TIMEOUT
+        started: list[tuple[Repository, Probe | Reading]] = []
+        for repo in repos:
+            path = repo.path
+            try:
+                probe = start_probe(
+                    f"capacity:{repo.id}", lambda p=path: usage(p), label=f"repository {repo.name}"
                 )
+                started.append((repo, probe))
+            except ProbeTimeout as exc:
+                started.append((repo, self._failed(repo, now, exc.message, unresponsive=True)))
+        deadline = time.monotonic() + self.reading_timeout
+        out: list[Reading] = []
+        for repo, item in started:
+            if isinstance(item, Reading):
+                out.append(item)
+                continue
+            try:
+                total, used, free, pct, dev = item.result(deadline - time.monotonic())
+            except ProbeTimeout:
+                why = f"repository {repo.name} did not answer within {self.reading_timeout:g} s"
+                out.append(self._failed(repo, now, why, unresponsive=True))
+            except RepositoryCheckError as exc:
+                out.append(self._failed(repo, now, exc.message))
+            except FileNotFoundError:
+                out.append(self._failed(repo, now, f"{repo.path} does not exist"))
+            except OSError as exc:
+                out.append(self._failed(repo, now, f"{repo.path}: {exc.strerror}"))
             else:
-                total, used, free, pct, dev = usage(repo.path)
-        except RepositoryCheckError as exc:
-            return Reading(repo.id, repo.name, repo.path, now, error=exc.message)
-        except FileNotFoundError:
-            return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path} does not exist")
-        except OSError as exc:
-            return Reading(repo.id, repo.name, repo.path, now, error=f"{repo.path}: {exc.strerror}")
-        level = self.thresholds(repo, total).level(pct, free)
-        return Reading(repo.id, repo.name, repo.path, now, total, used, free, pct, level, dev)
+                level = self.thresholds(repo, total).level(pct, free)
+                out.append(
+                    Reading(repo.id, repo.name, repo.path, now, total, used, free, pct, level, dev)
+                )
+        return out
+
+    def _failed(
+        self, repo: Repository, now: datetime, error: str, *, unresponsive: bool = False
+    ) -> Reading:
+        """An error reading that keeps the last figures known (memory, else the catalog)."""
+        with self._lock:
+            previous = self._readings.get(repo.id)
+        last_good = previous.figures if previous is not None else None
+        if last_good is None:
+            latest = self.store.latest(repo.id)
+            if latest is not None:
+                last_good = self.stored_reading(repo, latest)
+        return Reading(
+            repo.id,
+            repo.name,
+            repo.path,
+            now,
+            error=error,
+            unresponsive=unresponsive,
+            last_good=last_good,
+        )
+
+    @staticmethod
+    def stored_reading(repo: Repository, latest: Sample) -> Reading:
+        """A stored sample as a reading (no device known)."""
+        pct = latest.used_bytes * 100 / max(1, latest.used_bytes + latest.free_bytes)
+        return Reading(
+            repo.id,
+            repo.name,
+            repo.path,
+            latest.taken_at,
+            latest.total_bytes,
+            latest.used_bytes,
+            latest.free_bytes,
+            pct,
+            repo.capacity_level or "ok",
+        )
 
     def sample(self, ref: int | str | Repository, *, store: bool = True) -> Reading:
         """Measure one repository, store the sample, fire threshold events on a change."""
         repo = ref if isinstance(ref, Repository) else self.repositories.get(ref)
-        reading = self.measure(repo)
+        return self._record(repo, self.measure(repo), store=store)
+
+    def sample_many(self, repos: list[Repository], *, store: bool = True) -> list[Reading]:
+        """Measure several repositories side by side (``measure_many``) and record each."""
+        out = []
+        for repo, reading in zip(repos, self.measure_many(repos), strict=True):
+            try:
+                out.append(self._record(repo, reading, store=store))
+            except CatalogUnavailable:
+                raise  # the other repositories cannot be recorded either
+            except Exception:
+                log.exception("capacity sample of %s failed", repo.name)
+        return out
+
+    def _record(self, repo: Repository, reading: Reading, *, store: bool = True) -> Reading:
         self.samples_taken += 1
         with self._lock:
             self._readings[repo.id] = reading
@@ -327,6 +477,16 @@ class CapacityMonitor:
                 fields["state"] = "mounted" if current.kind != "local" else "ready"
                 fields["state_detail"] = None
             self._known[repo.id] = (new, False)
+            if current.state == "unresponsive":
+                self.bus.publish(
+                    Event(
+                        kind="repository.responsive",
+                        message=f"repository {repo.name} answers again",
+                        level="info",
+                        source="capacity",
+                        repository_id=repo.id,
+                    )
+                )
             if old == new:
                 if current.state == "unresponsive":
                     self.repositories.update(repo.id, reading.taken_at, **fields)
@@ -380,7 +540,9 @@ class CapacityMonitor:
             )
 
     def _unresponsive(self, repo: Repository, reading: Reading) -> None:
-        if repo.kind not in ("nfs", "cifs"):
+        # a local directory that is missing keeps its state (the repository checks say
+        # why); one that does not answer is as unresponsive as a hung server
+        if repo.kind not in ("nfs", "cifs") and not reading.unresponsive:
             return
         with self._eval_lock:
             self._known.pop(repo.id, None)
@@ -388,6 +550,8 @@ class CapacityMonitor:
         if current.state == "unresponsive":
             return
         seen = current.last_seen_at
+        if reading.last_good is not None and (seen is None or reading.last_good.taken_at > seen):
+            seen = reading.last_good.taken_at  # answered since (unchanged levels skip the row)
         when = seen.strftime("%Y-%m-%d %H:%M UTC") if seen else "never"
         self.repositories.update(
             repo.id,
@@ -407,15 +571,8 @@ class CapacityMonitor:
         )
 
     def sample_all(self) -> list[Reading]:
-        out = []
-        for repo in self.repositories.list(enabled_only=True):
-            try:
-                out.append(self.sample(repo))
-            except CatalogUnavailable:
-                raise  # the other repositories cannot be recorded either
-            except Exception:
-                log.exception("capacity sample of %s failed", repo.name)
-        return out
+        """One poll: every enabled repository, side by side, within ``reading_timeout``."""
+        return self.sample_many(self.repositories.list(enabled_only=True))
 
     def reading(self, repository_id: int) -> Reading | None:
         with self._lock:
@@ -424,11 +581,20 @@ class CapacityMonitor:
     # -- the "full" gate ------------------------------------------------------------------
 
     def ensure_room(self, ref: int | str | Repository) -> Reading:
-        """Raise RepositoryFullError when the repository is at its "full" threshold.
+        """Raise RepositoryFullError when the repository is at its "full" threshold, and
+        RepositoryCheckError when it does not answer (a write there would hang).
 
         Backup and copy services call this before starting to write."""
         repo = ref if isinstance(ref, Repository) else self.repositories.get(ref)
         reading = self.sample(repo)
+        if reading.unresponsive:
+            raise RepositoryCheckError(
+                f"repository {repo.name} does not answer ({reading.error}): nothing is "
+                "written there until it does",
+                reason="unresponsive",
+                hint="check the server or the filesystem behind it; "
+                "`sendense repo test` tries again",
+            )
         if reading.error is None and reading.level == "full":
             th = self.thresholds(repo)
             raise RepositoryFullError(
@@ -471,10 +637,14 @@ class CapacityMonitor:
 
     def forecast(self, repo: Repository, breakdown: SpaceBreakdown | None = None) -> Forecast:
         now = self.clock.now()
-        samples = self.store.samples(repo.id, since=now - FORECAST_WINDOW, until=now)
+        since = now - FORECAST_WINDOW
+        samples = self.store.samples(repo.id, since=since, until=now)
         if breakdown is None:
             breakdown = self.store.breakdown(repo.id, now)
-        return forecast(samples, now, self.thresholds(repo).full, breakdown.scheduled_releases)
+        landings = self.store.landings(repo.id, since=since, until=now)
+        return forecast(
+            samples, now, self.thresholds(repo).full, breakdown.scheduled_releases, landings
+        )
 
     def overview(
         self,
@@ -486,26 +656,15 @@ class CapacityMonitor:
         """One entry per repository for the capacity screen."""
         now = self.clock.now()
         repos = self.repositories.list()
+        if measure:
+            self.sample_many([r for r in repos if r.enabled and self.reading(r.id) is None])
         readings: list[Reading] = []
         for repo in repos:
             reading = self.reading(repo.id)
-            if reading is None and measure and repo.enabled:
-                reading = self.sample(repo)
             if reading is None:
                 latest = self.store.latest(repo.id)
                 if latest is not None:
-                    pct = latest.used_bytes * 100 / max(1, latest.used_bytes + latest.free_bytes)
-                    reading = Reading(
-                        repo.id,
-                        repo.name,
-                        repo.path,
-                        latest.taken_at,
-                        latest.total_bytes,
-                        latest.used_bytes,
-                        latest.free_bytes,
-                        pct,
-                        repo.capacity_level or "ok",
-                    )
+                    reading = self.stored_reading(repo, latest)
             if reading is not None:
                 readings.append(reading)
         shared = self.shared_groups(readings)
@@ -552,17 +711,20 @@ class CapacityMonitor:
                         self._observer.unschedule(watch)
                     del self._watches[rid]
         for rid, repo in wanted.items():
-            if rid in self._watches or not os.path.isdir(repo.path):
-                continue
+            reading = self.reading(rid)
+            if rid in self._watches or (reading is not None and reading.unresponsive):
+                continue  # a frozen directory would hang the observer's own lock
             handler = _Watcher(rid, self.poke)
+
+            def schedule(h: _Watcher = handler, p: str = repo.path) -> Any:
+                return self._observer.schedule(h, p, recursive=True) if os.path.isdir(p) else None
+
             try:
-                watch = run_with_timeout(
-                    f"watch {repo.name}",
-                    lambda h=handler, p=repo.path: self._observer.schedule(h, p, recursive=True),
-                    NETWORK_TIMEOUT,
-                )
+                watch = run_with_timeout(f"watch {repo.name}", schedule, self.reading_timeout)
             except (RepositoryCheckError, OSError) as exc:
                 log.warning("cannot watch %s: %s", repo.path, exc)
+                continue
+            if watch is None:
                 continue
             with self._lock:
                 self._watches[rid] = (repo.path, watch)

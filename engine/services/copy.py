@@ -827,9 +827,11 @@ class CopyService:
         else:
             raise ValidationError("a copy job needs a rule or a list of backups")
         try:
-            self.check_destination(dst)
+            # the capacity gate first: it reads with a timeout and refuses a destination
+            # that does not answer, which the directory checks would hang on
             if self.room_check is not None:
                 self.room_check(dst)
+            self.check_destination(dst)
             result = self._copy_items(ctx, items, dst, rule, verify_after)
         except (JobCancelled, JobPaused):
             raise

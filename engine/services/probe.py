@@ -12,9 +12,12 @@ before the kernel gives a vague "mount error(13)":
   credentials and a missing share are told apart.
 
 ``run_with_timeout`` runs a call (statvfs, a small write) in a worker thread
-and gives up after a timeout: a hung NFS server then shows as UNRESPONSIVE
-instead of freezing the caller. The thread may stay blocked in the kernel;
-it is a daemon thread and at most one per key is left behind.
+and gives up after a timeout: a hung NFS server, a frozen FUSE directory or a
+stale bind mount then shows as UNRESPONSIVE instead of freezing the caller.
+``start_probe`` starts one without waiting, so several repositories are read
+side by side under one deadline. The thread may stay blocked in the kernel
+(it cannot be killed); it is a daemon thread and at most one per key runs at
+any time: while it is stuck, later probes of that key fail at once.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.errors import SendenseError
 
@@ -295,13 +297,82 @@ def redact_password(text: str, password: str) -> str:
 # -- timeouts -------------------------------------------------------------------------
 
 
-@dataclass
-class _Pending:
-    thread: threading.Thread
+class Probe:
+    """One call running in its own daemon thread, for one key (a repository).
+
+    A thread blocked in the kernel (statvfs on a frozen FUSE directory or a hard NFS
+    mount) cannot be killed, so nobody waits on it for long: ``result`` gives up after
+    its timeout and the thread is left to finish on its own."""
+
+    def __init__(self, key: str, fn: Callable[[], Any], label: str | None = None) -> None:
+        self.key = key
+        #: what messages call it ("repository nas"); the key by default
+        self.label = label or key
+        self.done = threading.Event()
+        #: True once a caller gave up on it: later callers do not wait on it again
+        self.timed_out = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._fn = fn
+        self.thread = threading.Thread(target=self._work, name=f"probe:{key}", daemon=True)
+
+    def _work(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self.done.set()
+            with _probes_lock:
+                if _probes.get(self.key) is self:
+                    del _probes[self.key]
+
+    def result(self, timeout: float) -> Any:
+        """The call's value (or its exception); ProbeTimeout after ``timeout`` seconds."""
+        if not self.done.wait(max(0.0, timeout)):
+            self.timed_out = True
+            raise ProbeTimeout(
+                f"{self.label} did not answer within {timeout:g} s",
+                reason="unresponsive",
+                hint="the server or filesystem may be down or hung; "
+                "the engine keeps working meanwhile",
+            )
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
-_stuck: dict[str, _Pending] = {}
-_stuck_lock = threading.Lock()
+#: the probe still running for each key: at most one thread per key at any time
+_probes: dict[str, Probe] = {}
+_probes_lock = threading.Lock()
+
+
+def start_probe(key: str, fn: Callable[[], T], label: str | None = None) -> Probe:
+    """Start ``fn`` in its own thread, unless a probe of ``key`` still runs.
+
+    A probe still running that a caller already gave up on raises ProbeTimeout at
+    once (no new thread: a dead filesystem cannot pile them up). One that is still
+    within its time is waited for first (up to ``_BUSY_WAIT``), so two callers of one
+    key never run side by side; ``label`` names it in messages (the key by default)."""
+    while True:
+        with _probes_lock:
+            running = _probes.get(key)
+            if running is None:
+                probe = Probe(key, fn, label)
+                _probes[key] = probe
+                probe.thread.start()
+                return probe
+        if running.timed_out or not running.done.wait(_BUSY_WAIT):
+            raise ProbeTimeout(
+                f"{label or key} still does not answer (an earlier probe is still waiting)",
+                reason="unresponsive",
+                hint="the server or filesystem may be down or hung; "
+                "the engine keeps working meanwhile",
+            )
+
+
+#: how long a new probe waits for a running one of the same key to finish
+_BUSY_WAIT = 5.0
 
 
 def run_with_timeout(key: str, fn: Callable[[], T], timeout: float) -> T:
@@ -311,35 +382,6 @@ def run_with_timeout(key: str, fn: Callable[[], T], timeout: float) -> T:
     same key is still stuck, no new thread is started and ProbeTimeout is raised
     at once, so a dead server cannot pile up threads.
     """
-    with _stuck_lock:
-        pending = _stuck.get(key)
-        if pending is not None:
-            if pending.thread.is_alive():
-                raise ProbeTimeout(
-                    f"{key} still does not answer (an earlier probe is still waiting)",
-                    reason="unresponsive",
-                )
-            del _stuck[key]
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=work, name=f"probe:{key}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        with _stuck_lock:
-            _stuck[key] = _Pending(thread)
-        raise ProbeTimeout(
-            f"{key} did not answer within {timeout:g} s",
-            reason="unresponsive",
-            hint="the server may be down or hung; the engine keeps working meanwhile",
-        )
-    if error:
-        raise error[0]
-    return result[0]
+    probe = start_probe(key, fn)
+    result: T = probe.result(timeout)
+    return result

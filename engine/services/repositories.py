@@ -1002,26 +1002,24 @@ class RepositoryService:
         report = TestReport(ok=False)
         root = Path(repo.path)
         try:
-            if repo.kind == "local":
-                check_directory(root)
-            else:
+            if repo.kind != "local":
                 self.pre_mount_check(repo)
                 report.steps.append(TestStep("server", True))
                 self.mounts.mount(repo, self._password(repo) if repo.kind == "cifs" else None)
                 report.steps.append(TestStep("mount", True, str(root)))
 
             def work() -> None:
+                if repo.kind == "local":
+                    check_directory(root)
                 make_layout(root)
                 write_test(root)
 
-            if repo.kind == "local":
-                work()
-                modes = repair_modes(root)
-            else:
-                run_with_timeout(f"repository {repo.name}", work, NETWORK_PROBE_TIMEOUT)
-                modes = run_with_timeout(
-                    f"repository {repo.name}", lambda: repair_modes(root), MODE_REPAIR_TIMEOUT
-                )
+            # a local path can hang as well as a network one (a frozen FUSE directory,
+            # a stale bind mount): every kind is touched in a worker with a timeout
+            run_with_timeout(f"repository {repo.name}", work, NETWORK_PROBE_TIMEOUT)
+            modes = run_with_timeout(
+                f"repository {repo.name}", lambda: repair_modes(root), MODE_REPAIR_TIMEOUT
+            )
             report.steps.append(TestStep("write", True))
             # a locked file keeps its mode (and is listed): only a failed chmod fails
             report.steps.append(TestStep("modes", not modes.failed, modes.summary()))
@@ -1033,10 +1031,16 @@ class RepositoryService:
                     f"repository {repo.name}: {modes.summary()}",
                     level="warning",
                 )
-            report.total, report.used, report.free, _, _ = usage(str(root))
+            report.total, report.used, report.free, _, _ = run_with_timeout(
+                f"repository {repo.name}", lambda: usage(str(root)), NETWORK_PROBE_TIMEOUT
+            )
             caps = repo.capabilities or {}
             if not caps:
-                caps = probe_capabilities(root)
+                caps = run_with_timeout(
+                    f"repository {repo.name}",
+                    lambda: probe_capabilities(root),
+                    NETWORK_PROBE_TIMEOUT,
+                )
             report.capabilities = caps
             self._note_room(report, repo.name, repo.min_free_bytes)
             report.ok = True
@@ -1067,7 +1071,14 @@ class RepositoryService:
         except RepositoryCheckError:
             repo = self.store.get(repo.id)
             return TestReport(ok=False, error=repo.state_detail, reason="error")
-        report.capabilities = probe_capabilities(Path(repo.path))
+        try:
+            report.capabilities = run_with_timeout(
+                f"repository {repo.name}",
+                lambda: probe_capabilities(Path(repo.path)),
+                NETWORK_PROBE_TIMEOUT,
+            )
+        except RepositoryCheckError as exc:
+            return TestReport(ok=False, error=exc.message, hint=exc.hint, reason=exc.reason)
         self.store.update(repo.id, self.clock.now(), capabilities=report.capabilities)
         return report
 
@@ -1116,8 +1127,7 @@ class RepositoryService:
 
         if repo.kind != "local":
             self.ensure_writable_mount(repo)
-            return run_with_timeout(f"repository {repo.name}", scan, NETWORK_PROBE_TIMEOUT)
-        return scan()
+        return run_with_timeout(f"repository {repo.name}", scan, NETWORK_PROBE_TIMEOUT)
 
     def health(self, ref: int | str | Repository) -> Health:
         """Probe now: statvfs and a small write (network ones in a worker with a timeout)."""
@@ -1126,16 +1136,15 @@ class RepositoryService:
         now = self.clock.now()
 
         def probe() -> None:
+            if repo.kind == "local":
+                check_directory(root)
             os.statvfs(root)
             write_test(root)
 
         try:
             if repo.kind != "local":
                 self.ensure_writable_mount(repo)
-                run_with_timeout(f"repository {repo.name}", probe, NETWORK_PROBE_TIMEOUT)
-            else:
-                check_directory(root)
-                probe()
+            run_with_timeout(f"repository {repo.name}", probe, NETWORK_PROBE_TIMEOUT)
         except RepositoryCheckError as exc:
             seen = repo.last_seen_at
             state = "unresponsive" if exc.reason == "unresponsive" else "error"
@@ -1190,11 +1199,12 @@ class RepositoryService:
         return root
 
     def ready_for_new_data(self, ref: int | str | Repository) -> Path:
-        """ensure_writable_mount plus the capacity gate: a "full" repository is refused."""
+        """ensure_writable_mount plus the capacity gate: a "full" repository is refused,
+        and so is one that does not answer (read first, with a timeout: the mount
+        checks would hang on it)."""
         repo = self._repo(ref)
-        root = self.ensure_writable_mount(repo)
         self.monitor.ensure_room(repo)
-        return root
+        return self.ensure_writable_mount(repo)
 
     # -- engine start ------------------------------------------------------------------------------
 
@@ -1226,8 +1236,18 @@ class RepositoryService:
                     )
         except (OSError, ToolError):
             log.exception("mount repair failed")
-        for repo in repos:
-            if not repo.enabled:
+        enabled = [r for r in repos if r.enabled]
+        # read every local one first, side by side under one deadline: one that does
+        # not answer is marked unresponsive at once and not prepared (each step would
+        # wait out its own timeout); the monitor's polls see it come back
+        local = [r for r in enabled if r.kind == "local"]
+        try:
+            readings = self.monitor.sample_many(local)
+        except CatalogUnavailable:
+            readings = []
+        frozen = {r.repository_id for r in readings if r.unresponsive}
+        for repo in enabled:
+            if repo.id in frozen:
                 continue
             try:
                 self.prepare(repo)

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from datetime import timedelta
 from typing import Any
 
 from engine.catalog.models import Repository
@@ -15,12 +16,29 @@ from sendense_tui.commands import CliContext, add_parser, bounded_int, table
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import finish_job, print_queued
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import filesystem_lock_text, human_bytes, lock_text, printable
+from sendense_tui.format import (
+    age_text,
+    filesystem_lock_text,
+    human_bytes,
+    lock_text,
+    printable,
+    short_time,
+)
 
 
 def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
-    """Everything about a repository except its secret."""
-    latest = engine.capacity_store.latest(repo.id)
+    """Everything about a repository except its secret. Its space figures are the
+    last good ones (a repository that does not answer keeps them, marked stale with
+    the time they were measured)."""
+    now = engine.clock.now()
+    reading = engine.capacity.reading(repo.id)
+    figures = reading.figures if reading is not None else None
+    if figures is None:
+        latest = engine.capacity_store.latest(repo.id)
+        figures = engine.capacity.stored_reading(repo, latest) if latest is not None else None
+    age = None
+    if figures is not None:
+        age = (reading or figures).figures_age(now)
     return {
         "id": repo.id,
         "name": repo.name,
@@ -41,9 +59,12 @@ def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
         "immutable_grace_hours": repo.immutable_grace_hours if repo.immutable else 0,
         # restore points held here, the copies that landed here included
         "backups": engine.repository_store.backup_count(repo.id),
-        "total_bytes": latest.total_bytes if latest else None,
-        "used_bytes": latest.used_bytes if latest else None,
-        "free_bytes": latest.free_bytes if latest else None,
+        "total_bytes": figures.total if figures else None,
+        "used_bytes": figures.used if figures else None,
+        "free_bytes": figures.free if figures else None,
+        "unresponsive": bool(reading and reading.unresponsive) or repo.state == "unresponsive",
+        "figures_at": figures.taken_at if figures else None,
+        "figures_age_seconds": round(age.total_seconds()) if age is not None else None,
         "has_password": bool(repo.secret),
     }
 
@@ -136,9 +157,10 @@ def _spec(args: argparse.Namespace) -> RepositorySpec:
 def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         repos = engine.repositories.list()
-        for repo in repos:
-            if repo.enabled:
-                engine.capacity.sample(repo)  # network ones time out in a worker
+        # side by side, each in its own worker, under one deadline: a repository that
+        # does not answer is marked unresponsive and keeps its last figures
+        engine.capacity.sample_many([r for r in repos if r.enabled])
+        repos = engine.repositories.list()  # the states those readings set
         data = [repo_dict(r, engine) for r in repos]
         where = {r.id: engine.repositories.describe_location(r) for r in repos}
     if ctx.json:
@@ -154,6 +176,7 @@ def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
             where[d["id"]],
             d["state"] if d["enabled"] else "disabled",
             f"{human_bytes(d['used_bytes'])}/{human_bytes(d['total_bytes'])}"
+            + _age(d["figures_age_seconds"])
             if d["total_bytes"]
             else "-",
             human_bytes(d["free_bytes"]) if d["free_bytes"] is not None else "-",
@@ -163,6 +186,11 @@ def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
     ]
     print(table(rows, ["NAME", "TYPE", "WHERE", "STATE", "USED/TOTAL", "FREE", "BACKUPS"]))
     return 0
+
+
+def _age(seconds: int | None) -> str:
+    """ " (12m ago)" after a stale figure, nothing after a fresh one."""
+    return "" if seconds is None else f" ({age_text(timedelta(seconds=seconds))})"
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -249,16 +277,20 @@ def print_import_report(report: dict[str, Any]) -> None:
 def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         repo = engine.repositories.get(args.name)
+        # every repository is read side by side (bounded) for "shares its filesystem"
+        [item] = [i for i in engine.capacity.overview(measure=True) if i.repository.id == repo.id]
+        repo = engine.repositories.get(repo.id)  # the state that reading set
+        now = engine.clock.now()
         data = repo_dict(repo, engine)
         data["location"] = engine.repositories.describe_location(repo)
-        [item] = [i for i in engine.capacity.overview(measure=True) if i.repository.id == repo.id]
         fc, b, th = item.forecast, item.breakdown, item.thresholds
-        if item.reading is not None and item.reading.error is None:
+        figures = item.reading.figures if item.reading is not None else None
+        if figures is not None:
             data.update(
-                total_bytes=item.reading.total,
-                used_bytes=item.reading.used,
-                free_bytes=item.reading.free,
-                used_percent=round(item.reading.percent, 2),
+                total_bytes=figures.total,
+                used_bytes=figures.used,
+                free_bytes=figures.free,
+                used_percent=round(figures.percent, 2),
             )
         data["thresholds"] = {
             "warning": th.warning,
@@ -268,6 +300,7 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         }
         data["forecast"] = {
             "trend": fc.trend,
+            "reason": fc.reason,
             "growth_bytes_per_day": fc.growth_per_day,
             "days_until_full": fc.days_until_full,
             "full_at": fc.full_at,
@@ -292,10 +325,16 @@ def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     )
     if data.get("total_bytes"):
+        stale = data["figures_age_seconds"]
         print(
             f"  space      {human_bytes(data['used_bytes'])} used, "
             f"{human_bytes(data['free_bytes'])} free of {human_bytes(data['total_bytes'])}"
             f" ({data.get('used_percent', 0):.1f} % of used+free), level {data['capacity_level']}"
+            + (
+                f"; as of {short_time(data['figures_at'], now)} UTC{_age(stale)}"
+                if stale is not None
+                else ""
+            )
         )
     print(f"  forecast   {fc.describe()}")
     print(

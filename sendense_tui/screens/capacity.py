@@ -22,7 +22,7 @@ from textual.widgets import Static
 
 from engine.services.capacity import RepositoryCapacity
 from sendense_tui.actions import bindings_for
-from sendense_tui.format import human_bytes, printable
+from sendense_tui.format import age_text, human_bytes, printable
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge, sparkline
@@ -56,15 +56,28 @@ def level_of(item: RepositoryCapacity) -> str:
     )
 
 
+def is_unresponsive(item: RepositoryCapacity) -> bool:
+    """The repository did not answer its last reading (or the catalog says so)."""
+    reading = item.reading
+    if reading is not None and reading.error is None:
+        return False
+    return bool(reading and reading.unresponsive) or item.repository.state == "unresponsive"
+
+
 def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
     repo, reading, th = item.repository, item.reading, item.thresholds
     level = level_of(item)
     colour = LEVEL_COLOURS.get(level, "white")
+    unresponsive = is_unresponsive(item)
+    age = reading.figures_age(now) if reading is not None else None
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(printable(repo.name), style="bold")
     text.append(f"  {KINDS.get(repo.kind, repo.kind)}", style="dim")
     text.append("  ")
-    text.append(f" {level.upper()} ", style=f"bold reverse {colour}")
+    if unresponsive:
+        text.append(" UNRESPONSIVE ", style="bold reverse red")
+    else:
+        text.append(f" {level.upper()} ", style=f"bold reverse {colour}")
     if not repo.enabled:
         text.append("  disabled", style="dim")
     if item.shared_with:
@@ -72,7 +85,8 @@ def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
         text.append(f"  shares its filesystem with {shared}", style="italic")
     text.append("\n")
     bar = max(10, min(40, width - 44))
-    if reading is None or reading.error:
+    figures = reading.figures if reading is not None else None
+    if figures is None or (reading is not None and reading.error and not unresponsive):
         text.append(gauge(None, "unknown", bar))
         text.append("  ")
         text.append(
@@ -80,12 +94,18 @@ def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
             style="dim",
         )
     else:
-        text.append(gauge(reading.percent, level, bar, (th.warning, th.critical, th.full)))
-        text.append(f" {reading.percent:5.1f}%", style=f"bold {colour}")
+        stale = age is not None
+        text.append(gauge(figures.percent, level, bar, (th.warning, th.critical, th.full)))
+        text.append(f" {figures.percent:5.1f}%", style="dim" if stale else f"bold {colour}")
         text.append(
-            f"  used {human_bytes(reading.used)}  free {human_bytes(reading.free)}"
-            f"  total {human_bytes(reading.total)}"
+            f"  used {human_bytes(figures.used)}  free {human_bytes(figures.free)}"
+            f"  total {human_bytes(figures.total)}",
+            style="dim" if stale else "",
         )
+        if age is not None:
+            text.append(f"  {age_text(age)}", style="bold yellow" if unresponsive else "dim")
+    if unresponsive and figures is not None and reading is not None and reading.error:
+        text.append(f"\n{printable(reading.error)}", style="red")
     text.append("\n")
     history = [s.used_bytes if s else None for s in item.history]
     text.append("24h ", style="dim")

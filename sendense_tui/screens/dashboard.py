@@ -27,9 +27,10 @@ from textual.widgets import Static
 
 from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import AuditEntry, Job, ScheduleMark
-from engine.services.capacity import Reading, RepositoryCapacity
+from engine.services.capacity import NEED_HISTORY, Reading, RepositoryCapacity
 from engine.services.verify import Report
 from sendense_tui.format import (
+    age_text,
     human_bytes,
     human_duration,
     human_rate,
@@ -41,7 +42,7 @@ from sendense_tui.format import (
     short_time,
 )
 from sendense_tui.screens.base import SendenseScreen
-from sendense_tui.screens.capacity import KINDS, level_of
+from sendense_tui.screens.capacity import KINDS, is_unresponsive, level_of
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge
 from sendense_tui.widgets.keyed import reconcile
@@ -90,11 +91,21 @@ class RepoGaugeLine:
     marks: tuple[float, ...] = ()
     error: str | None = None
     name_width: int = 12
+    #: the repository does not answer: the figures are its last good ones
+    unresponsive: bool = False
+    #: "12m ago" when the figures are stale
+    age: str | None = None
+    #: why there is no "days until full" yet
+    reason: str | None = None
 
     @classmethod
-    def of(cls, item: RepositoryCapacity, name_width: int) -> RepoGaugeLine:
+    def of(cls, item: RepositoryCapacity, name_width: int, now: datetime) -> RepoGaugeLine:
         repo, reading, th, fc = item.repository, item.reading, item.thresholds, item.forecast
         measured = reading is not None and not reading.error
+        unresponsive = is_unresponsive(item)
+        age = reading.figures_age(now) if reading is not None else None
+        if unresponsive and reading is not None and reading.figures is not None:
+            reading, measured = reading.figures, True  # the last figures, with their age
         return cls(
             name=printable(repo.name),
             kind=KINDS.get(repo.kind, repo.kind),
@@ -109,6 +120,9 @@ class RepoGaugeLine:
             marks=(th.warning, th.critical, th.full),
             error=_reading_error(reading),
             name_width=name_width,
+            unresponsive=unresponsive,
+            age=age_text(age) if age is not None else None,
+            reason=fc.reason,
         )
 
     def days_text(self, long: bool) -> str:
@@ -119,7 +133,9 @@ class RepoGaugeLine:
             return f"full in {days:.0f} days" if long else f"{days:.0f}d to full"
         if self.trend == "not growing":
             return "not growing" if long else "steady"
-        return "no trend yet" if long else "no trend"
+        if self.reason == NEED_HISTORY:
+            return "forecast after 24h" if long else "need 24h"
+        return "no forecast yet" if long else "no trend"
 
     def render(self, width: int) -> Text:
         """The line at ``width`` cells: the gauge takes what the words leave (8-40)."""
@@ -129,6 +145,12 @@ class RepoGaugeLine:
             name += "…"
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(name.ljust(self.name_width), style="bold" if self.enabled else "dim")
+        if self.unresponsive:
+            text.append(" UNRESPONSIVE", style="bold red")
+            if self.percent is not None:
+                text.append(f" {self.percent:.1f}% {human_bytes(self.free)} free", style="dim")
+            text.append(f" {self.age or 'never measured'}", style="dim")
+            return text
         if self.percent is None:
             text.append(" ")
             text.append(gauge(None, "unknown", 8))
@@ -145,7 +167,7 @@ class RepoGaugeLine:
         free = f"  {human_bytes(self.free):>5} free"
         if long:
             free = f"  {human_bytes(self.used):>5} used of {human_bytes(self.total):>5}" + free
-        days = f"  {self.days_text(long):<{17 if long else 12}}"
+        days = f"  {self.days_text(long):<{18 if long else 12}}"
         words = len(kind) + len(pct) + len(lvl) + len(free) + len(days)
         bar = max(8, min(40, width - self.name_width - 1 - words))
         text.append(kind, style="dim")
@@ -262,7 +284,7 @@ class DashboardScreen(SendenseScreen):
             self._repo_ids = ids
         width = min(NAME_WIDTH, max((len(i.repository.name) for i in data.repositories), default=8))
         for item in data.repositories:
-            line = RepoGaugeLine.of(item, width)
+            line = RepoGaugeLine.of(item, width, data.now)
             for widget in box.query(f"#gauge-{item.repository.id}").results(RepoGauge):
                 widget.line = line  # a reactive: redraws only if the value changed
 
@@ -282,7 +304,11 @@ class DashboardScreen(SendenseScreen):
                 f" · {human_bytes(data.used)} used, {human_bytes(data.free)} free of "
                 f"{human_bytes(data.total)}"
             )
-        attention = [i.repository.name for i in repos if level_of(i) not in ("ok", "unknown")]
+        attention = [
+            i.repository.name
+            for i in repos
+            if level_of(i) not in ("ok", "unknown") or is_unresponsive(i)
+        ]
         if attention:
             head.append(" · check ", style="dim")
             head.append(printable(", ".join(attention)), style="bold yellow")

@@ -15,6 +15,7 @@ from engine.catalog.models import Repository
 from engine.services.repositories import TestReport
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import (
+    age_text,
     filesystem_lock_text,
     human_bytes,
     lock_text,
@@ -40,6 +41,10 @@ class RepoRow:
     total: int | None = None
     free: int | None = None
     backups: int = 0
+    #: "12m ago" when the figures are stale (the repository did not answer)
+    age: str | None = None
+    #: a Test of it is running
+    testing: bool = False
 
 
 @dataclass
@@ -85,6 +90,8 @@ class RepositoriesScreen(SendenseScreen):
     def __init__(self) -> None:
         super().__init__()
         self._rows: dict[str, RepoRow] = {}
+        #: repositories whose Test is running (their state reads "testing…")
+        self._testing: set[int] = set()
 
     def compose_body(self) -> ComposeResult:
         yield FlexTable(
@@ -92,7 +99,7 @@ class RepositoriesScreen(SendenseScreen):
                 ("name", "Name", 12),
                 ("type", "Type", 5),
                 ("where", "Path or server", None),
-                ("state", "State", 10),
+                ("state", "State", 12),
                 ("used", "Used/total", 10),
                 ("free", "Free", 6),
                 ("backups", "Backups", 7),
@@ -112,13 +119,16 @@ class RepositoriesScreen(SendenseScreen):
         for repo in engine.repositories.list():
             row = RepoRow(repo, engine.repositories.describe_location(repo))
             reading = engine.capacity.reading(repo.id)
-            if reading is not None and reading.error is None:
-                row.used, row.total, row.free = reading.used, reading.total, reading.free
-            else:
+            if reading is None:
                 latest = engine.capacity_store.latest(repo.id)
                 if latest is not None:
-                    row.used, row.total = latest.used_bytes, latest.total_bytes
-                    row.free = latest.free_bytes
+                    reading = engine.capacity.stored_reading(repo, latest)
+            figures = reading.figures if reading is not None else None
+            if reading is not None and figures is not None:
+                row.used, row.total, row.free = figures.used, figures.total, figures.free
+                age = reading.figures_age(data.now)
+                row.age = age_text(age) if age is not None else None
+            row.testing = repo.id in self._testing
             row.backups = engine.repository_store.backup_count(repo.id)
             data.rows.append(row)
         return data
@@ -134,16 +144,18 @@ class RepositoriesScreen(SendenseScreen):
         repo = row.repo
         state = repo.state if repo.enabled else "disabled"
         colour = LEVEL_COLOURS.get(repo.capacity_level or "ok", "white")
-        used = (
+        used: Text | str = (
             Text(f"{human_bytes(row.used)}/{human_bytes(row.total)}", style=colour)
             if row.total
             else "-"
         )
+        if row.age is not None and isinstance(used, Text):
+            used.stylize("dim")  # stale: the detail below says how old
         return (
             repo.name,
             KINDS.get(repo.kind, repo.kind),
             Text(printable(row.location), overflow="ellipsis"),
-            state_text(state),
+            Text("testing…", style="bold cyan") if row.testing else state_text(state),
             used,
             human_bytes(row.free) if row.free is not None else "-",
             str(row.backups),
@@ -165,6 +177,12 @@ class RepositoriesScreen(SendenseScreen):
         text.append(f"  {printable(repo.path)}", style="dim")
         if repo.state_detail:
             text.append(f"\n{printable(repo.state_detail)}", style="red")
+        if row.age is not None and row.total:
+            text.append(
+                f"\nlast figures {human_bytes(row.used)}/{human_bytes(row.total)}, "
+                f"{human_bytes(row.free)} free, measured {row.age}",
+                style="yellow",
+            )
         caps = repo.capabilities or {}
         text.append(
             f"\n{lock_text(repo.immutable, repo.immutable_days, repo.immutable_grace_hours)}",
@@ -211,9 +229,13 @@ class RepositoriesScreen(SendenseScreen):
         row = self._selected()
         if row is None:
             return
-        name = row.repo.name
+        name, repo_id = row.repo.name, row.repo.id
+        if repo_id in self._testing:
+            self.notify(f"{name} is being tested already", timeout=3)
+            return
 
         def done(report: TestReport) -> None:
+            self._testing.discard(repo_id)
             if report.ok:
                 self.notify(
                     f"{name}: mounted, writable, {human_bytes(report.free)} free",
@@ -222,12 +244,24 @@ class RepositoriesScreen(SendenseScreen):
             else:
                 self.notify(f"{name}: {report.error}", title="Test failed", severity="error")
 
-        self.notify(f"testing {name}…", timeout=2)
-        self.run_engine(
-            lambda: self.engine.repositories.test_repository(row.repo.id),
-            after=done,
-            description=f"test {name}",
-        )
+        def test() -> TestReport:
+            try:
+                return self.engine.repositories.test_repository(repo_id)
+            except Exception:
+                self._testing.discard(repo_id)  # the app's error handler says why
+                raise
+
+        # "testing…" at once in its row; the result (or a timeout: a repository that
+        # does not answer fails its test within the probe's timeout) replaces it
+        self._testing.add(repo_id)
+        self.notify(f"testing {name}…", timeout=3)
+        table = self.query_one("#repositories", DataTable)
+        sync_rows(table, [(k, self._cells(self._mark(r))) for k, r in self._rows.items()], COLUMNS)
+        self.run_engine(test, after=done, description=f"test {name}")
+
+    def _mark(self, row: RepoRow) -> RepoRow:
+        row.testing = row.repo.id in self._testing
+        return row
 
     def action_toggle_repository(self) -> None:
         row = self._selected()

@@ -215,13 +215,11 @@ def test_unresponsive_network_repository_shows_last_seen(eng: Engine, tmp_path: 
     hang = threading.Event()
     real_usage = capacity_mod.usage
     capacity_mod.usage = lambda path: (hang.wait(), real_usage("/"))[1]  # type: ignore[assignment]
-    old_timeout = capacity_mod.NETWORK_TIMEOUT
-    capacity_mod.NETWORK_TIMEOUT = 0.2
+    eng.capacity.reading_timeout = 0.2
     try:
         reading = eng.capacity.sample(repo)
     finally:
         capacity_mod.usage = real_usage
-        capacity_mod.NETWORK_TIMEOUT = old_timeout
         hang.set()
     assert reading.error and "did not answer within 0.2 s" in reading.error
     repo = eng.repositories.get("nas")
