@@ -370,7 +370,13 @@ class DashboardScreen(SendenseScreen):
                 safe_text(mark.message or mark.key),
             )
         if len(shown) > MAX_ALERTS:
-            more = Text(f"… and {len(shown) - MAX_ALERTS} more (sendense copy status)")
+            # copy alerts are in `copy status`, bad files in `verify report`
+            where = (
+                "verify report"
+                if shown[MAX_ALERTS].key.startswith("alert:verification_")
+                else "copy status"
+            )
+            more = Text(f"… and {len(shown) - MAX_ALERTS} more (sendense {where})")
             table.add_row(Text(""), Text(""), more)
         if not shown and not data.unprotected_files:
             table.add_row(Text("✓", style="bold green"), Text(""), Text("no active alerts"))
