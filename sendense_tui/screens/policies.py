@@ -435,7 +435,8 @@ class PoliciesScreen(SendenseScreen):
 
     def action_apply(self) -> None:
         pid = self._selected()
-        if pid is None:
+        row = self._rows.get(pid) if pid is not None else None
+        if pid is None or row is None:
             return
 
         def answer(yes: bool | None) -> None:
@@ -449,7 +450,7 @@ class PoliciesScreen(SendenseScreen):
 
         self.app.push_screen(
             ConfirmDialog(
-                "Apply retention now?",
+                f"Apply retention of policy {row.name} in {row.target} now?",
                 "Points no rule keeps are deleted or merged; locked points and points "
                 "without their copies stay (see the preview with p).",
             ),
