@@ -35,6 +35,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.quiet import show
 
 
 @dataclass
@@ -281,9 +282,9 @@ class ChainsScreen(SendenseScreen):
         now = self._now
         if sel is None or now is None:
             if now is not None and not self._chains:
-                pane.update("No backups yet. Press b to back up a disk.")
+                show(pane, "No backups yet. Press b to back up a disk.")
             else:
-                pane.update("Select a restore point (j/k or the arrows) to see its details.")
+                show(pane, "Select a restore point (j/k or the arrows) to see its details.")
             return
         kind, ref = sel
         lines: list[str] = []
@@ -328,7 +329,7 @@ class ChainsScreen(SendenseScreen):
         if extra:
             lines += ["", extra]
         # names and tool output from outside: shown as text, escapes made visible
-        pane.update(Text(printable("\n".join(lines), keep_newlines=True)))
+        show(pane, Text(printable("\n".join(lines), keep_newlines=True)))
 
     # -- actions -------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
@@ -290,23 +291,26 @@ class PoliciesScreen(SendenseScreen):
         pid = self._selected()
         row = self._rows.get(pid) if pid is not None else None
         if row is None:
-            settings.update(
+            show(
+                settings,
                 Text(
                     "No policy yet. a adds one: what to back up, where, when and how long "
                     "to keep it.",
                     style="dim",
-                )
+                ),
             )
-            report.update("")
+            show(report, "")
             return
-        self.query_one("#detail").border_title = f"Details · {row.name}"
+        detail_box = self.query_one("#detail")
+        if detail_box.border_title != f"Details · {row.name}":  # setting it repaints
+            detail_box.border_title = f"Details · {row.name}"
         if self._plan is not None and self._plan[0] != row.id:
             self._plan = None
         if self._plan is not None:
-            settings.update(Group(self._plan[1], detail_settings(row, self._now)))
+            show(settings, Group(self._plan[1], detail_settings(row, self._now)))
         else:
-            settings.update(detail_settings(row, self._now))
-        report.update(detail_compliance(row))
+            show(settings, detail_settings(row, self._now))
+        show(report, detail_compliance(row))
 
     # -- data ----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from sendense_tui.format import human_bytes, human_duration, printable, safe_tex
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 
@@ -235,33 +236,33 @@ class RestoreScreen(SendenseScreen):
         )
         where = self.query_one("#where", Static)
         if data.mount_id is None:
-            where.update(NO_MOUNT)
+            show(where, NO_MOUNT)
         else:
             mount = next(m for m in data.mounts if m.id == data.mount_id)
             remaining = human_duration(mount.remaining(data.now).total_seconds())
             if results is not None:
                 found = len(results.entries)
-                where.update(
+                show(
+                    where,
                     Text.assemble(
                         (f"search '{printable(results.pattern)}' · ", "bold"),
                         (f"{found}{'+' if found >= SEARCH_LIMIT else ''} found", "bold"),
                         (f"  in mount {mount.id} · Esc returns", "dim"),
                         (f"  {len(self.marked)} marked", "dim") if self.marked else "",
-                    )
+                    ),
                 )
-                self.query_one("#status", Static).update(
-                    safe_text(data.error or self.progress_text)
-                )
+                show(self.query_one("#status", Static), safe_text(data.error or self.progress_text))
                 return
-            where.update(
+            show(
+                where,
                 Text.assemble(
                     (f"mount {mount.id} ", "bold"),
                     f"/{printable(data.path)}  ",
                     (f"expires in {remaining}", "dim"),
                     (f"  {len(self.marked)} marked", "dim") if self.marked else "",
-                )
+                ),
             )
-        self.query_one("#status", Static).update(safe_text(data.error or self.progress_text))
+        show(self.query_one("#status", Static), safe_text(data.error or self.progress_text))
 
     # -- actions -------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ async def test_b_on_a_vm_row_backs_each_disk_up_into_its_own_chains_repository(
     assert before == {"alpha": [("web01", "sda", 1)], "beta": [("web01", "sdb", 1)]}
     app = SendenseApp(engine, clock=clock, live=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        screen, tree = await _open_chains(app, pilot)
+        _screen, tree = await _open_chains(app, pilot)
         await pilot.press("j")  # the first line: the VM
         await settle(pilot)
         assert tree.cursor_node is not None and tree.cursor_node.data == ("vm", "web01")
@@ -157,7 +157,7 @@ async def test_b_on_a_point_row_uses_that_chain_and_its_policy_source(
     sdb_point = next(v for v in engine.chains.overview() if v.chain.disk_name == "sdb").points[0]
     app = SendenseApp(engine, clock=clock, live=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        screen, tree = await _open_chains(app, pilot)
+        _screen, tree = await _open_chains(app, pilot)
         line = next(n for n in tree._tree_lines if n.node.data == ("point", sdb_point.backup.id))
         tree.move_cursor(line.node)
         await settle(pilot)
@@ -189,7 +189,7 @@ async def test_b_asks_for_a_source_the_catalog_does_not_know(
     engine.chain_store.update_backup(point.id, tracking=tracking)
     app = SendenseApp(engine, clock=clock, live=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        screen, tree = await _open_chains(app, pilot)
+        _screen, tree = await _open_chains(app, pilot)
         line = next(n for n in tree._tree_lines if n.node.data == ("chain", view.chain.id))
         tree.move_cursor(line.node)
         await settle(pilot)
