@@ -236,3 +236,23 @@ async def test_cursor_stays_on_the_selected_point_when_new_points_land(
             assert f"Point #{sdb_point.backup.id}" in str(
                 screen.query_one("#chains-details", Static).render()
             )
+
+
+def test_a_source_the_catalog_cannot_vouch_for_is_not_guessed(two_repo_engine: Engine) -> None:
+    """The last point's source names hidden credentials, or its format was never
+    recorded: no source (the dialog asks). A bitmap at the point means qcow2."""
+    engine = two_repo_engine
+    view = next(v for v in engine.chains.overview() if v.chain.disk_name == "sda")
+    point = view.points[-1].backup
+    repo = view.chain.repository_id
+    known = engine.policies.known_source(repo, "web01", "sda")
+    assert known is not None and known.disk.fmt == "raw" and known.origin == f"point #{point.id}"
+    assert engine.policies.known_source(repo, "web01", "sdb") is None  # sdb is in beta
+    engine.chain_store.update_backup(point.id, source="nbd://backup:***@agent/web01-sda")
+    assert engine.policies.known_source(repo, "web01", "sda") is None
+    tracking = {k: v for k, v in (point.tracking or {}).items() if k != "source_format"}
+    engine.chain_store.update_backup(point.id, source=point.source, tracking=tracking)
+    assert engine.policies.known_source(repo, "web01", "sda") is None
+    engine.chain_store.update_backup(point.id, tracking={**tracking, "bitmap": "sendense-1"})
+    known = engine.policies.known_source(repo, "web01", "sda")
+    assert known is not None and known.disk.fmt == "qcow2"

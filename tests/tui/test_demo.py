@@ -102,13 +102,16 @@ def test_the_archive_locks_its_copies_with_the_immutable_flag(
 
 
 def test_sendense_demo_opens_the_console_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    env = {"TMPDIR": str(tmp_path), "TERM": "xterm-256color"}
+    real_state = tmp_path / "real-state"  # the operator's own: the demo never uses it
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp), "TERM": "xterm-256color", "SENDENSE_STATE_DIR": str(real_state)}
     with console_on_pty(env, ["demo"]) as console:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600  # the build takes ~1 min, more on a busy machine
         while b"Repositories" not in console.received:
             assert time.monotonic() < deadline, bytes(console.received[-400:])
             console.read(1.0)
-        [made] = list(tmp_path.iterdir())
+        [made] = list(temp.iterdir())
         assert made.name.startswith("sendense-demo-")
         console.settle()
         console.send("q")  # the Dashboard: q leaves
@@ -116,4 +119,5 @@ def test_sendense_demo_opens_the_console_and_leaves_nothing_behind(tmp_path: Pat
         while made.exists():
             assert time.monotonic() < deadline, list(made.rglob("*"))[:10]
             console.read(0.5)
-    assert list(tmp_path.iterdir()) == []
+    assert list(temp.iterdir()) == []
+    assert not real_state.exists()
