@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual.app import App
+from textual.filter import LineFilter
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 
@@ -21,6 +22,7 @@ from engine.events import Event
 from engine.runtime import Engine
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import printable
+from sendense_tui.glyphs import AsciiFilter, ascii_wanted
 from sendense_tui.messages import EngineEvent, JobProgress, message_for
 from sendense_tui.palette import SendenseCommands
 from sendense_tui.screens import SCREENS, SECTIONS
@@ -53,8 +55,12 @@ class SendenseApp(App[int]):
         clock: Clock = SYSTEM_CLOCK,
         refresh_seconds: float = 1.0,
         live: bool = True,
+        ascii: bool | None = None,
     ) -> None:
         super().__init__()
+        #: ASCII-only drawing (None: SENDENSE_ASCII or the terminal type decides)
+        self.ascii = ascii_wanted() if ascii is None else ascii
+        self._ascii_filter = AsciiFilter()
         self.engine = engine
         self.clock = clock
         self.refresh_seconds = refresh_seconds
@@ -65,6 +71,12 @@ class SendenseApp(App[int]):
         self._terminal_lost = False
         self._hangup_installed = False
         self.theme = THEMES.get(engine.settings.theme, "textual-dark")
+
+    def get_line_filters(self) -> list[LineFilter]:
+        filters = list(super().get_line_filters())
+        if self.ascii:
+            filters.append(self._ascii_filter)
+        return filters
 
     # -- lifecycle ----------------------------------------------------------------
 

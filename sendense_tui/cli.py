@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if handler is not open_console and args.command != "daemon":  # those log themselves
+        # those log themselves (the demo into its own temporary state directory)
+        if handler is not open_console and args.command not in ("daemon", "demo"):
             _log_to_file(ctx, "cli.log")
         return int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here

@@ -88,6 +88,13 @@ class CapacityStore:
                 )
             )
 
+    def forget_before(self, before: datetime) -> int:
+        """Remove every sample taken before ``before`` (the demo's history was backed up
+        at made-up past times: readings stamped with them would invent growth)."""
+        with self.catalog.session() as session:
+            result = session.execute(delete(CapacitySample).where(CapacitySample.taken_at < before))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def latest(self, repository_id: int) -> Sample | None:
         query = (
             select(CapacitySample)

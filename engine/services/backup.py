@@ -846,7 +846,9 @@ class BackupService:
         make_private_dirs(directory)  # VM, disk and chain folders: 0700 from mkdir on
         head: qemu_img.ImageInfo | None = None  # an incremental's header, checked below
         table_tmp = partial_path(table_path(final))
-        track = Tracking(rung="full" if full_reason is not None else "digest")
+        track = Tracking(
+            rung="full" if full_reason is not None else "digest", source_format=probe.source.fmt
+        )
         bitmaps = self._prepare_bitmaps(
             probe, None if full_reason else points[-1], changes.bitmap_prefix(repo.id, vm, disk)
         )

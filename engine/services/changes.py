@@ -98,6 +98,8 @@ class Tracking:
     check: dict[str, Any] | None = None
     #: tracking was expected and could not be used (a warning event said why)
     fallback: bool = False
+    #: how the source was read (raw or qcow2): a later "back up now" reads it the same way
+    source_format: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

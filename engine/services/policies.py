@@ -132,6 +132,15 @@ class SpaceEstimate:
         )
 
 
+@dataclass(frozen=True)
+class KnownSource:
+    """Where a disk is read from, as the catalog knows it, and who says so."""
+
+    disk: DiskSource
+    #: "policy nightly-web" or "point #12" (the last backup of the disk's chain)
+    origin: str
+
+
 class PolicyService:
     """Policies (``engine.policies``): validate, save, run, preview retention."""
 
@@ -433,6 +442,33 @@ class PolicyService:
 
     def copy_rules(self, policy: Policy) -> list[Any]:
         return self.store.copy_rules(policy.id)
+
+    def known_source(self, repository_id: int, vm: str, disk: str) -> KnownSource | None:
+        """The source a backup of ``vm``/``disk`` into this repository reads, as the
+        catalog knows it: a policy that backs the disk up into this repository (an
+        enabled one first), else the source and format the chain's last point recorded.
+        None when neither says (a point from before formats were recorded, a URI whose
+        credentials were hidden): the operator is asked, never a guess."""
+        policies = sorted(self.store.list(), key=lambda p: (not p.enabled, p.name))
+        for policy in policies:
+            if policy.target_repository_id != repository_id:
+                continue
+            for entry in policy.sources or []:
+                if entry.get("vm") != vm:
+                    continue
+                for d in entry.get("disks") or []:
+                    if d.get("name") == disk:
+                        return KnownSource(DiskSource.from_policy(d), f"policy {policy.name}")
+        chain = self.chain_store.current_chain(repository_id, vm, disk)
+        points = self.chain_store.backups(chain.id) if chain is not None else []
+        last = next((b for b in reversed(points) if b.state == "complete" and b.source), None)
+        if last is None or last.source is None or "***@" in last.source:
+            return None
+        tracking = last.tracking or {}
+        fmt = tracking.get("source_format") or ("qcow2" if tracking.get("bitmap") else None)
+        if fmt not in ("raw", "qcow2"):
+            return None
+        return KnownSource(DiskSource(disk, last.source, fmt), f"point #{last.id}")
 
     def lock_space_estimate(
         self, target: int | str, vms: list[str], days: int, schedule: str

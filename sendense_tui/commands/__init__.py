@@ -48,6 +48,7 @@ GROUPS: list[str] = [
     "catalog",
     "doctor",
     "version",
+    "demo",
 ]
 
 Handler = Callable[[argparse.Namespace, "CliContext"], int]

@@ -27,6 +27,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge, sparkline
 from sendense_tui.widgets.keyed import reconcile
+from sendense_tui.widgets.quiet import show
 
 KINDS = {"local": "local", "nfs": "NFS", "cifs": "CIFS"}
 FOOTNOTE = (
@@ -172,7 +173,7 @@ class CapacityScreen(SendenseScreen):
                 f"  ·  {human_bytes(data.used)} used, {human_bytes(data.free)} free of "
                 f"{human_bytes(data.total)}"
             )
-        self.query_one("#capacity-summary", Static).update(summary)
+        show(self.query_one("#capacity-summary", Static), summary)
         box = self.query_one("#capacity-cards", VerticalScroll)
         keys = [i.repository.id for i in data.items]
         width = self.size.width or 100
@@ -207,7 +208,7 @@ class CapacityScreen(SendenseScreen):
                 continue  # unchanged: no redraw, no flicker
             self._texts[key] = text.markup
             try:
-                self.query_one(f"#cap-{key}", Static).update(text)
+                show(self.query_one(f"#cap-{key}", Static), text)
             except Exception:
                 self._texts.pop(key, None)
 

@@ -23,16 +23,19 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static, Tree
 
 from engine.catalog.models import Backup
+from engine.errors import ValidationError
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainView, PointView
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
+from engine.services.policies import KnownSource
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import human_bytes, plural, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.quiet import show
 
 
 @dataclass
@@ -59,6 +62,81 @@ class AskDialog(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class BackupTarget:
+    """One disk ``b`` backs up: into its own chain's repository, from its known source."""
+
+    repository_id: int
+    repository: str
+    disk: str
+    #: None: the catalog does not know where the disk is read from (the operator says)
+    known: KnownSource | None
+
+
+class BackupNowDialog(ModalScreen[list[tuple[BackupTarget, DiskSource]] | None]):
+    """Names what a backup will do before it is queued: the VM, each disk, the
+    repository it lands in and the source it is read from (``NAME=SOURCE``, or
+    ``NAME:qcow2=SOURCE``; editable, and empty when the catalog does not know it)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, vm: str, targets: list[BackupTarget]) -> None:
+        super().__init__()
+        self.vm = vm
+        self.targets = targets
+
+    def compose(self) -> ComposeResult:
+        disks = ", ".join(t.disk for t in self.targets)
+        repos = sorted({t.repository for t in self.targets})
+        with Vertical(id="ask"):
+            yield Static(
+                safe_text(f"Back up {self.vm} ({disks}) now into {', '.join(repos)}?", "bold"),
+                id="ask-question",
+            )
+            for i, t in enumerate(self.targets):
+                origin = (
+                    f"source from {t.known.origin}" if t.known else "source not recorded: type it"
+                )
+                yield Static(
+                    safe_text(f"{t.disk} → {t.repository} (its chain)  · {origin}"),
+                    classes="backup-target",
+                )
+                yield Input(
+                    value=t.known.disk.shown if t.known else f"{t.disk}=",
+                    placeholder=f"{t.disk}=/dev/vg/disk or {t.disk}:qcow2=/path/disk.qcow2",
+                    id=f"backup-source-{i}",
+                )
+            yield Static("", id="backup-problem")
+            yield Static("Enter: back up   Esc: cancel", id="ask-keys")
+
+    def on_mount(self) -> None:
+        for i, t in enumerate(self.targets):
+            if t.known is None:
+                self.query_one(f"#backup-source-{i}", Input).focus()
+                return
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        chosen: list[tuple[BackupTarget, DiskSource]] = []
+        for i, t in enumerate(self.targets):
+            box = self.query_one(f"#backup-source-{i}", Input)
+            try:
+                disk = DiskSource.parse(box.value.strip())
+            except ValidationError as exc:
+                return self._problem(box, exc.message)
+            if disk.name != t.disk:
+                return self._problem(box, f"the disk is {t.disk}: write {t.disk}=SOURCE")
+            chosen.append((t, disk))
+        self.dismiss(chosen)
+
+    def _problem(self, box: Input, sentence: str) -> None:
+        self.query_one("#backup-problem", Static).update(safe_text(sentence, "bold red"))
+        box.focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -171,6 +249,10 @@ class ChainsScreen(SendenseScreen):
             disk_node = vm_node.add(label, ("chain", chain.id))
             if chain.state != "retired":
                 disk_node.expand()
+            if selected == ("chain", chain.id):
+                target_line = disk_node
+            elif selected == ("vm", chain.vm_name) and target_line is None:
+                target_line = vm_node
             for p in view.points:
                 node = disk_node.add_leaf(
                     point_label(p.backup, data.now, p.locked, p.unprotected),
@@ -179,7 +261,10 @@ class ChainsScreen(SendenseScreen):
                 if selected == ("point", p.backup.id):
                     target_line = node
         if target_line is not None:
-            tree.move_cursor(target_line)
+            # the rebuilt tree numbers its lines at its next refresh: a node has no line
+            # before that, and moving to it now would leave the cursor on line 0
+            node = target_line
+            tree.call_after_refresh(lambda: (tree.move_cursor(node), self._show_details()))
         self._show_details()
 
     # -- details -----------------------------------------------------------------
@@ -197,9 +282,9 @@ class ChainsScreen(SendenseScreen):
         now = self._now
         if sel is None or now is None:
             if now is not None and not self._chains:
-                pane.update("No backups yet. Press b to back up a disk.")
+                show(pane, "No backups yet. Press b to back up a disk.")
             else:
-                pane.update("Select a restore point (j/k or the arrows) to see its details.")
+                show(pane, "Select a restore point (j/k or the arrows) to see its details.")
             return
         kind, ref = sel
         lines: list[str] = []
@@ -244,7 +329,7 @@ class ChainsScreen(SendenseScreen):
         if extra:
             lines += ["", extra]
         # names and tool output from outside: shown as text, escapes made visible
-        pane.update(Text(printable("\n".join(lines), keep_newlines=True)))
+        show(pane, Text(printable("\n".join(lines), keep_newlines=True)))
 
     # -- actions -------------------------------------------------------------------
 
@@ -408,46 +493,68 @@ class ChainsScreen(SendenseScreen):
             answered,
         )
 
-    def action_backup_now(self) -> None:
+    def _backup_targets(self) -> tuple[str, list[ChainView]] | None:
+        """What ``b`` backs up: the selected chain (a point's or a disk's), or on a VM
+        row every current chain of that VM, each into its own repository."""
         sel = self._selection()
-        view = self._chain() if sel is not None and sel[0] != "vm" else None
-        vm = view.chain.vm_name if view else (sel[1] if sel and sel[0] == "vm" else None)
-        disk = view.chain.disk_name if view else "sda"
-        if vm is None:
+        if sel is not None and sel[0] == "vm":
+            views = [
+                v
+                for v in self._chains.values()
+                if v.chain.vm_name == sel[1] and v.chain.state != "retired"
+            ]
+            if not views:
+                self.notify(f"{sel[1]} has no current chain to back up.", severity="warning")
+                return None
+            return str(sel[1]), sorted(views, key=lambda v: (v.chain.disk_name, v.repository))
+        view = self._chain()
+        if view is None:
+            return None
+        return view.chain.vm_name, [view]
+
+    def action_backup_now(self) -> None:
+        found = self._backup_targets()
+        if found is None:
             return
-        repo_id = view.chain.repository_id if view else None
+        vm, views = found
+        policies = self.engine.policies
 
-        def answered(source: str | None) -> None:
-            if not source:
-                return
-            repo = repo_id
-            if repo is None:
-                repos = self.engine.repository_store.list(enabled_only=True)
-                if not repos:
-                    self.notify("No repository to back up into.", severity="error")
-                    return
-                repo = repos[0].id
-
-            def submit() -> tuple[Any, str | None]:
-                job = self.engine.backups.submit(
-                    repo, vm, [DiskSource(disk, source)], actor="console"
+        def targets() -> list[BackupTarget]:
+            return [
+                BackupTarget(
+                    v.chain.repository_id,
+                    v.repository,
+                    v.chain.disk_name,
+                    policies.known_source(v.chain.repository_id, vm, v.chain.disk_name),
                 )
-                return job, self.engine.writers.busy_sentence(self.engine.backups.disks_of_job(job))
+                for v in views
+            ]
 
-            self.run_engine(
-                submit,
-                after=lambda done: self.notify(
-                    f"Backup queued as job {done[0].id}." + _waits(done[1])
-                ),
-                description=f"back up {vm}/{disk}",
-            )
+        def answered(chosen: list[tuple[BackupTarget, DiskSource]] | None) -> None:
+            if not chosen:
+                return
+            by_repo: dict[int, list[DiskSource]] = {}
+            for target, disk in chosen:
+                by_repo.setdefault(target.repository_id, []).append(disk)
 
-        self.app.push_screen(
-            AskDialog(
-                f"Back up {vm}/{disk} now from:",
-                "/dev/vg/disk, /path/disk.raw or nbd+unix:///export?socket=/run/x.sock",
-            ),
-            answered,
+            def submit() -> list[tuple[Any, str | None]]:
+                done = []
+                for repo_id, disks in by_repo.items():
+                    job = self.engine.backups.submit(repo_id, vm, disks, actor="console")
+                    busy = self.engine.writers.busy_sentence(self.engine.backups.disks_of_job(job))
+                    done.append((job, busy))
+                return done
+
+            def queued(done: list[tuple[Any, str | None]]) -> None:
+                for job, busy in done:
+                    self.notify(f"Backup queued as job {job.id}: {job.title}." + _waits(busy))
+
+            self.run_engine(submit, after=queued, description=f"back up {vm}")
+
+        self.run_engine(
+            targets,
+            after=lambda found: self.app.push_screen(BackupNowDialog(vm, found), answered),
+            description=f"sources of {vm}",
         )
 
     def action_restore_disk(self) -> None:

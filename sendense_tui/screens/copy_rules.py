@@ -222,9 +222,12 @@ class CopyRulesScreen(SendenseScreen):
                     description="remove copy rule",
                 )
 
+        # the dialog names the rule as its row shows it: name and source → destination
+        name, route = (str(c) for c in self.query_one("#rules", DataTable).get_row(rule_id)[:2])
         self.app.push_screen(
             ConfirmDialog(
-                f"Remove copy rule {rule_id}?", "Copies already made stay where they are."
+                f"Remove copy rule {name} ({route})?",
+                "Copies already made stay where they are.",
             ),
             answer,
         )

@@ -46,6 +46,7 @@ from sendense_tui.screens.capacity import KINDS, is_unresponsive, level_of
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.gauge import LEVEL_COLOURS, gauge
 from sendense_tui.widgets.keyed import reconcile
+from sendense_tui.widgets.quiet import show
 
 #: longest repository name shown before it is cut with "…"
 NAME_WIDTH = 16
@@ -262,16 +263,18 @@ class DashboardScreen(SendenseScreen):
 
     def apply(self, data: DashboardData) -> None:
         self._apply_repositories(data)
-        self.query_one("#jobs", Static).update(self._jobs(data))
+        show(self.query_one("#jobs", Static), self._jobs(data))
         alerts = self.query_one("#alerts", Static)
-        alerts.update(self._alerts(data))
+        show(alerts, self._alerts(data))
         count = len(data.alerts) + (1 if data.unprotected_files else 0)
-        alerts.border_title = f"Alerts ({count})" if count else "Alerts"
-        self.query_one("#warnings", Static).update(self._warnings(data))
+        title = f"Alerts ({count})" if count else "Alerts"
+        if alerts.border_title != title:  # setting it repaints, even to the same words
+            alerts.border_title = title
+        show(self.query_one("#warnings", Static), self._warnings(data))
 
     def _apply_repositories(self, data: DashboardData) -> None:
         box = self.query_one("#repositories", VerticalScroll)
-        self.query_one("#repo-summary", Static).update(self._summary(data))
+        show(self.query_one("#repo-summary", Static), self._summary(data))
         ids = [item.repository.id for item in data.repositories]
         if ids != self._repo_ids:  # repositories came or went: keyed update of the lines
             reconcile(

@@ -15,6 +15,7 @@ from sendense_tui.actions import bindings_for
 from sendense_tui.format import level_text, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, sync_rows
 
 COLUMNS = ("time", "level", "source", "message")
@@ -106,7 +107,7 @@ class EventsScreen(SendenseScreen):
             text.append(f"“{self.text}”", style="bold")
         if count is not None:
             text.append(f"  {count} shown", style="dim")
-        self.query_one("#filters", Static).update(text)
+        show(self.query_one("#filters", Static), text)
 
     # -- keys ------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
@@ -291,23 +292,26 @@ class PoliciesScreen(SendenseScreen):
         pid = self._selected()
         row = self._rows.get(pid) if pid is not None else None
         if row is None:
-            settings.update(
+            show(
+                settings,
                 Text(
                     "No policy yet. a adds one: what to back up, where, when and how long "
                     "to keep it.",
                     style="dim",
-                )
+                ),
             )
-            report.update("")
+            show(report, "")
             return
-        self.query_one("#detail").border_title = f"Details · {row.name}"
+        detail_box = self.query_one("#detail")
+        if detail_box.border_title != f"Details · {row.name}":  # setting it repaints
+            detail_box.border_title = f"Details · {row.name}"
         if self._plan is not None and self._plan[0] != row.id:
             self._plan = None
         if self._plan is not None:
-            settings.update(Group(self._plan[1], detail_settings(row, self._now)))
+            show(settings, Group(self._plan[1], detail_settings(row, self._now)))
         else:
-            settings.update(detail_settings(row, self._now))
-        report.update(detail_compliance(row))
+            show(settings, detail_settings(row, self._now))
+        show(report, detail_compliance(row))
 
     # -- data ----------------------------------------------------------------------
 
@@ -436,7 +440,8 @@ class PoliciesScreen(SendenseScreen):
 
     def action_apply(self) -> None:
         pid = self._selected()
-        if pid is None:
+        row = self._rows.get(pid) if pid is not None else None
+        if pid is None or row is None:
             return
 
         def answer(yes: bool | None) -> None:
@@ -450,7 +455,7 @@ class PoliciesScreen(SendenseScreen):
 
         self.app.push_screen(
             ConfirmDialog(
-                "Apply retention now?",
+                f"Apply retention of policy {row.name} in {row.target} now?",
                 "Points no rule keeps are deleted or merged; locked points and points "
                 "without their copies stay (see the preview with p).",
             ),

@@ -27,6 +27,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.gauge import LEVEL_COLOURS
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "type", "where", "state", "used", "free", "backups")
@@ -169,7 +170,7 @@ class RepositoriesScreen(SendenseScreen):
         row = self._selected()
         detail = self.query_one("#repo-detail", Static)
         if row is None:
-            detail.update(Text("No repository yet: press a to add one.", style="dim"))
+            show(detail, Text("No repository yet: press a to add one.", style="dim"))
             return
         repo = row.repo
         text = Text()
@@ -200,7 +201,7 @@ class RepositoriesScreen(SendenseScreen):
             text.append(
                 "\nFULL: takes no new backups or copies until space is freed", style="bold red"
             )
-        detail.update(text)
+        show(detail, text)
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self._show_detail(self.sendense.clock.now())

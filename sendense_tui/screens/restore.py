@@ -24,7 +24,6 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
 from engine.catalog.restore import PointLocation
-from engine.errors import SendenseError
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.actions import bindings_for
@@ -32,6 +31,7 @@ from sendense_tui.format import human_bytes, human_duration, plural, printable, 
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
+from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 
@@ -235,33 +235,33 @@ class RestoreScreen(SendenseScreen):
         )
         where = self.query_one("#where", Static)
         if data.mount_id is None:
-            where.update(NO_MOUNT)
+            show(where, NO_MOUNT)
         else:
             mount = next(m for m in data.mounts if m.id == data.mount_id)
             remaining = human_duration(mount.remaining(data.now).total_seconds())
             if results is not None:
                 found = len(results.entries)
-                where.update(
+                show(
+                    where,
                     Text.assemble(
                         (f"search '{printable(results.pattern)}' · ", "bold"),
                         (f"{found}{'+' if found >= SEARCH_LIMIT else ''} found", "bold"),
                         (f"  in mount {mount.id} · Esc returns", "dim"),
                         (f"  {len(self.marked)} marked", "dim") if self.marked else "",
-                    )
+                    ),
                 )
-                self.query_one("#status", Static).update(
-                    safe_text(data.error or self.progress_text)
-                )
+                show(self.query_one("#status", Static), safe_text(data.error or self.progress_text))
                 return
-            where.update(
+            show(
+                where,
                 Text.assemble(
                     (f"mount {mount.id} ", "bold"),
                     f"/{printable(data.path)}  ",
                     (f"expires in {remaining}", "dim"),
                     (f"  {len(self.marked)} marked", "dim") if self.marked else "",
-                )
+                ),
             )
-        self.query_one("#status", Static).update(safe_text(data.error or self.progress_text))
+        show(self.query_one("#status", Static), safe_text(data.error or self.progress_text))
 
     # -- actions -------------------------------------------------------------------
 
@@ -468,65 +468,13 @@ def _point_label(point: PointLocation) -> str:
 
 
 def _browse(engine: Any, mount: MountView, path: str) -> list[Entry]:
-    """The listing of ``path``; a mount row seeded by hand (demo data, tests: no
-    exporter behind it) is read from its directories directly."""
-    service = engine.file_restore
-    try:
-        return service.ls(mount.id, path)
-    except Exception:
-        if mount.exporter_pid is not None:
-            raise  # a real mount that went away: say so, never list its empty mount points
-        if not path:
-            return [
-                Entry(
-                    name=f.name, path=f.name, kind="dir", size=f.size, mtime=None, detail=f.fs_type
-                )
-                for f in mount.filesystems
-            ]
-        name, _, rest = path.partition("/")
-        fs = mount.filesystem(name)
-        if not fs.path or not Path(fs.path).is_dir():
-            raise
-        from engine.safepath import clean_relative, resolve_no_symlinks
-        from engine.services.file_restore import _entry
-
-        target = resolve_no_symlinks(fs.path, clean_relative(rest))
-        entries = [_entry(p, f"{path}/{p.name}") for p in sorted(target.iterdir())]
-        entries.sort(key=lambda e: (e.kind != "dir", e.name))
-        return entries
+    """The listing of ``path`` in the mount."""
+    return list(engine.file_restore.ls(mount.id, path))
 
 
 def _search(engine: Any, mount_id: int, pattern: str) -> list[Entry]:
-    """Matches of ``pattern`` in the mount; a mount whose directories exist but is not
-    a real mount (seeded demo data) is searched in those directories directly."""
-    service = engine.file_restore
-    try:
-        return service.search(mount_id, pattern, limit=SEARCH_LIMIT)
-    except SendenseError:
-        mount = next((m for m in service.list_mounts() if m.id == mount_id), None)
-        if mount is None or mount.exporter_pid is not None:
-            raise  # a real mount that went away: say so, never search its empty mount points
-        roots = [
-            (Path(f.path), f.name)
-            for f in (mount.filesystems if mount else [])
-            if f.path and Path(f.path).is_dir()
-        ]
-        if not roots:
-            raise
-        import fnmatch
-
-        from engine.services.file_restore import _entry, _walk
-
-        wildcard = any(ch in pattern for ch in "*?[")
-        needle = pattern.lower() if wildcard else f"*{pattern.lower()}*"
-        found = []
-        for top, name in roots:
-            for item, rel in _walk(top, (name,)):
-                if fnmatch.fnmatchcase(rel[-1].lower(), needle):
-                    found.append(_entry(item, "/".join(rel)))
-                    if len(found) >= SEARCH_LIMIT:
-                        return found
-        return found
+    """Matches of ``pattern`` in the mount (at most SEARCH_LIMIT)."""
+    return list(engine.file_restore.search(mount_id, pattern, limit=SEARCH_LIMIT))
 
 
 def _ends(export: ExportView, now: datetime) -> str:

@@ -36,6 +36,8 @@ def _quiet_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
+    # the terminal the tests run in (TERM=linux on a console) does not pick the glyphs
+    monkeypatch.setenv("SENDENSE_ASCII", "0")
 
 
 @pytest.fixture

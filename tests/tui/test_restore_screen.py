@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.text import Text
@@ -17,7 +18,69 @@ from sendense_tui.app import SendenseApp
 from tests.engine.fsimages import MTIME, backup_chain_rows
 
 
+def read_seeded_mounts(engine: Engine) -> None:
+    """A mount row seeded by hand has no exporter behind it: its filesystems are plain
+    folders. This engine's file-restore service reads those folders directly (the
+    same listing and search code a real mount's folders go through); a row that names
+    an exporter is read as a real mount, and fails as one."""
+    import fnmatch
+
+    from engine.errors import SendenseError
+    from engine.safepath import clean_relative, resolve_no_symlinks
+    from engine.services.file_restore import Entry, _entry, _walk
+
+    service = engine.file_restore
+    real_ls, real_search = service.ls, service.search
+
+    def seeded(mount_id: int) -> Any:
+        mount = next((m for m in service.list_mounts() if m.id == mount_id), None)
+        return None if mount is None or mount.exporter_pid is not None else mount
+
+    def ls(mount_id: int, path: str = "") -> list[Entry]:
+        try:
+            return real_ls(mount_id, path)
+        except Exception:
+            mount = seeded(mount_id)
+            if mount is None:
+                raise
+        if not path:
+            return [
+                Entry(
+                    name=f.name, path=f.name, kind="dir", size=f.size, mtime=None, detail=f.fs_type
+                )
+                for f in mount.filesystems
+            ]
+        name, _, rest = path.partition("/")
+        fs = mount.filesystem(name)
+        target = resolve_no_symlinks(fs.path, clean_relative(rest))
+        entries = [_entry(p, f"{path}/{p.name}") for p in sorted(target.iterdir())]
+        entries.sort(key=lambda e: (e.kind != "dir", e.name))
+        return entries
+
+    def search(mount_id: int, pattern: str, *, limit: int) -> list[Entry]:
+        try:
+            return real_search(mount_id, pattern, limit=limit)
+        except SendenseError:
+            mount = seeded(mount_id)
+            if mount is None:
+                raise
+        wildcard = any(ch in pattern for ch in "*?[")
+        needle = pattern.lower() if wildcard else f"*{pattern.lower()}*"
+        found = []
+        for f in mount.filesystems:
+            for item, rel in _walk(Path(f.path), (f.name,)):
+                if fnmatch.fnmatchcase(rel[-1].lower(), needle):
+                    found.append(_entry(item, "/".join(rel)))
+                    if len(found) >= limit:
+                        return found
+        return found
+
+    service.ls = ls  # type: ignore[method-assign]
+    service.search = search  # type: ignore[method-assign]
+
+
 def _seed(engine: Engine, tmp_path: Path) -> int:
+    read_seeded_mounts(engine)
     now = engine.clock.now()
     point = backup_chain_rows(engine.catalog, tmp_path / "repo", now=now)
     fs = tmp_path / "fixture-fs"
