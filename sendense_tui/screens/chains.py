@@ -28,6 +28,7 @@ from engine.services.chains import ChainView, PointView
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import chain_detail, point_detail
 from sendense_tui.format import human_bytes, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
@@ -117,6 +118,7 @@ class ChainsScreen(SendenseScreen):
         with Horizontal(id="chains-main"):
             tree: Tree[tuple[str, int | str]] = Tree("Backups", id="chains-tree")
             tree.show_root = False
+            tree.auto_expand = False  # Enter opens a row's details; Space folds
             yield tree
             yield Static("Select a restore point.", id="chains-details")
 
@@ -186,6 +188,37 @@ class ChainsScreen(SendenseScreen):
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
         self._show_details()
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: a point's files and verification history, a chain's points with
+        every badge uncut; on a VM, fold or unfold it."""
+        sel, now = self._selection(), self._now
+        if sel is None or now is None:
+            return
+        kind, ref = sel
+        if kind == "point" and ref in self._points:
+            backup = self._points[ref][0]
+            lock = _lock_text(self._point_views.get(ref))
+            tracking = _tracking_text(backup.tracking)
+            self.run_engine(
+                lambda: self.engine.details.point(ref),
+                after=lambda details: self.app.push_screen(
+                    point_detail(details, lock, tracking, now)
+                ),
+                description=f"details of point {ref}",
+            )
+        elif kind == "chain" and ref in self._chains:
+            chain = self._chains[ref]
+            labels = [point_label(p.backup, now, p.locked, p.unprotected) for p in chain.points]
+            self.app.push_screen(chain_detail(chain, labels))
+        else:
+            node = self.query_one("#chains-tree", Tree).cursor_node
+            if node is not None:
+                node.toggle()
 
     def _selection(self) -> tuple[str, Any] | None:
         node = self.query_one("#chains-tree", Tree).cursor_node
