@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.table import Table
 from rich.text import Text
 
 from engine.catalog.models import AuditEntry
@@ -24,7 +25,7 @@ from sendense_tui.format import (
     printable,
     short_time,
 )
-from sendense_tui.widgets.detail import DetailScreen, Heading, Part
+from sendense_tui.widgets.detail import DetailScreen, Heading, Part, value_text
 
 
 def full_time(value: datetime | None) -> str:
@@ -86,11 +87,16 @@ def job_detail(details: JobDetails, now: datetime) -> DetailScreen:
     parts.append(Heading(f"Log ({len(details.log)})"))
     if not details.log:
         parts.append(Text("nothing recorded for this job", style="dim"))
-    for entry in details.log:
-        line = Text(f"{short_time(entry.at, now)} ", style="dim")
-        line.append_text(level_text(entry.level))
-        line.append(f" {printable(entry.message, keep_newlines=True)}")
-        parts.append(line)
+    else:
+        log = Table.grid(padding=(0, 1))
+        log.add_column(no_wrap=True, style="dim")
+        log.add_column(no_wrap=True, width=8)
+        log.add_column(ratio=1, overflow="fold")
+        for entry in details.log:
+            log.add_row(
+                short_time(entry.at, now), level_text(entry.level), value_text(entry.message)
+            )
+        parts.append(log)
     copy = details.sentence and "\n".join([details.sentence, *details.hints])
     return DetailScreen(f"Job #{job.id}", parts, copy_value=copy or None, copy_what="error")
 
