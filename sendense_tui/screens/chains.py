@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -65,12 +66,30 @@ class AskDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = False) -> Text:
+#: a tree narrower than this shows points compact: badges before the size
+COMPACT_TREE = 70
+
+
+def point_label(
+    b: Backup, now: datetime, locked: bool, unprotected: bool = False, *, compact: bool = False
+) -> Text:
+    """``F #3 11-18 09:00  24G (24G data) [locked] [verified]``; compact (a narrow
+    tree, 80 columns): ``F #3 11-18 09:00 [locked] [verified] 24G``, so what is cut
+    at the edge is the size (the details pane has it), never a badge."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("F " if b.kind == "full" else "+ ", style="bold")
-    text.append(f"#{b.id} {short_time(b.point_time, now)}  ")
-    text.append(f"{human_bytes(b.file_size)} ", style="cyan")
-    text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
+    text.append(f"#{b.id} {short_time(b.point_time, now)}")
+    if not compact:
+        text.append("  ")
+        text.append(f"{human_bytes(b.file_size)} ", style="cyan")
+        text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
+    _badges(text, b, locked, unprotected)
+    if compact:
+        text.append(f" {human_bytes(b.file_size)}", style="cyan")
+    return text
+
+
+def _badges(text: Text, b: Backup, locked: bool, unprotected: bool) -> None:
     if b.state != "complete":
         text.append(f" [{b.state}]", style="bold red")
     if unprotected:
@@ -82,7 +101,6 @@ def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = Fals
         text.append(" [verified]", style="green")
     elif b.verify_state:
         text.append(f" [{b.verify_state}]", style="bold red")
-    return text
 
 
 def _tracking_text(tracking: dict[str, Any] | None) -> str:
@@ -146,12 +164,14 @@ class ChainsScreen(SendenseScreen):
             )
             for v in data.views
         ]
+        tree = self.query_one("#chains-tree", Tree)
+        compact = 0 < tree.size.width < COMPACT_TREE
+        shape.append(compact)
         if shape == self._shape:
-            if not shape:
+            if not data.views:
                 self._show_details()  # first draw of an empty catalog
             return  # nothing changed: keep the tree (and the cursor) as it is
         self._shape = shape
-        tree = self.query_one("#chains-tree", Tree)
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
         vms: dict[str, Any] = {}
@@ -175,7 +195,7 @@ class ChainsScreen(SendenseScreen):
                 disk_node.expand()
             for p in view.points:
                 node = disk_node.add_leaf(
-                    point_label(p.backup, data.now, p.locked, p.unprotected),
+                    point_label(p.backup, data.now, p.locked, p.unprotected, compact=compact),
                     ("point", p.backup.id),
                 )
                 if selected == ("point", p.backup.id):
@@ -185,6 +205,12 @@ class ChainsScreen(SendenseScreen):
         self._show_details()
 
     # -- details -----------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        # the tree's width decides the point labels' layout (apply redraws the tree
+        # only when that layout changed)
+        if self._shape:
+            self.refresh_now()
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
         self._show_details()
