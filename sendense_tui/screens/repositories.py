@@ -85,7 +85,7 @@ class RepositoriesScreen(SendenseScreen):
                 ("name", "Name", 12),
                 ("type", "Type", 5),
                 ("where", "Path or server", None),
-                ("state", "State", 10),
+                ("state", "State", 12),
                 ("used", "Used/total", 10),
                 ("free", "Free", 6),
                 ("backups", "Backups", 7),

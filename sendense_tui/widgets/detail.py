@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -123,7 +124,16 @@ class DetailScreen(ModalScreen[None]):
         return text
 
     def on_mount(self) -> None:
+        self._fit(self.app.size.height)
         self.query_one("#detail-body", VerticalScroll).focus()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.height)
+
+    def _fit(self, height: int) -> None:
+        # the body scrolls within what the title, the key line and the border leave,
+        # so a long body never pushes the key line off the screen
+        self.query_one("#detail-body", VerticalScroll).styles.max_height = max(3, height - 4)
 
     @property
     def content(self) -> str:

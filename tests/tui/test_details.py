@@ -260,3 +260,34 @@ async def test_enter_on_a_repository_policy_and_copy_rule_opens_their_details(
         text = words(await _open(app, pilot, "enter"))
         assert "route primary → offsite-nfs" in text
         assert "3 failed" in text and "mode scheduled (30 1 * * * UTC)" in text
+
+
+async def test_a_long_detail_scrolls_and_keeps_its_key_line_on_screen(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, clock: FixedClock
+) -> None:
+    store, now = demo_engine.job_store, clock.now()
+    job = store.create("backup", "backup web01 (a chatty job)", now=now)
+    for n in range(40):
+        demo_engine.audit.append(
+            at=now,
+            level="info",
+            source="backup",
+            kind="job.note",
+            message=f"step {n}",
+            job_id=job.id,
+        )
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await keys_then_settle("6")(pilot)
+        active = app.screen.query_one("#active", DataTable)
+        active.move_cursor(row=active.get_row_index(str(job.id)))
+        await _open(app, pilot, "enter")
+        detail = app.screen
+        keys = detail.query_one("#detail-keys")
+        assert keys.region.bottom <= 24 and keys.region.height == 1
+        body = detail.query_one("#detail-body")
+        assert body.max_scroll_y > 0 and body.scroll_y == 0
+        await keys_then_settle("G")(pilot)
+        assert body.scroll_y == body.max_scroll_y
+        await keys_then_settle("g")(pilot)
+        assert body.scroll_y == 0
