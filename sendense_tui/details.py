@@ -34,7 +34,8 @@ def full_time(value: datetime | None) -> str:
     return "-" if value is None else f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
-def event_detail(entry: AuditEntry) -> DetailScreen:
+def event_detail(entry: AuditEntry, repositories: dict[int, str] | None = None) -> DetailScreen:
+    """``repositories``: names by id, for the repository the event is about."""
     parts: list[Part] = [
         ("time", full_time(entry.at)),
         ("level", level_text(entry.level)),
@@ -44,7 +45,8 @@ def event_detail(entry: AuditEntry) -> DetailScreen:
     if entry.job_id is not None:
         parts.append(("job", f"#{entry.job_id}"))
     if entry.repository_id is not None:
-        parts.append(("repository", f"#{entry.repository_id}"))
+        name = (repositories or {}).get(entry.repository_id)
+        parts.append(("repository", name or f"#{entry.repository_id}"))
     if entry.actor:
         parts.append(("by", entry.actor))
     parts.append(("message", entry.message))
@@ -59,6 +61,7 @@ def job_detail(details: JobDetails, now: datetime) -> DetailScreen:
     parts: list[Part] = [
         ("job", job.title),
         ("kind", job.kind),
+        ("repository", details.repository or "-"),
         ("state", job.state + (" (cancel requested)" if job.cancel_requested else "")),
         ("by", job.actor or "-"),
         ("queued", full_time(job.created_at)),

@@ -32,6 +32,8 @@ class JobDetails:
     detail: list[str]
     #: the job's events, oldest first
     log: list[AuditEntry]
+    #: the name of the repository it works in (None: none, or it was removed)
+    repository: str | None = None
 
 
 def split_error(error: str | None) -> tuple[str | None, list[str], list[str]]:
@@ -98,7 +100,14 @@ class DetailService:
         job = self.jobs.get(job_id)
         sentence, hints, detail = split_error(job.error)
         log = self.audit.query(job_id=job_id, limit=JOB_LOG_LIMIT)
-        return JobDetails(job, sentence, hints, detail, list(reversed(log)))
+        repo = (
+            self.copies.repositories_by_id().get(job.repository_id)
+            if job.repository_id is not None
+            else None
+        )
+        return JobDetails(
+            job, sentence, hints, detail, list(reversed(log)), repo.name if repo else None
+        )
 
     def point(self, backup_id: int) -> PointDetails:
         backup, chain, repo = self.chains.locate(backup_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from rich.text import Text
@@ -30,6 +30,8 @@ class EventsData:
     text: str
     level: str
     source: str | None
+    #: repository names by id (an event's details name its repository)
+    repositories: dict[int, str] = field(default_factory=dict)
 
 
 class EventsScreen(SendenseScreen):
@@ -45,6 +47,7 @@ class EventsScreen(SendenseScreen):
         self._sources: set[str] = set()
         #: the shown entries by row key (Enter shows one in full)
         self._entries: dict[str, AuditEntry] = {}
+        self._repositories: dict[int, str] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="filters")
@@ -72,7 +75,8 @@ class EventsScreen(SendenseScreen):
         entries = self.engine.audit.query(
             min_level=level, source=source, text=text or None, limit=500
         )
-        return EventsData(self.sendense.clock.now(), entries, text, level, source)
+        names = {r.id: r.name for r in self.engine.repository_store.list()}
+        return EventsData(self.sendense.clock.now(), entries, text, level, source, names)
 
     def apply(self, data: EventsData) -> None:
         if (data.text, data.level, data.source) != (self.text, self.level, self.source):
@@ -81,6 +85,7 @@ class EventsScreen(SendenseScreen):
             return
         self._sources.update(e.source for e in data.entries)
         self._entries = {str(e.id): e for e in data.entries}
+        self._repositories = data.repositories
         sync_rows(
             self.query_one("#events", DataTable),
             [
@@ -128,7 +133,7 @@ class EventsScreen(SendenseScreen):
         """Enter: the whole event (its message uncut, its job, repository and data)."""
         entry = self._entries.get(cursor_key(self.query_one("#events", DataTable)) or "")
         if entry is not None:
-            self.app.push_screen(event_detail(entry))
+            self.app.push_screen(event_detail(entry, self._repositories))
 
     def action_start_filter(self) -> None:
         box = self.query_one("#filter", Input)

@@ -34,7 +34,8 @@ def test_a_jobs_details_carry_its_error_and_only_its_own_log(
     clock = FixedClock()
     engine = engine_factory(clock=clock)
     store, now = engine.job_store, clock.now()
-    mine = store.create("copy", "copy db01", now=now)
+    repo = engine.repository_store.add(name="usb", kind="local", path="/srv/usb", now=now)
+    mine = store.create("copy", "copy db01", now=now, repository_id=repo.id)
     other = store.create("copy", "copy web01", now=now)
     store.claim(mine.id, "me", now, timedelta(minutes=5))
     store.finish(mine.id, "me", "failed", now, error="no space left\n  -> free some space")
@@ -54,7 +55,9 @@ def test_a_jobs_details_carry_its_error_and_only_its_own_log(
         f"line 0 of job {mine.id}",
         f"line 2 of job {mine.id}",
     ]
+    assert details.repository == "usb"
     assert engine.details.job(other.id).sentence is None
+    assert engine.details.job(other.id).repository is None
 
 
 def test_a_points_details_list_every_file_it_reads_its_copies_and_their_verifications(

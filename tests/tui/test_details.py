@@ -53,6 +53,7 @@ def _long_event(engine: Engine, clock: FixedClock) -> int:
         kind="copy.failed",
         message=LONG_MESSAGE,
         data={"attempts": 3},
+        repository_id=engine.repository_store.get("offsite-nfs").id,
     )
     return entry.id
 
@@ -71,6 +72,7 @@ async def test_enter_on_an_event_shows_its_whole_message_and_esc_closes(
         assert f"Event #{entry_id}" in app.screen.title_text  # type: ignore[attr-defined]
         assert words(LONG_MESSAGE) in words(text)
         assert "copy.failed" in text and "attempts" in text
+        assert "repository offsite-nfs" in words(text)  # named, not an id
         await pilot.press("escape")
         await settle(pilot)
         assert app.screen.MODE == "events"  # type: ignore[attr-defined]
