@@ -276,11 +276,14 @@ class Engine:
         qemu call on a point goes through (``self.image_guard``) and the choice of
         where a point is read from (``self.point_reader``)."""
         from engine.catalog.copies import CopyStore
+        from engine.services.details import DetailService
         from engine.services.images import ImageGuard, PointReader
 
         self.copy_store = CopyStore(self.catalog)
         self.image_guard = ImageGuard(self.bus)
         self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
+        #: one thing in detail (a job and its log, a point and its files)
+        self.details = DetailService(self.job_store, self.audit, self.chain_store, self.copy_store)
 
     def _wire_restore(self) -> None:
         """File-level restore (``self.file_restore``) and NBD exports (``self.exports``)."""

@@ -312,7 +312,7 @@ COMMANDS: tuple[Command, ...] = (
         "enter",
         "open",
         "Open",
-        "Open the folder, mount or point under the cursor",
+        "Open the folder, mount or point under the cursor; an NBD export's details",
         scope="restore",
         show=False,
         key_display="enter",
@@ -448,7 +448,7 @@ COMMANDS: tuple[Command, ...] = (
         "repositories.toggle",
         "x",
         "toggle_repository",
-        "Enable/disable",
+        "On/off",
         "Enable or disable the selected repository",
         scope="repositories",
     ),
@@ -456,7 +456,7 @@ COMMANDS: tuple[Command, ...] = (
         "repositories.mount",
         "m",
         "mount_repository",
-        "Mount/unmount",
+        "Mount",
         "Mount or unmount a network repository",
         scope="repositories",
     ),
@@ -468,6 +468,22 @@ COMMANDS: tuple[Command, ...] = (
         "Remove the selected repository (asks first)",
         scope="repositories",
         key_display="D",
+    ),
+    # -- details: Enter on a row of any list (the list takes the key and says which row
+    # was selected; the screen opens the row's detail view; these rows feed `?` and the
+    # palette) -----------------------------------------------------------------------
+    *(
+        Command(
+            f"{scope}.details",
+            "enter",
+            "open_details",
+            "Details",
+            "Show the selected row in full (Esc closes, c copies)",
+            scope=scope,
+            show=False,
+            key_display="enter",
+        )
+        for scope in ("repositories", "chains", "policies", "copy_rules", "jobs", "events")
     ),
 )
 

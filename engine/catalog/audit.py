@@ -56,6 +56,7 @@ class AuditStore:
         text: str | None = None,
         since: datetime | None = None,
         after_id: int | None = None,
+        job_id: int | None = None,
         limit: int = 500,
     ) -> list[AuditEntry]:
         """Newest first. ``min_level`` keeps that level and the more severe ones."""
@@ -75,5 +76,7 @@ class AuditStore:
             query = query.where(AuditEntry.at >= since)
         if after_id:
             query = query.where(AuditEntry.id > after_id)
+        if job_id is not None:
+            query = query.where(AuditEntry.job_id == job_id)
         with self.catalog.session() as session:
             return list(session.scalars(query))

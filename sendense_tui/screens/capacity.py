@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rich.console import Console
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -65,80 +66,125 @@ def is_unresponsive(item: RepositoryCapacity) -> bool:
     return bool(reading and reading.unresponsive) or item.repository.state == "unresponsive"
 
 
+#: columns a card's text loses to its left border, its padding and the scrollbar
+CARD_CHROME = 5
+
+
+def flow(rows: list[list[Text]], width: int, gap: str = "  ") -> Text:
+    """Lines of chunks: a chunk that would pass ``width`` starts a continuation
+    line (indented), so at 80 columns nothing is cut; wide, a row is one line."""
+    out = Text(no_wrap=True, overflow="ellipsis")
+    console = Console(width=width)
+    for number, chunks in enumerate(rows):
+        if number:
+            out.append("\n")
+        used = 0
+        for index, chunk in enumerate(chunks):
+            if index and used + len(gap) + chunk.cell_len > width:
+                out.append("\n  ")
+                used = 2
+            elif index:
+                out.append(gap)
+                used += len(gap)
+            if used + chunk.cell_len > width:  # longer than a line itself (an error)
+                pieces = chunk.wrap(console, max(10, width - used))
+                out.append_text(Text("\n" + " " * used).join(pieces))
+                used += pieces[-1].cell_len if pieces else 0
+                continue
+            out.append_text(chunk)
+            used += chunk.cell_len
+    return out
+
+
 def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
+    """One repository's card for a screen ``width`` columns wide: wide, five lines;
+    under 100 columns the same figures flow onto continuation lines (compact)."""
     repo, reading, th = item.repository, item.reading, item.thresholds
     level = level_of(item)
     colour = LEVEL_COLOURS.get(level, "white")
+    inner = max(30, width - CARD_CHROME)
+    # the gauge leaves room for its percentage and the used/free/total figures
+    bar = max(10, min(40, inner - 41))
+    head = Text()
+    head.append(printable(repo.name), style="bold")
+    head.append(f"  {KINDS.get(repo.kind, repo.kind)}", style="dim")
+    head.append("  ")
     unresponsive = is_unresponsive(item)
     age = reading.figures_age(now) if reading is not None else None
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(printable(repo.name), style="bold")
-    text.append(f"  {KINDS.get(repo.kind, repo.kind)}", style="dim")
-    text.append("  ")
     if unresponsive:
-        text.append(" UNRESPONSIVE ", style="bold reverse red")
+        head.append(" UNRESPONSIVE ", style="bold reverse red")
     else:
-        text.append(f" {level.upper()} ", style=f"bold reverse {colour}")
+        head.append(f" {level.upper()} ", style=f"bold reverse {colour}")
     if not repo.enabled:
-        text.append("  disabled", style="dim")
+        head.append("  disabled", style="dim")
+    rows: list[list[Text]] = [[head]]
     if item.shared_with:
         shared = printable(", ".join(item.shared_with))
-        text.append(f"  shares its filesystem with {shared}", style="italic")
-    text.append("\n")
-    bar = max(10, min(40, width - 44))
+        rows[0].append(Text(f"shares its filesystem with {shared}", style="italic"))
     figures = reading.figures if reading is not None else None
     if figures is None or (reading is not None and reading.error and not unresponsive):
-        text.append(gauge(None, "unknown", bar))
-        text.append("  ")
-        text.append(
-            printable(reading.error) if reading and reading.error else "not measured yet",
-            style="dim",
+        gauge_row = [gauge(None, "unknown", bar)]
+        gauge_row.append(
+            Text(
+                printable(reading.error) if reading and reading.error else "not measured yet",
+                style="dim",
+            )
         )
     else:
+        # an unresponsive repository keeps its last figures, dimmed, with their age
         stale = age is not None
-        text.append(gauge(figures.percent, level, bar, (th.warning, th.critical, th.full)))
-        text.append(f" {figures.percent:5.1f}%", style="dim" if stale else f"bold {colour}")
-        text.append(
-            f"  used {human_bytes(figures.used)}  free {human_bytes(figures.free)}"
-            f"  total {human_bytes(figures.total)}",
-            style="dim" if stale else "",
-        )
+        figure_style = "dim" if stale else ""
+        measured = gauge(figures.percent, level, bar, (th.warning, th.critical, th.full))
+        measured.append(f" {figures.percent:5.1f}%", style="dim" if stale else f"bold {colour}")
+        gauge_row = [
+            measured,
+            Text(f"used {human_bytes(figures.used)}", style=figure_style),
+            Text(f"free {human_bytes(figures.free)}", style=figure_style),
+            Text(f"total {human_bytes(figures.total)}", style=figure_style),
+        ]
         if age is not None:
-            text.append(f"  {age_text(age)}", style="bold yellow" if unresponsive else "dim")
+            gauge_row.append(Text(age_text(age), style="bold yellow" if unresponsive else "dim"))
+    rows.append(gauge_row)
     if unresponsive and figures is not None and reading is not None and reading.error:
-        text.append(f"\n{printable(reading.error)}", style="red")
-    text.append("\n")
+        rows.append([Text(printable(reading.error), style="red")])
     history = [s.used_bytes if s else None for s in item.history]
-    text.append("24h ", style="dim")
-    text.append(sparkline(history, width=bar))
+    spark = Text("24h ", style="dim")
+    spark.append(sparkline(history, width=bar))
+    trend = [spark]
     fc = item.forecast
     if fc.growth_per_day is not None and fc.trend == "growing":
-        text.append(f"  +{human_bytes(fc.growth_per_day)}/day", style="bold")
-    text.append(f"  {fc.describe()}")
+        trend.append(Text(f"+{human_bytes(fc.growth_per_day)}/day", style="bold"))
+    forecast = Text(fc.describe())
     if fc.full_at is not None:
-        text.append(f" ({_date(fc.full_at)})", style="dim")
-    text.append("\n")
+        forecast.append(f" ({_date(fc.full_at)})", style="dim")
+    trend.append(forecast)
+    rows.append(trend)
     b = item.breakdown
-    text.append("backups ", style="dim")
-    text.append(human_bytes(b.used))
-    text.append("  reclaimable now ", style="dim")
-    text.append(human_bytes(b.reclaimable_now))
-    text.append("  later ", style="dim")
-    text.append(human_bytes(b.reclaimable_later))
-    if b.reclaimable_later_at:
-        text.append(f" from {_date(b.reclaimable_later_at)}")
-    text.append("  locked ", style="dim")
-    text.append(human_bytes(b.locked))
-    if b.locked_until:
-        text.append(f" until {_date(b.locked_until)}")
-    text.append(
-        f"\nthresholds {th.warning:g}/{th.critical:g}/{th.full:g} %"
-        f"  min free {human_bytes(th.min_free)}",
-        style="dim",
+
+    def figure(label: str, value: int, when: datetime | None = None, word: str = "") -> Text:
+        text = Text(f"{label} ", style="dim")
+        text.append(human_bytes(value))
+        if when is not None:
+            text.append(f" {word} {_date(when)}")
+        return text
+
+    rows.append(
+        [
+            figure("backups", b.used),
+            figure("reclaimable now", b.reclaimable_now),
+            figure("later", b.reclaimable_later, b.reclaimable_later_at, "from"),
+            figure("locked", b.locked, b.locked_until, "until"),
+        ]
+    )
+    rows.append(
+        [
+            Text(f"thresholds {th.warning:g}/{th.critical:g}/{th.full:g} %", style="dim"),
+            Text(f"min free {human_bytes(th.min_free)}", style="dim"),
+        ]
     )
     if level == "full":
-        text.append("\nFULL: no new backups or copies until space is freed", style="bold red")
-    return text
+        rows.append([Text("FULL: no new backups or copies until space is freed", style="bold red")])
+    return flow(rows, inner)
 
 
 class CapacityScreen(SendenseScreen):

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -30,6 +31,7 @@ from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from engine.services.policies import KnownSource
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import chain_detail, point_detail
 from sendense_tui.format import human_bytes, plural, printable, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
@@ -142,12 +144,30 @@ class BackupNowDialog(ModalScreen[list[tuple[BackupTarget, DiskSource]] | None])
         self.dismiss(None)
 
 
-def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = False) -> Text:
+#: a tree narrower than this shows points compact: badges before the size
+COMPACT_TREE = 70
+
+
+def point_label(
+    b: Backup, now: datetime, locked: bool, unprotected: bool = False, *, compact: bool = False
+) -> Text:
+    """``F #3 11-18 09:00  24G (24G data) [locked] [verified]``; compact (a narrow
+    tree, 80 columns): ``F #3 11-18 09:00 [locked] [verified] 24G``, so what is cut
+    at the edge is the size (the details pane has it), never a badge."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("F " if b.kind == "full" else "+ ", style="bold")
-    text.append(f"#{b.id} {short_time(b.point_time, now)}  ")
-    text.append(f"{human_bytes(b.file_size)} ", style="cyan")
-    text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
+    text.append(f"#{b.id} {short_time(b.point_time, now)}")
+    if not compact:
+        text.append("  ")
+        text.append(f"{human_bytes(b.file_size)} ", style="cyan")
+        text.append(f"({human_bytes(b.allocated_bytes)} data)", style="dim")
+    _badges(text, b, locked, unprotected)
+    if compact:
+        text.append(f" {human_bytes(b.file_size)}", style="cyan")
+    return text
+
+
+def _badges(text: Text, b: Backup, locked: bool, unprotected: bool) -> None:
     if b.state != "complete":
         text.append(f" [{b.state}]", style="bold red")
     if unprotected:
@@ -159,7 +179,6 @@ def point_label(b: Backup, now: datetime, locked: bool, unprotected: bool = Fals
         text.append(" [verified]", style="green")
     elif b.verify_state:
         text.append(f" [{b.verify_state}]", style="bold red")
-    return text
 
 
 def _tracking_text(tracking: dict[str, Any] | None) -> str:
@@ -195,6 +214,7 @@ class ChainsScreen(SendenseScreen):
         with Horizontal(id="chains-main"):
             tree: Tree[tuple[str, int | str]] = Tree("Backups", id="chains-tree")
             tree.show_root = False
+            tree.auto_expand = False  # Enter opens a row's details; Space folds
             yield tree
             yield Static("Select a restore point.", id="chains-details")
 
@@ -222,12 +242,14 @@ class ChainsScreen(SendenseScreen):
             )
             for v in data.views
         ]
+        tree = self.query_one("#chains-tree", Tree)
+        compact = 0 < tree.size.width < COMPACT_TREE
+        shape.append(compact)
         if shape == self._shape:
-            if not shape:
+            if not data.views:
                 self._show_details()  # first draw of an empty catalog
             return  # nothing changed: keep the tree (and the cursor) as it is
         self._shape = shape
-        tree = self.query_one("#chains-tree", Tree)
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
         vms: dict[str, Any] = {}
@@ -255,7 +277,7 @@ class ChainsScreen(SendenseScreen):
                 target_line = vm_node
             for p in view.points:
                 node = disk_node.add_leaf(
-                    point_label(p.backup, data.now, p.locked, p.unprotected),
+                    point_label(p.backup, data.now, p.locked, p.unprotected, compact=compact),
                     ("point", p.backup.id),
                 )
                 if selected == ("point", p.backup.id):
@@ -269,8 +291,45 @@ class ChainsScreen(SendenseScreen):
 
     # -- details -----------------------------------------------------------------
 
+    def on_resize(self, event: events.Resize) -> None:
+        # the tree's width decides the point labels' layout (apply redraws the tree
+        # only when that layout changed)
+        if self._shape:
+            self.refresh_now()
+
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[Any]) -> None:
         self._show_details()
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: a point's files and verification history, a chain's points with
+        every badge uncut; on a VM, fold or unfold it."""
+        sel, now = self._selection(), self._now
+        if sel is None or now is None:
+            return
+        kind, ref = sel
+        if kind == "point" and ref in self._points:
+            backup = self._points[ref][0]
+            lock = _lock_text(self._point_views.get(ref))
+            tracking = _tracking_text(backup.tracking)
+            self.run_engine(
+                lambda: self.engine.details.point(ref),
+                after=lambda details: self.app.push_screen(
+                    point_detail(details, lock, tracking, now)
+                ),
+                description=f"details of point {ref}",
+            )
+        elif kind == "chain" and ref in self._chains:
+            chain = self._chains[ref]
+            labels = [point_label(p.backup, now, p.locked, p.unprotected) for p in chain.points]
+            self.app.push_screen(chain_detail(chain, labels))
+        else:
+            node = self.query_one("#chains-tree", Tree).cursor_node
+            if node is not None:
+                node.toggle()
 
     def _selection(self) -> tuple[str, Any] | None:
         node = self.query_one("#chains-tree", Tree).cursor_node

@@ -23,6 +23,7 @@ from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
 from engine.services.scheduler import ALERT_PREFIX
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import rule_detail
 from sendense_tui.format import level_text, plural, safe_text, short_time
 from sendense_tui.screens.base import NavBar, SendenseScreen
 from sendense_tui.screens.dashboard import next_time_text
@@ -98,6 +99,7 @@ class CopyRulesScreen(SendenseScreen):
     def __init__(self) -> None:
         super().__init__()
         self._repos: list[str] = []
+        self._data: RulesData | None = None
 
     def compose(self) -> ComposeResult:
         # a page of the Policies section: that section stays lit in the bar
@@ -174,6 +176,7 @@ class CopyRulesScreen(SendenseScreen):
                 )
             )
         sync_rows(self.query_one("#rules", DataTable), rows, COLUMNS)
+        self._data = data
 
     # -- actions -------------------------------------------------------------------
 
@@ -183,6 +186,28 @@ class CopyRulesScreen(SendenseScreen):
             return None
         key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         return key.value
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: the rule in full (route, selection, schedule, state and problems)."""
+        rule_id, data = self._selected_rule(), self._data
+        status = (
+            next((s for s in data.statuses if str(s.rule.id) == rule_id), None) if data else None
+        )
+        if status is None or data is None:
+            return
+        now = data.now or self.engine.clock.now()
+        self.app.push_screen(
+            rule_detail(
+                status,
+                state_text(status, data.alerts.get(status.rule.id, []), now),
+                next_run_text(status, now),
+                now,
+            )
+        )
 
     def action_add(self) -> None:
         self.query_one("#form").display = True

@@ -352,7 +352,8 @@ class DashboardScreen(SendenseScreen):
         table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(no_wrap=True, width=8)
         table.add_column(no_wrap=True)
-        table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        # an alert is read whole: at 80 columns it wraps rather than being cut
+        table.add_column(ratio=1, overflow="fold")
         order = {"critical": 0, "warning": 1}
         shown = sorted(data.alerts, key=lambda m: (order.get(m.level or "", 2), m.key))
         if data.unprotected_files:
@@ -387,7 +388,7 @@ class DashboardScreen(SendenseScreen):
 
     @staticmethod
     def _verification(data: DashboardData) -> Text:
-        text = Text(no_wrap=True, overflow="ellipsis")
+        text = Text()  # wraps at 80 columns when there are bad points to name
         report = data.coverage
         # compact, so it fits 80 columns: "verified 97% of bytes in 30 days · 2 overdue ·
         # next tomorrow 03:00" (the Chains screen and `sendense verify report` say more)

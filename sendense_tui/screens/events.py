@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from rich.text import Text
@@ -12,11 +12,12 @@ from textual.widgets import DataTable, Input, Static
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import AuditEntry
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import event_detail
 from sendense_tui.format import level_text, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.quiet import show
-from sendense_tui.widgets.tables import FlexTable, sync_rows
+from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("time", "level", "source", "message")
 #: the order `l` walks through minimum levels
@@ -30,6 +31,8 @@ class EventsData:
     text: str
     level: str
     source: str | None
+    #: repository names by id (an event's details name its repository)
+    repositories: dict[int, str] = field(default_factory=dict)
 
 
 class EventsScreen(SendenseScreen):
@@ -43,6 +46,9 @@ class EventsScreen(SendenseScreen):
         self.level = "info"
         self.source: str | None = None
         self._sources: set[str] = set()
+        #: the shown entries by row key (Enter shows one in full)
+        self._entries: dict[str, AuditEntry] = {}
+        self._repositories: dict[int, str] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="filters")
@@ -70,7 +76,8 @@ class EventsScreen(SendenseScreen):
         entries = self.engine.audit.query(
             min_level=level, source=source, text=text or None, limit=500
         )
-        return EventsData(self.sendense.clock.now(), entries, text, level, source)
+        names = {r.id: r.name for r in self.engine.repository_store.list()}
+        return EventsData(self.sendense.clock.now(), entries, text, level, source, names)
 
     def apply(self, data: EventsData) -> None:
         if (data.text, data.level, data.source) != (self.text, self.level, self.source):
@@ -78,6 +85,8 @@ class EventsScreen(SendenseScreen):
             self.refresh_now()
             return
         self._sources.update(e.source for e in data.entries)
+        self._entries = {str(e.id): e for e in data.entries}
+        self._repositories = data.repositories
         sync_rows(
             self.query_one("#events", DataTable),
             [
@@ -116,6 +125,16 @@ class EventsScreen(SendenseScreen):
 
     def action_cursor_up(self) -> None:
         self.query_one("#events", DataTable).action_cursor_up()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: the whole event (its message uncut, its job, repository and data)."""
+        entry = self._entries.get(cursor_key(self.query_one("#events", DataTable)) or "")
+        if entry is not None:
+            self.app.push_screen(event_detail(entry, self._repositories))
 
     def action_start_filter(self) -> None:
         box = self.query_one("#filter", Input)

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Static
 from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import job_detail
 from sendense_tui.format import (
     as_utc,
     human_bytes,
@@ -315,6 +316,27 @@ class JobsScreen(SendenseScreen):
                 break
         self.notify("Select a job first (j/k or arrows).", severity="warning")
         return None
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        key = event.row_key.value
+        if key is not None:
+            self._open_details(int(key))
+
+    def action_open_details(self) -> None:
+        job = self._selected()
+        if job is not None:
+            self._open_details(job.id)
+
+    def _open_details(self, job_id: int) -> None:
+        """Enter: the job in full: title, error and what to do, and its log."""
+        self.run_engine(
+            lambda: self.engine.details.job(job_id),
+            after=lambda details: self.app.push_screen(
+                job_detail(details, self.sendense.clock.now())
+            ),
+            description=f"details of job {job_id}",
+        )
 
     def action_cursor_down(self) -> None:
         table = self.focused if isinstance(self.focused, DataTable) else None

@@ -41,6 +41,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
+from sendense_tui.widgets.detail import DetailScreen, Heading
 from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
@@ -396,6 +397,22 @@ class PoliciesScreen(SendenseScreen):
         table = self.query_one("#policies", DataTable)
         sync_rows(table, rows, COLUMNS)
         self._show_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: the policy's settings and 3-2-1 report in full, scrollable."""
+        pid = self._selected()
+        row = self._rows.get(pid) if pid is not None else None
+        if row is not None:
+            self.app.push_screen(
+                DetailScreen(
+                    f"Policy {row.name}",
+                    [detail_settings(row, self._now), Heading("3-2-1"), detail_compliance(row)],
+                )
+            )
 
     # -- list actions ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Static
 from engine.catalog.models import Repository
 from engine.services.repositories import TestReport
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import repository_detail
 from sendense_tui.format import (
     age_text,
     filesystem_lock_text,
@@ -205,6 +206,20 @@ class RepositoriesScreen(SendenseScreen):
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self._show_detail(self.sendense.clock.now())
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_details()
+
+    def action_open_details(self) -> None:
+        """Enter: the repository in full (its whole path, state, space, locks)."""
+        row = self._selected()
+        if row is not None:
+            self.app.push_screen(
+                repository_detail(
+                    row.repo, row.location, row.used, row.total, row.free, row.backups
+                )
+            )
 
     # -- actions ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from engine.catalog.restore import PointLocation
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.actions import bindings_for
+from sendense_tui.details import export_detail
 from sendense_tui.format import human_bytes, human_duration, plural, printable, safe_text
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
@@ -85,6 +86,8 @@ class RestoreScreen(SendenseScreen):
         self.progress_text = ""
         #: the matches shown instead of the folder listing, if a search ran
         self.results: SearchResults | None = None
+        #: the shown NBD exports by row key (Enter shows one in full)
+        self._exports: dict[str, ExportView] = {}
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="restore-main"):
@@ -177,6 +180,7 @@ class RestoreScreen(SendenseScreen):
 
     def apply(self, data: RestoreData) -> None:
         self.mount_id = data.mount_id
+        self._exports = {str(x.id): x for x in data.exports}
         results = self.results
         if results is not None and results.mount_id != data.mount_id:
             results = self.results = None  # its mount went away
@@ -345,6 +349,9 @@ class RestoreScreen(SendenseScreen):
         if focused is not None and focused.id == "points":
             self.action_mount()
             return
+        if focused is not None and focused.id == "exports":
+            self.action_export_details()
+            return
         key = self._file_key()
         if key is None:
             return
@@ -454,6 +461,15 @@ class RestoreScreen(SendenseScreen):
         if event.data_table.id in ("points", "mounts", "files"):
             event.stop()
             self.action_open()
+        elif event.data_table.id == "exports":
+            event.stop()
+            self.action_export_details()
+
+    def action_export_details(self) -> None:
+        """Enter on an export: its whole URI (c copies it), socket, limits, how to read it."""
+        export = self._exports.get(cursor_key(self.query_one("#exports", DataTable)) or "")
+        if export is not None:
+            self.app.push_screen(export_detail(export, self.sendense.clock.now()))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
