@@ -49,6 +49,10 @@ def test_an_idle_screen_sends_nothing_through_a_real_terminal(
         assert b"Dash" in console.received  # the console did draw
         # several refreshes (one a second) of an unchanged catalog
         idle = console.read(5.0)
+        if len(idle) > IDLE_BYTES:
+            # a loaded machine can finish a first fetch late; a screen that repaints
+            # on every refresh sends in the next window too
+            idle = console.read(5.0)
         assert len(idle) <= IDLE_BYTES, idle[:400]
 
 
