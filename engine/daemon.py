@@ -173,8 +173,15 @@ class DaemonPresence:
 
     def claim(self) -> None:
         """Take the state directory's daemon lock, or raise DaemonRunning."""
-        make_private_dir(self.state_dir)
-        fd = open_private(self.state_dir / LOCK_FILE, os.O_RDWR)
+        try:
+            make_private_dir(self.state_dir)
+            fd = open_private(self.state_dir / LOCK_FILE, os.O_RDWR)
+        except OSError as exc:
+            raise SendenseError(
+                f"the daemon lock {self.state_dir / LOCK_FILE} cannot be created: "
+                f"{exc.strerror or exc}",
+                hint="the state directory must be writable (SENDENSE_STATE_DIR)",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -243,7 +250,8 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _last_line(path: Path) -> str:
+def _last_words(path: Path) -> str:
+    """What a daemon that ended at its start said last in its log."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -252,7 +260,9 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     lines = [line for line in lines if line]
-    return lines[-1] if lines else ""
+    # the command's own sentence ("sendense: …", then "  hint: …") when it refused
+    said = [line.removeprefix("sendense: ") for line in lines if line.startswith("sendense: ")]
+    return said[-1] if said else (lines[-1] if lines else "")
 
 
 def _other_catalog(settings: Settings, info: DaemonInfo) -> DaemonStatus:
@@ -302,7 +312,7 @@ def ensure_daemon(
         ended = proc is not None and proc.poll() is not None
         if ended and info is None:
             assert proc is not None
-            why = _last_line(where) or f"it exited with code {proc.returncode}"
+            why = _last_words(where) or f"it exited with code {proc.returncode}"
             return DaemonStatus(problem=f"the sendense daemon did not start: {why}", log_file=where)
         if time.monotonic() >= deadline:
             if proc is not None and proc.poll() is None:
