@@ -240,7 +240,8 @@ class SendenseApp(App[int]):
         self.push_screen(
             ConfirmDialog(
                 "Quit and stop the work running in this console?",
-                f"{shown} run here, not in a sendense daemon{why}: running jobs go back "
+                f"{shown} {'runs' if len(work) == 1 else 'run'} here, not in a sendense "
+                f"daemon{why}: running jobs go back "
                 "to the queue, restore mounts are unmounted and NBD exports stop.",
                 yes_label="Quit",
                 no_label="Stay",

@@ -130,7 +130,8 @@ class DaemonBanner(Widget):
     def render(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" No daemon ", style="bold reverse")
-        text.append(f" {self.sentence} · work started here stops when the console quits")
+        # what it means first: the reason may hold a path and be cut at 80 columns
+        text.append(f" work started here ends with the console: {self.sentence}")
         return text
 
 

@@ -60,10 +60,13 @@ class Pane:
             env=self.env,
         )
 
-    def open(self, argv: list[str], *, env: dict[str, str] | None = None) -> None:
+    def open(
+        self, argv: list[str], *, env: dict[str, str] | None = None, size: str = "120x40"
+    ) -> None:
         extra = [f"-e{k}={v}" for k, v in (env or {}).items()]
+        width, height = size.split("x")
         done = self.tmux(
-            "new-session", "-d", "-x", "120", "-y", "40", *extra, "exec " + shlex.join(argv)
+            "new-session", "-d", "-x", width, "-y", height, *extra, "exec " + shlex.join(argv)
         )
         assert done.returncode == 0, done.stderr
         self.pid = int(self.tmux("display-message", "-p", "#{pane_pid}").stdout.strip())
@@ -256,9 +259,12 @@ def test_without_a_daemon_the_console_says_so_and_asks_before_quitting(
 ) -> None:
     seeded = _seed(site)
     try:
-        pane.open(_console(site), env={NO_DAEMON_ENV: "1"})
+        pane.open(_console(site), env={NO_DAEMON_ENV: "1"}, size="80x24")
         pane.wait_for("No daemon")
-        assert f"{NO_DAEMON_ENV} is set" in pane.screen()
+        banner = pane.screen().splitlines()[1]
+        assert banner.strip() == (
+            f"No daemon  work started here ends with the console: {NO_DAEMON_ENV} is set"
+        )
         assert find_daemon(site.settings) is None
         pane.keys("7")
         pane.wait_for("web01")
