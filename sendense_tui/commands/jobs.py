@@ -73,9 +73,12 @@ def print_queued(ctx: CliContext, job: Any) -> int:
     return 0
 
 
-def ensure_runner(ctx: CliContext) -> DaemonStatus:
-    """A daemon to run work this command leaves queued; says on stderr when one was
-    started, or why none runs (the job then waits for a console or a daemon)."""
+def ensure_runner(
+    ctx: CliContext, *, without: str | None = "it waits for the console or `sendense daemon`"
+) -> DaemonStatus:
+    """A daemon for work this command leaves behind (a queued job, a mount to expire);
+    says on stderr when one was started, or why none runs and, if ``without`` says
+    one, what that means for the work."""
     daemon = ensure_daemon(ctx.settings)
     if ctx.json:
         return daemon
@@ -84,14 +87,9 @@ def ensure_runner(ctx: CliContext) -> DaemonStatus:
             printable(f"started the sendense daemon (pid {daemon.pid}), log {daemon.log_file}"),
             file=sys.stderr,
         )
-    elif not daemon.running:
-        print(
-            printable(
-                f"note: no sendense daemon runs it ({daemon.problem}); it waits for the "
-                "console or `sendense daemon`"
-            ),
-            file=sys.stderr,
-        )
+    elif not daemon.running and without is not None:
+        note = f"note: no sendense daemon runs ({daemon.problem}); {without}"
+        print(printable(note), file=sys.stderr)
     return daemon
 
 

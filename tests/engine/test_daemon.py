@@ -26,6 +26,7 @@ from engine.owners import is_zombie
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from tests.engine.daemonsite import DaemonSite, processes_of, wait_for
+from tests.engine.fsimages import Part, build_disk
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chattr, mounts)")
 
@@ -150,3 +151,24 @@ def test_a_console_engine_takes_over_when_its_daemon_goes(site: DaemonSite) -> N
         )
     finally:
         engine.close()
+
+
+def test_a_restore_mount_from_the_cli_starts_the_daemon_that_expires_it(
+    site: DaemonSite,
+) -> None:
+    """A detached mount outlives `restore mount`; the daemon it starts is the engine
+    whose reaper unmounts it when it expires."""
+    disk = build_disk(site.tmp_path / "web01.raw", [Part("ext4", 8, {"a.txt": b"a\n"})], table=None)
+    quiet = {NO_DAEMON_ENV: "1"}
+    done = site.sendense(
+        "backup", "run", "--repo", "local", "--vm", "web01", "--disk", f"sda={disk}", env=quiet
+    )
+    assert done.returncode == 0, done.stderr
+    assert site.daemon_pid() is None
+    point = site.json("restore", "points")[0]["id"]
+    mounted = site.sendense("restore", "mount", str(point))
+    assert mounted.returncode == 0, mounted.stderr
+    pid = site.daemon_pid()
+    assert pid is not None
+    assert f"started the sendense daemon (pid {pid})" in mounted.stderr
+    assert [m["backup_id"] for m in site.json("restore", "mounts")] == [point]
