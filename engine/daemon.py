@@ -308,7 +308,8 @@ def ensure_daemon(
                 reap_when_done(proc)  # ours, or the one that won a race with ours
             if info.catalog != digest:
                 return _other_catalog(settings, info)
-            return DaemonStatus(pid=info.pid, started=proc is not None, log_file=where)
+            started = proc is not None and proc.pid == info.pid
+            return DaemonStatus(pid=info.pid, started=started, log_file=where)
         ended = proc is not None and proc.poll() is not None
         if ended and info is None:
             assert proc is not None
