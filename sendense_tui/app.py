@@ -65,6 +65,7 @@ class SendenseApp(App[int]):
         self._last_error: str | None = None
         self._terminal_lost = False
         self._hangup_installed = False
+        self._asking_to_quit = False
         self.theme = THEMES.get(engine.settings.theme, "textual-dark")
 
     # -- lifecycle ----------------------------------------------------------------
@@ -217,6 +218,8 @@ class SendenseApp(App[int]):
     def request_quit(self) -> None:
         """Leave the console. Work a daemon owns goes on without a word; work this
         console runs itself (no daemon) would stop, so the operator is asked first."""
+        if self._asking_to_quit:
+            return  # the question is on the screen already
         self.run_worker(self._quit_after_asking, group="quit", exclusive=True)
 
     async def _quit_after_asking(self) -> None:
@@ -234,8 +237,11 @@ class SendenseApp(App[int]):
         shown = ", ".join(work[:4]) + (f" and {len(work) - 4} more" if len(work) > 4 else "")
 
         def answer(quit_anyway: bool | None) -> None:
+            self._asking_to_quit = False
             if quit_anyway:
                 self.exit(0)
+
+        self._asking_to_quit = True
 
         self.push_screen(
             ConfirmDialog(

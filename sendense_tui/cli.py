@@ -56,7 +56,7 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
             "the console needs a terminal (stdin and stdout are not a TTY)",
             hint="run it from an interactive SSH session, or use a subcommand: sendense --help",
         )
-    from engine.daemon import ensure_daemon
+    from engine.daemon import daemon_disabled, ensure_daemon, find_daemon
     from engine.runtime import Engine
     from sendense_tui.app import SendenseApp
 
@@ -64,6 +64,9 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     engine = Engine(ctx.settings)
     try:
         engine.open()
+        if find_daemon(ctx.settings) is None and not daemon_disabled():
+            # a few seconds before the screen appears: say what is happening
+            print("sendense: starting the background daemon…", file=sys.stderr, flush=True)
         daemon = ensure_daemon(ctx.settings)
         if not daemon.running:
             logging.getLogger(__name__).warning("no daemon: %s", daemon.problem)
