@@ -74,12 +74,18 @@ class Pane:
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p").stdout
 
-    def wait_for(self, text: str, timeout: float = 90) -> str:
-        return str(
-            wait_for(
-                f"{text!r} on the console", lambda: text in (s := self.screen()) and s, timeout
+    def wait_for(self, text: str, timeout: float = 180) -> str:
+        try:
+            return str(
+                wait_for(
+                    f"{text!r} on the console",
+                    lambda: text in (s := self.screen()) and s,
+                    timeout,
+                )
             )
-        )
+        except AssertionError as exc:
+            alive = "running" if self.running() else "gone"
+            raise AssertionError(f"{exc} (console {alive}); screen:\n{self.screen()}") from None
 
     def keys(self, *keys: str) -> None:
         for key in keys:
@@ -188,6 +194,7 @@ def _survivors_still_serve(site: DaemonSite, job_id: int, uri: str, hello: Path)
     job = wait_for(
         "the job to end in the daemon",
         lambda: (j := site.job(job_id))["state"] not in ("queued", "running") and j,
+        timeout=180,
     )
     assert job["state"] == "succeeded", job["error"]
     info = subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True, timeout=30)
