@@ -46,7 +46,7 @@ def processes_of(tmp_path: Path) -> list[int]:
     return found
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
     """Poll ``check`` until it returns something true; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
