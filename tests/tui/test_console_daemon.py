@@ -108,6 +108,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonSite
     monkeypatch.delenv(NO_DAEMON_ENV, raising=False)
     site = DaemonSite(tmp_path)
     site.env["TERM"] = "xterm-256color"
+    for fixed_size in ("COLUMNS", "LINES"):  # the pane's size, not the runner's
+        site.env.pop(fixed_size, None)
     site.env["TEXTUAL_ANIMATIONS"] = "none"
     pane = Pane(tmp_path, site.env)
     try:
