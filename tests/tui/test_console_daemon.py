@@ -3,12 +3,13 @@
 The console runs as the real ``sendense`` command in a tmux pane (a real pty);
 keys go in with ``send-keys``, the screen comes back with ``capture-pane``. It
 starts the background daemon itself. A policy run (a backup read from a
-throttled NBD source served by qemu-storage-daemon, so it lasts a few seconds),
-a restore mount and an NBD export are started with the console's own keys; then
+throttled NBD source served by qemu-storage-daemon, frozen with SIGSTOP once the
+job runs, so it is still running however long the console takes to leave), a
+restore mount and an NBD export are started with the console's own keys; then
 the console leaves by ``q``, by SIGKILL and by a hangup (tmux closing its
-terminal, as an SSH drop does). Each time the job finishes in the daemon, the
-export still answers ``nbdinfo`` and the mount still serves its file; a new
-console shows them. Without a daemon the console says so at the top, runs the
+terminal, as an SSH drop does). Each time the job is still running in the
+daemon and, its source let go, finishes there once; the export still answers
+``nbdinfo`` and the mount still serves its file; a new console shows them. Without a daemon the console says so at the top, runs the
 work itself and asks before quitting.
 """
 
@@ -176,10 +177,15 @@ def _running_jobs(site: DaemonSite) -> list[tuple[int, str]]:
         catalog.dispose()
 
 
-def _run_policy_from_the_console(site: DaemonSite, pane: Pane, known: set[int]) -> int:
-    """Policies screen, `n` on the policy: the new job runs, in the daemon."""
+def _run_policy_from_the_console(
+    site: DaemonSite, pane: Pane, known: set[int], source: subprocess.Popen[bytes]
+) -> int:
+    """Policies screen, `n` on the policy: the new job runs, in the daemon. Its NBD
+    source is then frozen (SIGSTOP), so the job is still running whatever the
+    console takes to leave."""
     pane.keys("5")
-    pane.wait_for("slow")
+    pane.wait_for("n Run now")  # the Policies screen (the Jobs screen names the policy too)
+    pane.wait_for("0 1 1 1 *")
     pane.keys("n")
     job_id, owner = wait_for(
         "the policy run to start",
@@ -188,17 +194,26 @@ def _run_policy_from_the_console(site: DaemonSite, pane: Pane, known: set[int]) 
     daemon = site.daemon_pid()
     assert daemon is not None
     assert owner.split(":")[1] == str(daemon), f"the daemon runs it, not {owner}"
+    source.send_signal(signal.SIGSTOP)
     return int(job_id)
 
 
-def _survivors_still_serve(site: DaemonSite, job_id: int, uri: str, hello: Path) -> None:
-    assert site.job(job_id)["state"] == "running", "the console's exit handed the job back"
+def _survivors_still_serve(
+    site: DaemonSite, job_id: int, uri: str, hello: Path, source: subprocess.Popen[bytes]
+) -> None:
+    """The job (its source frozen while the console left) is still running, in the
+    daemon; let its source go on: it ends well, run once. The export answers and
+    the mount serves its file."""
+    running = site.job(job_id)
+    assert running["state"] == "running", "the console's exit handed the job back"
+    source.send_signal(signal.SIGCONT)
     job = wait_for(
         "the job to end in the daemon",
         lambda: (j := site.job(job_id))["state"] not in ("queued", "running") and j,
         timeout=180,
     )
     assert job["state"] == "succeeded", job["error"]
+    assert (job["attempts"], job["takeovers"]) == (1, 0), "run once, never handed over"
     info = subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True, timeout=30)
     assert info.returncode == 0, info.stderr
     assert int(info.stdout) == 8 * MiB
@@ -207,6 +222,7 @@ def _survivors_still_serve(site: DaemonSite, job_id: int, uri: str, hello: Path)
 
 def test_jobs_mounts_and_exports_outlive_the_console(site: DaemonSite, pane: Pane) -> None:
     seeded = _seed(site)
+    source = seeded["server"]
     try:
         pane.open(_console(site))
         pane.wait_for("Dashboard")
@@ -216,6 +232,7 @@ def test_jobs_mounts_and_exports_outlive_the_console(site: DaemonSite, pane: Pan
 
         # a restore mount and an NBD export, with the Restore screen's keys
         pane.keys("7")
+        pane.wait_for("Mounted · u unmounts")  # the Restore screen
         pane.wait_for("web01")
         pane.keys("m")
         mount = wait_for("the mount", lambda: next(iter(site.json("restore", "mounts")), None))
@@ -226,11 +243,11 @@ def test_jobs_mounts_and_exports_outlive_the_console(site: DaemonSite, pane: Pan
         jobs: set[int] = set()
 
         # 1. q on the dashboard: no question, the work stays with the daemon
-        job_id = _run_policy_from_the_console(site, pane, jobs)
+        job_id = _run_policy_from_the_console(site, pane, jobs, source)
         jobs.add(job_id)
         pane.keys("1", "q")
         pane.wait_gone()
-        _survivors_still_serve(site, job_id, uri, hello)
+        _survivors_still_serve(site, job_id, uri, hello, source)
 
         # a new console shows them
         pane.open(_console(site))
@@ -242,25 +259,26 @@ def test_jobs_mounts_and_exports_outlive_the_console(site: DaemonSite, pane: Pan
         pane.wait_for("policy slow")
 
         # 2. the console is killed outright
-        job_id = _run_policy_from_the_console(site, pane, jobs)
+        job_id = _run_policy_from_the_console(site, pane, jobs, source)
         jobs.add(job_id)
         os.kill(pane.pid, signal.SIGKILL)
         pane.wait_gone()
-        _survivors_still_serve(site, job_id, uri, hello)
+        _survivors_still_serve(site, job_id, uri, hello, source)
 
         # 3. its terminal goes away (an SSH drop: the pty closes, SIGHUP)
         pane.open(_console(site))
         pane.wait_for("Dashboard")
-        job_id = _run_policy_from_the_console(site, pane, jobs)
+        job_id = _run_policy_from_the_console(site, pane, jobs, source)
         console = pane.pid
         pane.tmux("kill-server")
         pane.pid = console
         pane.wait_gone()
-        _survivors_still_serve(site, job_id, uri, hello)
+        _survivors_still_serve(site, job_id, uri, hello, source)
         assert site.daemon_pid() == daemon, "one daemon served every console"
     finally:
-        seeded["server"].kill()
-        seeded["server"].wait(timeout=10)
+        source.send_signal(signal.SIGCONT)
+        source.kill()
+        source.wait(timeout=10)
 
 
 def test_without_a_daemon_the_console_says_so_and_asks_before_quitting(
@@ -276,6 +294,7 @@ def test_without_a_daemon_the_console_says_so_and_asks_before_quitting(
         )
         assert find_daemon(site.settings) is None
         pane.keys("7")
+        pane.wait_for("Mounted · u unmounts")  # the Restore screen
         pane.wait_for("web01")
         pane.keys("m")
         wait_for("the mount", lambda: site.json("restore", "mounts"))
