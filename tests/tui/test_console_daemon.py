@@ -100,7 +100,7 @@ class Pane:
             return False
         return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
-    def wait_gone(self, timeout: float = 30) -> None:
+    def wait_gone(self, timeout: float = 90) -> None:
         wait_for("the console to leave", lambda: not self.running(), timeout)
 
 
