@@ -9,8 +9,9 @@ restore mount and an NBD export are started with the console's own keys; then
 the console leaves by ``q``, by SIGKILL and by a hangup (tmux closing its
 terminal, as an SSH drop does). Each time the job is still running in the
 daemon and, its source let go, finishes there once; the export still answers
-``nbdinfo`` and the mount still serves its file; a new console shows them. Without a daemon the console says so at the top, runs the
-work itself and asks before quitting.
+``nbdinfo`` and the mount still serves its file; a new console shows them.
+Without a daemon the console says so at the top, runs the work itself and asks
+before quitting.
 """
 
 from __future__ import annotations
