@@ -3,12 +3,21 @@
 The console and the CLI build one Engine, ``open()`` it (connect, migrate) and
 ``start()`` it (job runner, monitors). Everything an operator can do is a
 method of a service hanging off it.
+
+A console whose state directory has a ``sendense daemon`` (engine.daemon) is a
+client of it: ``attach_daemon`` before ``start`` makes the engine submit jobs
+without claiming any (the daemon runs them) and hand the restore mounts and NBD
+exports it starts to owners that outlive it (a detached mount, an export
+keeper), so that work goes on after the console leaves. If that daemon goes
+away, the engine takes over: it claims jobs itself, as a console without a
+daemon always does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from engine.catalog import Catalog
@@ -19,6 +28,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
+from engine.daemon import DaemonStatus, find_daemon
 from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
 from engine.jobs import JobRunner, engine_owner
@@ -27,6 +37,9 @@ from engine.unrecorded import UnrecordedOutcomes
 from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
+
+#: how often a client engine looks whether its daemon is still there
+DAEMON_CHECK_SECONDS = 5.0
 
 
 def catalog_evidence(settings: Settings) -> list[Path]:
@@ -87,6 +100,13 @@ class Engine:
         self._wire_imports()
         self._opened = False
         self._started = False
+        #: the daemon that owns long-lived work, when this engine is its client
+        self.daemon: DaemonStatus | None = None
+        #: False while a daemon runs this engine's jobs
+        self.run_jobs = True
+        self._want_scheduler = run_scheduler
+        self._watch_stop = threading.Event()
+        self._watch: threading.Thread | None = None
 
     def _wire_backups(self) -> None:
         """Backups (``self.backups``), the chain manager (``self.chains``) and whole-disk
@@ -417,14 +437,19 @@ class Engine:
         when ``run_scheduler``, default: the constructor's flag)."""
         self.open()
         if run_scheduler is not None:
-            self.run_scheduler = run_scheduler
+            self.run_scheduler = self._want_scheduler = run_scheduler
+        if self.daemon is not None and self.daemon.running:
+            self.run_scheduler = False  # the daemon's scheduler starts due runs
         if not self._started:
-            self.jobs.start()
+            if self.run_jobs:
+                self.jobs.start()
             self._start_repositories()
             self.file_restore.start_reaper()
             self.exports.start_reaper()
             if self.run_scheduler:
                 self.scheduler.start()
+            if not self.run_jobs:
+                self._watch_daemon()
             self._started = True
             self.bus.publish(
                 Event(
@@ -436,7 +461,76 @@ class Engine:
             )
         return self
 
+    # -- the daemon that owns long-lived work ---------------------------------------
+
+    def attach_daemon(self, status: DaemonStatus) -> None:
+        """Before start(): record what ``ensure_daemon`` found. With a daemon running,
+        this engine claims no job and runs no scheduler (the daemon does), and the
+        mounts and exports it starts outlive it; without one it works as it always
+        did (``status.problem`` says why, for the console's banner)."""
+        self.daemon = status
+        client = status.running
+        self.run_jobs = not client
+        self.file_restore.detach = client
+        self.exports.detach = client
+
+    def _watch_daemon(self) -> None:
+        self._watch_stop.clear()
+        self._watch = threading.Thread(
+            target=self._watch_loop, name="sendense-daemon-watch", daemon=True
+        )
+        self._watch.start()
+
+    def _watch_loop(self) -> None:
+        while not self._watch_stop.wait(DAEMON_CHECK_SECONDS):
+            if self.check_daemon():
+                return
+
+    def check_daemon(self) -> bool:
+        """Whether this client engine had to take over: its daemon is gone, so it now
+        claims jobs itself and keeps the mounts and exports it starts from here on.
+        (A daemon that replaced it, e.g. systemd's, is simply followed.)"""
+        status = self.daemon
+        if status is None or not status.running or not self._started:
+            return False
+        info = find_daemon(self.settings)
+        if info is not None:
+            if info.ready and info.pid != status.pid:
+                self.daemon = DaemonStatus(pid=info.pid, log_file=status.log_file)
+            return False
+        problem = f"the sendense daemon (pid {status.pid}) stopped"
+        self.attach_daemon(DaemonStatus(problem=problem, log_file=status.log_file))
+        self.jobs.start()
+        if self._want_scheduler:
+            self.run_scheduler = True
+            self.scheduler.start()
+        self.bus.publish(
+            Event(
+                kind="daemon.lost",
+                message=f"{problem}: this console runs its work itself now",
+                source="engine",
+                level="warning",
+            )
+        )
+        return True
+
+    def work_here(self) -> list[str]:
+        """What runs in this engine and stops when it closes, in words ("job 7",
+        "restore mount 3", "NBD export point-12"); empty when a daemon or a keeper
+        owns everything it started."""
+        work = [f"job {job_id}" for job_id in self.jobs.running_ids()]
+        try:
+            work += [f"restore mount {mount_id}" for mount_id in self.file_restore.own_mounts()]
+            work += [f"NBD export {name}" for name in self.exports.own_exports()]
+        except CatalogUnavailable:
+            work += [f"NBD export #{export_id}" for export_id in self.exports.own_servers()]
+        return work
+
     def close(self) -> None:
+        self._watch_stop.set()
+        if self._watch is not None:
+            self._watch.join(timeout=5)
+            self._watch = None
         if self._started:
             self.scheduler.stop()
             self.capacity.stop()

@@ -29,6 +29,7 @@ from sendense_tui.screens import SCREENS, SECTIONS
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.screens.help import HelpScreen, rows_from_bindings
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.confirm import ConfirmDialog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class SendenseApp(App[int]):
         self._last_error: str | None = None
         self._terminal_lost = False
         self._hangup_installed = False
+        self._asking_to_quit = False
         self.theme = THEMES.get(engine.settings.theme, "textual-dark")
 
     def get_line_filters(self) -> list[LineFilter]:
@@ -219,7 +221,51 @@ class SendenseApp(App[int]):
         if self.current_mode != self.DEFAULT_MODE:
             self.switch_mode(self.DEFAULT_MODE)
             return
-        self.exit(0)
+        self.request_quit()
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q: leave, asking first when work of this console's own would stop."""
+        self.request_quit()
+
+    def request_quit(self) -> None:
+        """Leave the console. Work a daemon owns goes on without a word; work this
+        console runs itself (no daemon) would stop, so the operator is asked first."""
+        if self._asking_to_quit:
+            return  # the question is on the screen already
+        self.run_worker(self._quit_after_asking, group="quit", exclusive=True)
+
+    async def _quit_after_asking(self) -> None:
+        try:
+            # reads the catalog: off the UI thread
+            work = await asyncio.to_thread(self.engine.work_here)
+        except Exception:  # cannot tell: do not keep the operator in
+            log.exception("listing the console's own work before quitting")
+            work = []
+        if not work or self._terminal_lost:
+            self.exit(0)
+            return
+        status = self.engine.daemon
+        why = f" ({status.problem})" if status is not None and status.problem else ""
+        shown = ", ".join(work[:4]) + (f" and {len(work) - 4} more" if len(work) > 4 else "")
+
+        def answer(quit_anyway: bool | None) -> None:
+            self._asking_to_quit = False
+            if quit_anyway:
+                self.exit(0)
+
+        self._asking_to_quit = True
+
+        self.push_screen(
+            ConfirmDialog(
+                "Quit and stop the work running in this console?",
+                f"{shown} {'runs' if len(work) == 1 else 'run'} here, not in a sendense "
+                f"daemon{why}: running jobs go back "
+                "to the queue, restore mounts are unmounted and NBD exports stop.",
+                yes_label="Quit",
+                no_label="Stay",
+            ),
+            answer,
+        )
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

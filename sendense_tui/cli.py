@@ -44,12 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
-    """Load settings, open and start the engine, run the console, stop the engine."""
+    """Load settings, find or start the daemon, open and start the engine, run the
+    console, stop the engine.
+
+    With a daemon (the usual case: started here in the background when none runs),
+    the console's engine is its client: jobs it queues run in the daemon, mounts and
+    exports it starts outlive it. Without one it runs that work itself, says so at
+    the top, and asks before quitting with work of its own running."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise SendenseError(
             "the console needs a terminal (stdin and stdout are not a TTY)",
             hint="run it from an interactive SSH session, or use a subcommand: sendense --help",
         )
+    from engine.daemon import daemon_disabled, ensure_daemon, find_daemon
     from engine.runtime import Engine
     from sendense_tui.app import SendenseApp
 
@@ -57,6 +64,13 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     engine = Engine(ctx.settings)
     try:
         engine.open()
+        if find_daemon(ctx.settings) is None and not daemon_disabled():
+            # a few seconds before the screen appears: say what is happening
+            print("sendense: starting the background daemon…", file=sys.stderr, flush=True)
+        daemon = ensure_daemon(ctx.settings)
+        if not daemon.running:
+            logging.getLogger(__name__).warning("no daemon: %s", daemon.problem)
+        engine.attach_daemon(daemon)
         engine.start(run_scheduler=True)
         app = SendenseApp(engine)
         app.run()

@@ -175,6 +175,9 @@ class ExportService:
         self._reaper_stop = threading.Event()
         #: the servers this engine started, by export id (their processes are children)
         self._servers: dict[int, exporters.ServerProcess] = {}
+        #: exports started here are handed to a keeper and outlive this engine (a
+        #: console whose daemon owns the work)
+        self.detach = False
 
     def _view(self, row: NbdExport) -> ExportView:
         label = ""
@@ -257,7 +260,20 @@ class ExportService:
         """Serve a restore point read-only, owned by this engine. TCP when ``port`` is
         given (host defaults to 127.0.0.1; any other address needs ``tls``), else a
         unix socket under the state directory. ``idle_minutes``/``max_hours`` default
-        to the ``[exports]`` settings."""
+        to the ``[exports]`` settings. With ``self.detach`` the export is started by
+        a keeper of its own instead (start_detached) and outlives this engine."""
+        if self.detach and not persistent:
+            return self.start_detached(
+                backup_id,
+                name=name,
+                host=host,
+                port=port,
+                tls=tls,
+                idle_minutes=idle_minutes,
+                max_hours=max_hours,
+                actor=actor,
+                force=force,
+            )
         idle, max_age = self._check_request(name, host, port, tls, idle_minutes, max_hours)
         point = self.store.locate(backup_id)
         name = name or f"point-{backup_id}"
@@ -576,6 +592,15 @@ class ExportService:
                 Path(base + suffix).unlink()
         # the export's key goes with it: a copied key opens nothing afterwards
         shutil.rmtree(base + ".tls", ignore_errors=True)
+
+    def own_exports(self) -> list[str]:
+        """Names of the running exports this engine owns (stopped when it closes)."""
+        rows = self.store.exports(states=("running",))
+        return [row.export_name for row in rows if row.owner == self.owner]
+
+    def own_servers(self) -> list[int]:
+        """Ids of the exports whose servers this engine started (no catalog needed)."""
+        return sorted(self._servers)
 
     def stop_all(self, *, include_persistent: bool = False, mine_only: bool = True) -> int:
         count = 0

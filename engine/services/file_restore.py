@@ -234,6 +234,8 @@ class FileRestoreService:
         self._lock = threading.RLock()
         self._reaper: threading.Thread | None = None
         self._reaper_stop = threading.Event()
+        #: mounts made here outlive this engine (a console whose daemon owns the work)
+        self.detach = False
 
     # -- views -------------------------------------------------------------------
 
@@ -287,16 +289,18 @@ class FileRestoreService:
         *,
         ttl: timedelta | None = None,
         actor: str | None = None,
-        detached: bool = False,
+        detached: bool | None = None,
         force: bool = False,
     ) -> MountView:
         """Mount a restore point read-only; a point already mounted is reused.
 
-        ``detached``: the mount outlives this engine (CLI use) until it is
-        unmounted or expires; otherwise the engine unmounts it when it closes.
+        ``detached``: the mount outlives this engine (CLI use, a console with a
+        daemon) until it is unmounted or expires; otherwise the engine unmounts it
+        when it closes. Default: ``self.detach``.
         ``force``: mount a bad point that has no verified copy anyway (unverified).
         """
         ttl = ttl or self.ttl
+        detached = self.detach if detached is None else detached
         point = self.store.locate(backup_id)
         plan = self.reader.plan(backup_id, force=force)
         with self._lock:
@@ -536,6 +540,10 @@ class FileRestoreService:
         if row.base_dir:
             teardown_dir(Path(row.base_dir), row.exporter_pid)
         self.store.delete_mount(row.id)
+
+    def own_mounts(self) -> list[int]:
+        """Ids of the mounts this engine owns (unmounted when it closes)."""
+        return [row.id for row in self.store.mounts() if row.owner == self.owner]
 
     def unmount_all(self, *, mine_only: bool = True) -> int:
         count = 0

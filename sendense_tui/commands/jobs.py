@@ -6,6 +6,7 @@ to the queue as the engine closes)."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Any
 
 from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
+from engine.daemon import DaemonStatus, ensure_daemon
 from engine.errors import CatalogUnavailable
 from sendense_tui.commands import (
     LIMIT_MAX,
@@ -60,12 +62,35 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def print_queued(ctx: CliContext, job: Any) -> int:
-    """What ``--no-wait`` prints once a job is queued; returns the exit code 0."""
+    """What ``--no-wait`` prints once a job is queued; returns the exit code 0. The
+    command ends before the job does, so a ``sendense daemon`` must run it: one is
+    started in the background when none runs (engine.daemon)."""
+    daemon = ensure_runner(ctx)
     if ctx.json:
-        ctx.print_json({"job_id": job.id, "state": job.state})
+        ctx.print_json({"job_id": job.id, "state": job.state, "daemon_pid": daemon.pid})
     else:
         print(printable(f"queued job {job.id}: {job.title}"))
     return 0
+
+
+def ensure_runner(
+    ctx: CliContext, *, without: str | None = "it waits for the console or `sendense daemon`"
+) -> DaemonStatus:
+    """A daemon for work this command leaves behind (a queued job, a mount to expire);
+    says on stderr when one was started, or why none runs and, if ``without`` says
+    one, what that means for the work."""
+    daemon = ensure_daemon(ctx.settings)
+    if ctx.json:
+        return daemon
+    if daemon.started:
+        print(
+            printable(f"started the sendense daemon (pid {daemon.pid}), log {daemon.log_file}"),
+            file=sys.stderr,
+        )
+    elif not daemon.running and without is not None:
+        note = f"note: no sendense daemon runs ({daemon.problem}); {without}"
+        print(printable(note), file=sys.stderr)
+    return daemon
 
 
 #: what became of a job whose wait was interrupted, by its state once the runner stopped
@@ -305,6 +330,8 @@ def steer_job(args: argparse.Namespace, ctx: CliContext) -> int:
         call = getattr(engine.jobs, args.verb)
         job = call(args.job_id, actor="cli")
         job = engine.job_store.get(job.id)
+    if job.state == "queued":  # resumed or retried: something must run it
+        ensure_runner(ctx)
     if ctx.json:
         ctx.print_json(job_dict(job))
     else:

@@ -6,7 +6,8 @@ already registered, and creates the group otherwise. A module that creates the
 group itself after this one can call :func:`add_subcommands` on its subparsers.
 
 Mounts made here are *detached*: they outlive the command and go away with
-``unmount`` or when their expiry passes (default one hour, extended on use).
+``unmount`` or when their expiry passes (default one hour, extended on use): the
+daemon's reaper sees to that (``mount`` starts one when none runs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from engine.services.file_restore import Entry, MountView
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
+from sendense_tui.commands.jobs import ensure_runner
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, human_duration, plural, printable
@@ -161,6 +163,8 @@ def mount_point(args: argparse.Namespace, ctx: CliContext) -> int:
             force=args.force,
         )
         now = engine.clock.now()
+    # the mount outlives this command: the daemon's reaper unmounts it once it expired
+    ensure_runner(ctx, without=None)
     if ctx.json:
         ctx.print_json(mount_dict(view))
     else:

@@ -107,6 +107,34 @@ class CatalogBanner(Widget):
         return text
 
 
+class DaemonBanner(Widget):
+    """One line under the section bar when no ``sendense daemon`` owns the work: jobs,
+    mounts and exports started here then stop when the console quits."""
+
+    DEFAULT_CSS = """
+    DaemonBanner { height: 1; display: none; background: $warning; color: $text; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__(id="daemon-banner")
+        self.sentence = ""
+
+    def sync(self, engine: Engine) -> None:
+        status = engine.daemon
+        problem = status.problem if status is not None and not status.running else None
+        if (problem or "") != self.sentence:
+            self.sentence = problem or ""
+            self.display = problem is not None
+            self.refresh()
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" No daemon ", style="bold reverse")
+        # what it means first: the reason may hold a path and be cut at 80 columns
+        text.append(f" work started here ends with the console: {self.sentence}")
+        return text
+
+
 class SendenseScreen(Screen[None]):
     """Base for the console's sections (app modes)."""
 
@@ -135,6 +163,7 @@ class SendenseScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         yield CatalogBanner()
+        yield DaemonBanner()
         with Vertical(id="body"):
             yield from self.compose_body()
         yield Footer()
@@ -174,6 +203,8 @@ class SendenseScreen(Screen[None]):
         )
 
     def on_screen_resume(self) -> None:
+        for daemon in self.query(DaemonBanner):
+            daemon.sync(self.engine)
         self.refresh_now()
 
     def on_screen_suspend(self) -> None:
@@ -221,6 +252,8 @@ class SendenseScreen(Screen[None]):
                 self.sendense.report_error(worker.error)
 
     def _banner(self, error: CatalogUnavailable | None) -> None:
+        for daemon in self.query(DaemonBanner):
+            daemon.sync(self.engine)
         for banner in self.query(CatalogBanner):
             if error is None:
                 banner.hide()

@@ -14,6 +14,7 @@ and says loudly when the MariaDB ones were skipped.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -25,6 +26,7 @@ import pytest
 from engine.catalog import Catalog
 from engine.clock import SYSTEM_CLOCK, Clock, FixedClock
 from engine.config import JobSettings, Settings, default_settings, sqlite_url
+from engine.daemon import NO_DAEMON_ENV
 from engine.runtime import Engine
 
 BACKENDS = ("sqlite", "mariadb")
@@ -117,6 +119,10 @@ _SKIP_REASONS_KEY = pytest.StashKey[dict[str, set[str]]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # No test starts a background `sendense daemon` by accident (the console and
+    # `--no-wait` commands would): work runs where it is started, as tests expect.
+    # Tests of the daemon unset it (tests/engine/test_daemon.py).
+    os.environ[NO_DAEMON_ENV] = "1"
     config.stash[_BACKEND_KEY] = {}
     config.stash[_OUTCOMES_KEY] = {name: Counter() for name in BACKENDS}
     config.stash[_SKIP_REASONS_KEY] = {name: set() for name in BACKENDS}
