@@ -194,6 +194,23 @@ class SendenseApp(App[int]):
     # -- actions -------------------------------------------------------------------------
 
     def action_back(self) -> None:
+        """``q``: back, and from the Dashboard quit. Never from inside a form: a
+        text box takes q as a letter, and a choice box or a button ignores it."""
+        from sendense_tui.screens.base import in_form
+
+        if in_form(self.focused):
+            return
+        self.go_back()
+
+    def action_escape(self) -> None:
+        """Esc: close the filter, or leave the text box or form control; only
+        then go back (a dialog closes)."""
+        screen = self.screen
+        if isinstance(screen, SendenseScreen) and screen.escape_step():
+            return
+        self.go_back()
+
+    def go_back(self) -> None:
         screen = self.screen
         if isinstance(screen, ModalScreen):
             if hasattr(screen, "action_close"):

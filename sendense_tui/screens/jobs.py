@@ -124,7 +124,7 @@ class ActiveTable(FlexTable):
         with self.app.batch_update():
             self.clear(columns=True)
             for key, label, fixed in specs:
-                self.add_column(label, key=key, width=fixed or self._flex_width)
+                self.add_column(self.label_of(key, label), key=key, width=fixed or self._flex_width)
             for row, cells in rows:
                 values = [
                     cells[key] if key in cells else self.fill(row, key) for key, _, _ in specs
@@ -167,6 +167,7 @@ class JobsScreen(SendenseScreen):
             optional={"spark": SPARK_MIN_WIDTH},
             fill=self._fill,
             id="active",
+            list_name="running and queued",
         )
         yield Static("Finished", classes="title")
         yield FlexTable(
@@ -178,6 +179,7 @@ class JobsScreen(SendenseScreen):
                 ("finished", "Finished", 11),
             ],
             id="finished",
+            list_name="finished",
         )
 
     def on_mount(self) -> None:
@@ -315,16 +317,6 @@ class JobsScreen(SendenseScreen):
                 break
         self.notify("Select a job first (j/k or arrows).", severity="warning")
         return None
-
-    def action_cursor_down(self) -> None:
-        table = self.focused if isinstance(self.focused, DataTable) else None
-        if table is not None:
-            table.action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        table = self.focused if isinstance(self.focused, DataTable) else None
-        if table is not None:
-            table.action_cursor_up()
 
     def action_cancel_job(self) -> None:
         job = self._selected()

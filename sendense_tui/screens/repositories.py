@@ -90,6 +90,7 @@ class RepositoriesScreen(SendenseScreen):
                 ("backups", "Backups", 7),
             ],
             id="repositories",
+            list_name="repositories",
         )
         yield Static("", id="repo-detail")
 
@@ -177,12 +178,6 @@ class RepositoriesScreen(SendenseScreen):
         self._show_detail(self.sendense.clock.now())
 
     # -- actions ---------------------------------------------------------------------
-
-    def action_cursor_down(self) -> None:
-        self.query_one("#repositories", DataTable).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one("#repositories", DataTable).action_cursor_up()
 
     def action_add_repository(self) -> None:
         from sendense_tui.screens.repo_wizard import RepoWizard
