@@ -104,6 +104,7 @@ COMMANDS: tuple[Command, ...] = (
         "Filter the list as you type (Enter keeps, Esc clears)",
         scope="list",
         key_display="/",
+        show=False,  # every list takes it (the footer keeps its room for the screen's keys)
     ),
     Command(
         "list.sort",
@@ -473,6 +474,7 @@ COMMANDS: tuple[Command, ...] = (
         "Test the connection and write access now",
         scope="repositories",
         key_display="T",
+        show=False,  # the footer must fit 80 columns; ? and the palette list it
     ),
     Command(
         "repositories.toggle",
@@ -487,7 +489,7 @@ COMMANDS: tuple[Command, ...] = (
         "repositories.mount",
         "m",
         "mount_repository",
-        "Mount/unmount",
+        "Mount",
         "Mount or unmount a network repository",
         scope="repositories",
     ),

@@ -45,7 +45,7 @@ from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
 RETENTION_FIELDS = ("keep_last", "daily", "weekly", "monthly", "yearly")
-EDITOR_NOTE = "Esc closes · times in UTC · empty keep fields keep nothing by that rule"
+EDITOR_NOTE = "Esc closes · times in UTC"
 #: the editor's inputs as a new policy starts them
 EDITOR_DEFAULTS = {"keep_last": "7", "full_every": "7"}
 EDITOR_INPUTS = (
