@@ -83,7 +83,10 @@ class AskDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="ask"):
             yield Static(safe_text(self.question), id="ask-question")
-            yield Input(placeholder=self.placeholder, id="ask-input")
+            yield Input(id="ask-input")
+            # the examples under the box, whole: a placeholder is cut at the box's width
+            if self.placeholder:
+                yield Static(safe_text(f"e.g. {self.placeholder}"), id="ask-example")
             yield Static("Enter: go   Esc: cancel", id="ask-keys")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

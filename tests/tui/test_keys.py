@@ -491,3 +491,41 @@ async def test_wizard_labels_every_field_and_every_focus_stop_is_a_visible_contr
             assert widget.display and widget.region.width > 0, widget
         fields = {w.id for w in seen if isinstance(w, Input)}
         assert fields == {row.query_one(Input).id for row in rows}
+
+
+async def test_palette_offers_the_list_keys_and_runs_them_on_the_list(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _go(pilot, "6")
+        finished = screen.query_one("#finished", FlexTable)
+        finished.focus()
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"order the list")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen is screen
+        assert finished.sort_key == "id"  # the list in focus, by its first column
+        assert screen.query_one("#active", FlexTable).sort_key is None
+
+
+async def test_a_question_shows_its_example_whole_at_80x24(
+    make_app: Callable[..., SendenseApp], seeded: Engine
+) -> None:
+    from sendense_tui.screens.chains import AskDialog
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _go(pilot, "4")
+        await pilot.press("G")  # the last line is a restore point
+        await pilot.press("R")
+        await settle(pilot)
+        ask = app.screen
+        assert isinstance(ask, AskDialog)
+        box = ask.query_one(Input)
+        assert len(box.placeholder) < box.content_region.width
+        example = str(ask.query_one("#ask-example").render())
+        assert "nbd+unix:///x?socket=/run/t.sock" in example.replace("\n", "")
