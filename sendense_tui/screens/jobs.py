@@ -286,8 +286,9 @@ class JobsScreen(SendenseScreen):
         key = str(message.job_id)
         table = self.query_one("#active", ActiveTable)
         if key not in {k.value for k in table.rows}:
-            self.refresh_now()
-            return
+            if key not in {row_key for row_key, _ in table.all_rows}:
+                self.refresh_now()  # a job this list has not seen yet
+            return  # (a job the filter hides: nothing to draw)
         at = message.event.at or self.sendense.clock.now()
         self.rates.setdefault(key, RateHistory()).add(at, message.rate)
         cells = {

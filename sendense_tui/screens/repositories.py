@@ -19,7 +19,7 @@ from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.gauge import LEVEL_COLOURS
-from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+from sendense_tui.widgets.tables import FlexTable, ListFiltered, cursor_key, sync_rows
 
 COLUMNS = ("name", "type", "where", "state", "used", "free", "backups")
 KINDS = {"local": "local", "nfs": "NFS", "cifs": "CIFS"}
@@ -150,7 +150,13 @@ class RepositoriesScreen(SendenseScreen):
         row = self._selected()
         detail = self.query_one("#repo-detail", Static)
         if row is None:
-            detail.update(Text("No repository yet: press a to add one.", style="dim"))
+            table = self.query_one("#repositories", FlexTable)
+            empty = (
+                "No repository matches the filter (Esc clears it)."
+                if table.all_rows
+                else "No repository yet: press a to add one."
+            )
+            detail.update(Text(empty, style="dim"))
             return
         repo = row.repo
         text = Text()
@@ -175,6 +181,9 @@ class RepositoriesScreen(SendenseScreen):
         detail.update(text)
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._show_detail(self.sendense.clock.now())
+
+    def on_list_filtered(self, _event: ListFiltered) -> None:
         self._show_detail(self.sendense.clock.now())
 
     # -- actions ---------------------------------------------------------------------
