@@ -24,7 +24,7 @@ from sendense_tui.format import printable
 from sendense_tui.messages import EngineEvent, JobProgress, message_for
 from sendense_tui.palette import SendenseCommands
 from sendense_tui.screens import SCREENS, SECTIONS
-from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.screens.base import SendenseScreen, in_form
 from sendense_tui.screens.help import HelpScreen, rows_from_bindings
 from sendense_tui.styles import STYLES_DIR
 
@@ -196,8 +196,6 @@ class SendenseApp(App[int]):
     def action_back(self) -> None:
         """``q``: back, and from the Dashboard quit. Never from inside a form: a
         text box takes q as a letter, and a choice box or a button ignores it."""
-        from sendense_tui.screens.base import in_form
-
         if in_form(self.focused):
             return
         self.go_back()
