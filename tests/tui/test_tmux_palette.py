@@ -1,5 +1,6 @@
 """Ctrl+P opens the command palette in a real terminal: the console runs inside tmux
-(a private server, ``-L``, no user config) and gets its keys as tmux sends them.
+(a private server on a socket in the test's directory, no user config) and gets
+its keys as tmux sends them.
 
 tmux sends Ctrl+P as the byte 0x10 by default; with ``extended-keys`` on it can
 forward it as ``CSI 27;5;112~`` (tmux 3.3's xterm form) or ``CSI 112;5u`` (the
@@ -9,12 +10,10 @@ palette, and ``:`` does, so before the fix Ctrl+P did nothing at all)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,12 +32,12 @@ CTRL_P = [
 
 
 class Tmux:
-    def __init__(self) -> None:
-        self.socket = f"sendense-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            ["tmux", "-S", str(self.socket), "-f", "/dev/null", *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -61,12 +60,13 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    server = Tmux()
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    server = Tmux(tmp_path / "tmux.sock")
     try:
         yield server
     finally:
         server("kill-server")
+        server.socket.unlink(missing_ok=True)
 
 
 def test_ctrl_p_opens_the_palette_inside_tmux(tmux: Tmux, tmp_path: Path) -> None:
