@@ -58,13 +58,28 @@ COMMANDS: tuple[Command, ...] = (
         key_display=":",
         palette=False,
     ),
+    # Textual adds its own Ctrl+P only when no binding opens the palette, and ":"
+    # does: so Ctrl+P is bound here, with priority (it works inside a text box too).
+    # Every terminal, tmux included, sends it as 0x10; with tmux's extended-keys
+    # it arrives as CSI 27;5;112~ or CSI 112;5u, which Textual reads as ctrl+p too.
+    Command(
+        "palette.ctrl",
+        "ctrl+p",
+        "app.command_palette",
+        "Palette",
+        "Open the command palette",
+        show=False,
+        key_display="^p",
+        priority=True,
+        palette=False,
+    ),
     Command("back", "q", "app.back", "Back", "Go back; quit from the dashboard"),
     Command(
         "escape",
         "escape",
-        "app.back",
+        "app.escape",
         "Back",
-        "Go back",
+        "Close the filter or the form; else go back",
         show=False,
         key_display="esc",
         palette=False,
@@ -80,32 +95,66 @@ COMMANDS: tuple[Command, ...] = (
     _mode(6, "jobs", "Jobs"),
     _mode(7, "restore", "Restore"),
     _mode(8, "events", "Events"),
-    # -- lists (vim keys) -------------------------------------------------------
-    *(
-        cmd
-        for scope in ("jobs", "events", "chains")
-        for cmd in (
-            Command(
-                f"{scope}.down",
-                "j",
-                "cursor_down",
-                "Down",
-                "Move down the list",
-                scope=scope,
-                show=False,
-                palette=False,
-            ),
-            Command(
-                f"{scope}.up",
-                "k",
-                "cursor_up",
-                "Up",
-                "Move up the list",
-                scope=scope,
-                show=False,
-                palette=False,
-            ),
-        )
+    # -- every list (the shared list widgets bind these: widgets/tables.py) -----
+    Command(
+        "list.filter",
+        "slash",
+        "filter",
+        "Filter",
+        "Filter the list as you type (Enter keeps, Esc clears)",
+        scope="list",
+        key_display="/",
+        show=False,  # every list takes it (the footer keeps its room for the screen's keys)
+    ),
+    Command(
+        "list.sort",
+        "o",
+        "sort",
+        "Sort",
+        "Order the list by the next column (o again: the next; O reverses)",
+        scope="list",
+        show=False,
+    ),
+    Command(
+        "list.reverse",
+        "O",
+        "sort_reverse",
+        "Reverse",
+        "Reverse the order of the list",
+        scope="list",
+        show=False,
+        key_display="O",
+    ),
+    Command(
+        "list.down",
+        "j",
+        "cursor_down",
+        "Down",
+        "Move down",
+        scope="list",
+        show=False,
+        palette=False,
+    ),
+    Command("list.up", "k", "cursor_up", "Up", "Move up", scope="list", show=False, palette=False),
+    Command(
+        "list.first",
+        "g,home",
+        "first",
+        "First",
+        "Go to the first row",
+        scope="list",
+        show=False,
+        palette=False,
+    ),
+    Command(
+        "list.last",
+        "G,end",
+        "last",
+        "Last",
+        "Go to the last row",
+        scope="list",
+        show=False,
+        palette=False,
     ),
     # -- chains --------------------------------------------------------------------
     # (the footer must fit 80 columns: short labels, Info only in help and the palette)
@@ -123,7 +172,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "chains.delete",
-        "d",
+        "d,D",
         "delete_point",
         "Delete",
         "Delete point and the points after it (asks first)",
@@ -164,26 +213,6 @@ COMMANDS: tuple[Command, ...] = (
     Command("jobs.resume", "u", "resume_job", "Resume", "Resume paused job", scope="jobs"),
     Command("jobs.retry", "R", "retry_job", "Retry", "Retry failed or cancelled job", scope="jobs"),
     # -- events ------------------------------------------------------------------------
-    Command(
-        "events.filter",
-        "slash",
-        "start_filter",
-        "Filter",
-        "Filter events by text (Esc clears)",
-        scope="events",
-        key_display="/",
-    ),
-    Command(
-        "events.clear",
-        "escape",
-        "clear_filter",
-        "Clear",
-        "Clear the filter, or go back",
-        scope="events",
-        show=False,
-        key_display="esc",
-        palette=False,
-    ),
     Command("events.level", "l", "cycle_level", "Level", "Cycle the minimum level", scope="events"),
     Command(
         "events.source", "s", "cycle_source", "Source", "Cycle the source filter", scope="events"
@@ -225,31 +254,30 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "policies.edit",
-        "E",
+        "e",
         "edit",
         "Edit",
         "Edit the selected policy (the editor, filled in)",
         scope="policies",
-        key_display="E",
         show=False,  # the footer is full at 80 columns; ? and the palette list it
     ),
     Command(
         "policies.toggle",
-        "e",
+        "space",
         "toggle",
         "On/off",
-        "Enable or disable the selected policy (its schedule)",
+        "Enable or disable the selected policy (disabling asks first)",
         scope="policies",
+        key_display="space",
         show=False,  # the footer is full at 80 columns; ? and the palette list it
     ),
     Command(
         "policies.remove",
-        "D",
+        "d,D",
         "remove",
         "Remove",
         "Remove the selected policy (asks first; its backups stay)",
         scope="policies",
-        key_display="D",
         show=False,
     ),
     Command(
@@ -265,8 +293,26 @@ COMMANDS: tuple[Command, ...] = (
     # -- copy rules (pushed from Policies) -------------------------------------------------
     Command("copy_rules.add", "a", "add", "Add rule", "Add a copy rule", scope="copy_rules"),
     Command(
+        "copy_rules.edit",
+        "e",
+        "edit",
+        "Edit",
+        "Edit the selected copy rule (the form, filled in)",
+        scope="copy_rules",
+    ),
+    Command(
+        "copy_rules.toggle",
+        "space",
+        "toggle",
+        "On/off",
+        "Enable or disable the selected copy rule (disabling asks first)",
+        scope="copy_rules",
+        key_display="space",
+        show=False,
+    ),
+    Command(
         "copy_rules.remove",
-        "d",
+        "d,D",
         "remove",
         "Remove",
         "Remove the selected copy rule (asks first)",
@@ -338,14 +384,20 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "restore.extract",
-        "e",
+        "R",
         "extract",
-        "Extract",
-        "Copy the marked files (or the one under the cursor) to the destination",
+        "Restore files",
+        "Restore the marked files (or the one under the cursor) to the destination folder",
         scope="restore",
+        key_display="R",
     ),
     Command(
-        "restore.unmount", "u", "unmount", "Unmount", "Unmount the shown mount", scope="restore"
+        "restore.unmount",
+        "u",
+        "unmount",
+        "Unmount",
+        "Unmount the shown mount (asks first)",
+        scope="restore",
     ),
     Command(
         "restore.export",
@@ -362,19 +414,18 @@ COMMANDS: tuple[Command, ...] = (
         "x",
         "stop_export",
         "Stop export",
-        "Stop the selected NBD export",
+        "Stop the selected NBD export (asks first)",
         scope="restore",
         show=False,
     ),
     Command(
         "restore.search",
-        "slash",
+        "f",
         "search",
-        "Search",
-        "Search the shown mount by file name (a word, or wildcards like *.conf)",
+        "Find",
+        "Find files in the whole shown mount by name (a word, or wildcards like *.conf)",
         scope="restore",
         show=False,
-        key_display="/",
     ),
     Command(
         "restore.close_search",
@@ -400,26 +451,6 @@ COMMANDS: tuple[Command, ...] = (
     ),
     # -- repositories ----------------------------------------------------------------------
     Command(
-        "repositories.down",
-        "j",
-        "cursor_down",
-        "Down",
-        "Move down the list",
-        scope="repositories",
-        show=False,
-        palette=False,
-    ),
-    Command(
-        "repositories.up",
-        "k",
-        "cursor_up",
-        "Up",
-        "Move up the list",
-        scope="repositories",
-        show=False,
-        palette=False,
-    ),
-    Command(
         "repositories.add",
         "a",
         "add_repository",
@@ -443,14 +474,16 @@ COMMANDS: tuple[Command, ...] = (
         "Test the connection and write access now",
         scope="repositories",
         key_display="T",
+        show=False,  # the footer must fit 80 columns; ? and the palette list it
     ),
     Command(
         "repositories.toggle",
-        "x",
+        "space",
         "toggle_repository",
         "On/off",
-        "Enable or disable the selected repository",
+        "Enable or disable the selected repository (disabling asks first)",
         scope="repositories",
+        key_display="space",
     ),
     Command(
         "repositories.mount",
@@ -462,12 +495,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "repositories.remove",
-        "D",
+        "d,D",
         "remove_repository",
         "Remove",
         "Remove the selected repository (asks first)",
         scope="repositories",
-        key_display="D",
     ),
     # -- details: Enter on a row of any list (the list takes the key and says which row
     # was selected; the screen opens the row's detail view; these rows feed `?` and the

@@ -26,7 +26,7 @@ from sendense_tui.glyphs import AsciiFilter, ascii_wanted
 from sendense_tui.messages import EngineEvent, JobProgress, message_for
 from sendense_tui.palette import SendenseCommands
 from sendense_tui.screens import SCREENS, SECTIONS
-from sendense_tui.screens.base import SendenseScreen
+from sendense_tui.screens.base import SendenseScreen, in_form
 from sendense_tui.screens.help import HelpScreen, rows_from_bindings
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
@@ -208,6 +208,21 @@ class SendenseApp(App[int]):
     # -- actions -------------------------------------------------------------------------
 
     def action_back(self) -> None:
+        """``q``: back, and from the Dashboard quit. Never from inside a form: a
+        text box takes q as a letter, and a choice box or a button ignores it."""
+        if in_form(self.focused):
+            return
+        self.go_back()
+
+    def action_escape(self) -> None:
+        """Esc: close the filter, or leave the text box or form control; only
+        then go back (a dialog closes)."""
+        screen = self.screen
+        if isinstance(screen, SendenseScreen) and screen.escape_step():
+            return
+        self.go_back()
+
+    def go_back(self) -> None:
         screen = self.screen
         if isinstance(screen, ModalScreen):
             if hasattr(screen, "action_close"):

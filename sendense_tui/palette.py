@@ -1,5 +1,6 @@
 """The command palette (`:` or Ctrl+P): one entry per command of the table that
-applies on the screen it was opened from."""
+applies on the screen it was opened from (a screen with a list: the list's
+filter and order too, acting on the list in focus)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ class SendenseCommands(Provider):
     def _commands(self) -> Iterator[Command]:
         # this screen's commands first, then the ones that work everywhere
         scope = getattr(self.screen, "MODE", None)
-        for wanted in (scope, "app"):
+        has_list = self._list() is not None
+        for wanted in (scope, "list" if has_list else None, "app"):
             for cmd in COMMANDS:
                 if cmd.palette and cmd.scope == wanted:
                     yield cmd
@@ -24,8 +26,17 @@ class SendenseCommands(Provider):
     def _title(self, cmd: Command) -> str:
         return cmd.help or cmd.description
 
+    def _list(self) -> DOMNode | None:
+        find = getattr(self.screen, "list_target", None)
+        target = find() if find is not None else None
+        return target if isinstance(target, DOMNode) else None
+
     def _run(self, cmd: Command) -> None:
-        namespace: DOMNode = self.app if cmd.scope == "app" else self.screen
+        namespace: DOMNode | None = self.app if cmd.scope == "app" else self.screen
+        if cmd.scope == "list":
+            namespace = self._list()
+            if namespace is None:
+                return
         self.app.call_later(self.app.run_action, cmd.action, namespace)
 
     def _help(self, cmd: Command) -> str:

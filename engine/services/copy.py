@@ -647,6 +647,81 @@ class CopyService:
         )
         return rule
 
+    def update_rule(self, ref: int | str, *, actor: str | None = None, **changes: Any) -> CopyRule:
+        """Change a rule's settings, checked as ``add_rule`` checks a new one (nothing
+        is saved unless all of it is right); its id, state and history stay. A new
+        schedule takes effect from its next time (the scheduler's mark remembers the
+        schedule it was computed for)."""
+        rule = self.store.get_rule(ref)
+        wanted: dict[str, Any] = {
+            "name": rule.name,
+            "source": rule.source_repository_id,
+            "destination": rule.destination_repository_id,
+            "selection": rule.selection,
+            "latest_count": rule.latest_count,
+            "mode": rule.mode,
+            "schedule": rule.schedule,
+            "priority": rule.priority,
+            "bandwidth_limit": rule.bandwidth_limit,
+            "max_age_hours": rule.max_age_hours,
+            "lock_copies": rule.lock_copies,
+        }
+        unknown = sorted(set(changes) - set(wanted) - {"verify_after"})
+        if unknown:
+            raise ValidationError(f"a copy rule has no setting {unknown[0]!r}")
+        wanted.update({k: v for k, v in changes.items() if k != "verify_after"})
+        if wanted["name"] != rule.name and any(
+            other.name == wanted["name"] for other in self.store.list_rules()
+        ):
+            raise ValidationError(f"a copy rule named {wanted['name']!r} already exists")
+        src, dst = self.validate_rule(**wanted)
+        fields: dict[str, Any] = {
+            "name": wanted["name"],
+            "source_repository_id": src.id,
+            "destination_repository_id": dst.id,
+            "selection": wanted["selection"],
+            "latest_count": wanted["latest_count"] if wanted["selection"] == "latest" else None,
+            "mode": wanted["mode"],
+            "schedule": wanted["schedule"] if wanted["mode"] == "scheduled" else None,
+            "priority": wanted["priority"],
+            "lock_copies": wanted["lock_copies"],
+            "bandwidth_limit": wanted["bandwidth_limit"] or None,
+            "max_age_hours": wanted["max_age_hours"],
+        }
+        if "verify_after" in changes:
+            fields["verify_after"] = bool(changes["verify_after"])
+        updated = self.store.update_rule(rule.id, **fields)
+        renamed = f" (was {rule.name})" if updated.name != rule.name else ""
+        self.bus.publish(
+            Event(
+                kind="copy.rule_changed",
+                message=f"copy rule {updated.name}{renamed} changed: {src.name} -> {dst.name} "
+                f"({updated.mode})",
+                source="copy",
+                repository_id=dst.id,
+                actor=actor,
+                data={"rule_id": updated.id},
+            )
+        )
+        return updated
+
+    def set_rule_enabled(
+        self, ref: int | str, enabled: bool, *, actor: str | None = None
+    ) -> CopyRule:
+        """A disabled rule copies nothing (not after backups, not on its schedule)
+        until it is enabled again; its copies stay."""
+        rule = self.store.update_rule(self.store.get_rule(ref).id, enabled=enabled)
+        self.bus.publish(
+            Event(
+                kind="copy.rule_enabled" if enabled else "copy.rule_disabled",
+                message=f"copy rule {rule.name} {'enabled' if enabled else 'disabled'}",
+                source="copy",
+                actor=actor,
+                data={"rule_id": rule.id},
+            )
+        )
+        return rule
+
     def list_rules(self) -> list[CopyRule]:
         return self.store.list_rules()
 

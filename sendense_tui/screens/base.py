@@ -18,16 +18,41 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Footer,
+    Input,
+    RadioButton,
+    RadioSet,
+    Select,
+    TextArea,
+)
 from textual.worker import Worker, WorkerState
 
 from engine.errors import CatalogUnavailable
+from sendense_tui.widgets.tables import FilterBar, ListControls
+
+#: widgets that take typing or a choice: q and Esc never leave a screen from them
+FORM_CONTROLS = (Input, Select, Checkbox, RadioSet, RadioButton, Button, TextArea)
+
+
+def in_form(widget: Widget | None) -> bool:
+    """Whether ``widget`` is (or is inside) a text box or another form control."""
+    node: Any = widget
+    while node is not None and isinstance(node, Widget):
+        if isinstance(node, FORM_CONTROLS):
+            return True
+        node = node.parent
+    return False
+
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -47,7 +72,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
 
 
 class NavBar(Widget):
-    """One line: the product name and the numbered sections, current one lit."""
+    """One line: the product name and the numbered sections, current one lit.
+    A click on a section's name (or number) goes there."""
 
     DEFAULT_CSS = """
     NavBar { height: 1; background: $panel; }
@@ -56,19 +82,25 @@ class NavBar(Widget):
     def __init__(self, current: str) -> None:
         super().__init__()
         self.current = current
+        #: (first cell, end cell, mode) of each section as last drawn
+        self.spans: list[tuple[int, int, str]] = []
 
     def _line(self, short: bool, brand: bool) -> Text:
         text = Text(no_wrap=True, overflow="crop")
+        spans: list[tuple[int, int, str]] = []
         if brand:
             text.append(" Sendense ", style="bold reverse")
         for number, (mode, titles) in enumerate(SECTIONS.items(), start=1):
             text.append(" ")
+            start = text.cell_len
             title = titles[1] if short else titles[0]
             if mode == self.current:
                 text.append(f"{number} {title}", style="bold reverse")
             else:
                 text.append(f"{number}", style="bold")
                 text.append(f" {title}")
+            spans.append((start, text.cell_len, mode))
+        self.spans = spans
         return text
 
     def render(self) -> Text:
@@ -78,6 +110,18 @@ class NavBar(Widget):
             if line.cell_len <= width:
                 return line
         return self._line(True, False)
+
+    def section_at(self, x: int) -> str | None:
+        for start, end, mode in self.spans:
+            if start <= x < end:
+                return mode
+        return None
+
+    def on_click(self, event: events.Click) -> None:
+        mode = self.section_at(event.x)
+        if mode is not None:
+            event.stop()
+            self.app.switch_mode(mode)
 
 
 class CatalogBanner(Widget):
@@ -166,10 +210,41 @@ class SendenseScreen(Screen[None]):
         yield DaemonBanner()
         with Vertical(id="body"):
             yield from self.compose_body()
-        yield Footer()
+        yield FilterBar()
+        # ":" in the footer names the palette; Textual's own "^p Palette" would repeat it
+        yield Footer(show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
+
+    # -- lists and Esc ----------------------------------------------------------
+
+    def lists(self) -> list[ListControls]:
+        return [w for w in self.query("*") if isinstance(w, ListControls) and w.display]
+
+    def list_target(self) -> ListControls | None:
+        """The list the keys of every list act on: the focused one, else the first."""
+        focused = self.focused
+        if isinstance(focused, ListControls):
+            return focused
+        found = self.lists()
+        return found[0] if found else None
+
+    def escape_step(self) -> bool:
+        """Esc on a section: first close the filter, then leave a text box or form
+        control (back to the list); only then does Esc go back. True: done here."""
+        bar = next(iter(self.query(FilterBar)), None)
+        if bar is not None and bar.display:
+            bar.clear()
+            return True
+        if in_form(self.focused):
+            target = self.list_target()
+            if isinstance(target, Widget):
+                target.focus()
+            else:
+                self.set_focus(None)
+            return True
+        return False
 
     # -- live refresh -------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events
@@ -38,6 +38,35 @@ from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.quiet import show
+from sendense_tui.widgets.tables import LIST_BINDINGS, ListControls, matches
+
+
+class ChainsTree(ListControls, Tree[tuple[str, Any]]):
+    """The VM -> disk -> point tree, filtered, ordered and moved in as every list
+    (the screen builds it; this widget holds the filter and the order)."""
+
+    BINDINGS: ClassVar[list[Any]] = LIST_BINDINGS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.list_name = "chains"
+        #: (chains shown, chains in all), set by the screen as it builds the tree
+        self.shown_total = (0, 0)
+
+    def sort_columns(self) -> list[tuple[str, str]]:
+        return [("vm", "VM"), ("size", "size on disk"), ("newest", "newest point")]
+
+    def counts(self) -> tuple[int, int]:
+        return self.shown_total
+
+    def relist(self) -> None:
+        screen = self.screen
+        if isinstance(screen, ChainsScreen):
+            screen.redraw()
+
+    def move_to(self, row: int) -> None:
+        if self.last_line >= 0:
+            self.cursor_line = row % (self.last_line + 1)
 
 
 @dataclass
@@ -59,7 +88,10 @@ class AskDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="ask"):
             yield Static(safe_text(self.question), id="ask-question")
-            yield Input(placeholder=self.placeholder, id="ask-input")
+            yield Input(id="ask-input")
+            # the examples under the box, whole: a placeholder is cut at the box's width
+            if self.placeholder:
+                yield Static(safe_text(f"e.g. {self.placeholder}"), id="ask-example")
             yield Static("Enter: go   Esc: cancel", id="ask-keys")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -209,10 +241,11 @@ class ChainsScreen(SendenseScreen):
         self._chains: dict[int, ChainView] = {}
         self._shape: list[Any] = []
         self._now: datetime | None = None
+        self._data: ChainsData | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="chains-main"):
-            tree: Tree[tuple[str, int | str]] = Tree("Backups", id="chains-tree")
+            tree = ChainsTree("Backups", id="chains-tree")
             tree.show_root = False
             tree.auto_expand = False  # Enter opens a row's details; Space folds
             yield tree
@@ -226,21 +259,81 @@ class ChainsScreen(SendenseScreen):
     def fetch(self) -> ChainsData:
         return ChainsData(self.sendense.clock.now(), self.engine.chains.overview())
 
+    def redraw(self) -> None:
+        """Build the tree again from the last data (the filter or order changed)."""
+        if self._data is not None:
+            self.apply(self._data)
+
+    def _arrange(self, views: list[ChainView], now: datetime) -> list[tuple[ChainView, list[Any]]]:
+        """The chains the tree's filter lets through (a chain whose VM, disk,
+        repository or state does not match keeps the points that do), grouped by VM
+        in the tree's order."""
+        tree = self.query_one("#chains-tree", ChainsTree)
+        words = tree.filter_words
+        shown: list[tuple[ChainView, list[Any]]] = []
+        for view in views:
+            c = view.chain
+            about = f"{c.vm_name} {c.disk_name} {view.repository} {view.state}"
+            if not words or matches(words, [about]):
+                shown.append((view, list(view.points)))
+                continue
+            points = [
+                p
+                for p in view.points
+                if matches(words, [about, point_label(p.backup, now, p.locked, p.unprotected)])
+            ]
+            if points:
+                shown.append((view, points))
+        key = tree.sort_key
+        if key is not None:
+            per_vm: dict[str, Any] = {}
+            for view, points in shown:
+                vm = view.chain.vm_name
+                if key == "size":
+                    per_vm[vm] = per_vm.get(vm, 0) + view.physical_bytes
+                elif key == "newest":
+                    newest = max((p.backup.point_time for p in points), default=None)
+                    if newest is not None and (vm not in per_vm or newest > per_vm[vm]):
+                        per_vm[vm] = newest
+                    per_vm.setdefault(vm, None)
+                else:
+                    per_vm[vm] = vm.casefold()
+
+            def order(item: tuple[ChainView, list[Any]]) -> Any:
+                value = per_vm.get(item[0].chain.vm_name)
+                return (value is not None, value if value is not None else 0)
+
+            shown.sort(key=order, reverse=tree.sort_reverse)
+        tree.shown_total = (len(shown), len(views))
+        return shown
+
     def apply(self, data: ChainsData) -> None:
+        self._data = data
         self._now = data.now
         self._chains = {v.chain.id: v for v in data.views}
         self._points = {p.backup.id: (p.backup, v) for v in data.views for p in v.points}
         self._point_views = {p.backup.id: p for v in data.views for p in v.points}
+        arranged = self._arrange(data.views, data.now)
+        tree = self.query_one("#chains-tree", ChainsTree)
         shape = [
-            (
-                v.chain.id,
-                v.state,
-                [
-                    (p.backup.id, p.backup.state, p.backup.verify_state, p.locked, p.lock_state)
-                    for p in v.points
-                ],
-            )
-            for v in data.views
+            (tree.filter_text, tree.sort_index, tree.sort_reverse),
+            *(
+                (
+                    v.chain.id,
+                    v.state,
+                    [
+                        (
+                            p.backup.id,
+                            p.backup.state,
+                            p.backup.verify_state,
+                            p.locked,
+                            p.lock_state,
+                        )
+                        for p in points
+                    ],
+                )
+                for v, points in arranged
+            ),
         ]
         tree = self.query_one("#chains-tree", Tree)
         compact = 0 < tree.size.width < COMPACT_TREE
@@ -249,12 +342,16 @@ class ChainsScreen(SendenseScreen):
             if not data.views:
                 self._show_details()  # first draw of an empty catalog
             return  # nothing changed: keep the tree (and the cursor) as it is
+        first_draw = not self._shape
         self._shape = shape
+        if first_draw and not data.views:
+            self._show_details()  # first draw of an empty catalog
+            return
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
         vms: dict[str, Any] = {}
         target_line = None
-        for view in data.views:
+        for view, points in arranged:
             chain = view.chain
             vm_node = vms.get(chain.vm_name)
             if vm_node is None:
@@ -275,7 +372,7 @@ class ChainsScreen(SendenseScreen):
                 target_line = disk_node
             elif selected == ("vm", chain.vm_name) and target_line is None:
                 target_line = vm_node
-            for p in view.points:
+            for p in points:
                 node = disk_node.add_leaf(
                     point_label(p.backup, data.now, p.locked, p.unprotected, compact=compact),
                     ("point", p.backup.id),
@@ -407,12 +504,6 @@ class ChainsScreen(SendenseScreen):
             return self._points[sel[1]][1]
         self.notify("Select a chain (a disk) first.", severity="warning")
         return None
-
-    def action_cursor_down(self) -> None:
-        self.query_one("#chains-tree", Tree).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one("#chains-tree", Tree).action_cursor_up()
 
     def action_point_info(self) -> None:
         found = self._point()

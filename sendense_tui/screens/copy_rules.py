@@ -4,8 +4,10 @@ Pushed from the Policies section (``c`` there, or "Copy rules" in the palette).
 Each rule shows when it runs next (a time for scheduled rules, "after backups" for
 immediate ones, "manual", "disabled") and its state: the raised alert's level and
 the failures in a row, or the last good result.
-Keys (see ``actions.py``): ``a`` opens the form, ``d`` removes the rule under the
-cursor (after a confirmation), ``n`` runs it now, ``q``/Esc goes back.
+Keys (see ``actions.py``): ``a`` opens the form, ``e`` opens it filled in with the
+rule under the cursor (saved through ``CopyService.update_rule``), Space enables or
+disables it (disabling asks first), ``d`` removes it (after a confirmation), ``n``
+runs it now, ``q``/Esc goes back. Every field of the form has its label.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Input, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets.select import InvalidSelectValueError
 
 from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
@@ -25,7 +28,7 @@ from engine.services.scheduler import ALERT_PREFIX
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import rule_detail
 from sendense_tui.format import level_text, plural, safe_text, short_time
-from sendense_tui.screens.base import NavBar, SendenseScreen
+from sendense_tui.screens.base import NavBar, SendenseScreen, in_form
 from sendense_tui.screens.dashboard import next_time_text
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
@@ -100,6 +103,9 @@ class CopyRulesScreen(SendenseScreen):
         super().__init__()
         self._repos: list[str] = []
         self._data: RulesData | None = None
+        self._statuses: dict[str, RuleStatus] = {}
+        #: the rule the form changes (None: it adds a new one)
+        self._editing: int | None = None
 
     def compose(self) -> ComposeResult:
         # a page of the Policies section: that section stays lit in the bar
@@ -107,7 +113,7 @@ class CopyRulesScreen(SendenseScreen):
             yield NavBar("policies") if isinstance(widget, NavBar) else widget
 
     def compose_body(self) -> ComposeResult:
-        yield Static("Copy rules (3-2-1): a add · d remove · n run now · q back", id="title")
+        yield Static("Copy rules (3-2-1): where backups are copied", id="title")
         yield FlexTable(
             [
                 ("name", "Rule", 12),
@@ -117,21 +123,45 @@ class CopyRulesScreen(SendenseScreen):
                 ("status", "State", None),
             ],
             id="rules",
+            list_name="copy rules",
         )
-        # two rows of fields and one of buttons: the list keeps room at 80x24
+        # one line per row of labelled fields: the list keeps room at 80x24
         with Vertical(id="form"):
+            yield Static("New copy rule", id="form-title")
             with Horizontal():
-                yield Input(placeholder="rule name", id="name")
-                yield Select([], prompt="source", id="source")
-                yield Select([], prompt="destination", id="destination")
+                yield Label("Name", classes="label")
+                yield Input(placeholder="to-usb", id="name", compact=True)
+                yield Label("From", classes="label")
+                yield Select([], prompt="repository", id="source", compact=True)
+                yield Label("To", classes="label")
+                yield Select([], prompt="repository", id="destination", compact=True)
             with Horizontal():
-                yield Select([(s, s) for s in SELECTIONS], value="all", id="selection")
-                yield Input(placeholder="latest N", id="latest")
-                yield Select([(m, m) for m in MODES], value="manual", id="mode")
-                yield Input(placeholder="cron (scheduled)", id="schedule")
+                yield Label("Copy", classes="label")
+                yield Select(
+                    [(s, s) for s in SELECTIONS],
+                    value="all",
+                    id="selection",
+                    allow_blank=False,
+                    compact=True,
+                )
+                yield Label("Latest", classes="label")
+                yield Input(placeholder="N", id="latest", compact=True)
+                yield Label("When", classes="label")
+                yield Select(
+                    [(m, m) for m in MODES],
+                    value="manual",
+                    id="mode",
+                    allow_blank=False,
+                    compact=True,
+                )
+            with Horizontal():
+                yield Label("Cron", classes="label")
+                yield Input(
+                    placeholder="0 3 * * * (UTC, when scheduled)", id="schedule", compact=True
+                )
             with Horizontal(id="form-buttons"):
-                yield Button("Save", id="save", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button("Save", id="save", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
                 yield Static("", id="form-error")
 
     def on_mount(self) -> None:
@@ -159,6 +189,7 @@ class CopyRulesScreen(SendenseScreen):
             self.query_one("#source", Select).set_options(options)
             self.query_one("#destination", Select).set_options(options)
         now = data.now or self.engine.clock.now()
+        self._statuses = {str(s.rule.id): s for s in data.statuses}
         rows: list[tuple[str, list[Any]]] = []
         for s in data.statuses:
             r = s.rule
@@ -210,10 +241,89 @@ class CopyRulesScreen(SendenseScreen):
         )
 
     def action_add(self) -> None:
+        self._editing = None
+        self._open_form("New copy rule", {})
+
+    def action_edit(self) -> None:
+        status = self._status()
+        if status is None:
+            return
+        rule = status.rule
+        self._editing = rule.id
+        self._open_form(
+            f"Edit copy rule {rule.name}",
+            {
+                "name": rule.name,
+                "source": status.source,
+                "destination": status.destination,
+                "selection": rule.selection,
+                "latest": str(rule.latest_count or ""),
+                "mode": rule.mode,
+                "schedule": rule.schedule or "",
+            },
+        )
+
+    def _open_form(self, title: str, values: dict[str, str]) -> None:
+        self.query_one("#form-title", Static).update(safe_text(title, "bold"))
+        for box in ("name", "latest", "schedule"):
+            self.query_one(f"#{box}", Input).value = values.get(box, "")
+        for choice, default in (
+            ("source", None),
+            ("destination", None),
+            ("selection", "all"),
+            ("mode", "manual"),
+        ):
+            select = self.query_one(f"#{choice}", Select)
+            value = values.get(choice, default)
+            if value is None:
+                select.clear()
+                continue
+            try:
+                select.value = value
+            except InvalidSelectValueError:  # a repository gone: left blank to choose
+                select.clear()
         self.query_one("#form").display = True
         self.refresh_bindings()
         self.query_one("#form-error", Static).update("")
         self.query_one("#name", Input).focus()
+
+    def _status(self) -> RuleStatus | None:
+        key = self._selected_rule()
+        status = self._statuses.get(key) if key is not None else None
+        if status is None:
+            self.notify("Select a copy rule first (j/k or arrows).", severity="warning")
+        return status
+
+    def action_toggle(self) -> None:
+        status = self._status()
+        if status is None:
+            return
+        rule = status.rule
+        enable = not rule.enabled
+
+        def toggle() -> None:
+            self.run_engine(
+                lambda: self.engine.copies.set_rule_enabled(rule.id, enable, actor="console"),
+                after=lambda r: self.notify(
+                    f"Copy rule {r.name} {'enabled' if r.enabled else 'disabled'}"
+                    + ("." if r.enabled else ": it copies nothing until Space enables it.")
+                ),
+                description="enable copy rule" if enable else "disable copy rule",
+            )
+
+        if enable:
+            toggle()
+            return
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Disable copy rule {rule.name}?",
+                f"Nothing is copied from {status.source} to {status.destination} (not after "
+                "backups, not on its schedule) until it is enabled again; the copies made "
+                "stay.",
+                yes_label="Disable",
+            ),
+            lambda yes: yes and toggle(),
+        )
 
     def action_close_form(self) -> None:
         form = self.query_one("#form")
@@ -223,6 +333,8 @@ class CopyRulesScreen(SendenseScreen):
             self.refresh_bindings()
 
     def action_close(self) -> None:
+        if in_form(self.focused):
+            return  # q in a form: a letter or nothing, never a way out
         if self.query_one("#form").display:
             self.action_close_form()
         else:
@@ -295,12 +407,16 @@ class CopyRulesScreen(SendenseScreen):
             error.update("pick a source and a destination repository")
             return
 
+        editing = self._editing
+
         def done(_rule: Any) -> None:
             self.query_one("#form").display = False
             self.query_one("#rules", DataTable).focus()
-            self.notify(f"copy rule {values['name']} added")
+            self.notify(f"copy rule {values['name']} {'saved' if editing else 'added'}")
 
         def add() -> Any:
+            if editing is not None:
+                return self.engine.copies.update_rule(editing, actor="console", **values)
             return self.engine.copies.add_rule(actor="console", **values)
 
         worker = self.run_worker(add, group="form", thread=True, exit_on_error=False)

@@ -1,4 +1,7 @@
-"""Events: the audit log, newest first, filtered by text, level and source."""
+"""Events: the audit log, newest first, filtered by text, level and source.
+
+The text filter is every list's ``/`` (the shared filter bar); here it is also
+handed to the audit query, so it searches the whole log, not only the rows shown."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Static
 
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import AuditEntry
@@ -17,7 +20,7 @@ from sendense_tui.format import level_text, safe_text, short_time
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.quiet import show
-from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+from sendense_tui.widgets.tables import FlexTable, ListFiltered, cursor_key, sync_rows
 
 COLUMNS = ("time", "level", "source", "message")
 #: the order `l` walks through minimum levels
@@ -52,7 +55,6 @@ class EventsScreen(SendenseScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="filters")
-        yield Input(placeholder="filter text (Enter keeps, Esc clears)", id="filter")
         yield FlexTable(
             [
                 ("time", "Time", 11),
@@ -61,13 +63,12 @@ class EventsScreen(SendenseScreen):
                 ("message", "Message", None),
             ],
             id="events",
+            list_name="events (message or kind, whole log)",
+            local_filter=False,
         )
 
     def on_mount(self) -> None:
         table = self.query_one("#events", DataTable)
-        box = self.query_one("#filter", Input)
-        box.display = False
-        box.cursor_blink = self.sendense.live
         self._show_filters()
         table.focus()
 
@@ -120,12 +121,6 @@ class EventsScreen(SendenseScreen):
 
     # -- keys ------------------------------------------------------------------------
 
-    def action_cursor_down(self) -> None:
-        self.query_one("#events", DataTable).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one("#events", DataTable).action_cursor_up()
-
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_open_details()
@@ -136,35 +131,13 @@ class EventsScreen(SendenseScreen):
         if entry is not None:
             self.app.push_screen(event_detail(entry, self._repositories))
 
-    def action_start_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.focus()
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        event.stop()
-        self.text = event.value.strip()
-        self._show_filters()
-        self.refresh_now()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        box = self.query_one("#filter", Input)
-        if not box.value:
-            box.display = False
-        self.query_one("#events", DataTable).focus()
-
-    def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        if not box.display and not self.text:
-            self.sendense.action_back()
-            return
-        box.value = ""  # posts Input.Changed, which refreshes
-        box.display = False
-        self.text = ""
-        self._show_filters()
-        self.query_one("#events", DataTable).focus()
-        self.refresh_now()
+    def on_list_filtered(self, event: ListFiltered) -> None:
+        """The filter text also narrows the audit query (the whole log is searched)."""
+        text = event.listing.filter_text
+        if text != self.text:
+            self.text = text
+            self._show_filters()
+            self.refresh_now()
 
     def action_cycle_level(self) -> None:
         index = LEVEL_CYCLE.index(self.level) if self.level in LEVEL_CYCLE else -1
@@ -179,11 +152,3 @@ class EventsScreen(SendenseScreen):
         self.source = choices[(index + 1) % len(choices)]
         self._show_filters()
         self.refresh_now()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # while typing in the filter box, letters are text, not commands
-        if action in ("cycle_level", "cycle_source", "cursor_down", "cursor_up", "start_filter"):
-            focused = self.focused
-            if isinstance(focused, Input):
-                return False
-        return True

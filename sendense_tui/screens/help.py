@@ -22,8 +22,8 @@ class HelpRow:
     description: str
 
 
-#: cursor moves of our own (j/k) join the widgets' keys on the navigation line
-_NAVIGATION_ACTIONS = ("cursor_down", "cursor_up")
+#: cursor moves of every list (j/k, g/G) join the widgets' keys on the navigation line
+_NAVIGATION_ACTIONS = ("cursor_down", "cursor_up", "first", "last")
 
 
 def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:

@@ -125,7 +125,7 @@ class ActiveTable(FlexTable):
         with self.app.batch_update():
             self.clear(columns=True)
             for key, label, fixed in specs:
-                self.add_column(label, key=key, width=fixed or self._flex_width)
+                self.add_column(self.label_of(key, label), key=key, width=fixed or self._flex_width)
             for row, cells in rows:
                 values = [
                     cells[key] if key in cells else self.fill(row, key) for key, _, _ in specs
@@ -168,6 +168,7 @@ class JobsScreen(SendenseScreen):
             optional={"spark": SPARK_MIN_WIDTH},
             fill=self._fill,
             id="active",
+            list_name="running and queued",
         )
         yield Static("Finished", classes="title")
         yield FlexTable(
@@ -179,6 +180,7 @@ class JobsScreen(SendenseScreen):
                 ("finished", "Finished", 11),
             ],
             id="finished",
+            list_name="finished",
         )
 
     def on_mount(self) -> None:
@@ -285,8 +287,9 @@ class JobsScreen(SendenseScreen):
         key = str(message.job_id)
         table = self.query_one("#active", ActiveTable)
         if key not in {k.value for k in table.rows}:
-            self.refresh_now()
-            return
+            if key not in {row_key for row_key, _ in table.all_rows}:
+                self.refresh_now()  # a job this list has not seen yet
+            return  # (a job the filter hides: nothing to draw)
         at = message.event.at or self.sendense.clock.now()
         self.rates.setdefault(key, RateHistory()).add(at, message.rate)
         cells = {
@@ -337,16 +340,6 @@ class JobsScreen(SendenseScreen):
             ),
             description=f"details of job {job_id}",
         )
-
-    def action_cursor_down(self) -> None:
-        table = self.focused if isinstance(self.focused, DataTable) else None
-        if table is not None:
-            table.action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        table = self.focused if isinstance(self.focused, DataTable) else None
-        if table is not None:
-            table.action_cursor_up()
 
     def action_cancel_job(self) -> None:
         job = self._selected()

@@ -8,9 +8,9 @@ side from ``SIDE_BY_SIDE`` columns). Everything the pane shows is fetched with
 the list, so moving the cursor redraws it at once. Keys (see ``actions.py``):
 ``a`` add (the editor), ``n`` run now, ``p`` retention preview (what would go
 and why, shown in the details), ``x`` apply retention (after a confirmation),
-``c`` the copy rules (3-2-1 routes), ``e`` enable/disable, ``E`` edit (the editor,
-filled in with the selected policy; saved through ``PolicyService.update``), ``D``
-remove (after a confirmation; the backups stay).
+``c`` the copy rules (3-2-1 routes), ``e`` edit (the editor, filled in with the
+selected policy; saved through ``PolicyService.update``), Space enable/disable
+(disabling asks first), ``d`` remove (after a confirmation; the backups stay).
 
 The editor validates as you type: the cron expression is parsed and its next
 five runs shown; everything else (retention numbers, the target repository,
@@ -29,7 +29,7 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 from textual.worker import WorkerState
 
 from engine.services.compliance import Compliance
@@ -47,10 +47,7 @@ from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
 COLUMNS = ("name", "schedule", "target", "next", "last", "badge")
 RETENTION_FIELDS = ("keep_last", "daily", "weekly", "monthly", "yearly")
-EDITOR_NOTE = (
-    "Esc closes · cron in UTC · retention: last, daily, weekly, monthly, yearly · "
-    "a full every N · lock days"
-)
+EDITOR_NOTE = "Esc closes · times in UTC"
 #: the editor's inputs as a new policy starts them
 EDITOR_DEFAULTS = {"keep_last": "7", "full_every": "7"}
 EDITOR_INPUTS = (
@@ -247,30 +244,47 @@ class PoliciesScreen(SendenseScreen):
                 ("badge", "3-2-1", None),
             ],
             id="policies",
+            list_name="policies",
         )
         with VerticalScroll(id="detail"):
             yield Static("", id="detail-settings")
             yield Static("", id="detail-compliance")
         with Vertical(id="editor"):
             yield Static(f"New policy · {EDITOR_NOTE}", id="editor-title")
+            # every field has its label on its line; compact boxes keep the list in
+            # view at 80x24
             with Horizontal():
-                yield Input(placeholder="name", id="name")
-                yield Input(placeholder="cron, e.g. 0 2 * * *", id="schedule")
-                yield Input(placeholder="target repository", id="target")
+                yield Label("Name", classes="label")
+                yield Input(placeholder="nightly", id="name", compact=True)
+                yield Label("Cron", classes="label")
+                yield Input(placeholder="0 2 * * *", id="schedule", compact=True)
+                yield Label("Target", classes="label")
+                yield Input(placeholder="repository", id="target", compact=True)
             yield Static("", id="cron-help")
-            yield Input(placeholder="sources: VM:DISK=SOURCE, VM:DISK=SOURCE", id="sources")
             with Horizontal():
-                yield Input(value="7", placeholder="last", id="keep_last")
-                yield Input(placeholder="daily", id="daily")
-                yield Input(placeholder="weekly", id="weekly")
-                yield Input(placeholder="monthly", id="monthly")
-                yield Input(placeholder="yearly", id="yearly")
-                yield Input(value="7", placeholder="full/N", id="full_every")
-                yield Input(placeholder="lock d", id="immutable_days")
+                yield Label("Sources", classes="label")
+                yield Input(placeholder="VM:DISK=SOURCE, …", id="sources", compact=True)
+            with Horizontal(classes="numbers"):
+                yield Label("Keep last", classes="label")
+                yield Input(value="7", id="keep_last", compact=True)
+                yield Label("daily", classes="label")
+                yield Input(id="daily", compact=True)
+                yield Label("weekly", classes="label")
+                yield Input(id="weekly", compact=True)
+                yield Label("monthly", classes="label")
+                yield Input(id="monthly", compact=True)
+                yield Label("yearly", classes="label")
+                yield Input(id="yearly", compact=True)
+            with Horizontal(classes="numbers"):
+                yield Label("Full every", classes="label")
+                yield Input(value="7", id="full_every", compact=True)
+                yield Label("backups · Lock for", classes="label")
+                yield Input(placeholder="0", id="immutable_days", compact=True)
+                yield Label("days", classes="label")
             yield Static("", id="editor-error")
             with Horizontal(id="editor-buttons"):
-                yield Button("Save", id="save", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button("Save", id="save", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#editor").display = False
@@ -485,13 +499,28 @@ class PoliciesScreen(SendenseScreen):
         if row is None:
             return
         enable = not row.enabled
-        self.run_engine(
-            lambda: self.engine.policies.set_enabled(row.id, enable, actor="console"),
-            after=lambda policy: self.notify(
-                f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}"
-                + ("" if policy.enabled else ": no scheduled runs until e enables it")
+
+        def toggle() -> None:
+            self.run_engine(
+                lambda: self.engine.policies.set_enabled(row.id, enable, actor="console"),
+                after=lambda policy: self.notify(
+                    f"policy {policy.name} {'enabled' if policy.enabled else 'disabled'}"
+                    + ("" if policy.enabled else ": no scheduled runs until Space enables it")
+                ),
+                description="enable policy" if enable else "disable policy",
+            )
+
+        if enable:
+            toggle()
+            return
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Disable policy {row.name}?",
+                f"Its schedule stops ({row.schedule}): no backups of its VMs run until it is "
+                "enabled again. The backups it made stay.",
+                yes_label="Disable",
             ),
-            description="enable policy" if enable else "disable policy",
+            lambda yes: yes and toggle(),
         )
 
     def action_remove(self) -> None:

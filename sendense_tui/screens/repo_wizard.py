@@ -101,6 +101,9 @@ class RepoWizard(ModalScreen[Repository | None]):
                 yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
+        # the scrolling box of fields is no stop of its own: Tab goes field to field
+        # (a focused field scrolls into view)
+        self.query_one("#wizard-fields").can_focus = False
         if self.editing is not None:
             spec = self.app.engine.repositories.spec_of(self.editing)  # type: ignore[attr-defined]
             for name in FIELDS:

@@ -29,7 +29,7 @@ from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.gauge import LEVEL_COLOURS
 from sendense_tui.widgets.quiet import show
-from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+from sendense_tui.widgets.tables import FlexTable, ListFiltered, cursor_key, sync_rows
 
 COLUMNS = ("name", "type", "where", "state", "used", "free", "backups")
 KINDS = {"local": "local", "nfs": "NFS", "cifs": "CIFS"}
@@ -107,6 +107,7 @@ class RepositoriesScreen(SendenseScreen):
                 ("backups", "Backups", 7),
             ],
             id="repositories",
+            list_name="repositories",
         )
         yield Static("", id="repo-detail")
 
@@ -171,7 +172,13 @@ class RepositoriesScreen(SendenseScreen):
         row = self._selected()
         detail = self.query_one("#repo-detail", Static)
         if row is None:
-            show(detail, Text("No repository yet: press a to add one.", style="dim"))
+            table = self.query_one("#repositories", FlexTable)
+            empty = (
+                "No repository matches the filter (Esc clears it)."
+                if table.all_rows
+                else "No repository yet: press a to add one."
+            )
+            show(detail, Text(empty, style="dim"))
             return
         repo = row.repo
         text = Text()
@@ -221,13 +228,10 @@ class RepositoriesScreen(SendenseScreen):
                 )
             )
 
+    def on_list_filtered(self, _event: ListFiltered) -> None:
+        self._show_detail(self.sendense.clock.now())
+
     # -- actions ---------------------------------------------------------------------
-
-    def action_cursor_down(self) -> None:
-        self.query_one("#repositories", DataTable).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one("#repositories", DataTable).action_cursor_up()
 
     def action_add_repository(self) -> None:
         from sendense_tui.screens.repo_wizard import RepoWizard

@@ -2,8 +2,9 @@
 
 Restore points (VM, disk, time, kind) beside the browser of the shown mount
 (a path line and a listing with size and time; Enter opens a folder, Backspace
-goes up, Space marks; ``/`` searches the mount by name and lists the matches with
-their full path until Esc or Backspace); on a terminal narrower than ``SIDE_BY_SIDE`` columns the
+goes up, Space marks; ``f`` finds files in the whole mount by name and lists the
+matches with their full path until Esc or Backspace; ``/`` filters the list in
+focus, as on every list); on a terminal narrower than ``SIDE_BY_SIDE`` columns the
 browser goes below the points. Under them: the mounts with their time before
 expiry, the NBD exports with their URI, the destination box and the status line.
 Keys come from the command table (``actions.py``, scope "restore").
@@ -21,7 +22,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Input, ProgressBar, Static
+from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.catalog.restore import PointLocation
 from engine.services.exports import ExportView
@@ -32,6 +33,7 @@ from sendense_tui.format import human_bytes, human_duration, plural, printable, 
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
 from sendense_tui.widgets.bad_point import read_point
+from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.quiet import show
 from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
 
@@ -86,8 +88,9 @@ class RestoreScreen(SendenseScreen):
         self.progress_text = ""
         #: the matches shown instead of the folder listing, if a search ran
         self.results: SearchResults | None = None
-        #: the shown NBD exports by row key (Enter shows one in full)
-        self._exports: dict[str, ExportView] = {}
+        #: as last read, for the questions x and u ask
+        self._mounts: dict[int, MountView] = {}
+        self._exports: dict[int, ExportView] = {}
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="restore-main"):
@@ -101,6 +104,7 @@ class RestoreScreen(SendenseScreen):
                         ("kind", "Kind", 4),
                     ],
                     id="points",
+                    list_name="points",
                 )
             with Vertical(id="right"):
                 yield Static(NO_MOUNT, id="where")
@@ -112,9 +116,10 @@ class RestoreScreen(SendenseScreen):
                         ("time", "Modified", 16),
                     ],
                     id="files",
+                    list_name="files",
                 )
                 yield SearchInput(
-                    placeholder="search by name: a word or *.conf; Enter runs, Esc closes",
+                    placeholder="find by name: a word or *.conf",
                     id="search",
                 )
         with Horizontal(id="restore-bottom"):
@@ -123,16 +128,18 @@ class RestoreScreen(SendenseScreen):
                 yield FlexTable(
                     [("point", "Point", None), ("fs", "FS", 4), ("expires", "Expires", 7)],
                     id="mounts",
+                    list_name="mounts",
                 )
             with Vertical(id="exports-box"):
                 yield Static("NBD exports · N starts · x stops", classes="title")
                 yield FlexTable(
                     [("uri", "URI", None), ("state", "State", 8), ("ends", "Idle/ends", 11)],
                     id="exports",
+                    list_name="exports",
                 )
-        yield Input(
-            placeholder="extract to: destination folder, e.g. /srv/restore", id="destination"
-        )
+        with Horizontal(id="destination-row"):
+            yield Label("Restore to", id="destination-label")
+            yield Input(placeholder="folder, e.g. /srv/restore", id="destination", compact=True)
         yield ProgressBar(total=100, show_eta=False, id="progress")
         yield Static("", id="status")
 
@@ -180,7 +187,8 @@ class RestoreScreen(SendenseScreen):
 
     def apply(self, data: RestoreData) -> None:
         self.mount_id = data.mount_id
-        self._exports = {str(x.id): x for x in data.exports}
+        self._mounts = {m.id: m for m in data.mounts}
+        self._exports = {x.id: x for x in data.exports}
         results = self.results
         if results is not None and results.mount_id != data.mount_id:
             results = self.results = None  # its mount went away
@@ -291,12 +299,42 @@ class RestoreScreen(SendenseScreen):
         )
 
     def action_unmount(self) -> None:
+        """u: unmount the mount in focus (else the shown one), after saying what stops."""
+        focused = self.focused
         mount_id = self.mount_id
-        if mount_id is None:
+        if focused is not None and focused.id == "mounts":
+            key = cursor_key(self.query_one("#mounts", DataTable))
+            mount_id = int(key) if key is not None else mount_id
+        mount = self._mounts.get(mount_id) if mount_id is not None else None
+        if mount_id is None or mount is None:
+            self.notify("No mount to unmount: m mounts the selected restore point.")
             return
-        self.mount_id, self.path = None, ""
-        self.marked.clear()
-        self.run_engine(lambda: self.engine.file_restore.unmount(mount_id), description="unmount")
+        what = _point_label(mount.point) if mount.point else f"point {mount.backup_id}"
+        consequence = (
+            f"Its files stop being readable at {mount.base_dir}; "
+            + (f"{len(self.marked)} marked file(s) are unmarked; " if self.marked else "")
+            + "the backup itself is not touched. Mount it again with m."
+        )
+
+        def unmount() -> None:
+            self.engine.file_restore.unmount(mount_id, actor="console")
+
+        def done(_: Any) -> None:
+            self.notify(f"Unmounted {what} (mount {mount_id}).")
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.mount_id == mount_id:
+                self.mount_id, self.path = None, ""
+                self.marked.clear()
+                self.results = None
+            self.run_engine(unmount, after=done, description=f"unmount {mount_id}")
+
+        self.app.push_screen(
+            ConfirmDialog(f"Unmount {what} (mount {mount_id})?", consequence, yes_label="Unmount"),
+            answered,
+        )
 
     def _file_key(self) -> str | None:
         return cursor_key(self.query_one("#files", DataTable))
@@ -313,7 +351,7 @@ class RestoreScreen(SendenseScreen):
         """Esc: close the search box, then the results; with neither, the app's Back."""
         box = self.query_one("#search", Input)
         if not box.display and self.results is None:
-            self.sendense.action_back()
+            self.sendense.action_escape()
             return
         box.display = False
         self.results = None
@@ -443,9 +481,37 @@ class RestoreScreen(SendenseScreen):
         )
 
     def action_stop_export(self) -> None:
+        """x: stop the selected NBD export, after saying who loses what."""
         key = cursor_key(self.query_one("#exports", DataTable))
-        if key is not None:
-            self.run_engine(lambda: self.engine.exports.stop(int(key), actor="console"))
+        export = self._exports.get(int(key)) if key is not None else None
+        if export is None:
+            self.notify("No NBD export to stop: N exports the selected restore point.")
+            return
+        if export.state != "running":
+            self.notify(f"NBD export {export.name} is already {export.state}.")
+            return
+        what = export.point_label or f"point {export.backup_id}"
+
+        def done(view: ExportView) -> None:
+            self.notify(f"Stopped NBD export {view.name} of {what}: {view.uri} is gone.")
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Stop NBD export {export.name}?",
+                f"{export.uri} stops serving {what}: a client reading it now (a VM booted "
+                "from it, a copy in progress) loses the disk at once. The backup itself is "
+                "not touched.",
+                yes_label="Stop export",
+            ),
+            lambda yes: (
+                yes
+                and self.run_engine(
+                    lambda: self.engine.exports.stop(export.id, actor="console"),
+                    after=done,
+                    description=f"stop export {export.id}",
+                )
+            ),
+        )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # while typing a destination, letters are text, not commands
@@ -467,7 +533,8 @@ class RestoreScreen(SendenseScreen):
 
     def action_export_details(self) -> None:
         """Enter on an export: its whole URI (c copies it), socket, limits, how to read it."""
-        export = self._exports.get(cursor_key(self.query_one("#exports", DataTable)) or "")
+        key = cursor_key(self.query_one("#exports", DataTable))
+        export = self._exports.get(int(key)) if key is not None else None
         if export is not None:
             self.app.push_screen(export_detail(export, self.sendense.clock.now()))
 

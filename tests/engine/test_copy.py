@@ -286,6 +286,48 @@ def test_immediate_rule_follows_landed_backups(engine: Engine, tmp_path: Path) -
     assert len(jobs) == 1 and jobs[0].params == {"rule_id": engine.copies.get_rule("now").id}
 
 
+def test_a_rule_is_edited_and_disabled_with_the_checks_of_a_new_one(
+    engine: Engine, tmp_path: Path
+) -> None:
+    add_repo(engine, "main", tmp_path / "main")
+    add_repo(engine, "offsite", tmp_path / "offsite")
+    add_repo(engine, "usb", tmp_path / "usb")
+    engine.copies.add_rule(name="other", source="main", destination="usb", mode="manual")
+    rule = engine.copies.add_rule(name="now", source="main", destination="offsite")
+    seen: list[Event] = []
+    engine.bus.subscribe(seen.append)
+
+    # refused as add_rule refuses, naming why; nothing changes
+    with pytest.raises(ValidationError, match="both 'main'"):
+        engine.copies.update_rule(rule.id, destination="main")
+    with pytest.raises(ValidationError, match="named 'other' already exists"):
+        engine.copies.update_rule(rule.id, name="other")
+    with pytest.raises(ValidationError, match="not a cron expression"):
+        engine.copies.update_rule(rule.id, mode="scheduled", schedule="nope")
+    with pytest.raises(ValidationError, match="no setting 'enabled'"):
+        engine.copies.update_rule(rule.id, enabled=False)
+    unchanged = engine.copies.get_rule(rule.id)
+    assert (unchanged.name, unchanged.destination_repository_id, unchanged.mode) == (
+        "now",
+        rule.destination_repository_id,
+        "manual",
+    )
+
+    edited = engine.copies.update_rule(
+        "now", destination="usb", mode="scheduled", schedule="0 3 * * *", actor="test"
+    )
+    assert edited.id == rule.id and edited.schedule == "0 3 * * *"
+    assert edited.destination_repository_id == engine.repository_store.get("usb").id
+    assert [e.kind for e in seen] == ["copy.rule_changed"]
+    assert "now changed: main -> usb (scheduled)" in seen[0].message
+
+    engine.copies.set_rule_enabled(rule.id, False, actor="test")
+    assert engine.copies.get_rule(rule.id).enabled is False
+    assert seen[-1].kind == "copy.rule_disabled"
+    engine.copies.set_rule_enabled(rule.id, True)
+    assert engine.copies.get_rule(rule.id).enabled is True
+
+
 def test_destination_too_old_alert(engine: Engine, clock, tmp_path: Path) -> None:
     add_repo(engine, "main", tmp_path / "main")
     add_repo(engine, "offsite", tmp_path / "offsite")

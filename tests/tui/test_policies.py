@@ -213,7 +213,7 @@ async def test_details_follow_the_cursor_with_each_shortfall(
         assert "does not stop root" in str(app.screen.query_one("#help-note", Static).content)
 
 
-async def test_e_disables_and_enables_the_policy_under_the_cursor(
+async def test_space_disables_after_a_question_and_enables_the_policy_under_the_cursor(
     make_app: Callable[..., SendenseApp], seeded: Engine
 ) -> None:
     app = make_app()
@@ -221,18 +221,21 @@ async def test_e_disables_and_enables_the_policy_under_the_cursor(
         screen = await _on_policies(pilot)
         table = screen.query_one("#policies", DataTable)
         name = str(table.get_row_at(table.cursor_row)[0])
-        await pilot.press("e")
+        await pilot.press("space")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
         await settle(pilot)
         assert seeded.policies.get(name).enabled is False
         row = table.get_row_at(table.cursor_row)
         assert str(row[0]) == name and str(row[3]) == "off"  # the list shows no next run
-        await pilot.press("e")
+        await pilot.press("space")
         await settle(pilot)
         assert seeded.policies.get(name).enabled is True
         assert str(table.get_row_at(table.cursor_row)[3]) != "off"
 
 
-async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
+async def test_d_removes_the_policy_only_after_yes_and_says_backups_stay(
     make_app: Callable[..., SendenseApp], seeded: Engine
 ) -> None:
     app = make_app()
@@ -240,7 +243,7 @@ async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
         screen = await _on_policies(pilot)
         table = screen.query_one("#policies", DataTable)
         name = str(table.get_row_at(table.cursor_row)[0])
-        await pilot.press("D")
+        await pilot.press("d")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmDialog)
         assert name in app.screen.question
@@ -249,7 +252,7 @@ async def test_D_removes_the_policy_only_after_yes_and_says_backups_stay(
         await pilot.press("n")
         await settle(pilot)
         assert name in [p.name for p in seeded.policies.list()]
-        await pilot.press("D")
+        await pilot.press("D")  # the same key, shifted
         await settle(pilot)
         await pilot.press("y")
         await settle(pilot)
@@ -267,11 +270,11 @@ async def test_help_on_policies_lists_enable_and_remove(
         await pilot.press("question_mark")
         await settle(pilot)
         rows = {row.description: row.keys for row in app.screen.rows}
-        assert rows["Enable or disable the selected policy (its schedule)"] == "e"
-        assert rows["Remove the selected policy (asks first; its backups stay)"] == "D"
+        assert rows["Enable or disable the selected policy (disabling asks first)"] == "space"
+        assert rows["Remove the selected policy (asks first; its backups stay)"] == "d, D"
 
 
-async def test_E_edits_the_selected_policy_in_the_filled_in_editor(
+async def test_e_edits_the_selected_policy_in_the_filled_in_editor(
     make_app: Callable[..., SendenseApp], seeded: Engine
 ) -> None:
     app = make_app()
@@ -280,7 +283,7 @@ async def test_E_edits_the_selected_policy_in_the_filled_in_editor(
         table = screen.query_one("#policies", DataTable)
         table.move_cursor(row=[p.name for p in seeded.policies.list()].index("web"))
         await settle(pilot)
-        await pilot.press("E")
+        await pilot.press("e")
         await settle(pilot)
         assert screen.query_one("#editor").display
         assert "Edit policy web" in str(screen.query_one("#editor-title", Static).render())

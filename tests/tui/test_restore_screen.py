@@ -251,7 +251,7 @@ async def test_N_exports_the_selected_point_and_shows_its_uri(
         assert rows["Serve the selected restore point read-only over NBD (a unix socket)"] == "N"
 
 
-async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
+async def test_f_finds_files_in_the_mount_by_name_and_esc_returns_to_the_listing(
     make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
 ) -> None:
     from tests.tui.conftest import settle
@@ -267,7 +267,7 @@ async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
         screen = app.screen
         files = screen.query_one("#files", DataTable)
         files.focus()
-        await pilot.press("slash")
+        await pilot.press("f")
         search = screen.query_one("#search")
         assert search.display and screen.focused is search
         # Esc inside the box closes it and gives the listing the keys again
@@ -275,7 +275,7 @@ async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
         await settle(pilot)
         assert not search.display and screen.focused is files and app.screen is screen
 
-        await pilot.press("slash", *"NGINX", "enter")
+        await pilot.press("f", *"NGINX", "enter")
         await settle(pilot)
         assert [k.value for k in files.rows] == ["p1/etc/nginx", "p1/etc/nginx/nginx.conf"]
         assert str(files.get_row_at(1)[1]) == "p1/etc/nginx/nginx.conf"
@@ -294,7 +294,7 @@ async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
         assert app.screen is screen
 
         # Enter on a folder found opens it
-        await pilot.press("slash", *"nginx", "enter")
+        await pilot.press("f", *"nginx", "enter")
         await settle(pilot)
         files.move_cursor(row=0)
         await pilot.press("enter")
@@ -305,7 +305,10 @@ async def test_slash_searches_the_mount_by_name_and_esc_returns_to_the_listing(
         await pilot.press("question_mark")
         await settle(pilot)
         rows = {row.description: row.keys for row in app.screen.rows}  # type: ignore[attr-defined]
-        assert rows["Search the shown mount by file name (a word, or wildcards like *.conf)"] == "/"
+        assert (
+            rows["Find files in the whole shown mount by name (a word, or wildcards like *.conf)"]
+            == "f"
+        )
 
 
 async def test_a_real_mount_that_went_away_is_reported_not_listed_empty(
@@ -377,7 +380,7 @@ async def test_crafted_file_names_are_shown_escaped_and_never_as_markup(
         assert "\\x1b[2Jwipe" in svg.replace("&#160;", " ")
 
         # the same names as search results
-        await pilot.press("slash", *"i", "enter")
+        await pilot.press("f", *"i", "enter")
         await settle(pilot)
         found = {str(files.get_row(key)[1]) for key in files.rows}
         assert "p1/etc/\\x1b[2Jwipe" in found and "p1/etc/evil\\nforged-row" in found
