@@ -29,21 +29,23 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Settings
 from engine.errors import SendenseError
-from engine.owners import is_zombie
+from engine.owners import pid_alive
 from engine.private import make_private_dir, open_private, write_private
 from engine.tools.background import reap_when_done, start_background
 from engine.tools.base import ToolError
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +109,6 @@ def log_file(settings: Settings) -> Path:
     return settings.log_dir / LOG_FILE
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not is_zombie(pid)
-
-
 def _lock_held(state_dir: Path) -> bool:
     """True when a process holds the daemon lock of ``state_dir``."""
     try:
@@ -150,7 +142,7 @@ def find_daemon(settings: Settings) -> DaemonInfo | None:
     if not _lock_held(state_dir):
         return None
     record = _read_record(state_dir)
-    if record is None or not _pid_alive(int(record["pid"])):
+    if record is None or not pid_alive(int(record["pid"])):
         # the lock is held, the record is not written yet (or is a dead one's)
         return DaemonInfo(pid=0, catalog="", ready=False)
     return DaemonInfo(

@@ -40,6 +40,12 @@ def owner_alive(owner: str | None, *, live_here: Collection[str] | None = None) 
     pid = int(pid_text)
     if pid == os.getpid():
         return live_here is None or owner in live_here
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """A process of this machine still runs (a zombie has ended: it only waits to be
+    reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
