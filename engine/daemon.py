@@ -35,17 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.config import Settings
 from engine.errors import SendenseError
 from engine.owners import pid_alive
 from engine.private import make_private_dir, open_private, write_private
-from engine.tools.background import reap_when_done, start_background
+from engine.tools.background import BackgroundProcess, reap_when_done, start_background
 from engine.tools.base import ToolError
-
-if TYPE_CHECKING:
-    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +283,7 @@ def ensure_daemon(
         if info.catalog != digest:
             return _other_catalog(settings, info)
         return DaemonStatus(pid=info.pid, log_file=where)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: BackgroundProcess | None = None
     deadline = time.monotonic() + timeout
     while True:
         if info is None and proc is None:
@@ -319,9 +316,7 @@ def ensure_daemon(
         time.sleep(_POLL)
 
 
-def _spawn(
-    settings: Settings, command: Sequence[str] | None, where: Path
-) -> subprocess.Popen[bytes]:
+def _spawn(settings: Settings, command: Sequence[str] | None, where: Path) -> BackgroundProcess:
     try:
         make_private_dir(settings.log_dir)
         proc = start_background(

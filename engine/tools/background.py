@@ -20,10 +20,13 @@ from pathlib import Path
 from engine.private import PRIVATE_UMASK, open_private
 from engine.tools.base import ToolError
 
+#: a program started by :func:`start_background`
+BackgroundProcess = subprocess.Popen[bytes]
+
 
 def start_background(
     argv: Sequence[str], *, env: Mapping[str, str], log_file: Path
-) -> subprocess.Popen[bytes]:
+) -> BackgroundProcess:
     """Start ``argv`` detached; the caller may poll the returned process while it
     waits for it to be ready, then hand it to :func:`reap_when_done`."""
     try:
@@ -50,7 +53,7 @@ def start_background(
         os.close(log_fd)
 
 
-def reap_when_done(proc: subprocess.Popen[bytes]) -> None:
+def reap_when_done(proc: BackgroundProcess) -> None:
     """Wait for a background program on a thread of its own, so that it does not stay
     a zombie of this process when it ends first (after this process ends, init
     reaps it)."""
