@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from engine.errors import ValidationError
+from engine.units import plural
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def expiry_after(start: datetime, *, days: int = 0, hours: int = 0) -> datetime:
         return start + timedelta(days=days, hours=hours)
     except (OverflowError, ValueError):
         raise ValidationError(
-            f"a period of {days} day(s) and {hours} hour(s) from {start:%Y-%m-%d} ends "
+            f"a period of {plural(days, 'day')} and {plural(hours, 'hour')} from "
+            f"{start:%Y-%m-%d} ends "
             "past the last date a calendar holds",
             hint=f"lock periods are at most {MAX_DAYS} days",
         ) from None

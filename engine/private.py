@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.units import plural
+
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 #: the umask every program Sendense starts runs with
@@ -129,7 +131,7 @@ class ModeRepair:
 
     def summary(self) -> str:
         """One line for a test report or an event."""
-        parts = [f"closed {self.fixed} file(s) or folder(s) to other users"]
+        parts = [f"closed {plural(self.fixed, 'file')} or folder(s) to other users"]
         if self.locked:
             parts.append(
                 f"{len(self.locked)} locked (chattr +i) kept their mode until the lock ends: "

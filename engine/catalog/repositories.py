@@ -24,6 +24,7 @@ from engine.catalog.models import (
 )
 from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError, ValidationError
+from engine.units import plural
 
 
 class RepositoryStore:
@@ -124,7 +125,8 @@ class RepositoryStore:
             if holding:
                 # the service refuses first with the dates; this guards the transaction
                 raise ValidationError(
-                    f"{holding} lock(s) still hold files of this repository; nothing removed",
+                    f"files of this repository are still held by {plural(holding, 'lock')}; "
+                    f"nothing removed",
                     hint="`sendense lock list --repo NAME` shows them",
                 )
             # only released rows go; a lock added meanwhile stays (and its foreign key

@@ -111,7 +111,7 @@ from engine.services.manifests import (
 from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
@@ -491,7 +491,7 @@ class BackupService:
     def _failure(self, run: BackupRun) -> BackupFailed:
         failed = run.failed
         kept = [d for d in run.disks if d.ok]
-        msg = f"{len(failed)} of {len(run.disks)} disk(s) of {run.vm} failed: " + "; ".join(
+        msg = f"{len(failed)} of {plural(len(run.disks), 'disk')} of {run.vm} failed: " + "; ".join(
             f"{d.disk}: {d.error}" for d in failed
         )
         if kept:

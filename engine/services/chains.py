@@ -103,7 +103,7 @@ from engine.services.images import (
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 from engine.writers import DiskWriters
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class DeletePlan:
     def sentence(self) -> str:
         names = ", ".join(f"#{b.id} {b.kind} {b.point_time:%Y-%m-%d %H:%M}" for b in self.goes)
         tail = " (the whole chain)" if self.chain_ends else ""
-        return f"deletes {len(self.goes)} point(s){tail}: {names}"
+        return f"deletes {plural(len(self.goes), 'point')}{tail}: {names}"
 
 
 class ChainService:
@@ -841,7 +841,7 @@ class ChainService:
         backups = self.store.backups(chain_id)
         if len(backups) < 2:
             raise ChainError(
-                f"chain {chain_id} has {len(backups)} point(s): nothing to consolidate",
+                f"chain {chain_id} has {plural(len(backups), 'point')}: nothing to consolidate",
                 hint="consolidation merges the oldest incremental into the full",
             )
         # every header of the chain checked against the catalog first: a foreign one
@@ -933,7 +933,7 @@ class ChainService:
             Event(
                 kind="chain.consolidated",
                 message=f"chain {chain.vm_name}/{chain.disk_name}: merged "
-                f"{len(merged)} point(s) into a new full at point #{target.id}",
+                f"{plural(len(merged), 'point')} into a new full at point #{target.id}",
                 source="chains",
                 repository_id=chain.repository_id,
                 actor=actor,
@@ -1167,7 +1167,7 @@ class ChainService:
                 f"{where}: its directory is not there, so its interrupted merge waits",
                 hint=f"check that repository {repo.name} is mounted",
             )
-        what = f"the interrupted merge of {len(merged)} point(s) into point #{target.id}"
+        what = f"the interrupted merge of {plural(len(merged), 'point')} into point #{target.id}"
         level = "warning"
         if intent.step == "started" or (intent.step == "converted" and partial.exists()):
             # the new full never replaced the target's file: the chain is as it was

@@ -72,7 +72,7 @@ from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
 
@@ -836,7 +836,7 @@ class CopyService:
                 raise ValidationError(f"backup {backup_id} already lives in {dst.name!r}")
         return self.jobs.submit(
             "copy",
-            f"copy {len(backup_ids)} backup(s) -> {dst.name}",
+            f"copy {plural(len(backup_ids), 'backup')} -> {dst.name}",
             {
                 "backup_ids": list(backup_ids),
                 "destination_repository_id": dst.id,
@@ -955,7 +955,9 @@ class CopyService:
         existing = {b.id: self.store.find_copy(b.id, dst.id) for b in items}
         good = {bid for bid, c in existing.items() if c is not None and c.state == COPY_DONE}
         done = sum(b.file_size for b in items if b.id in good)
-        ctx.progress(done, total, message=f"{len(items) - len(good)} file(s) to copy", force=True)
+        ctx.progress(
+            done, total, message=f"{plural(len(items) - len(good), 'file')} to copy", force=True
+        )
         copied: list[int] = []
         skipped: list[str] = []
         failures: list[str] = []
@@ -1000,9 +1002,8 @@ class CopyService:
         }
         if failures:
             raise CopyError(
-                f"{len(failures)} of {len(items)} file(s) could not be copied to {dst.name}: "
-                + "; ".join(failures[:3])
-                + (" …" if len(failures) > 3 else ""),
+                f"{len(failures)} of {plural(len(items), 'file')} could not be copied to "
+                f"{dst.name}: " + "; ".join(failures[:3]) + (" …" if len(failures) > 3 else ""),
                 hint="`sendense copy status` lists the failed copies; "
                 "`sendense copy run --copy ID` re-runs one",
             )

@@ -79,6 +79,7 @@ from engine.safepath import (
 from engine.services.images import ImageGuard, PointRead, PointReader, PointUnreadable
 from engine.tools import exporters, loop, mounts, partitions
 from engine.tools.base import ToolError
+from engine.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -758,7 +759,8 @@ class FileRestoreService:
             Event(
                 kind="restore.extracted",
                 message=(
-                    f"restored {result.files} file(s), {result.directories} folder(s) "
+                    f"restored {plural(result.files, 'file')}, "
+                    f"{plural(result.directories, 'folder')} "
                     f"({result.bytes} bytes) to {dest}"
                     + (f"; {len(result.skipped)} skipped" if result.skipped else "")
                 ),

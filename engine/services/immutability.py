@@ -57,6 +57,7 @@ from engine.safepath import is_within
 from engine.services import manifests
 from engine.tools import attrs
 from engine.tools.base import ToolError
+from engine.units import plural
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +345,7 @@ class LockService:
         )
         self._event(
             "immutability.configured",
-            f"repository {repo.name}: new backups are locked for {days} day(s)"
+            f"repository {repo.name}: new backups are locked for {plural(days, 'day')}"
             + (f" after a {grace_hours} h grace period" if grace_hours else "")
             + f" ({how})",
             repository_id=repo.id,

@@ -83,7 +83,7 @@ from engine.services.manifests import (
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositoryService, RepositorySpec
 from engine.tools.base import ToolError
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 from engine.writers import DiskBusy, DiskWriters
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,9 @@ class ChainOutcome:
 
     def sentence(self) -> str:
         what = {
-            "imported": f"imported as chain {self.chain_id} ({len(self.points)} point(s))",
-            "extended": f"{len(self.points)} point(s) added to chain {self.chain_id}",
-            "copies": f"{len(self.copies)} point(s) recorded as copies",
+            "imported": f"imported as chain {self.chain_id} ({plural(len(self.points), 'point')})",
+            "extended": f"{plural(len(self.points), 'point')} added to chain {self.chain_id}",
+            "copies": f"{plural(len(self.copies), 'point')} recorded as copies",
             "known": "already in the catalog",
             "damaged": "damaged",
             "conflict": "conflicts with the catalog",
@@ -172,9 +172,10 @@ class ImportReport:
     def sentence(self) -> str:
         return (
             f"repository {self.repository}: {len(self.chains)} chain directory(ies), "
-            f"{self.count('points')} point(s) and {self.count('copies')} copy(ies) recorded, "
-            f"{self.count('locks')} lock(s) kept, {human_bytes(self.bytes_read)} checked"
-            + (f"; {len(self.problems)} problem(s)" if self.problems else "; no problems")
+            f"{plural(self.count('points'), 'point')} and "
+            f"{plural(self.count('copies'), 'copy', 'copies')} recorded, "
+            f"{plural(self.count('locks'), 'lock')} kept, {human_bytes(self.bytes_read)} checked"
+            + (f"; {plural(len(self.problems), 'problem')}" if self.problems else "; no problems")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -203,7 +204,7 @@ class FixReport:
     def sentence(self) -> str:
         return (
             f"removed {len(self.removed)} stale file(s), imported {self.imported} orphan "
-            f"point(s), left {len(self.left_alone)} file(s) alone"
+            f"point(s), left {plural(len(self.left_alone), 'file')} alone"
         )
 
     def as_dict(self) -> dict[str, Any]:

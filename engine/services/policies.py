@@ -41,7 +41,7 @@ from engine.events import EventBus
 from engine.names import name_error
 from engine.services.backup import DiskSource, check_source_text
 from engine.services.retention import RetentionRules
-from engine.units import human_bytes
+from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +252,9 @@ class PolicyService:
                 weekly_ok = spec.full_weekday is not None and lock_days >= 7
                 if spec.full_every > limit and not weekly_ok:
                     problems["full_every"] = (
-                        f"backups are locked for {lock_days} day(s), so a chain must start a "
-                        f"new full at least every {limit} backup(s) (asked: every "
+                        f"backups are locked for {plural(lock_days, 'day')}, so a chain "
+                        f"must start a "
+                        f"new full at least every {plural(limit, 'backup')} (asked: every "
                         f"{spec.full_every}); otherwise old points could only go by merging "
                         "locked files"
                     )
@@ -496,7 +497,7 @@ class PolicyService:
         return SpaceEstimate(
             days,
             total,
-            f"from the last {count} backup(s) of {len(per_disk)} disk(s), "
+            f"from the last {plural(count, 'backup')} of {plural(len(per_disk), 'disk')}, "
             f"{human_bytes(per_run)} a run, {per_day:.1f} run(s) a day",
         )
 

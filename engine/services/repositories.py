@@ -969,7 +969,8 @@ class RepositoryService:
         latest = holding[0]
         expired = as_utc(latest.expires_at) <= self.clock.now()  # type: ignore[operator]
         raise RepositoryCheckError(
-            f"repository {repo.name} cannot be {what}: {len(holding)} lock(s) hold its files "
+            f"repository {repo.name} cannot be {what}: its files are held by "
+            f"{plural(len(holding), 'lock')} "
             + (
                 f"(expired at {until_text(latest.expires_at)}, not yet released)"
                 if expired

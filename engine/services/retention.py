@@ -39,6 +39,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
+from engine.units import plural
 from engine.writers import DiskWriters
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class RetentionPlan:
         blocked = sum(1 for d in self.removed if d.blocked)
         tail = f" ({blocked} blocked)" if blocked else ""
         return (
-            f"policy {self.policy}: keeps {len(self.kept)} point(s), removes "
+            f"policy {self.policy}: keeps {plural(len(self.kept), 'point')}, removes "
             f"{len(self.removed)}{tail} ({self.rules.sentence()})"
         )
 
@@ -250,7 +251,7 @@ class ApplyResult:
 
     def sentence(self) -> str:
         removed = sum(len(o.removes) for o in self.done)
-        parts = [f"removed {removed} point(s) in {len(self.done)} operation(s)"]
+        parts = [f"removed {plural(removed, 'point')} in {plural(len(self.done), 'operation')}"]
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped")
         if self.failed:

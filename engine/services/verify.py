@@ -309,8 +309,9 @@ class VerifyService:
             return Result(
                 target,
                 "check_failed",
-                f"qemu-img check: {check.corruptions} corruption(s), {check.leaks} leak(s), "
-                f"{check.check_errors} error(s)",
+                f"qemu-img check: {plural(check.corruptions, 'corruption')}, "
+                f"{plural(check.leaks, 'leak')}, "
+                f"{plural(check.check_errors, 'error')}",
                 read,
             )
         note = None if expected else "no recorded checksum: metadata and chain checked only"

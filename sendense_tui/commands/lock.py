@@ -151,7 +151,8 @@ def enable_repository(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     print(
         printable(
-            f"repository {repo.name}: new backups are locked for {repo.immutable_days} day(s)"
+            f"repository {repo.name}: new backups are locked for "
+            f"{plural(repo.immutable_days, 'day')}"
         )
     )
     return 0

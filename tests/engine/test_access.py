@@ -309,7 +309,7 @@ def test_repo_test_closes_an_old_tree_and_reports_locked_files(
         assert set(after.values()) == {"EACCES"}, after
         # a second test has nothing left to fix but still names the locked file
         again = cli("repo", "test", "old")
-        assert "closed 0 file(s)" in again and str(locked) in again
+        assert "closed 0 files" in again and str(locked) in again
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             subprocess.run(["chattr", "-R", "-i", str(repo)], capture_output=True, timeout=30)

@@ -204,7 +204,7 @@ def test_multi_disk_job_fails_if_one_disk_fails_and_keeps_the_others(
     bk_engine.start()
     final = wait_job(bk_engine, job.id)
     assert final.state == "failed"
-    assert "1 of 2 disk(s) of web01 failed: sdb" in (final.error or "")
+    assert "1 of 2 disks of web01 failed: sdb" in (final.error or "")
     assert "Kept: sda (full #" in (final.error or "")
     chains = bk_engine.chain_store.list_chains()
     assert [(c.disk_name, c.state) for c in chains] == [("sda", "ok")]
@@ -373,7 +373,7 @@ def test_backup_failed_error_lists_kept_disks() -> None:
     )
     err = BackupService._failure(None, run)  # type: ignore[arg-type]
     assert isinstance(err, BackupFailed)
-    assert str(err) == "1 of 2 disk(s) of vm failed: sdb: no space. Kept: sda (full #4)"
+    assert str(err) == "1 of 2 disks of vm failed: sdb: no space. Kept: sda (full #4)"
 
 
 @pytest.mark.parametrize("compression", [None, "zstd"])

@@ -258,7 +258,7 @@ def test_delete_point_takes_later_points_and_next_backup_builds_on_what_is_left(
     ids, moments = build_chain(bk_engine, repo, disk, clock)
     plan = bk_engine.chains.delete_plan(ids[2])
     assert [b.id for b in plan.goes] == [ids[2], ids[3]]
-    assert not plan.chain_ends and "deletes 2 point(s)" in plan.sentence()
+    assert not plan.chain_ends and "deletes 2 points" in plan.sentence()
     files = [point_path(bk_engine, repo, i) for i in ids]
     bk_engine.chains.delete_point(ids[2], actor="test")
     assert [f.exists() for f in files] == [True, True, False, False]

@@ -464,7 +464,8 @@ def test_forced_removal_is_refused_while_a_lock_holds_and_says_until_when(
     with pytest.raises(RepositoryCheckError) as refused:
         bk_engine.repositories.remove("vault", force=True, actor="test")
     assert refused.value.message == (
-        "repository vault cannot be removed: 1 lock(s) hold its files until 2026-12-24 09:00 UTC"
+        "repository vault cannot be removed: its files are held by 1 lock "
+        "until 2026-12-24 09:00 UTC"
     )
     assert "sendense lock list --repo vault" in (refused.value.hint or "")
     assert "not even with --force" in (refused.value.hint or "")

@@ -134,8 +134,10 @@ def test_a_damaged_input_is_never_merged_and_nothing_changes(
     assert bk_engine.chain_store.open_intents() == []
     bad = bk_engine.chain_store.get_backup(victim)
     assert (bad.state, bad.verify_state) == ("bad", "mismatch")
-    [critical] = [e for e in seen if e.level == "critical"]
-    assert critical.kind == "verify.mismatch" and "NO good copy" in critical.message
+    # the finding, and the active alert it raises at once (issue 13 item 9)
+    critical = [e for e in seen if e.level == "critical"]
+    assert [e.kind for e in critical] == ["verify.mismatch", "alert.verification_failed"]
+    assert "NO good copy" in critical[0].message
 
     # asked again: refused at once, because the point is marked bad
     with pytest.raises(ChainError, match=rf"point #{victim} .* is marked bad"):

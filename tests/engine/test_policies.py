@@ -164,7 +164,7 @@ def test_an_immutable_target_needs_new_fulls_within_the_lock_period(
     main = repo(engine, tmp_path, "main")
     engine.repository_store.update(main.id, engine.clock.now(), immutable=True, immutable_days=7)
     problems = engine.policies.validate(spec(full_every=30))
-    assert "at least every 7 backup(s)" in problems["full_every"]
+    assert "at least every 7 backups" in problems["full_every"]
     assert "full_every" not in engine.policies.validate(spec(full_every=7))
     # twice a day: a 7-day lock allows chains of 14
     assert "full_every" not in engine.policies.validate(
@@ -345,4 +345,4 @@ def test_a_policy_run_backs_up_applies_retention_and_refuses_a_second_run(
     assert [b.kind for b in live] == ["full", "incremental"]
     policy = bk_engine.policies.get("web")
     assert policy.last_result == "ok" and policy.last_run_at == clock.now()
-    assert "removed 1 point(s)" in final.result["retention"]
+    assert "removed 1 point" in final.result["retention"]

@@ -83,8 +83,8 @@ def test_chain_delete_shows_plan_then_deletes_with_yes(
         disk.change([(0, 4096)])
     capsys.readouterr()
     assert main(["chain", "delete", "1", *s]) == 2
-    assert "deletes 2 point(s) (the whole chain)" in capsys.readouterr().out
+    assert "deletes 2 points (the whole chain)" in capsys.readouterr().out
     assert main(["chain", "delete", "1", "--yes", *s]) == 0
-    assert "deleted: deletes 2 point(s)" in capsys.readouterr().out
+    assert "deleted: deletes 2 points" in capsys.readouterr().out
     _code, points = run_json(capsys, "backup", "list", *s)
     assert points == []

@@ -210,6 +210,6 @@ async def test_fix_orphans_asks_first_then_removes_a_stale_partial(
         await settle(pilot)
         rows = {row.description: row.keys for row in chains_app.screen.rows}  # type: ignore[attr-defined]
     assert not stale.exists()
-    assert "removed 1 stale file(s), imported 0 orphan point(s), left 0 file(s) alone" in shown
+    assert "removed 1 stale file(s), imported 0 orphan point(s), left 0 files alone" in shown
     assert f"removed scratch:chains/web09/sda/20261124T090000Z/{stale.name}" in shown
     assert any(keys == "F" and "orphan" in description for description, keys in rows.items())

@@ -283,7 +283,7 @@ def test_a_failed_backup_job_exits_1_with_one_sentence(seeded: Seeded) -> None:
     )
     assert done.returncode == 1
     err = one_sentence(done)
-    assert "failed: 1 of 1 disk(s) of web09 failed" in err and str(missing) in err
+    assert "failed: 1 of 1 disk of web09 failed" in err and str(missing) in err
     assert done.stdout == ""
     as_json = sendense(
         seeded.state,
