@@ -525,7 +525,7 @@ def test_locks_on_copies_elsewhere_block_the_source_repository_removal_too(
     )
     with pytest.raises(RepositoryCheckError, match="until 2026-12-03 09:00 UTC"):
         engine.repositories.remove("main", force=True)
-    with pytest.raises(ValidationError, match=r"1 lock\(s\) still hold files"):
+    with pytest.raises(ValidationError, match=r"still held by 1 lock;"):
         engine.repository_store.delete_with_contents(main.id)
     assert [r.name for r in engine.repository_store.list()] == ["main", "offsite"]
     assert len(engine.locks.list()) == 1 and engine.copy_store.get_copy(copy.id) is not None
