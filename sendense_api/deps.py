@@ -1,0 +1,52 @@
+"""What a route asks for: the engine, and a caller with at least some role.
+
+    @router.post("/things", status_code=202)
+    def start(engine: EngineDep, caller: Operator) -> dict[str, object]: ...
+
+Routes are plain ``def`` functions: FastAPI runs them on its thread pool, where
+the engine's blocking calls belong (never on the event loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+
+from sendense_api.roles import Caller, Role
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+
+#: turns a request into its caller, or raises (engine.errors / HTTPException 401/403)
+Authenticate = Callable[[Request], Caller]
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def require(role: Role) -> Callable[[Request], Caller]:
+    """A dependency: the caller, who must hold at least ``role`` (else 401/403)."""
+
+    def check(request: Request) -> Caller:
+        from fastapi import HTTPException
+
+        caller: Caller = request.app.state.authenticate(request)
+        if not caller.role.allows(role):
+            raise HTTPException(
+                status_code=403,
+                detail=f"the token {caller.name!r} has the role {caller.role.value}; "
+                f"this needs {role.value}",
+            )
+        request.state.caller = caller
+        return caller
+
+    return check
+
+
+EngineDep = Annotated["Engine", Depends(engine_of)]
+Reader = Annotated[Caller, Depends(require(Role.READ))]
+Operator = Annotated[Caller, Depends(require(Role.OPERATE))]
+Admin = Annotated[Caller, Depends(require(Role.ADMIN))]

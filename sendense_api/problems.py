@@ -1,0 +1,44 @@
+"""Errors as RFC 9457 problem details: the CLI's sentence and hint, as JSON.
+
+``{"type": "about:blank", "title": "Not Found", "status": 404, "detail": "<the
+sentence>", "hint": "<what to do>"}`` with ``Content-Type:
+application/problem+json``. The status follows the error's class the way the CLI's
+exit code does (engine.errors): a missing object 404, bad input 422, a conflict
+with running work 409, the catalog down 503.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi.responses import JSONResponse
+
+from engine.errors import CatalogUnavailable, JobError, NotFoundError, SendenseError
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def status_for(error: SendenseError) -> int:
+    if isinstance(error, NotFoundError):
+        return 404
+    if isinstance(error, CatalogUnavailable):
+        return 503
+    if isinstance(error, JobError):
+        return 409
+    return 422
+
+
+def problem(status: int, detail: str, *, hint: str | None = None) -> JSONResponse:
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if hint:
+        body["hint"] = hint
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def problem_for(error: SendenseError) -> JSONResponse:
+    return problem(status_for(error), error.message, hint=error.hint)

@@ -1,0 +1,15 @@
+"""``GET /api/v1/version``: what answers, and who the caller is."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from engine import __version__
+from sendense_api.deps import Reader
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/version")
+def version(caller: Reader) -> dict[str, str]:
+    return {"version": __version__, "caller": caller.name, "role": caller.role.value}
