@@ -20,7 +20,7 @@ install-test: $(VENV)/bin/activate
 	$(PY) -m pip install -q -e '.[test]'
 	@# an editable install leaves our own modules uncompiled, and with
 	@# PYTHONDONTWRITEBYTECODE set every `sendense` the tests start compiles them again
-	$(PY) -m compileall -q engine sendense_tui >/dev/null
+	$(PY) -m compileall -q engine sendense_tui sendense_api >/dev/null
 
 run: install
 	$(VENV)/bin/sendense
