@@ -357,6 +357,7 @@ class MetricsService:
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
+        from prometheus_client.utils import floatToGoString
 
         jobs = GaugeMetricFamily(
             "sendense_jobs", "Jobs in the catalog by kind and state", labels=["kind", "state"]
@@ -383,7 +384,7 @@ class MetricsService:
             for kind in sorted(tally.count):
                 counts = tally.buckets[kind]
                 buckets = [
-                    (_le(bound), float(n))
+                    (floatToGoString(bound), float(n))
                     for bound, n in zip(DURATION_BUCKETS, counts, strict=True)
                 ]
                 buckets.append(("+Inf", float(tally.count[kind])))
@@ -472,10 +473,6 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         yield from self.service.families()
-
-
-def _le(bound: float) -> str:
-    return f"{bound:g}" if bound != int(bound) else f"{bound:.1f}"
 
 
 def _disk_verify_state(disk: DiskFacts) -> str:
