@@ -19,8 +19,10 @@ private registry, and stays cheap on big catalogs:
 Names follow Prometheus conventions: ``sendense_`` prefix, base units in the name
 (``_bytes``, ``_seconds``, ``_timestamp_seconds`` for unix times, ``_ratio`` for
 0..1), ``_total`` on counters; labels ``repository``, ``vm``, ``disk``, ``rule``,
-``state``, ``kind``. An enumerated state is one-hot: one series per possible
-state, 1 for the current one.
+``state``, ``kind``. A repository's capacity level is one-hot (one series per
+level, 1 for the current one); a disk's verification state is one series per disk
+with the state as its label (six series for each of thousands of disks would
+double the scrape).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from engine import __version__
 from engine.catalog.jobs import FINAL_STATES
-from engine.catalog.metrics import BAD_VERIFY_STATES, DiskFacts, MetricsStore
+from engine.catalog.metrics import DiskFacts, MetricsStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
@@ -63,8 +65,6 @@ DURATION_BUCKETS = (
 #: a job that committed its end a little after a newer one is still counted: each scrape
 #: reads back this far before the newest end it saw (ids already counted are skipped)
 FINISH_SLACK = timedelta(minutes=5)
-#: what a disk's verification is, worst first after "ok"
-DISK_VERIFY_STATES = ("ok", "unverified", *BAD_VERIFY_STATES)
 
 
 def _stamp(value: datetime | None) -> float | None:
@@ -287,8 +287,9 @@ class MetricsService:
         )
         verify_state = GaugeMetricFamily(
             "sendense_disk_verification",
-            "The disk's verification state, one-hot: a damaged point's state (mismatch, "
-            "missing, check_failed, chain_broken) wins, else ok once verified, else unverified",
+            "The disk's verification state (always 1; the state is the label): a damaged "
+            "point's state (mismatch, missing, check_failed, chain_broken) wins, else ok once "
+            "verified, else unverified",
             labels=[*labels, "state"],
         )
         for disk in self.store.disks():
@@ -302,9 +303,9 @@ class MetricsService:
             length.add_metric(key, float(disk.chain_length))
             if disk.last_verified_at is not None:
                 verified.add_metric(key, disk.last_verified_at.timestamp())
-            current = _disk_verify_state(disk)
-            for state in DISK_VERIFY_STATES:
-                verify_state.add_metric([*key, state], 1.0 if state == current else 0.0)
+            # one series per disk (the state in its label), not one per possible state:
+            # a one-hot set would be six series for each of thousands of disks
+            verify_state.add_metric([*key, _disk_verify_state(disk)], 1.0)
         return [last, seconds, written, length, verified, verify_state]
 
     # -- copy rules ----------------------------------------------------------------------

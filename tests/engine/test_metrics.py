@@ -36,6 +36,7 @@ from engine.services.backup import DiskSource
 from engine.services.metrics import CONTENT_TYPE, DURATION_BUCKETS
 from tests.engine.copy_worker import add_repo, make_chain
 from tests.engine.diskgen import MiB, SourceDisk
+from tests.engine.test_verify import flip_byte
 from tests.plugins.fusedir import FuseDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,7 @@ class Scene:
     incremental: Backup
     copies: list[Copy]
     locked_bytes: int
+    damaged: Scrape
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +158,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         engine.capacity.sample_all()
         final = Scrape.parse(engine.metrics.exposition())
         copies = engine.copy_store.list_copies(states=("completed",))
+
+        # a bad night: one flipped byte in the full, found by the next verification
+        flip_byte(Path(main.path) / full.path)
+        job = engine.verifier.submit("backup", full.id)
+        assert wait_job(engine, job.id) == "failed"
+        damaged = Scrape.parse(engine.metrics.exposition())
         yield Scene(
             engine,
             clock,
@@ -168,6 +176,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             incremental,
             copies,
             incremental.file_size,
+            damaged,
         )
     finally:
         engine.close()
@@ -218,11 +227,11 @@ def test_the_copy_age_counts_from_the_rules_newest_copy(scene: Scene) -> None:
 def test_a_verified_disk_shows_its_time_state_and_full_coverage(scene: Scene) -> None:
     final, before = scene.final, scene.after_incremental
     assert before.value("sendense_disk_verification", **DISK, state="unverified") == 1
-    assert before.value("sendense_disk_verification", **DISK, state="ok") == 0
+    assert not before.has("sendense_disk_verification", **DISK, state="ok")
     assert not before.has("sendense_disk_last_verified_timestamp_seconds", **DISK)
+    # one series per disk: its state now
     assert final.value("sendense_disk_verification", **DISK, state="ok") == 1
-    for state in ("unverified", "mismatch", "missing", "check_failed", "chain_broken"):
-        assert final.value("sendense_disk_verification", **DISK, state=state) == 0
+    assert len(final.samples["sendense_disk_verification"]) == 1
     verified = scene.engine.chain_store.get_backup(scene.incremental.id).verified_at
     assert verified is not None
     assert final.value("sendense_disk_last_verified_timestamp_seconds", **DISK) == (
@@ -241,6 +250,21 @@ def test_a_verified_disk_shows_its_time_state_and_full_coverage(scene: Scene) ->
     )
     # before the verify, nothing on main was verified
     assert before.value("sendense_verification_coverage_ratio", repository="main") == 0
+
+
+def test_a_damaged_point_turns_its_disk_and_repository_red(scene: Scene) -> None:
+    damaged = scene.damaged
+    assert damaged.value("sendense_disk_verification", **DISK, state="mismatch") == 1
+    assert len(damaged.samples["sendense_disk_verification"]) == 1
+    assert damaged.value("sendense_verification_failed_files", repository="main") == 1
+    assert damaged.value("sendense_verification_verified_files", repository="main") == 1
+    assert damaged.value("sendense_verification_coverage_ratio", repository="main") == 0.5
+    # its copy on offsite is still good; the newest complete point is still the last backup
+    assert damaged.value("sendense_verification_failed_files", repository="offsite") == 0
+    assert damaged.value("sendense_disk_last_backup_timestamp_seconds", **DISK) == (
+        scene.incremental.point_time.timestamp()
+    )
+    assert damaged.value("sendense_jobs", kind="verify", state="failed") == 1
 
 
 def test_repository_figures_are_the_monitors_last_reading(scene: Scene) -> None:
