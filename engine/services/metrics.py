@@ -76,6 +76,7 @@ class _JobTally:
     histogram per kind. Fed by the rows finished since the previous scrape."""
 
     def __init__(self, since: datetime) -> None:
+        self.since = since
         self.watermark = since
         self._counted: dict[int, datetime] = {}
         self.finished: Counter[tuple[str, str]] = Counter()
@@ -89,7 +90,7 @@ class _JobTally:
     def add(
         self, job_id: int, kind: str, state: str, started: datetime | None, end: datetime
     ) -> None:
-        if job_id in self._counted:
+        if job_id in self._counted or end < self.since:
             return
         self._counted[job_id] = end
         self.finished[(kind, state)] += 1
