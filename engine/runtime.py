@@ -98,6 +98,7 @@ class Engine:
         self._wire_backups()
         self._wire_policies()
         self._wire_imports()
+        self._wire_metrics()
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client
@@ -246,6 +247,20 @@ class Engine:
             clock=self.clock,
         )
         self.imports.register()
+
+    def _wire_metrics(self) -> None:
+        """Prometheus metrics (``self.metrics``): the exposition of ``/metrics`` and
+        ``sendense metrics``, read from the capacity readings and the catalog."""
+        from engine.catalog.metrics import MetricsStore
+        from engine.services.metrics import MetricsService
+
+        self.metrics = MetricsService(
+            MetricsStore(self.catalog),
+            self.repository_store,
+            self.capacity,
+            reverify_days=self.settings.verify.reverify_days,
+            clock=self.clock,
+        )
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor

@@ -42,6 +42,8 @@ def create_app(engine: Engine, *, authenticate: Authenticate) -> FastAPI:
     for name in ROUTERS:
         module = importlib.import_module(f"sendense_api.routes.{name}")
         app.include_router(module.router, prefix=API_PREFIX)
+    # at the root, where Prometheus scrapes by default
+    app.include_router(importlib.import_module("sendense_api.routes.metrics").router)
 
     @app.exception_handler(SendenseError)
     def sendense_error(_request: Request, error: SendenseError) -> JSONResponse:

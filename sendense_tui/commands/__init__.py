@@ -45,6 +45,7 @@ GROUPS: list[str] = [
     "lock",
     "daemon",
     "events",
+    "metrics",
     "catalog",
     "doctor",
     "version",
