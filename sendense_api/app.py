@@ -25,6 +25,9 @@ API_PREFIX = "/api/v1"
 #: modules under sendense_api.routes, each with a ``router``, in OpenAPI order
 ROUTERS: list[str] = [
     "system",
+    "repositories",
+    "jobs",
+    "events",
 ]
 
 
