@@ -161,7 +161,17 @@ def test_a_stale_socket_is_replaced_and_a_stop_leaves_nothing(tmp_path: Path) ->
         assert daemon.proc is not None and daemon.proc.pid != first_pid
         with daemon.socket_client() as client:
             assert client.get("/api/v1/version").status_code == 200
-        assert daemon.stop() == 0
+            # a client listening to the live stream does not hold the stop up
+            lines: list[str] = []
+            with client.stream("GET", "/api/v1/events/stream") as stream:
+                listening = threading.Thread(
+                    target=lambda: lines.extend(stream.iter_lines()), daemon=True
+                )
+                listening.start()
+                assert daemon.stop() == 0
+                listening.join(timeout=30)
+                assert not listening.is_alive()
+        assert lines[0] == ": connected"
         assert not daemon.socket_path.exists()
         assert not (daemon.state / "api.json").exists()
         assert "Traceback" not in daemon.log.read_text()
