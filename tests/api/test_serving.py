@@ -103,16 +103,17 @@ def _read_sse(response: httpx.Response, until: Any, into: list[dict[str, Any]]) 
 
 
 def test_events_and_a_real_jobs_progress_stream_live(api_daemon: ApiDaemon, tmp_path: Path) -> None:
-    """The event stream carries what the daemon's engine publishes while a client
-    listens (here: a repository added through the API, then a real backup job the
-    daemon runs); the job's own stream ends when the job does."""
+    """The event stream carries what is recorded while a client listens, whichever
+    process published it (a repository added through the API in the daemon, a token
+    made by the CLI in a process of its own), and replays from Last-Event-ID; a real
+    backup job's own stream ends when the job does."""
     seen: list[dict[str, Any]] = []
     with api_daemon.socket_client(timeout=60) as client:
         with client.stream("GET", "/api/v1/events/stream", params={"level": "debug"}) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             reader = threading.Thread(
                 target=_read_sse,
-                args=(stream, lambda e: e["event"] == "repository.added", seen),
+                args=(stream, lambda e: e["event"] == "api.token_created", seen),
                 daemon=True,
             )
             reader.start()
@@ -121,10 +122,23 @@ def test_events_and_a_real_jobs_progress_stream_live(api_daemon: ApiDaemon, tmp_
                 json={"name": "live", "path": str(tmp_path / "live"), "create": True},
             )
             assert added.status_code == 201, added.text
+            api_daemon.token("from-another-process", "read")
             reader.join(timeout=30)
             assert not reader.is_alive(), seen
-        assert seen[-1]["message"].startswith("repository live added")
-        assert seen[-1]["actor"] == "root (unix socket)"
+        [repo_added] = [e for e in seen if e["event"] == "repository.added"]
+        assert repo_added["message"].startswith("repository live added")
+        assert repo_added["actor"] == "root (unix socket)"
+        assert seen[-1]["message"].startswith("API token from-another-process created")
+        # a client that reconnects says what it saw last and misses nothing
+        replayed: list[dict[str, Any]] = []
+        with client.stream(
+            "GET",
+            "/api/v1/events/stream",
+            params={"kind": "repository."},
+            headers={"Last-Event-ID": str(repo_added["id"] - 1)},
+        ) as stream:
+            _read_sse(stream, lambda e: True, replayed)
+        assert replayed[0]["id"] == repo_added["id"]
 
         disk = tmp_path / "disk.raw"
         disk.write_bytes(os.urandom(2 * 1024 * 1024))
