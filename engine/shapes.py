@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from engine.services.copy import RuleStatus
     from engine.services.exports import ExportView
     from engine.services.file_restore import Entry, MountView
+    from engine.services.verify import Report
 
 
 # -- jobs (H1 moves job_dict here as well: keep one copy when merging) -----------------
@@ -135,6 +136,26 @@ def rule_status_dict(status: RuleStatus, repos: dict[int, Any]) -> dict[str, Any
     }
 
 
+def copy_status_dict(
+    statuses: list[RuleStatus],
+    alerts: list[Any],
+    raised: list[Any],
+    copies: list[Copy],
+    repos: dict[int, Any],
+) -> dict[str, Any]:
+    """``sendense copy status``: the rules, the alerts they raise now, the alerts a
+    scheduler announced (schedule marks) and recent copies."""
+    return {
+        "rules": [rule_status_dict(s, repos) for s in statuses],
+        "alerts": [dict(a.__dict__) for a in alerts],
+        "raised_alerts": [
+            {"key": m.key, "level": m.level, "message": m.message, "since": m.updated_at}
+            for m in raised
+        ],
+        "copies": [copy_dict(c) for c in copies],
+    }
+
+
 def copy_dict(copy: Copy) -> dict[str, Any]:
     return {
         "id": copy.id,
@@ -151,6 +172,18 @@ def copy_dict(copy: Copy) -> dict[str, Any]:
         "error": copy.error,
         "attempts": copy.attempts,
         "completed_at": copy.completed_at,
+    }
+
+
+def verification_report_dict(engine: Any, report: Report) -> dict[str, Any]:
+    """``sendense verify report``: coverage, bad points, what is overdue, and when the
+    scheduled verification runs next (asks ``engine``)."""
+    return {
+        **report.as_dict(),
+        "overdue_count": len(report.overdue),
+        "reverify_days": engine.verifier.reverify_after_days,
+        "schedule": engine.scheduler.verify_schedule,
+        "next_scheduled_at": engine.scheduler.next_verification(),
     }
 
 

@@ -23,6 +23,14 @@ API_PREFIX = "/api/v1"
 #: modules under sendense_api.routes, each with a ``router``, in OpenAPI order
 ROUTERS: list[str] = [
     "system",
+    "chains",
+    "backups",
+    "copies",
+    "verification",
+    "policies",
+    "locks",
+    "restores",
+    "exports",
 ]
 
 

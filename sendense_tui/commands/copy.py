@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.config import parse_size
 from engine.errors import ValidationError
-from engine.shapes import copy_dict, rule_dict, rule_status_dict
+from engine.shapes import copy_status_dict, rule_dict
 from sendense_tui.commands import (
     BIGINT_MAX,
     COUNT_MAX,
@@ -189,17 +189,7 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
         repos = engine.copy_store.repositories_by_id()
         now = engine.clock.now()
     if ctx.json:
-        ctx.print_json(
-            {
-                "rules": [rule_status_dict(s, repos) for s in statuses],
-                "alerts": [a.__dict__ for a in alerts],
-                "raised_alerts": [
-                    {"key": m.key, "level": m.level, "message": m.message, "since": m.updated_at}
-                    for m in raised.values()
-                ],
-                "copies": [copy_dict(c) for c in copies],
-            }
-        )
+        ctx.print_json(copy_status_dict(statuses, alerts, list(raised.values()), copies, repos))
         return 0
     if not statuses:
         print("no copy rules")
