@@ -28,10 +28,10 @@ from pydantic import Field
 
 from engine.services.backup import DiskSource
 from sendense_api.deps import EngineDep, Operator
-from sendense_api.routes._common import Body, accepted
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import COUNT_MAX
 
-router = APIRouter(tags=["backups"])
+router = APIRouter(tags=["backups"], route_class=ShapedRoute)
 
 #: more disks than a VM has; keeps one request's work bounded
 DISKS_MAX = 64

@@ -27,9 +27,9 @@ from pydantic import Field
 from engine.names import ID_MAX
 from engine.shapes import chain_dict, point_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
-from sendense_api.routes._common import Body, accepted
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 
-router = APIRouter(tags=["chains"])
+router = APIRouter(tags=["chains"], route_class=ShapedRoute)
 
 ChainId = Annotated[int, Path(ge=1, le=ID_MAX, description="a chain id")]
 PointId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore point id")]

@@ -22,11 +22,11 @@ from engine.errors import ValidationError
 from engine.names import ID_MAX
 from engine.shapes import copy_dict, copy_status_dict, rule_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
-from sendense_api.routes._common import Body, accepted
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import BIGINT_MAX, COUNT_MAX, LIMIT_MAX
 from sendense_tui.commands.copy import MAX_AGE_HOURS
 
-router = APIRouter(tags=["copies"])
+router = APIRouter(tags=["copies"], route_class=ShapedRoute)
 
 RuleRef = Annotated[str, Path(min_length=1, max_length=256, description="rule name or #ID")]
 CopyId = Annotated[int, Path(ge=1, le=ID_MAX, description="a copy id")]

@@ -24,9 +24,9 @@ from pydantic import Field
 from engine.names import ID_MAX
 from engine.shapes import export_dict
 from sendense_api.deps import EngineDep, Operator, Reader
-from sendense_api.routes._common import Body
+from sendense_api.routes._common import Body, ShapedRoute
 
-router = APIRouter(tags=["exports"])
+router = APIRouter(tags=["exports"], route_class=ShapedRoute)
 
 ExportRef = Annotated[str, Path(min_length=1, max_length=256, description="name or #ID")]
 #: a year: the engine checks the limits; these keep the numbers finite

@@ -18,9 +18,9 @@ from engine.catalog.locks import HOLDING_STATES
 from engine.names import ID_MAX
 from engine.shapes import lock_dict
 from sendense_api.deps import Admin, EngineDep, Reader
-from sendense_api.routes._common import Body
+from sendense_api.routes._common import Body, ShapedRoute
 
-router = APIRouter(tags=["locks"])
+router = APIRouter(tags=["locks"], route_class=ShapedRoute)
 
 LockId = Annotated[int, Path(ge=1, le=ID_MAX, description="a lock id")]
 

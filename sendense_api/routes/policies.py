@@ -26,10 +26,10 @@ from pydantic import Field
 from engine.errors import SendenseError, ValidationError
 from engine.shapes import policy_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
-from sendense_api.routes._common import Body, accepted
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import COUNT_MAX, DAYS_MAX
 
-router = APIRouter(tags=["policies"])
+router = APIRouter(tags=["policies"], route_class=ShapedRoute)
 
 PolicyRef = Annotated[str, Path(min_length=1, max_length=256, description="name or #ID")]
 #: sources and copy rules one policy may name

@@ -36,10 +36,10 @@ from engine.names import ID_MAX
 from engine.shapes import file_entry_dict, mount_dict
 from sendense_api.deps import EngineDep, Operator, Reader
 from sendense_api.routes._archives import CHUNK, MEDIA_TYPES, stream_archive
-from sendense_api.routes._common import Body
+from sendense_api.routes._common import Body, ShapedRoute
 from sendense_tui.commands.restore_files import MOUNT_MINUTES_MAX
 
-router = APIRouter(tags=["restore mounts"])
+router = APIRouter(tags=["restore mounts"], route_class=ShapedRoute)
 
 MountId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore mount id")]
 MountPath = Annotated[

@@ -19,10 +19,10 @@ from pydantic import Field, model_validator
 from engine.names import ID_MAX
 from engine.shapes import verification_report_dict
 from sendense_api.deps import EngineDep, Operator, Reader
-from sendense_api.routes._common import Body, accepted
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import DAYS_MAX
 
-router = APIRouter(tags=["verification"])
+router = APIRouter(tags=["verification"], route_class=ShapedRoute)
 
 
 class VerifyRequest(Body):
