@@ -47,6 +47,9 @@ class ExportRequest(Body):
 
 @router.post("/exports", status_code=201)
 def start_export(engine: EngineDep, caller: Operator, request: ExportRequest) -> JSONResponse:
+    # a missing point is a 404 here, before a keeper process is started for it (the
+    # keeper reports its errors as sentences, without their kind)
+    engine.chains.point(request.point)
     view = engine.exports.start_detached(
         request.point,
         name=request.name,
