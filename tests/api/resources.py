@@ -88,7 +88,7 @@ def make_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         name="local", kind="local", path=str(repo_dir), now=engine.clock.now()
     )
     world = World(engine, root, repo)
-    world.backup("web01", 3)
+    world.backup("web01", 2)
     engine.start()
     try:
         yield world
