@@ -4,6 +4,9 @@
 - ``GET /chains`` (``?repo=``, ``?all=true`` for retired ones), ``GET /chains/{id}``;
 - ``GET /chains/check`` and ``GET /chains/{id}/check`` (``?deep=true`` re-reads the
   files): read; the outcome is recorded on the chain, as the CLI's check does;
+- ``POST /chains/fix`` (admin; ``{"repo": …}`` for one repository): what ``chain check
+  --fix`` does first: stale partial files removed, finished orphans imported (never a
+  locked file, nothing while a job runs on the repository);
 - ``POST /chains/{id}/consolidate`` (operate): 202 and a ``consolidate`` job. The CLI
   consolidates without a confirmation (it is routine maintenance: no backed-up data
   goes, the oldest points merge into a new full), so it is an operator's call;
@@ -53,6 +56,18 @@ def list_chains(
 @router.get("/chains/check")
 def check_all_chains(engine: EngineDep, caller: Reader, deep: bool = False) -> list[dict[str, Any]]:
     return [r.as_dict() for r in engine.chains.check_all(deep=deep)]
+
+
+class FixRequest(Body):
+    repo: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+@router.post("/chains/fix")
+def fix_chains(
+    engine: EngineDep, caller: Admin, request: FixRequest | None = None
+) -> dict[str, Any]:
+    request = request or FixRequest()
+    return engine.imports.fix(repository=request.repo, actor=caller.name).as_dict()
 
 
 @router.get("/chains/{chain_id}")

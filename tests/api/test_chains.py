@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -108,3 +109,22 @@ def test_deleting_a_point_takes_the_later_ones_and_needs_admin(
         world.repo.path + "/" + world.engine.chain_store.get_backup(ids[2]).path
     )
     assert "already deleted" in problem(api_as(Role.ADMIN).delete(url), 422)
+
+
+def test_fix_is_for_admins_and_reports_what_it_did(world: World, api_as: ClientFor) -> None:
+    ids = world.backup("orph01", 1)
+    backup = world.engine.chain_store.get_backup(ids[0])
+    partial = f"{world.repo.path}/{backup.path}.partial"  # what a crashed write leaves
+    with open(partial, "wb") as f:
+        f.write(b"half a file")
+    two_days_ago = time.time() - 2 * 86400  # long dead: a live writer touches its file
+    os.utime(partial, (two_days_ago, two_days_ago))
+    assert "admin" in problem(api_as(Role.OPERATE).post("/api/v1/chains/fix"), 403)
+    problem(api_as(Role.ADMIN).post("/api/v1/chains/fix", json={"repo": "nowhere"}), 404)
+    fixed = api_as(Role.ADMIN).post("/api/v1/chains/fix", json={"repo": "local"})
+    assert fixed.status_code == 200, fixed.text
+    assert any(backup.path.rsplit("/", 1)[0] in line for line in fixed.json()["removed"]), (
+        fixed.json()
+    )
+    assert not os.path.exists(partial)
+    assert os.path.exists(f"{world.repo.path}/{backup.path}")
