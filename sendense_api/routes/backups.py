@@ -10,17 +10,19 @@ The body says what the CLI's options say::
                 "changed_bitmap": "bm0"}],
      "mode": "auto", "compression": "none", "full_every": 7}
 
-Each disk's changed-blocks hint sits on the disk it is for (the CLI's
-``--changed-bitmap NAME=BITMAP`` / ``--changed-extents NAME=FILE``). The engine checks
-names, sources (nothing qemu would read as a protocol), hints, mode and compression
-before anything is queued; a refusal is a 422 problem with the CLI's sentence. While
-another writer holds one of the disks the job waits for it, or with ``"no_wait":
-true`` the request is refused naming that writer.
+A disk may also be given as the CLI's ``--disk`` text, ``"sda=/dev/vg0/web01"`` or
+``"vda:qcow2=/images/db.qcow2"``. Each disk's changed-blocks hint sits on the disk
+it is for (the CLI's ``--changed-bitmap NAME=BITMAP`` and ``--changed-extents
+NAME=FILE``). The engine checks names, sources (nothing qemu would read as a
+protocol), hints, mode and compression before anything is queued; a refusal is a
+422 problem with the CLI's sentence. While another writer holds one of the disks the
+job waits for it, or with ``"no_wait": true`` the request is refused naming that
+writer.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -56,7 +58,10 @@ class BackupDisk(Body):
 class BackupRequest(Body):
     repo: str = Field(min_length=1, max_length=256, description="repository name or #ID")
     vm: str = Field(min_length=1, max_length=256, description="VM name")
-    disks: list[BackupDisk] = Field(min_length=1, max_length=DISKS_MAX)
+    #: each disk as an object, or as the CLI's ``--disk`` text ``NAME[:qcow2]=SOURCE``
+    disks: list[BackupDisk | Annotated[str, Field(min_length=3, max_length=4096)]] = Field(
+        min_length=1, max_length=DISKS_MAX
+    )
     mode: Literal["auto", "full", "incremental"] = "auto"
     compression: Literal["zstd", "none"] = "none"
     full_every: int | None = Field(default=None, ge=1, le=COUNT_MAX)
@@ -66,7 +71,9 @@ class BackupRequest(Body):
 @router.post("/backups", status_code=202)
 def start_backup(engine: EngineDep, caller: Operator, request: BackupRequest) -> JSONResponse:
     disks = [
-        DiskSource(
+        DiskSource.parse(d)
+        if isinstance(d, str)
+        else DiskSource(
             d.name,
             d.source,
             d.format,

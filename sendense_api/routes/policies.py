@@ -2,8 +2,11 @@
 
 - ``GET /policies``, ``GET /policies/{policy}`` (read; one policy also has its next
   five runs and the 3-2-1 report of each VM, as ``policy show --json``);
-- ``POST /policies`` (admin, 201), ``PATCH /policies/{policy}`` (admin: the given
-  fields change, the others stay; ``enabled`` schedules it or stops that),
+- ``POST /policies`` (admin, 201): ``sources`` as ``[{"vm": "web01", "disks":
+  [{"name": "sda", "source": "/dev/vg/web01"}]}]`` (the shape a policy is shown in) or
+  as the CLI's ``--source`` texts ``["web01:sda=/dev/vg/web01"]``;
+  ``PATCH /policies/{policy}`` (admin): the given fields change, the others stay;
+  ``enabled`` schedules it or stops that;
   ``DELETE /policies/{policy}`` (admin; its backups stay). Checked by the engine's
   validation, every problem named, nothing saved on error. A lock period (new, or
   longer than before) cannot be shortened later: it needs ``"confirm_lock": true``,
@@ -36,6 +39,7 @@ PolicyRef = Annotated[str, Path(min_length=1, max_length=256, description="name 
 LIST_MAX = 256
 
 Count = Annotated[int, Field(ge=0, le=COUNT_MAX)]
+SourceText = Annotated[str, Field(min_length=5, max_length=4096)]
 
 
 class PolicyDisk(Body):
@@ -60,7 +64,10 @@ class Retention(Body):
 class PolicyFields(Body):
     schedule: str | None = Field(default=None, min_length=1, max_length=256, description="cron")
     target: str | None = Field(default=None, min_length=1, max_length=256)
-    sources: list[PolicySource] | None = Field(default=None, min_length=1, max_length=LIST_MAX)
+    #: each VM with its disks, or the CLI's ``--source`` text ``VM:DISK[:qcow2]=SOURCE``
+    sources: list[PolicySource | SourceText] | None = Field(
+        default=None, min_length=1, max_length=LIST_MAX
+    )
     full_every: int | None = Field(default=None, ge=1, le=COUNT_MAX)
     full_weekday: int | None = Field(default=None, ge=0, le=6, description="0 Monday … 6 Sunday")
     retention: Retention | None = None
@@ -79,17 +86,27 @@ class NewPolicy(PolicyFields):
     name: str = Field(min_length=1, max_length=128)
     schedule: str = Field(min_length=1, max_length=256, description="cron, UTC")
     target: str = Field(min_length=1, max_length=256)
-    sources: list[PolicySource] = Field(min_length=1, max_length=LIST_MAX)
+    sources: list[PolicySource | SourceText] = Field(min_length=1, max_length=LIST_MAX)
 
 
 class PolicyChange(PolicyFields):
     name: str | None = Field(default=None, min_length=1, max_length=128, description="rename")
 
 
-def _sources(sources: list[PolicySource]) -> list[dict[str, Any]]:
-    return [
-        {"vm": s.vm, "disks": [d.model_dump(exclude_none=True) for d in s.disks]} for s in sources
-    ]
+def _sources(sources: list[PolicySource | str]) -> list[dict[str, Any]]:
+    """The engine's form of a policy's sources: one entry per VM, texts parsed the way
+    the CLI parses ``--source`` (a VM named twice gets its disks together)."""
+    from engine.services.policies import PolicySpec
+
+    by_vm: dict[str, list[dict[str, Any]]] = {}
+    for entry in sources:
+        if isinstance(entry, str):
+            vm, disk = PolicySpec.parse_source(entry)
+            by_vm.setdefault(vm, []).append(disk)
+        else:
+            disks = [d.model_dump(exclude_none=True) for d in entry.disks]
+            by_vm.setdefault(entry.vm, []).extend(disks)
+    return [{"vm": vm, "disks": disks} for vm, disks in by_vm.items()]
 
 
 def _refuse(problems: dict[str, str], refused: str) -> None:

@@ -31,7 +31,7 @@ def test_an_operator_backs_up_a_vm_as_a_job(world: World, api_as: ClientFor) -> 
         "vm": "app01",
         "disks": [
             {"name": "sda", "source": str(first.path)},
-            {"name": "sdb", "source": str(second.path), "format": "raw"},
+            f"sdb={second.path}",  # the CLI's --disk text
         ],
         "compression": "zstd",
     }
@@ -60,6 +60,9 @@ def test_an_operator_backs_up_a_vm_as_a_job(world: World, api_as: ClientFor) -> 
         ({"mode": "sometimes"}, 422, "mode"),
         ({"disks": []}, 422, "disks"),
         ({"disk": "sda=/dev/null"}, 422, "disk"),
+        ({"disks": ["sda"]}, 422, "NAME=SOURCE"),
+        ({"disks": ["sda:vmdk=/dev/null"]}, 422, "vmdk"),
+        ({"disks": ["sda=/dev/null", "sda=/dev/zero"]}, 422, "repeat"),
     ],
 )
 def test_bad_backup_requests_get_one_sentence_and_queue_nothing(

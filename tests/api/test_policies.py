@@ -70,7 +70,10 @@ def test_retention_is_previewed_by_a_reader_and_applied_by_an_admin(
     world: World, api_as: ClientFor
 ) -> None:
     ids = world.backup("ret01", 4)
-    body = policy_body(world, "keep-two", "ret01", retention={"keep_last": 2}, full_every=2)
+    source = f"ret01:sda={world.disks['ret01'].path}"  # the CLI's --source text
+    body = policy_body(
+        world, "keep-two", "ret01", retention={"keep_last": 2}, full_every=2, sources=[source]
+    )
     assert api_as(Role.ADMIN).post("/api/v1/policies", json=body).status_code == 201
     plan = api_as(Role.READ).get("/api/v1/policies/keep-two/retention")
     assert plan.status_code == 200, plan.text
@@ -98,6 +101,7 @@ def test_retention_is_previewed_by_a_reader_and_applied_by_an_admin(
         ({"sources": [{"vm": "x", "disks": [{"name": "sda", "source": "json:{}"}]}]}, "json"),
         ({"copy_rules": ["no-such-rule"]}, "no-such-rule"),
         ({"keep_last": 3}, "keep_last"),
+        ({"sources": ["web01-sda=/dev/null"]}, "VM:DISK=SOURCE"),
     ],
 )
 def test_bad_policies_are_refused_and_nothing_is_saved(
