@@ -27,6 +27,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from engine.errors import NotFoundError
 from engine.names import ID_MAX
 from engine.shapes import chain_dict, point_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
@@ -76,7 +77,7 @@ def show_chain(engine: EngineDep, caller: Reader, chain_id: ChainId) -> dict[str
     for view in engine.chains.overview(include_retired=True):
         if view.chain.id == chain_id:
             return chain_dict(view)
-    raise AssertionError("unreachable: the chain exists")
+    raise NotFoundError(f"chain {chain_id} does not exist")  # removed meanwhile
 
 
 @router.get("/chains/{chain_id}/check")

@@ -59,6 +59,32 @@ def test_locks_are_listed_and_extended_never_shortened(
     again = api_as(Role.READ).get("/api/v1/locks", params={"repo": "vault"}).json()
     assert again[0]["expires_at"] == extended.json()["expires_at"]
 
+    # a policy's lock period cannot be shortened later: it is confirmed explicitly, and
+    # the refusal says what the lock will hold
+    source = str(world.disks["lock01"].path)
+    policy = {
+        "name": "locked",
+        "schedule": "0 3 * * *",
+        "target": "vault",
+        "sources": [f"lock01:sda={source}"],
+        "immutable_days": 14,
+        "full_every": 7,
+    }
+    admin = api_as(Role.ADMIN)
+    assert "cannot be shortened" in problem(admin.post("/api/v1/policies", json=policy), 422)
+    problem(admin.get("/api/v1/policies/locked"), 404)
+    saved = admin.post("/api/v1/policies", json={**policy, "confirm_lock": True})
+    assert saved.status_code == 201, saved.text
+    assert saved.json()["immutable_days"] == 14
+    longer = {"immutable_days": 30}
+    assert "cannot be shortened" in problem(
+        admin.patch("/api/v1/policies/locked", json=longer), 422
+    )
+    assert admin.get("/api/v1/policies/locked").json()["immutable_days"] == 14
+    confirmed = admin.patch("/api/v1/policies/locked", json={**longer, "confirm_lock": True})
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["immutable_days"] == 30
+
 
 def test_bad_extensions_and_missing_locks(world: World, api_as: ClientFor) -> None:
     admin = api_as(Role.ADMIN)
