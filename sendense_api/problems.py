@@ -14,6 +14,7 @@ from http import HTTPStatus
 from fastapi.responses import JSONResponse
 
 from engine.errors import CatalogUnavailable, JobError, NotFoundError, SendenseError
+from engine.writers import DiskBusy
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -23,7 +24,7 @@ def status_for(error: SendenseError) -> int:
         return 404
     if isinstance(error, CatalogUnavailable):
         return 503
-    if isinstance(error, JobError):
+    if isinstance(error, JobError | DiskBusy):
         return 409
     return 422
 

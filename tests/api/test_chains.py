@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from engine.catalog.writers import DiskKey
 from engine.runtime import Engine
 from sendense_api.roles import Role
 from sendense_tui.cli import main
@@ -109,6 +110,19 @@ def test_deleting_a_point_takes_the_later_ones_and_needs_admin(
         world.repo.path + "/" + world.engine.chain_store.get_backup(ids[2]).path
     )
     assert "already deleted" in problem(api_as(Role.ADMIN).delete(url), 422)
+
+
+def test_a_busy_disk_is_a_conflict_named_not_a_wait(world: World, api_as: ClientFor) -> None:
+    ids = world.backup("busy01", 2)
+    disk = DiskKey(world.repo.id, "busy01", "sda")
+    with world.engine.writers.hold_all([disk], operation="backup", actor="someone"):
+        busy = api_as(Role.ADMIN).delete(f"/api/v1/restore-points/{ids[1]}")
+        assert "backup" in problem(busy, 409)
+        chain = world.chain_of("busy01")
+        url = f"/api/v1/chains/{chain}/consolidate"
+        problem(api_as(Role.OPERATE).post(url, json={"no_wait": True}), 409)
+    left = api_as(Role.READ).get("/api/v1/restore-points", params={"vm": "busy01"}).json()
+    assert [p["id"] for p in left] == ids
 
 
 def test_fix_is_for_admins_and_reports_what_it_did(world: World, api_as: ClientFor) -> None:
