@@ -12,10 +12,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.catalog.models import AuditEntry, Job, Repository
+    from engine.catalog.models import (
+        AuditEntry,
+        Copy,
+        CopyRule,
+        ImmutabilityLock,
+        Job,
+        Policy,
+        Repository,
+    )
     from engine.events import Event
     from engine.runtime import Engine
+    from engine.services.chains import ChainView
+    from engine.services.copy import RuleStatus
+    from engine.services.exports import ExportView
+    from engine.services.file_restore import Entry, MountView
     from engine.services.repositories import TestReport
+    from engine.services.verify import Report
 
 
 # -- repositories
@@ -176,4 +189,246 @@ def live_event_dict(event: Event) -> dict[str, Any]:
         "repository_id": event.repository_id,
         "job_id": event.job_id,
         "actor": event.actor,
+    }
+
+
+# -- resources (H2) --------------------------------------------------------------------
+
+
+def point_dict(backup: Any, chain: Any) -> dict[str, Any]:
+    """A restore point (a backup row) with the disk its chain belongs to."""
+    return {
+        "id": backup.id,
+        "vm": chain.vm_name,
+        "disk": chain.disk_name,
+        "chain_id": chain.id,
+        "kind": backup.kind,
+        "position": backup.position,
+        "state": backup.state,
+        "point_time": backup.point_time,
+        "path": backup.path,
+        "virtual_size": backup.virtual_size,
+        "file_size": backup.file_size,
+        "allocated_bytes": backup.allocated_bytes,
+        "checksum": backup.checksum,
+        "compression": backup.compression,
+        "verify_state": backup.verify_state,
+        "tracking": backup.tracking,
+    }
+
+
+def chain_dict(view: ChainView) -> dict[str, Any]:
+    """A chain of the chain manager's overview, with its points and their locks."""
+    return {
+        "chain_id": view.chain.id,
+        "repository": view.repository,
+        "vm": view.chain.vm_name,
+        "disk": view.chain.disk_name,
+        "directory": view.chain.directory,
+        "state": view.state,
+        "state_detail": view.chain.state_detail,
+        "damage": view.damage(),
+        "logical_bytes": view.logical_bytes,
+        "physical_bytes": view.physical_bytes,
+        "allocated_bytes": view.allocated_bytes,
+        "points": [
+            {
+                **point_dict(p.backup, view.chain),
+                "locked_until": p.locked_until,
+                "lock_state": p.lock_state,
+                "unprotected": p.unprotected,
+            }
+            for p in view.points
+        ],
+    }
+
+
+def rule_dict(rule: CopyRule, repos: dict[int, Any] | None = None) -> dict[str, Any]:
+    """A copy rule; ``repos`` (id -> repository) names its two ends."""
+    repos = repos or {}
+    src = repos.get(rule.source_repository_id)
+    dst = repos.get(rule.destination_repository_id)
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "source": src.name if src else rule.source_repository_id,
+        "destination": dst.name if dst else rule.destination_repository_id,
+        "selection": rule.selection,
+        "latest_count": rule.latest_count,
+        "mode": rule.mode,
+        "schedule": rule.schedule,
+        "priority": rule.priority,
+        "lock_copies": rule.lock_copies,
+        "verify_after": rule.verify_after,
+        "bandwidth_limit": rule.bandwidth_limit,
+        "max_age_hours": rule.max_age_hours,
+        "enabled": rule.enabled,
+        "failures_in_row": rule.failures_in_row,
+    }
+
+
+def rule_status_dict(status: RuleStatus, repos: dict[int, Any]) -> dict[str, Any]:
+    """A copy rule with how its copies stand (``sendense copy status``)."""
+    return {
+        **rule_dict(status.rule, repos),
+        "completed": status.completed,
+        "failed": status.failed,
+        "in_progress": status.in_progress,
+        "newest_copy_at": status.newest_copy_at,
+        "next_run_at": status.next_run_at,
+        "problems": status.problems,
+        "last_run": status.last_run,
+        "health": status.health,
+    }
+
+
+def copy_status_dict(
+    statuses: list[RuleStatus],
+    alerts: list[Any],
+    raised: list[Any],
+    copies: list[Copy],
+    repos: dict[int, Any],
+) -> dict[str, Any]:
+    """``sendense copy status``: the rules, the alerts they raise now, the alerts a
+    scheduler announced (schedule marks) and recent copies."""
+    return {
+        "rules": [rule_status_dict(s, repos) for s in statuses],
+        "alerts": [dict(a.__dict__) for a in alerts],
+        "raised_alerts": [
+            {"key": m.key, "level": m.level, "message": m.message, "since": m.updated_at}
+            for m in raised
+        ],
+        "copies": [copy_dict(c) for c in copies],
+    }
+
+
+def copy_dict(copy: Copy) -> dict[str, Any]:
+    return {
+        "id": copy.id,
+        "backup_id": copy.backup_id,
+        "rule_id": copy.rule_id,
+        "destination_repository_id": copy.destination_repository_id,
+        "path": copy.path,
+        "state": copy.state,
+        "size": copy.size,
+        "checksum": copy.checksum,
+        "cloned": copy.cloned,
+        "verify_state": copy.verify_state,
+        "verified_at": copy.verified_at,
+        "error": copy.error,
+        "attempts": copy.attempts,
+        "completed_at": copy.completed_at,
+    }
+
+
+def verification_report_dict(engine: Any, report: Report) -> dict[str, Any]:
+    """``sendense verify report``: coverage, bad points, what is overdue, and when the
+    scheduled verification runs next (asks ``engine``)."""
+    return {
+        **report.as_dict(),
+        "overdue_count": len(report.overdue),
+        "reverify_days": engine.verifier.reverify_after_days,
+        "schedule": engine.scheduler.verify_schedule,
+        "next_scheduled_at": engine.scheduler.next_verification(),
+    }
+
+
+def lock_dict(lock: ImmutabilityLock, repos: dict[int, str]) -> dict[str, Any]:
+    """An immutability lock; ``repos`` (id -> name) names its repository."""
+    return {
+        "id": lock.id,
+        "repository": repos.get(lock.repository_id, str(lock.repository_id)),
+        "path": lock.path,
+        "state": lock.state,
+        "backup_id": lock.backup_id,
+        "copy_id": lock.copy_id,
+        "locked_at": lock.locked_at,
+        "expires_at": lock.expires_at,
+        "released_at": lock.released_at,
+    }
+
+
+def policy_dict(engine: Any, policy: Policy) -> dict[str, Any]:
+    """A policy with its target's name, copy rules and 3-2-1 badge (asks ``engine``)."""
+    repo = engine.repositories.get(policy.target_repository_id)
+    return {
+        "id": policy.id,
+        "name": policy.name,
+        "enabled": policy.enabled,
+        "schedule": policy.schedule,
+        "target": repo.name,
+        "sources": policy.sources,
+        "full_every": policy.full_every,
+        "full_weekday": policy.full_weekday,
+        "retention": policy.retention,
+        "verify_after": policy.verify_after,
+        "immutable_days": policy.immutable_days,
+        "compression": policy.compression,
+        "copy_rules": [r.name for r in engine.policies.copy_rules(policy)],
+        "next_run_at": policy.next_run_at,
+        "last_run_at": policy.last_run_at,
+        "last_result": policy.last_result,
+        "compliance": engine.compliance.for_policy(policy),
+    }
+
+
+def mount_dict(view: MountView) -> dict[str, Any]:
+    """A restore mount and its filesystems."""
+    return {
+        "id": view.id,
+        "backup_id": view.backup_id,
+        "point": view.point.label if view.point else None,
+        "state": view.state,
+        "reused": view.reused,
+        "note": view.note,
+        "expires_at": view.expires_at,
+        "filesystems": [
+            {
+                "name": fs.name,
+                "fs_type": fs.fs_type,
+                "state": fs.state,
+                "size": fs.size,
+                "label": fs.label,
+                "path": fs.path,
+                "detail": fs.detail,
+            }
+            for fs in view.filesystems
+        ],
+    }
+
+
+def file_entry_dict(entry: Entry) -> dict[str, Any]:
+    """An entry of a folder of a restore mount (``sendense restore ls``)."""
+    return {
+        "name": entry.name,
+        "path": entry.path,
+        "kind": entry.kind,
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "mode": f"{entry.mode:04o}",
+        "link_target": entry.link_target,
+        "detail": entry.detail,
+    }
+
+
+def export_dict(view: ExportView) -> dict[str, Any]:
+    """An NBD export; ``key_file`` is where the TLS key lies, never the key."""
+    return {
+        "id": view.id,
+        "backup_id": view.backup_id,
+        "point": view.point_label,
+        "name": view.name,
+        "uri": view.uri,
+        "state": view.state,
+        "persistent": view.persistent,
+        "pid": view.pid,
+        "tls": view.tls,
+        "key_file": view.key_file,
+        "idle_timeout_seconds": view.idle_seconds,
+        "last_active_at": view.last_active_at,
+        "expires_at": view.expires_at,
+        "started_at": view.started_at,
+        "stopped_at": view.stopped_at,
+        "note": view.note,
+        "stop_reason": view.stop_reason,
     }

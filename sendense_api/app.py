@@ -28,6 +28,14 @@ ROUTERS: list[str] = [
     "repositories",
     "jobs",
     "events",
+    "chains",
+    "backups",
+    "copies",
+    "verification",
+    "policies",
+    "locks",
+    "restores",
+    "exports",
 ]
 
 

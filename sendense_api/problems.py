@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from engine.errors import CatalogUnavailable, JobError, NotFoundError, SendenseError
 from engine.services.api_tokens import TokenRefused
+from engine.writers import DiskBusy
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -26,7 +27,7 @@ def status_for(error: SendenseError) -> int:
         return 404
     if isinstance(error, CatalogUnavailable):
         return 503
-    if isinstance(error, JobError):
+    if isinstance(error, JobError | DiskBusy):
         return 409
     return 422
 

@@ -428,6 +428,11 @@ class ChainService:
             views.append(ChainView(chain, repos.get(chain.repository_id, "?"), points))
         return views
 
+    def point(self, backup_id: int) -> tuple[Backup, Chain]:
+        """A restore point with its chain (NotFoundError when there is none)."""
+        backup, chain, _repo = self.store.locate(backup_id)
+        return backup, chain
+
     def point_details(self, backup_id: int) -> dict[str, Any]:
         """Each file of the point's chain as its own header describes it (top first),
         with what disagrees with the catalog; nothing a header names is opened."""

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from engine.catalog.copies import CopyStore
 from engine.catalog.db import Catalog
@@ -159,6 +159,23 @@ class Entry:
     mode: int = 0
     link_target: str | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file or folder of a mounted point chosen to be read out (``source``)."""
+
+    #: where it is on this host (below the filesystem's mount)
+    path: Path
+    #: its path in the mount: (filesystem, dir, ..., name)
+    parts: tuple[str, ...]
+    #: the filesystem's device: reading never crosses onto another one
+    device: int
+    info: os.stat_result
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.info.st_mode)
 
 
 @dataclass
@@ -723,6 +740,48 @@ class FileRestoreService:
                     if len(found) >= limit:
                         return found
         return found
+
+    # -- reading out (downloads) -----------------------------------------------------
+
+    def source(self, mount_id: int, path: str) -> Source:
+        """The file or folder at ``path`` of a mounted point, to be read out as it is
+        (an API download), checked as ``extract`` checks a selection: the filesystem
+        named first, no ``..``, no link followed on the way; a link itself is refused
+        too (it is not followed: where it points may be anywhere on this host)."""
+        view = self._use(mount_id)
+        fs, parts, target = self._locate(view, path)
+        info = os.lstat(target)
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafePath(
+                f"{'/'.join(parts)} is a symbolic link; links inside a backup are not followed",
+                hint=f"it points to {os.readlink(target)!r}: ask for that path instead",
+            )
+        return Source(target, parts, os.lstat(fs.path).st_dev, info)  # type: ignore[arg-type]
+
+    def walk_source(self, source: Source) -> Iterator[tuple[Path, tuple[str, ...], os.stat_result]]:
+        """Everything below the folder ``source``, each parent before its children, as
+        (host path, path parts, lstat): links are not followed, another filesystem
+        mounted inside is not entered."""
+        for path, parts in _walk(source.path, source.parts):
+            with contextlib.suppress(FileNotFoundError):
+                yield path, parts, os.lstat(path)
+
+    def open_source_file(self, path: Path, device: int) -> BinaryIO:
+        """A regular file below a restore mount opened for reading, never through a link
+        (``O_NOFOLLOW``) nor on another filesystem than ``device``."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(
+                    f"{path.name} is a symbolic link; links are not followed"
+                ) from None
+            raise FileRestoreError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_dev != device:
+            os.close(fd)
+            raise FileRestoreError(f"{path.name} is not a regular file of this restore point")
+        return os.fdopen(fd, "rb")
 
     # -- extract -------------------------------------------------------------------
 

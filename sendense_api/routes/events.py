@@ -17,8 +17,9 @@ from engine.names import ID_MAX
 from engine.shapes import event_dict, live_event_dict
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Reader
+from sendense_api.routes._common import ShapedRoute
 
-router = APIRouter(prefix="/events", tags=["events"])
+router = APIRouter(prefix="/events", tags=["events"], route_class=ShapedRoute)
 
 #: most audit entries one poll of the live stream sends
 POLL_LIMIT = 1000

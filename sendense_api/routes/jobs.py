@@ -19,8 +19,9 @@ from engine.names import ID_MAX
 from engine.shapes import event_dict, job_dict
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Operator, Reader
+from sendense_api.routes._common import ShapedRoute
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ShapedRoute)
 
 JobId = Annotated[int, Path(ge=1, le=ID_MAX, description="the job's id")]
 JobState = Literal[

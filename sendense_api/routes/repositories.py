@@ -24,8 +24,9 @@ from engine.shapes import (
 )
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
 from sendense_api.problems import PROBLEM_JSON
+from sendense_api.routes._common import ShapedRoute
 
-router = APIRouter(prefix="/repositories", tags=["repositories"])
+router = APIRouter(prefix="/repositories", tags=["repositories"], route_class=ShapedRoute)
 
 Text = Annotated[str, Field(max_length=1024)]
 #: settings a change may set to null (the default applies again)

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from engine import __version__
 from sendense_api.deps import Reader
+from sendense_api.routes._common import ShapedRoute
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], route_class=ShapedRoute)
 
 
 @router.get("/version")

@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
+from engine.shapes import point_dict
 from sendense_tui.commands import COUNT_MAX, CliContext, add_parser, bounded_int, table
 from sendense_tui.commands.jobs import (
     WAIT_ENDS,
@@ -94,27 +95,6 @@ def register(subparsers: Any) -> None:
     lister.add_argument("--repo", help="only this repository (name, or #ID)")
     lister.add_argument("--vm", help="only this VM")
     lister.set_defaults(func=list_points)
-
-
-def point_dict(backup: Any, chain: Any) -> dict[str, Any]:
-    return {
-        "id": backup.id,
-        "vm": chain.vm_name,
-        "disk": chain.disk_name,
-        "chain_id": chain.id,
-        "kind": backup.kind,
-        "position": backup.position,
-        "state": backup.state,
-        "point_time": backup.point_time,
-        "path": backup.path,
-        "virtual_size": backup.virtual_size,
-        "file_size": backup.file_size,
-        "allocated_bytes": backup.allocated_bytes,
-        "checksum": backup.checksum,
-        "compression": backup.compression,
-        "verify_state": backup.verify_state,
-        "tracking": backup.tracking,
-    }
 
 
 def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:

@@ -14,8 +14,8 @@ import argparse
 from typing import Any
 
 from engine.errors import ValidationError
+from engine.shapes import chain_dict
 from sendense_tui.commands import CliContext, add_parser, id_argument, say_when_waiting
-from sendense_tui.commands.backup import point_dict
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, plural, printable, short_time
 
@@ -65,33 +65,7 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.chain_id is not None:
         views = [v for v in views if v.chain.id == args.chain_id]
     if ctx.json:
-        ctx.print_json(
-            [
-                {
-                    "chain_id": v.chain.id,
-                    "repository": v.repository,
-                    "vm": v.chain.vm_name,
-                    "disk": v.chain.disk_name,
-                    "directory": v.chain.directory,
-                    "state": v.state,
-                    "state_detail": v.chain.state_detail,
-                    "damage": v.damage(),
-                    "logical_bytes": v.logical_bytes,
-                    "physical_bytes": v.physical_bytes,
-                    "allocated_bytes": v.allocated_bytes,
-                    "points": [
-                        {
-                            **point_dict(p.backup, v.chain),
-                            "locked_until": p.locked_until,
-                            "lock_state": p.lock_state,
-                            "unprotected": p.unprotected,
-                        }
-                        for p in v.points
-                    ],
-                }
-                for v in views
-            ]
-        )
+        ctx.print_json([chain_dict(v) for v in views])
         return 0
     if not views:
         print("no chains")

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from engine.catalog.models import Copy, CopyRule
 from engine.config import parse_size
 from engine.errors import ValidationError
+from engine.shapes import copy_status_dict, rule_dict
 from sendense_tui.commands import (
     BIGINT_MAX,
     COUNT_MAX,
@@ -23,48 +23,6 @@ from sendense_tui.format import human_bytes, printable, short_time
 
 #: the longest a copy may be overdue before the rule raises an alert: ten years
 MAX_AGE_HOURS = 10 * 365 * 24
-
-
-def rule_dict(rule: CopyRule, repos: dict[int, Any] | None = None) -> dict[str, Any]:
-    repos = repos or {}
-    src = repos.get(rule.source_repository_id)
-    dst = repos.get(rule.destination_repository_id)
-    return {
-        "id": rule.id,
-        "name": rule.name,
-        "source": src.name if src else rule.source_repository_id,
-        "destination": dst.name if dst else rule.destination_repository_id,
-        "selection": rule.selection,
-        "latest_count": rule.latest_count,
-        "mode": rule.mode,
-        "schedule": rule.schedule,
-        "priority": rule.priority,
-        "lock_copies": rule.lock_copies,
-        "verify_after": rule.verify_after,
-        "bandwidth_limit": rule.bandwidth_limit,
-        "max_age_hours": rule.max_age_hours,
-        "enabled": rule.enabled,
-        "failures_in_row": rule.failures_in_row,
-    }
-
-
-def copy_dict(copy: Copy) -> dict[str, Any]:
-    return {
-        "id": copy.id,
-        "backup_id": copy.backup_id,
-        "rule_id": copy.rule_id,
-        "destination_repository_id": copy.destination_repository_id,
-        "path": copy.path,
-        "state": copy.state,
-        "size": copy.size,
-        "checksum": copy.checksum,
-        "cloned": copy.cloned,
-        "verify_state": copy.verify_state,
-        "verified_at": copy.verified_at,
-        "error": copy.error,
-        "attempts": copy.attempts,
-        "completed_at": copy.completed_at,
-    }
 
 
 def _size(text: str) -> int:
@@ -231,30 +189,7 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
         repos = engine.copy_store.repositories_by_id()
         now = engine.clock.now()
     if ctx.json:
-        ctx.print_json(
-            {
-                "rules": [
-                    {
-                        **rule_dict(s.rule, repos),
-                        "completed": s.completed,
-                        "failed": s.failed,
-                        "in_progress": s.in_progress,
-                        "newest_copy_at": s.newest_copy_at,
-                        "next_run_at": s.next_run_at,
-                        "problems": s.problems,
-                        "last_run": s.last_run,
-                        "health": s.health,
-                    }
-                    for s in statuses
-                ],
-                "alerts": [a.__dict__ for a in alerts],
-                "raised_alerts": [
-                    {"key": m.key, "level": m.level, "message": m.message, "since": m.updated_at}
-                    for m in raised.values()
-                ],
-                "copies": [copy_dict(c) for c in copies],
-            }
-        )
+        ctx.print_json(copy_status_dict(statuses, alerts, list(raised.values()), copies, repos))
         return 0
     if not statuses:
         print("no copy rules")

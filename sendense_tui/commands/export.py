@@ -12,7 +12,7 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from engine.services.exports import ExportView
+from engine.shapes import export_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.restore import FORCE_HELP
 from sendense_tui.format import export_limits, human_duration, printable
@@ -53,28 +53,6 @@ def register(subparsers: Any) -> None:
     stop = add_parser(sub, "stop", help="stop an export (by name, or #ID)")
     stop.add_argument("export")
     stop.set_defaults(func=stop_export)
-
-
-def export_dict(view: ExportView) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "backup_id": view.backup_id,
-        "point": view.point_label,
-        "name": view.name,
-        "uri": view.uri,
-        "state": view.state,
-        "persistent": view.persistent,
-        "pid": view.pid,
-        "tls": view.tls,
-        "key_file": view.key_file,
-        "idle_timeout_seconds": view.idle_seconds,
-        "last_active_at": view.last_active_at,
-        "expires_at": view.expires_at,
-        "started_at": view.started_at,
-        "stopped_at": view.stopped_at,
-        "note": view.note,
-        "stop_reason": view.stop_reason,
-    }
 
 
 def _when(value: datetime | None) -> str:

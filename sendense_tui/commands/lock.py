@@ -9,28 +9,14 @@ from typing import Any
 
 from engine.bounds import GRACE_HOURS, LOCK_DAYS
 from engine.catalog.locks import HOLDING_STATES, UNPROTECTED_STATES
-from engine.catalog.models import ImmutabilityLock
 from engine.errors import SendenseError
+from engine.shapes import lock_dict
 from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import plural, printable
 
 #: the longest grace after a lock period: a year
 GRACE_HOURS_MAX = 366 * 24
-
-
-def lock_dict(lock: ImmutabilityLock, repos: dict[int, str]) -> dict[str, Any]:
-    return {
-        "id": lock.id,
-        "repository": repos.get(lock.repository_id, str(lock.repository_id)),
-        "path": lock.path,
-        "state": lock.state,
-        "backup_id": lock.backup_id,
-        "copy_id": lock.copy_id,
-        "locked_at": lock.locked_at,
-        "expires_at": lock.expires_at,
-        "released_at": lock.released_at,
-    }
 
 
 def register(subparsers: Any) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.catalog.models import Policy
 from engine.errors import SendenseError, ValidationError
+from engine.shapes import policy_dict
 from sendense_tui.commands import (
     COUNT_MAX,
     DAYS_MAX,
@@ -25,29 +25,6 @@ LOCK_DAYS = bounded_int(0, DAYS_MAX, "days")
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-def policy_dict(engine: Any, policy: Policy) -> dict[str, Any]:
-    repo = engine.repository_store.get(policy.target_repository_id)
-    return {
-        "id": policy.id,
-        "name": policy.name,
-        "enabled": policy.enabled,
-        "schedule": policy.schedule,
-        "target": repo.name,
-        "sources": policy.sources,
-        "full_every": policy.full_every,
-        "full_weekday": policy.full_weekday,
-        "retention": policy.retention,
-        "verify_after": policy.verify_after,
-        "immutable_days": policy.immutable_days,
-        "compression": policy.compression,
-        "copy_rules": [r.name for r in engine.policies.copy_rules(policy)],
-        "next_run_at": policy.next_run_at,
-        "last_run_at": policy.last_run_at,
-        "last_result": policy.last_result,
-        "compliance": engine.compliance.for_policy(policy),
-    }
 
 
 def register(subparsers: Any) -> None:

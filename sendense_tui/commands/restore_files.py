@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from engine.services.file_restore import Entry, MountView
+from engine.shapes import file_entry_dict, mount_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.jobs import ensure_runner
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
@@ -68,43 +69,6 @@ def add_subcommands(sub: Any) -> None:
     unmount = add_parser(sub, "unmount", help="unmount a restore point")
     unmount.add_argument("mount", type=MOUNT_ID)
     unmount.set_defaults(func=unmount_point)
-
-
-def mount_dict(view: MountView) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "backup_id": view.backup_id,
-        "point": view.point.label if view.point else None,
-        "state": view.state,
-        "reused": view.reused,
-        "note": view.note,
-        "expires_at": view.expires_at,
-        "filesystems": [
-            {
-                "name": fs.name,
-                "fs_type": fs.fs_type,
-                "state": fs.state,
-                "size": fs.size,
-                "label": fs.label,
-                "path": fs.path,
-                "detail": fs.detail,
-            }
-            for fs in view.filesystems
-        ],
-    }
-
-
-def entry_dict(entry: Entry) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "path": entry.path,
-        "kind": entry.kind,
-        "size": entry.size,
-        "mtime": entry.mtime,
-        "mode": f"{entry.mode:04o}",
-        "link_target": entry.link_target,
-        "detail": entry.detail,
-    }
 
 
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -216,7 +180,7 @@ def list_dir(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         entries = engine.file_restore.ls(args.mount, args.path)
     if ctx.json:
-        ctx.print_json([entry_dict(e) for e in entries])
+        ctx.print_json([file_entry_dict(e) for e in entries])
     else:
         _print_entries(entries)
     return 0
@@ -226,7 +190,7 @@ def find_files(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         entries = engine.file_restore.search(args.mount, args.pattern, args.under)
     if ctx.json:
-        ctx.print_json([entry_dict(e) for e in entries])
+        ctx.print_json([file_entry_dict(e) for e in entries])
     else:
         _print_entries(entries, full_path=True)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from engine.shapes import verification_report_dict
 from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
 from sendense_tui.exitcodes import CommandFailed
@@ -58,16 +59,9 @@ def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
         next_at = engine.scheduler.next_verification()
         schedule = engine.scheduler.verify_schedule
         reverify_days = engine.verifier.reverify_after_days
-    if ctx.json:
-        ctx.print_json(
-            {
-                **report.as_dict(),
-                "overdue_count": len(report.overdue),
-                "reverify_days": reverify_days,
-                "schedule": schedule,
-                "next_scheduled_at": next_at,
-            }
-        )
+        data = verification_report_dict(engine, report) if ctx.json else None
+    if data is not None:
+        ctx.print_json(data)
         return _bad_points(report)
     print(printable(report.sentence()))
     print(f"{report.files_verified} of {plural(report.files_total, 'file')} verified in the window")

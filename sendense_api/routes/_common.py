@@ -1,0 +1,43 @@
+"""What the resource routes share: answers in the CLI's shapes, the 202 answer for a
+queued job, and request bodies that refuse fields they do not know (a typo is a 422,
+not a setting silently ignored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+
+from engine.shapes import job_dict
+from sendense_api.app import API_PREFIX
+
+
+class ShapedRoute(APIRoute):
+    """A route whose answer is an ``engine.shapes`` dict sent as it is: no response
+    model is made from the return annotation, so FastAPI's ``jsonable_encoder`` writes
+    it, and times read as the CLI's ``--json`` prints them (``isoformat()``:
+    ``+00:00``, where a pydantic model would write ``Z``)."""
+
+    def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        kwargs["response_model"] = None
+        super().__init__(path, endpoint, **kwargs)
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def job_url(job_id: int) -> str:
+    return f"{API_PREFIX}/jobs/{job_id}"
+
+
+def accepted(job: Any, **extra: Any) -> JSONResponse:
+    """202 with the queued job and where to follow it (``Location`` too)."""
+    url = job_url(job.id)
+    body = {"job": job_dict(job), "url": url, **extra}
+    return JSONResponse(jsonable_encoder(body), status_code=202, headers={"Location": url})
