@@ -496,6 +496,7 @@ class NotificationService:
         self._unsubscribe = self.bus.subscribe(self._on_event)
         self._thread = threading.Thread(target=self._run, name="sendense-notify", daemon=True)
         self._thread.start()
+        self.wake()  # what an engine before this one left queued goes out now
 
     @property
     def running(self) -> bool:

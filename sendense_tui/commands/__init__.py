@@ -45,6 +45,7 @@ GROUPS: list[str] = [
     "lock",
     "daemon",
     "events",
+    "notify",
     "catalog",
     "doctor",
     "version",
