@@ -75,6 +75,8 @@ TIMEOUT_SECONDS = 10.0
 TICK_SECONDS = 5.0
 #: a delivery left "sending" this long (its engine died mid-send) is queued again
 STALE_SENDING = timedelta(minutes=10)
+#: finished deliveries are kept this long (``notify deliveries``), then forgotten
+KEEP_DELIVERIES = timedelta(days=30)
 #: events waiting for the worker at most; beyond, new ones are dropped and counted
 QUEUE_MAX = 10_000
 #: events listed one by one in a digest or summary message
@@ -309,6 +311,7 @@ class NotificationService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Any = None
+        self._pruned_at: datetime | None = None
 
     # -- rules -----------------------------------------------------------------------
 
@@ -606,6 +609,9 @@ class NotificationService:
         """What is due at ``now``: digests, held events whose rate window opened,
         retries."""
         self.store.requeue_stale(now - STALE_SENDING)
+        if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1):
+            self.store.prune(now - KEEP_DELIVERIES)
+            self._pruned_at = now
         self.run_digests(now)
         self.release_held(now)
         self.deliver_due(now)

@@ -117,13 +117,22 @@ def test_mail_arrives_over_starttls_after_a_login(engine: Engine, mail_server: M
         f"oncall@example.com via 127.0.0.1:{mail_server.port}, STARTTLS"
     )
     engine.notifications.start()
-    engine.bus.publish(failure(2))
+    # a message carrying a line break (a crafted VM name) cannot add a header
+    hostile = Event(
+        kind="job.failed",
+        message="failed: backup of web01\r\nBcc: thief@evil.example\r\n\r\nforged body",
+        level="error",
+        source="jobs",
+    )
+    engine.bus.publish(hostile)
     wait_for(lambda: len(mail_server.messages) == 2)
     sender, recipients, message = mail_server.messages[1]
     assert sender == "sendense@backup.example"
     assert recipients == ["ops@example.com", "oncall@example.com"]
-    assert message["Subject"] == "[Sendense] ERROR: failed: copy run 2 (destination unreachable)"
-    assert "kind:   job.failed" in message.get_payload()
+    assert " ".join(message["Subject"].split()) == (  # unfolded
+        "[Sendense] ERROR: failed: backup of web01 Bcc: thief@evil.example forged body"
+    )
+    assert message["Bcc"] is None and "kind:   job.failed" in message.get_payload()
     assert mail_server.logins == ["sendense", "sendense"]
 
 
@@ -203,6 +212,11 @@ def test_duplicates_within_the_window_are_suppressed_and_counted(
     engine.bus.publish(failure(10, rule_id=7))
     wait_for(lambda: len(webhook.received) == 3)
     assert webhook.received[2].json["message"].startswith("failed: copy run 10")
+    finished = [("sent", None)] * 3 + [("suppressed", "dedup")] * 4
+    wait_for(lambda: states(engine, "dedup") == finished)
+    clock.advance(timedelta(days=31))  # a month later the records are forgotten
+    engine.notifications.tick(clock.now())
+    assert engine.notifications.deliveries(rule="dedup") == []
 
 
 @SQLITE_ONLY
