@@ -39,17 +39,11 @@ import json
 import logging
 import queue
 import re
-import smtplib
-import ssl
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate
 from typing import Any
 
 from engine.catalog.audit import LEVELS
@@ -855,22 +849,25 @@ def _check_apprise_url(url: str | None) -> None:
         )
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A webhook that redirects is answered as a failure: the signed body is never
-    re-sent to another place."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def send_webhook(url: str, payload: dict[str, Any], secret: str | None, *, timeout: float) -> None:
+    # imported here: every CLI command builds an engine, few of them send anything
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """A webhook that redirects is answered as a failure: the signed body is never
+        re-sent to another place."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "sendense-notify"}
     if secret:
         digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         headers[SIGNATURE_HEADER] = f"sha256={digest}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(NoRedirect)
     shown = redact_url(url)
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -921,6 +918,11 @@ def _body_text(payload: dict[str, Any]) -> str:
 def send_email(
     options: dict[str, Any], payload: dict[str, Any], password: str | None, *, timeout: float
 ) -> None:
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
+    from email.utils import formatdate
+
     host, port = str(options["host"]), int(options.get("port", 25))
     message = EmailMessage()
     message["Subject"] = _subject_line(payload)
@@ -952,7 +954,8 @@ def send_email(
         raise DeliveryError(f"{where} cannot be reached: {_reason(exc)}") from None
 
 
-def _smtp_text(exc: smtplib.SMTPResponseException) -> str:
+def _smtp_text(exc: Any) -> str:
+    """The text of an ``smtplib.SMTPResponseException``, on one line."""
     error = exc.smtp_error
     text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
     return " ".join(text.split())
