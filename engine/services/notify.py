@@ -50,7 +50,6 @@ from engine.catalog.audit import LEVELS
 from engine.catalog.models import NotificationDelivery, NotificationRule
 from engine.catalog.notifications import NotificationStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.config import redact_url
 from engine.errors import CatalogUnavailable, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
@@ -355,23 +354,30 @@ class NotificationService:
             raise ValidationError(
                 f"digest time {spec.digest_at!r} is not HH:MM", hint="e.g. --digest 07:30 (UTC)"
             )
+        # what is secret goes into one encrypted JSON object; options keep the rest
         options: dict[str, Any]
-        secret: str | None
+        secrets: dict[str, str] = {}
         if spec.target == "webhook":
-            options = {"url": _checked_webhook_url(spec.url)}
-            secret = spec.hmac_secret or None
+            url = _checked_webhook_url(spec.url)
+            # a webhook URL often holds its token (…/services/T0/B0/XXXX): stored
+            # encrypted, listed as scheme://host/… only
+            options = {"shown": shown_url(url), "signed": bool(spec.hmac_secret)}
+            secrets["url"] = url
+            if spec.hmac_secret:
+                secrets["hmac_key"] = spec.hmac_secret
         elif spec.target == "email":
             options = _checked_email(spec)
-            secret = spec.smtp_password or None
+            if spec.smtp_password:
+                secrets["password"] = spec.smtp_password
         else:
             _check_apprise_url(spec.apprise_url)
             options = {}
-            secret = spec.apprise_url
+            secrets["url"] = str(spec.apprise_url)
         return {
             "enabled": spec.enabled,
             "target": spec.target,
             "options": options,
-            "secret": self.secrets.encrypt(secret) if secret else None,
+            "secret": self.secrets.encrypt(json.dumps(secrets)) if secrets else None,
             "min_level": spec.min_level,
             "levels": list(spec.levels),
             "sources": list(spec.sources),
@@ -421,7 +427,7 @@ class NotificationService:
             enabled=rule.enabled,
             target=rule.target,
             destination=describe_target(rule),
-            secret_set=bool(rule.secret),
+            secret_set=secret_set(rule),
             min_level=rule.min_level,
             levels=list(rule.levels or []),
             sources=list(rule.sources or []),
@@ -464,7 +470,7 @@ class NotificationService:
         destination = describe_target(rule)
         try:
             self.send(rule, payload)
-        except DeliveryError as exc:
+        except SendenseError as exc:
             self.store.finish(
                 delivery.id, self.clock.now(), state="failed", attempts=1, last_error=exc.message
             )
@@ -705,7 +711,7 @@ class NotificationService:
             attempts = delivery.attempts + 1
             try:
                 self.send(rule, delivery.event)
-            except DeliveryError as exc:
+            except SendenseError as exc:  # the target's answer, or a key that does not fit
                 self._attempt_failed(rule, delivery, attempts, exc.message)
                 continue
             except Exception as exc:  # a bug must not leave the row "sending"
@@ -757,15 +763,15 @@ class NotificationService:
 
     def send(self, rule: NotificationRule, payload: dict[str, Any]) -> None:
         """One attempt; raises DeliveryError with the target's reason."""
-        secret = self.secrets.decrypt(rule.secret) if rule.secret else None
+        secrets: dict[str, str] = (
+            json.loads(self.secrets.decrypt(rule.secret)) if rule.secret else {}
+        )
         if rule.target == "webhook":
-            send_webhook(rule.options["url"], payload, secret, timeout=self.timeout)
+            send_webhook(secrets["url"], payload, secrets.get("hmac_key"), timeout=self.timeout)
         elif rule.target == "email":
-            send_email(rule.options, payload, secret, timeout=self.timeout)
+            send_email(rule.options, payload, secrets.get("password"), timeout=self.timeout)
         elif rule.target == "apprise":
-            if not secret:
-                raise DeliveryError("the rule has no apprise URL")
-            send_apprise(secret, payload)
+            send_apprise(secrets["url"], payload)
         else:
             raise DeliveryError(f"unknown notification target {rule.target!r}")
 
@@ -783,14 +789,38 @@ class NotificationService:
 
 
 def describe_target(rule: NotificationRule) -> str:
+    """Where a rule sends, in words that hold no secret."""
     options = rule.options or {}
     if rule.target == "webhook":
-        return redact_url(str(options.get("url", "")))
+        return str(options.get("shown", "a webhook"))
     if rule.target == "email":
         port = options.get("port", 25)
         tls = ", STARTTLS" if options.get("starttls") else ""
         return f"{', '.join(options.get('to', []))} via {options.get('host')}:{port}{tls}"
     return "an apprise URL"
+
+
+def secret_set(rule: NotificationRule) -> bool:
+    """Whether the rule has its credential: the HMAC key of a webhook, the password of
+    a mail login, the URL of an apprise target."""
+    if rule.target == "webhook":
+        return bool((rule.options or {}).get("signed"))
+    return bool(rule.secret)
+
+
+def shown_url(url: str) -> str:
+    """A URL as listings and errors show it: scheme, host and port, not its user,
+    path or query (where webhook services put their tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    rest = "…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{port}/{rest}"
 
 
 def _checked_webhook_url(url: str | None) -> str:
@@ -799,9 +829,13 @@ def _checked_webhook_url(url: str | None) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or has_unsafe_chars(url):
         raise ValidationError(
-            f"{redact_url(url)!r} is not an http:// or https:// URL",
+            f"{shown_url(url)!r} is not an http:// or https:// URL",
             hint="e.g. --webhook https://hooks.example.com/sendense",
         )
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ValidationError(f"{shown_url(url)!r} has a port that is not 1 to 65535") from None
     if len(url) > 2000:
         raise ValidationError("the webhook URL is longer than 2000 characters")
     return url
@@ -868,7 +902,7 @@ def send_webhook(url: str, payload: dict[str, Any], secret: str | None, *, timeo
         headers[SIGNATURE_HEADER] = f"sha256={digest}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     opener = urllib.request.build_opener(NoRedirect)
-    shown = redact_url(url)
+    shown = shown_url(url)
     try:
         with opener.open(request, timeout=timeout) as response:
             response.read(65536)

@@ -42,6 +42,11 @@ def failure(n: int = 0, **data: object) -> Event:
     )
 
 
+def shown(url: str) -> str:
+    """How listings and errors show a loopback webhook URL: no path (tokens live there)."""
+    return url.rsplit("/", 1)[0] + "/…"
+
+
 def attempts(engine: Engine) -> int:
     """Attempts made on the newest delivery (0 before it is recorded)."""
     newest = engine.notifications.deliveries(limit=1)
@@ -268,7 +273,7 @@ def test_a_hanging_target_never_blocks_the_publisher_and_ends_failed_with_the_re
     for attempt, delay in enumerate((*engine.notifications.retry_delays, None), start=1):
         wait_for(lambda a=attempt: attempts(engine) == a)
         [record] = engine.notifications.deliveries()
-        assert record.last_error == f"{webhook.url} did not answer within 0.3 s"
+        assert record.last_error == f"{shown(webhook.url)} did not answer within 0.3 s"
         if delay is not None:
             assert record.state == "queued"
             assert record.next_attempt_at == clock.now() + timedelta(seconds=delay)
@@ -279,8 +284,8 @@ def test_a_hanging_target_never_blocks_the_publisher_and_ends_failed_with_the_re
     warnings = engine.audit.query(min_level="warning", limit=10)
     [warning] = [w for w in warnings if w.kind == "notify.failed"]
     assert warning.message == (
-        f"notification rule slow could not deliver job.failed to {webhook.url} after 4 "
-        f"attempts: {webhook.url} did not answer within 0.3 s"
+        f"notification rule slow could not deliver job.failed to {shown(webhook.url)} after 4 "
+        f"attempts: {shown(webhook.url)} did not answer within 0.3 s"
     )
     engine.notifications.stop()
     assert [d.kind for d in engine.notifications.deliveries()] == ["job.failed"]
@@ -299,12 +304,12 @@ def test_a_closed_port_is_retried_then_failed(engine: Engine, clock: FixedClock)
     engine.notifications.wake()
     [record] = wait_for(lambda: engine.notifications.deliveries(failed_only=True))
     assert record.attempts == 2
-    assert record.last_error == f"{url} cannot be reached: connection refused"
+    assert record.last_error == f"{shown(url)} cannot be reached: connection refused"
     outcome = engine.notifications.test("dead")
     assert not outcome.ok
     assert outcome.sentence == (
-        f"the test message of notification rule dead was not delivered to {url}: "
-        f"{url} cannot be reached: connection refused"
+        f"the test message of notification rule dead was not delivered to {shown(url)}: "
+        f"{shown(url)} cannot be reached: connection refused"
     )
 
 
@@ -317,7 +322,7 @@ def test_an_http_error_is_the_reason_and_is_retried(engine: Engine, webhook: Web
     wait_for(lambda: attempts(engine) == 1)
     [record] = engine.notifications.deliveries()
     assert record.state == "queued"
-    assert record.last_error == f"{webhook.url} answered HTTP 500 Internal Server Error"
+    assert record.last_error == f"{shown(webhook.url)} answered HTTP 500 Internal Server Error"
 
 
 @SQLITE_ONLY
@@ -361,8 +366,9 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     engine: Engine, webhook: WebhookServer
 ) -> None:
     apprise_url = "json://user:apprise-t0ken@127.0.0.1:9/x"
+    hook_url = webhook.url + "/services/T0/B0/hook-t0ken"  # the URL holds a token too
     engine.notifications.add_rule(
-        RuleSpec(name="hook", target="webhook", url=webhook.url, hmac_secret=HMAC_KEY)
+        RuleSpec(name="hook", target="webhook", url=hook_url, hmac_secret=HMAC_KEY)
     )
     engine.notifications.add_rule(
         RuleSpec(
@@ -373,24 +379,29 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     )  # fmt: skip
     engine.notifications.add_rule(RuleSpec(name="app", target="apprise", apprise_url=apprise_url))
     listed = json.dumps([v.as_dict() for v in engine.notifications.list_rules()])
-    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken"):
+    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken", "hook-t0ken"):
         assert secret not in listed
-    assert [v.as_dict()["secret"] for v in engine.notifications.list_rules()] == ["set"] * 3
+    views = {v.name: v for v in engine.notifications.list_rules()}
+    assert [v.as_dict()["secret"] for v in views.values()] == ["set"] * 3
+    assert views["hook"].destination == shown(webhook.url)
+    assert views["app"].destination == "an apprise URL"
     with engine.catalog.session() as session:
         rows = [
             tuple(map(str, row))
             for row in session.execute(text("SELECT * FROM notification_rules"))
         ]
     dump = repr(rows)
-    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken"):
+    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken", "hook-t0ken"):
         assert secret not in dump
     with engine.catalog.session() as session:
-        stored = list(session.scalars(text("SELECT secret FROM notification_rules")))
+        stored = list(session.scalars(text("SELECT secret FROM notification_rules ORDER BY id")))
     assert all(s.startswith("fernet:") for s in stored)
     # readable with the state directory's key, the one CIFS passwords use
-    assert sorted(engine.secrets.decrypt(s) for s in stored) == sorted(
-        [HMAC_KEY, "mail-pa55word", apprise_url]
-    )
+    assert [json.loads(engine.secrets.decrypt(s)) for s in stored] == [
+        {"url": hook_url, "hmac_key": HMAC_KEY},
+        {"password": "mail-pa55word"},
+        {"url": apprise_url},
+    ]
 
 
 @SQLITE_ONLY
@@ -398,7 +409,7 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     ("spec", "sentence"),
     [
         (RuleSpec(name="x", target="webhook", url="file:///etc/passwd"),
-         "'file:///etc/passwd' is not an http:// or https:// URL"),
+         "'file:///…' is not an http:// or https:// URL"),
         (RuleSpec(name="x", target="webhook", url="http://h/\r\nX-Injected: 1"),
          "is not an http:// or https:// URL"),
         (RuleSpec(name="x", target="email", smtp_host="mail", mail_from="a@b",
@@ -464,6 +475,20 @@ def test_what_one_engine_queued_the_next_one_sends(
     first.notifications.record(failure(1))  # recorded, never sent: that engine stopped
     first.close()
     second = engine_factory(clock=clock, owner="second")  # type: ignore[operator]
+    # appliances sharing a catalog share the key its secrets are encrypted with
+    second.secrets.key_file.write_bytes(first.secrets.key_file.read_bytes())
     second.notifications.start()
     [hit] = wait_for(lambda: webhook.received)
     assert hit.json["message"].startswith("failed: copy run 1")
+
+
+@SQLITE_ONLY
+def test_a_key_file_that_does_not_fit_is_the_reason_given(
+    engine_factory: object, webhook: WebhookServer, clock: FixedClock
+) -> None:
+    first = engine_factory(clock=clock, owner="first")  # type: ignore[operator]
+    first.notifications.add_rule(RuleSpec(name="ops", target="webhook", url=webhook.url))
+    other = engine_factory(clock=clock, owner="other")  # type: ignore[operator]
+    outcome = other.notifications.test("ops")  # its own secret.key: not the one used
+    assert not outcome.ok and not webhook.received
+    assert f"cannot be decrypted with {other.secrets.key_file}" in outcome.sentence
