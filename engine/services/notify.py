@@ -551,8 +551,10 @@ class NotificationService:
                 if more is not None:
                     events.append(more)
             try:
+                # the rules are read once for what arrived together
+                rules = self.store.rules(enabled_only=True) if events else []
                 for event in events:
-                    self.record(event)
+                    self.record(event, rules)
                 if self._stop.is_set():
                     # one last try, so a CLI that ran a failing job sends its message;
                     # stop() waits a bounded time, what is left stays queued
@@ -566,14 +568,18 @@ class NotificationService:
             if self._stop.is_set():
                 return
 
-    def record(self, event: Event) -> list[NotificationDelivery]:
-        """One delivery per enabled rule the event matches: queued, suppressed (dedup)
-        or held (rate limit, digest)."""
+    def record(
+        self, event: Event, rules: Sequence[NotificationRule] | None = None
+    ) -> list[NotificationDelivery]:
+        """One delivery per enabled rule (of ``rules``, default: read them) the event
+        matches: queued, suppressed (dedup) or held (rate limit, digest)."""
         if event.source == SOURCE or not event.record:
             return []
         now = self.clock.now()
         created = []
-        for rule in self.store.rules(enabled_only=True):
+        if rules is None:
+            rules = self.store.rules(enabled_only=True)
+        for rule in rules:
             if not rule_matches(rule, event):
                 continue
             subject = subject_of(event)

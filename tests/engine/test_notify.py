@@ -224,7 +224,6 @@ def test_duplicates_within_the_window_are_suppressed_and_counted(
     assert engine.notifications.deliveries(rule="dedup") == []
 
 
-@SQLITE_ONLY
 def test_beyond_the_rate_limit_events_are_folded_into_one_message(
     engine: Engine, webhook: WebhookServer, clock: FixedClock
 ) -> None:
@@ -325,7 +324,6 @@ def test_an_http_error_is_the_reason_and_is_retried(engine: Engine, webhook: Web
     assert record.last_error == f"{shown(webhook.url)} answered HTTP 500 Internal Server Error"
 
 
-@SQLITE_ONLY
 def test_the_digest_collects_events_and_sends_one_message_when_due(
     engine: Engine, webhook: WebhookServer, clock: FixedClock
 ) -> None:
