@@ -41,6 +41,7 @@ import queue
 import re
 import threading
 import urllib.parse
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -301,6 +302,8 @@ class NotificationService:
         #: events waiting for the worker (None wakes it)
         self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=QUEUE_MAX)
         self.dropped = 0
+        #: events the worker holds because the catalog did not take them (yet)
+        self.unrecorded = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Any = None
@@ -495,9 +498,12 @@ class NotificationService:
         """Listen to the bus and deliver on a worker thread (an engine that runs jobs)."""
         if self._thread is not None:
             return
-        self._stop.clear()
+        # each worker has its own stop flag: one that outlived stop()'s wait still ends
+        self._stop = threading.Event()
         self._unsubscribe = self.bus.subscribe(self._on_event)
-        self._thread = threading.Thread(target=self._run, name="sendense-notify", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="sendense-notify", daemon=True
+        )
         self._thread.start()
         self.wake()  # what an engine before this one left queued goes out now
 
@@ -536,36 +542,45 @@ class NotificationService:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("notification queue full: %d events not notified", self.dropped)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
+        # events taken from the bus and not yet recorded: kept while the catalog is
+        # away (an outage is when a notification matters most), recorded when it answers
+        pending: deque[Event] = deque(maxlen=QUEUE_MAX)
         while True:
             try:
                 item = self._queue.get(timeout=self.tick_seconds)
             except queue.Empty:
                 item = None
-            events = [item] if item is not None else []
+            if item is not None:
+                pending.append(item)
             while True:  # everything already waiting, in one go
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is not None:
-                    events.append(more)
+                    pending.append(more)
             try:
-                # the rules are read once for what arrived together
-                rules = self.store.rules(enabled_only=True) if events else []
-                for event in events:
-                    self.record(event, rules)
-                if self._stop.is_set():
+                if pending:
+                    # the rules are read once for what arrived together
+                    rules = self.store.rules(enabled_only=True)
+                    while pending:
+                        self.record(pending[0], rules)
+                        pending.popleft()
+                if stop.is_set():
                     # one last try, so a CLI that ran a failing job sends its message;
                     # stop() waits a bounded time, what is left stays queued
                     self.deliver_due(self.clock.now())
                     return
                 self.tick(self.clock.now())
             except CatalogUnavailable:
-                pass  # logged once by the catalog; queued rows wait for it
+                pass  # logged once by the catalog; the events wait in ``pending``
             except Exception:
                 log.exception("notification worker")
-            if self._stop.is_set():
+                if pending:
+                    pending.popleft()  # an event that cannot be recorded is not retried
+            self.unrecorded = len(pending)
+            if stop.is_set():
                 return
 
     def record(

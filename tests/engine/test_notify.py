@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -490,3 +492,26 @@ def test_a_key_file_that_does_not_fit_is_the_reason_given(
     outcome = other.notifications.test("ops")  # its own secret.key: not the one used
     assert not outcome.ok and not webhook.received
     assert f"cannot be decrypted with {other.secrets.key_file}" in outcome.sentence
+
+
+@SQLITE_ONLY
+def test_an_event_during_a_catalog_outage_is_sent_when_the_catalog_is_back(
+    engine: Engine, webhook: WebhookServer
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    engine.notifications.add_rule(RuleSpec(name="ops", target="webhook", url=webhook.url))
+    engine.notifications.start()
+    path = engine.catalog.sqlite_path
+    assert path is not None
+    files = [p for p in (path, path.with_name("catalog.db-wal")) if p.exists()]
+    subprocess.run(["chattr", "+i", *map(str, files)], check=True, timeout=30)
+    try:
+        engine.bus.publish(failure(1))  # the catalog takes no write now
+        wait_for(lambda: engine.notifications.unrecorded == 1)
+        assert not webhook.received
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=True, timeout=30)
+    engine.notifications.wake()
+    [hit] = wait_for(lambda: webhook.received)
+    assert hit.json["message"].startswith("failed: copy run 1")
