@@ -206,7 +206,7 @@ class DeliveryView:
 
 
 @dataclass(frozen=True)
-class TestOutcome:
+class NotificationTestResult:
     """What ``notify test`` saw: ok, and one sentence saying so."""
 
     ok: bool
@@ -443,7 +443,7 @@ class NotificationService:
 
     # -- a test message, now ---------------------------------------------------------
 
-    def test(self, name: int | str, *, actor: str | None = None) -> TestOutcome:
+    def test(self, name: int | str, *, actor: str | None = None) -> NotificationTestResult:
         """Send a test message through the rule now, on this thread (not through the
         worker, dedup, rate limit or digest), record it and say how it went."""
         rule = self.store.get_rule(name)
@@ -477,7 +477,7 @@ class NotificationService:
             self.store.finish(
                 delivery.id, self.clock.now(), state="failed", attempts=1, last_error=exc.message
             )
-            return TestOutcome(
+            return NotificationTestResult(
                 False,
                 f"the test message of notification rule {rule.name} was not delivered to "
                 f"{destination}: {exc.message}",
@@ -486,7 +486,7 @@ class NotificationService:
         self.store.finish(
             delivery.id, self.clock.now(), state="sent", attempts=1, sent_at=self.clock.now()
         )
-        return TestOutcome(
+        return NotificationTestResult(
             True,
             f"the test message of notification rule {rule.name} was delivered to {destination}",
             delivery.id,
