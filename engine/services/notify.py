@@ -76,6 +76,8 @@ QUEUE_MAX = 10_000
 #: events listed one by one in a digest or summary message
 FOLD_LINES = 50
 SIGNATURE_HEADER = "X-Sendense-Signature"
+#: a mail server here may take a login without STARTTLS: nothing crosses a network
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "[::1]", "localhost")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _ADDRESS = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+")
 _HOST = re.compile(r"[A-Za-z0-9._:\[\]-]+")
@@ -880,6 +882,11 @@ def _checked_email(spec: RuleSpec) -> dict[str, Any]:
         raise ValidationError("the SMTP user name is empty or holds control characters")
     if spec.smtp_password and not spec.smtp_user:
         raise ValidationError("an SMTP password needs --user")
+    if spec.smtp_user and not spec.starttls and spec.smtp_host not in LOOPBACK_HOSTS:
+        raise ValidationError(
+            f"a login to {spec.smtp_host} without STARTTLS would send the password in clear",
+            hint="add --starttls",
+        )
     return {
         "host": spec.smtp_host,
         "port": spec.smtp_port,
@@ -988,9 +995,15 @@ def send_email(
     where = f"mail server {host}:{port}"
     try:
         with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+            smtp.ehlo()
             if options.get("starttls"):
+                if not smtp.has_extn("starttls"):
+                    raise DeliveryError(f"{where} does not offer STARTTLS, so nothing was sent")
                 smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
             if options.get("user"):
+                if not smtp.has_extn("auth"):
+                    raise DeliveryError(f"{where} does not offer a login (AUTH)")
                 smtp.login(str(options["user"]), password or "")
             smtp.send_message(message)
     except smtplib.SMTPAuthenticationError as exc:

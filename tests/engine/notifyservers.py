@@ -202,3 +202,25 @@ def mail_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mai
         yield state
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def plain_mail_server() -> Iterator[MailServer]:
+    """aiosmtpd on loopback offering neither STARTTLS nor a login."""
+    from aiosmtpd.controller import Controller
+
+    state = MailServer(host="127.0.0.1", port=closed_port(), cert_file=Path("/nonexistent"))
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            state.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content))
+            )
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname=state.host, port=state.port)
+    controller.start()
+    try:
+        yield state
+    finally:
+        controller.stop()

@@ -11,6 +11,7 @@ import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -28,6 +29,7 @@ from tests.engine.notifyservers import MailServer, WebhookServer, closed_port, w
 # the loopback targets, as fixtures of this module
 webhook = notifyservers.webhook
 mail_server = notifyservers.mail_server
+plain_mail_server = notifyservers.plain_mail_server
 
 SQLITE_ONLY = pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
 HMAC_KEY = "k3y-for-the-webhook"
@@ -163,6 +165,42 @@ def test_a_wrong_mail_password_is_the_reason_given(engine: Engine, mail_server: 
     assert f"mail server 127.0.0.1:{mail_server.port} refused the login" in outcome.sentence
     [record] = engine.notifications.deliveries(failed_only=True)
     assert record.reason == "test" and "refused the login" in (record.last_error or "")
+
+
+@SQLITE_ONLY
+def test_a_server_without_starttls_gets_nothing_when_starttls_is_asked(
+    engine: Engine, plain_mail_server: MailServer
+) -> None:
+    where = f"mail server 127.0.0.1:{plain_mail_server.port}"
+    common: dict[str, Any] = {
+        "target": "email",
+        "smtp_host": plain_mail_server.host,
+        "smtp_port": plain_mail_server.port,
+        "mail_from": "a@example.com",
+        "mail_to": ("b@example.com",),
+    }
+    engine.notifications.add_rule(RuleSpec(name="tls", starttls=True, **common))
+    outcome = engine.notifications.test("tls")
+    assert not outcome.ok and outcome.sentence.endswith(
+        f"{where} does not offer STARTTLS, so nothing was sent"
+    )
+    assert not plain_mail_server.messages
+    # a login over the network without STARTTLS is refused when the rule is made
+    with pytest.raises(ValidationError, match="would send the password in clear"):
+        engine.notifications.add_rule(
+            RuleSpec(
+                name="clear",
+                smtp_user="u",
+                smtp_password="p",
+                **{**common, "smtp_host": "mail.example"},
+            )
+        )
+    engine.notifications.add_rule(RuleSpec(name="plain", **common))
+    assert engine.notifications.test("plain").ok
+    [(_, recipients, message)] = plain_mail_server.messages
+    assert recipients == ["b@example.com"] and message["Subject"].strip().startswith(
+        "[Sendense] INFO: "
+    )
 
 
 @SQLITE_ONLY
