@@ -577,6 +577,10 @@ class NotificationService:
                 self.tick(self.clock.now())
             except CatalogUnavailable:
                 pass  # logged once by the catalog; the events wait in ``pending``
+            except SendenseError as exc:  # a sentence, not a traceback
+                log.warning("notifications: %s", exc.message)
+                if pending:
+                    pending.popleft()
             except Exception:
                 log.exception("notification worker")
                 if pending:
