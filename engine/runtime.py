@@ -100,6 +100,7 @@ class Engine:
         self._wire_imports()
         self._wire_metrics()
         self._wire_api()
+        self._wire_notifications()
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client
@@ -262,12 +263,28 @@ class Engine:
             reverify_days=self.settings.verify.reverify_days,
             clock=self.clock,
         )
+
     def _wire_api(self) -> None:
         """Tokens of the HTTP API (``self.api_tokens``); the daemon serves the API."""
         from engine.catalog.api_tokens import ApiTokenStore
         from engine.services.api_tokens import ApiTokenService
 
         self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=self.clock)
+
+    def _wire_notifications(self) -> None:
+        """Notification rules and their delivery (``self.notifications``); it delivers
+        only where jobs run (started in start(), like the job runner)."""
+        from engine.catalog.notifications import NotificationStore
+        from engine.services.notify import NotificationService
+
+        self.notification_store = NotificationStore(self.catalog)
+        self.notifications = NotificationService(
+            self.notification_store,
+            self.bus,
+            self.secrets,
+            clock=self.clock,
+            owner=self.jobs.owner,
+        )
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
@@ -286,6 +303,8 @@ class Engine:
             self.settings.capacity,
             clock=self.clock,
         )
+        #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
+        self.secrets = SecretBox(self.settings.state_dir / "secret.key")
         self.mounts = MountManager(
             self.settings.mount_root, self.settings.state_dir / "credentials"
         )
@@ -294,7 +313,7 @@ class Engine:
             self.job_store,
             self.bus,
             self.mounts,
-            SecretBox(self.settings.state_dir / "secret.key"),
+            self.secrets,
             self.capacity,
             clock=self.clock,
             locks=self.locks,
@@ -465,6 +484,9 @@ class Engine:
         if not self._started:
             if self.run_jobs:
                 self.jobs.start()
+                # the engine that runs the jobs sends the notifications: a console
+                # attached to a daemon would send each one a second time
+                self.notifications.start()
             self._start_repositories()
             self.file_restore.start_reaper()
             self.exports.start_reaper()
@@ -523,6 +545,7 @@ class Engine:
         problem = f"the sendense daemon (pid {status.pid}) stopped"
         self.attach_daemon(DaemonStatus(problem=problem, log_file=status.log_file))
         self.jobs.start()
+        self.notifications.start()
         if self._want_scheduler:
             self.run_scheduler = True
             self.scheduler.start()
@@ -558,6 +581,8 @@ class Engine:
             self.capacity.stop()
             self.jobs.stop()
             self._started = False
+        # also when started on its own (tests, a console's action)
+        self.notifications.stop()
         self.writers.close()
         if self._opened:
             for stop in (self.file_restore.close, self.exports.close):

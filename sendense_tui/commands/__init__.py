@@ -47,6 +47,7 @@ GROUPS: list[str] = [
     "api",
     "events",
     "metrics",
+    "notify",
     "catalog",
     "doctor",
     "version",
