@@ -1,7 +1,7 @@
 """notification rules and their deliveries
 
 Revision ID: notifications
-Revises: tracking
+Revises: api_tokens
 """
 
 from __future__ import annotations
