@@ -36,6 +36,7 @@ ROUTERS: list[str] = [
     "locks",
     "restores",
     "exports",
+    "notifications",
 ]
 
 
