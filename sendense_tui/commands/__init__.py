@@ -49,6 +49,7 @@ GROUPS: list[str] = [
     "doctor",
     "version",
     "demo",
+    "console",
 ]
 
 Handler = Callable[[argparse.Namespace, "CliContext"], int]
