@@ -98,6 +98,7 @@ class Engine:
         self._wire_backups()
         self._wire_policies()
         self._wire_imports()
+        self._wire_api()
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client
@@ -246,6 +247,13 @@ class Engine:
             clock=self.clock,
         )
         self.imports.register()
+
+    def _wire_api(self) -> None:
+        """Tokens of the HTTP API (``self.api_tokens``); the daemon serves the API."""
+        from engine.catalog.api_tokens import ApiTokenStore
+        from engine.services.api_tokens import ApiTokenService
+
+        self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=self.clock)
 
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from engine.services.api_tokens import Role
 
-class Role(StrEnum):
-    """What a caller may do; each role includes the ones before it."""
-
-    #: sees everything except secrets
-    READ = "read"
-    #: also runs, cancels, pauses and retries jobs, mounts and exports
-    OPERATE = "operate"
-    #: also changes configuration and repositories
-    ADMIN = "admin"
-
-    @property
-    def rank(self) -> int:
-        return list(Role).index(self)
-
-    def allows(self, needed: Role) -> bool:
-        return self.rank >= needed.rank
+__all__ = ["Caller", "Role"]
 
 
 @dataclass(frozen=True)

@@ -534,5 +534,33 @@ class AuditEntry(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class ApiToken(Base):
+    """A credential of the HTTP API: a name, a role, and only a digest of its secret.
+
+    The secret (``sendense_<prefix>_<random>``) is shown once when it is made; the
+    catalog keeps its SHA-256 (a secret of 256 random bits needs no slow hash) and
+    the short ``prefix`` that finds the row. A revoked token keeps its row (the
+    audit log names it) until a new token takes its name.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: read | operate | admin
+    role: Mapped[str] = mapped_column(String(16))
+    #: the lookup part of the secret (not secret on its own)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    #: hex SHA-256 of the whole secret
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    #: who made it (a user name, or the API caller)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    #: when a request last used it (kept to the minute: not a write per request)
+    last_used_at: Mapped[datetime | None]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

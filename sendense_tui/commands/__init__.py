@@ -44,6 +44,7 @@ GROUPS: list[str] = [
     "policy",
     "lock",
     "daemon",
+    "api",
     "events",
     "catalog",
     "doctor",
