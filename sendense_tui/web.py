@@ -13,6 +13,7 @@ Off loopback the server listens only with TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import ipaddress
 import logging
@@ -248,10 +249,8 @@ class WebConsole(Server):
 
     async def _end(self, service: _ConsoleService) -> None:
         """Ask the console to quit; one that does not within a while is terminated."""
-        try:
+        with contextlib.suppress(TimeoutError, ProcessLookupError, ConnectionError):
             await asyncio.wait_for(service.stop(), timeout=10)
-        except (TimeoutError, ProcessLookupError, ConnectionError):
-            pass
         process = service._process
         if process is not None and process.returncode is None:
             process.terminate()
@@ -272,15 +271,15 @@ class WebConsole(Server):
     async def on_shutdown(self, app: web.Application) -> None:
         await asyncio.gather(*(self._end(s) for s in list(self._services)))
 
-    def serve(self, debug: bool = False) -> None:  # noqa: ARG002 - Server's signature
-        """Serve until Ctrl+C or SIGTERM (the CLI turns it into KeyboardInterrupt)."""
+    def serve(self, debug: bool = False) -> None:
+        """Serve until Ctrl+C or SIGTERM."""
         try:
             web.run_app(
                 self._make_app(),
                 host=self.host,
                 port=self.port,
                 ssl_context=self.ssl_context,
-                handle_signals=False,
+                handle_signals=True,  # SIGTERM and Ctrl+C: a graceful stop, sessions ended
                 print=None,
                 access_log=None,
             )
