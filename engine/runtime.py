@@ -99,6 +99,7 @@ class Engine:
         self._wire_policies()
         self._wire_imports()
         self._wire_api()
+        self._wire_notifications()
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client
@@ -255,6 +256,21 @@ class Engine:
 
         self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=self.clock)
 
+    def _wire_notifications(self) -> None:
+        """Notification rules and their delivery (``self.notifications``); it delivers
+        only where jobs run (started in start(), like the job runner)."""
+        from engine.catalog.notifications import NotificationStore
+        from engine.services.notify import NotificationService
+
+        self.notification_store = NotificationStore(self.catalog)
+        self.notifications = NotificationService(
+            self.notification_store,
+            self.bus,
+            self.secrets,
+            clock=self.clock,
+            owner=self.jobs.owner,
+        )
+
     def _wire_repositories(self) -> None:
         """Repositories (``self.repositories``), mounts and the capacity monitor
         (``self.capacity``)."""
@@ -272,6 +288,8 @@ class Engine:
             self.settings.capacity,
             clock=self.clock,
         )
+        #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
+        self.secrets = SecretBox(self.settings.state_dir / "secret.key")
         self.mounts = MountManager(
             self.settings.mount_root, self.settings.state_dir / "credentials"
         )
@@ -280,7 +298,7 @@ class Engine:
             self.job_store,
             self.bus,
             self.mounts,
-            SecretBox(self.settings.state_dir / "secret.key"),
+            self.secrets,
             self.capacity,
             clock=self.clock,
             locks=self.locks,
@@ -451,6 +469,9 @@ class Engine:
         if not self._started:
             if self.run_jobs:
                 self.jobs.start()
+                # the engine that runs the jobs sends the notifications: a console
+                # attached to a daemon would send each one a second time
+                self.notifications.start()
             self._start_repositories()
             self.file_restore.start_reaper()
             self.exports.start_reaper()
@@ -509,6 +530,7 @@ class Engine:
         problem = f"the sendense daemon (pid {status.pid}) stopped"
         self.attach_daemon(DaemonStatus(problem=problem, log_file=status.log_file))
         self.jobs.start()
+        self.notifications.start()
         if self._want_scheduler:
             self.run_scheduler = True
             self.scheduler.start()
@@ -543,6 +565,7 @@ class Engine:
             self.scheduler.stop()
             self.capacity.stop()
             self.jobs.stop()
+            self.notifications.stop()
             self._started = False
         self.writers.close()
         if self._opened:

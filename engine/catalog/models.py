@@ -509,6 +509,74 @@ class NbdExport(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(32))
 
 
+class NotificationRule(Base):
+    """Where events of some levels, sources and kinds are sent: a webhook, a mail
+    server or an apprise URL (engine.services.notify)."""
+
+    __tablename__ = "notification_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: events at this level or above match (None: any level)
+    min_level: Mapped[str | None] = mapped_column(String(16))
+    #: matching is narrowed to these levels / sources / kind prefixes when not empty
+    levels: Mapped[list[Any]] = mapped_column(default=list)
+    sources: Mapped[list[Any]] = mapped_column(default=list)
+    kinds: Mapped[list[Any]] = mapped_column(default=list)
+    #: webhook | email | apprise
+    target: Mapped[str] = mapped_column(String(16))
+    #: the target's settings that are not secret: url; host, port, starttls, from, to, user
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: encrypted (HMAC key, SMTP password, apprise URL); never clear text
+    secret: Mapped[str | None] = mapped_column(Text)
+    dedup_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    #: None: no limit
+    max_per_hour: Mapped[int | None] = mapped_column(Integer)
+    #: "HH:MM" (UTC): matching events wait for one message a day at that time
+    digest_at: Mapped[str | None] = mapped_column(String(5))
+    #: the digest time whose message was last sent, so each is sent once
+    digest_sent_for: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class NotificationDelivery(Base):
+    """One event (or a digest, a summary of held events, a test) on its way to one rule's
+    target: queued -> sending -> sent | failed; suppressed (a duplicate within the rule's
+    dedup window); held (waiting for the digest or for the rate limit's window) ->
+    folded (sent as part of the delivery ``folded_into``)."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        Index("ix_notification_deliveries_rule_time", "rule_id", "created_at"),
+        Index("ix_notification_deliveries_state_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule_id: Mapped[int] = mapped_column(
+        ForeignKey("notification_rules.id", ondelete="CASCADE"), index=True
+    )
+    #: the event as sent: level, kind, source, message, at, ids, data
+    event: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kind: Mapped[str] = mapped_column(String(96))
+    level: Mapped[str] = mapped_column(String(16))
+    #: what the event is about (job:7, repository:2, copy_rule:3…), for dedup
+    subject: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    #: why it was not sent on its own: dedup | rate | digest; test for a test message
+    reason: Mapped[str | None] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    folded_into: Mapped[int | None] = mapped_column(Integer)
+    #: the engine sending it (host:pid:token) while state is sending
+    owner: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
 class AuditEntry(Base):
     """Everything that happened, in order: engine events and operator actions."""
 

@@ -46,6 +46,7 @@ GROUPS: list[str] = [
     "daemon",
     "api",
     "events",
+    "notify",
     "catalog",
     "doctor",
     "version",
