@@ -10,7 +10,7 @@ No file at all is fine: the defaults give an embedded SQLite catalog in the
 state directory and a local repository under it. Environment variables
 override the file (``SENDENSE_DB_URL``, ``SENDENSE_STATE_DIR``,
 ``SENDENSE_MOUNT_ROOT``, ``SENDENSE_CAPACITY_*``, ``SENDENSE_VERIFY_*``,
-``SENDENSE_EXPORT_*``). A
+``SENDENSE_EXPORT_*``, ``SENDENSE_API_*``). A
 wrong value stops with one line that names the key and where it came from.
 """
 
@@ -120,6 +120,47 @@ EXPORT_MAX_HOURS_MAX = 30 * 24.0
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """Where ``sendense daemon`` serves the HTTP API (section ``[api]``)."""
+
+    #: the root-only unix socket; None: ``STATE_DIR/api.sock``
+    socket: Path | None = None
+    #: TCP addresses, "HOST:PORT" ("[::1]:8041" for IPv6); none by default. Any
+    #: address that is not loopback is served over TLS only.
+    listen: tuple[str, ...] = ()
+    #: certificate and key (PEM) for TLS; None: a self-signed pair in the state
+    #: directory when TLS is needed
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8041' / '[::1]:8041' / 'backup.example:8041' -> (host, port)."""
+    host, sep, port = str(text).strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8041)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:8041")
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or address")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port must be 0 to 65535")
+    return host, int(port)
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of HOST:PORT, got {value!r}")
+    addresses = tuple(str(item).strip() for item in items if str(item).strip())
+    for address in addresses:
+        parse_listen(address)
+    return addresses
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     db_url: str
@@ -129,6 +170,7 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
     exports: ExportSettings = field(default_factory=ExportSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     theme: str = "dark"
     #: the file the settings came from, None when only defaults and env were used
     source: Path | None = None
@@ -136,6 +178,11 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def api_socket(self) -> Path:
+        """The HTTP API's unix socket (``[api] socket``, else in the state directory)."""
+        return self.api.socket or self.state_dir / "api.sock"
 
     def with_state_dir(self, state_dir: Path) -> Settings:
         """Settings rooted in another state directory (tests, --state-dir)."""
@@ -315,6 +362,10 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_EXPORT_IDLE_MINUTES": "exports.idle_minutes",
     "SENDENSE_EXPORT_MAX_HOURS": "exports.max_hours",
     "SENDENSE_THEME": "console.theme",
+    "SENDENSE_API_SOCKET": "api.socket",
+    "SENDENSE_API_LISTEN": "api.listen",
+    "SENDENSE_API_TLS_CERT": "api.tls_cert",
+    "SENDENSE_API_TLS_KEY": "api.tls_key",
 }
 
 
@@ -412,6 +463,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "exports.max_hours", _bounded(EXPORT_MAX_HOURS_MAX), ExportSettings.max_hours
         ),
     )
+    api = ApiSettings(
+        socket=reader.get("api.socket", _abs_path, None),
+        listen=reader.get("api.listen", _listen, ()),
+        tls_cert=reader.get("api.tls_cert", _abs_path, None),
+        tls_key=reader.get("api.tls_key", _abs_path, None),
+    )
+    if (api.tls_cert is None) != (api.tls_key is None):
+        raise ConfigError(
+            f"{origin}: api.tls_cert and api.tls_key go together: give both or neither",
+            hint="with neither, Sendense makes a self-signed pair when TLS is needed",
+        )
     settings = replace(
         base,
         db_url=reader.get("catalog.url", _db_url, base.db_url),
@@ -423,6 +485,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         jobs=jobs,
         verify=verify,
         exports=exports,
+        api=api,
         theme=reader.get("console.theme", _theme, "dark"),
         source=path if path and path.is_file() else None,
     )

@@ -292,6 +292,17 @@ class JobRunner:
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
+    # -- reading (front ends ask here, not the store) ---------------------------
+
+    def get(self, job_id: int) -> Job:
+        return self.store.get(job_id)
+
+    def list(
+        self, *, states: Sequence[str] | None = None, kind: str | None = None, limit: int = 200
+    ) -> list[Job]:
+        """Newest first."""
+        return self.store.list(states=states, kind=kind, limit=limit)
+
     # -- submitting and steering --------------------------------------------
 
     def submit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from engine import __version__
 from engine.errors import SendenseError
+from sendense_api.auth import AuditChanges
 from sendense_api.deps import Authenticate
 from sendense_api.problems import problem, problem_for
 
@@ -23,6 +25,9 @@ API_PREFIX = "/api/v1"
 #: modules under sendense_api.routes, each with a ``router``, in OpenAPI order
 ROUTERS: list[str] = [
     "system",
+    "repositories",
+    "jobs",
+    "events",
 ]
 
 
@@ -39,6 +44,9 @@ def create_app(engine: Engine, *, authenticate: Authenticate) -> FastAPI:
     )
     app.state.engine = engine
     app.state.authenticate = authenticate
+    # set when the daemon stops: live streams end instead of holding the shutdown
+    app.state.stopping = threading.Event()
+    app.add_middleware(AuditChanges, engine=engine)
     for name in ROUTERS:
         module = importlib.import_module(f"sendense_api.routes.{name}")
         app.include_router(module.router, prefix=API_PREFIX)

@@ -34,13 +34,14 @@ def require(role: Role) -> Callable[[Request], Caller]:
         from fastapi import HTTPException
 
         caller: Caller = request.app.state.authenticate(request)
+        # known before any refusal, so the audit log names who was refused
+        request.state.caller = caller
         if not caller.role.allows(role):
             raise HTTPException(
                 status_code=403,
                 detail=f"the token {caller.name!r} has the role {caller.role.value}; "
                 f"this needs {role.value}",
             )
-        request.state.caller = caller
         return caller
 
     return check

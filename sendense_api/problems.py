@@ -14,11 +14,14 @@ from http import HTTPStatus
 from fastapi.responses import JSONResponse
 
 from engine.errors import CatalogUnavailable, JobError, NotFoundError, SendenseError
+from engine.services.api_tokens import TokenRefused
 
 PROBLEM_JSON = "application/problem+json"
 
 
 def status_for(error: SendenseError) -> int:
+    if isinstance(error, TokenRefused):
+        return 401
     if isinstance(error, NotFoundError):
         return 404
     if isinstance(error, CatalogUnavailable):
@@ -41,4 +44,8 @@ def problem(status: int, detail: str, *, hint: str | None = None) -> JSONRespons
 
 
 def problem_for(error: SendenseError) -> JSONResponse:
-    return problem(status_for(error), error.message, hint=error.hint)
+    response = problem(status_for(error), error.message, hint=error.hint)
+    if response.status_code == 401:
+        # RFC 6750: a request without a (valid) token is told which scheme to use
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response

@@ -12,6 +12,9 @@ sentence (exit 2). Two ways it starts:
 - systemd's unit (deploy/sendense.service) on an appliance: logs go to stdout,
   which journald keeps.
 
+It serves the HTTP API (sendense_api.serve): on ``STATE_DIR/api.sock`` always,
+and on the TCP addresses of ``[api] listen``.
+
 SIGTERM or SIGINT stops it cleanly (running jobs go back to the queue, exit 0);
 ``sendense daemon --stop`` does that for the daemon of this state directory and
 waits until it has left; ``--status`` says whether one runs.
@@ -76,9 +79,11 @@ def _stop(ctx: CliContext) -> int:
 
 def _status(ctx: CliContext) -> int:
     from engine.daemon import catalog_digest, find_daemon, log_file
+    from sendense_api.serve import listening
 
     info = find_daemon(ctx.settings)
     where = log_file(ctx.settings)
+    api = listening(ctx.settings)
     if ctx.json:
         ctx.print_json(
             {
@@ -88,6 +93,8 @@ def _status(ctx: CliContext) -> int:
                 "same_catalog": bool(info and info.catalog == catalog_digest(ctx.settings.db_url)),
                 "started_at": info.started_at if info else None,
                 "log": str(where),
+                "api": api["addresses"],
+                "api_tls_fingerprint": api["tls_fingerprint"],
             }
         )
     elif info is None:
@@ -95,6 +102,10 @@ def _status(ctx: CliContext) -> int:
     else:
         state = "running" if info.ready else "starting"
         print(f"sendense daemon {state}: pid {info.pid}, since {info.started_at}; log {where}")
+        for address in api["addresses"]:
+            print(printable(f"  HTTP API on {address}"))
+        if api["tls_fingerprint"]:
+            print(f"  TLS certificate SHA-256 fingerprint {api['tls_fingerprint']}")
     return 0 if info is not None else 1
 
 
@@ -102,6 +113,7 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
     from engine.daemon import DaemonPresence
     from engine.events import Event
     from engine.runtime import Engine
+    from sendense_api.serve import ApiServer
 
     # one daemon per state directory: refused before anything is opened or cleaned up
     presence = DaemonPresence(ctx.settings)
@@ -134,10 +146,14 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
             log.log(level, "[%s] %s", event.kind, printable(event.message))
 
     engine = Engine(ctx.settings, run_scheduler=True)
+    api = ApiServer(engine, ctx.settings)
     try:
         engine.open()
         engine.bus.subscribe(echo)
         engine.start()
+        # the HTTP API answers once the engine runs; an address it cannot serve
+        # stops the daemon with one sentence (exit 2) rather than serving less
+        api.start()
         presence.ready(engine.jobs.owner)
         log.info(
             "sendense daemon running as %s for %s (catalog ready)",
@@ -149,6 +165,7 @@ def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
             pass
     finally:
         try:
+            api.stop()
             engine.close()
         finally:
             presence.release()

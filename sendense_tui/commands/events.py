@@ -9,24 +9,11 @@ from typing import Any
 
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import AuditEntry
+from engine.shapes import event_dict as entry_dict
 from sendense_tui.commands import LIMIT_MAX, CliContext, add_parser, bounded_int, json_text
 from sendense_tui.format import printable
 
 FOLLOW_POLL_SECONDS = 1.0
-
-
-def entry_dict(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "at": entry.at,
-        "level": entry.level,
-        "source": entry.source,
-        "kind": entry.kind,
-        "message": entry.message,
-        "repository_id": entry.repository_id,
-        "job_id": entry.job_id,
-        "actor": entry.actor,
-    }
 
 
 def register(subparsers: Any) -> None:

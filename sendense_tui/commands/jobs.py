@@ -16,6 +16,7 @@ from engine.catalog.jobs import FINAL_STATES
 from engine.catalog.models import Job
 from engine.daemon import DaemonStatus, ensure_daemon
 from engine.errors import CatalogUnavailable
+from engine.shapes import job_dict
 from sendense_tui.commands import (
     LIMIT_MAX,
     CliContext,
@@ -36,29 +37,6 @@ from sendense_tui.format import (
 
 #: job states that end a command's wait (a paused job waits for someone to resume it)
 WAIT_ENDS = (*FINAL_STATES, "paused")
-
-
-def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "title": job.title,
-        "state": job.state,
-        "priority": job.priority,
-        "repository_id": job.repository_id,
-        "bytes_done": job.bytes_done,
-        "bytes_total": job.bytes_total,
-        "rate": job.rate,
-        "eta_seconds": job.eta_seconds,
-        "message": job.message,
-        "error": job.error,
-        "attempts": job.attempts,
-        "takeovers": job.takeovers,
-        "actor": job.actor,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
 
 
 def print_queued(ctx: CliContext, job: Any) -> int:

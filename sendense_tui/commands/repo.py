@@ -9,9 +9,10 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from engine.catalog.models import Repository
 from engine.errors import SendenseError, ValidationError
 from engine.services.repositories import RepositorySpec, TestReport
+from engine.shapes import repositories_list, repository_details, repository_dict
+from engine.shapes import test_report_dict as report_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, table
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import finish_job, print_queued
@@ -24,53 +25,6 @@ from sendense_tui.format import (
     printable,
     short_time,
 )
-
-
-def repo_dict(repo: Repository, engine: Any) -> dict[str, Any]:
-    """Everything about a repository except its secret. Its space figures are the
-    last good ones (a repository that does not answer keeps them, marked stale with
-    the time they were measured)."""
-    now = engine.clock.now()
-    reading = engine.capacity.reading(repo.id)
-    figures = reading.figures if reading is not None else None
-    if figures is None:
-        latest = engine.capacity_store.latest(repo.id)
-        figures = engine.capacity.stored_reading(repo, latest) if latest is not None else None
-    age = None
-    if figures is not None:
-        age = (reading or figures).figures_age(now)
-    return {
-        "id": repo.id,
-        "name": repo.name,
-        "kind": repo.kind,
-        "path": repo.path,
-        "server": repo.server,
-        "export": repo.export,
-        "options": repo.options,
-        "enabled": repo.enabled,
-        "state": repo.state,
-        "state_detail": repo.state_detail,
-        "last_seen_at": repo.last_seen_at,
-        "capacity_level": repo.capacity_level,
-        "capabilities": repo.capabilities,
-        # whether the repository locks what lands on it (capabilities: whether it can)
-        "immutable": repo.immutable,
-        "immutable_days": repo.immutable_days if repo.immutable else 0,
-        "immutable_grace_hours": repo.immutable_grace_hours if repo.immutable else 0,
-        # restore points held here, the copies that landed here included
-        "backups": engine.repository_store.backup_count(repo.id),
-        "total_bytes": figures.total if figures else None,
-        "used_bytes": figures.used if figures else None,
-        "free_bytes": figures.free if figures else None,
-        "unresponsive": bool(reading and reading.unresponsive) or repo.state == "unresponsive",
-        "figures_at": figures.taken_at if figures else None,
-        "figures_age_seconds": round(age.total_seconds()) if age is not None else None,
-        "has_password": bool(repo.secret),
-    }
-
-
-def report_dict(report: TestReport) -> dict[str, Any]:
-    return report.as_dict()
 
 
 def register(subparsers: Any) -> None:
@@ -156,13 +110,11 @@ def _spec(args: argparse.Namespace) -> RepositorySpec:
 
 def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        repos = engine.repositories.list()
-        # side by side, each in its own worker, under one deadline: a repository that
-        # does not answer is marked unresponsive and keeps its last figures
-        engine.capacity.sample_many([r for r in repos if r.enabled])
-        repos = engine.repositories.list()  # the states those readings set
-        data = [repo_dict(r, engine) for r in repos]
-        where = {r.id: engine.repositories.describe_location(r) for r in repos}
+        data = repositories_list(engine)
+        where = {
+            d["id"]: engine.repositories.describe_location(engine.repositories.get(d["id"]))
+            for d in data
+        }
     if ctx.json:
         ctx.print_json(data)
         return 0
@@ -230,7 +182,7 @@ def add_repo(args: argparse.Namespace, ctx: CliContext) -> int:
                 + "add --disabled to keep it (disabled) and fix it later",
             )
         repo = engine.repositories.add(spec, test=False, enabled=report.ok, actor=_actor())
-        data = repo_dict(repo, engine)
+        data = repository_dict(repo, engine)
     if ctx.json:
         ctx.print_json({"saved": True, "test": report_dict(report), "repository": data})
     else:
@@ -276,44 +228,10 @@ def print_import_report(report: dict[str, Any]) -> None:
 
 def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        repo = engine.repositories.get(args.name)
-        # every repository is read side by side (bounded) for "shares its filesystem"
-        [item] = [i for i in engine.capacity.overview(measure=True) if i.repository.id == repo.id]
-        repo = engine.repositories.get(repo.id)  # the state that reading set
+        data, item = repository_details(engine, args.name)
+        repo = engine.repositories.get(data["id"])
         now = engine.clock.now()
-        data = repo_dict(repo, engine)
-        data["location"] = engine.repositories.describe_location(repo)
-        fc, b, th = item.forecast, item.breakdown, item.thresholds
-        figures = item.reading.figures if item.reading is not None else None
-        if figures is not None:
-            data.update(
-                total_bytes=figures.total,
-                used_bytes=figures.used,
-                free_bytes=figures.free,
-                used_percent=round(figures.percent, 2),
-            )
-        data["thresholds"] = {
-            "warning": th.warning,
-            "critical": th.critical,
-            "full": th.full,
-            "min_free_bytes": th.min_free,
-        }
-        data["forecast"] = {
-            "trend": fc.trend,
-            "reason": fc.reason,
-            "growth_bytes_per_day": fc.growth_per_day,
-            "days_until_full": fc.days_until_full,
-            "full_at": fc.full_at,
-        }
-        data["space"] = {
-            "used_by_backups": b.used,
-            "reclaimable_now": b.reclaimable_now,
-            "reclaimable_later": b.reclaimable_later,
-            "reclaimable_later_at": b.reclaimable_later_at,
-            "locked": b.locked,
-            "locked_until": b.locked_until,
-        }
-        data["shares_filesystem_with"] = item.shared_with
+        fc, b = item.forecast, item.breakdown
     if ctx.json:
         ctx.print_json(data)
         return 0
