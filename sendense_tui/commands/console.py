@@ -58,8 +58,7 @@ def _tls_files(args: argparse.Namespace, ctx: CliContext) -> tuple[Path, Path] |
             "--tls-cert and --tls-key go together", hint="give both PEM files, or neither"
         )
     if cert is None:
-        api = getattr(ctx.settings, "api", None)
-        cert, key = getattr(api, "tls_cert", None), getattr(api, "tls_key", None)
+        cert, key = ctx.settings.api.tls_cert, ctx.settings.api.tls_key
     if cert is None or key is None:
         return None
     return Path(cert).expanduser(), Path(key).expanduser()
