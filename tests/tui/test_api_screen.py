@@ -6,8 +6,8 @@ loopback, ``d`` remove after a question), on the seeded demo catalog."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
