@@ -35,13 +35,13 @@ class Command:
     palette: bool = True
 
 
-def _mode(number: int, mode: str, title: str) -> Command:
+def _mode(number: int, mode: str, title: str, long_title: str = "") -> Command:
     return Command(
         id=f"mode.{mode}",
         keys=str(number),
         action=f"app.switch_mode('{mode}')",
         description=title,
-        help=f"Go to the {title} screen",
+        help=f"Go to the {long_title or title} screen",
         show=False,
     )
 
@@ -95,7 +95,7 @@ COMMANDS: tuple[Command, ...] = (
     _mode(6, "jobs", "Jobs"),
     _mode(7, "restore", "Restore"),
     _mode(8, "events", "Events"),
-    _mode(9, "api", "API & notifications"),
+    _mode(9, "api", "API", "API & notifications"),
     # -- every list (the shared list widgets bind these: widgets/tables.py) -----
     Command(
         "list.filter",

@@ -98,6 +98,12 @@ def listening_text(where: Listening) -> Text:
     return text
 
 
+def _heading(title: str, note: str) -> Text:
+    text = Text(title, style="bold")
+    text.append(f" · {note}", style="dim")
+    return text
+
+
 def _day(value: datetime | None, now: datetime) -> str:
     """A date for the token list: its day ("2026-11-23"), or the time today."""
     return short_time(value, now) if value is not None else "-"
@@ -256,7 +262,7 @@ class ApiScreen(SendenseScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="listen")
-        yield Static(Text("API tokens", style="bold"), classes="heading")
+        yield Static(Text("API tokens", style="bold"), id="tokens-heading", classes="heading")
         yield FlexTable(
             [
                 ("name", "Token", None),
@@ -269,7 +275,9 @@ class ApiScreen(SendenseScreen):
             id="tokens",
             list_name="API tokens",
         )
-        yield Static(Text("Notification rules", style="bold"), classes="heading")
+        yield Static(
+            Text("Notification rules", style="bold"), id="rules-heading", classes="heading"
+        )
         yield FlexTable(
             [
                 ("name", "Rule", 14),
@@ -318,6 +326,10 @@ class ApiScreen(SendenseScreen):
             for t in data.tokens
         ]
         sync_rows(self.query_one("#tokens", DataTable), token_rows, TOKEN_COLUMNS)
+        active = sum(1 for t in data.tokens if t.state == "active")
+        self.query_one("#tokens-heading", Static).update(
+            _heading("API tokens", f"{active} active" if data.tokens else "none yet: a creates one")
+        )
         rule_rows: list[tuple[str, list[Any]]] = []
         for r in data.rules:
             delivery = data.last.get(r.name)
@@ -339,6 +351,15 @@ class ApiScreen(SendenseScreen):
                 )
             )
         sync_rows(self.query_one("#rules", DataTable), rule_rows, RULE_COLUMNS)
+        enabled = sum(1 for r in data.rules if r.enabled)
+        self.query_one("#rules-heading", Static).update(
+            _heading(
+                "Notification rules",
+                f"{enabled} of {len(data.rules)} on"
+                if data.rules
+                else "none yet: sendense notify rule add NAME --webhook URL",
+            )
+        )
 
     # -- what is under the cursor ------------------------------------------------------
 
