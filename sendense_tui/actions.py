@@ -519,7 +519,7 @@ COMMANDS: tuple[Command, ...] = (
         "space",
         "toggle_rule",
         "On/off",
-        "Enable or disable the selected notification rule (disabling asks first)",
+        "Turn the selected rule on or off (turning off asks first)",
         scope="api",
         key_display="space",
     ),

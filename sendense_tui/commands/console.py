@@ -88,6 +88,14 @@ def serve_web(args: argparse.Namespace, ctx: CliContext) -> int:
     _log_to_file(ctx, "console.log")
     argv, env = child_command(args, ctx)
     with ctx.engine() as engine:
+        if not any(
+            t.role.value == "admin" and t.state == "active" for t in engine.api_tokens.list()
+        ):
+            print(
+                "sendense: no admin API token exists yet: make one with "
+                "`sendense api token create NAME --role admin`",
+                file=sys.stderr,
+            )
         server = WebConsole(
             argv,
             host=args.host,

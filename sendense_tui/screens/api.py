@@ -254,7 +254,6 @@ class ApiScreen(SendenseScreen):
     MODE = "api"
     CSS_PATH = STYLES_DIR / "api.tcss"
     BINDINGS = bindings_for("api")
-    HELP_NOTE = "Tab moves between the token list and the rule list."
 
     def __init__(self) -> None:
         super().__init__()
