@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sendense_api.roles import Caller, Role
 
@@ -27,10 +28,18 @@ def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def require(role: Role) -> Callable[[Request], Caller]:
+#: declares the bearer scheme in the OpenAPI document; the check is ``authenticate``
+#: (the unix socket needs no token, so a missing one is not refused here)
+BEARER = HTTPBearer(auto_error=False, description="an API token (`sendense api token create`)")
+
+
+def require(role: Role) -> Callable[..., Caller]:
     """A dependency: the caller, who must hold at least ``role`` (else 401/403)."""
 
-    def check(request: Request) -> Caller:
+    def check(
+        request: Request,
+        _token: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+    ) -> Caller:
         from fastapi import HTTPException
 
         caller: Caller = request.app.state.authenticate(request)

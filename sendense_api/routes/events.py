@@ -1,5 +1,5 @@
 """``/api/v1/events``: the audit log with the filters of ``sendense events``, and
-every engine event live as server-sent events (``/events/stream``)."""
+events live as server-sent events (``/events/stream``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from engine.catalog.audit import LEVELS
 from engine.events import Event
@@ -18,6 +19,9 @@ from sendense_api import sse
 from sendense_api.deps import EngineDep, Reader
 
 router = APIRouter(prefix="/events", tags=["events"])
+
+#: most audit entries one poll of the live stream sends
+POLL_LIMIT = 1000
 
 Level = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -48,33 +52,59 @@ async def stream_events(
     level: Annotated[Level, Query(description="minimum level")] = "info",
     source: Annotated[str | None, Query(max_length=64)] = None,
     kind: Annotated[str | None, Query(max_length=96, description="kind prefix")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=ID_MAX)] = None,
 ) -> Any:
-    """Every event this daemon's engine publishes from now on, as server-sent events
-    (``event: <kind>``, JSON data), progress included; ``event: lagged`` says how
-    many were dropped for a client that read too slowly."""
+    """Events as server-sent events (``event: <kind>``, JSON data) from now on, or
+    after ``Last-Event-ID`` (a reconnecting client misses nothing).
+
+    What the audit log records comes from the log, with its id, whichever process
+    published it (the daemon, a console, a CLI command); progress, which is never
+    recorded, comes live from this daemon's engine (no id). ``event: lagged`` says
+    how many progress events were dropped for a client that read too slowly."""
     wanted = LEVELS[LEVELS.index(level) :]
 
     def accept(event: Event) -> bool:
         return (
-            event.level in wanted
+            not event.record
+            and event.level in wanted
             and (source is None or event.source == source)
             and (kind is None or event.kind.startswith(kind))
         )
 
+    def recorded_after(after: int) -> list[Any]:
+        entries = engine.audit.query(
+            min_level=level, source=source, after_id=after, limit=POLL_LIMIT
+        )
+        return [e for e in reversed(entries) if kind is None or e.kind.startswith(kind)]
+
+    def newest_id() -> int:
+        newest = engine.audit.query(limit=1)
+        return newest[0].id if newest else 0
+
+    last = last_event_id if last_event_id is not None else await run_in_threadpool(newest_id)
     stopping = request.app.state.stopping
 
     async def events() -> AsyncIterator[str]:
+        nonlocal last
         bridge = sse.BusBridge(engine.bus, accept)
         try:
             yield ": connected\n\n"
-            quiet_since = time.monotonic()
+            quiet_since = polled = time.monotonic()
             while not stopping.is_set():
                 event = await bridge.next(sse.TICK_SECONDS)
+                sent = False
                 if bridge.dropped:
                     yield sse.message("lagged", {"dropped": bridge.dropped})
                     bridge.dropped = 0
                 if event is not None:
                     yield sse.message(event.kind, live_event_dict(event))
+                    sent = True
+                if time.monotonic() - polled >= sse.TICK_SECONDS:
+                    polled = time.monotonic()
+                    for entry in await run_in_threadpool(recorded_after, last):
+                        yield sse.message(entry.kind, event_dict(entry), event_id=entry.id)
+                        last, sent = entry.id, True
+                if sent:
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= sse.KEEPALIVE_SECONDS:
                     yield ": keepalive\n\n"
