@@ -565,8 +565,9 @@ class Engine:
             self.scheduler.stop()
             self.capacity.stop()
             self.jobs.stop()
-            self.notifications.stop()
             self._started = False
+        # also when started on its own (tests, a console's action)
+        self.notifications.stop()
         self.writers.close()
         if self._opened:
             for stop in (self.file_restore.close, self.exports.close):

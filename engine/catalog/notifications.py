@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.catalog.db import Catalog
@@ -241,6 +241,20 @@ class NotificationStore:
                     NotificationDelivery.updated_at < older_than,
                 )
                 .values(state="queued", owner=None)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)
+
+    def prune(self, before: datetime) -> int:
+        """Forget finished deliveries (sent, failed, suppressed, folded) created before
+        ``before``; what is queued or held stays."""
+        with self.catalog.session() as session:
+            result = session.execute(
+                delete(NotificationDelivery)
+                .where(
+                    NotificationDelivery.created_at < before,
+                    NotificationDelivery.state.in_(("sent", "failed", "suppressed", "folded")),
+                )
                 .execution_options(synchronize_session=False)
             )
             return int(result.rowcount)

@@ -39,24 +39,18 @@ import json
 import logging
 import queue
 import re
-import smtplib
-import ssl
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import formatdate
 from typing import Any
 
 from engine.catalog.audit import LEVELS
 from engine.catalog.models import NotificationDelivery, NotificationRule
 from engine.catalog.notifications import NotificationStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.config import redact_url
 from engine.errors import CatalogUnavailable, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
@@ -75,6 +69,8 @@ TIMEOUT_SECONDS = 10.0
 TICK_SECONDS = 5.0
 #: a delivery left "sending" this long (its engine died mid-send) is queued again
 STALE_SENDING = timedelta(minutes=10)
+#: finished deliveries are kept this long (``notify deliveries``), then forgotten
+KEEP_DELIVERIES = timedelta(days=30)
 #: events waiting for the worker at most; beyond, new ones are dropped and counted
 QUEUE_MAX = 10_000
 #: events listed one by one in a digest or summary message
@@ -210,7 +206,7 @@ class DeliveryView:
 
 
 @dataclass(frozen=True)
-class TestOutcome:
+class NotificationTestResult:
     """What ``notify test`` saw: ok, and one sentence saying so."""
 
     ok: bool
@@ -306,9 +302,12 @@ class NotificationService:
         #: events waiting for the worker (None wakes it)
         self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=QUEUE_MAX)
         self.dropped = 0
+        #: events the worker holds because the catalog did not take them (yet)
+        self.unrecorded = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unsubscribe: Any = None
+        self._pruned_at: datetime | None = None
 
     # -- rules -----------------------------------------------------------------------
 
@@ -358,23 +357,30 @@ class NotificationService:
             raise ValidationError(
                 f"digest time {spec.digest_at!r} is not HH:MM", hint="e.g. --digest 07:30 (UTC)"
             )
+        # what is secret goes into one encrypted JSON object; options keep the rest
         options: dict[str, Any]
-        secret: str | None
+        secrets: dict[str, str] = {}
         if spec.target == "webhook":
-            options = {"url": _checked_webhook_url(spec.url)}
-            secret = spec.hmac_secret or None
+            url = _checked_webhook_url(spec.url)
+            # a webhook URL often holds its token (…/services/T0/B0/XXXX): stored
+            # encrypted, listed as scheme://host/… only
+            options = {"shown": shown_url(url), "signed": bool(spec.hmac_secret)}
+            secrets["url"] = url
+            if spec.hmac_secret:
+                secrets["hmac_key"] = spec.hmac_secret
         elif spec.target == "email":
             options = _checked_email(spec)
-            secret = spec.smtp_password or None
+            if spec.smtp_password:
+                secrets["password"] = spec.smtp_password
         else:
             _check_apprise_url(spec.apprise_url)
             options = {}
-            secret = spec.apprise_url
+            secrets["url"] = str(spec.apprise_url)
         return {
             "enabled": spec.enabled,
             "target": spec.target,
             "options": options,
-            "secret": self.secrets.encrypt(secret) if secret else None,
+            "secret": self.secrets.encrypt(json.dumps(secrets)) if secrets else None,
             "min_level": spec.min_level,
             "levels": list(spec.levels),
             "sources": list(spec.sources),
@@ -424,7 +430,7 @@ class NotificationService:
             enabled=rule.enabled,
             target=rule.target,
             destination=describe_target(rule),
-            secret_set=bool(rule.secret),
+            secret_set=secret_set(rule),
             min_level=rule.min_level,
             levels=list(rule.levels or []),
             sources=list(rule.sources or []),
@@ -437,7 +443,7 @@ class NotificationService:
 
     # -- a test message, now ---------------------------------------------------------
 
-    def test(self, name: int | str, *, actor: str | None = None) -> TestOutcome:
+    def test(self, name: int | str, *, actor: str | None = None) -> NotificationTestResult:
         """Send a test message through the rule now, on this thread (not through the
         worker, dedup, rate limit or digest), record it and say how it went."""
         rule = self.store.get_rule(name)
@@ -467,11 +473,11 @@ class NotificationService:
         destination = describe_target(rule)
         try:
             self.send(rule, payload)
-        except DeliveryError as exc:
+        except SendenseError as exc:
             self.store.finish(
                 delivery.id, self.clock.now(), state="failed", attempts=1, last_error=exc.message
             )
-            return TestOutcome(
+            return NotificationTestResult(
                 False,
                 f"the test message of notification rule {rule.name} was not delivered to "
                 f"{destination}: {exc.message}",
@@ -480,7 +486,7 @@ class NotificationService:
         self.store.finish(
             delivery.id, self.clock.now(), state="sent", attempts=1, sent_at=self.clock.now()
         )
-        return TestOutcome(
+        return NotificationTestResult(
             True,
             f"the test message of notification rule {rule.name} was delivered to {destination}",
             delivery.id,
@@ -492,9 +498,12 @@ class NotificationService:
         """Listen to the bus and deliver on a worker thread (an engine that runs jobs)."""
         if self._thread is not None:
             return
-        self._stop.clear()
+        # each worker has its own stop flag: one that outlived stop()'s wait still ends
+        self._stop = threading.Event()
         self._unsubscribe = self.bus.subscribe(self._on_event)
-        self._thread = threading.Thread(target=self._run, name="sendense-notify", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="sendense-notify", daemon=True
+        )
         self._thread.start()
         self.wake()  # what an engine before this one left queued goes out now
 
@@ -533,44 +542,59 @@ class NotificationService:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("notification queue full: %d events not notified", self.dropped)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
+        # events taken from the bus and not yet recorded: kept while the catalog is
+        # away (an outage is when a notification matters most), recorded when it answers
+        pending: deque[Event] = deque(maxlen=QUEUE_MAX)
         while True:
             try:
                 item = self._queue.get(timeout=self.tick_seconds)
             except queue.Empty:
                 item = None
-            events = [item] if item is not None else []
+            if item is not None:
+                pending.append(item)
             while True:  # everything already waiting, in one go
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if more is not None:
-                    events.append(more)
+                    pending.append(more)
             try:
-                for event in events:
-                    self.record(event)
-                if self._stop.is_set():
+                if pending:
+                    # the rules are read once for what arrived together
+                    rules = self.store.rules(enabled_only=True)
+                    while pending:
+                        self.record(pending[0], rules)
+                        pending.popleft()
+                if stop.is_set():
                     # one last try, so a CLI that ran a failing job sends its message;
                     # stop() waits a bounded time, what is left stays queued
                     self.deliver_due(self.clock.now())
                     return
                 self.tick(self.clock.now())
             except CatalogUnavailable:
-                pass  # logged once by the catalog; queued rows wait for it
+                pass  # logged once by the catalog; the events wait in ``pending``
             except Exception:
                 log.exception("notification worker")
-            if self._stop.is_set():
+                if pending:
+                    pending.popleft()  # an event that cannot be recorded is not retried
+            self.unrecorded = len(pending)
+            if stop.is_set():
                 return
 
-    def record(self, event: Event) -> list[NotificationDelivery]:
-        """One delivery per enabled rule the event matches: queued, suppressed (dedup)
-        or held (rate limit, digest)."""
+    def record(
+        self, event: Event, rules: Sequence[NotificationRule] | None = None
+    ) -> list[NotificationDelivery]:
+        """One delivery per enabled rule (of ``rules``, default: read them) the event
+        matches: queued, suppressed (dedup) or held (rate limit, digest)."""
         if event.source == SOURCE or not event.record:
             return []
         now = self.clock.now()
         created = []
-        for rule in self.store.rules(enabled_only=True):
+        if rules is None:
+            rules = self.store.rules(enabled_only=True)
+        for rule in rules:
             if not rule_matches(rule, event):
                 continue
             subject = subject_of(event)
@@ -606,6 +630,9 @@ class NotificationService:
         """What is due at ``now``: digests, held events whose rate window opened,
         retries."""
         self.store.requeue_stale(now - STALE_SENDING)
+        if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1):
+            self.store.prune(now - KEEP_DELIVERIES)
+            self._pruned_at = now
         self.run_digests(now)
         self.release_held(now)
         self.deliver_due(now)
@@ -705,7 +732,7 @@ class NotificationService:
             attempts = delivery.attempts + 1
             try:
                 self.send(rule, delivery.event)
-            except DeliveryError as exc:
+            except SendenseError as exc:  # the target's answer, or a key that does not fit
                 self._attempt_failed(rule, delivery, attempts, exc.message)
                 continue
             except Exception as exc:  # a bug must not leave the row "sending"
@@ -757,15 +784,15 @@ class NotificationService:
 
     def send(self, rule: NotificationRule, payload: dict[str, Any]) -> None:
         """One attempt; raises DeliveryError with the target's reason."""
-        secret = self.secrets.decrypt(rule.secret) if rule.secret else None
+        secrets: dict[str, str] = (
+            json.loads(self.secrets.decrypt(rule.secret)) if rule.secret else {}
+        )
         if rule.target == "webhook":
-            send_webhook(rule.options["url"], payload, secret, timeout=self.timeout)
+            send_webhook(secrets["url"], payload, secrets.get("hmac_key"), timeout=self.timeout)
         elif rule.target == "email":
-            send_email(rule.options, payload, secret, timeout=self.timeout)
+            send_email(rule.options, payload, secrets.get("password"), timeout=self.timeout)
         elif rule.target == "apprise":
-            if not secret:
-                raise DeliveryError("the rule has no apprise URL")
-            send_apprise(secret, payload)
+            send_apprise(secrets["url"], payload)
         else:
             raise DeliveryError(f"unknown notification target {rule.target!r}")
 
@@ -783,14 +810,38 @@ class NotificationService:
 
 
 def describe_target(rule: NotificationRule) -> str:
+    """Where a rule sends, in words that hold no secret."""
     options = rule.options or {}
     if rule.target == "webhook":
-        return redact_url(str(options.get("url", "")))
+        return str(options.get("shown", "a webhook"))
     if rule.target == "email":
         port = options.get("port", 25)
         tls = ", STARTTLS" if options.get("starttls") else ""
         return f"{', '.join(options.get('to', []))} via {options.get('host')}:{port}{tls}"
     return "an apprise URL"
+
+
+def secret_set(rule: NotificationRule) -> bool:
+    """Whether the rule has its credential: the HMAC key of a webhook, the password of
+    a mail login, the URL of an apprise target."""
+    if rule.target == "webhook":
+        return bool((rule.options or {}).get("signed"))
+    return bool(rule.secret)
+
+
+def shown_url(url: str) -> str:
+    """A URL as listings and errors show it: scheme, host and port, not its user,
+    path or query (where webhook services put their tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    rest = "…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{port}/{rest}"
 
 
 def _checked_webhook_url(url: str | None) -> str:
@@ -799,9 +850,13 @@ def _checked_webhook_url(url: str | None) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or has_unsafe_chars(url):
         raise ValidationError(
-            f"{redact_url(url)!r} is not an http:// or https:// URL",
+            f"{shown_url(url)!r} is not an http:// or https:// URL",
             hint="e.g. --webhook https://hooks.example.com/sendense",
         )
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ValidationError(f"{shown_url(url)!r} has a port that is not 1 to 65535") from None
     if len(url) > 2000:
         raise ValidationError("the webhook URL is longer than 2000 characters")
     return url
@@ -849,23 +904,26 @@ def _check_apprise_url(url: str | None) -> None:
         )
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A webhook that redirects is answered as a failure: the signed body is never
-    re-sent to another place."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def send_webhook(url: str, payload: dict[str, Any], secret: str | None, *, timeout: float) -> None:
+    # imported here: every CLI command builds an engine, few of them send anything
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """A webhook that redirects is answered as a failure: the signed body is never
+        re-sent to another place."""
+
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "sendense-notify"}
     if secret:
         digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         headers[SIGNATURE_HEADER] = f"sha256={digest}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirect)
-    shown = redact_url(url)
+    opener = urllib.request.build_opener(NoRedirect)
+    shown = shown_url(url)
     try:
         with opener.open(request, timeout=timeout) as response:
             response.read(65536)
@@ -915,6 +973,11 @@ def _body_text(payload: dict[str, Any]) -> str:
 def send_email(
     options: dict[str, Any], payload: dict[str, Any], password: str | None, *, timeout: float
 ) -> None:
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
+    from email.utils import formatdate
+
     host, port = str(options["host"]), int(options.get("port", 25))
     message = EmailMessage()
     message["Subject"] = _subject_line(payload)
@@ -946,7 +1009,8 @@ def send_email(
         raise DeliveryError(f"{where} cannot be reached: {_reason(exc)}") from None
 
 
-def _smtp_text(exc: smtplib.SMTPResponseException) -> str:
+def _smtp_text(exc: Any) -> str:
+    """The text of an ``smtplib.SMTPResponseException``, on one line."""
     error = exc.smtp_error
     text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
     return " ".join(text.split())

@@ -41,6 +41,12 @@ def register(subparsers: Any) -> None:
     add.add_argument("name")
     target = add.add_mutually_exclusive_group(required=True)
     target.add_argument("--webhook", metavar="URL", help="POST each event as JSON to this URL")
+    target.add_argument(
+        "--webhook-url-file",
+        type=Path,
+        metavar="FILE",
+        help="the same, for a URL that holds a token: read from FILE or - (stdin)",
+    )
     target.add_argument("--smtp", metavar="HOST[:PORT]", help="send mail through this server")
     target.add_argument(
         "--apprise-url-file",
@@ -148,16 +154,19 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
     email_only = (args.to, args.mail_from, args.starttls, args.user, args.password_file)
     if not args.smtp and any(email_only):
         raise SendenseError("--to, --from, --starttls, --user and --password-file go with --smtp")
-    if not args.webhook and args.secret_file:
+    webhook = args.webhook
+    if args.webhook_url_file:
+        webhook = read_secret(args.webhook_url_file, "webhook URL")
+    if not webhook and args.secret_file:
         raise SendenseError("--secret-file (the HMAC key) goes with --webhook")
     min_level = args.min_level
     if min_level is None and not args.levels and not args.kinds:
         min_level = "warning"
     spec_fields: dict[str, Any] = {}
-    if args.webhook:
+    if webhook:
         spec_fields = {
             "target": "webhook",
-            "url": args.webhook,
+            "url": webhook,
             "hmac_secret": read_secret(args.secret_file, "HMAC key") if args.secret_file else None,
         }
     elif args.smtp:

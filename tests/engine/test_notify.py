@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,6 +42,11 @@ def failure(n: int = 0, **data: object) -> Event:
         source="jobs",
         data=dict(data),
     )
+
+
+def shown(url: str) -> str:
+    """How listings and errors show a loopback webhook URL: no path (tokens live there)."""
+    return url.rsplit("/", 1)[0] + "/…"
 
 
 def attempts(engine: Engine) -> int:
@@ -117,13 +124,22 @@ def test_mail_arrives_over_starttls_after_a_login(engine: Engine, mail_server: M
         f"oncall@example.com via 127.0.0.1:{mail_server.port}, STARTTLS"
     )
     engine.notifications.start()
-    engine.bus.publish(failure(2))
+    # a message carrying a line break (a crafted VM name) cannot add a header
+    hostile = Event(
+        kind="job.failed",
+        message="failed: backup of web01\r\nBcc: thief@evil.example\r\n\r\nforged body",
+        level="error",
+        source="jobs",
+    )
+    engine.bus.publish(hostile)
     wait_for(lambda: len(mail_server.messages) == 2)
     sender, recipients, message = mail_server.messages[1]
     assert sender == "sendense@backup.example"
     assert recipients == ["ops@example.com", "oncall@example.com"]
-    assert message["Subject"] == "[Sendense] ERROR: failed: copy run 2 (destination unreachable)"
-    assert "kind:   job.failed" in message.get_payload()
+    assert " ".join(message["Subject"].split()) == (  # unfolded
+        "[Sendense] ERROR: failed: backup of web01 Bcc: thief@evil.example forged body"
+    )
+    assert message["Bcc"] is None and "kind:   job.failed" in message.get_payload()
     assert mail_server.logins == ["sendense", "sendense"]
 
 
@@ -203,9 +219,13 @@ def test_duplicates_within_the_window_are_suppressed_and_counted(
     engine.bus.publish(failure(10, rule_id=7))
     wait_for(lambda: len(webhook.received) == 3)
     assert webhook.received[2].json["message"].startswith("failed: copy run 10")
+    finished = [("sent", None)] * 3 + [("suppressed", "dedup")] * 4
+    wait_for(lambda: states(engine, "dedup") == finished)
+    clock.advance(timedelta(days=31))  # a month later the records are forgotten
+    engine.notifications.tick(clock.now())
+    assert engine.notifications.deliveries(rule="dedup") == []
 
 
-@SQLITE_ONLY
 def test_beyond_the_rate_limit_events_are_folded_into_one_message(
     engine: Engine, webhook: WebhookServer, clock: FixedClock
 ) -> None:
@@ -254,7 +274,7 @@ def test_a_hanging_target_never_blocks_the_publisher_and_ends_failed_with_the_re
     for attempt, delay in enumerate((*engine.notifications.retry_delays, None), start=1):
         wait_for(lambda a=attempt: attempts(engine) == a)
         [record] = engine.notifications.deliveries()
-        assert record.last_error == f"{webhook.url} did not answer within 0.3 s"
+        assert record.last_error == f"{shown(webhook.url)} did not answer within 0.3 s"
         if delay is not None:
             assert record.state == "queued"
             assert record.next_attempt_at == clock.now() + timedelta(seconds=delay)
@@ -265,8 +285,8 @@ def test_a_hanging_target_never_blocks_the_publisher_and_ends_failed_with_the_re
     warnings = engine.audit.query(min_level="warning", limit=10)
     [warning] = [w for w in warnings if w.kind == "notify.failed"]
     assert warning.message == (
-        f"notification rule slow could not deliver job.failed to {webhook.url} after 4 "
-        f"attempts: {webhook.url} did not answer within 0.3 s"
+        f"notification rule slow could not deliver job.failed to {shown(webhook.url)} after 4 "
+        f"attempts: {shown(webhook.url)} did not answer within 0.3 s"
     )
     engine.notifications.stop()
     assert [d.kind for d in engine.notifications.deliveries()] == ["job.failed"]
@@ -285,12 +305,12 @@ def test_a_closed_port_is_retried_then_failed(engine: Engine, clock: FixedClock)
     engine.notifications.wake()
     [record] = wait_for(lambda: engine.notifications.deliveries(failed_only=True))
     assert record.attempts == 2
-    assert record.last_error == f"{url} cannot be reached: connection refused"
+    assert record.last_error == f"{shown(url)} cannot be reached: connection refused"
     outcome = engine.notifications.test("dead")
     assert not outcome.ok
     assert outcome.sentence == (
-        f"the test message of notification rule dead was not delivered to {url}: "
-        f"{url} cannot be reached: connection refused"
+        f"the test message of notification rule dead was not delivered to {shown(url)}: "
+        f"{shown(url)} cannot be reached: connection refused"
     )
 
 
@@ -303,10 +323,9 @@ def test_an_http_error_is_the_reason_and_is_retried(engine: Engine, webhook: Web
     wait_for(lambda: attempts(engine) == 1)
     [record] = engine.notifications.deliveries()
     assert record.state == "queued"
-    assert record.last_error == f"{webhook.url} answered HTTP 500 Internal Server Error"
+    assert record.last_error == f"{shown(webhook.url)} answered HTTP 500 Internal Server Error"
 
 
-@SQLITE_ONLY
 def test_the_digest_collects_events_and_sends_one_message_when_due(
     engine: Engine, webhook: WebhookServer, clock: FixedClock
 ) -> None:
@@ -347,8 +366,9 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     engine: Engine, webhook: WebhookServer
 ) -> None:
     apprise_url = "json://user:apprise-t0ken@127.0.0.1:9/x"
+    hook_url = webhook.url + "/services/T0/B0/hook-t0ken"  # the URL holds a token too
     engine.notifications.add_rule(
-        RuleSpec(name="hook", target="webhook", url=webhook.url, hmac_secret=HMAC_KEY)
+        RuleSpec(name="hook", target="webhook", url=hook_url, hmac_secret=HMAC_KEY)
     )
     engine.notifications.add_rule(
         RuleSpec(
@@ -359,24 +379,29 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     )  # fmt: skip
     engine.notifications.add_rule(RuleSpec(name="app", target="apprise", apprise_url=apprise_url))
     listed = json.dumps([v.as_dict() for v in engine.notifications.list_rules()])
-    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken"):
+    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken", "hook-t0ken"):
         assert secret not in listed
-    assert [v.as_dict()["secret"] for v in engine.notifications.list_rules()] == ["set"] * 3
+    views = {v.name: v for v in engine.notifications.list_rules()}
+    assert [v.as_dict()["secret"] for v in views.values()] == ["set"] * 3
+    assert views["hook"].destination == shown(webhook.url)
+    assert views["app"].destination == "an apprise URL"
     with engine.catalog.session() as session:
         rows = [
             tuple(map(str, row))
             for row in session.execute(text("SELECT * FROM notification_rules"))
         ]
     dump = repr(rows)
-    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken"):
+    for secret in (HMAC_KEY, "mail-pa55word", "apprise-t0ken", "hook-t0ken"):
         assert secret not in dump
     with engine.catalog.session() as session:
-        stored = list(session.scalars(text("SELECT secret FROM notification_rules")))
+        stored = list(session.scalars(text("SELECT secret FROM notification_rules ORDER BY id")))
     assert all(s.startswith("fernet:") for s in stored)
     # readable with the state directory's key, the one CIFS passwords use
-    assert sorted(engine.secrets.decrypt(s) for s in stored) == sorted(
-        [HMAC_KEY, "mail-pa55word", apprise_url]
-    )
+    assert [json.loads(engine.secrets.decrypt(s)) for s in stored] == [
+        {"url": hook_url, "hmac_key": HMAC_KEY},
+        {"password": "mail-pa55word"},
+        {"url": apprise_url},
+    ]
 
 
 @SQLITE_ONLY
@@ -384,7 +409,7 @@ def test_secrets_are_stored_encrypted_and_never_listed(
     ("spec", "sentence"),
     [
         (RuleSpec(name="x", target="webhook", url="file:///etc/passwd"),
-         "'file:///etc/passwd' is not an http:// or https:// URL"),
+         "'file:///…' is not an http:// or https:// URL"),
         (RuleSpec(name="x", target="webhook", url="http://h/\r\nX-Injected: 1"),
          "is not an http:// or https:// URL"),
         (RuleSpec(name="x", target="email", smtp_host="mail", mail_from="a@b",
@@ -450,6 +475,43 @@ def test_what_one_engine_queued_the_next_one_sends(
     first.notifications.record(failure(1))  # recorded, never sent: that engine stopped
     first.close()
     second = engine_factory(clock=clock, owner="second")  # type: ignore[operator]
+    # appliances sharing a catalog share the key its secrets are encrypted with
+    second.secrets.key_file.write_bytes(first.secrets.key_file.read_bytes())
     second.notifications.start()
+    [hit] = wait_for(lambda: webhook.received)
+    assert hit.json["message"].startswith("failed: copy run 1")
+
+
+@SQLITE_ONLY
+def test_a_key_file_that_does_not_fit_is_the_reason_given(
+    engine_factory: object, webhook: WebhookServer, clock: FixedClock
+) -> None:
+    first = engine_factory(clock=clock, owner="first")  # type: ignore[operator]
+    first.notifications.add_rule(RuleSpec(name="ops", target="webhook", url=webhook.url))
+    other = engine_factory(clock=clock, owner="other")  # type: ignore[operator]
+    outcome = other.notifications.test("ops")  # its own secret.key: not the one used
+    assert not outcome.ok and not webhook.received
+    assert f"cannot be decrypted with {other.secrets.key_file}" in outcome.sentence
+
+
+@SQLITE_ONLY
+def test_an_event_during_a_catalog_outage_is_sent_when_the_catalog_is_back(
+    engine: Engine, webhook: WebhookServer
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    engine.notifications.add_rule(RuleSpec(name="ops", target="webhook", url=webhook.url))
+    engine.notifications.start()
+    path = engine.catalog.sqlite_path
+    assert path is not None
+    files = [p for p in (path, path.with_name("catalog.db-wal")) if p.exists()]
+    subprocess.run(["chattr", "+i", *map(str, files)], check=True, timeout=30)
+    try:
+        engine.bus.publish(failure(1))  # the catalog takes no write now
+        wait_for(lambda: engine.notifications.unrecorded == 1)
+        assert not webhook.received
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=True, timeout=30)
+    engine.notifications.wake()
     [hit] = wait_for(lambda: webhook.received)
     assert hit.json["message"].startswith("failed: copy run 1")
