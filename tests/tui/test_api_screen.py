@@ -11,11 +11,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Select
 
 from engine.clock import FixedClock
+from engine.config import default_settings
 from engine.errors import SendenseError
 from engine.runtime import Engine
 from engine.services.notify import RuleSpec
@@ -263,3 +265,24 @@ async def test_rules_toggle_test_against_a_real_webhook_and_remove_after_asking(
         names = [r.name for r in demo_engine.notifications.list_rules()]
         assert names == ["mail-admins"]
         assert list(_rows(rules)) == ["mail-admins"]
+
+
+async def test_the_listen_line_shows_a_real_daemons_addresses_and_tls_fingerprint(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    from tests.api.conftest import ApiDaemon
+
+    daemon = ApiDaemon(tmp_path, listen="127.0.0.1:0,0.0.0.0:0")
+    try:
+        daemon.start()
+        assert daemon.fingerprint  # 0.0.0.0 is served over TLS (a self-signed pair)
+        with Engine(default_settings(daemon.state), clock=clock) as engine:
+            app = SendenseApp(engine, clock=clock, live=False)
+            async with app.run_test(size=(80, 24)) as pilot:
+                screen = await _open(pilot, app)
+                shown = " ".join(str(screen.query_one("#listen").render()).split())
+    finally:
+        daemon.close()
+    assert shown.startswith("API served by the daemon on unix:")
+    assert " · ".join(daemon.addresses) in shown
+    assert f"TLS SHA-256 {daemon.fingerprint}" in shown
