@@ -219,8 +219,9 @@ class WebConsole(Server):
     async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
         """textual-serve's handler, with the console started from an argument list."""
         websocket = web.WebSocketResponse(heartbeat=15)
-        width = to_int(request.query.get("width", "80"), 80)
-        height = to_int(request.query.get("height", "24"), 24)
+        # a terminal a browser can show: no size the console would choke on
+        width = min(max(to_int(request.query.get("width", "80"), 80), 20), 1000)
+        height = min(max(to_int(request.query.get("height", "24"), 24), 5), 500)
         service: _ConsoleService | None = None
         try:
             await websocket.prepare(request)

@@ -65,12 +65,17 @@ def _tls_files(args: argparse.Namespace, ctx: CliContext) -> tuple[Path, Path] |
 
 
 def child_command(args: argparse.Namespace, ctx: CliContext) -> tuple[list[str], dict[str, str]]:
-    """How each browser's console starts: this Python, the same state directory and
-    catalog. The catalog URL travels in the environment, never in the argument list
-    (it may hold a password, and argument lists are public in /proc)."""
-    settings = ctx.settings
-    argv = [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(settings.state_dir)]
-    return argv, {"SENDENSE_DB_URL": settings.db_url}
+    """How each browser's console starts: this Python, with this command's state
+    directory and catalog options (the rest comes from the same config file and
+    environment, which the console inherits). A catalog URL given here travels in
+    the environment, never in the argument list: it may hold a password, and
+    argument lists are public in /proc."""
+    argv = [sys.executable, "-m", "sendense_tui.cli"]
+    state_dir = getattr(args, "state_dir", None)
+    if state_dir is not None:
+        argv += ["--state-dir", str(ctx.settings.state_dir)]
+    db_url = getattr(args, "db_url", None)
+    return argv, ({"SENDENSE_DB_URL": db_url} if db_url else {})
 
 
 def serve_web(args: argparse.Namespace, ctx: CliContext) -> int:

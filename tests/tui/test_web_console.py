@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.config import default_settings
+from engine.config import default_settings, sqlite_url
 from engine.runtime import Engine
 from sendense_tui.web import COOKIE
 from tests.engine.test_exports import _free_port_on, _non_loopback_address
@@ -120,7 +120,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebConsole]:
     state = tmp_path_factory.mktemp("web") / "state"
     admin, reader = _tokens(state)
     port = free_port_number()
-    process = _start(state, "127.0.0.1", port)
+    # the catalog named explicitly too: each browser's console must get it
+    process = _start(state, "127.0.0.1", port, "--db-url", sqlite_url(state / "catalog.db"))
     try:
         yield WebConsole(f"http://127.0.0.1:{port}", state, admin, reader, process)
     finally:
@@ -132,8 +133,12 @@ def _browser(cookies: dict[str, str] | None = None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookies=cookies, cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
-async def _first_screen(session: aiohttp.ClientSession, url: str) -> bytes:
-    """What the console sends through the websocket until its Dashboard is drawn."""
+async def _first_screen(
+    session: aiohttp.ClientSession, url: str, state: Path
+) -> tuple[bytes, list[tuple[list[bytes], list[bytes]]]]:
+    """What the console sends through the websocket until its Dashboard is drawn, and
+    the argument list and environment of each console process on ``state`` while the
+    websocket is open."""
     received = b""
     async with session.ws_connect(f"{url}/ws?width=80&height=24") as ws:
         await ws.send_json(["resize", {"width": 80, "height": 24}])
@@ -143,7 +148,14 @@ async def _first_screen(session: aiohttp.ClientSession, url: str) -> bytes:
                     received += message.data
                 if b"Dash" in received:
                     break
-    return received
+        running = [
+            (
+                Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"),
+                Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"),
+            )
+            for pid in _console_processes(state)
+        ]
+    return received, running
 
 
 def test_an_admin_token_opens_the_page_and_the_real_console_runs_in_its_websocket(
@@ -166,8 +178,17 @@ def test_an_admin_token_opens_the_page_and_the_real_console_runs_in_its_websocke
                 assert web.admin not in body  # the secret is never in a page
             async with browser.get(f"{web.url}/static/js/textual.js") as script:
                 assert script.status == 200
-            screen = await _first_screen(browser, web.url)
+            screen, consoles = await _first_screen(browser, web.url, web.state)
             assert b"Dash" in screen
+            # one console, on the server's state directory and catalog; the catalog
+            # URL in its environment, not in its argument list
+            assert len(consoles) == 1
+            argv, environ = consoles[0]
+            assert argv[argv.index(b"--state-dir") + 1] == str(web.state).encode()
+            assert not any(b"sqlite" in word for word in argv)
+            wanted = f"SENDENSE_DB_URL={sqlite_url(web.state / 'catalog.db')}".encode()
+            assert wanted in environ
+            assert b"TEXTUAL_DRIVER=textual.drivers.web_driver:WebDriver" in environ
 
     asyncio.run(visit())
 
