@@ -35,13 +35,13 @@ class Command:
     palette: bool = True
 
 
-def _mode(number: int, mode: str, title: str) -> Command:
+def _mode(number: int, mode: str, title: str, long_title: str = "") -> Command:
     return Command(
         id=f"mode.{mode}",
         keys=str(number),
         action=f"app.switch_mode('{mode}')",
         description=title,
-        help=f"Go to the {title} screen",
+        help=f"Go to the {long_title or title} screen",
         show=False,
     )
 
@@ -95,6 +95,7 @@ COMMANDS: tuple[Command, ...] = (
     _mode(6, "jobs", "Jobs"),
     _mode(7, "restore", "Restore"),
     _mode(8, "events", "Events"),
+    _mode(9, "api", "API", "API & notifications"),
     # -- every list (the shared list widgets bind these: widgets/tables.py) -----
     Command(
         "list.filter",
@@ -501,6 +502,55 @@ COMMANDS: tuple[Command, ...] = (
         "Remove the selected repository (asks first)",
         scope="repositories",
     ),
+    # -- API & notifications ------------------------------------------------------------------
+    # (the footer must fit 80 columns: Remove only in help and the palette; "t" is the
+    # theme elsewhere, here it tests a rule)
+    Command("api.new_token", "a", "new_token", "New token", "Create an API token", scope="api"),
+    Command(
+        "api.revoke_token",
+        "x",
+        "revoke_token",
+        "Revoke",
+        "Revoke the selected API token (asks first)",
+        scope="api",
+    ),
+    Command(
+        "api.toggle_rule",
+        "space",
+        "toggle_rule",
+        "On/off",
+        "Turn the selected rule on or off (turning off asks first)",
+        scope="api",
+        key_display="space",
+    ),
+    Command(
+        "api.test_rule",
+        "t",
+        "test_rule",
+        "Test",
+        "Send a test message through the selected notification rule",
+        scope="api",
+    ),
+    Command(
+        "api.remove_rule",
+        "d,D",
+        "remove_rule",
+        "Remove",
+        "Remove the selected notification rule (asks first)",
+        scope="api",
+        show=False,
+    ),
+    Command(
+        "api.next_pane",
+        "tab",
+        "app.focus_next",
+        "Next list",
+        "Move to the other list",
+        scope="api",
+        show=False,
+        key_display="tab",
+        palette=False,
+    ),
     # -- details: Enter on a row of any list (the list takes the key and says which row
     # was selected; the screen opens the row's detail view; these rows feed `?` and the
     # palette) -----------------------------------------------------------------------
@@ -515,7 +565,15 @@ COMMANDS: tuple[Command, ...] = (
             show=False,
             key_display="enter",
         )
-        for scope in ("repositories", "chains", "policies", "copy_rules", "jobs", "events")
+        for scope in (
+            "repositories",
+            "chains",
+            "policies",
+            "copy_rules",
+            "jobs",
+            "events",
+            "api",
+        )
     ),
 )
 

@@ -28,6 +28,8 @@ from sendense_tui.format import printable
 
 EXIT_ERROR = int(ExitCode.REFUSED)
 EXIT_INTERRUPTED = int(ExitCode.INTERRUPTED)
+#: what textual-serve sets in a browser's console (Textual reads it to pick its driver)
+WEB_DRIVER = "textual.drivers.web_driver:WebDriver"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +53,7 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
     the console's engine is its client: jobs it queues run in the daemon, mounts and
     exports it starts outlive it. Without one it runs that work itself, says so at
     the top, and asks before quitting with work of its own running."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _web_driver() and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise SendenseError(
             "the console needs a terminal (stdin and stdout are not a TTY)",
             hint="run it from an interactive SSH session, or use a subcommand: sendense --help",
@@ -77,6 +79,12 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
         return int(app.return_code or 0)
     finally:
         engine.close()
+
+
+def _web_driver() -> bool:
+    """Whether this console is a browser's (``sendense console --web`` starts it with
+    Textual's web driver, which speaks its own protocol on pipes, not a terminal's)."""
+    return os.environ.get("TEXTUAL_DRIVER") == WEB_DRIVER
 
 
 class _LogFile(logging.Handler):
@@ -158,11 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     if handler is None:
         handler = open_console  # Textual and the console handle their own signals
+    elif args.command == "console" and not args.web:
+        pass  # the same console, by its name
     elif threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         # those log themselves (the demo into its own temporary state directory)
-        if handler is not open_console and args.command not in ("daemon", "demo"):
+        if handler is not open_console and args.command not in ("daemon", "demo", "console"):
             _log_to_file(ctx, "cli.log")
         return int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here

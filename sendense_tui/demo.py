@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine.clock import FixedClock
-from engine.config import default_settings
+from engine.config import ApiSettings, default_settings
 from engine.runtime import Engine
 
 DEMO_TIME = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -28,7 +28,10 @@ def build_demo_engine(
     state_dir: Path, clock: FixedClock | None = None, *, theme: str = "dark"
 ) -> Engine:
     """An opened (migrated, not started) engine on SQLite in ``state_dir``."""
-    settings = replace(default_settings(state_dir), theme=theme)
+    # the API as an appliance would configure it (a fixed path, not the temp state dir);
+    # nothing serves it: the demo starts no daemon
+    api = ApiSettings(socket=Path("/run/sendense/api.sock"), listen=("127.0.0.1:8041",))
+    settings = replace(default_settings(state_dir), theme=theme, api=api)
     engine = Engine(settings, clock=clock or demo_clock(), owner=DEMO_OWNER)
     return engine.open()
 

@@ -52,6 +52,7 @@ GROUPS: list[str] = [
     "doctor",
     "version",
     "demo",
+    "console",
 ]
 
 Handler = Callable[[argparse.Namespace, "CliContext"], int]

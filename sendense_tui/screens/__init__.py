@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from textual.screen import Screen
 
+from sendense_tui.screens.api import ApiScreen
 from sendense_tui.screens.base import SECTIONS, SendenseScreen
 from sendense_tui.screens.capacity import CapacityScreen
 from sendense_tui.screens.chains import ChainsScreen
@@ -31,6 +32,7 @@ SCREENS: dict[str, Callable[[], Screen[object]]] = {
     "jobs": JobsScreen,
     "restore": RestoreScreen,
     "events": EventsScreen,
+    "api": ApiScreen,
 }
 
 assert list(SCREENS) == list(SECTIONS), "SCREENS and SECTIONS must list the same sections"

@@ -68,6 +68,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "jobs": ("Jobs", "Jobs"),
     "restore": ("Restore", "Restore"),
     "events": ("Events", "Events"),
+    "api": ("API & notifications", "API"),
 }
 
 

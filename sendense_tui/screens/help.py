@@ -71,7 +71,7 @@ def rows_from_bindings(screen: Screen[object]) -> list[HelpRow]:
         for action in sorted(grouped, key=lambda action: rank[action][:2])
     ]
     if sections:
-        rows.append(HelpRow("1-8", "Go to a section: " + ", ".join(sections)))
+        rows.append(HelpRow(f"1-{len(sections)}", "Go to a section: " + ", ".join(sections)))
     if navigation:
         rows.append(HelpRow("arrows…", "Move in the list: " + " ".join(navigation)))
     return rows

@@ -30,6 +30,7 @@ ROUTES = {
     "jobs": ("6",),
     "restore": ("7",),
     "events": ("8",),
+    "api": ("9",),
 }
 
 
