@@ -415,6 +415,7 @@ class ChainService:
         """Chains (VM, disk order) with their live points and lock badges."""
         repos = {r.id: r.name for r in self.repositories.list()}
         locks = self.store.lock_counts(self.clock.now())
+        backups = self.store.backups_by_chain(repository_id=repository_id)
         views: list[ChainView] = []
         for chain in self.store.list_chains(repository_id=repository_id):
             if not include_retired and chain.state == "retired":
@@ -423,7 +424,7 @@ class ChainService:
                 PointView(b, locks[b.id].expires_at, locks[b.id].state)
                 if b.id in locks
                 else PointView(b, None)
-                for b in self.store.backups(chain.id)
+                for b in backups.get(chain.id, [])
             ]
             views.append(ChainView(chain, repos.get(chain.repository_id, "?"), points))
         return views
