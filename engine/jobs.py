@@ -40,13 +40,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
@@ -59,10 +60,11 @@ from engine.errors import (
     JobError,
     JobUnprotected,
     SendenseError,
+    StopReason,
 )
 from engine.events import Event, EventBus
 from engine.unrecorded import Outcome, UnrecordedOutcomes, catalog_failure
-from engine.writers import DiskBusy, DiskWriters, WriterLost, busy_sentence
+from engine.writers import DiskBusy, DiskWriters, busy_sentence
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +87,37 @@ def engine_owner() -> str:
 class JobPaused(JobCancelled):
     """Raised inside a job's work when the operator paused it."""
 
+    reason = StopReason.PAUSE
+
 
 class LeaseLost(JobCancelled):
     """Another engine took the job over (our heartbeat lapsed)."""
+
+    reason = StopReason.LOST
 
 
 class EngineStopping(JobCancelled):
     """This engine is shutting down; the job goes back to the queue."""
 
+    reason = StopReason.SHUTDOWN
+
 
 class CatalogLost(JobCancelled):
     """The catalog became unavailable while the job ran: it stops as for a cancel
     (its work cleaned up) and ends failed once the catalog can record it."""
+
+    reason = StopReason.CATALOG
+
+
+#: the one meaning of each stop: the state the job's row takes ("lost": none, another
+#: engine owns the row now) and the level of its event
+STOP_OUTCOMES: dict[StopReason, tuple[str, str]] = {
+    StopReason.CANCEL: ("cancelled", "warning"),
+    StopReason.PAUSE: ("paused", "info"),
+    StopReason.SHUTDOWN: ("queued", "info"),
+    StopReason.LOST: ("lost", "warning"),
+    StopReason.CATALOG: ("failed", "error"),
+}
 
 
 @dataclass
@@ -140,7 +161,12 @@ class JobContext:
         self._meter.update(job.bytes_done, job.bytes_total)
         self._last_write = -1e9
         self._last_event = -1e9
+        #: a stop the engine asked for (shutdown, lost lease, lost catalog)
         self._stop_reason: type[JobCancelled] | None = None
+        #: the stop this job's work met (raised by check or seen by should_stop); the
+        #: runner records it whatever exception the work unwound with
+        self.stopped: JobCancelled | None = None
+        self._last_poll = -1e9
         #: the outage that stopped this job, if its catalog went away while it ran
         self.catalog_error: CatalogUnavailable | None = None
         self.bytes_done = job.bytes_done
@@ -162,21 +188,63 @@ class JobContext:
         if self.catalog_error is None:
             self.catalog_error = error
         self._stop_reason = CatalogLost
-        return CatalogLost(f"job {self.job.id} stopped: {error.message}", hint=error.hint)
+        lost = CatalogLost(f"job {self.job.id} stopped: {error.message}", hint=error.hint)
+        if self.stopped is None:
+            self.stopped = lost
+        return lost
 
     def check(self) -> None:
         """Raise if the job must stop now (cancel, pause, lost lease, engine stop,
-        catalog gone)."""
+        catalog gone): a JobCancelled whose ``reason`` says which. Once stopped, a
+        job stays stopped for the same reason."""
+        if self.stopped is not None:
+            raise self.stopped
+        stop = self._requested_stop()
+        if stop is not None:
+            self.stopped = stop
+            raise stop
+
+    def should_stop(self) -> bool:
+        """The polling form of ``check`` for work that runs a child process or a loop
+        that cannot raise (qemu-img's ``should_stop``, hashing): True once the job
+        must stop; the reason is kept in ``stopped`` (``raise_stop`` raises it). Asks
+        the catalog at most every ``runner.stop_poll_interval`` seconds; a stop the
+        engine asked for is seen at once."""
+        if self.stopped is not None:
+            return True
+        now = time.monotonic()
+        if self._stop_reason is None and now - self._last_poll < self.runner.stop_poll_interval:
+            return False
+        self._last_poll = now
+        try:
+            self.check()
+        except JobCancelled:
+            return True
+        return False
+
+    def raise_stop(self) -> NoReturn:
+        """Raise the stop ``should_stop`` saw (a cancel when it saw none)."""
+        raise self.stop_error()
+
+    def stop_error(self) -> JobCancelled:
+        """The stop this job met, to raise where work was interrupted by
+        ``should_stop`` (a cancel if none was recorded)."""
+        return self.stopped or JobCancelled(f"job {self.job.id} was stopped")
+
+    def _requested_stop(self) -> JobCancelled | None:
+        if self._stop_reason is CatalogLost and self.catalog_error is not None:
+            return self.catalog_lost(self.catalog_error)
         if self._stop_reason is not None:
-            raise self._stop_reason(f"job {self.job.id} stopped")
+            return self._stop_reason(f"job {self.job.id} stopped")
         try:
             cancel, pause = self.runner.store.flags(self.job.id)
         except CatalogUnavailable as exc:
-            raise self.catalog_lost(exc) from None
+            return self.catalog_lost(exc)
         if cancel:
-            raise JobCancelled(f"job {self.job.id} was cancelled by the operator")
+            return JobCancelled(f"job {self.job.id} was cancelled by the operator")
         if pause:
-            raise JobPaused(f"job {self.job.id} was paused by the operator")
+            return JobPaused(f"job {self.job.id} was paused by the operator")
+        return None
 
     def progress(
         self,
@@ -211,7 +279,7 @@ class JobContext:
                 )
             except CatalogUnavailable as exc:
                 raise self.catalog_lost(exc) from None
-            if self._stop_reason is None:
+            if self.stopped is None:  # raised once; unwinding work may report on
                 self.check()
         if force or now - self._last_event >= 0.1:
             self._last_event = now
@@ -254,6 +322,8 @@ class JobRunner:
         #: outcomes the catalog could not take when their jobs ended
         self.unrecorded = unrecorded or UnrecordedOutcomes()
         self.progress_write_interval = 0.5
+        #: how often ``JobContext.should_stop`` asks the catalog for a cancel or pause
+        self.stop_poll_interval = 0.25
         #: per-disk writer leases; None: no kind writes disks (a bare runner in tests)
         self.writers = writers
         self._handlers: dict[str, Handler] = {}
@@ -402,11 +472,16 @@ class JobRunner:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming; running jobs are asked to stop and go back to the queue."""
+    def request_stop(self) -> None:
+        """Stop claiming and ask running jobs to stop (they go back to the queue);
+        returns at once. ``stop`` also waits for them."""
         self._stopping.set()
         self._wake.set()
         self._stop_running()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; running jobs are asked to stop and go back to the queue."""
+        self.request_stop()
         # the dispatcher may have claimed one more job while we were stopping
         for thread in self._threads:
             thread.join(timeout)
@@ -623,14 +698,10 @@ class JobRunner:
         except CatalogUnavailable as exc:  # met by the handler's own catalog calls
             ctx.catalog_lost(exc)
             state, error, level = "failed", exc.for_humans(), "error"
-        except (LeaseLost, WriterLost):
-            state, error, level = "lost", "another engine took the job over", "warning"
-        except EngineStopping:
-            state, error, level = "queued", None, "info"
-        except JobPaused:
-            state, level = "paused", "info"
         except JobCancelled as exc:
-            state, error, level = "cancelled", str(exc), "warning"
+            # the reason the work stopped for, even where it unwound with a bare cancel
+            # (a child process killed because ``should_stop`` said so)
+            state, error, level = self._stop_outcome(ctx.stopped or exc)
         except JobUnprotected as exc:
             # the files are good restore points, but not locked: never "succeeded"
             state, error, level = "failed_unprotected", exc.for_humans(), "error"
@@ -645,6 +716,16 @@ class JobRunner:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
         self._end(ctx, state, error, result, level)
+
+    @staticmethod
+    def _stop_outcome(stop: JobCancelled) -> tuple[str, str | None, str]:
+        """(state, error, level) for a job whose work stopped: STOP_OUTCOMES."""
+        state, level = STOP_OUTCOMES[stop.reason]
+        if stop.reason is StopReason.LOST:
+            return state, "another engine took the job over", level
+        if stop.reason in (StopReason.PAUSE, StopReason.SHUTDOWN):
+            return state, None, level
+        return state, str(stop), level
 
     def _end(
         self,
@@ -813,6 +894,7 @@ class JobRunner:
 
 
 __all__ = [
+    "STOP_OUTCOMES",
     "CatalogLost",
     "EngineStopping",
     "Handler",
@@ -822,4 +904,5 @@ __all__ = [
     "JobRunner",
     "LeaseLost",
     "ProgressMeter",
+    "StopReason",
 ]

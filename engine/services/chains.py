@@ -107,6 +107,7 @@ from engine.units import human_bytes, plural
 from engine.writers import DiskWriters
 
 if TYPE_CHECKING:
+    from engine.jobs import JobContext
     from engine.services.verify import VerifyService
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,7 @@ class ChainService:
             actor=actor,
         )
 
-    def run_consolidate_job(self, ctx: Any) -> dict[str, Any]:
+    def run_consolidate_job(self, ctx: JobContext) -> dict[str, Any]:
         chain_id = int(ctx.params["chain_id"])
         backups = self.store.backups(chain_id)
         size = backups[0].virtual_size if backups else 0
@@ -392,18 +393,11 @@ class ChainService:
         def progress(percent: float) -> None:
             ctx.progress(int(size * percent / 100), size, message="consolidating")
 
-        def should_stop() -> bool:
-            try:
-                ctx.check()
-            except Exception:
-                return True
-            return False
-
         new_full = self.consolidate(
             chain_id,
             new_base_id=new_base_id,
             on_progress=progress,
-            should_stop=should_stop,
+            should_stop=ctx.should_stop,
         )
         return {"chain_id": chain_id, "new_full": new_full.id, "path": new_full.path}
 

@@ -65,7 +65,7 @@ from engine.catalog.copies import COPY_DONE, CopyStore
 from engine.catalog.locks import LockStore
 from engine.catalog.models import Chain, Repository
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir
@@ -265,13 +265,7 @@ class _Progress:
             self.ctx.progress(self.done, max(self.total, self.done), message="checking files")
 
     def should_stop(self) -> bool:
-        if self.ctx is None:
-            return False
-        try:
-            self.ctx.check()
-        except JobCancelled:
-            return True
-        return False
+        return self.ctx is not None and self.ctx.should_stop()
 
 
 # -- the service ----------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F811  (fixtures imported from tests.engine.diskgen)
 """The job runner: state machine, progress, concurrency, leases, two processes.
 
 Runs on both catalog backends (``[sqlite]`` and ``[mariadb]``) through the
@@ -26,6 +27,7 @@ from engine.errors import JobError, NotFoundError, ValidationError
 from engine.events import Event
 from engine.jobs import JobContext, ProgressMeter
 from engine.runtime import Engine
+from tests.engine.diskgen import SourceDisk, bk_engine, disk, repo, sha256_of
 from tests.plugins.common import EngineFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -500,3 +502,127 @@ def test_store_cancel_and_pause_never_overwrite_a_running_job(
         store.request_cancel(999999, clock.now())
     with pytest.raises(NotFoundError):
         store.request_pause(999999)
+
+
+# -- stops in real long operations ------------------------------------------------------
+#
+# A pause, a cancel and a shutdown of the engine each have one meaning, whatever the
+# operation was doing when it stopped (a qemu-img child killed through should_stop, a
+# verification of its inputs cut short): pause -> paused and resumable, cancel ->
+# cancelled, shutdown -> back to the queue. Partial output is removed in every case.
+# Real qemu-img on small real images; the stop is asked for from the job's own first
+# progress event (in the job's thread), so the point where it is seen is deterministic.
+
+#: stop -> the state the job takes
+STOPPED_AS = {"pause": "paused", "cancel": "cancelled", "shutdown": "queued"}
+
+
+def _stop_at_first_progress(engine: Engine, job_id: int, stop: str) -> list[Event]:
+    """Ask for ``stop`` when the job first reports progress; returns the events seen."""
+    asked: list[Event] = []
+
+    def on_progress(event: Event) -> None:
+        if event.job_id != job_id or asked:
+            return
+        asked.append(event)
+        if stop == "pause":
+            engine.jobs.pause(job_id, actor="test")
+        elif stop == "cancel":
+            engine.jobs.cancel(job_id, actor="test")
+        else:  # what closing the engine (the daemon's SIGTERM) does first
+            engine.jobs.request_stop()
+
+    engine.bus.subscribe(on_progress, kinds=("job.progress",))
+    return asked
+
+
+def _go_on(engine: Engine, job_id: int, stop: str) -> None:
+    """Let a stopped job finish: resume a paused one, restart a stopped engine."""
+    if stop == "pause":
+        engine.jobs.resume(job_id, actor="test")
+    elif stop == "shutdown":
+        engine.jobs.stop()  # the engine closes…
+        engine.jobs.start()  # …and the next one takes the queued job
+
+
+def _partials(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*partial*")]
+
+
+@pytest.mark.parametrize("stop", sorted(STOPPED_AS))
+def test_a_stopped_consolidation_is_recorded_for_its_reason_and_finishes_after(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, stop: str
+) -> None:
+    from tests.engine.test_backup import wait_job
+    from tests.engine.test_chains import build_chain
+
+    ids, moments = build_chain(bk_engine, repo, disk, clock, incrementals=2)
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    files = sorted(p.name for p in Path(repo.path).rglob("*") if p.is_file())
+    bk_engine.jobs.poll_interval = 0.02
+    job = bk_engine.chains.submit_consolidate(chain_id, actor="test")
+    asked = _stop_at_first_progress(bk_engine, job.id, stop)
+    bk_engine.start()
+
+    stopped = wait_state(bk_engine, job.id, STOPPED_AS[stop], "succeeded", "failed")
+    assert asked, "the consolidation never reported progress"
+    assert stopped.state == STOPPED_AS[stop], stopped.error
+    assert stopped.lease_owner is None
+    if stop == "cancel":
+        assert stopped.error is not None and "cancelled by the operator" in stopped.error
+    else:
+        assert stopped.error is None
+    # nothing merged, nothing left half-written
+    assert [b.id for b in bk_engine.chain_store.backups(chain_id)] == ids
+    assert sorted(p.name for p in Path(repo.path).rglob("*") if p.is_file()) == files
+    assert bk_engine.chain_store.open_intents(chain_id) == []
+    if stop == "cancel":
+        return
+    assert stopped.resume_point == {"target_id": ids[1]}
+
+    _go_on(bk_engine, job.id, stop)
+    done = wait_job(bk_engine, job.id)
+    assert done.state == "succeeded", done.error
+    assert done.result["new_full"] == ids[1]
+    assert [b.id for b in bk_engine.chain_store.backups(chain_id)] == ids[1:]
+    assert bk_engine.chain_store.get_backup(ids[1]).kind == "full"
+    assert _partials(Path(repo.path)) == []
+    for point in ids[1:]:
+        target = Path(repo.path).parent / f"check-{point}.raw"
+        bk_engine.restores.restore(point, str(target))
+        assert sha256_of(target) == moments[point]
+
+
+@pytest.mark.parametrize("stop", sorted(STOPPED_AS))
+def test_a_stopped_disk_restore_is_recorded_for_its_reason_and_finishes_after(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, tmp_path: Path, stop: str
+) -> None:
+    from tests.engine.test_backup import wait_job
+    from tests.engine.test_chains import build_chain
+
+    ids, moments = build_chain(bk_engine, repo, disk, clock, incrementals=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "disk.raw"
+    bk_engine.jobs.poll_interval = 0.02
+    job = bk_engine.restores.submit(ids[1], str(target), actor="test")
+    asked = _stop_at_first_progress(bk_engine, job.id, stop)
+    bk_engine.start()
+
+    stopped = wait_state(bk_engine, job.id, STOPPED_AS[stop], "succeeded", "failed")
+    assert asked, "the restore never reported progress"
+    assert stopped.state == STOPPED_AS[stop], stopped.error
+    if stop == "cancel":
+        assert stopped.error is not None and "cancelled by the operator" in stopped.error
+    else:
+        assert stopped.error is None
+    # the target never took its name, and no partial is left beside it
+    assert list(out.iterdir()) == []
+    if stop == "cancel":
+        return
+
+    _go_on(bk_engine, job.id, stop)
+    done = wait_job(bk_engine, job.id)
+    assert done.state == "succeeded", done.error
+    assert sorted(p.name for p in out.iterdir()) == ["disk.raw"]
+    assert sha256_of(target) == moments[ids[1]]
