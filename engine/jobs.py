@@ -63,6 +63,7 @@ from engine.errors import (
     StopReason,
 )
 from engine.events import Event, EventBus
+from engine.states import JobState
 from engine.unrecorded import Outcome, UnrecordedOutcomes, catalog_failure
 from engine.writers import DiskBusy, DiskWriters, busy_sentence
 
@@ -109,14 +110,16 @@ class CatalogLost(JobCancelled):
     reason = StopReason.CATALOG
 
 
-#: the one meaning of each stop: the state the job's row takes ("lost": none, another
-#: engine owns the row now) and the level of its event
+#: a job's outcome that writes nothing: another engine owns its row now
+LOST = "lost"
+#: the one meaning of each stop: the state the job's row takes (LOST: none) and the
+#: level of its event
 STOP_OUTCOMES: dict[StopReason, tuple[str, str]] = {
-    StopReason.CANCEL: ("cancelled", "warning"),
-    StopReason.PAUSE: ("paused", "info"),
-    StopReason.SHUTDOWN: ("queued", "info"),
-    StopReason.LOST: ("lost", "warning"),
-    StopReason.CATALOG: ("failed", "error"),
+    StopReason.CANCEL: (JobState.CANCELLED, "warning"),
+    StopReason.PAUSE: (JobState.PAUSED, "info"),
+    StopReason.SHUTDOWN: (JobState.QUEUED, "info"),
+    StopReason.LOST: (LOST, "warning"),
+    StopReason.CATALOG: (JobState.FAILED, "error"),
 }
 
 
@@ -413,7 +416,7 @@ class JobRunner:
         job = self.store.request_cancel(job_id, self.clock.now())
         self.bus.publish(
             Event(
-                kind="job.cancel_requested" if job.state == "running" else "job.cancelled",
+                kind="job.cancel_requested" if job.state == JobState.RUNNING else "job.cancelled",
                 message=f"cancel: {job.title}",
                 source="jobs",
                 job_id=job_id,
@@ -437,12 +440,12 @@ class JobRunner:
         return job
 
     def resume(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=("paused",))
+        job = self.store.requeue(job_id, allowed_from=(JobState.PAUSED,))
         self._announce_requeue(job, "resumed", actor)
         return job
 
     def retry(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=("failed", "cancelled"))
+        job = self.store.requeue(job_id, allowed_from=(JobState.FAILED, JobState.CANCELLED))
         self._announce_requeue(job, "retried", actor)
         return job
 
@@ -558,7 +561,7 @@ class JobRunner:
                 if blocker.job_id != candidate.id:  # its own disk lease, not lapsed yet
                     self._note_waiting(candidate, blocker, now)
                 continue
-            lapsed = candidate.state == "running"
+            lapsed = candidate.state == JobState.RUNNING
             claim = self.store.take_over if lapsed else self.store.claim_queued
             job = claim(candidate.id, self.owner, now, self.lease)
             if job is None:
@@ -668,14 +671,14 @@ class JobRunner:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
             try:
-                self.store.finish(job.id, self.owner, "queued", self.clock.now())
+                self.store.finish(job.id, self.owner, JobState.QUEUED, self.clock.now())
             except CatalogUnavailable as exc:
-                self._keep_unrecorded(ctx, "queued", None, exc)
+                self._keep_unrecorded(ctx, JobState.QUEUED, None, exc)
             return
         if ctx.taken_over_from is not None:
             refused = self._settle_takeover(ctx)
             if refused is not None:
-                self._end(ctx, "failed", refused, None, "error")
+                self._end(ctx, JobState.FAILED, refused, None, "error")
                 return
         self.bus.publish(
             Event(
@@ -687,30 +690,30 @@ class JobRunner:
                 data={"owner": self.owner, "attempt": job.attempts},
             )
         )
-        state, error, result, level = "succeeded", None, None, "info"
+        state, error, result, level = JobState.SUCCEEDED, None, None, "info"
         try:
             with self._writing(ctx):
                 result = handler(ctx) or {}
         except DiskBusy as exc:
             # another writer took the disk between the dispatcher's look and ours
-            state, error, level = "queued", None, "info"
+            state, error, level = JobState.QUEUED, None, "info"
             self._note_waiting(job, exc.holder, self.clock.now())
         except CatalogUnavailable as exc:  # met by the handler's own catalog calls
             ctx.catalog_lost(exc)
-            state, error, level = "failed", exc.for_humans(), "error"
+            state, error, level = JobState.FAILED, exc.for_humans(), "error"
         except JobCancelled as exc:
             # the reason the work stopped for, even where it unwound with a bare cancel
             # (a child process killed because ``should_stop`` said so)
             state, error, level = self._stop_outcome(ctx.stopped or exc)
         except JobUnprotected as exc:
             # the files are good restore points, but not locked: never "succeeded"
-            state, error, level = "failed_unprotected", exc.for_humans(), "error"
+            state, error, level = JobState.FAILED_UNPROTECTED, exc.for_humans(), "error"
             result = exc.result
         except SendenseError as exc:
-            state, error, level = "failed", exc.for_humans(), "error"
+            state, error, level = JobState.FAILED, exc.for_humans(), "error"
         except Exception as exc:
             log.exception("job %s (%s) crashed", job.id, job.kind)
-            state, error, level = "failed", f"internal error: {exc!r}", "error"
+            state, error, level = JobState.FAILED, f"internal error: {exc!r}", "error"
         finally:
             with self._lock:
                 if self._running.get(job.id) is ctx:
@@ -738,17 +741,17 @@ class JobRunner:
         """Record a job's outcome (if we still hold it) and announce it."""
         job = ctx.job
         outage = self.store.catalog.outage
-        if ctx.catalog_error is None and state == "queued" and outage is not None:
+        if ctx.catalog_error is None and state == JobState.QUEUED and outage is not None:
             # handed back while the catalog is away (a CLI leaving on the outage):
             # it ends failed like the jobs that met the outage, not re-run later
             ctx.catalog_error = CatalogUnavailable(outage)
-        if ctx.catalog_error is not None and state != "succeeded":
+        if ctx.catalog_error is not None and state != JobState.SUCCEEDED:
             # whatever the handler made of it (a cancel, a failed disk…), the job
             # stopped because its catalog went away: say that, once
-            state, error, level = "failed", catalog_failure(ctx.catalog_error), "error"
-        if state != "lost":
+            state, error, level = JobState.FAILED, catalog_failure(ctx.catalog_error), "error"
+        if state != LOST:
             try:
-                if state == "succeeded":
+                if state == JobState.SUCCEEDED:
                     # the final byte count, so a finished job shows 100 %
                     self.store.progress(
                         job.id,
@@ -758,7 +761,7 @@ class JobRunner:
                         rate=0.0,
                         eta_seconds=None,
                     )
-                if state == "paused":
+                if state == JobState.PAUSED:
                     self.store.clear_pause(job.id)
                 recorded = self.store.finish(
                     job.id, self.owner, state, self.clock.now(), error=error, result=result
@@ -767,11 +770,11 @@ class JobRunner:
                 self._keep_unrecorded(ctx, state, error, exc, result)
                 return
             if not recorded:
-                state, error = "lost", "the lease lapsed before the job finished"
+                state, error = LOST, "the lease lapsed before the job finished"
         words = {
-            "succeeded": "finished",
-            "queued": "returned to the queue",
-            "failed_unprotected": "finished but NOT protected",
+            JobState.SUCCEEDED: "finished",
+            JobState.QUEUED: "returned to the queue",
+            JobState.FAILED_UNPROTECTED: "finished but NOT protected",
         }
         self.bus.publish(
             Event(
@@ -852,8 +855,8 @@ class JobRunner:
         else (stopped, paused, handed back) ends failed, so it is never re-run beside
         a new job of the same work."""
         job = ctx.job
-        if state not in ("succeeded", "failed", "cancelled"):
-            state, error = "failed", catalog_failure(ctx.catalog_error or exc)
+        if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            state, error = JobState.FAILED, catalog_failure(ctx.catalog_error or exc)
         self.unrecorded.keep(
             Outcome(
                 job_id=job.id,
@@ -866,14 +869,14 @@ class JobRunner:
             )
         )
         # not "job.succeeded": the catalog does not say so yet
-        kind = "job.unrecorded" if state == "succeeded" else f"job.{state}"
+        kind = "job.unrecorded" if state == JobState.SUCCEEDED else f"job.{state}"
         self.bus.publish(
             Event(
                 kind=kind,
                 message=f"{state}: {job.title}"
                 + (f" ({error})" if error else "")
                 + "; the catalog will record it when it answers again",
-                level="warning" if state == "succeeded" else "error",
+                level="warning" if state == JobState.SUCCEEDED else "error",
                 source="jobs",
                 job_id=job.id,
                 repository_id=job.repository_id,

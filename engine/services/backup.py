@@ -108,6 +108,7 @@ from engine.services.manifests import (
     remove_manifest,
     write_manifest,
 )
+from engine.states import JobKind
 from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
@@ -377,7 +378,7 @@ class BackupService:
         self.verify_parent = True
 
     def register(self) -> None:
-        self.jobs.register("backup", self.run_job, writes=self.disks_of_job)
+        self.jobs.register(JobKind.BACKUP, self.run_job, writes=self.disks_of_job)
 
     @staticmethod
     def disks_of_job(job: Job) -> list[DiskKey]:
@@ -419,7 +420,7 @@ class BackupService:
             "full_every": full_every,
         }
         return self.jobs.submit(
-            "backup",
+            JobKind.BACKUP,
             f"back up {vm} ({', '.join(d.name for d in disks)}) to {repo.name}",
             params,
             repository_id=repo.id,

@@ -100,6 +100,7 @@ from engine.services.images import (
     is_bad,
     why_bad,
 )
+from engine.states import JobKind
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -336,7 +337,7 @@ class ChainService:
     def register(self, jobs: Any) -> None:
         """Register the "consolidate" job kind on the engine's JobRunner."""
         self.jobs = jobs
-        jobs.register("consolidate", self.run_consolidate_job, writes=self.disks_of_job)
+        jobs.register(JobKind.CONSOLIDATE, self.run_consolidate_job, writes=self.disks_of_job)
 
     def disk_of(self, chain_id: int) -> DiskKey:
         """The disk a chain belongs to: what its writer lease covers."""
@@ -362,7 +363,7 @@ class ChainService:
         if not queue_if_busy:
             self.writers.refuse_if_busy([self.disk_of(chain_id)])
         return self.jobs.submit(
-            "consolidate",
+            JobKind.CONSOLIDATE,
             f"consolidate chain {chain.vm_name}/{chain.disk_name} (#{chain.id})",
             {"chain_id": chain_id, "new_base_id": new_base_id},
             repository_id=chain.repository_id,

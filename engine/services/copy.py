@@ -73,6 +73,7 @@ from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
+from engine.states import JobKind
 from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ class CopyService:
 
     def register(self) -> None:
         """Register the "copy" job kind and follow landed backups for immediate rules."""
-        self.jobs.register("copy", self.run_job)
+        self.jobs.register(JobKind.COPY, self.run_job)
         if self._unsubscribe is None:
             self._unsubscribe = self.bus.subscribe(self._on_backup_landed, (BACKUP_LANDED_EVENT,))
 
@@ -815,7 +816,7 @@ class CopyService:
         src = repos[rule.source_repository_id]
         dst = repos[rule.destination_repository_id]
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"copy {rule.name}: {src.name} -> {dst.name}",
             {"rule_id": rule.id},
             repository_id=dst.id,
@@ -839,7 +840,7 @@ class CopyService:
             if b.repository_id == dst.id:
                 raise ValidationError(f"backup {backup_id} already lives in {dst.name!r}")
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"copy {plural(len(backup_ids), 'backup')} -> {dst.name}",
             {
                 "backup_ids": list(backup_ids),
@@ -866,7 +867,7 @@ class CopyService:
         if copy.rule_id is not None:
             params["rule_id"] = copy.rule_id
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"re-run copy {copy_id} -> {dst.name}",
             params,
             repository_id=dst.id,

@@ -82,13 +82,14 @@ from engine.services.manifests import (
 )
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositoryService, RepositorySpec
+from engine.states import JobKind
 from engine.tools.base import ToolError
 from engine.units import human_bytes, plural
 from engine.writers import DiskBusy, DiskWriters
 
 log = logging.getLogger(__name__)
 
-JOB_KIND = "repository.import"
+JOB_KIND = JobKind.REPOSITORY_IMPORT
 #: a partial file written to this recently may still be in use by a writer outside the
 #: job table (a `chain consolidate` run from the command line): it is left alone
 PARTIAL_QUIET_SECONDS = 120.0

@@ -29,6 +29,7 @@ from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import repo_file
 from engine.services.images import PointRead, PointReader, PointUnreadable
+from engine.states import JobKind
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -85,7 +86,7 @@ class DiskRestoreService:
         self.clock = clock
 
     def register(self) -> None:
-        self.jobs.register("restore_disk", self.run_job)
+        self.jobs.register(JobKind.RESTORE_DISK, self.run_job)
 
     def submit(
         self,
@@ -105,7 +106,7 @@ class DiskRestoreService:
         target = self._check_target(target, fmt, overwrite)
         self._open(backup_id, force)
         return self.jobs.submit(
-            "restore_disk",
+            JobKind.RESTORE_DISK,
             f"restore {chain.vm_name}/{chain.disk_name} point #{backup_id} to {target}",
             {
                 "backup_id": backup_id,

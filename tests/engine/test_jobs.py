@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from engine.catalog.jobs import JobStore
+from engine.catalog import jobs as catalog_jobs
+from engine.catalog.jobs import TRANSITIONS, JobStore, check_transition
 from engine.catalog.models import Job
 from engine.clock import FixedClock
 from engine.config import JobSettings
@@ -27,6 +28,7 @@ from engine.errors import JobError, NotFoundError, ValidationError
 from engine.events import Event
 from engine.jobs import JobContext, ProgressMeter
 from engine.runtime import Engine
+from engine.states import JobState
 from tests.engine.diskgen import SourceDisk, bk_engine, disk, repo, sha256_of
 from tests.plugins.common import EngineFactory
 
@@ -433,6 +435,116 @@ def test_stop_returns_running_jobs_to_the_queue(
     )
     done = wait_state(b, job.id, "succeeded", "failed")
     assert done.result == {"by": "b"} and done.attempts == 2
+
+
+# -- the state machine is enforced -------------------------------------------------
+
+
+def test_an_illegal_transition_raises_a_sentence_and_changes_nothing(
+    engine: Engine, clock: FixedClock
+) -> None:
+    store: JobStore = engine.job_store
+    job = store.create("copy", "copy web01", now=clock.now())
+    assert store.claim(job.id, "a", clock.now(), timedelta(seconds=30)) is not None
+    assert store.finish(job.id, "a", "succeeded", clock.now())
+    # a caller that would let a succeeded job run again is refused by the table itself
+    with pytest.raises(JobError, match=r"a succeeded job cannot become queued \(it is final\)"):
+        store.requeue(job.id, allowed_from=("succeeded",))
+    unprotected = store.create("backup", "backup web01", now=clock.now())
+    store.claim(unprotected.id, "a", clock.now(), timedelta(seconds=30))
+    assert store.finish(unprotected.id, "a", "failed_unprotected", clock.now())
+    with pytest.raises(JobError, match="a failed_unprotected job cannot become queued"):
+        store.requeue(unprotected.id, allowed_from=("failed_unprotected",))
+    for row, state in ((job, "succeeded"), (unprotected, "failed_unprotected")):
+        after = store.get(row.id)
+        assert after.state == state and after.finished_at is not None
+    with pytest.raises(JobError, match="a paused job cannot become running"):
+        check_transition(job.id, ("paused",), "running")
+    with pytest.raises(JobError, match="names a state jobs do not have"):
+        check_transition(job.id, ("running",), "exploded")
+    # every state has a row in the table, and every move names known states
+    assert set(TRANSITIONS) == set(JobState)
+    assert all(set(targets) <= set(JobState) for targets in TRANSITIONS.values())
+
+
+def test_every_state_change_the_runner_makes_is_in_the_table(
+    engine_factory: EngineFactory, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real jobs through succeed, fail, retry, cancel, pause, resume, hand-back on
+    stop and takeover; every move the store is asked for is checked and legal."""
+    checked: list[tuple[str, str]] = []
+    real_check = catalog_jobs.check_transition
+
+    def recording(job_id: int, from_states: Any, to_state: str) -> None:
+        real_check(job_id, from_states, to_state)  # raises on an illegal move
+        checked.extend((str(f), str(to_state)) for f in from_states)
+
+    monkeypatch.setattr(catalog_jobs, "check_transition", recording)
+    started = threading.Event()
+    fail_once = [True]
+
+    def flaky(ctx: JobContext) -> dict[str, Any]:
+        if fail_once[0]:
+            fail_once[0] = False
+            raise ValidationError("the source is not there yet")
+        return {}
+
+    def slow(ctx: JobContext) -> None:
+        until_stopped(ctx, started)
+
+    engine = runner_engine(
+        engine_factory, clock, handlers={"ok": lambda ctx: {}, "flaky": flaky, "slow": slow}
+    )
+    jobs = engine.jobs
+    assert wait_state(engine, jobs.submit("ok", "ok").id, "succeeded").state == "succeeded"
+    flaky_job = jobs.submit("flaky", "flaky")
+    wait_state(engine, flaky_job.id, "failed")
+    jobs.retry(flaky_job.id)
+    wait_state(engine, flaky_job.id, "succeeded")
+
+    slow_job = jobs.submit("slow", "slow")
+    for stop, then in ((jobs.cancel, "cancelled"), (jobs.pause, "paused")):
+        assert started.wait(10)
+        started.clear()
+        stop(slow_job.id)
+        wait_state(engine, slow_job.id, then)
+        (jobs.retry if then == "cancelled" else jobs.resume)(slow_job.id)
+    assert started.wait(10)
+    jobs.stop(timeout=10)  # the running job goes back to the queue
+    assert engine.job_store.get(slow_job.id).state == "queued"
+    assert jobs.cancel(slow_job.id).state == "cancelled"  # not run again below
+
+    # not run here (no handler): paused and cancelled while queued
+    idle = jobs.submit("idle", "idle")
+    assert jobs.pause(idle.id).state == "paused"
+    assert jobs.cancel(idle.id).state == "cancelled"
+    assert jobs.cancel(jobs.submit("idle", "idle again").id).state == "cancelled"
+
+    # a takeover: the engine that claimed it died; its lease lapses
+    dead = engine.job_store.create("ok", "orphan", now=clock.now())
+    assert engine.job_store.claim(dead.id, "dead-engine", clock.now(), timedelta(seconds=5))
+    clock.advance(timedelta(seconds=6))
+    jobs.start()
+    done = wait_state(engine, dead.id, "succeeded", "failed")
+    assert done.state == "succeeded" and done.takeovers == 1
+
+    moves = set(checked)
+    assert all(JobState(t) in TRANSITIONS[JobState(f)] for f, t in moves)
+    assert moves >= {
+        ("queued", "running"),
+        ("running", "succeeded"),
+        ("running", "failed"),
+        ("failed", "queued"),
+        ("running", "cancelled"),
+        ("cancelled", "queued"),
+        ("running", "paused"),
+        ("paused", "queued"),
+        ("running", "queued"),
+        ("queued", "paused"),
+        ("paused", "cancelled"),
+        ("queued", "cancelled"),
+        ("running", "running"),
+    }
 
 
 # -- two OS processes on one catalog -----------------------------------------------
