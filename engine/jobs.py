@@ -8,6 +8,15 @@ its lease lapses, and resumes from its ``resume_point`` where the work allows.
 A job's work is a handler registered per kind. It receives a JobContext to
 report progress and to check for cancel or pause between chunks.
 
+Stopping. Every long operation stops through its JobContext and nothing else:
+``check()`` between steps, ``should_stop()`` as the poll of a child process or a
+loop (qemu-img, hashing). Either remembers the stop it met (``ctx.stopped``, a
+JobCancelled whose ``reason`` is a StopReason), and the runner records that reason
+whatever exception the work unwound with, through one table (STOP_OUTCOMES):
+cancel -> cancelled, pause -> paused (resume runs it again from its resume point),
+shutdown of this engine -> back to the queue. Partial output is removed (a copy
+keeps its partial file when paused or handed back, to resume from it).
+
 A kind that writes VM disks' chains names them (``register(..., writes=)``): the
 runner holds those disks' writer leases (``engine.writers``) around the handler,
 and leaves a job whose disk another writer holds in the queue, with a note that

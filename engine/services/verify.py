@@ -621,6 +621,8 @@ class VerifyService:
                 with lock:
                     value = done[0]
                 ctx.progress(min(value, total), total)
+                if ctx.should_stop():  # on real time too: a fixed clock cannot hide it
+                    ctx.raise_stop()
         except BaseException:
             stop.set()
             worker.join()
