@@ -7,6 +7,9 @@ traceback is never the message.
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import ClassVar
+
 
 class SendenseError(Exception):
     """Base for every error that reaches an operator."""
@@ -65,8 +68,27 @@ class JobError(SendenseError):
     """A job cannot be started, claimed or moved to the requested state."""
 
 
+class StopReason(StrEnum):
+    """Why a job's work stopped before it was done; each JobCancelled carries one.
+
+    The runner gives each its one meaning (``engine.jobs.STOP_OUTCOMES``): a cancel
+    ends the job cancelled, a pause ends it paused (resume runs it again from its
+    resume point), a shutdown of this engine hands it back to the queue, a lost lease
+    records nothing (another engine owns it), a lost catalog ends it failed."""
+
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    SHUTDOWN = "shutdown"
+    LOST = "lost"
+    CATALOG = "catalog"
+
+
 class JobCancelled(JobError):
-    """Raised inside a job's work when the operator cancelled it."""
+    """Raised inside a job's work when it must stop; ``reason`` says why (the
+    operator cancelled it, unless a subclass says otherwise). Partial work is
+    removed whatever the reason: the job runs again from its resume point."""
+
+    reason: ClassVar[StopReason] = StopReason.CANCEL
 
 
 class JobUnprotected(JobError):

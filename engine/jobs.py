@@ -8,6 +8,15 @@ its lease lapses, and resumes from its ``resume_point`` where the work allows.
 A job's work is a handler registered per kind. It receives a JobContext to
 report progress and to check for cancel or pause between chunks.
 
+Stopping. Every long operation stops through its JobContext and nothing else:
+``check()`` between steps, ``should_stop()`` as the poll of a child process or a
+loop (qemu-img, hashing). Either remembers the stop it met (``ctx.stopped``, a
+JobCancelled whose ``reason`` is a StopReason), and the runner records that reason
+whatever exception the work unwound with, through one table (STOP_OUTCOMES):
+cancel -> cancelled, pause -> paused (resume runs it again from its resume point),
+shutdown of this engine -> back to the queue. Partial output is removed (a copy
+keeps its partial file when paused or handed back, to resume from it).
+
 A kind that writes VM disks' chains names them (``register(..., writes=)``): the
 runner holds those disks' writer leases (``engine.writers``) around the handler,
 and leaves a job whose disk another writer holds in the queue, with a note that
@@ -40,13 +49,14 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
@@ -59,10 +69,12 @@ from engine.errors import (
     JobError,
     JobUnprotected,
     SendenseError,
+    StopReason,
 )
 from engine.events import Event, EventBus
+from engine.states import JobState
 from engine.unrecorded import Outcome, UnrecordedOutcomes, catalog_failure
-from engine.writers import DiskBusy, DiskWriters, WriterLost, busy_sentence
+from engine.writers import DiskBusy, DiskWriters, busy_sentence
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +97,39 @@ def engine_owner() -> str:
 class JobPaused(JobCancelled):
     """Raised inside a job's work when the operator paused it."""
 
+    reason = StopReason.PAUSE
+
 
 class LeaseLost(JobCancelled):
     """Another engine took the job over (our heartbeat lapsed)."""
+
+    reason = StopReason.LOST
 
 
 class EngineStopping(JobCancelled):
     """This engine is shutting down; the job goes back to the queue."""
 
+    reason = StopReason.SHUTDOWN
+
 
 class CatalogLost(JobCancelled):
     """The catalog became unavailable while the job ran: it stops as for a cancel
     (its work cleaned up) and ends failed once the catalog can record it."""
+
+    reason = StopReason.CATALOG
+
+
+#: a job's outcome that writes nothing: another engine owns its row now
+LOST = "lost"
+#: the one meaning of each stop: the state the job's row takes (LOST: none) and the
+#: level of its event
+STOP_OUTCOMES: dict[StopReason, tuple[str, str]] = {
+    StopReason.CANCEL: (JobState.CANCELLED, "warning"),
+    StopReason.PAUSE: (JobState.PAUSED, "info"),
+    StopReason.SHUTDOWN: (JobState.QUEUED, "info"),
+    StopReason.LOST: (LOST, "warning"),
+    StopReason.CATALOG: (JobState.FAILED, "error"),
+}
 
 
 @dataclass
@@ -140,7 +173,12 @@ class JobContext:
         self._meter.update(job.bytes_done, job.bytes_total)
         self._last_write = -1e9
         self._last_event = -1e9
+        #: a stop the engine asked for (shutdown, lost lease, lost catalog)
         self._stop_reason: type[JobCancelled] | None = None
+        #: the stop this job's work met (raised by check or seen by should_stop); the
+        #: runner records it whatever exception the work unwound with
+        self.stopped: JobCancelled | None = None
+        self._last_poll = -1e9
         #: the outage that stopped this job, if its catalog went away while it ran
         self.catalog_error: CatalogUnavailable | None = None
         self.bytes_done = job.bytes_done
@@ -162,21 +200,63 @@ class JobContext:
         if self.catalog_error is None:
             self.catalog_error = error
         self._stop_reason = CatalogLost
-        return CatalogLost(f"job {self.job.id} stopped: {error.message}", hint=error.hint)
+        lost = CatalogLost(f"job {self.job.id} stopped: {error.message}", hint=error.hint)
+        if self.stopped is None:
+            self.stopped = lost
+        return lost
 
     def check(self) -> None:
         """Raise if the job must stop now (cancel, pause, lost lease, engine stop,
-        catalog gone)."""
+        catalog gone): a JobCancelled whose ``reason`` says which. Once stopped, a
+        job stays stopped for the same reason."""
+        if self.stopped is not None:
+            raise self.stopped
+        stop = self._requested_stop()
+        if stop is not None:
+            self.stopped = stop
+            raise stop
+
+    def should_stop(self) -> bool:
+        """The polling form of ``check`` for work that runs a child process or a loop
+        that cannot raise (qemu-img's ``should_stop``, hashing): True once the job
+        must stop; the reason is kept in ``stopped`` (``raise_stop`` raises it). Asks
+        the catalog at most every ``runner.stop_poll_interval`` seconds; a stop the
+        engine asked for is seen at once."""
+        if self.stopped is not None:
+            return True
+        now = time.monotonic()
+        if self._stop_reason is None and now - self._last_poll < self.runner.stop_poll_interval:
+            return False
+        self._last_poll = now
+        try:
+            self.check()
+        except JobCancelled:
+            return True
+        return False
+
+    def raise_stop(self) -> NoReturn:
+        """Raise the stop ``should_stop`` saw (a cancel when it saw none)."""
+        raise self.stop_error()
+
+    def stop_error(self) -> JobCancelled:
+        """The stop this job met, to raise where work was interrupted by
+        ``should_stop`` (a cancel if none was recorded)."""
+        return self.stopped or JobCancelled(f"job {self.job.id} was stopped")
+
+    def _requested_stop(self) -> JobCancelled | None:
+        if self._stop_reason is CatalogLost and self.catalog_error is not None:
+            return self.catalog_lost(self.catalog_error)
         if self._stop_reason is not None:
-            raise self._stop_reason(f"job {self.job.id} stopped")
+            return self._stop_reason(f"job {self.job.id} stopped")
         try:
             cancel, pause = self.runner.store.flags(self.job.id)
         except CatalogUnavailable as exc:
-            raise self.catalog_lost(exc) from None
+            return self.catalog_lost(exc)
         if cancel:
-            raise JobCancelled(f"job {self.job.id} was cancelled by the operator")
+            return JobCancelled(f"job {self.job.id} was cancelled by the operator")
         if pause:
-            raise JobPaused(f"job {self.job.id} was paused by the operator")
+            return JobPaused(f"job {self.job.id} was paused by the operator")
+        return None
 
     def progress(
         self,
@@ -211,7 +291,7 @@ class JobContext:
                 )
             except CatalogUnavailable as exc:
                 raise self.catalog_lost(exc) from None
-            if self._stop_reason is None:
+            if self.stopped is None:  # raised once; unwinding work may report on
                 self.check()
         if force or now - self._last_event >= 0.1:
             self._last_event = now
@@ -254,6 +334,8 @@ class JobRunner:
         #: outcomes the catalog could not take when their jobs ended
         self.unrecorded = unrecorded or UnrecordedOutcomes()
         self.progress_write_interval = 0.5
+        #: how often ``JobContext.should_stop`` asks the catalog for a cancel or pause
+        self.stop_poll_interval = 0.25
         #: per-disk writer leases; None: no kind writes disks (a bare runner in tests)
         self.writers = writers
         self._handlers: dict[str, Handler] = {}
@@ -343,7 +425,7 @@ class JobRunner:
         job = self.store.request_cancel(job_id, self.clock.now())
         self.bus.publish(
             Event(
-                kind="job.cancel_requested" if job.state == "running" else "job.cancelled",
+                kind="job.cancel_requested" if job.state == JobState.RUNNING else "job.cancelled",
                 message=f"cancel: {job.title}",
                 source="jobs",
                 job_id=job_id,
@@ -367,12 +449,12 @@ class JobRunner:
         return job
 
     def resume(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=("paused",))
+        job = self.store.requeue(job_id, allowed_from=(JobState.PAUSED,))
         self._announce_requeue(job, "resumed", actor)
         return job
 
     def retry(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=("failed", "cancelled"))
+        job = self.store.requeue(job_id, allowed_from=(JobState.FAILED, JobState.CANCELLED))
         self._announce_requeue(job, "retried", actor)
         return job
 
@@ -402,11 +484,16 @@ class JobRunner:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming; running jobs are asked to stop and go back to the queue."""
+    def request_stop(self) -> None:
+        """Stop claiming and ask running jobs to stop (they go back to the queue);
+        returns at once. ``stop`` also waits for them."""
         self._stopping.set()
         self._wake.set()
         self._stop_running()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; running jobs are asked to stop and go back to the queue."""
+        self.request_stop()
         # the dispatcher may have claimed one more job while we were stopping
         for thread in self._threads:
             thread.join(timeout)
@@ -483,7 +570,7 @@ class JobRunner:
                 if blocker.job_id != candidate.id:  # its own disk lease, not lapsed yet
                     self._note_waiting(candidate, blocker, now)
                 continue
-            lapsed = candidate.state == "running"
+            lapsed = candidate.state == JobState.RUNNING
             claim = self.store.take_over if lapsed else self.store.claim_queued
             job = claim(candidate.id, self.owner, now, self.lease)
             if job is None:
@@ -593,14 +680,14 @@ class JobRunner:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
             try:
-                self.store.finish(job.id, self.owner, "queued", self.clock.now())
+                self.store.finish(job.id, self.owner, JobState.QUEUED, self.clock.now())
             except CatalogUnavailable as exc:
-                self._keep_unrecorded(ctx, "queued", None, exc)
+                self._keep_unrecorded(ctx, JobState.QUEUED, None, exc)
             return
         if ctx.taken_over_from is not None:
             refused = self._settle_takeover(ctx)
             if refused is not None:
-                self._end(ctx, "failed", refused, None, "error")
+                self._end(ctx, JobState.FAILED, refused, None, "error")
                 return
         self.bus.publish(
             Event(
@@ -612,39 +699,45 @@ class JobRunner:
                 data={"owner": self.owner, "attempt": job.attempts},
             )
         )
-        state, error, result, level = "succeeded", None, None, "info"
+        state, error, result, level = JobState.SUCCEEDED, None, None, "info"
         try:
             with self._writing(ctx):
                 result = handler(ctx) or {}
         except DiskBusy as exc:
             # another writer took the disk between the dispatcher's look and ours
-            state, error, level = "queued", None, "info"
+            state, error, level = JobState.QUEUED, None, "info"
             self._note_waiting(job, exc.holder, self.clock.now())
         except CatalogUnavailable as exc:  # met by the handler's own catalog calls
             ctx.catalog_lost(exc)
-            state, error, level = "failed", exc.for_humans(), "error"
-        except (LeaseLost, WriterLost):
-            state, error, level = "lost", "another engine took the job over", "warning"
-        except EngineStopping:
-            state, error, level = "queued", None, "info"
-        except JobPaused:
-            state, level = "paused", "info"
+            state, error, level = JobState.FAILED, exc.for_humans(), "error"
         except JobCancelled as exc:
-            state, error, level = "cancelled", str(exc), "warning"
+            # the reason the work stopped for, even where it unwound with a bare cancel
+            # (a child process killed because ``should_stop`` said so)
+            state, error, level = self._stop_outcome(ctx.stopped or exc)
         except JobUnprotected as exc:
             # the files are good restore points, but not locked: never "succeeded"
-            state, error, level = "failed_unprotected", exc.for_humans(), "error"
+            state, error, level = JobState.FAILED_UNPROTECTED, exc.for_humans(), "error"
             result = exc.result
         except SendenseError as exc:
-            state, error, level = "failed", exc.for_humans(), "error"
+            state, error, level = JobState.FAILED, exc.for_humans(), "error"
         except Exception as exc:
             log.exception("job %s (%s) crashed", job.id, job.kind)
-            state, error, level = "failed", f"internal error: {exc!r}", "error"
+            state, error, level = JobState.FAILED, f"internal error: {exc!r}", "error"
         finally:
             with self._lock:
                 if self._running.get(job.id) is ctx:
                     del self._running[job.id]
         self._end(ctx, state, error, result, level)
+
+    @staticmethod
+    def _stop_outcome(stop: JobCancelled) -> tuple[str, str | None, str]:
+        """(state, error, level) for a job whose work stopped: STOP_OUTCOMES."""
+        state, level = STOP_OUTCOMES[stop.reason]
+        if stop.reason is StopReason.LOST:
+            return state, "another engine took the job over", level
+        if stop.reason in (StopReason.PAUSE, StopReason.SHUTDOWN):
+            return state, None, level
+        return state, str(stop), level
 
     def _end(
         self,
@@ -657,17 +750,17 @@ class JobRunner:
         """Record a job's outcome (if we still hold it) and announce it."""
         job = ctx.job
         outage = self.store.catalog.outage
-        if ctx.catalog_error is None and state == "queued" and outage is not None:
+        if ctx.catalog_error is None and state == JobState.QUEUED and outage is not None:
             # handed back while the catalog is away (a CLI leaving on the outage):
             # it ends failed like the jobs that met the outage, not re-run later
             ctx.catalog_error = CatalogUnavailable(outage)
-        if ctx.catalog_error is not None and state != "succeeded":
+        if ctx.catalog_error is not None and state != JobState.SUCCEEDED:
             # whatever the handler made of it (a cancel, a failed disk…), the job
             # stopped because its catalog went away: say that, once
-            state, error, level = "failed", catalog_failure(ctx.catalog_error), "error"
-        if state != "lost":
+            state, error, level = JobState.FAILED, catalog_failure(ctx.catalog_error), "error"
+        if state != LOST:
             try:
-                if state == "succeeded":
+                if state == JobState.SUCCEEDED:
                     # the final byte count, so a finished job shows 100 %
                     self.store.progress(
                         job.id,
@@ -677,7 +770,7 @@ class JobRunner:
                         rate=0.0,
                         eta_seconds=None,
                     )
-                if state == "paused":
+                if state == JobState.PAUSED:
                     self.store.clear_pause(job.id)
                 recorded = self.store.finish(
                     job.id, self.owner, state, self.clock.now(), error=error, result=result
@@ -686,11 +779,11 @@ class JobRunner:
                 self._keep_unrecorded(ctx, state, error, exc, result)
                 return
             if not recorded:
-                state, error = "lost", "the lease lapsed before the job finished"
+                state, error = LOST, "the lease lapsed before the job finished"
         words = {
-            "succeeded": "finished",
-            "queued": "returned to the queue",
-            "failed_unprotected": "finished but NOT protected",
+            JobState.SUCCEEDED: "finished",
+            JobState.QUEUED: "returned to the queue",
+            JobState.FAILED_UNPROTECTED: "finished but NOT protected",
         }
         self.bus.publish(
             Event(
@@ -771,8 +864,8 @@ class JobRunner:
         else (stopped, paused, handed back) ends failed, so it is never re-run beside
         a new job of the same work."""
         job = ctx.job
-        if state not in ("succeeded", "failed", "cancelled"):
-            state, error = "failed", catalog_failure(ctx.catalog_error or exc)
+        if state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            state, error = JobState.FAILED, catalog_failure(ctx.catalog_error or exc)
         self.unrecorded.keep(
             Outcome(
                 job_id=job.id,
@@ -785,14 +878,14 @@ class JobRunner:
             )
         )
         # not "job.succeeded": the catalog does not say so yet
-        kind = "job.unrecorded" if state == "succeeded" else f"job.{state}"
+        kind = "job.unrecorded" if state == JobState.SUCCEEDED else f"job.{state}"
         self.bus.publish(
             Event(
                 kind=kind,
                 message=f"{state}: {job.title}"
                 + (f" ({error})" if error else "")
                 + "; the catalog will record it when it answers again",
-                level="warning" if state == "succeeded" else "error",
+                level="warning" if state == JobState.SUCCEEDED else "error",
                 source="jobs",
                 job_id=job.id,
                 repository_id=job.repository_id,
@@ -813,6 +906,7 @@ class JobRunner:
 
 
 __all__ = [
+    "STOP_OUTCOMES",
     "CatalogLost",
     "EngineStopping",
     "Handler",
@@ -822,4 +916,5 @@ __all__ = [
     "JobRunner",
     "LeaseLost",
     "ProgressMeter",
+    "StopReason",
 ]

@@ -33,6 +33,7 @@ from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
 from engine.jobs import JobRunner, engine_owner
 from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
+from engine.states import JobKind
 from engine.unrecorded import UnrecordedOutcomes
 from engine.writers import DiskWriters
 
@@ -357,7 +358,7 @@ class Engine:
         self.exports = ExportService(
             self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
         )
-        self.jobs.register("restore.files", self.file_restore.run_extract_job)
+        self.jobs.register(JobKind.RESTORE_FILES, self.file_restore.run_extract_job)
 
     def _cleanup_restore(self) -> None:
         """Mounts, loop devices and exports left by an engine that crashed."""

@@ -44,7 +44,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey, Holder, WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import JobSettings
-from engine.errors import JobCancelled, JobError, SendenseError
+from engine.errors import JobCancelled, JobError, SendenseError, StopReason
 from engine.events import Event, EventBus
 from engine.fsutil import fsync_dir
 from engine.safepath import is_within
@@ -111,6 +111,8 @@ class WriterStuck(SendenseError):
 
 class WriterLost(JobCancelled):
     """Our lease on the disk lapsed and another writer took it: stop, record nothing."""
+
+    reason = StopReason.LOST
 
 
 @dataclass

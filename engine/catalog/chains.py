@@ -18,9 +18,10 @@ from engine.catalog.db import Catalog
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import CatalogError, NotFoundError
+from engine.states import BackupKind, BackupState, ChainState
 
 #: backup states that are restore points (files that should exist)
-LIVE_STATES = ("complete", "bad")
+LIVE_STATES = (BackupState.COMPLETE, BackupState.BAD)
 #: merge intent steps a restart has to settle (finish or roll back)
 OPEN_INTENT_STEPS = ("started", "converted", "recorded")
 #: lock states that forbid changing or deleting a file
@@ -71,7 +72,7 @@ class ChainStore:
                 Chain.repository_id == repository_id,
                 Chain.vm_name == vm_name,
                 Chain.disk_name == disk_name,
-                Chain.state != "retired",
+                Chain.state != ChainState.RETIRED,
             )
             .order_by(Chain.id.desc())
             .limit(1)
@@ -198,21 +199,26 @@ class ChainStore:
         with self.catalog.session() as session:
             for chain_id in retire:
                 old = session.get(Chain, chain_id)
-                if old is not None and old.state != "retired":
-                    old.state = "retired"
+                if old is not None and old.state != ChainState.RETIRED:
+                    old.state = ChainState.RETIRED
                     old.state_detail = retire_detail or old.state_detail
             chain = Chain(
                 repository_id=repository_id,
                 vm_name=vm_name,
                 disk_name=disk_name,
                 directory=directory,
-                state="ok",
+                state=ChainState.OK,
                 created_at=now,
             )
             session.add(chain)
             session.flush()
             row = Backup(
-                chain_id=chain.id, parent_id=None, kind="full", position=0, created_at=now, **backup
+                chain_id=chain.id,
+                parent_id=None,
+                kind=BackupKind.FULL,
+                position=0,
+                created_at=now,
+                **backup,
             )
             session.add(row)
             session.flush()
@@ -225,7 +231,7 @@ class ChainStore:
             row = Backup(
                 chain_id=chain_id,
                 parent_id=parent_id,
-                kind="incremental",
+                kind=BackupKind.INCREMENTAL,
                 position=position,
                 created_at=now,
                 **backup,
@@ -260,7 +266,7 @@ class ChainStore:
                 vm_name=vm_name,
                 disk_name=disk_name,
                 directory=directory,
-                state="ok",
+                state=ChainState.OK,
                 state_detail=state_detail,
                 created_at=created_at,
             )
@@ -306,7 +312,7 @@ class ChainStore:
             return
         with self.catalog.session() as session:
             for row in session.scalars(select(Backup).where(Backup.id.in_(ids))):
-                row.state = "deleted"
+                row.state = BackupState.DELETED
                 row.state_detail = detail
 
     def promote_to_full(
@@ -356,9 +362,9 @@ class ChainStore:
                         .limit(1)
                     )
             for row in session.scalars(select(Backup).where(Backup.id.in_(deleted))):
-                row.state = "deleted"
+                row.state = BackupState.DELETED
                 row.state_detail = detail
-            target.kind = "full"
+            target.kind = BackupKind.FULL
             target.parent_id = None
             target.path = path
             for key, value in fields.items():

@@ -2,6 +2,11 @@
 
 A claim is one compare-and-set UPDATE, so on SQLite and on MariaDB two engines
 racing for the same job cannot both win: the row count tells who did.
+
+Every state change goes through ``_move``, which checks the move against the state
+machine (``TRANSITIONS``) before the UPDATE is issued; the UPDATE's condition on the
+current state then makes sure the row really was in one of the states checked. An
+illegal move raises JobError and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,25 +20,28 @@ from sqlalchemy import and_, case, or_, select, update
 from engine.catalog.db import Catalog
 from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
+from engine.states import (
+    ACTIVE_JOB_STATES,
+    FINAL_JOB_STATES,
+    JOB_TRANSITIONS,
+    JobState,
+    job_transition_error,
+)
 
-ACTIVE_STATES = ("queued", "running", "paused")
+ACTIVE_STATES = ACTIVE_JOB_STATES
 #: how a queued job's message starts while it waits for a disk another job writes
 WAITING = "waiting: "
-#: ``failed_unprotected``: the work landed (good restore points) but the immutability
-#: lock it had to set could not be set
-FINAL_STATES = ("succeeded", "failed", "failed_unprotected", "cancelled")
+FINAL_STATES = FINAL_JOB_STATES
+#: legal moves of the job state machine (checked on every state change)
+TRANSITIONS = JOB_TRANSITIONS
 
-#: legal moves of the job state machine
-TRANSITIONS: dict[str, set[str]] = {
-    "queued": {"running", "cancelled"},
-    "running": {"succeeded", "failed", "failed_unprotected", "cancelled", "paused", "queued"},
-    "paused": {"queued", "cancelled"},
-    "failed": {"queued"},  # retry by hand
-    # a retry would make a new backup, not protect this one; the lock job retries the flag
-    "failed_unprotected": set(),
-    "succeeded": set(),
-    "cancelled": {"queued"},  # retry by hand
-}
+
+def check_transition(job_id: int, from_states: Sequence[str], to_state: str) -> None:
+    """Raise JobError unless a job in any of ``from_states`` may become ``to_state``."""
+    for from_state in from_states:
+        problem = job_transition_error(from_state, to_state)
+        if problem is not None:
+            raise JobError(f"job {job_id} cannot be moved: {problem}")
 
 
 class JobStore:
@@ -56,7 +64,7 @@ class JobStore:
             kind=kind,
             title=title[:255],
             actor=actor[:128] if actor else None,
-            state="queued",
+            state=JobState.QUEUED,
             params=params or {},
             repository_id=repository_id,
             bytes_total=bytes_total,
@@ -98,8 +106,8 @@ class JobStore:
             .where(Job.kind.in_(kinds))
             .where(
                 or_(
-                    Job.state == "queued",
-                    and_(Job.state == "running", Job.lease_expires_at < now),
+                    Job.state == JobState.QUEUED,
+                    and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
                 )
             )
             .order_by(Job.priority, Job.id)
@@ -117,12 +125,14 @@ class JobStore:
 
     def claim_queued(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
         """Start a queued job; None when another engine got it first."""
-        return self._claim(job_id, owner, now, lease, Job.state == "queued", takeover=False)
+        check_transition(job_id, (JobState.QUEUED,), JobState.RUNNING)
+        return self._claim(job_id, owner, now, lease, Job.state == JobState.QUEUED, takeover=False)
 
     def take_over(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> Job | None:
         """Take a running job whose lease lapsed (its engine died); counts the takeover.
         None when the lease is still valid or another engine took it first."""
-        lapsed = and_(Job.state == "running", Job.lease_expires_at < now)
+        check_transition(job_id, (JobState.RUNNING,), JobState.RUNNING)
+        lapsed = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
         return self._claim(job_id, owner, now, lease, lapsed, takeover=True)
 
     def _claim(
@@ -136,7 +146,7 @@ class JobStore:
         takeover: bool,
     ) -> Job | None:
         values: dict[str, Any] = {
-            "state": "running",
+            "state": JobState.RUNNING,
             "lease_owner": owner,
             "lease_expires_at": now + lease,
             "heartbeat_at": now,
@@ -164,7 +174,7 @@ class JobStore:
         with self.catalog.session() as session:
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
                 .values(message=f"{WAITING}{message}"[:255])
                 .execution_options(synchronize_session=False)
             )
@@ -174,7 +184,7 @@ class JobStore:
         with self.catalog.session() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
                 .values(heartbeat_at=now, lease_expires_at=now + lease)
                 .execution_options(synchronize_session=False)
             )
@@ -229,8 +239,9 @@ class JobStore:
         result: dict[str, Any] | None = None,
     ) -> bool:
         """Record the outcome if we still hold the lease; False if we lost it."""
-        if state not in (*FINAL_STATES, "paused", "queued"):
+        if state not in (*FINAL_STATES, JobState.PAUSED, JobState.QUEUED):
             raise JobError(f"cannot finish a job as {state!r}")
+        check_transition(job_id, (JobState.RUNNING,), state)
         values: dict[str, Any] = {
             "state": state,
             "error": error,
@@ -245,7 +256,7 @@ class JobStore:
         with self.catalog.session() as session:
             res = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
@@ -257,46 +268,49 @@ class JobStore:
         Both moves are compare-and-set updates, so a job another engine claims at
         the same moment is asked to stop rather than marked cancelled under it.
         """
+        stoppable = (JobState.QUEUED, JobState.PAUSED)
+        check_transition(job_id, stoppable, JobState.CANCELLED)
         with self.catalog.session() as session:
             stopped = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state.in_(("queued", "paused")))
-                .values(state="cancelled", finished_at=now)
+                .where(Job.id == job_id, Job.state.in_(stoppable))
+                .values(state=JobState.CANCELLED, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
             if stopped.rowcount != 1:
                 session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state == "running")
+                    .where(Job.id == job_id, Job.state == JobState.RUNNING)
                     .values(cancel_requested=True)
                     .execution_options(synchronize_session=False)
                 )
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if stopped.rowcount != 1 and job.state != "running":
+            if stopped.rowcount != 1 and job.state != JobState.RUNNING:
                 raise JobError(f"job {job_id} already {job.state}; nothing to cancel")
             return job
 
     def request_pause(self, job_id: int) -> Job:
+        check_transition(job_id, (JobState.QUEUED,), JobState.PAUSED)
         with self.catalog.session() as session:
             paused = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
-                .values(state="paused")
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.PAUSED)
                 .execution_options(synchronize_session=False)
             )
             if paused.rowcount != 1:
                 session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state == "running")
+                    .where(Job.id == job_id, Job.state == JobState.RUNNING)
                     .values(pause_requested=True)
                     .execution_options(synchronize_session=False)
                 )
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if paused.rowcount != 1 and job.state != "running":
+            if paused.rowcount != 1 and job.state != JobState.RUNNING:
                 raise JobError(f"job {job_id} is {job.state}; only queued or running jobs pause")
             return job
 
@@ -311,18 +325,20 @@ class JobStore:
                     f"job {job_id} is {job.state}; this needs a job that is "
                     + " or ".join(allowed_from)
                 )
-            job.state = "queued"
+            check_transition(job_id, (job.state,), JobState.QUEUED)
+            job.state = JobState.QUEUED
             job.cancel_requested = False
             job.pause_requested = False
             job.error = None
             job.finished_at = None
-            if "failed" in allowed_from:
+            if JobState.FAILED in allowed_from:
                 job.takeovers = 0  # a retry by hand gets a fresh takeover
             return job
 
     def active_for_repository(self, repository_id: int) -> list[Job]:
         query = select(Job).where(
-            Job.repository_id == repository_id, Job.state.in_(("queued", "running"))
+            Job.repository_id == repository_id,
+            Job.state.in_((JobState.QUEUED, JobState.RUNNING)),
         )
         with self.catalog.session() as session:
             return list(session.scalars(query))

@@ -17,9 +17,10 @@ from engine.catalog.db import Catalog
 from engine.catalog.models import CopyRule, Job, Policy, ScheduleMark
 from engine.catalog.refs import find_by_ref
 from engine.errors import NotFoundError, ValidationError
+from engine.states import JobKind
 
 #: the job kind a policy run uses
-POLICY_RUN = "policy_run"
+POLICY_RUN = JobKind.POLICY_RUN
 
 
 class PolicyStore:

@@ -108,6 +108,7 @@ from engine.services.manifests import (
     remove_manifest,
     write_manifest,
 )
+from engine.states import JobKind
 from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec, NbdAddress, SpecError, parse_nbd_uri
@@ -343,30 +344,6 @@ class _Probe:
     virtual_size: int
 
 
-class _Stopper:
-    """``should_stop`` for qemu-img: asks the job at most twice a second."""
-
-    def __init__(self, ctx: JobContext | None, clock: Clock) -> None:
-        self.ctx = ctx
-        self.clock = clock
-        self._last = -1e9
-        self.reason: JobCancelled | None = None
-
-    def __call__(self) -> bool:
-        if self.ctx is None:
-            return False
-        now = time.monotonic()
-        if now - self._last < 0.5 and self.reason is None:
-            return False
-        self._last = now
-        try:
-            self.ctx.check()
-        except JobCancelled as exc:
-            self.reason = exc
-            return True
-        return False
-
-
 class BackupService:
     """Backups of VM disks (``engine.backups``); job kind ``backup``."""
 
@@ -401,7 +378,7 @@ class BackupService:
         self.verify_parent = True
 
     def register(self) -> None:
-        self.jobs.register("backup", self.run_job, writes=self.disks_of_job)
+        self.jobs.register(JobKind.BACKUP, self.run_job, writes=self.disks_of_job)
 
     @staticmethod
     def disks_of_job(job: Job) -> list[DiskKey]:
@@ -443,7 +420,7 @@ class BackupService:
             "full_every": full_every,
         }
         return self.jobs.submit(
-            "backup",
+            JobKind.BACKUP,
             f"back up {vm} ({', '.join(d.name for d in disks)}) to {repo.name}",
             params,
             repository_id=repo.id,
@@ -817,7 +794,8 @@ class BackupService:
                 )
             )
 
-        stopper = _Stopper(ctx, self.clock)
+        # the job's own stop poll (None: a run outside a job never stops)
+        stopper = ctx.should_stop if ctx is not None else None
 
         def progress(percent: float) -> None:
             if ctx is not None:
@@ -892,9 +870,8 @@ class BackupService:
                 # the header names the parent by its plain file name; nothing opens it
                 # by that name (the chain is spelled out below)
                 qemu_img.create(tmp, probe.virtual_size, backing=parent_name, unsafe=True)
-                if stopper():  # cancelled while planning: stop before the long part
-                    assert stopper.reason is not None
-                    raise stopper.reason
+                if ctx is not None and ctx.should_stop():
+                    ctx.raise_stop()  # stopped while planning: stop before the long part
                 copied = changes.copy_changes(
                     plan,
                     source=probe.spec,
@@ -902,7 +879,7 @@ class BackupService:
                     disk_size=probe.virtual_size,
                     on_progress=progress,
                     should_stop=stopper,
-                    cancelled=lambda: stopper.reason or JobCancelled("the backup was cancelled"),
+                    cancelled=ctx.stop_error if ctx is not None else None,
                 )
                 track.source_held_seconds = time.monotonic() - held
                 track.bytes_read = copied.bytes_read
@@ -935,7 +912,7 @@ class BackupService:
             # a full's digest table is read back from the finished file while its
             # checksum is taken (both from the page cache, on two cores)
             table_job = (
-                _Background(self._full_table, tmp, probe.virtual_size, table_tmp, stopper)
+                _Background(self._full_table, tmp, probe.virtual_size, table_tmp, ctx)
                 if full_reason is not None
                 else None
             )
@@ -975,8 +952,8 @@ class BackupService:
             _discard(tmp)
             _discard(table_tmp)
             self._undo_bitmaps(probe, bitmaps)
-            if stopper.reason is not None:
-                raise stopper.reason from None
+            if ctx is not None and ctx.stopped is not None:
+                raise ctx.stopped from None
             raise
         track.bitmap = bitmaps.added
         full = full_reason is not None
@@ -1229,15 +1206,17 @@ class BackupService:
         reason = table_problem or "no digest table"
         return Plan("compare", reason + (f"; {problem}" if problem else ""), fallback=True)
 
-    def _full_table(self, tmp: Path, size: int, table_tmp: Path, stopper: _Stopper) -> str | None:
+    def _full_table(
+        self, tmp: Path, size: int, table_tmp: Path, ctx: JobContext | None
+    ) -> str | None:
         """The digest table of a new full, read back from the finished file after the
         source was released; None (the next incremental compares) when it cannot be."""
         try:
             table = changes.table_of_image(
                 ImageSpec.file(os.path.abspath(tmp)),
                 size,
-                should_stop=stopper,
-                cancelled=lambda: stopper.reason or JobCancelled("the backup was cancelled"),
+                should_stop=ctx.should_stop if ctx is not None else None,
+                cancelled=ctx.stop_error if ctx is not None else None,
             )
             return table.write(table_tmp)
         except (ToolError, OSError) as exc:

@@ -100,6 +100,7 @@ from engine.services.images import (
     is_bad,
     why_bad,
 )
+from engine.states import JobKind
 from engine.tools import attrs, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -107,6 +108,7 @@ from engine.units import human_bytes, plural
 from engine.writers import DiskWriters
 
 if TYPE_CHECKING:
+    from engine.jobs import JobContext
     from engine.services.verify import VerifyService
 
 log = logging.getLogger(__name__)
@@ -335,7 +337,7 @@ class ChainService:
     def register(self, jobs: Any) -> None:
         """Register the "consolidate" job kind on the engine's JobRunner."""
         self.jobs = jobs
-        jobs.register("consolidate", self.run_consolidate_job, writes=self.disks_of_job)
+        jobs.register(JobKind.CONSOLIDATE, self.run_consolidate_job, writes=self.disks_of_job)
 
     def disk_of(self, chain_id: int) -> DiskKey:
         """The disk a chain belongs to: what its writer lease covers."""
@@ -361,14 +363,14 @@ class ChainService:
         if not queue_if_busy:
             self.writers.refuse_if_busy([self.disk_of(chain_id)])
         return self.jobs.submit(
-            "consolidate",
+            JobKind.CONSOLIDATE,
             f"consolidate chain {chain.vm_name}/{chain.disk_name} (#{chain.id})",
             {"chain_id": chain_id, "new_base_id": new_base_id},
             repository_id=chain.repository_id,
             actor=actor,
         )
 
-    def run_consolidate_job(self, ctx: Any) -> dict[str, Any]:
+    def run_consolidate_job(self, ctx: JobContext) -> dict[str, Any]:
         chain_id = int(ctx.params["chain_id"])
         backups = self.store.backups(chain_id)
         size = backups[0].virtual_size if backups else 0
@@ -392,18 +394,11 @@ class ChainService:
         def progress(percent: float) -> None:
             ctx.progress(int(size * percent / 100), size, message="consolidating")
 
-        def should_stop() -> bool:
-            try:
-                ctx.check()
-            except Exception:
-                return True
-            return False
-
         new_full = self.consolidate(
             chain_id,
             new_base_id=new_base_id,
             on_progress=progress,
-            should_stop=should_stop,
+            should_stop=ctx.should_stop,
         )
         return {"chain_id": chain_id, "new_full": new_full.id, "path": new_full.path}
 

@@ -60,18 +60,20 @@ from engine.errors import (
     JobUnprotected,
     NotFoundError,
     SendenseError,
+    StopReason,
     ValidationError,
 )
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import ReadAhead, fsync_dir, partial_path
-from engine.jobs import EngineStopping, JobContext, JobPaused, JobRunner, LeaseLost
+from engine.jobs import JobContext, JobRunner
 from engine.names import name_error
 from engine.private import make_private_dirs, open_private
 from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
+from engine.states import JobKind
 from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ FICLONE = 0x40049409
 BACKUP_LANDED_EVENT = "backup.completed"
 
 SELECTIONS = ("all", "fulls", "latest")
+#: stops after which a copy resumes (its partial file kept, its row pending); a cancel
+#: or a lost catalog removes the partial
+KEEPS_PARTIAL = (StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.LOST)
 MODES = ("immediate", "scheduled", "manual")
 
 
@@ -472,7 +477,7 @@ class CopyService:
 
     def register(self) -> None:
         """Register the "copy" job kind and follow landed backups for immediate rules."""
-        self.jobs.register("copy", self.run_job)
+        self.jobs.register(JobKind.COPY, self.run_job)
         if self._unsubscribe is None:
             self._unsubscribe = self.bus.subscribe(self._on_backup_landed, (BACKUP_LANDED_EVENT,))
 
@@ -811,7 +816,7 @@ class CopyService:
         src = repos[rule.source_repository_id]
         dst = repos[rule.destination_repository_id]
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"copy {rule.name}: {src.name} -> {dst.name}",
             {"rule_id": rule.id},
             repository_id=dst.id,
@@ -835,7 +840,7 @@ class CopyService:
             if b.repository_id == dst.id:
                 raise ValidationError(f"backup {backup_id} already lives in {dst.name!r}")
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"copy {plural(len(backup_ids), 'backup')} -> {dst.name}",
             {
                 "backup_ids": list(backup_ids),
@@ -862,7 +867,7 @@ class CopyService:
         if copy.rule_id is not None:
             params["rule_id"] = copy.rule_id
         return self.jobs.submit(
-            "copy",
+            JobKind.COPY,
             f"re-run copy {copy_id} -> {dst.name}",
             params,
             repository_id=dst.id,
@@ -908,7 +913,7 @@ class CopyService:
                 self.room_check(dst)
             self.check_destination(dst)
             result = self._copy_items(ctx, items, dst, rule, verify_after)
-        except (JobCancelled, JobPaused):
+        except JobCancelled:
             raise
         except SendenseError as exc:
             self._rule_failed(rule, exc.message)
@@ -1077,19 +1082,11 @@ class CopyService:
                 parent_copy_id=parent_copy_id,
             )
 
-            last_check = [time.monotonic()]
-
-            def progress(
-                file_done: int,
-                file_total: int,
-                _path: str = b.path,
-                last_check: list[float] = last_check,
-            ) -> None:
+            def progress(file_done: int, file_total: int, _path: str = b.path) -> None:
                 # ctx.progress checks for cancel/pause when it writes (on the engine's
-                # clock); check on real time too, so a fixed clock cannot hide a cancel
-                if time.monotonic() - last_check[0] >= 0.25:
-                    last_check[0] = time.monotonic()
-                    ctx.check()
+                # clock); poll on real time too, so a fixed clock cannot hide a cancel
+                if ctx.should_stop():
+                    ctx.raise_stop()
                 ctx.progress(
                     base_done + file_done,
                     total,
@@ -1114,10 +1111,10 @@ class CopyService:
                     drop_cache=verify_after,
                 )
                 break
-            except (JobPaused, EngineStopping, LeaseLost):
-                self.store.update_copy(copy.id, state="pending")
-                raise
-            except JobCancelled:
+            except JobCancelled as exc:
+                if (ctx.stopped or exc).reason in KEEPS_PARTIAL:
+                    self.store.update_copy(copy.id, state="pending")
+                    raise
                 _discard(partial_path(dst_path))
                 self.store.update_copy(copy.id, state="failed", error="cancelled by the operator")
                 raise

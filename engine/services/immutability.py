@@ -55,6 +55,7 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.safepath import is_within
 from engine.services import manifests
+from engine.states import JobKind
 from engine.tools import attrs
 from engine.tools.base import ToolError
 from engine.units import plural
@@ -926,7 +927,7 @@ class LockService:
         return self.maintain(actor=ctx.params.get("actor")).as_dict()
 
     def register(self, jobs: Any) -> None:
-        jobs.register("locks.maintain", self.run_job)
+        jobs.register(JobKind.LOCKS_MAINTAIN, self.run_job)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ from engine.catalog.copies import COPY_DONE, CopyStore
 from engine.catalog.locks import LockStore
 from engine.catalog.models import Chain, Repository
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir
@@ -82,13 +82,14 @@ from engine.services.manifests import (
 )
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositoryService, RepositorySpec
+from engine.states import JobKind
 from engine.tools.base import ToolError
 from engine.units import human_bytes, plural
 from engine.writers import DiskBusy, DiskWriters
 
 log = logging.getLogger(__name__)
 
-JOB_KIND = "repository.import"
+JOB_KIND = JobKind.REPOSITORY_IMPORT
 #: a partial file written to this recently may still be in use by a writer outside the
 #: job table (a `chain consolidate` run from the command line): it is left alone
 PARTIAL_QUIET_SECONDS = 120.0
@@ -265,13 +266,7 @@ class _Progress:
             self.ctx.progress(self.done, max(self.total, self.done), message="checking files")
 
     def should_stop(self) -> bool:
-        if self.ctx is None:
-            return False
-        try:
-            self.ctx.check()
-        except JobCancelled:
-            return True
-        return False
+        return self.ctx is not None and self.ctx.should_stop()
 
 
 # -- the service ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ in place (``convert -n``) and must be at least as large as the disk.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,13 @@ from typing import Any
 from engine.catalog.chains import ChainStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
 from engine.services.chains import repo_file
 from engine.services.images import PointRead, PointReader, PointUnreadable
+from engine.states import JobKind
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -85,7 +86,7 @@ class DiskRestoreService:
         self.clock = clock
 
     def register(self) -> None:
-        self.jobs.register("restore_disk", self.run_job)
+        self.jobs.register(JobKind.RESTORE_DISK, self.run_job)
 
     def submit(
         self,
@@ -105,7 +106,7 @@ class DiskRestoreService:
         target = self._check_target(target, fmt, overwrite)
         self._open(backup_id, force)
         return self.jobs.submit(
-            "restore_disk",
+            JobKind.RESTORE_DISK,
             f"restore {chain.vm_name}/{chain.disk_name} point #{backup_id} to {target}",
             {
                 "backup_id": backup_id,
@@ -179,25 +180,17 @@ class DiskRestoreService:
         source = opened.spec
         size = backup.virtual_size
 
-        def progress(percent: float) -> None:
+        def progress(percent: float, *, force: bool = False) -> None:
             if ctx is not None:
-                ctx.progress(int(size * percent / 100), size, message=f"restore to {target}")
+                ctx.progress(
+                    int(size * percent / 100), size, message=f"restore to {target}", force=force
+                )
 
-        def should_stop() -> bool:
-            if ctx is None:
-                return False
-            try:
-                ctx.check()
-            except JobCancelled:
-                return True
-            return False
-
+        should_stop = ctx.should_stop if ctx is not None else None
         if is_nbd(target):
             self._to_nbd(source, target, size, progress, should_stop)
         else:
             self._to_file(source, Path(target), fmt, progress, should_stop)
-        if ctx is not None:
-            ctx.progress(size, size, force=True)
         result = DiskRestoreResult(
             backup_id,
             target,
@@ -234,7 +227,12 @@ class DiskRestoreService:
             ) from None
 
     def _to_file(
-        self, source: ImageSpec, target: Path, fmt: str, progress: Any, should_stop: Any
+        self,
+        source: ImageSpec,
+        target: Path,
+        fmt: str,
+        progress: Callable[..., None],
+        should_stop: Callable[[], bool] | None,
     ) -> None:
         with durable_output(target) as tmp:
             qemu_img.convert(
@@ -244,9 +242,17 @@ class DiskRestoreService:
                 on_progress=progress,
                 should_stop=should_stop,
             )
+            # the last stop check is before the file takes its name: a restore that
+            # stops (pause, cancel, shutdown) leaves no target, so it can run again
+            progress(100.0, force=True)
 
     def _to_nbd(
-        self, source: ImageSpec, target: str, size: int, progress: Any, should_stop: Any
+        self,
+        source: ImageSpec,
+        target: str,
+        size: int,
+        progress: Callable[..., None],
+        should_stop: Callable[[], bool] | None,
     ) -> None:
         try:
             dest = qemu_img.info(target, fmt="raw")
@@ -266,6 +272,7 @@ class DiskRestoreService:
             on_progress=progress,
             should_stop=should_stop,
         )
+        progress(100.0, force=True)
 
 
 def point_file(store: ChainStore, backup_id: int) -> Path:

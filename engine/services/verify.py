@@ -41,6 +41,7 @@ from engine.events import Event, EventBus
 from engine.jobs import JobContext, JobRunner
 from engine.safepath import is_within
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
+from engine.states import JobKind
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -226,7 +227,7 @@ class VerifyService:
             self.reverify_after_days = reverify_days
 
     def register(self) -> None:
-        self.jobs.register("verify", self.run_job)
+        self.jobs.register(JobKind.VERIFY, self.run_job)
 
     # -- what to verify -----------------------------------------------------------
 
@@ -525,7 +526,7 @@ class VerifyService:
         targets = self.targets(scope, ref, include_copies=include_copies)
         what = scope if ref is None else f"{scope} {ref}"
         return self.jobs.submit(
-            "verify",
+            JobKind.VERIFY,
             f"verify {what} ({plural(len(targets), 'file')})",
             {"scope": scope, "ref": ref, "include_copies": include_copies},
             bytes_total=sum(t.size for t in targets),
@@ -559,7 +560,7 @@ class VerifyService:
             )
             return None
         return self.jobs.submit(
-            "verify",
+            JobKind.VERIFY,
             f"verify {plural(len(targets), 'file')} not verified in the last "
             f"{plural(self.reverify_after_days, 'day')}",
             {
@@ -620,6 +621,8 @@ class VerifyService:
                 with lock:
                     value = done[0]
                 ctx.progress(min(value, total), total)
+                if ctx.should_stop():  # on real time too: a fixed clock cannot hide it
+                    ctx.raise_stop()
         except BaseException:
             stop.set()
             worker.join()

@@ -251,11 +251,27 @@ class _CancelAfter:
 
     def __init__(self, checks: int) -> None:
         self.left = checks
+        self.stopped: JobCancelled | None = None
 
     def check(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise JobCancelled("cancelled by the test")
+            self.stopped = JobCancelled("cancelled by the test")
+            raise self.stopped
+
+    # JobContext's polling form of check (what qemu-img's should_stop calls)
+    def should_stop(self) -> bool:
+        try:
+            self.check()
+        except JobCancelled:
+            return True
+        return False
+
+    def stop_error(self) -> JobCancelled:
+        return self.stopped or JobCancelled("stopped")
+
+    def raise_stop(self) -> None:
+        raise self.stop_error()
 
     def progress(self, *args: Any, **kwargs: Any) -> None:
         pass

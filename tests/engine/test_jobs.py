@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F811  (fixtures imported from tests.engine.diskgen)
 """The job runner: state machine, progress, concurrency, leases, two processes.
 
 Runs on both catalog backends (``[sqlite]`` and ``[mariadb]``) through the
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from engine.catalog.jobs import JobStore
+from engine.catalog import jobs as catalog_jobs
+from engine.catalog.jobs import TRANSITIONS, JobStore, check_transition
 from engine.catalog.models import Job
 from engine.clock import FixedClock
 from engine.config import JobSettings
@@ -26,6 +28,8 @@ from engine.errors import JobError, NotFoundError, ValidationError
 from engine.events import Event
 from engine.jobs import JobContext, ProgressMeter
 from engine.runtime import Engine
+from engine.states import JobState
+from tests.engine.diskgen import SourceDisk, bk_engine, disk, repo, sha256_of
 from tests.plugins.common import EngineFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -433,6 +437,116 @@ def test_stop_returns_running_jobs_to_the_queue(
     assert done.result == {"by": "b"} and done.attempts == 2
 
 
+# -- the state machine is enforced -------------------------------------------------
+
+
+def test_an_illegal_transition_raises_a_sentence_and_changes_nothing(
+    engine: Engine, clock: FixedClock
+) -> None:
+    store: JobStore = engine.job_store
+    job = store.create("copy", "copy web01", now=clock.now())
+    assert store.claim(job.id, "a", clock.now(), timedelta(seconds=30)) is not None
+    assert store.finish(job.id, "a", "succeeded", clock.now())
+    # a caller that would let a succeeded job run again is refused by the table itself
+    with pytest.raises(JobError, match=r"a succeeded job cannot become queued \(it is final\)"):
+        store.requeue(job.id, allowed_from=("succeeded",))
+    unprotected = store.create("backup", "backup web01", now=clock.now())
+    store.claim(unprotected.id, "a", clock.now(), timedelta(seconds=30))
+    assert store.finish(unprotected.id, "a", "failed_unprotected", clock.now())
+    with pytest.raises(JobError, match="a failed_unprotected job cannot become queued"):
+        store.requeue(unprotected.id, allowed_from=("failed_unprotected",))
+    for row, state in ((job, "succeeded"), (unprotected, "failed_unprotected")):
+        after = store.get(row.id)
+        assert after.state == state and after.finished_at is not None
+    with pytest.raises(JobError, match="a paused job cannot become running"):
+        check_transition(job.id, ("paused",), "running")
+    with pytest.raises(JobError, match="names a state jobs do not have"):
+        check_transition(job.id, ("running",), "exploded")
+    # every state has a row in the table, and every move names known states
+    assert set(TRANSITIONS) == set(JobState)
+    assert all(set(targets) <= set(JobState) for targets in TRANSITIONS.values())
+
+
+def test_every_state_change_the_runner_makes_is_in_the_table(
+    engine_factory: EngineFactory, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real jobs through succeed, fail, retry, cancel, pause, resume, hand-back on
+    stop and takeover; every move the store is asked for is checked and legal."""
+    checked: list[tuple[str, str]] = []
+    real_check = catalog_jobs.check_transition
+
+    def recording(job_id: int, from_states: Any, to_state: str) -> None:
+        real_check(job_id, from_states, to_state)  # raises on an illegal move
+        checked.extend((str(f), str(to_state)) for f in from_states)
+
+    monkeypatch.setattr(catalog_jobs, "check_transition", recording)
+    started = threading.Event()
+    fail_once = [True]
+
+    def flaky(ctx: JobContext) -> dict[str, Any]:
+        if fail_once[0]:
+            fail_once[0] = False
+            raise ValidationError("the source is not there yet")
+        return {}
+
+    def slow(ctx: JobContext) -> None:
+        until_stopped(ctx, started)
+
+    engine = runner_engine(
+        engine_factory, clock, handlers={"ok": lambda ctx: {}, "flaky": flaky, "slow": slow}
+    )
+    jobs = engine.jobs
+    assert wait_state(engine, jobs.submit("ok", "ok").id, "succeeded").state == "succeeded"
+    flaky_job = jobs.submit("flaky", "flaky")
+    wait_state(engine, flaky_job.id, "failed")
+    jobs.retry(flaky_job.id)
+    wait_state(engine, flaky_job.id, "succeeded")
+
+    slow_job = jobs.submit("slow", "slow")
+    for stop, then in ((jobs.cancel, "cancelled"), (jobs.pause, "paused")):
+        assert started.wait(10)
+        started.clear()
+        stop(slow_job.id)
+        wait_state(engine, slow_job.id, then)
+        (jobs.retry if then == "cancelled" else jobs.resume)(slow_job.id)
+    assert started.wait(10)
+    jobs.stop(timeout=10)  # the running job goes back to the queue
+    assert engine.job_store.get(slow_job.id).state == "queued"
+    assert jobs.cancel(slow_job.id).state == "cancelled"  # not run again below
+
+    # not run here (no handler): paused and cancelled while queued
+    idle = jobs.submit("idle", "idle")
+    assert jobs.pause(idle.id).state == "paused"
+    assert jobs.cancel(idle.id).state == "cancelled"
+    assert jobs.cancel(jobs.submit("idle", "idle again").id).state == "cancelled"
+
+    # a takeover: the engine that claimed it died; its lease lapses
+    dead = engine.job_store.create("ok", "orphan", now=clock.now())
+    assert engine.job_store.claim(dead.id, "dead-engine", clock.now(), timedelta(seconds=5))
+    clock.advance(timedelta(seconds=6))
+    jobs.start()
+    done = wait_state(engine, dead.id, "succeeded", "failed")
+    assert done.state == "succeeded" and done.takeovers == 1
+
+    moves = set(checked)
+    assert all(JobState(t) in TRANSITIONS[JobState(f)] for f, t in moves)
+    assert moves >= {
+        ("queued", "running"),
+        ("running", "succeeded"),
+        ("running", "failed"),
+        ("failed", "queued"),
+        ("running", "cancelled"),
+        ("cancelled", "queued"),
+        ("running", "paused"),
+        ("paused", "queued"),
+        ("running", "queued"),
+        ("queued", "paused"),
+        ("paused", "cancelled"),
+        ("queued", "cancelled"),
+        ("running", "running"),
+    }
+
+
 # -- two OS processes on one catalog -----------------------------------------------
 
 
@@ -500,3 +614,127 @@ def test_store_cancel_and_pause_never_overwrite_a_running_job(
         store.request_cancel(999999, clock.now())
     with pytest.raises(NotFoundError):
         store.request_pause(999999)
+
+
+# -- stops in real long operations ------------------------------------------------------
+#
+# A pause, a cancel and a shutdown of the engine each have one meaning, whatever the
+# operation was doing when it stopped (a qemu-img child killed through should_stop, a
+# verification of its inputs cut short): pause -> paused and resumable, cancel ->
+# cancelled, shutdown -> back to the queue. Partial output is removed in every case.
+# Real qemu-img on small real images; the stop is asked for from the job's own first
+# progress event (in the job's thread), so the point where it is seen is deterministic.
+
+#: stop -> the state the job takes
+STOPPED_AS = {"pause": "paused", "cancel": "cancelled", "shutdown": "queued"}
+
+
+def _stop_at_first_progress(engine: Engine, job_id: int, stop: str) -> list[Event]:
+    """Ask for ``stop`` when the job first reports progress; returns the events seen."""
+    asked: list[Event] = []
+
+    def on_progress(event: Event) -> None:
+        if event.job_id != job_id or asked:
+            return
+        asked.append(event)
+        if stop == "pause":
+            engine.jobs.pause(job_id, actor="test")
+        elif stop == "cancel":
+            engine.jobs.cancel(job_id, actor="test")
+        else:  # what closing the engine (the daemon's SIGTERM) does first
+            engine.jobs.request_stop()
+
+    engine.bus.subscribe(on_progress, kinds=("job.progress",))
+    return asked
+
+
+def _go_on(engine: Engine, job_id: int, stop: str) -> None:
+    """Let a stopped job finish: resume a paused one, restart a stopped engine."""
+    if stop == "pause":
+        engine.jobs.resume(job_id, actor="test")
+    elif stop == "shutdown":
+        engine.jobs.stop()  # the engine closes…
+        engine.jobs.start()  # …and the next one takes the queued job
+
+
+def _partials(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*partial*")]
+
+
+@pytest.mark.parametrize("stop", sorted(STOPPED_AS))
+def test_a_stopped_consolidation_is_recorded_for_its_reason_and_finishes_after(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, stop: str
+) -> None:
+    from tests.engine.test_backup import wait_job
+    from tests.engine.test_chains import build_chain
+
+    ids, moments = build_chain(bk_engine, repo, disk, clock, incrementals=2)
+    chain_id = bk_engine.chain_store.get_backup(ids[0]).chain_id
+    files = sorted(p.name for p in Path(repo.path).rglob("*") if p.is_file())
+    bk_engine.jobs.poll_interval = 0.02
+    job = bk_engine.chains.submit_consolidate(chain_id, actor="test")
+    asked = _stop_at_first_progress(bk_engine, job.id, stop)
+    bk_engine.start()
+
+    stopped = wait_state(bk_engine, job.id, STOPPED_AS[stop], "succeeded", "failed")
+    assert asked, "the consolidation never reported progress"
+    assert stopped.state == STOPPED_AS[stop], stopped.error
+    assert stopped.lease_owner is None
+    if stop == "cancel":
+        assert stopped.error is not None and "cancelled by the operator" in stopped.error
+    else:
+        assert stopped.error is None
+    # nothing merged, nothing left half-written
+    assert [b.id for b in bk_engine.chain_store.backups(chain_id)] == ids
+    assert sorted(p.name for p in Path(repo.path).rglob("*") if p.is_file()) == files
+    assert bk_engine.chain_store.open_intents(chain_id) == []
+    if stop == "cancel":
+        return
+    assert stopped.resume_point == {"target_id": ids[1]}
+
+    _go_on(bk_engine, job.id, stop)
+    done = wait_job(bk_engine, job.id)
+    assert done.state == "succeeded", done.error
+    assert done.result["new_full"] == ids[1]
+    assert [b.id for b in bk_engine.chain_store.backups(chain_id)] == ids[1:]
+    assert bk_engine.chain_store.get_backup(ids[1]).kind == "full"
+    assert _partials(Path(repo.path)) == []
+    for point in ids[1:]:
+        target = Path(repo.path).parent / f"check-{point}.raw"
+        bk_engine.restores.restore(point, str(target))
+        assert sha256_of(target) == moments[point]
+
+
+@pytest.mark.parametrize("stop", sorted(STOPPED_AS))
+def test_a_stopped_disk_restore_is_recorded_for_its_reason_and_finishes_after(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, tmp_path: Path, stop: str
+) -> None:
+    from tests.engine.test_backup import wait_job
+    from tests.engine.test_chains import build_chain
+
+    ids, moments = build_chain(bk_engine, repo, disk, clock, incrementals=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "disk.raw"
+    bk_engine.jobs.poll_interval = 0.02
+    job = bk_engine.restores.submit(ids[1], str(target), actor="test")
+    asked = _stop_at_first_progress(bk_engine, job.id, stop)
+    bk_engine.start()
+
+    stopped = wait_state(bk_engine, job.id, STOPPED_AS[stop], "succeeded", "failed")
+    assert asked, "the restore never reported progress"
+    assert stopped.state == STOPPED_AS[stop], stopped.error
+    if stop == "cancel":
+        assert stopped.error is not None and "cancelled by the operator" in stopped.error
+    else:
+        assert stopped.error is None
+    # the target never took its name, and no partial is left beside it
+    assert list(out.iterdir()) == []
+    if stop == "cancel":
+        return
+
+    _go_on(bk_engine, job.id, stop)
+    done = wait_job(bk_engine, job.id)
+    assert done.state == "succeeded", done.error
+    assert sorted(p.name for p in out.iterdir()) == ["disk.raw"]
+    assert sha256_of(target) == moments[ids[1]]
