@@ -23,13 +23,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static, Tree
 
-from engine.catalog.models import Backup
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
 from engine.services.chains import ChainView, PointView
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from engine.services.policies import KnownSource
+from engine.views import Backup
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import chain_detail, point_detail
 from sendense_tui.format import human_bytes, plural, printable, safe_text, short_time

@@ -333,7 +333,7 @@ class PoliciesScreen(SendenseScreen):
     def fetch(self) -> PoliciesData:
         engine = self.engine
         now = engine.clock.now()
-        all_repos = {r.id: r for r in engine.repository_store.list()}
+        all_repos = {r.id: r for r in engine.repositories.list()}
         repos = {i: r.name for i, r in all_repos.items()}
         reports: dict[str, Compliance] = {}
         rules = engine.copies.list_rules()

@@ -20,7 +20,6 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
 from textual.worker import Worker, WorkerState
 
-from engine.catalog.models import Repository
 from engine.errors import SendenseError
 from engine.services.repositories import (
     FIELDS_BY_KIND,
@@ -29,6 +28,7 @@ from engine.services.repositories import (
     TestReport,
     validate_field,
 )
+from engine.views import Repository
 from sendense_tui.format import printable, safe_text
 from sendense_tui.screens.repositories import describe_report
 from sendense_tui.styles import STYLES_DIR

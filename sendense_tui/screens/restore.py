@@ -24,9 +24,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
-from engine.catalog.restore import PointLocation
 from engine.services.exports import ExportView
 from engine.services.file_restore import Entry, MountView
+from engine.views import PointLocation
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import export_detail
 from sendense_tui.format import human_bytes, human_duration, plural, printable, safe_text
