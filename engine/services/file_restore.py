@@ -56,11 +56,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from engine.catalog.copies import CopyStore
 from engine.catalog.db import Catalog
-from engine.catalog.models import RestoreMount
+from engine.catalog.models import Job, RestoreMount
 from engine.catalog.restore import PointLocation, RestoreStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
@@ -80,6 +80,9 @@ from engine.services.images import ImageGuard, PointRead, PointReader, PointUnre
 from engine.tools import exporters, loop, mounts, partitions
 from engine.tools.base import ToolError
 from engine.units import plural
+
+if TYPE_CHECKING:
+    from engine.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +241,11 @@ class FileRestoreService:
         *,
         clock: Clock = SYSTEM_CLOCK,
         ttl: timedelta = DEFAULT_TTL,
+        jobs: JobRunner | None = None,
     ) -> None:
         self.store = RestoreStore(catalog)
+        #: runs extractions as ``restore.files`` jobs (Jobs shows them, they cancel)
+        self.jobs = jobs
         self.bus = bus
         #: opens points the catalog's way and picks a verified copy for a bad one
         self.reader = reader or PointReader(self.store.chains, CopyStore(catalog), ImageGuard(bus))
@@ -785,6 +791,50 @@ class FileRestoreService:
 
     # -- extract -------------------------------------------------------------------
 
+    def submit_extract(
+        self,
+        mount_id: int,
+        paths: Sequence[str],
+        destination: str | Path,
+        *,
+        overwrite: bool = False,
+        actor: str | None = None,
+    ) -> Job:
+        """Queue the extraction of ``paths`` as a ``restore.files`` job, after the
+        checks ``extract`` makes first (the mount, every path, the destination), so a
+        wrong selection is refused now rather than as a failed job."""
+        if self.jobs is None:
+            raise RuntimeError("this FileRestoreService was built without a job runner")
+        items = self._selection(mount_id, paths)
+        dest = _prepare_destination(destination)
+        total = sum(_size_of(src, dev) for src, _, dev in items)
+        names = ", ".join(name for _, name, _ in items[:3]) + (", ..." if len(items) > 3 else "")
+        return self.jobs.submit(
+            "restore.files",
+            f"restore {names} to {dest}",
+            {
+                "mount_id": mount_id,
+                "paths": list(paths),
+                "destination": str(dest),
+                "overwrite": overwrite,
+                "actor": actor,
+            },
+            bytes_total=total,
+            actor=actor,
+        )
+
+    def _selection(self, mount_id: int, paths: Sequence[str]) -> list[tuple[Path, str, int]]:
+        """(host path, name, device of its filesystem) of each path, every one checked."""
+        if not paths:
+            raise ValidationError("nothing selected to extract")
+        view = self._use(mount_id)
+        items = []
+        for path in paths:
+            fs, parts, source = self._locate(view, path)
+            root_dev = os.lstat(fs.path).st_dev  # type: ignore[arg-type]
+            items.append((source, parts[-1], root_dev))
+        return items
+
     def extract(
         self,
         mount_id: int,
@@ -797,15 +847,7 @@ class FileRestoreService:
         actor: str | None = None,
     ) -> ExtractResult:
         """Copy files/folders out of a mounted point into ``destination``."""
-        if not paths:
-            raise ValidationError("nothing selected to extract")
-        view = self._use(mount_id)
-        items = []
-        for path in paths:
-            fs, parts, source = self._locate(view, path)
-            root_dev = os.lstat(fs.path).st_dev  # type: ignore[arg-type]
-            name = parts[-1]
-            items.append((source, name, root_dev))
+        items = self._selection(mount_id, paths)
         dest = _prepare_destination(destination)  # after the selection is known to be valid
         total = sum(_size_of(src, dev) for src, _, dev in items)
         copier = _Copier(dest, overwrite, total, ctx, on_progress)
