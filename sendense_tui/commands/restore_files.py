@@ -16,7 +16,7 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
-from engine.services.file_restore import Entry, MountView
+from engine.services.restore_views import Entry, MountView
 from engine.shapes import file_entry_dict, mount_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.backup import wait_for_job

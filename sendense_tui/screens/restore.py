@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.services.exports import ExportView
-from engine.services.file_restore import Entry, MountView
+from engine.services.restore_views import Entry, MountView
 from engine.views import FINAL_STATES, Job, PointLocation
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import export_detail

@@ -27,7 +27,8 @@ def read_seeded_mounts(engine: Engine) -> None:
 
     from engine.errors import SendenseError
     from engine.safepath import clean_relative, resolve_no_symlinks
-    from engine.services.file_restore import Entry, _entry, _walk
+    from engine.services.file_restore import Entry
+    from engine.services.restore_browse import _entry, _walk
 
     service = engine.file_restore
     real_ls, real_search = service.ls, service.search
