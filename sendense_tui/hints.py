@@ -18,6 +18,11 @@ CLI_ACTIONS: dict[str, Callable[[Action], str]] = {
     "stop_export": lambda a: f"stop it first: sendense export stop {a.subject}",
     "unmount_restore": lambda a: f"unmount it first: sendense restore unmount {a.subject}",
     "cancel_job": lambda a: f"cancel it first: sendense jobs cancel {a.subject}",
+    "overwrite_target": lambda a: "choose another name or replace it (--overwrite)",
+    "read_unverified": lambda a: (
+        "`--force` reads it anyway (its data is unverified); "
+        "`sendense verify report` lists bad points and good copies"
+    ),
 }
 
 
