@@ -7,8 +7,24 @@ traceback is never the message.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the operator does next, named once for every front end.
+
+    ``verb`` is the phrase the console and the API show ("confirm the lock period");
+    ``key`` lets a front end with its own syntax say how (the CLI renders
+    ``confirm_lock`` as "add --yes", the API as a request field), so an engine hint
+    never embeds one front end's flags. ``subject`` names the thing acted on, for a
+    rendering that needs it (a repository, a job id)."""
+
+    key: str
+    verb: str
+    subject: str = ""
 
 
 class SendenseError(Exception):
@@ -16,9 +32,17 @@ class SendenseError(Exception):
 
     #: short hint on what to do, shown under the message when present
     hint: str | None = None
+    #: the next step as a structured action (its verb is the default hint)
+    action: Action | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, action: Action | None = None
+    ) -> None:
         super().__init__(message)
+        if action is not None:
+            self.action = action
+            if hint is None:
+                hint = action.verb
         if hint is not None:
             self.hint = hint
 
@@ -101,3 +125,14 @@ class JobUnprotected(JobError):
         super().__init__(message, hint=hint)
         #: what the job did (its normal result), recorded with the failed state
         self.result: dict[str, object] = dict(result or {})
+
+
+class LockNotConfirmed(ValidationError):
+    """A save that would start a lock period, or lengthen one, was not confirmed: a
+    lock cannot be shortened later, so the operator sees what it would hold first.
+    Carries the estimate (a ``SpaceEstimate``) the confirmation question shows."""
+
+    def __init__(self, message: str, *, estimate: object, days: int) -> None:
+        super().__init__(message, action=Action("confirm_lock", "confirm the lock period to save"))
+        self.estimate = estimate
+        self.days = days

@@ -353,7 +353,12 @@ class Engine:
         from engine.services.file_restore import FileRestoreService
 
         self.file_restore = FileRestoreService(
-            self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
+            self.catalog,
+            self.bus,
+            self.settings,
+            self.point_reader,
+            clock=self.clock,
+            jobs=self.jobs,
         )
         self.exports = ExportService(
             self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from engine.services.chains import ChainView
     from engine.services.copy import RuleStatus
     from engine.services.exports import ExportView
-    from engine.services.file_restore import Entry, MountView
     from engine.services.repositories import TestReport
+    from engine.services.restore_views import Entry, MountView
     from engine.services.verify import Report
 
 

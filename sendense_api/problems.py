@@ -44,8 +44,22 @@ def problem(status: int, detail: str, *, hint: str | None = None) -> JSONRespons
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+#: action key -> the hint the API gives for it (its own syntax: a request field)
+API_ACTIONS: dict[str, str] = {
+    "confirm_lock": 'send it again with "confirm_lock": true to confirm',
+}
+
+
+def api_hint(error: SendenseError) -> str | None:
+    """An engine action the API can name in its own terms, else the engine's hint."""
+    action = error.action
+    if action is not None and action.key in API_ACTIONS:
+        return API_ACTIONS[action.key]
+    return error.hint
+
+
 def problem_for(error: SendenseError) -> JSONResponse:
-    response = problem(status_for(error), error.message, hint=error.hint)
+    response = problem(status_for(error), error.message, hint=api_hint(error))
     if response.status_code == 401:
         # RFC 6750: a request without a (valid) token is told which scheme to use
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -25,6 +25,7 @@ from engine.private import PRIVATE_UMASK, make_private_dirs, open_private
 from sendense_tui.commands import COMMON, CliContext, register_all
 from sendense_tui.exitcodes import ExitCode, epilog, exit_code_for
 from sendense_tui.format import printable
+from sendense_tui.hints import cli_hint
 
 EXIT_ERROR = int(ExitCode.REFUSED)
 EXIT_INTERRUPTED = int(ExitCode.INTERRUPTED)
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log_to_file(ctx, "cli.log")
         return int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
-        return _fail(exc.message, exc.hint, int(exit_code_for(exc)))
+        return _fail(exc.message, cli_hint(exc), int(exit_code_for(exc)))
     except KeyboardInterrupt:
         return _fail("interrupted before the command finished", code=EXIT_INTERRUPTED)
     except BrokenPipeError:

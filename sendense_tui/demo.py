@@ -253,7 +253,7 @@ def seed_demo_capacity(engine: Engine, clock: FixedClock | None = None) -> None:
 def seed_demo_chains(engine: Engine, clock: FixedClock | None = None) -> None:
     """Backup chains in "primary": web01 (two disks, one with a retired older chain),
     db01 with a broken chain and a locked, verified full. Catalog rows only."""
-    from engine.catalog.models import ImmutabilityLock
+    from engine.views import ImmutabilityLock
 
     now = (clock or demo_clock()).now()
     repo = engine.repository_store.get("primary")

@@ -200,7 +200,7 @@ def _wait_for_jobs(engine: Engine, job_ids: list[int], timeout: float = 300.0) -
     pending = set(job_ids)
     while pending:
         for job_id in list(pending):
-            job = engine.job_store.get(job_id)
+            job = engine.jobs.get(job_id)
             if job.state in ("succeeded", "failed", "failed_unprotected", "cancelled"):
                 pending.discard(job_id)
                 if job.state != "succeeded":
@@ -291,7 +291,7 @@ def build_demo(
         clock.set(now)
         # readings stamped with the history's made-up past times would invent growth
         # (a forecast from minutes of real time): the capacity history starts now
-        engine.capacity_store.forget_before(now)
+        engine.capacity.forget_before(now)
         engine.capacity.sample_all()
     finally:
         engine.close()

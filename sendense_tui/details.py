@@ -12,10 +12,10 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from engine.catalog.models import AuditEntry
 from engine.services.chains import ChainView
 from engine.services.details import JobDetails, PointDetails
 from engine.services.exports import STOP_REASONS, ExportView
+from engine.views import AuditEntry
 from sendense_tui.format import (
     as_utc,
     human_bytes,

@@ -78,6 +78,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.digests import BLOCK_SIZE, DigestTableError, table_path
 from engine.errors import (
+    Action,
     CatalogUnavailable,
     JobCancelled,
     JobUnprotected,
@@ -641,7 +642,9 @@ class BackupService:
         if not repo.enabled:
             raise BackupError(
                 f"repository {repo.name} is disabled",
-                hint=f"enable it first (`sendense repo enable {repo.name}`)",
+                action=Action(
+                    "enable_repository", f"enable repository {repo.name} first", repo.name
+                ),
             )
         # the repository's own gate first: it reads capacity with a timeout, so one that
         # does not answer (a frozen FUSE directory, a hung server) is refused with a

@@ -578,6 +578,21 @@ class CapacityMonitor:
         with self._lock:
             return self._readings.get(repository_id)
 
+    def last_known(self, repo: Repository) -> Reading | None:
+        """This run's reading of ``repo``, else its last stored sample (what a list of
+        repositories shows before the first poll)."""
+        reading = self.reading(repo.id)
+        if reading is None:
+            latest = self.store.latest(repo.id)
+            if latest is not None:
+                reading = self.stored_reading(repo, latest)
+        return reading
+
+    def forget_before(self, before: datetime) -> int:
+        """Drop every stored sample taken before ``before`` (the demo's history is
+        stamped with made-up past times: readings from it would invent growth)."""
+        return self.store.forget_before(before)
+
     # -- the "full" gate ------------------------------------------------------------------
 
     def ensure_room(self, ref: int | str | Repository) -> Reading:

@@ -83,7 +83,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import JobCancelled, SendenseError, ValidationError
+from engine.errors import Action, JobCancelled, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
@@ -1260,12 +1260,18 @@ class ChainService:
                 if export.backup_id == b.id:
                     raise ChainError(
                         f"cannot {doing}: NBD export '{export.export_name}' serves point {b.id}",
-                        hint=f"stop it first: sendense export stop {export.export_name}",
+                        action=Action(
+                            "stop_export",
+                            f"stop export {export.export_name} first",
+                            export.export_name,
+                        ),
                     )
             for mount in restores.mounts_of(b.id, states=LIVE_MOUNT_STATES):
                 raise ChainError(
                     f"cannot {doing}: restore mount {mount.id} browses point {b.id}",
-                    hint=f"unmount it first: sendense restore unmount {mount.id}",
+                    action=Action(
+                        "unmount_restore", f"unmount restore mount {mount.id} first", str(mount.id)
+                    ),
                 )
 
     def delete_point(

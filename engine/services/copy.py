@@ -56,6 +56,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.cron import cron_error
 from engine.errors import (
+    Action,
     JobCancelled,
     JobUnprotected,
     NotFoundError,
@@ -579,7 +580,7 @@ class CopyService:
         if not dst.enabled:
             raise ValidationError(
                 f"destination repository {dst.name!r} is disabled",
-                hint=f"enable it first: sendense repo enable {dst.name}",
+                action=Action("enable_repository", f"enable repository {dst.name} first", dst.name),
             )
         root = Path(dst.path)
         if not root.is_dir():
@@ -739,7 +740,7 @@ class CopyService:
             if job.params.get("rule_id") == rule.id:
                 raise ValidationError(
                     f"copy rule {rule.name!r} has a job running or queued (job {job.id})",
-                    hint=f"cancel it first: sendense job cancel {job.id}",
+                    action=Action("cancel_job", f"cancel job {job.id} first", str(job.id)),
                 )
         self.store.delete_rule(rule.id)
         self.bus.publish(

@@ -1,5 +1,8 @@
 """File-level restore: mount a restore point read-only, browse, search, extract.
 
+This module mounts and unmounts (and composes the service); browsing and searching a
+mount live in ``restore_browse``, extraction in ``restore_extract``.
+
 How a point is mounted (no kernel NBD module needed):
 
 1. ``qemu-storage-daemon`` exports the QCOW2 (with its whole backing chain, each
@@ -43,20 +46,16 @@ link out of the backup):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fnmatch
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.catalog.copies import CopyStore
 from engine.catalog.db import Catalog
@@ -64,27 +63,43 @@ from engine.catalog.models import RestoreMount
 from engine.catalog.restore import PointLocation, RestoreStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import CatalogUnavailable, SendenseError, ValidationError
+from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
 from engine.owners import owner_alive
-from engine.private import PRIVATE_DIR, make_private_dir, make_private_dirs
-from engine.safepath import (
-    UnsafePath,
-    child_path,
-    clean_relative,
-    is_within,
-    link_stays_inside,
-    resolve_no_symlinks,
-)
+from engine.private import make_private_dir, make_private_dirs
 from engine.services.images import ImageGuard, PointRead, PointReader, PointUnreadable
+from engine.services.restore_browse import MountBrowsing
+from engine.services.restore_extract import Extraction
+from engine.services.restore_views import (
+    Entry,
+    ExtractResult,
+    FileRestoreError,
+    FilesystemView,
+    MountView,
+    Source,
+)
 from engine.tools import exporters, loop, mounts, partitions
 from engine.tools.base import ToolError
-from engine.units import plural
+
+#: the service and the names its callers use (views live in restore_views)
+__all__ = [
+    "DETACHED",
+    "Entry",
+    "ExtractResult",
+    "FileRestoreError",
+    "FileRestoreService",
+    "FilesystemView",
+    "MountView",
+    "Source",
+    "teardown_dir",
+]
+
+if TYPE_CHECKING:
+    from engine.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(hours=1)
-CHUNK = 1024 * 1024
 EXPORTER = "qemu-storage-daemon"
 
 #: service instances alive in this process (owner tokens): rows owned by a token
@@ -96,139 +111,10 @@ _HOST = socket.gethostname()
 DETACHED = f"{_HOST}:detached"
 
 
-class FileRestoreError(SendenseError):
-    """A restore point cannot be mounted, browsed or extracted."""
+class FileRestoreService(MountBrowsing, Extraction):
+    """Restore mounts (here), browsing them (restore_browse) and extracting from them
+    (restore_extract): one service, ``engine.file_restore``."""
 
-
-@dataclass(frozen=True)
-class FilesystemView:
-    name: str
-    number: int | None
-    fs_type: str
-    #: mounted | unsupported | error
-    state: str
-    path: str | None = None
-    device: str | None = None
-    size: int = 0
-    label: str = ""
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class MountView:
-    id: int
-    backup_id: int
-    state: str
-    base_dir: str
-    filesystems: tuple[FilesystemView, ...]
-    created_at: datetime
-    last_used_at: datetime
-    expires_at: datetime
-    point: PointLocation | None = None
-    #: True when mount() found the point already mounted and reused it
-    reused: bool = False
-    #: the qemu-storage-daemon behind a real mount (None only for rows seeded by hand)
-    exporter_pid: int | None = None
-    #: how the point was read when that is not the plain way (a verified copy, or a
-    #: bad point forced and unverified); set by mount() only
-    note: str | None = None
-
-    def remaining(self, now: datetime) -> timedelta:
-        return max(timedelta(0), self.expires_at - now)
-
-    def filesystem(self, name: str) -> FilesystemView:
-        for fs in self.filesystems:
-            if fs.name == name:
-                return fs
-        names = ", ".join(f.name for f in self.filesystems) or "none"
-        raise FileRestoreError(
-            f"restore mount {self.id} has no filesystem {name!r}",
-            hint=f"paths start with a filesystem name: {names}",
-        )
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    #: the path to give back to ls/extract: "<filesystem>/dir/name"
-    path: str
-    #: dir | file | symlink | other | filesystem (an unmountable partition at the top)
-    kind: str
-    size: int
-    mtime: datetime | None
-    mode: int = 0
-    link_target: str | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Source:
-    """A file or folder of a mounted point chosen to be read out (``source``)."""
-
-    #: where it is on this host (below the filesystem's mount)
-    path: Path
-    #: its path in the mount: (filesystem, dir, ..., name)
-    parts: tuple[str, ...]
-    #: the filesystem's device: reading never crosses onto another one
-    device: int
-    info: os.stat_result
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.info.st_mode)
-
-
-@dataclass
-class ExtractResult:
-    destination: str
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    bytes: int = 0
-    bytes_total: int = 0
-    #: (path under the destination, why it was not restored)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "destination": self.destination,
-            "files": self.files,
-            "directories": self.directories,
-            "symlinks": self.symlinks,
-            "bytes": self.bytes,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-        }
-
-
-ProgressCallback = Callable[[int, int, str], None]
-
-
-def _ts(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def _explain_write_error(exc: OSError, where: Path) -> FileRestoreError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return FileRestoreError(
-            f"the destination {where} is full; the file being written was removed",
-            hint="free space there or choose another destination; files already "
-            "restored are complete",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return FileRestoreError(
-            f"cannot write to {where}: permission denied",
-            hint="choose a destination this user may write to (an immutable flag also "
-            "blocks writes: lsattr)",
-        )
-    if exc.errno == errno.EROFS:
-        return FileRestoreError(
-            f"cannot write to {where}: the filesystem is read-only",
-            hint="choose a destination on a writable filesystem",
-        )
-    return FileRestoreError(f"cannot write to {where}: {exc.strerror or exc}")
-
-
-class FileRestoreService:
     def __init__(
         self,
         catalog: Catalog,
@@ -238,8 +124,11 @@ class FileRestoreService:
         *,
         clock: Clock = SYSTEM_CLOCK,
         ttl: timedelta = DEFAULT_TTL,
+        jobs: JobRunner | None = None,
     ) -> None:
         self.store = RestoreStore(catalog)
+        #: runs extractions as ``restore.files`` jobs (Jobs shows them, they cancel)
+        self.jobs = jobs
         self.bus = bus
         #: opens points the catalog's way and picks a verified copy for a bad one
         self.reader = reader or PointReader(self.store.chains, CopyStore(catalog), ImageGuard(bus))
@@ -652,7 +541,7 @@ class FileRestoreService:
         """Forget this engine's mounts without undoing them (what a crash does)."""
         _LIVE_OWNERS.discard(self.owner)
 
-    # -- browse ----------------------------------------------------------------------
+    # -- use -------------------------------------------------------------------------
 
     def _use(self, mount_id: int) -> MountView:
         row = self.store.get_mount(mount_id)
@@ -673,177 +562,6 @@ class FileRestoreService:
         row = self.store.update_mount(row.id, last_used_at=now, expires_at=now + ttl)
         return self._view(row)
 
-    def _locate(self, view: MountView, path: str) -> tuple[FilesystemView, tuple[str, ...], Path]:
-        parts = clean_relative(path)
-        if not parts:
-            raise UnsafePath("the top of a restore mount lists filesystems, not files")
-        fs = view.filesystem(parts[0])
-        if fs.state != "mounted" or not fs.path:
-            raise FileRestoreError(f"{fs.name} is not browsable: {fs.detail}")
-        try:
-            target = resolve_no_symlinks(fs.path, parts[1:], allow_final_link=True)
-        except FileNotFoundError:
-            raise FileRestoreError(
-                f"{'/'.join(parts)} does not exist in restore mount {view.id}"
-            ) from None
-        except NotADirectoryError:
-            raise FileRestoreError(f"{'/'.join(parts[:-1])} is not a directory") from None
-        return fs, parts, target
-
-    def ls(self, mount_id: int, path: str = "") -> list[Entry]:
-        """Entries of a directory (dirs first, then by name); "" lists the filesystems."""
-        view = self._use(mount_id)
-        if not clean_relative(path):
-            return [
-                Entry(
-                    name=fs.name,
-                    path=fs.name,
-                    kind="dir" if fs.state == "mounted" else "filesystem",
-                    size=fs.size,
-                    mtime=None,
-                    detail=f"{fs.fs_type}" + (f": {fs.detail}" if fs.detail else ""),
-                )
-                for fs in view.filesystems
-            ]
-        _, parts, target = self._locate(view, path)
-        info = os.lstat(target)
-        if stat.S_ISLNK(info.st_mode):
-            raise UnsafePath(f"{'/'.join(parts)} is a symbolic link; links are not followed")
-        if not stat.S_ISDIR(info.st_mode):
-            return [_entry(target, "/".join(parts))]
-        entries = []
-        with os.scandir(target) as it:
-            for item in it:
-                entries.append(_entry(Path(item.path), "/".join((*parts, item.name))))
-        entries.sort(key=lambda e: (e.kind != "dir", e.name))
-        return entries
-
-    def search(
-        self, mount_id: int, pattern: str, path: str = "", *, limit: int = 1000
-    ) -> list[Entry]:
-        """Entries whose name matches ``pattern`` (shell wildcards, case-insensitive;
-        a plain word matches as a substring) under ``path``."""
-        view = self._use(mount_id)
-        wildcard = any(ch in pattern for ch in "*?[")
-        needle = pattern.lower() if wildcard else f"*{pattern.lower()}*"
-        roots: list[tuple[Path, tuple[str, ...]]] = []
-        if clean_relative(path):
-            _, parts, target = self._locate(view, path)
-            roots.append((target, parts))
-        else:
-            roots += [(Path(fs.path), (fs.name,)) for fs in view.filesystems if fs.path]
-        found: list[Entry] = []
-        for top, parts in roots:
-            for item_path, rel in _walk(top, parts):
-                if fnmatch.fnmatchcase(rel[-1].lower(), needle):
-                    found.append(_entry(item_path, "/".join(rel)))
-                    if len(found) >= limit:
-                        return found
-        return found
-
-    # -- reading out (downloads) -----------------------------------------------------
-
-    def source(self, mount_id: int, path: str) -> Source:
-        """The file or folder at ``path`` of a mounted point, to be read out as it is
-        (an API download), checked as ``extract`` checks a selection: the filesystem
-        named first, no ``..``, no link followed on the way; a link itself is refused
-        too (it is not followed: where it points may be anywhere on this host)."""
-        view = self._use(mount_id)
-        fs, parts, target = self._locate(view, path)
-        info = os.lstat(target)
-        if stat.S_ISLNK(info.st_mode):
-            raise UnsafePath(
-                f"{'/'.join(parts)} is a symbolic link; links inside a backup are not followed",
-                hint=f"it points to {os.readlink(target)!r}: ask for that path instead",
-            )
-        return Source(target, parts, os.lstat(fs.path).st_dev, info)  # type: ignore[arg-type]
-
-    def walk_source(self, source: Source) -> Iterator[tuple[Path, tuple[str, ...], os.stat_result]]:
-        """Everything below the folder ``source``, each parent before its children, as
-        (host path, path parts, lstat): links are not followed, another filesystem
-        mounted inside is not entered."""
-        for path, parts in _walk(source.path, source.parts):
-            with contextlib.suppress(FileNotFoundError):
-                yield path, parts, os.lstat(path)
-
-    def open_source_file(self, path: Path, device: int) -> BinaryIO:
-        """A regular file below a restore mount opened for reading, never through a link
-        (``O_NOFOLLOW``) nor on another filesystem than ``device``."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafePath(
-                    f"{path.name} is a symbolic link; links are not followed"
-                ) from None
-            raise FileRestoreError(f"cannot read {path.name}: {exc.strerror or exc}") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_dev != device:
-            os.close(fd)
-            raise FileRestoreError(f"{path.name} is not a regular file of this restore point")
-        return os.fdopen(fd, "rb")
-
-    # -- extract -------------------------------------------------------------------
-
-    def extract(
-        self,
-        mount_id: int,
-        paths: Sequence[str],
-        destination: str | Path,
-        *,
-        overwrite: bool = False,
-        ctx: Any = None,
-        on_progress: ProgressCallback | None = None,
-        actor: str | None = None,
-    ) -> ExtractResult:
-        """Copy files/folders out of a mounted point into ``destination``."""
-        if not paths:
-            raise ValidationError("nothing selected to extract")
-        view = self._use(mount_id)
-        items = []
-        for path in paths:
-            fs, parts, source = self._locate(view, path)
-            root_dev = os.lstat(fs.path).st_dev  # type: ignore[arg-type]
-            name = parts[-1]
-            items.append((source, name, root_dev))
-        dest = _prepare_destination(destination)  # after the selection is known to be valid
-        total = sum(_size_of(src, dev) for src, _, dev in items)
-        copier = _Copier(dest, overwrite, total, ctx, on_progress)
-        for source, name, dev in items:
-            copier.copy(source, dest, name, PurePosixPath(name), dev)
-        copier.finish()
-        result = copier.result
-        self._use(mount_id)  # a long extraction counts as use
-        self.bus.publish(
-            Event(
-                kind="restore.extracted",
-                message=(
-                    f"restored {plural(result.files, 'file')}, "
-                    f"{plural(result.directories, 'folder')} "
-                    f"({result.bytes} bytes) to {dest}"
-                    + (f"; {len(result.skipped)} skipped" if result.skipped else "")
-                ),
-                source="restore",
-                actor=actor,
-                level="warning" if result.skipped else "info",
-                data={"mount_id": mount_id, **result.as_dict()},
-            )
-        )
-        return result
-
-    def run_extract_job(self, ctx: Any) -> dict[str, Any]:
-        """Job handler (kind ``restore.files``): params mount_id, paths, destination."""
-        params = ctx.params
-        result = self.extract(
-            int(params["mount_id"]),
-            list(params["paths"]),
-            params["destination"],
-            overwrite=bool(params.get("overwrite", False)),
-            ctx=ctx,
-            actor=params.get("actor"),
-        )
-        return result.as_dict()
-
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -863,239 +581,6 @@ def _wait_for(node: str, timeout: float = 2.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def _entry(path: Path, virtual: str) -> Entry:
-    info = os.lstat(path)
-    mode = info.st_mode
-    if stat.S_ISDIR(mode):
-        kind = "dir"
-    elif stat.S_ISREG(mode):
-        kind = "file"
-    elif stat.S_ISLNK(mode):
-        kind = "symlink"
-    else:
-        kind = "other"
-    return Entry(
-        name=path.name,
-        path=virtual,
-        kind=kind,
-        size=info.st_size if kind in ("file", "symlink") else 0,
-        mtime=_ts(info.st_mtime),
-        mode=stat.S_IMODE(mode),
-        link_target=os.readlink(path) if kind == "symlink" else None,
-    )
-
-
-def _walk(top: Path, parts: tuple[str, ...]) -> Iterator[tuple[Path, tuple[str, ...]]]:
-    """Every entry below ``top`` without following links or leaving its filesystem."""
-    dev = os.lstat(top).st_dev
-    stack = [(top, parts)]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                items = sorted(it, key=lambda e: e.name)
-        except OSError:
-            continue
-        for item in items:
-            child = (*rel, item.name)
-            yield Path(item.path), child
-            if (
-                item.is_dir(follow_symlinks=False)
-                and item.stat(follow_symlinks=False).st_dev == dev
-            ):
-                stack.append((Path(item.path), child))
-
-
-def _size_of(path: Path, dev: int) -> int:
-    info = os.lstat(path)
-    if stat.S_ISREG(info.st_mode):
-        return info.st_size
-    if not stat.S_ISDIR(info.st_mode) or info.st_dev != dev:
-        return 0
-    total = 0
-    for item, _ in _walk(path, ()):
-        st = os.lstat(item)
-        if stat.S_ISREG(st.st_mode) and st.st_dev == dev:
-            total += st.st_size
-    return total
-
-
-def _prepare_destination(destination: str | Path) -> Path:
-    dest = Path(destination).expanduser()
-    if not dest.is_absolute():
-        raise ValidationError(
-            f"the destination {destination} must be an absolute path",
-            hint="e.g. /srv/restore/web01",
-        )
-    if not dest.exists():
-        try:
-            dest.mkdir(mode=PRIVATE_DIR)
-        except FileNotFoundError:
-            raise ValidationError(
-                f"the destination's parent folder {dest.parent} does not exist"
-            ) from None
-        except OSError as exc:
-            raise _explain_write_error(exc, dest) from None
-    if not dest.is_dir():
-        raise ValidationError(f"the destination {dest} is not a folder")
-    real = Path(os.path.realpath(dest))
-    probe = real / f".sendense-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise _explain_write_error(exc, real) from None
-    return real
-
-
-class _Copier:
-    def __init__(
-        self,
-        dest: Path,
-        overwrite: bool,
-        total: int,
-        ctx: Any,
-        on_progress: ProgressCallback | None,
-    ) -> None:
-        self.dest = dest
-        self.overwrite = overwrite
-        self.ctx = ctx
-        self.on_progress = on_progress
-        self.result = ExtractResult(destination=str(dest), bytes_total=total)
-        #: directories whose mode and times are applied after their contents
-        self._dirs: list[tuple[Path, os.stat_result]] = []
-
-    def _progress(self, current: str, force: bool = False) -> None:
-        done, total = self.result.bytes, self.result.bytes_total
-        if self.ctx is not None:
-            self.ctx.progress(done, total, message=f"restoring {current}", force=force)
-        if self.on_progress is not None:
-            self.on_progress(done, total, current)
-
-    def skip(self, rel: PurePosixPath, reason: str) -> None:
-        self.result.skipped.append((str(rel), reason))
-
-    def copy(self, source: Path, dest_dir: Path, name: str, rel: PurePosixPath, dev: int) -> None:
-        if self.ctx is not None:
-            self.ctx.check()
-        try:
-            target = child_path(dest_dir, name)
-        except UnsafePath as exc:
-            self.skip(rel, str(exc))
-            return
-        if not is_within(self.dest, target.parent):
-            self.skip(rel, "would be written outside the destination")
-            return
-        info = os.lstat(source)
-        mode = info.st_mode
-        if info.st_dev != dev:
-            self.skip(rel, "on another filesystem; not crossed")
-            return
-        existing = _lstat_or_none(target)
-        if stat.S_ISDIR(mode):
-            if existing is not None and not stat.S_ISDIR(existing.st_mode):
-                self.skip(rel, "something that is not a folder has this name at the destination")
-                return
-            if existing is None:
-                try:
-                    target.mkdir(mode=0o700)
-                except OSError as exc:
-                    raise _explain_write_error(exc, target) from None
-            self.result.directories += 1
-            try:
-                with os.scandir(source) as it:
-                    children = sorted(e.name for e in it)
-            except OSError as exc:
-                self.skip(rel, f"cannot read the folder in the backup: {exc.strerror}")
-                return
-            for child in children:
-                self.copy(source / child, target, child, rel / child, dev)
-            self._dirs.append((target, info))
-            return
-        if existing is not None and not self.overwrite:
-            self.skip(rel, "already exists at the destination (not overwritten)")
-            return
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            self.skip(rel, "a folder has this name at the destination")
-            return
-        if stat.S_ISLNK(mode):
-            link = os.readlink(source)
-            if not link_stays_inside(rel, link):
-                self.skip(rel, f"symbolic link to {link!r} points outside the restored files")
-                return
-            self._place(target, lambda tmp: os.symlink(link, tmp), info, is_link=True)
-            self.result.symlinks += 1
-            return
-        if not stat.S_ISREG(mode):
-            self.skip(rel, "device, fifo or socket: not restored")
-            return
-        self._place(target, lambda tmp: self._copy_data(source, tmp, str(rel)), info)
-        self.result.files += 1
-        self._progress(str(rel))
-
-    def _copy_data(self, source: Path, tmp: Path, shown: str) -> None:
-        src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                last = time.monotonic()
-                while True:
-                    chunk = os.read(src_fd, CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(dst_fd, view)
-                        view = view[written:]
-                    self.result.bytes += len(chunk)
-                    if time.monotonic() - last > 0.2:
-                        last = time.monotonic()
-                        self._progress(shown)
-                os.fsync(dst_fd)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
-
-    def _place(
-        self,
-        target: Path,
-        make: Callable[[Path], None],
-        info: os.stat_result,
-        *,
-        is_link: bool = False,
-    ) -> None:
-        tmp = target.parent / f".sendense-{uuid.uuid4().hex[:12]}.partial"
-        try:
-            make(tmp)
-            if not is_link:
-                os.chmod(tmp, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-            os.utime(tmp, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise _explain_write_error(exc, target) from None
-            raise
-
-    def finish(self) -> None:
-        for target, info in reversed(self._dirs):
-            try:
-                os.chmod(target, stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-                os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
-            except OSError as exc:
-                raise _explain_write_error(exc, target) from None
-        self._progress("done", force=True)
-
-
-def _lstat_or_none(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
 
 
 def teardown_dir(base: Path, exporter_pid: int | None) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 from engine.catalog.chains import ChainStore
 from engine.catalog.copies import COPY_DONE, CopyStore
 from engine.catalog.models import Backup, Chain, Copy, Repository
-from engine.errors import SendenseError
+from engine.errors import Action, SendenseError
 from engine.events import Event, EventBus
 from engine.safepath import is_within
 from engine.tools import qemu_img
@@ -415,8 +415,11 @@ class PointReader:
         raise DamagedPoint(
             f"restore point {backup_id} ({chain.vm_name}/{chain.disk_name}) is not served: "
             f"{damage}, and {copies}",
-            hint="`--force` reads it anyway (its data is unverified); "
-            "`sendense verify report` lists bad points and good copies",
+            action=Action(
+                "read_unverified",
+                "read it anyway, unverified (force); the verification report lists bad "
+                "points and good copies",
+            ),
         )
 
     def open(self, backup_id: int, *, force: bool = False) -> PointRead:

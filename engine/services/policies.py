@@ -36,7 +36,14 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.cron import cron_error
-from engine.errors import JobError, JobUnprotected, NotFoundError, SendenseError, ValidationError
+from engine.errors import (
+    JobError,
+    JobUnprotected,
+    LockNotConfirmed,
+    NotFoundError,
+    SendenseError,
+    ValidationError,
+)
 from engine.events import EventBus
 from engine.names import name_error
 from engine.services.backup import DiskSource, check_source_text
@@ -306,7 +313,37 @@ class PolicyService:
 
     # -- saving ------------------------------------------------------------------------
 
-    def add(self, spec: PolicySpec, *, actor: str | None = None) -> Policy:
+    def lock_cost(
+        self, spec: PolicySpec, *, existing_id: int | None = None
+    ) -> SpaceEstimate | None:
+        """What saving ``spec`` would newly lock, or None when it starts no lock period
+        and lengthens none (a lock cannot be shortened later: a longer one is a
+        decision the operator confirms, having seen this estimate)."""
+        before = self.store.get(existing_id).immutable_days if existing_id is not None else 0
+        if spec.immutable_days <= before:
+            return None
+        vms = [str(s["vm"]) for s in spec.sources]
+        return self.lock_space_estimate(spec.target, vms, spec.immutable_days, spec.schedule)
+
+    def _lock_confirmed(
+        self, spec: PolicySpec, existing_id: int | None, confirmed: bool, refused: str
+    ) -> None:
+        if confirmed:
+            return
+        estimate = self.lock_cost(spec, existing_id=existing_id)
+        if estimate is not None:
+            raise LockNotConfirmed(
+                f"{refused}: a {spec.immutable_days}-day lock cannot be shortened later "
+                f"({estimate.sentence()})",
+                estimate=estimate,
+                days=spec.immutable_days,
+            )
+
+    def add(
+        self, spec: PolicySpec, *, actor: str | None = None, confirm_lock: bool = False
+    ) -> Policy:
+        """Save a new policy. One that locks its backups (``immutable_days``) is refused
+        with LockNotConfirmed (carrying ``lock_cost``) unless ``confirm_lock``."""
         problems = self.validate(spec)
         if problems:
             raise ValidationError(
@@ -314,6 +351,7 @@ class PolicyService:
                 + "; ".join(f"{k}: {v}" for k, v in problems.items()),
                 hint="fix these and save again; nothing was changed",
             )
+        self._lock_confirmed(spec, None, confirm_lock, f"policy {spec.name} was not saved")
         repo = self.repositories.get(spec.target)
         rule_ids = [self.copy_store.get_rule(r).id for r in spec.copy_rules]
         now = self.clock.now()
@@ -362,11 +400,17 @@ class PolicyService:
         )
 
     def update(
-        self, name_or_id: int | str, spec: PolicySpec, *, actor: str | None = None
+        self,
+        name_or_id: int | str,
+        spec: PolicySpec,
+        *,
+        actor: str | None = None,
+        confirm_lock: bool = False,
     ) -> Policy:
         """Replace a policy's settings with ``spec`` (validated like ``add``; nothing is
-        saved unless all of it is right). A new schedule, or enabling it, moves the next
-        run to the schedule's next time from now (missed runs are not caught up)."""
+        saved unless all of it is right; a longer lock period needs ``confirm_lock``).
+        A new schedule, or enabling it, moves the next run to the schedule's next time
+        from now (missed runs are not caught up)."""
         current = self.store.get(name_or_id)
         problems = self.validate(spec, existing_id=current.id)
         if spec.immutable_days < current.immutable_days and "immutable_days" not in problems:
@@ -380,6 +424,9 @@ class PolicyService:
                 + "; ".join(f"{k}: {v}" for k, v in problems.items()),
                 hint="fix these and save again; nothing was changed",
             )
+        self._lock_confirmed(
+            spec, current.id, confirm_lock, f"policy {current.name} was not changed"
+        )
         repo = self.repositories.get(spec.target)
         rule_ids = [self.copy_store.get_rule(r).id for r in spec.copy_rules]
         schedule = spec.schedule.strip()

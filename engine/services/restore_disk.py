@@ -23,7 +23,7 @@ from typing import Any
 from engine.catalog.chains import ChainStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import SendenseError, ValidationError
+from engine.errors import Action, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.fsutil import durable_output
 from engine.jobs import JobContext, JobRunner
@@ -152,7 +152,7 @@ class DiskRestoreService:
         if path.exists() and not overwrite:
             raise ValidationError(
                 f"restore target {target} already exists",
-                hint="choose another name or replace it (--overwrite)",
+                action=Action("overwrite_target", "choose another name or replace it (overwrite)"),
             )
         if path.exists() and path.is_block_device():
             raise ValidationError(

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from engine.catalog.audit import LEVELS
 from engine.events import Event
 from engine.names import ID_MAX
 from engine.shapes import event_dict, live_event_dict
+from engine.views import LEVELS
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Reader
 from sendense_api.routes._common import ShapedRoute

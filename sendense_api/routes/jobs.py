@@ -14,9 +14,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from engine.catalog.jobs import FINAL_STATES
 from engine.names import ID_MAX
 from engine.shapes import event_dict, job_dict
+from engine.views import FINAL_STATES
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Operator, Reader
 from sendense_api.routes._common import ShapedRoute

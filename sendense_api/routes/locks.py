@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from engine.catalog.locks import HOLDING_STATES
 from engine.names import ID_MAX
 from engine.shapes import lock_dict
+from engine.views import HOLDING_STATES
 from sendense_api.deps import Admin, EngineDep, Reader
 from sendense_api.routes._common import Body, ShapedRoute
 

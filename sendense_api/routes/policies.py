@@ -26,7 +26,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from engine.errors import SendenseError, ValidationError
+from engine.errors import ValidationError
 from engine.shapes import policy_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
 from sendense_api.routes._common import Body, ShapedRoute, accepted
@@ -117,20 +117,6 @@ def _refuse(problems: dict[str, str], refused: str) -> None:
         )
 
 
-def _confirm_lock(engine: Any, spec: Any, confirmed: bool, refused: str) -> None:
-    if confirmed:
-        return
-    vms = [s["vm"] for s in spec.sources]
-    estimate = engine.policies.lock_space_estimate(
-        spec.target, vms, spec.immutable_days, spec.schedule
-    )
-    raise SendenseError(
-        f"{refused}: a {spec.immutable_days}-day lock cannot be shortened later "
-        f"({estimate.sentence()})",
-        hint='send it again with "confirm_lock": true to confirm',
-    )
-
-
 @router.get("/policies")
 def list_policies(engine: EngineDep, caller: Reader) -> list[dict[str, Any]]:
     return [policy_dict(engine, p) for p in engine.policies.list()]
@@ -172,9 +158,9 @@ def add_policy(engine: EngineDep, caller: Admin, request: NewPolicy) -> dict[str
     )
     refused = f"policy {spec.name} was not saved"
     _refuse(engine.policies.validate(spec), refused)
-    if spec.immutable_days > 0:
-        _confirm_lock(engine, spec, request.confirm_lock, refused)
-    return policy_dict(engine, engine.policies.add(spec, actor=caller.name))
+    # a new lock period needs "confirm_lock": the engine refuses it with the estimate
+    added = engine.policies.add(spec, actor=caller.name, confirm_lock=request.confirm_lock)
+    return policy_dict(engine, added)
 
 
 @router.patch("/policies/{policy}")
@@ -200,9 +186,9 @@ def change_policy(
                 setattr(spec, key, value)
         refused = f"policy {current.name} was not changed"
         _refuse(engine.policies.validate(spec, existing_id=current.id), refused)
-        if spec.immutable_days > current.immutable_days:
-            _confirm_lock(engine, spec, request.confirm_lock, refused)
-        current = engine.policies.update(current.id, spec, actor=caller.name)
+        current = engine.policies.update(
+            current.id, spec, actor=caller.name, confirm_lock=request.confirm_lock
+        )
     if enabled is not None and enabled != current.enabled:
         current = engine.policies.set_enabled(current.id, enabled, actor=caller.name)
     return policy_dict(engine, current)

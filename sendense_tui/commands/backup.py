@@ -135,7 +135,7 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         try:
             engine.start()
             while not done.wait(0.5):
-                job = engine.job_store.get(job_id)
+                job = engine.jobs.get(job_id)
                 if job.state in WAIT_ENDS:
                     break
                 check_recorded(engine, job_id)
@@ -143,7 +143,7 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             unsubscribe()
             if not quiet:
                 sys.stderr.write("\n")
-        final = engine.job_store.get(job_id)
+        final = engine.jobs.get(job_id)
         if final.state not in WAIT_ENDS:
             check_recorded(engine, job_id)
         if final.state == "succeeded":

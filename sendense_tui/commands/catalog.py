@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.catalog.db import SCHEMA_HEAD, Catalog
+from engine.services.catalog_admin import (
+    CatalogStatus,
+    catalog_status,
+    create_catalog,
+    migrate_catalog,
+)
 from sendense_tui.commands import CliContext, add_parser
 
 
@@ -23,17 +28,15 @@ def register(subparsers: Any) -> None:
     ).set_defaults(func=create)
 
 
-def _report(catalog: Catalog, ctx: CliContext, migrated: bool | None = None) -> int:
-    head = SCHEMA_HEAD
-    revision = catalog.current_revision()
-    tables = [t for t in catalog.table_names() if t != "alembic_version"]
-    data = {
-        "url": catalog.shown_url,
-        "dialect": catalog.dialect,
-        "revision": revision,
+def _report(status: CatalogStatus, ctx: CliContext, migrated: bool | None = None) -> int:
+    head = status.head
+    data: dict[str, Any] = {
+        "url": status.url,
+        "dialect": status.dialect,
+        "revision": status.revision,
         "head": head,
-        "up_to_date": revision == head,
-        "tables": len(tables),
+        "up_to_date": status.up_to_date,
+        "tables": status.tables,
     }
     if migrated is not None:
         data["migrated"] = migrated
@@ -42,47 +45,29 @@ def _report(catalog: Catalog, ctx: CliContext, migrated: bool | None = None) -> 
         return 0
     state = (
         "up to date"
-        if revision == head
+        if status.up_to_date
         else f"behind (head {head}); run `sendense catalog migrate`"
     )
     print(f"catalog:  {data['url']}")
-    print(f"schema:   {revision or 'empty'} ({state})")
-    print(f"tables:   {len(tables)}")
+    print(f"schema:   {status.revision or 'empty'} ({state})")
+    print(f"tables:   {status.tables}")
     return 0
 
 
 def status(args: argparse.Namespace, ctx: CliContext) -> int:
-    catalog = Catalog(ctx.settings.db_url)
-    try:
-        catalog.check_connection()
-        return _report(catalog, ctx)
-    finally:
-        catalog.dispose()
+    return _report(catalog_status(ctx.settings), ctx)
 
 
 def migrate(args: argparse.Namespace, ctx: CliContext) -> int:
-    from engine.runtime import catalog_evidence
-
-    catalog = Catalog(ctx.settings.db_url)
-    try:
-        # connects and migrates; refuses a catalog from a newer Sendense, and will not
-        # start an empty one where a catalog was lost
-        catalog.open(evidence=catalog_evidence(ctx.settings))
-        return _report(catalog, ctx, migrated=True)
-    finally:
-        catalog.dispose()
+    return _report(migrate_catalog(ctx.settings), ctx, migrated=True)
 
 
 def create(args: argparse.Namespace, ctx: CliContext) -> int:
     """After a catalog was lost: an empty one, on purpose; refused where one exists."""
-    catalog = Catalog(ctx.settings.db_url)
-    try:
-        catalog.create()
-        if not ctx.json:
-            print(
-                f"created an empty catalog {catalog.shown_url}; bring the backups back "
-                "with `sendense repo import NAME --path PATH`"
-            )
-        return _report(catalog, ctx, migrated=True) if ctx.json else 0
-    finally:
-        catalog.dispose()
+    created = create_catalog(ctx.settings)
+    if not ctx.json:
+        print(
+            f"created an empty catalog {created.url}; bring the backups back "
+            "with `sendense repo import NAME --path PATH`"
+        )
+    return _report(created, ctx, migrated=True) if ctx.json else 0

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 
 def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        repo_id = engine.repository_store.get(args.repo).id if args.repo else None
+        repo_id = engine.repositories.get(args.repo).id if args.repo else None
         views = engine.chains.overview(repository_id=repo_id, include_retired=args.all)
         now = engine.clock.now()
     if args.chain_id is not None:

@@ -105,7 +105,7 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
             max_age_hours=args.max_age_hours,
             actor="cli",
         )
-        data = rule_dict(rule, engine.copy_store.repositories_by_id())
+        data = rule_dict(rule, {r.id: r for r in engine.repositories.list()})
     if ctx.json:
         ctx.print_json(data)
     else:
@@ -116,7 +116,7 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def list_rules(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        repos = engine.copy_store.repositories_by_id()
+        repos = {r.id: r for r in engine.repositories.list()}
         rules = [rule_dict(r, repos) for r in engine.copies.list_rules()]
     if ctx.json:
         ctx.print_json(rules)
@@ -186,7 +186,7 @@ def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
         # alerts announced by a scheduler (console or daemon) on this catalog
         raised = {m.key: m for m in engine.scheduler.active_alerts()}
         copies = engine.copies.list_copies(limit=50) if args.copies or ctx.json else []
-        repos = engine.copy_store.repositories_by_id()
+        repos = {r.id: r for r in engine.repositories.list()}
         now = engine.clock.now()
     if ctx.json:
         ctx.print_json(copy_status_dict(statuses, alerts, list(raised.values()), copies, repos))

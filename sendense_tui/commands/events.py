@@ -7,9 +7,8 @@ import sys
 import time
 from typing import Any
 
-from engine.catalog.audit import LEVELS
-from engine.catalog.models import AuditEntry
 from engine.shapes import event_dict as entry_dict
+from engine.views import LEVELS, AuditEntry
 from sendense_tui.commands import LIMIT_MAX, CliContext, add_parser, bounded_int, json_text
 from sendense_tui.format import printable
 

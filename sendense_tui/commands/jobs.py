@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from engine.catalog.jobs import FINAL_STATES
-from engine.catalog.models import Job
 from engine.daemon import DaemonStatus, ensure_daemon
 from engine.errors import CatalogUnavailable
 from engine.shapes import job_dict
+from engine.views import FINAL_STATES, Job
 from sendense_tui.commands import (
     LIMIT_MAX,
     CliContext,
@@ -90,7 +89,7 @@ def interruptible(engine: Any, job_id: int) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         engine.jobs.stop()
-        state = engine.job_store.get(job_id).state
+        state = engine.jobs.get(job_id).state
         outcome = _AFTER_INTERRUPT.get(state, f"it is {state}")
         hint = (
             f"the daemon or the console runs it; `sendense jobs cancel {job_id}` stops it"
@@ -187,7 +186,7 @@ def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
 
 def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
     if not show:
-        while (job := engine.job_store.get(job_id)).state not in WAIT_ENDS:
+        while (job := engine.jobs.get(job_id)).state not in WAIT_ENDS:
             check_recorded(engine, job_id)
             time.sleep(0.2)
         return job
@@ -208,10 +207,10 @@ def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
         TimeRemainingColumn(),
         transient=False,
     ) as bar:
-        job = engine.job_store.get(job_id)
+        job = engine.jobs.get(job_id)
         task = bar.add_task(printable(job.title[:40]), total=job.bytes_total or None)
         while True:
-            job = engine.job_store.get(job_id)
+            job = engine.jobs.get(job_id)
             bar.update(task, completed=job.bytes_done, total=job.bytes_total or None)
             if job.state in WAIT_ENDS:
                 return job
@@ -261,7 +260,7 @@ def register(subparsers: Any) -> None:
 
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        jobs = engine.job_store.list(states=args.state, limit=args.limit)
+        jobs = engine.jobs.list(states=args.state, limit=args.limit)
         now = engine.clock.now()
     if ctx.json:
         ctx.print_json([job_dict(j) for j in jobs])
@@ -289,7 +288,7 @@ def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def show_job(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
-        job = engine.job_store.get(args.job_id)
+        job = engine.jobs.get(args.job_id)
     data = job_dict(job)
     if ctx.json:
         ctx.print_json(data)
@@ -307,7 +306,7 @@ def steer_job(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         call = getattr(engine.jobs, args.verb)
         job = call(args.job_id, actor="cli")
-        job = engine.job_store.get(job.id)
+        job = engine.jobs.get(job.id)
     if job.state == "queued":  # resumed or retried: something must run it
         ensure_runner(ctx)
     if ctx.json:

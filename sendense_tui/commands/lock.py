@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.bounds import GRACE_HOURS, LOCK_DAYS
-from engine.catalog.locks import HOLDING_STATES, UNPROTECTED_STATES
 from engine.errors import SendenseError
 from engine.shapes import lock_dict
+from engine.views import HOLDING_STATES, UNPROTECTED_STATES
 from sendense_tui.commands import DAYS_MAX, CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import plural, printable
@@ -56,7 +56,7 @@ def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         states = None if args.all else HOLDING_STATES
         locks = engine.locks.list(states=states, repository=args.repo)
-        repos = {r.id: r.name for r in engine.repository_store.list()}
+        repos = {r.id: r.name for r in engine.repositories.list()}
     rows = [lock_dict(lock, repos) for lock in locks]
     if ctx.json:
         ctx.print_json(rows)
@@ -153,7 +153,7 @@ def extend_lock(args: argparse.Namespace, ctx: CliContext) -> int:
         ) from None
     with ctx.engine() as engine:
         lock = engine.locks.extend(args.lock, until, actor="cli")
-        repos = {r.id: r.name for r in engine.repository_store.list()}
+        repos = {r.id: r.name for r in engine.repositories.list()}
     if ctx.json:
         ctx.print_json(lock_dict(lock, repos))
     else:

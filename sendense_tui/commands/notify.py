@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.catalog.audit import LEVELS
 from engine.errors import SendenseError
 from engine.services.notify import RuleSpec
+from engine.views import LEVELS
 from sendense_tui.commands import (
     COUNT_MAX,
     LIMIT_MAX,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from engine.errors import SendenseError, ValidationError
+from engine.errors import ValidationError
 from engine.shapes import policy_dict
 from sendense_tui.commands import (
     COUNT_MAX,
@@ -154,9 +154,8 @@ def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 + "; ".join(f"{k}: {v}" for k, v in problems.items()),
                 hint="fix these and run the command again; nothing was changed",
             )
-        if spec.immutable_days > 0:
-            _confirm_lock(ctx, engine, spec, args.yes, f"policy {spec.name} was not saved")
-        policy = engine.policies.add(spec, actor="cli")
+        _show_lock_cost(ctx, engine, spec, None)
+        policy = engine.policies.add(spec, actor="cli", confirm_lock=args.yes)
         data = policy_dict(engine, policy)
     if ctx.json:
         ctx.print_json(data)
@@ -203,9 +202,8 @@ def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
                 + "; ".join(f"{k}: {v}" for k, v in problems.items()),
                 hint="fix these and run the command again; nothing was changed",
             )
-        if spec.immutable_days > current.immutable_days:
-            _confirm_lock(ctx, engine, spec, args.yes, f"policy {current.name} was not changed")
-        policy = engine.policies.update(current.id, spec, actor="cli")
+        _show_lock_cost(ctx, engine, spec, current.id)
+        policy = engine.policies.update(current.id, spec, actor="cli", confirm_lock=args.yes)
         data = policy_dict(engine, policy)
     if ctx.json:
         ctx.print_json(data)
@@ -217,23 +215,14 @@ def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _confirm_lock(ctx: CliContext, engine: Any, spec: Any, yes: bool, refused: str) -> None:
-    """A lock period cannot be shortened: say what it holds and protects (on stdout,
-    it is what the operator reads before confirming), and refuse without --yes (one
-    sentence on stderr that carries the estimate)."""
-    vms = [s["vm"] for s in spec.sources]
-    estimate = engine.policies.lock_space_estimate(
-        spec.target, vms, spec.immutable_days, spec.schedule
-    )
-    if not ctx.json:
+def _show_lock_cost(ctx: CliContext, engine: Any, spec: Any, existing_id: int | None) -> None:
+    """A new or longer lock period: say what it holds and protects (on stdout, what
+    the operator reads before confirming). The engine refuses it without --yes
+    (LockNotConfirmed, whose action the CLI renders as "add --yes")."""
+    estimate = engine.policies.lock_cost(spec, existing_id=existing_id)
+    if estimate is not None and not ctx.json:
         print(printable(estimate.sentence()))
         print(engine.locks.protects + " " + engine.locks.does_not_protect)
-    if not yes:
-        raise SendenseError(
-            f"{refused}: a {spec.immutable_days}-day lock cannot be shortened later "
-            f"({estimate.sentence()})",
-            hint="add --yes to confirm",
-        )
 
 
 def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -13,14 +13,14 @@ daemon's reaper sees to that (``mount`` starts one when none runs).
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import timedelta
 from typing import Any
 
-from engine.services.file_restore import Entry, MountView
+from engine.services.restore_views import Entry, MountView
 from engine.shapes import file_entry_dict, mount_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
-from sendense_tui.commands.jobs import ensure_runner
+from sendense_tui.commands.backup import wait_for_job
+from sendense_tui.commands.jobs import ensure_runner, job_failed
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, human_duration, plural, printable
@@ -197,42 +197,35 @@ def find_files(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
-    interactive = sys.stderr.isatty() and not ctx.json
-
-    def progress(done: int, total: int, current: str) -> None:
-        if interactive:
-            pct = 100 * done / total if total else 100
-            sys.stderr.write(f"\r{pct:5.1f}% {human_bytes(done)} / {human_bytes(total)}  ")
-            sys.stderr.flush()
-
+    """Queued as a ``restore.files`` job (the console's way too): ``jobs list`` shows
+    it, ``jobs cancel`` and Ctrl-C stop it; this command waits for it."""
     with ctx.engine() as engine:
-        result = engine.file_restore.extract(
-            args.mount,
-            args.paths,
-            args.destination,
-            overwrite=args.overwrite,
-            on_progress=progress,
-            actor="cli",
+        job = engine.file_restore.submit_extract(
+            args.mount, args.paths, args.destination, overwrite=args.overwrite, actor="cli"
         )
-    if interactive:
-        sys.stderr.write("\n")
+        final = wait_for_job(engine, job.id, ctx)
+    if final.state != "succeeded":
+        raise job_failed(final)
+    result = final.result or {}
+    skipped = [(s["path"], s["reason"]) for s in result.get("skipped", [])]
     if ctx.json:
-        ctx.print_json(result.as_dict())
+        ctx.print_json({**result, "job_id": final.id})
     else:
         print(
             printable(
-                f"restored {plural(result.files, 'file')}, "
-                f"{plural(result.directories, 'folder')}, {plural(result.symlinks, 'link')}, "
-                f"{human_bytes(result.bytes)} to {result.destination}"
+                f"restored {plural(result['files'], 'file')}, "
+                f"{plural(result['directories'], 'folder')}, "
+                f"{plural(result['symlinks'], 'link')}, "
+                f"{human_bytes(result['bytes'])} to {result['destination']}"
             )
         )
-        for path, reason in result.skipped:
+        for path, reason in skipped:
             print(printable(f"  skipped {path}: {reason}"))
-    if result.skipped:
+    if skipped:
         # something asked for was not restored: exit 1 so a script does not read success
         raise CommandFailed(
-            f"{plural(len(result.skipped), 'item')} asked for "
-            f"{'was' if len(result.skipped) == 1 else 'were'} not restored",
+            f"{plural(len(skipped), 'item')} asked for "
+            f"{'was' if len(skipped) == 1 else 'were'} not restored",
             hint="the lines above say which and why",
         )
     return 0

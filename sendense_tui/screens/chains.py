@@ -23,13 +23,13 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static, Tree
 
-from engine.catalog.models import Backup
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
-from engine.services.chains import ChainView, PointView
+from engine.services.chains import ChainView, DeletePlan, PointView
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from engine.services.policies import KnownSource
+from engine.views import Backup
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import chain_detail, point_detail
 from sendense_tui.format import human_bytes, plural, printable, safe_text, short_time
@@ -549,13 +549,6 @@ class ChainsScreen(SendenseScreen):
         if found is None:
             return
         backup, view = found
-        plan = self.engine.chains.delete_plan(backup.id)
-        goes = "\n".join(
-            f"  #{b.id} {b.kind} {b.point_time:%Y-%m-%d %H:%M} ({human_bytes(b.file_size)})"
-            for b in plan.goes
-        )
-        tail = " This removes the whole chain." if plan.chain_ends else ""
-        consequence = f"These files are deleted for good:\n{goes}\n{tail}".rstrip()
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -566,13 +559,27 @@ class ChainsScreen(SendenseScreen):
                     description=f"delete point {backup.id}",
                 )
 
-        self.app.push_screen(
-            ConfirmDialog(
-                f"Delete point #{backup.id} of {view.chain.vm_name}/{view.chain.disk_name}?",
-                consequence,
-                yes_label="Delete",
-            ),
-            answered,
+        def ask(plan: DeletePlan) -> None:
+            goes = "\n".join(
+                f"  #{b.id} {b.kind} {b.point_time:%Y-%m-%d %H:%M} ({human_bytes(b.file_size)})"
+                for b in plan.goes
+            )
+            tail = " This removes the whole chain." if plan.chain_ends else ""
+            consequence = f"These files are deleted for good:\n{goes}\n{tail}".rstrip()
+            self.app.push_screen(
+                ConfirmDialog(
+                    f"Delete point #{backup.id} of {view.chain.vm_name}/{view.chain.disk_name}?",
+                    consequence,
+                    yes_label="Delete",
+                ),
+                answered,
+            )
+
+        # what goes with the point is read from the catalog: off the UI thread
+        self.run_engine(
+            lambda: self.engine.chains.delete_plan(backup.id),
+            after=ask,
+            description=f"what deleting point {backup.id} removes",
         )
 
     def action_consolidate(self) -> None:

@@ -22,9 +22,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.widgets.select import InvalidSelectValueError
 
-from engine.catalog.models import ScheduleMark
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
 from engine.services.scheduler import ALERT_PREFIX
+from engine.views import ScheduleMark
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import rule_detail
 from sendense_tui.format import level_text, plural, safe_text, short_time
@@ -177,7 +177,7 @@ class CopyRulesScreen(SendenseScreen):
                 alerts.setdefault(int(parts[2]), []).append(mark)
         return RulesData(
             self.engine.copies.status(),
-            [r.name for r in self.engine.repository_store.list()],
+            [r.name for r in self.engine.repositories.list()],
             now=self.engine.clock.now(),
             alerts=alerts,
         )

@@ -25,10 +25,9 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.catalog.locks import UNPROTECTED_STATES
-from engine.catalog.models import AuditEntry, Job, ScheduleMark
 from engine.services.capacity import NEED_HISTORY, Reading, RepositoryCapacity
 from engine.services.verify import Report
+from engine.views import UNPROTECTED_STATES, AuditEntry, Job, ScheduleMark
 from sendense_tui.format import (
     age_text,
     human_bytes,
@@ -240,7 +239,7 @@ class DashboardScreen(SendenseScreen):
 
     def fetch(self) -> DashboardData:
         engine = self.engine
-        active = engine.job_store.list(states=("running", "queued", "paused"), limit=500)
+        active = engine.jobs.list(states=("running", "queued", "paused"), limit=500)
         items = engine.capacity.overview(history_span=timedelta(0), buckets=1, measure=False)
         total, used, free = engine.capacity.totals([i.reading for i in items if i.reading])
         return DashboardData(
@@ -252,8 +251,8 @@ class DashboardScreen(SendenseScreen):
             running=sorted((j for j in active if j.state == "running"), key=lambda j: j.id),
             queued=sum(1 for j in active if j.state == "queued"),
             paused=sum(1 for j in active if j.state == "paused"),
-            failed=len(engine.job_store.list(states=("failed",), limit=500)),
-            unprotected_jobs=len(engine.job_store.list(states=("failed_unprotected",), limit=500)),
+            failed=len(engine.jobs.list(states=("failed",), limit=500)),
+            unprotected_jobs=len(engine.jobs.list(states=("failed_unprotected",), limit=500)),
             unprotected_files=len(engine.locks.list(states=UNPROTECTED_STATES)),
             warnings=engine.audit.query(min_level="warning", limit=20),
             alerts=engine.scheduler.active_alerts(),

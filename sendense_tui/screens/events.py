@@ -12,8 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from engine.catalog.audit import LEVELS
-from engine.catalog.models import AuditEntry
+from engine.views import LEVELS, AuditEntry
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import event_detail
 from sendense_tui.format import level_text, safe_text, short_time
@@ -77,7 +76,7 @@ class EventsScreen(SendenseScreen):
         entries = self.engine.audit.query(
             min_level=level, source=source, text=text or None, limit=500
         )
-        names = {r.id: r.name for r in self.engine.repository_store.list()}
+        names = {r.id: r.name for r in self.engine.repositories.list()}
         return EventsData(self.sendense.clock.now(), entries, text, level, source, names)
 
     def apply(self, data: EventsData) -> None:

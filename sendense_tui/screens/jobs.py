@@ -13,8 +13,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from engine.catalog.jobs import FINAL_STATES
-from engine.catalog.models import Job
+from engine.views import FINAL_STATES, Job
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import job_detail
 from sendense_tui.format import (
@@ -190,7 +189,7 @@ class JobsScreen(SendenseScreen):
     # -- data --------------------------------------------------------------------
 
     def fetch(self) -> JobsData:
-        store = self.engine.job_store
+        store = self.engine.jobs
         active = store.list(states=("running", "queued", "paused"), limit=500)
         order = {"running": 0, "paused": 1, "queued": 2}
         active.sort(key=lambda j: (order.get(j.state, 3), j.priority, j.id))

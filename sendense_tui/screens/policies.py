@@ -32,6 +32,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Static
 from textual.worker import WorkerState
 
+from engine.errors import LockNotConfirmed
 from engine.services.compliance import Compliance
 from engine.services.immutability import DOES_NOT_PROTECT, PROTECTS
 from engine.services.policies import PolicySpec, cron_error, next_runs
@@ -333,7 +334,7 @@ class PoliciesScreen(SendenseScreen):
     def fetch(self) -> PoliciesData:
         engine = self.engine
         now = engine.clock.now()
-        all_repos = {r.id: r for r in engine.repository_store.list()}
+        all_repos = {r.id: r for r in engine.repositories.list()}
         repos = {i: r.name for i, r in all_repos.items()}
         reports: dict[str, Compliance] = {}
         rules = engine.copies.list_rules()
@@ -705,7 +706,7 @@ class PoliciesScreen(SendenseScreen):
         elif event.button.id == "save":
             self.save()
 
-    def save(self) -> None:
+    def save(self, *, confirm_lock: bool = False) -> None:
         spec = self.spec()
         editing = self._editing
 
@@ -715,11 +716,37 @@ class PoliciesScreen(SendenseScreen):
                 from engine.errors import ValidationError
 
                 raise ValidationError(f"policy {spec.name} was not saved: sources: {broken[0]}")
-            if editing is not None:
-                return self.engine.policies.update(editing, spec, actor="console")
-            return self.engine.policies.add(spec, actor="console")
+            try:
+                if editing is not None:
+                    return self.engine.policies.update(
+                        editing, spec, actor="console", confirm_lock=confirm_lock
+                    )
+                return self.engine.policies.add(spec, actor="console", confirm_lock=confirm_lock)
+            except LockNotConfirmed as refused:
+                return refused  # a question for the operator, not a failure
 
         self._save_worker = self.run_worker(add, group="save", thread=True, exit_on_error=False)
+
+    def _ask_lock(self, refused: LockNotConfirmed) -> None:
+        """The engine refuses a new or longer lock period until it is confirmed: ask,
+        showing what the lock would hold, and save again only on yes."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.save(confirm_lock=True)
+            else:
+                self.query_one("#editor-error", Static).update(
+                    safe_text("✗ not saved: the lock period was not confirmed", "red")
+                )
+
+        self.app.push_screen(
+            ConfirmDialog(
+                f"Lock these backups for {refused.days} days? It cannot be shortened later.",
+                f"{refused.estimate.sentence()}.\n{PROTECTS} {DOES_NOT_PROTECT}",  # type: ignore[attr-defined]
+                yes_label="Lock",
+            ),
+            answered,
+        )
 
     def on_worker_state_changed(self, event: Any) -> None:
         worker = event.worker
@@ -728,7 +755,10 @@ class PoliciesScreen(SendenseScreen):
                 self._show_problems(worker.result)
             return
         if worker is self._save_worker:
-            if event.state == WorkerState.SUCCESS:
+            if event.state == WorkerState.SUCCESS and isinstance(worker.result, LockNotConfirmed):
+                self._save_worker = None
+                self._ask_lock(worker.result)
+            elif event.state == WorkerState.SUCCESS:
                 self._save_worker = None
                 self.saved.append(worker.result.name)
                 self.action_close_form()

@@ -10,6 +10,7 @@ that reads its chains back into the catalog (engine.services.imports)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -20,7 +21,6 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
 from textual.worker import Worker, WorkerState
 
-from engine.catalog.models import Repository
 from engine.errors import SendenseError
 from engine.services.repositories import (
     FIELDS_BY_KIND,
@@ -29,6 +29,7 @@ from engine.services.repositories import (
     TestReport,
     validate_field,
 )
+from engine.views import Repository
 from sendense_tui.format import printable, safe_text
 from sendense_tui.screens.repositories import describe_report
 from sendense_tui.styles import STYLES_DIR
@@ -48,6 +49,14 @@ FIELDS: dict[str, tuple[str, str]] = {
     "smb_version": ("SMB version", "3.0"),
 }
 DEFAULTS = {"nfs_version": "4.1", "smb_version": "3.0"}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A test or save worker's answer when the engine's whole check found problems
+    (field -> sentence): nothing was tested or saved."""
+
+    problems: dict[str, str]
 
 
 class RepoWizard(ModalScreen[Repository | None]):
@@ -105,10 +114,15 @@ class RepoWizard(ModalScreen[Repository | None]):
         # (a focused field scrolls into view)
         self.query_one("#wizard-fields").can_focus = False
         if self.editing is not None:
-            spec = self.app.engine.repositories.spec_of(self.editing)  # type: ignore[attr-defined]
-            for name in FIELDS:
-                value = getattr(spec, name)
-                self.query_one(f"#f-{name}", Input).value = "" if value is None else str(value)
+            # the stored fields come from the catalog: read off the UI thread
+            editing = self.editing
+            engine: Any = self.app.engine  # type: ignore[attr-defined]
+            self.run_worker(
+                lambda: engine.repositories.spec_of(editing),
+                group="wizard-load",
+                thread=True,
+                exit_on_error=False,
+            )
             self.query_one("#f-name", Input).disabled = True
             self.query_one("#f-password", Input).placeholder = "unchanged"
         self._show_kind()
@@ -174,14 +188,25 @@ class RepoWizard(ModalScreen[Repository | None]):
             **values,
         )
 
-    def _problems(self, spec: RepositorySpec) -> dict[str, str]:
-        """The engine's whole check (the one ``repo add`` runs): the fields, a system
-        directory, a taken name; each shown under its field."""
+    def _fill(self, spec: RepositorySpec) -> None:
+        for name in FIELDS:
+            value = getattr(spec, name)
+            self.query_one(f"#f-{name}", Input).value = "" if value is None else str(value)
+        self._invalidate()
+
+    def _checked(self, spec: RepositorySpec, then: Any) -> Any:
+        """Worker side: the engine's whole check (the one ``repo add`` runs: the fields,
+        a system directory, a taken name, which reads the catalog), then ``then()``."""
         engine: Any = self.app.engine  # type: ignore[attr-defined]
         problems: dict[str, str] = engine.repositories.validate(spec, existing=self.editing)
+        return Refused(problems) if problems else then()
+
+    def _show_problems(self, problems: dict[str, str]) -> None:
+        """Each problem under its field (and the others cleared)."""
         for name in FIELDS_BY_KIND[self.kind]:
             self._field_error(name, problems.get(name))
-        return problems
+        if problems:
+            self._result(Text("Fix the fields marked in red first.", style="bold red"))
 
     def _result(self, text: Text | str) -> None:
         self.query_one("#wizard-result", Static).update(text)
@@ -204,36 +229,28 @@ class RepoWizard(ModalScreen[Repository | None]):
 
     def action_test(self) -> None:
         spec = self.spec()
-        problems = self._problems(spec)
-        if problems:
-            self._result(Text("Fix the fields marked in red first.", style="bold red"))
-            return
-        if self.editing is not None and not spec.password:
-            spec = self._with_stored_password(spec)
         self._result(Text("Testing: server, mount, write…", style="italic"))
         engine: Any = self.app.engine  # type: ignore[attr-defined]
         editing = self.editing
         importing = self._importing()
+
+        def test() -> TestReport:
+            if editing is not None and not spec.password:
+                # decrypting the stored password reads the key file: a worker's job
+                spec.password = engine.repositories.spec_of(editing, with_password=True).password
+            return engine.repositories.test(  # type: ignore[no-any-return]
+                spec, existing=editing, import_layout=importing
+            )
+
         self.run_worker(
-            lambda: engine.repositories.test(spec, existing=editing, import_layout=importing),
+            lambda: self._checked(spec, test),
             group="wizard-test",
             thread=True,
             exit_on_error=False,
         )
 
-    def _with_stored_password(self, spec: RepositorySpec) -> RepositorySpec:
-        assert self.editing is not None
-        stored = self.app.engine.repositories.spec_of(  # type: ignore[attr-defined]
-            self.editing, with_password=True
-        )
-        spec.password = stored.password
-        return spec
-
     def _save(self, *, enabled: bool) -> None:
         spec = self.spec()
-        if self._problems(spec):
-            self._result(Text("Fix the fields marked in red first.", style="bold red"))
-            return
         if enabled and not self._passed:
             self._result(
                 Text("Test first: it must pass before saving (or Save disabled).", style="bold red")
@@ -254,7 +271,9 @@ class RepoWizard(ModalScreen[Repository | None]):
             work = lambda: engine.repositories.add(  # noqa: E731
                 spec, test=False, enabled=enabled, actor="console"
             )
-        self.run_worker(work, group="wizard-save", thread=True, exit_on_error=False)
+        self.run_worker(
+            lambda: self._checked(spec, work), group="wizard-save", thread=True, exit_on_error=False
+        )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -265,6 +284,14 @@ class RepoWizard(ModalScreen[Repository | None]):
             text = error.for_humans() if isinstance(error, SendenseError) else repr(error)
             self._result(Text(printable(text, keep_newlines=True), style="bold red"))
             return
+        if worker.group == "wizard-load":
+            self._fill(worker.result)  # type: ignore[arg-type]
+            return
+        if isinstance(worker.result, Refused):
+            self._show_problems(worker.result.problems)
+            return
+        if worker.group in ("wizard-test", "wizard-save"):
+            self._show_problems({})
         if worker.group == "wizard-test":
             report: TestReport = worker.result  # type: ignore[assignment]
             self._result(describe_report(report))

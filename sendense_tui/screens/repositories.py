@@ -11,8 +11,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from engine.catalog.models import Repository
 from engine.services.repositories import TestReport
+from engine.views import Repository
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import repository_detail
 from sendense_tui.format import (
@@ -121,18 +121,14 @@ class RepositoriesScreen(SendenseScreen):
         data = RepositoriesData(now=self.sendense.clock.now())
         for repo in engine.repositories.list():
             row = RepoRow(repo, engine.repositories.describe_location(repo))
-            reading = engine.capacity.reading(repo.id)
-            if reading is None:
-                latest = engine.capacity_store.latest(repo.id)
-                if latest is not None:
-                    reading = engine.capacity.stored_reading(repo, latest)
+            reading = engine.capacity.last_known(repo)
             figures = reading.figures if reading is not None else None
             if reading is not None and figures is not None:
                 row.used, row.total, row.free = figures.used, figures.total, figures.free
                 age = reading.figures_age(data.now)
                 row.age = age_text(age) if age is not None else None
             row.testing = repo.id in self._testing
-            row.backups = engine.repository_store.backup_count(repo.id)
+            row.backups = engine.repositories.backup_count(repo)
             data.rows.append(row)
         return data
 

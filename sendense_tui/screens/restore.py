@@ -24,9 +24,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
-from engine.catalog.restore import PointLocation
 from engine.services.exports import ExportView
-from engine.services.file_restore import Entry, MountView
+from engine.services.restore_views import Entry, MountView
+from engine.views import FINAL_STATES, Job, PointLocation
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import export_detail
 from sendense_tui.format import human_bytes, human_duration, plural, printable, safe_text
@@ -48,6 +48,8 @@ class RestoreData:
     path: str = ""
     entries: list[Entry] = field(default_factory=list)
     error: str = ""
+    #: the extraction job this screen queued, as last read
+    extraction: Job | None = None
 
 
 #: narrower than this, the browser goes below the restore points
@@ -86,6 +88,8 @@ class RestoreScreen(SendenseScreen):
         self.path = ""
         self.marked: set[str] = set()
         self.progress_text = ""
+        #: the ``restore.files`` job x queued, followed until it ends
+        self.extraction_id: int | None = None
         #: the matches shown instead of the folder listing, if a search ran
         self.results: SearchResults | None = None
         #: as last read, for the questions x and u ask
@@ -169,6 +173,9 @@ class RestoreScreen(SendenseScreen):
             points=service.points(),
             mounts=mounts,
             exports=self.engine.exports.list(),
+            extraction=(
+                self.engine.jobs.get(self.extraction_id) if self.extraction_id is not None else None
+            ),
         )
         mount_id = self.mount_id
         if mount_id is None and mounts:
@@ -186,6 +193,7 @@ class RestoreScreen(SendenseScreen):
         return data
 
     def apply(self, data: RestoreData) -> None:
+        self._follow(data.extraction)
         self.mount_id = data.mount_id
         self._mounts = {m.id: m for m in data.mounts}
         self._exports = {x.id: x for x in data.exports}
@@ -431,29 +439,48 @@ class RestoreScreen(SendenseScreen):
         paths = sorted(self.marked) or ([self._file_key()] if self._file_key() else [])
         if not paths:
             return
-        bar = self.query_one("#progress", ProgressBar)
-        bar.display = True
-        bar.update(total=100, progress=0)
+        engine = self.engine
 
-        def progress(done: int, total: int, current: str) -> None:
-            pct = 100 * done / total if total else 100
-            self.app.call_from_thread(bar.update, progress=pct)
+        def queued(job: Job) -> None:
+            self.extraction_id = job.id
+            self.progress_text = f"extraction queued as job {job.id} (Jobs shows it; c cancels)"
+            bar = self.query_one("#progress", ProgressBar)
+            bar.display = True
+            bar.update(total=100, progress=0)
 
-        def finished(result: Any) -> None:
-            bar.display = False
-            self.marked.clear()
-            self.progress_text = (
-                f"restored {plural(result.files, 'file')}, {human_bytes(result.bytes)} to "
-                f"{result.destination}"
-                + (f"; {len(result.skipped)} skipped" if result.skipped else "")
-            )
-
+        # the job checks the selection and the destination first and refuses a bad one
+        # with its sentence; it then runs in the job runner: Jobs shows it, c cancels it
         self.run_engine(
-            lambda: self.engine.file_restore.extract(
-                mount_id, paths, destination, on_progress=progress, actor="console"
+            lambda: engine.file_restore.submit_extract(
+                mount_id, paths, destination, actor="console"
             ),
-            after=finished,
+            after=queued,
             description="extract",
+        )
+
+    def _follow(self, job: Job | None) -> None:
+        """The extraction job's progress in the bar; its outcome in the status line."""
+        if job is None or job.id != self.extraction_id:
+            return
+        bar = self.query_one("#progress", ProgressBar)
+        if job.state not in FINAL_STATES:
+            total = job.bytes_total
+            bar.display = True
+            bar.update(total=100, progress=100 * job.bytes_done / total if total else 0)
+            return
+        bar.display = False
+        self.extraction_id = None
+        result = job.result or {}
+        if job.state != "succeeded":
+            why = f": {job.error}" if job.error else ""
+            self.progress_text = f"extraction job {job.id} {job.state}{why}"
+            return
+        self.marked.clear()
+        skipped = result.get("skipped") or []
+        self.progress_text = (
+            f"restored {plural(int(result.get('files', 0)), 'file')}, "
+            f"{human_bytes(int(result.get('bytes', 0)))} to {result.get('destination', '')}"
+            + (f"; {len(skipped)} skipped" if skipped else "")
         )
 
     def action_export(self) -> None:

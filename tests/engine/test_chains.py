@@ -23,6 +23,7 @@ from engine.services.backup import DiskSource
 from engine.services.chains import ChainError, LockedError
 from engine.services.manifests import read_manifest
 from engine.tools import attrs, qemu_img
+from sendense_tui.hints import cli_hint
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, disk, repo, sha256_of
 
 
@@ -367,7 +368,10 @@ def test_delete_refused_while_a_later_point_is_exported_or_mounted(
     )
     with pytest.raises(ChainError, match="NBD export 'live' serves point") as err:
         bk_engine.chains.delete_point(ids[1], actor="test")
-    assert "sendense export stop live" in (err.value.hint or "")
+    # the engine names the action; the CLI renders it as its command
+    assert err.value.action is not None and err.value.action.subject == "live"
+    assert err.value.hint == "stop export live first"
+    assert cli_hint(err.value) == "stop it first: sendense export stop live"
     assert all(point_path(bk_engine, repo, i).exists() for i in ids)
     assert bk_engine.chain_store.get_backup(ids[1]).state == "complete"
     restores.update_export(export.id, state="stopped")

@@ -34,6 +34,7 @@ from engine.services.images import DamagedPoint, ImageRefused
 from engine.tools import loop, qemu_img
 from engine.tools.blockspec import ImageSpec, parse_nbd_uri
 from engine.tools.nbd import start_qemu_nbd
+from sendense_tui.hints import cli_hint
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, repo, sha256_of
 from tests.engine.test_backup import wait_job
 
@@ -555,7 +556,10 @@ def test_bad_point_is_read_from_a_verified_copy_refused_without_one_and_forced_u
             call()
         assert f"point #{inc} is bad" in err.value.message
         assert f"verified copies exist only of #{full} on nas" in err.value.message
-        assert "--force" in (err.value.hint or "")
+        # the engine names the action (the console offers it in its own dialog);
+        # the CLI renders its flag
+        assert err.value.action is not None and err.value.action.key == "read_unverified"
+        assert "--force" in (cli_hint(err.value) or "")
     assert not (tmp_path / "r2.raw").exists()
     forced = bk_engine.restores.restore(inc, str(tmp_path / "r2.raw"), force=True)
     assert forced.unverified and forced.read_from == "local" and "UNVERIFIED" in (forced.note or "")

@@ -717,3 +717,44 @@ def test_the_system_clock_reads_the_kernel_boot_clock_and_boot_id() -> None:
     assert first.seconds <= kernel <= second.seconds
     assert SYSTEM_CLOCK.synchronised() is kernel_clock_synchronised()
     assert isinstance(SYSTEM_CLOCK.synchronised(), bool)
+
+
+def test_a_new_or_longer_lock_period_is_saved_only_when_confirmed(
+    engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    """The rule lives in the engine (the CLI's --yes, the API's confirm_lock and the
+    console's confirm dialog all ask it): a lock period that starts or grows is
+    refused with the space it would hold, and saved only when confirmed."""
+    from engine.errors import LockNotConfirmed
+    from sendense_api.problems import api_hint
+    from sendense_tui.hints import cli_hint
+
+    add_repo(engine, tmp_path / "vault")
+    spec = PolicySpec(
+        name="nightly",
+        schedule="0 1 * * *",
+        target="vault",
+        sources=[{"vm": "web01", "disks": [{"name": "sda", "source": "/dev/vg/web01"}]}],
+        full_every=1,
+        immutable_days=14,
+    )
+    assert engine.policies.lock_cost(spec) is not None
+    with pytest.raises(LockNotConfirmed) as refused:
+        engine.policies.add(spec)
+    error = refused.value
+    assert error.days == 14 and "a 14-day lock cannot be shortened later" in error.message
+    assert error.estimate.sentence() in error.message  # type: ignore[attr-defined]
+    assert error.hint == "confirm the lock period to save"  # the console shows this
+    assert cli_hint(error) == "add --yes to confirm"
+    assert api_hint(error) == 'send it again with "confirm_lock": true to confirm'
+    assert engine.policies.list() == []
+
+    saved = engine.policies.add(spec, confirm_lock=True)
+    same = engine.policies.spec_of("nightly")
+    assert engine.policies.lock_cost(same, existing_id=saved.id) is None  # nothing new
+    engine.policies.update("nightly", dataclasses.replace(same, schedule="0 2 * * *"))
+    longer = dataclasses.replace(same, immutable_days=30)
+    with pytest.raises(LockNotConfirmed, match="a 30-day lock"):
+        engine.policies.update("nightly", longer)
+    assert engine.policies.get("nightly").immutable_days == 14
+    assert engine.policies.update("nightly", longer, confirm_lock=True).immutable_days == 30

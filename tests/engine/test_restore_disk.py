@@ -15,6 +15,7 @@ from engine.services.backup import DiskSource
 from engine.services.restore_disk import RestoreError
 from engine.tools import qemu_img
 from engine.tools.nbd import start_qemu_nbd
+from sendense_tui.hints import cli_hint
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, disk, repo, sha256_of
 
 
@@ -60,7 +61,9 @@ def test_existing_target_is_refused_unless_overwrite(
     target.write_bytes(b"do not lose me")
     with pytest.raises(ValidationError, match="already exists") as err:
         bk_engine.restores.restore(full, str(target))
-    assert "--overwrite" in (err.value.hint or "")
+    # the engine names the action; the CLI renders its flag
+    assert err.value.hint == "choose another name or replace it (overwrite)"
+    assert "--overwrite" in (cli_hint(err.value) or "")
     assert target.read_bytes() == b"do not lose me"
     bk_engine.restores.restore(full, str(target), overwrite=True)
     assert sha256_of(target) == full_hash

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -350,3 +351,40 @@ async def test_no_tick_for_3_2_1_while_no_backup_is_offsite(
         text = _detail_text(screen)
         assert "offsite none" in text and "immutable archive-smb" in text
         assert "no backup of web01 is offsite" in text
+
+
+async def test_editor_asks_before_a_lock_period_and_shows_what_it_holds(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """The console's save asks the engine, which refuses a new lock period until it is
+    confirmed: the editor shows the estimate in a confirm dialog; n saves nothing,
+    y saves the policy with its lock."""
+    (tmp_path / "vault").mkdir()  # a real directory: the lock check reads its filesystem
+    demo_engine.repository_store.add(
+        name="vault", kind="local", path=str(tmp_path / "vault"), now=demo_engine.clock.now()
+    )
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await _on_policies(pilot)
+        await pilot.press("a")
+        await _type(pilot, "#name", "locked")
+        await _type(pilot, "#target", "vault")
+        await _type(pilot, "#sources", "web01:sda=/dev/vg/web01")
+        await _type(pilot, "#schedule", "0 2 * * *")
+        await _type(pilot, "#immutable_days", "14")
+        await pilot.click("#save")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ConfirmDialog)
+        text = " ".join(str(w.render()) for w in dialog.query("Static"))
+        assert "Lock these backups for 14 days?" in text and "14-day lock" in text
+        await pilot.press("n")
+        await settle(pilot)
+        assert demo_engine.policy_store.list() == []
+        assert "not confirmed" in str(screen.query_one("#editor-error", Static).render())
+        await pilot.click("#save")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
+        await settle(pilot)
+    assert [(p.name, p.immutable_days) for p in demo_engine.policy_store.list()] == [("locked", 14)]

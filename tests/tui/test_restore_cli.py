@@ -59,6 +59,11 @@ def test_restore_commands_mount_browse_extract_unmount(
         )
         assert isinstance(result, dict) and result["files"] == 1
         assert (tmp_path / "out" / "etc" / "motd").read_bytes() == b"hello\n"
+        # it ran as the restore.files job: `jobs list` shows it, `jobs cancel` could stop it
+        jobs = run(capsys, state, "jobs", "list")
+        assert [(j["id"], j["kind"], j["state"]) for j in jobs] == [  # type: ignore[index,union-attr]
+            (result["job_id"], "restore.files", "succeeded")
+        ]
         # again: everything already exists and is skipped; a script must not read success
         again_args = ["restore", "extract", mount_id, "p1/etc", "--to", str(tmp_path / "out")]
         assert main(["--state-dir", str(state), *again_args]) == 1

@@ -27,7 +27,8 @@ def read_seeded_mounts(engine: Engine) -> None:
 
     from engine.errors import SendenseError
     from engine.safepath import clean_relative, resolve_no_symlinks
-    from engine.services.file_restore import Entry, _entry, _walk
+    from engine.services.file_restore import Entry
+    from engine.services.restore_browse import _entry, _walk
 
     service = engine.file_restore
     real_ls, real_search = service.ls, service.search
@@ -384,3 +385,53 @@ async def test_crafted_file_names_are_shown_escaped_and_never_as_markup(
         await settle(pilot)
         found = {str(files.get_row(key)[1]) for key in files.rows}
         assert "p1/etc/\\x1b[2Jwipe" in found and "p1/etc/evil\\nforged-row" in found
+
+
+@pytest.mark.root
+async def test_R_extracts_as_a_restore_files_job_that_jobs_shows(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """A real mount of a real backup: R queues the marked file as a ``restore.files``
+    job (the Jobs screen lists it, c there cancels it), the job runner restores it,
+    and the screen says what was restored once the job has ended."""
+    import time
+
+    from tests.engine.fsimages import Part, backup_chain, build_disk
+    from tests.tui.conftest import settle
+
+    raw = build_disk(tmp_path / "disk.raw", [Part("ext4", 16, {"docs/report.txt": b"q\n" * 500})])
+    (tmp_path / "repo").mkdir()
+    now = demo_engine.clock.now()
+    point = backup_chain(demo_engine.catalog, tmp_path / "repo", [raw], now=now).full_id
+    view = demo_engine.file_restore.mount(point)
+    out = tmp_path / "out"
+    app = make_app()
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        screen.mount_id, screen.path = view.id, "p1/docs"  # type: ignore[attr-defined]
+        screen.marked = {"p1/docs/report.txt"}  # type: ignore[attr-defined]
+        screen.query_one("#destination").value = str(out)  # type: ignore[attr-defined]
+        screen.query_one("#files").focus()
+        await pilot.press("R")
+        await settle(pilot)
+        [job] = demo_engine.jobs.list(kind="restore.files")
+        assert job.state == "queued" and job.actor == "console"
+        assert "queued as job" in str(screen.query_one("#status").render())
+        # the demo's seeded jobs are rows only (no runnable params): out of the way
+        for other in demo_engine.jobs.list(states=("queued", "running", "paused")):
+            if other.id != job.id:
+                demo_engine.jobs.cancel(other.id)
+        demo_engine.jobs.start()
+        deadline = time.monotonic() + 60
+        while demo_engine.jobs.get(job.id).state not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        screen.refresh_now()  # type: ignore[attr-defined]
+        await settle(pilot)
+        status = str(screen.query_one("#status").render())
+    assert demo_engine.jobs.get(job.id).state == "succeeded"
+    assert (out / "report.txt").read_bytes() == b"q\n" * 500
+    assert "restored 1 file" in status and str(out) in status

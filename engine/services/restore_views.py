@@ -1,0 +1,122 @@
+"""What file-level restore shows: a restore mount and its filesystems, an entry of a
+listing, a source chosen to be read out, the result of an extraction."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from engine.catalog.restore import PointLocation
+from engine.errors import SendenseError
+
+
+class FileRestoreError(SendenseError):
+    """A restore point cannot be mounted, browsed or extracted."""
+
+
+@dataclass(frozen=True)
+class FilesystemView:
+    name: str
+    number: int | None
+    fs_type: str
+    #: mounted | unsupported | error
+    state: str
+    path: str | None = None
+    device: str | None = None
+    size: int = 0
+    label: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class MountView:
+    id: int
+    backup_id: int
+    state: str
+    base_dir: str
+    filesystems: tuple[FilesystemView, ...]
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    point: PointLocation | None = None
+    #: True when mount() found the point already mounted and reused it
+    reused: bool = False
+    #: the qemu-storage-daemon behind a real mount (None only for rows seeded by hand)
+    exporter_pid: int | None = None
+    #: how the point was read when that is not the plain way (a verified copy, or a
+    #: bad point forced and unverified); set by mount() only
+    note: str | None = None
+
+    def remaining(self, now: datetime) -> timedelta:
+        return max(timedelta(0), self.expires_at - now)
+
+    def filesystem(self, name: str) -> FilesystemView:
+        for fs in self.filesystems:
+            if fs.name == name:
+                return fs
+        names = ", ".join(f.name for f in self.filesystems) or "none"
+        raise FileRestoreError(
+            f"restore mount {self.id} has no filesystem {name!r}",
+            hint=f"paths start with a filesystem name: {names}",
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    #: the path to give back to ls/extract: "<filesystem>/dir/name"
+    path: str
+    #: dir | file | symlink | other | filesystem (an unmountable partition at the top)
+    kind: str
+    size: int
+    mtime: datetime | None
+    mode: int = 0
+    link_target: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file or folder of a mounted point chosen to be read out (``source``)."""
+
+    #: where it is on this host (below the filesystem's mount)
+    path: Path
+    #: its path in the mount: (filesystem, dir, ..., name)
+    parts: tuple[str, ...]
+    #: the filesystem's device: reading never crosses onto another one
+    device: int
+    info: os.stat_result
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.info.st_mode)
+
+
+@dataclass
+class ExtractResult:
+    destination: str
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    bytes_total: int = 0
+    #: (path under the destination, why it was not restored)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "files": self.files,
+            "directories": self.directories,
+            "symlinks": self.symlinks,
+            "bytes": self.bytes,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+ProgressCallback = Callable[[int, int, str], None]
