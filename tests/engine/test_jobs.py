@@ -333,13 +333,19 @@ def test_never_more_than_max_concurrent_jobs(
     lock = threading.Lock()
     now_running = 0
     peak = 0
+    # the first jobs wait until two run side by side (or 10 s pass), so on a loaded
+    # machine the runner's second slot is used for sure, not by luck of timing
+    two_ran = threading.Event()
 
     def busy(ctx: JobContext) -> None:
         nonlocal now_running, peak
         with lock:
             now_running += 1
             peak = max(peak, now_running)
-        time.sleep(0.08)
+            if now_running == 2:
+                two_ran.set()
+        two_ran.wait(10)
+        time.sleep(0.02)
         with lock:
             now_running -= 1
 
