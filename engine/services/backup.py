@@ -56,7 +56,6 @@ kept. The next run takes incrementals of the kept disks and retries the others.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -89,13 +88,14 @@ from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
+from engine.oserrors import is_no_space
+from engine.platform import free_bytes
 from engine.private import make_private_dirs
 from engine.services import changes
 from engine.services.chains import (
     ChainService,
     _reserve,
     allocated_bytes,
-    free_bytes,
     repo_file,
     stamp,
 )
@@ -661,27 +661,11 @@ class BackupService:
         )
 
     def _check_repository(self, repo: Repository) -> None:
-        if not repo.enabled:
-            raise BackupError(
-                f"repository {repo.name} is disabled",
-                hint=f"enable it first (`sendense repo enable {repo.name}`)",
-            )
-        # the repository's own gate first: it reads capacity with a timeout, so one that
-        # does not answer (a frozen FUSE directory, a hung server) is refused with a
-        # sentence instead of hanging the job in the stat below
+        # the repositories' one write gate (enabled, room left, mounted, a writable
+        # directory): it reads capacity with a timeout first, so one that does not
+        # answer (a frozen FUSE directory, a hung server) is refused with a sentence
         if self.repository_check is not None:
             self.repository_check(repo)
-        root = Path(repo.path)
-        if not root.is_dir():
-            raise BackupError(
-                f"repository {repo.name}: {root} does not exist or is not a directory",
-                hint="check that the repository is mounted",
-            )
-        if not os.access(root, os.W_OK):
-            raise BackupError(
-                f"repository {repo.name}: {root} is not writable",
-                hint="check the mount options and the directory owner",
-            )
 
     def _probe(self, disk: DiskSource) -> _Probe:
         spec = source_spec(disk)
@@ -968,7 +952,7 @@ class BackupService:
             _discard(tmp)
             _discard(table_tmp)
             self._undo_bitmaps(probe, bitmaps)
-            if exc.errno == errno.ENOSPC:
+            if is_no_space(exc):
                 raise self._no_space(repo, vm, disk) from exc
             raise BackupError(f"writing {final} failed: {exc.strerror}") from exc
         except BaseException:
@@ -1007,7 +991,7 @@ class BackupService:
             remove_manifest(final)
             _discard(table_path(final))
             if isinstance(exc, OSError):
-                if exc.errno == errno.ENOSPC:
+                if is_no_space(exc):
                     raise self._no_space(repo, vm, disk) from exc
                 raise BackupError(
                     f"writing the manifest of {final} failed: {exc.strerror}"

@@ -89,6 +89,7 @@ from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
 from engine.owners import owner_alive
+from engine.platform import free_bytes, space
 from engine.safepath import is_within
 from engine.services import manifests
 from engine.services.images import (
@@ -1394,16 +1395,10 @@ def orphan_finding(
     )
 
 
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def _reserve(repo: Repository, settings: Settings | None) -> int:
     """The free space this repository keeps (``CapacitySettings.reserve``)."""
     if repo.min_free_bytes is not None:
         return int(repo.min_free_bytes)
     if settings is None:
         return 0
-    st = os.statvfs(repo.path)
-    return settings.capacity.reserve(st.f_blocks * st.f_frsize)
+    return settings.capacity.reserve(space(repo.path).total)

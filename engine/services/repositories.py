@@ -16,9 +16,10 @@ The interface, for every kind:
 - ``mount``/``unmount`` (unmount refused while a job uses the repository).
 
 **Before writing into a repository, call ``ensure_writable_mount(repo)``**
-(backup, copy and restore services do): for a network repository it checks
-that the path really is the mount, so a backup never lands on the root
-filesystem under an empty mount point; it also refuses a disabled repository.
+(the one write gate: backups, merges and copies go through it): for a network
+repository it checks that the path really is the mount, so a backup never lands
+on the root filesystem under an empty mount point; it also refuses a disabled
+repository and a directory this user may not write into.
 ``ready_for_new_data(repo)`` adds the capacity gate ("full" takes no new data).
 
 Errors are RepositoryCheckError with a ``reason`` and a sentence that says
@@ -28,8 +29,6 @@ what to fix.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import re
@@ -47,6 +46,8 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import CatalogUnavailable, NotFoundError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
+from engine.oserrors import explain_os_error
+from engine.platform import can_clone
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
@@ -74,7 +75,6 @@ WRITE_TEST_BYTES = 64 * 1024
 NETWORK_PROBE_TIMEOUT = 10.0
 #: walking a large network repository to fix modes may take longer than a probe
 MODE_REPAIR_TIMEOUT = 120.0
-FICLONE = 0x40049409
 
 _HOST_RE = re.compile(
     r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -254,42 +254,8 @@ class Health:
 
 
 def _os_error(path: Path, exc: OSError, doing: str) -> RepositoryCheckError:
-    code = exc.errno
-    if code == errno.ENOSPC:
-        return RepositoryCheckError(
-            f"{path} has no space left: {doing} failed (ENOSPC)",
-            reason="no_space",
-            hint="free space on that filesystem or choose another one",
-        )
-    if code == errno.EDQUOT:
-        return RepositoryCheckError(
-            f"{path}: the disk quota is exhausted ({doing} failed)",
-            reason="no_space",
-            hint="raise the quota or free space",
-        )
-    if code == errno.EROFS:
-        return RepositoryCheckError(
-            f"{path} is on a read-only filesystem: {doing} is impossible",
-            reason="read_only",
-            hint="remount it read-write or choose a writable location",
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return RepositoryCheckError(
-            f"{path}: permission denied ({doing})",
-            reason="permission",
-            hint="run Sendense as a user that may write there, or fix the ownership",
-        )
-    if code == errno.ENOENT:
-        return RepositoryCheckError(
-            f"{path} does not exist",
-            reason="not_found",
-            hint="create the directory first, or tick 'create it'",
-        )
-    if code == errno.ENOTDIR:
-        return RepositoryCheckError(
-            f"{path} is not a directory (a part of the path is a file)", reason="not_directory"
-        )
-    return RepositoryCheckError(f"{path}: {doing} failed: {exc.strerror or exc}", reason="io")
+    failure = explain_os_error(path, exc, doing)
+    return RepositoryCheckError(failure.message, reason=failure.reason, hint=failure.hint)
 
 
 def check_directory(path: Path, *, create: bool = False) -> list[Path]:
@@ -492,12 +458,7 @@ def probe_capabilities(root: Path) -> dict[str, Any]:
         finally:
             with contextlib.suppress(AttrError):
                 set_immutable(canary, False)
-        try:
-            with open(canary, "rb") as src, open(clone, "wb") as dst:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-            caps["reflink"] = True
-        except OSError:
-            caps["reflink"] = False
+        caps["reflink"] = can_clone(canary, clone)
     except OSError as exc:
         caps["note"] = f"canary file: {exc.strerror}"
     finally:
@@ -1127,7 +1088,7 @@ class RepositoryService:
             return sorted(out, key=lambda e: e.name)
 
         if repo.kind != "local":
-            self.ensure_writable_mount(repo)
+            self._ensure_mounted(repo)
         return run_with_timeout(f"repository {repo.name}", scan, NETWORK_PROBE_TIMEOUT)
 
     def health(self, ref: int | str | Repository) -> Health:
@@ -1144,7 +1105,7 @@ class RepositoryService:
 
         try:
             if repo.kind != "local":
-                self.ensure_writable_mount(repo)
+                self._ensure_mounted(repo)
             run_with_timeout(f"repository {repo.name}", probe, NETWORK_PROBE_TIMEOUT)
         except RepositoryCheckError as exc:
             seen = repo.last_seen_at
@@ -1165,19 +1126,44 @@ class RepositoryService:
     # -- the write guard --------------------------------------------------------------------------
 
     def ensure_writable_mount(self, ref: int | str | Repository) -> Path:
-        """Call before writing into a repository. Returns its root directory.
+        """The one write gate: call before writing into a repository (backups, merges
+        and copies all come through here). Returns its root directory.
 
-        Refuses a disabled repository, a missing directory, and — for NFS/CIFS —
-        a path that is not the mount itself (an empty mount point would let a
-        backup land silently on the root filesystem)."""
+        Refuses a disabled repository, a missing directory, a directory this user may
+        not write into, and — for NFS/CIFS — a path that is not the mount itself (an
+        empty mount point would let a backup land silently on the root filesystem)
+        or a read-only mount."""
         repo = self._repo(ref)
-        root = Path(repo.path)
+        root = self._ensure_mounted(repo)
+        if repo.kind != "local" and not root.is_dir():
+            raise RepositoryCheckError(
+                f"repository {repo.name}: {root} does not exist or is not a directory",
+                reason="not_found",
+                hint="check that the repository is mounted",
+            )
+        # access(2) answers for root too (a read-only or immutable directory)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise RepositoryCheckError(
+                f"repository {repo.name}: {root} is not writable",
+                reason="permission",
+                hint="check the mount options and the directory owner",
+            )
+        return root
+
+    def _refuse_disabled(self, repo: Repository) -> None:
         if not repo.enabled:
             raise RepositoryCheckError(
                 f"repository {repo.name} is disabled",
                 reason="disabled",
                 hint="enable it first (repo enable)",
             )
+
+    def _ensure_mounted(self, repo: Repository) -> Path:
+        """Enabled and, for NFS/CIFS, mounted read-write right on its path; a local one
+        is an existing directory. Reads the mount table, not the share (a hung server
+        would block here), so a probe may call it before its timed part."""
+        self._refuse_disabled(repo)
+        root = Path(repo.path)
         if repo.kind in ("nfs", "cifs"):
             if not is_mountpoint(root):
                 raise RepositoryCheckError(
@@ -1204,6 +1190,7 @@ class RepositoryService:
         and so is one that does not answer (read first, with a timeout: the mount
         checks would hang on it)."""
         repo = self._repo(ref)
+        self._refuse_disabled(repo)
         self.monitor.ensure_room(repo)
         return self.ensure_writable_mount(repo)
 
