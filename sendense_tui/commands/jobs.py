@@ -260,7 +260,7 @@ def register(subparsers: Any) -> None:
 
 
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         jobs = engine.job_store.list(states=args.state, limit=args.limit)
         now = engine.clock.now()
     if ctx.json:
@@ -288,7 +288,7 @@ def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def show_job(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         job = engine.job_store.get(args.job_id)
     data = job_dict(job)
     if ctx.json:
