@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -120,68 +120,121 @@ FIELDS_BY_KIND: dict[str, list[str]] = {
 
 
 def validate_field(kind: str, name: str, value: Any) -> str | None:
-    """A sentence saying what is wrong with one field, or None (used while typing)."""
-    text = "" if value is None else str(value).strip()
-    if name == "name":
-        # exactly as typed: "nas\n" must not be trimmed into a valid name
-        return name_error("" if value is None else str(value))
-    elif name == "path" and kind == "local":
-        raw = "" if value is None else str(value)
-        if not text:
-            return "a directory is required"
-        if not raw.startswith("/"):
-            return "the path must be absolute (start with /)"
-        if has_unsafe_chars(raw):
-            return "the path must not contain control characters (line breaks, tabs, escapes)"
-        if "/../" in raw + "/":
-            return "the path must not contain '..'"
-    elif name == "server" and kind in ("nfs", "cifs"):
-        if not text:
-            return "a server (host name or IP address) is required"
-        if not _is_host(text):
-            return f"{text!r} is not a host name or IP address"
-    elif name == "export" and kind == "nfs":
-        if not text:
-            return "the export path is required (e.g. /srv/backups)"
-        if not text.startswith("/"):
-            return "the export path must start with /"
-        if has_unsafe_chars(str(value)):
-            return "the export path must not contain control characters"
-    elif name == "export" and kind == "cifs":
-        if not text:
-            return "the share name is required (e.g. backups)"
-        if not _SHARE_RE.fullmatch(text):
-            return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
-    elif name == "port" and text:
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-            return "the port must be a number from 1 to 65535"
-    elif name == "nfs_version" and kind == "nfs":
-        if text not in ("3", "4", "4.0", "4.1", "4.2"):
-            return "the NFS version must be 3, 4, 4.0, 4.1 or 4.2"
-    elif name == "smb_version" and kind == "cifs":
-        if text and text not in ("2.0", "2.1", "3.0", "3.02", "3.1.1", "3", "default"):
-            return "the SMB version must be 2.0, 2.1, 3.0, 3.02 or 3.1.1"
-    elif name == "username" and kind == "cifs":
-        if not text:
-            return "a user name is required"
-        if any(c in text for c in "\n\r="):
-            return "the user name must not contain '=' or line breaks"
-    elif name == "domain" and kind == "cifs":
-        if any(c in text for c in "\n\r="):
-            return "the domain must not contain '=' or line breaks"
-    elif name == "password" and kind == "cifs":
-        if "\n" in str(value or "") or "\r" in str(value or ""):
-            return "the password must not contain line breaks"
-    elif (
-        name == "mount_options"
-        and text
-        and any(
-            o.strip().split("=")[0] in ("password", "credentials", "user", "username")
-            for o in text.split(",")
-        )
-    ):
+    """A sentence saying what is wrong with one field, or None (used while typing).
+    Each field of each kind has its own named check (``_FIELD_CHECKS``); a field
+    that does not belong to the kind is not checked."""
+    raw = "" if value is None else str(value)
+    check = _FIELD_CHECKS.get((kind, name)) or _FIELD_CHECKS.get((_ANY_KIND, name))
+    return check(raw, raw.strip()) if check is not None else None
+
+
+def _check_name(raw: str, _text: str) -> str | None:
+    # exactly as typed: "nas\n" must not be trimmed into a valid name
+    return name_error(raw)
+
+
+def _check_local_path(raw: str, text: str) -> str | None:
+    if not text:
+        return "a directory is required"
+    if not raw.startswith("/"):
+        return "the path must be absolute (start with /)"
+    if has_unsafe_chars(raw):
+        return "the path must not contain control characters (line breaks, tabs, escapes)"
+    if "/../" in raw + "/":
+        return "the path must not contain '..'"
+    return None
+
+
+def _check_server(_raw: str, text: str) -> str | None:
+    if not text:
+        return "a server (host name or IP address) is required"
+    if not _is_host(text):
+        return f"{text!r} is not a host name or IP address"
+    return None
+
+
+def _check_nfs_export(raw: str, text: str) -> str | None:
+    if not text:
+        return "the export path is required (e.g. /srv/backups)"
+    if not text.startswith("/"):
+        return "the export path must start with /"
+    if has_unsafe_chars(raw):
+        return "the export path must not contain control characters"
+    return None
+
+
+def _check_cifs_share(_raw: str, text: str) -> str | None:
+    if not text:
+        return "the share name is required (e.g. backups)"
+    if not _SHARE_RE.fullmatch(text):
+        return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
+    return None
+
+
+def _check_port(_raw: str, text: str) -> str | None:
+    if text and (not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535):
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
+def _check_nfs_version(_raw: str, text: str) -> str | None:
+    if text not in ("3", "4", "4.0", "4.1", "4.2"):
+        return "the NFS version must be 3, 4, 4.0, 4.1 or 4.2"
+    return None
+
+
+def _check_smb_version(_raw: str, text: str) -> str | None:
+    if text and text not in ("2.0", "2.1", "3.0", "3.02", "3.1.1", "3", "default"):
+        return "the SMB version must be 2.0, 2.1, 3.0, 3.02 or 3.1.1"
+    return None
+
+
+def _check_username(_raw: str, text: str) -> str | None:
+    if not text:
+        return "a user name is required"
+    if any(c in text for c in "\n\r="):
+        return "the user name must not contain '=' or line breaks"
+    return None
+
+
+def _check_domain(_raw: str, text: str) -> str | None:
+    if any(c in text for c in "\n\r="):
+        return "the domain must not contain '=' or line breaks"
+    return None
+
+
+def _check_password(raw: str, _text: str) -> str | None:
+    if "\n" in raw or "\r" in raw:
+        return "the password must not contain line breaks"
+    return None
+
+
+def _check_mount_options(_raw: str, text: str) -> str | None:
+    keys = {o.strip().split("=")[0] for o in text.split(",")} if text else set()
+    if keys & {"password", "credentials", "user", "username"}:
         return "credentials do not belong in mount options"
     return None
+
+
+#: a check that applies whatever the repository's kind
+_ANY_KIND = "*"
+
+#: (kind, field) -> its check, called with the value as typed and stripped
+_FIELD_CHECKS: dict[tuple[str, str], Callable[[str, str], str | None]] = {
+    (_ANY_KIND, "name"): _check_name,
+    ("local", "path"): _check_local_path,
+    ("nfs", "server"): _check_server,
+    ("cifs", "server"): _check_server,
+    ("nfs", "export"): _check_nfs_export,
+    ("cifs", "export"): _check_cifs_share,
+    (_ANY_KIND, "port"): _check_port,
+    ("nfs", "nfs_version"): _check_nfs_version,
+    ("cifs", "smb_version"): _check_smb_version,
+    ("cifs", "username"): _check_username,
+    ("cifs", "domain"): _check_domain,
+    ("cifs", "password"): _check_password,
+    (_ANY_KIND, "mount_options"): _check_mount_options,
+}
 
 
 def _is_host(text: str) -> bool:
