@@ -3,7 +3,7 @@
 A 2 GiB file set (8 files of 256 MiB, random data) is copied twice in the same
 run, with the page cache dropped before each (when root): once with
 ``cp --reflink=never`` followed by ``sync``, once with
-:func:`engine.services.copy.copy_file` (clone off, so both really copy bytes).
+:func:`engine.copier.copy_file` (clone off, so both really copy bytes).
 Prints both throughputs (median of 3 runs each, taking turns) and the ratio;
 the goal is >= 0.9.
 
@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.copier import copy_file
 from engine.hashing import sha256_file
-from engine.services.copy import copy_file
 
 MiB = 1024 * 1024
 TOTAL_MB = int(os.environ.get("SENDENSE_BENCH_MB", "2048"))

@@ -39,7 +39,7 @@ from typing import Any
 
 from engine.config import Settings
 from engine.errors import SendenseError
-from engine.owners import pid_alive
+from engine.platform import pid_alive
 from engine.private import make_private_dir, open_private, write_private
 from engine.tools.background import BackgroundProcess, reap_when_done, start_background
 from engine.tools.base import ToolError

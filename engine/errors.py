@@ -80,6 +80,11 @@ class CatalogVersionError(CatalogError):
     """The catalog was written by a newer Sendense than this one."""
 
 
+class CatalogBehind(CatalogVersionError):
+    """The catalog is at an older schema revision and the command at hand only reads:
+    it does not migrate (a command that changes something, or ``catalog migrate``, does)."""
+
+
 class NotFoundError(SendenseError):
     """A named object (repository, backup, job…) does not exist."""
 

@@ -26,7 +26,7 @@ POINTS: tuple[str, ...] = (
     "backup.after_seal",
     "backup.after_publish",
     "backup.after_record",
-    # copy (services.copy): partial written and fsynced -> renamed -> copy row done
+    # copy (engine.copier, services.copy): partial written and fsynced -> renamed -> copy row done
     "copy.after_write",
     "copy.after_rename",
     "copy.after_record",

@@ -13,7 +13,7 @@ import errno
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -80,17 +80,30 @@ def place_new(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def durable_output(final: Path) -> Iterator[Path]:
+def durable_output(
+    final: Path, *, keep_partial: Callable[[BaseException], bool] | None = None
+) -> Iterator[Path]:
     """Yield the temporary path to write ``final``'s content into; when the block ends
-    normally the file is published (see publish), on any exception it is removed."""
+    normally the file is published (see publish), on an exception it is removed —
+    unless ``keep_partial(exc)`` says the partial is worth resuming from (a copy
+    paused or broken off by a read error keeps what it wrote)."""
     tmp = partial_path(final)
     try:
         yield tmp
         publish(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    except BaseException as exc:
+        if keep_partial is None or not keep_partial(exc):
+            discard(tmp)
         raise
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temporary file and flush its directory, so the removal survives a
+    crash too; a failure to do either is left for the next writer to clean up."""
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with contextlib.suppress(OSError):
+        fsync_dir(tmp.parent)
 
 
 class ReadAhead:

@@ -6,12 +6,11 @@ instructions (about 1.2-1.8 GiB/s a core here), so this is faster than running
 keep going. A reader thread keeps the disk busy while the calling thread hashes;
 a few reused buffers keep memory flat.
 
-(Copying hashes in the same pass as it writes: see engine.services.copy.)
+(Copying hashes in the same pass as it writes: see engine.copier.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from engine.errors import JobCancelled
 from engine.fsutil import ReadAhead
+from engine.platform import read_sequentially
 
 CHUNK_SIZE = 8 * 1024 * 1024
 
@@ -39,8 +39,7 @@ def hash_file(
     """
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    read_sequentially(fd)
     ahead = ReadAhead(fd, read_size, buffers=3, name="sendense-hash-read")
     total = 0
     try:

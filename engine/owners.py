@@ -12,18 +12,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Collection
-from pathlib import Path
+
+from engine.platform import pid_alive
 
 HOST = socket.gethostname()
-
-
-def is_zombie(pid: int) -> bool:
-    """True when ``pid`` has ended or is a zombie nobody reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def owner_alive(owner: str | None, *, live_here: Collection[str] | None = None) -> bool:
@@ -41,15 +33,3 @@ def owner_alive(owner: str | None, *, live_here: Collection[str] | None = None) 
     if pid == os.getpid():
         return live_here is None or owner in live_here
     return pid_alive(pid)
-
-
-def pid_alive(pid: int) -> bool:
-    """A process of this machine still runs (a zombie has ended: it only waits to be
-    reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not is_zombie(pid)

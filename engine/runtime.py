@@ -414,8 +414,12 @@ class Engine:
     def from_environment(cls, **kwargs: object) -> Engine:
         return cls(load_settings(), **kwargs)  # type: ignore[arg-type]
 
-    def open(self) -> Engine:
-        """Connect to the catalog and migrate it; create the state directory."""
+    def open(self, *, read_only: bool = False) -> Engine:
+        """Connect to the catalog and migrate it; create the state directory.
+
+        ``read_only`` (a command that only looks): the catalog is not migrated (one at
+        an older revision is refused, see Catalog.open) and neither restore mounts nor
+        interrupted merges are cleaned up: that is the work of an engine that writes."""
         if self._opened:
             return self
         for directory in (self.settings.state_dir, self.settings.log_dir):
@@ -428,14 +432,15 @@ class Engine:
                 ) from None
         # a missing SQLite catalog is only started afresh when no backups show that
         # one existed (the default repository's chains, the catalog's marker file)
-        self.catalog.open(evidence=catalog_evidence(self.settings))
+        self.catalog.open(evidence=catalog_evidence(self.settings), migrate=not read_only)
         self._opened = True
         self._keep_state_private()
         # jobs whose catalog went away under a process here are settled before
         # anything lists or claims them
         self.jobs.settle_unrecorded()
-        self._cleanup_restore()
-        self._recover_merges()
+        if not read_only:
+            self._cleanup_restore()
+            self._recover_merges()
         return self
 
     def _keep_state_private(self) -> None:

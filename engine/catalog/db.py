@@ -43,7 +43,13 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import redact_url
-from engine.errors import CatalogError, CatalogReadOnly, CatalogUnavailable, CatalogVersionError
+from engine.errors import (
+    CatalogBehind,
+    CatalogError,
+    CatalogReadOnly,
+    CatalogUnavailable,
+    CatalogVersionError,
+)
 from engine.private import make_private_dirs, tighten
 
 log = logging.getLogger(__name__)
@@ -411,16 +417,43 @@ class Catalog:
             except (DBAPIError, SQLAlchemyError) as exc:
                 raise self._explain(exc) from None
 
-    def open(self, *, evidence: Sequence[Path] = ()) -> Catalog:
+    def open(self, *, evidence: Sequence[Path] = (), migrate: bool = True) -> Catalog:
         """Connect and migrate. A SQLite file is created on a first start only: when it
         is missing but a catalog existed (its ``.created`` marker, or files under one
         of the ``evidence`` paths, e.g. the default repository's chains), this refuses
-        instead of starting an empty catalog over backups it no longer lists."""
+        instead of starting an empty catalog over backups it no longer lists.
+
+        ``migrate=False`` (a command that only reads): a catalog at an older revision
+        is left as it is and refused with CatalogBehind; an empty one is still created
+        (there is nothing in it to migrate)."""
         self._prepare_file(evidence)
         self._keep_sqlite_private()
         self.check_connection()
-        self.migrate()
+        if migrate:
+            self.migrate()
+        else:
+            self._require_current()
         return self
+
+    def _require_current(self) -> None:
+        current = self.current_revision()
+        if current == SCHEMA_HEAD:
+            return
+        from alembic.script import ScriptDirectory
+
+        known = {
+            rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+        }
+        empty = current is None and not [t for t in self.table_names() if t != "alembic_version"]
+        if empty or current not in known:
+            self.migrate()  # creates an empty catalog; refuses one from a newer Sendense
+            return
+        raise CatalogBehind(
+            f"catalog {self.shown_url} is at schema {current or 'none'}, older than this "
+            f"Sendense ({SCHEMA_HEAD}); this command only reads and left it untouched",
+            hint="run `sendense catalog migrate` (or any command that changes something) "
+            "to bring it up to date",
+        )
 
     def _keep_sqlite_private(self) -> None:
         """Close an older SQLite catalog (and its -wal, -shm and -journal files) to

@@ -56,7 +56,6 @@ kept. The next run takes incrementals of the kept disks and retries the others.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -78,7 +77,6 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.digests import BLOCK_SIZE, DigestTableError, table_path
 from engine.errors import (
-    Action,
     CatalogUnavailable,
     JobCancelled,
     JobUnprotected,
@@ -90,13 +88,14 @@ from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
 from engine.jobs import JobContext, JobRunner
+from engine.oserrors import is_no_space
+from engine.platform import free_bytes
 from engine.private import make_private_dirs
 from engine.services import changes
 from engine.services.chains import (
     ChainService,
     _reserve,
     allocated_bytes,
-    free_bytes,
     repo_file,
     stamp,
 )
@@ -639,29 +638,11 @@ class BackupService:
         )
 
     def _check_repository(self, repo: Repository) -> None:
-        if not repo.enabled:
-            raise BackupError(
-                f"repository {repo.name} is disabled",
-                action=Action(
-                    "enable_repository", f"enable repository {repo.name} first", repo.name
-                ),
-            )
-        # the repository's own gate first: it reads capacity with a timeout, so one that
-        # does not answer (a frozen FUSE directory, a hung server) is refused with a
-        # sentence instead of hanging the job in the stat below
+        # the repositories' one write gate (enabled, room left, mounted, a writable
+        # directory): it reads capacity with a timeout first, so one that does not
+        # answer (a frozen FUSE directory, a hung server) is refused with a sentence
         if self.repository_check is not None:
             self.repository_check(repo)
-        root = Path(repo.path)
-        if not root.is_dir():
-            raise BackupError(
-                f"repository {repo.name}: {root} does not exist or is not a directory",
-                hint="check that the repository is mounted",
-            )
-        if not os.access(root, os.W_OK):
-            raise BackupError(
-                f"repository {repo.name}: {root} is not writable",
-                hint="check the mount options and the directory owner",
-            )
 
     def _probe(self, disk: DiskSource) -> _Probe:
         spec = source_spec(disk)
@@ -771,6 +752,11 @@ class BackupService:
         lock_days: int | None = None,
         forced: str | None = None,
     ) -> None:
+        """One disk, in steps: plan (full or incremental, ``_plan``), place the file
+        (``_place_point``), write it under its partial name (a full converted whole,
+        an incremental's changed blocks over its checked parent), seal and publish
+        it, write its manifest (``_write_point_manifest``), record its row
+        (``_record_point``) and report it (``_report_point``)."""
         disk = probe.source.name
         now = self.clock.now()
         chain, points, full_reason, loud = self._plan(
@@ -784,18 +770,7 @@ class BackupService:
         result.virtual_size = probe.virtual_size
         result.full_reason = full_reason
         if full_reason is not None and loud:
-            self.bus.publish(
-                Event(
-                    kind="backup.new_full",
-                    message=f"{vm}/{disk}: starting a NEW FULL backup because {full_reason}",
-                    level="warning",
-                    source="backup",
-                    repository_id=repo.id,
-                    job_id=ctx.job_id if ctx else None,
-                    actor=actor,
-                    data={"vm": vm, "disk": disk, "reason": full_reason},
-                )
-            )
+            self._announce_new_full(repo, vm, disk, full_reason, ctx, actor)
 
         # the job's own stop poll (None: a run outside a job never stops)
         stopper = ctx.should_stop if ctx is not None else None
@@ -808,16 +783,9 @@ class BackupService:
                     message=f"{vm}/{disk}: {'full' if full_reason else 'incremental'}",
                 )
 
-        if full_reason is not None:
-            directory_rel = self._new_chain_dir(repo, vm, disk, now)
-            name = f"0000-full-{stamp(now)}.qcow2"
-            self._check_room_full(repo, probe, compression)
-        else:
-            assert chain is not None
-            directory_rel = chain.directory
-            position = points[-1].position + 1
-            name = f"{position:04d}-inc-{stamp(now)}.qcow2"
-            self._check_room_incremental(repo)
+        directory_rel, name = self._place_point(
+            repo, vm, probe, chain, points, full_reason, compression, now
+        )
         directory = repo_file(repo, directory_rel)
         final = directory / name
         tmp = partial_path(final)
@@ -854,21 +822,7 @@ class BackupService:
                 layers = [Layer(b.id, b.path, b.file_size) for b in points]
                 previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
                 plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
-                # The compare rung reads the previous point whole anyway: its checksum is
-                # checked meanwhile. The faster rungs never read it (that is their point);
-                # its size is checked here and its content by the scheduled verification.
-                parent_file = repo_file(repo, parent.path)
-                if parent_file.stat().st_size != parent.file_size:
-                    raise _BaseChanged(
-                        parent,
-                        f"point #{parent.id} ({parent_name}) is {parent_file.stat().st_size} "
-                        f"bytes, not the {parent.file_size} recorded: its base changed under it",
-                    )
-                parent_hash = (
-                    _Background(sha256_file, parent_file)
-                    if self.verify_parent and parent.checksum and plan.rung == "compare"
-                    else None
-                )
+                parent_hash = self._check_parent(repo, parent, plan)
                 track.rung, track.reason, track.fallback = plan.rung, plan.reason, plan.fallback
                 # the header names the parent by its plain file name; nothing opens it
                 # by that name (the chain is spelled out below)
@@ -896,18 +850,7 @@ class BackupService:
                         "missed_offsets": copied.missed_examples,
                     }
                 self.chains.guard.chain_spec(repo, chain.directory, layers)
-                if parent_hash is not None and parent_hash.result() != parent.checksum:
-                    raise _BaseChanged(
-                        parent,
-                        f"point #{parent.id} ({parent_name}) no longer matches its "
-                        "checksum: its base changed under it",
-                    )
-                head = qemu_img.info(tmp, fmt="qcow2")
-                if head.backing_filename != parent_name:
-                    raise BackupError(
-                        f"the new incremental of {vm}/{disk} names {head.backing_filename!r} "
-                        f"as its parent instead of {parent_name}",
-                    )
+                head = _check_written_incremental(tmp, parent, parent_hash, f"{vm}/{disk}")
                 if copied.table is not None:
                     track.digests = copied.table.write(table_tmp)
             failpoint("backup.after_write")
@@ -948,7 +891,7 @@ class BackupService:
             _discard(tmp)
             _discard(table_tmp)
             self._undo_bitmaps(probe, bitmaps)
-            if exc.errno == errno.ENOSPC:
+            if is_no_space(exc):
                 raise self._no_space(repo, vm, disk) from exc
             raise BackupError(f"writing {final} failed: {exc.strerror}") from exc
         except BaseException:
@@ -959,11 +902,126 @@ class BackupService:
                 raise ctx.stopped from None
             raise
         track.bitmap = bitmaps.added
+        self._write_point_manifest(
+            repo, vm, disk, final, points, full_reason, now, sealed, compression, probe
+        )
+        row, chain_id = self._record_point(
+            repo,
+            vm,
+            disk,
+            chain,
+            points,
+            full_reason,
+            directory_rel,
+            name,
+            now,
+            probe,
+            compression,
+            sealed,
+            ctx,
+            track,
+        )
+        failpoint("backup.after_record")
+        self.writers.writing(key, None)
+        self._retire_bitmaps(probe, bitmaps)
+        self._report_point(
+            repo,
+            vm,
+            disk,
+            row,
+            chain_id,
+            track,
+            result,
+            ctx,
+            actor,
+            done=done_before + probe.virtual_size,
+            total=total,
+            lock_days=lock_days,
+        )
+
+    def _check_parent(self, repo: Repository, parent: Backup, plan: Plan) -> _Background | None:
+        """Before an incremental: its parent still has its recorded size. The compare
+        rung reads the parent whole anyway: its checksum is taken meanwhile (the
+        returned job; None for the faster rungs, which never read it — its content
+        is for the scheduled verification)."""
+        parent_file = repo_file(repo, parent.path)
+        if parent_file.stat().st_size != parent.file_size:
+            raise _BaseChanged(
+                parent,
+                f"point #{parent.id} ({Path(parent.path).name}) is "
+                f"{parent_file.stat().st_size} bytes, not the {parent.file_size} recorded: "
+                "its base changed under it",
+            )
+        if self.verify_parent and parent.checksum and plan.rung == "compare":
+            return _Background(sha256_file, parent_file)
+        return None
+
+    def _announce_new_full(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        full_reason: str,
+        ctx: JobContext | None,
+        actor: str | None,
+    ) -> None:
+        """Say loudly that a chain starts over (the operator did not ask for a full)."""
+        self.bus.publish(
+            Event(
+                kind="backup.new_full",
+                message=f"{vm}/{disk}: starting a NEW FULL backup because {full_reason}",
+                level="warning",
+                source="backup",
+                repository_id=repo.id,
+                job_id=ctx.job_id if ctx else None,
+                actor=actor,
+                data={"vm": vm, "disk": disk, "reason": full_reason},
+            )
+        )
+
+    def _place_point(
+        self,
+        repo: Repository,
+        vm: str,
+        probe: _Probe,
+        chain: Chain | None,
+        points: list[Backup],
+        full_reason: str | None,
+        compression: str | None,
+        now: datetime,
+    ) -> tuple[str, str]:
+        """Where the new point goes, ``(chain directory, file name)``, once the room
+        for it is checked: a full starts a new chain directory."""
+        disk = probe.source.name
+        if full_reason is not None:
+            directory_rel = self._new_chain_dir(repo, vm, disk, now)
+            self._check_room_full(repo, probe, compression)
+            return directory_rel, f"0000-full-{stamp(now)}.qcow2"
+        assert chain is not None
+        position = points[-1].position + 1
+        self._check_room_incremental(repo)
+        return chain.directory, f"{position:04d}-inc-{stamp(now)}.qcow2"
+
+    def _write_point_manifest(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        final: Path,
+        points: list[Backup],
+        full_reason: str | None,
+        now: datetime,
+        sealed: _Sealed,
+        compression: str | None,
+        probe: _Probe,
+    ) -> None:
+        """The point's manifest next to it, and the directory flushed, before its
+        catalog row; on failure the point is removed (never an orphan)."""
         full = full_reason is not None
         manifest = PointManifest(
             vm=vm,
             disk=disk,
-            file=name,
+            file=final.name,
             kind="full" if full else "incremental",
             position=0 if full else points[-1].position + 1,
             parent=None if full else Path(points[-1].path).name,
@@ -980,19 +1038,39 @@ class BackupService:
             # the point's manifest lands with it, before its catalog row (the repository
             # describes itself: see engine.services.manifests)
             write_manifest(final, manifest)
-            fsync_dir(directory)  # the renames themselves are durable before the row
+            fsync_dir(final.parent)  # the renames themselves are durable before the row
         except BaseException as exc:
             # the file never made it into the catalog: do not leave an orphan
             _discard(final)
             remove_manifest(final)
             _discard(table_path(final))
             if isinstance(exc, OSError):
-                if exc.errno == errno.ENOSPC:
+                if is_no_space(exc):
                     raise self._no_space(repo, vm, disk) from exc
                 raise BackupError(
                     f"writing the manifest of {final} failed: {exc.strerror}"
                 ) from exc
             raise
+
+    def _record_point(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        chain: Chain | None,
+        points: list[Backup],
+        full_reason: str | None,
+        directory_rel: str,
+        name: str,
+        now: datetime,
+        probe: _Probe,
+        compression: str | None,
+        sealed: _Sealed,
+        ctx: JobContext | None,
+        track: Tracking,
+    ) -> tuple[Backup, int]:
+        """The point's catalog row (a full retires the chain it replaces): ``(row,
+        chain id)``."""
         fields = {
             "path": str(Path(directory_rel) / name),
             "state": "complete",
@@ -1019,17 +1097,16 @@ class BackupService:
                     retire=retire,
                     retire_detail=f"superseded by a new full: {full_reason}",
                 )
-                chain_id = new_chain.id
-            else:
-                assert chain is not None
-                row = self.store.add_incremental(
-                    chain_id=chain.id,
-                    parent_id=points[-1].id,
-                    position=points[-1].position + 1,
-                    now=now,
-                    backup=fields,
-                )
-                chain_id = chain.id
+                return row, new_chain.id
+            assert chain is not None
+            row = self.store.add_incremental(
+                chain_id=chain.id,
+                parent_id=points[-1].id,
+                position=points[-1].position + 1,
+                now=now,
+                backup=fields,
+            )
+            return row, chain.id
         except CatalogUnavailable as exc:
             # The file is complete and durable but not recorded. It stays: a server
             # that lost the connection during COMMIT may hold the row, and a row
@@ -1039,9 +1116,26 @@ class BackupService:
                 f"{exc.message}; the finished file {fields['path']} was kept, unrecorded",
                 hint=exc.hint,
             ) from exc
-        failpoint("backup.after_record")
-        self.writers.writing(key, None)
-        self._retire_bitmaps(probe, bitmaps)
+
+    def _report_point(
+        self,
+        repo: Repository,
+        vm: str,
+        disk: str,
+        row: Backup,
+        chain_id: int,
+        track: Tracking,
+        result: DiskResult,
+        ctx: JobContext | None,
+        actor: str | None,
+        *,
+        done: int,
+        total: int,
+        lock_days: int | None,
+    ) -> None:
+        """After the row: the disk's result, its chain checked, the point locked (a
+        point that cannot be locked is still a good backup, and the job says it is
+        unprotected) and ``backup.completed`` published."""
         result.rung, result.rung_reason = track.rung, track.reason
         result.bytes_read, result.bytes_written = track.bytes_read, track.bytes_written
         result.changed_bytes = track.changed_bytes
@@ -1055,7 +1149,7 @@ class BackupService:
         result.file_size = row.file_size
         result.allocated_bytes = row.allocated_bytes
         if ctx is not None:
-            ctx.progress(done_before + probe.virtual_size, total, force=True)
+            ctx.progress(done, total, force=True)
         report = self.chains.validate(chain_id)
         # the lock step: part of the job, after the point is recorded (a point that
         # cannot be locked is still a good backup, and the job says it is unprotected)
@@ -1441,3 +1535,24 @@ def _discard(path: Path) -> None:
 def _shown_source(source: str) -> str:
     """The source as recorded: no credentials in a URI's user part."""
     return re.sub(r"(://)[^/@]*@", r"\1***@", source)[:1024]
+
+
+def _check_written_incremental(
+    tmp: Path, parent: Backup, parent_hash: _Background | None, shown: str
+) -> qemu_img.ImageInfo:
+    """After the copy: the parent did not change while it was read, and the new
+    file's header names it as its backing file. Returns that header."""
+    parent_name = Path(parent.path).name
+    if parent_hash is not None and parent_hash.result() != parent.checksum:
+        raise _BaseChanged(
+            parent,
+            f"point #{parent.id} ({parent_name}) no longer matches its "
+            "checksum: its base changed under it",
+        )
+    head = qemu_img.info(tmp, fmt="qcow2")
+    if head.backing_filename != parent_name:
+        raise BackupError(
+            f"the new incremental of {shown} names {head.backing_filename!r} "
+            f"as its parent instead of {parent_name}",
+        )
+    return head

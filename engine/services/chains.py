@@ -89,6 +89,7 @@ from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
 from engine.owners import owner_alive
+from engine.platform import free_bytes, space
 from engine.safepath import is_within
 from engine.services import manifests
 from engine.services.images import (
@@ -295,6 +296,89 @@ class DeletePlan:
         return f"deletes {plural(len(self.goes), 'point')}{tail}: {names}"
 
 
+#: the hint every finding that breaks a chain ends with
+_NEW_FULL = "the next backup of this disk starts a new full automatically"
+
+
+def _order_findings(b: Backup, previous: Backup | None, name: str) -> list[Finding]:
+    """A chain starts with a full and each point builds on the one before it."""
+    found: list[Finding] = []
+    if previous is None and b.kind != "full":
+        found.append(
+            Finding(
+                "wrong_order",
+                f"the chain starts with {b.kind} point #{b.id} ({name}), not a full",
+                f"the points before it were removed; {_NEW_FULL}",
+                b.id,
+                b.path,
+            )
+        )
+    if previous is not None and b.parent_id != previous.id:
+        found.append(
+            Finding(
+                "wrong_order",
+                f"point #{b.id} ({name}) should build on #{b.parent_id} but follows "
+                f"#{previous.id} in the chain",
+                f"a point it depends on is gone; {_NEW_FULL}",
+                b.id,
+                b.path,
+            )
+        )
+    return found
+
+
+def _backing_finding(b: Backup, name: str, actual: str | None, expected: str | None) -> Finding:
+    """The image names another backing file than the catalog's parent."""
+    shown = describe_backing(actual) if actual else ""
+    what = (
+        f"points at {actual!r}"
+        if actual and shown == actual
+        else f"points at {shown}"
+        if actual
+        else "has no backing file"
+    )
+    fix = (
+        f"if {expected} is the right parent: qemu-img rebase -u -b {expected} -F qcow2 {name}"
+        if expected
+        else f"the full must not have a backing file; {_NEW_FULL}"
+    )
+    return Finding(
+        "wrong_backing",
+        f"{name} (point #{b.id}) {what}, the catalog says its parent is "
+        f"{expected or 'none (it is the full)'}",
+        fix,
+        b.id,
+        b.path,
+    )
+
+
+def _directory_findings(
+    repo: Repository, chain: Chain, backups: list[Backup], all_rows: list[Backup]
+) -> list[Finding]:
+    """Files in the chain directory the catalog does not know (orphans), or the
+    directory itself missing while points are recorded in it."""
+    directory = repo_file(repo, chain.directory)
+    known = {Path(b.path).name for b in all_rows if b.state != "deleted"}
+    deleted = {Path(b.path).name for b in all_rows if b.state == "deleted"} - known
+    found: list[Finding] = []
+    if directory.is_dir():
+        for entry in sorted(directory.iterdir()):
+            if entry.name in known or not entry.is_file():
+                continue
+            orphan = orphan_finding(chain.directory, entry.name, known, directory, deleted=deleted)
+            if orphan is not None:
+                found.append(orphan)
+    elif backups:
+        found.append(
+            Finding(
+                "missing",
+                f"the chain directory {chain.directory} is missing from {repo.name}",
+                f"check that the repository is mounted; {_NEW_FULL}",
+            )
+        )
+    return found
+
+
 class ChainService:
     """Chain validation, overview, consolidation and point deletion (``engine.chains``)."""
 
@@ -488,189 +572,138 @@ class ChainService:
         all_rows: list[Backup],
         deep: bool,
     ) -> list[Finding]:
+        """Each point against its file, in chain order, then the chain directory."""
         found: list[Finding] = []
-        directory = repo_file(repo, chain.directory)
-        new_full = "the next backup of this disk starts a new full automatically"
-        present: list[Backup] = []
         for index, b in enumerate(backups):
-            try:
-                path = repo_file(repo, b.path)
-            except ValidationError:
-                # a symbolic link (or a catalog path) leading out of the repository
-                found.append(
-                    Finding(
-                        "foreign",
-                        f"{Path(b.path).name} (point #{b.id}) is refused: it leads out of "
-                        f"repository {repo.name} (a symbolic link?)",
-                        f"nothing is read through it; restore it from a copy if one exists; "
-                        f"{new_full}",
-                        b.id,
-                        b.path,
-                    )
+            previous = backups[index - 1] if index > 0 else None
+            later = len(backups) - index - 1
+            found.extend(self._point_findings(repo, chain, b, previous, later, deep))
+        found.extend(_directory_findings(repo, chain, backups, all_rows))
+        return found
+
+    def _point_findings(
+        self,
+        repo: Repository,
+        chain: Chain,
+        b: Backup,
+        previous: Backup | None,
+        later: int,
+        deep: bool,
+    ) -> list[Finding]:
+        """One point: inside the repository, in order, present with its recorded size,
+        then its image (``_image_finding``)."""
+        try:
+            path = repo_file(repo, b.path)
+        except ValidationError:
+            # a symbolic link (or a catalog path) leading out of the repository
+            return [
+                Finding(
+                    "foreign",
+                    f"{Path(b.path).name} (point #{b.id}) is refused: it leads out of "
+                    f"repository {repo.name} (a symbolic link?)",
+                    f"nothing is read through it; restore it from a copy if one exists; "
+                    f"{_NEW_FULL}",
+                    b.id,
+                    b.path,
                 )
-                continue
-            name = path.name
-            if index == 0 and b.kind != "full":
-                found.append(
-                    Finding(
-                        "wrong_order",
-                        f"the chain starts with {b.kind} point #{b.id} ({name}), not a full",
-                        f"the points before it were removed; {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-            if index > 0 and b.parent_id != backups[index - 1].id:
-                found.append(
-                    Finding(
-                        "wrong_order",
-                        f"point #{b.id} ({name}) should build on #{b.parent_id} but follows "
-                        f"#{backups[index - 1].id} in the chain",
-                        f"a point it depends on is gone; {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-            if not path.exists():
-                later = len(backups) - index - 1
-                found.append(
-                    Finding(
-                        "missing",
-                        f"{name} (point #{b.id}, {b.point_time:%Y-%m-%d %H:%M}) is missing"
-                        + (f"; the {later} later point(s) cannot be restored" if later else ""),
-                        "put the file back from a copy (`sendense copy` destinations keep the "
-                        f"same path); otherwise {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            size = path.stat().st_size
-            if b.file_size and size != b.file_size:
-                found.append(
-                    Finding(
-                        "changed",
-                        f"{name} (point #{b.id}) is {size} bytes, the catalog recorded "
-                        f"{b.file_size}: the file changed after it was written",
-                        f"restore this point from a copy if one exists; {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            expected = None if index == 0 else Path(backups[index - 1].path).name
-            try:
-                seen = self.guard.inspect(repo, chain.directory, Layer(b.id, b.path), expected)
-                problem = seen.problem
-                if problem is None or problem.kind == "wrong_backing":
-                    # metadata of this one file; its backing file is not opened
-                    checked = qemu_img.check(ImageSpec.file(seen.path))
-            except qemu_img.ImageBusy:
-                present.append(b)
-                continue
-            except (ToolError, PointUnreadable) as exc:
-                found.append(
-                    Finding(
-                        "corrupt",
-                        f"{name} (point #{b.id}) is not a readable QCOW2 image: {exc.message}",
-                        f"restore it from a copy if one exists; {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            if problem is not None and problem.kind != "wrong_backing":
-                what = (
-                    f"is not a readable QCOW2 image: {problem.text}"
-                    if problem.kind == "corrupt"
-                    else f"is refused: {problem.text}"
-                )
-                found.append(
-                    Finding(
-                        problem.kind,
-                        f"{name} (point #{b.id}) {what}",
-                        "nothing is read through it; restore it from a copy if one exists; "
-                        + new_full,
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            head = seen.head
-            assert head is not None
-            if head.corrupt or checked.corruptions or checked.check_errors:
-                found.append(
-                    Finding(
-                        "corrupt",
-                        f"{name} (point #{b.id}) has damaged metadata "
-                        f"({checked.corruptions} corruptions, {checked.check_errors} errors)",
-                        f"restore it from a copy if one exists; {new_full}",
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            actual = head.backing_filename or None
-            if actual != expected:
-                shown = describe_backing(actual) if actual else ""
-                what = (
-                    f"points at {actual!r}"
-                    if actual and shown == actual
-                    else f"points at {shown}"
-                    if actual
-                    else "has no backing file"
-                )
-                fix = (
-                    f"if {expected} is the right parent: qemu-img rebase -u -b {expected} "
-                    f"-F qcow2 {name}"
-                    if expected
-                    else f"the full must not have a backing file; {new_full}"
-                )
-                found.append(
-                    Finding(
-                        "wrong_backing",
-                        f"{name} (point #{b.id}) {what}, the catalog says its parent is "
-                        f"{expected or 'none (it is the full)'}",
-                        fix,
-                        b.id,
-                        b.path,
-                    )
-                )
-                continue
-            if deep and b.checksum:
-                digest = sha256_file(path)
-                if digest != b.checksum:
-                    found.append(
-                        Finding(
-                            "changed",
-                            f"{name} (point #{b.id}) no longer matches its checksum",
-                            f"restore it from a copy if one exists; {new_full}",
-                            b.id,
-                            b.path,
-                        )
-                    )
-                    continue
-            present.append(b)
-        known = {Path(b.path).name for b in all_rows if b.state != "deleted"}
-        deleted = {Path(b.path).name for b in all_rows if b.state == "deleted"} - known
-        if directory.is_dir():
-            for entry in sorted(directory.iterdir()):
-                if entry.name in known or not entry.is_file():
-                    continue
-                orphan = orphan_finding(
-                    chain.directory, entry.name, known, directory, deleted=deleted
-                )
-                if orphan is not None:
-                    found.append(orphan)
-        elif backups:
+            ]
+        name = path.name
+        found = _order_findings(b, previous, name)
+        if not path.exists():
             found.append(
                 Finding(
                     "missing",
-                    f"the chain directory {chain.directory} is missing from {repo.name}",
-                    f"check that the repository is mounted; {new_full}",
+                    f"{name} (point #{b.id}, {b.point_time:%Y-%m-%d %H:%M}) is missing"
+                    + (f"; the {later} later point(s) cannot be restored" if later else ""),
+                    "put the file back from a copy (`sendense copy` destinations keep the "
+                    f"same path); otherwise {_NEW_FULL}",
+                    b.id,
+                    b.path,
                 )
             )
-        return found
+            return found
+        size = path.stat().st_size
+        if b.file_size and size != b.file_size:
+            found.append(
+                Finding(
+                    "changed",
+                    f"{name} (point #{b.id}) is {size} bytes, the catalog recorded "
+                    f"{b.file_size}: the file changed after it was written",
+                    f"restore this point from a copy if one exists; {_NEW_FULL}",
+                    b.id,
+                    b.path,
+                )
+            )
+            return found
+        expected = None if previous is None else Path(previous.path).name
+        image = self._image_finding(repo, chain, b, path, expected, deep)
+        return found + ([image] if image is not None else [])
+
+    def _image_finding(
+        self,
+        repo: Repository,
+        chain: Chain,
+        b: Backup,
+        path: Path,
+        expected: str | None,
+        deep: bool,
+    ) -> Finding | None:
+        """The point's QCOW2 image: readable, undamaged, backed by ``expected`` (the
+        previous point's file name; None for the full) and, when ``deep``, still its
+        checksum. None: nothing wrong (or the file is busy being written)."""
+        name = path.name
+        try:
+            seen = self.guard.inspect(repo, chain.directory, Layer(b.id, b.path), expected)
+            problem = seen.problem
+            if problem is None or problem.kind == "wrong_backing":
+                # metadata of this one file; its backing file is not opened
+                checked = qemu_img.check(ImageSpec.file(seen.path))
+        except qemu_img.ImageBusy:
+            return None
+        except (ToolError, PointUnreadable) as exc:
+            return Finding(
+                "corrupt",
+                f"{name} (point #{b.id}) is not a readable QCOW2 image: {exc.message}",
+                f"restore it from a copy if one exists; {_NEW_FULL}",
+                b.id,
+                b.path,
+            )
+        if problem is not None and problem.kind != "wrong_backing":
+            what = (
+                f"is not a readable QCOW2 image: {problem.text}"
+                if problem.kind == "corrupt"
+                else f"is refused: {problem.text}"
+            )
+            return Finding(
+                problem.kind,
+                f"{name} (point #{b.id}) {what}",
+                "nothing is read through it; restore it from a copy if one exists; " + _NEW_FULL,
+                b.id,
+                b.path,
+            )
+        head = seen.head
+        assert head is not None
+        if head.corrupt or checked.corruptions or checked.check_errors:
+            return Finding(
+                "corrupt",
+                f"{name} (point #{b.id}) has damaged metadata "
+                f"({checked.corruptions} corruptions, {checked.check_errors} errors)",
+                f"restore it from a copy if one exists; {_NEW_FULL}",
+                b.id,
+                b.path,
+            )
+        actual = head.backing_filename or None
+        if actual != expected:
+            return _backing_finding(b, name, actual, expected)
+        if deep and b.checksum and sha256_file(path) != b.checksum:
+            return Finding(
+                "changed",
+                f"{name} (point #{b.id}) no longer matches its checksum",
+                f"restore it from a copy if one exists; {_NEW_FULL}",
+                b.id,
+                b.path,
+            )
+        return None
 
     def _record(self, chain: Chain, report: ChainReport) -> None:
         now = self.clock.now()
@@ -1396,16 +1429,10 @@ def orphan_finding(
     )
 
 
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def _reserve(repo: Repository, settings: Settings | None) -> int:
     """The free space this repository keeps (``CapacitySettings.reserve``)."""
     if repo.min_free_bytes is not None:
         return int(repo.min_free_bytes)
     if settings is None:
         return 0
-    st = os.statvfs(repo.path)
-    return settings.capacity.reserve(st.f_blocks * st.f_frsize)
+    return settings.capacity.reserve(space(repo.path).total)

@@ -56,6 +56,7 @@ from engine.digests import (
     zero_digest,
 )
 from engine.errors import JobCancelled, SendenseError
+from engine.platform import read_sequentially
 from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockio import BlockSession, zero_range
@@ -401,8 +402,7 @@ def _copy(
     data_part = [i for i in blocks if i not in zero]
     src = os.open(src_path, os.O_RDONLY)
     dst = os.open(dst_path, os.O_RDWR)
-    with contextlib.suppress(OSError):
-        os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    read_sequentially(src)
     done = 0
     try:
         for part, reads in ((zero_part, False), (data_part, True)):

@@ -86,6 +86,61 @@ def device_key(repo: Repository) -> str:
     return f"{repo.kind}:{repo.server}:{repo.export}"
 
 
+@dataclass
+class _Holdings:
+    """Where one VM's good backups and copies are (ComplianceService._holdings)."""
+
+    #: repositories holding a complete backup or a done copy
+    repository_ids: set[int] = field(default_factory=set)
+    #: every backup of the VM -> the repository of its chain
+    backup_repository: dict[int, int] = field(default_factory=dict)
+    #: its done copies
+    copy_ids: list[int] = field(default_factory=list)
+    #: backups and copies that failed verification (or are bad)
+    errors: int = 0
+
+
+def _shortfalls_321(result: Compliance) -> list[str]:
+    """What keeps ``result`` from 3-2-1 (3 copies, 2 devices, 1 offsite)."""
+    vm, names = result.vm, result.repositories
+    found: list[str] = []
+    if not names:
+        found.append(f"{vm} has no backup: add a policy that backs it up to a repository")
+    elif len(names) < 2:
+        found.append(
+            f"3 copies: {vm} has production plus 1 backup ({names[0]}); add a copy rule "
+            f"from {names[0]} to a second repository"
+        )
+    if names and result.devices < 2 and len(names) >= 2:
+        found.append(
+            f"2 devices: {', '.join(names)} are on one disk; copy to a repository "
+            "on another disk or server"
+        )
+    if names and not result.offsite:
+        # a lock is not a second site: it counts for 3-2-1-1-0, not for this "1"
+        found.append(
+            f"1 offsite: no backup of {vm} is offsite; copy to a repository on another "
+            "site and mark it offsite"
+        )
+    return found
+
+
+def _shortfalls_32110(result: Compliance) -> list[str]:
+    """What keeps ``result`` from the strict 3-2-1-1-0 (1 immutable, 0 errors)."""
+    vm = result.vm
+    found: list[str] = []
+    if result.repositories and not result.immutable:
+        found.append(
+            f"1 immutable: no backup of {vm} is locked; send one to an immutable repository"
+        )
+    if result.verification_errors:
+        found.append(
+            f"0 errors: {plural(result.verification_errors, 'verification error')} on "
+            f"{vm}'s backups or copies; verify again and replace the bad files"
+        )
+    return found
+
+
 class ComplianceService:
     """``engine.compliance``: 3-2-1 per VM from chains, copies, locks and verifications."""
 
@@ -113,74 +168,52 @@ class ComplianceService:
         return sorted(names)
 
     def report(self, vm: str) -> Compliance:
+        """3-2-1 and 3-2-1-1-0 for one VM: where its good backups and copies are held,
+        on how many devices and sites, whether one is locked, and the bad ones."""
         repos = {r.id: r for r in self.repositories.list()}
-        held: set[int] = set()
-        errors = 0
-        backups = [b for b, _c in self.chain_store.list_backups(vm_name=vm)]
-        backup_repo = {b.id: c.repository_id for b, c in self.chain_store.list_backups(vm_name=vm)}
-        for b in backups:
-            if b.state == "complete":
-                held.add(backup_repo[b.id])
-            if b.verify_state in BAD_VERIFY or b.state == "bad":
-                errors += 1
-        copies = self.copy_store.copies_of_backups([b.id for b in backups])
-        copy_ids: list[int] = []
-        for rows in copies.values():
-            for c in rows:
-                if c.state == COPY_DONE:
-                    held.add(c.destination_repository_id)
-                    copy_ids.append(c.id)
-                if c.verify_state in BAD_VERIFY:
-                    errors += 1
-        held_repos = [repos[i] for i in sorted(held) if i in repos]
-        names = [r.name for r in held_repos]
-        devices = len({device_key(r) for r in held_repos})
-        offsite = [r.name for r in held_repos if r.offsite]
-        locked_repo_ids = {
-            lock.repository_id
-            for lock in self.locks.list(states=("active", "pending", "drift"))
-            if lock.backup_id in backup_repo or lock.copy_id in copy_ids
-        }
-        immutable = [r.name for r in held_repos if r.immutable or r.id in locked_repo_ids]
+        holdings = self._holdings(vm)
+        held_repos = [repos[i] for i in sorted(holdings.repository_ids) if i in repos]
+        locked_repo_ids = self._locked_repository_ids(holdings)
         result = Compliance(
             vm=vm,
             copies=1 + len(held_repos),
-            repositories=names,
-            devices=devices,
-            offsite=offsite,
-            immutable=immutable,
-            verification_errors=errors,
+            repositories=[r.name for r in held_repos],
+            devices=len({device_key(r) for r in held_repos}),
+            offsite=[r.name for r in held_repos if r.offsite],
+            immutable=[r.name for r in held_repos if r.immutable or r.id in locked_repo_ids],
+            verification_errors=holdings.errors,
         )
-        if not held_repos:
-            result.shortfalls.append(
-                f"{vm} has no backup: add a policy that backs it up to a repository"
-            )
-        elif len(held_repos) < 2:
-            result.shortfalls.append(
-                f"3 copies: {vm} has production plus 1 backup ({names[0]}); add a copy rule "
-                f"from {names[0]} to a second repository"
-            )
-        if held_repos and devices < 2 and len(held_repos) >= 2:
-            result.shortfalls.append(
-                f"2 devices: {', '.join(names)} are on one disk; copy to a repository "
-                "on another disk or server"
-            )
-        if held_repos and not offsite:
-            # a lock is not a second site: it counts for 3-2-1-1-0, not for this "1"
-            result.shortfalls.append(
-                f"1 offsite: no backup of {vm} is offsite; copy to a repository on another "
-                "site and mark it offsite"
-            )
-        if held_repos and not immutable:
-            result.strict_shortfalls.append(
-                f"1 immutable: no backup of {vm} is locked; send one to an immutable repository"
-            )
-        if errors:
-            result.strict_shortfalls.append(
-                f"0 errors: {plural(errors, 'verification error')} on {vm}'s backups or copies; "
-                "verify again and replace the bad files"
-            )
+        result.shortfalls.extend(_shortfalls_321(result))
+        result.strict_shortfalls.extend(_shortfalls_32110(result))
         return result
+
+    def _holdings(self, vm: str) -> _Holdings:
+        """The repositories that hold a complete backup or a done copy of ``vm``, and
+        how many of its backups and copies failed verification."""
+        holdings = _Holdings()
+        for b, chain in self.chain_store.list_backups(vm_name=vm):
+            holdings.backup_repository[b.id] = chain.repository_id
+            if b.state == "complete":
+                holdings.repository_ids.add(chain.repository_id)
+            if b.verify_state in BAD_VERIFY or b.state == "bad":
+                holdings.errors += 1
+        copies = self.copy_store.copies_of_backups(list(holdings.backup_repository))
+        for rows in copies.values():
+            for c in rows:
+                if c.state == COPY_DONE:
+                    holdings.repository_ids.add(c.destination_repository_id)
+                    holdings.copy_ids.append(c.id)
+                if c.verify_state in BAD_VERIFY:
+                    holdings.errors += 1
+        return holdings
+
+    def _locked_repository_ids(self, holdings: _Holdings) -> set[int]:
+        """Repositories where a lock in force protects one of these backups or copies."""
+        return {
+            lock.repository_id
+            for lock in self.locks.list(states=("active", "pending", "drift"))
+            if lock.backup_id in holdings.backup_repository or lock.copy_id in holdings.copy_ids
+        }
 
     def report_all(self) -> list[Compliance]:
         return [self.report(vm) for vm in self.vms()]

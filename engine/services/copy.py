@@ -7,19 +7,18 @@ base did not make it is not copied. Each copy records the copy it is backed by
 (``Copy.parent_copy_id``), which stays true when the source chain is consolidated
 later (the merge replaces the source file, not the copy).
 
-Each file is copied with :func:`copy_file`: chunked reads, sha256 computed in the
-same pass (a writer thread writes while the next chunk is read and hashed), a
-``.name.partial`` temporary, fsync, rename, fsync of the directory; only then is
-the Copy row marked completed. The copied file gets its own manifest next to it
-(``NAME.json``, ``copy_of`` naming the source repository), so the destination
-describes itself too (see engine.services.manifests). The computed checksum must
-equal the source backup's recorded one: a source that rotted is never copied
+Each file is copied with :func:`engine.copier.copy_file` (chunked reads, sha256
+computed in the same pass, published through ``fsutil.durable_output``; a clone
+where the filesystem can); only then is the Copy row marked completed. The copied
+file gets its own manifest next to it (``NAME.json``, ``copy_of`` naming the
+source repository), so the destination describes itself too (see
+engine.services.manifests). The computed checksum must equal the source backup's
+recorded one: a source that rotted is never copied
 silently. Before a file is copied, the headers of its chain are checked against
 the catalog (engine.services.images): a point whose header names another file, a
 data file or another format is not copied (a copy would carry the foreign
-reference to another repository). When both sides share a filesystem that can
-clone (FICLONE: xfs, btrfs) the file is cloned instead (``cloned=True``, counted
-as the same device for 3-2-1).
+reference to another repository). A cloned file (``cloned=True``) counts as the
+same device for 3-2-1.
 
 Locking is a step of the copy: once a copy is complete (and verified) it is
 locked when its destination is immutable or its rule has ``lock_copies``; a
@@ -27,19 +26,13 @@ copy that cannot be locked stays (it is a good copy) and the job ends as
 ``failed_unprotected`` (``LockService.lock_landed``).
 
 After a crash the job is claimed again (lease lapse) and the file resumes from
-its partial: the partial is truncated to a whole chunk and re-hashed (simple and
-safe), and if the result does not match the source the file restarts from zero.
+its partial (see engine.copier).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +47,14 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Copy, CopyRule, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.copier import (
+    CHUNK_SIZE,
+    CopyError,
+    CopyNoSpace,
+    SourceChecksumMismatch,
+    TokenBucket,
+    copy_file,
+)
 from engine.cron import cron_error
 from engine.errors import (
     Action,
@@ -66,24 +67,19 @@ from engine.errors import (
 )
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
-from engine.fsutil import ReadAhead, fsync_dir, partial_path
+from engine.fsutil import discard, partial_path
 from engine.jobs import JobContext, JobRunner
 from engine.names import name_error
-from engine.private import make_private_dirs, open_private
 from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
+from engine.services.probe import RepositoryCheckError
 from engine.states import JobKind
 from engine.units import human_bytes, plural
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 8 * 1024 * 1024
-#: the writer asks the kernel to start writing back every this many bytes
-WRITEBACK_STEP = 64 * 1024 * 1024
-#: linux/fs.h FICLONE = _IOW(0x94, 9, int)
-FICLONE = 0x40049409
 #: the event a finished backup publishes; immediate rules subscribe to it
 BACKUP_LANDED_EVENT = "backup.completed"
 
@@ -94,295 +90,8 @@ KEEPS_PARTIAL = (StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.LOST)
 MODES = ("immediate", "scheduled", "manual")
 
 
-class CopyError(SendenseError):
-    """A copy could not be made; retrying may help."""
-
-
-class CopyNoSpace(CopyError):
-    """The destination filled up; retrying will not help until space is freed."""
-
-
-class SourceChecksumMismatch(CopyError):
-    """The source file does not match its recorded checksum (bit rot or a changed file)."""
-
-
 class SourceRefused(CopyError):
     """A header of the source's chain disagrees with the catalog; retrying will not help."""
-
-
-# ---------------------------------------------------------------------------
-# copying one file
-
-
-class TokenBucket:
-    """A bandwidth limit: ``take(n)`` sleeps so the average stays under ``rate`` B/s."""
-
-    def __init__(
-        self,
-        rate: int,
-        *,
-        burst: int | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate <= 0:
-            raise ValueError("a bandwidth limit must be positive")
-        self.rate = float(rate)
-        self.capacity = float(burst if burst is not None else max(rate // 4, 64 * 1024))
-        self.tokens = self.capacity
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._last = monotonic()
-
-    def take(self, n: int) -> None:
-        now = self._monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        self.tokens -= n
-        if self.tokens < 0:
-            self._sleep(-self.tokens / self.rate)
-
-
-@dataclass(frozen=True)
-class FileCopyResult:
-    checksum: str
-    size: int
-    cloned: bool
-    resumed_from: int
-
-
-def _hash_prefix(fd: int, length: int, chunk_size: int) -> Any:
-    digest = hashlib.sha256()
-    buf = bytearray(chunk_size)
-    view = memoryview(buf)
-    offset = 0
-    while offset < length:
-        n = os.preadv(fd, [view[: min(chunk_size, length - offset)]], offset)
-        if n <= 0:
-            break
-        digest.update(view[:n])
-        offset += n
-    return digest
-
-
-def _try_clone(src_fd: int, dst_fd: int) -> bool:
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS):
-            return False
-        if exc.errno == errno.EPERM:
-            return False
-        raise
-    return True
-
-
-class _Writer(threading.Thread):
-    """Writes filled buffers to the partial file while the next chunk is read and hashed."""
-
-    def __init__(self, fd: int, free: queue.Queue[bytearray], offset: int) -> None:
-        super().__init__(name="sendense-copy-writer", daemon=True)
-        self.fd = fd
-        self.free = free
-        self.todo: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        self.written = offset
-        self._flushed = offset
-        self.error: OSError | None = None
-
-    def run(self) -> None:
-        while True:
-            item = self.todo.get()
-            if item is None:
-                return
-            buf, n = item
-            if self.error is None:
-                try:
-                    view = memoryview(buf)[:n]
-                    while view:
-                        done = os.write(self.fd, view)
-                        view = view[done:]
-                    self.written += n
-                    if self.written - self._flushed >= WRITEBACK_STEP:
-                        # start writeback of what is written so far (async), so the
-                        # final fsync has little left and dirty pages stay bounded
-                        with contextlib.suppress(OSError):
-                            os.posix_fadvise(
-                                self.fd,
-                                self._flushed,
-                                self.written - self._flushed,
-                                os.POSIX_FADV_DONTNEED,
-                            )
-                        self._flushed = self.written
-                except OSError as exc:
-                    self.error = exc
-            self.free.put(buf)
-
-
-def copy_file(
-    src: Path,
-    dst: Path,
-    *,
-    expected_checksum: str | None = None,
-    chunk_size: int = CHUNK_SIZE,
-    resume: bool = True,
-    try_clone: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    bucket: TokenBucket | None = None,
-    label: str | None = None,
-    drop_cache: bool = False,
-) -> FileCopyResult:
-    """Copy ``src`` to ``dst`` safely; returns the sha256 of the bytes written.
-
-    ``progress(done, total)`` is called after every chunk (it may raise to stop the
-    copy: a JobCancelled keeps the partial for a resume). ``label`` names the
-    destination in messages. Raises CopyNoSpace, SourceChecksumMismatch or CopyError;
-    on those the partial is removed (a plain read/write error keeps it for a resume).
-    """
-    where = label or str(dst.parent)
-    make_private_dirs(dst.parent)
-    part = partial_path(dst)
-    total = src.stat().st_size
-    src_fd = os.open(src, os.O_RDONLY)
-    dst_fd = -1
-    cloned = False
-    offset = 0
-    try:
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        if resume and part.exists():
-            dst_fd = os.open(part, os.O_RDWR)
-            have = os.fstat(dst_fd).st_size
-            offset = min(have - have % chunk_size, total - total % chunk_size)
-            os.ftruncate(dst_fd, offset)
-            digest = _hash_prefix(dst_fd, offset, chunk_size)
-            os.lseek(dst_fd, offset, os.SEEK_SET)
-            os.lseek(src_fd, offset, os.SEEK_SET)
-        else:
-            dst_fd = open_private(part, os.O_RDWR | os.O_TRUNC)
-            digest = hashlib.sha256()
-            if try_clone and total > 0 and _try_clone(src_fd, dst_fd):
-                cloned = True
-        if cloned:
-            # the clone shares the source's blocks: hashing it is hashing the source
-            digest = _hash_prefix(dst_fd, total, chunk_size)
-            if progress is not None:
-                progress(total, total)
-        else:
-            _pipe(src_fd, dst_fd, digest, offset, total, chunk_size, progress, bucket)
-        try:
-            os.fsync(dst_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _no_space(dst, where, total, offset) from None
-            raise
-        if drop_cache:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        checksum = digest.hexdigest()
-        if expected_checksum and checksum != expected_checksum:
-            if offset > 0:
-                # the partial we resumed from was not what the source holds: start over
-                os.close(dst_fd)
-                dst_fd = -1
-                part.unlink(missing_ok=True)
-                return copy_file(
-                    src,
-                    dst,
-                    expected_checksum=expected_checksum,
-                    chunk_size=chunk_size,
-                    resume=False,
-                    try_clone=try_clone,
-                    progress=progress,
-                    bucket=bucket,
-                    label=label,
-                    drop_cache=drop_cache,
-                )
-            raise SourceChecksumMismatch(
-                f"{src} does not match its recorded checksum (read sha256 {checksum[:16]}…, "
-                f"recorded {expected_checksum[:16]}…): the source changed or rotted, so it "
-                "was not copied",
-                hint="run `sendense verify run` on the source and restore this point "
-                "from a copy that is still good",
-            )
-        os.close(dst_fd)
-        dst_fd = -1
-        failpoint("copy.after_write")
-        os.rename(part, dst)
-        fsync_dir(dst.parent)
-        return FileCopyResult(checksum=checksum, size=total, cloned=cloned, resumed_from=offset)
-    except JobCancelled:
-        raise
-    except (CopyNoSpace, SourceChecksumMismatch):
-        _discard(part)
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            _discard(part)
-            raise _no_space(dst, where, total, offset) from None
-        raise CopyError(
-            f"copying {src} to {where} failed: {exc.strerror or exc}",
-            hint="check the source and destination storage; the copy resumes on retry",
-        ) from None
-    finally:
-        if dst_fd >= 0:
-            os.close(dst_fd)
-        os.close(src_fd)
-
-
-def _discard(part: Path) -> None:
-    with contextlib.suppress(OSError):
-        part.unlink()
-    with contextlib.suppress(OSError):
-        fsync_dir(part.parent)
-
-
-def _no_space(dst: Path, where: str, total: int, written: int) -> CopyNoSpace:
-    free = 0
-    with contextlib.suppress(OSError):
-        st = os.statvfs(dst.parent)
-        free = st.f_bavail * st.f_frsize
-    return CopyNoSpace(
-        f"no space left on {where}: {dst.name} needs {human_bytes(total)}, the filesystem "
-        f"filled up with {human_bytes(free)} free; the partial file was removed and the "
-        "source is untouched",
-        hint="free space on the destination (or pick another one) and re-run the copy",
-    )
-
-
-def _pipe(
-    src_fd: int,
-    dst_fd: int,
-    digest: Any,
-    offset: int,
-    total: int,
-    chunk_size: int,
-    progress: Callable[[int, int], None] | None,
-    bucket: TokenBucket | None,
-) -> None:
-    """Three stages: a reader thread, hashing here, a writer thread (I/O and hashlib
-    release the GIL, so the three overlap)."""
-    ahead = ReadAhead(src_fd, chunk_size, buffers=6, name="sendense-copy-reader")
-    # the writer hands each buffer back to the reader once it is on disk
-    writer = _Writer(dst_fd, ahead.free, offset)
-    writer.start()
-    done = offset
-    try:
-        for buf, n in ahead:
-            if writer.error is not None:
-                raise writer.error
-            digest.update(memoryview(buf)[:n])
-            if bucket is not None:
-                bucket.take(n)
-            writer.todo.put((buf, n))
-            done += n
-            if progress is not None:
-                progress(done, total)
-    finally:
-        ahead.close()
-        writer.todo.put(None)
-        writer.join()
-    if writer.error is not None:
-        raise writer.error
 
 
 # ---------------------------------------------------------------------------
@@ -576,25 +285,16 @@ class CopyService:
         self.locks.check_supported(dst)
 
     def check_destination(self, dst: Repository) -> None:
-        """The destination must be enabled, present and writable."""
-        if not dst.enabled:
-            raise ValidationError(
-                f"destination repository {dst.name!r} is disabled",
-                action=Action("enable_repository", f"enable repository {dst.name} first", dst.name),
-            )
-        root = Path(dst.path)
-        if not root.is_dir():
-            raise ValidationError(
-                f"destination repository {dst.name!r} is not reachable: {root} is not a "
-                "directory" + (" (is the share mounted?)" if dst.kind != "local" else ""),
-            )
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise ValidationError(
-                f"destination repository {dst.name!r} is not writable ({root})",
-                hint="check its permissions, or whether it is mounted read-only",
-            )
-        if self.destination_check is not None:
+        """The destination must pass the repositories' one write gate (enabled,
+        mounted, a writable directory); its refusal is a refused input here."""
+        if self.destination_check is None:
+            return
+        try:
             self.destination_check(dst)
+        except RepositoryCheckError as exc:
+            raise ValidationError(
+                f"destination {exc.message}", hint=exc.hint, action=exc.action
+            ) from None
 
     def add_rule(
         self,
@@ -1116,7 +816,7 @@ class CopyService:
                 if (ctx.stopped or exc).reason in KEEPS_PARTIAL:
                     self.store.update_copy(copy.id, state="pending")
                     raise
-                _discard(partial_path(dst_path))
+                discard(partial_path(dst_path))
                 self.store.update_copy(copy.id, state="failed", error="cancelled by the operator")
                 raise
             except SourceChecksumMismatch as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.catalog.models import Repository
+from engine.platform import space
 from engine.private import make_private_dir, make_private_dirs
 from engine.services.probe import RepositoryCheckError, run_with_timeout
 from engine.tools.base import ToolError
@@ -228,9 +229,7 @@ class MountManager:
                 )
                 continue
             try:
-                run_with_timeout(
-                    f"mount {m.target}", lambda t=m.target: os.statvfs(t), STALE_TIMEOUT
-                )
+                run_with_timeout(f"mount {m.target}", lambda t=m.target: space(t), STALE_TIMEOUT)
                 findings.append(MountFinding(m.target, m.source, m.fstype, "ok", repo.name))
             except (RepositoryCheckError, OSError):
                 action = "detached (lazy unmount); it is mounted again on start"

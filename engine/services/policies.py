@@ -200,72 +200,81 @@ class PolicyService:
     def validate(self, spec: PolicySpec, *, existing_id: int | None = None) -> dict[str, str]:
         """Field -> what is wrong with it. Empty: the policy can be saved."""
         problems: dict[str, str] = {}
-        name_problem = name_error(spec.name)
-        if name_problem:
-            problems["name"] = name_problem
-        else:
-            try:
-                other = self.store.get(spec.name)
-                if other.id != existing_id:
-                    problems["name"] = f"a policy named {spec.name!r} already exists"
-            except NotFoundError:
-                pass
+        problems.update(self._check_name(spec, existing_id))
         cron = cron_error(spec.schedule, now=self.clock.now())
         if cron:
             problems["schedule"] = cron
+        repo, target_problem = self._check_target(spec)
+        problems.update(target_problem)
+        problems.update(self._validate_sources(spec.sources))
+        problems.update(_check_full_every(spec))
+        if spec.full_weekday is not None and spec.full_weekday not in range(7):
+            problems["full_weekday"] = "the full weekday is 0 (Monday) to 6 (Sunday)"
+        problems.update(_check_retention(spec))
+        problems.update(self._validate_copy_rules(spec, repo))
+        problems.update(self._check_lock(spec, repo, problems))
+        return problems
+
+    def _check_name(self, spec: PolicySpec, existing_id: int | None) -> dict[str, str]:
+        """A valid name no other policy has."""
+        name_problem = name_error(spec.name)
+        if name_problem:
+            return {"name": name_problem}
+        try:
+            other = self.store.get(spec.name)
+        except NotFoundError:
+            return {}
+        if other.id != existing_id:
+            return {"name": f"a policy named {spec.name!r} already exists"}
+        return {}
+
+    def _check_target(self, spec: PolicySpec) -> tuple[Repository | None, dict[str, str]]:
+        """The target repository (None when there is none) and what is wrong with it."""
         repo = self._target(spec.target) if spec.target not in (None, "") else None
         if repo is None:
             names = ", ".join(r.name for r in self.repositories.list()) or "none yet"
-            problems["target"] = (
-                f"repository {spec.target!r} does not exist (repositories: {names})"
+            return None, {
+                "target": f"repository {spec.target!r} does not exist (repositories: {names})"
                 if spec.target not in (None, "")
                 else f"choose a target repository ({names})"
-            )
-        elif not repo.enabled or repo.state == "disabled":
-            problems["target"] = (
-                f"repository {repo.name} is disabled: backups cannot go there "
+            }
+        if not repo.enabled or repo.state == "disabled":
+            return repo, {
+                "target": f"repository {repo.name} is disabled: backups cannot go there "
                 "(enable it first, or choose another)"
-            )
-        problems.update(self._validate_sources(spec.sources))
-        if not isinstance(spec.full_every, int) or spec.full_every < 1:
-            problems["full_every"] = "a new full every N backups needs N of at least 1"
-        elif FULL_EVERY.problem(spec.full_every):
-            problems["full_every"] = str(FULL_EVERY.problem(spec.full_every))
-        if spec.full_weekday is not None and spec.full_weekday not in range(7):
-            problems["full_weekday"] = "the full weekday is 0 (Monday) to 6 (Sunday)"
-        try:
-            rules = RetentionRules.from_dict(spec.retention)
-            if rules.keeps_nothing:
-                problems["retention"] = (
-                    "this retention keeps nothing: every backup would be deleted; set "
-                    "keep_last or a daily/weekly/monthly/yearly count"
-                )
-        except ValidationError as exc:
-            problems["retention"] = exc.message
-        problems.update(self._validate_copy_rules(spec, repo))
+            }
+        return repo, {}
+
+    def _check_lock(
+        self, spec: PolicySpec, repo: Repository | None, problems: dict[str, str]
+    ) -> dict[str, str]:
+        """The lock period: within bounds, supported by the target, and short chains
+        enough that old points can go without merging locked files."""
         if spec.immutable_days < 0:
-            problems["immutable_days"] = "the lock period cannot be negative"
-        elif POLICY_LOCK_DAYS.problem(spec.immutable_days):
-            problems["immutable_days"] = str(POLICY_LOCK_DAYS.problem(spec.immutable_days))
-        elif repo is not None:
-            lock_days = max(spec.immutable_days, repo.immutable_days if repo.immutable else 0)
-            if spec.immutable_days > 0 and "target" not in problems:
-                try:
-                    self.locks.check_supported(repo)
-                except SendenseError as exc:
-                    problems["immutable_days"] = exc.message
-            if lock_days > 0 and "schedule" not in problems and "full_every" not in problems:
-                limit = self.max_full_every(spec.schedule, lock_days)
-                weekly_ok = spec.full_weekday is not None and lock_days >= 7
-                if spec.full_every > limit and not weekly_ok:
-                    problems["full_every"] = (
-                        f"backups are locked for {plural(lock_days, 'day')}, so a chain "
-                        f"must start a "
-                        f"new full at least every {plural(limit, 'backup')} (asked: every "
-                        f"{spec.full_every}); otherwise old points could only go by merging "
-                        "locked files"
-                    )
-        return problems
+            return {"immutable_days": "the lock period cannot be negative"}
+        if POLICY_LOCK_DAYS.problem(spec.immutable_days):
+            return {"immutable_days": str(POLICY_LOCK_DAYS.problem(spec.immutable_days))}
+        if repo is None:
+            return {}
+        found: dict[str, str] = {}
+        lock_days = max(spec.immutable_days, repo.immutable_days if repo.immutable else 0)
+        if spec.immutable_days > 0 and "target" not in problems:
+            try:
+                self.locks.check_supported(repo)
+            except SendenseError as exc:
+                found["immutable_days"] = exc.message
+        if lock_days > 0 and "schedule" not in problems and "full_every" not in problems:
+            limit = self.max_full_every(spec.schedule, lock_days)
+            weekly_ok = spec.full_weekday is not None and lock_days >= 7
+            if spec.full_every > limit and not weekly_ok:
+                found["full_every"] = (
+                    f"backups are locked for {plural(lock_days, 'day')}, so a chain "
+                    f"must start a "
+                    f"new full at least every {plural(limit, 'backup')} (asked: every "
+                    f"{spec.full_every}); otherwise old points could only go by merging "
+                    "locked files"
+                )
+        return found
 
     def max_full_every(self, schedule: str, lock_days: int) -> int:
         """The longest chain (in backups) an immutable target allows: one lock period."""
@@ -660,3 +669,24 @@ class PolicyService:
 
     def _event(self, kind: str, message: str, **fields: Any) -> None:
         self.bus.emit("policies", kind, message, **fields)
+
+
+def _check_full_every(spec: PolicySpec) -> dict[str, str]:
+    if not isinstance(spec.full_every, int) or spec.full_every < 1:
+        return {"full_every": "a new full every N backups needs N of at least 1"}
+    if FULL_EVERY.problem(spec.full_every):
+        return {"full_every": str(FULL_EVERY.problem(spec.full_every))}
+    return {}
+
+
+def _check_retention(spec: PolicySpec) -> dict[str, str]:
+    try:
+        rules = RetentionRules.from_dict(spec.retention)
+    except ValidationError as exc:
+        return {"retention": exc.message}
+    if rules.keeps_nothing:
+        return {
+            "retention": "this retention keeps nothing: every backup would be deleted; set "
+            "keep_last or a daily/weekly/monthly/yearly count"
+        }
+    return {}

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from engine.errors import SendenseError
+from engine.errors import Action, SendenseError
 
 T = TypeVar("T")
 
@@ -58,8 +58,15 @@ class RepositoryCheckError(SendenseError):
     #: not_mounted | no_kernel_client | full | io
     reason: str = "io"
 
-    def __init__(self, message: str, *, reason: str = "io", hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "io",
+        hint: str | None = None,
+        action: Action | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, action=action)
         self.reason = reason
 
 

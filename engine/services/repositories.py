@@ -16,9 +16,10 @@ The interface, for every kind:
 - ``mount``/``unmount`` (unmount refused while a job uses the repository).
 
 **Before writing into a repository, call ``ensure_writable_mount(repo)``**
-(backup, copy and restore services do): for a network repository it checks
-that the path really is the mount, so a backup never lands on the root
-filesystem under an empty mount point; it also refuses a disabled repository.
+(the one write gate: backups, merges and copies go through it): for a network
+repository it checks that the path really is the mount, so a backup never lands
+on the root filesystem under an empty mount point; it also refuses a disabled
+repository and a directory this user may not write into.
 ``ready_for_new_data(repo)`` adds the capacity gate ("full" takes no new data).
 
 Errors are RepositoryCheckError with a ``reason`` and a sentence that says
@@ -28,13 +29,11 @@ what to fix.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,9 +43,11 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import CatalogUnavailable, NotFoundError, ValidationError
+from engine.errors import Action, CatalogUnavailable, NotFoundError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
+from engine.oserrors import explain_os_error
+from engine.platform import can_clone
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
@@ -74,7 +75,6 @@ WRITE_TEST_BYTES = 64 * 1024
 NETWORK_PROBE_TIMEOUT = 10.0
 #: walking a large network repository to fix modes may take longer than a probe
 MODE_REPAIR_TIMEOUT = 120.0
-FICLONE = 0x40049409
 
 _HOST_RE = re.compile(
     r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -120,68 +120,121 @@ FIELDS_BY_KIND: dict[str, list[str]] = {
 
 
 def validate_field(kind: str, name: str, value: Any) -> str | None:
-    """A sentence saying what is wrong with one field, or None (used while typing)."""
-    text = "" if value is None else str(value).strip()
-    if name == "name":
-        # exactly as typed: "nas\n" must not be trimmed into a valid name
-        return name_error("" if value is None else str(value))
-    elif name == "path" and kind == "local":
-        raw = "" if value is None else str(value)
-        if not text:
-            return "a directory is required"
-        if not raw.startswith("/"):
-            return "the path must be absolute (start with /)"
-        if has_unsafe_chars(raw):
-            return "the path must not contain control characters (line breaks, tabs, escapes)"
-        if "/../" in raw + "/":
-            return "the path must not contain '..'"
-    elif name == "server" and kind in ("nfs", "cifs"):
-        if not text:
-            return "a server (host name or IP address) is required"
-        if not _is_host(text):
-            return f"{text!r} is not a host name or IP address"
-    elif name == "export" and kind == "nfs":
-        if not text:
-            return "the export path is required (e.g. /srv/backups)"
-        if not text.startswith("/"):
-            return "the export path must start with /"
-        if has_unsafe_chars(str(value)):
-            return "the export path must not contain control characters"
-    elif name == "export" and kind == "cifs":
-        if not text:
-            return "the share name is required (e.g. backups)"
-        if not _SHARE_RE.fullmatch(text):
-            return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
-    elif name == "port" and text:
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-            return "the port must be a number from 1 to 65535"
-    elif name == "nfs_version" and kind == "nfs":
-        if text not in ("3", "4", "4.0", "4.1", "4.2"):
-            return "the NFS version must be 3, 4, 4.0, 4.1 or 4.2"
-    elif name == "smb_version" and kind == "cifs":
-        if text and text not in ("2.0", "2.1", "3.0", "3.02", "3.1.1", "3", "default"):
-            return "the SMB version must be 2.0, 2.1, 3.0, 3.02 or 3.1.1"
-    elif name == "username" and kind == "cifs":
-        if not text:
-            return "a user name is required"
-        if any(c in text for c in "\n\r="):
-            return "the user name must not contain '=' or line breaks"
-    elif name == "domain" and kind == "cifs":
-        if any(c in text for c in "\n\r="):
-            return "the domain must not contain '=' or line breaks"
-    elif name == "password" and kind == "cifs":
-        if "\n" in str(value or "") or "\r" in str(value or ""):
-            return "the password must not contain line breaks"
-    elif (
-        name == "mount_options"
-        and text
-        and any(
-            o.strip().split("=")[0] in ("password", "credentials", "user", "username")
-            for o in text.split(",")
-        )
-    ):
+    """A sentence saying what is wrong with one field, or None (used while typing).
+    Each field of each kind has its own named check (``_FIELD_CHECKS``); a field
+    that does not belong to the kind is not checked."""
+    raw = "" if value is None else str(value)
+    check = _FIELD_CHECKS.get((kind, name)) or _FIELD_CHECKS.get((_ANY_KIND, name))
+    return check(raw, raw.strip()) if check is not None else None
+
+
+def _check_name(raw: str, _text: str) -> str | None:
+    # exactly as typed: "nas\n" must not be trimmed into a valid name
+    return name_error(raw)
+
+
+def _check_local_path(raw: str, text: str) -> str | None:
+    if not text:
+        return "a directory is required"
+    if not raw.startswith("/"):
+        return "the path must be absolute (start with /)"
+    if has_unsafe_chars(raw):
+        return "the path must not contain control characters (line breaks, tabs, escapes)"
+    if "/../" in raw + "/":
+        return "the path must not contain '..'"
+    return None
+
+
+def _check_server(_raw: str, text: str) -> str | None:
+    if not text:
+        return "a server (host name or IP address) is required"
+    if not _is_host(text):
+        return f"{text!r} is not a host name or IP address"
+    return None
+
+
+def _check_nfs_export(raw: str, text: str) -> str | None:
+    if not text:
+        return "the export path is required (e.g. /srv/backups)"
+    if not text.startswith("/"):
+        return "the export path must start with /"
+    if has_unsafe_chars(raw):
+        return "the export path must not contain control characters"
+    return None
+
+
+def _check_cifs_share(_raw: str, text: str) -> str | None:
+    if not text:
+        return "the share name is required (e.g. backups)"
+    if not _SHARE_RE.fullmatch(text):
+        return 'a share name has no slashes or \\ : * ? " < > | and is at most 80 characters'
+    return None
+
+
+def _check_port(_raw: str, text: str) -> str | None:
+    if text and (not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535):
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
+def _check_nfs_version(_raw: str, text: str) -> str | None:
+    if text not in ("3", "4", "4.0", "4.1", "4.2"):
+        return "the NFS version must be 3, 4, 4.0, 4.1 or 4.2"
+    return None
+
+
+def _check_smb_version(_raw: str, text: str) -> str | None:
+    if text and text not in ("2.0", "2.1", "3.0", "3.02", "3.1.1", "3", "default"):
+        return "the SMB version must be 2.0, 2.1, 3.0, 3.02 or 3.1.1"
+    return None
+
+
+def _check_username(_raw: str, text: str) -> str | None:
+    if not text:
+        return "a user name is required"
+    if any(c in text for c in "\n\r="):
+        return "the user name must not contain '=' or line breaks"
+    return None
+
+
+def _check_domain(_raw: str, text: str) -> str | None:
+    if any(c in text for c in "\n\r="):
+        return "the domain must not contain '=' or line breaks"
+    return None
+
+
+def _check_password(raw: str, _text: str) -> str | None:
+    if "\n" in raw or "\r" in raw:
+        return "the password must not contain line breaks"
+    return None
+
+
+def _check_mount_options(_raw: str, text: str) -> str | None:
+    keys = {o.strip().split("=")[0] for o in text.split(",")} if text else set()
+    if keys & {"password", "credentials", "user", "username"}:
         return "credentials do not belong in mount options"
     return None
+
+
+#: a check that applies whatever the repository's kind
+_ANY_KIND = "*"
+
+#: (kind, field) -> its check, called with the value as typed and stripped
+_FIELD_CHECKS: dict[tuple[str, str], Callable[[str, str], str | None]] = {
+    (_ANY_KIND, "name"): _check_name,
+    ("local", "path"): _check_local_path,
+    ("nfs", "server"): _check_server,
+    ("cifs", "server"): _check_server,
+    ("nfs", "export"): _check_nfs_export,
+    ("cifs", "export"): _check_cifs_share,
+    (_ANY_KIND, "port"): _check_port,
+    ("nfs", "nfs_version"): _check_nfs_version,
+    ("cifs", "smb_version"): _check_smb_version,
+    ("cifs", "username"): _check_username,
+    ("cifs", "domain"): _check_domain,
+    ("cifs", "password"): _check_password,
+    (_ANY_KIND, "mount_options"): _check_mount_options,
+}
 
 
 def _is_host(text: str) -> bool:
@@ -254,42 +307,8 @@ class Health:
 
 
 def _os_error(path: Path, exc: OSError, doing: str) -> RepositoryCheckError:
-    code = exc.errno
-    if code == errno.ENOSPC:
-        return RepositoryCheckError(
-            f"{path} has no space left: {doing} failed (ENOSPC)",
-            reason="no_space",
-            hint="free space on that filesystem or choose another one",
-        )
-    if code == errno.EDQUOT:
-        return RepositoryCheckError(
-            f"{path}: the disk quota is exhausted ({doing} failed)",
-            reason="no_space",
-            hint="raise the quota or free space",
-        )
-    if code == errno.EROFS:
-        return RepositoryCheckError(
-            f"{path} is on a read-only filesystem: {doing} is impossible",
-            reason="read_only",
-            hint="remount it read-write or choose a writable location",
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return RepositoryCheckError(
-            f"{path}: permission denied ({doing})",
-            reason="permission",
-            hint="run Sendense as a user that may write there, or fix the ownership",
-        )
-    if code == errno.ENOENT:
-        return RepositoryCheckError(
-            f"{path} does not exist",
-            reason="not_found",
-            hint="create the directory first, or tick 'create it'",
-        )
-    if code == errno.ENOTDIR:
-        return RepositoryCheckError(
-            f"{path} is not a directory (a part of the path is a file)", reason="not_directory"
-        )
-    return RepositoryCheckError(f"{path}: {doing} failed: {exc.strerror or exc}", reason="io")
+    failure = explain_os_error(path, exc, doing)
+    return RepositoryCheckError(failure.message, reason=failure.reason, hint=failure.hint)
 
 
 def check_directory(path: Path, *, create: bool = False) -> list[Path]:
@@ -492,12 +511,7 @@ def probe_capabilities(root: Path) -> dict[str, Any]:
         finally:
             with contextlib.suppress(AttrError):
                 set_immutable(canary, False)
-        try:
-            with open(canary, "rb") as src, open(clone, "wb") as dst:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-            caps["reflink"] = True
-        except OSError:
-            caps["reflink"] = False
+        caps["reflink"] = can_clone(canary, clone)
     except OSError as exc:
         caps["note"] = f"canary file: {exc.strerror}"
     finally:
@@ -1127,7 +1141,7 @@ class RepositoryService:
             return sorted(out, key=lambda e: e.name)
 
         if repo.kind != "local":
-            self.ensure_writable_mount(repo)
+            self._ensure_mounted(repo)
         return run_with_timeout(f"repository {repo.name}", scan, NETWORK_PROBE_TIMEOUT)
 
     def health(self, ref: int | str | Repository) -> Health:
@@ -1144,7 +1158,7 @@ class RepositoryService:
 
         try:
             if repo.kind != "local":
-                self.ensure_writable_mount(repo)
+                self._ensure_mounted(repo)
             run_with_timeout(f"repository {repo.name}", probe, NETWORK_PROBE_TIMEOUT)
         except RepositoryCheckError as exc:
             seen = repo.last_seen_at
@@ -1165,19 +1179,46 @@ class RepositoryService:
     # -- the write guard --------------------------------------------------------------------------
 
     def ensure_writable_mount(self, ref: int | str | Repository) -> Path:
-        """Call before writing into a repository. Returns its root directory.
+        """The one write gate: call before writing into a repository (backups, merges
+        and copies all come through here). Returns its root directory.
 
-        Refuses a disabled repository, a missing directory, and — for NFS/CIFS —
-        a path that is not the mount itself (an empty mount point would let a
-        backup land silently on the root filesystem)."""
+        Refuses a disabled repository, a missing directory, a directory this user may
+        not write into, and — for NFS/CIFS — a path that is not the mount itself (an
+        empty mount point would let a backup land silently on the root filesystem)
+        or a read-only mount."""
         repo = self._repo(ref)
-        root = Path(repo.path)
+        root = self._ensure_mounted(repo)
+        if repo.kind != "local" and not root.is_dir():
+            raise RepositoryCheckError(
+                f"repository {repo.name}: {root} does not exist or is not a directory",
+                reason="not_found",
+                hint="check that the repository is mounted",
+            )
+        # access(2) answers for root too (a read-only or immutable directory)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise RepositoryCheckError(
+                f"repository {repo.name}: {root} is not writable",
+                reason="permission",
+                hint="check the mount options and the directory owner",
+            )
+        return root
+
+    def _refuse_disabled(self, repo: Repository) -> None:
         if not repo.enabled:
             raise RepositoryCheckError(
                 f"repository {repo.name} is disabled",
                 reason="disabled",
-                hint="enable it first (repo enable)",
+                action=Action(
+                    "enable_repository", f"enable repository {repo.name} first", repo.name
+                ),
             )
+
+    def _ensure_mounted(self, repo: Repository) -> Path:
+        """Enabled and, for NFS/CIFS, mounted read-write right on its path; a local one
+        is an existing directory. Reads the mount table, not the share (a hung server
+        would block here), so a probe may call it before its timed part."""
+        self._refuse_disabled(repo)
+        root = Path(repo.path)
         if repo.kind in ("nfs", "cifs"):
             if not is_mountpoint(root):
                 raise RepositoryCheckError(
@@ -1204,6 +1245,7 @@ class RepositoryService:
         and so is one that does not answer (read first, with a timeout: the mount
         checks would hang on it)."""
         repo = self._repo(ref)
+        self._refuse_disabled(repo)
         self.monitor.ensure_room(repo)
         return self.ensure_writable_mount(repo)
 

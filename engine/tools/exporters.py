@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.owners import is_zombie
+from engine.platform import is_zombie
 from engine.private import (
     PRIVATE_FILE,
     PRIVATE_UMASK,

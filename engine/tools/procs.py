@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.platform import pid_alive
+
 PROC = Path("/proc")
 
 
@@ -65,15 +67,6 @@ def program_of(pid: int) -> str:
     return "?"
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie has finished: it only waits to be reaped)."""
-    try:
-        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z"
-
-
 def kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
     """SIGKILL each process; returns the pids still running after ``timeout``
     (stuck in the kernel on storage that does not answer)."""
@@ -83,7 +76,7 @@ def kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while True:
-        left = [pid for pid in pids if alive(pid)]
+        left = [pid for pid in pids if pid_alive(pid)]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)

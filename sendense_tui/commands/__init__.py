@@ -171,13 +171,15 @@ class CliContext:
         return self._settings
 
     @contextmanager
-    def engine(self, *, start: bool = False) -> Iterator[Any]:
-        """An opened (migrated) engine, closed afterwards."""
+    def engine(self, *, start: bool = False, read_only: bool = False) -> Iterator[Any]:
+        """An opened (migrated) engine, closed afterwards. ``read_only`` for a command
+        that only looks (a listing, show, status): the catalog is not migrated and
+        restore mounts are not cleaned up (Engine.open)."""
         from engine.runtime import Engine
 
         engine = Engine(self.settings)
         try:
-            engine.open()
+            engine.open(read_only=read_only)
             # The same embedded default the console starts with, so a newcomer's
             # first `sendense backup run --repo local ...` has somewhere to go.
             with suppress(OSError, SendenseError):

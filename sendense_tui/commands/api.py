@@ -60,7 +60,7 @@ def create_token(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def list_tokens(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         views = engine.api_tokens.list()
     if ctx.json:
         ctx.print_json([v.as_dict() for v in views])

@@ -228,7 +228,7 @@ def transfer_line(d: dict[str, Any]) -> str:
 
 
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         points = engine.backups.list_points(repository=args.repo, vm=args.vm)
         now = engine.clock.now()
     if ctx.json:

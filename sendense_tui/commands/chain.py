@@ -58,7 +58,7 @@ def register(subparsers: Any) -> None:
 
 
 def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         repo_id = engine.repositories.get(args.repo).id if args.repo else None
         views = engine.chains.overview(repository_id=repo_id, include_retired=args.all)
         now = engine.clock.now()

@@ -115,7 +115,7 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def list_rules(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         repos = {r.id: r for r in engine.repositories.list()}
         rules = [rule_dict(r, repos) for r in engine.copies.list_rules()]
     if ctx.json:
@@ -180,7 +180,7 @@ def _next_text(status: Any, now: Any) -> str:
 
 
 def show_status(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         statuses = engine.copies.status()
         alerts = engine.copies.alerts()
         # alerts announced by a scheduler (console or daemon) on this catalog

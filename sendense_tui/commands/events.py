@@ -42,7 +42,7 @@ def _emit(entries: list[AuditEntry], as_json: bool) -> None:
 
 def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
     query = {"min_level": args.level, "source": args.source, "text": args.grep}
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         entries = list(reversed(engine.audit.query(limit=args.limit, **query)))
         if ctx.json and not args.follow:
             ctx.print_json([entry_dict(e) for e in entries])

@@ -259,7 +259,7 @@ def register(subparsers: Any) -> None:
 
 
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         jobs = engine.jobs.list(states=args.state, limit=args.limit)
         now = engine.clock.now()
     if ctx.json:
@@ -287,7 +287,7 @@ def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def show_job(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         job = engine.jobs.get(args.job_id)
     data = job_dict(job)
     if ctx.json:

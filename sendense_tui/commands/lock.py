@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
 
 
 def list_locks(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         states = None if args.all else HOLDING_STATES
         locks = engine.locks.list(states=states, repository=args.repo)
         repos = {r.id: r.name for r in engine.repositories.list()}

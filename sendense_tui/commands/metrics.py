@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 
 
 def print_metrics(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         text = engine.metrics.exposition()
     sys.stdout.buffer.write(text)
     sys.stdout.flush()

@@ -212,7 +212,7 @@ def add_rule(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def list_rules(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         views = engine.notifications.list_rules()
     if ctx.json:
         ctx.print_json([view.as_dict() for view in views])
@@ -276,7 +276,7 @@ def test_rule(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def list_deliveries(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         views = engine.notifications.deliveries(
             failed_only=args.failed, rule=args.rule, limit=args.limit
         )

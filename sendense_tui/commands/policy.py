@@ -226,7 +226,7 @@ def _show_lock_cost(ctx: CliContext, engine: Any, spec: Any, existing_id: int | 
 
 
 def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         rows = [policy_dict(engine, p) for p in engine.policies.list()]
         now = engine.clock.now()
     if ctx.json:
@@ -258,7 +258,7 @@ def list_policies(args: argparse.Namespace, ctx: CliContext) -> int:
 def show_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     from engine.services.policies import next_runs
 
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         policy = engine.policies.get(args.name)
         data = policy_dict(engine, policy)
         data["next_runs"] = next_runs(policy.schedule, engine.clock.now(), 5)
@@ -328,7 +328,8 @@ def run_policy(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def preview_policy(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    # a preview only reads; --apply deletes backups, so it opens an engine that writes
+    with ctx.engine(read_only=not args.apply) as engine:
         plan = engine.policies.preview(args.name)
         result = None
         if args.apply:

@@ -109,7 +109,7 @@ def _spec(args: argparse.Namespace) -> RepositorySpec:
 
 
 def list_repos(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         data = repositories_list(engine)
         where = {
             d["id"]: engine.repositories.describe_location(engine.repositories.get(d["id"]))
@@ -227,7 +227,7 @@ def print_import_report(report: dict[str, Any]) -> None:
 
 
 def show_repo(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         data, item = repository_details(engine, args.name)
         repo = engine.repositories.get(data["id"])
         now = engine.clock.now()

@@ -72,7 +72,7 @@ def add_subcommands(sub: Any) -> None:
 
 
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         points = engine.file_restore.points(vm_name=args.vm, disk_name=args.disk)
     if ctx.json:
         ctx.print_json(

@@ -54,7 +54,7 @@ def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def show_report(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
+    with ctx.engine(read_only=True) as engine:
         report = engine.verifier.report(args.days)
         next_at = engine.scheduler.next_verification()
         schedule = engine.scheduler.verify_schedule

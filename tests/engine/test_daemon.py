@@ -22,7 +22,7 @@ from engine.daemon import (
     find_daemon,
     stop_daemon,
 )
-from engine.owners import is_zombie
+from engine.platform import is_zombie
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from tests.engine.daemonsite import DaemonSite, processes_of, wait_for

@@ -14,6 +14,7 @@ from engine.clock import FixedClock
 from engine.config import default_settings
 from engine.errors import ValidationError
 from engine.runtime import Engine
+from engine.services.backup import DiskSource
 from engine.services.mounts import MountManager, kernel_client_missing
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositorySpec, validate_field, validate_spec
@@ -436,3 +437,38 @@ def test_a_failed_test_removes_the_directories_it_created(
         eng.repositories.edit(repo, RepositorySpec(name="r", path="/etc/backups", create=True))
     assert not Path("/etc/backups").exists()
     assert eng.repositories.get("r").path == str(tmp_path / "r")
+
+
+def test_one_write_gate_refuses_an_unwritable_repository_for_backups_and_copies(
+    eng: Engine, loop_fs: LoopFsFactory, tmp_path: Path
+) -> None:
+    """A repository directory nobody may write into (immutable: root too): the write
+    gate, a backup into it and a copy rule to it refuse it with the gate's one
+    sentence, and nothing lands there."""
+    fs = loop_fs("ext4", size_mb=16)
+    main = eng.repositories.add(
+        RepositorySpec(name="main", path=str(tmp_path / "main"), create=True)
+    )
+    frozen = eng.repositories.add(RepositorySpec(name="frozen", path=str(fs.mountpoint)))
+    before = sorted(p.name for p in fs.mountpoint.iterdir())
+    subprocess.run(["chattr", "+i", str(fs.mountpoint)], check=True, timeout=30)
+    try:
+        with pytest.raises(RepositoryCheckError) as gate:
+            eng.repositories.ready_for_new_data(frozen)
+        assert gate.value.reason == "permission"
+        sentence = f"repository frozen: {fs.mountpoint} is not writable"
+        assert str(gate.value) == sentence
+
+        disk = tmp_path / "disk.raw"
+        disk.write_bytes(b"\1" * 65536)
+        with pytest.raises(RepositoryCheckError) as backup:
+            eng.backups.run(frozen.id, "web01", [DiskSource("sda", str(disk))])
+        assert str(backup.value) == sentence
+
+        with pytest.raises(ValidationError) as copy:
+            eng.copies.add_rule(name="out", source=main.name, destination=frozen.name)
+        assert str(copy.value) == f"destination {sentence}"
+        assert eng.copies.list_rules() == []
+    finally:
+        subprocess.run(["chattr", "-i", str(fs.mountpoint)], check=True, timeout=30)
+    assert sorted(p.name for p in fs.mountpoint.iterdir()) == before

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.tools import ToolError, ToolMissing, ToolTimeout, procs, qemu_img, run, which
+from engine.platform import pid_alive
+from engine.tools import ToolError, ToolMissing, ToolTimeout, qemu_img, run, which
 
 
 def test_missing_program_names_the_debian_package(
@@ -58,7 +59,7 @@ def test_a_timeout_kills_the_program_and_everything_it_started(tmp_path: Path) -
         run(["bash", "-c", f"sleep 300 & echo $! > {pidfile}; wait"], timeout=1)
     grandchild = int(pidfile.read_text())
     # the whole process group went, not just bash: nothing keeps running unowned
-    _wait_until(lambda: not procs.alive(grandchild), "the grandchild to be killed")
+    _wait_until(lambda: not pid_alive(grandchild), "the grandchild to be killed")
 
 
 ENGINE_SCRIPT = """
@@ -96,11 +97,11 @@ def test_children_die_with_the_engine_process_not_with_the_thread_that_started_t
     try:
         assert os.getpgid(nbd) == nbd  # its own process group: a terminal's ^C misses it
         time.sleep(0.5)  # PR_SET_PDEATHSIG would have fired when the job thread ended
-        assert procs.alive(nbd), "qemu-nbd died with the thread that started it"
+        assert pid_alive(nbd), "qemu-nbd died with the thread that started it"
         engine.kill()  # SIGKILL: no cleanup code runs in the engine
         engine.wait(10)
-        _wait_until(lambda: not procs.alive(nbd), "qemu-nbd to die with its engine")
-        assert procs.alive(server)  # started to outlive the engine on purpose
+        _wait_until(lambda: not pid_alive(nbd), "qemu-nbd to die with its engine")
+        assert pid_alive(server)  # started to outlive the engine on purpose
     finally:
         for pid in (nbd, server):
             with contextlib.suppress(ProcessLookupError):

@@ -27,6 +27,7 @@ from engine.clock import FixedClock
 from engine.config import CapacitySettings, JobSettings
 from engine.events import Event
 from engine.jobs import JobContext
+from engine.platform import pid_alive
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from engine.tools import procs, qemu_img
@@ -365,7 +366,7 @@ def test_takeover_stops_a_qemu_writer_left_running_then_removes_its_file(
     assert qemu_img.write_locked(partial)
     seen = events(b, "writer.")
     with b.writers.hold(repo.id, "web01", "sda", operation="backup", actor="cli"):
-        assert not procs.alive(orphan.pid)
+        assert not pid_alive(orphan.pid)
         assert not partial.exists() and not partial.parent.exists()
     orphan.stop()
     messages = [e.message for e in seen]
@@ -395,7 +396,7 @@ def test_takeover_waits_while_another_program_holds_the_dead_writers_file(
             pytest.fail("the disk was handed over while its partial file was open")
         program = Path(sys.executable).resolve().name
         assert f"is still open by {program} (pid {reader.pid})" in str(stuck.value)
-        assert partial.exists() and procs.alive(reader.pid)  # nothing killed, nothing removed
+        assert partial.exists() and pid_alive(reader.pid)  # nothing killed, nothing removed
         held = b.writers.store.get(DiskKey(repo.id, "web01", "sda"))
         assert held is not None and held.output is not None  # the next writer tries again
     finally:

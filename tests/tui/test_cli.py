@@ -231,3 +231,97 @@ def test_backup_run_disk_without_name_is_a_usage_error(
     err = capsys.readouterr().err
     assert "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01" in err
     assert "Traceback" not in err
+
+
+def _downgrade_one_revision(state: Path) -> str:
+    """Take the catalog in ``state`` back one real schema revision (alembic's own
+    downgrade: the newest tables are dropped). Returns the revision it is at."""
+    from alembic import command
+
+    from engine.catalog.db import Catalog, alembic_config
+    from engine.config import sqlite_url
+
+    catalog = Catalog(sqlite_url(state / "catalog.db"))
+    try:
+        config = alembic_config()
+        with catalog.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "-1")
+        revision = catalog.current_revision()
+    finally:
+        catalog.dispose()
+    assert revision is not None
+    return revision
+
+
+READ_ONLY_COMMANDS = [
+    ["repo", "list"],
+    ["repo", "show", "local"],
+    ["jobs", "list"],
+    ["events"],
+    ["backup", "list"],
+    ["chain", "show"],
+    ["copy", "rule", "list"],
+    ["copy", "status"],
+    ["policy", "list"],
+    ["lock", "list"],
+    ["metrics"],
+    ["api", "token", "list"],
+    ["notify", "rule", "list"],
+    ["notify", "deliveries"],
+    ["verify", "report"],
+]
+
+
+def test_read_only_commands_neither_migrate_nor_clean_up_restore_mounts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A catalog one revision behind: every read-only command refuses it with one
+    sentence and leaves its revision; a restore mount directory nobody accounts for
+    stays. The first command that writes migrates the catalog and cleans up."""
+    from engine.catalog.db import SCHEMA_HEAD
+
+    state = tmp_path / "state"
+    assert main(["--state-dir", str(state), "repo", "list"]) == 0
+    older = _downgrade_one_revision(state)
+    assert older != SCHEMA_HEAD
+    leftover = state / "restore" / "m999"
+    leftover.mkdir(parents=True)
+    capsys.readouterr()
+
+    for command in READ_ONLY_COMMANDS:
+        code = main(["--state-dir", str(state), *command])
+        captured = capsys.readouterr()
+        assert code == 2, (command, captured.err)
+        lines = captured.err.strip().splitlines()
+        assert lines[0] == (
+            f"sendense: catalog sqlite:///{state / 'catalog.db'} is at schema {older}, older "
+            f"than this Sendense ({SCHEMA_HEAD}); this command only reads and left it untouched"
+        ), command
+        assert "sendense catalog migrate" in captured.err and "Traceback" not in captured.err
+        assert main(["--state-dir", str(state), "catalog", "status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["revision"] == older, command
+        assert leftover.is_dir(), command
+
+    # a command that writes migrates and cleans up (so the checks above can fail)
+    assert main(["--state-dir", str(state), "jobs", "cancel", "999"]) == 2  # no such job
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "catalog", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["revision"] == SCHEMA_HEAD
+    assert not leftover.exists()
+
+
+def test_read_only_commands_leave_restore_mounts_on_a_current_catalog(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Up to date, a listing works and still leaves restore mounts alone."""
+    state = tmp_path / "state"
+    assert main(["--state-dir", str(state), "repo", "list"]) == 0
+    leftover = state / "restore" / "m999"
+    leftover.mkdir(parents=True)
+    for command in READ_ONLY_COMMANDS:
+        assert main(["--state-dir", str(state), *command, "--json"]) == 0, command
+        assert leftover.is_dir(), command
+    capsys.readouterr()
+    assert main(["--state-dir", str(state), "jobs", "cancel", "999"]) == 2  # writes: cleans up
+    assert not leftover.exists()

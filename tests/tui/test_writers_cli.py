@@ -26,6 +26,7 @@ import pytest
 
 from engine.catalog.writers import DiskKey
 from engine.config import JobSettings, default_settings
+from engine.platform import pid_alive
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
 from engine.services.policies import PolicySpec
@@ -243,7 +244,7 @@ def qemu_img_touching(root: Path) -> list[int]:
     """Running qemu-img processes whose command line names something under ``root``."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and procs.alive(int(entry.name)):
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
             with contextlib.suppress(OSError):
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
                 if Path(argv[0].decode()).name == "qemu-img" and str(root).encode() in b" ".join(
@@ -315,7 +316,7 @@ def test_a_sigkilled_backup_leaves_no_qemu_img_and_the_next_backup_takes_over(
         os.kill(first.pid, signal.SIGKILL)  # the OOM killer, a kill -9, a crash
         first.proc.wait(10)
         # its qemu-img goes with it instead of finishing a file nobody will rename
-        wait_for(lambda: not procs.alive(writer), what="qemu-img to die with its engine")
+        wait_for(lambda: not pid_alive(writer), what="qemu-img to die with its engine")
         assert qemu_img_touching(sendense.repo) == []
         assert procs.holders(partial) == []
     assert partial.exists()  # nobody else removed it: the next engine must
