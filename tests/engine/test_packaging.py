@@ -57,7 +57,7 @@ def test_wheel_ships_styles_and_migrations_and_runs_installed(tmp_path: Path) ->
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("engine", "sendense_tui", "styles"):
+    for name in ("engine", "sendense_tui", "sendense_api", "styles"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -73,6 +73,7 @@ def test_wheel_ships_styles_and_migrations_and_runs_installed(tmp_path: Path) ->
     assert "engine/catalog/migrations/versions/0001_initial_schema.py" in names
     assert "engine/catalog/migrations/script.py.mako" in names
     assert "sendense_tui/commands/jobs.py" in names
+    assert "sendense_api/routes/chains.py" in names
 
     target = tmp_path / "site"
     subprocess.run(
@@ -95,3 +96,13 @@ def test_wheel_ships_styles_and_migrations_and_runs_installed(tmp_path: Path) ->
     )  # fmt: skip
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("sendense ")
+    # the HTTP API's routes come from the wheel too (the daemon builds the app at start)
+    api = subprocess.run(
+        [sys.executable, "-P", "-c",
+         "import sendense_api.app as a, importlib; "
+         "[importlib.import_module('sendense_api.routes.' + n) for n in a.ROUTERS]; "
+         "print(a.__file__)"],
+        cwd=target, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert api.returncode == 0, api.stderr
+    assert api.stdout.startswith(str(target))
