@@ -31,6 +31,7 @@ from textual_serve.app_service import AppService
 from textual_serve.server import Server, to_int
 
 from engine.errors import SendenseError, ValidationError
+from engine.tools.piped import start_piped
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,7 @@ class _ConsoleService(AppService):
 
     async def _open_app_process(self, width: int = 80, height: int = 24) -> Any:
         environment = {**self._build_environment(width=width, height=height), **self.extra_env}
-        self._process = process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment,
-        )
+        self._process = process = await start_piped(self.argv, env=environment)
         assert process.stdin is not None
         self._stdin = process.stdin
         return process
