@@ -162,37 +162,22 @@ def job_dict(job: Job) -> dict[str, Any]:
 # -- events
 
 
+#: what an event says, in the audit log and on the live stream alike
+EVENT_FIELDS = ("at", "level", "source", "kind", "message", "repository_id", "job_id", "actor")
+
+
 def event_dict(entry: AuditEntry) -> dict[str, Any]:
     """One entry of the audit log (``sendense events --json``)."""
-    return {
-        "id": entry.id,
-        "at": entry.at,
-        "level": entry.level,
-        "source": entry.source,
-        "kind": entry.kind,
-        "message": entry.message,
-        "repository_id": entry.repository_id,
-        "job_id": entry.job_id,
-        "actor": entry.actor,
-    }
+    return {"id": entry.id, **{name: getattr(entry, name) for name in EVENT_FIELDS}}
 
 
 def live_event_dict(event: Event) -> dict[str, Any]:
     """An event as it is published (the API's live stream): the audit log's shape
     without an id (progress events are never written to the log)."""
-    return {
-        "at": event.at,
-        "level": event.level,
-        "source": event.source,
-        "kind": event.kind,
-        "message": event.message,
-        "repository_id": event.repository_id,
-        "job_id": event.job_id,
-        "actor": event.actor,
-    }
+    return {name: getattr(event, name) for name in EVENT_FIELDS}
 
 
-# -- resources (H2) --------------------------------------------------------------------
+# -- resources ------------------------------------------------------------------------
 
 
 def point_dict(backup: Any, chain: Any) -> dict[str, Any]:
