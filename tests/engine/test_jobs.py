@@ -255,6 +255,9 @@ def test_retry_a_failed_job(engine_factory: EngineFactory, clock: FixedClock) ->
     engine = runner_engine(engine_factory, clock, handlers={"copy": flaky})
     job = engine.jobs.submit("copy", "copy web01")
     assert wait_state(engine, job.id, "failed", "succeeded").state == "failed"
+    # the runner records the state, then publishes job.failed: an operator's retry
+    # can land in between, so the order asserted below waits for the event first
+    wait_for(lambda: "job.failed" in audit_kinds(engine, job.id), what="job.failed")
     retried = engine.jobs.retry(job.id, actor="bob")
     assert retried.state == "queued" and retried.error is None
     done = wait_state(engine, job.id, "succeeded", "failed")

@@ -111,8 +111,9 @@ def test_sendense_demo_opens_the_console_and_leaves_nothing_behind(tmp_path: Pat
         while b"Repositories" not in console.received:
             assert time.monotonic() < deadline, bytes(console.received[-400:])
             console.read(1.0)
-        [made] = list(temp.iterdir())
-        assert made.name.startswith("sendense-demo-")
+        # the demo's own directory (a passing temporary file of the build may stand
+        # beside it for a moment; the end checks that nothing at all is left)
+        [made] = [p for p in temp.iterdir() if p.name.startswith("sendense-demo-")]
         console.settle()
         console.send("q")  # the Dashboard: q leaves
         deadline = time.monotonic() + 60
