@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ import pytest
 
 from engine.config import default_settings, sqlite_url
 from engine.runtime import Engine
+from sendense_api.tls import self_signed_pair
 from sendense_tui.web import COOKIE
 from tests.engine.test_exports import _free_port_on, _non_loopback_address
 from tests.plugins.netservers import free_port_number
@@ -298,41 +298,8 @@ def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path: Path) ->
 
 
 def _self_signed(where: Path, address: str) -> tuple[Path, Path]:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    where.mkdir(parents=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sendense test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = where / "cert.pem", where / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    """The pair the daemon makes for itself (sendense_api.tls), here for ``address``."""
+    return self_signed_pair(where, [address])
 
 
 def test_off_loopback_with_tls_serves_over_https_behind_the_token(tmp_path: Path) -> None:
