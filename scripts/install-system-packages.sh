@@ -15,6 +15,8 @@ run_packages=(
   libnbd-bin            # nbdinfo, nbdfuse
   nfs-common            # mount.nfs where the kernel has NFS
   cifs-utils            # mount.cifs where the kernel has CIFS
+  ntfs-3g               # Windows guests' NTFS volumes, mounted read-only for file restore
+  lvm2                  # LVM volumes inside guest disks (read with a private config)
 )
 # qemu-storage-daemon lives here; its recommends pull a whole desktop stack.
 norecommends_packages=(qemu-system-common)

@@ -15,11 +15,15 @@ How a point is mounted (no kernel NBD module needed):
    when the kernel makes none an offset loop device stands in;
 3. each filesystem is probed with ``blkid`` and mounted read-only under
    ``<base>/fs/<name>`` (``p1``, ``p2``… or ``disk``): ext2/3/4 with
-   ``noload``, xfs with ``norecovery,nouuid``, always ``nosuid,nodev,noexec``.
-   A partition whose filesystem is unknown, or has no driver here, is listed
-   with the reason instead.
+   ``noload``, xfs with ``norecovery,nouuid``, NTFS through ntfs-3g
+   (mounts.NTFS_OPTIONS), always ``nosuid,nodev,noexec``. An LVM physical
+   volume becomes its logical volumes (``vg0-home``…, guest_volumes: read from
+   their place on the disk, never activated on the appliance), each probed and
+   mounted the same way. A partition whose filesystem is unknown, or has no
+   driver here, is listed with the reason instead.
 
-Teardown runs the other way: umount → losetup -d → stop the exporter →
+Teardown runs the other way: umount → dmsetup remove (our volumes' mappings) →
+losetup -d → stop the exporter →
 ``fusermount3 -u`` if a FUSE mount is left. It is driven by what is really on
 the machine (mountinfo, losetup, the pidfile), so it also cleans up after a
 crash. Every mount row has an expiry (default one hour), pushed forward by
@@ -67,6 +71,8 @@ from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
 from engine.owners import owner_alive
 from engine.private import make_private_dir, make_private_dirs
+from engine.services import guest_volumes
+from engine.services.guest_volumes import Region
 from engine.services.images import ImageGuard, PointRead, PointReader, PointUnreadable
 from engine.services.restore_browse import MountBrowsing
 from engine.services.restore_extract import Extraction
@@ -79,7 +85,7 @@ from engine.services.restore_views import (
     Source,
 )
 from engine.tools import exporters, loop, mounts, partitions
-from engine.tools.base import ToolError
+from engine.tools.base import ToolError, which
 
 #: the service and the names its callers use (views live in restore_views)
 __all__ = [
@@ -166,6 +172,7 @@ class FileRestoreService(MountBrowsing, Extraction):
                     size=int(f.get("size") or 0),
                     label=str(f.get("label") or ""),
                     detail=str(f.get("detail") or ""),
+                    volume=str(f.get("volume") or ""),
                 )
                 for f in (row.filesystems or [])
             ),
@@ -314,30 +321,8 @@ class FileRestoreService(MountBrowsing, Extraction):
         size = os.path.getsize(disk)
         fs_dir = make_private_dir(base / "fs")
         found: list[dict[str, Any]] = []
-        if table is None:
-            found.append(self._mount_one(device, disk, None, 0, size, fs_dir / "disk"))
-        else:
-            parts_ready = False
-            if table.partitions:
-                with contextlib.suppress(ToolError):
-                    loop.partx_add(device)
-                    parts_ready = True
-            for part in table.partitions:
-                node = f"{device}p{part.number}"
-                if not (parts_ready and _wait_for(node)):
-                    node = ""
-                found.append(
-                    self._mount_one(
-                        device,
-                        disk,
-                        part.number,
-                        part.offset,
-                        part.size,
-                        fs_dir / f"p{part.number}",
-                        node=node,
-                        part_type=part.type,
-                    )
-                )
+        for region in _regions(device, table, size):
+            found += self._mount_region(device, disk, region, fs_dir)
         if not any(f["state"] == "mounted" for f in found):
             reasons = "; ".join(f"{f['name']}: {f['detail']}" for f in found) or (
                 "the partition table lists no partitions"
@@ -348,68 +333,57 @@ class FileRestoreService(MountBrowsing, Extraction):
             )
         return found, device, server.pid
 
-    def _mount_one(
-        self,
-        device: str,
-        disk: Path,
-        number: int | None,
-        offset: int,
-        size: int,
-        target: Path,
-        *,
-        node: str = "",
-        part_type: str = "",
-    ) -> dict[str, Any]:
-        name = target.name
-        info = partitions.probe(device, offset=offset, size=size if number else None)
-        fs_type = info.get("TYPE", "")
-        entry: dict[str, Any] = {
-            "name": name,
-            "number": number,
-            "fs_type": fs_type or "unknown",
-            "size": size,
-            "label": info.get("LABEL", ""),
-            "state": "unsupported",
-            "path": None,
-            "device": None,
-            "detail": "",
-        }
-        if not fs_type:
-            lvm = part_type in partitions.LVM_TYPES
-            entry["detail"] = (
-                "LVM physical volume: not supported yet" if lvm else "unknown filesystem"
+    def _mount_region(
+        self, device: str, disk: Path, region: Region, fs_dir: Path, used: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Probe a region and mount its filesystem; a physical volume becomes its
+        logical volumes (guest_volumes), each mounted the same way."""
+        if region.mapped:
+            info = partitions.probe(region.node)
+        else:
+            whole = region.number is None and not region.volume
+            info = partitions.probe(
+                device, offset=region.offset, size=None if whole else region.size
             )
+        fs_type = info.get("TYPE", "")
+        lvm_member = fs_type == "LVM2_member" or (
+            not fs_type and region.part_type in partitions.LVM_TYPES
+        )
+        if lvm_member and not region.volume:
+            taken = used if used is not None else set()
+            regions, entries = guest_volumes.lvm_regions(region, disk, fs_dir.parent, taken)
+            for volume in regions:
+                entries += self._mount_region(device, disk, volume, fs_dir, taken)
+            return entries
+        return [self._mount_one(disk, region, fs_type, info.get("LABEL", ""), fs_dir)]
+
+    def _mount_one(
+        self, disk: Path, region: Region, fs_type: str, label: str, fs_dir: Path
+    ) -> dict[str, Any]:
+        target = fs_dir / region.name
+        entry = {
+            **guest_volumes.unsupported(region, fs_type or "unknown", ""),
+            "label": label,
+        }
+        reason = _not_mountable(fs_type)
+        if reason:
+            entry["detail"] = reason
             return entry
-        if fs_type == "LVM2_member":
-            entry["detail"] = "LVM physical volume: not supported yet"
-            return entry
-        if fs_type == "swap":
-            entry["detail"] = "swap space: holds no files"
-            return entry
-        options = ["ro", "nosuid", "nodev", "noexec"]
-        kernel_type = fs_type
-        available = partitions.kernel_filesystems()
-        if fs_type in ("ext2", "ext3", "ext4"):
-            options.append("noload")
-            kernel_type = "ext4" if "ext4" in available or not available else fs_type
-        elif fs_type == "xfs":
-            options += ["norecovery", "nouuid"]
-        elif fs_type == "ntfs":
-            kernel_type = "ntfs3" if "ntfs3" in available else "ntfs"
-        elif fs_type == "btrfs":
-            options.append("norecovery")
-        if available and kernel_type not in available and not _module_exists(kernel_type):
-            entry["detail"] = f"{fs_type}: no driver for it on this machine"
-            return entry
-        if not node:
-            node = loop.attach(disk, read_only=True, offset=offset, sizelimit=size)
+        kernel_type, options = _mount_options(fs_type)
+        node = region.node or loop.attach(
+            disk, read_only=True, offset=region.offset, sizelimit=region.size
+        )
         make_private_dirs(target)
         try:
-            mounts.mount(node, target, fstype=kernel_type, options=options)
+            if fs_type == "ntfs":
+                mounts.mount_ntfs(node, target)
+            else:
+                mounts.mount(node, target, fstype=kernel_type, options=options)
         except ToolError as exc:
             entry.update(state="error", detail=str(exc), device=node)
             return entry
-        entry.update(state="mounted", path=str(target), device=node)
+        note = guest_volumes.hibernation_note(target) if fs_type == "ntfs" else ""
+        entry.update(state="mounted", path=str(target), device=node, detail=note)
         return entry
 
     def _healthy(self, row: RestoreMount) -> bool:
@@ -566,6 +540,60 @@ class FileRestoreService(MountBrowsing, Extraction):
 # -- helpers ---------------------------------------------------------------------------
 
 
+def _regions(device: str, table: partitions.PartitionTable | None, size: int) -> list[Region]:
+    """The bare disk, or its partitions (with their nodes when the kernel makes them)."""
+    if table is None:
+        return [Region("disk", None, 0, size)]
+    parts_ready = False
+    if table.partitions:
+        with contextlib.suppress(ToolError):
+            loop.partx_add(device)
+            parts_ready = True
+    regions = []
+    for part in table.partitions:
+        node = f"{device}p{part.number}"
+        if not (parts_ready and _wait_for(node)):
+            node = ""
+        regions.append(
+            Region(f"p{part.number}", part.number, part.offset, part.size, node, part.type)
+        )
+    return regions
+
+
+def _not_mountable(fs_type: str) -> str:
+    """Why a filesystem type is listed but not mounted ("" when it can be mounted)."""
+    if not fs_type:
+        return "unknown filesystem"
+    if fs_type == "LVM2_member":
+        return "LVM physical volume inside a logical volume: not read"
+    if fs_type == "swap":
+        return "swap space: holds no files"
+    if fs_type == "ntfs":
+        try:
+            which("ntfs-3g")
+        except ToolError:
+            return "NTFS: ntfs-3g is not installed here (apt-get install ntfs-3g)"
+        return ""
+    kernel_type, _ = _mount_options(fs_type)
+    available = partitions.kernel_filesystems()
+    if available and kernel_type not in available and not _module_exists(kernel_type):
+        return f"{fs_type}: no driver for it on this machine"
+    return ""
+
+
+def _mount_options(fs_type: str) -> tuple[str, list[str]]:
+    """(kernel filesystem type, read-only options) for a filesystem blkid named."""
+    options = ["ro", "nosuid", "nodev", "noexec"]
+    available = partitions.kernel_filesystems()
+    if fs_type in ("ext2", "ext3", "ext4"):
+        return ("ext4" if "ext4" in available or not available else fs_type), [*options, "noload"]
+    if fs_type == "xfs":
+        return fs_type, [*options, "norecovery", "nouuid"]
+    if fs_type == "btrfs":
+        return fs_type, [*options, "norecovery"]
+    return fs_type, options
+
+
 def _module_exists(fs_type: str) -> bool:
     release = os.uname().release
     return any(
@@ -584,8 +612,9 @@ def _wait_for(node: str, timeout: float = 2.0) -> bool:
 
 
 def teardown_dir(base: Path, exporter_pid: int | None) -> None:
-    """Undo everything a mount under ``base`` may have left: mounts, loop devices,
-    the exporter, its FUSE mount; then remove the (empty) directories.
+    """Undo everything a mount under ``base`` may have left: mounts, device-mapper
+    devices of its logical volumes, loop devices, the exporter, its FUSE mount; then
+    remove the (empty) directories.
 
     Raises FileRestoreError when something could not be released (and keeps
     the directory so a later run can retry).
@@ -607,7 +636,9 @@ def teardown_dir(base: Path, exporter_pid: int | None) -> None:
                 mounts.umount(target, lazy=True)
             except ToolError as exc:
                 problems.append(f"umount {target}: {exc}")
-    # 2. loop devices on the exported file (the disk and any offset partitions)
+    # 2. device-mapper devices of ours (logical volumes stored in several pieces)
+    problems += guest_volumes.remove_mappings(Path(real_base))
+    # 3. loop devices on the exported file (the disk, offset partitions and volumes)
     try:
         devices = loop.devices_for(disk)
     except ToolError as exc:
@@ -618,13 +649,13 @@ def teardown_dir(base: Path, exporter_pid: int | None) -> None:
             loop.detach(dev.device)
         except ToolError as exc:
             problems.append(f"detach {dev.device}: {exc}")
-    # 3. the exporter, found by its pid (confirmed by its command line)
+    # 4. the exporter, found by its pid (confirmed by its command line)
     pid = exporter_pid or exporters.read_pidfile(Path(real_base) / "exporter.pid")
     try:
         exporters.stop_pid(pid, EXPORTER, real_base)
     except ToolError as exc:
         problems.append(str(exc))
-    # 4. a FUSE mount left behind by a killed exporter
+    # 5. a FUSE mount left behind by a killed exporter
     try:
         exporters.fuse_unmount(disk)
     except ToolError as exc:

@@ -64,7 +64,7 @@ class MountBrowsing:
                     kind="dir" if fs.state == "mounted" else "filesystem",
                     size=fs.size,
                     mtime=None,
-                    detail=f"{fs.fs_type}" + (f": {fs.detail}" if fs.detail else ""),
+                    detail=fs.description + (f": {fs.detail}" if fs.detail else ""),
                 )
                 for fs in view.filesystems
             ]

@@ -31,6 +31,13 @@ class FilesystemView:
     size: int = 0
     label: str = ""
     detail: str = ""
+    #: the logical volume it is on (``lv vg0/home``), "" for a partition or bare disk
+    volume: str = ""
+
+    @property
+    def description(self) -> str:
+        """How a listing names it: ``ext4``, ``lv vg0/home (xfs)``."""
+        return f"{self.volume} ({self.fs_type})" if self.volume else self.fs_type
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ PACKAGES: dict[str, str] = {
     "nbdinfo": "libnbd-bin",
     "showmount": "nfs-common",
     "smbclient": "smbclient",
+    "ntfs-3g": "ntfs-3g",
+    "mkntfs": "ntfs-3g",
+    "lvm": "lvm2",
+    "dmsetup": "dmsetup",
 }
 
 DEFAULT_TIMEOUT = 60.0

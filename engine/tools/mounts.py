@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.tools.base import Completed, ToolError, run
+from engine.tools.base import Completed, ToolError, first_error_line, run, which
 
 PathLike = str | Path
 
@@ -189,3 +189,78 @@ def umount(target: PathLike, *, lazy: bool = False, timeout: float = 30.0) -> No
         args.append("--lazy")
     args.append(str(target))
     run(args, timeout=timeout, explain=_explain(str(target), str(target), "umount"))
+
+
+#: ntfs-3g options for a backup's NTFS volume. ``ro`` is what makes ntfs-3g accept a
+#: volume Windows left hibernated or with an unclean journal (it never replays or
+#: removes anything read-only; ``remove_hiberfile`` would write, so it is never used).
+#: Without a user mapping every file shows as root's; fmask/dmask give 0644/0755
+#: instead of ntfs-3g's default 0777, so an extracted file is not world-writable.
+#: Alternate data streams appear as ``user.<stream>`` xattrs; the security descriptor,
+#: DOS attributes and Windows times are readable by name as ``system.ntfs_acl``,
+#: ``system.ntfs_attrib`` and ``system.ntfs_times`` (ntfs-3g does not list them).
+NTFS_OPTIONS = (
+    "ro",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "streams_interface=xattr",
+    "uid=0",
+    "gid=0",
+    "fmask=0133",
+    "dmask=0022",
+)
+#: the xattrs ntfs-3g answers by name only (listxattr does not show them)
+NTFS_XATTRS = ("system.ntfs_acl", "system.ntfs_attrib", "system.ntfs_times")
+
+
+def mount_ntfs(device: str, target: PathLike, *, timeout: float = 60.0) -> None:
+    """Mount the NTFS volume on ``device`` read-only through ntfs-3g (FUSE)."""
+    which("ntfs-3g")  # ToolMissing names the package before mount says "unknown type"
+    run(
+        ["mount", "-t", "ntfs-3g", "-o", ",".join(NTFS_OPTIONS), device, str(target)],
+        timeout=timeout,
+        explain=_explain_ntfs(device, str(target)),
+    )
+
+
+def _explain_ntfs(device: str, target: str) -> Callable[[Completed], ToolError | None]:
+    generic = _explain(device, target, "mount")
+
+    def explain(done: Completed) -> ToolError | None:
+        lowered = done.stderr.lower()
+        kw = {"program": "ntfs-3g", "returncode": done.returncode, "stderr": done.stderr}
+        if "hibernat" in lowered or "unsafe state" in lowered or "unclean" in lowered:
+            return MountError(
+                f"ntfs-3g refuses the NTFS volume on {device}: Windows left it hibernated "
+                "or not cleanly shut down",
+                hint="restore the whole disk (sendense restore disk) and let Windows boot "
+                "it, or run chkdsk on a restored copy; the backup itself is never changed",
+                **kw,
+            )
+        if "mftmirr" in lowered or "not a valid ntfs" in lowered or "corrupt" in lowered:
+            return MountError(
+                f"ntfs-3g cannot read the NTFS volume on {device}: it is damaged "
+                f"({_ntfs_reason(done.stderr)})",
+                hint="restore the whole disk and run chkdsk on the copy inside Windows",
+                **kw,
+            )
+        if "fuse" in lowered and ("not found" in lowered or "no such" in lowered):
+            return MountError(
+                f"cannot mount the NTFS volume on {device}: FUSE is not available here",
+                hint="load the fuse module (modprobe fuse) or install fuse3",
+                **kw,
+            )
+        return generic(done)
+
+    return explain
+
+
+def _ntfs_reason(stderr: str) -> str:
+    """ntfs-3g's own finding: the line before its "Failed to mount" (the rest of its
+    output is advice about chkdsk and FakeRAID)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("Failed to mount"):
+            return lines[index - 1] if index else line
+    return first_error_line(stderr)
