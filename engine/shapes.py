@@ -376,6 +376,7 @@ def mount_dict(view: MountView) -> dict[str, Any]:
                 "label": fs.label,
                 "path": fs.path,
                 "detail": fs.detail,
+                "volume": fs.volume,
             }
             for fs in view.filesystems
         ],

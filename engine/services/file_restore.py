@@ -321,8 +321,12 @@ class FileRestoreService(MountBrowsing, Extraction):
         size = os.path.getsize(disk)
         fs_dir = make_private_dir(base / "fs")
         found: list[dict[str, Any]] = []
-        for region in _regions(device, table, size):
-            found += self._mount_region(device, disk, region, fs_dir)
+        regions = _regions(device, table, size)
+        # one set of names for the whole disk: two partitions' volume groups may share
+        # a name (vg0-root twice) and must still get a folder each
+        used = {region.name for region in regions}
+        for region in regions:
+            found += self._mount_region(device, disk, region, fs_dir, used)
         if not any(f["state"] == "mounted" for f in found):
             reasons = "; ".join(f"{f['name']}: {f['detail']}" for f in found) or (
                 "the partition table lists no partitions"
@@ -334,7 +338,7 @@ class FileRestoreService(MountBrowsing, Extraction):
         return found, device, server.pid
 
     def _mount_region(
-        self, device: str, disk: Path, region: Region, fs_dir: Path, used: set[str] | None = None
+        self, device: str, disk: Path, region: Region, fs_dir: Path, used: set[str]
     ) -> list[dict[str, Any]]:
         """Probe a region and mount its filesystem; a physical volume becomes its
         logical volumes (guest_volumes), each mounted the same way."""
@@ -346,14 +350,10 @@ class FileRestoreService(MountBrowsing, Extraction):
                 device, offset=region.offset, size=None if whole else region.size
             )
         fs_type = info.get("TYPE", "")
-        lvm_member = fs_type == "LVM2_member" or (
-            not fs_type and region.part_type in partitions.LVM_TYPES
-        )
-        if lvm_member and not region.volume:
-            taken = used if used is not None else set()
-            regions, entries = guest_volumes.lvm_regions(region, disk, fs_dir.parent, taken)
+        if fs_type == "LVM2_member" and not region.volume:
+            regions, entries = guest_volumes.lvm_regions(region, disk, fs_dir.parent, used)
             for volume in regions:
-                entries += self._mount_region(device, disk, volume, fs_dir, taken)
+                entries += self._mount_region(device, disk, volume, fs_dir, used)
             return entries
         return [self._mount_one(disk, region, fs_type, info.get("LABEL", ""), fs_dir)]
 

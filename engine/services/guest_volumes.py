@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.tools import loop, lvm
-from engine.tools.base import ToolError
+from engine.tools.base import ToolError, ToolMissing
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ def lvm_regions(
     device = pv.node or loop.attach(disk, read_only=True, offset=pv.offset, sizelimit=pv.size)
     try:
         found = lvm.volumes(device)
+    except ToolMissing as exc:
+        detail = f"LVM physical volume: {exc} here ({exc.hint})"
+        return [], [unsupported(pv, "LVM2_member", detail)]
     except ToolError as exc:
         return [], [{**unsupported(pv, "LVM2_member", str(exc)), "state": "error"}]
     if not found:

@@ -114,7 +114,9 @@ def _print_mount(view: MountView, now: Any) -> None:
     print(printable(f"{what} {label} as mount {view.id} (removed after {remaining} idle)"))
     for fs in view.filesystems:
         note = fs.detail if fs.state != "mounted" else human_bytes(fs.size)
-        print(printable(f"  {fs.name:6} {fs.fs_type:8} {fs.state:12} {note}"))
+        if fs.state == "mounted" and fs.detail:  # mounted, with something to know
+            note += f": {fs.detail}"
+        print(printable(f"  {fs.name:6} {fs.description:8} {fs.state:12} {note}"))
 
 
 def mount_point(args: argparse.Namespace, ctx: CliContext) -> int:
