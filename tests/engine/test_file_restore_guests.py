@@ -51,6 +51,7 @@ NTFS_FILES = {
     "Windows/System32/drivers/etc/hosts": b"127.0.0.1 localhost\r\n",
 }
 KNOWN_MTIME = MTIME + 12_345
+ZONE = b"[ZoneTransfer]\r\nZoneId=3\r\n"
 
 needs_ntfs = pytest.mark.skipif(
     shutil.which("ntfs-3g") is None or shutil.which("mkntfs") is None,
@@ -101,12 +102,14 @@ def _ntfs_image(path: Path, size_mb: int, files: dict[str, bytes], hiberfil: byt
         f.truncate(size_mb * MiB)
     sh("mkntfs", "-q", "-F", "-Q", "-L", "WinData", str(path))
     mnt = Path(tempfile.mkdtemp(dir=path.parent, prefix="ntfs-"))
-    sh("ntfs-3g", str(path), str(mnt))
+    sh("ntfs-3g", "-o", "streams_interface=xattr", str(path), str(mnt))
     try:
         for rel, data in files.items():
             target = mnt / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+            # an alternate data stream, as Windows marks a downloaded file
+            os.setxattr(target, "user.Zone.Identifier", ZONE)
             os.utime(target, (KNOWN_MTIME, KNOWN_MTIME))
         if hiberfil:
             (mnt / "hiberfil.sys").write_bytes(hiberfil)
@@ -154,6 +157,9 @@ def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env) -> None:
     # the security descriptor and DOS attributes are there, by name, for archives
     for name in NTFS_XATTRS:
         assert os.getxattr(inside, name), name
+    # alternate data streams are plain user.* xattrs (what extraction copies)
+    assert os.listxattr(inside) == ["user.Zone.Identifier"]
+    assert os.getxattr(inside, "user.Zone.Identifier") == ZONE
     acl = os.getxattr(inside, "system.ntfs_acl")
     assert acl[0] == 1  # a self-relative SECURITY_DESCRIPTOR, revision 1
 
