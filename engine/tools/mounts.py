@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.tools.base import Completed, ToolError, first_error_line, run, which
 
@@ -229,7 +230,11 @@ def _explain_ntfs(device: str, target: str) -> Callable[[Completed], ToolError |
 
     def explain(done: Completed) -> ToolError | None:
         lowered = done.stderr.lower()
-        kw = {"program": "ntfs-3g", "returncode": done.returncode, "stderr": done.stderr}
+        kw: dict[str, Any] = {
+            "program": "ntfs-3g",
+            "returncode": done.returncode,
+            "stderr": done.stderr,
+        }
         if "hibernat" in lowered or "unsafe state" in lowered or "unclean" in lowered:
             return MountError(
                 f"ntfs-3g refuses the NTFS volume on {device}: Windows left it hibernated "

@@ -30,6 +30,7 @@ from engine.tools import lvm
 from engine.tools.mounts import NTFS_XATTRS
 from tests.engine.fsimages import (
     MTIME,
+    Content,
     MiB,
     Part,
     _copy_into,
@@ -65,8 +66,11 @@ def _dm_reason() -> str | None:
     return lvm.dm_missing()
 
 
+GuestEnv = tuple[Catalog, FileRestoreService, FixedClock, Path]
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[Catalog, FileRestoreService, FixedClock, Path]]:
+def env(tmp_path: Path) -> Iterator[GuestEnv]:
     catalog = Catalog(sqlite_url(tmp_path / "catalog.db")).open()
     clock = FixedClock()
     service = _service(catalog, clock, tmp_path)
@@ -132,7 +136,7 @@ def _ntfs_disk(tmp: Path, name: str, hiberfil: bytes = b"") -> Path:
 
 
 @needs_ntfs
-def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env) -> None:  # type: ignore[no-untyped-def]
+def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env: GuestEnv) -> None:
     catalog, service, clock, tmp = env
     disk = _ntfs_disk(tmp, "win")
     point = backup_chain(catalog, tmp / "repo", [disk], now=clock.now(), vm="win01").full_id
@@ -150,8 +154,8 @@ def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env) -> None:
     docs = {e.name: e for e in service.ls(view.id, "p2/Users/Ann/Documents")}
     assert set(docs) == {UNICODE_NAME, "Deep"}
     assert docs[UNICODE_NAME].kind == "file" and docs[UNICODE_NAME].size == 800
-    assert docs[UNICODE_NAME].mtime is not None
-    assert docs[UNICODE_NAME].mtime.timestamp() == KNOWN_MTIME
+    mtime = docs[UNICODE_NAME].mtime
+    assert mtime is not None and mtime.timestamp() == KNOWN_MTIME
     inside = mounted / "Users/Ann/Documents" / UNICODE_NAME
     assert os.stat(inside).st_mode & 0o7777 == 0o644
     # the security descriptor and DOS attributes are there, by name, for archives
@@ -175,7 +179,7 @@ def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env) -> None:
 
 
 @needs_ntfs
-def test_hibernated_windows_mounts_read_only_and_says_so(env) -> None:  # type: ignore[no-untyped-def]
+def test_hibernated_windows_mounts_read_only_and_says_so(env: GuestEnv) -> None:
     catalog, service, clock, tmp = env
     disk = _ntfs_disk(tmp, "hib", hiberfil=b"HIBR" + bytes(8192))
     point = backup_chain(catalog, tmp / "repo", [disk], now=clock.now(), vm="hib01").full_id
@@ -191,7 +195,7 @@ def test_hibernated_windows_mounts_read_only_and_says_so(env) -> None:  # type: 
 
 
 @needs_ntfs
-def test_damaged_ntfs_is_listed_with_its_reason_and_the_rest_mounts(env) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_ntfs_is_listed_with_its_reason_and_the_rest_mounts(env: GuestEnv) -> None:
     catalog, service, clock, tmp = env
     disk = _ntfs_disk(tmp, "bad")
     # the damaged artefact: the $MFT's mirror no longer matches the $MFT (blkid, which
@@ -234,8 +238,8 @@ def _mountinfo() -> list[tuple[str, str, str]]:
 
 # -- LVM -------------------------------------------------------------------------------
 
-HOME = {"ann/notes.txt": b"ann's notes\n", "ann/.profile": b"PATH=/bin\n"}
-SRV = {"www/index.html": b"<h1>served</h1>\n", "www/img/logo.svg": b"<svg/>"}
+HOME: dict[str, Content] = {"ann/notes.txt": b"ann's notes\n", "ann/.profile": b"PATH=/bin\n"}
+SRV: dict[str, Content] = {"www/index.html": b"<h1>served</h1>\n", "www/img/logo.svg": b"<svg/>"}
 
 
 def _host_lvm_state() -> tuple[str, str]:
@@ -274,7 +278,7 @@ def lvm_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_lvm_volumes_in_one_piece_browse_like_partitions(env, lvm_disk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lvm_volumes_in_one_piece_browse_like_partitions(env: GuestEnv, lvm_disk: Path) -> None:
     catalog, service, clock, tmp = env
     host_before = _host_lvm_state()
     point = backup_chain(catalog, tmp / "repo", [lvm_disk], now=clock.now(), vm="lin01").full_id
@@ -304,7 +308,9 @@ def test_lvm_volumes_in_one_piece_browse_like_partitions(env, lvm_disk: Path) ->
     assert mounts_under(tmp / "state") == [] and loops_on(tmp / "state") == []
 
 
-def test_guest_vg_named_like_a_host_vg_reads_without_clashing(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_guest_vg_named_like_a_host_vg_reads_without_clashing(
+    env: GuestEnv, tmp_path: Path
+) -> None:
     """Two disks whose VGs share a name (the appliance's own would be the same
     case): each mount reads its own, through its own device only."""
     catalog, service, clock, tmp = env
@@ -317,7 +323,7 @@ def test_guest_vg_named_like_a_host_vg_reads_without_clashing(env, tmp_path: Pat
     assert (Path(vb.filesystem("vgsys-root").path or "") / "who").read_bytes() == b"b\n"
 
 
-def test_hostile_lvm_metadata_is_refused_with_a_sentence(env) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_lvm_metadata_is_refused_with_a_sentence(env: GuestEnv) -> None:
     """A volume whose extents lie past the end of its physical volume's partition (a
     guest that edited its metadata, or a shrunk partition) is listed with the reason,
     never mapped onto the bytes beyond (here: another partition's secrets)."""
@@ -353,7 +359,7 @@ def test_volume_names_cannot_escape_or_collide() -> None:
 
 
 @pytest.mark.skipif(_dm_reason() is not None, reason=f"device-mapper: {_dm_reason()}")
-def test_lvm_volume_in_pieces_maps_read_only_and_unmaps(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lvm_volume_in_pieces_maps_read_only_and_unmaps(env: GuestEnv, tmp_path: Path) -> None:
     catalog, service, clock, tmp = env
     host_before = _host_lvm_state()
     disk = build_lvm_disk(
@@ -380,7 +386,7 @@ def test_lvm_volume_in_pieces_maps_read_only_and_unmaps(env, tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(_dm_reason() is None, reason="this machine has device-mapper")
-def test_lvm_volume_in_pieces_without_device_mapper_says_why(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_lvm_volume_in_pieces_without_device_mapper_says_why(env: GuestEnv, tmp_path: Path) -> None:
     catalog, service, clock, tmp = env
     disk = build_lvm_disk(
         tmp / "pieces.raw",
@@ -422,7 +428,7 @@ WORKER = textwrap.dedent(
 
 
 def test_sigkilled_engine_holding_lvm_mounts_is_cleaned_at_next_start(
-    env,  # type: ignore[no-untyped-def]
+    env: GuestEnv,
     lvm_disk: Path,
 ) -> None:
     catalog, _, clock, tmp = env
