@@ -467,3 +467,19 @@ def test_sigkilled_engine_holding_lvm_mounts_is_cleaned_at_next_start(
         assert _host_lvm_state() == host_before
     finally:
         fresh.close()
+
+
+def test_ntfs_without_ntfs3g_says_which_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.services import file_restore
+    from engine.tools import mounts
+    from engine.tools.base import ToolMissing
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # ntfs-3g lives in /usr/bin, not in sbin
+    assert file_restore._not_mountable("ntfs") == (
+        "NTFS: ntfs-3g is not installed here (apt-get install ntfs-3g)"
+    )
+    with pytest.raises(ToolMissing, match="ntfs-3g is not installed") as caught:
+        mounts.mount_ntfs("/dev/null", tmp_path)
+    assert caught.value.hint == "install it: apt-get install ntfs-3g"
