@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.tools.base import Completed, ToolError, first_error_line, run
+from engine.tools.base import Completed, ToolError, ToolMissing, first_error_line, run, which
 
 TIMEOUT = 30.0
 SECTOR = 512
@@ -182,7 +182,10 @@ def dm_missing() -> str | None:
     """A sentence when this kernel has no usable device-mapper, else None."""
     if not Path("/dev/mapper/control").exists():
         return "this machine's kernel has no device-mapper (/dev/mapper/control is missing)"
-    done = run(["dmsetup", "version"], timeout=TIMEOUT, check=False)
+    try:
+        done = run(["dmsetup", "version"], timeout=TIMEOUT, check=False)
+    except ToolMissing:
+        return "dmsetup is not installed here (apt-get install dmsetup)"
     if done.returncode == 0:
         return None
     if "open failed" in done.stderr or "failure to communicate" in done.stderr.lower():
@@ -215,6 +218,10 @@ def dm_names(prefix: str) -> list[str]:
     """Device-mapper devices whose name starts with ``prefix``."""
     if not os.path.exists("/dev/mapper/control"):
         return []
+    try:
+        which("dmsetup")
+    except ToolMissing:
+        return []  # no dmsetup: nothing of ours was ever mapped here
     done = run(
         ["dmsetup", "ls"], timeout=TIMEOUT, check=False, explain=_dm_explain("list dm devices")
     )

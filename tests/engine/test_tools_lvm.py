@@ -86,3 +86,17 @@ def test_dm_table_with_a_recording_dmsetup_double(
         f"0 8192 linear {DEV} 2048",
         f"8192 2048 linear {DEV} 43008",
     ]
+
+
+def test_without_dmsetup_nothing_is_mapped_and_nothing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An appliance without dmsetup: teardown finds no mapping of ours (it must not
+    fail every unmount), and a volume in pieces is told why it is not read."""
+    monkeypatch.setattr("engine.tools.base.SBIN_PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert lvm.dm_names(lvm.DM_PREFIX) == []
+    missing = lvm.dm_missing()
+    # (a kernel without device-mapper at all says that first)
+    assert missing is not None
+    assert "apt-get install dmsetup" in missing or "no device-mapper" in missing
