@@ -89,7 +89,7 @@ def _explain(what: str) -> Callable[[Completed], ToolError | None]:
     return explain
 
 
-def _report(device: str, args: list[str], key: str, what: str) -> list[dict[str, str]]:
+def _report(device: str, args: list[str], key: str, what: str) -> tuple[list[dict[str, str]], str]:
     done = run(
         [
             "lvm",
@@ -110,17 +110,26 @@ def _report(device: str, args: list[str], key: str, what: str) -> list[dict[str,
         reports = json.loads(done.stdout)["report"]
     except (ValueError, KeyError, TypeError):
         raise LvmError(f"cannot {what}: lvm's report is not readable", program="lvm") from None
-    return [row for report in reports for row in report.get(key, [])]
+    return [row for report in reports for row in report.get(key, [])], done.stderr
 
 
 def volumes(device: str) -> list[LogicalVolume]:
     """The logical volumes whose volume group has a physical volume on ``device``."""
     what = f"read the LVM metadata on {device}"
-    pvs = _report(device, ["pvs", "-o", "pv_name,vg_name,pe_start"], "pv", what)
+    pvs, warnings = _report(device, ["pvs", "-o", "pv_name,vg_name,pe_start"], "pv", what)
+    if any(row.get("vg_name") == "[unknown]" for row in pvs):
+        # lvm found the PV label but not the volume group's metadata after it
+        raise LvmError(
+            f"cannot {what}: {_metadata_problem(warnings)}",
+            program="lvm",
+            stderr=warnings,
+            hint="restore the whole disk and repair the volume group on that copy; "
+            "the backup itself is never changed",
+        )
     starts = {row["pv_name"]: int(row["pe_start"] or 0) for row in pvs if row.get("vg_name")}
     if device not in starts:
         return []
-    segs = _report(
+    segs, _ = _report(
         device,
         [
             "lvs",
@@ -135,6 +144,14 @@ def volumes(device: str) -> list[LogicalVolume]:
     for row in segs:
         grouped.setdefault((row["vg_name"], row["lv_name"]), []).append(row)
     return [_volume(vg, name, rows, device, starts[device]) for (vg, name), rows in grouped.items()]
+
+
+def _metadata_problem(warnings: str) -> str:
+    for line in warnings.splitlines():
+        text = line.strip().removeprefix("WARNING:").strip()
+        if "metadata" in text and "repair" not in text and "vgck" not in text:
+            return f"its metadata is damaged ({text.rstrip('.')})"
+    return "its metadata is damaged or missing"
 
 
 def _volume(

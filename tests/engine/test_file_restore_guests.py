@@ -484,3 +484,19 @@ def test_ntfs_without_ntfs3g_says_which_package(
     with pytest.raises(ToolMissing, match="ntfs-3g is not installed") as caught:
         mounts.mount_ntfs("/dev/null", tmp_path)
     assert caught.value.hint == "install it: apt-get install ntfs-3g"
+
+
+def test_damaged_lvm_metadata_is_reported_and_nothing_stays_mapped(env: GuestEnv) -> None:
+    catalog, service, clock, tmp = env
+    disk = build_lvm_disk(tmp / "damaged.raw", "vg0", [Volume("a", Part("ext4", 8, {"a": b"a"}))])
+    with open(disk, "r+b") as f:  # the PV label stays; the metadata text after it is noise
+        f.seek(MiB + 4096)
+        f.write(os.urandom(64 * 1024))
+    point = backup_chain(catalog, tmp / "repo", [disk], now=clock.now(), vm="dmg").full_id
+    with pytest.raises(FileRestoreError) as caught:
+        service.mount(point)
+    message = caught.value.message
+    assert message.startswith("no filesystem on restore point")
+    assert "p1: cannot read the LVM metadata on /dev/loop" in message
+    assert "its metadata is damaged (bad metadata header" in message
+    assert mounts_under(tmp / "state") == [] and loops_on(tmp / "state") == []
