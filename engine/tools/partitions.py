@@ -20,8 +20,6 @@ TIMEOUT = 30.0
 
 #: MBR types of extended-partition containers: they hold partitions, not a filesystem
 EXTENDED_TYPES = {"5", "f", "85"}
-#: partition types that mark an LVM physical volume
-LVM_TYPES = {"8e", "e6d6d379-f507-44c2-a23c-238f2a3df928"}
 
 
 class PartitionError(ToolError):
