@@ -33,6 +33,10 @@ FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK, SOCKET = (
 )
 SPECIAL_KINDS = frozenset({FIFO, CHAR, BLOCK, SOCKET})
 
+#: xfs shows root its on-disk copy of a POSIX ACL under these names, beside the
+#: system.posix_acl_* that are the ACL: not the guest's data, and never written
+FILESYSTEM_OWN_XATTRS = frozenset({"trusted.SGI_ACL_FILE", "trusted.SGI_ACL_DEFAULT"})
+
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -136,7 +140,8 @@ def _at_path(dir_fd: int, name: str) -> str:
 
 
 def read_xattrs(dir_fd: int, name: str) -> tuple[tuple[str, bytes], ...]:
-    """Every extended attribute of ``name`` (not of what a link points to), sorted.
+    """Every extended attribute of ``name`` (not of what a link points to), sorted,
+    but a filesystem's own copies of what another name holds (FILESYSTEM_OWN_XATTRS).
 
     A filesystem without xattrs gives none; an attribute that vanishes between
     listing and reading is left out."""
@@ -148,7 +153,7 @@ def read_xattrs(dir_fd: int, name: str) -> tuple[tuple[str, bytes], ...]:
             return ()
         raise
     found = []
-    for key in sorted(names):
+    for key in sorted(set(names) - FILESYSTEM_OWN_XATTRS):
         try:
             found.append((key, os.getxattr(path, key, follow_symlinks=False)))
         except OSError as exc:

@@ -318,16 +318,24 @@ def _explain_write_error(exc: OSError, where: Path) -> FileRestoreError:
 
 
 def _size_of(path: Path, dev: int) -> int:
+    """Bytes an extraction of ``path`` restores: each file once, however many names
+    it has (a hard link is made, not copied)."""
     info = os.lstat(path)
     if stat.S_ISREG(info.st_mode):
         return info.st_size
     if not stat.S_ISDIR(info.st_mode) or info.st_dev != dev:
         return 0
     total = 0
+    seen: set[tuple[int, int]] = set()
     for item, _ in _walk(path, ()):
         st = os.lstat(item)
-        if stat.S_ISREG(st.st_mode) and st.st_dev == dev:
-            total += st.st_size
+        if not stat.S_ISREG(st.st_mode) or st.st_dev != dev:
+            continue
+        if st.st_nlink > 1:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+        total += st.st_size
     return total
 
 
