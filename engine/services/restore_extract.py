@@ -59,7 +59,7 @@ from engine.services.restore_views import (
     MountView,
     ProgressCallback,
 )
-from engine.units import plural
+from engine.units import human_bytes, plural
 
 if TYPE_CHECKING:
     from engine.jobs import JobRunner
@@ -271,7 +271,7 @@ def summary(result: ExtractResult | dict[str, Any]) -> str:
         counts.append(plural(int(data["hardlinks"]), "hard link"))
     if data.get("specials"):
         counts.append(plural(int(data["specials"]), "special file"))
-    return f"restored {', '.join(counts)} ({data.get('bytes', 0)} bytes)"
+    return f"restored {', '.join(counts)}, {human_bytes(int(data.get('bytes', 0)))}"
 
 
 def _destination_note(result: ExtractResult) -> str:
