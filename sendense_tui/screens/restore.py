@@ -444,7 +444,8 @@ class RestoreScreen(SendenseScreen):
             self.query_one("#status", Static).update("enter an absolute destination folder first")
             box.focus()
             return
-        paths = sorted(self.marked) or ([self._file_key()] if self._file_key() else [])
+        key = self._file_key()
+        paths = sorted(self.marked) or ([key] if key else [])
         if not paths:
             return
         owner = self.query_one("#owner", Input).value.strip() or None
