@@ -76,6 +76,25 @@ _SPECIAL_NAME = {
 _XATTR_REFUSED = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.EINVAL)
 
 
+#: a destination's refusal of one item (the others may still fit): listed, not fatal
+_ITEM_REFUSED = {
+    errno.EFBIG: "too large for the destination's filesystem",
+    errno.ENAMETOOLONG: "its name is too long for the destination's filesystem",
+}
+#: a destination that cannot make this hard link: the file is copied instead
+_NO_HARD_LINK = (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+class _NotPlaced(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _NoHardLink(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Owner:
     """The user (and group) ``owner`` gives everything restored to."""
@@ -483,12 +502,15 @@ class _Writer:
         if existing is not None and not self.options.overwrite:
             self.skip(rel, "already exists at the destination (not overwritten)")
             return
-        if meta.kind == FILE:
-            self._file(src_dir, meta, dst_dir, rel)
-        elif meta.kind == SYMLINK:
-            self._symlink(meta, dst_dir, rel)
-        else:
-            self._special(meta, dst_dir, rel)
+        try:
+            if meta.kind == FILE:
+                self._file(src_dir, meta, dst_dir, rel)
+            elif meta.kind == SYMLINK:
+                self._symlink(meta, dst_dir, rel)
+            else:
+                self._special(meta, dst_dir, rel)
+        except _NotPlaced as refused:
+            self.skip(rel, refused.reason)
 
     def _directory(
         self, src_dir: int, meta: GuestMeta, dst_dir: int, rel: tuple[str, ...], dev: int
@@ -626,12 +648,19 @@ class _Writer:
                 return False
 
             def make(tmp: str) -> None:
-                os.link(
-                    first_rel[-1], tmp, src_dir_fd=first_dir, dst_dir_fd=dst_dir,
-                    follow_symlinks=False,
-                )  # fmt: skip
+                try:
+                    os.link(
+                        first_rel[-1], tmp, src_dir_fd=first_dir, dst_dir_fd=dst_dir,
+                        follow_symlinks=False,
+                    )  # fmt: skip
+                except OSError as exc:
+                    if exc.errno in _NO_HARD_LINK:
+                        raise _NoHardLink from None
+                    raise
 
             self._place(dst_dir, rel, make)
+        except _NoHardLink:
+            return False  # a destination without hard links (or too many): copied
         finally:
             os.close(first_dir)
         self.result.hardlinks += 1
@@ -689,6 +718,8 @@ class _Writer:
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dst_dir)
+            if isinstance(exc, OSError) and exc.errno in _ITEM_REFUSED:
+                raise _NotPlaced(_ITEM_REFUSED[exc.errno]) from None
             if isinstance(exc, OSError):
                 raise _explain_write_error(exc, self.dest.joinpath(*rel)) from None
             raise

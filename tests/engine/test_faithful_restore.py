@@ -381,3 +381,33 @@ def test_cli_extract_counts_and_exit_codes(
     )  # fmt: skip
     assert unknown.returncode == 2 and "no user 'no-such-user-here'" in unknown.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_a_file_too_large_for_the_destination_is_listed_and_the_rest_restored(
+    env: Env,  # noqa: F811
+) -> None:
+    """An xfs guest may hold a sparse file larger than ext4 allows (16 TiB): that one
+    item is listed as not restored, with no partial file left, and the rest comes back."""
+    raw = env.tmp / "huge.raw"
+    with open(raw, "wb") as f:
+        f.truncate(48 * MiB)
+    sh("mkfs.xfs", "-q", "-f", str(raw), env=XFS_ENV)
+    mnt = env.tmp / "huge.mnt"
+    mnt.mkdir()
+    sh("mount", "-o", "loop", str(raw), str(mnt))
+    try:
+        (mnt / "x").mkdir()
+        with open(mnt / "x/huge", "wb") as f:
+            f.write(b"head")
+            f.truncate(20 * 1024 * GiB)
+        (mnt / "x/small").write_bytes(b"small\n")
+    finally:
+        sh("umount", str(mnt))
+    mount_id = _mounted(env, raw)
+    dest = env.tmp / "restored"  # on this host's ext4
+    if os.statvfs(env.tmp).f_bsize != 4096:
+        pytest.skip("the test's destination is not a 4 KiB-block filesystem (ext4's 16 TiB)")
+    result = env.service.extract(mount_id, ["disk/x"], dest)
+    assert result.skipped == [("x/huge", "too large for the destination's filesystem")]
+    assert (dest / "x/small").read_bytes() == b"small\n"
+    assert sorted(p.name for p in (dest / "x").iterdir()) == ["small"]
