@@ -397,6 +397,29 @@ def file_entry_dict(entry: Entry) -> dict[str, Any]:
     }
 
 
+def extract_result_dict(result: dict[str, Any], job_id: int | None = None) -> dict[str, Any]:
+    """The result of a ``restore.files`` job (``sendense restore extract --json``): the
+    counts, the destination and who may enter it, and every item not restored with
+    its reason (``not_restored``; ``skipped`` is the same list under its older name).
+    A result recorded by an older version lacks the newer counts: they read 0."""
+    not_restored = list(result.get("skipped") or [])
+    return {
+        "job_id": job_id,
+        "destination": result.get("destination", ""),
+        "destination_created": bool(result.get("destination_created", False)),
+        "owner": result.get("owner"),
+        "note": result.get("note") or "",
+        "files": int(result.get("files", 0)),
+        "directories": int(result.get("directories", 0)),
+        "symlinks": int(result.get("symlinks", 0)),
+        "hardlinks": int(result.get("hardlinks", 0)),
+        "specials": int(result.get("specials", 0)),
+        "bytes": int(result.get("bytes", 0)),
+        "not_restored": not_restored,
+        "skipped": not_restored,
+    }
+
+
 def export_dict(view: ExportView) -> dict[str, Any]:
     """An NBD export; ``key_file`` is where the TLS key lies, never the key."""
     return {

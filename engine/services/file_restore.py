@@ -29,21 +29,22 @@ the machine (mountinfo, losetup, the pidfile), so it also cleans up after a
 crash. Every mount row has an expiry (default one hour), pushed forward by
 each use; :meth:`FileRestoreService.reap_expired` removes idle ones.
 
-Extraction policy (never writes outside the destination, never follows a
-link out of the backup):
+Extraction policy (restore_extract: what the guest had comes back, and nothing is
+ever written outside the destination or through a link):
 
 - paths from the operator are split into components; ``..`` components are
   refused, names that only contain dots (``..evil``) are ordinary names;
 - browsing and selection never pass through a symbolic link inside the backup;
-- a regular file is written to a temporary name next to its target and renamed
-  into place once complete (a failure leaves no half file under the real name);
-- a symbolic link is recreated as a link only when it is relative and, seen
-  from its place under the destination, stays under the destination; an
-  absolute link (``/etc/passwd``) or one climbing out is skipped, and the
-  result lists it with the reason;
-- device nodes, fifos and sockets are skipped (reported);
-- modes and times are kept; setuid/setgid bits are dropped (files are owned by
-  the restoring user, not the backup's owner);
+- everything is created relative to open directory descriptors with
+  ``O_NOFOLLOW``/``follow_symlinks=False``, under a temporary name renamed into
+  place once complete (a failure leaves no half file under the real name);
+- symbolic links are restored exactly (absolute or relative, any target): a link
+  is data, and no later write goes through one, restored or planted beforehand;
+- numeric owners, setuid/setgid/sticky bits, times, xattrs (ACLs, capabilities),
+  hard links and holes are kept; fifos, devices and sockets only with
+  ``specials`` (otherwise listed as not restored);
+- a destination folder the extraction creates is root-only (0700); ``owner``
+  gives everything to one user instead, without setuid/setgid bits;
 - an existing file at the destination is kept unless ``overwrite`` is set.
 """
 

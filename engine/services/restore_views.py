@@ -106,21 +106,38 @@ class Source:
 
 @dataclass
 class ExtractResult:
+    """What an extraction restored, and every item it did not restore with why."""
+
     destination: str
     files: int = 0
     directories: int = 0
     symlinks: int = 0
+    #: further names of a file restored once (a hard link, as in the backup)
+    hardlinks: int = 0
+    #: fifos, device nodes and sockets recreated (only with ``specials``)
+    specials: int = 0
     bytes: int = 0
     bytes_total: int = 0
-    #: (path under the destination, why it was not restored)
+    #: True when the extraction created the destination folder (root-only, 0700)
+    destination_created: bool = False
+    #: the user:group everything was given to (``owner``), else None: owners as in the backup
+    owner: str | None = None
+    #: what the operator should know about the destination (who may enter it)
+    note: str = ""
+    #: (path under the destination, why it was not restored, or not completely)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "destination": self.destination,
+            "destination_created": self.destination_created,
+            "owner": self.owner,
+            "note": self.note,
             "files": self.files,
             "directories": self.directories,
             "symlinks": self.symlinks,
+            "hardlinks": self.hardlinks,
+            "specials": self.specials,
             "bytes": self.bytes,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }

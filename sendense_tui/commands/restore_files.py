@@ -16,8 +16,9 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
+from engine.services.restore_extract import summary as extract_summary
 from engine.services.restore_views import Entry, MountView
-from engine.shapes import file_entry_dict, mount_dict
+from engine.shapes import extract_result_dict, file_entry_dict, mount_dict
 from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import ensure_runner, job_failed
@@ -65,6 +66,17 @@ def add_subcommands(sub: Any) -> None:
     extract.add_argument("paths", nargs="+", help="paths inside the mount, e.g. p1/etc/hosts")
     extract.add_argument("--to", required=True, dest="destination", help="destination folder")
     extract.add_argument("--overwrite", action="store_true", help="replace existing files")
+    extract.add_argument(
+        "--specials",
+        action="store_true",
+        help="recreate fifos, device nodes and sockets (listed as not restored otherwise)",
+    )
+    extract.add_argument(
+        "--owner",
+        metavar="USER[:GROUP]",
+        help="give everything to this user instead of the backup's owners "
+        "(setuid/setgid bits and file capabilities dropped)",
+    )
     extract.set_defaults(func=extract_files)
     unmount = add_parser(sub, "unmount", help="unmount a restore point")
     unmount.add_argument("mount", type=MOUNT_ID)
@@ -203,26 +215,27 @@ def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
     it, ``jobs cancel`` and Ctrl-C stop it; this command waits for it."""
     with ctx.engine() as engine:
         job = engine.file_restore.submit_extract(
-            args.mount, args.paths, args.destination, overwrite=args.overwrite, actor="cli"
+            args.mount,
+            args.paths,
+            args.destination,
+            overwrite=args.overwrite,
+            specials=args.specials,
+            owner=args.owner,
+            actor="cli",
         )
         final = wait_for_job(engine, job.id, ctx)
     if final.state != "succeeded":
         raise job_failed(final)
-    result = final.result or {}
-    skipped = [(s["path"], s["reason"]) for s in result.get("skipped", [])]
+    result = extract_result_dict(final.result or {}, final.id)
+    skipped = result["not_restored"]
     if ctx.json:
-        ctx.print_json({**result, "job_id": final.id})
+        ctx.print_json(result)
     else:
-        print(
-            printable(
-                f"restored {plural(result['files'], 'file')}, "
-                f"{plural(result['directories'], 'folder')}, "
-                f"{plural(result['symlinks'], 'link')}, "
-                f"{human_bytes(result['bytes'])} to {result['destination']}"
-            )
-        )
-        for path, reason in skipped:
-            print(printable(f"  skipped {path}: {reason}"))
+        print(printable(f"{extract_summary(result)} to {result['destination']}"))
+        if result["note"]:
+            print(printable(f"NOTE: {result['note']}"))
+        for item in skipped:
+            print(printable(f"  not restored {item['path']}: {item['reason']}"))
     if skipped:
         # something asked for was not restored: exit 1 so a script does not read success
         raise CommandFailed(

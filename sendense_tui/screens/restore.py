@@ -25,7 +25,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.services.exports import ExportView
+from engine.services.restore_extract import summary as extract_summary
 from engine.services.restore_views import Entry, MountView
+from engine.shapes import extract_result_dict
 from engine.views import FINAL_STATES, Job, PointLocation
 from sendense_tui.actions import bindings_for
 from sendense_tui.details import export_detail
@@ -57,6 +59,8 @@ SIDE_BY_SIDE = 110
 NO_MOUNT = "no mount shown: pick a restore point and press m (or Enter)"
 #: most matches a search lists
 SEARCH_LIMIT = 1000
+#: most items not restored an extraction's notice lists (`jobs show` lists them all)
+NOT_RESTORED_SHOWN = 8
 
 
 @dataclass
@@ -144,6 +148,9 @@ class RestoreScreen(SendenseScreen):
         with Horizontal(id="destination-row"):
             yield Label("Restore to", id="destination-label")
             yield Input(placeholder="folder, e.g. /srv/restore", id="destination", compact=True)
+            yield Label("as", id="owner-label")
+            # empty: the backup's owners; a user name gives everything to that user
+            yield Input(placeholder="owner (optional)", id="owner", compact=True)
         yield ProgressBar(total=100, show_eta=False, id="progress")
         yield Static("", id="status")
 
@@ -151,6 +158,7 @@ class RestoreScreen(SendenseScreen):
         self._fit(self.app.size.width)
         self.query_one("#progress", ProgressBar).display = False
         self.query_one("#destination", Input).cursor_blink = self.sendense.live
+        self.query_one("#owner", Input).cursor_blink = self.sendense.live
         search = self.query_one("#search", Input)
         search.cursor_blink = self.sendense.live
         search.display = False
@@ -436,9 +444,11 @@ class RestoreScreen(SendenseScreen):
             self.query_one("#status", Static).update("enter an absolute destination folder first")
             box.focus()
             return
-        paths = sorted(self.marked) or ([self._file_key()] if self._file_key() else [])
+        key = self._file_key()
+        paths = sorted(self.marked) or ([key] if key else [])
         if not paths:
             return
+        owner = self.query_one("#owner", Input).value.strip() or None
         engine = self.engine
 
         def queued(job: Job) -> None:
@@ -452,7 +462,7 @@ class RestoreScreen(SendenseScreen):
         # with its sentence; it then runs in the job runner: Jobs shows it, c cancels it
         self.run_engine(
             lambda: engine.file_restore.submit_extract(
-                mount_id, paths, destination, actor="console"
+                mount_id, paths, destination, owner=owner, actor="console"
             ),
             after=queued,
             description="extract",
@@ -476,12 +486,23 @@ class RestoreScreen(SendenseScreen):
             self.progress_text = f"extraction job {job.id} {job.state}{why}"
             return
         self.marked.clear()
-        skipped = result.get("skipped") or []
-        self.progress_text = (
-            f"restored {plural(int(result.get('files', 0)), 'file')}, "
-            f"{human_bytes(int(result.get('bytes', 0)))} to {result.get('destination', '')}"
-            + (f"; {len(skipped)} skipped" if skipped else "")
+        shown = extract_result_dict(result, job.id)
+        missing = shown["not_restored"]
+        self.progress_text = f"{extract_summary(shown)} to {shown['destination']}" + (
+            f"; {len(missing)} NOT restored (listed; jobs show {job.id})" if missing else ""
         )
+        if shown["note"]:
+            self.notify(printable(shown["note"]), timeout=15)
+        if missing:
+            lines = [f"{item['path']}: {item['reason']}" for item in missing[:NOT_RESTORED_SHOWN]]
+            if len(missing) > NOT_RESTORED_SHOWN:
+                lines.append(f"... and {len(missing) - NOT_RESTORED_SHOWN} more")
+            self.notify(
+                printable("\n".join(lines)),
+                title=f"{plural(len(missing), 'item')} not restored",
+                severity="warning",
+                timeout=30,
+            )
 
     def action_export(self) -> None:
         key = cursor_key(self.query_one("#points", DataTable))

@@ -282,3 +282,31 @@ def backup_chain_rows(catalog: Catalog, repo_dir: Path, *, now: datetime) -> int
         },
     )
     return full.id
+
+
+#: POSIX ACL entry tags, as stored in ``system.posix_acl_access`` (linux/posix_acl_xattr.h)
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def posix_acl(
+    owner: int,
+    group: int,
+    other: int,
+    *,
+    users: dict[int, int] | None = None,
+    groups: dict[int, int] | None = None,
+    mask: int | None = None,
+) -> bytes:
+    """The binary value of a POSIX ACL xattr (what setfacl writes): version 2, then
+    (tag, perm, id) entries sorted by tag and id."""
+    import struct
+
+    entries = [(ACL_USER_OBJ, owner, _ACL_UNDEFINED_ID)]
+    entries += [(ACL_USER, perm, uid) for uid, perm in sorted((users or {}).items())]
+    entries.append((ACL_GROUP_OBJ, group, _ACL_UNDEFINED_ID))
+    entries += [(ACL_GROUP, perm, gid) for gid, perm in sorted((groups or {}).items())]
+    if users or groups:
+        entries.append((ACL_MASK, 7 if mask is None else mask, _ACL_UNDEFINED_ID))
+    entries.append((ACL_OTHER, other, _ACL_UNDEFINED_ID))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)

@@ -239,19 +239,24 @@ def test_links_and_dotted_names_in_the_backup_never_escape(env: Env) -> None:
         env.service.extract(view.id, ["p1/etc/up/passwd"], env.tmp / "x")
 
     dest = env.tmp / "dest"
+    passwd_before = _sha(Path("/etc/passwd"))
     res = env.service.extract(view.id, ["p1/etc", "p1/data"], dest)
-    skipped = dict(res.skipped)
-    assert set(skipped) == {"etc/passwd-link", "etc/up"}
-    assert "outside" in skipped["etc/passwd-link"]
+    # links are data: restored exactly as the guest had them, and never followed
+    assert res.skipped == [] and res.symlinks == 3
+    assert os.readlink(dest / "etc" / "passwd-link") == "/etc/passwd"
+    assert os.readlink(dest / "etc" / "up") == "../../../../../etc"
     assert sorted(p.name for p in (dest / "data").iterdir()) == ["...", "..evil", "a..b"]
     assert (dest / "data" / "..evil").read_bytes() == b"just a name with dots\n"
     assert os.readlink(dest / "etc" / "ok-link") == "../data/..evil"
-    assert (dest / "etc" / "ok-link").read_bytes() == b"just a name with dots\n"
-    assert not (dest / "etc" / "passwd-link").exists()
     assert sorted(p.name for p in env.tmp.iterdir()) == sorted([*outside_before, "dest"])
-    # a link extracted on its own cannot point at a sibling outside the destination
+    # again with overwrite: the restored links are replaced, not written through
+    res = env.service.extract(view.id, ["p1/etc"], dest, overwrite=True)
+    assert res.skipped == [] and res.symlinks == 3
+    assert _sha(Path("/etc/passwd")) == passwd_before
+    assert (dest / "data" / "..evil").read_bytes() == b"just a name with dots\n"
+    # a link extracted on its own is a link too
     res = env.service.extract(view.id, ["p1/etc/ok-link"], env.tmp / "dest2")
-    assert [p for p, _ in res.skipped] == ["ok-link"]
+    assert res.skipped == [] and os.readlink(env.tmp / "dest2" / "ok-link") == "../data/..evil"
     env.service.unmount(view.id)
     _assert_clean(env)
 

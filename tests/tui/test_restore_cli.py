@@ -68,7 +68,7 @@ def test_restore_commands_mount_browse_extract_unmount(
         again_args = ["restore", "extract", mount_id, "p1/etc", "--to", str(tmp_path / "out")]
         assert main(["--state-dir", str(state), *again_args]) == 1
         out = capsys.readouterr().out
-        assert "restored 0 files" in out and "skipped etc/motd: already exists" in out
+        assert "restored 0 files" in out and "not restored etc/motd: already exists" in out
 
         assert main(["--state-dir", str(state), "restore", "ls", mount_id, "p1/../.."]) == 2
         assert "'..'" in capsys.readouterr().err

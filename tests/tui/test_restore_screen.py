@@ -394,6 +394,7 @@ async def test_R_extracts_as_a_restore_files_job_that_jobs_shows(
     """A real mount of a real backup: R queues the marked file as a ``restore.files``
     job (the Jobs screen lists it, c there cancels it), the job runner restores it,
     and the screen says what was restored once the job has ended."""
+    import pwd
     import time
 
     from tests.engine.fsimages import Part, backup_chain, build_disk
@@ -414,6 +415,7 @@ async def test_R_extracts_as_a_restore_files_job_that_jobs_shows(
         screen.mount_id, screen.path = view.id, "p1/docs"  # type: ignore[attr-defined]
         screen.marked = {"p1/docs/report.txt"}  # type: ignore[attr-defined]
         screen.query_one("#destination").value = str(out)  # type: ignore[attr-defined]
+        screen.query_one("#owner").value = "nobody"  # type: ignore[attr-defined]
         screen.query_one("#files").focus()
         await pilot.press("R")
         await settle(pilot)
@@ -432,6 +434,24 @@ async def test_R_extracts_as_a_restore_files_job_that_jobs_shows(
         screen.refresh_now()  # type: ignore[attr-defined]
         await settle(pilot)
         status = str(screen.query_one("#status").render())
+
+        # again: the file is there already; the screen says it was NOT restored
+        screen.marked = {"p1/docs/report.txt"}  # type: ignore[attr-defined]
+        screen.query_one("#files").focus()
+        await pilot.press("R")
+        await settle(pilot)
+        again = max(j.id for j in demo_engine.jobs.list(kind="restore.files"))
+        while demo_engine.jobs.get(again).state not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        screen.refresh_now()  # type: ignore[attr-defined]
+        await settle(pilot)
+        second = str(screen.query_one("#status").render())
+        notices = [n.message for n in app._notifications]
     assert demo_engine.jobs.get(job.id).state == "succeeded"
     assert (out / "report.txt").read_bytes() == b"q\n" * 500
     assert "restored 1 file" in status and str(out) in status
+    # the owner box gave the file to that user
+    assert (out / "report.txt").stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert "restored 0 files" in second and "1 NOT restored" in second
+    assert any("report.txt: already exists" in n for n in notices)
