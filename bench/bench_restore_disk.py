@@ -1,0 +1,180 @@
+"""Whole-disk restore: ``sendense restore disk`` vs ``qemu-img convert -O raw`` + ``sync``.
+
+A chain of three (a full of ``--mb`` MiB, half random data and half never written,
+then two incrementals of 64 MiB of changes each) is made with qemu-img and recorded
+through the engine's own stores in a fresh state directory. Each round restores the
+top point three ways, with the page cache dropped (``sync; echo 3 > drop_caches``,
+when root) before each:
+
+- the reference: ``qemu-img convert -O raw TOP OUT`` and ``sync``;
+- the CLI as an operator runs it: ``sendense restore disk POINT OUT`` (a new process:
+  Python's start, the catalog, the job, the header checks, the convert, the fsync);
+- the engine's restore alone (``engine.restores.restore`` in this process, the engine
+  already open): the data path without the process start, which other work owns.
+
+Prints every round's ratios to the reference and their medians (goal <= 1.1) and the
+load average (the machine may be shared).
+
+Run: ``.venv/bin/python -m bench restore_disk`` or
+``.venv/bin/python -m bench.bench_restore_disk --mb 512 --rounds 5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.bench_copy import drop_caches
+from engine.catalog.chains import ChainStore
+from engine.catalog.repositories import RepositoryStore
+from engine.config import CapacitySettings, default_settings
+from engine.runtime import Engine
+
+MiB = 1024 * 1024
+CHANGE = 64 * MiB
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=3600)
+
+
+def make_versions(base: Path, size: int) -> list[Path]:
+    """Three raw versions of a disk: half random, half zeros, then two 64 MiB changes."""
+    data = bytearray(os.urandom(size // 2)) + bytearray(size - size // 2)
+    versions = []
+    for i in range(3):
+        if i:
+            at = (i * 37 * MiB) % max(MiB, size - CHANGE)
+            data[at : at + CHANGE] = os.urandom(min(CHANGE, size - at))
+        path = base / f"v{i}.raw"
+        path.write_bytes(data)
+        versions.append(path)
+    return versions
+
+
+def make_chain(engine: Engine, repo_dir: Path, versions: list[Path]) -> tuple[Path, int]:
+    """QCOW2 files of a full and incrementals, recorded in the catalog: the top file
+    and its point."""
+    chain_dir = repo_dir / "bench01" / "sda"
+    chain_dir.mkdir(parents=True)
+    files: list[Path] = []
+    for i, raw in enumerate(versions):
+        target = chain_dir / f"{i:04d}.qcow2"
+        if i == 0:
+            qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(target))
+        else:  # only what differs from the previous file lands in the incremental
+            qemu_img("create", "-q", "-f", "qcow2", "-b", str(raw), "-F", "raw", str(target))
+            qemu_img("rebase", "-f", "qcow2", "-b", files[-1].name, "-F", "qcow2", str(target))
+        files.append(target)
+    now = datetime.now(UTC)
+    repo = RepositoryStore(engine.catalog).add(
+        name="bench", kind="local", path=str(repo_dir), now=now
+    )
+    chains = ChainStore(engine.catalog)
+
+    def fields(i: int) -> dict[str, object]:
+        return {
+            "path": str(files[i].relative_to(repo_dir)),
+            "state": "complete",
+            "point_time": now + timedelta(hours=i),
+            "virtual_size": versions[0].stat().st_size,
+            "file_size": files[i].stat().st_size,
+        }
+
+    chain, full = chains.add_full(
+        repository_id=repo.id,
+        vm_name="bench01",
+        disk_name="sda",
+        directory="bench01/sda",
+        now=now,
+        backup=fields(0),
+    )
+    parent = full.id
+    for i in range(1, len(files)):
+        parent = chains.add_incremental(
+            chain_id=chain.id, parent_id=parent, position=i, now=now, backup=fields(i)
+        ).id
+    return files[-1], parent
+
+
+def timed(run: Callable[[], object]) -> float:
+    drop_caches()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_restore_disk")
+    parser.add_argument("--mb", type=int, default=1024, help="virtual size of the disk")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three")
+    parser.add_argument("--dir", default="/var/tmp", help="where the chain is made")
+    return parser.parse_args(argv or [])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="sendense-bench-restore-") as tmp:
+        base = Path(tmp)
+        state = base / "state"
+        settings = default_settings(state)
+        settings = dataclasses.replace(
+            settings, capacity=dataclasses.replace(CapacitySettings(), min_free_bytes=0)
+        )
+        engine = Engine(settings, owner="bench-restore")
+        engine.open()
+        try:
+            versions = make_versions(base, args.mb * MiB)
+            (base / "repo").mkdir()
+            top, point = make_chain(engine, base / "repo", versions)
+            for v in versions:
+                v.unlink()
+            run_rounds(args.rounds, engine, state, top, point, base / "out.raw")
+        finally:
+            engine.close()
+
+
+def run_rounds(rounds: int, engine: Engine, state: Path, top: Path, point: int, out: Path) -> None:
+    sendense = str(Path(sys.executable).with_name("sendense"))
+    cli = [sendense, "--state-dir", str(state), "restore", "disk", str(point), str(out)]
+    print(
+        f"point #{point}: a chain of 3, {top.parent}; page cache dropped before each "
+        f"side: {os.geteuid() == 0}; {rounds} rounds"
+    )
+    cli_ratios, engine_ratios = [], []
+    for n in range(rounds):
+
+        def reference() -> None:
+            qemu_img("convert", "-U", "-O", "raw", str(top), str(out))
+            subprocess.run(["sync"], check=True)
+
+        ref = timed(reference)
+        out.unlink()
+        ours = timed(lambda: subprocess.run(cli, check=True, capture_output=True, timeout=3600))
+        out.unlink()
+        inproc = timed(lambda: engine.restores.restore(point, str(out)))
+        out.unlink()
+        cli_ratios.append(ours / ref)
+        engine_ratios.append(inproc / ref)
+        print(
+            f"  round {n + 1}: qemu-img convert+sync {ref:6.2f} s, sendense restore disk "
+            f"{ours:6.2f} s ({ours / ref:.2f}x), engine restore alone {inproc:6.2f} s "
+            f"({inproc / ref:.2f}x); load average {os.getloadavg()[0]:.1f}"
+        )
+    for name, ratios in (("CLI", cli_ratios), ("engine restore alone", engine_ratios)):
+        ratio = statistics.median(ratios)
+        verdict = "OK" if ratio <= 1.1 else "ABOVE GOAL"
+        print(f"{name}: median {ratio:.2f}x qemu-img convert + sync (goal <= 1.1) {verdict}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
