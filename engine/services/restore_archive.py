@@ -422,7 +422,8 @@ class _ZipFormat:
         raise AssertionError("zip has no hard links: the data is stored again")
 
     def special(self, name: str, entry: GuestEntry) -> str | None:
-        return f"a {entry.kind}: zip cannot hold one (a tar archive can)"
+        what = {"char": "character device", "block": "block device"}.get(entry.kind, entry.kind)
+        return f"a {what}: zip cannot hold one (a tar archive can)"
 
     def file(self, name: str, entry: GuestEntry, fd: int) -> tuple[int, int]:
         info = _zip_info(name, entry, stat.S_IFREG)
