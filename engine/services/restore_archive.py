@@ -586,8 +586,13 @@ class _Output:
         self.out = out
         self.shown = shown
         self.position = 0
+        #: set when the archive stopped half-way: the formats' own clean-up (a tar or
+        #: zip closing itself when collected) writes nothing more after the failure
+        self.abandoned = False
 
     def write(self, data: bytes) -> int:
+        if self.abandoned:
+            return len(data)
         try:
             self.out.write(data)
         except OSError as exc:
@@ -599,6 +604,8 @@ class _Output:
         return self.position
 
     def flush(self) -> None:
+        if self.abandoned:
+            return
         with contextlib.suppress(AttributeError):
             try:
                 self.out.flush()  # type: ignore[attr-defined]
@@ -645,14 +652,18 @@ def write_archive(
             sink, closefd=False, write_return_read=True
         )
         target = compressor
-    fmt: _TarFormat | _ZipFormat = _TarFormat(target) if kind == "tar" else _ZipFormat(target)
-    writer = _Writer(fmt, result, ctx)
-    for item in items:
-        writer.add(item)
-    fmt.close()
-    if compressor is not None:
-        compressor.close()
-    sink.flush()
+    try:
+        fmt: _TarFormat | _ZipFormat = _TarFormat(target) if kind == "tar" else _ZipFormat(target)
+        writer = _Writer(fmt, result, ctx)
+        for item in items:
+            writer.add(item)
+        fmt.close()
+        if compressor is not None:
+            compressor.close()
+        sink.flush()
+    except BaseException:
+        sink.abandoned = True
+        raise
     return result
 
 
