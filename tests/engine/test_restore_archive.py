@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from engine.events import EventBus
 from engine.services.file_restore import FileRestoreService, teardown_dir
 from engine.services.restore_archive import acl_text
 from sendense_api.routes._archives import stream_archive
+from sendense_tui.cli import main
 from tests.engine.fsimages import backup_chain, loops_on, mounts_under, sh
 
 pytestmark = pytest.mark.root
@@ -157,14 +159,15 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
 
 
 def sendense(
-    guest: Guest, *args: str, stdout: int | None = subprocess.PIPE
+    guest: Guest, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[bytes]:
+    """The real command in its own process (stdout is bytes: the archive)."""
     return subprocess.run(
         [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(guest.state), *args],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         timeout=300,
-        cwd=ROOT,
+        cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,
     )
 
@@ -314,54 +317,78 @@ def test_a_reader_that_hangs_up_gets_a_sentence(guest: Guest) -> None:
         ("disk/tree/missing", "does not exist"),
     ],
 )
-def test_paths_out_of_the_mount_are_refused(guest: Guest, path: str, says: str) -> None:
+def test_paths_out_of_the_mount_are_refused(
+    guest: Guest, path: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = guest.tmp / "refused.tar"
-    done = sendense(guest, "restore", "extract", str(guest.mount_id), path, "--tar", str(target))
-    assert done.returncode == 2
-    assert says in done.stderr.decode() and b"Traceback" not in done.stderr
+    state = str(guest.state)
+    code = main(
+        [
+            "--state-dir",
+            state,
+            "restore",
+            "extract",
+            str(guest.mount_id),
+            path,
+            "--tar",
+            str(target),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err and "Traceback" not in err
     assert not target.exists()
 
 
-def _files_holding(marker: bytes, tops: list[Path], since: float) -> list[str]:
-    """Regular files under ``tops`` changed since ``since`` holding ``marker``, on the
-    top's own filesystem (the restore mount's FUSE disk and filesystems are not files
-    the archive made)."""
+def _files_holding(marker: bytes, top: Path, since: float, *, deep: bool = True) -> list[str]:
+    """Regular files under ``top`` changed since ``since`` holding ``marker``, on the
+    top's own filesystem (the restore mount's FUSE disk and filesystems inside the
+    state directory are not files the archive made)."""
+    device = os.lstat(top).st_dev
     found = []
-    for top in tops:
-        if not top.is_dir():
-            continue
-        device = os.lstat(top).st_dev
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = [
-                d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == device
-            ]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                info = os.lstat(path)
-                if info.st_dev != device or not os.path.isfile(path) or info.st_mtime < since:
-                    continue
-                if info.st_size > 64 * MiB:
-                    continue
-                with open(path, "rb") as f:
-                    if marker in f.read():
-                        found.append(path)
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [
+            d for d in dirnames if deep and os.lstat(os.path.join(dirpath, d)).st_dev == device
+        ]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            if info.st_dev != device or not stat.S_ISREG(info.st_mode) or info.st_mtime < since:
+                continue
+            with open(path, "rb") as f:
+                if marker in f.read(64 * MiB):
+                    found.append(path)
     return found
 
 
 def test_no_backup_content_lands_on_the_appliance_but_the_output(guest: Guest) -> None:
+    """The command runs with its own working folder, HOME and TMPDIR (where anything a
+    library spools would go): after a file and a stream download, the backed-up bytes
+    are in the named output and nowhere else there, in the state directory, or at the
+    top of /tmp and /var/tmp."""
     since = time.time() - 1
+    appliance = guest.tmp / "appliance"
+    for sub in ("cwd", "home", "tmp"):
+        (appliance / sub).mkdir(parents=True)
+    env = {**os.environ, "HOME": str(appliance / "home"), "TMPDIR": str(appliance / "tmp")}
     target = guest.tmp / "only-here.tar"
+    mount = str(guest.mount_id)
     done = sendense(
-        guest, "restore", "extract", str(guest.mount_id), "disk/tree/etc", "--tar", str(target)
-    )
+        guest, "restore", "extract", mount, "disk/tree/etc", "--tar", str(target),
+        env=env, cwd=appliance / "cwd",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     streamed = sendense(
-        guest, "restore", "extract", str(guest.mount_id), "disk/tree/etc", "--tar", "-"
-    )
+        guest, "restore", "extract", mount, "disk/tree/etc", "--tar", "-",
+        env=env, cwd=appliance / "cwd",
+    )  # fmt: skip
     assert MARKER in streamed.stdout and MARKER in target.read_bytes()
-    tops = [guest.state, ROOT, Path("/tmp"), Path("/var/tmp"), Path.home()]
-    holding = _files_holding(MARKER, tops, since)
-    assert [p for p in holding if p != str(target)] == []
+    holding = _files_holding(MARKER, guest.state, since) + _files_holding(MARKER, appliance, since)
+    for shared in (Path("/tmp"), Path("/var/tmp")):
+        holding += _files_holding(MARKER, shared, since, deep=False)
+    assert holding == []
+    # and the search does find backed-up bytes where they are
+    assert str(target) in _files_holding(MARKER, guest.tmp, since, deep=False)
 
 
 def test_acl_text_is_what_gnu_tar_stores() -> None:
