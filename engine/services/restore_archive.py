@@ -376,14 +376,13 @@ class _TarFormat:
         else:  # holes: only the data goes in, after a map of where it belongs
             head, _, base = name.rpartition("/")
             info.name = f"{head}/{SPARSE_DIR}/{base}" if head else f"{SPARSE_DIR}/{base}"
-            info.pax_headers.update(
-                {
-                    "GNU.sparse.major": "1",
-                    "GNU.sparse.minor": "0",
-                    "GNU.sparse.name": name,
-                    "GNU.sparse.realsize": str(entry.size),
-                }
-            )
+            info.pax_headers = {
+                **info.pax_headers,
+                "GNU.sparse.major": "1",
+                "GNU.sparse.minor": "0",
+                "GNU.sparse.name": name,
+                "GNU.sparse.realsize": str(entry.size),
+            }
             table = _sparse_map(extents, entry.size)
             info.size = len(table) + data
             stream = _Extents(fd, extents, table)
@@ -419,7 +418,7 @@ def _zip_info(name: str, entry: GuestEntry, mode_type: int) -> zipfile.ZipInfo:
 
 class _ZipFormat:
     def __init__(self, out: Writable) -> None:
-        self.zip = zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_DEFLATED)  # type: ignore[arg-type]
+        self.zip = zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_DEFLATED)  # type: ignore[call-overload]
 
     def folder(self, name: str, entry: GuestEntry) -> None:
         self.zip.writestr(_zip_info(name + "/", entry, stat.S_IFDIR), b"")
@@ -659,7 +658,9 @@ def write_archive(
         import zstandard  # the download's only user: loaded when asked for
 
         compressor = zstandard.ZstdCompressor(level=3).stream_writer(
-            sink, closefd=False, write_return_read=True
+            sink,  # type: ignore[arg-type]  # it only writes (and flushes)
+            closefd=False,
+            write_return_read=True,
         )
         target = compressor
     try:

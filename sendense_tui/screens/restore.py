@@ -464,7 +464,8 @@ class RestoreScreen(SendenseScreen):
         asks for the file name and the format; the bar and status line follow the job
         as they follow an extraction."""
         mount_id = self.mount_id
-        paths = sorted(self.marked) or ([self._file_key()] if self._file_key() else [])
+        under_cursor = self._file_key()
+        paths = sorted(self.marked) or ([under_cursor] if under_cursor else [])
         if mount_id is None or not paths:
             return
         folder = self.query_one("#destination", Input).value.strip() or "/root"
