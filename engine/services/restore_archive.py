@@ -582,6 +582,8 @@ class _Writer:
             os.close(fd)
         self.result.files += 1
         self.result.bytes += data
+        if self.ctx is not None:  # a job: Jobs shows how much is archived so far
+            self.ctx.progress(self.result.bytes, message=f"archiving {arcname}")
         if short:
             self.result.skipped.append(
                 (arcname, f"{short} bytes could not be read from the backup: zeros stand in")

@@ -14,6 +14,7 @@ file with backup content appears on the appliance outside the named output."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -398,3 +399,21 @@ def test_acl_text_is_what_gnu_tar_stores() -> None:
         "user::rw-\nuser:1234:r--\ngroup::r--\ngroup:42:r-x\nmask::r-x\nother::---\n"
     )
     assert acl_text(b"\x02\x00\x00\x00\x99") is None  # not an ACL: kept as the raw xattr only
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--zip", "-"], "a zip archive is written into a file"),
+        (["--zip", "/nowhere/x.zip", "--zstd"], "--zstd compresses a tar archive"),
+        (["--tar", "x.tar", "--to", "/srv"], "not allowed with argument"),
+    ],
+)
+def test_archive_options_that_cannot_work_are_refused(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) if "--to" in args else contextlib.nullcontext():
+        code = main(["--state-dir", str(tmp_path), "restore", "extract", "1", "p1/etc", *args])
+        assert code == 2
+    assert says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was opened or made
