@@ -24,8 +24,9 @@ outside the mount is read. Nothing of the backup's content is written anywhere b
 output the caller gives: no temporary file.
 
 What a file *is* (kind, owner, mode, times, xattrs, hard-link identity, data extents) is
-read by :func:`read_entry` and :func:`data_extents` alone, so that reading can be
-swapped for engine.guestmeta's.
+read by :func:`read_entry` and :func:`data_extents` alone, with the field names of
+engine.guestmeta, so that reading can be swapped for guestmeta's by one import
+(``GuestMeta as GuestEntry, read_meta as read_entry, data_extents``).
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class Writable(Protocol):
 
 @dataclass(frozen=True)
 class GuestEntry:
-    """One entry of the backed-up filesystem, as an archive needs to know it."""
+    """One entry of the backed-up filesystem, as an archive needs to know it (the
+    fields and names of engine.guestmeta.GuestMeta, so that one can stand in)."""
 
+    name: str
     #: dir | file | symlink | fifo | char | block | socket
     kind: str
     #: permission bits including setuid, setgid and sticky
@@ -82,12 +85,12 @@ class GuestEntry:
     size: int
     atime_ns: int
     mtime_ns: int
-    device: int
-    inode: int
-    links: int
-    rdev: int = 0
-    link_target: str | None = None
-    xattrs: tuple[tuple[str, bytes], ...] = ()
+    rdev: int
+    dev: int
+    ino: int
+    nlink: int
+    link_target: str | None
+    xattrs: tuple[tuple[str, bytes], ...]
 
 
 _KINDS = {
@@ -116,6 +119,7 @@ def read_entry(dir_fd: int, name: str) -> GuestEntry:
             with contextlib.suppress(OSError):
                 xattrs.append((key, os.getxattr(where, key, follow_symlinks=False)))
     return GuestEntry(
+        name=name,
         kind=kind,
         mode=stat.S_IMODE(info.st_mode),
         uid=info.st_uid,
@@ -123,10 +127,10 @@ def read_entry(dir_fd: int, name: str) -> GuestEntry:
         size=info.st_size if kind in ("file", "symlink") else 0,
         atime_ns=info.st_atime_ns,
         mtime_ns=info.st_mtime_ns,
-        device=info.st_dev,
-        inode=info.st_ino,
-        links=info.st_nlink,
-        rdev=info.st_rdev,
+        rdev=info.st_rdev if kind in ("char", "block") else 0,
+        dev=info.st_dev,
+        ino=info.st_ino,
+        nlink=info.st_nlink,
         link_target=os.readlink(name, dir_fd=dir_fd) if kind == "symlink" else None,
         xattrs=tuple(xattrs),
     )
@@ -502,7 +506,7 @@ class _Writer:
         except OSError as exc:
             self.result.skipped.append((arcname, f"cannot read it: {exc.strerror or exc}"))
             return
-        if entry.device != device:
+        if entry.dev != device:
             self.result.skipped.append((arcname, "another filesystem mounted here: not entered"))
             return
         if self.zip:
@@ -510,12 +514,12 @@ class _Writer:
         if entry.kind == "dir":
             self._folder(dir_fd, name, arcname, device, entry)
             return
-        key = (entry.device, entry.inode)
-        if entry.links > 1 and key in self.seen and not self.zip:
+        key = (entry.dev, entry.ino)
+        if entry.nlink > 1 and key in self.seen and not self.zip:
             self.fmt.hardlink(arcname, entry, self.seen[key])
             self.result.hardlinks += 1
             return
-        if entry.links > 1:
+        if entry.nlink > 1:
             if key in self.seen:
                 self.result.not_carried.append(
                     (arcname, f"a hard link of {self.seen[key]}: zip holds it as a copy")
@@ -574,7 +578,7 @@ class _Writer:
             return
         try:
             opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (entry.device, entry.inode):
+            if (opened.st_dev, opened.st_ino) != (entry.dev, entry.ino):
                 self.result.skipped.append((arcname, "it changed while being read"))
                 return
             data, short = self.fmt.file(arcname, entry, fd)
