@@ -106,8 +106,17 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result:
     return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
 
-def read_meta(dir_fd: int, name: str, info: os.stat_result | None = None) -> GuestMeta:
-    """The metadata of ``name`` in the directory ``dir_fd``, never following it."""
+def read_meta(
+    dir_fd: int,
+    name: str,
+    info: os.stat_result | None = None,
+    *,
+    unlisted_xattrs: tuple[str, ...] = (),
+) -> GuestMeta:
+    """The metadata of ``name`` in the directory ``dir_fd``, never following it.
+
+    ``unlisted_xattrs`` are asked for by name beside the listed ones (ntfs-3g holds a
+    file's ACL and DOS attributes under names it does not list)."""
     if info is None:
         info = lstat_at(dir_fd, name)
     kind = kind_of(info.st_mode)
@@ -126,7 +135,7 @@ def read_meta(dir_fd: int, name: str, info: os.stat_result | None = None) -> Gue
         ino=info.st_ino,
         nlink=info.st_nlink,
         link_target=target,
-        xattrs=read_xattrs(dir_fd, name),
+        xattrs=read_xattrs(dir_fd, name, unlisted_xattrs),
         allocated=info.st_blocks * 512,
     )
 
@@ -139,7 +148,9 @@ def _at_path(dir_fd: int, name: str) -> str:
     return f"/proc/self/fd/{dir_fd}/{name}"
 
 
-def read_xattrs(dir_fd: int, name: str) -> tuple[tuple[str, bytes], ...]:
+def read_xattrs(
+    dir_fd: int, name: str, unlisted: tuple[str, ...] = ()
+) -> tuple[tuple[str, bytes], ...]:
     """Every extended attribute of ``name`` (not of what a link points to), sorted,
     but a filesystem's own copies of what another name holds (FILESYSTEM_OWN_XATTRS).
 
@@ -153,7 +164,7 @@ def read_xattrs(dir_fd: int, name: str) -> tuple[tuple[str, bytes], ...]:
             return ()
         raise
     found = []
-    for key in sorted(set(names) - FILESYSTEM_OWN_XATTRS):
+    for key in sorted((set(names) | set(unlisted)) - FILESYSTEM_OWN_XATTRS):
         try:
             found.append((key, os.getxattr(path, key, follow_symlinks=False)))
         except OSError as exc:

@@ -364,6 +364,7 @@ class Engine:
             self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
         )
         self.jobs.register(JobKind.RESTORE_FILES, self.file_restore.run_extract_job)
+        self.jobs.register(JobKind.RESTORE_ARCHIVE, self.file_restore.run_archive_job)
 
     def _cleanup_restore(self) -> None:
         """Mounts, loop devices and exports left by an engine that crashed."""

@@ -34,6 +34,7 @@ class JobKind(StrEnum):
     VERIFY = "verify"
     RESTORE_DISK = "restore_disk"
     RESTORE_FILES = "restore.files"
+    RESTORE_ARCHIVE = "restore.archive"
     REPOSITORY_IMPORT = "repository.import"
     POLICY_RUN = "policy_run"
     LOCKS_MAINTAIN = "locks.maintain"

@@ -25,6 +25,7 @@ test_packages=(
   nfs-ganesha nfs-ganesha-vfs   # userspace NFS server for repository tests
   samba smbclient       # smbd on a private port for CIFS repository tests
   tmux make
+  rsync zstd libcap2-bin   # archive tests: rsync -naHAXS against the guest, zstd -dc, setcap
 )
 
 wanted=("${run_packages[@]}" "${norecommends_packages[@]}")

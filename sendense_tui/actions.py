@@ -393,6 +393,16 @@ COMMANDS: tuple[Command, ...] = (
         key_display="R",
     ),
     Command(
+        "restore.save_archive",
+        "A",
+        "save_archive",
+        "Save as archive",
+        "Save the marked files (or the one under the cursor) as a tar or zip archive",
+        scope="restore",
+        key_display="A",
+        show=False,
+    ),
+    Command(
         "restore.unmount",
         "u",
         "unmount",

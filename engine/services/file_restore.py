@@ -75,6 +75,7 @@ from engine.private import make_private_dir, make_private_dirs
 from engine.services import guest_volumes
 from engine.services.guest_volumes import Region
 from engine.services.images import ImageGuard, PointRead, PointReader, PointUnreadable
+from engine.services.restore_archive import Archiving
 from engine.services.restore_browse import MountBrowsing
 from engine.services.restore_extract import Extraction
 from engine.services.restore_views import (
@@ -118,7 +119,7 @@ _HOST = socket.gethostname()
 DETACHED = f"{_HOST}:detached"
 
 
-class FileRestoreService(MountBrowsing, Extraction):
+class FileRestoreService(MountBrowsing, Extraction, Archiving):
     """Restore mounts (here), browsing them (restore_browse) and extracting from them
     (restore_extract): one service, ``engine.file_restore``."""
 

@@ -9,7 +9,8 @@
   the filesystems);
 - ``GET /restore-mounts/{id}/file?path=p1/etc/hosts`` (read): the file, streamed;
 - ``GET /restore-mounts/{id}/archive?path=p1/etc&format=tar|zip`` (read): the folder
-  as a tar or zip written while it is sent (sendense_api.routes._archives);
+  as a tar or zip written while it is sent, the same archive ``restore extract --tar``
+  writes (engine.services.restore_archive, streamed by sendense_api.routes._archives);
 - ``DELETE /restore-mounts/{id}`` (operate): unmount.
 
 Paths are checked by the engine as ``restore extract`` checks them: a ``..`` part,
@@ -135,20 +136,15 @@ def download_folder(
             f"{'/'.join(source.parts)} is a file, not a folder",
             hint="download a file with .../file?path=…",
         )
-    entries = [(source.path, source.parts, source.info)]
-    walk = engine.file_restore.walk_source(source)
+    name = f"{source.parts[-1]}.{format}"
 
-    def everything() -> Iterator[Any]:
-        yield from entries
-        yield from walk
-
-    def opener(host_path: Any) -> Any:
-        return engine.file_restore.open_source_file(host_path, source.device)
+    def write(sink: Any) -> Any:
+        return engine.file_restore.archive(mount_id, [path], sink, kind=format, shown=name)
 
     return StreamingResponse(
-        stream_archive(format, source.parts, everything(), opener),
+        stream_archive(format, write),
         media_type=MEDIA_TYPES[format],
-        headers={"Content-Disposition": _attachment(f"{source.parts[-1]}.{format}")},
+        headers={"Content-Disposition": _attachment(name)},
     )
 
 

@@ -13,13 +13,24 @@ daemon's reaper sees to that (``mount`` starts one when none runs).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from datetime import timedelta
-from typing import Any
+from typing import Any, TextIO
 
+from engine.errors import ValidationError
+from engine.services.restore_archive import ArchiveOutputError
 from engine.services.restore_extract import summary as extract_summary
 from engine.services.restore_views import Entry, MountView
 from engine.shapes import extract_result_dict, file_entry_dict, mount_dict
-from sendense_tui.commands import CliContext, add_parser, bounded_int, id_argument, table
+from sendense_tui.commands import (
+    CliContext,
+    add_parser,
+    bounded_int,
+    id_argument,
+    json_text,
+    table,
+)
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import ensure_runner, job_failed
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
@@ -64,7 +75,16 @@ def add_subcommands(sub: Any) -> None:
     extract = add_parser(sub, "extract", help="copy files or folders out of a mounted point")
     extract.add_argument("mount", type=MOUNT_ID)
     extract.add_argument("paths", nargs="+", help="paths inside the mount, e.g. p1/etc/hosts")
-    extract.add_argument("--to", required=True, dest="destination", help="destination folder")
+    where = extract.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", dest="destination", help="destination folder")
+    where.add_argument(
+        "--tar",
+        metavar="FILE",
+        help="download instead: a pax tar archive into FILE, or - for standard output "
+        "(a name ending .tar.zst or .tzst is zstd-compressed)",
+    )
+    where.add_argument("--zip", metavar="FILE", help="download instead: a zip archive")
+    extract.add_argument("--zstd", action="store_true", help="compress the tar with zstd")
     extract.add_argument("--overwrite", action="store_true", help="replace existing files")
     extract.add_argument(
         "--specials",
@@ -211,6 +231,96 @@ def find_files(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def extract_files(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.tar is not None or args.zip is not None:
+        return archive_files(args, ctx)
+    return _extract_into_folder(args, ctx)
+
+
+class _StandardOutput:
+    """The archive written straight to file descriptor 1 (no buffer left for Python
+    to flush at exit into a pipe that is gone)."""
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view) :]
+        return len(data)
+
+
+def archive_files(args: argparse.Namespace, ctx: CliContext) -> int:
+    """``--tar FILE|-`` or ``--zip FILE``: the selection as one archive written by this
+    command (nothing of it is stored on the appliance but FILE); with ``-`` the stream
+    is the only thing on standard output and the summary goes to standard error."""
+    kind = "zip" if args.zip is not None else "tar"
+    output: str = args.zip if args.zip is not None else args.tar
+    zstd = args.zstd or (kind == "tar" and output.endswith((".tar.zst", ".tzst")))
+    if args.zstd and kind == "zip":
+        raise ValidationError("--zstd compresses a tar archive; a zip is compressed already")
+    for option, given in (("--owner", args.owner), ("--specials", args.specials)):
+        if given:
+            raise ValidationError(
+                f"{option} applies to a restore into a folder; an archive keeps the "
+                "guest's owners and special files as entries",
+                hint="leave it out, or restore with --to DIR",
+            )
+    streamed = output == "-"
+    if streamed and kind == "zip":
+        raise ValidationError(
+            "a zip archive is written into a file, not a stream", hint="--zip FILE"
+        )
+    if streamed and os.isatty(1):
+        raise ValidationError(
+            "the archive would be written onto the terminal",
+            hint="send it into a file or a program: --tar - > etc.tar, or --tar FILE",
+        )
+    with ctx.engine() as engine:
+        try:
+            if streamed:
+                result = engine.file_restore.archive(
+                    args.mount, args.paths, _StandardOutput(), kind=kind, zstd=zstd
+                )
+            else:
+                result = engine.file_restore.archive_to_file(
+                    args.mount, args.paths, output, kind=kind, zstd=zstd, overwrite=args.overwrite
+                )
+        except ArchiveOutputError as exc:
+            if streamed:  # later output (and Python's exit) must not write to it again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            raise CommandFailed(exc.message, hint=exc.hint) from None
+    _report_archive(result.as_dict(), ctx, sys.stderr if streamed else sys.stdout)
+    return 0
+
+
+def _report_archive(result: dict[str, Any], ctx: CliContext, out: TextIO) -> None:
+    skipped = [(s["path"], s["reason"]) for s in result["skipped"]]
+    if ctx.json:
+        out.write(json_text(result, indent=2) + "\n")
+    else:
+        print(
+            printable(
+                f"archived {plural(result['files'], 'file')}, "
+                f"{plural(result['directories'], 'folder')}, "
+                f"{plural(result['symlinks'], 'link')}, "
+                f"{plural(result['hardlinks'], 'hard link')}, "
+                f"{plural(result['specials'], 'special file')}, "
+                f"{human_bytes(result['bytes'])} of data as {result['format']} "
+                f"into {result['output']}"
+            ),
+            file=out,
+        )
+        for path, reason in skipped:
+            print(printable(f"  not archived {path}: {reason}"), file=out)
+        for item in result["not_carried"]:
+            print(printable(f"  kept without {item['what']}: {item['path']}"), file=out)
+    if skipped:
+        raise CommandFailed(
+            f"{plural(len(skipped), 'item')} asked for "
+            f"{'was' if len(skipped) == 1 else 'were'} not archived",
+            hint="the lines above say which and why",
+        )
+
+
+def _extract_into_folder(args: argparse.Namespace, ctx: CliContext) -> int:
     """Queued as a ``restore.files`` job (the console's way too): ``jobs list`` shows
     it, ``jobs cancel`` and Ctrl-C stop it; this command waits for it."""
     with ctx.engine() as engine:

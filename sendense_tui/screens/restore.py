@@ -34,6 +34,7 @@ from sendense_tui.details import export_detail
 from sendense_tui.format import human_bytes, human_duration, plural, printable, safe_text
 from sendense_tui.screens.base import SendenseScreen
 from sendense_tui.styles import STYLES_DIR
+from sendense_tui.widgets.archive_dialog import ArchiveDialog
 from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.quiet import show
@@ -468,6 +469,44 @@ class RestoreScreen(SendenseScreen):
             description="extract",
         )
 
+    def action_save_archive(self) -> None:
+        """The selection as one archive file (the ``restore.archive`` job): a dialog
+        asks for the file name and the format; the bar and status line follow the job
+        as they follow an extraction."""
+        mount_id = self.mount_id
+        under_cursor = self._file_key()
+        paths = sorted(self.marked) or ([under_cursor] if under_cursor else [])
+        if mount_id is None or not paths:
+            return
+        folder = self.query_one("#destination", Input).value.strip() or "/root"
+        name = paths[0].rsplit("/", 1)[-1] if len(paths) == 1 else "restore"
+        what = paths[0] if len(paths) == 1 else plural(len(paths), "item")
+        engine = self.engine
+
+        def queued(job: Job) -> None:
+            self.extraction_id = job.id
+            self.progress_text = f"archive queued as job {job.id} (Jobs shows it; c cancels)"
+
+        def answered(choice: tuple[str, str] | None) -> None:
+            if not choice or not choice[0]:
+                return
+            output, fmt = choice
+            self.run_engine(
+                lambda: engine.file_restore.submit_archive(
+                    mount_id,
+                    paths,
+                    output,
+                    kind="zip" if fmt == "zip" else "tar",
+                    zstd=fmt == "tar.zst",
+                    actor="console",
+                ),
+                after=queued,
+                description="save as archive",
+            )
+
+        suggested = str(Path(folder) / f"{name}.tar")
+        self.app.push_screen(ArchiveDialog(what, suggested), answered)
+
     def _follow(self, job: Job | None) -> None:
         """The extraction job's progress in the bar; its outcome in the status line."""
         if job is None or job.id != self.extraction_id:
@@ -486,6 +525,12 @@ class RestoreScreen(SendenseScreen):
             self.progress_text = f"extraction job {job.id} {job.state}{why}"
             return
         self.marked.clear()
+        if "output" in result:  # a saved archive (restore.archive)
+            self.progress_text = (
+                f"saved {plural(int(result.get('files', 0)), 'file')}, "
+                f"{human_bytes(int(result.get('bytes', 0)))} as {result['output']}"
+            )
+            return
         shown = extract_result_dict(result, job.id)
         missing = shown["not_restored"]
         self.progress_text = f"{extract_summary(shown)} to {shown['destination']}" + (
@@ -567,7 +612,17 @@ class RestoreScreen(SendenseScreen):
         return not (
             typing
             and action
-            in ("mount", "mark", "extract", "unmount", "export", "stop_export", "up", "search")
+            in (
+                "mount",
+                "mark",
+                "extract",
+                "save_archive",
+                "unmount",
+                "export",
+                "stop_export",
+                "up",
+                "search",
+            )
         )
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

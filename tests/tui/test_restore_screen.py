@@ -455,3 +455,69 @@ async def test_R_extracts_as_a_restore_files_job_that_jobs_shows(
     assert (out / "report.txt").stat().st_uid == pwd.getpwnam("nobody").pw_uid
     assert "restored 0 files" in second and "1 NOT restored" in second
     assert any("report.txt: already exists" in n for n in notices)
+
+
+@pytest.mark.root
+async def test_A_saves_the_selection_as_an_archive_job(
+    make_app: Callable[..., SendenseApp], demo_engine: Engine, tmp_path: Path
+) -> None:
+    """ "Save as archive" beside "extract": A asks for the file name and the format
+    (the name follows the format picked), queues a ``restore.archive`` job, and the
+    status line says what was saved once it has ended."""
+    import tarfile
+    import time
+    import zipfile
+
+    from textual.widgets import Input, RadioSet
+
+    from sendense_tui.widgets.archive_dialog import ArchiveDialog
+    from tests.engine.fsimages import Part, backup_chain, build_disk
+    from tests.tui.conftest import settle
+
+    raw = build_disk(tmp_path / "disk.raw", [Part("ext4", 16, {"docs/report.txt": b"q\n" * 500})])
+    (tmp_path / "repo").mkdir()
+    now = demo_engine.clock.now()
+    point = backup_chain(demo_engine.catalog, tmp_path / "repo", [raw], now=now).full_id
+    view = demo_engine.file_restore.mount(point)
+    app = make_app()
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("7")
+        await settle(pilot)
+        screen = app.screen
+        screen.mount_id, screen.path = view.id, "p1"  # type: ignore[attr-defined]
+        screen.marked = {"p1/docs"}  # type: ignore[attr-defined]
+        screen.query_one("#destination").value = str(tmp_path)  # type: ignore[attr-defined]
+        screen.query_one("#files").focus()
+        await pilot.press("A")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ArchiveDialog)
+        name = dialog.query_one("#archive-name", Input)
+        assert name.value == str(tmp_path / "docs.tar")
+        formats = dialog.query_one("#archive-format", RadioSet)
+        formats.focus()
+        await pilot.press("down", "down", "enter")  # the third choice: zip
+        await settle(pilot)
+        assert name.value == str(tmp_path / "docs.zip")
+        name.focus()
+        await pilot.press("enter")
+        await settle(pilot)
+        [job] = demo_engine.jobs.list(kind="restore.archive")
+        assert job.state == "queued" and job.actor == "console"
+        for other in demo_engine.jobs.list(states=("queued", "running", "paused")):
+            if other.id != job.id:
+                demo_engine.jobs.cancel(other.id)
+        demo_engine.jobs.start()
+        deadline = time.monotonic() + 60
+        while demo_engine.jobs.get(job.id).state not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline
+            await pilot.pause(0.1)
+        screen.refresh_now()  # type: ignore[attr-defined]
+        await settle(pilot)
+        status = str(screen.query_one("#status").render())
+    assert demo_engine.jobs.get(job.id).state == "succeeded", demo_engine.jobs.get(job.id).error
+    with zipfile.ZipFile(tmp_path / "docs.zip") as archive:
+        assert archive.read("docs/report.txt") == b"q\n" * 500
+    assert not tarfile.is_tarfile(tmp_path / "docs.zip")
+    assert "saved 1 file" in status and "docs.zip" in status
