@@ -8,11 +8,13 @@ is an offset loop device, a volume in several pieces a device-mapper table of ou
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -174,6 +176,18 @@ def test_ntfs_volume_browses_and_extracts_with_names_times_and_acl(env: GuestEnv
     assert got.read_bytes() == NTFS_FILES[f"Users/Ann/Documents/{UNICODE_NAME}"]
     assert os.stat(got).st_mtime == KNOWN_MTIME
     assert (out / "Documents/Deep/er/notes.txt").read_bytes() == b"nested\n"
+    # an archive carries what a folder on the appliance cannot: the NTFS ACL and
+    # attributes ntfs-3g holds without listing them, as pax xattr records
+    stream = io.BytesIO()
+    service.archive(view.id, ["p2/Users/Ann/Documents"], stream, kind="tar")
+    stream.seek(0)
+    with tarfile.open(fileobj=stream) as tar:
+        member = tar.getmember(f"Documents/{UNICODE_NAME}")
+        assert tar.extractfile(member).read() == got.read_bytes()  # type: ignore[union-attr]
+    headers = member.pax_headers
+    assert headers["SCHILY.xattr.user.Zone.Identifier"].encode("utf-8", "surrogateescape") == ZONE
+    for name in NTFS_XATTRS:
+        assert f"SCHILY.xattr.{name}" in headers, name
     service.unmount(view.id)
     assert mounts_under(tmp / "state") == [] and loops_on(tmp / "state") == []
 
