@@ -77,6 +77,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.digests import BLOCK_SIZE, DigestTableError, table_path
 from engine.errors import (
+    Action,
     CatalogUnavailable,
     JobCancelled,
     JobUnprotected,
@@ -461,8 +462,11 @@ class BackupService:
             f"{run.vm}: backed up, but NOT protected: "
             + "; ".join(f"{d.disk} #{d.backup_id}: {d.unprotected}" for d in run.unprotected),
             result=run.as_dict(),
-            hint="the points are good backups; fix the cause, then `sendense lock check` "
-            "sets the flag (the lock job retries it too)",
+            action=Action(
+                "check_locks_points",
+                "the points are good backups; fix the cause, then a lock check sets the flag "
+                "(the lock job retries it too)",
+            ),
         )
 
     def _failure(self, run: BackupRun) -> BackupFailed:

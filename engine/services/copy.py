@@ -731,8 +731,11 @@ class CopyService:
                 + "; ".join(unprotected[:3])
                 + (" …" if len(unprotected) > 3 else ""),
                 result=result,
-                hint="the copies are good; fix the cause, then `sendense lock check` sets "
-                "the flag (the lock job retries it too)",
+                action=Action(
+                    "check_locks_copies",
+                    "the copies are good; fix the cause, then a lock check sets the flag "
+                    "(the lock job retries it too)",
+                ),
             )
         return result
 

@@ -38,6 +38,7 @@ from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.cron import cron_error
 from engine.errors import (
+    Action,
     JobError,
     JobUnprotected,
     LockNotConfirmed,
@@ -672,8 +673,11 @@ class PolicyService:
             raise JobUnprotected(
                 f"policy {policy.name}: backed up, but NOT protected: " + "; ".join(unprotected),
                 result=result,
-                hint="the points are good backups; fix the cause, then `sendense lock check` "
-                "sets the flag (the lock job retries it too)",
+                action=Action(
+                    "check_locks_points",
+                    "the points are good backups; fix the cause, then a lock check sets the flag "
+                    "(the lock job retries it too)",
+                ),
             )
         return result
 

@@ -239,7 +239,7 @@ class _Copier:
     def skip(self, rel: PurePosixPath, reason: str) -> None:
         self.result.skipped.append((str(rel), reason))
 
-    def copy(self, source: Path, dest_dir: Path, name: str, rel: PurePosixPath, dev: int) -> None:
+    def copy(self, source: Path, dest_dir: Path, name: str, rel: PurePosixPath, dev: int) -> None:  # noqa: C901 - rewritten in issue 17
         if self.ctx is not None:
             self.ctx.check()
         try:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.tools.base import Completed, ToolError, run
 
@@ -110,7 +111,7 @@ def _explain(source: str, target: str, action: str) -> Callable[[Completed], Too
     def explain(done: Completed) -> ToolError | None:
         text = done.stderr
         lowered = text.lower()
-        kw = {"program": action, "returncode": done.returncode, "stderr": text}
+        kw: dict[str, Any] = {"program": action, "returncode": done.returncode, "stderr": text}
         if "mount point does not exist" in lowered:
             return MountError(
                 f"cannot mount {source}: the directory {target} does not exist",
