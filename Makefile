@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-test lint format screenshots bench
+.PHONY: run test check install install-test lint format screenshots bench
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ install-test: $(VENV)/bin/activate
 run: install
 	$(VENV)/bin/sendense
 
-test: install-test
+# checks that keep the layers, the types and the size of functions as they are
+# (configured in pyproject.toml: [tool.ruff.lint] C90, [tool.importlinter], [tool.mypy])
+check: $(VENV)/bin/activate
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: install-test check
 	$(VENV)/bin/pytest -n 4 --durations=20
 
-lint: $(VENV)/bin/activate
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: check
 
 format:
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

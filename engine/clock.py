@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, overload
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 #: systemd's rule for "NTPSynchronized": the kernel's maximum error is below 16 s
@@ -183,6 +183,12 @@ class FixedClock:
             self._synchronised = synchronised
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """Catalog drivers may hand back naive datetimes; they are UTC by convention."""
     if value is None:

@@ -369,31 +369,36 @@ ENV_KEYS: dict[str, str] = {
 }
 
 
+def _read_config_file(path: Path, *, explicit: bool) -> dict[str, Any]:
+    """The config file's tables; nothing when a file not named by SENDENSE_CONFIG is
+    missing; ConfigError with what to fix when it cannot be read."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                f"config file {path} (from SENDENSE_CONFIG) does not exist",
+                hint="fix SENDENSE_CONFIG or create the file",
+            ) from None
+        return {}
+    except PermissionError:
+        raise ConfigError(
+            f"config file {path} cannot be read: permission denied",
+            hint=f"run as a user that may read it, or chmod o+r {path}",
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the config file and the environment; raise ConfigError on any bad value."""
     env = dict(os.environ if env is None else env)
     path, explicit = find_config_file(env)
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            if explicit:
-                raise ConfigError(
-                    f"config file {path} (from SENDENSE_CONFIG) does not exist",
-                    hint="fix SENDENSE_CONFIG or create the file",
-                ) from None
-        except PermissionError:
-            raise ConfigError(
-                f"config file {path} cannot be read: permission denied",
-                hint=f"run as a user that may read it, or chmod o+r {path}",
-            ) from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = _read_config_file(path, explicit=explicit) if path is not None else {}
 
     # Environment overrides are merged in as if they were in the file, so the
     # same validation applies and the message names the variable.

@@ -125,9 +125,14 @@ class JobUnprotected(JobError):
     could not be set: the job ends as ``failed_unprotected``, never as succeeded."""
 
     def __init__(
-        self, message: str, *, result: dict[str, object] | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        result: dict[str, object] | None = None,
+        hint: str | None = None,
+        action: Action | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, action=action)
         #: what the job did (its normal result), recorded with the failed state
         self.result: dict[str, object] = dict(result or {})
 

@@ -45,18 +45,19 @@ catalog answers again, before claiming any work: the row never stays
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Job
@@ -72,7 +73,7 @@ from engine.errors import (
     StopReason,
 )
 from engine.events import Event, EventBus
-from engine.states import JobState
+from engine.states import JobKind, JobState
 from engine.unrecorded import Outcome, UnrecordedOutcomes, catalog_failure
 from engine.writers import DiskBusy, DiskWriters, busy_sentence
 
@@ -82,6 +83,26 @@ Handler = Callable[["JobContext"], dict[str, Any] | None]
 #: the VM disks a job writes (its writer leases), from its row
 Writes = Callable[[Job], Sequence[DiskKey]]
 TAKEOVER_POLICIES = ("rerun", "fail")
+
+
+@dataclass(frozen=True)
+class JobHandler:
+    """How a job kind runs: what a service returns from ``job_handlers()`` for each
+    kind it owns; the Engine registers them all on its runner (engine.runtime)."""
+
+    run: Handler
+    #: the disks a job of this kind writes (the runner holds their writer leases)
+    writes: Writes | None = None
+    #: "rerun" (once) or "fail" when its engine died running it
+    takeover: str = "rerun"
+
+
+class RunsJobs(Protocol):
+    """A service that owns job kinds."""
+
+    def job_handlers(self) -> Mapping[JobKind, JobHandler]: ...
+
+
 #: a job is taken over (re-run after its engine died) at most this often
 MAX_TAKEOVERS = 1
 #: how many claimable jobs the dispatcher looks at: queued jobs waiting for a busy
@@ -509,7 +530,7 @@ class JobRunner:
             for ctx in self._running.values():
                 ctx.stop(EngineStopping)
 
-    def running_ids(self) -> list[int]:
+    def running_ids(self) -> builtins.list[int]:
         with self._lock:
             return sorted(self._running)
 
@@ -699,7 +720,11 @@ class JobRunner:
                 data={"owner": self.owner, "attempt": job.attempts},
             )
         )
-        state, error, result, level = JobState.SUCCEEDED, None, None, "info"
+        # a JobState, or LOST (no row state: another engine owns it)
+        state: str = JobState.SUCCEEDED
+        error: str | None = None
+        result: dict[str, Any] | None = None
+        level = "info"
         try:
             with self._writing(ctx):
                 result = handler(ctx) or {}
@@ -780,7 +805,7 @@ class JobRunner:
                 return
             if not recorded:
                 state, error = LOST, "the lease lapsed before the job finished"
-        words = {
+        words: dict[str, str] = {
             JobState.SUCCEEDED: "finished",
             JobState.QUEUED: "returned to the queue",
             JobState.FAILED_UNPROTECTED: "finished but NOT protected",
@@ -912,9 +937,11 @@ __all__ = [
     "Handler",
     "JobContext",
     "JobError",
+    "JobHandler",
     "JobPaused",
     "JobRunner",
     "LeaseLost",
     "ProgressMeter",
+    "RunsJobs",
     "StopReason",
 ]

@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
+from engine.alerts import AlertSink
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
 from engine.catalog.chains import ChainStore
@@ -31,7 +33,7 @@ from engine.config import Settings, load_settings
 from engine.daemon import DaemonStatus, find_daemon
 from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
-from engine.jobs import JobRunner, engine_owner
+from engine.jobs import JobHandler, JobRunner, RunsJobs, engine_owner
 from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
 from engine.states import JobKind
 from engine.unrecorded import UnrecordedOutcomes
@@ -41,6 +43,18 @@ log = logging.getLogger(__name__)
 
 #: how often a client engine looks whether its daemon is still there
 DAEMON_CHECK_SECONDS = 5.0
+
+
+def job_handlers(services: Iterable[RunsJobs]) -> dict[JobKind, JobHandler]:
+    """Every job kind the services own, with its one handler; a kind two services
+    claim is a wiring mistake, refused here rather than one silently winning."""
+    handlers: dict[JobKind, JobHandler] = {}
+    for service in services:
+        for kind, handler in service.job_handlers().items():
+            if kind in handlers:
+                raise ValueError(f"job kind {kind!s} has two handlers")
+            handlers[kind] = handler
+    return handlers
 
 
 def catalog_evidence(settings: Settings) -> list[Path]:
@@ -64,14 +78,73 @@ class Engine:
         #: one-shots and tests do not)
         self.run_scheduler = run_scheduler
         self.clock = clock
+        self._compose(owner or engine_owner())
+        self._opened = False
+        self._started = False
+        #: the daemon that owns long-lived work, when this engine is its client
+        self.daemon: DaemonStatus | None = None
+        #: False while a daemon runs this engine's jobs
+        self.run_jobs = True
+        self._want_scheduler = run_scheduler
+        self._watch_stop = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def _compose(self, owner: str) -> None:
+        """Build every store and service once, in dependency order.
+
+        Each service gets all its collaborators in its constructor (nothing is set on
+        a service afterwards), so a service can only be built after what it uses; the
+        order below is that order. Job kinds: each service that owns some says so in
+        ``job_handlers()``, and the last step registers them all on the runner."""
+        from engine.catalog.api_tokens import ApiTokenStore
+        from engine.catalog.capacity import CapacityStore
+        from engine.catalog.copies import CopyStore
+        from engine.catalog.locks import LockStore
+        from engine.catalog.metrics import MetricsStore
+        from engine.catalog.notifications import NotificationStore
+        from engine.catalog.policies import PolicyStore, ScheduleStore
+        from engine.services.api_tokens import ApiTokenService
+        from engine.services.backup import BackupService
+        from engine.services.capacity import CapacityMonitor
+        from engine.services.chains import ChainService
+        from engine.services.compliance import ComplianceService
+        from engine.services.copy import CopyService
+        from engine.services.details import DetailService
+        from engine.services.exports import ExportService
+        from engine.services.file_restore import FileRestoreService
+        from engine.services.images import ImageGuard, PointReader
+        from engine.services.immutability import LockService
+        from engine.services.imports import RepositoryImportService
+        from engine.services.metrics import MetricsService
+        from engine.services.mounts import MountManager
+        from engine.services.notify import NotificationService
+        from engine.services.policies import PolicyService
+        from engine.services.repositories import RepositoryService
+        from engine.services.restore_disk import DiskRestoreService
+        from engine.services.retention import RetentionService
+        from engine.services.scheduler import Scheduler
+        from engine.services.secrets import SecretBox
+        from engine.services.verify import VerifyService
+
+        settings, clock = self.settings, self.clock
+
+        # -- the catalog, its stores and the event bus ---------------------------------
         self.catalog = Catalog(settings.db_url)
         self.audit = AuditStore(self.catalog)
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)
         self.chain_store = ChainStore(self.catalog)
-        owner = owner or engine_owner()
-        #: one writer per VM disk: backup, consolidate, delete, retention, import
+        self.copy_store = CopyStore(self.catalog)
+        self.lock_store = LockStore(self.catalog)
+        self.capacity_store = CapacityStore(self.catalog)
+        self.policy_store = PolicyStore(self.catalog)
+        #: schedule marks: scheduled copy rules, the verify schedule, raised alerts
+        self.schedule_store = ScheduleStore(self.catalog)
+        self.notification_store = NotificationStore(self.catalog)
+
+        # -- jobs: one writer per VM disk (backup, consolidate, delete, retention,
+        # import) and the runner that holds those leases around jobs -----------------
         self.writers = DiskWriters(
             WriterStore(self.catalog),
             self.repository_store,
@@ -91,53 +164,86 @@ class Engine:
             # outcomes of jobs whose catalog went away, for the next engine here
             unrecorded=UnrecordedOutcomes(settings.state_dir / "unrecorded-jobs"),
         )
-        self._wire_locks()
-        self._wire_repositories()
-        self._wire_images()
-        self._wire_copies()
-        self._wire_restore()
-        self._wire_backups()
-        self._wire_policies()
-        self._wire_imports()
-        self._wire_metrics()
-        self._wire_api()
-        self._wire_notifications()
-        self._opened = False
-        self._started = False
-        #: the daemon that owns long-lived work, when this engine is its client
-        self.daemon: DaemonStatus | None = None
-        #: False while a daemon runs this engine's jobs
-        self.run_jobs = True
-        self._want_scheduler = run_scheduler
-        self._watch_stop = threading.Event()
-        self._watch: threading.Thread | None = None
+        #: copies and verification publish here, the scheduler listens (built before
+        #: all three: the scheduler also asks copies and verification for alerts)
+        self.alert_sink = AlertSink()
 
-    def _wire_backups(self) -> None:
-        """Backups (``self.backups``), the chain manager (``self.chains``) and whole-disk
-        restore (``self.restores``); job kinds backup, consolidate, restore_disk."""
-        from engine.services.backup import BackupService
-        from engine.services.chains import ChainService
-        from engine.services.restore_disk import DiskRestoreService
+        # -- repositories: immutability locks, capacity, secrets, mounts --------------
+        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=clock)
+        self.capacity = CapacityMonitor(
+            self.repository_store, self.capacity_store, self.bus, settings.capacity, clock=clock
+        )
+        #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
+        self.secrets = SecretBox(settings.state_dir / "secret.key")
+        self.mounts = MountManager(settings.mount_root, settings.state_dir / "credentials")
+        self.repositories = RepositoryService(
+            self.repository_store,
+            self.job_store,
+            self.bus,
+            self.mounts,
+            self.secrets,
+            self.capacity,
+            clock=clock,
+            locks=self.locks,
+            own_directories=(settings.state_dir, settings.mount_root),
+            default_repository=settings.default_repository,
+        )
 
-        def writable(repo: object) -> None:
-            service = getattr(self, "repositories", None)
-            gate = getattr(service, "ready_for_new_data", None) or getattr(
-                service, "ensure_writable_mount", None
-            )
-            if gate is not None:
-                gate(repo)
+        # -- reading points: the header guard every qemu call on a point goes
+        # through, and the choice of where a point is read from ----------------------
+        self.image_guard = ImageGuard(self.bus)
+        self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
+        #: one thing in detail (a job and its log, a point and its files)
+        self.details = DetailService(self.job_store, self.audit, self.chain_store, self.copy_store)
 
+        # -- verification and copy rules ----------------------------------------------
+        self.verifier = VerifyService(
+            self.copy_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            self.image_guard,
+            clock=clock,
+            reverify_days=settings.verify.reverify_days,
+            alert_sink=self.alert_sink,
+        )
+        self.copies = CopyService(
+            self.copy_store,
+            self.repository_store,
+            self.jobs,
+            self.bus,
+            self.image_guard,
+            clock=clock,
+            verifier=self.verifier,
+            destination_check=self.repositories.ensure_writable_mount,
+            room_check=self.capacity.ensure_room,
+            locks=self.locks,
+            marks=self.schedule_store,
+            alert_sink=self.alert_sink,
+        )
+
+        # -- file-level restore and NBD exports -------------------------------------
+        self.file_restore = FileRestoreService(
+            self.catalog, self.bus, settings, self.point_reader, clock=clock, jobs=self.jobs
+        )
+        self.exports = ExportService(
+            self.catalog, self.bus, settings, self.point_reader, clock=clock
+        )
+
+        # -- chains, backups and whole-disk restore ---------------------------------
+        # a backup and a consolidation write new data: mounted, writable, not full
         self.chains = ChainService(
             self.chain_store,
             self.repository_store,
             self.bus,
             self.image_guard,
-            settings=self.settings,
-            clock=self.clock,
-            repository_check=writable,
-            verifier=self.verifier,
-            owner=self.jobs.owner,
+            settings=settings,
+            clock=clock,
+            repository_check=self.repositories.ready_for_new_data,
             writers=self.writers,
+            jobs=self.jobs,
+            verifier=self.verifier,
+            owner=owner,
         )
         self.backups = BackupService(
             self.chain_store,
@@ -145,9 +251,9 @@ class Engine:
             self.jobs,
             self.bus,
             self.chains,
-            settings=self.settings,
-            clock=self.clock,
-            repository_check=writable,
+            settings=settings,
+            clock=clock,
+            repository_check=self.repositories.ready_for_new_data,
             locks=self.locks,
             writers=self.writers,
         )
@@ -157,32 +263,10 @@ class Engine:
             self.jobs,
             self.bus,
             self.point_reader,
-            clock=self.clock,
+            clock=clock,
         )
-        self.backups.register()
-        self.restores.register()
-        self.chains.register(self.jobs)
 
-    def _wire_locks(self) -> None:
-        """Immutability locks (``self.locks``): a step of the backup and copy jobs, which
-        get it in their constructors; job kind locks.maintain."""
-        from engine.catalog.locks import LockStore
-        from engine.services.immutability import LockService
-
-        self.lock_store = LockStore(self.catalog)
-        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=self.clock)
-        self.locks.register(self.jobs)
-
-    def _wire_policies(self) -> None:
-        """Retention (``self.retention``), policies (``self.policies``), 3-2-1 compliance
-        (``self.compliance``) and the scheduler (``self.scheduler``); job kind
-        policy_run."""
-        from engine.catalog.policies import PolicyStore
-        from engine.services.compliance import ComplianceService
-        from engine.services.policies import PolicyService
-        from engine.services.retention import RetentionService
-        from engine.services.scheduler import VERIFY_ALERT_KINDS, Scheduler
-
+        # -- retention, policies, 3-2-1 compliance and the scheduler -----------------
         self.retention = RetentionService(
             self.chain_store,
             self.copy_store,
@@ -190,10 +274,9 @@ class Engine:
             self.bus,
             chains=self.chains,
             locks=self.locks,
-            clock=self.clock,
+            clock=clock,
             writers=self.writers,
         )
-        self.policy_store = PolicyStore(self.catalog)
         self.policies = PolicyService(
             self.policy_store,
             self.repository_store,
@@ -205,38 +288,31 @@ class Engine:
             retention=self.retention,
             backups=self.backups,
             verifier=self.verifier,
-            clock=self.clock,
+            clock=clock,
         )
-        self.policies.register()
         self.compliance = ComplianceService(
             self.chain_store,
             self.copy_store,
             self.repository_store,
             self.policy_store,
             locks=self.locks,
-            clock=self.clock,
+            clock=clock,
         )
         self.scheduler = Scheduler(
             self.policy_store,
             self.policies,
             self.bus,
             locks=self.locks,
-            clock=self.clock,
+            clock=clock,
             marks=self.schedule_store,
             copies=self.copies,
             verifier=self.verifier,
-            verify_schedule=self.settings.verify.schedule,
+            verify_schedule=settings.verify.schedule,
+            alert_sink=self.alert_sink,
         )
-        # a failing copy rule raises (and a recovered one clears) its alert at once
-        self.copies.alert_hook = self.scheduler.alert_hook(("rule_failing",))
-        # a file found bad raises its critical alert at once, a good result clears it
-        self.verifier.alert_hook = self.scheduler.alert_hook(VERIFY_ALERT_KINDS)
 
-    def _wire_imports(self) -> None:
-        """Reading repositories back from their files (``self.imports``): repository
-        import (job kind repository.import) and ``chain check --fix``."""
-        from engine.services.imports import RepositoryImportService
-
+        # -- reading repositories back from their files (repository import and
+        # ``chain check --fix``) ------------------------------------------------------
         self.imports = RepositoryImportService(
             self.chain_store,
             self.copy_store,
@@ -247,80 +323,37 @@ class Engine:
             self.jobs,
             self.bus,
             self.writers,
-            clock=self.clock,
+            clock=clock,
         )
-        self.imports.register()
 
-    def _wire_metrics(self) -> None:
-        """Prometheus metrics (``self.metrics``): the exposition of ``/metrics`` and
-        ``sendense metrics``, read from the capacity readings and the catalog."""
-        from engine.catalog.metrics import MetricsStore
-        from engine.services.metrics import MetricsService
-
+        # -- metrics, API tokens, notifications ---------------------------------------
         self.metrics = MetricsService(
             MetricsStore(self.catalog),
             self.repository_store,
             self.capacity,
-            reverify_days=self.settings.verify.reverify_days,
-            clock=self.clock,
+            reverify_days=settings.verify.reverify_days,
+            clock=clock,
         )
-
-    def _wire_api(self) -> None:
-        """Tokens of the HTTP API (``self.api_tokens``); the daemon serves the API."""
-        from engine.catalog.api_tokens import ApiTokenStore
-        from engine.services.api_tokens import ApiTokenService
-
-        self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=self.clock)
-
-    def _wire_notifications(self) -> None:
-        """Notification rules and their delivery (``self.notifications``); it delivers
-        only where jobs run (started in start(), like the job runner)."""
-        from engine.catalog.notifications import NotificationStore
-        from engine.services.notify import NotificationService
-
-        self.notification_store = NotificationStore(self.catalog)
+        self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=clock)
+        #: delivers only where jobs run (started in start(), like the job runner)
         self.notifications = NotificationService(
-            self.notification_store,
-            self.bus,
-            self.secrets,
-            clock=self.clock,
-            owner=self.jobs.owner,
+            self.notification_store, self.bus, self.secrets, clock=clock, owner=owner
         )
 
-    def _wire_repositories(self) -> None:
-        """Repositories (``self.repositories``), mounts and the capacity monitor
-        (``self.capacity``)."""
-        from engine.catalog.capacity import CapacityStore
-        from engine.services.capacity import CapacityMonitor
-        from engine.services.mounts import MountManager
-        from engine.services.repositories import RepositoryService
-        from engine.services.secrets import SecretBox
-
-        self.capacity_store = CapacityStore(self.catalog)
-        self.capacity = CapacityMonitor(
-            self.repository_store,
-            self.capacity_store,
-            self.bus,
-            self.settings.capacity,
-            clock=self.clock,
-        )
-        #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
-        self.secrets = SecretBox(self.settings.state_dir / "secret.key")
-        self.mounts = MountManager(
-            self.settings.mount_root, self.settings.state_dir / "credentials"
-        )
-        self.repositories = RepositoryService(
-            self.repository_store,
-            self.job_store,
-            self.bus,
-            self.mounts,
-            self.secrets,
-            self.capacity,
-            clock=self.clock,
-            locks=self.locks,
-            own_directories=(self.settings.state_dir, self.settings.mount_root),
-            default_repository=self.settings.default_repository,
-        )
+        # -- job kinds: one handler each, from the services that own them -------------
+        owners: list[RunsJobs] = [
+            self.backups,
+            self.chains,
+            self.restores,
+            self.file_restore,
+            self.copies,
+            self.verifier,
+            self.policies,
+            self.imports,
+            self.locks,
+        ]
+        for kind, handler in job_handlers(owners).items():
+            self.jobs.register(kind, handler.run, writes=handler.writes, takeover=handler.takeover)
 
     def _start_repositories(self) -> None:
         """A default local repository on a fresh catalog; mount enabled ones; monitor."""
@@ -333,39 +366,6 @@ class Engine:
             log.exception("starting repositories")
         self.capacity.start()
 
-    def _wire_images(self) -> None:
-        """The catalog's view of copies (``self.copy_store``), the header guard every
-        qemu call on a point goes through (``self.image_guard``) and the choice of
-        where a point is read from (``self.point_reader``)."""
-        from engine.catalog.copies import CopyStore
-        from engine.services.details import DetailService
-        from engine.services.images import ImageGuard, PointReader
-
-        self.copy_store = CopyStore(self.catalog)
-        self.image_guard = ImageGuard(self.bus)
-        self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
-        #: one thing in detail (a job and its log, a point and its files)
-        self.details = DetailService(self.job_store, self.audit, self.chain_store, self.copy_store)
-
-    def _wire_restore(self) -> None:
-        """File-level restore (``self.file_restore``) and NBD exports (``self.exports``)."""
-        from engine.services.exports import ExportService
-        from engine.services.file_restore import FileRestoreService
-
-        self.file_restore = FileRestoreService(
-            self.catalog,
-            self.bus,
-            self.settings,
-            self.point_reader,
-            clock=self.clock,
-            jobs=self.jobs,
-        )
-        self.exports = ExportService(
-            self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
-        )
-        self.jobs.register(JobKind.RESTORE_FILES, self.file_restore.run_extract_job)
-        self.jobs.register(JobKind.RESTORE_ARCHIVE, self.file_restore.run_archive_job)
-
     def _cleanup_restore(self) -> None:
         """Mounts, loop devices and exports left by an engine that crashed."""
         from engine.errors import SendenseError
@@ -377,39 +377,6 @@ class Engine:
                 pass  # logged once by the catalog
             except SendenseError as exc:
                 log.warning("restore cleanup at start: %s", exc)
-
-    def _wire_copies(self) -> None:
-        """Copy rules and copy jobs (``self.copies``), verification (``self.verifier``)."""
-        from engine.catalog.policies import ScheduleStore
-        from engine.services.copy import CopyService
-        from engine.services.verify import VerifyService
-
-        #: schedule marks: scheduled copy rules, the verify schedule, raised alerts
-        self.schedule_store = ScheduleStore(self.catalog)
-        self.verifier = VerifyService(
-            self.copy_store,
-            self.repository_store,
-            self.jobs,
-            self.bus,
-            self.image_guard,
-            clock=self.clock,
-            reverify_days=self.settings.verify.reverify_days,
-        )
-        self.copies = CopyService(
-            self.copy_store,
-            self.repository_store,
-            self.jobs,
-            self.bus,
-            self.image_guard,
-            clock=self.clock,
-            verifier=self.verifier,
-            destination_check=self.repositories.ensure_writable_mount,
-            room_check=self.capacity.ensure_room,
-            locks=self.locks,
-        )
-        self.copies.marks = self.schedule_store
-        self.verifier.register()
-        self.copies.register()
 
     @classmethod
     def from_environment(cls, **kwargs: object) -> Engine:
@@ -527,8 +494,8 @@ class Engine:
         self.daemon = status
         client = status.running
         self.run_jobs = not client
-        self.file_restore.detach = client
-        self.exports.detach = client
+        self.file_restore.set_detach(client)
+        self.exports.set_detach(client)
 
     def _watch_daemon(self) -> None:
         self._watch_stop.clear()

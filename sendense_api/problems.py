@@ -47,6 +47,8 @@ def problem(status: int, detail: str, *, hint: str | None = None) -> JSONRespons
 #: action key -> the hint the API gives for it (its own syntax: a request field)
 API_ACTIONS: dict[str, str] = {
     "confirm_lock": 'send it again with "confirm_lock": true to confirm',
+    # tokens are made on the server, by its administrator: the API cannot make one
+    "create_api_token": "create one with `sendense api token create NAME --role read`",
 }
 
 

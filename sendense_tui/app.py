@@ -207,7 +207,8 @@ class SendenseApp(App[int]):
 
     # -- actions -------------------------------------------------------------------------
 
-    def action_back(self) -> None:
+    # Textual runs a plain or an async action alike; App declares its own async
+    def action_back(self) -> None:  # type: ignore[override]
         """``q``: back, and from the Dashboard quit. Never from inside a form: a
         text box takes q as a letter, and a choice box or a button ignores it."""
         if in_form(self.focused):
@@ -247,7 +248,12 @@ class SendenseApp(App[int]):
         console runs itself (no daemon) would stop, so the operator is asked first."""
         if self._asking_to_quit:
             return  # the question is on the screen already
-        self.run_worker(self._quit_after_asking, group="quit", exclusive=True)
+        # Textual's stubs cannot solve the result type of an async method's worker
+        self.run_worker(
+            self._quit_after_asking,  # type: ignore[arg-type]
+            group="quit",
+            exclusive=True,
+        )
 
     async def _quit_after_asking(self) -> None:
         try:

@@ -23,6 +23,51 @@ CLI_ACTIONS: dict[str, Callable[[Action], str]] = {
         "`--force` reads it anyway (its data is unverified); "
         "`sendense verify report` lists bad points and good copies"
     ),
+    # where to look when a name or a number names nothing
+    "list_repositories": lambda a: "`sendense repo list` shows the repositories",
+    "list_repository_locks": lambda a: "`sendense lock list --repo NAME` shows them",
+    "list_locks": lambda a: "`sendense lock list` shows the locks",
+    "list_api_tokens": lambda a: "`sendense api token list` shows them",
+    "list_copy_rules": lambda a: "`sendense copy rule list` shows the rules",
+    "list_copies": lambda a: "`sendense copy status` lists the copies",
+    "list_policies": lambda a: "`sendense policy list` shows them",
+    "list_exports": lambda a: "`sendense export list` shows the exports",
+    "list_chains": lambda a: "`sendense chain show` lists the chains",
+    "list_points": lambda a: "`sendense backup list` shows the restore points",
+    "list_notify_rules": lambda a: "`sendense notify rule list` shows them",
+    "mount_restore": lambda a: "`sendense restore mount <point>` mounts it again",
+    "check_chain": lambda a: "run `sendense chain check`",
+    "check_chain_copy": lambda a: "run `sendense chain check`; a verified copy may still have it",
+    "check_chain_unreadable": lambda a: (
+        "check that the repository is mounted; `sendense chain check` "
+        "says what is wrong and a copy may still have it"
+    ),
+    "check_chain_or_new_full": lambda a: (
+        "fix the chain (`sendense chain check`) or let the next full replace it"
+    ),
+    "verify_report": lambda a: "`sendense verify report` lists the bad points and the good copies",
+    "export_raw_disk": lambda a: (
+        "an NBD export (`sendense export start`) serves the raw disk instead"
+    ),
+    "revoke_api_token": lambda a: (
+        f"revoke it first (`sendense api token revoke {a.subject}`) or pick another name"
+    ),
+    "create_api_token": lambda a: "create one with `sendense api token create NAME --role read`",
+    "migrate_catalog": lambda a: (
+        "run `sendense catalog migrate` (or any command that changes something) "
+        "to bring it up to date"
+    ),
+    "check_locks_points": lambda a: (
+        "the points are good backups; fix the cause, then `sendense lock check` "
+        "sets the flag (the lock job retries it too)"
+    ),
+    "check_locks_copies": lambda a: (
+        "the copies are good; fix the cause, then `sendense lock check` sets "
+        "the flag (the lock job retries it too)"
+    ),
+    "create_catalog_only_new": lambda a: (
+        "`sendense catalog create` only starts a catalog where there is none"
+    ),
 }
 
 

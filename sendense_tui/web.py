@@ -224,7 +224,8 @@ class WebConsole(Server):
                 self.command,
                 write_bytes=websocket.send_bytes,
                 write_str=websocket.send_str,
-                close=websocket.close,
+                # aiohttp's close() answers a bool that textual-serve does not read
+                close=websocket.close,  # type: ignore[arg-type]
                 download_manager=self.download_manager,
                 debug=self.debug,
             )

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from engine.catalog.db import Catalog
 from engine.catalog.models import ApiToken
 from engine.clock import as_utc
-from engine.errors import NotFoundError
+from engine.errors import Action, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class ApiTokenStore:
             if token is None:
                 raise NotFoundError(
                     f"there is no API token named {name!r}",
-                    hint="`sendense api token list` shows them",
+                    action=Action("list_api_tokens", "the list of API tokens shows them"),
                 )
             if token.revoked_at is None:
                 token.revoked_at = now

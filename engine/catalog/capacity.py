@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, CapacitySample, Chain, Copy, ImmutabilityLock
 from engine.clock import as_utc
@@ -93,7 +93,7 @@ class CapacityStore:
         at made-up past times: readings stamped with them would invent growth)."""
         with self.catalog.session() as session:
             result = session.execute(delete(CapacitySample).where(CapacitySample.taken_at < before))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            return rows_changed(result)
 
     def latest(self, repository_id: int) -> Sample | None:
         query = (

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
-from engine.errors import CatalogError, NotFoundError
+from engine.errors import Action, CatalogError, NotFoundError
 from engine.states import BackupKind, BackupState, ChainState
 
 #: backup states that are restore points (files that should exist)
@@ -40,7 +40,7 @@ class ChainStore:
             if chain is None:
                 raise NotFoundError(
                     f"chain {chain_id} does not exist",
-                    hint="`sendense chain show` lists the chains",
+                    action=Action("list_chains", "the list of chains shows them"),
                 )
             return chain
 
@@ -116,7 +116,7 @@ class ChainStore:
             if backup is None:
                 raise NotFoundError(
                     f"restore point {backup_id} does not exist",
-                    hint="`sendense backup list` shows the restore points",
+                    action=Action("list_points", "the list of restore points shows them"),
                 )
             return backup
 
@@ -133,7 +133,7 @@ class ChainStore:
             if row is None:
                 raise NotFoundError(
                     f"restore point {backup_id} does not exist",
-                    hint="`sendense backup list` shows the restore points",
+                    action=Action("list_points", "the list of restore points shows them"),
                 )
             return row[0], row[1], row[2]
 
@@ -434,7 +434,7 @@ class ChainStore:
                 .values(updated_at=now, **fields)
                 .execution_options(synchronize_session=False)
             )
-            return bool(result.rowcount == 1)
+            return bool(rows_changed(result) == 1)
 
     def take_over_intent(
         self, intent_id: int, old_owner: str, seen_at: datetime, new_owner: str, now: datetime
@@ -453,7 +453,7 @@ class ChainStore:
                 .values(owner=new_owner, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return bool(result.rowcount == 1)
+            return bool(rows_changed(result) == 1)
 
     # -- locks -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
 from engine.catalog.refs import find_by_ref
-from engine.errors import NotFoundError, ValidationError
+from engine.errors import Action, NotFoundError, ValidationError
 
 #: copy states a restore can rely on
 COPY_DONE = "completed"
@@ -90,7 +90,7 @@ class CopyStore:
             if rule is None:
                 raise NotFoundError(
                     f"copy rule {ref!r} does not exist",
-                    hint="`sendense copy rule list` shows the rules",
+                    action=Action("list_copy_rules", "the list of copy rules shows them"),
                 )
             return rule
 
@@ -308,7 +308,7 @@ class CopyStore:
             if copy is None:
                 raise NotFoundError(
                     f"copy {copy_id} does not exist",
-                    hint="`sendense copy status` lists the copies",
+                    action=Action("list_copies", "the copy status lists the copies"),
                 )
             return copy
 

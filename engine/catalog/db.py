@@ -28,11 +28,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.config import redact_url
 from engine.errors import (
+    Action,
     CatalogBehind,
     CatalogError,
     CatalogReadOnly,
@@ -161,10 +162,16 @@ def explain_db_error(url: str, exc: BaseException) -> CatalogError:
     return CatalogError(f"catalog {shown}: {text}")
 
 
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched (``Session.execute`` is typed as
+    returning any Result; for those statements it is a CursorResult)."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
 def _reason(orig: BaseException) -> str:
     """The driver's words without the Python noise: ``(2003, "Can't connect…")`` ->
     ``Can't connect…``; an empty pymysql InterfaceError(0, '') says the connection closed."""
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     if len(args) >= 2 and isinstance(args[0], int):
         words = str(args[1]).strip()
         return words or "the connection was closed"
@@ -451,8 +458,11 @@ class Catalog:
         raise CatalogBehind(
             f"catalog {self.shown_url} is at schema {current or 'none'}, older than this "
             f"Sendense ({SCHEMA_HEAD}); this command only reads and left it untouched",
-            hint="run `sendense catalog migrate` (or any command that changes something) "
-            "to bring it up to date",
+            action=Action(
+                "migrate_catalog",
+                "migrate the catalog (any command that changes something does) to bring it "
+                "up to date",
+            ),
         )
 
     def _keep_sqlite_private(self) -> None:
@@ -471,14 +481,19 @@ class Catalog:
         if self.sqlite_path is not None and self.sqlite_path.exists():
             raise CatalogError(
                 f"catalog {self.sqlite_path} exists; nothing was changed",
-                hint="`sendense catalog create` only starts a catalog where there is none",
+                action=Action(
+                    "create_catalog_only_new", "a new catalog is only started where there is none"
+                ),
             )
         if self.sqlite_path is None:
             self.check_connection()
             if [t for t in self.table_names() if t != "alembic_version"]:
                 raise CatalogError(
                     f"catalog {self.shown_url} already has tables; nothing was changed",
-                    hint="`sendense catalog create` only starts a catalog where there is none",
+                    action=Action(
+                        "create_catalog_only_new",
+                        "a new catalog is only started where there is none",
+                    ),
                 )
         self._prepare_file((), new=True)
         self.check_connection()

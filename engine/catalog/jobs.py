@@ -11,13 +11,14 @@ illegal move raises JobError and changes nothing.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select, update
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
 from engine.states import (
@@ -94,11 +95,11 @@ class JobStore:
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
-    def claimable(self, now: datetime, kinds: Sequence[str], limit: int) -> list[int]:
+    def claimable(self, now: datetime, kinds: Sequence[str], limit: int) -> builtins.list[int]:
         """Ids of jobs this engine could run: queued, or running with a lapsed lease."""
         return [job.id for job in self.candidates(now, kinds, limit)]
 
-    def candidates(self, now: datetime, kinds: Sequence[str], limit: int) -> list[Job]:
+    def candidates(self, now: datetime, kinds: Sequence[str], limit: int) -> builtins.list[Job]:
         """Jobs this engine could run, in the order to try them: queued, or running
         with a lapsed lease (their engine died), by priority then age."""
         query = (
@@ -165,7 +166,7 @@ class JobStore:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:
+            if rows_changed(result) != 1:
                 return None
         return self.get(job_id)
 
@@ -188,7 +189,7 @@ class JobStore:
                 .values(heartbeat_at=now, lease_expires_at=now + lease)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def flags(self, job_id: int) -> tuple[bool, bool]:
         """(cancel_requested, pause_requested) as the operator set them."""
@@ -260,7 +261,7 @@ class JobStore:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            return res.rowcount == 1
+            return rows_changed(res) == 1
 
     def request_cancel(self, job_id: int, now: datetime) -> Job:
         """Cancel now if not running; ask the running engine to stop otherwise.
@@ -277,7 +278,7 @@ class JobStore:
                 .values(state=JobState.CANCELLED, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if stopped.rowcount != 1:
+            if rows_changed(stopped) != 1:
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == JobState.RUNNING)
@@ -287,7 +288,7 @@ class JobStore:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if stopped.rowcount != 1 and job.state != JobState.RUNNING:
+            if rows_changed(stopped) != 1 and job.state != JobState.RUNNING:
                 raise JobError(f"job {job_id} already {job.state}; nothing to cancel")
             return job
 
@@ -300,7 +301,7 @@ class JobStore:
                 .values(state=JobState.PAUSED)
                 .execution_options(synchronize_session=False)
             )
-            if paused.rowcount != 1:
+            if rows_changed(paused) != 1:
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == JobState.RUNNING)
@@ -310,7 +311,7 @@ class JobStore:
             job = session.get(Job, job_id)
             if job is None:
                 raise NotFoundError(f"job {job_id} does not exist")
-            if paused.rowcount != 1 and job.state != JobState.RUNNING:
+            if rows_changed(paused) != 1 and job.state != JobState.RUNNING:
                 raise JobError(f"job {job_id} is {job.state}; only queued or running jobs pause")
             return job
 
@@ -335,7 +336,7 @@ class JobStore:
                 job.takeovers = 0  # a retry by hand gets a fresh takeover
             return job
 
-    def active_for_repository(self, repository_id: int) -> list[Job]:
+    def active_for_repository(self, repository_id: int) -> builtins.list[Job]:
         query = select(Job).where(
             Job.repository_id == repository_id,
             Job.state.in_((JobState.QUEUED, JobState.RUNNING)),

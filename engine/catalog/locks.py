@@ -13,6 +13,7 @@ Rows are handed back detached.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -20,9 +21,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import AuditEntry, Backup, Chain, Copy, ImmutabilityLock, LockClockCheck
-from engine.errors import NotFoundError
+from engine.errors import Action, NotFoundError
 
 #: states in which the file must not be changed or deleted
 HOLDING_STATES = ("pending", "active", "drift", "failed")
@@ -67,7 +68,8 @@ class LockStore:
             row = session.get(ImmutabilityLock, lock_id)
             if row is None:
                 raise NotFoundError(
-                    f"lock {lock_id} does not exist", hint="`sendense lock list` shows the locks"
+                    f"lock {lock_id} does not exist",
+                    action=Action("list_locks", "the list of locks shows them"),
                 )
             return row
 
@@ -104,7 +106,7 @@ class LockStore:
         with self.catalog.session() as session:
             return list(session.scalars(query.limit(limit)))
 
-    def expired(self, now: datetime) -> list[ImmutabilityLock]:
+    def expired(self, now: datetime) -> builtins.list[ImmutabilityLock]:
         """Holding locks whose expiry has passed."""
         query = (
             select(ImmutabilityLock)
@@ -140,7 +142,7 @@ class LockStore:
                 .values(state="released", released_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def extend(self, lock_id: int, expires_at: datetime) -> bool:
         """Move the expiry later; never earlier (the WHERE makes it a no-op)."""
@@ -154,9 +156,9 @@ class LockStore:
                 .values(expires_at=expires_at)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
-    def holding_for_repository(self, repository_id: int) -> list[ImmutabilityLock]:
+    def holding_for_repository(self, repository_id: int) -> builtins.list[ImmutabilityLock]:
         """Every holding lock a forced removal of this repository would take with it:
         on its files, on its backups, and on copies of its backups or into it
         (wherever they are), newest expiry first."""

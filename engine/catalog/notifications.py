@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import NotificationDelivery, NotificationRule
 from engine.catalog.refs import find_by_ref
-from engine.errors import NotFoundError, ValidationError
+from engine.errors import Action, NotFoundError, ValidationError
 
 #: states of a delivery that count as "sent or about to be" (dedup, rate limit)
 UNDER_WAY = ("queued", "sending", "sent")
@@ -47,7 +47,7 @@ class NotificationStore:
             if rule is None:
                 raise NotFoundError(
                     f"notification rule {ref!r} does not exist",
-                    hint="`sendense notify rule list` shows them",
+                    action=Action("list_notify_rules", "the list of notification rules shows them"),
                 )
             return rule
 
@@ -85,7 +85,7 @@ class NotificationStore:
                 .values(digest_sent_for=due)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def remove_rule(self, rule_id: int) -> None:
         with self.catalog.session() as session:
@@ -190,7 +190,7 @@ class NotificationStore:
                 .values(state="folded", folded_into=into, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount)
+            return rows_changed(result)
 
     def due(self, now: datetime, limit: int = 20) -> list[NotificationDelivery]:
         """Queued deliveries whose (next) attempt is due, oldest first."""
@@ -219,7 +219,7 @@ class NotificationStore:
                 .values(state="sending", owner=owner, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def finish(self, delivery_id: int, now: datetime, **fields: Any) -> None:
         """Record an attempt's outcome (state, attempts, last_error, next_attempt_at…)."""
@@ -243,7 +243,7 @@ class NotificationStore:
                 .values(state="queued", owner=None)
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount)
+            return rows_changed(result)
 
     def prune(self, before: datetime) -> int:
         """Forget finished deliveries (sent, failed, suppressed, folded) created before
@@ -257,4 +257,4 @@ class NotificationStore:
                 )
                 .execution_options(synchronize_session=False)
             )
-            return int(result.rowcount)
+            return rows_changed(result)

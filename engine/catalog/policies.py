@@ -6,6 +6,7 @@ Rows are handed back detached.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,10 +14,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import CopyRule, Job, Policy, ScheduleMark
 from engine.catalog.refs import find_by_ref
-from engine.errors import NotFoundError, ValidationError
+from engine.errors import Action, NotFoundError, ValidationError
 from engine.states import JobKind
 
 #: the job kind a policy run uses
@@ -38,10 +39,10 @@ class PolicyStore:
             session.add(policy)
             session.flush()
             for rule_id in copy_rule_ids:
-                rule = session.get(CopyRule, rule_id)
-                if rule is None:
+                wanted = session.get(CopyRule, rule_id)
+                if wanted is None:
                     raise NotFoundError(f"copy rule {rule_id} does not exist")
-                rule.policy_id = policy.id
+                wanted.policy_id = policy.id
             session.flush()
             return policy
 
@@ -51,7 +52,8 @@ class PolicyStore:
             policy = find_by_ref(session, Policy, ref, name_column=Policy.name)
             if policy is None:
                 raise NotFoundError(
-                    f"policy {ref!r} does not exist", hint="`sendense policy list` shows them"
+                    f"policy {ref!r} does not exist",
+                    action=Action("list_policies", "the list of policies shows them"),
                 )
             return policy
 
@@ -96,10 +98,10 @@ class PolicyStore:
                 if rule.id not in copy_rule_ids:
                     rule.policy_id = None
             for rule_id in copy_rule_ids:
-                rule = session.get(CopyRule, rule_id)
-                if rule is None:
+                wanted = session.get(CopyRule, rule_id)
+                if wanted is None:
                     raise NotFoundError(f"copy rule {rule_id} does not exist")
-                rule.policy_id = policy.id
+                wanted.policy_id = policy.id
             session.flush()
             return policy
 
@@ -109,7 +111,7 @@ class PolicyStore:
             if policy is not None:
                 session.delete(policy)
 
-    def copy_rules(self, policy_id: int) -> list[CopyRule]:
+    def copy_rules(self, policy_id: int) -> builtins.list[CopyRule]:
         query = select(CopyRule).where(CopyRule.policy_id == policy_id).order_by(CopyRule.name)
         with self.catalog.session() as session:
             return list(session.scalars(query))
@@ -129,9 +131,9 @@ class PolicyStore:
                 .values(next_run_at=new_next)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
-    def active_runs(self, policy_id: int) -> list[Job]:
+    def active_runs(self, policy_id: int) -> builtins.list[Job]:
         """Policy-run jobs of this policy that are queued, running or paused."""
         query = select(Job).where(
             Job.kind == POLICY_RUN, Job.state.in_(("queued", "running", "paused"))
@@ -195,7 +197,7 @@ class ScheduleStore:
                 .values(due_at=new_due, message=schedule, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def raise_alert(self, key: str, level: str, message: str, now: datetime) -> str | None:
         """Record a raised alert. Returns "raised" (new), "changed" (its level moved),
@@ -220,7 +222,7 @@ class ScheduleStore:
                 .values(level=level, message=message, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return "changed" if result.rowcount == 1 else None
+            return "changed" if rows_changed(result) == 1 else None
 
     def clear_alert(self, key: str) -> ScheduleMark | None:
         """Remove a raised alert; returns it for the one engine that removed it."""
@@ -233,7 +235,7 @@ class ScheduleStore:
                 .where(ScheduleMark.key == key)
                 .execution_options(synchronize_session=False)
             )
-            return row if result.rowcount == 1 else None
+            return row if rows_changed(result) == 1 else None
 
     def forget(self, key: str) -> None:
         with self.catalog.session() as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from engine.catalog.models import (
     Verification,
 )
 from engine.catalog.refs import find_by_ref
-from engine.errors import NotFoundError, ValidationError
+from engine.errors import Action, NotFoundError, ValidationError
 from engine.units import plural
 
 
@@ -49,7 +50,7 @@ class RepositoryStore:
             if repo is None:
                 raise NotFoundError(
                     f"repository {ref!r} does not exist",
-                    hint="`sendense repo list` shows the repositories",
+                    action=Action("list_repositories", "the list of repositories shows them"),
                 )
             return repo
 
@@ -92,12 +93,12 @@ class RepositoryStore:
         with self.catalog.session() as session:
             return int(session.scalar(own) or 0) + int(session.scalar(copies) or 0)
 
-    def copy_rules_targeting(self, repo_id: int) -> list[CopyRule]:
+    def copy_rules_targeting(self, repo_id: int) -> builtins.list[CopyRule]:
         query = select(CopyRule).where(CopyRule.destination_repository_id == repo_id)
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
-    def policies_targeting(self, repo_id: int) -> list[Policy]:
+    def policies_targeting(self, repo_id: int) -> builtins.list[Policy]:
         query = select(Policy).where(Policy.target_repository_id == repo_id)
         with self.catalog.session() as session:
             return list(session.scalars(query))
@@ -127,7 +128,7 @@ class RepositoryStore:
                 raise ValidationError(
                     f"files of this repository are still held by {plural(holding, 'lock')}; "
                     f"nothing removed",
-                    hint="`sendense lock list --repo NAME` shows them",
+                    action=Action("list_repository_locks", "the list of locks shows them"),
                 )
             # only released rows go; a lock added meanwhile stays (and its foreign key
             # then stops the removal of the repository row: nothing is dropped early)

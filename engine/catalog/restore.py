@@ -13,7 +13,7 @@ from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, NbdExport, Repository, RestoreMount
 from engine.catalog.refs import find_by_ref
-from engine.errors import NotFoundError
+from engine.errors import Action, NotFoundError
 
 #: mount rows in these states hold (or may hold) kernel mounts and processes
 LIVE_MOUNT_STATES = ("mounting", "mounted", "unmounting", "failed")
@@ -98,7 +98,7 @@ class RestoreStore:
             if row is None:
                 raise NotFoundError(
                     f"restore mount {mount_id} does not exist (it may have expired)",
-                    hint="`sendense restore mount <point>` mounts it again",
+                    action=Action("mount_restore", "mount the restore point again"),
                 )
             return row
 
@@ -153,7 +153,7 @@ class RestoreStore:
             if row is None:
                 raise NotFoundError(
                     f"NBD export {export_id} does not exist",
-                    hint="`sendense export list` shows the exports",
+                    action=Action("list_exports", "the list of NBD exports shows them"),
                 )
             return row
 
@@ -191,7 +191,7 @@ class RestoreStore:
                     f"no NBD export named {ref!r}"
                     if isinstance(ref, str)
                     else f"NBD export {ref} does not exist",
-                    hint="`sendense export list` shows the exports",
+                    action=Action("list_exports", "the list of NBD exports shows them"),
                 )
             return row
 

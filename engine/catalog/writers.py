@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import DiskWriter
 from engine.clock import as_utc
 
@@ -67,7 +67,7 @@ def _holder(row: DiskWriter) -> Holder | None:
     )
 
 
-def _where(key: DiskKey) -> list[object]:
+def _where(key: DiskKey) -> list[ColumnElement[bool]]:
     return [
         DiskWriter.repository_id == key.repository_id,
         DiskWriter.vm_name == key.vm,
@@ -155,7 +155,7 @@ class WriterStore:
                     .values(**values)
                     .execution_options(synchronize_session=False)
                 )
-            if result.rowcount == 1:
+            if rows_changed(result) == 1:
                 return True, previous
         held = self.get(key)
         return False, held
@@ -173,7 +173,7 @@ class WriterStore:
                 .values(expires_at=now + lease)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def set_output(self, key: DiskKey, token: str, output: str | None) -> bool:
         """Record the partial file we are about to write (None: nothing pending)."""
@@ -184,7 +184,7 @@ class WriterStore:
                 .values(output=output[:1024] if output else None)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def release(self, key: DiskKey, token: str) -> bool:
         with self.catalog.session() as session:
@@ -194,7 +194,7 @@ class WriterStore:
                 .values(token=None, job_id=None, expires_at=None, output=None)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return rows_changed(result) == 1
 
     def expire(self, key: DiskKey, token: str, now: datetime) -> None:
         """Give a lease back as lapsed, keeping its ``output``: a takeover that could

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 from engine.catalog.api_tokens import ApiTokenStore, TokenRow
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import SendenseError, ValidationError
+from engine.errors import Action, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import name_error
 
@@ -141,7 +141,7 @@ class ApiTokenService:
         if existing is not None and existing.revoked_at is None:
             raise ValidationError(
                 f"an API token named {name!r} already exists",
-                hint=f"revoke it first (`sendense api token revoke {name}`) or pick another name",
+                action=Action("revoke_api_token", "revoke it first or pick another name", name),
             )
         prefix = secrets.token_hex(6)
         secret = f"{SECRET_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
@@ -176,7 +176,8 @@ class ApiTokenService:
         row = self.store.find(name)
         if row is None:
             raise NotFoundError(
-                f"there is no API token named {name!r}", hint="`sendense api token list` shows them"
+                f"there is no API token named {name!r}",
+                action=Action("list_api_tokens", "the list of API tokens shows them"),
             )
         return self._view(row)
 
@@ -205,7 +206,7 @@ class ApiTokenService:
         if row is None or not hmac.compare_digest(expected, digest_of(secret.strip())):
             raise TokenRefused(
                 "the API token is not valid",
-                hint="create one with `sendense api token create NAME --role read`",
+                action=Action("create_api_token", "create an API token with the read role"),
             )
         view = self._view(row)
         if view.state == "revoked":

@@ -77,6 +77,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings
 from engine.digests import BLOCK_SIZE, DigestTableError, table_path
 from engine.errors import (
+    Action,
     CatalogUnavailable,
     JobCancelled,
     JobUnprotected,
@@ -87,7 +88,7 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path, place_new
 from engine.hashing import sha256_file
-from engine.jobs import JobContext, JobRunner
+from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.oserrors import is_no_space
 from engine.platform import free_bytes
 from engine.private import make_private_dirs
@@ -358,7 +359,7 @@ class BackupService:
         locks: LockService,
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        repository_check: Callable[[Repository], None] | None = None,
+        repository_check: Callable[[Repository], object] | None = None,
         writers: DiskWriters,
     ) -> None:
         self.store = store
@@ -377,8 +378,8 @@ class BackupService:
         #: compare the parent's sha256 with the catalog before an incremental
         self.verify_parent = True
 
-    def register(self) -> None:
-        self.jobs.register(JobKind.BACKUP, self.run_job, writes=self.disks_of_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.BACKUP: JobHandler(self.run_job, writes=self.disks_of_job)}
 
     @staticmethod
     def disks_of_job(job: Job) -> list[DiskKey]:
@@ -461,8 +462,11 @@ class BackupService:
             f"{run.vm}: backed up, but NOT protected: "
             + "; ".join(f"{d.disk} #{d.backup_id}: {d.unprotected}" for d in run.unprotected),
             result=run.as_dict(),
-            hint="the points are good backups; fix the cause, then `sendense lock check` "
-            "sets the flag (the lock job retries it too)",
+            action=Action(
+                "check_locks_points",
+                "the points are good backups; fix the cause, then a lock check sets the flag "
+                "(the lock job retries it too)",
+            ),
         )
 
     def _failure(self, run: BackupRun) -> BackupFailed:
@@ -675,6 +679,84 @@ class BackupService:
 
     # -- one disk ----------------------------------------------------------------
 
+    @staticmethod
+    def _write_full(
+        probe: _Probe,
+        tmp: Path,
+        compression: str | None,
+        track: Tracking,
+        progress: Callable[[float], None],
+        stopper: Callable[[], bool] | None,
+    ) -> None:
+        """Convert the whole source into ``tmp``."""
+        track.bytes_read = _data_bytes(probe.spec)
+        held = time.monotonic()
+        qemu_img.convert(
+            probe.spec, tmp, compression=compression, on_progress=progress, should_stop=stopper
+        )
+        track.source_held_seconds = time.monotonic() - held
+
+    def _write_incremental(
+        self,
+        repo: Repository,
+        vm: str,
+        probe: _Probe,
+        chain: Chain | None,
+        points: list[Backup],
+        bitmaps: _Bitmaps,
+        now: datetime,
+        tmp: Path,
+        table_tmp: Path,
+        track: Tracking,
+        ctx: JobContext | None,
+        progress: Callable[[float], None],
+    ) -> qemu_img.ImageInfo:
+        """Write an incremental's changed blocks over its checked parent into ``tmp``
+        (its digest table into ``table_tmp``); returns its header, checked."""
+        held = time.monotonic()
+        disk = probe.source.name
+        if chain is None:  # _plan gives a reason for a full whenever there is no chain
+            raise BackupError(f"cannot take an incremental of {vm}/{disk}: it has no chain")
+        parent = points[-1]
+        parent_name = Path(parent.path).name
+        # the previous chain's headers, checked against the catalog before and
+        # after the copy reads through them
+        layers = [Layer(b.id, b.path, b.file_size) for b in points]
+        previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
+        plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
+        parent_hash = self._check_parent(repo, parent, plan)
+        track.rung, track.reason, track.fallback = plan.rung, plan.reason, plan.fallback
+        # the header names the parent by its plain file name; nothing opens it
+        # by that name (the chain is spelled out below)
+        qemu_img.create(tmp, probe.virtual_size, backing=parent_name, unsafe=True)
+        if ctx is not None and ctx.should_stop():
+            ctx.raise_stop()  # stopped while planning: stop before the long part
+        copied = changes.copy_changes(
+            plan,
+            source=probe.spec,
+            target=ImageSpec.file(os.path.abspath(tmp), backing=previous),
+            disk_size=probe.virtual_size,
+            on_progress=progress,
+            should_stop=ctx.should_stop if ctx is not None else None,
+            cancelled=ctx.stop_error if ctx is not None else None,
+        )
+        track.source_held_seconds = time.monotonic() - held
+        track.bytes_read = copied.bytes_read
+        track.bytes_written = copied.bytes_written
+        track.changed_bytes = copied.changed_bytes
+        track.digest_verified = plan.rung in ("digest", "compare")
+        if plan.checking:
+            track.check = {
+                "tracking": plan.tracking,
+                "missed_blocks": copied.missed_blocks,
+                "missed_offsets": copied.missed_examples,
+            }
+        self.chains.guard.chain_spec(repo, chain.directory, layers)
+        head = _check_written_incremental(tmp, parent, parent_hash, f"{vm}/{disk}")
+        if copied.table is not None:
+            track.digests = copied.table.write(table_tmp)
+        return head
+
     def _plan(
         self,
         repo: Repository,
@@ -803,56 +885,22 @@ class BackupService:
         )
         try:
             if full_reason is not None:
-                track.bytes_read = _data_bytes(probe.spec)
-            held = time.monotonic()
-            if full_reason is not None:
-                qemu_img.convert(
-                    probe.spec,
-                    tmp,
-                    compression=compression,
-                    on_progress=progress,
-                    should_stop=stopper,
-                )
-                track.source_held_seconds = time.monotonic() - held
+                self._write_full(probe, tmp, compression, track, progress, stopper)
             else:
-                parent = points[-1]
-                parent_name = Path(parent.path).name
-                # the previous chain's headers, checked against the catalog before and
-                # after the copy reads through them
-                layers = [Layer(b.id, b.path, b.file_size) for b in points]
-                previous = self.chains.guard.chain_spec(repo, chain.directory, layers)
-                plan = self._change_plan(repo, chain.id, points, probe, bitmaps, now)
-                parent_hash = self._check_parent(repo, parent, plan)
-                track.rung, track.reason, track.fallback = plan.rung, plan.reason, plan.fallback
-                # the header names the parent by its plain file name; nothing opens it
-                # by that name (the chain is spelled out below)
-                qemu_img.create(tmp, probe.virtual_size, backing=parent_name, unsafe=True)
-                if ctx is not None and ctx.should_stop():
-                    ctx.raise_stop()  # stopped while planning: stop before the long part
-                copied = changes.copy_changes(
-                    plan,
-                    source=probe.spec,
-                    target=ImageSpec.file(os.path.abspath(tmp), backing=previous),
-                    disk_size=probe.virtual_size,
-                    on_progress=progress,
-                    should_stop=stopper,
-                    cancelled=ctx.stop_error if ctx is not None else None,
+                head = self._write_incremental(
+                    repo,
+                    vm,
+                    probe,
+                    chain,
+                    points,
+                    bitmaps,
+                    now,
+                    tmp,
+                    table_tmp,
+                    track,
+                    ctx,
+                    progress,
                 )
-                track.source_held_seconds = time.monotonic() - held
-                track.bytes_read = copied.bytes_read
-                track.bytes_written = copied.bytes_written
-                track.changed_bytes = copied.changed_bytes
-                track.digest_verified = plan.rung in ("digest", "compare")
-                if plan.checking:
-                    track.check = {
-                        "tracking": plan.tracking,
-                        "missed_blocks": copied.missed_blocks,
-                        "missed_offsets": copied.missed_examples,
-                    }
-                self.chains.guard.chain_spec(repo, chain.directory, layers)
-                head = _check_written_incremental(tmp, parent, parent_hash, f"{vm}/{disk}")
-                if copied.table is not None:
-                    track.digests = copied.table.write(table_tmp)
             failpoint("backup.after_write")
             sealing = time.monotonic()
             # a full's digest table is read back from the finished file while its
@@ -1331,7 +1379,7 @@ class BackupService:
         ctx: JobContext | None,
         actor: str | None,
     ) -> None:
-        common = {
+        common: dict[str, Any] = {
             "source": "backup",
             "repository_id": repo.id,
             "job_id": ctx.job_id if ctx else None,

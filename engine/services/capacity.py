@@ -33,6 +33,7 @@ taken for a trend); until then the forecast says why.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -364,7 +365,9 @@ class CapacityMonitor:
             path = repo.path
             try:
                 probe = start_probe(
-                    f"capacity:{repo.id}", lambda p=path: usage(p), label=f"repository {repo.name}"
+                    f"capacity:{repo.id}",
+                    functools.partial(usage, path),
+                    label=f"repository {repo.name}",
                 )
                 started.append((repo, probe))
             except ProbeTimeout as exc:

@@ -38,7 +38,7 @@ def _status(catalog: Catalog) -> CatalogStatus:
     )
 
 
-def _with_catalog(settings: Settings, step: Callable[[Catalog], None]) -> CatalogStatus:
+def _with_catalog(settings: Settings, step: Callable[[Catalog], object]) -> CatalogStatus:
     catalog = Catalog(settings.db_url)
     try:
         step(catalog)

@@ -88,6 +88,7 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
 from engine.hashing import sha256_file
+from engine.jobs import JobHandler
 from engine.owners import owner_alive
 from engine.platform import free_bytes, space
 from engine.safepath import is_within
@@ -109,7 +110,7 @@ from engine.units import human_bytes, plural
 from engine.writers import DiskWriters
 
 if TYPE_CHECKING:
-    from engine.jobs import JobContext
+    from engine.jobs import JobContext, JobRunner
     from engine.services.verify import VerifyService
 
 log = logging.getLogger(__name__)
@@ -391,8 +392,9 @@ class ChainService:
         *,
         settings: Settings | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        repository_check: Callable[[Repository], None] | None = None,
+        repository_check: Callable[[Repository], object] | None = None,
         writers: DiskWriters,
+        jobs: JobRunner,
         verifier: VerifyService | None = None,
         owner: str | None = None,
     ) -> None:
@@ -416,12 +418,11 @@ class ChainService:
         #: lock makes "create and mark active" and "judge abandoned and take over" atomic
         self._active_intents: set[int] = set()
         self._intents_lock = threading.Lock()
-        self.jobs: Any = None
-
-    def register(self, jobs: Any) -> None:
-        """Register the "consolidate" job kind on the engine's JobRunner."""
+        #: runs consolidations as jobs
         self.jobs = jobs
-        jobs.register(JobKind.CONSOLIDATE, self.run_consolidate_job, writes=self.disks_of_job)
+
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.CONSOLIDATE: JobHandler(self.run_consolidate_job, writes=self.disks_of_job)}
 
     def disk_of(self, chain_id: int) -> DiskKey:
         """The disk a chain belongs to: what its writer lease covers."""
@@ -441,8 +442,6 @@ class ChainService:
     ) -> Any:
         """Queue a consolidation job. While another writer holds the chain's disk it
         waits for it, or (``queue_if_busy=False``) DiskBusy names that writer."""
-        if self.jobs is None:
-            raise ChainError("no job runner is wired to the chain manager")
         chain = self.store.get_chain(chain_id)
         if not queue_if_busy:
             self.writers.refuse_if_busy([self.disk_of(chain_id)])
@@ -894,7 +893,9 @@ class ChainService:
             raise ChainError(
                 f"chain {chain_id} is broken, consolidation would build on bad data: "
                 + report.sentence(),
-                hint="fix the chain (`sendense chain check`) or let the next full replace it",
+                action=Action(
+                    "check_chain_or_new_full", "check the chain, or let the next full replace it"
+                ),
             )
         index = 1
         if new_base_id is not None:

@@ -15,7 +15,7 @@ Each shortfall is a sentence saying what to add.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.catalog.chains import ChainStore
 from engine.catalog.copies import COPY_DONE, CopyStore
@@ -25,6 +25,9 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.fsutil import physical_device
 from engine.units import plural
+
+if TYPE_CHECKING:
+    from engine.services.immutability import LockService
 
 BAD_VERIFY = ("mismatch", "missing", "check_failed", "chain_broken")
 
@@ -151,7 +154,7 @@ class ComplianceService:
         repositories: RepositoryStore,
         policies: PolicyStore,
         *,
-        locks: Any,
+        locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.chain_store = chain_store

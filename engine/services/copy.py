@@ -41,16 +41,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from engine.alerts import AlertSink
 from engine.bounds import LATEST_COUNT, MAX_AGE_HOURS
 from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import Copy, CopyRule, Repository
+from engine.catalog.policies import ScheduleStore
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.copier import (
     CHUNK_SIZE,
     CopyError,
     CopyNoSpace,
+    FileCopyResult,
     SourceChecksumMismatch,
     TokenBucket,
     copy_file,
@@ -68,13 +71,14 @@ from engine.errors import (
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import discard, partial_path
-from engine.jobs import JobContext, JobRunner
+from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.names import name_error
 from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.services.immutability import LockOutcome, LockService
 from engine.services.probe import RepositoryCheckError
+from engine.services.verify import VerifyService
 from engine.states import JobKind
 from engine.units import human_bytes, plural
 
@@ -132,6 +136,14 @@ class RuleStatus:
         return "ok"
 
 
+def _throttle(rule: CopyRule | None) -> tuple[TokenBucket | None, int]:
+    """The rule's bandwidth limit (None: none) and the chunk size that keeps it smooth."""
+    if rule is None or not rule.bandwidth_limit:
+        return None, CHUNK_SIZE
+    bucket = TokenBucket(rule.bandwidth_limit)
+    return bucket, max(64 * 1024, min(CHUNK_SIZE, int(bucket.rate) // 8 // 65536 * 65536))
+
+
 class CopyService:
     """Copy rules and copy jobs. Built by the Engine as ``engine.copies``."""
 
@@ -154,9 +166,11 @@ class CopyService:
         *,
         locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
-        verifier: Any = None,
+        verifier: VerifyService | None = None,
         destination_check: Callable[[Repository], object] | None = None,
         room_check: Callable[[Repository], object] | None = None,
+        marks: ScheduleStore | None = None,
+        alert_sink: AlertSink | None = None,
     ) -> None:
         self.store = store
         self.repositories = repositories
@@ -173,23 +187,21 @@ class CopyService:
         self.room_check = room_check
         self._slots: dict[int, threading.BoundedSemaphore] = {}
         self._slots_lock = threading.Lock()
-        self._unsubscribe: Callable[[], None] | None = None
-        #: schedule marks (engine.catalog.policies.ScheduleStore): the scheduler's next
-        #: run of a scheduled rule; without them next_run() computes from the cron
-        self.marks: Any = None
-        #: run when a rule's failure count changes, so a failing-rule alert is raised
+        #: schedule marks: the scheduler's next run of a scheduled rule; without them
+        #: next_run() computes from the cron
+        self.marks = marks
+        #: told when a rule's failure count changes, so a failing-rule alert is raised
         #: (or cleared) at once instead of at the scheduler's next alert pass
-        self.alert_hook: Callable[[], None] | None = None
+        self.alert_sink = alert_sink
         #: the lock step of every copy, and the immutability gate of lock_copies rules
         self.locks = locks
+        # immediate rules follow landed backups
+        self.bus.subscribe(self._on_backup_landed, (BACKUP_LANDED_EVENT,))
 
     # -- wiring ------------------------------------------------------------------
 
-    def register(self) -> None:
-        """Register the "copy" job kind and follow landed backups for immediate rules."""
-        self.jobs.register(JobKind.COPY, self.run_job)
-        if self._unsubscribe is None:
-            self._unsubscribe = self.bus.subscribe(self._on_backup_landed, (BACKUP_LANDED_EVENT,))
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.COPY: JobHandler(self.run_job)}
 
     def _on_backup_landed(self, event: Event) -> None:
         repo_id = event.repository_id or event.data.get("repository_id")
@@ -627,8 +639,8 @@ class CopyService:
         return result
 
     def _alerts_changed(self) -> None:
-        if self.alert_hook is not None:
-            self.alert_hook()
+        if self.alert_sink is not None:
+            self.alert_sink.changed(("rule_failing",))
 
     def _with_ancestors(self, wanted: list[SourceBackup]) -> list[SourceBackup]:
         found: dict[int, SourceBackup] = {}
@@ -719,8 +731,11 @@ class CopyService:
                 + "; ".join(unprotected[:3])
                 + (" …" if len(unprotected) > 3 else ""),
                 result=result,
-                hint="the copies are good; fix the cause, then `sendense lock check` sets "
-                "the flag (the lock job retries it too)",
+                action=Action(
+                    "check_locks_copies",
+                    "the copies are good; fix the cause, then a lock check sets the flag "
+                    "(the lock job retries it too)",
+                ),
             )
         return result
 
@@ -737,38 +752,11 @@ class CopyService:
         verify_after: bool,
     ) -> LockOutcome:
         """Copy one file, verify it if asked, then lock it (the job's lock step)."""
-        now = self.clock.now()
-        # the copy this file will be backed by at the destination (its lineage, kept even
-        # when the source chain is consolidated later)
-        base = self.store.find_copy(b.parent_id, dst.id) if b.parent_id is not None else None
-        parent_copy_id = base.id if base is not None else None
-        if copy is None:
-            copy = self.store.create_copy(
-                backup_id=b.id,
-                destination_repository_id=dst.id,
-                path=b.path,
-                size=b.file_size,
-                now=now,
-                rule_id=rule.id if rule else None,
-                job_id=ctx.job_id,
-                parent_copy_id=parent_copy_id,
-            )
-        # the chain's headers first: a foreign one is refused before any path of it
-        # is used; a missing file is retried below (a repository may come back)
-        headers_checked = True
-        try:
-            self._check_headers(b, src_repo)
-        except SourceRefused as exc:
-            self._fail_copy(copy.id, b, dst, exc)
-            raise
-        except CopyError:
-            headers_checked = False
+        copy, parent_copy_id = self._copy_row(ctx, b, dst, rule, copy)
+        headers_checked = self._headers_first(copy, b, src_repo, dst)
         src_path = repo_file(src_repo, b.path)
         dst_path = repo_file(dst, b.path)
-        bucket = TokenBucket(rule.bandwidth_limit) if rule and rule.bandwidth_limit else None
-        chunk = CHUNK_SIZE
-        if bucket is not None:
-            chunk = max(64 * 1024, min(CHUNK_SIZE, int(bucket.rate) // 8 // 65536 * 65536))
+        bucket, chunk = _throttle(rule)
         label = f"repository {dst.name} ({dst.path})"
         attempt = 0
         while True:
@@ -844,6 +832,63 @@ class CopyService:
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
         failpoint("copy.after_rename")
+        return self._finish_copy(ctx, b, src_repo, dst, rule, copy, dst_path, result, verify_after)
+
+    def _headers_first(
+        self, copy: Copy, b: SourceBackup, src_repo: Repository, dst: Repository
+    ) -> bool:
+        """The chain's headers first: a foreign one is refused before any path of it is
+        used; False: a file is missing, checked again with each attempt (a repository
+        may come back)."""
+        try:
+            self._check_headers(b, src_repo)
+        except SourceRefused as exc:
+            self._fail_copy(copy.id, b, dst, exc)
+            raise
+        except CopyError:
+            return False
+        return True
+
+    def _copy_row(
+        self,
+        ctx: JobContext,
+        b: SourceBackup,
+        dst: Repository,
+        rule: CopyRule | None,
+        copy: Copy | None,
+    ) -> tuple[Copy, int | None]:
+        """The copy's row (created unless resumed) and the copy its file will be backed
+        by at the destination (its lineage, kept even when the source chain is
+        consolidated later)."""
+        base = self.store.find_copy(b.parent_id, dst.id) if b.parent_id is not None else None
+        parent_copy_id = base.id if base is not None else None
+        if copy is None:
+            copy = self.store.create_copy(
+                backup_id=b.id,
+                destination_repository_id=dst.id,
+                path=b.path,
+                size=b.file_size,
+                now=self.clock.now(),
+                rule_id=rule.id if rule else None,
+                job_id=ctx.job_id,
+                parent_copy_id=parent_copy_id,
+            )
+        return copy, parent_copy_id
+
+    def _finish_copy(
+        self,
+        ctx: JobContext,
+        b: SourceBackup,
+        src_repo: Repository,
+        dst: Repository,
+        rule: CopyRule | None,
+        copy: Copy,
+        dst_path: Path,
+        result: FileCopyResult,
+        verify_after: bool,
+    ) -> LockOutcome:
+        """After the file landed under its name: its manifest, its row, the verification
+        if asked, its lock, and the event that says so."""
         try:
             # the copy describes itself like its original (engine.services.manifests)
             self._write_manifest(b, src_repo, dst_path)

@@ -23,6 +23,7 @@ keeper process (``engine.services.export_keeper``) that outlives the command.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -178,6 +179,11 @@ class ExportService:
         #: exports started here are handed to a keeper and outlive this engine (a
         #: console whose daemon owns the work)
         self.detach = False
+
+    def set_detach(self, detach: bool) -> None:
+        """Whether exports started from now on outlive this engine (``Engine.attach_daemon``:
+        while a daemon runs, a console's exports are handed to a keeper)."""
+        self.detach = detach
 
     def _view(self, row: NbdExport) -> ExportView:
         label = ""
@@ -593,12 +599,12 @@ class ExportService:
         # the export's key goes with it: a copied key opens nothing afterwards
         shutil.rmtree(base + ".tls", ignore_errors=True)
 
-    def own_exports(self) -> list[str]:
+    def own_exports(self) -> builtins.list[str]:
         """Names of the running exports this engine owns (stopped when it closes)."""
         rows = self.store.exports(states=("running",))
         return [row.export_name for row in rows if row.owner == self.owner]
 
-    def own_servers(self) -> list[int]:
+    def own_servers(self) -> builtins.list[int]:
         """Ids of the exports whose servers this engine started (no catalog needed)."""
         return sorted(self._servers)
 
@@ -613,7 +619,7 @@ class ExportService:
             count += 1
         return count
 
-    def cleanup_leftovers(self) -> list[int]:
+    def cleanup_leftovers(self) -> builtins.list[int]:
         """At start: mark dead servers, stop this machine's exports whose owner (an
         engine or a keeper) is gone, persistent or not."""
         return [export_id for export_id, _ in self.enforce()]

@@ -68,8 +68,9 @@ from engine.catalog.models import RestoreMount
 from engine.catalog.restore import PointLocation, RestoreStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import CatalogUnavailable, SendenseError
+from engine.errors import Action, CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
+from engine.jobs import JobHandler
 from engine.owners import owner_alive
 from engine.private import make_private_dir, make_private_dirs
 from engine.services import guest_volumes
@@ -86,6 +87,7 @@ from engine.services.restore_views import (
     MountView,
     Source,
 )
+from engine.states import JobKind
 from engine.tools import exporters, loop, mounts, partitions
 from engine.tools.base import ToolError, which
 
@@ -151,6 +153,17 @@ class FileRestoreService(MountBrowsing, Extraction, Archiving):
         self._reaper_stop = threading.Event()
         #: mounts made here outlive this engine (a console whose daemon owns the work)
         self.detach = False
+
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {
+            JobKind.RESTORE_FILES: JobHandler(self.run_extract_job),
+            JobKind.RESTORE_ARCHIVE: JobHandler(self.run_archive_job),
+        }
+
+    def set_detach(self, detach: bool) -> None:
+        """Whether mounts made from now on outlive this engine (``Engine.attach_daemon``:
+        while a daemon runs, a console's mounts are handed to it)."""
+        self.detach = detach
 
     # -- views -------------------------------------------------------------------
 
@@ -335,7 +348,7 @@ class FileRestoreService(MountBrowsing, Extraction, Archiving):
             )
             raise FileRestoreError(
                 f"no filesystem on restore point {point.backup_id} can be browsed ({reasons})",
-                hint="an NBD export (`sendense export start`) serves the raw disk instead",
+                action=Action("export_raw_disk", "an NBD export serves the raw disk instead"),
             )
         return found, device, server.pid
 

@@ -61,8 +61,15 @@ class ImageRefused(SendenseError):
 class PointUnreadable(SendenseError):
     """A file of a point's chain is missing or cannot be read."""
 
-    def __init__(self, message: str, *, backup_id: int | None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        backup_id: int | None,
+        hint: str | None = None,
+        action: Action | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, action=action)
         self.backup_id = backup_id
 
 
@@ -202,12 +209,12 @@ class ImageGuard:
         root = Path(os.path.realpath(repository.path))
         chain_dir = root / directory
         if not is_within(root, chain_dir) or os.path.realpath(chain_dir) != str(chain_dir):
-            problem = "its chain directory is not a plain directory inside the repository"
-            return Inspection(chain_dir, None, Problem("foreign", problem))
+            what = "its chain directory is not a plain directory inside the repository"
+            return Inspection(chain_dir, None, Problem("foreign", what))
         rel = PurePosixPath(layer.path)
         if rel.is_absolute() or ".." in rel.parts or rel.parent != PurePosixPath(directory):
-            problem = f"the catalog places it outside its chain directory {directory}"
-            return Inspection(chain_dir, None, Problem("foreign", problem))
+            what = f"the catalog places it outside its chain directory {directory}"
+            return Inspection(chain_dir, None, Problem("foreign", what))
         path = chain_dir / rel.name
         point = f" (point #{layer.backup_id})" if layer.backup_id else ""
         try:
@@ -216,8 +223,11 @@ class ImageGuard:
             raise PointUnreadable(
                 f"{layer.path}{point} is missing from repository {repository.name}",
                 backup_id=layer.backup_id,
-                hint="check that the repository is mounted; `sendense chain check` "
-                "says what is wrong and a copy may still have it",
+                action=Action(
+                    "check_chain_unreadable",
+                    "check that the repository is mounted; a chain check says what is wrong "
+                    "and a copy may still have it",
+                ),
             ) from None
         except OSError as exc:
             raise PointUnreadable(
@@ -248,7 +258,9 @@ class ImageGuard:
                 f"{layer.path}{point} in repository {repository.name} changed size since it "
                 f"was written ({st.st_size} bytes, the catalog recorded {layer.size})",
                 backup_id=layer.backup_id,
-                hint="run `sendense chain check`; a verified copy may still have it",
+                action=Action(
+                    "check_chain_copy", "check the chain; a verified copy may still have it"
+                ),
             )
         return Inspection(path, head, problem)
 
@@ -394,7 +406,7 @@ class PointReader:
             raise PointUnreadable(
                 f"restore point {backup_id} is not part of its chain in the catalog",
                 backup_id=backup_id,
-                hint="run `sendense chain check`",
+                action=Action("check_chain", "check the chain"),
             )
         own = ReadPlan(backup, chain, repo, tuple(Layer(b.id, b.path, b.file_size) for b in links))
         bad = [b for b in links if is_bad(b)]

@@ -35,6 +35,7 @@ there: its files vanish at reboot, so the "lock" would hold nothing.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -53,6 +54,7 @@ from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
+from engine.jobs import JobHandler
 from engine.safepath import is_within
 from engine.services import manifests
 from engine.states import JobKind
@@ -692,7 +694,7 @@ class LockService:
         repo_id = self._repo(repository).id if repository is not None else None
         return self.store.list(states=states, repository_id=repo_id)
 
-    def locks_for_backups(self, backup_ids: list[int]) -> dict[int, ImmutabilityLock]:
+    def locks_for_backups(self, backup_ids: builtins.list[int]) -> dict[int, ImmutabilityLock]:
         found: dict[int, ImmutabilityLock] = {}
         for lock in self.store.list(states=HOLDING_STATES, backup_ids=backup_ids):
             if lock.backup_id is not None:
@@ -926,8 +928,8 @@ class LockService:
     def run_job(self, ctx: Any) -> dict[str, Any]:
         return self.maintain(actor=ctx.params.get("actor")).as_dict()
 
-    def register(self, jobs: Any) -> None:
-        jobs.register(JobKind.LOCKS_MAINTAIN, self.run_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.LOCKS_MAINTAIN: JobHandler(self.run_job)}
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir
 from engine.hashing import hash_file
-from engine.jobs import JobContext, JobRunner
+from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.services import manifests
 from engine.services.chains import ChainService, allocated_bytes, repo_file
 from engine.services.immutability import LockBackend, until_text
@@ -301,8 +301,8 @@ class RepositoryImportService:
         self.bus = bus
         self.clock = clock
 
-    def register(self) -> None:
-        self.jobs.register(JOB_KIND, self.run_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JOB_KIND: JobHandler(self.run_job)}
 
     # -- adding a repository that already holds backups --------------------------------
 
@@ -840,9 +840,9 @@ class RepositoryImportService:
                 (p for p in orphans.values() if p.parent == tip and p.facts),
                 key=lambda p: (p.facts.position if p.facts else 0, p.name),
             )
-            if not builds or builds[-1].facts is None or builds[-1].facts.position <= position:
+            chosen = builds[-1] if builds else None
+            if chosen is None or chosen.facts is None or chosen.facts.position <= position:
                 break
-            chosen = builds[-1]
             following.append(chosen)
             tip, position = chosen.name, chosen.facts.position
             del orphans[chosen.name]

@@ -91,6 +91,19 @@ class ManifestMissing(ManifestError):
     """A point has no manifest (written before manifests existed, or lost)."""
 
 
+def _manifest_time(value: object, key: str, *, where: str, null: bool) -> datetime | None:
+    """A manifest's time field: ISO 8601 with a time zone, in UTC (None where allowed)."""
+    if value is None and null:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ManifestError(f"{where}: field {key!r} is not a time with a time zone")
+    return parsed.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class PointManifest:
     """What a repository records about one point file, next to it."""
@@ -150,16 +163,7 @@ class PointManifest:
             return value
 
         def when(key: str, *, null: bool = False) -> Any:
-            value = data.get(key)
-            if value is None and null:
-                return None
-            try:
-                parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-            except ValueError:
-                parsed = None
-            if parsed is None or parsed.tzinfo is None:
-                raise ManifestError(f"{where}: field {key!r} is not a time with a time zone")
-            return parsed.astimezone(UTC)
+            return _manifest_time(data.get(key), key, where=where, null=null)
 
         kind = data.get("kind")
         if kind not in KINDS:
@@ -379,6 +383,27 @@ class Qcow2Header:
         return None
 
 
+def _header_extensions(head: bytes, offset: int) -> tuple[str | None, str | None, bool]:
+    """(backing format, data file, whether a crypto extension is there) from the
+    header extensions that start at ``offset``."""
+    backing_format = None
+    data_file = None
+    crypto = False
+    while offset + 8 <= len(head):
+        ext_type, ext_len = struct.unpack_from(">II", head, offset)
+        if ext_type == _EXT_END:
+            break
+        body = head[offset + 8 : offset + 8 + ext_len]
+        if ext_type == _EXT_BACKING_FORMAT:
+            backing_format = body.decode("utf-8", "replace")
+        elif ext_type == _EXT_DATA_FILE:
+            data_file = body.decode("utf-8", "replace")
+        elif ext_type == _EXT_CRYPTO:
+            crypto = True
+        offset += 8 + (ext_len + 7) // 8 * 8
+    return backing_format, data_file, crypto
+
+
 def read_qcow2_header(path: Path) -> Qcow2Header:
     """The fields of a QCOW2 header that decide what qemu would open, read in Python
     (qemu never sees the file). ManifestError when it is not a QCOW2 image."""
@@ -411,21 +436,9 @@ def read_qcow2_header(path: Path) -> Qcow2Header:
                 raise ManifestError(f"{path.name} names a backing file longer than qemu allows")
             raw = os.pread(fd, backing_size, backing_offset)
             backing = raw.decode("utf-8", "replace")
-        backing_format = None
-        data_file = None
-        offset = header_length
-        while offset + 8 <= len(head):
-            ext_type, ext_len = struct.unpack_from(">II", head, offset)
-            if ext_type == _EXT_END:
-                break
-            body = head[offset + 8 : offset + 8 + ext_len]
-            if ext_type == _EXT_BACKING_FORMAT:
-                backing_format = body.decode("utf-8", "replace")
-            elif ext_type == _EXT_DATA_FILE:
-                data_file = body.decode("utf-8", "replace")
-            elif ext_type == _EXT_CRYPTO:
-                crypt_method = crypt_method or 2
-            offset += 8 + (ext_len + 7) // 8 * 8
+        backing_format, data_file, crypto = _header_extensions(head, header_length)
+        if crypto:
+            crypt_method = crypt_method or 2
         if incompatible & _INCOMPAT_DATA_FILE and data_file is None:
             data_file = "(unnamed)"
     finally:
@@ -451,6 +464,21 @@ class SkippedEntry:
     reason: str
 
 
+def _not_a_chain_part(path: Path) -> str | None:
+    """Why ``path`` is not a directory of the chains tree Sendense wrote (None: it is)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link: never followed"
+    if not stat.S_ISDIR(mode):
+        return "is not a directory"
+    if not PART_NAME.match(path.name):
+        return "has a name Sendense never writes"
+    return None
+
+
 def chain_directories(root: Path) -> tuple[list[str], list[SkippedEntry]]:
     """Chain directories of a repository (``chains/VM/DISK/DIR``, relative to ``root``,
     sorted), and what under ``chains/`` was left alone and why. Symbolic links are
@@ -470,21 +498,10 @@ def chain_directories(root: Path) -> tuple[list[str], list[SkippedEntry]]:
         return sorted(out)
 
     def directory_ok(path: Path, rel: str) -> bool:
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError as exc:
-            skipped.append(SkippedEntry(rel, f"cannot be read: {exc.strerror}"))
-            return False
-        if stat.S_ISLNK(mode):
-            skipped.append(SkippedEntry(rel, "is a symbolic link: never followed"))
-            return False
-        if not stat.S_ISDIR(mode):
-            skipped.append(SkippedEntry(rel, "is not a directory"))
-            return False
-        if not PART_NAME.match(path.name):
-            skipped.append(SkippedEntry(rel, "has a name Sendense never writes"))
-            return False
-        return True
+        problem = _not_a_chain_part(path)
+        if problem is not None:
+            skipped.append(SkippedEntry(rel, problem))
+        return problem is None
 
     if not base.is_dir() or base.is_symlink():
         return found, skipped

@@ -222,6 +222,7 @@ class MetricsService:
             label = [repo.name]
             reading = self.capacity.reading(repo.id)
             figures = reading.figures if reading is not None else None
+            values: tuple[int, int, int, datetime] | None
             if figures is not None:
                 values = (figures.total, figures.used, figures.free, figures.taken_at)
                 current = figures.level

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -229,7 +230,9 @@ class MountManager:
                 )
                 continue
             try:
-                run_with_timeout(f"mount {m.target}", lambda t=m.target: space(t), STALE_TIMEOUT)
+                run_with_timeout(
+                    f"mount {m.target}", functools.partial(space, m.target), STALE_TIMEOUT
+                )
                 findings.append(MountFinding(m.target, m.source, m.fstype, "ok", repo.name))
             except (RepositoryCheckError, OSError):
                 action = "detached (lazy unmount); it is mounted again on start"

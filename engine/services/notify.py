@@ -544,24 +544,29 @@ class NotificationService:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("notification queue full: %d events not notified", self.dropped)
 
+    def _take_queued(self, pending: deque[Event]) -> None:
+        """Wait up to a tick for an event, then take everything already waiting, in
+        one go (None in the queue only wakes the worker)."""
+        try:
+            item = self._queue.get(timeout=self.tick_seconds)
+        except queue.Empty:
+            item = None
+        if item is not None:
+            pending.append(item)
+        while True:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is not None:
+                pending.append(more)
+
     def _run(self, stop: threading.Event) -> None:
         # events taken from the bus and not yet recorded: kept while the catalog is
         # away (an outage is when a notification matters most), recorded when it answers
         pending: deque[Event] = deque(maxlen=QUEUE_MAX)
         while True:
-            try:
-                item = self._queue.get(timeout=self.tick_seconds)
-            except queue.Empty:
-                item = None
-            if item is not None:
-                pending.append(item)
-            while True:  # everything already waiting, in one go
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is not None:
-                    pending.append(more)
+            self._take_queued(pending)
             try:
                 if pending:
                     # the rules are read once for what arrived together

@@ -19,11 +19,12 @@ apply retention.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
@@ -37,6 +38,7 @@ from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.cron import cron_error
 from engine.errors import (
+    Action,
     JobError,
     JobUnprotected,
     LockNotConfirmed,
@@ -45,10 +47,19 @@ from engine.errors import (
     ValidationError,
 )
 from engine.events import EventBus
+from engine.jobs import JobHandler
 from engine.names import name_error
 from engine.services.backup import DiskSource, check_source_text
 from engine.services.retention import RetentionRules
+from engine.states import JobKind
 from engine.units import human_bytes, plural
+
+if TYPE_CHECKING:
+    from engine.jobs import JobRunner
+    from engine.services.backup import BackupService
+    from engine.services.immutability import LockService
+    from engine.services.retention import RetentionService
+    from engine.services.verify import VerifyService
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +170,11 @@ class PolicyService:
         copy_store: CopyStore,
         bus: EventBus,
         *,
-        jobs: Any,
-        locks: Any,
-        retention: Any,
-        backups: Any = None,
-        verifier: Any = None,
+        jobs: JobRunner,
+        locks: LockService,
+        retention: RetentionService,
+        backups: BackupService | None = None,
+        verifier: VerifyService | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
@@ -182,8 +193,8 @@ class PolicyService:
         self.verifier = verifier
         self.clock = clock
 
-    def register(self) -> None:
-        self.jobs.register(POLICY_RUN, self.run_job, writes=self.disks_of_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {POLICY_RUN: JobHandler(self.run_job, writes=self.disks_of_job)}
 
     def disks_of_job(self, job: Job) -> list[DiskKey]:
         """A policy run writes every disk of the policy (backups, then retention)."""
@@ -497,7 +508,7 @@ class PolicyService:
     def list(self) -> list[Policy]:
         return self.store.list()
 
-    def copy_rules(self, policy: Policy) -> list[Any]:
+    def copy_rules(self, policy: Policy) -> builtins.list[Any]:
         return self.store.copy_rules(policy.id)
 
     def known_source(self, repository_id: int, vm: str, disk: str) -> KnownSource | None:
@@ -528,7 +539,7 @@ class PolicyService:
         return KnownSource(DiskSource(disk, last.source, fmt), f"point #{last.id}")
 
     def lock_space_estimate(
-        self, target: int | str, vms: list[str], days: int, schedule: str
+        self, target: int | str, vms: builtins.list[str], days: int, schedule: str
     ) -> SpaceEstimate:
         """The space ``days`` of locked backups will hold, from recent backup sizes."""
         repo = self._target(target)
@@ -662,8 +673,11 @@ class PolicyService:
             raise JobUnprotected(
                 f"policy {policy.name}: backed up, but NOT protected: " + "; ".join(unprotected),
                 result=result,
-                hint="the points are good backups; fix the cause, then `sendense lock check` "
-                "sets the flag (the lock job retries it too)",
+                action=Action(
+                    "check_locks_points",
+                    "the points are good backups; fix the cause, then a lock check sets the flag "
+                    "(the lock job retries it too)",
+                ),
             )
         return result
 

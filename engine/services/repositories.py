@@ -28,6 +28,7 @@ what to fix.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -1125,7 +1126,7 @@ class RepositoryService:
     def capacity(self, ref: int | str | Repository) -> Reading:
         return self.monitor.sample(self._repo(ref))
 
-    def list_contents(self, ref: int | str | Repository) -> list[ContentEntry]:
+    def list_contents(self, ref: int | str | Repository) -> builtins.list[ContentEntry]:
         repo = self._repo(ref)
         root = Path(repo.path)
 

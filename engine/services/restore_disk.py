@@ -26,7 +26,7 @@ from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import Action, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.fsutil import durable_output
-from engine.jobs import JobContext, JobRunner
+from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.services.chains import repo_file
 from engine.services.images import PointRead, PointReader, PointUnreadable
 from engine.states import JobKind
@@ -85,8 +85,8 @@ class DiskRestoreService:
         self.reader = reader
         self.clock = clock
 
-    def register(self) -> None:
-        self.jobs.register(JobKind.RESTORE_DISK, self.run_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.RESTORE_DISK: JobHandler(self.run_job)}
 
     def submit(
         self,

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.bounds import RETENTION_COUNT
 from engine.catalog.chains import ChainStore
@@ -41,6 +41,10 @@ from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.units import plural
 from engine.writers import DiskWriters
+
+if TYPE_CHECKING:
+    from engine.services.chains import ChainService
+    from engine.services.immutability import LockService
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +327,8 @@ class RetentionService:
         repositories: RepositoryStore,
         bus: EventBus,
         *,
-        chains: Any,
-        locks: Any,
+        chains: ChainService,
+        locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
         writers: DiskWriters,
     ) -> None:

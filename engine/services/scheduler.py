@@ -24,20 +24,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 
-from engine.catalog.models import ScheduleMark
+from engine.alerts import COPY_ALERT_KINDS, VERIFY_ALERT_KINDS, AlertSink
+from engine.catalog.models import Policy, ScheduleMark
 from engine.catalog.policies import PolicyStore, ScheduleStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import EventBus
 
+if TYPE_CHECKING:
+    from engine.services.copy import CopyService
+    from engine.services.immutability import LockService
+    from engine.services.policies import PolicyService
+    from engine.services.verify import VerifyService
+
 log = logging.getLogger(__name__)
+
+__all__ = ["COPY_ALERT_KINDS", "VERIFY_ALERT_KINDS", "Scheduler", "TickReport"]
 
 
 @dataclass
@@ -56,9 +64,6 @@ class TickReport:
 VERIFY_MARK = "schedule:verify"
 #: alert marks: ``alert:<kind>:<subject>``
 ALERT_PREFIX = "alert:"
-#: alert kinds the copy service reports (the rest come from verification)
-COPY_ALERT_KINDS = ("rule_failing", "copy_too_old")
-VERIFY_ALERT_KINDS = ("verification_overdue", "verification_failed")
 
 
 def copy_rule_mark(rule_id: int) -> str:
@@ -69,18 +74,19 @@ class Scheduler:
     def __init__(
         self,
         store: PolicyStore,
-        policies: Any,
+        policies: PolicyService,
         bus: EventBus,
         *,
-        locks: Any = None,
+        locks: LockService | None = None,
         clock: Clock = SYSTEM_CLOCK,
         interval: float = 20.0,
         maintain_every: float = 3600.0,
         marks: ScheduleStore | None = None,
-        copies: Any = None,
-        verifier: Any = None,
+        copies: CopyService | None = None,
+        verifier: VerifyService | None = None,
         verify_schedule: str | None = "0 3 * * *",
         alert_every: float = 300.0,
+        alert_sink: AlertSink | None = None,
     ) -> None:
         self.store = store
         #: engine.services.policies.PolicyService (run_now)
@@ -104,6 +110,10 @@ class Scheduler:
         self.alert_every = alert_every
         self._last_alerts: float | None = None
         self._alerts_lock = threading.Lock()
+        if alert_sink is not None:
+            # a copy rule failing (or recovering) and a file found bad (or good)
+            # raise or clear their alerts at once, not at the next alert pass
+            alert_sink.subscribe(self._alerts_changed)
 
     # -- one pass ---------------------------------------------------------------------
 
@@ -264,10 +274,10 @@ class Scheduler:
                 kinds is None or set(kinds) & set(VERIFY_ALERT_KINDS)
             ):
                 checked.update(VERIFY_ALERT_KINDS)
-                for a in self.verifier.alerts():
-                    if a["kind"] in VERIFY_ALERT_KINDS:
-                        key = f"{ALERT_PREFIX}{a['kind']}:{a.get('subject', 'all')}"
-                        current[key] = (a["kind"], a["level"], a["message"], None)
+                for found in self.verifier.alerts():
+                    if found["kind"] in VERIFY_ALERT_KINDS:
+                        key = f"{ALERT_PREFIX}{found['kind']}:{found.get('subject', 'all')}"
+                        current[key] = (found["kind"], found["level"], found["message"], None)
             for key, (kind, level, message, repo_id) in current.items():
                 outcome = self.marks.raise_alert(key, level, message, now)
                 if outcome is not None:
@@ -312,23 +322,13 @@ class Scheduler:
         except Exception:
             log.exception("evaluating alerts")
 
-    def alert_hook(self, kinds: tuple[str, ...]) -> Callable[[], None]:
-        """A callable a service runs when an alert condition may have changed."""
-
-        def hook() -> None:
-            try:
-                self.evaluate_alerts(kinds=kinds)
-            except CatalogUnavailable:
-                pass  # logged once by the catalog
-            except Exception:
-                log.exception("evaluating alerts")
-
-        return hook
+    def _alerts_changed(self, kinds: tuple[str, ...]) -> None:
+        self.evaluate_alerts(kinds=kinds)
 
     def _next_after(self, schedule: str, when: datetime) -> datetime:
         return as_utc(croniter(schedule, when).get_next(datetime))  # type: ignore[return-value]
 
-    def _consider(self, policy: Any, now: datetime, report: TickReport) -> None:
+    def _consider(self, policy: Policy, now: datetime, report: TickReport) -> None:
         due = as_utc(policy.next_run_at)
         upcoming = self._next_after(policy.schedule, now)
         if due is None:

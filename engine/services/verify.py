@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from engine import hashing
+from engine.alerts import VERIFY_ALERT_KINDS, AlertSink
 from engine.catalog.copies import COPY_DONE, CopyStore, SourceBackup
 from engine.catalog.models import Copy, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import JobCancelled, NotFoundError, SendenseError, ValidationError
+from engine.errors import Action, JobCancelled, NotFoundError, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.jobs import JobContext, JobRunner
+from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.safepath import is_within
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
 from engine.states import JobKind
@@ -211,6 +212,7 @@ class VerifyService:
         *,
         clock: Clock = SYSTEM_CLOCK,
         reverify_days: int | None = None,
+        alert_sink: AlertSink | None = None,
     ) -> None:
         self.store = store
         self.repositories = repositories
@@ -219,15 +221,15 @@ class VerifyService:
         #: checks each header of a file's chain against the catalog before qemu opens it
         self.guard = guard
         self.clock = clock
-        #: run after a verification recorded its results, so a bad file raises its
-        #: alert at once (the Engine sets it to the scheduler's alert evaluation)
-        self.alert_hook: Callable[[], None] | None = None
+        #: told after a verification recorded its results, so a bad file raises its
+        #: alert at once (the scheduler subscribes to it)
+        self.alert_sink = alert_sink
         if reverify_days is not None:
             #: ``[verify] reverify_days``: a file verified longer ago is due again
             self.reverify_after_days = reverify_days
 
-    def register(self) -> None:
-        self.jobs.register(JobKind.VERIFY, self.run_job)
+    def job_handlers(self) -> dict[JobKind, JobHandler]:
+        return {JobKind.VERIFY: JobHandler(self.run_job)}
 
     # -- what to verify -----------------------------------------------------------
 
@@ -380,6 +382,7 @@ class VerifyService:
                 if should_stop is not None and should_stop():
                     return
                 started = self.clock.now()
+                result: Result | None
                 try:
                     result = self.verify_target(t, on_bytes=on_bytes, should_stop=should_stop)
                     if result.outcome != "ok" and t.copy is None:
@@ -510,8 +513,8 @@ class VerifyService:
         return result.outcome
 
     def _alerts_changed(self) -> None:
-        if self.alert_hook is not None:
-            self.alert_hook()
+        if self.alert_sink is not None:
+            self.alert_sink.changed(VERIFY_ALERT_KINDS)
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -648,7 +651,10 @@ class VerifyService:
                     if first.good_elsewhere
                     else "; no good copy left"
                 ),
-                hint="`sendense verify report` lists the bad points and the good copies",
+                action=Action(
+                    "verify_report",
+                    "the verification report lists the bad points and the good copies",
+                ),
             )
         return summary
 
@@ -672,7 +678,7 @@ class VerifyService:
             if state == "ok" and at is not None and at >= since:
                 bytes_verified += t.size
                 files_verified += 1
-            entry = {
+            entry: dict[str, Any] = {
                 "backup_id": t.backup.id,
                 "copy_id": t.copy.id if t.copy is not None else None,
                 "repository": t.repository.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from engine.tools.base import Completed, ToolError, run
 
@@ -45,7 +46,11 @@ def _fs_name(path: PathLike) -> str:
 def _explain(path: PathLike, what: str) -> Callable[[Completed], ToolError | None]:
     def explain(done: Completed) -> ToolError | None:
         text = done.stderr
-        kw = {"program": done.args[0], "returncode": done.returncode, "stderr": text}
+        kw: dict[str, Any] = {
+            "program": done.args[0],
+            "returncode": done.returncode,
+            "stderr": text,
+        }
         if "Operation not supported" in text or "Inappropriate ioctl" in text:
             return ImmutableUnsupported(
                 f"the filesystem at {path} ({_fs_name(path)}) does not support the {what} "

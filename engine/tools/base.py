@@ -41,7 +41,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from engine.errors import JobCancelled, SendenseError
 from engine.private import PRIVATE_UMASK
@@ -256,8 +256,8 @@ def start(
     args: Sequence[str],
     *,
     stdin: int | None = subprocess.DEVNULL,
-    stdout: int | None = subprocess.PIPE,
-    stderr: int | None = subprocess.PIPE,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
     secrets: Iterable[str] = (),
     outlives_engine: bool = False,
 ) -> subprocess.Popen[bytes]:

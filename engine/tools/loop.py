@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.tools.base import Completed, ToolError, run
 from engine.tools.partitions import probe as _probe
@@ -43,7 +44,11 @@ class LoopDevice:
 def _explain(what: str) -> Callable[[Completed], ToolError | None]:
     def explain(done: Completed) -> ToolError | None:
         text = done.stderr.strip()
-        kw = {"program": done.args[0], "returncode": done.returncode, "stderr": done.stderr}
+        kw: dict[str, Any] = {
+            "program": done.args[0],
+            "returncode": done.returncode,
+            "stderr": done.stderr,
+        }
         reason = text.rsplit(": ", 1)[-1] if text else f"exit code {done.returncode}"
         if "No such file or directory" in text:
             return LoopError(f"cannot {what}: it does not exist", **kw)

@@ -111,7 +111,7 @@ def _explain(source: str, target: str, action: str) -> Callable[[Completed], Too
     def explain(done: Completed) -> ToolError | None:
         text = done.stderr
         lowered = text.lower()
-        kw = {"program": action, "returncode": done.returncode, "stderr": text}
+        kw: dict[str, Any] = {"program": action, "returncode": done.returncode, "stderr": text}
         if "mount point does not exist" in lowered:
             return MountError(
                 f"cannot mount {source}: the directory {target} does not exist",

@@ -20,6 +20,7 @@ place: the caller decides whether to remove it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engine.tools.base import (
     Completed,
@@ -510,7 +511,7 @@ def _run_with_progress(
         assert proc.stdout is not None
         buf = b""
         while True:
-            chunk = proc.stdout.read1(4096)
+            chunk = cast(io.BufferedReader, proc.stdout).read1(4096)
             if not chunk:
                 break
             buf += chunk

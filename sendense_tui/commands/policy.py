@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ValidationError
 from engine.shapes import policy_dict
@@ -18,6 +18,9 @@ from sendense_tui.commands import (
 )
 from sendense_tui.commands.jobs import finish_job, print_queued, wait_with_progress
 from sendense_tui.format import lock_text, plural, printable, short_time
+
+if TYPE_CHECKING:
+    from engine.services.policies import PolicySpec
 
 FULL_EVERY = bounded_int(1, COUNT_MAX)
 RETENTION_COUNT = bounded_int(0, COUNT_MAX)
@@ -165,36 +168,41 @@ def add_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def _apply_edits(spec: PolicySpec, args: argparse.Namespace) -> None:
+    """What ``policy edit`` names, over the policy as it is (unnamed fields stay)."""
+    if args.rename is not None:
+        spec.name = args.rename
+    if args.schedule is not None:
+        spec.schedule = args.schedule
+    if args.target is not None:
+        spec.target = args.target
+    if args.source:
+        spec.sources = spec.sources_from(args.source)
+    if args.full_every is not None:
+        spec.full_every = args.full_every
+    if args.full_weekday is not None:
+        weekday = args.full_weekday
+        spec.full_weekday = None if weekday == "none" else WEEKDAYS.index(weekday)
+    for key in ("keep_last", "daily", "weekly", "monthly", "yearly"):
+        if getattr(args, key) is not None:
+            spec.retention[key] = getattr(args, key)
+    if args.no_copy_rules:
+        spec.copy_rules = []
+    if args.copy_rule:
+        spec.copy_rules = args.copy_rule
+    if args.verify is not None:
+        spec.verify_after = args.verify
+    if args.immutable_days is not None:
+        spec.immutable_days = args.immutable_days
+    if args.compression is not None:
+        spec.compression = args.compression
+
+
 def edit_policy(args: argparse.Namespace, ctx: CliContext) -> int:
     with ctx.engine() as engine:
         current = engine.policies.get(args.name)
         spec = engine.policies.spec_of(current.id)
-        if args.rename is not None:
-            spec.name = args.rename
-        if args.schedule is not None:
-            spec.schedule = args.schedule
-        if args.target is not None:
-            spec.target = args.target
-        if args.source:
-            spec.sources = spec.sources_from(args.source)
-        if args.full_every is not None:
-            spec.full_every = args.full_every
-        if args.full_weekday is not None:
-            weekday = args.full_weekday
-            spec.full_weekday = None if weekday == "none" else WEEKDAYS.index(weekday)
-        for key in ("keep_last", "daily", "weekly", "monthly", "yearly"):
-            if getattr(args, key) is not None:
-                spec.retention[key] = getattr(args, key)
-        if args.no_copy_rules:
-            spec.copy_rules = []
-        if args.copy_rule:
-            spec.copy_rules = args.copy_rule
-        if args.verify is not None:
-            spec.verify_after = args.verify
-        if args.immutable_days is not None:
-            spec.immutable_days = args.immutable_days
-        if args.compression is not None:
-            spec.compression = args.compression
+        _apply_edits(spec, args)
         problems = engine.policies.validate(spec, existing_id=current.id)
         if problems:
             raise ValidationError(

@@ -8,6 +8,7 @@ it go into ``sendense_tui/actions.py`` with ``scope="<name>"``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from textual.screen import Screen
 
@@ -23,7 +24,7 @@ from sendense_tui.screens.repositories import RepositoriesScreen
 from sendense_tui.screens.restore import RestoreScreen
 
 #: mode name -> screen class (or factory), in number-key order (see SECTIONS)
-SCREENS: dict[str, Callable[[], Screen[object]]] = {
+SCREENS: dict[str, Callable[[], Screen[Any]]] = {
     "dashboard": DashboardScreen,
     "repositories": RepositoriesScreen,
     "capacity": CapacityScreen,

@@ -193,7 +193,7 @@ class SendenseScreen(Screen[None]):
         self._loading = False
         self._again = False
         self._timer: Timer | None = None
-        self._after: dict[Worker[Any], Callable[[Any], None] | None] = {}
+        self._after: dict[Worker[Any], Callable[[Any], object] | None] = {}
         #: number of successful draws (tests wait on it)
         self.draws = 0
 
@@ -340,7 +340,7 @@ class SendenseScreen(Screen[None]):
         self,
         call: Callable[[], Any],
         *,
-        after: Callable[[Any], None] | None = None,
+        after: Callable[[Any], object] | None = None,
         description: str = "",
     ) -> None:
         """Run an engine call (cancel, pause…) off the UI thread; ``after`` gets its

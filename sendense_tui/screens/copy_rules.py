@@ -12,6 +12,7 @@ runs it now, ``q``/Esc goes back. Every field of the form has its label.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from textual.widgets.select import InvalidSelectValueError
+from textual.worker import Worker
 
 from engine.services.copy import MODES, SELECTIONS, RuleStatus
 from engine.services.scheduler import ALERT_PREFIX
@@ -294,7 +296,8 @@ class CopyRulesScreen(SendenseScreen):
             self.notify("Select a copy rule first (j/k or arrows).", severity="warning")
         return status
 
-    def action_toggle(self) -> None:
+    # the console's enable/disable key, not DOMNode's toggle of an attribute
+    def action_toggle(self) -> None:  # type: ignore[override]
         status = self._status()
         if status is None:
             return
@@ -420,7 +423,7 @@ class CopyRulesScreen(SendenseScreen):
             return self.engine.copies.add_rule(actor="console", **values)
 
         worker = self.run_worker(add, group="form", thread=True, exit_on_error=False)
-        self._form_worker = (worker, done)
+        self._form_worker: tuple[Worker[Any], Callable[[Any], None]] | None = (worker, done)
 
     def on_worker_state_changed(self, event: Any) -> None:
         pending = getattr(self, "_form_worker", None)

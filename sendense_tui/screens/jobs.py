@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -117,7 +117,11 @@ class ActiveTable(FlexTable):
             super()._layout(total)
             return
         old = [column.key.value for column in self.ordered_columns]
-        rows = [(key.value, dict(zip(old, self.get_row(key), strict=False))) for key in self.rows]
+        # every row is added with its key (a job id): never None
+        rows = [
+            (cast(str, key.value), dict(zip(old, self.get_row(key), strict=False)))
+            for key in self.rows
+        ]
         keep = cursor_key(self)
         self.column_specs = specs
         self._flex_width = self.flex_width(total)

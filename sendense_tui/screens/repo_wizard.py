@@ -178,7 +178,9 @@ class RepoWizard(ModalScreen[Repository | None]):
         self.query_one("#save", Button).disabled = True
 
     def spec(self) -> RepositorySpec:
-        values = {name: self.query_one(f"#f-{name}", Input).value.strip() for name in FIELDS}
+        values: dict[str, Any] = {
+            name: self.query_one(f"#f-{name}", Input).value.strip() for name in FIELDS
+        }
         values["password"] = self.query_one("#f-password", Input).value  # spaces count
         port = values.pop("port")
         return RepositorySpec(

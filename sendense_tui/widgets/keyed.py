@@ -25,9 +25,9 @@ def reconcile(
     """Make ``box``'s ``kind`` children be exactly ``ids``, in that order; ``make(id)``
     builds a missing one; the first goes after ``after`` (a widget or a selector)."""
     present = {w.id: w for w in box.query_children(kind) if w.id is not None}
-    for wid, widget in present.items():
+    for wid, stale in present.items():
         if wid not in ids:
-            widget.remove()
+            stale.remove()
     previous: Widget | str | None = after
     for wid in ids:
         widget = present.get(wid)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.widget import Widget
@@ -29,7 +29,7 @@ from sendense_tui.actions import bindings_for
 from sendense_tui.format import safe_cell
 
 #: the keys every list takes (filter, order, vim motions), from the command table
-LIST_BINDINGS: list[Binding] = bindings_for("list")
+LIST_BINDINGS: list[BindingType] = bindings_for("list")
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTPE]?)(?:i?B)?$", re.IGNORECASE)
 _DIGITS = re.compile(r"(\d+)")
@@ -329,8 +329,8 @@ class FlexTable(ListControls, DataTable[Any]):
             self.clear(columns=True)
             for key, label, fixed in self.column_specs:
                 self.add_column(self.label_of(key, label), key=key, width=fixed or width)
-            for key, cells in rows:
-                self.add_row(*cells, key=key)
+            for row_key, cells in rows:
+                self.add_row(*cells, key=row_key)
             if keep is not None:
                 self.move_cursor(row=self.get_row_index(RowKey(keep)), animate=False)
 

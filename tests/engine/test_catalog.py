@@ -23,6 +23,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import FixedClock
 from engine.config import sqlite_url
 from engine.errors import CatalogError, CatalogVersionError, NotFoundError, ValidationError
+from sendense_tui.hints import cli_hint
 from tests.plugins.mariadb import APP_PASSWORD, APP_USER, MariaDBServer
 
 # -- schema and migrations -------------------------------------------------------
@@ -202,7 +203,9 @@ def test_repository_store_by_name_and_id(catalog: Catalog, clock: FixedClock) ->
     with pytest.raises(NotFoundError) as caught:
         store.get("nope")
     assert "'nope' does not exist" in str(caught.value)
-    assert caught.value.hint and "sendense repo list" in caught.value.hint
+    # the engine names the next step; the CLI spells it as its own command
+    assert caught.value.action is not None and caught.value.action.key == "list_repositories"
+    assert cli_hint(caught.value) == "`sendense repo list` shows the repositories"
     with pytest.raises(NotFoundError):
         store.get(9999)
 
