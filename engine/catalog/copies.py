@@ -371,6 +371,44 @@ class CopyStore:
                         held.errors += int(errors or 0)
         return found
 
+    def verification_counts(self, since: datetime, due: datetime) -> VerificationCounts:
+        """What ``VerifyService.report`` counts, summed in SQL over every file it
+        covers (live points and the done copies of them or of merged points they
+        still read through): bytes and files, those verified ok since ``since``,
+        the bad ones, and the overdue ones (written before ``due`` and not verified
+        ok since)."""
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        copy_size = case((func.coalesce(Copy.size, 0) != 0, Copy.size), else_=Backup.file_size)
+        sets = [
+            (
+                select(*_counting(Backup.file_size, Backup.verify_state, Backup.verified_at,
+                                  Backup.point_time, since, due))
+                .where(Backup.state.in_(LIVE_STATES))
+            ),
+            (
+                select(*_counting(copy_size, Copy.verify_state, Copy.verified_at,
+                                  func.coalesce(Copy.completed_at, Copy.created_at), since, due))
+                .join(Backup, Copy.backup_id == Backup.id)
+                .where(
+                    Copy.state == COPY_DONE,
+                    or_(
+                        Backup.state.in_(LIVE_STATES),
+                        (Backup.state == "deleted") & Copy.id.in_(needed),
+                    ),
+                )
+            ),
+        ]  # fmt: skip
+        counts = VerificationCounts()
+        with self.catalog.session() as session:
+            for query in sets:
+                row = session.execute(query).one()
+                counts = counts.plus(*(int(value or 0) for value in row))
+        return counts
+
     def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
         if not backup_ids:
             return {}
@@ -507,3 +545,45 @@ def _protection_queries(names: list[str], bad: list[str]) -> Iterable[Any]:
         .where(of_vms, live, in_force, Copy.state == COPY_DONE)
         .distinct()
     )
+
+
+@dataclass(frozen=True)
+class VerificationCounts:
+    """Verification coverage in numbers (CopyStore.verification_counts)."""
+
+    files: int = 0
+    bytes_total: int = 0
+    files_verified: int = 0
+    bytes_verified: int = 0
+    bad: int = 0
+    overdue: int = 0
+
+    def plus(self, *values: int) -> VerificationCounts:
+        return VerificationCounts(*(a + b for a, b in zip(self.astuple(), values, strict=True)))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (
+            self.files,
+            self.bytes_total,
+            self.files_verified,
+            self.bytes_verified,
+            self.bad,
+            self.overdue,
+        )
+
+
+def _counting(
+    size: Any, state: Any, at: Any, written: Any, since: datetime, due: datetime
+) -> list[Any]:
+    """The VerificationCounts columns of one set of files (sums of CASEs)."""
+    recent_ok = (state == "ok") & at.is_not(None) & (at >= since)
+    bad = state.is_not(None) & (state != "ok")
+    overdue = ~bad & (written < due) & (at.is_(None) | (at < due))
+    return [
+        func.count(),
+        func.coalesce(func.sum(size), 0),
+        func.sum(case((recent_ok, 1), else_=0)),
+        func.coalesce(func.sum(case((recent_ok, size), else_=0)), 0),
+        func.sum(case((bad, 1), else_=0)),
+        func.sum(case((overdue, 1), else_=0)),
+    ]

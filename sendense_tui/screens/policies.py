@@ -214,6 +214,8 @@ def detail_compliance(row: PolicyRow) -> Group | Text:
 
 class PoliciesScreen(SendenseScreen):
     MODE = "policies"
+    #: a 100,000-point catalog is read again only when it changed
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "policies.tcss"
     BINDINGS = bindings_for("policies")
     #: shown under the keys in `?` help
