@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import String, cast, func, or_, select
 
 from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
@@ -88,14 +88,21 @@ class RestoreStore:
         self, *, offset: int, limit: int, words: Sequence[str] = ()
     ) -> tuple[list[PointLocation], int]:
         """One page of ``points`` (same order) and how many there are in all; each of
-        ``words`` must appear in the VM, the disk or the kind (any case)."""
+        ``words`` must appear in the VM, the disk, the kind or the time (any case)."""
         where = [Backup.state == "complete"]
         for word in words:
             where.append(
                 or_(
                     *(
                         func.lower(column).contains(word.casefold(), autoescape=True)
-                        for column in (Chain.vm_name, Chain.disk_name, Backup.kind)
+                        for column in (
+                            Chain.vm_name,
+                            Chain.disk_name,
+                            Backup.kind,
+                            # "2026-01-05 01:06:00.000000" on both backends: holds the
+                            # time as a list shows it (YYYY-MM-DD HH:MM, UTC)
+                            cast(Backup.point_time, String),
+                        )
                     )
                 )
             )

@@ -193,7 +193,8 @@ class FileRestoreService(MountBrowsing, Extraction):
         self, *, offset: int = 0, limit: int = 100, words: Sequence[str] = ()
     ) -> tuple[list[PointLocation], int]:
         """A page of ``points`` (VM, disk, newest first) and the number of points in
-        all; ``words`` narrow it to points whose VM, disk or kind holds each word."""
+        all; ``words`` narrow it to points whose VM, disk, kind or time (as
+        ``YYYY-MM-DD HH:MM`` in UTC) holds each word."""
         return self.store.points_page(offset=offset, limit=limit, words=words)
 
     # -- mount ---------------------------------------------------------------------

@@ -320,6 +320,8 @@ class RestoreScreen(SendenseScreen):
         if event.listing is not self.query_one("#points", DataTable):
             return
         words = tuple(event.listing.filter_words)
+        if not self.points_words and self._points_total <= POINTS_PAGE:
+            words = ()  # every point is listed: the list filters them itself
         if words != self.points_words:
             self.points_words, self.points_offset = words, 0
             self.refresh_now()

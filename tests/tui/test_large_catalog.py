@@ -141,3 +141,14 @@ async def test_restore_pages_through_every_point_and_filters_in_the_catalog(
         await settle(pilot)
         vm0149 = [str(p.backup_id) for p in fleet_engine.file_restore.points(vm_name="vm0149")]
         assert shown() == vm0149 and len(vm0149) == FLEET.disks * FLEET.points
+
+        # a time as the list shows it narrows the catalog's answer too
+        await pilot.press("escape")
+        await pilot.press("slash", *"vm0149 2026-01-08", "enter")
+        await settle(pilot)
+        newest = [
+            str(p.backup_id)
+            for p in fleet_engine.file_restore.points(vm_name="vm0149")
+            if f"{p.point_time:%Y-%m-%d}" == "2026-01-08"
+        ]
+        assert shown() == newest and len(newest) == FLEET.disks
