@@ -25,6 +25,7 @@ from engine.alerts import AlertSink
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
 from engine.catalog.chains import ChainStore
+from engine.catalog.changes import ChangeStore
 from engine.catalog.jobs import JobStore
 from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import WriterStore
@@ -131,6 +132,8 @@ class Engine:
         # -- the catalog, its stores and the event bus ---------------------------------
         self.catalog = Catalog(settings.db_url)
         self.audit = AuditStore(self.catalog)
+        #: whether the catalog moved since a screen last read it (a few index lookups)
+        self.changes = ChangeStore(self.catalog)
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.locks import HOLDING_STATES
@@ -164,6 +164,40 @@ class ChainStore:
             for backup in session.scalars(query):
                 found.setdefault(backup.chain_id, []).append(backup)
         return found
+
+    def backups_of_vms(self, vm_names: Sequence[str]) -> dict[int, list[Backup]]:
+        """``backups_by_chain`` for the live points of a few VMs only (the Chains tree
+        loads a VM's points when it is opened)."""
+        query = (
+            select(Backup)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.vm_name.in_(list(vm_names)), Backup.state.in_(LIVE_STATES))
+            .order_by(Backup.chain_id, Backup.position, Backup.id)
+        )
+        found: dict[int, list[Backup]] = {}
+        with self.catalog.session() as session:
+            for backup in session.scalars(query):
+                found.setdefault(backup.chain_id, []).append(backup)
+        return found
+
+    def point_totals_by_vm(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """VM -> (live points, bytes in their files, newest point time), summed in SQL."""
+        query = (
+            select(
+                Chain.vm_name,
+                func.count(Backup.id),
+                func.coalesce(func.sum(Backup.file_size), 0),
+                func.max(Backup.point_time),
+            )
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state.in_(LIVE_STATES))
+            .group_by(Chain.vm_name)
+        )
+        with self.catalog.session() as session:
+            return {
+                vm: (int(count), int(size), newest)
+                for vm, count, size, newest in session.execute(query)
+            }
 
     def list_backups(
         self,

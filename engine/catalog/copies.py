@@ -5,16 +5,24 @@ Rows are handed back detached (the session closes); their attributes stay loaded
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, literal, or_, select, update
 
-from engine.catalog.chains import ChainStore
+from engine.catalog.chains import LIVE_STATES, ChainStore
 from engine.catalog.db import Catalog
-from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
+from engine.catalog.models import (
+    Backup,
+    Chain,
+    Copy,
+    CopyRule,
+    ImmutabilityLock,
+    Repository,
+    Verification,
+)
 from engine.catalog.refs import find_by_ref
 from engine.errors import Action, NotFoundError, ValidationError
 
@@ -342,6 +350,65 @@ class CopyStore:
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
+    def protection_by_vm(
+        self, vm_names: Sequence[str], bad_verify: Sequence[str]
+    ) -> dict[str, VmProtection]:
+        """Per VM, in four grouped queries per 500 VMs (not a query per VM): the
+        repositories holding its good backups and done copies, those where a lock in
+        force protects one of them, and how many of its backups and copies failed
+        verification (``bad_verify``: the verify states that count as failed)."""
+        found = {vm: VmProtection() for vm in vm_names}
+        names = sorted(found)
+        with self.catalog.session() as session:
+            for start in range(0, len(names), 500):
+                for query in _protection_queries(names[start : start + 500], list(bad_verify)):
+                    for vm, repository_id, holding, locked, errors in session.execute(query):
+                        held = found[vm]
+                        if holding:
+                            held.holding_repository_ids.add(repository_id)
+                        if locked:
+                            held.locked_repository_ids.add(repository_id)
+                        held.errors += int(errors or 0)
+        return found
+
+    def verification_counts(self, since: datetime, due: datetime) -> VerificationCounts:
+        """What ``VerifyService.report`` counts, summed in SQL over every file it
+        covers (live points and the done copies of them or of merged points they
+        still read through): bytes and files, those verified ok since ``since``,
+        the bad ones, and the overdue ones (written before ``due`` and not verified
+        ok since)."""
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        copy_size = case((func.coalesce(Copy.size, 0) != 0, Copy.size), else_=Backup.file_size)
+        sets = [
+            (
+                select(*_counting(Backup.file_size, Backup.verify_state, Backup.verified_at,
+                                  Backup.point_time, since, due))
+                .where(Backup.state.in_(LIVE_STATES))
+            ),
+            (
+                select(*_counting(copy_size, Copy.verify_state, Copy.verified_at,
+                                  func.coalesce(Copy.completed_at, Copy.created_at), since, due))
+                .join(Backup, Copy.backup_id == Backup.id)
+                .where(
+                    Copy.state == COPY_DONE,
+                    or_(
+                        Backup.state.in_(LIVE_STATES),
+                        (Backup.state == "deleted") & Copy.id.in_(needed),
+                    ),
+                )
+            ),
+        ]  # fmt: skip
+        counts = VerificationCounts()
+        with self.catalog.session() as session:
+            for query in sets:
+                row = session.execute(query).one()
+                counts = counts.plus(*(int(value or 0) for value in row))
+        return counts
+
     def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
         if not backup_ids:
             return {}
@@ -415,3 +482,108 @@ class CopyStore:
     def repositories_by_id(self) -> dict[int, Repository]:
         with self.catalog.session() as session:
             return {r.id: r for r in session.scalars(select(Repository))}
+
+
+@dataclass
+class VmProtection:
+    """Where one VM's restore points and their copies are held (CopyStore.protection_by_vm)."""
+
+    #: repositories holding a complete backup or a done copy of the VM
+    holding_repository_ids: set[int] = field(default_factory=set)
+    #: repositories where a lock in force protects one of its backups or done copies
+    locked_repository_ids: set[int] = field(default_factory=set)
+    #: its backups and copies that failed verification (or are bad)
+    errors: int = 0
+
+
+def _protection_queries(names: list[str], bad: list[str]) -> Iterable[Any]:
+    """(vm, repository id, holds a good one, locked, errors) rows of each kind: the
+    VMs' live backups per repository, their copies per destination, and the locks in
+    force on either."""
+    live = Backup.state.in_(LIVE_STATES)
+    of_vms = Chain.vm_name.in_(names)
+    bad_backup = or_(Backup.verify_state.in_(bad), Backup.state == "bad")
+    yield (
+        select(
+            Chain.vm_name,
+            Chain.repository_id,
+            func.max(case((Backup.state == "complete", 1), else_=0)),
+            literal(0),
+            func.sum(case((bad_backup, 1), else_=0)),
+        )
+        .join(Chain, Backup.chain_id == Chain.id)
+        .where(of_vms, live)
+        .group_by(Chain.vm_name, Chain.repository_id)
+    )
+    yield (
+        select(
+            Chain.vm_name,
+            Copy.destination_repository_id,
+            func.max(case((Copy.state == COPY_DONE, 1), else_=0)),
+            literal(0),
+            func.sum(case((Copy.verify_state.in_(bad), 1), else_=0)),
+        )
+        .join(Backup, Copy.backup_id == Backup.id)
+        .join(Chain, Backup.chain_id == Chain.id)
+        .where(of_vms, live)
+        .group_by(Chain.vm_name, Copy.destination_repository_id)
+    )
+    in_force = ImmutabilityLock.state.in_(("active", "pending", "drift"))
+    lock_row = (Chain.vm_name, ImmutabilityLock.repository_id, literal(0), literal(1), literal(0))
+    yield (
+        select(*lock_row)
+        .join(Backup, ImmutabilityLock.backup_id == Backup.id)
+        .join(Chain, Backup.chain_id == Chain.id)
+        .where(of_vms, live, in_force)
+        .distinct()
+    )
+    yield (
+        select(*lock_row)
+        .join(Copy, ImmutabilityLock.copy_id == Copy.id)
+        .join(Backup, Copy.backup_id == Backup.id)
+        .join(Chain, Backup.chain_id == Chain.id)
+        .where(of_vms, live, in_force, Copy.state == COPY_DONE)
+        .distinct()
+    )
+
+
+@dataclass(frozen=True)
+class VerificationCounts:
+    """Verification coverage in numbers (CopyStore.verification_counts)."""
+
+    files: int = 0
+    bytes_total: int = 0
+    files_verified: int = 0
+    bytes_verified: int = 0
+    bad: int = 0
+    overdue: int = 0
+
+    def plus(self, *values: int) -> VerificationCounts:
+        return VerificationCounts(*(a + b for a, b in zip(self.astuple(), values, strict=True)))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (
+            self.files,
+            self.bytes_total,
+            self.files_verified,
+            self.bytes_verified,
+            self.bad,
+            self.overdue,
+        )
+
+
+def _counting(
+    size: Any, state: Any, at: Any, written: Any, since: datetime, due: datetime
+) -> list[Any]:
+    """The VerificationCounts columns of one set of files (sums of CASEs)."""
+    recent_ok = (state == "ok") & at.is_not(None) & (at >= since)
+    bad = state.is_not(None) & (state != "ok")
+    overdue = ~bad & (written < due) & (at.is_(None) | (at < due))
+    return [
+        func.count(),
+        func.coalesce(func.sum(size), 0),
+        func.sum(case((recent_ok, 1), else_=0)),
+        func.coalesce(func.sum(case((recent_ok, size), else_=0)), 0),
+        func.sum(case((bad, 1), else_=0)),
+        func.sum(case((overdue, 1), else_=0)),
+    ]

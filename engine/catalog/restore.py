@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, or_, select
 
 from engine.catalog.chains import ChainStore
 from engine.catalog.db import Catalog
@@ -82,6 +83,42 @@ class RestoreStore:
             query = query.where(Chain.disk_name == disk_name)
         with self.catalog.session() as session:
             return [_location(*row) for row in session.execute(query)]
+
+    def points_page(
+        self, *, offset: int, limit: int, words: Sequence[str] = ()
+    ) -> tuple[list[PointLocation], int]:
+        """One page of ``points`` (same order) and how many there are in all; each of
+        ``words`` must appear in the VM, the disk, the kind or the time (any case)."""
+        where = [Backup.state == "complete"]
+        for word in words:
+            where.append(
+                or_(
+                    *(
+                        func.lower(column).contains(word.casefold(), autoescape=True)
+                        for column in (
+                            Chain.vm_name,
+                            Chain.disk_name,
+                            Backup.kind,
+                            # "2026-01-05 01:06:00.000000" on both backends: holds the
+                            # time as a list shows it (YYYY-MM-DD HH:MM, UTC)
+                            cast(Backup.point_time, String),
+                        )
+                    )
+                )
+            )
+        query = (
+            select(Backup, Chain, Repository)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .join(Repository, Chain.repository_id == Repository.id)
+            .where(*where)
+            .order_by(Chain.vm_name, Chain.disk_name, Backup.point_time.desc(), Backup.id.desc())
+            .offset(max(0, offset))
+            .limit(limit)
+        )
+        count = select(func.count(Backup.id)).join(Chain, Backup.chain_id == Chain.id).where(*where)
+        with self.catalog.session() as session:
+            total = int(session.scalar(count) or 0)
+            return [_location(*row) for row in session.execute(query)], total
 
     # -- mounts --------------------------------------------------------------------
 

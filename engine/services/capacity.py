@@ -688,8 +688,9 @@ class CapacityMonitor:
         shared = self.shared_groups(readings)
         by_id = {r.repository_id: r for r in readings}
         out = []
+        breakdowns = self.store.breakdowns(now)  # every repository in one grouped pass
         for repo in repos:
-            breakdown = self.store.breakdown(repo.id, now)
+            breakdown = breakdowns.get(repo.id, SpaceBreakdown())
             out.append(
                 RepositoryCapacity(
                     repository=repo,

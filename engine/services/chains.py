@@ -286,6 +286,20 @@ class ChainView:
 
 
 @dataclass(frozen=True)
+class VmSummary:
+    """One VM of the catalog in a line: its chains and totals, without its points
+    (the Chains tree shows these, and loads a VM's points when it is opened)."""
+
+    vm: str
+    #: (disk, repository, chain state) of each chain, in disk order
+    chains: tuple[tuple[str, str, str], ...]
+    points: int
+    #: bytes in the files of its live points
+    physical_bytes: int
+    newest: datetime | None
+
+
+@dataclass(frozen=True)
 class DeletePlan:
     target: Backup
     goes: list[Backup]
@@ -506,6 +520,42 @@ class ChainService:
             ]
             views.append(ChainView(chain, repos.get(chain.repository_id, "?"), points))
         return views
+
+    def vm_summaries(self) -> list[VmSummary]:
+        """Every VM (name order) with its chains and point totals summed in SQL."""
+        repos = {r.id: r.name for r in self.repositories.list()}
+        totals = self.store.point_totals_by_vm()
+        chains: dict[str, list[tuple[str, str, str]]] = {}
+        for chain in self.store.list_chains():
+            chains.setdefault(chain.vm_name, []).append(
+                (chain.disk_name, repos.get(chain.repository_id, "?"), chain.state)
+            )
+        return [
+            VmSummary(vm, tuple(rows), *totals.get(vm, (0, 0, None))) for vm, rows in chains.items()
+        ]
+
+    def overview_of_vms(self, vm_names: list[str]) -> list[ChainView]:
+        """``overview`` of a few VMs: their chains and points only."""
+        if not vm_names:
+            return []
+        repos = {r.id: r.name for r in self.repositories.list()}
+        locks = self.store.lock_counts(self.clock.now())
+        backups = self.store.backups_of_vms(vm_names)
+        wanted = set(vm_names)
+        return [
+            ChainView(
+                chain,
+                repos.get(chain.repository_id, "?"),
+                [
+                    PointView(b, locks[b.id].expires_at, locks[b.id].state)
+                    if b.id in locks
+                    else PointView(b, None)
+                    for b in backups.get(chain.id, [])
+                ],
+            )
+            for chain in self.store.list_chains()
+            if chain.vm_name in wanted
+        ]
 
     def point(self, backup_id: int) -> tuple[Backup, Chain]:
         """A restore point with its chain (NotFoundError when there is none)."""

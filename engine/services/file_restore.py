@@ -57,6 +57,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -209,6 +210,14 @@ class FileRestoreService(MountBrowsing, Extraction, Archiving):
         self, *, vm_name: str | None = None, disk_name: str | None = None
     ) -> list[PointLocation]:
         return self.store.points(vm_name=vm_name, disk_name=disk_name)
+
+    def points_page(
+        self, *, offset: int = 0, limit: int = 100, words: Sequence[str] = ()
+    ) -> tuple[list[PointLocation], int]:
+        """A page of ``points`` (VM, disk, newest first) and the number of points in
+        all; ``words`` narrow it to points whose VM, disk, kind or time (as
+        ``YYYY-MM-DD HH:MM`` in UTC) holds each word."""
+        return self.store.points_page(offset=offset, limit=limit, words=words)
 
     # -- mount ---------------------------------------------------------------------
 

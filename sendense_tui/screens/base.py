@@ -14,7 +14,9 @@ the first refresh that reads the catalog again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
@@ -180,6 +182,23 @@ class DaemonBanner(Widget):
         return text
 
 
+#: a refresh tick reads a screen's data at least this often, changed or not (times
+#: shown relative to now, a mount's expiry, a repository's free space)
+REREAD_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a refresh worker read: the catalog's change mark and the screen's data."""
+
+    mark: Any
+    data: Any
+
+
+#: a refresh tick found the catalog as it was: nothing to draw
+_UNCHANGED = object()
+
+
 class SendenseScreen(Screen[None]):
     """Base for the console's sections (app modes)."""
 
@@ -187,6 +206,9 @@ class SendenseScreen(Screen[None]):
     MODE: ClassVar[str] = ""
     #: a screen whose data comes from the catalog sets this
     LIVE: ClassVar[bool] = True
+    #: refresh ticks read again only when the catalog moved (or REREAD_SECONDS
+    #: passed); False: every tick reads
+    WATCH_CHANGES: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,6 +218,9 @@ class SendenseScreen(Screen[None]):
         self._after: dict[Worker[Any], Callable[[Any], object] | None] = {}
         #: number of successful draws (tests wait on it)
         self.draws = 0
+        #: the catalog's change mark at the last read, and when that read was
+        self._mark: Any = None
+        self._read_at = 0.0
 
     @property
     def sendense(self) -> SendenseApp:
@@ -253,6 +278,16 @@ class SendenseScreen(Screen[None]):
         """Runs on a worker thread: read from the engine, touch no widget."""
         return None
 
+    def _read(self, tick: bool) -> Any:
+        """The refresh worker: a tick reads the screen's data again only when the
+        catalog moved (``engine.changes.mark``) or the last read is REREAD_SECONDS
+        old; anything else (a key, an action, an engine event) always reads."""
+        mark = self.engine.changes.mark() if self.WATCH_CHANGES else None
+        fresh = time.monotonic() - self._read_at < REREAD_SECONDS
+        if tick and mark is not None and mark == self._mark and fresh:
+            return _UNCHANGED
+        return _Read(mark, self.fetch())
+
     def apply(self, data: Any) -> None:
         """Runs on the UI thread with what ``fetch`` returned."""
 
@@ -260,7 +295,7 @@ class SendenseScreen(Screen[None]):
     def busy(self) -> bool:
         return self._loading or bool(self._after)
 
-    def refresh_now(self) -> None:
+    def refresh_now(self, *, tick: bool = False) -> None:
         if not self.LIVE:
             return
         if self._loading:
@@ -271,7 +306,7 @@ class SendenseScreen(Screen[None]):
             self._timer = None
         self._loading = True
         self.run_worker(
-            self.fetch,
+            lambda: self._read(tick),
             name=f"refresh {self.MODE}",
             group="refresh",
             thread=True,
@@ -295,7 +330,7 @@ class SendenseScreen(Screen[None]):
     def _tick(self) -> None:
         self._timer = None
         if self.is_current:
-            self.refresh_now()
+            self.refresh_now(tick=True)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -303,8 +338,9 @@ class SendenseScreen(Screen[None]):
             return
         if worker.group == "refresh":
             self._loading = False
-            if event.state == WorkerState.SUCCESS:
-                self.apply(worker.result)
+            if event.state == WorkerState.SUCCESS and isinstance(worker.result, _Read):
+                self._mark, self._read_at = worker.result.mark, time.monotonic()
+                self.apply(worker.result.data)
                 self.draws += 1
                 self.sendense.clear_error()
                 self._banner(None)

@@ -11,7 +11,7 @@ asks first, never touches a locked file).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ from textual.widgets import Input, Static, Tree
 
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
-from engine.services.chains import ChainView, DeletePlan, PointView
+from engine.services.chains import ChainView, DeletePlan, PointView, VmSummary
 from engine.services.changes import Tracking
 from engine.services.imports import FixReport
 from engine.services.policies import KnownSource
@@ -72,7 +72,17 @@ class ChainsTree(ListControls, Tree[tuple[str, Any]]):
 @dataclass
 class ChainsData:
     now: datetime
+    #: the chains and points of the VMs shown open (every VM on a small catalog)
     views: list[ChainView]
+    #: every VM in a line (its points are loaded when it is opened)
+    vms: list[VmSummary] = field(default_factory=list)
+    #: the catalog is small enough to show every VM open, as it always was
+    open_all: bool = True
+
+
+#: up to this many restore points the tree opens every VM (one read of everything);
+#: above, a VM's chains and points are read when it is opened (Space)
+OPEN_ALL_POINTS = 2000
 
 
 class AskDialog(ModalScreen[str | None]):
@@ -230,6 +240,8 @@ def _tracking_text(tracking: dict[str, Any] | None) -> str:
 
 class ChainsScreen(SendenseScreen):
     MODE = "chains"
+    #: a 100,000-point catalog is read again only when it changed
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "chains.tcss"
     BINDINGS = bindings_for("chains")
 
@@ -242,6 +254,9 @@ class ChainsScreen(SendenseScreen):
         self._shape: list[Any] = []
         self._now: datetime | None = None
         self._data: ChainsData | None = None
+        #: the VMs opened on a large catalog (their points are read at each refresh)
+        self._open: set[str] = set()
+        self._open_all = True
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="chains-main"):
@@ -257,20 +272,34 @@ class ChainsScreen(SendenseScreen):
     # -- data --------------------------------------------------------------------
 
     def fetch(self) -> ChainsData:
-        return ChainsData(self.sendense.clock.now(), self.engine.chains.overview())
+        chains = self.engine.chains
+        now = self.sendense.clock.now()
+        vms = chains.vm_summaries()
+        if sum(vm.points for vm in vms) <= OPEN_ALL_POINTS:
+            return ChainsData(now, chains.overview(), vms, open_all=True)
+        opened = sorted(self._open)  # a copy: the UI thread changes the set
+        return ChainsData(now, chains.overview_of_vms(opened), vms, open_all=False)
 
     def redraw(self) -> None:
         """Build the tree again from the last data (the filter or order changed)."""
         if self._data is not None:
             self.apply(self._data)
 
-    def _arrange(self, views: list[ChainView], now: datetime) -> list[tuple[ChainView, list[Any]]]:
+    def _arrange(
+        self, views: list[ChainView], now: datetime
+    ) -> list[tuple[ChainView | VmSummary, list[Any]]]:
         """The chains the tree's filter lets through (a chain whose VM, disk,
         repository or state does not match keeps the points that do), grouped by VM
         in the tree's order."""
         tree = self.query_one("#chains-tree", ChainsTree)
         words = tree.filter_words
-        shown: list[tuple[ChainView, list[Any]]] = []
+        shown: list[tuple[ChainView | VmSummary, list[Any]]] = []
+        loaded = {v.chain.vm_name for v in views}
+        for summary in self._data.vms if self._data is not None else []:
+            # a VM not opened yet: one row, matched on its disks and repositories
+            about = " ".join(f"{summary.vm} {d} {r} {s}" for d, r, s in summary.chains)
+            if summary.vm not in loaded and (not words or matches(words, [about])):
+                shown.append((summary, []))
         for view in views:
             c = view.chain
             about = f"{c.vm_name} {c.disk_name} {view.repository} {view.state}"
@@ -288,6 +317,9 @@ class ChainsScreen(SendenseScreen):
         if key is not None:
             per_vm: dict[str, Any] = {}
             for view, points in shown:
+                if isinstance(view, VmSummary):
+                    per_vm[view.vm] = _summary_order(view, key)
+                    continue
                 vm = view.chain.vm_name
                 if key == "size":
                     per_vm[vm] = per_vm.get(vm, 0) + view.physical_bytes
@@ -299,73 +331,80 @@ class ChainsScreen(SendenseScreen):
                 else:
                     per_vm[vm] = vm.casefold()
 
-            def order(item: tuple[ChainView, list[Any]]) -> Any:
-                value = per_vm.get(item[0].chain.vm_name)
+            def order(item: tuple[ChainView | VmSummary, list[Any]]) -> Any:
+                value = per_vm.get(_vm_of(item[0]))
                 return (value is not None, value if value is not None else 0)
 
             shown.sort(key=order, reverse=tree.sort_reverse)
-        tree.shown_total = (len(shown), len(views))
+        else:
+            shown.sort(key=lambda item: _vm_of(item[0]))
+        tree.shown_total = (
+            sum(len(v.chains) if isinstance(v, VmSummary) else 1 for v, _ in shown),
+            sum(len(s.chains) for s in self._data.vms) if self._data else len(views),
+        )
         return shown
 
     def apply(self, data: ChainsData) -> None:
         self._data = data
         self._now = data.now
+        self._open_all = data.open_all
         self._chains = {v.chain.id: v for v in data.views}
         self._points = {p.backup.id: (p.backup, v) for v in data.views for p in v.points}
         self._point_views = {p.backup.id: p for v in data.views for p in v.points}
         arranged = self._arrange(data.views, data.now)
         tree = self.query_one("#chains-tree", ChainsTree)
+        compact = 0 < tree.size.width < COMPACT_TREE
         shape = [
             (tree.filter_text, tree.sort_index, tree.sort_reverse),
-            *(
-                (
-                    v.chain.id,
-                    v.state,
-                    [
-                        (
-                            p.backup.id,
-                            p.backup.state,
-                            p.backup.verify_state,
-                            p.locked,
-                            p.lock_state,
-                        )
-                        for p in points
-                    ],
-                )
-                for v, points in arranged
-            ),
+            *(_shape_of(v, points) for v, points in arranged),
+            compact,
         ]
-        tree = self.query_one("#chains-tree", Tree)
-        compact = 0 < tree.size.width < COMPACT_TREE
-        shape.append(compact)
+        empty = not data.views and not data.vms
         if shape == self._shape:
-            if not data.views:
+            if empty:
                 self._show_details()  # first draw of an empty catalog
             return  # nothing changed: keep the tree (and the cursor) as it is
         first_draw = not self._shape
         self._shape = shape
-        if first_draw and not data.views:
+        if first_draw and empty:
             self._show_details()  # first draw of an empty catalog
             return
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
+        target_line = self._build(tree, arranged, selected, data.now, compact)
+        if target_line is not None:
+            # the rebuilt tree numbers its lines at its next refresh: a node has no line
+            # before that, and moving to it now would leave the cursor on line 0
+            node = target_line
+            tree.call_after_refresh(lambda: (tree.move_cursor(node), self._show_details()))
+        self._show_details()
+
+    def _build(
+        self,
+        tree: Tree[Any],
+        arranged: list[tuple[ChainView | VmSummary, list[Any]]],
+        selected: Any,
+        now: datetime,
+        compact: bool,
+    ) -> Any:
+        """Fill the cleared tree; the node that was selected, if it is still there."""
         vms: dict[str, Any] = {}
         target_line = None
         for view, points in arranged:
+            if isinstance(view, VmSummary):
+                vm_node = tree.root.add(_folded_label(view), ("vm", view.vm))
+                # what Space opens: the VM's chains are read then
+                vm_node.add_leaf(Text("loading…", style="dim"), ("loading", view.vm))
+                if selected == ("vm", view.vm):
+                    target_line = vm_node
+                continue
             chain = view.chain
             vm_node = vms.get(chain.vm_name)
             if vm_node is None:
                 vm_node = tree.root.add(safe_text(chain.vm_name, "bold"), ("vm", chain.vm_name))
                 vm_node.expand()
                 vms[chain.vm_name] = vm_node
-            label = Text(f"{printable(chain.disk_name)} ", no_wrap=True, overflow="ellipsis")
-            label.append(f"[{view.state}] ", style=_state_style(view.state))
-            label.append(
-                f"{len(view.points)} pts, {human_bytes(view.physical_bytes)} on disk "
-                f"for {human_bytes(view.logical_bytes)}",
-                style="dim",
-            )
-            disk_node = vm_node.add(label, ("chain", chain.id))
+            disk_node = vm_node.add(_chain_label(view), ("chain", chain.id))
             if chain.state != "retired":
                 disk_node.expand()
             if selected == ("chain", chain.id):
@@ -374,17 +413,27 @@ class ChainsScreen(SendenseScreen):
                 target_line = vm_node
             for p in points:
                 node = disk_node.add_leaf(
-                    point_label(p.backup, data.now, p.locked, p.unprotected, compact=compact),
+                    point_label(p.backup, now, p.locked, p.unprotected, compact=compact),
                     ("point", p.backup.id),
                 )
                 if selected == ("point", p.backup.id):
                     target_line = node
-        if target_line is not None:
-            # the rebuilt tree numbers its lines at its next refresh: a node has no line
-            # before that, and moving to it now would leave the cursor on line 0
-            node = target_line
-            tree.call_after_refresh(lambda: (tree.move_cursor(node), self._show_details()))
-        self._show_details()
+        return target_line
+
+    def on_tree_node_expanded(self, event: Tree.NodeExpanded[Any]) -> None:
+        """Opening a VM of a large catalog reads its chains and points (only then)."""
+        data = event.node.data
+        if self._open_all or not data or data[0] != "vm" or data[1] in self._open:
+            return
+        self._open.add(data[1])
+        self.refresh_now()
+
+    def on_tree_node_collapsed(self, event: Tree.NodeCollapsed[Any]) -> None:
+        """Folding a VM of a large catalog forgets its points (a refresh reads less)."""
+        data = event.node.data
+        if not self._open_all and data and data[0] == "vm" and data[1] in self._open:
+            self._open.discard(data[1])
+            self.refresh_now()
 
     # -- details -----------------------------------------------------------------
 
@@ -437,7 +486,7 @@ class ChainsScreen(SendenseScreen):
         sel = self._selection()
         now = self._now
         if sel is None or now is None:
-            if now is not None and not self._chains:
+            if now is not None and not self._chains and not (self._data and self._data.vms):
                 show(pane, "No backups yet. Press b to back up a disk.")
             else:
                 show(pane, "Select a restore point (j/k or the arrows) to see its details.")
@@ -654,6 +703,12 @@ class ChainsScreen(SendenseScreen):
         """What ``b`` backs up: the selected chain (a point's or a disk's), or on a VM
         row every current chain of that VM, each into its own repository."""
         sel = self._selection()
+        if sel is not None and sel[0] == "vm" and not self._open_all and sel[1] not in self._open:
+            node = self.query_one("#chains-tree", Tree).cursor_node
+            if node is not None:
+                node.expand()  # its disks are read now
+            self.notify(f"Reading {sel[1]}'s disks: press b again once they show.")
+            return None
         if sel is not None and sel[0] == "vm":
             views = [
                 v
@@ -741,6 +796,57 @@ class ChainsScreen(SendenseScreen):
             ),
             answered,
         )
+
+
+def _vm_of(view: ChainView | VmSummary) -> str:
+    return view.vm if isinstance(view, VmSummary) else view.chain.vm_name
+
+
+def _summary_order(summary: VmSummary, key: str) -> Any:
+    """A folded VM's place in the tree's order, from its totals."""
+    if key == "size":
+        return summary.physical_bytes
+    if key == "newest":
+        return summary.newest
+    return summary.vm.casefold()
+
+
+def _shape_of(view: ChainView | VmSummary, points: list[Any]) -> Any:
+    """What a row of the tree shows (equal shapes: the tree is kept as it is)."""
+    if isinstance(view, VmSummary):
+        return ("vm", view.vm, view.points, view.physical_bytes, view.chains)
+    return (
+        view.chain.id,
+        view.state,
+        [
+            (p.backup.id, p.backup.state, p.backup.verify_state, p.locked, p.lock_state)
+            for p in points
+        ],
+    )
+
+
+def _folded_label(summary: VmSummary) -> Text:
+    """``vm0042  2 disks · 200 pts · 1.1T`` (Space opens it)."""
+    label = safe_text(summary.vm, "bold")
+    label.no_wrap, label.overflow = True, "ellipsis"
+    label.append(
+        f"  {plural(len(summary.chains), 'disk')} · {summary.points} pts · "
+        f"{human_bytes(summary.physical_bytes)}",
+        style="dim",
+    )
+    return label
+
+
+def _chain_label(view: ChainView) -> Text:
+    """``sda [ok] 3 pts, 24G on disk for 64G``"""
+    label = Text(f"{printable(view.chain.disk_name)} ", no_wrap=True, overflow="ellipsis")
+    label.append(f"[{view.state}] ", style=_state_style(view.state))
+    label.append(
+        f"{len(view.points)} pts, {human_bytes(view.physical_bytes)} on disk "
+        f"for {human_bytes(view.logical_bytes)}",
+        style="dim",
+    )
+    return label
 
 
 def _waits(sentence: str | None) -> str:

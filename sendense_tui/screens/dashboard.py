@@ -26,7 +26,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.services.capacity import NEED_HISTORY, Reading, RepositoryCapacity
-from engine.services.verify import Report
+from engine.services.verify import Coverage
 from engine.views import UNPROTECTED_STATES, AuditEntry, Job, ScheduleMark
 from sendense_tui.format import (
     age_text,
@@ -212,12 +212,14 @@ class DashboardData:
     unprotected_files: int = 0
     warnings: list[AuditEntry] = field(default_factory=list)
     alerts: list[ScheduleMark] = field(default_factory=list)
-    coverage: Report | None = None
+    coverage: Coverage | None = None
     next_verification: datetime | None = None
 
 
 class DashboardScreen(SendenseScreen):
     MODE = "dashboard"
+    #: a 100,000-point catalog is read again only when it changed
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "dashboard.tcss"
 
     def __init__(self) -> None:
@@ -256,7 +258,7 @@ class DashboardScreen(SendenseScreen):
             unprotected_files=len(engine.locks.list(states=UNPROTECTED_STATES)),
             warnings=engine.audit.query(min_level="warning", limit=20),
             alerts=engine.scheduler.active_alerts(),
-            coverage=engine.verifier.report(),
+            coverage=engine.verifier.coverage(),
             next_verification=engine.scheduler.next_verification(),
         )
 
@@ -398,12 +400,12 @@ class DashboardScreen(SendenseScreen):
             text.append("verified ")
             text.append(f"{pct:.0f}%", style="bold green" if pct >= 90 else "bold yellow")
             text.append(f" of bytes in {report.days} days")
-            overdue = len(report.overdue)
+            overdue = report.overdue
             text.append(" · ")
             text.append(f"{overdue} overdue", style="bold yellow" if overdue else "")
             if report.bad:
                 text.append(" · ")
-                text.append(f"{len(report.bad)} bad", style="bold red")
+                text.append(f"{report.bad} bad", style="bold red")
         text.append(" · ", style="dim")
         if data.next_verification is None:
             text.append("scheduled verification off", style="dim")

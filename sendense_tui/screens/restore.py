@@ -38,7 +38,7 @@ from sendense_tui.widgets.archive_dialog import ArchiveDialog
 from sendense_tui.widgets.bad_point import read_point
 from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.quiet import show
-from sendense_tui.widgets.tables import FlexTable, cursor_key, sync_rows
+from sendense_tui.widgets.tables import FlexTable, ListFiltered, cursor_key, sync_rows
 
 
 @dataclass
@@ -53,6 +53,9 @@ class RestoreData:
     error: str = ""
     #: the extraction job this screen queued, as last read
     extraction: Job | None = None
+    #: restore points in all (``points`` is the page shown) and the page's first one
+    points_total: int = 0
+    points_offset: int = 0
 
 
 #: narrower than this, the browser goes below the restore points
@@ -62,6 +65,9 @@ NO_MOUNT = "no mount shown: pick a restore point and press m (or Enter)"
 SEARCH_LIMIT = 1000
 #: most items not restored an extraction's notice lists (`jobs show` lists them all)
 NOT_RESTORED_SHOWN = 8
+#: restore points read and listed at a time (] and [ turn the pages)
+POINTS_PAGE = 100
+POINTS_TITLE = "Restore points · m mounts"
 
 
 @dataclass
@@ -84,6 +90,8 @@ class SearchInput(Input):
 
 class RestoreScreen(SendenseScreen):
     MODE = "restore"
+    #: a 100,000-point catalog is read again only when it changed
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "restore.tcss"
     BINDINGS = bindings_for("restore")
 
@@ -100,11 +108,16 @@ class RestoreScreen(SendenseScreen):
         #: as last read, for the questions x and u ask
         self._mounts: dict[int, MountView] = {}
         self._exports: dict[int, ExportView] = {}
+        #: the page of restore points shown, and the filter's words (the catalog
+        #: is asked for the matching page, not every point)
+        self.points_offset = 0
+        self.points_words: tuple[str, ...] = ()
+        self._points_total = 0
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="restore-main"):
             with Vertical(id="left"):
-                yield Static("Restore points · m mounts", classes="title")
+                yield Static(POINTS_TITLE, classes="title", id="points-title")
                 yield FlexTable(
                     [
                         ("vm", "VM", None),
@@ -177,9 +190,15 @@ class RestoreScreen(SendenseScreen):
     def fetch(self) -> RestoreData:
         service = self.engine.file_restore
         mounts = service.list_mounts()
+        offset = self.points_offset
+        points, total = service.points_page(
+            offset=offset, limit=POINTS_PAGE, words=self.points_words
+        )
         data = RestoreData(
             now=self.sendense.clock.now(),
-            points=service.points(),
+            points=points,
+            points_total=total,
+            points_offset=offset,
             mounts=mounts,
             exports=self.engine.exports.list(),
             extraction=(
@@ -210,6 +229,7 @@ class RestoreScreen(SendenseScreen):
         if results is not None and results.mount_id != data.mount_id:
             results = self.results = None  # its mount went away
         entries = results.entries if results is not None else data.entries
+        self._show_page(data)
         sync_rows(
             self.query_one("#points", DataTable),
             [
@@ -291,6 +311,46 @@ class RestoreScreen(SendenseScreen):
                 ),
             )
         show(self.query_one("#status", Static), safe_text(data.error or self.progress_text))
+
+    def _show_page(self, data: RestoreData) -> None:
+        """The points' title names the page when there is more than one."""
+        self._points_total = data.points_total
+        title = POINTS_TITLE
+        if data.points_total > POINTS_PAGE or data.points_offset:
+            last = data.points_offset + len(data.points)
+            title = (
+                f"Points {data.points_offset + 1 if data.points else 0}-{last} "
+                f"of {data.points_total:,} · ] [ pages · m mounts"
+            )
+        show(self.query_one("#points-title", Static), title)
+
+    def on_list_filtered(self, event: ListFiltered) -> None:
+        """The points' filter asks the catalog (every point, not the page shown)."""
+        if event.listing is not self.query_one("#points", DataTable):
+            return
+        words = tuple(event.listing.filter_words)
+        if not self.points_words and self._points_total <= POINTS_PAGE:
+            words = ()  # every point is listed: the list filters them itself
+        if words != self.points_words:
+            self.points_words, self.points_offset = words, 0
+            self.refresh_now()
+
+    def _turn_page(self, offset: int) -> None:
+        if offset == self.points_offset or offset < 0 or offset >= max(1, self._points_total):
+            return
+        self.points_offset = offset
+        table = self.query_one("#points", DataTable)
+        table.focus()
+        table.move_cursor(row=0)
+        self.refresh_now()
+
+    def action_next_page(self) -> None:
+        """]: the next page of restore points."""
+        self._turn_page(self.points_offset + POINTS_PAGE)
+
+    def action_previous_page(self) -> None:
+        """[: the previous page of restore points."""
+        self._turn_page(max(0, self.points_offset - POINTS_PAGE))
 
     # -- actions -------------------------------------------------------------------
 
@@ -622,6 +682,8 @@ class RestoreScreen(SendenseScreen):
                 "stop_export",
                 "up",
                 "search",
+                "next_page",
+                "previous_page",
             )
         )
 

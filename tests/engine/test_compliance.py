@@ -165,3 +165,51 @@ def test_a_lock_without_an_offsite_copy_is_not_3_2_1(engine: Engine, tmp_path: P
         "1 offsite: no backup of web01 is offsite; copy to a repository on another site "
         "and mark it offsite"
     ]
+
+
+def test_reports_for_many_vms_at_once_say_what_each_report_says(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The Policies screen's set-based reports agree with ``report`` VM by VM, over
+    every kind of holding: copies done and not, locks on backups and on copies, locks
+    no longer in force, failed verifications, bad and deleted points, no backup."""
+    main = add_repo(engine, tmp_path / "main", "main")
+    other = add_repo(engine, tmp_path / "other", "other", offsite=True)
+    nas = engine.repository_store.add(
+        name="nas", kind="nfs", path=str(tmp_path / "nas"), server="nas1", export="/b",
+        now=engine.clock.now(), offsite=True,
+    )  # fmt: skip
+    now = engine.clock.now()
+
+    def lock(repo_id: int, **ids: int) -> Any:
+        return engine.lock_store.add(
+            repository_id=repo_id, path="x", expires_at=now + timedelta(days=9), now=now, **ids
+        )
+
+    b1 = backup(engine, main.id, vm="a01")
+    copy_to(engine, b1, nas.id)
+    lock(main.id, backup_id=b1)
+    b2 = backup(engine, main.id, vm="b02", verify_state="mismatch")
+    lock(nas.id, copy_id=copy_to(engine, b2, nas.id, verify_state="missing"))
+    b3 = backup(engine, other.id, vm="c03")
+    engine.chain_store.update_backup(b3, state="bad")
+    pending = engine.copy_store.create_copy(
+        backup_id=backup(engine, main.id, vm="d04"),
+        destination_repository_id=other.id,
+        path="y.qcow2",
+        size=1,
+        now=now,
+    )
+    lock(other.id, copy_id=pending.id)  # a copy not done holds nothing
+    released = lock(main.id, backup_id=backup(engine, main.id, vm="e05"))
+    engine.lock_store.update(released.id, state="released")
+    gone = backup(engine, nas.id, vm="f06")
+    engine.chain_store.update_backup(gone, state="deleted")
+    vms = ["a01", "b02", "c03", "d04", "e05", "f06", "nobackup"]
+    together = engine.compliance.reports_for_vms(vms)
+    assert sorted(together) == vms
+    for vm in vms:
+        assert together[vm].as_dict() == engine.compliance.report(vm).as_dict(), vm
+    assert together["a01"].badge == "3-2-1-1-0"
+    assert together["b02"].verification_errors == 2 and together["b02"].immutable == ["nas"]
+    assert together["nobackup"].copies == 1

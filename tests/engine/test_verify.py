@@ -221,3 +221,42 @@ def test_a_point_found_bad_raises_its_critical_alert_at_once_and_clears_when_rep
     engine.verifier.verify_targets(engine.verifier.targets("backup", chain.backup_ids[1]))
     assert engine.scheduler.active_alerts() == []
     assert [e.kind for e in alerts][-1] == "alert.verification_failed.cleared"
+
+
+def _counted_as_report_lists(engine: Engine) -> None:
+    report, coverage = engine.verifier.report(), engine.verifier.coverage()
+    assert (
+        coverage.files_total,
+        coverage.bytes_total,
+        coverage.files_verified,
+        coverage.bytes_verified,
+        coverage.bad,
+        coverage.overdue,
+    ) == (
+        report.files_total,
+        report.bytes_total,
+        report.files_verified,
+        report.bytes_verified,
+        len(report.bad),
+        len(report.overdue),
+    )
+    assert coverage.coverage_percent == report.coverage_percent
+
+
+def test_coverage_counted_in_sql_says_what_the_report_says(engine: Engine, tmp_path: Path) -> None:
+    """The Dashboard's coverage line (counted in SQL) agrees with the full report over
+    backups and copies, a copy gone bad, verifications ageing out and new points."""
+    clock: FixedClock = engine.clock  # type: ignore[assignment]
+    _src, dst, chain = copied_setup(engine, tmp_path)
+    _counted_as_report_lists(engine)
+    engine.verifier.verify_targets(engine.verifier.targets("backup", chain.backup_ids[0]))
+    _counted_as_report_lists(engine)
+    [copy] = [c for c in engine.copy_store.list_copies() if c.backup_id == chain.backup_ids[1]]
+    flip_byte(Path(dst.path) / copy.path)
+    engine.verifier.verify_targets(engine.verifier.targets("all"))
+    _counted_as_report_lists(engine)
+    assert engine.verifier.coverage().bad == 1
+    clock.advance(timedelta(days=31))
+    make_chain(engine, _src, size_mb=1, incrementals=0, vm="db01")
+    _counted_as_report_lists(engine)
+    assert engine.verifier.coverage().overdue > 0
