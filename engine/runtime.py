@@ -102,6 +102,12 @@ class Engine:
         self._wire_metrics()
         self._wire_api()
         self._wire_notifications()
+        from engine.services.listings import ListingService
+
+        #: pages of restore points, chains, jobs and events (CLI listings, the API)
+        self.listings = ListingService(
+            self.chain_store, self.job_store, self.audit, self.repository_store
+        )
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client

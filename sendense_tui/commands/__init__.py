@@ -17,8 +17,9 @@ import argparse
 import importlib
 import json
 import re
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings, load_settings, sqlite_url
-from engine.errors import SendenseError
+from engine.errors import SendenseError, ValidationError
 from engine.names import ID_MAX, UNSAFE_CHARS, parse_id
 from sendense_tui.format import printable
 
@@ -134,6 +135,95 @@ def register_all(subparsers: Any) -> None:
     for name in GROUPS:
         module = importlib.import_module(f"sendense_tui.commands.{name}")
         module.register(subparsers)
+
+
+#: the largest page a listing prints at once (--all streams more than that)
+PAGE_MAX = LIMIT_MAX
+#: a listing's page size when stdout is not a terminal
+PIPE_PAGE = 50
+
+
+def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
+    """``--limit N``, ``--after CURSOR`` and ``--all`` for a listing (keyset pages:
+    engine.paging)."""
+    parser.add_argument(
+        "--limit",
+        type=bounded_int(1, PAGE_MAX),
+        help=f"{noun} a page (default: what fits the terminal; {PIPE_PAGE} into a pipe)",
+    )
+    parser.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the page after this cursor (the previous page ends with it)",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="every",
+        help=f"every {noun}, streamed (with --json: one JSON object a line)",
+    )
+
+
+def page_size(args: argparse.Namespace, *, lines_each: int = 1) -> int:
+    """The page a listing prints: ``--limit``, else what fits the terminal (a header,
+    the "more" line and the prompt kept in view), else PIPE_PAGE."""
+    if getattr(args, "limit", None):
+        return int(args.limit)
+    if sys.stdout.isatty():
+        lines = shutil.get_terminal_size().lines
+        return max(1, min(PAGE_MAX, (lines - 3) // max(1, lines_each)))
+    return PIPE_PAGE
+
+
+def check_paging(args: argparse.Namespace) -> None:
+    if getattr(args, "every", False) and (args.after or args.limit):
+        raise ValidationError(
+            "--all lists everything: it takes neither --after nor --limit",
+            hint="leave --all out to read page by page",
+        )
+
+
+def say_more(ctx: CliContext, page: Any) -> None:
+    """``1,234 more: --after CURSOR`` after a page that is not the last; on stderr
+    under --json (stdout stays one JSON document)."""
+    if page.next_cursor is None:
+        return
+    line = f"{page.more:,} more: --after {page.next_cursor}"
+    print(line, file=sys.stderr if ctx.json else sys.stdout)
+
+
+def stream(
+    ctx: CliContext,
+    rows: Iterable[Any],
+    as_json: Callable[[Any], Any],
+    as_row: Callable[[Any], list[str]],
+    headers: list[str],
+) -> int:
+    """Print every row of a listing as it is read (``--all``): JSON lines under
+    --json, else a table per batch (the header once). Nothing is held but a batch."""
+    batch: list[list[str]] = []
+    first = True
+    for row in rows:
+        if ctx.json:
+            sys.stdout.write(json_text(as_json(row)) + "\n")
+            continue
+        batch.append(as_row(row))
+        if len(batch) >= STREAM_ROWS:
+            _print_rows(batch, headers, first)
+            batch, first = [], False
+    if batch:
+        _print_rows(batch, headers, first)
+    sys.stdout.flush()
+    return 0
+
+
+#: rows of a streamed table aligned together
+STREAM_ROWS = 500
+
+
+def _print_rows(rows: list[list[str]], headers: list[str], header: bool) -> None:
+    lines = table(rows, headers).split("\n")
+    print("\n".join(lines if header else lines[1:]))
 
 
 @dataclass
