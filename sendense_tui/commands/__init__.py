@@ -131,10 +131,78 @@ def add_parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentPa
     return subparsers.add_parser(name, **kwargs)
 
 
+#: each top-level command: its --help line and the group modules that register it.
+#: ``sendense --help`` and ``sendense version`` read this table instead of importing
+#: every group (a group pulls in the engine, SQLAlchemy…): a call pays only for the
+#: command it runs. tests/tui/test_cli_start.py checks it against the modules.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "repo": ("repositories: list, add, import, show, test, remove", ("repo",)),
+    "jobs": ("list and steer jobs", ("jobs",)),
+    "backup": ("back up VM disks, list restore points", ("backup",)),
+    "chain": ("show, check and consolidate backup chains", ("chain",)),
+    "restore": ("restore disks and files from backups", ("restore", "restore_files")),
+    "copy": ("copy backups to other repositories (3-2-1)", ("copy",)),
+    "verify": ("re-read backups and copies, compare checksums", ("verify",)),
+    "export": ("serve restore points over NBD", ("export",)),
+    "policy": ("backup policies: schedule, retention, locks", ("policy",)),
+    "lock": ("immutability locks (chattr +i)", ("lock",)),
+    "daemon": (
+        "run the scheduler, jobs, mounts and exports headless (started by the console "
+        "when none runs; or by systemd)",
+        ("daemon",),
+    ),
+    "api": ("the HTTP API: tokens, where it listens", ("api",)),
+    "events": ("show the audit log", ("events",)),
+    "metrics": ("print the Prometheus metrics (text format) on stdout", ("metrics",)),
+    "notify": ("notification rules: webhooks, mail, apprise", ("notify",)),
+    "catalog": ("the catalog database", ("catalog",)),
+    "doctor": ("check the system programs Sendense needs", ("doctor",)),
+    "version": ("print the version", ("version",)),
+    "demo": (
+        "open the console on a demo: real small backups in a temporary directory",
+        ("demo",),
+    ),
+    "console": ("open the console (--web: serve it to browsers)", ("console",)),
+}
+#: options before the command that take a value (``--state-dir DIR``)
+_VALUED_OPTIONS = ("--state-dir", "--db-url")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The top-level command ``argv`` names (None: none, e.g. ``sendense --help``)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED_OPTIONS:
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def register_all(subparsers: Any) -> None:
     for name in GROUPS:
         module = importlib.import_module(f"sendense_tui.commands.{name}")
         module.register(subparsers)
+
+
+def register_for(subparsers: Any, argv: list[str]) -> None:
+    """Register the command ``argv`` runs in full and every other one as a stub with
+    its help line (enough for ``--help`` and for argparse's "invalid choice")."""
+    word = command_word(argv)
+    if word not in COMMANDS:
+        word = None
+    for name, (text, modules) in COMMANDS.items():
+        if name == word:
+            for module_name in modules:
+                importlib.import_module(f"sendense_tui.commands.{module_name}").register(
+                    subparsers
+                )
+        else:
+            add_parser(subparsers, name, help=text, add_help=False)
 
 
 #: the largest page a listing prints at once (--all streams more than that)
