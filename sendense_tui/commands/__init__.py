@@ -198,9 +198,7 @@ def register_for(subparsers: Any, argv: list[str]) -> None:
     for name, (text, modules) in COMMANDS.items():
         if name == word:
             for module_name in modules:
-                importlib.import_module(f"sendense_tui.commands.{module_name}").register(
-                    subparsers
-                )
+                importlib.import_module(f"sendense_tui.commands.{module_name}").register(subparsers)
         else:
             add_parser(subparsers, name, help=text, add_help=False)
 
