@@ -94,3 +94,11 @@ def test_a_lazily_built_parser_parses_each_command_as_the_full_one() -> None:
         sub_full = full._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
         sub_lazy = lazy._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
         assert sub_full.format_help() == sub_lazy.format_help()
+
+
+def test_the_version_printed_without_metadata_is_the_installed_one() -> None:
+    from importlib import metadata
+
+    from engine import __version__
+
+    assert __version__ == metadata.version("sendense")
