@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from engine.catalog.chains import ChainStore
+from engine.catalog.chains import LIVE_STATES, ChainStore
 from engine.catalog.db import Catalog
 from engine.catalog.models import Backup, Chain, Copy, CopyRule, Repository, Verification
 from engine.catalog.refs import find_by_ref
@@ -64,6 +64,27 @@ def _source(backup: Backup, chain: Chain) -> SourceBackup:
         disk_name=chain.disk_name,
         chain_directory=chain.directory,
     )
+
+
+#: SourceBackup's fields, in its order, as columns of a backup joined to its chain
+_SOURCE_COLUMNS = (
+    Backup.id,
+    Backup.chain_id,
+    Backup.parent_id,
+    Backup.kind,
+    Backup.position,
+    Backup.path,
+    Backup.checksum,
+    Backup.file_size,
+    Backup.point_time,
+    Backup.state,
+    Backup.verify_state,
+    Backup.verified_at,
+    Chain.repository_id,
+    Chain.vm_name,
+    Chain.disk_name,
+    Chain.directory,
+)
 
 
 class CopyStore:
@@ -239,9 +260,20 @@ class CopyStore:
             return list(session.scalars(query))
 
     def all_backups(self, *, repository_id: int | None = None) -> list[SourceBackup]:
-        """Restore points (complete or bad), repository by repository, chain order."""
-        found = [_source(b, c) for b, c in self.chains.list_backups(repository_id=repository_id)]
-        return sorted(found, key=lambda s: (s.repository_id, s.chain_id, s.position))
+        """Restore points (complete or bad), repository by repository, chain order.
+
+        Read as plain columns, not as catalog records: at 100,000 points building a
+        mapped object per row (and its chain) was most of a verify report's time."""
+        query = (
+            select(*_SOURCE_COLUMNS)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state.in_(LIVE_STATES))
+            .order_by(Chain.repository_id, Backup.chain_id, Backup.position, Backup.id)
+        )
+        if repository_id is not None:
+            query = query.where(Chain.repository_id == repository_id)
+        with self.catalog.session() as session:
+            return [SourceBackup(*row) for row in session.execute(query)]
 
     def set_backup_verified(
         self, backup_id: int, verify_state: str, at: datetime, *, mark_bad: bool = False
