@@ -374,6 +374,13 @@ class CopyStore:
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
+    def completed_copies(self) -> list[Copy]:
+        """Every completed copy, oldest first (a whole-catalog verify or report: one
+        query, not an IN list of every restore point)."""
+        query = select(Copy).where(Copy.state == COPY_DONE).order_by(Copy.id)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
     def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
         if not backup_ids:
             return {}

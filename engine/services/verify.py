@@ -258,9 +258,16 @@ class VerifyService:
         out = [Target(b, repos[b.repository_id]) for b in backups]
         if include_copies:
             by_id = {b.id: b for b in backups}
-            for backup_id, rows in self.store.copies_of_backups(list(by_id)).items():
+            if scope == "all":
+                # every completed copy in one query (grouped per point, as below)
+                found: dict[int, list[Any]] = {}
+                for c in self.store.completed_copies():
+                    found.setdefault(c.backup_id, []).append(c)
+            else:
+                found = self.store.copies_of_backups(list(by_id))
+            for backup_id, rows in found.items():
                 for c in rows:
-                    if c.state == COPY_DONE:
+                    if c.state == COPY_DONE and backup_id in by_id:
                         out.append(Target(by_id[backup_id], repos[c.destination_repository_id], c))
             if scope != "backup":
                 # copies of points merged away that copies made before the merge still
