@@ -116,6 +116,7 @@ class Engine:
         from engine.services.images import ImageGuard, PointReader
         from engine.services.immutability import LockService
         from engine.services.imports import RepositoryImportService
+        from engine.services.listings import ListingService
         from engine.services.metrics import MetricsService
         from engine.services.mounts import MountManager
         from engine.services.notify import NotificationService
@@ -341,6 +342,10 @@ class Engine:
         #: delivers only where jobs run (started in start(), like the job runner)
         self.notifications = NotificationService(
             self.notification_store, self.bus, self.secrets, clock=clock, owner=owner
+        )
+        #: pages of restore points, chains, jobs and events (CLI listings, the API)
+        self.listings = ListingService(
+            self.chain_store, self.job_store, self.audit, self.repository_store
         )
 
         # -- job kinds: one handler each, from the services that own them -------------

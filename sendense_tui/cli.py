@@ -22,7 +22,7 @@ from typing import TextIO
 
 from engine.errors import SendenseError
 from engine.private import PRIVATE_UMASK, make_private_dirs, open_private
-from sendense_tui.commands import COMMON, CliContext, register_all
+from sendense_tui.commands import COMMON, CliContext, register_all, register_for
 from sendense_tui.exitcodes import ExitCode, epilog, exit_code_for
 from sendense_tui.format import printable
 from sendense_tui.hints import cli_hint
@@ -33,7 +33,10 @@ EXIT_INTERRUPTED = int(ExitCode.INTERRUPTED)
 WEB_DRIVER = "textual.drivers.web_driver:WebDriver"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (given the ``argv`` it will parse) only the command
+    that ``argv`` runs in full, the others as help lines: a call imports just the
+    modules of its own command (commands.COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="sendense",
         description="Sendense backup repository console. Without a command, opens the console.",
@@ -42,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register_all(subparsers)
+    if argv is None:
+        register_all(subparsers)
+    else:
+        register_for(subparsers, list(argv))
     return parser
 
 
@@ -160,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Sendense holds backups, catalog rows and keys: whatever it creates without an
     # explicit mode is still closed to other users (engine.private)
     os.umask(PRIVATE_UMASK)
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     ctx = CliContext(args)
     handler = getattr(args, "func", None)
     previous = None

@@ -12,13 +12,13 @@ file named ``[@click=app.quit]x`` is shown as it is, not made a link).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from rich.markup import escape as escape_markup
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from engine.names import UNSAFE_CHARS
 from engine.units import plural as plural  # one helper for the engine and the console
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -51,6 +51,9 @@ def printable(value: object, *, keep_newlines: bool = False) -> str:
 
 def safe_text(value: object, style: str = "") -> Text:
     """A Text for the console: control characters escaped, never read as markup."""
+    # rich is imported where the console needs it: the CLI's text output never does
+    from rich.text import Text
+
     return Text(printable(value), style=style)
 
 
@@ -58,6 +61,8 @@ def safe_cell(cell: object) -> object:
     """A table cell made safe: a str becomes a Text (a DataTable reads a str as
     markup); a Text holding control characters is rebuilt with them escaped (its
     inner styles give way, its base style stays). Other cells are unchanged."""
+    from rich.text import Text
+
     if isinstance(cell, str):
         return safe_text(cell)
     if isinstance(cell, Text) and UNSAFE_CHARS.search(cell.plain):
@@ -68,6 +73,8 @@ def safe_cell(cell: object) -> object:
 def safe_markup(value: object) -> str:
     """For widgets that read markup (``Static.update`` or ``Label`` with a str):
     control characters escaped and ``[`` escaped, so a name cannot style or link."""
+    from rich.markup import escape as escape_markup
+
     return escape_markup(printable(value))
 
 

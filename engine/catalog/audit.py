@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from engine.catalog.db import Catalog
 from engine.catalog.models import AuditEntry
@@ -56,11 +56,60 @@ class AuditStore:
         text: str | None = None,
         since: datetime | None = None,
         after_id: int | None = None,
+        before_id: int | None = None,
         job_id: int | None = None,
         limit: int = 500,
     ) -> list[AuditEntry]:
-        """Newest first. ``min_level`` keeps that level and the more severe ones."""
-        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        """Newest first. ``min_level`` keeps that level and the more severe ones;
+        ``after_id``/``before_id``: only entries newer/older than that one (a page of
+        the listing starts below the last id the previous page showed)."""
+        query = self._filtered(
+            select(AuditEntry),
+            min_level=min_level,
+            levels=levels,
+            source=source,
+            text=text,
+            since=since,
+            after_id=after_id,
+            before_id=before_id,
+            job_id=job_id,
+        )
+        query = query.order_by(AuditEntry.id.desc()).limit(limit)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def count(
+        self,
+        *,
+        min_level: str | None = None,
+        source: str | None = None,
+        text: str | None = None,
+        before_id: int | None = None,
+    ) -> int:
+        """How many entries ``query`` with these filters would list (no limit)."""
+        query = self._filtered(
+            select(func.count(AuditEntry.id)),
+            min_level=min_level,
+            source=source,
+            text=text,
+            before_id=before_id,
+        )
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
+
+    @staticmethod
+    def _filtered(
+        query: Any,
+        *,
+        min_level: str | None = None,
+        levels: Sequence[str] | None = None,
+        source: str | None = None,
+        text: str | None = None,
+        since: datetime | None = None,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        job_id: int | None = None,
+    ) -> Any:
         if min_level:
             query = query.where(AuditEntry.level.in_(LEVELS[LEVELS.index(min_level) :]))
         if levels:
@@ -76,7 +125,8 @@ class AuditStore:
             query = query.where(AuditEntry.at >= since)
         if after_id:
             query = query.where(AuditEntry.id > after_id)
+        if before_id is not None:
+            query = query.where(AuditEntry.id < before_id)
         if job_id is not None:
             query = query.where(AuditEntry.job_id == job_id)
-        with self.catalog.session() as session:
-            return list(session.scalars(query))
+        return query

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.locks import HOLDING_STATES
@@ -26,6 +26,33 @@ LIVE_STATES = (BackupState.COMPLETE, BackupState.BAD)
 OPEN_INTENT_STEPS = ("started", "converted", "recorded")
 #: lock states that forbid changing or deleting a file
 LOCKING_STATES = HOLDING_STATES
+#: chains read at once while a page of restore points is gathered
+CHAIN_BATCH = 50
+
+#: a chain's place in listings: VM, disk, chain id (the ix_chains_listing index)
+ChainKey = tuple[str, str, int]
+#: a restore point's place in listings: its chain's key and its position
+PointKey = tuple[str, str, int, int]
+
+
+def _after_chain(key: ChainKey, *, inclusive: bool = False) -> Any:
+    """Chains after ``key`` in listing order (and that chain itself if ``inclusive``).
+    The leading ``vm_name >=`` lets both backends seek the index instead of scanning
+    it from the start."""
+    vm, disk, chain_id = key
+    last = Chain.id >= chain_id if inclusive else Chain.id > chain_id
+    return and_(
+        Chain.vm_name >= vm,
+        or_(
+            Chain.vm_name > vm,
+            and_(Chain.vm_name == vm, Chain.disk_name > disk),
+            and_(Chain.vm_name == vm, Chain.disk_name == disk, last),
+        ),
+    )
+
+
+def chain_key(chain: Chain) -> ChainKey:
+    return (chain.vm_name, chain.disk_name, chain.id)
 
 
 class ChainStore:
@@ -216,6 +243,140 @@ class ChainStore:
         query = query.order_by(Chain.vm_name, Chain.disk_name, Chain.id, Backup.position)
         with self.catalog.session() as session:
             return [(b, c) for b, c in session.execute(query).all()]
+
+    # -- pages (keyset, in listing order) ------------------------------------------
+
+    @staticmethod
+    def _chain_filters(
+        query: Any,
+        repository_id: int | None,
+        vm_name: str | None,
+        include_retired: bool = True,
+        chain_id: int | None = None,
+    ) -> Any:
+        if repository_id is not None:
+            query = query.where(Chain.repository_id == repository_id)
+        if vm_name is not None:
+            query = query.where(Chain.vm_name == vm_name)
+        if not include_retired:
+            query = query.where(Chain.state != ChainState.RETIRED)
+        if chain_id is not None:
+            query = query.where(Chain.id == chain_id)
+        return query
+
+    def chain_page(
+        self,
+        *,
+        after: ChainKey | None,
+        limit: int,
+        repository_id: int | None = None,
+        vm_name: str | None = None,
+        include_retired: bool = True,
+        chain_id: int | None = None,
+    ) -> list[Chain]:
+        """Up to ``limit`` chains after ``after`` in listing order (VM, disk, id)."""
+        query = self._chain_filters(
+            select(Chain), repository_id, vm_name, include_retired, chain_id
+        )
+        if after is not None:
+            query = query.where(_after_chain(after))
+        query = query.order_by(Chain.vm_name, Chain.disk_name, Chain.id).limit(limit)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def count_chains(
+        self,
+        *,
+        after: ChainKey | None,
+        repository_id: int | None = None,
+        vm_name: str | None = None,
+        include_retired: bool = True,
+        chain_id: int | None = None,
+    ) -> int:
+        """How many chains ``chain_page`` has left after ``after``."""
+        query = self._chain_filters(
+            select(func.count(Chain.id)), repository_id, vm_name, include_retired, chain_id
+        )
+        if after is not None:
+            query = query.where(_after_chain(after))
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def live_backups_of(self, chain_ids: Sequence[int]) -> dict[int, list[Backup]]:
+        """The live backups of these chains (a page's), each chain's in chain order."""
+        found: dict[int, list[Backup]] = {cid: [] for cid in chain_ids}
+        if not chain_ids:
+            return found
+        query = (
+            select(Backup)
+            .where(Backup.chain_id.in_(list(chain_ids)), Backup.state.in_(LIVE_STATES))
+            .order_by(Backup.chain_id, Backup.position, Backup.id)
+        )
+        with self.catalog.session() as session:
+            for backup in session.scalars(query):
+                found[backup.chain_id].append(backup)
+        return found
+
+    def point_page(
+        self,
+        *,
+        after: PointKey | None,
+        limit: int,
+        repository_id: int | None = None,
+        vm_name: str | None = None,
+    ) -> list[tuple[Backup, Chain]]:
+        """Up to ``limit`` live restore points after ``after`` in listing order (VM,
+        disk, chain, position): chains are walked in index order a batch at a time
+        and each one's points read by (chain, position), so a page reads about the
+        rows it shows whatever the catalog's size, on SQLite and MariaDB alike."""
+        found: list[tuple[Backup, Chain]] = []
+        key: ChainKey | None = after[:3] if after is not None else None
+        position = after[3] if after is not None else None
+        with self.catalog.session() as session:
+            while len(found) < limit:
+                query = self._chain_filters(select(Chain), repository_id, vm_name)
+                if key is not None:
+                    query = query.where(_after_chain(key, inclusive=position is not None))
+                query = query.order_by(Chain.vm_name, Chain.disk_name, Chain.id)
+                chains = list(session.scalars(query.limit(CHAIN_BATCH)))
+                for chain in chains:
+                    points = select(Backup).where(
+                        Backup.chain_id == chain.id, Backup.state.in_(LIVE_STATES)
+                    )
+                    if position is not None and key is not None and chain.id == key[2]:
+                        points = points.where(Backup.position > position)
+                    points = points.order_by(Backup.position, Backup.id)
+                    rows = session.scalars(points.limit(limit - len(found)))
+                    found.extend((b, chain) for b in rows)
+                    if len(found) >= limit:
+                        break
+                if len(chains) < CHAIN_BATCH:
+                    break
+                key, position = chain_key(chains[-1]), None
+        return found
+
+    def count_points(
+        self,
+        *,
+        after: PointKey | None,
+        repository_id: int | None = None,
+        vm_name: str | None = None,
+    ) -> int:
+        """How many live restore points ``point_page`` has left after ``after``."""
+        query = self._chain_filters(
+            select(func.count(Backup.id)).join(Chain, Backup.chain_id == Chain.id),
+            repository_id,
+            vm_name,
+        ).where(Backup.state.in_(LIVE_STATES))
+        if after is not None:
+            query = query.where(
+                or_(
+                    _after_chain(after[:3]),
+                    and_(Chain.id == after[2], Backup.position > after[3]),
+                )
+            )
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
 
     def add_full(
         self,
@@ -515,6 +676,26 @@ class ChainStore:
         )
         with self.catalog.session() as session:
             return list(session.scalars(query))
+
+    def holding_locks_of(self, backup_ids: Sequence[int]) -> dict[int, ImmutabilityLock]:
+        """``lock_counts`` for these backups only (a page's badges)."""
+        if not backup_ids:
+            return {}
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.state.in_(LOCKING_STATES),
+                ImmutabilityLock.backup_id.in_(list(backup_ids)),
+                ImmutabilityLock.copy_id.is_(None),
+            )
+            .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)
+        )
+        found: dict[int, ImmutabilityLock] = {}
+        with self.catalog.session() as session:
+            for row in session.scalars(query):
+                if row.backup_id is not None:
+                    found[row.backup_id] = row
+        return found
 
     def lock_counts(self, now: datetime) -> dict[int, ImmutabilityLock]:
         """The holding lock per backup id (for badges), the latest expiry if several."""

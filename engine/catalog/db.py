@@ -88,7 +88,7 @@ _SERVER_HINT = "is the server running, and are host, port or socket right?"
 #: the newest schema revision this version knows (a test checks it against the
 #: migration scripts). A catalog already at it opens without importing alembic at
 #: all, which is a third of the start-up time of every ``sendense`` command.
-SCHEMA_HEAD = "notifications"
+SCHEMA_HEAD = "listing_indexes"
 
 
 def alembic_config() -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from engine.catalog.db import Catalog, rows_changed
 from engine.catalog.models import Job
@@ -85,15 +85,42 @@ class JobStore:
             return job
 
     def list(
-        self, *, states: Sequence[str] | None = None, limit: int = 200, kind: str | None = None
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        limit: int = 200,
+        kind: str | None = None,
+        before_id: int | None = None,
     ) -> list[Job]:
-        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        """Newest first; ``before_id``: only jobs older than that one (the next page)."""
+        query = self._filtered(select(Job), states, kind, before_id)
+        query = query.order_by(Job.id.desc()).limit(limit)
+        with self.catalog.session() as session:
+            return list(session.scalars(query))
+
+    def count(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        kind: str | None = None,
+        before_id: int | None = None,
+    ) -> int:
+        """How many jobs ``list`` with these filters would give (no limit)."""
+        query = self._filtered(select(func.count(Job.id)), states, kind, before_id)
+        with self.catalog.session() as session:
+            return int(session.scalar(query) or 0)
+
+    @staticmethod
+    def _filtered(
+        query: Any, states: Sequence[str] | None, kind: str | None, before_id: int | None
+    ) -> Any:
         if states:
             query = query.where(Job.state.in_(states))
         if kind:
             query = query.where(Job.kind == kind)
-        with self.catalog.session() as session:
-            return list(session.scalars(query))
+        if before_id is not None:
+            query = query.where(Job.id < before_id)
+        return query
 
     def claimable(self, now: datetime, kinds: Sequence[str], limit: int) -> builtins.list[int]:
         """Ids of jobs this engine could run: queued, or running with a lapsed lease."""

@@ -88,6 +88,26 @@ class LockStore:
         with self.catalog.session() as session:
             return session.scalar(query)
 
+    def holding_many(self, repository_id: int, paths: Sequence[str]) -> dict[str, ImmutabilityLock]:
+        """``holding`` for many files of one repository in one query (a retention plan
+        asks about every point it would remove)."""
+        if not paths:
+            return {}
+        query = (
+            select(ImmutabilityLock)
+            .where(
+                ImmutabilityLock.repository_id == repository_id,
+                ImmutabilityLock.path.in_(list(paths)),
+                ImmutabilityLock.state.in_(HOLDING_STATES),
+            )
+            .order_by(ImmutabilityLock.expires_at)
+        )
+        found: dict[str, ImmutabilityLock] = {}
+        with self.catalog.session() as session:
+            for lock in session.scalars(query):
+                found[lock.path] = lock  # the newest expiry wins, as in holding()
+        return found
+
     def list(
         self,
         *,

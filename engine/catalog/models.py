@@ -135,7 +135,11 @@ class Chain(Base):
     """One full backup and the incrementals that build on it, for one VM disk."""
 
     __tablename__ = "chains"
-    __table_args__ = (UniqueConstraint("repository_id", "directory"),)
+    __table_args__ = (
+        UniqueConstraint("repository_id", "directory"),
+        # listings page chains and their points in this order (keyset, never OFFSET)
+        Index("ix_chains_listing", "vm_name", "disk_name", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id"), index=True)
@@ -154,6 +158,7 @@ class Backup(Base):
     """One QCOW2 file: a full, or an incremental whose backing file is its parent."""
 
     __tablename__ = "backups"
+    __table_args__ = (Index("ix_backups_chain_position", "chain_id", "position"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     chain_id: Mapped[int] = mapped_column(ForeignKey("chains.id"), index=True)
@@ -322,7 +327,11 @@ class Job(Base):
     """
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_kind_id", "kind", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -581,7 +590,11 @@ class AuditEntry(Base):
     """Everything that happened, in order: engine events and operator actions."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_at", "at"),)
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_source_id", "source", "id"),
+        Index("ix_audit_log_level_id", "level", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime]

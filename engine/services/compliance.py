@@ -14,11 +14,13 @@ Each shortfall is a sentence saying what to add.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.catalog.chains import ChainStore
-from engine.catalog.copies import COPY_DONE, CopyStore
+from engine.catalog.copies import CopyStore
+from engine.catalog.fleet import BAD_VERIFY, FleetStore, VmHoldings
 from engine.catalog.models import Repository
 from engine.catalog.policies import PolicyStore
 from engine.catalog.repositories import RepositoryStore
@@ -29,7 +31,7 @@ from engine.units import plural
 if TYPE_CHECKING:
     from engine.services.immutability import LockService
 
-BAD_VERIFY = ("mismatch", "missing", "check_failed", "chain_broken")
+__all__ = ["BAD_VERIFY", "Compliance", "ComplianceService", "device_key"]
 
 
 @dataclass
@@ -89,20 +91,6 @@ def device_key(repo: Repository) -> str:
     return f"{repo.kind}:{repo.server}:{repo.export}"
 
 
-@dataclass
-class _Holdings:
-    """Where one VM's good backups and copies are (ComplianceService._holdings)."""
-
-    #: repositories holding a complete backup or a done copy
-    repository_ids: set[int] = field(default_factory=set)
-    #: every backup of the VM -> the repository of its chain
-    backup_repository: dict[int, int] = field(default_factory=dict)
-    #: its done copies
-    copy_ids: list[int] = field(default_factory=list)
-    #: backups and copies that failed verification (or are bad)
-    errors: int = 0
-
-
 def _shortfalls_321(result: Compliance) -> list[str]:
     """What keeps ``result`` from 3-2-1 (3 copies, 2 devices, 1 offsite)."""
     vm, names = result.vm, result.repositories
@@ -156,8 +144,11 @@ class ComplianceService:
         *,
         locks: LockService,
         clock: Clock = SYSTEM_CLOCK,
+        fleet: FleetStore | None = None,
     ) -> None:
         self.chain_store = chain_store
+        #: the aggregates the reports are made of (engine.catalog.fleet)
+        self.fleet = fleet or FleetStore(chain_store.catalog)
         self.copy_store = copy_store
         self.repositories = repositories
         self.policies = policies
@@ -165,7 +156,7 @@ class ComplianceService:
         self.clock = clock
 
     def vms(self) -> list[str]:
-        names = {c.vm_name for c in self.chain_store.list_chains()}
+        names = set(self.fleet.vm_names())
         for policy in self.policies.list():
             names.update(str(s.get("vm")) for s in policy.sources or [])
         return sorted(names)
@@ -173,60 +164,18 @@ class ComplianceService:
     def report(self, vm: str) -> Compliance:
         """3-2-1 and 3-2-1-1-0 for one VM: where its good backups and copies are held,
         on how many devices and sites, whether one is locked, and the bad ones."""
-        repos = {r.id: r for r in self.repositories.list()}
-        holdings = self._holdings(vm)
-        held_repos = [repos[i] for i in sorted(holdings.repository_ids) if i in repos]
-        locked_repo_ids = self._locked_repository_ids(holdings)
-        result = Compliance(
-            vm=vm,
-            copies=1 + len(held_repos),
-            repositories=[r.name for r in held_repos],
-            devices=len({device_key(r) for r in held_repos}),
-            offsite=[r.name for r in held_repos if r.offsite],
-            immutable=[r.name for r in held_repos if r.immutable or r.id in locked_repo_ids],
-            verification_errors=holdings.errors,
-        )
-        result.shortfalls.extend(_shortfalls_321(result))
-        result.strict_shortfalls.extend(_shortfalls_32110(result))
-        return result
+        return self.report_many([vm])[0]
 
-    def _holdings(self, vm: str) -> _Holdings:
-        """The repositories that hold a complete backup or a done copy of ``vm``, and
-        how many of its backups and copies failed verification."""
-        holdings = _Holdings()
-        for b, chain in self.chain_store.list_backups(vm_name=vm):
-            holdings.backup_repository[b.id] = chain.repository_id
-            if b.state == "complete":
-                holdings.repository_ids.add(chain.repository_id)
-            if b.verify_state in BAD_VERIFY or b.state == "bad":
-                holdings.errors += 1
-        copies = self.copy_store.copies_of_backups(list(holdings.backup_repository))
-        for rows in copies.values():
-            for c in rows:
-                if c.state == COPY_DONE:
-                    holdings.repository_ids.add(c.destination_repository_id)
-                    holdings.copy_ids.append(c.id)
-                if c.verify_state in BAD_VERIFY:
-                    holdings.errors += 1
-        return holdings
-
-    def _locked_repository_ids(self, holdings: _Holdings) -> set[int]:
-        """Repositories where a lock in force protects one of these backups or copies."""
-        return {
-            lock.repository_id
-            for lock in self.locks.list(states=("active", "pending", "drift"))
-            if lock.backup_id in holdings.backup_repository or lock.copy_id in holdings.copy_ids
-        }
-
-    def reports_for_vms(self, vms: list[str]) -> dict[str, Compliance]:
-        """``report`` of many VMs at once (the Policies screen's 500 VMs): the holdings
-        of all of them in a few grouped queries, each repository's device looked up
-        once, instead of a catalog pass per VM."""
+    def report_many(self, vms: Sequence[str]) -> list[Compliance]:
+        """``report`` for each of ``vms`` (in that order), set-based: three aggregate
+        queries and one device lookup per repository, whatever the fleet's size."""
         repos = {r.id: r for r in self.repositories.list()}
         devices: dict[int, str] = {}
-        found: dict[str, Compliance] = {}
-        for vm, held in self.copy_store.protection_by_vm(vms, BAD_VERIFY).items():
-            held_repos = [repos[i] for i in sorted(held.holding_repository_ids) if i in repos]
+        holdings = self.fleet.holdings(vms)
+        out = []
+        for vm in vms:
+            held = holdings.get(vm) or VmHoldings()
+            held_repos = [repos[i] for i in sorted(held.repository_ids) if i in repos]
             for r in held_repos:
                 if r.id not in devices:
                     devices[r.id] = device_key(r)
@@ -243,14 +192,19 @@ class ComplianceService:
             )
             result.shortfalls.extend(_shortfalls_321(result))
             result.strict_shortfalls.extend(_shortfalls_32110(result))
-            found[vm] = result
-        return found
+            out.append(result)
+        return out
+
+    def reports_for_vms(self, vms: list[str]) -> dict[str, Compliance]:
+        """``report_many`` keyed by VM (the Policies screen's 500 VMs)."""
+        return {result.vm: result for result in self.report_many(vms)}
 
     def report_all(self) -> list[Compliance]:
-        return [self.report(vm) for vm in self.vms()]
+        return self.report_many(self.vms())
 
     def for_policy(self, policy: Any) -> str:
         """The weakest badge over a policy's VMs."""
         order = {"not 3-2-1": 0, "3-2-1": 1, "3-2-1-1-0": 2}
-        badges = [self.report(str(s.get("vm"))).badge for s in policy.sources or []]
+        vms = [str(s.get("vm")) for s in policy.sources or []]
+        badges = [c.badge for c in self.report_many(vms)]
         return min(badges, key=lambda b: order[b]) if badges else "not 3-2-1"

@@ -651,7 +651,17 @@ class LockService:
 
     def why_locked_rel(self, repo: Repository, relative_path: str) -> str | None:
         """Why this file may not be changed or deleted now; None when it may."""
-        lock = self.store.holding(repo.id, relative_path)
+        return self._why_locked(repo, relative_path, self.store.holding(repo.id, relative_path))
+
+    def why_locked_many(self, repo: Repository, relative_paths: list[str]) -> dict[str, str | None]:
+        """``why_locked_rel`` for many files of one repository: one catalog query for
+        all of them (each file's own flag is still read)."""
+        locks = self.store.holding_many(repo.id, relative_paths)
+        return {p: self._why_locked(repo, p, locks.get(p)) for p in relative_paths}
+
+    def _why_locked(
+        self, repo: Repository, relative_path: str, lock: ImmutabilityLock | None
+    ) -> str | None:
         if lock is not None:
             until = until_text(lock.expires_at)
             if as_utc(lock.expires_at) <= self.clock.now():  # type: ignore[operator]

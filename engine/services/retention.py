@@ -431,12 +431,9 @@ class RetentionService:
         return plan
 
     def _locked(self, repo: Repository, backups: Sequence[Backup]) -> list[str]:
-        reasons = []
-        for b in backups:
-            why = self.locks.why_locked_rel(repo, b.path)
-            if why:
-                reasons.append(f"#{b.id} {why}")
-        return reasons
+        # one catalog query for the operation's files, not one per file
+        whys = self.locks.why_locked_many(repo, [b.path for b in backups])
+        return [f"#{b.id} {whys[b.path]}" for b in backups if whys.get(b.path)]
 
     def _required_copy_rules(self, policy: Policy, repo: Repository) -> list[Any]:
         return [

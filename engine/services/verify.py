@@ -278,9 +278,16 @@ class VerifyService:
         out = [Target(b, repos[b.repository_id]) for b in backups]
         if include_copies:
             by_id = {b.id: b for b in backups}
-            for backup_id, rows in self.store.copies_of_backups(list(by_id)).items():
+            if scope == "all":
+                # every completed copy in one query (grouped per point, as below)
+                found: dict[int, list[Any]] = {}
+                for c in self.store.completed_copies():
+                    found.setdefault(c.backup_id, []).append(c)
+            else:
+                found = self.store.copies_of_backups(list(by_id))
+            for backup_id, rows in found.items():
                 for c in rows:
-                    if c.state == COPY_DONE:
+                    if c.state == COPY_DONE and backup_id in by_id:
                         out.append(Target(by_id[backup_id], repos[c.destination_repository_id], c))
             if scope != "backup":
                 # copies of points merged away that copies made before the merge still
@@ -423,7 +430,13 @@ class VerifyService:
             with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="verify") as pool:
                 for future in [pool.submit(run_group, items) for items in groups.values()]:
                     future.result()
-        self._name_good_copies(results, job_id)
+        if should_stop is not None and should_stop():
+            # asked to stop (SIGTERM, cancel): what was read is recorded; the events
+            # naming good copies and the alerts wait for the next run and the
+            # scheduler's alert pass (after a mass verify they are one catalog write
+            # per bad file: minutes a stopping daemon would spend)
+            return results
+        self._name_good_copies(results, job_id, should_stop)
         was_bad = any(_verify_state(r.target)[0] not in (None, "ok") for r in results)
         if was_bad or any(r.outcome != "ok" for r in results):
             # a file found bad (or one bad before that reads well now): its alert at once
@@ -471,11 +484,19 @@ class VerifyService:
         else:
             self.store.update_copy(t.copy.id, verify_state=result.outcome, verified_at=now)
 
-    def _name_good_copies(self, results: list[Result], job_id: int | None) -> None:
+    def _name_good_copies(
+        self,
+        results: list[Result],
+        job_id: int | None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         """For every bad file: which other copies of that point are good (verifying them
-        now when this run did not), and a critical event that names them."""
+        now when this run did not), and a critical event that names them. A stop is
+        looked at before each file (the files are recorded bad already)."""
         by_key = {r.target.key: r for r in results}
         for result in [r for r in results if r.outcome != "ok"]:
+            if should_stop is not None and should_stop():
+                return
             backup = result.target.backup
             for other in self._places(backup):
                 if other.key == result.target.key:

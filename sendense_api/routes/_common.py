@@ -4,13 +4,15 @@ not a setting silently ignored)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
+from engine.paging import CURSOR_MAX, Page
 from engine.shapes import job_dict
 from sendense_api.app import API_PREFIX
 
@@ -41,3 +43,44 @@ def accepted(job: Any, **extra: Any) -> JSONResponse:
     url = job_url(job.id)
     body = {"job": job_dict(job), "url": url, **extra}
     return JSONResponse(jsonable_encoder(body), status_code=202, headers={"Location": url})
+
+
+# -- pages (keyset: engine.paging) ----------------------------------------------------
+
+#: the largest page one request reads (the CLI's --limit bound)
+PAGE_MAX = 100_000
+NEXT_CURSOR = "X-Next-Cursor"
+MORE = "X-More"
+
+Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows in the page")]
+After = Annotated[
+    str | None,
+    Query(
+        max_length=CURSOR_MAX,
+        description=f"the page after this cursor (the previous page's {NEXT_CURSOR} header)",
+    ),
+]
+#: how a listing route documents its paging headers
+PAGED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "one page, in the listing's order",
+        "headers": {
+            NEXT_CURSOR: {
+                "description": "pass it as ``after`` for the next page; absent on the last",
+                "schema": {"type": "string"},
+            },
+            MORE: {
+                "description": "how many rows follow this page (with X-Next-Cursor)",
+                "schema": {"type": "integer"},
+            },
+        },
+    }
+}
+
+
+def send_page(response: Response, page: Page[Any]) -> None:
+    """Put the next page's cursor and the count of what follows in the headers (the
+    body stays the list the CLI's ``--json`` prints)."""
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR] = page.next_cursor
+        response.headers[MORE] = str(page.more)

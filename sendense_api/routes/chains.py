@@ -1,7 +1,8 @@
 """Chains and restore points: ``sendense chain show|check|consolidate|delete`` and
 ``sendense backup list`` over HTTP.
 
-- ``GET /chains`` (``?repo=``, ``?all=true`` for retired ones), ``GET /chains/{id}``;
+- ``GET /chains`` (``?repo=``, ``?all=true`` for retired ones, ``?limit=&after=`` for
+  pages: the next page's cursor is the ``X-Next-Cursor`` header), ``GET /chains/{id}``;
 - ``GET /chains/check`` and ``GET /chains/{id}/check`` (``?deep=true`` re-reads the
   files): read; the outcome is recorded on the chain, as the CLI's check does;
 - ``POST /chains/fix`` (admin; ``{"repo": …}`` for one repository): what ``chain check
@@ -10,8 +11,9 @@
 - ``POST /chains/{id}/consolidate`` (operate): 202 and a ``consolidate`` job. The CLI
   consolidates without a confirmation (it is routine maintenance: no backed-up data
   goes, the oldest points merge into a new full), so it is an operator's call;
-- ``GET /restore-points`` (``?repo=&vm=``), ``GET /restore-points/{id}`` (with the
-  files of its chain as their headers describe them);
+- ``GET /restore-points`` (``?repo=&vm=``, paged as ``/chains``),
+  ``GET /restore-points/{id}`` (with the files of its chain as their headers describe
+  them);
 - ``GET /restore-points/{id}/delete-plan``: what deleting it takes with it;
 - ``DELETE /restore-points/{id}`` (admin): deletes it and the points after it, the
   way ``sendense chain delete --yes --no-wait`` does (the CLI asks for ``--yes``:
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
@@ -31,7 +33,15 @@ from engine.errors import NotFoundError
 from engine.names import ID_MAX
 from engine.shapes import chain_dict, point_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
-from sendense_api.routes._common import Body, ShapedRoute, accepted
+from sendense_api.routes._common import (
+    PAGED,
+    After,
+    Body,
+    Limit,
+    ShapedRoute,
+    accepted,
+    send_page,
+)
 
 router = APIRouter(tags=["chains"], route_class=ShapedRoute)
 
@@ -39,19 +49,20 @@ ChainId = Annotated[int, Path(ge=1, le=ID_MAX, description="a chain id")]
 PointId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore point id")]
 
 
-def _repository_id(engine: Any, repo: str | None) -> int | None:
-    return engine.repositories.get(repo).id if repo else None
-
-
-@router.get("/chains")
+@router.get("/chains", responses=PAGED)
 def list_chains(
     engine: EngineDep,
     caller: Reader,
+    response: Response,
     repo: Annotated[str | None, Query(max_length=256, description="repository name or #ID")] = None,
     all: Annotated[bool, Query(description="also retired chains")] = False,
+    limit: Limit = 20,
+    after: After = None,
 ) -> list[dict[str, Any]]:
-    views = engine.chains.overview(repository_id=_repository_id(engine, repo), include_retired=all)
-    return [chain_dict(v) for v in views]
+    """A page of chains in VM, disk order, each with its live points."""
+    page = engine.listings.chains(repository=repo, include_retired=all, after=after, limit=limit)
+    send_page(response, page)
+    return [chain_dict(v) for v in page.items]
 
 
 @router.get("/chains/check")
@@ -74,9 +85,8 @@ def fix_chains(
 @router.get("/chains/{chain_id}")
 def show_chain(engine: EngineDep, caller: Reader, chain_id: ChainId) -> dict[str, Any]:
     engine.chains.disk_of(chain_id)  # NotFoundError (404) for a chain that does not exist
-    for view in engine.chains.overview(include_retired=True):
-        if view.chain.id == chain_id:
-            return chain_dict(view)
+    for view in engine.listings.chains(chain_id=chain_id, include_retired=True, limit=1).items:
+        return chain_dict(view)
     raise NotFoundError(f"chain {chain_id} does not exist")  # removed meanwhile
 
 
@@ -111,14 +121,20 @@ def consolidate_chain(
     return accepted(job)
 
 
-@router.get("/restore-points")
+@router.get("/restore-points", responses=PAGED)
 def list_points(
     engine: EngineDep,
     caller: Reader,
+    response: Response,
     repo: Annotated[str | None, Query(max_length=256, description="repository name or #ID")] = None,
     vm: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Limit = 50,
+    after: After = None,
 ) -> list[dict[str, Any]]:
-    return [point_dict(b, c) for b, c in engine.backups.list_points(repository=repo, vm=vm)]
+    """A page of restore points in VM, disk, chain order (as ``sendense backup list``)."""
+    page = engine.listings.points(repository=repo, vm=vm, after=after, limit=limit)
+    send_page(response, page)
+    return [point_dict(b, c) for b, c in page.items]
 
 
 @router.get("/restore-points/{point_id}")

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,7 @@ from engine.shapes import event_dict, live_event_dict
 from engine.views import LEVELS
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Reader
-from sendense_api.routes._common import ShapedRoute
+from sendense_api.routes._common import PAGED, After, Limit, ShapedRoute, send_page
 
 router = APIRouter(prefix="/events", tags=["events"], route_class=ShapedRoute)
 
@@ -27,22 +27,31 @@ POLL_LIMIT = 1000
 Level = Literal["debug", "info", "warning", "error", "critical"]
 
 
-@router.get("")
+@router.get("", responses=PAGED)
 def list_events(
     engine: EngineDep,
     _caller: Reader,
+    response: Response,
     level: Annotated[Level, Query(description="minimum level")] = "info",
     source: Annotated[str | None, Query(max_length=64)] = None,
     grep: Annotated[str | None, Query(max_length=256, description="in message or kind")] = None,
     after_id: Annotated[int | None, Query(ge=0, le=ID_MAX)] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 50,
+    limit: Limit = 50,
+    after: After = None,
 ) -> list[dict[str, Any]]:
     """The newest ``limit`` entries, oldest first (as ``sendense events --json``);
-    ``after_id`` gives only the ones after an entry already seen."""
-    entries = engine.audit.query(
-        min_level=level, source=source, text=grep, after_id=after_id, limit=limit
+    ``after_id`` gives only the ones after an entry already seen; ``after`` (the
+    ``X-Next-Cursor`` of a page) the page of older entries before that page."""
+    if after_id is not None:
+        entries = engine.audit.query(
+            min_level=level, source=source, text=grep, after_id=after_id, limit=limit
+        )
+        return [event_dict(entry) for entry in reversed(entries)]
+    page = engine.listings.events(
+        min_level=level, source=source, text=grep, after=after, limit=limit
     )
-    return [event_dict(entry) for entry in reversed(entries)]
+    send_page(response, page)
+    return [event_dict(entry) for entry in reversed(page.items)]
 
 
 @router.get("/stream", response_class=StreamingResponse)

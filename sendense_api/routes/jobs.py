@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +19,7 @@ from engine.shapes import event_dict, job_dict
 from engine.views import FINAL_STATES
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Operator, Reader
-from sendense_api.routes._common import ShapedRoute
+from sendense_api.routes._common import PAGED, After, Limit, ShapedRoute, send_page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ShapedRoute)
 
@@ -29,16 +29,21 @@ JobState = Literal[
 ]
 
 
-@router.get("")
+@router.get("", responses=PAGED)
 def list_jobs(
     engine: EngineDep,
     _caller: Reader,
+    response: Response,
     state: Annotated[list[JobState] | None, Query(description="repeatable")] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 50,
+    limit: Limit = 50,
+    after: After = None,
 ) -> list[dict[str, Any]]:
-    """Newest first (as ``sendense jobs list``)."""
-    return [job_dict(job) for job in engine.jobs.list(states=state, kind=kind, limit=limit)]
+    """A page of jobs, newest first (as ``sendense jobs list``); the next page's cursor
+    is the ``X-Next-Cursor`` header."""
+    page = engine.listings.jobs(states=state, kind=kind, after=after, limit=limit)
+    send_page(response, page)
+    return [job_dict(job) for job in page.items]
 
 
 @router.get("/{job_id}")

@@ -17,8 +17,9 @@ import argparse
 import importlib
 import json
 import re
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings, load_settings, sqlite_url
-from engine.errors import SendenseError
+from engine.errors import SendenseError, ValidationError
 from engine.names import ID_MAX, UNSAFE_CHARS, parse_id
 from sendense_tui.format import printable
 
@@ -130,10 +131,165 @@ def add_parser(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentPa
     return subparsers.add_parser(name, **kwargs)
 
 
+#: each top-level command: its --help line and the group modules that register it.
+#: ``sendense --help`` and ``sendense version`` read this table instead of importing
+#: every group (a group pulls in the engine, SQLAlchemy…): a call pays only for the
+#: command it runs. tests/tui/test_cli_start.py checks it against the modules.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "repo": ("repositories: list, add, import, show, test, remove", ("repo",)),
+    "jobs": ("list and steer jobs", ("jobs",)),
+    "backup": ("back up VM disks, list restore points", ("backup",)),
+    "chain": ("show, check and consolidate backup chains", ("chain",)),
+    "restore": ("restore disks and files from backups", ("restore", "restore_files")),
+    "copy": ("copy backups to other repositories (3-2-1)", ("copy",)),
+    "verify": ("re-read backups and copies, compare checksums", ("verify",)),
+    "export": ("serve restore points over NBD", ("export",)),
+    "policy": ("backup policies: schedule, retention, locks", ("policy",)),
+    "lock": ("immutability locks (chattr +i)", ("lock",)),
+    "daemon": (
+        "run the scheduler, jobs, mounts and exports headless (started by the console "
+        "when none runs; or by systemd)",
+        ("daemon",),
+    ),
+    "api": ("the HTTP API: tokens, where it listens", ("api",)),
+    "events": ("show the audit log", ("events",)),
+    "metrics": ("print the Prometheus metrics (text format) on stdout", ("metrics",)),
+    "notify": ("notification rules: webhooks, mail, apprise", ("notify",)),
+    "catalog": ("the catalog database", ("catalog",)),
+    "doctor": ("check the system programs Sendense needs", ("doctor",)),
+    "version": ("print the version", ("version",)),
+    "demo": (
+        "open the console on a demo: real small backups in a temporary directory",
+        ("demo",),
+    ),
+    "console": ("open the console (--web: serve it to browsers)", ("console",)),
+}
+#: options before the command that take a value (``--state-dir DIR``)
+_VALUED_OPTIONS = ("--state-dir", "--db-url")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The top-level command ``argv`` names (None: none, e.g. ``sendense --help``)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED_OPTIONS:
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def register_all(subparsers: Any) -> None:
     for name in GROUPS:
         module = importlib.import_module(f"sendense_tui.commands.{name}")
         module.register(subparsers)
+
+
+def register_for(subparsers: Any, argv: list[str]) -> None:
+    """Register the command ``argv`` runs in full and every other one as a stub with
+    its help line (enough for ``--help`` and for argparse's "invalid choice")."""
+    word = command_word(argv)
+    if word not in COMMANDS:
+        word = None
+    for name, (text, modules) in COMMANDS.items():
+        if name == word:
+            for module_name in modules:
+                importlib.import_module(f"sendense_tui.commands.{module_name}").register(subparsers)
+        else:
+            add_parser(subparsers, name, help=text, add_help=False)
+
+
+#: the largest page a listing prints at once (--all streams more than that)
+PAGE_MAX = LIMIT_MAX
+#: a listing's page size when stdout is not a terminal
+PIPE_PAGE = 50
+
+
+def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
+    """``--limit N``, ``--after CURSOR`` and ``--all`` for a listing (keyset pages:
+    engine.paging)."""
+    parser.add_argument(
+        "--limit",
+        type=bounded_int(1, PAGE_MAX),
+        help=f"{noun} a page (default: what fits the terminal; {PIPE_PAGE} into a pipe)",
+    )
+    parser.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the page after this cursor (the previous page ends with it)",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        dest="every",
+        help=f"every {noun}, streamed (with --json: one JSON object a line)",
+    )
+
+
+def page_size(args: argparse.Namespace, *, lines_each: int = 1) -> int:
+    """The page a listing prints: ``--limit``, else what fits the terminal (a header,
+    the "more" line and the prompt kept in view), else PIPE_PAGE."""
+    if getattr(args, "limit", None):
+        return int(args.limit)
+    if sys.stdout.isatty():
+        lines = shutil.get_terminal_size().lines
+        return max(1, min(PAGE_MAX, (lines - 3) // max(1, lines_each)))
+    return PIPE_PAGE
+
+
+def check_paging(args: argparse.Namespace) -> None:
+    if getattr(args, "every", False) and (args.after or args.limit):
+        raise ValidationError(
+            "--all lists everything: it takes neither --after nor --limit",
+            hint="leave --all out to read page by page",
+        )
+
+
+def say_more(ctx: CliContext, page: Any) -> None:
+    """``1,234 more: --after CURSOR`` after a page that is not the last; on stderr
+    under --json (stdout stays one JSON document)."""
+    if page.next_cursor is None:
+        return
+    line = f"{page.more:,} more: --after {page.next_cursor}"
+    print(line, file=sys.stderr if ctx.json else sys.stdout)
+
+
+def stream(
+    ctx: CliContext,
+    rows: Iterable[Any],
+    as_json: Callable[[Any], Any],
+    as_row: Callable[[Any], list[str]],
+    headers: list[str],
+) -> int:
+    """Print every row of a listing as it is read (``--all``): JSON lines under
+    --json, else a table per batch (the header once). Nothing is held but a batch."""
+    batch: list[list[str]] = []
+    first = True
+    for row in rows:
+        if ctx.json:
+            sys.stdout.write(json_text(as_json(row)) + "\n")
+            continue
+        batch.append(as_row(row))
+        if len(batch) >= STREAM_ROWS:
+            _print_rows(batch, headers, first)
+            batch, first = [], False
+    if batch:
+        _print_rows(batch, headers, first)
+    sys.stdout.flush()
+    return 0
+
+
+#: rows of a streamed table aligned together
+STREAM_ROWS = 500
+
+
+def _print_rows(rows: list[list[str]], headers: list[str], header: bool) -> None:
+    lines = table(rows, headers).split("\n")
+    print("\n".join(lines if header else lines[1:]))
 
 
 @dataclass

@@ -21,7 +21,18 @@ from typing import Any
 from engine.errors import ValidationError
 from engine.services.backup import DiskSource
 from engine.shapes import point_dict
-from sendense_tui.commands import COUNT_MAX, CliContext, add_parser, bounded_int, table
+from sendense_tui.commands import (
+    COUNT_MAX,
+    CliContext,
+    add_paging,
+    add_parser,
+    bounded_int,
+    check_paging,
+    page_size,
+    say_more,
+    stream,
+    table,
+)
 from sendense_tui.commands.jobs import (
     WAIT_ENDS,
     check_recorded,
@@ -94,6 +105,7 @@ def register(subparsers: Any) -> None:
     lister = add_parser(sub, "list", help="list restore points")
     lister.add_argument("--repo", help="only this repository (name, or #ID)")
     lister.add_argument("--vm", help="only this VM")
+    add_paging(lister, "restore points")
     lister.set_defaults(func=list_points)
 
 
@@ -227,33 +239,42 @@ def transfer_line(d: dict[str, Any]) -> str:
     return text + (": " + ", ".join(parts) if parts else "")
 
 
-def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine(read_only=True) as engine:
-        points = engine.backups.list_points(repository=args.repo, vm=args.vm)
-        now = engine.clock.now()
-    if ctx.json:
-        ctx.print_json([point_dict(b, c) for b, c in points])
-        return 0
-    if not points:
-        print("no restore points")
-        return 0
-    rows = [
-        [
-            str(b.id),
-            f"{c.vm_name}/{c.disk_name}",
-            b.kind,
-            short_time(b.point_time, now),
-            human_bytes(b.file_size),
-            human_bytes(b.allocated_bytes),
-            b.state,
-            str(c.id),
-            (b.tracking or {}).get("rung") or "-",
-        ]
-        for b, c in points
+def _point_row(row: tuple[Any, Any], now: Any) -> list[str]:
+    b, c = row
+    return [
+        str(b.id),
+        f"{c.vm_name}/{c.disk_name}",
+        b.kind,
+        short_time(b.point_time, now),
+        human_bytes(b.file_size),
+        human_bytes(b.allocated_bytes),
+        b.state,
+        str(c.id),
+        (b.tracking or {}).get("rung") or "-",
     ]
-    print(
-        table(
-            rows, ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CHAIN", "FOUND BY"]
+
+
+POINT_HEADERS = ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CHAIN", "FOUND BY"]
+
+
+def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
+    """A page of restore points in VM, disk, chain order (``--all``: all, streamed)."""
+    check_paging(args)
+    with ctx.engine(read_only=True) as engine:
+        now = engine.clock.now()
+        if args.every:
+            rows = engine.listings.all_points(repository=args.repo, vm=args.vm)
+            return stream(
+                ctx, rows, lambda r: point_dict(*r), lambda r: _point_row(r, now), POINT_HEADERS
+            )
+        page = engine.listings.points(
+            repository=args.repo, vm=args.vm, after=args.after, limit=page_size(args)
         )
-    )
+    if ctx.json:
+        ctx.print_json([point_dict(b, c) for b, c in page.items])
+    elif not page.items:
+        print("no restore points")
+    else:
+        print(table([_point_row(r, now) for r in page.items], POINT_HEADERS))
+    say_more(ctx, page)
     return 0

@@ -11,11 +11,22 @@ and imports finished orphans (engine.services.imports) before checking."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from typing import Any
 
 from engine.errors import ValidationError
 from engine.shapes import chain_dict
-from sendense_tui.commands import CliContext, add_parser, id_argument, say_when_waiting
+from sendense_tui.commands import (
+    CliContext,
+    add_paging,
+    add_parser,
+    check_paging,
+    id_argument,
+    page_size,
+    say_more,
+    say_when_waiting,
+    stream,
+)
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, plural, printable, short_time
 
@@ -29,7 +40,8 @@ def register(subparsers: Any) -> None:
     show = add_parser(sub, "show", help="chains with their restore points and sizes")
     show.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
     show.add_argument("--repo", help="only this repository")
-    show.add_argument("--all", action="store_true", help="also retired chains")
+    show.add_argument("--retired", action="store_true", help="also retired chains")
+    add_paging(show, "chains (retired ones too)")
     show.set_defaults(func=show_chains)
     check = add_parser(sub, "check", help="compare chains on disk with the catalog")
     check.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
@@ -58,40 +70,60 @@ def register(subparsers: Any) -> None:
 
 
 def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
+    """A page of chains in VM, disk order with their points (``--all``: every chain,
+    retired ones too, streamed)."""
+    check_paging(args)
     with ctx.engine(read_only=True) as engine:
-        repo_id = engine.repositories.get(args.repo).id if args.repo else None
-        views = engine.chains.overview(repository_id=repo_id, include_retired=args.all)
         now = engine.clock.now()
-    if args.chain_id is not None:
-        views = [v for v in views if v.chain.id == args.chain_id]
-    if ctx.json:
-        ctx.print_json([chain_dict(v) for v in views])
-        return 0
-    if not views:
-        print("no chains")
-        return 0
-    for v in views:
-        print(
-            printable(
-                f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] "
-                f"in {v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}"
-                f", files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
-            )
+        if args.every:
+            views: Iterable[Any] = engine.listings.all_chains(repository=args.repo)
+            if ctx.json:
+                return stream(ctx, views, chain_dict, lambda v: [], [])
+            for view in views:
+                _print_chain(view, now)
+            return 0
+        page = engine.listings.chains(
+            repository=args.repo,
+            include_retired=args.retired or args.chain_id is not None,
+            chain_id=args.chain_id,
+            after=args.after,
+            limit=page_size(args, lines_each=CHAIN_LINES),
         )
-        if v.chain.state_detail:
-            print(printable(f"  ! {v.chain.state_detail}"))
-        for line in v.damage():
-            print(printable(f"  ! {line}"))
-        for p in v.points:
-            b = p.backup
-            lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
-            if p.unprotected:
-                lock = f"  NOT PROTECTED (lock due until {p.locked_until:%Y-%m-%d})"
-            print(
-                f"  #{b.id:<5} {b.kind:<11} {short_time(b.point_time, now):>16}  "
-                f"{human_bytes(b.file_size):>10}  {b.state}{lock}"
-            )
+    if ctx.json:
+        ctx.print_json([chain_dict(v) for v in page.items])
+    elif not page.items:
+        print("no chains")
+    for view in [] if ctx.json else page.items:
+        _print_chain(view, now)
+    say_more(ctx, page)
     return 0
+
+
+#: lines a chain takes on screen, roughly (its line and a few points): sizes the page
+CHAIN_LINES = 8
+
+
+def _print_chain(v: Any, now: Any) -> None:
+    print(
+        printable(
+            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] "
+            f"in {v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}"
+            f", files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
+        )
+    )
+    if v.chain.state_detail:
+        print(printable(f"  ! {v.chain.state_detail}"))
+    for line in v.damage():
+        print(printable(f"  ! {line}"))
+    for p in v.points:
+        b = p.backup
+        lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
+        if p.unprotected:
+            lock = f"  NOT PROTECTED (lock due until {p.locked_until:%Y-%m-%d})"
+        print(
+            f"  #{b.id:<5} {b.kind:<11} {short_time(b.point_time, now):>16}  "
+            f"{human_bytes(b.file_size):>10}  {b.state}{lock}"
+        )
 
 
 def check_chains(args: argparse.Namespace, ctx: CliContext) -> int:

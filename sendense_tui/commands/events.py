@@ -7,9 +7,19 @@ import sys
 import time
 from typing import Any
 
+from engine.errors import ValidationError
 from engine.shapes import event_dict as entry_dict
 from engine.views import LEVELS, AuditEntry
-from sendense_tui.commands import LIMIT_MAX, CliContext, add_parser, bounded_int, json_text
+from sendense_tui.commands import (
+    CliContext,
+    add_paging,
+    add_parser,
+    check_paging,
+    json_text,
+    page_size,
+    say_more,
+    stream,
+)
 from sendense_tui.format import printable
 
 FOLLOW_POLL_SECONDS = 1.0
@@ -20,7 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--level", choices=LEVELS, default="info", help="minimum level")
     parser.add_argument("--source", help="only events from this source (jobs, capacity…)")
     parser.add_argument("--grep", help="only events whose message or kind contains this")
-    parser.add_argument("--limit", type=bounded_int(1, LIMIT_MAX), default=50)
+    add_paging(parser, "events")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     parser.set_defaults(func=show_events)
 
@@ -41,14 +51,33 @@ def _emit(entries: list[AuditEntry], as_json: bool) -> None:
 
 
 def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
+    """A page of the newest events, printed oldest first (the newest at the bottom, as
+    ``tail``); ``--after`` the older page before it; ``--all`` every event, newest
+    first, streamed; ``--follow`` then prints new ones as they come."""
+    check_paging(args)
+    if args.follow and (args.every or args.after):
+        raise ValidationError(
+            "--follow prints the newest events and then new ones: it takes neither "
+            "--all nor --after"
+        )
     query = {"min_level": args.level, "source": args.source, "text": args.grep}
     with ctx.engine(read_only=True) as engine:
-        entries = list(reversed(engine.audit.query(limit=args.limit, **query)))
+        if args.every:
+            everything = engine.listings.all_events(**query)
+            if ctx.json:
+                return stream(ctx, everything, entry_dict, lambda e: [], [])
+            for entry in everything:
+                print(_line(entry))
+            return 0
+        page = engine.listings.events(after=args.after, limit=page_size(args), **query)
+        entries = list(reversed(page.items))
         if ctx.json and not args.follow:
             ctx.print_json([entry_dict(e) for e in entries])
+            say_more(ctx, page)
             return 0
         _emit(entries, ctx.json)
         if not args.follow:
+            say_more(ctx, page)
             return 0
         last = entries[-1].id if entries else 0
         while True:  # Ctrl+C or SIGTERM ends it (exit 4, handled in cli.main)

@@ -17,11 +17,14 @@ from engine.errors import CatalogUnavailable
 from engine.shapes import job_dict
 from engine.views import FINAL_STATES, Job
 from sendense_tui.commands import (
-    LIMIT_MAX,
     CliContext,
+    add_paging,
     add_parser,
-    bounded_int,
+    check_paging,
     id_argument,
+    page_size,
+    say_more,
+    stream,
     table,
 )
 from sendense_tui.exitcodes import CommandFailed, CommandInterrupted
@@ -242,7 +245,8 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     lister = add_parser(sub, "list", help="list jobs, newest first")
     lister.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
-    lister.add_argument("--limit", type=bounded_int(1, LIMIT_MAX), default=50)
+    lister.add_argument("--kind", help="only jobs of this kind (backup, copy, verify…)")
+    add_paging(lister, "jobs")
     lister.set_defaults(func=list_jobs)
     show = add_parser(sub, "show", help="one job in detail")
     show.add_argument("job_id", type=id_argument("a job"))
@@ -258,31 +262,40 @@ def register(subparsers: Any) -> None:
         steer.set_defaults(func=steer_job, verb=verb)
 
 
+def _job_row(job: Job, now: Any) -> list[str]:
+    pct = percent(job.bytes_done, job.bytes_total)
+    return [
+        str(job.id),
+        job.state,
+        job.kind,
+        job.title,
+        "-" if pct is None else f"{pct:.0f}%",
+        human_rate(job.rate) if job.state == "running" else "-",
+        short_time(job.finished_at or job.started_at or job.created_at, now),
+    ]
+
+
+JOB_HEADERS = ["ID", "STATE", "KIND", "TITLE", "DONE", "RATE", "WHEN"]
+
+
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
+    """A page of jobs, newest first (``--all``: all, streamed)."""
+    check_paging(args)
     with ctx.engine(read_only=True) as engine:
-        jobs = engine.jobs.list(states=args.state, limit=args.limit)
         now = engine.clock.now()
-    if ctx.json:
-        ctx.print_json([job_dict(j) for j in jobs])
-        return 0
-    if not jobs:
-        print("no jobs")
-        return 0
-    rows = []
-    for job in jobs:
-        pct = percent(job.bytes_done, job.bytes_total)
-        rows.append(
-            [
-                str(job.id),
-                job.state,
-                job.kind,
-                job.title,
-                "-" if pct is None else f"{pct:.0f}%",
-                human_rate(job.rate) if job.state == "running" else "-",
-                short_time(job.finished_at or job.started_at or job.created_at, now),
-            ]
+        if args.every:
+            rows = engine.listings.all_jobs(states=args.state, kind=args.kind)
+            return stream(ctx, rows, job_dict, lambda j: _job_row(j, now), JOB_HEADERS)
+        page = engine.listings.jobs(
+            states=args.state, kind=args.kind, after=args.after, limit=page_size(args)
         )
-    print(table(rows, ["ID", "STATE", "KIND", "TITLE", "DONE", "RATE", "WHEN"]))
+    if ctx.json:
+        ctx.print_json([job_dict(j) for j in page.items])
+    elif not page.items:
+        print("no jobs")
+    else:
+        print(table([_job_row(j, now) for j in page.items], JOB_HEADERS))
+    say_more(ctx, page)
     return 0
 
 

@@ -316,13 +316,13 @@ class ChainsScreen(SendenseScreen):
         key = tree.sort_key
         if key is not None:
             per_vm: dict[str, Any] = {}
-            for view, points in shown:
-                if isinstance(view, VmSummary):
-                    per_vm[view.vm] = _summary_order(view, key)
+            for shown_item, points in shown:
+                if isinstance(shown_item, VmSummary):
+                    per_vm[shown_item.vm] = _summary_order(shown_item, key)
                     continue
-                vm = view.chain.vm_name
+                vm = shown_item.chain.vm_name
                 if key == "size":
-                    per_vm[vm] = per_vm.get(vm, 0) + view.physical_bytes
+                    per_vm[vm] = per_vm.get(vm, 0) + shown_item.physical_bytes
                 elif key == "newest":
                     newest = max((p.backup.point_time for p in points), default=None)
                     if newest is not None and (vm not in per_vm or newest > per_vm[vm]):
@@ -390,6 +390,7 @@ class ChainsScreen(SendenseScreen):
         """Fill the cleared tree; the node that was selected, if it is still there."""
         vms: dict[str, Any] = {}
         target_line = None
+        vm_node: Any
         for view, points in arranged:
             if isinstance(view, VmSummary):
                 vm_node = tree.root.add(_folded_label(view), ("vm", view.vm))

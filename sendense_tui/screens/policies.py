@@ -497,7 +497,8 @@ class PoliciesScreen(SendenseScreen):
             answer,
         )
 
-    def action_toggle(self) -> None:
+    # the screen's own "toggle" (a policy on/off), not DOMNode's toggle of an attribute
+    def action_toggle(self) -> None:  # type: ignore[override]
         pid = self._selected()
         row = self._rows.get(pid) if pid is not None else None
         if row is None:

@@ -260,3 +260,35 @@ def test_coverage_counted_in_sql_says_what_the_report_says(engine: Engine, tmp_p
     make_chain(engine, _src, size_mb=1, incrementals=0, vm="db01")
     _counted_as_report_lists(engine)
     assert engine.verifier.coverage().overdue > 0
+
+
+@SQLITE_ONLY
+def test_a_stop_during_a_mass_verify_ends_it_at_the_next_file(engine: Engine) -> None:
+    # A fleet whose files are all gone (a catalog-only bench fleet, a lost disk): every
+    # file verifies "missing" at once. Asked to stop, the run ends at the next file
+    # instead of first naming good copies of (and writing an event for) every bad
+    # file found so far: that made a stopping daemon take minutes.
+    from bench.seed import Fleet, seed
+
+    seed(engine, Fleet(repositories=1, vms=4, disks=2, points=5, jobs=0, events=0), say=False)
+    targets = engine.verifier.targets("all", include_copies=True)
+    assert len(targets) == 40
+    published: list[Event] = []
+    engine.bus.subscribe(published.append, kinds=("verify.",))
+    asked = [0]
+
+    def should_stop() -> bool:
+        asked[0] += 1
+        return asked[0] > 12  # SIGTERM arrives a dozen files in
+
+    results = engine.verifier.verify_targets(targets, should_stop=should_stop)
+    assert 0 < len(results) < len(targets)
+    assert all(r.outcome == "missing" for r in results)
+    assert published == [], "no file after the stop was read, named or announced"
+    # what was read is recorded: the report lists those files as bad
+    bad = {entry["backup_id"] for entry in engine.verifier.report().bad}
+    assert bad == {r.target.backup.id for r in results}
+    # without a stop every bad file is announced with what is still good
+    rest = [t for t in targets if t.backup.id not in bad]
+    engine.verifier.verify_targets(rest)
+    assert len([e for e in published if e.kind == "verify.missing"]) == len(rest)

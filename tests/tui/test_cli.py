@@ -76,8 +76,9 @@ def test_events_filters(state_dir: Path, capsys) -> None:
     entries = json.loads(capsys.readouterr().out)
     assert {e["level"] for e in entries} == {"warning", "error", "critical"}
     assert main(["--state-dir", str(state_dir), "events", "--grep", "offsite", "--limit", "2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    *lines, more = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all("offsite" in line for line in lines)
+    assert " more: --after " in more  # the page says how to read on
 
 
 def test_catalog_status_and_migrate(tmp_path: Path, capsys) -> None:

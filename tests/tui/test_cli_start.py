@@ -1,0 +1,104 @@
+"""A CLI call pays only for its own command (issue 16): ``sendense version`` and
+``sendense --help`` load neither the console (textual), the catalog (sqlalchemy)
+nor the API (fastapi); the command table the lazy parser reads says what the group
+modules register."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sendense_tui.cli import build_parser
+from sendense_tui.commands import COMMANDS, GROUPS, command_word
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("textual", "sqlalchemy", "fastapi", "alembic", "psutil", "rich", "engine.runtime")
+
+PROBE = """
+import contextlib, io, json, sys
+from sendense_tui.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+heavy = sorted({m.split(".")[0] if not m.startswith("engine.") else m for m in sys.modules})
+print(json.dumps({"code": code, "out": out.getvalue(), "modules": heavy}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["version"], ["--help"], ["version", "--json"]])
+def test_help_and_version_load_no_engine_console_or_api(tmp_path: Path, argv: list[str]) -> None:
+    env = {**os.environ, "SENDENSE_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["code"] == 0
+    assert "sendense" in seen["out"]
+    loaded = [name for name in HEAVY if name in seen["modules"]]
+    assert loaded == [], f"`sendense {' '.join(argv)}` imported {loaded}"
+    # and nothing was created: help and version read no settings
+    assert not (tmp_path / "state").exists()
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {choice.dest: choice.help for choice in action._choices_actions}
+    raise AssertionError("no subcommands")
+
+
+def test_the_lazy_command_table_matches_what_the_modules_register() -> None:
+    full = _choices(build_parser())
+    lazy = _choices(build_parser(["--help"]))
+    assert full == lazy, "COMMANDS in sendense_tui/commands/__init__.py is out of date"
+    modules = {m for _text, names in COMMANDS.values() for m in names}
+    assert modules == set(GROUPS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["--state-dir", "backup", "jobs", "list"], "jobs"),
+        (["--json", "backup", "list"], "backup"),
+        (["--db-url", "sqlite://", "--state-dir=/x", "chain", "show"], "chain"),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_the_command_word_skips_option_values(argv: list[str], word: str | None) -> None:
+    assert command_word(argv) == word
+
+
+def test_a_lazily_built_parser_parses_each_command_as_the_full_one() -> None:
+    for name in COMMANDS:
+        argv = [name, "--help"]
+        full = build_parser()
+        lazy = build_parser(argv)
+        assert full.format_help() == lazy.format_help()
+        sub_full = full._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+        sub_lazy = lazy._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+        assert sub_full.format_help() == sub_lazy.format_help()
+
+
+def test_the_version_printed_without_metadata_is_the_installed_one() -> None:
+    from importlib import metadata
+
+    from engine import __version__
+
+    assert __version__ == metadata.version("sendense")
