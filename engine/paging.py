@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from engine.errors import ValidationError
+from engine.errors import Action, ValidationError
 
 T = TypeVar("T")
 
@@ -60,8 +60,10 @@ def decode_cursor(listing: str, cursor: str) -> tuple[Any, ...]:
     truncated, from another listing) is refused with one sentence."""
     refused = ValidationError(
         f"{cursor[:40]!r} is not a cursor of this listing",
-        hint="give the word the previous page printed after --after (or leave --after out "
-        "to start at the top)",
+        action=Action(
+            "page_cursor",
+            "give the cursor the previous page named, or none to start at the top",
+        ),
     )
     if not cursor or len(cursor) > CURSOR_MAX or not cursor.isascii():
         raise refused

@@ -155,6 +155,8 @@ def percent(done: int, total: int) -> float | None:
 
 def progress_bar(done: int, total: int, width: int = 10) -> Text:
     """A block-character bar (no braille: it survives any SSH terminal) plus percent."""
+    from rich.text import Text
+
     pct = percent(done, total)
     if pct is None:
         return Text("-".ljust(width + 5), style="dim")
@@ -188,6 +190,8 @@ STATE_STYLES: dict[str, str] = {
 
 
 def level_text(level: str) -> Text:
+    from rich.text import Text
+
     return Text(level, style=LEVEL_STYLES.get(level, ""))
 
 
@@ -199,6 +203,8 @@ STATE_LABELS: dict[str, str] = {
 
 
 def state_text(state: str) -> Text:
+    from rich.text import Text
+
     return Text(STATE_LABELS.get(state, state), style=STATE_STYLES.get(state, ""))
 
 

@@ -19,6 +19,10 @@ CLI_ACTIONS: dict[str, Callable[[Action], str]] = {
     "unmount_restore": lambda a: f"unmount it first: sendense restore unmount {a.subject}",
     "cancel_job": lambda a: f"cancel it first: sendense jobs cancel {a.subject}",
     "overwrite_target": lambda a: "choose another name or replace it (--overwrite)",
+    "page_cursor": lambda a: (
+        "give the word the previous page printed after --after (or leave --after out "
+        "to start at the top)"
+    ),
     "read_unverified": lambda a: (
         "`--force` reads it anyway (its data is unverified); "
         "`sendense verify report` lists bad points and good copies"

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from engine.errors import ValidationError
+from engine.errors import Action, ValidationError
 from engine.guestmeta import GuestMeta as GuestEntry
 from engine.guestmeta import data_extents, read_meta
 from engine.private import PRIVATE_FILE
@@ -616,7 +616,8 @@ def open_output(path: str | Path, *, overwrite: bool = False) -> BinaryIO:
         fd = os.open(target, flags, PRIVATE_FILE)
     except FileExistsError:
         raise ValidationError(
-            f"{target} already exists", hint="name another file, or add --overwrite"
+            f"{target} already exists",
+            action=Action("overwrite_target", "name another file or replace it"),
         ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:

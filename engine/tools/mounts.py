@@ -239,8 +239,8 @@ def _explain_ntfs(device: str, target: str) -> Callable[[Completed], ToolError |
             return MountError(
                 f"ntfs-3g refuses the NTFS volume on {device}: Windows left it hibernated "
                 "or not cleanly shut down",
-                hint="restore the whole disk (sendense restore disk) and let Windows boot "
-                "it, or run chkdsk on a restored copy; the backup itself is never changed",
+                hint="restore the whole disk and let Windows boot it, or run chkdsk on a "
+                "restored copy; the backup itself is never changed",
                 **kw,
             )
         if "mftmirr" in lowered or "not a valid ntfs" in lowered or "corrupt" in lowered:
