@@ -310,3 +310,16 @@ def posix_acl(
         entries.append((ACL_MASK, 7 if mask is None else mask, _ACL_UNDEFINED_ID))
     entries.append((ACL_OTHER, other, _ACL_UNDEFINED_ID))
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def host_passwd_lines() -> set[bytes]:
+    """The appliance's /etc/passwd, line by line (see :func:`host_passwd_kept`)."""
+    with open("/etc/passwd", "rb") as f:
+        return set(f.read().splitlines())
+
+
+def host_passwd_kept(before: set[bytes]) -> bool:
+    """Whether every line /etc/passwd had is still there. Not a checksum: another test
+    running beside this one may add a system user meanwhile (tests/engine/test_access),
+    while a write through a restored link would replace the file's content."""
+    return before <= host_passwd_lines()

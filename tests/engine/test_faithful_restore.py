@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.fsimages import XFS_ENV, backup_chain, posix_acl, sh
+from tests.engine.fsimages import (
+    XFS_ENV,
+    backup_chain,
+    host_passwd_kept,
+    host_passwd_lines,
+    posix_acl,
+    sh,
+)
 from tests.engine.test_file_restore import Env, env  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.root
@@ -172,7 +179,7 @@ def _tree_of(path: Path) -> dict[str, tuple[int, int, int]]:
 
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
 def test_extract_gives_back_exactly_what_the_guest_had(env: Env, guest: Guest, fs: str) -> None:  # noqa: F811
-    passwd = _sha(Path("/etc/passwd"))
+    passwd = host_passwd_lines()
     victim_before = _tree_of(guest.victim)
     mount_id, mounted = _mount(env, guest.raws[fs])
     dest = env.tmp / "restored"
@@ -206,7 +213,7 @@ def test_extract_gives_back_exactly_what_the_guest_had(env: Env, guest: Guest, f
     assert os.readlink(dest / "tree/etc/passwd-link") == "/etc/passwd"
     assert os.readlink(dest / "tree/x/home") == str(guest.victim)
     # no link was written through: the appliance's and the host folder's files are as they were
-    assert _sha(Path("/etc/passwd")) == passwd
+    assert host_passwd_kept(passwd)
     assert _tree_of(guest.victim) == victim_before
     assert not list(dest.rglob(".sendense-*"))
 
@@ -269,7 +276,7 @@ def test_a_planted_link_in_an_existing_destination_is_not_written_through(
     os.symlink(outside / "inner", dest / "home" / "ann")  # inside: where a folder goes
     (dest / "data").mkdir()
     os.symlink(outside / "file", dest / "data" / "a")  # where a file goes
-    passwd = _sha(Path("/etc/passwd"))
+    passwd = host_passwd_lines()
     before = _tree_of(outside)
 
     result = env.service.extract(mount_id, ["disk/tree"], dest, specials=True)
@@ -297,7 +304,7 @@ def test_a_planted_link_in_an_existing_destination_is_not_written_through(
 
     assert _tree_of(outside) == before
     assert (outside / "file").read_bytes() == b"outside file\n"
-    assert _sha(Path("/etc/passwd")) == passwd
+    assert host_passwd_kept(passwd)
     assert list((guest.victim).iterdir()) == [guest.victim / "keep"]
 
 
