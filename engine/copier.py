@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import SendenseError
+from engine.errors import Action, SendenseError
 from engine.failpoints import failpoint
 from engine.fsutil import ReadAhead, durable_output
 from engine.oserrors import is_no_space
@@ -287,8 +287,10 @@ def _copy_once(src: Path, dst: Path, total: int, way: _Way, *, resume: bool) -> 
                     f"{src} does not match its recorded checksum (read sha256 "
                     f"{checksum[:16]}…, recorded {way.expected_checksum[:16]}…): the source "
                     "changed or rotted, so it was not copied",
-                    hint="run `sendense verify run` on the source and restore this point "
-                    "from a copy that is still good",
+                    action=Action(
+                        "verify_source",
+                        "verify the source and restore this point from a copy that is still good",
+                    ),
                 )
             failpoint("copy.after_write")
         return FileCopyResult(checksum=checksum, size=total, cloned=cloned, resumed_from=offset)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings
-from engine.errors import SendenseError
+from engine.errors import Action, SendenseError
 from engine.platform import pid_alive
 from engine.private import make_private_dir, open_private, write_private
 from engine.tools.background import BackgroundProcess, reap_when_done, start_background
@@ -181,7 +181,7 @@ class DaemonPresence:
             which = f" (pid {record['pid']})" if record else ""
             raise DaemonRunning(
                 f"a sendense daemon already runs for state directory {self.state_dir}{which}",
-                hint="`sendense daemon --status` shows it; `sendense daemon --stop` stops it",
+                action=Action("daemon_running", "see the daemon's status, or stop it"),
             ) from None
         self._fd = fd
         self._write(ready=False)

@@ -19,6 +19,39 @@ CLI_ACTIONS: dict[str, Callable[[Action], str]] = {
     "unmount_restore": lambda a: f"unmount it first: sendense restore unmount {a.subject}",
     "cancel_job": lambda a: f"cancel it first: sendense jobs cancel {a.subject}",
     "overwrite_target": lambda a: "choose another name or replace it (--overwrite)",
+    "verify_source": lambda a: (
+        "run `sendense verify run` on the source and restore this point "
+        "from a copy that is still good"
+    ),
+    "check_repository_mounted": lambda a: "is the repository mounted? `sendense repo list` says",
+    "export_name_taken": lambda a: "stop it first or choose another --name",
+    "release_expired_locks": lambda a: (
+        f"`sendense lock list --repo {a.subject}` shows them; "
+        "`sendense lock release-expired` releases expired locks"
+    ),
+    "locks_hold": lambda a: (
+        f"`sendense lock list --repo {a.subject}` shows them; "
+        "locks are never dropped before they expire, not even with --force"
+    ),
+    "check_chain_restore_copy": lambda a: "run `sendense chain check` and restore from a copy",
+    "lock_destination": lambda a: (
+        f"make the destination immutable first (sendense lock enable {a.subject} "
+        "--days N), or copy from an immutable repository"
+    ),
+    "failed_copies": lambda a: (
+        "`sendense copy status` lists the failed copies; `sendense copy run --copy ID` re-runs one"
+    ),
+    "use_starttls": lambda a: "add --starttls",
+    "daemon_running": lambda a: (
+        "`sendense daemon --status` shows it; `sendense daemon --stop` stops it"
+    ),
+    "export_tls": lambda a: (
+        "add --tls (a pre-shared key is made and how a client connects is printed), "
+        "or serve on 127.0.0.1 or a unix socket"
+    ),
+    "test_repository": lambda a: (
+        "check the server or the filesystem behind it; `sendense repo test` tries again"
+    ),
     "page_cursor": lambda a: (
         "give the word the previous page printed after --after (or leave --after out "
         "to start at the top)"

@@ -53,7 +53,7 @@ from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import CapacitySettings
-from engine.errors import CatalogUnavailable, SendenseError
+from engine.errors import Action, CatalogUnavailable, SendenseError
 from engine.events import Event, EventBus
 from engine.services.probe import (
     Probe,
@@ -610,8 +610,11 @@ class CapacityMonitor:
                 f"repository {repo.name} does not answer ({reading.error}): nothing is "
                 "written there until it does",
                 reason="unresponsive",
-                hint="check the server or the filesystem behind it; "
-                "`sendense repo test` tries again",
+                action=Action(
+                    "test_repository",
+                    "check the server or the filesystem behind it, then test it again",
+                    repo.name,
+                ),
             )
         if reading.error is None and reading.level == "full":
             th = self.thresholds(repo)

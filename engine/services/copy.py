@@ -291,8 +291,11 @@ class CopyService:
             raise ValidationError(
                 f"locking copies needs a lock period, and neither {src.name!r} nor "
                 f"{dst.name!r} is immutable",
-                hint=f"make the destination immutable first (sendense lock enable {dst.name} "
-                "--days N), or copy from an immutable repository",
+                action=Action(
+                    "lock_destination",
+                    "make the destination immutable first, or copy from an immutable repository",
+                    dst.name,
+                ),
             )
         self.locks.check_supported(dst)
 
@@ -722,8 +725,7 @@ class CopyService:
             raise CopyError(
                 f"{len(failures)} of {plural(len(items), 'file')} could not be copied to "
                 f"{dst.name}: " + "; ".join(failures[:3]) + (" …" if len(failures) > 3 else ""),
-                hint="`sendense copy status` lists the failed copies; "
-                "`sendense copy run --copy ID` re-runs one",
+                action=Action("failed_copies", "list the failed copies; each can be re-run alone"),
             )
         if unprotected:
             raise JobUnprotected(

@@ -47,7 +47,7 @@ from engine.catalog.models import NbdExport
 from engine.catalog.restore import RestoreStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import EXPORT_IDLE_MINUTES_MAX, EXPORT_MAX_HOURS_MAX, Settings
-from engine.errors import SendenseError, ValidationError
+from engine.errors import Action, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import name_error
 from engine.owners import owner_alive
@@ -288,14 +288,19 @@ class ExportService:
         except PointUnreadable as exc:
             raise ExportError(
                 f"cannot serve restore point {backup_id}: {exc.message}",
-                hint=exc.hint or "is the repository mounted? `sendense repo list` says",
+                hint=exc.hint,
+                action=None
+                if exc.hint
+                else Action("check_repository_mounted", "is the repository mounted?"),
             ) from None
         with self._lock:
             self.refresh()
             if self.store.export_named(name, states=("running",)) is not None:
                 raise ExportError(
                     f"an export named {name!r} is already running",
-                    hint="stop it first or choose another --name",
+                    action=Action(
+                        "export_name_taken", "stop it first or choose another name", name
+                    ),
                 )
             make_private_dir(self.root)
             if port is not None:

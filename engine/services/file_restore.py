@@ -266,7 +266,10 @@ class FileRestoreService(MountBrowsing, Extraction, Archiving):
             except PointUnreadable as exc:
                 raise FileRestoreError(
                     f"cannot mount restore point {backup_id} ({point.label}): {exc.message}",
-                    hint=exc.hint or "is the repository mounted? `sendense repo list` says",
+                    hint=exc.hint,
+                    action=None
+                    if exc.hint
+                    else Action("check_repository_mounted", "is the repository mounted?"),
                 ) from None
             view = self._mount_new(point, read, ttl, actor, DETACHED if detached else self.owner)
             return replace(view, note=read.note)

@@ -51,7 +51,7 @@ from engine.catalog.audit import LEVELS
 from engine.catalog.models import NotificationDelivery, NotificationRule
 from engine.catalog.notifications import NotificationStore
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.errors import CatalogUnavailable, SendenseError, ValidationError
+from engine.errors import Action, CatalogUnavailable, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
 from engine.services.secrets import SecretBox
@@ -343,13 +343,13 @@ class NotificationService:
             if level is not None and level not in LEVELS:
                 raise ValidationError(
                     f"level {level!r} is not one of {', '.join(LEVELS)}",
-                    hint="e.g. --min-level warning",
+                    hint="e.g. warning",
                 )
         for text in [*spec.sources, *spec.kinds]:
             if not text or len(text) > 96 or has_unsafe_chars(text) or " " in text:
                 raise ValidationError(
                     f"{text!r} is not a source or event kind",
-                    hint="e.g. --source copy, --kind job.failed or --kind job.",
+                    hint="e.g. the source copy, the kind job.failed, or job. for every job event",
                 )
         if spec.dedup_minutes < 0 or spec.dedup_minutes > 7 * 24 * 60:
             raise ValidationError("the dedup window is 0 to 10080 minutes (a week)")
@@ -357,7 +357,7 @@ class NotificationService:
             raise ValidationError("the rate limit is 1 to 10000 messages per hour")
         if spec.digest_at is not None and not _HHMM.fullmatch(spec.digest_at):
             raise ValidationError(
-                f"digest time {spec.digest_at!r} is not HH:MM", hint="e.g. --digest 07:30 (UTC)"
+                f"digest time {spec.digest_at!r} is not HH:MM", hint="e.g. 07:30 (UTC)"
             )
         # what is secret goes into one encrypted JSON object; options keep the rest
         options: dict[str, Any]
@@ -857,12 +857,14 @@ def shown_url(url: str) -> str:
 
 def _checked_webhook_url(url: str | None) -> str:
     if not url:
-        raise ValidationError("a webhook rule needs a URL", hint="--webhook https://…")
+        raise ValidationError(
+            "a webhook rule needs a URL", hint="e.g. https://hooks.example.com/sendense"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or has_unsafe_chars(url):
         raise ValidationError(
             f"{shown_url(url)!r} is not an http:// or https:// URL",
-            hint="e.g. --webhook https://hooks.example.com/sendense",
+            hint="e.g. https://hooks.example.com/sendense",
         )
     try:
         parts.port  # noqa: B018 (parsing it is the check)
@@ -876,7 +878,7 @@ def _checked_webhook_url(url: str | None) -> str:
 def _checked_email(spec: RuleSpec) -> dict[str, Any]:
     if not spec.smtp_host or not _HOST.fullmatch(spec.smtp_host):
         raise ValidationError(
-            f"{spec.smtp_host!r} is not a mail server name", hint="--smtp mail.example.com:587"
+            f"{spec.smtp_host!r} is not a mail server name", hint="e.g. mail.example.com:587"
         )
     if not 1 <= spec.smtp_port <= 65535:
         raise ValidationError(f"port {spec.smtp_port} is not 1 to 65535")
@@ -894,7 +896,7 @@ def _checked_email(spec: RuleSpec) -> dict[str, Any]:
     if spec.smtp_user and not spec.starttls and spec.smtp_host not in LOOPBACK_HOSTS:
         raise ValidationError(
             f"a login to {spec.smtp_host} without STARTTLS would send the password in clear",
-            hint="add --starttls",
+            action=Action("use_starttls", "use STARTTLS"),
         )
     return {
         "host": spec.smtp_host,

@@ -115,7 +115,7 @@ class PolicySpec:
         if not sep or not sep2 or not vm or not name or not source or "/" in vm:
             raise ValidationError(
                 f"source {text!r} is not VM:DISK=SOURCE (or VM:DISK:qcow2=SOURCE)",
-                hint="e.g. web01:sda=/dev/vg/web01 (repeat --source for more disks)",
+                hint="e.g. web01:sda=/dev/vg/web01, one source per disk",
             )
         disk = DiskSource.parse(rest)
         entry = {"name": disk.name, "source": disk.source}

@@ -992,11 +992,16 @@ class RepositoryService:
                 else f"until {until_text(latest.expires_at)}"
             ),
             reason="locked",
-            hint=f"`sendense lock list --repo {repo.name}` shows them; "
-            + (
-                "`sendense lock release-expired` releases expired locks"
+            action=(
+                Action(
+                    "release_expired_locks", "list its locks; release the expired ones", repo.name
+                )
                 if expired
-                else "locks are never dropped before they expire, not even with --force"
+                else Action(
+                    "locks_hold",
+                    "list its locks; locks are never dropped before they expire",
+                    repo.name,
+                )
             ),
         )
 

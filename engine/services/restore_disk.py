@@ -223,7 +223,10 @@ class DiskRestoreService:
         except PointUnreadable as exc:
             raise RestoreError(
                 f"restore point {backup_id} cannot be read through its chain: {exc.message}",
-                hint=exc.hint or "run `sendense chain check` and restore from a copy",
+                hint=exc.hint,
+                action=None
+                if exc.hint
+                else Action("check_chain_restore_copy", "check the chain and restore from a copy"),
             ) from None
 
     def _to_file(

@@ -43,7 +43,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any
 
-from engine.errors import JobCancelled, SendenseError
+from engine.errors import Action, JobCancelled, SendenseError
 from engine.private import PRIVATE_UMASK
 
 log = logging.getLogger("engine.tools")
@@ -95,8 +95,9 @@ class ToolError(SendenseError):
         returncode: int | None = None,
         stderr: str = "",
         hint: str | None = None,
+        action: Action | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, action=action)
         self.program = program
         self.returncode = returncode
         self.stderr = stderr

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.errors import Action
 from engine.platform import is_zombie
 from engine.private import (
     PRIVATE_FILE,
@@ -388,8 +389,10 @@ def refuse_plain_tcp(host: str, port: int, *, tls: bool) -> None:
         f"refusing to serve on {host}:{port} without TLS: anyone who can reach that "
         "address could read the whole disk",
         program="qemu-nbd",
-        hint="add --tls (a pre-shared key is made and how a client connects is printed), "
-        "or serve on 127.0.0.1 or a unix socket",
+        action=Action(
+            "export_tls",
+            "serve with TLS (a pre-shared key is made), or on 127.0.0.1 or a unix socket",
+        ),
     )
 
 

@@ -24,17 +24,6 @@ CLI_SYNTAX = re.compile(r"sendense [a-z]|(^|[\s(`])--[a-z]")
 #: module -> how many hints there still embed CLI syntax (to convert, never to grow)
 NOT_YET_CONVERTED = {
     "engine/catalog/db.py": 1,  # CREATE DATABASE: the operator types SQL, not a command
-    "engine/copier.py": 1,  # rewritten in issue 16
-    "engine/daemon.py": 1,
-    "engine/services/capacity.py": 1,
-    "engine/services/copy.py": 2,
-    "engine/services/exports.py": 2,
-    "engine/services/file_restore.py": 1,
-    "engine/services/notify.py": 7,
-    "engine/services/policies.py": 1,
-    "engine/services/repositories.py": 2,
-    "engine/services/restore_disk.py": 1,  # rewritten in issue 16
-    "engine/tools/exporters.py": 1,
 }
 
 
