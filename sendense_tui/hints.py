@@ -52,6 +52,10 @@ CLI_ACTIONS: dict[str, Callable[[Action], str]] = {
     "test_repository": lambda a: (
         "check the server or the filesystem behind it; `sendense repo test` tries again"
     ),
+    "import_or_add_repository": lambda a: (
+        "give the directory that holds chains/ (the repository's root), or add a "
+        "new repository with `sendense repo add`"
+    ),
     "page_cursor": lambda a: (
         "give the word the previous page printed after --after (or leave --after out "
         "to start at the top)"

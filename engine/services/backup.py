@@ -210,7 +210,9 @@ def check_source_text(disk: DiskSource) -> NbdAddress | None:
         try:
             return parse_nbd_uri(src)
         except SpecError as exc:
-            raise SourceError(f"source of disk {disk.name}: {exc.message}", hint=exc.hint) from None
+            raise SourceError(
+                f"source of disk {disk.name}: {exc.message}", hint=exc.hint, action=exc.action
+            ) from None
     if ":" in src.split("/", 1)[0]:
         raise SourceError(
             f"source {_shown_source(src)!r} of disk {disk.name} is refused: qemu would read "

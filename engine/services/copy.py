@@ -971,9 +971,13 @@ class CopyService:
         try:
             self.guard.chain_spec(src_repo, b.chain_directory, layers)
         except ImageRefused as exc:
-            raise SourceRefused(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
+            raise SourceRefused(
+                f"{b.path} was not copied: {exc.message}", hint=exc.hint, action=exc.action
+            ) from None
         except PointUnreadable as exc:
-            raise CopyError(f"{b.path} was not copied: {exc.message}", hint=exc.hint) from None
+            raise CopyError(
+                f"{b.path} was not copied: {exc.message}", hint=exc.hint, action=exc.action
+            ) from None
 
     def _write_manifest(self, b: SourceBackup, src_repo: Repository, dst_path: Path) -> None:
         backup, chain, _repo = self.store.chains.locate(b.id)

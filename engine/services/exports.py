@@ -241,7 +241,7 @@ class ExportService:
             try:
                 exporters.refuse_plain_tcp(host or "127.0.0.1", port, tls=tls)
             except exporters.PlainTcpRefused as exc:
-                raise ValidationError(exc.message, hint=exc.hint) from None
+                raise ValidationError(exc.message, action=exc.action) from None
         defaults = self.settings.exports
         idle = _limit(
             idle_minutes, defaults.idle_minutes, EXPORT_IDLE_MINUTES_MAX, "idle timeout", "minutes"
@@ -334,7 +334,7 @@ class ExportService:
                         leftover.unlink()
                 shutil.rmtree(f"{base}.tls", ignore_errors=True)
                 if isinstance(exc, ToolError):
-                    raise ExportError(str(exc), hint=exc.hint) from None
+                    raise ExportError(str(exc), hint=exc.hint, action=exc.action) from None
                 raise ExportError(f"cannot prepare the export: {exc.strerror}") from None
             if port is not None:
                 shown = f"[{bind}]" if bind and ":" in bind else bind
@@ -431,7 +431,7 @@ class ExportService:
         try:
             keeper = exporters.start_export_keeper(args, env=env, log_file=log_file)
         except ToolError as exc:
-            raise ExportError(exc.message, hint=exc.hint) from None
+            raise ExportError(exc.message, hint=exc.hint, action=exc.action) from None
         line = exporters.read_report(keeper, KEEPER_REPORT_TIMEOUT)
         try:
             report = json.loads(line) if line else {}
@@ -575,7 +575,7 @@ class ExportService:
                 else:
                     exporters.stop_pid(row.pid, PROGRAM, _marker(row))
             except ToolError as exc:
-                raise ExportError(str(exc), hint=exc.hint) from None
+                raise ExportError(str(exc), hint=exc.hint, action=exc.action) from None
         self._remove_files(row)
         if row.state == "running":
             row = self.store.update_export(

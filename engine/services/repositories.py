@@ -457,8 +457,11 @@ def check_existing_layout(root: Path) -> None:
         raise RepositoryCheckError(
             f"{root} holds no Sendense repository: it has no {LAYOUT[0]}/ directory",
             reason="no_repository",
-            hint="give the directory that holds chains/ (the repository's root), or add a "
-            "new repository with `sendense repo add`",
+            action=Action(
+                "import_or_add_repository",
+                "give the directory that holds chains/ (the repository's root), or add a "
+                "new repository",
+            ),
         )
 
 

@@ -27,6 +27,7 @@ from engine.events import EventBus
 from engine.services.exports import ExportError, ExportService
 from engine.tools import exporters
 from engine.tools.blockspec import ImageSpec
+from sendense_tui.hints import cli_hint
 from tests.engine.fsimages import Part, backup_chain, build_disk, processes_mentioning
 
 pytestmark = pytest.mark.root
@@ -192,7 +193,9 @@ def test_plain_tcp_off_loopback_is_refused_before_anything_listens(env: Env) -> 
                 f"refusing to serve on {host}:{port} without TLS: anyone who can reach "
                 "that address could read the whole disk"
             )
-            assert err.value.hint is not None and "--tls" in err.value.hint
+            # the engine names the action; the CLI says it with its flag
+            assert err.value.action is not None and err.value.action.key == "export_tls"
+            assert "--tls" in (cli_hint(err.value) or "")
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):
             listener.accept()  # no connection was ever made
