@@ -36,7 +36,7 @@ def explain_os_error(path: Path | str, exc: OSError, doing: str) -> OsFailure:
     if code == errno.ENOSPC:
         return OsFailure(
             "no_space",
-            f"{path} has no space left: {doing} failed (ENOSPC)",
+            f"{path} is full (no space left): {doing} failed (ENOSPC)",
             "free space on that filesystem or choose another one",
         )
     if code == errno.EDQUOT:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from engine.errors import Action, ValidationError
 from engine.guestmeta import GuestMeta as GuestEntry
 from engine.guestmeta import data_extents, read_meta
+from engine.oserrors import explain_os_error
 from engine.private import PRIVATE_FILE
 from engine.services.restore_views import FileRestoreError, FilesystemView, MountView
 from engine.tools.mounts import NTFS_XATTRS
@@ -557,11 +558,8 @@ def _output_error(exc: OSError, shown: str) -> ArchiveOutputError:
             hint="the archive it got is incomplete; run the command again into a file "
             "or a reader that takes it all",
         )
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ArchiveOutputError(
-            f"no space left for the archive {shown}", hint="write it where there is room"
-        )
-    return ArchiveOutputError(f"cannot write the archive {shown}: {exc.strerror or exc}")
+    failure = explain_os_error(shown, exc, "writing the archive")
+    return ArchiveOutputError(failure.message, hint=failure.hint)
 
 
 def write_archive(

@@ -49,6 +49,7 @@ from engine.guestmeta import (
     open_file_at,
     read_meta,
 )
+from engine.oserrors import explain_os_error
 from engine.private import PRIVATE_DIR
 from engine.safepath import UnsafePath, child_path
 from engine.services.restore_browse import _walk
@@ -316,24 +317,15 @@ def _destination_note(result: ExtractResult) -> str:
 
 
 def _explain_write_error(exc: OSError, where: Path) -> FileRestoreError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return FileRestoreError(
-            f"the destination {where} is full; the file being written was removed",
-            hint="free space there or choose another destination; files already "
-            "restored are complete",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return FileRestoreError(
-            f"cannot write to {where}: permission denied",
-            hint="choose a destination this user may write to (an immutable flag also "
-            "blocks writes: lsattr)",
-        )
-    if exc.errno == errno.EROFS:
-        return FileRestoreError(
-            f"cannot write to {where}: the filesystem is read-only",
-            hint="choose a destination on a writable filesystem",
-        )
-    return FileRestoreError(f"cannot write to {where}: {exc.strerror or exc}")
+    """engine.oserrors' sentence for the destination, and what it means for a restore:
+    the file being written is gone, the ones already restored are whole."""
+    failure = explain_os_error(where, exc, "writing the restored files")
+    hint = failure.hint or "choose another destination"
+    if failure.reason == "no_space":
+        hint += "; the file being written was removed, files already restored are complete"
+    elif failure.reason == "permission":
+        hint += " (an immutable flag also blocks writes: lsattr)"
+    return FileRestoreError(failure.message, hint=hint)
 
 
 def _size_of(path: Path, dev: int) -> int:
