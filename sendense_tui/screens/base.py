@@ -219,7 +219,7 @@ class SendenseScreen(Screen[None]):
         #: number of successful draws (tests wait on it)
         self.draws = 0
         #: the catalog's change mark at the last read, and when that read was
-        self._mark: Any = None
+        self._catalog_mark: Any = None
         self._read_at = 0.0
 
     @property
@@ -284,7 +284,7 @@ class SendenseScreen(Screen[None]):
         old; anything else (a key, an action, an engine event) always reads."""
         mark = self.engine.changes.mark() if self.WATCH_CHANGES else None
         fresh = time.monotonic() - self._read_at < REREAD_SECONDS
-        if tick and mark is not None and mark == self._mark and fresh:
+        if tick and mark is not None and mark == self._catalog_mark and fresh:
             return _UNCHANGED
         return _Read(mark, self.fetch())
 
@@ -339,7 +339,7 @@ class SendenseScreen(Screen[None]):
         if worker.group == "refresh":
             self._loading = False
             if event.state == WorkerState.SUCCESS and isinstance(worker.result, _Read):
-                self._mark, self._read_at = worker.result.mark, time.monotonic()
+                self._catalog_mark, self._read_at = worker.result.mark, time.monotonic()
                 self.apply(worker.result.data)
                 self.draws += 1
                 self.sendense.clear_error()

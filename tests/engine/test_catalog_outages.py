@@ -178,6 +178,12 @@ class Appliance:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
+    def json_lines(self, *args: str) -> list[Any]:
+        """What a listing's ``--all --json`` streams: one JSON object per line."""
+        done = self.run(*args, "--all", "--json")
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
     def backup(self, source: str, *, wait_for_partial: bool = False) -> subprocess.Popen[str]:
         proc = self.start("backup", "run", "--repo", "local", "--vm", "web", "--disk", source)
         if wait_for_partial:
@@ -232,9 +238,7 @@ def assert_settled_and_recoverable(app: Appliance, job_id: int, fresh_source: Pa
     assert [j["state"] for j in jobs if j["id"] == job_id] == ["failed"]
     assert not [j for j in jobs if j["state"] == "running"], jobs
     assert sum(j["kind"] == "backup" and j["state"] == "succeeded" for j in jobs) == 1, jobs
-    chains = [
-        c for c in app.json("chain", "show", "--all") if (c["vm"], c["disk"]) == ("web", "sda")
-    ]
+    chains = [c for c in app.json_lines("chain", "show") if (c["vm"], c["disk"]) == ("web", "sda")]
     assert len(chains) == 1, chains
     check = app.run("chain", "check")
     assert check.returncode == 0, check.stdout + check.stderr

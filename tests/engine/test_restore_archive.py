@@ -71,7 +71,17 @@ def acl(*entries: tuple[int, int, int]) -> bytes:
 
 
 def populate_guest(top: Path) -> None:
-    """What the guest holds, written with the real calls (chown, setxattr, setcap…)."""
+    """What the guest holds, written with the real calls (chown, setxattr, setcap…),
+    under a umask of 022 whatever an earlier test in this worker left (the CLI run
+    in-process sets 077): the modes below are asserted as a guest's would be."""
+    previous = os.umask(0o022)
+    try:
+        _populate(top)
+    finally:
+        os.umask(previous)
+
+
+def _populate(top: Path) -> None:
     tree = top / "tree"
     (tree / "etc" / "ssl").mkdir(parents=True)
     (tree / "etc" / "hostname").write_bytes(b"web01\n" + MARKER)
