@@ -18,6 +18,7 @@ from engine.errors import SendenseError, ValidationError
 from engine.events import Event
 from engine.fsutil import partial_path
 from engine.runtime import Engine
+from sendense_tui.hints import cli_hint
 from tests.engine.copy_worker import MiB, add_repo, make_chain, sha256
 
 SQLITE_ONLY = pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
@@ -68,7 +69,8 @@ def test_rule_validation_gives_clear_messages(engine: Engine, tmp_path: Path) ->
         )
     with pytest.raises(ValidationError, match="locking copies needs a lock period") as refused:
         engine.copies.add_rule(name="r", source="main", destination="offsite", lock_copies=True)
-    assert "sendense lock enable offsite" in (refused.value.hint or "")
+    # the engine names the action; the CLI renders it with the command to run
+    assert "sendense lock enable offsite" in (cli_hint(refused.value) or "")
     assert engine.copies.list_rules() == []
 
     rule = engine.copies.add_rule(

@@ -42,6 +42,7 @@ from engine.services.immutability import ImmutabilityError
 from engine.services.policies import PolicySpec
 from engine.services.probe import RepositoryCheckError
 from engine.tools import attrs
+from sendense_tui.hints import cli_hint
 from tests.engine.copy_worker import make_chain
 from tests.engine.diskgen import MiB, SourceDisk, bk_engine, sha256_of
 
@@ -467,8 +468,9 @@ def test_forced_removal_is_refused_while_a_lock_holds_and_says_until_when(
         "repository vault cannot be removed: its files are held by 1 lock "
         "until 2026-12-24 09:00 UTC"
     )
-    assert "sendense lock list --repo vault" in (refused.value.hint or "")
-    assert "not even with --force" in (refused.value.hint or "")
+    # the engine names the action; the CLI renders it with the command to run
+    assert "sendense lock list --repo vault" in (cli_hint(refused.value) or "")
+    assert "not even with --force" in (cli_hint(refused.value) or "")
     # nothing changed: the repository, its rows, its locks and the flag
     assert bk_engine.repository_store.get(repo.id).immutable
     assert {lk.id: lk.state for lk in bk_engine.locks.list()} == before
