@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
-from engine.catalog.db import Catalog, rows_changed
+from engine.catalog.db import Catalog, in_batches, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import Action, CatalogError, NotFoundError
@@ -49,6 +50,20 @@ def _after_chain(key: ChainKey, *, inclusive: bool = False) -> Any:
             and_(Chain.vm_name == vm, Chain.disk_name == disk, last),
         ),
     )
+
+
+@dataclass(frozen=True)
+class RetentionPoint:
+    """What a retention plan needs of a complete restore point (``retention_points``)."""
+
+    id: int
+    chain_id: int
+    position: int
+    kind: str
+    point_time: datetime
+    path: str
+    vm_name: str
+    disk_name: str
 
 
 def chain_key(chain: Chain) -> ChainKey:
@@ -315,6 +330,33 @@ class ChainStore:
         with self.catalog.session() as session:
             for backup in session.scalars(query):
                 found[backup.chain_id].append(backup)
+        return found
+
+    def retention_points(self, repository_id: int, vm_names: Sequence[str]) -> list[RetentionPoint]:
+        """Every complete point of these VMs' chains in one repository, oldest chain
+        first and each chain in chain order: what a retention plan of a policy reads, in
+        one query per ``IN_BATCH`` VMs instead of two per disk (columns, not mapped rows:
+        a plan over 1,000 disks reads 100,000 of them)."""
+        query = (
+            select(
+                Backup.id,
+                Backup.chain_id,
+                Backup.position,
+                Backup.kind,
+                Backup.point_time,
+                Backup.path,
+                Chain.vm_name,
+                Chain.disk_name,
+            )
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.repository_id == repository_id, Backup.state == BackupState.COMPLETE)
+        )
+        found: list[RetentionPoint] = []
+        with self.catalog.session() as session:
+            for names in in_batches(vm_names):
+                batch = query.where(Chain.vm_name.in_(names))
+                found.extend(RetentionPoint(*row) for row in session.execute(batch))
+        found.sort(key=lambda p: (p.chain_id, p.position, p.id))
         return found
 
     def point_page(

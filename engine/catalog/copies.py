@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 
 from engine.catalog.chains import LIVE_STATES, ChainStore
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, in_batches
 from engine.catalog.models import (
     Backup,
     Chain,
@@ -428,13 +428,12 @@ class CopyStore:
             return list(session.scalars(query))
 
     def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
-        if not backup_ids:
-            return {}
-        query = select(Copy).where(Copy.backup_id.in_(list(backup_ids))).order_by(Copy.id)
         found: dict[int, list[Copy]] = {}
         with self.catalog.session() as session:
-            for copy in session.scalars(query):
-                found.setdefault(copy.backup_id, []).append(copy)
+            for batch in in_batches(backup_ids):
+                query = select(Copy).where(Copy.backup_id.in_(batch)).order_by(Copy.id)
+                for copy in session.scalars(query):
+                    found.setdefault(copy.backup_id, []).append(copy)
         return found
 
     def newest_completed_copy(self, rule_id: int) -> Copy | None:
