@@ -1,3 +1,4 @@
+# ruff: noqa: F401, F811  (fixtures imported from tests.engine.diskgen)
 """Retention plans from grouped queries decide exactly what the row-by-row planner did.
 
 A generated multi-policy fleet (both catalog backends): several chains per disk,
@@ -12,7 +13,9 @@ as the reference: two queries per disk, one lock and one copy query per operatio
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +26,7 @@ import pytest
 from engine.catalog.copies import COPY_DONE
 from engine.catalog.models import Backup, Chain, Policy, Repository
 from engine.clock import FixedClock
+from engine.errors import ValidationError
 from engine.runtime import Engine
 from engine.services.retention import (
     Point,
@@ -33,6 +37,7 @@ from engine.services.retention import (
     gfs_keep,
     plan_chain,
 )
+from tests.engine.diskgen import bk_engine
 
 # -- the planner before it was set-based (the reference) -------------------------------
 
@@ -346,3 +351,57 @@ def test_grouped_plans_decide_exactly_what_the_row_by_row_planner_did(
     # the fleet went through every path of the planner
     for what in ("delete", "merge", "keep", "locked", "missing copies", "immutable base"):
         assert seen[what] > 0, (what, seen)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chattr +i)")
+def test_locks_of_many_files_read_as_each_file_alone(
+    bk_engine: Engine, tmp_path: Path, clock: FixedClock
+) -> None:
+    """``why_locked_many`` resolves each directory once: it must still say what
+    ``why_locked_rel`` says of every file (a catalog lock, a flag set by hand, no file,
+    no directory), and still refuse a link that leads out of the repository."""
+    engine = bk_engine
+    main = add_repo(engine, tmp_path, "main")
+    root = Path(main.path)
+    chain = root / "vm1" / "sda" / "c1"
+    chain.mkdir(parents=True)
+    for i in range(4):
+        (chain / f"{i:04d}.qcow2").write_bytes(b"x")
+    flagged, locked = chain / "0001.qcow2", chain / "0002.qcow2"
+    (chain / "inside.qcow2").symlink_to(flagged)
+    engine.lock_store.add(
+        repository_id=main.id,
+        path="vm1/sda/c1/0002.qcow2",
+        expires_at=clock.now() + timedelta(days=3),
+        now=clock.now(),
+    )
+    paths = [
+        "vm1/sda/c1/0000.qcow2",
+        "vm1/sda/c1/0001.qcow2",
+        "vm1/sda/c1/0002.qcow2",
+        "vm1/sda/c1/0003.qcow2",
+        "vm1/sda/c1/inside.qcow2",
+        "vm1/sda/c1/gone.qcow2",
+        "vm1/sda/c9/0000.qcow2",
+    ]
+    subprocess.run(["chattr", "+i", str(flagged), str(locked)], check=True, timeout=30)
+    try:
+        many = engine.locks.why_locked_many(main, paths)
+        assert many == {p: engine.locks.why_locked_rel(main, p) for p in paths}
+        # a link's own flag is read, as for a single file
+        assert [p for p, why in many.items() if why] == paths[1:3]
+        assert "without a catalog lock" in str(many["vm1/sda/c1/0001.qcow2"])
+        assert "until 2026-11-27" in str(many["vm1/sda/c1/0002.qcow2"])
+
+        outside = tmp_path / "elsewhere.qcow2"
+        outside.write_bytes(b"x")
+        (chain / "leak.qcow2").symlink_to(outside)
+        for ask in (
+            lambda: engine.locks.why_locked_rel(main, "vm1/sda/c1/leak.qcow2"),
+            lambda: engine.locks.why_locked_many(main, [*paths, "vm1/sda/c1/leak.qcow2"]),
+            lambda: engine.locks.why_locked_many(main, ["../elsewhere.qcow2"]),
+        ):
+            with pytest.raises(ValidationError, match="lies outside repository main"):
+                ask()
+    finally:
+        subprocess.run(["chattr", "-i", str(flagged), str(locked)], check=True, timeout=30)
