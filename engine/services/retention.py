@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from engine.bounds import RETENTION_COUNT
 from engine.catalog.chains import ChainStore, RetentionPoint
@@ -100,9 +100,8 @@ class RetentionRules:
         return ", ".join(parts) or "keeps nothing"
 
 
-@dataclass(frozen=True)
-class Point:
-    """What GFS needs of a restore point."""
+class Point(NamedTuple):
+    """What GFS needs of a restore point (a tuple: a plan makes one per point)."""
 
     id: int
     time: datetime

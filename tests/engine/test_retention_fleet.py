@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from engine.catalog import db as engine_db
+from engine.catalog import locks as engine_locks
 from engine.catalog.copies import COPY_DONE
 from engine.catalog.models import Backup, Chain, Policy, Repository
 from engine.clock import FixedClock
@@ -97,7 +99,7 @@ def reference_plan(service: RetentionService, policy: Policy) -> RetentionPlan:
                 involved = [by_id[i] for i in op.removes]
                 if op.kind == "merge":
                     involved.append(by_id[op.backup_id])
-                whys = service.locks.why_locked_many(repo, [b.path for b in involved])
+                whys = {b.path: service.locks.why_locked_rel(repo, b.path) for b in involved}
                 op.locked = [f"#{b.id} {whys[b.path]}" for b in involved if whys.get(b.path)]
                 op.missing_copies = reference_missing(
                     service, [by_id[i] for i in op.removes], copy_rules
@@ -330,10 +332,19 @@ def build_fleet(engine: Engine, tmp_path: Path, seed: int) -> list[Policy]:
     ]
 
 
-@pytest.mark.parametrize("seed", [16, 1602])
+@pytest.mark.parametrize(("seed", "in_batch"), [(16, None), (1602, 3)])
 def test_grouped_plans_decide_exactly_what_the_row_by_row_planner_did(
-    engine: Engine, tmp_path: Path, clock: FixedClock, seed: int
+    engine: Engine,
+    tmp_path: Path,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+    in_batch: int | None,
 ) -> None:
+    if in_batch is not None:
+        # the stores' IN lists split in many batches, and locks read per repository
+        monkeypatch.setattr(engine_db, "IN_BATCH", in_batch)
+        monkeypatch.setattr(engine_locks, "IN_BATCH", in_batch)
     seen: Counter[str] = Counter()
     for policy in build_fleet(engine, tmp_path, seed):
         expected = reference_plan(engine.retention, policy).as_dict()
