@@ -420,6 +420,43 @@ class CopyStore:
                 counts = counts.plus(*(int(value or 0) for value in row))
         return counts
 
+    def bad_files(self) -> tuple[list[SourceBackup], list[tuple[Copy, SourceBackup]]]:
+        """The files a verification found bad among those ``verification_counts``
+        covers: restore points, and completed copies (of live points, or of merged
+        points a copied chain still reads through) with their points. Two queries
+        that read only the bad rows (the verification alerts ask every few minutes)."""
+        bad_backup = Backup.verify_state.is_not(None) & (Backup.verify_state != "ok")
+        points = (
+            select(*_SOURCE_COLUMNS)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state.in_(LIVE_STATES), bad_backup)
+            .order_by(Chain.repository_id, Backup.chain_id, Backup.position, Backup.id)
+        )
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        copies = (
+            select(Copy, *_SOURCE_COLUMNS)
+            .join(Backup, Copy.backup_id == Backup.id)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(
+                Copy.state == COPY_DONE,
+                Copy.verify_state.is_not(None),
+                Copy.verify_state != "ok",
+                or_(
+                    Backup.state.in_(LIVE_STATES),
+                    (Backup.state == "deleted") & Copy.id.in_(needed),
+                ),
+            )
+            .order_by(Copy.id)
+        )
+        with self.catalog.session() as session:
+            backups = [SourceBackup(*tuple(row)) for row in session.execute(points)]
+            found = [(row[0], SourceBackup(*tuple(row)[1:])) for row in session.execute(copies)]
+        return backups, found
+
     def completed_copies(self) -> list[Copy]:
         """Every completed copy, oldest first (a whole-catalog verify or report: one
         query, not an IN list of every restore point)."""
