@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, or_, select, update
 
-from engine.catalog.db import Catalog, in_batches, rows_changed
+from engine.catalog.db import IN_BATCH, Catalog, in_batches, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import Action, CatalogError, NotFoundError
@@ -321,14 +321,15 @@ class ChainStore:
         found: dict[int, list[Backup]] = {cid: [] for cid in chain_ids}
         if not chain_ids:
             return found
-        query = (
-            select(Backup)
-            .where(Backup.chain_id.in_(list(chain_ids)), Backup.state.in_(LIVE_STATES))
-            .order_by(Backup.chain_id, Backup.position, Backup.id)
-        )
         with self.catalog.session() as session:
-            for backup in session.scalars(query):
-                found[backup.chain_id].append(backup)
+            for batch in in_batches(chain_ids):
+                query = (
+                    select(Backup)
+                    .where(Backup.chain_id.in_(batch), Backup.state.in_(LIVE_STATES))
+                    .order_by(Backup.chain_id, Backup.position, Backup.id)
+                )
+                for backup in session.scalars(query):
+                    found[backup.chain_id].append(backup)
         return found
 
     def retention_points(self, repository_id: int, vm_names: Sequence[str]) -> list[RetentionPoint]:
@@ -543,13 +544,47 @@ class ChainStore:
             return row
 
     def mark_deleted(self, backup_ids: Iterable[int], detail: str) -> None:
+        """In one transaction, however many (a retention pass marks thousands)."""
         ids = list(backup_ids)
         if not ids:
             return
         with self.catalog.session() as session:
-            for row in session.scalars(select(Backup).where(Backup.id.in_(ids))):
-                row.state = BackupState.DELETED
-                row.state_detail = detail
+            for batch in in_batches(ids):
+                session.execute(
+                    update(Backup)
+                    .where(Backup.id.in_(batch))
+                    .values(state=BackupState.DELETED, state_detail=detail)
+                    .execution_options(synchronize_session=False)
+                )
+
+    def retire_chains(self, chain_ids: Iterable[int], detail: str) -> None:
+        """Chains whose points are all gone, in one transaction."""
+        with self.catalog.session() as session:
+            for batch in in_batches(list(chain_ids)):
+                session.execute(
+                    update(Chain)
+                    .where(Chain.id.in_(batch))
+                    .values(state=ChainState.RETIRED, state_detail=detail)
+                    .execution_options(synchronize_session=False)
+                )
+
+    def backups_by_id(self, backup_ids: Sequence[int]) -> dict[int, Backup]:
+        found: dict[int, Backup] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(backup_ids):
+                found.update(
+                    (b.id, b) for b in session.scalars(select(Backup).where(Backup.id.in_(batch)))
+                )
+        return found
+
+    def chains_by_id(self, chain_ids: Sequence[int]) -> dict[int, Chain]:
+        found: dict[int, Chain] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(chain_ids):
+                found.update(
+                    (c.id, c) for c in session.scalars(select(Chain).where(Chain.id.in_(batch)))
+                )
+        return found
 
     def promote_to_full(
         self,
@@ -703,6 +738,12 @@ class ChainStore:
         that word the reason)."""
         ids = list(backup_ids)
         path_list = list(paths)
+        if len(ids) > IN_BATCH and not path_list:
+            # a retention pass asks about thousands of points: in batches
+            found: list[ImmutabilityLock] = []
+            for batch in in_batches(ids):
+                found += self.active_locks(batch, now)
+            return found
         conditions = []
         if ids:
             conditions.append(ImmutabilityLock.backup_id.in_(ids))

@@ -16,9 +16,10 @@ Three layers:
   checked against locks (never overridable) and the copy rules (a point whose
   required copies do not exist yet is kept unless the operator forces it).
 - ``RetentionService.apply``: runs the unblocked operations through the chain
-  service and records what happened in the audit log. It holds the writer lease
-  of every disk of the policy (``engine.writers``) from the plan to the last
-  operation, so no backup or merge of those disks runs in between.
+  service (the deletes ``DELETE_BATCH`` chains to a catalog transaction,
+  ``ChainService.delete_many``) and records what happened in the audit log. It
+  holds the writer lease of every disk of the policy (``engine.writers``) from the
+  plan to the last operation, so no backup or merge of those disks runs in between.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RULE_NAMES = ("keep_last", "daily", "weekly", "monthly", "yearly")
+#: chains whose tails one catalog transaction deletes (a retention pass over 1,000
+#: disks writes its deletions in a few transactions, not one per point)
+DELETE_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -507,6 +511,23 @@ class RetentionService:
         ):
             return self._apply(policy, force=force, actor=actor, plan=plan)
 
+    def _done(self, policy: Policy, op: Operation, result: ApplyResult, actor: str | None) -> None:
+        failpoint(f"retention.after_{op.kind}")
+        result.done.append(op)
+        if op.missing_copies:
+            self.bus.publish(
+                Event(
+                    kind="retention.forced",
+                    message=f"policy {policy.name}: {op.sentence()} although "
+                    + "; ".join(op.missing_copies),
+                    level="warning",
+                    source="retention",
+                    repository_id=policy.target_repository_id,
+                    actor=actor,
+                    data={"policy_id": policy.id, **op.as_dict()},
+                )
+            )
+
     def _apply(
         self,
         policy: Policy,
@@ -524,37 +545,41 @@ class RetentionService:
         plan = plan or self.plan(policy)
         result = ApplyResult(plan, forced=force)
         # deletes first: they free the room the merges' new fulls need
-        for op in sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id)):
+        ops = sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id))
+        runnable: list[Operation] = []
+        for op in ops:
             why = op.blocked(force)
             if why:
                 result.skipped.append((op, why))
+            else:
+                runnable.append(op)
+        deletes = [op for op in runnable if op.kind == "delete"]
+        for start in range(0, len(deletes), DELETE_BATCH):
+            batch = deletes[start : start + DELETE_BATCH]
+            try:
+                outcomes = self.chains.delete_many(
+                    [op.backup_id for op in batch], actor=actor or "retention"
+                )
+            except SendenseError as exc:
+                outcomes = dict.fromkeys((op.backup_id for op in batch), exc)
+            for op in batch:
+                outcome = outcomes[op.backup_id]
+                if isinstance(outcome, SendenseError):
+                    # this chain stays as it was; the other chains go on
+                    result.failed.append((op, outcome.message))
+                else:
+                    self._done(policy, op, result, actor)
+        for op in runnable:
+            if op.kind == "delete":
                 continue
             try:
-                if op.kind == "delete":
-                    self.chains.delete_point(op.backup_id, actor=actor or "retention")
-                else:
-                    self.chains.consolidate(
-                        op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
-                    )
+                self.chains.consolidate(
+                    op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
+                )
             except SendenseError as exc:
-                # this chain stays as it was; the other chains go on
                 result.failed.append((op, exc.message))
                 continue
-            failpoint(f"retention.after_{op.kind}")
-            result.done.append(op)
-            if op.missing_copies:
-                self.bus.publish(
-                    Event(
-                        kind="retention.forced",
-                        message=f"policy {policy.name}: {op.sentence()} although "
-                        + "; ".join(op.missing_copies),
-                        level="warning",
-                        source="retention",
-                        repository_id=policy.target_repository_id,
-                        actor=actor,
-                        data={"policy_id": policy.id, **op.as_dict()},
-                    )
-                )
+            self._done(policy, op, result, actor)
         level = "warning" if result.failed else "info"
         self.bus.publish(
             Event(

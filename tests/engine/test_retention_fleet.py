@@ -29,7 +29,9 @@ from engine.catalog.copies import COPY_DONE
 from engine.catalog.models import Backup, Chain, Policy, Repository
 from engine.clock import FixedClock
 from engine.errors import ValidationError
+from engine.events import Event
 from engine.runtime import Engine
+from engine.services import retention as retention_module
 from engine.services.retention import (
     Point,
     PointDecision,
@@ -416,3 +418,51 @@ def test_locks_of_many_files_read_as_each_file_alone(
                 ask()
     finally:
         subprocess.run(["chattr", "-i", str(flagged), str(locked)], check=True, timeout=30)
+
+
+def test_a_pass_deletes_in_batches_what_each_delete_alone_would_and_keeps_a_chain_locked_since(
+    engine: Engine, tmp_path: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Apply writes its deletions in batches (``ChainService.delete_many``): each
+    unblocked delete removes its point and every later live point of its chain (bad
+    ones too), a chain left empty is retired, one ``backup.deleted`` per operation; a
+    point locked after the plan was made keeps its chain whole and the rest goes on."""
+    monkeypatch.setattr(retention_module, "DELETE_BATCH", 3)
+    policies = build_fleet(engine, tmp_path, 5)
+    seen: list[Event] = []
+    engine.bus.subscribe(seen.append)
+    for policy in policies:
+        plan = engine.retention.plan(policy)
+        deletes = [o for o in plan.operations if o.kind == "delete" and not o.blocked(True)]
+        if not deletes:
+            continue
+        late = deletes[len(deletes) // 2]
+        engine.lock_store.add(
+            repository_id=policy.target_repository_id,
+            path=engine.chain_store.get_backup(late.removes[-1]).path,
+            expires_at=clock.now() + timedelta(days=3),
+            now=clock.now(),
+            backup_id=late.removes[-1],
+        )
+        expected: dict[int, list[int]] = {}
+        for op in deletes:
+            live = [b.id for b in engine.chain_store.backups(op.chain_id)]
+            expected[op.chain_id] = live[live.index(op.backup_id) :]
+        seen.clear()
+        result = engine.retention.apply(policy, force=True, plan=plan, actor="test")
+        [(failed, why)] = [(o, w) for o, w in result.failed if o.kind == "delete"]
+        assert failed is late and f"cannot delete point {late.backup_id}" in why
+        assert "is locked until" in why
+        assert [o for o in result.done if o.kind == "delete"] == [
+            o for o in deletes if o is not late
+        ]
+        for op in deletes:
+            states = {engine.chain_store.get_backup(i).state for i in expected[op.chain_id]}
+            assert states == ({"complete", "bad"} & states if op is late else {"deleted"})
+        for op in deletes:
+            if op is not late and not engine.chain_store.backups(op.chain_id):
+                assert engine.chain_store.get_chain(op.chain_id).state == "retired"
+        deleted_events = [e for e in seen if e.kind == "backup.deleted"]
+        assert sorted(e.data["deleted"] for e in deleted_events) == sorted(
+            expected[o.chain_id] for o in deletes if o is not late
+        )
