@@ -156,6 +156,26 @@ def repo_file(repo: Repository, relative: str) -> Path:
     return path
 
 
+class RepoFiles:
+    """``repo_file`` for many files of one repository, each directory resolved once (a
+    retention pass removes tens of thousands of files from a thousand directories). A
+    file that is itself a link, or names a parent, is resolved on its own as before."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.root = Path(repo.path)
+        self._inside: dict[str, bool] = {}
+
+    def __call__(self, relative: str) -> Path:
+        directory, name = os.path.split(relative)
+        if directory not in self._inside:
+            self._inside[directory] = is_within(self.root, self.root / directory)
+        path = self.root / relative
+        if not self._inside[directory] or name in ("", ".", "..") or path.is_symlink():
+            return repo_file(self.repo, relative)
+        return path
+
+
 @dataclass(frozen=True)
 class Finding:
     #: missing | changed | corrupt | wrong_backing | foreign | wrong_order | unreadable | orphan
@@ -870,9 +890,12 @@ class ChainService:
         return reasons
 
     @staticmethod
-    def _flag_reasons(repo: Repository, backups: list[Backup], directory: str) -> list[str]:
+    def _flag_reasons(
+        repo: Repository, backups: list[Backup], directory: str, files: RepoFiles | None = None
+    ) -> list[str]:
+        files = files or RepoFiles(repo)
         reasons: list[str] = []
-        for target in [*(repo_file(repo, b.path) for b in backups), repo_file(repo, directory)]:
+        for target in [*(files(b.path) for b in backups), files(directory)]:
             if not target.exists():
                 continue
             try:
@@ -1455,7 +1478,8 @@ class ChainService:
                 index = ids.index(backup_id) if backup_id in ids else 0
                 plans.append(DeletePlan(backup, rows[index:], chain_ends=index == 0))
                 planned[backup.chain_id] = backup_id
-        refusals = self._refusals(plans, chains, repos)
+        files = {repo_id: RepoFiles(repo) for repo_id, repo in repos.items()}
+        refusals = self._refusals(plans, chains, repos, files)
         plans = [p for p in plans if p.target.id not in refusals]
         outcome.update(refusals)
         # newest first within each chain; all out of the catalog before any file goes
@@ -1465,13 +1489,13 @@ class ChainService:
         failpoint("delete.after_record")
         for plan in plans:
             chain = chains[plan.target.chain_id]
-            repo = repos[chain.repository_id]
+            in_repo = files[chain.repository_id]
             for b in reversed(plan.goes):
-                path = repo_file(repo, b.path)
+                path = in_repo(b.path)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 manifests.remove_manifest(path)
-            directory = repo_file(repo, chain.directory)
+            directory = in_repo(chain.directory)
             if directory.is_dir():
                 fsync_dir(directory)
         self.store.retire_chains(
@@ -1494,7 +1518,11 @@ class ChainService:
         return outcome
 
     def _refusals(
-        self, plans: list[DeletePlan], chains: dict[int, Chain], repos: dict[int, Repository]
+        self,
+        plans: list[DeletePlan],
+        chains: dict[int, Chain],
+        repos: dict[int, Repository],
+        files: dict[int, RepoFiles],
     ) -> dict[int, SendenseError]:
         """The plans that may not happen, and why (as ``_delete_point`` says it): a lock
         on one of their files, or an export or a restore mount reading one."""
@@ -1514,7 +1542,7 @@ class ChainService:
             chain = chains[plan.target.chain_id]
             held = [lock for b in plan.goes for lock in locks.get(b.id, [])]
             reasons = self._lock_reasons(held, now) + self._flag_reasons(
-                repos[chain.repository_id], plan.goes, chain.directory
+                repos[chain.repository_id], plan.goes, chain.directory, files[chain.repository_id]
             )
             backup_id = plan.target.id
             if reasons:

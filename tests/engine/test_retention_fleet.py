@@ -32,6 +32,7 @@ from engine.errors import ValidationError
 from engine.events import Event
 from engine.runtime import Engine
 from engine.services import retention as retention_module
+from engine.services.chains import RepoFiles, repo_file
 from engine.services.retention import (
     Point,
     PointDecision,
@@ -466,3 +467,26 @@ def test_a_pass_deletes_in_batches_what_each_delete_alone_would_and_keeps_a_chai
         assert sorted(e.data["deleted"] for e in deleted_events) == sorted(
             expected[o.chain_id] for o in deletes if o is not late
         )
+
+
+def test_files_of_a_pass_resolve_as_each_file_alone(engine: Engine, tmp_path: Path) -> None:
+    """``RepoFiles`` (a delete pass resolves each directory once) gives ``repo_file``'s
+    path for every file and refuses what it refuses: a directory or a file that is a
+    link out of the repository, and a path climbing out of it."""
+    main = add_repo(engine, tmp_path, "main")
+    root = Path(main.path)
+    (root / "vm1" / "c1").mkdir(parents=True)
+    (root / "vm1" / "c1" / "0000.qcow2").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "0000.qcow2").write_bytes(b"x")
+    (root / "vm1" / "out").symlink_to(outside)
+    (root / "vm1" / "c1" / "leak.qcow2").symlink_to(outside / "0000.qcow2")
+    files = RepoFiles(main)
+    for fine in ("vm1/c1/0000.qcow2", "vm1/c1/gone.qcow2", "vm1/c9/0000.qcow2", "vm1/c1"):
+        assert files(fine) == repo_file(main, fine)
+    for bad in ("vm1/out/0000.qcow2", "vm1/c1/leak.qcow2", "vm1/../..", "../outside/0000.qcow2"):
+        with pytest.raises(ValidationError, match="leaves repository main"):
+            repo_file(main, bad)
+        with pytest.raises(ValidationError, match="leaves repository main"):
+            files(bad)
