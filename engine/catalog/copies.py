@@ -180,6 +180,20 @@ class CopyStore:
         with self.catalog.session() as session:
             return [_source(b, c) for b, c in session.execute(query)]
 
+    def source_backups_by_id(self, backup_ids: Sequence[int]) -> dict[int, SourceBackup]:
+        """``source_backup`` for many points (any state), in batches of ``IN_BATCH``."""
+        found: dict[int, SourceBackup] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(backup_ids):
+                query = (
+                    select(*_SOURCE_COLUMNS)
+                    .join(Chain, Backup.chain_id == Chain.id)
+                    .where(Backup.id.in_(batch))
+                )
+                for row in session.execute(query):
+                    found[row[0]] = SourceBackup(*tuple(row))
+        return found
+
     def source_backup(self, backup_id: int) -> SourceBackup:
         backup, chain, _repo = self.chains.locate(backup_id)
         return _source(backup, chain)

@@ -300,9 +300,10 @@ class VerifyService:
                 # copies of points merged away that copies made before the merge still
                 # read through
                 chain_id = int(_need(ref, scope)) if scope == "chain" else None
-                for c in self.store.bases_of_merged_points(chain_id=chain_id):
-                    base = self.store.source_backup(c.backup_id)
-                    out.append(Target(base, repos[c.destination_repository_id], c))
+                merged = self.store.bases_of_merged_points(chain_id=chain_id)
+                bases = self.store.source_backups_by_id([c.backup_id for c in merged])
+                for c in merged:
+                    out.append(Target(bases[c.backup_id], repos[c.destination_repository_id], c))
         return out
 
     # -- verifying ------------------------------------------------------------------

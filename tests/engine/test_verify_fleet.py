@@ -109,3 +109,5 @@ def test_alerts_from_counts_and_bad_files_equal_the_alerts_of_the_whole_report(
     report = engine.verifier.report()
     coverage = engine.verifier.coverage()
     assert (coverage.bad, coverage.overdue) == (len(report.bad), len(report.overdue))
+    # the report lists every file the counts cover (copies of merged-away points too)
+    assert (coverage.files_total, coverage.bytes_total) == (report.files_total, report.bytes_total)
