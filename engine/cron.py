@@ -9,8 +9,7 @@ then make every "when does it run next" raise.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
-from croniter import CroniterError, croniter
+from typing import Any
 
 #: a schedule with no run within this many years is refused as never firing
 HORIZON_YEARS = 5
@@ -27,6 +26,8 @@ def cron_error(schedule: str | None, *, now: datetime | None = None) -> str | No
             f"{text!r} is not a cron expression: it needs five fields "
             "(minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
         )
+    from croniter import CroniterError, croniter
+
     if not croniter.is_valid(text):
         return f"{text!r} is not a valid cron expression (e.g. '0 2 * * *' for 02:00 daily)"
     start = now or datetime.now(UTC)
@@ -38,3 +39,12 @@ def cron_error(schedule: str | None, *, now: datetime | None = None) -> str | No
             "(is the day of the month in that month, e.g. not 31 February?)"
         )
     return None
+
+
+def cron_iter(schedule: str, start: datetime) -> Any:
+    """croniter's iterator over ``schedule``'s times after ``start``, imported on first
+    use: its import runs ``file`` on the Python binary (platform.architecture), a cost
+    every ``sendense`` call paid whether or not it read a schedule."""
+    from croniter import croniter
+
+    return croniter(schedule, start)

@@ -460,9 +460,18 @@ class Engine:
         except SendenseError as exc:
             log.warning("recovering interrupted merges at start: %s", exc)
 
-    def start(self, *, run_scheduler: bool | None = None) -> Engine:
+    def start(
+        self, *, run_scheduler: bool | None = None, prepare_repositories: bool = True
+    ) -> Engine:
         """Start background work: the job runner and monitors (and the policy scheduler
-        when ``run_scheduler``, default: the constructor's flag)."""
+        when ``run_scheduler``, default: the constructor's flag).
+
+        ``prepare_repositories`` False (a command that waits for its one job): every
+        repository is left as it is, neither mounted, write-tested and mode-repaired
+        nor watched for capacity. That is the work of the engine that lives on (the
+        daemon, the console), and at 50 repositories it cost a command seconds before
+        its job began; the job itself still passes the write gate
+        (RepositoryService.ready_for_new_data mounts and checks its repository)."""
         self.open()
         if run_scheduler is not None:
             self.run_scheduler = self._want_scheduler = run_scheduler
@@ -474,7 +483,8 @@ class Engine:
                 # the engine that runs the jobs sends the notifications: a console
                 # attached to a daemon would send each one a second time
                 self.notifications.start()
-            self._start_repositories()
+            if prepare_repositories:
+                self._start_repositories()
             self.file_restore.start_reaper()
             self.exports.start_reaper()
             if self.run_scheduler:

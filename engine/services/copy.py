@@ -485,10 +485,10 @@ class CopyService:
             mark = self.marks.get(f"schedule:copy_rule:{rule.id}")
             if mark is not None and mark.message == rule.schedule and mark.due_at is not None:
                 return as_utc(mark.due_at)
-        from croniter import croniter
+        from engine.cron import cron_iter
 
         base = after or self.clock.now()
-        return as_utc(croniter(rule.schedule, base).get_next(datetime))
+        return as_utc(cron_iter(rule.schedule, base).get_next(datetime))
 
     # -- planning ------------------------------------------------------------------
 

@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from croniter import croniter
-
 from engine.bounds import FULL_EVERY, POLICY_LOCK_DAYS
 from engine.catalog.chains import ChainStore
 from engine.catalog.copies import CopyStore
@@ -36,7 +34,7 @@ from engine.catalog.policies import POLICY_RUN, PolicyStore
 from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.cron import cron_error
+from engine.cron import cron_error, cron_iter
 from engine.errors import (
     Action,
     JobError,
@@ -74,13 +72,13 @@ class PolicyRunFailed(SendenseError):
 
 def next_runs(schedule: str, after: datetime, count: int = 5) -> list[datetime]:
     """The next ``count`` times a schedule fires after ``after`` (UTC)."""
-    it = croniter(schedule, as_utc(after))
+    it = cron_iter(schedule, as_utc(after))
     return [as_utc(it.get_next(datetime)) for _ in range(count)]  # type: ignore[misc]
 
 
 def runs_per_day(schedule: str, reference: datetime) -> float:
     """Average runs a day over the four weeks after ``reference``."""
-    it = croniter(schedule, as_utc(reference))
+    it = cron_iter(schedule, as_utc(reference))
     end = as_utc(reference) + timedelta(days=28)  # type: ignore[operator]
     count = 0
     while count < 10_000 and as_utc(it.get_next(datetime)) <= end:  # type: ignore[operator]

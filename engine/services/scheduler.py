@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from croniter import croniter
-
 from engine.alerts import COPY_ALERT_KINDS, VERIFY_ALERT_KINDS, AlertSink
 from engine.catalog.models import Policy, ScheduleMark
 from engine.catalog.policies import PolicyStore, ScheduleStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.cron import cron_iter
 from engine.errors import CatalogUnavailable, SendenseError
 from engine.events import EventBus
 
@@ -326,7 +325,7 @@ class Scheduler:
         self.evaluate_alerts(kinds=kinds)
 
     def _next_after(self, schedule: str, when: datetime) -> datetime:
-        return as_utc(croniter(schedule, when).get_next(datetime))  # type: ignore[return-value]
+        return as_utc(cron_iter(schedule, when).get_next(datetime))  # type: ignore[return-value]
 
     def _consider(self, policy: Policy, now: datetime, report: TickReport) -> None:
         due = as_utc(policy.next_run_at)

@@ -341,7 +341,8 @@ class CliContext:
             with suppress(OSError, SendenseError):
                 engine.repositories.ensure_default(engine.settings.default_repository)
             if start:
-                engine.start()
+                # a command waits for its job: the daemon or console prepares repositories
+                engine.start(prepare_repositories=False)
             yield engine
         finally:
             engine.close()

@@ -145,7 +145,7 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
     unsubscribe = engine.bus.subscribe(on_event)
     with following(job_id):
         try:
-            engine.start()
+            engine.start(prepare_repositories=False)
             while not done.wait(0.5):
                 job = engine.jobs.get(job_id)
                 if job.state in WAIT_ENDS:
