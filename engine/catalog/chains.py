@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
-from engine.catalog.db import Catalog, rows_changed
+from engine.catalog.db import Catalog, count_rows, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import Action, CatalogError, NotFoundError
@@ -292,15 +292,17 @@ class ChainStore:
         vm_name: str | None = None,
         include_retired: bool = True,
         chain_id: int | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many chains ``chain_page`` has left after ``after``."""
+        """How many chains ``chain_page`` has left after ``after`` (counting stops at
+        ``at_most``)."""
         query = self._chain_filters(
-            select(func.count(Chain.id)), repository_id, vm_name, include_retired, chain_id
+            select(Chain.id), repository_id, vm_name, include_retired, chain_id
         )
         if after is not None:
             query = query.where(_after_chain(after))
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     def live_backups_of(self, chain_ids: Sequence[int]) -> dict[int, list[Backup]]:
         """The live backups of these chains (a page's), each chain's in chain order."""
@@ -361,10 +363,12 @@ class ChainStore:
         after: PointKey | None,
         repository_id: int | None = None,
         vm_name: str | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many live restore points ``point_page`` has left after ``after``."""
+        """How many live restore points ``point_page`` has left after ``after``
+        (counting stops at ``at_most``)."""
         query = self._chain_filters(
-            select(func.count(Backup.id)).join(Chain, Backup.chain_id == Chain.id),
+            select(Backup.id).join(Chain, Backup.chain_id == Chain.id),
             repository_id,
             vm_name,
         ).where(Backup.state.in_(LIVE_STATES))
@@ -376,7 +380,7 @@ class ChainStore:
                 )
             )
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     def add_full(
         self,

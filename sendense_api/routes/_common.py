@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
-from engine.paging import CURSOR_MAX, Page
+from engine.paging import CURSOR_MAX, MORE_MAX, Page
 from engine.shapes import job_dict
 from sendense_api.app import API_PREFIX
 
@@ -70,8 +70,10 @@ PAGED: dict[int | str, dict[str, Any]] = {
                 "schema": {"type": "string"},
             },
             MORE: {
-                "description": "how many rows follow this page (with X-Next-Cursor)",
-                "schema": {"type": "integer"},
+                "description": "how many rows follow this page (with X-Next-Cursor): a "
+                f"number, or {MORE_MAX}+ when more than {MORE_MAX:,} follow (not counted "
+                "further: a page costs what it shows)",
+                "schema": {"type": "string", "pattern": "^[0-9]+\\+?$"},
             },
         },
     }
@@ -83,4 +85,4 @@ def send_page(response: Response, page: Page[Any]) -> None:
     body stays the list the CLI's ``--json`` prints)."""
     if page.next_cursor is not None:
         response.headers[NEXT_CURSOR] = page.next_cursor
-        response.headers[MORE] = str(page.more)
+        response.headers[MORE] = str(page.more) if page.more_counted else f"{MORE_MAX}+"

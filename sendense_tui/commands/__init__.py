@@ -250,11 +250,12 @@ def check_paging(args: argparse.Namespace) -> None:
 
 
 def say_more(ctx: CliContext, page: Any) -> None:
-    """``1,234 more: --after CURSOR`` after a page that is not the last; on stderr
-    under --json (stdout stays one JSON document)."""
+    """``1,234 more: --after CURSOR`` after a page that is not the last (``more than
+    10,000 more`` when what follows was not counted to its end: engine.paging); on
+    stderr under --json (stdout stays one JSON document)."""
     if page.next_cursor is None:
         return
-    line = f"{page.more:,} more: --after {page.next_cursor}"
+    line = f"{page.more_text()} more: --after {page.next_cursor}"
     print(line, file=sys.stderr if ctx.json else sys.stdout)
 
 
@@ -345,6 +346,19 @@ class CliContext:
             yield engine
         finally:
             engine.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[Any]:
+        """The catalog opened for a listing (engine.runtime.Reader), closed afterwards:
+        nothing is migrated (an older catalog is refused), cleaned up or written, and
+        only what a listing reads is imported and built."""
+        from engine.runtime import Reader
+
+        reader = Reader(self.settings)
+        try:
+            yield reader.open()
+        finally:
+            reader.close()
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json_text(data, indent=2) + "\n")

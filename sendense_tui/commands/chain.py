@@ -73,16 +73,16 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of chains in VM, disk order with their points (``--all``: every chain,
     retired ones too, streamed)."""
     check_paging(args)
-    with ctx.engine(read_only=True) as engine:
-        now = engine.clock.now()
+    with ctx.reader() as reader:
+        now = reader.clock.now()
         if args.every:
-            views: Iterable[Any] = engine.listings.all_chains(repository=args.repo)
+            views: Iterable[Any] = reader.listings.all_chains(repository=args.repo)
             if ctx.json:
                 return stream(ctx, views, chain_dict, lambda v: [], [])
             for view in views:
                 _print_chain(view, now)
             return 0
-        page = engine.listings.chains(
+        page = reader.listings.chains(
             repository=args.repo,
             include_retired=args.retired or args.chain_id is not None,
             chain_id=args.chain_id,
