@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from engine import paging
 from engine.catalog.audit import LEVELS, AuditStore
 from engine.catalog.chains import ChainStore, chain_key
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import AuditEntry, Backup, Chain, Job
 from engine.catalog.repositories import RepositoryStore
-from engine.paging import MORE_MAX, Page, decode_cursor, encode_cursor, paged
+from engine.paging import Page, decode_cursor, encode_cursor, paged
 from engine.services.chain_views import ChainView, PointView
 
 T = TypeVar("T")
@@ -37,7 +38,9 @@ def _page(
         return Page(rows)
     shown = rows[:limit]
     return Page(
-        shown, encode_cursor(listing, key_of(shown[-1])), count_after(shown[-1], MORE_MAX + 1)
+        shown,
+        encode_cursor(listing, key_of(shown[-1])),
+        count_after(shown[-1], paging.MORE_MAX + 1),
     )
 
 

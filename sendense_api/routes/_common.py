@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
+from engine import paging
 from engine.paging import CURSOR_MAX, MORE_MAX, Page
 from engine.shapes import job_dict
 from sendense_api.app import API_PREFIX
@@ -85,4 +86,4 @@ def send_page(response: Response, page: Page[Any]) -> None:
     body stays the list the CLI's ``--json`` prints)."""
     if page.next_cursor is not None:
         response.headers[NEXT_CURSOR] = page.next_cursor
-        response.headers[MORE] = str(page.more) if page.more_counted else f"{MORE_MAX}+"
+        response.headers[MORE] = str(page.more) if page.more_counted else f"{paging.MORE_MAX}+"
