@@ -681,15 +681,18 @@ class ChainStore:
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
-    def holding_locks_of(self, backup_ids: Sequence[int]) -> dict[int, ImmutabilityLock]:
-        """``lock_counts`` for these backups only (a page's badges)."""
-        if not backup_ids:
+    def holding_locks_of(self, chain_ids: Sequence[int]) -> dict[int, ImmutabilityLock]:
+        """``lock_counts`` for the live backups of these chains only (a page's badges):
+        selected by the page's few chain ids, not by thousands of point ids."""
+        if not chain_ids:
             return {}
         query = (
             select(ImmutabilityLock)
+            .join(Backup, Backup.id == ImmutabilityLock.backup_id)
             .where(
+                Backup.chain_id.in_(list(chain_ids)),
+                Backup.state.in_(LIVE_STATES),
                 ImmutabilityLock.state.in_(LOCKING_STATES),
-                ImmutabilityLock.backup_id.in_(list(backup_ids)),
                 ImmutabilityLock.copy_id.is_(None),
             )
             .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)

@@ -135,9 +135,7 @@ class ListingService:
         queries for the page, whatever the catalog holds."""
         repos = {r.id: r.name for r in self.repositories.list()}
         backups = self.chain_store.live_backups_of([c.id for c in chains])
-        locks = self.chain_store.holding_locks_of(
-            [b.id for points in backups.values() for b in points]
-        )
+        locks = self.chain_store.holding_locks_of([c.id for c in chains])
         views = []
         for chain in chains:
             points = [

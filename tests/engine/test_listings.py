@@ -281,3 +281,30 @@ def test_cli_and_api_say_a_capped_count_alike(
         rest = client.get("/api/v1/restore-points", params={"after": cursor, "limit": 1000})
         assert len(rest.json()) == FLEET.restore_points - 3
         assert "X-More" not in rest.headers and "X-Next-Cursor" not in rest.headers
+
+
+def test_api_pages_are_the_bytes_fastapi_would_write(fleet: Engine) -> None:
+    """The pages skip FastAPI's encoder walk (sendense_api.routes._common.ShapedJSON)
+    and still send exactly what it made of the same shapes: times, nested points and
+    their locks, tracking data."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.testclient import TestClient
+
+    from engine.shapes import chain_dict, event_dict, job_dict, point_dict
+    from sendense_api.app import create_app
+    from sendense_api.roles import Caller, Role
+
+    listings = fleet.listings
+    expected = {
+        "/api/v1/chains": [chain_dict(v) for v in listings.chains(limit=3).items],
+        "/api/v1/restore-points": [point_dict(b, c) for b, c in listings.points(limit=3).items],
+        "/api/v1/jobs": [job_dict(j) for j in listings.jobs(limit=3).items],
+        "/api/v1/events": [event_dict(e) for e in reversed(listings.events(limit=3).items)],
+    }
+    caller = Caller("test", Role.READ)
+    with TestClient(create_app(fleet, authenticate=lambda _request: caller)) as client:
+        for path, rows in expected.items():
+            got = client.get(path, params={"limit": 3})
+            assert got.status_code == 200 and got.headers["content-type"] == "application/json"
+            written = json.dumps(jsonable_encoder(rows), ensure_ascii=False, separators=(",", ":"))
+            assert got.content == written.encode(), path
