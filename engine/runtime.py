@@ -123,7 +123,11 @@ class Reader:
         self.catalog.dispose()
 
     def __enter__(self) -> Reader:
-        return self.open()
+        try:
+            return self.open()
+        except BaseException:
+            self.close()  # refused (an older or lost catalog): no pool left behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()

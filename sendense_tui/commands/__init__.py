@@ -209,13 +209,13 @@ PAGE_MAX = LIMIT_MAX
 PIPE_PAGE = 50
 
 
-def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
+def add_paging(parser: argparse.ArgumentParser, noun: str, *, pipe: int = PIPE_PAGE) -> None:
     """``--limit N``, ``--after CURSOR`` and ``--all`` for a listing (keyset pages:
-    engine.paging)."""
+    engine.paging); ``pipe``: the page into a pipe (``page_size``)."""
     parser.add_argument(
         "--limit",
         type=bounded_int(1, PAGE_MAX),
-        help=f"{noun} a page (default: what fits the terminal; {PIPE_PAGE} into a pipe)",
+        help=f"{noun} a page (default: what fits the terminal; {pipe} into a pipe)",
     )
     parser.add_argument(
         "--after",
@@ -230,15 +230,15 @@ def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
     )
 
 
-def page_size(args: argparse.Namespace, *, lines_each: int = 1) -> int:
+def page_size(args: argparse.Namespace, *, lines_each: int = 1, pipe: int = PIPE_PAGE) -> int:
     """The page a listing prints: ``--limit``, else what fits the terminal (a header,
-    the "more" line and the prompt kept in view), else PIPE_PAGE."""
+    the "more" line and the prompt kept in view), else ``pipe`` rows."""
     if getattr(args, "limit", None):
         return int(args.limit)
     if sys.stdout.isatty():
         lines = shutil.get_terminal_size().lines
         return max(1, min(PAGE_MAX, (lines - 3) // max(1, lines_each)))
-    return PIPE_PAGE
+    return pipe
 
 
 def check_paging(args: argparse.Namespace) -> None:
