@@ -30,21 +30,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.bench_copy import drop_caches
-from engine.catalog.chains import ChainStore
-from engine.catalog.repositories import RepositoryStore
+from bench.chains import CHANGE, MiB, qemu_img, record_chain
 from engine.config import CapacitySettings, default_settings
 from engine.runtime import Engine
-
-MiB = 1024 * 1024
-CHANGE = 64 * MiB
-
-
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=3600)
 
 
 def make_versions(base: Path, size: int) -> list[Path]:
@@ -75,35 +66,10 @@ def make_chain(engine: Engine, repo_dir: Path, versions: list[Path]) -> tuple[Pa
             qemu_img("create", "-q", "-f", "qcow2", "-b", str(raw), "-F", "raw", str(target))
             qemu_img("rebase", "-f", "qcow2", "-b", files[-1].name, "-F", "qcow2", str(target))
         files.append(target)
-    now = datetime.now(UTC)
-    repo = RepositoryStore(engine.catalog).add(
-        name="bench", kind="local", path=str(repo_dir), now=now
+    ids = record_chain(
+        engine, "bench", repo_dir, files, versions[0].stat().st_size, checksums=False
     )
-    chains = ChainStore(engine.catalog)
-
-    def fields(i: int) -> dict[str, object]:
-        return {
-            "path": str(files[i].relative_to(repo_dir)),
-            "state": "complete",
-            "point_time": now + timedelta(hours=i),
-            "virtual_size": versions[0].stat().st_size,
-            "file_size": files[i].stat().st_size,
-        }
-
-    chain, full = chains.add_full(
-        repository_id=repo.id,
-        vm_name="bench01",
-        disk_name="sda",
-        directory="bench01/sda",
-        now=now,
-        backup=fields(0),
-    )
-    parent = full.id
-    for i in range(1, len(files)):
-        parent = chains.add_incremental(
-            chain_id=chain.id, parent_id=parent, position=i, now=now, backup=fields(i)
-        ).id
-    return files[-1], parent
+    return files[-1], ids[-1]
 
 
 def timed(run: Callable[[], object]) -> float:

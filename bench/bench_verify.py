@@ -38,7 +38,8 @@ def bench_sendense(files: list[Path]) -> float:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="sendense-bench-verify-") as tmp:
-        files = make_files(Path(tmp) / "src")
+        size_mb = int(os.environ.get("SENDENSE_BENCH_MB", "2048"))
+        files = make_files(Path(tmp) / "src", size_mb, FILES)
         total = sum(p.stat().st_size for p in files)
         ref = min(bench_openssl(files) for _ in range(2))
         ours = min(bench_sendense(files) for _ in range(2))

@@ -397,6 +397,11 @@ def file_entry_dict(entry: Entry) -> dict[str, Any]:
     }
 
 
+#: what a folder restore or an archive carried, by name in its JSON form
+#: (engine.services.restore_views.RestoredCounts)
+COUNT_FIELDS = ("files", "directories", "symlinks", "hardlinks", "specials", "bytes")
+
+
 def extract_result_dict(result: dict[str, Any], job_id: int | None = None) -> dict[str, Any]:
     """The result of a ``restore.files`` job (``sendense restore extract --json``): the
     counts, the destination and who may enter it, and every item not restored with
@@ -409,12 +414,7 @@ def extract_result_dict(result: dict[str, Any], job_id: int | None = None) -> di
         "destination_created": bool(result.get("destination_created", False)),
         "owner": result.get("owner"),
         "note": result.get("note") or "",
-        "files": int(result.get("files", 0)),
-        "directories": int(result.get("directories", 0)),
-        "symlinks": int(result.get("symlinks", 0)),
-        "hardlinks": int(result.get("hardlinks", 0)),
-        "specials": int(result.get("specials", 0)),
-        "bytes": int(result.get("bytes", 0)),
+        **{name: int(result.get(name, 0)) for name in COUNT_FIELDS},
         "not_restored": not_restored,
         "skipped": not_restored,
     }

@@ -512,6 +512,13 @@ class DiskWriters:
         while not self._closing.wait(self.settings.heartbeat_seconds):
             self.renew_all()
 
+    def _still_held(self, holding: Holding) -> bool:
+        """Whether ``holding`` is still ours to hold: the work may have released it
+        between the heartbeat's snapshot and its renewal (then the lease is simply
+        gone, not taken over, and nothing is wrong)."""
+        with self._lock:
+            return holding.token in self._live
+
     def renew_all(self) -> None:
         """Extend every lease this process holds (the heartbeat)."""
         with self._lock:
@@ -523,7 +530,7 @@ class DiskWriters:
             except SendenseError as exc:
                 log.warning("renewing the writer lease of %s: %s", holding.key, exc)
                 continue
-            if not kept and not holding.lost:
+            if not kept and not holding.lost and self._still_held(holding):
                 holding.lost = True
                 log.warning("%s: writer lease taken over by another writer", holding.key)
                 if holding.on_lost is not None:

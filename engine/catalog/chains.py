@@ -10,11 +10,11 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, or_, select, update
 
-from engine.catalog.db import Catalog, count_rows, rows_changed
+from engine.catalog.db import IN_BATCH, Catalog, count_rows, in_batches, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import Action, CatalogError, NotFoundError
@@ -49,6 +49,20 @@ def _after_chain(key: ChainKey, *, inclusive: bool = False) -> Any:
             and_(Chain.vm_name == vm, Chain.disk_name == disk, last),
         ),
     )
+
+
+class RetentionPoint(NamedTuple):
+    """What a retention plan needs of a complete restore point (``retention_points``;
+    a tuple: a plan over 1,000 disks makes 100,000 of them)."""
+
+    id: int
+    chain_id: int
+    position: int
+    kind: str
+    point_time: datetime
+    path: str
+    vm_name: str
+    disk_name: str
 
 
 def chain_key(chain: Chain) -> ChainKey:
@@ -309,14 +323,42 @@ class ChainStore:
         found: dict[int, list[Backup]] = {cid: [] for cid in chain_ids}
         if not chain_ids:
             return found
-        query = (
-            select(Backup)
-            .where(Backup.chain_id.in_(list(chain_ids)), Backup.state.in_(LIVE_STATES))
-            .order_by(Backup.chain_id, Backup.position, Backup.id)
-        )
         with self.catalog.session() as session:
-            for backup in session.scalars(query):
-                found[backup.chain_id].append(backup)
+            for batch in in_batches(chain_ids):
+                query = (
+                    select(Backup)
+                    .where(Backup.chain_id.in_(batch), Backup.state.in_(LIVE_STATES))
+                    .order_by(Backup.chain_id, Backup.position, Backup.id)
+                )
+                for backup in session.scalars(query):
+                    found[backup.chain_id].append(backup)
+        return found
+
+    def retention_points(self, repository_id: int, vm_names: Sequence[str]) -> list[RetentionPoint]:
+        """Every complete point of these VMs' chains in one repository, oldest chain
+        first and each chain in chain order: what a retention plan of a policy reads, in
+        one query per ``IN_BATCH`` VMs instead of two per disk (columns, not mapped rows:
+        a plan over 1,000 disks reads 100,000 of them)."""
+        query = (
+            select(
+                Backup.id,
+                Backup.chain_id,
+                Backup.position,
+                Backup.kind,
+                Backup.point_time,
+                Backup.path,
+                Chain.vm_name,
+                Chain.disk_name,
+            )
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Chain.repository_id == repository_id, Backup.state == BackupState.COMPLETE)
+        )
+        found: list[RetentionPoint] = []
+        with self.catalog.session() as session:
+            for names in in_batches(vm_names):
+                batch = query.where(Chain.vm_name.in_(names))
+                found.extend(RetentionPoint._make(row) for row in session.execute(batch))
+        found.sort(key=lambda p: (p.chain_id, p.position, p.id))
         return found
 
     def point_page(
@@ -506,13 +548,47 @@ class ChainStore:
             return row
 
     def mark_deleted(self, backup_ids: Iterable[int], detail: str) -> None:
+        """In one transaction, however many (a retention pass marks thousands)."""
         ids = list(backup_ids)
         if not ids:
             return
         with self.catalog.session() as session:
-            for row in session.scalars(select(Backup).where(Backup.id.in_(ids))):
-                row.state = BackupState.DELETED
-                row.state_detail = detail
+            for batch in in_batches(ids):
+                session.execute(
+                    update(Backup)
+                    .where(Backup.id.in_(batch))
+                    .values(state=BackupState.DELETED, state_detail=detail)
+                    .execution_options(synchronize_session=False)
+                )
+
+    def retire_chains(self, chain_ids: Iterable[int], detail: str) -> None:
+        """Chains whose points are all gone, in one transaction."""
+        with self.catalog.session() as session:
+            for batch in in_batches(list(chain_ids)):
+                session.execute(
+                    update(Chain)
+                    .where(Chain.id.in_(batch))
+                    .values(state=ChainState.RETIRED, state_detail=detail)
+                    .execution_options(synchronize_session=False)
+                )
+
+    def backups_by_id(self, backup_ids: Sequence[int]) -> dict[int, Backup]:
+        found: dict[int, Backup] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(backup_ids):
+                found.update(
+                    (b.id, b) for b in session.scalars(select(Backup).where(Backup.id.in_(batch)))
+                )
+        return found
+
+    def chains_by_id(self, chain_ids: Sequence[int]) -> dict[int, Chain]:
+        found: dict[int, Chain] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(chain_ids):
+                found.update(
+                    (c.id, c) for c in session.scalars(select(Chain).where(Chain.id.in_(batch)))
+                )
+        return found
 
     def promote_to_full(
         self,
@@ -666,6 +742,12 @@ class ChainStore:
         that word the reason)."""
         ids = list(backup_ids)
         path_list = list(paths)
+        if len(ids) > IN_BATCH and not path_list:
+            # a retention pass asks about thousands of points: in batches
+            found: list[ImmutabilityLock] = []
+            for batch in in_batches(ids):
+                found += self.active_locks(batch, now)
+            return found
         conditions = []
         if ids:
             conditions.append(ImmutabilityLock.backup_id.in_(ids))

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 
 from engine.catalog.chains import LIVE_STATES, ChainStore
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, in_batches
 from engine.catalog.models import (
     Backup,
     Chain,
@@ -179,6 +179,20 @@ class CopyStore:
         )
         with self.catalog.session() as session:
             return [_source(b, c) for b, c in session.execute(query)]
+
+    def source_backups_by_id(self, backup_ids: Sequence[int]) -> dict[int, SourceBackup]:
+        """``source_backup`` for many points (any state), in batches of ``IN_BATCH``."""
+        found: dict[int, SourceBackup] = {}
+        with self.catalog.session() as session:
+            for batch in in_batches(backup_ids):
+                query = (
+                    select(*_SOURCE_COLUMNS)
+                    .join(Chain, Backup.chain_id == Chain.id)
+                    .where(Backup.id.in_(batch))
+                )
+                for row in session.execute(query):
+                    found[row[0]] = SourceBackup(*tuple(row))
+        return found
 
     def source_backup(self, backup_id: int) -> SourceBackup:
         backup, chain, _repo = self.chains.locate(backup_id)
@@ -420,6 +434,43 @@ class CopyStore:
                 counts = counts.plus(*(int(value or 0) for value in row))
         return counts
 
+    def bad_files(self) -> tuple[list[SourceBackup], list[tuple[Copy, SourceBackup]]]:
+        """The files a verification found bad among those ``verification_counts``
+        covers: restore points, and completed copies (of live points, or of merged
+        points a copied chain still reads through) with their points. Two queries
+        that read only the bad rows (the verification alerts ask every few minutes)."""
+        bad_backup = Backup.verify_state.is_not(None) & (Backup.verify_state != "ok")
+        points = (
+            select(*_SOURCE_COLUMNS)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state.in_(LIVE_STATES), bad_backup)
+            .order_by(Chain.repository_id, Backup.chain_id, Backup.position, Backup.id)
+        )
+        needed = (
+            select(Copy.parent_copy_id)
+            .where(Copy.state == COPY_DONE, Copy.parent_copy_id.is_not(None))
+            .scalar_subquery()
+        )
+        copies = (
+            select(Copy, *_SOURCE_COLUMNS)
+            .join(Backup, Copy.backup_id == Backup.id)
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(
+                Copy.state == COPY_DONE,
+                Copy.verify_state.is_not(None),
+                Copy.verify_state != "ok",
+                or_(
+                    Backup.state.in_(LIVE_STATES),
+                    (Backup.state == "deleted") & Copy.id.in_(needed),
+                ),
+            )
+            .order_by(Copy.id)
+        )
+        with self.catalog.session() as session:
+            backups = [SourceBackup(*tuple(row)) for row in session.execute(points)]
+            found = [(row[0], SourceBackup(*tuple(row)[1:])) for row in session.execute(copies)]
+        return backups, found
+
     def completed_copies(self) -> list[Copy]:
         """Every completed copy, oldest first (a whole-catalog verify or report: one
         query, not an IN list of every restore point)."""
@@ -428,13 +479,12 @@ class CopyStore:
             return list(session.scalars(query))
 
     def copies_of_backups(self, backup_ids: Sequence[int]) -> dict[int, list[Copy]]:
-        if not backup_ids:
-            return {}
-        query = select(Copy).where(Copy.backup_id.in_(list(backup_ids))).order_by(Copy.id)
         found: dict[int, list[Copy]] = {}
         with self.catalog.session() as session:
-            for copy in session.scalars(query):
-                found.setdefault(copy.backup_id, []).append(copy)
+            for batch in in_batches(backup_ids):
+                query = select(Copy).where(Copy.backup_id.in_(batch)).order_by(Copy.id)
+                for copy in session.scalars(query):
+                    found.setdefault(copy.backup_id, []).append(copy)
         return found
 
     def newest_completed_copy(self, rule_id: int) -> Copy | None:

@@ -89,6 +89,16 @@ _SERVER_HINT = "is the server running, and are host, port or socket right?"
 #: migration scripts). A catalog already at it opens without importing alembic at
 #: all, which is a third of the start-up time of every ``sendense`` command.
 SCHEMA_HEAD = "listing_indexes"
+#: values in one ``IN (...)`` list: a store asking about more sends several queries
+#: (well below SQLite's 32,766 bound parameters and MariaDB's packet size)
+IN_BATCH = 500
+
+
+def in_batches(values: Sequence[Any]) -> Iterator[list[Any]]:
+    """``values`` in lists of at most ``IN_BATCH``, duplicates dropped, order kept."""
+    unique = list(dict.fromkeys(values))
+    for start in range(0, len(unique), IN_BATCH):
+        yield unique[start : start + IN_BATCH]
 
 
 def alembic_config() -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.catalog.db import Catalog, rows_changed
+from engine.catalog.db import IN_BATCH, Catalog, rows_changed
 from engine.catalog.models import AuditEntry, Backup, Chain, Copy, ImmutabilityLock, LockClockCheck
 from engine.errors import Action, NotFoundError
 
@@ -89,23 +89,27 @@ class LockStore:
             return session.scalar(query)
 
     def holding_many(self, repository_id: int, paths: Sequence[str]) -> dict[str, ImmutabilityLock]:
-        """``holding`` for many files of one repository in one query (a retention plan
-        asks about every point it would remove)."""
-        if not paths:
-            return {}
+        """``holding`` for many files of one repository (a retention plan asks about
+        every point it would remove): an ``IN`` list for a few, else every holding lock
+        of the repository in one query, kept for the files asked about."""
         query = (
             select(ImmutabilityLock)
             .where(
                 ImmutabilityLock.repository_id == repository_id,
-                ImmutabilityLock.path.in_(list(paths)),
                 ImmutabilityLock.state.in_(HOLDING_STATES),
             )
             .order_by(ImmutabilityLock.expires_at)
         )
+        wanted = set(paths)
+        if len(wanted) <= IN_BATCH:
+            query = query.where(ImmutabilityLock.path.in_(list(wanted)))
         found: dict[str, ImmutabilityLock] = {}
+        if not wanted:
+            return found
         with self.catalog.session() as session:
             for lock in session.scalars(query):
-                found[lock.path] = lock  # the newest expiry wins, as in holding()
+                if lock.path in wanted:
+                    found[lock.path] = lock  # the newest expiry wins, as in holding()
         return found
 
     def list(

@@ -82,7 +82,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
 from engine.config import Settings
-from engine.errors import Action, JobCancelled, SendenseError, ValidationError
+from engine.errors import Action, JobCancelled, NotFoundError, SendenseError, ValidationError
 from engine.events import Event, EventBus
 from engine.failpoints import failpoint
 from engine.fsutil import fsync_dir, fsync_file, partial_path
@@ -152,6 +152,26 @@ def repo_file(repo: Repository, relative: str) -> Path:
     if not is_within(root, path):
         raise ValidationError(f"catalog path {relative!r} leaves repository {repo.name}")
     return path
+
+
+class RepoFiles:
+    """``repo_file`` for many files of one repository, each directory resolved once (a
+    retention pass removes tens of thousands of files from a thousand directories). A
+    file that is itself a link, or names a parent, is resolved on its own as before."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.root = Path(repo.path)
+        self._inside: dict[str, bool] = {}
+
+    def __call__(self, relative: str) -> Path:
+        directory, name = os.path.split(relative)
+        if directory not in self._inside:
+            self._inside[directory] = is_within(self.root, self.root / directory)
+        path = self.root / relative
+        if not self._inside[directory] or name in ("", ".", "..") or path.is_symlink():
+            return repo_file(self.repo, relative)
+        return path
 
 
 @dataclass(frozen=True)
@@ -788,9 +808,16 @@ class ChainService:
 
     def locked_reasons(self, repo: Repository, backups: list[Backup], directory: str) -> list[str]:
         """Why these files cannot be changed now (empty: they can)."""
-        reasons: list[str] = []
         now = self.clock.now()
-        for lock in self.store.active_locks([b.id for b in backups], now):
+        held = self.store.active_locks([b.id for b in backups], now)
+        return sorted(
+            set(self._lock_reasons(held, now) + self._flag_reasons(repo, backups, directory))
+        )
+
+    @staticmethod
+    def _lock_reasons(locks: list[Any], now: datetime) -> list[str]:
+        reasons: list[str] = []
+        for lock in locks:
             until = f"{lock.expires_at:%Y-%m-%d %H:%M} UTC"
             if as_utc(lock.expires_at) <= now:  # type: ignore[operator]
                 reasons.append(
@@ -799,7 +826,15 @@ class ChainService:
                 )
             else:
                 reasons.append(f"{Path(lock.path).name} is locked until {until}")
-        for target in [*(repo_file(repo, b.path) for b in backups), repo_file(repo, directory)]:
+        return reasons
+
+    @staticmethod
+    def _flag_reasons(
+        repo: Repository, backups: list[Backup], directory: str, files: RepoFiles | None = None
+    ) -> list[str]:
+        files = files or RepoFiles(repo)
+        reasons: list[str] = []
+        for target in [*(files(b.path) for b in backups), files(directory)]:
             if not target.exists():
                 continue
             try:
@@ -808,7 +843,7 @@ class ChainService:
                 immutable = False  # no attribute support here: nothing can be +i
             if immutable:
                 reasons.append(f"{target.name} is immutable (lsattr shows 'i')")
-        return sorted(set(reasons))
+        return reasons
 
     # -- consolidation -----------------------------------------------------------
 
@@ -1278,24 +1313,8 @@ class ChainService:
 
         restores = RestoreStore(self.store.catalog)
         running = restores.exports(states=("running",))
-        for b in goes:
-            for export in running:
-                if export.backup_id == b.id:
-                    raise ChainError(
-                        f"cannot {doing}: NBD export '{export.export_name}' serves point {b.id}",
-                        action=Action(
-                            "stop_export",
-                            f"stop export {export.export_name} first",
-                            export.export_name,
-                        ),
-                    )
-            for mount in restores.mounts_of(b.id, states=LIVE_MOUNT_STATES):
-                raise ChainError(
-                    f"cannot {doing}: restore mount {mount.id} browses point {b.id}",
-                    action=Action(
-                        "unmount_restore", f"unmount restore mount {mount.id} first", str(mount.id)
-                    ),
-                )
+        mounts = restores.mounts_of_many([b.id for b in goes], states=LIVE_MOUNT_STATES)
+        _refuse_in_use(goes, running, mounts, doing)
 
     def delete_point(
         self, backup_id: int, *, actor: str | None = None, wait: bool = True
@@ -1348,6 +1367,159 @@ class ChainService:
             )
         )
         return plan
+
+    def delete_many(
+        self, backup_ids: list[int], *, actor: str | None = None
+    ) -> dict[int, DeletePlan | SendenseError]:
+        """``delete_point`` of many points in one pass (a retention pass removes the
+        tails of a thousand chains): the plans, locks and in-use checks of all of them
+        from a few grouped queries, every point that may go marked deleted in one
+        transaction (out of the catalog before its file goes, as one by one), then the
+        files removed. One point per chain. Per point: its plan, or the error that kept
+        it and its chain as they were. Holds the writer leases of every disk involved
+        (waiting for them)."""
+        backups = self.store.backups_by_id(backup_ids)
+        chains = self.store.chains_by_id(list({b.chain_id for b in backups.values()}))
+        disks = [DiskKey(c.repository_id, c.vm_name, c.disk_name) for c in chains.values()]
+        with self.writers.hold_all(disks, operation="delete", actor=actor):
+            return self._delete_many(backup_ids, backups, chains, actor=actor)
+
+    def _delete_many(
+        self,
+        backup_ids: list[int],
+        backups: dict[int, Backup],
+        chains: dict[int, Chain],
+        *,
+        actor: str | None,
+    ) -> dict[int, DeletePlan | SendenseError]:
+        live = self.store.live_backups_of(list(chains))
+        repos = {r.id: r for r in self.repositories.list()}
+        outcome: dict[int, DeletePlan | SendenseError] = {}
+        planned: dict[int, int] = {}  # chain id -> the point deleted from
+        plans: list[DeletePlan] = []
+        for backup_id in backup_ids:
+            backup = backups.get(backup_id)
+            if backup is None:
+                outcome[backup_id] = NotFoundError(f"restore point {backup_id} does not exist")
+            elif backup.state == "deleted":
+                outcome[backup_id] = ValidationError(
+                    f"restore point {backup_id} is already deleted"
+                )
+            elif backup.chain_id in planned:
+                # one point per chain: the first one's plan already decides the chain
+                outcome[backup_id] = ValidationError(
+                    f"restore point {backup_id}: its chain is deleted from "
+                    f"#{planned[backup.chain_id]} in the same pass"
+                )
+            else:
+                rows = live[backup.chain_id]
+                ids = [b.id for b in rows]
+                index = ids.index(backup_id) if backup_id in ids else 0
+                plans.append(DeletePlan(backup, rows[index:], chain_ends=index == 0))
+                planned[backup.chain_id] = backup_id
+        files = {repo_id: RepoFiles(repo) for repo_id, repo in repos.items()}
+        refusals = self._refusals(plans, chains, repos, files)
+        plans = [p for p in plans if p.target.id not in refusals]
+        outcome.update(refusals)
+        # newest first within each chain; all out of the catalog before any file goes
+        self.store.mark_deleted(
+            [b.id for p in plans for b in reversed(p.goes)], f"deleted by {actor or 'operator'}"
+        )
+        failpoint("delete.after_record")
+        for plan in plans:
+            chain = chains[plan.target.chain_id]
+            in_repo = files[chain.repository_id]
+            for b in reversed(plan.goes):
+                path = in_repo(b.path)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                manifests.remove_manifest(path)
+            directory = in_repo(chain.directory)
+            if directory.is_dir():
+                fsync_dir(directory)
+        self.store.retire_chains(
+            [p.target.chain_id for p in plans if p.chain_ends], "all points were deleted"
+        )
+        for plan in plans:
+            chain = chains[plan.target.chain_id]
+            self.bus.publish(
+                Event(
+                    kind="backup.deleted",
+                    message=f"{chain.vm_name}/{chain.disk_name}: {plan.sentence()}",
+                    level="warning",
+                    source="chains",
+                    repository_id=chain.repository_id,
+                    actor=actor,
+                    data={"chain_id": chain.id, "deleted": [b.id for b in plan.goes]},
+                )
+            )
+            outcome[plan.target.id] = plan
+        return outcome
+
+    def _refusals(
+        self,
+        plans: list[DeletePlan],
+        chains: dict[int, Chain],
+        repos: dict[int, Repository],
+        files: dict[int, RepoFiles],
+    ) -> dict[int, SendenseError]:
+        """The plans that may not happen, and why (as ``_delete_point`` says it): a lock
+        on one of their files, or an export or a restore mount reading one."""
+        ids = [b.id for p in plans for b in p.goes]
+        now = self.clock.now()
+        locks: dict[int, list[Any]] = {}
+        for lock in self.store.active_locks(ids, now):
+            if lock.backup_id is not None:
+                locks.setdefault(lock.backup_id, []).append(lock)
+        from engine.catalog.restore import LIVE_MOUNT_STATES, RestoreStore
+
+        restores = RestoreStore(self.store.catalog)
+        running = restores.exports(states=("running",))
+        mounts = restores.mounts_of_many(ids, states=LIVE_MOUNT_STATES)
+        refused: dict[int, SendenseError] = {}
+        for plan in plans:
+            chain = chains[plan.target.chain_id]
+            held = [lock for b in plan.goes for lock in locks.get(b.id, [])]
+            reasons = self._lock_reasons(held, now) + self._flag_reasons(
+                repos[chain.repository_id], plan.goes, chain.directory, files[chain.repository_id]
+            )
+            backup_id = plan.target.id
+            if reasons:
+                refused[backup_id] = LockedError(
+                    f"cannot delete point {backup_id}: " + "; ".join(sorted(set(reasons))),
+                    hint="locked points can only be deleted after their lock expires",
+                )
+                continue
+            try:
+                _refuse_in_use(plan.goes, running, mounts, f"delete point {backup_id}")
+            except ChainError as exc:
+                refused[backup_id] = exc
+        return refused
+
+
+def _refuse_in_use(
+    goes: list[Backup], running: list[Any], mounts: dict[int, list[Any]], doing: str
+) -> None:
+    """Raise ChainError for the first of ``goes`` a running export serves or a live
+    restore mount browses (``mounts``: point id -> its mounts, oldest first)."""
+    for b in goes:
+        for export in running:
+            if export.backup_id == b.id:
+                raise ChainError(
+                    f"cannot {doing}: NBD export '{export.export_name}' serves point {b.id}",
+                    action=Action(
+                        "stop_export",
+                        f"stop export {export.export_name} first",
+                        export.export_name,
+                    ),
+                )
+        for mount in mounts.get(b.id, []):
+            raise ChainError(
+                f"cannot {doing}: restore mount {mount.id} browses point {b.id}",
+                action=Action(
+                    "unmount_restore", f"unmount restore mount {mount.id} first", str(mount.id)
+                ),
+            )
 
 
 def _discard(path: Path) -> None:

@@ -20,6 +20,12 @@ data file or another format is not copied (a copy would carry the foreign
 reference to another repository). A cloned file (``cloned=True``) counts as the
 same device for 3-2-1.
 
+Verifying after the copy (a rule's ``verify_after``, on by default) reads the
+copy's headers and metadata back from the destination and takes the checksum of
+the bytes as they were written, not a second read of every byte (see
+VerifyService.verify_copy): a copy runs at the disk's speed, and the copy stays
+due for the scheduled verification, which reads it back from the disk.
+
 Locking is a step of the copy: once a copy is complete (and verified) it is
 locked when its destination is immutable or its rule has ``lock_copies``; a
 copy that cannot be locked stays (it is a good copy) and the job ends as
@@ -799,7 +805,9 @@ class CopyService:
                     progress=progress,
                     bucket=bucket,
                     label=label,
-                    drop_cache=verify_after,
+                    # a copy is not read again soon (the check after it reads metadata
+                    # only): its pages would only push the console's out of the cache
+                    drop_cache=True,
                 )
                 break
             except JobCancelled as exc:
@@ -912,7 +920,9 @@ class CopyService:
         )
         failpoint("copy.after_record")
         if verify_after and self.verifier is not None:
-            outcome = self.verifier.verify_copy(copy.id, job_id=ctx.job_id)
+            outcome = self.verifier.verify_copy(
+                copy.id, job_id=ctx.job_id, written_checksum=result.checksum
+            )
             if outcome != "ok":
                 self.store.update_copy(
                     copy.id, state="failed", error=f"verification after the copy: {outcome}"

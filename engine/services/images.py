@@ -23,13 +23,25 @@ verified copy of the same files in another repository when one exists (and
 says so), and is refused otherwise, naming the copies that are good; with
 ``force`` it is read anyway and said to be unverified. A header refusal is
 never overridden by ``force``.
+
+A header is read once per job, not once per question: a restore checks its chain
+when it is queued and again when it starts, a copy job checks a chain for every
+file of it and again for the copy; the guard keeps what ``qemu-img info`` said of a
+file for a few minutes, keyed by the file's identity (device, inode, size,
+modification and change time). Any write, rename over, truncate, chmod or chattr
+gives the file a new change time, which no writer can set back, so a file that
+changed is read again; the spec spells out every layer, so even a header changed
+below the filesystem after the check cannot redirect the read.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -158,11 +170,45 @@ class Inspection:
     problem: Problem | None
 
 
+#: how long a header read stays good for a file that has not changed (see above)
+HEADER_SECONDS = 300.0
+#: headers kept at most (a chain of 100 points in a few repositories at once)
+HEADERS_KEPT = 1024
+
+#: a file as it was when its header was read: device, inode, size, mtime, ctime
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def file_identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class ImageGuard:
     """Builds the explicit open spec of a chain from the catalog, checking each header."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
+        self._monotonic = monotonic
+        self._heads: OrderedDict[tuple[Path, FileIdentity], tuple[float, qemu_img.ImageInfo]]
+        self._heads = OrderedDict()
+        self._heads_lock = threading.Lock()
+
+    def _header(self, path: Path, st: os.stat_result) -> qemu_img.ImageInfo:
+        """``qemu-img info`` of the file alone, or what it said of this very file (same
+        identity) less than HEADER_SECONDS ago. Raises what info raises (never kept)."""
+        key = (path, file_identity(st))
+        now = self._monotonic()
+        with self._heads_lock:
+            kept = self._heads.get(key)
+            if kept is not None and now - kept[0] < HEADER_SECONDS:
+                return kept[1]
+        head = qemu_img.info(ImageSpec.file(path, "qcow2"))
+        with self._heads_lock:
+            self._heads[key] = (now, head)
+            self._heads.move_to_end(key)
+            while len(self._heads) > HEADERS_KEPT:
+                self._heads.popitem(last=False)
+        return head
 
     def chain_spec(
         self,
@@ -230,7 +276,7 @@ class ImageGuard:
                 path, None, Problem("foreign", "it is not a regular file (a device or a pipe)")
             )
         try:
-            head = qemu_img.info(ImageSpec.file(path, "qcow2"))
+            head = self._header(path, st)
         except qemu_img.NotAnImage:
             return Inspection(path, None, Problem("corrupt", "it is not a QCOW2 image"))
         except ToolError as exc:

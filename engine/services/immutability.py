@@ -654,30 +654,63 @@ class LockService:
         return self._why_locked(repo, relative_path, self.store.holding(repo.id, relative_path))
 
     def why_locked_many(self, repo: Repository, relative_paths: list[str]) -> dict[str, str | None]:
-        """``why_locked_rel`` for many files of one repository: one catalog query for
-        all of them (each file's own flag is still read)."""
+        """``why_locked_rel`` for many files of one repository: one catalog query per
+        500 files, and each directory resolved once, not each file (a retention plan
+        asks about tens of thousands); each file's own flag is still read."""
         locks = self.store.holding_many(repo.id, relative_paths)
-        return {p: self._why_locked(repo, p, locks.get(p)) for p in relative_paths}
+        directories: dict[str, bool] = {}
+        out: dict[str, str | None] = {}
+        for relative in relative_paths:
+            lock = locks.get(relative)
+            if lock is not None:
+                out[relative] = self._lock_reason(lock)
+                continue
+            path = self._file_of_many(repo, relative, directories)
+            out[relative] = self._flag_reason(path) if path is not None else None
+        return out
+
+    def _file_of_many(
+        self, repo: Repository, relative: str, directories: dict[str, bool]
+    ) -> Path | None:
+        """``_file`` with the file's directory resolved once per call of
+        ``why_locked_many`` (``directories``: directory -> it exists). None: the
+        directory does not exist, so neither does the file."""
+        directory = os.path.dirname(relative)
+        if directory not in directories:
+            root = Path(repo.path)
+            if not is_within(root, root / directory):
+                raise ValidationError(f"{relative} lies outside repository {repo.name}")
+            directories[directory] = (root / directory).is_dir()
+        if not directories[directory]:
+            return None
+        path = Path(repo.path) / relative
+        # a link may point anywhere: resolved as a single file is
+        return self._file(repo, relative) if path.is_symlink() else path
 
     def _why_locked(
         self, repo: Repository, relative_path: str, lock: ImmutabilityLock | None
     ) -> str | None:
         if lock is not None:
-            until = until_text(lock.expires_at)
-            if as_utc(lock.expires_at) <= self.clock.now():  # type: ignore[operator]
-                return (
-                    f"locked by immutability; the lock expired at {until} and is released by "
-                    "the next lock job (`sendense lock release-expired`)"
-                )
-            if lock.state == "pending":
-                return f"locked by immutability until {until} (grace period, flag not yet set)"
-            if lock.state in UNPROTECTED_STATES:
-                return f"locked by immutability until {until} (flag NOT set: unprotected)"
-            return f"locked by immutability until {until}"
-        path = self._file(repo, relative_path)
+            return self._lock_reason(lock)
+        return self._flag_reason(self._file(repo, relative_path))
+
+    def _flag_reason(self, path: Path) -> str | None:
         if path.exists() and self._flag(path):
             return "immutable (lsattr shows 'i') without a catalog lock; clear it by hand"
         return None
+
+    def _lock_reason(self, lock: ImmutabilityLock) -> str:
+        until = until_text(lock.expires_at)
+        if as_utc(lock.expires_at) <= self.clock.now():  # type: ignore[operator]
+            return (
+                f"locked by immutability; the lock expired at {until} and is released by "
+                "the next lock job (`sendense lock release-expired`)"
+            )
+        if lock.state == "pending":
+            return f"locked by immutability until {until} (grace period, flag not yet set)"
+        if lock.state in UNPROTECTED_STATES:
+            return f"locked by immutability until {until} (flag NOT set: unprotected)"
+        return f"locked by immutability until {until}"
 
     def why_locked(self, path: str | Path) -> str | None:
         """The same for an absolute path (any repository)."""

@@ -40,7 +40,7 @@ import struct
 import tarfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -50,9 +50,14 @@ from engine.guestmeta import GuestMeta as GuestEntry
 from engine.guestmeta import data_extents, read_meta
 from engine.oserrors import explain_os_error
 from engine.private import PRIVATE_FILE
-from engine.services.restore_views import FileRestoreError, FilesystemView, MountView
+from engine.services.restore_views import (
+    FileRestoreError,
+    FilesystemView,
+    MountView,
+    RestoredCounts,
+    counts_phrase,
+)
 from engine.tools.mounts import NTFS_XATTRS
-from engine.units import plural
 
 if TYPE_CHECKING:
     from engine.catalog.models import Job
@@ -78,19 +83,12 @@ class Writable(Protocol):
 # -- what came out ---------------------------------------------------------------------
 
 
-@dataclass
-class ArchiveResult:
+@dataclass(kw_only=True)
+class ArchiveResult(RestoredCounts):
     #: tar | tar.zst | zip
     format: str
     #: the file written, or "-" for a stream
     output: str
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    specials: int = 0
-    #: file data archived (holes of sparse files not counted)
-    bytes: int = 0
     #: (path in the archive, why it is not in it): the command fails
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: (path in the archive, what of it the format could not keep): listed only
@@ -100,23 +98,21 @@ class ArchiveResult:
         return {
             "format": self.format,
             "output": self.output,
-            "files": self.files,
-            "directories": self.directories,
-            "symlinks": self.symlinks,
-            "hardlinks": self.hardlinks,
-            "specials": self.specials,
-            "bytes": self.bytes,
+            **self.counts_dict(),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "not_carried": [{"path": p, "what": w} for p, w in self.not_carried],
         }
 
     def sentence(self) -> str:
-        return (
-            f"archived {plural(self.files, 'file')}, {plural(self.directories, 'folder')}, "
-            f"{plural(self.symlinks, 'link')}, {plural(self.hardlinks, 'hard link')}, "
-            f"{plural(self.specials, 'special file')}, {self.bytes} bytes of data"
-            + (f"; {len(self.skipped)} not archived" if self.skipped else "")
+        return archived_summary(self) + (
+            f"; {len(self.skipped)} not archived" if self.skipped else ""
         )
+
+
+def archived_summary(result: ArchiveResult | Mapping[str, Any]) -> str:
+    """ "archived 3 files, 1 folder, 2 links, 12.0 KiB as tar into /srv/out.tar"."""
+    data = result.as_dict() if isinstance(result, ArchiveResult) else result
+    return f"archived {counts_phrase(data)} as {data['format']} into {data['output']}"
 
 
 # -- the formats -----------------------------------------------------------------------
@@ -763,7 +759,7 @@ class Archiving:
         )
         if result.skipped:
             raise FileRestoreError(
-                f"{result.sentence()} to {result.output}",
+                result.sentence(),
                 hint="; ".join(f"{p}: {r}" for p, r in result.skipped[:5]),
             )
         return result.as_dict()

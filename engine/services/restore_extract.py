@@ -59,8 +59,8 @@ from engine.services.restore_views import (
     FilesystemView,
     MountView,
     ProgressCallback,
+    counts_phrase,
 )
-from engine.units import human_bytes, plural
 
 if TYPE_CHECKING:
     from engine.jobs import JobRunner
@@ -280,18 +280,8 @@ class Extraction:
 
 
 def summary(result: ExtractResult | dict[str, Any]) -> str:
-    """ "restored 3 files, 1 folder, 2 links, 1 hard link, 0 specials (12 bytes)"."""
-    data = result.as_dict() if isinstance(result, ExtractResult) else result
-    counts = [
-        plural(int(data.get("files", 0)), "file"),
-        plural(int(data.get("directories", 0)), "folder"),
-        plural(int(data.get("symlinks", 0)), "link"),
-    ]
-    if data.get("hardlinks"):
-        counts.append(plural(int(data["hardlinks"]), "hard link"))
-    if data.get("specials"):
-        counts.append(plural(int(data["specials"]), "special file"))
-    return f"restored {', '.join(counts)}, {human_bytes(int(data.get('bytes', 0)))}"
+    """ "restored 3 files, 1 folder, 2 links, 1 hard link, 12.0 KiB"."""
+    return f"restored {counts_phrase(result)}"
 
 
 def _destination_note(result: ExtractResult) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,6 +13,8 @@ from typing import Any
 
 from engine.catalog.restore import PointLocation
 from engine.errors import SendenseError
+from engine.shapes import COUNT_FIELDS
+from engine.units import human_bytes, plural
 
 
 class FileRestoreError(SendenseError):
@@ -104,19 +106,48 @@ class Source:
         return stat.S_ISDIR(self.info.st_mode)
 
 
-@dataclass
-class ExtractResult:
-    """What an extraction restored, and every item it did not restore with why."""
+@dataclass(kw_only=True)
+class RestoredCounts:
+    """What a folder restore or an archive carried: the counts both report, and the
+    one sentence (``counts_phrase``) every front end prints for them."""
 
-    destination: str
     files: int = 0
     directories: int = 0
     symlinks: int = 0
-    #: further names of a file restored once (a hard link, as in the backup)
+    #: further names of a file carried once (a hard link, as in the backup)
     hardlinks: int = 0
-    #: fifos, device nodes and sockets recreated (only with ``specials``)
+    #: fifos, device nodes (and, restoring into a folder, sockets) carried
     specials: int = 0
+    #: file data carried (holes of sparse files not counted)
     bytes: int = 0
+
+    def counts_dict(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in COUNT_FIELDS}
+
+
+def counts_phrase(counts: RestoredCounts | Mapping[str, Any]) -> str:
+    """ "3 files, 1 folder, 2 links, 1 hard link, 12.0 KiB": hard links and special
+    files only when there are some. Takes the result or its JSON form (a finished
+    job's result, an API response), so the CLI, the console and job events word a
+    restore alike."""
+    data = counts.counts_dict() if isinstance(counts, RestoredCounts) else counts
+    parts = [
+        plural(int(data.get("files", 0)), "file"),
+        plural(int(data.get("directories", 0)), "folder"),
+        plural(int(data.get("symlinks", 0)), "link"),
+    ]
+    if data.get("hardlinks"):
+        parts.append(plural(int(data["hardlinks"]), "hard link"))
+    if data.get("specials"):
+        parts.append(plural(int(data["specials"]), "special file"))
+    return f"{', '.join(parts)}, {human_bytes(int(data.get('bytes', 0)))}"
+
+
+@dataclass(kw_only=True)
+class ExtractResult(RestoredCounts):
+    """What an extraction restored, and every item it did not restore with why."""
+
+    destination: str
     bytes_total: int = 0
     #: True when the extraction created the destination folder (root-only, 0700)
     destination_created: bool = False
@@ -133,12 +164,7 @@ class ExtractResult:
             "destination_created": self.destination_created,
             "owner": self.owner,
             "note": self.note,
-            "files": self.files,
-            "directories": self.directories,
-            "symlinks": self.symlinks,
-            "hardlinks": self.hardlinks,
-            "specials": self.specials,
-            "bytes": self.bytes,
+            **self.counts_dict(),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
 

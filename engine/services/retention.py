@@ -16,9 +16,10 @@ Three layers:
   checked against locks (never overridable) and the copy rules (a point whose
   required copies do not exist yet is kept unless the operator forces it).
 - ``RetentionService.apply``: runs the unblocked operations through the chain
-  service and records what happened in the audit log. It holds the writer lease
-  of every disk of the policy (``engine.writers``) from the plan to the last
-  operation, so no backup or merge of those disks runs in between.
+  service (the deletes ``DELETE_BATCH`` chains to a catalog transaction,
+  ``ChainService.delete_many``) and records what happened in the audit log. It
+  holds the writer lease of every disk of the policy (``engine.writers``) from the
+  plan to the last operation, so no backup or merge of those disks runs in between.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from engine.bounds import RETENTION_COUNT
-from engine.catalog.chains import ChainStore
+from engine.catalog.chains import ChainStore, RetentionPoint
 from engine.catalog.copies import COPY_DONE, CopyStore
-from engine.catalog.models import Backup, Chain, Policy, Repository
+from engine.catalog.models import Policy, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
 from engine.clock import SYSTEM_CLOCK, Clock
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RULE_NAMES = ("keep_last", "daily", "weekly", "monthly", "yearly")
+#: chains whose tails one catalog transaction deletes (a retention pass over 1,000
+#: disks writes its deletions in a few transactions, not one per point)
+DELETE_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,8 @@ class RetentionRules:
         return ", ".join(parts) or "keeps nothing"
 
 
-@dataclass(frozen=True)
-class Point:
-    """What GFS needs of a restore point."""
+class Point(NamedTuple):
+    """What GFS needs of a restore point (a tuple: a plan makes one per point)."""
 
     id: int
     time: datetime
@@ -272,8 +275,18 @@ class ApplyResult:
         }
 
 
+class ChainPoint(Protocol):
+    """What ``plan_chain`` reads of a point (a catalog row or a ``RetentionPoint``)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def chain_id(self) -> int: ...
+
+
 def plan_chain(
-    points: Sequence[Backup], keep: dict[int, list[str]], *, merges_allowed: bool
+    points: Sequence[ChainPoint], keep: dict[int, list[str]], *, merges_allowed: bool
 ) -> tuple[dict[int, tuple[str, list[str]]], list[Operation]]:
     """One chain (points in chain order): action and reasons per point, operations."""
     out: dict[int, tuple[str, list[str]]] = {}
@@ -317,6 +330,25 @@ def plan_chain(
     return out, ops
 
 
+def _missing_copies(
+    points: Sequence[RetentionPoint],
+    rules: Sequence[Any],
+    copies: dict[int, list[Any]],
+    repo_names: dict[int, str],
+) -> list[str]:
+    """Why removing these points would lose a copy a rule requires (none made yet)."""
+    missing = []
+    for p in points:
+        done = {c.destination_repository_id for c in copies.get(p.id, []) if c.state == COPY_DONE}
+        for rule in rules:
+            if rule.selection == "fulls" and p.kind != "full":
+                continue
+            if rule.destination_repository_id not in done:
+                dest = repo_names.get(rule.destination_repository_id, "?")
+                missing.append(f"#{p.id} has no copy at {dest} yet (copy rule {rule.name})")
+    return missing
+
+
 class RetentionService:
     """Dry run and apply of a policy's retention (``engine.retention``)."""
 
@@ -346,24 +378,25 @@ class RetentionService:
 
     # -- dry run ----------------------------------------------------------------------
 
-    def series(self, policy: Policy) -> dict[tuple[str, str], list[tuple[Chain, list[Backup]]]]:
-        """The policy's chains in its target, per (vm, disk), oldest chain first."""
-        found: dict[tuple[str, str], list[tuple[Chain, list[Backup]]]] = {}
-        for source in policy.sources or []:
-            vm = str(source.get("vm"))
-            for disk in source.get("disks") or []:
-                name = str(disk.get("name"))
-                chains = self.chain_store.list_chains(
-                    repository_id=policy.target_repository_id, vm_name=vm, disk_name=name
-                )
-                rows = []
-                for chain in sorted(chains, key=lambda c: c.id):
-                    points = [
-                        b for b in self.chain_store.backups(chain.id) if b.state == "complete"
-                    ]
-                    if points:
-                        rows.append((chain, points))
-                found[(vm, name)] = rows
+    def series(
+        self, policy: Policy
+    ) -> dict[tuple[str, str], list[tuple[int, list[RetentionPoint]]]]:
+        """The policy's complete points in its target, per (vm, disk) in the order its
+        sources name them, per chain (chain id, its points in chain order), oldest chain
+        first: one grouped catalog query for all its disks."""
+        found: dict[tuple[str, str], list[tuple[int, list[RetentionPoint]]]] = {
+            (d.vm, d.disk): [] for d in self.disks_of(policy)
+        }
+        vms = list(dict.fromkeys(vm for vm, _disk in found))
+        # rows come oldest chain first, each chain's points together and in order
+        for point in self.chain_store.retention_points(policy.target_repository_id, vms):
+            chains = found.get((point.vm_name, point.disk_name))
+            if chains is None:
+                continue  # a disk of the VM the policy does not back up
+            if chains and chains[-1][0] == point.chain_id:
+                chains[-1][1].append(point)
+            else:
+                chains.append((point.chain_id, [point]))
         return found
 
     @staticmethod
@@ -379,6 +412,9 @@ class RetentionService:
         return not (repo.immutable or policy.immutable_days > 0)
 
     def plan(self, policy: Policy) -> RetentionPlan:
+        """Decide every point of the policy's disks from a few grouped queries: the
+        points (``series``), then the locks and copies of every point an operation
+        would touch, asked once for the whole plan."""
         rules = RetentionRules.from_dict(policy.retention)
         repo = self.repositories.get(policy.target_repository_id)
         merges = self.merges_allowed(policy, repo)
@@ -388,52 +424,66 @@ class RetentionService:
                 f"policy {policy.name}'s retention keeps nothing; refusing to plan",
                 hint="set keep_last or a daily/weekly/monthly/yearly count",
             )
-        rules_by_dest = self._required_copy_rules(policy, repo)
+        touched: list[tuple[Operation, list[RetentionPoint], list[RetentionPoint]]] = []
         for (vm, disk), chains in self.series(policy).items():
-            every = [b for _c, points in chains for b in points]
-            keep = gfs_keep([Point(b.id, b.point_time) for b in every], rules)
-            for chain, points in chains:
+            every = [p for _chain_id, points in chains for p in points]
+            keep = gfs_keep([Point(p.id, p.point_time) for p in every], rules)
+            for chain_id, points in chains:
                 actions, ops = plan_chain(points, keep, merges_allowed=merges)
-                by_id = {b.id: b for b in points}
+                by_id = {p.id: p for p in points}
                 for op in ops:
-                    involved = [by_id[i] for i in op.removes]
-                    if op.kind == "merge":
-                        # the target's file is replaced by the new full (the points after
-                        # it are not touched: they keep their files and headers)
-                        involved.append(by_id[op.backup_id])
-                    op.locked = self._locked(repo, involved)
-                    op.missing_copies = self._missing_copies(
-                        [by_id[i] for i in op.removes], rules_by_dest
-                    )
+                    removed = [by_id[i] for i in op.removes]
+                    # a merge replaces its target's file by the new full (the points
+                    # after it are not touched: they keep their files and headers)
+                    extra = [by_id[op.backup_id]] if op.kind == "merge" else []
+                    touched.append((op, removed + extra, removed))
                 plan.operations.extend(ops)
-                blocked_by: dict[int, str] = {}
-                for op in ops:
-                    why = op.blocked()
-                    if why:
-                        for i in op.removes:
-                            blocked_by[i] = why
-                for b in points:
-                    action, reasons = actions[b.id]
+                for p in points:
+                    action, reasons = actions[p.id]
                     plan.decisions.append(
                         PointDecision(
-                            backup_id=b.id,
+                            backup_id=p.id,
                             vm=vm,
                             disk=disk,
-                            chain_id=chain.id,
-                            position=b.position,
-                            kind=b.kind,
-                            point_time=b.point_time,
+                            chain_id=chain_id,
+                            position=p.position,
+                            kind=p.kind,
+                            point_time=p.point_time,
                             action=action,
                             reasons=reasons,
-                            blocked=blocked_by.get(b.id),
                         )
                     )
+        self._check_operations(policy, repo, touched)
+        blocked_by: dict[int, str] = {}
+        for op in plan.operations:
+            why = op.blocked()
+            if why:
+                blocked_by.update(dict.fromkeys(op.removes, why))
+        for decision in plan.decisions:
+            decision.blocked = blocked_by.get(decision.backup_id)
         return plan
 
-    def _locked(self, repo: Repository, backups: Sequence[Backup]) -> list[str]:
-        # one catalog query for the operation's files, not one per file
-        whys = self.locks.why_locked_many(repo, [b.path for b in backups])
-        return [f"#{b.id} {whys[b.path]}" for b in backups if whys.get(b.path)]
+    def _check_operations(
+        self,
+        policy: Policy,
+        repo: Repository,
+        touched: Sequence[tuple[Operation, list[RetentionPoint], list[RetentionPoint]]],
+    ) -> None:
+        """Each operation's locks (never overridable) and missing copies, from one lock
+        lookup and one copy lookup for the whole plan."""
+        whys = self.locks.why_locked_many(
+            repo, [p.path for _op, files, _r in touched for p in files]
+        )
+        for op, files, _removed in touched:
+            op.locked = [f"#{p.id} {whys[p.path]}" for p in files if whys.get(p.path)]
+        rules = self._required_copy_rules(policy, repo)
+        if not rules:
+            return
+        removed_ids = [p.id for _op, _files, removed in touched for p in removed]
+        copies = self.copy_store.copies_of_backups(removed_ids)
+        repos = {r.id: r.name for r in self.repositories.list()}
+        for op, _files, removed in touched:
+            op.missing_copies = _missing_copies(removed, rules, copies, repos)
 
     def _required_copy_rules(self, policy: Policy, repo: Repository) -> list[Any]:
         return [
@@ -441,24 +491,6 @@ class RetentionService:
             for r in self.copy_store.list_rules(source_repository_id=repo.id, enabled_only=True)
             if r.policy_id in (None, policy.id) and r.selection in ("all", "fulls")
         ]
-
-    def _missing_copies(self, backups: Sequence[Backup], rules: Sequence[Any]) -> list[str]:
-        if not rules or not backups:
-            return []
-        repos = {r.id: r.name for r in self.repositories.list()}
-        copies = self.copy_store.copies_of_backups([b.id for b in backups])
-        missing = []
-        for b in backups:
-            done = {
-                c.destination_repository_id for c in copies.get(b.id, []) if c.state == COPY_DONE
-            }
-            for rule in rules:
-                if rule.selection == "fulls" and b.kind != "full":
-                    continue
-                if rule.destination_repository_id not in done:
-                    dest = repos.get(rule.destination_repository_id, "?")
-                    missing.append(f"#{b.id} has no copy at {dest} yet (copy rule {rule.name})")
-        return missing
 
     # -- apply ------------------------------------------------------------------------
 
@@ -479,6 +511,23 @@ class RetentionService:
         ):
             return self._apply(policy, force=force, actor=actor, plan=plan)
 
+    def _done(self, policy: Policy, op: Operation, result: ApplyResult, actor: str | None) -> None:
+        failpoint(f"retention.after_{op.kind}")
+        result.done.append(op)
+        if op.missing_copies:
+            self.bus.publish(
+                Event(
+                    kind="retention.forced",
+                    message=f"policy {policy.name}: {op.sentence()} although "
+                    + "; ".join(op.missing_copies),
+                    level="warning",
+                    source="retention",
+                    repository_id=policy.target_repository_id,
+                    actor=actor,
+                    data={"policy_id": policy.id, **op.as_dict()},
+                )
+            )
+
     def _apply(
         self,
         policy: Policy,
@@ -496,37 +545,41 @@ class RetentionService:
         plan = plan or self.plan(policy)
         result = ApplyResult(plan, forced=force)
         # deletes first: they free the room the merges' new fulls need
-        for op in sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id)):
+        ops = sorted(plan.operations, key=lambda o: (o.kind != "delete", o.chain_id))
+        runnable: list[Operation] = []
+        for op in ops:
             why = op.blocked(force)
             if why:
                 result.skipped.append((op, why))
+            else:
+                runnable.append(op)
+        deletes = [op for op in runnable if op.kind == "delete"]
+        for start in range(0, len(deletes), DELETE_BATCH):
+            batch = deletes[start : start + DELETE_BATCH]
+            try:
+                outcomes = self.chains.delete_many(
+                    [op.backup_id for op in batch], actor=actor or "retention"
+                )
+            except SendenseError as exc:
+                outcomes = dict.fromkeys((op.backup_id for op in batch), exc)
+            for op in batch:
+                outcome = outcomes[op.backup_id]
+                if isinstance(outcome, SendenseError):
+                    # this chain stays as it was; the other chains go on
+                    result.failed.append((op, outcome.message))
+                else:
+                    self._done(policy, op, result, actor)
+        for op in runnable:
+            if op.kind == "delete":
                 continue
             try:
-                if op.kind == "delete":
-                    self.chains.delete_point(op.backup_id, actor=actor or "retention")
-                else:
-                    self.chains.consolidate(
-                        op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
-                    )
+                self.chains.consolidate(
+                    op.chain_id, new_base_id=op.backup_id, actor=actor or "retention"
+                )
             except SendenseError as exc:
-                # this chain stays as it was; the other chains go on
                 result.failed.append((op, exc.message))
                 continue
-            failpoint(f"retention.after_{op.kind}")
-            result.done.append(op)
-            if op.missing_copies:
-                self.bus.publish(
-                    Event(
-                        kind="retention.forced",
-                        message=f"policy {policy.name}: {op.sentence()} although "
-                        + "; ".join(op.missing_copies),
-                        level="warning",
-                        source="retention",
-                        repository_id=policy.target_repository_id,
-                        actor=actor,
-                        data={"policy_id": policy.id, **op.as_dict()},
-                    )
-                )
+            self._done(policy, op, result, actor)
         level = "warning" if result.failed else "info"
         self.bus.publish(
             Event(

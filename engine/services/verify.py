@@ -178,7 +178,7 @@ class Report:
         return 100.0 * self.bytes_verified / self.bytes_total if self.bytes_total else 100.0
 
     def sentence(self) -> str:
-        return f"{self.coverage_percent:.0f}% of bytes verified in the last {self.days} days"
+        return coverage_sentence(self.coverage_percent, self.days)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +210,13 @@ class Coverage:
     @property
     def coverage_percent(self) -> float:
         return 100.0 * self.bytes_verified / self.bytes_total if self.bytes_total else 100.0
+
+    def sentence(self) -> str:
+        return coverage_sentence(self.coverage_percent, self.days)
+
+
+def coverage_sentence(percent: float, days: int) -> str:
+    return f"{percent:.0f}% of bytes verified in the last {days} days"
 
 
 class VerifyService:
@@ -293,9 +300,10 @@ class VerifyService:
                 # copies of points merged away that copies made before the merge still
                 # read through
                 chain_id = int(_need(ref, scope)) if scope == "chain" else None
-                for c in self.store.bases_of_merged_points(chain_id=chain_id):
-                    base = self.store.source_backup(c.backup_id)
-                    out.append(Target(base, repos[c.destination_repository_id], c))
+                merged = self.store.bases_of_merged_points(chain_id=chain_id)
+                bases = self.store.source_backups_by_id([c.backup_id for c in merged])
+                for c in merged:
+                    out.append(Target(bases[c.backup_id], repos[c.destination_repository_id], c))
         return out
 
     # -- verifying ------------------------------------------------------------------
@@ -306,14 +314,20 @@ class VerifyService:
         *,
         on_bytes: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        written: str | None = None,
     ) -> Result:
-        """Checksum, then the chain's headers against the catalog, then qemu-img check."""
+        """Checksum, then the chain's headers against the catalog, then qemu-img check.
+        ``written``: the checksum of the bytes as they were written, taken instead of
+        reading the file (see verify_copy)."""
         path = target.path
         if not is_within(target.repository.path, path):
             return Result(target, "chain_broken", f"{path} lies outside its repository")
         if not path.is_file():
             return Result(target, "missing", f"{path} does not exist")
-        checksum, read = hash_file(path, on_bytes=on_bytes, should_stop=should_stop)
+        if written is None:
+            checksum, read = hash_file(path, on_bytes=on_bytes, should_stop=should_stop)
+        else:
+            checksum, read = written, 0
         expected = target.expected
         if expected and checksum != expected:
             size = path.stat().st_size
@@ -343,6 +357,11 @@ class VerifyService:
                 read,
             )
         note = None if expected else "no recorded checksum: metadata and chain checked only"
+        if written is not None and note is None:
+            note = (
+                "checksum of the bytes as they were written; metadata and chain read from "
+                "the copy; the data is read back at the next scheduled verification"
+            )
         return Result(target, "ok", note, read)
 
     def _chain_problem(self, target: Target) -> str | None:
@@ -461,7 +480,11 @@ class VerifyService:
         again = Target(fresh, result.target.repository)
         return self.verify_target(again, on_bytes=on_bytes, should_stop=should_stop)
 
-    def _record(self, result: Result, started: datetime, job_id: int | None) -> None:
+    def _record(
+        self, result: Result, started: datetime, job_id: int | None, *, read_back: bool = True
+    ) -> None:
+        """Store a result. ``read_back`` False: the data was not read from the disk
+        (see verify_copy), so a copy's ``verified_at`` is left empty: due at once."""
         t = result.target
         now = self.clock.now()
         self.store.add_verification(
@@ -482,7 +505,9 @@ class VerifyService:
                 mark_bad=result.outcome in ("mismatch", "missing", "check_failed"),
             )
         else:
-            self.store.update_copy(t.copy.id, verify_state=result.outcome, verified_at=now)
+            self.store.update_copy(
+                t.copy.id, verify_state=result.outcome, verified_at=now if read_back else None
+            )
 
     def _name_good_copies(
         self,
@@ -538,14 +563,28 @@ class VerifyService:
             places.append(Target(fresh, repos[c.destination_repository_id], c))
         return places
 
-    def verify_copy(self, copy_id: int, *, job_id: int | None = None) -> str:
-        """Verify one copy (after it was written); returns the outcome."""
+    def verify_copy(
+        self, copy_id: int, *, job_id: int | None = None, written_checksum: str | None = None
+    ) -> str:
+        """Verify one copy (after it was written); returns the outcome.
+
+        ``written_checksum``: the sha256 the copy computed of the very bytes it wrote
+        (engine.copier hashes each buffer, then writes that buffer). Given, the data
+        is not read again here: the copy's header and its chain against the catalog
+        and ``qemu-img check`` are read from the destination, and the checksum is
+        compared with the recorded one. Reading the data back right after writing it
+        would be a second pass over every byte (the copy at half the disk's speed)
+        that shows the bytes handed to the kernel, which the checksum already says;
+        what only a read from the disk can show (the medium keeping them) is left to
+        the scheduled verification: the copy's ``verified_at`` stays empty, so it is
+        due at once and read back from the disk at its next run.
+        """
         copy = self.store.get_copy(copy_id)
         backup = self.store.source_backup(copy.backup_id)
         repo = self.repositories.get(copy.destination_repository_id)
         started = self.clock.now()
-        result = self.verify_target(Target(backup, repo, copy))
-        self._record(result, started, job_id)
+        result = self.verify_target(Target(backup, repo, copy), written=written_checksum)
+        self._record(result, started, job_id, read_back=written_checksum is None)
         if result.outcome != "ok":
             self._name_good_copies([result], job_id)
             self._alerts_changed()
@@ -709,7 +748,7 @@ class VerifyService:
         due = now - timedelta(days=self.reverify_after_days)
         items = self._all_items()
         bytes_total = bytes_verified = files_verified = 0
-        bad: list[dict[str, Any]] = []
+        bad: list[Target] = []
         overdue: list[dict[str, Any]] = []
         for t in items:
             state, at = _verify_state(t)
@@ -717,24 +756,49 @@ class VerifyService:
             if state == "ok" and at is not None and at >= since:
                 bytes_verified += t.size
                 files_verified += 1
-            entry: dict[str, Any] = {
-                "backup_id": t.backup.id,
-                "copy_id": t.copy.id if t.copy is not None else None,
-                "repository": t.repository.name,
-                "path": t.backup.path,
-                "verify_state": state,
-                "verified_at": at.isoformat() if at else None,
-            }
             if state not in (None, "ok"):
-                entry["good_elsewhere"] = [
-                    o.describe()
-                    for o in self._places(t.backup)
-                    if o.key != t.key and _verify_state(o)[0] == "ok"
-                ]
-                bad.append(entry)
+                bad.append(t)
             elif _overdue(t, at, due):
-                overdue.append(entry)
-        return Report(days, bytes_total, bytes_verified, len(items), files_verified, bad, overdue)
+                overdue.append(_entry(t))
+        return Report(
+            days,
+            bytes_total,
+            bytes_verified,
+            len(items),
+            files_verified,
+            self._with_good_elsewhere(bad),
+            overdue,
+        )
+
+    def _bad_entries(self) -> list[dict[str, Any]]:
+        """``report().bad`` without reading the files that are not bad."""
+        backups, copies = self.store.bad_files()
+        repos = self.store.repositories_by_id()
+        bad = [Target(b, repos[b.repository_id]) for b in backups]
+        bad += [Target(b, repos[c.destination_repository_id], c) for c, b in copies]
+        return self._with_good_elsewhere(bad)
+
+    def _with_good_elsewhere(self, bad: list[Target]) -> list[dict[str, Any]]:
+        """Each bad file's report entry with the other places its point is still good
+        (the places of every bad file from one copy query)."""
+        if not bad:
+            return []
+        repos = self.store.repositories_by_id()
+        copies = self.store.copies_of_backups([t.backup.id for t in bad])
+        entries = []
+        for t in bad:
+            places = [Target(t.backup, repos[t.backup.repository_id])]
+            places += [
+                Target(t.backup, repos[c.destination_repository_id], c)
+                for c in reversed(copies.get(t.backup.id, []))  # newest first, as listed
+                if c.state in (COPY_DONE, "verifying")
+            ]
+            entry = _entry(t)
+            entry["good_elsewhere"] = [
+                o.describe() for o in places if o.key != t.key and _verify_state(o)[0] == "ok"
+            ]
+            entries.append(entry)
+        return entries
 
     def coverage(self, days: int | None = None) -> Coverage:
         """What ``report`` counts (coverage, bad, overdue), without its lists."""
@@ -748,21 +812,23 @@ class VerifyService:
     def alerts(self) -> list[dict[str, Any]]:
         """The verification alert conditions now: one ``verification_overdue`` for all
         files, and one critical ``verification_failed`` per bad file (its ``subject``
-        names the file: ``backup:ID`` or ``copy:ID``)."""
-        report = self.report()
+        names the file: ``backup:ID`` or ``copy:ID``). From the counts in SQL and the
+        bad files only: the scheduler asks every few minutes, and a report of every
+        file takes seconds at 100,000 points."""
+        coverage = self.coverage()
         out = []
-        if report.overdue:
+        if coverage.overdue:
             out.append(
                 {
                     "kind": "verification_overdue",
                     "subject": "all",
                     "level": "warning",
-                    "message": f"verification overdue: {plural(len(report.overdue), 'file')} "
+                    "message": f"verification overdue: {plural(coverage.overdue, 'file')} "
                     f"older than {plural(self.reverify_after_days, 'day')} not verified in "
-                    f"them ({report.sentence()})",
+                    f"them ({coverage.sentence()})",
                 }
             )
-        for entry in report.bad:
+        for entry in self._bad_entries():
             good = entry["good_elsewhere"]
             subject = (
                 f"copy:{entry['copy_id']}"
@@ -810,6 +876,19 @@ class VerifyService:
 
 class VerificationFailed(SendenseError):
     """At least one file did not verify."""
+
+
+def _entry(t: Target) -> dict[str, Any]:
+    """A file's line in a verify report."""
+    state, at = _verify_state(t)
+    return {
+        "backup_id": t.backup.id,
+        "copy_id": t.copy.id if t.copy is not None else None,
+        "repository": t.repository.name,
+        "path": t.backup.path,
+        "verify_state": state,
+        "verified_at": at.isoformat() if at else None,
+    }
 
 
 def _verify_state(t: Target) -> tuple[str | None, datetime | None]:

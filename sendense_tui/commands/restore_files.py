@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, TextIO
 
 from engine.errors import ValidationError
-from engine.services.restore_archive import ArchiveOutputError
+from engine.services.restore_archive import ArchiveOutputError, archived_summary
 from engine.services.restore_extract import summary as extract_summary
 from engine.services.restore_views import Entry, MountView
 from engine.shapes import extract_result_dict, file_entry_dict, mount_dict
@@ -296,18 +296,7 @@ def _report_archive(result: dict[str, Any], ctx: CliContext, out: TextIO) -> Non
     if ctx.json:
         out.write(json_text(result, indent=2) + "\n")
     else:
-        print(
-            printable(
-                f"archived {plural(result['files'], 'file')}, "
-                f"{plural(result['directories'], 'folder')}, "
-                f"{plural(result['symlinks'], 'link')}, "
-                f"{plural(result['hardlinks'], 'hard link')}, "
-                f"{plural(result['specials'], 'special file')}, "
-                f"{human_bytes(result['bytes'])} of data as {result['format']} "
-                f"into {result['output']}"
-            ),
-            file=out,
-        )
+        print(printable(archived_summary(result)), file=out)
         for path, reason in skipped:
             print(printable(f"  not archived {path}: {reason}"), file=out)
         for item in result["not_carried"]:

@@ -25,6 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from engine.services.exports import ExportView
+from engine.services.restore_archive import archived_summary
 from engine.services.restore_extract import summary as extract_summary
 from engine.services.restore_views import Entry, MountView
 from engine.shapes import extract_result_dict
@@ -586,10 +587,7 @@ class RestoreScreen(SendenseScreen):
             return
         self.marked.clear()
         if "output" in result:  # a saved archive (restore.archive)
-            self.progress_text = (
-                f"saved {plural(int(result.get('files', 0)), 'file')}, "
-                f"{human_bytes(int(result.get('bytes', 0)))} as {result['output']}"
-            )
+            self.progress_text = archived_summary(result)
             return
         shown = extract_result_dict(result, job.id)
         missing = shown["not_restored"]

@@ -451,6 +451,27 @@ def test_point_whose_header_was_rewritten_is_never_opened(
     assert_no_marker(out, offsite, tmp_path / "state")
 
 
+def test_a_header_rewritten_right_after_a_restore_read_it_is_refused_at_the_next_read(
+    bk_engine: Engine, repo: Any, tmp_path: Path, clock: FixedClock, listener: Listener
+) -> None:
+    """The guard keeps what a header said for a few minutes (one read per job), but
+    only for the very file it read: rewritten in place, its modification time even
+    set back, the file is read again and refused."""
+    host = HostFile.make(tmp_path / "host" / "secret.raw")
+    ids = chain_of_three(bk_engine, repo, tmp_path, clock)
+    bk_engine.restores.restore(ids[-1], str(tmp_path / "first.raw"))
+    top = point_file(bk_engine, repo, ids[-1])
+    before = top.stat()
+    tamper("host_file", bk_engine, repo, ids, host, listener.port)
+    os.utime(top, ns=(before.st_atime_ns, before.st_mtime_ns))
+    host = HostFile.watch(host.path)
+    with pytest.raises(ImageRefused) as err:
+        bk_engine.restores.restore(ids[-1], str(tmp_path / "second.raw"))
+    assert top.name in err.value.message and "refused" in err.value.message
+    assert not (tmp_path / "second.raw").exists()
+    host.assert_untouched()
+
+
 def test_validate_and_point_details_name_a_foreign_header_without_opening_it(
     bk_engine: Engine, repo: Any, tmp_path: Path, clock: FixedClock
 ) -> None:

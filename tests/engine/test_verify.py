@@ -57,6 +57,33 @@ def test_hash_file_matches_hashlib(tmp_path: Path) -> None:
 
 
 @SQLITE_ONLY
+def test_a_new_copy_is_checked_without_a_second_read_and_is_due_for_a_read_back(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Verify-after-copy takes the checksum of the bytes as they were written and
+    reads the copy's metadata; the data is read back from the disk by the scheduled
+    verification, for which the copy is due at once, and a byte that rotted after
+    the copy landed is found there."""
+    _src, dst, chain = copied_setup(engine, tmp_path)
+    copies = engine.copies.list_copies()
+    assert {c.verify_state for c in copies} == {"ok"}
+    assert {c.verified_at for c in copies} == {None}  # not read back from the disk yet
+    after_copy = engine.verifier.store.verifications(copy_id=copies[0].id)
+    assert [(v.outcome, v.bytes_read) for v in after_copy] == [("ok", 0)]
+    assert "read back at the next scheduled verification" in (after_copy[0].detail or "")
+    due = {t.copy.id for t in engine.verifier.due_targets() if t.copy is not None}
+    assert due == {c.id for c in copies}
+
+    flip_byte(Path(dst.path) / chain.paths[-1])
+    job = wait_job(engine, engine.verifier.submit_due().id)
+    assert job.state == "failed"
+    states = {c.path: c.verify_state for c in engine.copies.list_copies()}
+    assert states == {chain.paths[0]: "ok", chain.paths[1]: "mismatch"}
+    read_back = engine.verifier.store.verifications(copy_id=copies[0].id)
+    assert max(v.bytes_read for v in read_back) > 0
+
+
+@SQLITE_ONLY
 def test_one_flipped_byte_in_a_copy_is_found_and_the_good_copy_named(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -520,4 +520,4 @@ async def test_A_saves_the_selection_as_an_archive_job(
     with zipfile.ZipFile(tmp_path / "docs.zip") as archive:
         assert archive.read("docs/report.txt") == b"q\n" * 500
     assert not tarfile.is_tarfile(tmp_path / "docs.zip")
-    assert "saved 1 file" in status and "docs.zip" in status
+    assert "archived 1 file" in status and "docs.zip" in status
