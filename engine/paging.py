@@ -26,6 +26,10 @@ T = TypeVar("T")
 
 #: rows one step of a streamed listing (``--all``) reads: memory stays bounded
 STREAM_BATCH = 500
+#: "what follows a page" is counted up to this many rows and then said as "more than
+#: MORE_MAX": an exact count would read the rest of the listing (all 100,000 points
+#: of a fleet) on every page, the cap keeps a page's cost what it shows
+MORE_MAX = 10_000
 #: the longest cursor accepted (the longest real one is a VM and disk name long)
 CURSOR_MAX = 1200
 
@@ -41,12 +45,22 @@ KEY_TYPES: dict[str, tuple[type, ...]] = {
 @dataclass
 class Page(Generic[T]):
     """One page of a listing: its rows, the cursor after its last row (None: it is
-    the last page) and how many rows follow it (when counted)."""
+    the last page) and how many rows follow it (counted up to MORE_MAX + 1: see
+    ``more_counted``)."""
 
     items: list[T]
     next_cursor: str | None = None
     more: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def more_counted(self) -> bool:
+        """Whether ``more`` is exact; False: more than MORE_MAX rows follow."""
+        return self.more <= MORE_MAX
+
+    def more_text(self) -> str:
+        """What follows, in words a front end shows: ``1,234`` or ``more than 10,000``."""
+        return f"{self.more:,}" if self.more_counted else f"more than {MORE_MAX:,}"
 
 
 def encode_cursor(listing: str, key: Sequence[Any]) -> str:

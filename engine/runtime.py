@@ -15,30 +15,33 @@ daemon always does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.alerts import AlertSink
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
 from engine.catalog.chains import ChainStore
-from engine.catalog.changes import ChangeStore
 from engine.catalog.jobs import JobStore
 from engine.catalog.repositories import RepositoryStore
-from engine.catalog.writers import WriterStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import Settings, load_settings
-from engine.daemon import DaemonStatus, find_daemon
 from engine.errors import CatalogUnavailable, ConfigError
 from engine.events import Event, EventBus
-from engine.jobs import JobHandler, JobRunner, RunsJobs, engine_owner
 from engine.private import ModeRepair, make_private_dir, repair_entries, repair_tree
-from engine.states import JobKind
 from engine.unrecorded import UnrecordedOutcomes
-from engine.writers import DiskWriters
+
+# What only the whole Engine needs (jobs, writers, the daemon, the services) is
+# imported where it is built: a Reader (a listing) loads none of it.
+if TYPE_CHECKING:
+    from engine.daemon import DaemonStatus
+    from engine.jobs import JobHandler, RunsJobs
+    from engine.services.listings import ListingService
+    from engine.states import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,76 @@ def job_handlers(services: Iterable[RunsJobs]) -> dict[JobKind, JobHandler]:
     return handlers
 
 
+#: where the default repository keeps its chains (engine.services.manifests.CHAINS_DIR,
+#: spelled here so that opening a catalog does not import the backup services)
+_CHAINS_DIR = "chains"
+
+
 def catalog_evidence(settings: Settings) -> list[Path]:
     """Places whose files show that a catalog existed (see Catalog.open)."""
-    from engine.services.backup import CHAINS_DIR
+    return [Path(settings.default_repository) / _CHAINS_DIR]
 
-    return [Path(settings.default_repository) / CHAINS_DIR]
+
+class Reader:
+    """What a command that only looks needs (a listing: restore points, chains, jobs,
+    events): the catalog, the stores a listing reads and the listing service, and
+    nothing else. The CLI's listings answer in a fraction of the Engine's start-up:
+    no job runner, writers, daemon, tools or services that write are imported or
+    built.
+
+    ``open()`` connects without migrating (a catalog at an older revision is
+    refused with CatalogBehind, a lost one with CatalogUnavailable, as the Engine's
+    read-only open does), and writes nothing: no default repository, no mode repair
+    of the state directory, no restore clean-up. Two things still write, as any
+    command does, because skipping them would mislead: a catalog on a first start
+    (no file, no sign that one existed) is created, and job outcomes an outage left
+    in ``unrecorded-jobs`` are settled before a listing shows those jobs as running.
+    """
+
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._compose()
+
+    def _compose(self) -> None:
+        """The Engine's catalog half, built the same way (see Engine._compose)."""
+        from engine.services.listings import ListingService
+
+        self.catalog = Catalog(self.settings.db_url)
+        self.audit = AuditStore(self.catalog)
+        self.job_store = JobStore(self.catalog)
+        self.repository_store = RepositoryStore(self.catalog)
+        self.chain_store = ChainStore(self.catalog)
+        #: pages of restore points, chains, jobs and events
+        self.listings: ListingService = ListingService(
+            self.chain_store, self.job_store, self.audit, self.repository_store
+        )
+        #: outcomes of jobs whose catalog went away, and the bus that announces them
+        #: once they are written (as the job runner does)
+        self.unrecorded = UnrecordedOutcomes(self.settings.state_dir / "unrecorded-jobs")
+        self.bus = EventBus(self.audit, self.clock)
+
+    def open(self) -> Reader:
+        self.catalog.open(evidence=catalog_evidence(self.settings), migrate=False)
+        if self.unrecorded.has_pending():
+            # a catalog that refuses the writes: they are listed as they stand, and
+            # settled by the next engine that writes
+            with contextlib.suppress(CatalogUnavailable):
+                self.unrecorded.settle(self.job_store, self.bus)
+        return self
+
+    def close(self) -> None:
+        self.catalog.dispose()
+
+    def __enter__(self) -> Reader:
+        try:
+            return self.open()
+        except BaseException:
+            self.close()  # refused (an older or lost catalog): no pool left behind
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Engine:
@@ -79,6 +147,8 @@ class Engine:
         #: one-shots and tests do not)
         self.run_scheduler = run_scheduler
         self.clock = clock
+        from engine.jobs import engine_owner
+
         self._compose(owner or engine_owner())
         self._opened = False
         self._started = False
@@ -97,13 +167,17 @@ class Engine:
         a service afterwards), so a service can only be built after what it uses; the
         order below is that order. Job kinds: each service that owns some says so in
         ``job_handlers()``, and the last step registers them all on the runner."""
+        from engine.alerts import AlertSink
         from engine.catalog.api_tokens import ApiTokenStore
         from engine.catalog.capacity import CapacityStore
+        from engine.catalog.changes import ChangeStore
         from engine.catalog.copies import CopyStore
         from engine.catalog.locks import LockStore
         from engine.catalog.metrics import MetricsStore
         from engine.catalog.notifications import NotificationStore
         from engine.catalog.policies import PolicyStore, ScheduleStore
+        from engine.catalog.writers import WriterStore
+        from engine.jobs import JobRunner
         from engine.services.api_tokens import ApiTokenService
         from engine.services.backup import BackupService
         from engine.services.capacity import CapacityMonitor
@@ -127,6 +201,7 @@ class Engine:
         from engine.services.scheduler import Scheduler
         from engine.services.secrets import SecretBox
         from engine.services.verify import VerifyService
+        from engine.writers import DiskWriters
 
         settings, clock = self.settings, self.clock
 
@@ -534,6 +609,8 @@ class Engine:
         status = self.daemon
         if status is None or not status.running or not self._started:
             return False
+        from engine.daemon import DaemonStatus, find_daemon
+
         info = find_daemon(self.settings)
         if info is not None:
             if info.ready and info.pid != status.pid:

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 
-from engine.catalog.db import Catalog
+from engine.catalog.db import Catalog, count_rows
 from engine.catalog.models import AuditEntry
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -85,17 +85,19 @@ class AuditStore:
         source: str | None = None,
         text: str | None = None,
         before_id: int | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many entries ``query`` with these filters would list (no limit)."""
+        """How many entries ``query`` with these filters would list without a limit
+        (counting stops at ``at_most``)."""
         query = self._filtered(
-            select(func.count(AuditEntry.id)),
+            select(AuditEntry.id),
             min_level=min_level,
             source=source,
             text=text,
             before_id=before_id,
         )
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     @staticmethod
     def _filtered(

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, or_, select, update
 
-from engine.catalog.db import IN_BATCH, Catalog, in_batches, rows_changed
+from engine.catalog.db import IN_BATCH, Catalog, count_rows, in_batches, rows_changed
 from engine.catalog.locks import HOLDING_STATES
 from engine.catalog.models import Backup, Chain, Copy, ImmutabilityLock, MergeIntent, Repository
 from engine.errors import Action, CatalogError, NotFoundError
@@ -306,15 +306,17 @@ class ChainStore:
         vm_name: str | None = None,
         include_retired: bool = True,
         chain_id: int | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many chains ``chain_page`` has left after ``after``."""
+        """How many chains ``chain_page`` has left after ``after`` (counting stops at
+        ``at_most``)."""
         query = self._chain_filters(
-            select(func.count(Chain.id)), repository_id, vm_name, include_retired, chain_id
+            select(Chain.id), repository_id, vm_name, include_retired, chain_id
         )
         if after is not None:
             query = query.where(_after_chain(after))
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     def live_backups_of(self, chain_ids: Sequence[int]) -> dict[int, list[Backup]]:
         """The live backups of these chains (a page's), each chain's in chain order."""
@@ -403,10 +405,12 @@ class ChainStore:
         after: PointKey | None,
         repository_id: int | None = None,
         vm_name: str | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many live restore points ``point_page`` has left after ``after``."""
+        """How many live restore points ``point_page`` has left after ``after``
+        (counting stops at ``at_most``)."""
         query = self._chain_filters(
-            select(func.count(Backup.id)).join(Chain, Backup.chain_id == Chain.id),
+            select(Backup.id).join(Chain, Backup.chain_id == Chain.id),
             repository_id,
             vm_name,
         ).where(Backup.state.in_(LIVE_STATES))
@@ -418,7 +422,7 @@ class ChainStore:
                 )
             )
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     def add_full(
         self,
@@ -759,15 +763,18 @@ class ChainStore:
         with self.catalog.session() as session:
             return list(session.scalars(query))
 
-    def holding_locks_of(self, backup_ids: Sequence[int]) -> dict[int, ImmutabilityLock]:
-        """``lock_counts`` for these backups only (a page's badges)."""
-        if not backup_ids:
+    def holding_locks_of(self, chain_ids: Sequence[int]) -> dict[int, ImmutabilityLock]:
+        """``lock_counts`` for the live backups of these chains only (a page's badges):
+        selected by the page's few chain ids, not by thousands of point ids."""
+        if not chain_ids:
             return {}
         query = (
             select(ImmutabilityLock)
+            .join(Backup, Backup.id == ImmutabilityLock.backup_id)
             .where(
+                Backup.chain_id.in_(list(chain_ids)),
+                Backup.state.in_(LIVE_STATES),
                 ImmutabilityLock.state.in_(LOCKING_STATES),
-                ImmutabilityLock.backup_id.in_(list(backup_ids)),
                 ImmutabilityLock.copy_id.is_(None),
             )
             .order_by(ImmutabilityLock.expires_at, ImmutabilityLock.id)

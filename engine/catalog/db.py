@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy import Select, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -176,6 +176,15 @@ def rows_changed(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE matched (``Session.execute`` is typed as
     returning any Result; for those statements it is a CursorResult)."""
     return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def count_rows(query: Select[Any], *, at_most: int | None = None) -> Select[Any]:
+    """``SELECT COUNT(*)`` over the rows ``query`` selects. With ``at_most`` the rows
+    are counted under a LIMIT: the database stops reading there, so the count of what
+    follows a page costs at most that many index entries, not the table's size."""
+    if at_most is not None:
+        query = query.limit(at_most)
+    return select(func.count()).select_from(query.subquery())
 
 
 def _reason(orig: BaseException) -> str:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
-from engine.catalog.db import Catalog, rows_changed
+from engine.catalog.db import Catalog, count_rows, rows_changed
 from engine.catalog.models import Job
 from engine.errors import JobError, NotFoundError
 from engine.states import (
@@ -104,11 +104,13 @@ class JobStore:
         states: Sequence[str] | None = None,
         kind: str | None = None,
         before_id: int | None = None,
+        at_most: int | None = None,
     ) -> int:
-        """How many jobs ``list`` with these filters would give (no limit)."""
-        query = self._filtered(select(func.count(Job.id)), states, kind, before_id)
+        """How many jobs ``list`` with these filters would give without a limit
+        (counting stops at ``at_most``)."""
+        query = self._filtered(select(Job.id), states, kind, before_id)
         with self.catalog.session() as session:
-            return int(session.scalar(query) or 0)
+            return int(session.scalar(count_rows(query, at_most=at_most)) or 0)
 
     @staticmethod
     def _filtered(

@@ -77,7 +77,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.catalog.chains import ChainStore
-from engine.catalog.locks import UNPROTECTED_STATES
 from engine.catalog.models import Backup, Chain, MergeIntent, Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.catalog.writers import DiskKey
@@ -93,14 +92,13 @@ from engine.owners import owner_alive
 from engine.platform import free_bytes, space
 from engine.safepath import is_within
 from engine.services import manifests
+from engine.services.chain_views import ChainView, PointView
 from engine.services.images import (
     ImageGuard,
     ImageRefused,
     Layer,
     PointUnreadable,
     describe_backing,
-    is_bad,
-    why_bad,
 )
 from engine.states import JobKind
 from engine.tools import attrs, qemu_img
@@ -244,65 +242,6 @@ class ChainReport:
             "ok": self.ok,
             "findings": [f.as_dict() for f in self.findings],
         }
-
-
-@dataclass(frozen=True)
-class PointView:
-    backup: Backup
-    locked_until: datetime | None
-    #: the holding lock's state: pending | active | drift | failed (None: no lock)
-    lock_state: str | None = None
-
-    @property
-    def locked(self) -> bool:
-        return self.locked_until is not None
-
-    @property
-    def unprotected(self) -> bool:
-        """A lock was due but its flag is not set (it could not be, or was removed)."""
-        return self.lock_state in UNPROTECTED_STATES
-
-
-@dataclass(frozen=True)
-class ChainView:
-    chain: Chain
-    repository: str
-    points: list[PointView]
-
-    @property
-    def bad_points(self) -> list[Backup]:
-        """Points marked bad or whose last verification was not ok."""
-        return [p.backup for p in self.points if is_bad(p.backup)]
-
-    @property
-    def state(self) -> str:
-        """The state to show: ``damaged`` when any point in it is bad (a restore of a
-        later point needs it), unless the chain is broken; else the catalog's."""
-        if self.chain.state != "broken" and self.bad_points:
-            return "damaged"
-        return self.chain.state
-
-    def damage(self) -> list[str]:
-        """One line per bad point, for the operator."""
-        return [f"point #{b.id} is bad: {why_bad(b)}" for b in self.bad_points]
-
-    @property
-    def logical_bytes(self) -> int:
-        """What the newest point restores to (the disk's virtual size)."""
-        return self.points[-1].backup.virtual_size if self.points else 0
-
-    @property
-    def physical_bytes(self) -> int:
-        return sum(p.backup.file_size for p in self.points)
-
-    @property
-    def allocated_bytes(self) -> int:
-        return sum(p.backup.allocated_bytes for p in self.points)
-
-    @property
-    def logical_total(self) -> int:
-        """Bytes the chain can restore in total (every point is a whole disk)."""
-        return sum(p.backup.virtual_size for p in self.points)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from engine.catalog.models import Backup, Chain, Copy, Repository
 from engine.errors import Action, SendenseError
 from engine.events import Event, EventBus
 from engine.safepath import is_within
+from engine.services.chain_views import is_bad, why_bad
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
 from engine.tools.blockspec import ImageSpec
@@ -93,19 +94,6 @@ REFUSED_HINT = (
     "the file changed after it was written; nothing was read through it. Restore from a "
     "good copy (`sendense verify report` lists them) or delete the point"
 )
-
-
-def is_bad(backup: Backup) -> bool:
-    """The catalog marks the point bad, or its last verification was not ok."""
-    return backup.state == "bad" or backup.verify_state not in (None, "ok")
-
-
-def why_bad(backup: Backup) -> str:
-    if backup.state_detail:
-        return backup.state_detail
-    if backup.verify_state not in (None, "ok"):
-        return f"its last verification found {str(backup.verify_state).replace('_', ' ')}"
-    return "it is marked bad"
 
 
 @dataclass(frozen=True)

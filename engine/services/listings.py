@@ -4,7 +4,8 @@ chains, jobs and the audit log (``engine.listings``).
 Each page is read with a keyset query on an indexed order (engine.paging): the
 cost of a page is the rows it shows, not the catalog's size, and ``next_cursor``
 continues exactly after its last row. ``more`` counts what is left (one indexed
-COUNT), so a front end can say "1,234 more: --after X".
+COUNT that stops after MORE_MAX + 1 rows), so a front end can say "1,234 more:
+--after X", or "more than 10,000 more" deep in a large catalog.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from engine import paging
 from engine.catalog.audit import LEVELS, AuditStore
 from engine.catalog.chains import ChainStore, chain_key
 from engine.catalog.jobs import JobStore
 from engine.catalog.models import AuditEntry, Backup, Chain, Job
 from engine.catalog.repositories import RepositoryStore
 from engine.paging import Page, decode_cursor, encode_cursor, paged
-from engine.services.chains import ChainView, PointView
+from engine.services.chain_views import ChainView, PointView
 
 T = TypeVar("T")
 
@@ -28,13 +30,18 @@ def _page(
     rows: list[T],
     limit: int,
     key_of: Callable[[T], Sequence[Any]],
-    count_after: Callable[[T], int],
+    count_after: Callable[[T, int], int],
 ) -> Page[T]:
-    """A page from ``limit + 1`` rows read: the extra row only says there are more."""
+    """A page from ``limit + 1`` rows read: the extra row only says there are more.
+    ``count_after(row, at_most)`` counts what follows ``row``, stopping at ``at_most``."""
     if len(rows) <= limit:
         return Page(rows)
     shown = rows[:limit]
-    return Page(shown, encode_cursor(listing, key_of(shown[-1])), count_after(shown[-1]))
+    return Page(
+        shown,
+        encode_cursor(listing, key_of(shown[-1])),
+        count_after(shown[-1], paging.MORE_MAX + 1),
+    )
 
 
 class ListingService:
@@ -81,8 +88,8 @@ class ListingService:
             rows,
             limit,
             key_of,
-            lambda row: self.chain_store.count_points(
-                after=key_of(row), repository_id=repo_id, vm_name=vm
+            lambda row, at_most: self.chain_store.count_points(
+                after=key_of(row), repository_id=repo_id, vm_name=vm, at_most=at_most
             ),
         )
 
@@ -117,7 +124,9 @@ class ListingService:
             rows,
             limit,
             chain_key,
-            lambda chain: self.chain_store.count_chains(after=chain_key(chain), **filters),
+            lambda chain, at_most: self.chain_store.count_chains(
+                after=chain_key(chain), at_most=at_most, **filters
+            ),
         )
         return Page(self._views(page.items), page.next_cursor, page.more)
 
@@ -126,9 +135,7 @@ class ListingService:
         queries for the page, whatever the catalog holds."""
         repos = {r.id: r.name for r in self.repositories.list()}
         backups = self.chain_store.live_backups_of([c.id for c in chains])
-        locks = self.chain_store.holding_locks_of(
-            [b.id for points in backups.values() for b in points]
-        )
+        locks = self.chain_store.holding_locks_of([c.id for c in chains])
         views = []
         for chain in chains:
             points = [
@@ -167,7 +174,9 @@ class ListingService:
             rows,
             limit,
             lambda job: (job.id,),
-            lambda job: self.job_store.count(states=states, kind=kind, before_id=job.id),
+            lambda job, at_most: self.job_store.count(
+                states=states, kind=kind, before_id=job.id, at_most=at_most
+            ),
         )
 
     def all_jobs(
@@ -196,7 +205,7 @@ class ListingService:
             rows,
             limit,
             lambda entry: (entry.id,),
-            lambda entry: self.audit.count(before_id=entry.id, **filters),
+            lambda entry, at_most: self.audit.count(before_id=entry.id, at_most=at_most, **filters),
         )
 
     def all_events(

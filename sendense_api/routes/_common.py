@@ -4,15 +4,18 @@ not a setting silently ignored)."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Query, Response
+from fastapi import Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
-from engine.paging import CURSOR_MAX, Page
+from engine import paging
+from engine.paging import CURSOR_MAX, MORE_MAX, Page
 from engine.shapes import job_dict
 from sendense_api.app import API_PREFIX
 
@@ -70,17 +73,44 @@ PAGED: dict[int | str, dict[str, Any]] = {
                 "schema": {"type": "string"},
             },
             MORE: {
-                "description": "how many rows follow this page (with X-Next-Cursor)",
-                "schema": {"type": "integer"},
+                "description": "how many rows follow this page (with X-Next-Cursor): a "
+                f"number, or {MORE_MAX}+ when more than {MORE_MAX:,} follow (not counted "
+                "further: a page costs what it shows)",
+                "schema": {"type": "string", "pattern": "^[0-9]+\\+?$"},
             },
         },
     }
 }
 
 
-def send_page(response: Response, page: Page[Any]) -> None:
-    """Put the next page's cursor and the count of what follows in the headers (the
-    body stays the list the CLI's ``--json`` prints)."""
+def _shape_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return jsonable_encoder(value)
+
+
+class ShapedJSON(JSONResponse):
+    """``engine.shapes`` values as JSON, written by the json module in one pass: the
+    bytes JSONResponse writes after FastAPI's ``jsonable_encoder`` (times as
+    ``isoformat()``, anything else as that encoder says), without that encoder first
+    walking every value in Python (a page of 50 chains holds 5,000 points: ~1 s)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content,
+            ensure_ascii=False,
+            allow_nan=False,
+            indent=None,
+            separators=(",", ":"),
+            default=_shape_default,
+        ).encode("utf-8")
+
+
+def page_response(page: Page[Any], rows: list[dict[str, Any]]) -> ShapedJSON:
+    """A page's rows (the list the CLI's ``--json`` prints) with the next page's cursor
+    and the count of what follows in the headers."""
+    headers: dict[str, str] = {}
     if page.next_cursor is not None:
-        response.headers[NEXT_CURSOR] = page.next_cursor
-        response.headers[MORE] = str(page.more)
+        headers[NEXT_CURSOR] = page.next_cursor
+        headers[MORE] = str(page.more) if page.more_counted else f"{paging.MORE_MAX}+"
+    return ShapedJSON(rows, headers=headers)

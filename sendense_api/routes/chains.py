@@ -40,7 +40,7 @@ from sendense_api.routes._common import (
     Limit,
     ShapedRoute,
     accepted,
-    send_page,
+    page_response,
 )
 
 router = APIRouter(tags=["chains"], route_class=ShapedRoute)
@@ -53,16 +53,14 @@ PointId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore point id")
 def list_chains(
     engine: EngineDep,
     caller: Reader,
-    response: Response,
     repo: Annotated[str | None, Query(max_length=256, description="repository name or #ID")] = None,
     all: Annotated[bool, Query(description="also retired chains")] = False,
     limit: Limit = 20,
     after: After = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """A page of chains in VM, disk order, each with its live points."""
     page = engine.listings.chains(repository=repo, include_retired=all, after=after, limit=limit)
-    send_page(response, page)
-    return [chain_dict(v) for v in page.items]
+    return page_response(page, [chain_dict(v) for v in page.items])
 
 
 @router.get("/chains/check")
@@ -125,16 +123,14 @@ def consolidate_chain(
 def list_points(
     engine: EngineDep,
     caller: Reader,
-    response: Response,
     repo: Annotated[str | None, Query(max_length=256, description="repository name or #ID")] = None,
     vm: Annotated[str | None, Query(max_length=256)] = None,
     limit: Limit = 50,
     after: After = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """A page of restore points in VM, disk, chain order (as ``sendense backup list``)."""
     page = engine.listings.points(repository=repo, vm=vm, after=after, limit=limit)
-    send_page(response, page)
-    return [point_dict(b, c) for b, c in page.items]
+    return page_response(page, [point_dict(b, c) for b, c in page.items])
 
 
 @router.get("/restore-points/{point_id}")

@@ -17,7 +17,7 @@ from engine.shapes import event_dict, live_event_dict
 from engine.views import LEVELS
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Reader
-from sendense_api.routes._common import PAGED, After, Limit, ShapedRoute, send_page
+from sendense_api.routes._common import PAGED, After, Limit, ShapedJSON, ShapedRoute, page_response
 
 router = APIRouter(prefix="/events", tags=["events"], route_class=ShapedRoute)
 
@@ -31,14 +31,13 @@ Level = Literal["debug", "info", "warning", "error", "critical"]
 def list_events(
     engine: EngineDep,
     _caller: Reader,
-    response: Response,
     level: Annotated[Level, Query(description="minimum level")] = "info",
     source: Annotated[str | None, Query(max_length=64)] = None,
     grep: Annotated[str | None, Query(max_length=256, description="in message or kind")] = None,
     after_id: Annotated[int | None, Query(ge=0, le=ID_MAX)] = None,
     limit: Limit = 50,
     after: After = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """The newest ``limit`` entries, oldest first (as ``sendense events --json``);
     ``after_id`` gives only the ones after an entry already seen; ``after`` (the
     ``X-Next-Cursor`` of a page) the page of older entries before that page."""
@@ -46,12 +45,11 @@ def list_events(
         entries = engine.audit.query(
             min_level=level, source=source, text=grep, after_id=after_id, limit=limit
         )
-        return [event_dict(entry) for entry in reversed(entries)]
+        return ShapedJSON([event_dict(entry) for entry in reversed(entries)])
     page = engine.listings.events(
         min_level=level, source=source, text=grep, after=after, limit=limit
     )
-    send_page(response, page)
-    return [event_dict(entry) for entry in reversed(page.items)]
+    return page_response(page, [event_dict(entry) for entry in reversed(page.items)])
 
 
 @router.get("/stream", response_class=StreamingResponse)

@@ -19,7 +19,7 @@ from engine.shapes import event_dict, job_dict
 from engine.views import FINAL_STATES
 from sendense_api import sse
 from sendense_api.deps import EngineDep, Operator, Reader
-from sendense_api.routes._common import PAGED, After, Limit, ShapedRoute, send_page
+from sendense_api.routes._common import PAGED, After, Limit, ShapedRoute, page_response
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=ShapedRoute)
 
@@ -33,17 +33,15 @@ JobState = Literal[
 def list_jobs(
     engine: EngineDep,
     _caller: Reader,
-    response: Response,
     state: Annotated[list[JobState] | None, Query(description="repeatable")] = None,
     kind: Annotated[str | None, Query(max_length=64)] = None,
     limit: Limit = 50,
     after: After = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """A page of jobs, newest first (as ``sendense jobs list``); the next page's cursor
     is the ``X-Next-Cursor`` header."""
     page = engine.listings.jobs(states=state, kind=kind, after=after, limit=limit)
-    send_page(response, page)
-    return [job_dict(job) for job in page.items]
+    return page_response(page, [job_dict(job) for job in page.items])
 
 
 @router.get("/{job_id}")

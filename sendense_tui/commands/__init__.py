@@ -209,13 +209,13 @@ PAGE_MAX = LIMIT_MAX
 PIPE_PAGE = 50
 
 
-def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
+def add_paging(parser: argparse.ArgumentParser, noun: str, *, pipe: int = PIPE_PAGE) -> None:
     """``--limit N``, ``--after CURSOR`` and ``--all`` for a listing (keyset pages:
-    engine.paging)."""
+    engine.paging); ``pipe``: the page into a pipe (``page_size``)."""
     parser.add_argument(
         "--limit",
         type=bounded_int(1, PAGE_MAX),
-        help=f"{noun} a page (default: what fits the terminal; {PIPE_PAGE} into a pipe)",
+        help=f"{noun} a page (default: what fits the terminal; {pipe} into a pipe)",
     )
     parser.add_argument(
         "--after",
@@ -230,15 +230,15 @@ def add_paging(parser: argparse.ArgumentParser, noun: str) -> None:
     )
 
 
-def page_size(args: argparse.Namespace, *, lines_each: int = 1) -> int:
+def page_size(args: argparse.Namespace, *, lines_each: int = 1, pipe: int = PIPE_PAGE) -> int:
     """The page a listing prints: ``--limit``, else what fits the terminal (a header,
-    the "more" line and the prompt kept in view), else PIPE_PAGE."""
+    the "more" line and the prompt kept in view), else ``pipe`` rows."""
     if getattr(args, "limit", None):
         return int(args.limit)
     if sys.stdout.isatty():
         lines = shutil.get_terminal_size().lines
         return max(1, min(PAGE_MAX, (lines - 3) // max(1, lines_each)))
-    return PIPE_PAGE
+    return pipe
 
 
 def check_paging(args: argparse.Namespace) -> None:
@@ -250,11 +250,12 @@ def check_paging(args: argparse.Namespace) -> None:
 
 
 def say_more(ctx: CliContext, page: Any) -> None:
-    """``1,234 more: --after CURSOR`` after a page that is not the last; on stderr
-    under --json (stdout stays one JSON document)."""
+    """``1,234 more: --after CURSOR`` after a page that is not the last (``more than
+    10,000 more`` when what follows was not counted to its end: engine.paging); on
+    stderr under --json (stdout stays one JSON document)."""
     if page.next_cursor is None:
         return
-    line = f"{page.more:,} more: --after {page.next_cursor}"
+    line = f"{page.more_text()} more: --after {page.next_cursor}"
     print(line, file=sys.stderr if ctx.json else sys.stdout)
 
 
@@ -346,6 +347,19 @@ class CliContext:
             yield engine
         finally:
             engine.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[Any]:
+        """The catalog opened for a listing (engine.runtime.Reader), closed afterwards:
+        nothing is migrated (an older catalog is refused), cleaned up or written, and
+        only what a listing reads is imported and built."""
+        from engine.runtime import Reader
+
+        reader = Reader(self.settings)
+        try:
+            yield reader.open()
+        finally:
+            reader.close()
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json_text(data, indent=2) + "\n")

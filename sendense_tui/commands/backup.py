@@ -16,10 +16,9 @@ import argparse
 import sys
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ValidationError
-from engine.services.backup import DiskSource
 from engine.shapes import point_dict
 from sendense_tui.commands import (
     COUNT_MAX,
@@ -43,6 +42,9 @@ from sendense_tui.commands.jobs import (
 )
 from sendense_tui.format import human_bytes, printable, short_time
 
+if TYPE_CHECKING:  # the backup services load only for a backup, not for a listing
+    from engine.services.backup import DiskSource
+
 DISK_FORMAT = (
     "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01 (read as raw), "
     "or NAME:qcow2=SOURCE for a qcow2 image"
@@ -52,6 +54,8 @@ DISK_FORMAT = (
 def disk_argument(text: str) -> DiskSource:
     """``--disk NAME[:qcow2]=SOURCE``; without a name argparse exits 2 with the format,
     instead of a made-up disk "disk0" reading whatever was typed."""
+    from engine.services.backup import DiskSource
+
     try:
         return DiskSource.parse(text)
     except ValidationError:
@@ -260,14 +264,14 @@ POINT_HEADERS = ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CH
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of restore points in VM, disk, chain order (``--all``: all, streamed)."""
     check_paging(args)
-    with ctx.engine(read_only=True) as engine:
-        now = engine.clock.now()
+    with ctx.reader() as reader:
+        now = reader.clock.now()
         if args.every:
-            rows = engine.listings.all_points(repository=args.repo, vm=args.vm)
+            rows = reader.listings.all_points(repository=args.repo, vm=args.vm)
             return stream(
                 ctx, rows, lambda r: point_dict(*r), lambda r: _point_row(r, now), POINT_HEADERS
             )
-        page = engine.listings.points(
+        page = reader.listings.points(
             repository=args.repo, vm=args.vm, after=args.after, limit=page_size(args)
         )
     if ctx.json:

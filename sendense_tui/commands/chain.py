@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     show.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
     show.add_argument("--repo", help="only this repository")
     show.add_argument("--retired", action="store_true", help="also retired chains")
-    add_paging(show, "chains (retired ones too)")
+    add_paging(show, "chains (retired ones too)", pipe=CHAIN_PIPE_PAGE)
     show.set_defaults(func=show_chains)
     check = add_parser(sub, "check", help="compare chains on disk with the catalog")
     check.add_argument("chain_id", type=CHAIN_ID, nargs="?", help="only this chain")
@@ -73,21 +73,21 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of chains in VM, disk order with their points (``--all``: every chain,
     retired ones too, streamed)."""
     check_paging(args)
-    with ctx.engine(read_only=True) as engine:
-        now = engine.clock.now()
+    with ctx.reader() as reader:
+        now = reader.clock.now()
         if args.every:
-            views: Iterable[Any] = engine.listings.all_chains(repository=args.repo)
+            views: Iterable[Any] = reader.listings.all_chains(repository=args.repo)
             if ctx.json:
                 return stream(ctx, views, chain_dict, lambda v: [], [])
             for view in views:
                 _print_chain(view, now)
             return 0
-        page = engine.listings.chains(
+        page = reader.listings.chains(
             repository=args.repo,
             include_retired=args.retired or args.chain_id is not None,
             chain_id=args.chain_id,
             after=args.after,
-            limit=page_size(args, lines_each=CHAIN_LINES),
+            limit=page_size(args, lines_each=CHAIN_LINES, pipe=CHAIN_PIPE_PAGE),
         )
     if ctx.json:
         ctx.print_json([chain_dict(v) for v in page.items])
@@ -101,6 +101,9 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
 
 #: lines a chain takes on screen, roughly (its line and a few points): sizes the page
 CHAIN_LINES = 8
+#: chains a page holds into a pipe, as the API's ``/chains`` (a chain carries all its
+#: points: 50 chains of a fleet are 5,000 points, several times a terminal's page)
+CHAIN_PIPE_PAGE = 20
 
 
 def _print_chain(v: Any, now: Any) -> None:

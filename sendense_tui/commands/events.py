@@ -61,15 +61,15 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
             "--all nor --after"
         )
     query = {"min_level": args.level, "source": args.source, "text": args.grep}
-    with ctx.engine(read_only=True) as engine:
+    with ctx.reader() as reader:
         if args.every:
-            everything = engine.listings.all_events(**query)
+            everything = reader.listings.all_events(**query)
             if ctx.json:
                 return stream(ctx, everything, entry_dict, lambda e: [], [])
             for entry in everything:
                 print(_line(entry))
             return 0
-        page = engine.listings.events(after=args.after, limit=page_size(args), **query)
+        page = reader.listings.events(after=args.after, limit=page_size(args), **query)
         entries = list(reversed(page.items))
         if ctx.json and not args.follow:
             ctx.print_json([entry_dict(e) for e in entries])
@@ -82,7 +82,7 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
         last = entries[-1].id if entries else 0
         while True:  # Ctrl+C or SIGTERM ends it (exit 4, handled in cli.main)
             time.sleep(FOLLOW_POLL_SECONDS)
-            fresh = list(reversed(engine.audit.query(after_id=last, limit=1000, **query)))
+            fresh = list(reversed(reader.audit.query(after_id=last, limit=1000, **query)))
             if fresh:
                 _emit(fresh, ctx.json)
                 last = fresh[-1].id

@@ -10,9 +10,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.daemon import DaemonStatus, ensure_daemon
 from engine.errors import CatalogUnavailable
 from engine.shapes import job_dict
 from engine.views import FINAL_STATES, Job
@@ -37,6 +36,9 @@ from sendense_tui.format import (
     short_time,
 )
 
+if TYPE_CHECKING:  # the daemon (and the tools it starts) loads only for work left behind
+    from engine.daemon import DaemonStatus
+
 #: job states that end a command's wait (a paused job waits for someone to resume it)
 WAIT_ENDS = (*FINAL_STATES, "paused")
 
@@ -59,6 +61,8 @@ def ensure_runner(
     """A daemon for work this command leaves behind (a queued job, a mount to expire);
     says on stderr when one was started, or why none runs and, if ``without`` says
     one, what that means for the work."""
+    from engine.daemon import ensure_daemon
+
     daemon = ensure_daemon(ctx.settings)
     if ctx.json:
         return daemon
@@ -281,12 +285,12 @@ JOB_HEADERS = ["ID", "STATE", "KIND", "TITLE", "DONE", "RATE", "WHEN"]
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of jobs, newest first (``--all``: all, streamed)."""
     check_paging(args)
-    with ctx.engine(read_only=True) as engine:
-        now = engine.clock.now()
+    with ctx.reader() as reader:
+        now = reader.clock.now()
         if args.every:
-            rows = engine.listings.all_jobs(states=args.state, kind=args.kind)
+            rows = reader.listings.all_jobs(states=args.state, kind=args.kind)
             return stream(ctx, rows, job_dict, lambda j: _job_row(j, now), JOB_HEADERS)
-        page = engine.listings.jobs(
+        page = reader.listings.jobs(
             states=args.state, kind=args.kind, after=args.after, limit=page_size(args)
         )
     if ctx.json:

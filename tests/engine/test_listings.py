@@ -218,3 +218,93 @@ def test_cli_refuses_a_bogus_cursor_with_one_sentence(
     assert refused.returncode == 2
     assert sentence in refused.stderr
     assert "Traceback" not in refused.stderr and refused.stdout == ""
+
+
+@pytest.fixture
+def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
+    """MORE_MAX made small, so that the fleet's few dozen rows cross it (the API's
+    documentation, which states the real one, is imported before)."""
+    import sendense_api.routes._common  # noqa: F401
+    from engine import paging
+
+    monkeypatch.setattr(paging, "MORE_MAX", 6)
+    return 6
+
+
+def test_what_follows_a_page_is_counted_up_to_a_cap(fleet: Engine, small_cap: int) -> None:
+    """Deep in a large listing the count stops ("more than N"); near its end it is exact
+    again, on every listing and both backends."""
+    listings = fleet.listings
+    totals = {
+        "points": FLEET.restore_points,
+        "chains": FLEET.vms * FLEET.disks,
+        "jobs": FLEET.jobs,
+        "events": len(listings.events(limit=100_000).items),
+    }
+    for name, total in totals.items():
+        read: Callable[..., Any] = getattr(listings, name)
+        deep = read(limit=1)
+        assert deep.more == small_cap + 1 and not deep.more_counted, name
+        assert deep.more_text() == f"more than {small_cap}", name
+        near = read(limit=total - small_cap)
+        assert near.more == small_cap and near.more_counted, name
+        assert near.more_text() == str(small_cap), name
+        # the cursor of a capped page still reads every row after it
+        rest = read(after=deep.next_cursor, limit=100_000)
+        assert len(rest.items) == total - 1 and rest.next_cursor is None, name
+
+
+def test_cli_and_api_say_a_capped_count_alike(
+    fleet: Engine, small_cap: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from sendense_api.app import create_app
+    from sendense_api.roles import Caller, Role
+    from sendense_tui.cli import main
+
+    where = ["--state-dir", str(fleet.settings.state_dir), "--db-url", fleet.settings.db_url]
+    assert main([*where, "backup", "list", "--limit", "3"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"more than {small_cap} more: --after ")
+    assert main([*where, "jobs", "list", "--limit", str(FLEET.jobs - 2), "--json"]) == 0
+    assert capsys.readouterr().err.startswith("2 more: --after ")
+
+    caller = Caller("test", Role.READ)
+    with TestClient(create_app(fleet, authenticate=lambda _request: caller)) as client:
+        capped = client.get("/api/v1/restore-points", params={"limit": 3})
+        assert capped.status_code == 200 and len(capped.json()) == 3
+        assert capped.headers["X-More"] == f"{small_cap}+"
+        cursor = capped.headers["X-Next-Cursor"]
+        exact = client.get("/api/v1/jobs", params={"limit": FLEET.jobs - 2})
+        assert exact.headers["X-More"] == "2"
+        rest = client.get("/api/v1/restore-points", params={"after": cursor, "limit": 1000})
+        assert len(rest.json()) == FLEET.restore_points - 3
+        assert "X-More" not in rest.headers and "X-Next-Cursor" not in rest.headers
+
+
+def test_api_pages_are_the_bytes_fastapi_would_write(fleet: Engine) -> None:
+    """The pages skip FastAPI's encoder walk (sendense_api.routes._common.ShapedJSON)
+    and still send exactly what it made of the same shapes: times, nested points and
+    their locks, tracking data."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.testclient import TestClient
+
+    from engine.shapes import chain_dict, event_dict, job_dict, point_dict
+    from sendense_api.app import create_app
+    from sendense_api.roles import Caller, Role
+
+    listings = fleet.listings
+    expected = {
+        "/api/v1/chains": [chain_dict(v) for v in listings.chains(limit=3).items],
+        "/api/v1/restore-points": [point_dict(b, c) for b, c in listings.points(limit=3).items],
+        "/api/v1/jobs": [job_dict(j) for j in listings.jobs(limit=3).items],
+        "/api/v1/events": [event_dict(e) for e in reversed(listings.events(limit=3).items)],
+    }
+    caller = Caller("test", Role.READ)
+    with TestClient(create_app(fleet, authenticate=lambda _request: caller)) as client:
+        for path, rows in expected.items():
+            got = client.get(path, params={"limit": 3})
+            assert got.status_code == 200 and got.headers["content-type"] == "application/json"
+            written = json.dumps(jsonable_encoder(rows), ensure_ascii=False, separators=(",", ":"))
+            assert got.content == written.encode(), path

@@ -18,7 +18,7 @@ import pytest
 
 from engine.alerts import AlertSink
 from engine.jobs import JobHandler
-from engine.runtime import Engine, job_handlers
+from engine.runtime import Engine, Reader, job_handlers
 from engine.states import JobKind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,29 @@ def test_collaborators_arrive_through_constructors(engine: Engine) -> None:
     gate = engine.repositories.ready_for_new_data
     assert engine.chains.repository_check == gate
     assert engine.backups.repository_check == gate
+
+
+def test_the_reader_wires_the_listings_over_its_own_catalog(engine: Engine) -> None:
+    """The Reader (engine/runtime.py, for commands that only look) builds the listing
+    service the Engine builds, over its own catalog and stores, and reads what the
+    engine wrote (SQLite and MariaDB)."""
+    repo = engine.repository_store.add(
+        name="r1", kind="local", path="/srv/r1", now=engine.clock.now()
+    )
+    job = engine.job_store.create(
+        "backup", "backup web", now=engine.clock.now(), repository_id=repo.id
+    )
+    with Reader(engine.settings) as reader:
+        listings = reader.listings
+        assert listings.chain_store is reader.chain_store
+        assert listings.job_store is reader.job_store
+        assert listings.audit is reader.audit
+        assert listings.repositories is reader.repository_store
+        stores = (reader.chain_store, reader.job_store, reader.audit, reader.repository_store)
+        assert all(store.catalog is reader.catalog for store in stores)
+        assert reader.catalog is not engine.catalog
+        assert [j.id for j in listings.jobs(limit=5).items] == [job.id]
+        assert type(listings) is type(engine.listings)
 
 
 class _Owner:
