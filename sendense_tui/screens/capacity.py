@@ -189,6 +189,9 @@ def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
 
 class CapacityScreen(SendenseScreen):
     MODE = "capacity"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "capacity.tcss"
     BINDINGS = bindings_for("capacity")
 

@@ -86,6 +86,9 @@ def describe_report(report: TestReport) -> Text:
 
 class RepositoriesScreen(SendenseScreen):
     MODE = "repositories"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "repositories.tcss"
     BINDINGS = bindings_for("repositories")
 
