@@ -590,6 +590,18 @@ class CapacityMonitor:
         with self._lock:
             return self._readings.get(repository_id)
 
+    def last_known_all(self, repos: list[Repository]) -> dict[int, Reading]:
+        """``last_known`` of each of ``repos`` (stored samples in one query), by id."""
+        latest = self.store.latest_by_repository()
+        found: dict[int, Reading] = {}
+        for repo in repos:
+            reading = self.reading(repo.id)
+            if reading is None and repo.id in latest:
+                reading = self.stored_reading(repo, latest[repo.id])
+            if reading is not None:
+                found[repo.id] = reading
+        return found
+
     def last_known(self, repo: Repository) -> Reading | None:
         """This run's reading of ``repo``, else its last stored sample (what a list of
         repositories shows before the first poll)."""
