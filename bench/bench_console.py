@@ -22,6 +22,8 @@ kept in ``SENDENSE_BENCH_CONSOLE_FLEET`` (default /var/tmp/sendense-fleet-b1, wi
 ``1k`` and ``100k`` inside); each gets one policy per 10 VMs (the seed makes none,
 and the Policies screen reports on a policy's VMs).
 
+Every section is measured, and Copy rules (a page of Policies: ``5`` then ``c``).
+
 Run: ``.venv/bin/python -m bench console`` (``SENDENSE_BENCH_SCREENS=chains,restore``
 picks screens, ``SENDENSE_BENCH_CAP`` the seconds after which a screen counts as
 not loaded, default 240).
