@@ -39,10 +39,19 @@ THEMES: dict[str, str] = {"dark": "textual-dark", "light": "textual-light"}
 #: how often the console checks that its terminal is still there (seconds)
 TERMINAL_CHECK_SECONDS = 5.0
 
+#: every stylesheet of the console, read once at start (app.tcss first, then each
+#: screen's and dialog's own, whose rules are nested under their type names): a
+#: screen's first visit then finds its CSS read already, and Textual does not parse
+#: the whole stylesheet again and restyle every widget of the app on the UI thread
+ALL_STYLESHEETS = [
+    STYLES_DIR / "app.tcss",
+    *sorted(p for p in STYLES_DIR.glob("*.tcss") if p.name != "app.tcss"),
+]
+
 
 class SendenseApp(App[int]):
     TITLE = "Sendense"
-    CSS_PATH = STYLES_DIR / "app.tcss"
+    CSS_PATH = ALL_STYLESHEETS
     MODES: ClassVar[dict[str, str | Callable[[], Any]]] = dict(SCREENS)  # type: ignore[arg-type]
     DEFAULT_MODE = "dashboard"
     BINDINGS = bindings_for("app")
@@ -72,6 +81,8 @@ class SendenseApp(App[int]):
         self._terminal_lost = False
         self._hangup_installed = False
         self._asking_to_quit = False
+        #: the CSS variables and sources the whole app was last restyled with
+        self._styled_with: object = None
         self.theme = THEMES.get(engine.settings.theme, "textual-dark")
 
     def get_line_filters(self) -> list[LineFilter]:
@@ -79,6 +90,24 @@ class SendenseApp(App[int]):
         if self.ascii:
             filters.append(self._ascii_filter)
         return filters
+
+    def refresh_css(self, animate: bool = True) -> None:
+        """Restyle the app only when its CSS changed (a theme, a stylesheet edited).
+
+        Textual calls this for every screen it shows for the first time: it parses
+        every stylesheet again and restyles every widget of every screen, 0.1-0.3 s
+        on the UI thread per section key, for CSS that is what it was. A new
+        screen's widgets are styled as they mount (with the default CSS of a widget
+        type seen for the first time, which Textual adds then), so nothing is lost."""
+        sources = self.stylesheet.source
+        styled_with = (
+            tuple(self.get_css_variables().items()),
+            tuple((at, css.content) for at, css in sources.items() if not css.is_defaults),
+        )
+        if styled_with == self._styled_with:
+            return
+        super().refresh_css(animate)
+        self._styled_with = styled_with
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -129,18 +129,66 @@ class CapacityStore:
     ) -> list[Sample | None]:
         """``buckets`` evenly spaced averages from ``since`` to ``until``; None where no sample."""
         rows = self.samples(repository_id, since=since, until=until)
-        span = (until - since).total_seconds() or 1.0
-        groups: dict[int, list[Sample]] = defaultdict(list)
-        for row in rows:
-            index = min(buckets - 1, int((row.taken_at - since).total_seconds() / span * buckets))
-            groups[index].append(row)
-        out: list[Sample | None] = []
-        for i in range(buckets):
-            group = groups.get(i)
-            out.append(
-                _average(group, since + timedelta(seconds=span * i / buckets)) if group else None
+        return history_of(rows, since=since, until=until, buckets=buckets)
+
+    def latest_by_repository(self) -> dict[int, Sample]:
+        """``latest`` of every repository that has a sample, in one query."""
+        newest = (
+            select(
+                CapacitySample.repository_id.label("repository_id"),
+                func.max(CapacitySample.taken_at).label("taken_at"),
             )
-        return out
+            .group_by(CapacitySample.repository_id)
+            .subquery()
+        )
+        query = (
+            select(CapacitySample)
+            .join(
+                newest,
+                (CapacitySample.repository_id == newest.c.repository_id)
+                & (CapacitySample.taken_at == newest.c.taken_at),
+            )
+            .order_by(CapacitySample.id)
+        )
+        with self.catalog.session() as session:
+            # two samples taken at the same time: the later row wins, as in ``latest``
+            return {row.repository_id: _sample(row) for row in session.scalars(query)}
+
+    def samples_by_repository(self, *, since: datetime, until: datetime) -> dict[int, list[Sample]]:
+        """``samples`` of every repository in the range, in one query."""
+        query = (
+            select(CapacitySample)
+            .where(CapacitySample.taken_at >= since, CapacitySample.taken_at <= until)
+            .order_by(CapacitySample.repository_id, CapacitySample.taken_at, CapacitySample.id)
+        )
+        found: dict[int, list[Sample]] = defaultdict(list)
+        with self.catalog.session() as session:
+            for row in session.scalars(query):
+                found[row.repository_id].append(_sample(row))
+        return dict(found)
+
+    def landings_by_repository(
+        self, *, since: datetime, until: datetime
+    ) -> dict[int, list[datetime]]:
+        """``landings`` of every repository in the range, in two queries (not two per
+        repository: 50 repositories of a 100,000-point catalog took 0.3 s)."""
+        found: dict[int, list[datetime]] = defaultdict(list)
+        with self.catalog.session() as session:
+            backups = session.execute(
+                select(Chain.repository_id, Backup.created_at)
+                .join(Chain, Backup.chain_id == Chain.id)
+                .where(Backup.created_at > since, Backup.created_at <= until)
+            ).all()
+            copies = session.execute(
+                select(Copy.destination_repository_id, Copy.completed_at).where(
+                    Copy.completed_at > since, Copy.completed_at <= until
+                )
+            ).all()
+        for repository_id, at in [*backups, *copies]:
+            landed = as_utc(at)
+            if landed is not None:
+                found[repository_id].append(landed)
+        return {repository_id: sorted(times) for repository_id, times in found.items()}
 
     def count(self, repository_id: int, resolution: str | None = None) -> int:
         query = select(func.count(CapacitySample.id)).where(
@@ -324,3 +372,22 @@ def _average(rows: Iterable[Sample], at: datetime) -> Sample:
         used_bytes=sum(r.used_bytes for r in rows) // n,
         free_bytes=sum(r.free_bytes for r in rows) // n,
     )
+
+
+def history_of(
+    rows: list[Sample], *, since: datetime, until: datetime, buckets: int
+) -> list[Sample | None]:
+    """``CapacityStore.history`` of samples already read (oldest first)."""
+    span = (until - since).total_seconds() or 1.0
+    groups: dict[int, list[Sample]] = defaultdict(list)
+    for row in rows:
+        if since <= row.taken_at <= until:
+            index = min(buckets - 1, int((row.taken_at - since).total_seconds() / span * buckets))
+            groups[index].append(row)
+    out: list[Sample | None] = []
+    for i in range(buckets):
+        group = groups.get(i)
+        out.append(
+            _average(group, since + timedelta(seconds=span * i / buckets)) if group else None
+        )
+    return out

@@ -93,6 +93,26 @@ class RepositoryStore:
         with self.catalog.session() as session:
             return int(session.scalar(own) or 0) + int(session.scalar(copies) or 0)
 
+    def backup_counts(self) -> dict[int, int]:
+        """``backup_count`` of every repository with a restore point, in two grouped
+        queries (a list of 50 repositories asked 100 of them)."""
+        own = (
+            select(Chain.repository_id, func.count(Backup.id))
+            .join(Chain, Backup.chain_id == Chain.id)
+            .where(Backup.state != "deleted")
+            .group_by(Chain.repository_id)
+        )
+        copies = (
+            select(Copy.destination_repository_id, func.count(Copy.id))
+            .where(Copy.state == "completed")
+            .group_by(Copy.destination_repository_id)
+        )
+        counts: dict[int, int] = {}
+        with self.catalog.session() as session:
+            for repo_id, count in [*session.execute(own).all(), *session.execute(copies).all()]:
+                counts[repo_id] = counts.get(repo_id, 0) + int(count or 0)
+        return counts
+
     def copy_rules_targeting(self, repo_id: int) -> builtins.list[CopyRule]:
         query = select(CopyRule).where(CopyRule.destination_repository_id == repo_id)
         with self.catalog.session() as session:

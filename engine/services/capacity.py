@@ -48,7 +48,7 @@ import psutil
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from engine.catalog.capacity import CapacityStore, Sample, SpaceBreakdown
+from engine.catalog.capacity import CapacityStore, Sample, SpaceBreakdown, history_of
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
@@ -93,6 +93,12 @@ SETTLE_SECONDS = 2.0
 def _size_of(reading: Reading | None) -> int | None:
     """The filesystem size a reading saw (None: not measured)."""
     return reading.total if reading is not None and reading.total else None
+
+
+def _stored_size(latest: Sample | None) -> int:
+    """The filesystem size for the reserve when nothing was measured: the last stored
+    sample's, else as good as unbounded (the reserve's ceiling applies)."""
+    return latest.total_bytes if latest is not None else 1 << 62
 
 
 class RepositoryFullError(SendenseError):
@@ -332,8 +338,11 @@ class CapacityMonitor:
         (unknown: the last sample's, else the 5 GiB ceiling)."""
         s = self.settings
         if filesystem_bytes is None and repo.min_free_bytes is None and s.min_free_bytes is None:
-            latest = self.store.latest(repo.id)
-            filesystem_bytes = latest.total_bytes if latest is not None else 1 << 62
+            filesystem_bytes = _stored_size(self.store.latest(repo.id))
+        return self._thresholds(repo, filesystem_bytes)
+
+    def _thresholds(self, repo: Repository, filesystem_bytes: int | None) -> Thresholds:
+        s = self.settings
         return Thresholds(
             warning=repo.warning_percent if repo.warning_percent is not None else s.warning_percent,
             critical=(
@@ -581,6 +590,18 @@ class CapacityMonitor:
         with self._lock:
             return self._readings.get(repository_id)
 
+    def last_known_all(self, repos: list[Repository]) -> dict[int, Reading]:
+        """``last_known`` of each of ``repos`` (stored samples in one query), by id."""
+        latest = self.store.latest_by_repository()
+        found: dict[int, Reading] = {}
+        for repo in repos:
+            reading = self.reading(repo.id)
+            if reading is None and repo.id in latest:
+                reading = self.stored_reading(repo, latest[repo.id])
+            if reading is not None:
+                found[repo.id] = reading
+        return found
+
     def last_known(self, repo: Repository) -> Reading | None:
         """This run's reading of ``repo``, else its last stored sample (what a list of
         repositories shows before the first poll)."""
@@ -674,35 +695,54 @@ class CapacityMonitor:
         buckets: int = 48,
         measure: bool = True,
     ) -> list[RepositoryCapacity]:
-        """One entry per repository for the capacity screen."""
+        """One entry per repository for the capacity screen, from a few grouped
+        queries over every repository (not a handful per repository: 50 repositories
+        of a 100,000-point catalog took over a second)."""
         now = self.clock.now()
         repos = self.repositories.list()
         if measure:
             self.sample_many([r for r in repos if r.enabled and self.reading(r.id) is None])
+        latest = self.store.latest_by_repository()
         readings: list[Reading] = []
         for repo in repos:
             reading = self.reading(repo.id)
-            if reading is None:
-                latest = self.store.latest(repo.id)
-                if latest is not None:
-                    reading = self.stored_reading(repo, latest)
+            if reading is None and repo.id in latest:
+                reading = self.stored_reading(repo, latest[repo.id])
             if reading is not None:
                 readings.append(reading)
         shared = self.shared_groups(readings)
         by_id = {r.repository_id: r for r in readings}
-        out = []
+        since = now - FORECAST_WINDOW
+        samples = self.store.samples_by_repository(since=min(since, now - history_span), until=now)
+        landings = self.store.landings_by_repository(since=since, until=now)
         breakdowns = self.store.breakdowns(now)  # every repository in one grouped pass
+        out = []
         for repo in repos:
             breakdown = breakdowns.get(repo.id, SpaceBreakdown())
+            size = _size_of(by_id.get(repo.id))
+            if (
+                size is None
+                and repo.min_free_bytes is None
+                and self.settings.min_free_bytes is None
+            ):
+                size = _stored_size(latest.get(repo.id))
+            thresholds = self._thresholds(repo, size)
+            repo_samples = samples.get(repo.id, [])
             out.append(
                 RepositoryCapacity(
                     repository=repo,
                     reading=by_id.get(repo.id),
-                    thresholds=self.thresholds(repo, _size_of(by_id.get(repo.id))),
-                    forecast=self.forecast(repo, breakdown),
+                    thresholds=thresholds,
+                    forecast=forecast(
+                        [x for x in repo_samples if x.taken_at >= since],
+                        now,
+                        thresholds.full,
+                        breakdown.scheduled_releases,
+                        landings.get(repo.id, []),
+                    ),
                     breakdown=breakdown,
-                    history=self.store.history(
-                        repo.id, since=now - history_span, until=now, buckets=buckets
+                    history=history_of(
+                        repo_samples, since=now - history_span, until=now, buckets=buckets
                     ),
                     shared_with=next(
                         ([n for n in g if n != repo.name] for g in shared if repo.name in g), []

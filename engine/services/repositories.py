@@ -586,6 +586,10 @@ class RepositoryService:
     def backup_count(self, ref: int | str | Repository) -> int:
         return self.store.backup_count(self._repo(ref).id)
 
+    def backup_counts(self) -> dict[int, int]:
+        """Restore points held in each repository, by id (none held: not listed)."""
+        return self.store.backup_counts()
+
     def _repo(self, ref: int | str | Repository) -> Repository:
         return ref if isinstance(ref, Repository) else self.store.get(ref)
 

@@ -252,6 +252,9 @@ def secret_dialog(token: TokenView, secret: str) -> DetailScreen:
 
 class ApiScreen(SendenseScreen):
     MODE = "api"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "api.tcss"
     BINDINGS = bindings_for("api")
 

@@ -12,7 +12,7 @@ text changes; cards are rebuilt only when repositories come or go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from rich.console import Console
@@ -44,6 +44,9 @@ class CapacityData:
     total: int
     used: int
     free: int
+    #: each repository's card (its text and that text's markup, to compare), drawn
+    #: by the worker: 50 cards took a quarter second of the UI thread
+    cards: dict[int, tuple[Text, str]] = field(default_factory=dict)
 
 
 def _date(value: datetime | None) -> str:
@@ -74,7 +77,7 @@ def flow(rows: list[list[Text]], width: int, gap: str = "  ") -> Text:
     """Lines of chunks: a chunk that would pass ``width`` starts a continuation
     line (indented), so at 80 columns nothing is cut; wide, a row is one line."""
     out = Text(no_wrap=True, overflow="ellipsis")
-    console = Console(width=width)
+    console: Console | None = None  # made only for a chunk to wrap (rare, and not cheap)
     for number, chunks in enumerate(rows):
         if number:
             out.append("\n")
@@ -87,6 +90,7 @@ def flow(rows: list[list[Text]], width: int, gap: str = "  ") -> Text:
                 out.append(gap)
                 used += len(gap)
             if used + chunk.cell_len > width:  # longer than a line itself (an error)
+                console = console or Console(width=width)
                 pieces = chunk.wrap(console, max(10, width - used))
                 out.append_text(Text("\n" + " " * used).join(pieces))
                 used += pieces[-1].cell_len if pieces else 0
@@ -189,6 +193,9 @@ def card(item: RepositoryCapacity, now: datetime, width: int = 100) -> Text:
 
 class CapacityScreen(SendenseScreen):
     MODE = "capacity"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "capacity.tcss"
     BINDINGS = bindings_for("capacity")
 
@@ -208,7 +215,12 @@ class CapacityScreen(SendenseScreen):
         items = engine.capacity.overview(history_span=timedelta(days=1), buckets=40, measure=False)
         readings = [i.reading for i in items if i.reading is not None]
         total, used, free = engine.capacity.totals(readings)
-        return CapacityData(now, items, total, used, free)
+        width = self.size.width or 100
+        cards = {}
+        for item in items:
+            text = card(item, now, width)
+            cards[item.repository.id] = (text, text.markup)
+        return CapacityData(now, items, total, used, free, cards)
 
     def apply(self, data: CapacityData) -> None:
         summary = Text()
@@ -222,7 +234,6 @@ class CapacityScreen(SendenseScreen):
         show(self.query_one("#capacity-summary", Static), summary)
         box = self.query_one("#capacity-cards", VerticalScroll)
         keys = [i.repository.id for i in data.items]
-        width = self.size.width or 100
         if keys != self._keys:
             with self.app.batch_update():
                 empty = [] if data.items else ["capacity-empty"]
@@ -242,17 +253,15 @@ class CapacityScreen(SendenseScreen):
                 )
                 self._texts = {k: v for k, v in self._texts.items() if k in keys}
             self._keys = keys
-            self.call_after_refresh(self._fill, data, width)
+            self.call_after_refresh(self._fill, data)
             return
-        self._fill(data, width)
+        self._fill(data)
 
-    def _fill(self, data: CapacityData, width: int) -> None:
-        for item in data.items:
-            text = card(item, data.now, width)
-            key = item.repository.id
-            if self._texts.get(key) == text.markup:
+    def _fill(self, data: CapacityData) -> None:
+        for key, (text, markup) in data.cards.items():
+            if self._texts.get(key) == markup:
                 continue  # unchanged: no redraw, no flicker
-            self._texts[key] = text.markup
+            self._texts[key] = markup
             try:
                 show(self.query_one(f"#cap-{key}", Static), text)
             except Exception:

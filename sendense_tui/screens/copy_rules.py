@@ -97,6 +97,9 @@ def state_text(status: RuleStatus, alerts: list[ScheduleMark], now: datetime) ->
 
 class CopyRulesScreen(SendenseScreen):
     MODE = "copy_rules"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     TITLE = "Copy rules"
     CSS_PATH = STYLES_DIR / "copy_rules.tcss"
     BINDINGS = bindings_for("copy_rules")

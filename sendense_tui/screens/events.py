@@ -39,6 +39,9 @@ class EventsData:
 
 class EventsScreen(SendenseScreen):
     MODE = "events"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "events.tcss"
     BINDINGS = bindings_for("events")
 

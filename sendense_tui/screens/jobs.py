@@ -146,6 +146,9 @@ def _bytes(job: Job | JobProgress) -> str:
 
 class JobsScreen(SendenseScreen):
     MODE = "jobs"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "jobs.tcss"
     BINDINGS = bindings_for("jobs")
 

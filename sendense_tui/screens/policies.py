@@ -237,6 +237,9 @@ class PoliciesScreen(SendenseScreen):
         self._base: PolicySpec | None = None
 
     def compose_body(self) -> ComposeResult:
+        # the layout's class before the widgets are styled: set once they are, every
+        # widget of the screen is styled again (0.1 s on the UI thread)
+        self._fit(self.app.size.width)
         yield FlexTable(
             [
                 ("name", "Policy", 12),
@@ -293,7 +296,6 @@ class PoliciesScreen(SendenseScreen):
         self.query_one("#editor").display = False
         self.query_one("#policies", DataTable).focus()
         self.query_one("#detail").border_title = "Details"
-        self._fit(self.app.size.width)
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit(event.size.width)

@@ -86,6 +86,9 @@ def describe_report(report: TestReport) -> Text:
 
 class RepositoriesScreen(SendenseScreen):
     MODE = "repositories"
+    #: read again only when the catalog changed (or REREAD_SECONDS passed), not
+    #: every second: an idle console stays near no CPU
+    WATCH_CHANGES = True
     CSS_PATH = STYLES_DIR / "repositories.tcss"
     BINDINGS = bindings_for("repositories")
 
@@ -119,16 +122,20 @@ class RepositoriesScreen(SendenseScreen):
     def fetch(self) -> RepositoriesData:
         engine = self.engine
         data = RepositoriesData(now=self.sendense.clock.now())
-        for repo in engine.repositories.list():
+        repos = engine.repositories.list()
+        # every repository's figures and count in a few grouped queries, not two each
+        readings = engine.capacity.last_known_all(repos)
+        counts = engine.repositories.backup_counts()
+        for repo in repos:
             row = RepoRow(repo, engine.repositories.describe_location(repo))
-            reading = engine.capacity.last_known(repo)
+            reading = readings.get(repo.id)
             figures = reading.figures if reading is not None else None
             if reading is not None and figures is not None:
                 row.used, row.total, row.free = figures.used, figures.total, figures.free
                 age = reading.figures_age(data.now)
                 row.age = age_text(age) if age is not None else None
             row.testing = repo.id in self._testing
-            row.backups = engine.repositories.backup_count(repo)
+            row.backups = counts.get(repo.id, 0)
             data.rows.append(row)
         return data
 

@@ -116,6 +116,9 @@ class RestoreScreen(SendenseScreen):
         self._points_total = 0
 
     def compose_body(self) -> ComposeResult:
+        # the layout's class before the widgets are styled: set once they are, every
+        # widget of the screen is styled again (0.1 s on the UI thread)
+        self._fit(self.app.size.width)
         with Horizontal(id="restore-main"):
             with Vertical(id="left"):
                 yield Static(POINTS_TITLE, classes="title", id="points-title")
@@ -170,7 +173,6 @@ class RestoreScreen(SendenseScreen):
         yield Static("", id="status")
 
     def on_mount(self) -> None:
-        self._fit(self.app.size.width)
         self.query_one("#progress", ProgressBar).display = False
         self.query_one("#destination", Input).cursor_blink = self.sendense.live
         self.query_one("#owner", Input).cursor_blink = self.sendense.live

@@ -25,6 +25,15 @@ def reconcile(
     """Make ``box``'s ``kind`` children be exactly ``ids``, in that order; ``make(id)``
     builds a missing one; the first goes after ``after`` (a widget or a selector)."""
     present = {w.id: w for w in box.query_children(kind) if w.id is not None}
+    if not present and ids:
+        # the first fill (a screen's first data): one mount for every row, not one
+        # each (50 repositories' rows took a quarter second mounted one by one)
+        widgets = [make(wid) for wid in ids]
+        if after is None:
+            box.mount_all(widgets)
+        else:
+            box.mount_all(widgets, after=after)
+        return
     for wid, stale in present.items():
         if wid not in ids:
             stale.remove()

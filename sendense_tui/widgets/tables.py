@@ -13,17 +13,18 @@ or an order is applied again at each refresh and undone without a fetch.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.geometry import Size
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Static
-from textual.widgets.data_table import CellDoesNotExist, RowKey
+from textual.widgets.data_table import CellDoesNotExist, CellKey, RowKey
 
 from sendense_tui.actions import bindings_for
 from sendense_tui.format import safe_cell
@@ -306,6 +307,33 @@ class FlexTable(ListControls, DataTable[Any]):
                 self.refresh()
 
     # -- width ---------------------------------------------------------------------
+
+    def _sized(self) -> bool:
+        """Every column has its width and no row has a label: nothing is measured."""
+        return not self._labelled_row_exists and not any(
+            column.auto_width for column in self.columns.values()
+        )
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        """DataTable measures every cell of every new row on the UI thread to size its
+        columns (0.2 s for the Events screen's 500 rows); a FlexTable's columns are
+        sized already and its rows are one line each, so only the height changes."""
+        if not self._sized() or any(self.rows[k].auto_height for k in new_rows if k in self.rows):
+            super()._update_dimensions(new_rows)
+            return
+        header = self.header_height if self.show_header else 0
+        self.virtual_size = Size(
+            sum(column.get_render_width(self) for column in self.columns.values())
+            + self._row_label_column_width,
+            self._total_row_height + header,
+        )
+
+    def _update_column_widths(self, updated_cells: set[CellKey]) -> None:
+        """An updated cell changes no width either (see ``_update_dimensions``)."""
+        if not self._sized():
+            super()._update_column_widths(updated_cells)
+            return
+        self._require_update_dimensions = True
 
     def flex_width(self, total: int) -> int:
         fixed = sum(width or 0 for _, _, width in self.column_specs)
