@@ -1355,17 +1355,7 @@ class ChainService:
             self.store.update_chain(
                 chain.id, state="retired", state_detail="all points were deleted"
             )
-        self.bus.publish(
-            Event(
-                kind="backup.deleted",
-                message=f"{chain.vm_name}/{chain.disk_name}: {plan.sentence()}",
-                level="warning",
-                source="chains",
-                repository_id=chain.repository_id,
-                actor=actor,
-                data={"chain_id": chain.id, "deleted": [b.id for b in plan.goes]},
-            )
-        )
+        self._publish_deleted(chain, plan, actor)
         return plan
 
     def delete_many(
@@ -1442,19 +1432,22 @@ class ChainService:
         )
         for plan in plans:
             chain = chains[plan.target.chain_id]
-            self.bus.publish(
-                Event(
-                    kind="backup.deleted",
-                    message=f"{chain.vm_name}/{chain.disk_name}: {plan.sentence()}",
-                    level="warning",
-                    source="chains",
-                    repository_id=chain.repository_id,
-                    actor=actor,
-                    data={"chain_id": chain.id, "deleted": [b.id for b in plan.goes]},
-                )
-            )
+            self._publish_deleted(chain, plan, actor)
             outcome[plan.target.id] = plan
         return outcome
+
+    def _publish_deleted(self, chain: Chain, plan: DeletePlan, actor: str | None) -> None:
+        self.bus.publish(
+            Event(
+                kind="backup.deleted",
+                message=f"{chain.vm_name}/{chain.disk_name}: {plan.sentence()}",
+                level="warning",
+                source="chains",
+                repository_id=chain.repository_id,
+                actor=actor,
+                data={"chain_id": chain.id, "deleted": [b.id for b in plan.goes]},
+            )
+        )
 
     def _refusals(
         self,
