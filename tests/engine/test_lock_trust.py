@@ -190,10 +190,10 @@ def test_a_flag_that_cannot_be_set_ends_the_backup_failed_unprotected_and_the_po
         engine.close()
     # nothing was written outside the repository (its layout and its chains)
     assert {p.name for p in fs.mountpoint.iterdir()} == {"vault", "lost+found"}
-    assert {p.split("/")[0] for p in files_under(fs.mountpoint / "vault")} == {
-        ".sendense",
-        "chains",
-    }
+    # (.sendense/ is the layout's when the daemon or the console prepared the
+    # repository; this one was recorded by the store and written by a CLI backup only)
+    top = {p.split("/")[0] for p in files_under(fs.mountpoint / "vault")}
+    assert "chains" in top and top <= {".sendense", "chains"}
     # once the cause is gone, the lock job sets the flag it could not set
     check = cli("lock", "check", state_dir=state_dir)
     assert check.returncode == 0 and "1 removed flag set again" in check.stdout
