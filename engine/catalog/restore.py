@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, cast, func, or_, select
+from sqlalchemy import String, cast, func, or_, select, update
 
 from engine.catalog.chains import ChainStore
-from engine.catalog.db import Catalog, in_batches
+from engine.catalog.db import Catalog, in_batches, rows_changed
 from engine.catalog.models import Backup, Chain, NbdExport, Repository, RestoreMount
 from engine.catalog.refs import find_by_ref
 from engine.errors import Action, NotFoundError
@@ -218,6 +218,20 @@ class RestoreStore:
                     raise AttributeError(key)
                 setattr(row, key, value)
             return row
+
+    def end_running_export(self, export_id: int, **fields: Any) -> bool:
+        """Set ``fields`` on an export only while it is still ``running`` (a compare-and-
+        set): False when another engine ended it first, whose reason then stands (an
+        idle export its keeper stopped is not later called dead by an engine that
+        read it as running a moment before)."""
+        with self.catalog.session() as session:
+            done = session.execute(
+                update(NbdExport)
+                .where(NbdExport.id == export_id, NbdExport.state == "running")
+                .values(**fields)
+                .execution_options(synchronize_session=False)
+            )
+            return rows_changed(done) > 0
 
     def exports(self, *, states: tuple[str, ...] | None = None) -> list[NbdExport]:
         query = select(NbdExport).order_by(NbdExport.id)

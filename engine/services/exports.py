@@ -460,9 +460,10 @@ class ExportService:
             if not _on_this_host(row.owner):
                 continue  # another appliance's pid means nothing here
             if not exporters.pid_matches(row.pid, PROGRAM, _marker(row)):
-                self.store.update_export(
+                if not self.store.end_running_export(
                     row.id, state="dead", stopped_at=self.clock.now(), stop_reason="server_died"
-                )
+                ):
+                    continue  # stopped meanwhile (its keeper, an operator): that stands
                 self._remove_files(row)
                 dead.append(row.id)
                 self.bus.publish(

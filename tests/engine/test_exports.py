@@ -342,3 +342,26 @@ def test_limits_out_of_bounds_are_refused(env: Env, limits: dict[str, float], wo
     with pytest.raises(ValidationError, match=words):
         env.service.start(env.points[0], **limits)  # type: ignore[arg-type]
     assert env.service.list(include_stopped=True) == []
+
+
+def test_an_export_stopped_while_another_engine_looks_keeps_its_reason(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeper stops an idle export while another command's engine, which read it as
+    running a moment before, finds its server gone: the export stays "stopped, idle"
+    (seen under load as "dead, server_died", an alarm for an export that ended as
+    asked), and no "no longer running" warning is sent."""
+    export = env.service.start(env.points[0], name="a", idle_minutes=1)
+    store = env.service.store
+    read_while_running = store.exports(states=("running",))
+    env.service.stop(export.id, actor="engine", reason="idle")
+    monkeypatch.setattr(store, "exports", lambda **_: read_while_running)
+    warned: list[str] = []
+    env.service.bus.subscribe(lambda e: warned.append(e.kind), kinds=("export.dead",))
+
+    assert env.service.refresh() == []
+
+    monkeypatch.undo()
+    (row,) = env.service.list(include_stopped=True)
+    assert (row.state, row.stop_reason) == ("stopped", "idle")
+    assert warned == []
