@@ -593,7 +593,9 @@ class JobRunner:
                 continue
             lapsed = candidate.state == JobState.RUNNING
             claim = self.store.take_over if lapsed else self.store.claim_queued
-            job = claim(candidate.id, self.owner, now, self.lease)
+            # the time of the claim itself, not of the look at the queue: a job queued
+            # since that look (or across a clock jump) never starts before it was queued
+            job = claim(candidate.id, self.owner, self.clock.now(), self.lease)
             if job is None:
                 continue  # another engine won the race
             with self._lock:

@@ -132,6 +132,34 @@ def test_a_job_runs_to_success_and_the_audit_log_tells_the_story(
     assert progress_events and all(e.job_id == job.id for e in progress_events)
 
 
+def test_a_job_queued_while_the_runner_looks_starts_when_it_is_claimed(
+    engine_factory: EngineFactory, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour passes between the runner's look at the queue and its claim (a loaded
+    machine, a clock that jumps): the job starts at its claim, never before it was
+    queued. It took the look's time before: a job that ran 0 s was recorded as 3,600 s
+    in the duration histogram."""
+    engine = runner_engine(engine_factory, clock, handlers={"copy": lambda ctx: None}, start=False)
+    store = engine.jobs.store
+    real_candidates = store.candidates
+
+    def an_hour_passes_while_looking(now: Any, kinds: Any, limit: int) -> list[Job]:
+        found = real_candidates(now, kinds, limit)
+        if found:
+            clock.advance(3600)
+        return found
+
+    monkeypatch.setattr(store, "candidates", an_hour_passes_while_looking)
+    job = engine.jobs.submit("copy", "copy web01", {})
+    queued_at = clock.now()
+    engine.start()
+
+    done = wait_state(engine, job.id, "succeeded", "failed")
+
+    assert done.started_at is not None and done.started_at >= queued_at
+    assert done.started_at == clock.now() and done.finished_at == clock.now()
+
+
 def test_a_failing_job_records_the_error_sentence(
     engine_factory: EngineFactory, clock: FixedClock
 ) -> None:
