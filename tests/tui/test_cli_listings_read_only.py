@@ -21,6 +21,7 @@ from engine.catalog.db import SCHEMA_HEAD
 from engine.config import default_settings
 from engine.runtime import Engine
 from tests.tui.test_cli import _downgrade_one_revision
+from tests.tui.test_cli_start import imported, run_and_list_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTINGS = [["backup", "list"], ["chain", "show"], ["jobs", "list"], ["events"]]
@@ -107,35 +108,11 @@ def test_listings_write_nothing_into_the_state_directory(state: Path) -> None:
 
 
 def test_listings_load_only_what_a_listing_needs(state: Path) -> None:
-    probe = (
-        "import contextlib, io, json, sys\n"
-        "from sendense_tui.cli import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    code = main(sys.argv[1:])\n"
-        "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
-    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENDENSE_")}
     for argv in LISTINGS:
-        done = subprocess.run(
-            [sys.executable, "-c", probe, "--state-dir", str(state), *argv, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        assert done.returncode == 0, done.stderr
-        seen = json.loads(done.stdout)
+        seen = run_and_list_modules(["--state-dir", str(state), *argv, "--json"], env)
         assert seen["code"] == 0
-        loaded = sorted(
-            {
-                banned
-                for banned in NOT_LOADED
-                for module in seen["modules"]
-                if module == banned or module.startswith(banned + ".")
-            }
-        )
+        loaded = imported(seen, NOT_LOADED)
         assert loaded == [], f"`sendense {' '.join(argv)}` imported {loaded}"
 
 

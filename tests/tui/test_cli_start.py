@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,14 +31,13 @@ with contextlib.redirect_stdout(out):
         code = main(sys.argv[1:])
     except SystemExit as exc:
         code = exc.code
-heavy = sorted({m.split(".")[0] if not m.startswith("engine.") else m for m in sys.modules})
-print(json.dumps({"code": code, "out": out.getvalue(), "modules": heavy}))
+print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted(sys.modules)}))
 """
 
 
-@pytest.mark.parametrize("argv", [["version"], ["--help"], ["version", "--json"]])
-def test_help_and_version_load_no_engine_console_or_api(tmp_path: Path, argv: list[str]) -> None:
-    env = {**os.environ, "SENDENSE_STATE_DIR": str(tmp_path / "state")}
+def run_and_list_modules(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``sendense ARGV`` in a fresh interpreter: its exit code, what it printed and
+    every module it imported (``modules``)."""
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *argv],
         capture_output=True,
@@ -47,10 +48,23 @@ def test_help_and_version_load_no_engine_console_or_api(tmp_path: Path, argv: li
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
+    seen: dict[str, Any] = json.loads(done.stdout)
+    return seen
+
+
+def imported(seen: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """Which of ``names`` (a package stands for its modules too) ``seen`` imported."""
+    modules = seen["modules"]
+    return sorted({n for n in names for m in modules if m == n or m.startswith(n + ".")})
+
+
+@pytest.mark.parametrize("argv", [["version"], ["--help"], ["version", "--json"]])
+def test_help_and_version_load_no_engine_console_or_api(tmp_path: Path, argv: list[str]) -> None:
+    env = {**os.environ, "SENDENSE_STATE_DIR": str(tmp_path / "state")}
+    seen = run_and_list_modules(argv, env)
     assert seen["code"] == 0
     assert "sendense" in seen["out"]
-    loaded = [name for name in HEAVY if name in seen["modules"]]
+    loaded = imported(seen, HEAVY)
     assert loaded == [], f"`sendense {' '.join(argv)}` imported {loaded}"
     # and nothing was created: help and version read no settings
     assert not (tmp_path / "state").exists()
