@@ -16,6 +16,7 @@ wrong value stops with one line that names the key and where it came from.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.bounds import REVERIFY_DAYS
 from engine.errors import ConfigError
@@ -184,9 +186,24 @@ class Settings:
         """The HTTP API's unix socket (``[api] socket``, else in the state directory)."""
         return self.api.socket or self.state_dir / "api.sock"
 
+    @property
+    def catalog_identity(self) -> str:
+        """A short name of the catalog these settings open (its URL without a password,
+        hashed): the daemon says it on every API answer, and a CLI asks the daemon for a
+        listing only when the daemon's catalog is its own."""
+        return catalog_identity(self.db_url)
+
     def with_state_dir(self, state_dir: Path) -> Settings:
         """Settings rooted in another state directory (tests, --state-dir)."""
         return default_settings(state_dir)
+
+
+def catalog_identity(db_url: str) -> str:
+    parts = urlsplit(db_url)
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}")
+    return hashlib.sha256(urlunsplit(parts).encode()).hexdigest()[:16]
 
 
 def _is_root() -> bool:

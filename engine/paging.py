@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from engine.errors import Action, ValidationError
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 #: rows one step of a streamed listing (``--all``) reads: memory stays bounded
 STREAM_BATCH = 500
@@ -57,6 +58,11 @@ class Page(Generic[T]):
     def more_counted(self) -> bool:
         """Whether ``more`` is exact; False: more than MORE_MAX rows follow."""
         return self.more <= MORE_MAX
+
+    def shaped(self, shape: Callable[[T], U]) -> Page[U]:
+        """The same page with each row as ``shape`` makes it (``engine.shapes``: what
+        the CLI's ``--json`` prints and the API sends)."""
+        return Page([shape(item) for item in self.items], self.next_cursor, self.more, self.extra)
 
     def more_text(self) -> str:
         """What follows, in words a front end shows: ``1,234`` or ``more than 10,000``."""

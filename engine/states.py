@@ -59,6 +59,9 @@ class ChainState(StrEnum):
     RETIRED = "retired"
 
 
+#: the audit log's levels, least to most severe ("at least warning" filters by order)
+AUDIT_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
 FINAL_JOB_STATES = (
     JobState.SUCCEEDED,
@@ -109,6 +112,7 @@ def job_transition_error(from_state: str, to_state: str) -> str | None:
 
 __all__ = [
     "ACTIVE_JOB_STATES",
+    "AUDIT_LEVELS",
     "FINAL_JOB_STATES",
     "JOB_TRANSITIONS",
     "BackupKind",

@@ -9,18 +9,20 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import __version__
 from engine.errors import SendenseError
 from sendense_api.auth import AuditChanges
 from sendense_api.deps import Authenticate
 from sendense_api.problems import problem, problem_for
+from sendense_api.wire import API_PREFIX, CATALOG_HEADER, VERSION_HEADER
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
 
-API_PREFIX = "/api/v1"
 
 #: modules under sendense_api.routes, each with a ``router``, in OpenAPI order
 ROUTERS: list[str] = [
@@ -56,6 +58,9 @@ def create_app(engine: Engine, *, authenticate: Authenticate) -> FastAPI:
     # set when the daemon stops: live streams end instead of holding the shutdown
     app.state.stopping = threading.Event()
     app.add_middleware(AuditChanges, engine=engine)
+    app.add_middleware(
+        SaysWhoAnswers, version=__version__, catalog=engine.settings.catalog_identity
+    )
     for name in ROUTERS:
         module = importlib.import_module(f"sendense_api.routes.{name}")
         app.include_router(module.router, prefix=API_PREFIX)
@@ -84,3 +89,27 @@ def create_app(engine: Engine, *, authenticate: Authenticate) -> FastAPI:
         )
 
     return app
+
+
+class SaysWhoAnswers:
+    """Adds VERSION_HEADER and CATALOG_HEADER to every HTTP answer (plain ASGI: no
+    request is buffered, a live stream stays live)."""
+
+    def __init__(self, app: ASGIApp, *, version: str, catalog: str) -> None:
+        self.app = app
+        self.version = version
+        self.catalog = catalog
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_saying_who(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers[VERSION_HEADER] = self.version
+                headers[CATALOG_HEADER] = self.catalog
+            await send(message)
+
+        await self.app(scope, receive, send_saying_who)

@@ -124,6 +124,14 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def as_time(value: datetime | str | None) -> datetime | None:
+    """A time of a listing's row: a datetime read from the catalog, or the isoformat()
+    text of one in a page the daemon answered (sendense_tui.daemon_pages)."""
+    if isinstance(value, str):
+        return as_utc(datetime.fromisoformat(value))
+    return as_utc(value)
+
+
 def short_time(value: datetime | None, now: datetime | None = None) -> str:
     """'09:14:03' today (UTC), '11-23 17:02' on another day of this year, '2025-11-23'
     in another year: a time never hides that it is not today's. Always UTC."""

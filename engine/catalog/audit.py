@@ -10,8 +10,9 @@ from sqlalchemy import or_, select
 
 from engine.catalog.db import Catalog, count_rows
 from engine.catalog.models import AuditEntry
+from engine.states import AUDIT_LEVELS
 
-LEVELS = ("debug", "info", "warning", "error", "critical")
+LEVELS = AUDIT_LEVELS
 
 
 class AuditStore:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from engine import paging
 from engine.paging import CURSOR_MAX, MORE_MAX, Page
 from engine.shapes import job_dict
-from sendense_api.app import API_PREFIX
+from sendense_api.wire import API_PREFIX, MORE, NEXT_CURSOR
 
 
 class ShapedRoute(APIRoute):
@@ -52,8 +52,6 @@ def accepted(job: Any, **extra: Any) -> JSONResponse:
 
 #: the largest page one request reads (the CLI's --limit bound)
 PAGE_MAX = 100_000
-NEXT_CURSOR = "X-Next-Cursor"
-MORE = "X-More"
 
 Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows in the page")]
 After = Annotated[

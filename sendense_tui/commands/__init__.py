@@ -361,6 +361,13 @@ class CliContext:
         finally:
             reader.close()
 
+    def page_from_daemon(self, path: str, **params: Any) -> Any:
+        """The page ``path`` of the API as the running daemon of this catalog answers
+        it, or None: read it with ``reader()`` then (sendense_tui.daemon_pages)."""
+        from sendense_tui.daemon_pages import page_from_daemon
+
+        return page_from_daemon(self.settings, path, params)
+
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json_text(data, indent=2) + "\n")
 

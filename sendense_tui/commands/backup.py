@@ -16,6 +16,7 @@ import argparse
 import sys
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ValidationError
@@ -40,7 +41,7 @@ from sendense_tui.commands.jobs import (
     interruptible,
     print_queued,
 )
-from sendense_tui.format import human_bytes, printable, short_time
+from sendense_tui.format import as_time, human_bytes, printable, short_time
 
 if TYPE_CHECKING:  # the backup services load only for a backup, not for a listing
     from engine.services.backup import DiskSource
@@ -243,18 +244,17 @@ def transfer_line(d: dict[str, Any]) -> str:
     return text + (": " + ", ".join(parts) if parts else "")
 
 
-def _point_row(row: tuple[Any, Any], now: Any) -> list[str]:
-    b, c = row
+def _point_row(point: dict[str, Any], now: datetime) -> list[str]:
     return [
-        str(b.id),
-        f"{c.vm_name}/{c.disk_name}",
-        b.kind,
-        short_time(b.point_time, now),
-        human_bytes(b.file_size),
-        human_bytes(b.allocated_bytes),
-        b.state,
-        str(c.id),
-        (b.tracking or {}).get("rung") or "-",
+        str(point["id"]),
+        f"{point['vm']}/{point['disk']}",
+        point["kind"],
+        short_time(as_time(point["point_time"]), now),
+        human_bytes(point["file_size"]),
+        human_bytes(point["allocated_bytes"]),
+        point["state"],
+        str(point["chain_id"]),
+        (point["tracking"] or {}).get("rung") or "-",
     ]
 
 
@@ -264,21 +264,32 @@ POINT_HEADERS = ["ID", "DISK", "KIND", "WHEN", "SIZE", "ALLOCATED", "STATE", "CH
 def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of restore points in VM, disk, chain order (``--all``: all, streamed)."""
     check_paging(args)
-    with ctx.reader() as reader:
-        now = reader.clock.now()
-        if args.every:
+    now = datetime.now(UTC)
+    if args.every:
+        with ctx.reader() as reader:
             rows = reader.listings.all_points(repository=args.repo, vm=args.vm)
             return stream(
-                ctx, rows, lambda r: point_dict(*r), lambda r: _point_row(r, now), POINT_HEADERS
+                ctx,
+                rows,
+                lambda r: point_dict(*r),
+                lambda r: _point_row(point_dict(*r), now),
+                POINT_HEADERS,
             )
-        page = reader.listings.points(
-            repository=args.repo, vm=args.vm, after=args.after, limit=page_size(args)
-        )
+    limit = page_size(args)
+    page = ctx.page_from_daemon(
+        "/restore-points", repo=args.repo, vm=args.vm, after=args.after, limit=limit
+    )
+    if page is None:
+        with ctx.reader() as reader:
+            read = reader.listings.points(
+                repository=args.repo, vm=args.vm, after=args.after, limit=limit
+            )
+        page = read.shaped(lambda r: point_dict(*r))
     if ctx.json:
-        ctx.print_json([point_dict(b, c) for b, c in page.items])
+        ctx.print_json(page.items)
     elif not page.items:
         print("no restore points")
     else:
-        print(table([_point_row(r, now) for r in page.items], POINT_HEADERS))
+        print(table([_point_row(p, now) for p in page.items], POINT_HEADERS))
     say_more(ctx, page)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import ValidationError
@@ -28,7 +29,7 @@ from sendense_tui.commands import (
     stream,
 )
 from sendense_tui.exitcodes import CommandFailed
-from sendense_tui.format import human_bytes, plural, printable, short_time
+from sendense_tui.format import as_time, human_bytes, plural, printable, short_time
 
 CHAIN_ID = id_argument("a chain")
 POINT_ID = id_argument("a restore point")
@@ -73,28 +74,40 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of chains in VM, disk order with their points (``--all``: every chain,
     retired ones too, streamed)."""
     check_paging(args)
-    with ctx.reader() as reader:
-        now = reader.clock.now()
-        if args.every:
+    now = datetime.now(UTC)
+    if args.every:
+        with ctx.reader() as reader:
             views: Iterable[Any] = reader.listings.all_chains(repository=args.repo)
             if ctx.json:
                 return stream(ctx, views, chain_dict, lambda v: [], [])
             for view in views:
-                _print_chain(view, now)
+                _print_chain(chain_dict(view), now)
             return 0
-        page = reader.listings.chains(
-            repository=args.repo,
-            include_retired=args.retired or args.chain_id is not None,
-            chain_id=args.chain_id,
-            after=args.after,
-            limit=page_size(args, lines_each=CHAIN_LINES, pipe=CHAIN_PIPE_PAGE),
+    limit = page_size(args, lines_each=CHAIN_LINES, pipe=CHAIN_PIPE_PAGE)
+    # the API lists chains; one chain by its id is read here
+    page = (
+        None
+        if args.chain_id is not None
+        else ctx.page_from_daemon(
+            "/chains", repo=args.repo, all=args.retired or None, after=args.after, limit=limit
         )
+    )
+    if page is None:
+        with ctx.reader() as reader:
+            read = reader.listings.chains(
+                repository=args.repo,
+                include_retired=args.retired or args.chain_id is not None,
+                chain_id=args.chain_id,
+                after=args.after,
+                limit=limit,
+            )
+        page = read.shaped(chain_dict)
     if ctx.json:
-        ctx.print_json([chain_dict(v) for v in page.items])
+        ctx.print_json(page.items)
     elif not page.items:
         print("no chains")
-    for view in [] if ctx.json else page.items:
-        _print_chain(view, now)
+    for chain in [] if ctx.json else page.items:
+        _print_chain(chain, now)
     say_more(ctx, page)
     return 0
 
@@ -106,26 +119,28 @@ CHAIN_LINES = 8
 CHAIN_PIPE_PAGE = 20
 
 
-def _print_chain(v: Any, now: Any) -> None:
+def _print_chain(chain: dict[str, Any], now: datetime) -> None:
+    """A chain (``engine.shapes.chain_dict``) and its points, a line each."""
     print(
         printable(
-            f"{v.chain.vm_name}/{v.chain.disk_name}  chain {v.chain.id} [{v.state}] "
-            f"in {v.repository}: {len(v.points)} points, disk {human_bytes(v.logical_bytes)}"
-            f", files {human_bytes(v.physical_bytes)}, data {human_bytes(v.allocated_bytes)}"
+            f"{chain['vm']}/{chain['disk']}  chain {chain['chain_id']} [{chain['state']}] "
+            f"in {chain['repository']}: {len(chain['points'])} points, disk "
+            f"{human_bytes(chain['logical_bytes'])}, files {human_bytes(chain['physical_bytes'])}"
+            f", data {human_bytes(chain['allocated_bytes'])}"
         )
     )
-    if v.chain.state_detail:
-        print(printable(f"  ! {v.chain.state_detail}"))
-    for line in v.damage():
+    if chain["state_detail"]:
+        print(printable(f"  ! {chain['state_detail']}"))
+    for line in chain["damage"]:
         print(printable(f"  ! {line}"))
-    for p in v.points:
-        b = p.backup
-        lock = f"  locked until {p.locked_until:%Y-%m-%d}" if p.locked else ""
-        if p.unprotected:
-            lock = f"  NOT PROTECTED (lock due until {p.locked_until:%Y-%m-%d})"
+    for p in chain["points"]:
+        locked_until = as_time(p["locked_until"])
+        lock = f"  locked until {locked_until:%Y-%m-%d}" if locked_until else ""
+        if p["unprotected"]:
+            lock = f"  NOT PROTECTED (lock due until {locked_until:%Y-%m-%d})"
         print(
-            f"  #{b.id:<5} {b.kind:<11} {short_time(b.point_time, now):>16}  "
-            f"{human_bytes(b.file_size):>10}  {b.state}{lock}"
+            f"  #{p['id']:<5} {p['kind']:<11} {short_time(as_time(p['point_time']), now):>16}  "
+            f"{human_bytes(p['file_size']):>10}  {p['state']}{lock}"
         )
 
 

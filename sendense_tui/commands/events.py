@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 from engine.shapes import event_dict as entry_dict
-from engine.views import LEVELS, AuditEntry
+from engine.states import AUDIT_LEVELS
 from sendense_tui.commands import (
     CliContext,
     add_paging,
@@ -20,14 +20,14 @@ from sendense_tui.commands import (
     say_more,
     stream,
 )
-from sendense_tui.format import printable
+from sendense_tui.format import as_time, printable
 
 FOLLOW_POLL_SECONDS = 1.0
 
 
 def register(subparsers: Any) -> None:
     parser = add_parser(subparsers, "events", help="show the audit log")
-    parser.add_argument("--level", choices=LEVELS, default="info", help="minimum level")
+    parser.add_argument("--level", choices=AUDIT_LEVELS, default="info", help="minimum level")
     parser.add_argument("--source", help="only events from this source (jobs, capacity…)")
     parser.add_argument("--grep", help="only events whose message or kind contains this")
     add_paging(parser, "events")
@@ -35,16 +35,17 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=show_events)
 
 
-def _line(entry: AuditEntry) -> str:
-    at = entry.at.strftime("%Y-%m-%d %H:%M:%S") if entry.at else "-"
+def _line(entry: dict[str, Any]) -> str:
+    at = as_time(entry["at"])
+    when = at.strftime("%Y-%m-%d %H:%M:%S") if at else "-"
     # one event, one line: a message naming a crafted file cannot forge another
-    return printable(f"{at}  {entry.level:<8} {entry.source:<12} {entry.message}")
+    return printable(f"{when}  {entry['level']:<8} {entry['source']:<12} {entry['message']}")
 
 
-def _emit(entries: list[AuditEntry], as_json: bool) -> None:
+def _emit(entries: list[dict[str, Any]], as_json: bool) -> None:
     for entry in entries:
         if as_json:
-            print(json_text(entry_dict(entry)))
+            print(json_text(entry))
         else:
             print(_line(entry))
     sys.stdout.flush()
@@ -61,28 +62,49 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
             "--all nor --after"
         )
     query = {"min_level": args.level, "source": args.source, "text": args.grep}
-    with ctx.reader() as reader:
-        if args.every:
+    if args.every:
+        with ctx.reader() as reader:
             everything = reader.listings.all_events(**query)
             if ctx.json:
                 return stream(ctx, everything, entry_dict, lambda e: [], [])
             for entry in everything:
-                print(_line(entry))
+                print(_line(entry_dict(entry)))
             return 0
-        page = reader.listings.events(after=args.after, limit=page_size(args), **query)
-        entries = list(reversed(page.items))
-        if ctx.json and not args.follow:
-            ctx.print_json([entry_dict(e) for e in entries])
-            say_more(ctx, page)
-            return 0
-        _emit(entries, ctx.json)
+    limit = page_size(args)
+    # the API answers a page oldest first, as it is printed
+    page = (
+        None
+        if args.follow
+        else ctx.page_from_daemon(
+            "/events",
+            level=args.level,
+            source=args.source,
+            grep=args.grep,
+            after=args.after,
+            limit=limit,
+        )
+    )
+    if page is not None:
+        return _print_page(ctx, page.items, page)
+    with ctx.reader() as reader:
+        read = reader.listings.events(after=args.after, limit=limit, **query)
+        entries = [entry_dict(e) for e in reversed(read.items)]
         if not args.follow:
-            say_more(ctx, page)
-            return 0
-        last = entries[-1].id if entries else 0
+            return _print_page(ctx, entries, read)
+        _emit(entries, ctx.json)
+        last = entries[-1]["id"] if entries else 0
         while True:  # Ctrl+C or SIGTERM ends it (exit 4, handled in cli.main)
             time.sleep(FOLLOW_POLL_SECONDS)
             fresh = list(reversed(reader.audit.query(after_id=last, limit=1000, **query)))
             if fresh:
-                _emit(fresh, ctx.json)
+                _emit([entry_dict(e) for e in fresh], ctx.json)
                 last = fresh[-1].id
+
+
+def _print_page(ctx: CliContext, entries: list[dict[str, Any]], page: Any) -> int:
+    if ctx.json:
+        ctx.print_json(entries)
+    else:
+        _emit(entries, False)
+    say_more(ctx, page)
+    return 0

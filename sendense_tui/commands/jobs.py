@@ -10,11 +10,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CatalogUnavailable
 from engine.shapes import job_dict
-from engine.views import FINAL_STATES, Job
+from engine.states import FINAL_JOB_STATES
 from sendense_tui.commands import (
     CliContext,
     add_paging,
@@ -28,6 +29,7 @@ from sendense_tui.commands import (
 )
 from sendense_tui.exitcodes import CommandFailed, CommandInterrupted
 from sendense_tui.format import (
+    as_time,
     human_bytes,
     human_duration,
     human_rate,
@@ -38,9 +40,10 @@ from sendense_tui.format import (
 
 if TYPE_CHECKING:  # the daemon (and the tools it starts) loads only for work left behind
     from engine.daemon import DaemonStatus
+    from engine.views import Job
 
 #: job states that end a command's wait (a paused job waits for someone to resume it)
-WAIT_ENDS = (*FINAL_STATES, "paused")
+WAIT_ENDS = (*FINAL_JOB_STATES, "paused")
 
 
 def print_queued(ctx: CliContext, job: Any) -> int:
@@ -266,16 +269,16 @@ def register(subparsers: Any) -> None:
         steer.set_defaults(func=steer_job, verb=verb)
 
 
-def _job_row(job: Job, now: Any) -> list[str]:
-    pct = percent(job.bytes_done, job.bytes_total)
+def _job_row(job: dict[str, Any], now: datetime) -> list[str]:
+    pct = percent(job["bytes_done"], job["bytes_total"])
     return [
-        str(job.id),
-        job.state,
-        job.kind,
-        job.title,
+        str(job["id"]),
+        job["state"],
+        job["kind"],
+        job["title"],
         "-" if pct is None else f"{pct:.0f}%",
-        human_rate(job.rate) if job.state == "running" else "-",
-        short_time(job.finished_at or job.started_at or job.created_at, now),
+        human_rate(job["rate"]) if job["state"] == "running" else "-",
+        short_time(as_time(job["finished_at"] or job["started_at"] or job["created_at"]), now),
     ]
 
 
@@ -285,16 +288,23 @@ JOB_HEADERS = ["ID", "STATE", "KIND", "TITLE", "DONE", "RATE", "WHEN"]
 def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
     """A page of jobs, newest first (``--all``: all, streamed)."""
     check_paging(args)
-    with ctx.reader() as reader:
-        now = reader.clock.now()
-        if args.every:
+    now = datetime.now(UTC)
+    if args.every:
+        with ctx.reader() as reader:
             rows = reader.listings.all_jobs(states=args.state, kind=args.kind)
-            return stream(ctx, rows, job_dict, lambda j: _job_row(j, now), JOB_HEADERS)
-        page = reader.listings.jobs(
-            states=args.state, kind=args.kind, after=args.after, limit=page_size(args)
-        )
+            return stream(ctx, rows, job_dict, lambda j: _job_row(job_dict(j), now), JOB_HEADERS)
+    limit = page_size(args)
+    page = ctx.page_from_daemon(
+        "/jobs", state=args.state, kind=args.kind, after=args.after, limit=limit
+    )
+    if page is None:
+        with ctx.reader() as reader:
+            read = reader.listings.jobs(
+                states=args.state, kind=args.kind, after=args.after, limit=limit
+            )
+        page = read.shaped(job_dict)
     if ctx.json:
-        ctx.print_json([job_dict(j) for j in page.items])
+        ctx.print_json(page.items)
     elif not page.items:
         print("no jobs")
     else:

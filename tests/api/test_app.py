@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from engine import __version__
+from engine.runtime import Engine
 from sendense_api.roles import Role
 from tests.api.conftest import ClientFor
 
@@ -28,3 +30,15 @@ def test_roles_include_the_ones_below() -> None:
     assert Role.OPERATE.allows(Role.READ)
     assert not Role.READ.allows(Role.OPERATE)
     assert not Role.OPERATE.allows(Role.ADMIN)
+
+
+def test_every_answer_names_the_daemons_version_and_catalog(
+    api: TestClient, engine: Engine
+) -> None:
+    """What a CLI checks before it prints a page the daemon answered instead of
+    reading the catalog itself (sendense_tui.daemon_pages): a page, a problem and an
+    answer to a caller without a role alike."""
+    for path in ("/api/v1/jobs?limit=1", "/api/v1/no-such-thing", "/metrics"):
+        response = api.get(path)
+        assert response.headers["x-sendense-version"] == __version__, path
+        assert response.headers["x-sendense-catalog"] == engine.settings.catalog_identity, path
