@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -67,9 +68,13 @@ def _env(state_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_daemon(state_dir: Path) -> subprocess.Popen[bytes]:
+def start_daemon(state_dir: Path, db_url: str | None = None) -> subprocess.Popen[bytes]:
+    """A real ``sendense daemon`` on ``state_dir`` (and ``db_url``'s catalog), once it
+    serves."""
     env = _env(state_dir)
     del env["SENDENSE_NO_DAEMON"]
+    if db_url:
+        env["SENDENSE_DB_URL"] = db_url
     log = open(state_dir / "bench-daemon.log", "ab")  # noqa: SIM115 (lives with the daemon)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sendense_tui.cli", "daemon"],
@@ -80,6 +85,8 @@ def start_daemon(state_dir: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
     )
     settings = default_settings(state_dir)
+    if db_url:
+        settings = replace(settings, db_url=db_url)
     deadline = time.monotonic() + 300
     while not (state_dir / "api.sock").exists() or not _ready(settings):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -19,6 +19,10 @@ the median of ROUNDS, every measurement taking its turn in each round:
 - the reference: the same first page's SQL through the database's own client
   (``sqlite3 -json`` on the file, ``mariadb --batch`` on the server), a process each,
   and ``python -c pass`` (the interpreter's own start);
+- the same two with a ``sendense daemon`` running on the catalog (``table+daemon``,
+  ``json+daemon``): the CLI takes the page the daemon answers on its unix socket
+  (sendense_tui.daemon_pages), as on an appliance, where the daemon always runs;
+  the forms without it reach no daemon (``SENDENSE_API_SOCKET`` elsewhere);
 - the API's route in process (first page, and the page after it).
 
 It prints each time, ours / reference, large / small and ok or SLOW against the goal
@@ -36,6 +40,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -114,8 +119,10 @@ def _env() -> dict[str, str]:
     }
 
 
-def _process(argv: list[str], cwd: Path = ROOT) -> Callable[[], None]:
-    env = _env()
+def _process(
+    argv: list[str], cwd: Path = ROOT, env_extra: dict[str, str] | None = None
+) -> Callable[[], None]:
+    env = {**_env(), **(env_extra or {})}
 
     def run() -> None:
         subprocess.run(
@@ -187,12 +194,26 @@ def _api_timings(catalog: Catalog) -> dict[str, tuple[float, float]]:
 
 def measure(catalog: Catalog) -> dict[str, dict[str, float]]:
     """Median seconds of each listing's forms, every form taking its turn each round."""
+    from bench.bench_api import start_daemon
+
+    daemon = start_daemon(catalog.state_dir, catalog.db_url)
+    try:
+        return _measure(catalog)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(300)
+
+
+def _measure(catalog: Catalog) -> dict[str, dict[str, float]]:
     calls: dict[tuple[str, str], Callable[[], None]] = {}
+    direct = {"SENDENSE_API_SOCKET": str(catalog.state_dir / "no-daemon.sock")}
     for name, argv, _path, sql in LISTINGS:
-        calls[(name, "table")] = _process(_cli(catalog, argv))
-        calls[(name, "json")] = _process(_cli(catalog, [*argv, "--json"]))
+        calls[(name, "table")] = _process(_cli(catalog, argv), env_extra=direct)
+        calls[(name, "json")] = _process(_cli(catalog, [*argv, "--json"]), env_extra=direct)
+        calls[(name, "table+daemon")] = _process(_cli(catalog, argv))
+        calls[(name, "json+daemon")] = _process(_cli(catalog, [*argv, "--json"]))
         if BEFORE:
-            calls[(name, "table@before")] = _process(_cli(catalog, argv), Path(BEFORE))
+            calls[(name, "table@before")] = _process(_cli(catalog, argv), Path(BEFORE), direct)
             calls[(name, "json@before")] = _process(_cli(catalog, [*argv, "--json"]), Path(BEFORE))
         calls[(name, "reference")] = _process([*catalog.client, sql])
     calls[("", "python")] = _process([sys.executable, "-c", "pass"])
@@ -229,7 +250,8 @@ def report(
         f"{'listing':<12}{'form':<13}{'small':>8}{'large':>8}{'l/s':>6}{'cpu':>8}"
         f"{'reference':>10}{'ours/ref':>9}  goal ≤ {GOAL_SECONDS} s at large (wall, cpu)"
     )
-    forms = ["table", "json"] + (["table@before", "json@before"] if BEFORE else [])
+    forms = ["table", "json", "table+daemon", "json+daemon"]
+    forms += ["table@before", "json@before"] if BEFORE else []
     for name, _argv, _path, _sql in LISTINGS:
         ref = large[name]["reference"]
         for what in [*forms, "reference", "api", "api_next"]:
