@@ -29,6 +29,7 @@ from typing import Any
 from engine.config import Settings, load_settings, sqlite_url
 from engine.errors import SendenseError, ValidationError
 from engine.names import ID_MAX, UNSAFE_CHARS, parse_id
+from engine.paging import Page
 from sendense_tui.format import printable
 
 #: module names under sendense_tui.commands, in --help order
@@ -259,6 +260,25 @@ def say_more(ctx: CliContext, page: Any) -> None:
     print(line, file=sys.stderr if ctx.json else sys.stdout)
 
 
+def print_page(
+    ctx: CliContext,
+    page: Page[dict[str, Any]],
+    as_row: Callable[[dict[str, Any]], list[str]],
+    headers: list[str],
+    nothing: str,
+) -> int:
+    """A listing's page: its rows as JSON under --json, else a table (``nothing`` when
+    it is empty), then what follows it (``say_more``). Returns the exit code 0."""
+    if ctx.json:
+        ctx.print_json(page.items)
+    elif not page.items:
+        print(nothing)
+    else:
+        print(table([as_row(item) for item in page.items], headers))
+    say_more(ctx, page)
+    return 0
+
+
 def stream(
     ctx: CliContext,
     rows: Iterable[Any],
@@ -361,12 +381,24 @@ class CliContext:
         finally:
             reader.close()
 
-    def page_from_daemon(self, path: str, **params: Any) -> Any:
-        """The page ``path`` of the API as the running daemon of this catalog answers
-        it, or None: read it with ``reader()`` then (sendense_tui.daemon_pages)."""
-        from sendense_tui.daemon_pages import page_from_daemon
+    def listing_page(
+        self,
+        path: str | None,
+        params: dict[str, Any],
+        read: Callable[[Any], Page[dict[str, Any]]],
+    ) -> Page[dict[str, Any]]:
+        """A page of a long listing, its rows as ``engine.shapes`` dicts: the page
+        ``path`` of the API with ``params`` as the running daemon of this catalog
+        answers it (sendense_tui.daemon_pages), else ``read(listings)`` on the catalog
+        opened with ``reader()``. ``path`` None: the API has no such page."""
+        if path is not None:
+            from sendense_tui.daemon_pages import page_from_daemon
 
-        return page_from_daemon(self.settings, path, params)
+            page = page_from_daemon(self.settings, path, params)
+            if page is not None:
+                return page
+        with self.reader() as reader:
+            return read(reader.listings)
 
     def print_json(self, data: Any) -> None:
         sys.stdout.write(json_text(data, indent=2) + "\n")

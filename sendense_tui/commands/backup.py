@@ -29,9 +29,8 @@ from sendense_tui.commands import (
     bounded_int,
     check_paging,
     page_size,
-    say_more,
+    print_page,
     stream,
-    table,
 )
 from sendense_tui.commands.jobs import (
     WAIT_ENDS,
@@ -276,20 +275,13 @@ def list_points(args: argparse.Namespace, ctx: CliContext) -> int:
                 POINT_HEADERS,
             )
     limit = page_size(args)
-    page = ctx.page_from_daemon(
-        "/restore-points", repo=args.repo, vm=args.vm, after=args.after, limit=limit
+    page = ctx.listing_page(
+        "/restore-points",
+        {"repo": args.repo, "vm": args.vm, "after": args.after, "limit": limit},
+        lambda listings: listings.points(
+            repository=args.repo, vm=args.vm, after=args.after, limit=limit
+        ).shaped(lambda row: point_dict(*row)),
     )
-    if page is None:
-        with ctx.reader() as reader:
-            read = reader.listings.points(
-                repository=args.repo, vm=args.vm, after=args.after, limit=limit
-            )
-        page = read.shaped(lambda r: point_dict(*r))
-    if ctx.json:
-        ctx.print_json(page.items)
-    elif not page.items:
-        print("no restore points")
-    else:
-        print(table([_point_row(p, now) for p in page.items], POINT_HEADERS))
-    say_more(ctx, page)
-    return 0
+    return print_page(
+        ctx, page, lambda row: _point_row(row, now), POINT_HEADERS, "no restore points"
+    )

@@ -84,24 +84,18 @@ def show_chains(args: argparse.Namespace, ctx: CliContext) -> int:
                 _print_chain(chain_dict(view), now)
             return 0
     limit = page_size(args, lines_each=CHAIN_LINES, pipe=CHAIN_PIPE_PAGE)
-    # the API lists chains; one chain by its id is read here
-    page = (
-        None
-        if args.chain_id is not None
-        else ctx.page_from_daemon(
-            "/chains", repo=args.repo, all=args.retired or None, after=args.after, limit=limit
-        )
+    page = ctx.listing_page(
+        # the API lists chains; one chain by its id is read here
+        "/chains" if args.chain_id is None else None,
+        {"repo": args.repo, "all": args.retired or None, "after": args.after, "limit": limit},
+        lambda listings: listings.chains(
+            repository=args.repo,
+            include_retired=args.retired or args.chain_id is not None,
+            chain_id=args.chain_id,
+            after=args.after,
+            limit=limit,
+        ).shaped(chain_dict),
     )
-    if page is None:
-        with ctx.reader() as reader:
-            read = reader.listings.chains(
-                repository=args.repo,
-                include_retired=args.retired or args.chain_id is not None,
-                chain_id=args.chain_id,
-                after=args.after,
-                limit=limit,
-            )
-        page = read.shaped(chain_dict)
     if ctx.json:
         ctx.print_json(page.items)
     elif not page.items:

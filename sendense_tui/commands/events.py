@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from engine.errors import ValidationError
+from engine.paging import Page
 from engine.shapes import event_dict as entry_dict
 from engine.states import AUDIT_LEVELS
 from sendense_tui.commands import (
@@ -71,26 +72,30 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
                 print(_line(entry_dict(entry)))
             return 0
     limit = page_size(args)
-    # the API answers a page oldest first, as it is printed
-    page = (
-        None
-        if args.follow
-        else ctx.page_from_daemon(
+    if not args.follow:
+        page = ctx.listing_page(
             "/events",
-            level=args.level,
-            source=args.source,
-            grep=args.grep,
-            after=args.after,
-            limit=limit,
+            {
+                "level": args.level,
+                "source": args.source,
+                "grep": args.grep,
+                "after": args.after,
+                "limit": limit,
+            },
+            # printed oldest first, as the API answers
+            lambda listings: _oldest_first(
+                listings.events(after=args.after, limit=limit, **query).shaped(entry_dict)
+            ),
         )
-    )
-    if page is not None:
-        return _print_page(ctx, page.items, page)
+        if ctx.json:
+            ctx.print_json(page.items)
+        else:
+            _emit(page.items, False)
+        say_more(ctx, page)
+        return 0
     with ctx.reader() as reader:
-        read = reader.listings.events(after=args.after, limit=limit, **query)
+        read = reader.listings.events(limit=limit, **query)
         entries = [entry_dict(e) for e in reversed(read.items)]
-        if not args.follow:
-            return _print_page(ctx, entries, read)
         _emit(entries, ctx.json)
         last = entries[-1]["id"] if entries else 0
         while True:  # Ctrl+C or SIGTERM ends it (exit 4, handled in cli.main)
@@ -101,10 +106,5 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
                 last = fresh[-1].id
 
 
-def _print_page(ctx: CliContext, entries: list[dict[str, Any]], page: Any) -> int:
-    if ctx.json:
-        ctx.print_json(entries)
-    else:
-        _emit(entries, False)
-    say_more(ctx, page)
-    return 0
+def _oldest_first(page: Page[dict[str, Any]]) -> Page[dict[str, Any]]:
+    return Page(page.items[::-1], page.next_cursor, page.more)

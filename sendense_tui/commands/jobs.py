@@ -23,9 +23,8 @@ from sendense_tui.commands import (
     check_paging,
     id_argument,
     page_size,
-    say_more,
+    print_page,
     stream,
-    table,
 )
 from sendense_tui.exitcodes import CommandFailed, CommandInterrupted
 from sendense_tui.format import (
@@ -294,23 +293,14 @@ def list_jobs(args: argparse.Namespace, ctx: CliContext) -> int:
             rows = reader.listings.all_jobs(states=args.state, kind=args.kind)
             return stream(ctx, rows, job_dict, lambda j: _job_row(job_dict(j), now), JOB_HEADERS)
     limit = page_size(args)
-    page = ctx.page_from_daemon(
-        "/jobs", state=args.state, kind=args.kind, after=args.after, limit=limit
+    page = ctx.listing_page(
+        "/jobs",
+        {"state": args.state, "kind": args.kind, "after": args.after, "limit": limit},
+        lambda listings: listings.jobs(
+            states=args.state, kind=args.kind, after=args.after, limit=limit
+        ).shaped(job_dict),
     )
-    if page is None:
-        with ctx.reader() as reader:
-            read = reader.listings.jobs(
-                states=args.state, kind=args.kind, after=args.after, limit=limit
-            )
-        page = read.shaped(job_dict)
-    if ctx.json:
-        ctx.print_json(page.items)
-    elif not page.items:
-        print("no jobs")
-    else:
-        print(table([_job_row(j, now) for j in page.items], JOB_HEADERS))
-    say_more(ctx, page)
-    return 0
+    return print_page(ctx, page, lambda row: _job_row(row, now), JOB_HEADERS, "no jobs")
 
 
 def show_job(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -149,7 +149,10 @@ class ApiDaemon:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url("http"), **kwargs)
 
-    def sendense(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def sendense(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``sendense ARGS`` on the daemon's state directory (``env``: more variables)."""
         return subprocess.run(
             [sys.executable, "-m", "sendense_tui.cli", *args],
             capture_output=True,
@@ -157,7 +160,7 @@ class ApiDaemon:
             timeout=120,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
 
     def token(self, name: str, role: str) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -28,9 +26,9 @@ from engine.runtime import Engine
 from sendense_tui import daemon_pages
 from sendense_tui.daemon_pages import page_from_daemon
 from tests.api.conftest import ApiDaemon
+from tests.tui.test_cli_listings_read_only import _run as run_on
 from tests.tui.test_cli_start import imported, run_and_list_modules
 
-ROOT = Path(__file__).resolve().parents[2]
 FLEET = Fleet(repositories=2, vms=4, disks=2, points=5, jobs=30, events=40)
 #: events the seed wrote (the daemon adds its own as it runs: those would differ
 #: between two reads a moment apart)
@@ -65,24 +63,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
         served.close()
 
 
-def _run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "sendense_tui.cli", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+def _run(daemon: ApiDaemon, *argv: str, env: dict[str, str] | None = None) -> str:
+    """What ``sendense ARGV`` printed on the daemon's state directory (it succeeded)."""
+    done = daemon.sendense(*argv, env=env)
     assert done.returncode == 0, done.stderr
-    return done
+    return done.stdout + done.stderr
 
 
-def _direct(daemon: ApiDaemon) -> dict[str, str]:
-    """The daemon's environment with its socket out of reach: the command reads the
-    catalog itself."""
-    return {**daemon.env, "SENDENSE_API_SOCKET": str(daemon.root / "no-daemon-here.sock")}
+#: the daemon's socket out of reach: the command reads the catalog itself
+DIRECT = {"SENDENSE_API_SOCKET": "/nonexistent/no-daemon-here.sock"}
 
 
 @pytest.mark.parametrize("argv", LISTINGS, ids=" ".join)
@@ -91,30 +80,21 @@ def test_a_listing_from_the_daemon_prints_what_reading_the_catalog_prints(
     daemon: ApiDaemon, argv: list[str], as_json: bool
 ) -> None:
     argv = [*(["--json"] if as_json else []), *argv]
-    served = _run(daemon.env, *argv)
-    read = _run(_direct(daemon), *argv)
-    assert served.stdout == read.stdout
-    assert served.stderr == read.stderr
-    assert served.stdout.strip()
+    served = _run(daemon, *argv)
+    assert served == _run(daemon, *argv, env=DIRECT)
+    assert served.strip()
 
 
 def test_the_next_page_and_the_more_line_come_through_the_daemon(daemon: ApiDaemon) -> None:
-    first = _run(daemon.env, "backup", "list", "--limit", "4").stdout.splitlines()
+    first = _run(daemon, "backup", "list", "--limit", "4").splitlines()
     # 4 VMs x 2 disks x 5 points = 40: 36 follow the first page
     assert first[-1].startswith("36 more: --after ")
     cursor = first[-1].rsplit(" ", 1)[1]
-    served = _run(daemon.env, "backup", "list", "--limit", "4", "--after", cursor)
-    read = _run(_direct(daemon), "backup", "list", "--limit", "4", "--after", cursor)
-    assert served.stdout == read.stdout and served.stdout.splitlines()[-1].startswith("32 more")
+    served = _run(daemon, "backup", "list", "--limit", "4", "--after", cursor)
+    assert served == _run(daemon, "backup", "list", "--limit", "4", "--after", cursor, env=DIRECT)
+    assert served.splitlines()[-1].startswith("32 more")
     # a cursor that is not one: refused with the one sentence of a direct read
-    bad = subprocess.run(
-        [sys.executable, "-m", "sendense_tui.cli", "backup", "list", "--after", "nonsense"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=daemon.env,
-    )
+    bad = daemon.sendense("backup", "list", "--after", "nonsense")
     assert bad.returncode == 2 and "is not a cursor of this listing" in bad.stderr
 
 
@@ -136,11 +116,10 @@ def test_a_catalog_other_than_the_daemons_is_read_directly(
     other = tmp_path / "other"
     _seeded(other, Fleet(repositories=1, vms=1, disks=1, points=3, jobs=2, events=2))
     url = sqlite_url(other / "catalog.db")
-    listed = _run(daemon.env, "--db-url", url, "--json", "backup", "list")
-    points = json.loads(listed.stdout)
+    points = json.loads(_run(daemon, "--db-url", url, "--json", "backup", "list"))
     assert [(p["vm"], p["disk"]) for p in points] == [("vm0000", "sda")] * 3
-    served = _run(daemon.env, "--json", "backup", "list", "--limit", "100")
-    assert len(json.loads(served.stdout)) == FLEET.restore_points
+    served = _run(daemon, "--json", "backup", "list", "--limit", "100")
+    assert len(json.loads(served)) == FLEET.restore_points
 
 
 def test_a_stale_socket_is_passed_over(tmp_path: Path) -> None:
@@ -151,8 +130,8 @@ def test_a_stale_socket_is_passed_over(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(state / "api.sock"))
     stale.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENDENSE_")}
-    listed = _run(env, "--state-dir", str(state), "--json", "backup", "list")
+    listed = run_on(state, "--json", "backup", "list")
+    assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 2
 
 
