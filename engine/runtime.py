@@ -250,7 +250,12 @@ class Engine:
         # -- repositories: immutability locks, capacity, secrets, mounts --------------
         self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=clock)
         self.capacity = CapacityMonitor(
-            self.repository_store, self.capacity_store, self.bus, settings.capacity, clock=clock
+            self.repository_store,
+            self.capacity_store,
+            self.bus,
+            settings.capacity,
+            clock=clock,
+            changes=self.changes,
         )
         #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
         self.secrets = SecretBox(settings.state_dir / "secret.key")

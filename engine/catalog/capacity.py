@@ -61,6 +61,8 @@ class SpaceBreakdown:
     locked_until: datetime | None = None
     #: (date, bytes) that become reclaimable then, soonest first (for the forecast)
     scheduled_releases: list[tuple[datetime, int]] = field(default_factory=list)
+    #: the first date a lock counted here expires: these figures change then
+    first_expiry: datetime | None = None
 
 
 class CapacityStore:
@@ -289,6 +291,7 @@ class CapacityStore:
             if lock is not None:
                 out.locked += size
                 out.locked_until = max(lock, out.locked_until or lock)
+                out.first_expiry = min(lock, out.first_expiry or lock)
             if released and lock is None:
                 out.reclaimable_now += size
             elif released and lock is not None:

@@ -221,6 +221,9 @@ class SendenseScreen(Screen[None]):
         #: the catalog's change mark at the last read, and when that read was
         self._catalog_mark: Any = None
         self._read_at = 0.0
+        #: the screen was left once (a section key, a dialog): what it shows may
+        #: need restyling when it comes back
+        self._left_once = False
 
     @property
     def sendense(self) -> SendenseApp:
@@ -229,6 +232,18 @@ class SendenseScreen(Screen[None]):
     @property
     def engine(self) -> Engine:
         return self.sendense.engine
+
+    def post_message(self, message: Message) -> bool:
+        """A screen shown for the first time is not restyled as it resumes: its
+        widgets were styled as they mounted, a moment before, with the CSS of now.
+        Textual restyles every widget of a screen at each resume (twice for a new
+        section), a tenth of a second of the UI thread for a form page such as Copy
+        rules. Once the screen was left, a resume restyles as Textual does."""
+        if isinstance(message, events.ScreenSuspend):
+            self._left_once = True
+        elif isinstance(message, events.ScreenResume) and not self._left_once:
+            message.refresh_styles = False
+        return super().post_message(message)
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)

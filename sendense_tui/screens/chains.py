@@ -11,6 +11,8 @@ asks first, never touches a locked file).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -54,6 +56,30 @@ class ChainsTree(ListControls, Tree[tuple[str, Any]]):
         self.list_name = "chains"
         #: (chains shown, chains in all), set by the screen as it builds the tree
         self.shown_total = (0, 0)
+        self._building = False
+
+    @contextmanager
+    def building(self) -> Iterator[None]:
+        """Add many nodes, then lay the tree out once: Textual invalidates and
+        refreshes the whole tree at every node added (a thousand points: a tenth
+        of a second of the UI thread for that alone)."""
+        self._building = True
+        try:
+            yield
+        finally:
+            self._building = False
+            self._invalidate()
+
+    def _invalidate(self) -> None:
+        if not self._building:
+            super()._invalidate()
+
+    def process_label(self, label: str | Text) -> Text:
+        """The screen's labels are one-line Texts made for the tree: taken as they
+        are (Textual copies every label to keep its first line)."""
+        if isinstance(label, Text) and "\n" not in label.plain:
+            return label
+        return super().process_label(label)
 
     def sort_columns(self) -> list[tuple[str, str]]:
         return [("vm", "VM"), ("size", "size on disk"), ("newest", "newest point")]
@@ -90,6 +116,36 @@ class ChainsData:
     vms: list[VmSummary] = field(default_factory=list)
     #: the catalog is small enough to show every VM open, as it always was
     open_all: bool = True
+    #: the tree's rows, drawn by the worker for a tree as wide as it was then (a
+    #: thousand points' labels took a tenth of a second of the UI thread): point id
+    #: -> label, chain id -> label and state, folded VM -> label
+    compact: bool = False
+    point_labels: dict[int, Text] = field(default_factory=dict)
+    chain_labels: dict[int, Text] = field(default_factory=dict)
+    states: dict[int, str] = field(default_factory=dict)
+    vm_labels: dict[str, Text] = field(default_factory=dict)
+
+    def draw(self, compact: bool) -> ChainsData:
+        """Draw every row's label for a tree ``compact`` or not."""
+        self.compact = compact
+        for view in self.views:
+            self.states[view.chain.id] = view.state
+            self.chain_labels[view.chain.id] = _chain_label(view)
+            for p in view.points:
+                self.point_labels[p.backup.id] = point_label(
+                    p.backup, self.now, p.locked, p.unprotected, compact=compact
+                )
+        loaded = {v.chain.vm_name for v in self.views}
+        self.vm_labels = {s.vm: _folded_label(s) for s in self.vms if s.vm not in loaded}
+        return self
+
+    def label_of(self, point: PointView, compact: bool) -> Text:
+        """A point's row, drawn now only when the tree's layout changed since."""
+        label = self.point_labels.get(point.backup.id) if compact == self.compact else None
+        if label is None:
+            b = point.backup
+            label = point_label(b, self.now, point.locked, point.unprotected, compact=compact)
+        return label
 
 
 #: up to this many restore points the tree opens every VM (one read of everything);
@@ -269,6 +325,8 @@ class ChainsScreen(SendenseScreen):
         #: the VMs opened on a large catalog (their points are read at each refresh)
         self._open: set[str] = set()
         self._open_all = True
+        #: the tree, for the worker to read its width (it queries no widget)
+        self._tree: ChainsTree | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="chains-main"):
@@ -279,7 +337,8 @@ class ChainsScreen(SendenseScreen):
             yield Static("Select a restore point.", id="chains-details")
 
     def on_mount(self) -> None:
-        self.query_one("#chains-tree", Tree).focus()
+        self._tree = self.query_one("#chains-tree", ChainsTree)
+        self._tree.focus()
 
     # -- data --------------------------------------------------------------------
 
@@ -287,10 +346,14 @@ class ChainsScreen(SendenseScreen):
         chains = self.engine.chains
         now = self.sendense.clock.now()
         vms = chains.vm_summaries()
+        # the labels are drawn here for the tree's width as it is now
+        width = self._tree.size.width if self._tree is not None else 0
+        compact = 0 < width < COMPACT_TREE
         if sum(vm.points for vm in vms) <= OPEN_ALL_POINTS:
-            return ChainsData(now, chains.overview(), vms, open_all=True)
+            return ChainsData(now, chains.overview(), vms, open_all=True).draw(compact)
         opened = sorted(self._open)  # a copy: the UI thread changes the set
-        return ChainsData(now, chains.overview_of_vms(opened), vms, open_all=False)
+        found = ChainsData(now, chains.overview_of_vms(opened), vms, open_all=False)
+        return found.draw(compact)
 
     def redraw(self) -> None:
         """Build the tree again from the last data (the filter or order changed)."""
@@ -368,7 +431,7 @@ class ChainsScreen(SendenseScreen):
         compact = 0 < tree.size.width < COMPACT_TREE
         shape = [
             (tree.filter_text, tree.sort_index, tree.sort_reverse),
-            *(_shape_of(v, points) for v, points in arranged),
+            *(_shape_of(v, points, data.states) for v, points in arranged),
             compact,
         ]
         empty = not data.views and not data.vms
@@ -383,7 +446,8 @@ class ChainsScreen(SendenseScreen):
             return
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
-        target_line = self._build(tree, arranged, selected, data.now, compact)
+        with tree.building():
+            target_line = self._build(tree, arranged, selected, data, compact)
         if target_line is not None:
             # the rebuilt tree numbers its lines at its next refresh: a node has no line
             # before that, and moving to it now would leave the cursor on line 0
@@ -396,7 +460,7 @@ class ChainsScreen(SendenseScreen):
         tree: Tree[Any],
         arranged: list[tuple[ChainView | VmSummary, list[Any]]],
         selected: Any,
-        now: datetime,
+        data: ChainsData,
         compact: bool,
     ) -> Any:
         """Fill the cleared tree; the node that was selected, if it is still there."""
@@ -405,7 +469,8 @@ class ChainsScreen(SendenseScreen):
         vm_node: Any
         for view, points in arranged:
             if isinstance(view, VmSummary):
-                vm_node = tree.root.add(_folded_label(view), ("vm", view.vm))
+                label = data.vm_labels.get(view.vm) or _folded_label(view)
+                vm_node = tree.root.add(label, ("vm", view.vm))
                 # what Space opens: the VM's chains are read then
                 vm_node.add_leaf(Text("loading…", style="dim"), ("loading", view.vm))
                 if selected == ("vm", view.vm):
@@ -414,21 +479,22 @@ class ChainsScreen(SendenseScreen):
             chain = view.chain
             vm_node = vms.get(chain.vm_name)
             if vm_node is None:
-                vm_node = tree.root.add(safe_text(chain.vm_name, "bold"), ("vm", chain.vm_name))
-                vm_node.expand()
+                # opened as added (expand() would post a NodeExpanded per node)
+                vm_node = tree.root.add(
+                    safe_text(chain.vm_name, "bold"), ("vm", chain.vm_name), expand=True
+                )
                 vms[chain.vm_name] = vm_node
-            disk_node = vm_node.add(_chain_label(view), ("chain", chain.id))
-            if chain.state != "retired":
-                disk_node.expand()
+            disk_node = vm_node.add(
+                data.chain_labels.get(chain.id) or _chain_label(view),
+                ("chain", chain.id),
+                expand=chain.state != "retired",
+            )
             if selected == ("chain", chain.id):
                 target_line = disk_node
             elif selected == ("vm", chain.vm_name) and target_line is None:
                 target_line = vm_node
             for p in points:
-                node = disk_node.add_leaf(
-                    point_label(p.backup, now, p.locked, p.unprotected, compact=compact),
-                    ("point", p.backup.id),
-                )
+                node = disk_node.add_leaf(data.label_of(p, compact), ("point", p.backup.id))
                 if selected == ("point", p.backup.id):
                     target_line = node
         return target_line
@@ -824,13 +890,13 @@ def _summary_order(summary: VmSummary, key: str) -> Any:
     return summary.vm.casefold()
 
 
-def _shape_of(view: ChainView | VmSummary, points: list[Any]) -> Any:
+def _shape_of(view: ChainView | VmSummary, points: list[Any], states: dict[int, str]) -> Any:
     """What a row of the tree shows (equal shapes: the tree is kept as it is)."""
     if isinstance(view, VmSummary):
         return ("vm", view.vm, view.points, view.physical_bytes, view.chains)
     return (
         view.chain.id,
-        view.state,
+        states.get(view.chain.id) or view.state,
         [
             (p.backup.id, p.backup.state, p.backup.verify_state, p.locked, p.lock_state)
             for p in points

@@ -296,6 +296,66 @@ def test_four_numbers_from_catalog_rows(catalog: Catalog, clock: FixedClock) -> 
     assert b.scheduled_releases == [(soon, 30)]
 
 
+def test_space_figures_follow_a_new_backup_and_an_expiring_lock(eng: Engine) -> None:
+    """The space breakdown is not counted again while the catalog is unchanged, yet
+    a point that lands, or a lock that expires, shows at the next look."""
+    clock = eng.clock
+    assert isinstance(clock, FixedClock)
+    now = clock.now()
+    repo = eng.repository_store.add(name="r", kind="local", path="/x", now=now)
+    with eng.catalog.session() as s:
+        chain = Chain(
+            repository_id=repo.id, vm_name="vm", disk_name="sda", directory="vm/sda", created_at=now
+        )
+        s.add(chain)
+        s.flush()
+        released = Backup(
+            chain_id=chain.id,
+            kind="full",
+            position=0,
+            path="old",
+            state="expired",
+            point_time=now,
+            created_at=now,
+            file_size=30,
+        )
+        s.add(released)
+        s.flush()
+        s.add(
+            ImmutabilityLock(
+                repository_id=repo.id,
+                backup_id=released.id,
+                path="old",
+                state="active",
+                expires_at=now + timedelta(seconds=10),
+                created_at=now,
+            )
+        )
+
+    def breakdown() -> tuple[int, int, int]:
+        (item,) = eng.capacity.overview(measure=False)
+        b = item.breakdown
+        return b.used, b.reclaimable_now, b.reclaimable_later
+
+    assert breakdown() == (30, 0, 30)
+    with eng.catalog.session() as s:
+        s.add(
+            Backup(
+                chain_id=chain.id,
+                kind="incremental",
+                position=1,
+                path="new",
+                state="complete",
+                point_time=now,
+                created_at=now,
+                file_size=5,
+            )
+        )
+    assert breakdown() == (35, 0, 30)
+    clock.advance(timedelta(seconds=11))  # sooner than the catalog is counted anew
+    assert breakdown() == (35, 30, 0)
+
+
 @pytest.mark.root
 def test_two_repositories_on_one_filesystem_share_capacity(
     eng: Engine, loop_fs: LoopFsFactory, tmp_path: Path
