@@ -827,10 +827,12 @@ class Engine:
 
         ``prepare_repositories`` False (a command that waits for its one job): every
         repository is left as it is, neither mounted, write-tested and mode-repaired
-        nor watched for capacity. That is the work of the engine that lives on (the
-        daemon, the console), and at 50 repositories it cost a command seconds before
-        its job began; the job itself still passes the write gate
-        (RepositoryService.ready_for_new_data mounts and checks its repository)."""
+        nor watched for capacity, no reaper tends restore mounts and NBD exports, and
+        services are built as the job asks for them. That is the work of the engine
+        that lives on (the daemon, the console: it builds every service here), and at
+        50 repositories it cost a command seconds before its job began; the job itself
+        still passes the write gate (RepositoryService.ready_for_new_data mounts and
+        checks its repository)."""
         self.open()
         if run_scheduler is not None:
             self.run_scheduler = self._want_scheduler = run_scheduler
