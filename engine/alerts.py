@@ -33,15 +33,27 @@ class AlertSink:
     Delivery is synchronous, in the publisher's thread, and never raises into the
     publisher: a copy or a verification that ended is not failed by its alert."""
 
-    def __init__(self) -> None:
+    def __init__(self, listeners: Callable[[], object] | None = None) -> None:
+        """``listeners``: called before the first delivery, to build the subscribers
+        that subscribe themselves (the Engine builds its scheduler only when a command
+        needs it, and an alert raised before that must still reach it)."""
         self._listeners: list[AlertListener] = []
         self._lock = threading.Lock()
+        self._build_listeners = listeners
 
     def subscribe(self, listener: AlertListener) -> None:
         with self._lock:
             self._listeners.append(listener)
 
     def changed(self, kinds: tuple[str, ...]) -> None:
+        build, self._build_listeners = self._build_listeners, None
+        if build is not None:
+            try:
+                build()
+            except CatalogUnavailable:
+                pass  # logged once by the catalog
+            except Exception:
+                log.exception("building the alert listeners")
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:

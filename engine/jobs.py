@@ -362,6 +362,8 @@ class JobRunner:
         self._handlers: dict[str, Handler] = {}
         self._writes: dict[str, Writes] = {}
         self._takeover: dict[str, str] = {}
+        #: kinds whose handler is asked for at their first job (register_deferred)
+        self._deferred: dict[str, Callable[[], JobHandler]] = {}
         #: the waiting note last written per queued job (so it is written once)
         self._waiting: dict[int, str] = {}
         self._running: dict[int, JobContext] = {}
@@ -392,8 +394,21 @@ class JobRunner:
         if writes is not None:
             self._writes[kind] = writes
 
+    def register_deferred(self, kind: str, handler: Callable[[], JobHandler]) -> None:
+        """A kind whose handler is asked for when a job of it is first claimed: the
+        service that owns it is built then, not when its engine is (a command that
+        waits for one restore builds no backup, copy or policy service)."""
+        self._deferred[kind] = handler
+
+    def _resolve(self, kind: str) -> bool:
+        """Whether ``kind`` has a handler here, asking a deferred one for it first."""
+        if kind not in self._handlers and kind in self._deferred:
+            handler = self._deferred[kind]()
+            self.register(kind, handler.run, writes=handler.writes, takeover=handler.takeover)
+        return kind in self._handlers
+
     def kinds(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted({*self._handlers, *self._deferred})
 
     # -- reading (front ends ask here, not the store) ---------------------------
 
@@ -560,7 +575,7 @@ class JobRunner:
         A job that writes a disk another job writes (here or in another engine) stays
         queued; the ones behind it for other disks start meanwhile."""
         slots = self._free_slots()
-        if slots <= 0 or not self._handlers or self._pool is None:
+        if slots <= 0 or not (self._handlers or self._deferred) or self._pool is None:
             return 0
         # outcomes kept during an outage go in first: their rows are `running` with a
         # lapsed lease, and must be settled, not claimed and run a second time (one
@@ -612,6 +627,7 @@ class JobRunner:
         return started
 
     def _writes_of(self, job: Job) -> tuple[DiskKey, ...]:
+        self._resolve(job.kind)
         writes = self._writes.get(job.kind)
         if writes is None or self.writers is None:
             return ()
@@ -696,6 +712,7 @@ class JobRunner:
 
     def _run_job(self, ctx: JobContext) -> None:
         job = ctx.job
+        self._resolve(job.kind)
         handler = self._handlers[job.kind]
         if ctx._stop_reason is EngineStopping:
             # claimed just before the engine began to stop: hand it straight back

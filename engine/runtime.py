@@ -19,9 +19,10 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from engine.catalog import Catalog
 from engine.catalog.audit import AuditStore
@@ -38,9 +39,37 @@ from engine.unrecorded import UnrecordedOutcomes
 # What only the whole Engine needs (jobs, writers, the daemon, the services) is
 # imported where it is built: a Reader (a listing) loads none of it.
 if TYPE_CHECKING:
+    from engine.catalog.capacity import CapacityStore
+    from engine.catalog.changes import ChangeStore
+    from engine.catalog.copies import CopyStore
+    from engine.catalog.locks import LockStore
+    from engine.catalog.notifications import NotificationStore
+    from engine.catalog.policies import PolicyStore, ScheduleStore
     from engine.daemon import DaemonStatus
     from engine.jobs import JobHandler, RunsJobs
+    from engine.services.api_tokens import ApiTokenService
+    from engine.services.backup import BackupService
+    from engine.services.capacity import CapacityMonitor
+    from engine.services.chains import ChainService
+    from engine.services.compliance import ComplianceService
+    from engine.services.copy import CopyService
+    from engine.services.details import DetailService
+    from engine.services.exports import ExportService
+    from engine.services.file_restore import FileRestoreService
+    from engine.services.images import ImageGuard, PointReader
+    from engine.services.immutability import LockService
+    from engine.services.imports import RepositoryImportService
     from engine.services.listings import ListingService
+    from engine.services.metrics import MetricsService
+    from engine.services.mounts import MountManager
+    from engine.services.notify import NotificationService
+    from engine.services.policies import PolicyService
+    from engine.services.repositories import RepositoryService
+    from engine.services.restore_disk import DiskRestoreService
+    from engine.services.retention import RetentionService
+    from engine.services.scheduler import Scheduler
+    from engine.services.secrets import SecretBox
+    from engine.services.verify import VerifyService
     from engine.states import JobKind
 
 log = logging.getLogger(__name__)
@@ -133,6 +162,60 @@ class Reader:
         self.close()
 
 
+def _handler_of(kind: JobKind, service: Callable[[], RunsJobs]) -> JobHandler:
+    """The handler ``service`` declares for ``kind`` (a kind wired to a service that
+    does not declare it is a wiring mistake)."""
+    handlers = service().job_handlers()
+    if kind not in handlers:
+        raise ValueError(f"job kind {kind!s} is wired to a service that does not run it")
+    return handlers[kind]
+
+
+def _has_entries(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
+def _needs(*services: object) -> None:
+    """Nothing: the services named were built by being asked for."""
+
+
+T = TypeVar("T")
+
+
+class _Service(Generic[T]):
+    """An Engine method marked ``@_service``: the service it builds is built the first
+    time it is used, once (under the engine's build lock), then kept as a plain
+    attribute. A command builds only what its work touches: a restore of one disk
+    imports and builds no backup, copy, policy or metrics service."""
+
+    def __init__(self, build: Callable[[Engine], T]) -> None:
+        self._build = build
+        self._name = build.__name__
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, engine: None, owner: type) -> _Service[T]: ...
+
+    @overload
+    def __get__(self, engine: Engine, owner: type) -> T: ...
+
+    def __get__(self, engine: Engine | None, owner: type) -> T | _Service[T]:
+        if engine is None:
+            return self
+        with engine._build_lock:
+            built = vars(engine)
+            if self._name not in built:
+                built[self._name] = self._build(engine)
+            return built[self._name]  # type: ignore[no-any-return]
+
+
+_service = _Service
+
+
 class Engine:
     def __init__(
         self,
@@ -149,7 +232,10 @@ class Engine:
         self.clock = clock
         from engine.jobs import engine_owner
 
-        self._compose(owner or engine_owner())
+        #: held while a service is built (each is built once, whichever thread asks)
+        self._build_lock = threading.RLock()
+        self.owner = owner or engine_owner()
+        self._compose(self.owner)
         self._opened = False
         self._started = False
         #: the daemon that owns long-lived work, when this engine is its client
@@ -161,66 +247,30 @@ class Engine:
         self._watch: threading.Thread | None = None
 
     def _compose(self, owner: str) -> None:
-        """Build every store and service once, in dependency order.
+        """Build what every command uses: the catalog, its core stores, the event bus,
+        the writer leases and the job runner.
 
-        Each service gets all its collaborators in its constructor (nothing is set on
-        a service afterwards), so a service can only be built after what it uses; the
-        order below is that order. Job kinds: each service that owns some says so in
-        ``job_handlers()``, and the last step registers them all on the runner."""
+        Every other store and service is an ``@_service`` method below, built at its
+        first use from the ones it needs. Each gets all its collaborators in its
+        constructor (nothing is set on a service afterwards), so a service is built
+        after what it uses: asking for a collaborator builds it first. Job kinds: the
+        runner asks a kind's service for its handler (``job_handlers()``) at the kind's
+        first job (JOB_OWNERS below); an engine that lives on builds every service in
+        ``start()``, which also refuses a kind that two services claim."""
         from engine.alerts import AlertSink
-        from engine.catalog.api_tokens import ApiTokenStore
-        from engine.catalog.capacity import CapacityStore
-        from engine.catalog.changes import ChangeStore
-        from engine.catalog.copies import CopyStore
-        from engine.catalog.locks import LockStore
-        from engine.catalog.metrics import MetricsStore
-        from engine.catalog.notifications import NotificationStore
-        from engine.catalog.policies import PolicyStore, ScheduleStore
         from engine.catalog.writers import WriterStore
         from engine.jobs import JobRunner
-        from engine.services.api_tokens import ApiTokenService
-        from engine.services.backup import BackupService
-        from engine.services.capacity import CapacityMonitor
-        from engine.services.chains import ChainService
-        from engine.services.compliance import ComplianceService
-        from engine.services.copy import CopyService
-        from engine.services.details import DetailService
-        from engine.services.exports import ExportService
-        from engine.services.file_restore import FileRestoreService
-        from engine.services.images import ImageGuard, PointReader
-        from engine.services.immutability import LockService
-        from engine.services.imports import RepositoryImportService
-        from engine.services.listings import ListingService
-        from engine.services.metrics import MetricsService
-        from engine.services.mounts import MountManager
-        from engine.services.notify import NotificationService
-        from engine.services.policies import PolicyService
-        from engine.services.repositories import RepositoryService
-        from engine.services.restore_disk import DiskRestoreService
-        from engine.services.retention import RetentionService
-        from engine.services.scheduler import Scheduler
-        from engine.services.secrets import SecretBox
-        from engine.services.verify import VerifyService
         from engine.writers import DiskWriters
 
         settings, clock = self.settings, self.clock
 
-        # -- the catalog, its stores and the event bus ---------------------------------
+        # -- the catalog, its core stores and the event bus ----------------------------
         self.catalog = Catalog(settings.db_url)
         self.audit = AuditStore(self.catalog)
-        #: whether the catalog moved since a screen last read it (a few index lookups)
-        self.changes = ChangeStore(self.catalog)
         self.bus = EventBus(self.audit, clock)
         self.job_store = JobStore(self.catalog)
         self.repository_store = RepositoryStore(self.catalog)
         self.chain_store = ChainStore(self.catalog)
-        self.copy_store = CopyStore(self.catalog)
-        self.lock_store = LockStore(self.catalog)
-        self.capacity_store = CapacityStore(self.catalog)
-        self.policy_store = PolicyStore(self.catalog)
-        #: schedule marks: scheduled copy rules, the verify schedule, raised alerts
-        self.schedule_store = ScheduleStore(self.catalog)
-        self.notification_store = NotificationStore(self.catalog)
 
         # -- jobs: one writer per VM disk (backup, consolidate, delete, retention,
         # import) and the runner that holds those leases around jobs -----------------
@@ -243,61 +293,206 @@ class Engine:
             # outcomes of jobs whose catalog went away, for the next engine here
             unrecorded=UnrecordedOutcomes(settings.state_dir / "unrecorded-jobs"),
         )
-        #: copies and verification publish here, the scheduler listens (built before
-        #: all three: the scheduler also asks copies and verification for alerts)
-        self.alert_sink = AlertSink()
+        #: copies and verification publish here, the scheduler listens (it subscribes
+        #: when built; the sink builds it before the first alert it delivers)
+        self.alert_sink = AlertSink(listeners=lambda: self.scheduler)
 
-        # -- repositories: immutability locks, capacity, secrets, mounts --------------
-        self.locks = LockService(self.lock_store, self.repository_store, self.bus, clock=clock)
-        self.capacity = CapacityMonitor(
+        # -- job kinds: each one's handler from the service that owns it, asked for
+        # at the kind's first job ----------------------------------------------------
+        for kind, service in self._job_owners().items():
+            self.jobs.register_deferred(kind, partial(_handler_of, kind, service))
+
+    def _job_owners(self) -> dict[JobKind, Callable[[], RunsJobs]]:
+        """Which service owns each job kind (its ``job_handlers()`` says how it runs)."""
+        from engine.states import JobKind
+
+        return {
+            JobKind.BACKUP: lambda: self.backups,
+            JobKind.CONSOLIDATE: lambda: self.chains,
+            JobKind.RESTORE_DISK: lambda: self.restores,
+            JobKind.RESTORE_FILES: lambda: self.file_restore,
+            JobKind.RESTORE_ARCHIVE: lambda: self.file_restore,
+            JobKind.COPY: lambda: self.copies,
+            JobKind.VERIFY: lambda: self.verifier,
+            JobKind.POLICY_RUN: lambda: self.policies,
+            JobKind.REPOSITORY_IMPORT: lambda: self.imports,
+            JobKind.LOCKS_MAINTAIN: lambda: self.locks,
+        }
+
+    def build_all(self) -> None:
+        """Build every service now (an engine that lives on: the console, the daemon):
+        each kind's handler is checked against ``_job_owners``, and a kind two services
+        claim is refused, before the first job."""
+        owners = self._job_owners()
+        services = {id(s): s for s in (owner() for owner in owners.values())}
+        declared = job_handlers(services.values())
+        if set(declared) != set(owners):
+            raise ValueError(
+                f"job kinds declared {sorted(declared)} and wired {sorted(owners)} differ"
+            )
+        # what no job kind owns: the console's, the API's and the metrics' services
+        _needs(
+            self.changes,
+            self.capacity_store,
+            self.details,
+            self.compliance,
+            self.scheduler,
+            self.metrics,
+            self.api_tokens,
+            self.notifications,
+            self.listings,
+            self.exports,
+        )
+
+    # -- stores only some commands use --------------------------------------------------
+
+    @_service
+    def changes(self) -> ChangeStore:
+        """Whether the catalog moved since a screen last read it (a few index lookups)."""
+        from engine.catalog.changes import ChangeStore
+
+        return ChangeStore(self.catalog)
+
+    @_service
+    def copy_store(self) -> CopyStore:
+        from engine.catalog.copies import CopyStore
+
+        return CopyStore(self.catalog)
+
+    @_service
+    def lock_store(self) -> LockStore:
+        from engine.catalog.locks import LockStore
+
+        return LockStore(self.catalog)
+
+    @_service
+    def capacity_store(self) -> CapacityStore:
+        from engine.catalog.capacity import CapacityStore
+
+        return CapacityStore(self.catalog)
+
+    @_service
+    def policy_store(self) -> PolicyStore:
+        from engine.catalog.policies import PolicyStore
+
+        return PolicyStore(self.catalog)
+
+    @_service
+    def schedule_store(self) -> ScheduleStore:
+        """Schedule marks: scheduled copy rules, the verify schedule, raised alerts."""
+        from engine.catalog.policies import ScheduleStore
+
+        return ScheduleStore(self.catalog)
+
+    @_service
+    def notification_store(self) -> NotificationStore:
+        from engine.catalog.notifications import NotificationStore
+
+        return NotificationStore(self.catalog)
+
+    # -- repositories: immutability locks, capacity, secrets, mounts --------------------
+
+    @_service
+    def locks(self) -> LockService:
+        from engine.services.immutability import LockService
+
+        return LockService(self.lock_store, self.repository_store, self.bus, clock=self.clock)
+
+    @_service
+    def capacity(self) -> CapacityMonitor:
+        from engine.services.capacity import CapacityMonitor
+
+        return CapacityMonitor(
             self.repository_store,
             self.capacity_store,
             self.bus,
-            settings.capacity,
-            clock=clock,
+            self.settings.capacity,
+            clock=self.clock,
+            # the space figures are counted again only when the catalog moved
             changes=self.changes,
         )
-        #: encrypts secrets at rest (CIFS passwords, notification targets' secrets)
-        self.secrets = SecretBox(settings.state_dir / "secret.key")
-        self.mounts = MountManager(settings.mount_root, settings.state_dir / "credentials")
-        self.repositories = RepositoryService(
+
+    @_service
+    def secrets(self) -> SecretBox:
+        """Encrypts secrets at rest (CIFS passwords, notification targets' secrets)."""
+        from engine.services.secrets import SecretBox
+
+        return SecretBox(self.settings.state_dir / "secret.key")
+
+    @_service
+    def mounts(self) -> MountManager:
+        from engine.services.mounts import MountManager
+
+        return MountManager(self.settings.mount_root, self.settings.state_dir / "credentials")
+
+    @_service
+    def repositories(self) -> RepositoryService:
+        from engine.services.repositories import RepositoryService
+
+        settings = self.settings
+        return RepositoryService(
             self.repository_store,
             self.job_store,
             self.bus,
             self.mounts,
             self.secrets,
             self.capacity,
-            clock=clock,
+            clock=self.clock,
             locks=self.locks,
             own_directories=(settings.state_dir, settings.mount_root),
             default_repository=settings.default_repository,
         )
 
-        # -- reading points: the header guard every qemu call on a point goes
-        # through, and the choice of where a point is read from ----------------------
-        self.image_guard = ImageGuard(self.bus)
-        self.point_reader = PointReader(self.chain_store, self.copy_store, self.image_guard)
-        #: one thing in detail (a job and its log, a point and its files)
-        self.details = DetailService(self.job_store, self.audit, self.chain_store, self.copy_store)
+    # -- reading points: the header guard every qemu call on a point goes through,
+    # and the choice of where a point is read from --------------------------------------
 
-        # -- verification and copy rules ----------------------------------------------
-        self.verifier = VerifyService(
+    @_service
+    def image_guard(self) -> ImageGuard:
+        from engine.services.images import ImageGuard
+
+        return ImageGuard(self.bus)
+
+    @_service
+    def point_reader(self) -> PointReader:
+        from engine.services.images import PointReader
+
+        return PointReader(self.chain_store, self.copy_store, self.image_guard)
+
+    @_service
+    def details(self) -> DetailService:
+        """One thing in detail (a job and its log, a point and its files)."""
+        from engine.services.details import DetailService
+
+        return DetailService(self.job_store, self.audit, self.chain_store, self.copy_store)
+
+    # -- verification and copy rules ----------------------------------------------------
+
+    @_service
+    def verifier(self) -> VerifyService:
+        from engine.services.verify import VerifyService
+
+        return VerifyService(
             self.copy_store,
             self.repository_store,
             self.jobs,
             self.bus,
             self.image_guard,
-            clock=clock,
-            reverify_days=settings.verify.reverify_days,
+            clock=self.clock,
+            reverify_days=self.settings.verify.reverify_days,
             alert_sink=self.alert_sink,
         )
-        self.copies = CopyService(
+
+    @_service
+    def copies(self) -> CopyService:
+        from engine.services.copy import CopyService
+
+        return CopyService(
             self.copy_store,
             self.repository_store,
             self.jobs,
             self.bus,
             self.image_guard,
-            clock=clock,
+            clock=self.clock,
             verifier=self.verifier,
             destination_check=self.repositories.ensure_writable_mount,
             room_check=self.capacity.ensure_room,
@@ -306,62 +501,105 @@ class Engine:
             alert_sink=self.alert_sink,
         )
 
-        # -- file-level restore and NBD exports -------------------------------------
-        self.file_restore = FileRestoreService(
-            self.catalog, self.bus, settings, self.point_reader, clock=clock, jobs=self.jobs
-        )
-        self.exports = ExportService(
-            self.catalog, self.bus, settings, self.point_reader, clock=clock
+    # -- file-level restore and NBD exports -----------------------------------------------
+
+    @_service
+    def file_restore(self) -> FileRestoreService:
+        from engine.services.file_restore import FileRestoreService
+
+        return FileRestoreService(
+            self.catalog,
+            self.bus,
+            self.settings,
+            self.point_reader,
+            clock=self.clock,
+            jobs=self.jobs,
         )
 
-        # -- chains, backups and whole-disk restore ---------------------------------
-        # a backup and a consolidation write new data: mounted, writable, not full
-        self.chains = ChainService(
+    @_service
+    def exports(self) -> ExportService:
+        from engine.services.exports import ExportService
+
+        return ExportService(
+            self.catalog, self.bus, self.settings, self.point_reader, clock=self.clock
+        )
+
+    # -- chains, backups and whole-disk restore -----------------------------------------
+    # a backup and a consolidation write new data: mounted, writable, not full
+
+    @_service
+    def chains(self) -> ChainService:
+        from engine.services.chains import ChainService
+
+        return ChainService(
             self.chain_store,
             self.repository_store,
             self.bus,
             self.image_guard,
-            settings=settings,
-            clock=clock,
+            settings=self.settings,
+            clock=self.clock,
             repository_check=self.repositories.ready_for_new_data,
             writers=self.writers,
             jobs=self.jobs,
             verifier=self.verifier,
-            owner=owner,
+            owner=self.owner,
         )
-        self.backups = BackupService(
+
+    @_service
+    def backups(self) -> BackupService:
+        from engine.services.backup import BackupService
+
+        # the copy rules with `immediate` mode follow the backups this engine lands: the
+        # copy service listens for them from the moment it is built
+        _needs(self.copies)
+        return BackupService(
             self.chain_store,
             self.repository_store,
             self.jobs,
             self.bus,
             self.chains,
-            settings=settings,
-            clock=clock,
+            settings=self.settings,
+            clock=self.clock,
             repository_check=self.repositories.ready_for_new_data,
             locks=self.locks,
             writers=self.writers,
         )
-        self.restores = DiskRestoreService(
+
+    @_service
+    def restores(self) -> DiskRestoreService:
+        from engine.services.restore_disk import DiskRestoreService
+
+        return DiskRestoreService(
             self.chain_store,
             self.repository_store,
             self.jobs,
             self.bus,
             self.point_reader,
-            clock=clock,
+            clock=self.clock,
         )
 
-        # -- retention, policies, 3-2-1 compliance and the scheduler -----------------
-        self.retention = RetentionService(
+    # -- retention, policies, 3-2-1 compliance and the scheduler -------------------------
+
+    @_service
+    def retention(self) -> RetentionService:
+        from engine.services.retention import RetentionService
+
+        return RetentionService(
             self.chain_store,
             self.copy_store,
             self.repository_store,
             self.bus,
             chains=self.chains,
             locks=self.locks,
-            clock=clock,
+            clock=self.clock,
             writers=self.writers,
         )
-        self.policies = PolicyService(
+
+    @_service
+    def policies(self) -> PolicyService:
+        from engine.services.policies import PolicyService
+
+        return PolicyService(
             self.policy_store,
             self.repository_store,
             self.chain_store,
@@ -372,32 +610,47 @@ class Engine:
             retention=self.retention,
             backups=self.backups,
             verifier=self.verifier,
-            clock=clock,
+            clock=self.clock,
         )
-        self.compliance = ComplianceService(
+
+    @_service
+    def compliance(self) -> ComplianceService:
+        from engine.services.compliance import ComplianceService
+
+        return ComplianceService(
             self.chain_store,
             self.copy_store,
             self.repository_store,
             self.policy_store,
             locks=self.locks,
-            clock=clock,
+            clock=self.clock,
         )
-        self.scheduler = Scheduler(
+
+    @_service
+    def scheduler(self) -> Scheduler:
+        from engine.services.scheduler import Scheduler
+
+        return Scheduler(
             self.policy_store,
             self.policies,
             self.bus,
             locks=self.locks,
-            clock=clock,
+            clock=self.clock,
             marks=self.schedule_store,
             copies=self.copies,
             verifier=self.verifier,
-            verify_schedule=settings.verify.schedule,
+            verify_schedule=self.settings.verify.schedule,
             alert_sink=self.alert_sink,
         )
 
-        # -- reading repositories back from their files (repository import and
-        # ``chain check --fix``) ------------------------------------------------------
-        self.imports = RepositoryImportService(
+    # -- reading repositories back from their files (repository import and
+    # ``chain check --fix``) --------------------------------------------------------------
+
+    @_service
+    def imports(self) -> RepositoryImportService:
+        from engine.services.imports import RepositoryImportService
+
+        return RepositoryImportService(
             self.chain_store,
             self.copy_store,
             self.lock_store,
@@ -407,41 +660,51 @@ class Engine:
             self.jobs,
             self.bus,
             self.writers,
-            clock=clock,
+            clock=self.clock,
         )
 
-        # -- metrics, API tokens, notifications ---------------------------------------
-        self.metrics = MetricsService(
+    # -- metrics, API tokens, notifications, listings -----------------------------------
+
+    @_service
+    def metrics(self) -> MetricsService:
+        from engine.catalog.metrics import MetricsStore
+        from engine.services.metrics import MetricsService
+
+        return MetricsService(
             MetricsStore(self.catalog),
             self.repository_store,
             self.capacity,
-            reverify_days=settings.verify.reverify_days,
-            clock=clock,
-        )
-        self.api_tokens = ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=clock)
-        #: delivers only where jobs run (started in start(), like the job runner)
-        self.notifications = NotificationService(
-            self.notification_store, self.bus, self.secrets, clock=clock, owner=owner
-        )
-        #: pages of restore points, chains, jobs and events (CLI listings, the API)
-        self.listings = ListingService(
-            self.chain_store, self.job_store, self.audit, self.repository_store
+            reverify_days=self.settings.verify.reverify_days,
+            clock=self.clock,
         )
 
-        # -- job kinds: one handler each, from the services that own them -------------
-        owners: list[RunsJobs] = [
-            self.backups,
-            self.chains,
-            self.restores,
-            self.file_restore,
-            self.copies,
-            self.verifier,
-            self.policies,
-            self.imports,
-            self.locks,
-        ]
-        for kind, handler in job_handlers(owners).items():
-            self.jobs.register(kind, handler.run, writes=handler.writes, takeover=handler.takeover)
+    @_service
+    def api_tokens(self) -> ApiTokenService:
+        from engine.catalog.api_tokens import ApiTokenStore
+        from engine.services.api_tokens import ApiTokenService
+
+        return ApiTokenService(ApiTokenStore(self.catalog), self.bus, clock=self.clock)
+
+    @_service
+    def notifications(self) -> NotificationService:
+        """Delivers only where jobs run (started in start(), like the job runner)."""
+        from engine.services.notify import NotificationService
+
+        return NotificationService(
+            self.notification_store, self.bus, self.secrets, clock=self.clock, owner=self.owner
+        )
+
+    @_service
+    def listings(self) -> ListingService:
+        """Pages of restore points, chains, jobs and events (CLI listings, the API)."""
+        from engine.services.listings import ListingService
+
+        return ListingService(self.chain_store, self.job_store, self.audit, self.repository_store)
+
+    def _existing(self, name: str) -> Any:
+        """The service ``name`` if something built it, else None (closing an engine
+        builds nothing)."""
+        return vars(self).get(name)
 
     def _start_repositories(self) -> None:
         """A default local repository on a fresh catalog; mount enabled ones; monitor."""
@@ -454,10 +717,26 @@ class Engine:
             log.exception("starting repositories")
         self.capacity.start()
 
+    def ensure_default_repository(self) -> None:
+        """The embedded default repository ("local") on a catalog that has none, so a
+        newcomer's first command has somewhere to go (the repositories service is
+        built only then)."""
+        if not self.repository_store.list():
+            self.repositories.ensure_default(self.settings.default_repository)
+
     def _cleanup_restore(self) -> None:
         """Mounts, loop devices and exports left by an engine that crashed."""
+        from engine.catalog.restore import RestoreStore
         from engine.errors import SendenseError
 
+        try:
+            left = RestoreStore(self.catalog).anything_live() or _has_entries(
+                self.settings.state_dir / "restore"
+            )
+        except CatalogUnavailable:
+            return  # logged once by the catalog
+        if not left:
+            return  # nothing to tear down: the mount and export services need not be built
         for cleanup in (self.file_restore.cleanup_leftovers, self.exports.cleanup_leftovers):
             try:
                 cleanup()
@@ -535,6 +814,8 @@ class Engine:
         from engine.errors import SendenseError
 
         try:
+            if not self.chain_store.open_intents():
+                return  # no merge was left half-way: the chain service need not be built
             for sentence in self.chains.recover():
                 log.warning("%s", sentence)
         except SendenseError as exc:
@@ -548,16 +829,20 @@ class Engine:
 
         ``prepare_repositories`` False (a command that waits for its one job): every
         repository is left as it is, neither mounted, write-tested and mode-repaired
-        nor watched for capacity. That is the work of the engine that lives on (the
-        daemon, the console), and at 50 repositories it cost a command seconds before
-        its job began; the job itself still passes the write gate
-        (RepositoryService.ready_for_new_data mounts and checks its repository)."""
+        nor watched for capacity, no reaper tends restore mounts and NBD exports, and
+        services are built as the job asks for them. That is the work of the engine
+        that lives on (the daemon, the console: it builds every service here), and at
+        50 repositories it cost a command seconds before its job began; the job itself
+        still passes the write gate (RepositoryService.ready_for_new_data mounts and
+        checks its repository)."""
         self.open()
         if run_scheduler is not None:
             self.run_scheduler = self._want_scheduler = run_scheduler
         if self.daemon is not None and self.daemon.running:
             self.run_scheduler = False  # the daemon's scheduler starts due runs
         if not self._started:
+            if prepare_repositories:
+                self.build_all()
             if self.run_jobs:
                 self.jobs.start()
                 # the engine that runs the jobs sends the notifications: a console
@@ -565,8 +850,10 @@ class Engine:
                 self.notifications.start()
             if prepare_repositories:
                 self._start_repositories()
-            self.file_restore.start_reaper()
-            self.exports.start_reaper()
+                # expiring restore mounts and NBD exports is the work of the engine
+                # that lives on, like preparing repositories
+                self.file_restore.start_reaper()
+                self.exports.start_reaper()
             if self.run_scheduler:
                 self.scheduler.start()
             if not self.run_jobs:
@@ -643,11 +930,15 @@ class Engine:
         "restore mount 3", "NBD export point-12"); empty when a daemon or a keeper
         owns everything it started."""
         work = [f"job {job_id}" for job_id in self.jobs.running_ids()]
+        file_restore, exports = self._existing("file_restore"), self._existing("exports")
         try:
-            work += [f"restore mount {mount_id}" for mount_id in self.file_restore.own_mounts()]
-            work += [f"NBD export {name}" for name in self.exports.own_exports()]
+            if file_restore is not None:
+                work += [f"restore mount {mount_id}" for mount_id in file_restore.own_mounts()]
+            if exports is not None:
+                work += [f"NBD export {name}" for name in exports.own_exports()]
         except CatalogUnavailable:
-            work += [f"NBD export #{export_id}" for export_id in self.exports.own_servers()]
+            if exports is not None:
+                work += [f"NBD export #{export_id}" for export_id in exports.own_servers()]
         return work
 
     def close(self) -> None:
@@ -655,18 +946,24 @@ class Engine:
         if self._watch is not None:
             self._watch.join(timeout=5)
             self._watch = None
+        # what was never built was never started: closing builds nothing
         if self._started:
-            self.scheduler.stop()
-            self.capacity.stop()
+            for name in ("scheduler", "capacity"):
+                if (service := self._existing(name)) is not None:
+                    service.stop()
             self.jobs.stop()
             self._started = False
         # also when started on its own (tests, a console's action)
-        self.notifications.stop()
+        if (notifications := self._existing("notifications")) is not None:
+            notifications.stop()
         self.writers.close()
         if self._opened:
-            for stop in (self.file_restore.close, self.exports.close):
+            for name in ("file_restore", "exports"):
+                service = self._existing(name)
+                if service is None:
+                    continue
                 try:
-                    stop()
+                    service.close()
                 except CatalogUnavailable:
                     pass  # logged once by the catalog
                 except Exception:

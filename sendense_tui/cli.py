@@ -9,6 +9,7 @@ from the table in ``sendense_tui.exitcodes``: 1 a job (or check) ran and failed,
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
 import os
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from engine.errors import SendenseError
 from engine.private import PRIVATE_UMASK, make_private_dirs, open_private
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # those log themselves (the demo into its own temporary state directory)
         if handler is not open_console and args.command not in ("daemon", "demo", "console"):
             _log_to_file(ctx, "cli.log")
-        return int(handler(args, ctx))
+        code = int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
         return _fail(exc.message, cli_hint(exc), int(exit_code_for(exc)))
     except KeyboardInterrupt:
@@ -195,6 +196,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:  # main() called in-process (tests): leave no trace
             signal.signal(signal.SIGTERM, previous)
+    if argv is None and handler is not open_console and args.command not in LIVES_ON:
+        leave(code)
+    return code
+
+
+#: commands that end as Python ends: a terminal to give back, a server, a temporary
+#: state directory of their own
+LIVES_ON = ("console", "daemon", "demo")
+
+
+def leave(code: int) -> NoReturn:
+    """End this process as ``sys.exit(code)`` would, without Python's teardown of every
+    module: unloading SQLAlchemy's and the engine's ~400 modules took a command ~0.2 s
+    after its work was done. The command closed its engine already (the catalog's
+    connections, its job runner and their threads); what else ``sys.exit`` does is done
+    here first: other non-daemon threads are joined, atexit handlers run (logging's
+    among them), and what stdout and stderr hold is written."""
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

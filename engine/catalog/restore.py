@@ -156,6 +156,18 @@ class RestoreStore:
             if row is not None:
                 session.delete(row)
 
+    def anything_live(self) -> bool:
+        """Whether any restore mount is live or any NBD export running (anywhere): what
+        an engine's start-up clean-up would have to look at."""
+        with self.catalog.session() as session:
+            for query in (
+                select(RestoreMount.id).where(RestoreMount.state.in_(LIVE_MOUNT_STATES)),
+                select(NbdExport.id).where(NbdExport.state == "running"),
+            ):
+                if session.scalars(query.limit(1)).first() is not None:
+                    return True
+        return False
+
     def mounts(self, *, states: tuple[str, ...] = LIVE_MOUNT_STATES) -> list[RestoreMount]:
         query = select(RestoreMount).where(RestoreMount.state.in_(states))
         with self.catalog.session() as session:

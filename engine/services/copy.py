@@ -689,7 +689,8 @@ class CopyService:
         skipped: list[str] = []
         failures: list[str] = []
         unprotected: list[str] = []
-        with self._destination_slot(dst.id, ctx):
+        later = [b for b in items if b.id not in good][1:]
+        with self._destination_slot(dst.id, ctx), self._headers_ahead(later, repos):
             for b in items:
                 if b.id in good:
                     continue
@@ -746,6 +747,43 @@ class CopyService:
                 ),
             )
         return result
+
+    @contextlib.contextmanager
+    def _headers_ahead(
+        self, items: list[SourceBackup], repos: dict[int, Repository]
+    ) -> Iterator[None]:
+        """While the first file copies, read the headers of the chains of the files
+        after it into the guard's memory (a header read stays good only while its file
+        is unchanged), so that each later file's own check before it is copied finds
+        them there instead of starting a ``qemu-img info`` between two copies. Nothing
+        is decided here: a problem found ahead is found again, and said, by the check
+        of the file it belongs to."""
+        done = threading.Event()
+
+        def read() -> None:
+            for b in items:
+                if done.is_set():
+                    return
+                try:
+                    lineage = reversed(self.store.lineage(b.id))
+                    layers = [Layer(x.id, x.path, x.file_size) for x in lineage]
+                    self.guard.chain_spec(
+                        repos[b.repository_id], b.chain_directory, layers, announce=False
+                    )
+                except Exception as exc:  # said by that file's own check, if it holds
+                    log.debug("reading the headers of %s ahead: %s", b.path, exc)
+
+        reader = threading.Thread(target=read, name="sendense-copy-headers", daemon=True)
+        if items:
+            reader.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if items:
+                # at most the header being read (a daemon thread: a repository that
+                # stopped answering does not hold the job past its own timeout)
+                reader.join(timeout=5)
 
     def _copy_one(
         self,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from engine.errors import SendenseError
 from engine.private import make_private_dirs
+
+if TYPE_CHECKING:  # loaded at the first secret: most commands never touch one
+    from cryptography.fernet import Fernet
 
 PREFIX = "fernet:"
 
@@ -31,6 +33,8 @@ class SecretBox:
 
     def _box(self) -> Fernet:
         if self._fernet is None:
+            from cryptography.fernet import Fernet
+
             if not self.key_file.exists():
                 make_private_dirs(self.key_file.parent)
                 fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -45,6 +49,8 @@ class SecretBox:
     def decrypt(self, stored: str) -> str:
         if not stored.startswith(PREFIX):
             raise SecretError("a stored secret is not in the expected encrypted form")
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._box().decrypt(stored[len(PREFIX) :].encode()).decode()
         except InvalidToken:

@@ -360,7 +360,7 @@ class CliContext:
             # The same embedded default the console starts with, so a newcomer's
             # first `sendense backup run --repo local ...` has somewhere to go.
             with suppress(OSError, SendenseError):
-                engine.repositories.ensure_default(engine.settings.default_repository)
+                engine.ensure_default_repository()
             if start:
                 # a command waits for its job: the daemon or console prepares repositories
                 engine.start(prepare_repositories=False)

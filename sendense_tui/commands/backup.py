@@ -38,6 +38,7 @@ from sendense_tui.commands.jobs import (
     finish_job,
     following,
     interruptible,
+    is_job_end,
     print_queued,
 )
 from sendense_tui.format import as_time, human_bytes, printable, short_time
@@ -135,9 +136,7 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             line = printable(event.message[:40])
             sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {line}")
             sys.stderr.flush()
-        elif event.kind.startswith("job.") and (
-            event.kind[4:] in WAIT_ENDS or event.data.get("unrecorded")
-        ):
+        elif is_job_end(event, job_id):
             done.set()
         elif event.kind == "job.waiting" and not ctx.json:
             sentence = event.data.get("sentence", event.message)

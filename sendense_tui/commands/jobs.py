@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -193,11 +193,45 @@ def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
         return _wait_with_progress(engine, job_id, show=show)
 
 
+def is_job_end(event: Any, job_id: int) -> bool:
+    """Whether ``event`` says job ``job_id`` ended (or stopped where a wait ends), or
+    ended here without its catalog recording it."""
+    return (
+        event.job_id == job_id
+        and event.kind.startswith("job.")
+        and (event.kind[4:] in WAIT_ENDS or bool(event.data.get("unrecorded")))
+    )
+
+
+@contextmanager
+def job_ends(engine: Any, job_id: int) -> Iterator[threading.Event]:
+    """An event set when this engine's runner ends job ``job_id``: a wait wakes at once
+    instead of at its next look at the catalog (which still catches a job another
+    engine ran)."""
+    ended = threading.Event()
+
+    def on_event(event: Any) -> None:
+        if is_job_end(event, job_id):
+            ended.set()
+
+    unsubscribe = engine.bus.subscribe(on_event)
+    try:
+        yield ended
+    finally:
+        unsubscribe()
+
+
 def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
+    with job_ends(engine, job_id) as ended:
+        return _follow(engine, job_id, ended, show=show)
+
+
+def _follow(engine: Any, job_id: int, ended: threading.Event, *, show: bool) -> Any:
     if not show:
         while (job := engine.jobs.get(job_id)).state not in WAIT_ENDS:
             check_recorded(engine, job_id)
-            time.sleep(0.2)
+            ended.wait(0.2)
+            ended.clear()  # the row says the rest: a wake never turns into a busy loop
         return job
     from rich.progress import (
         BarColumn,
@@ -224,7 +258,8 @@ def _wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
             if job.state in WAIT_ENDS:
                 return job
             check_recorded(engine, job_id)
-            time.sleep(0.2)
+            ended.wait(0.2)
+            ended.clear()
 
 
 def report_job(ctx: CliContext, job: Any) -> int:

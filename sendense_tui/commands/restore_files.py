@@ -16,12 +16,9 @@ import argparse
 import os
 import sys
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.errors import ValidationError
-from engine.services.restore_archive import ArchiveOutputError, archived_summary
-from engine.services.restore_extract import summary as extract_summary
-from engine.services.restore_views import Entry, MountView
 from engine.shapes import extract_result_dict, file_entry_dict, mount_dict
 from sendense_tui.commands import (
     CliContext,
@@ -36,6 +33,9 @@ from sendense_tui.commands.jobs import ensure_runner, job_failed
 from sendense_tui.commands.restore import FORCE_HELP, restore_group
 from sendense_tui.exitcodes import CommandFailed
 from sendense_tui.format import human_bytes, human_duration, plural, printable
+
+if TYPE_CHECKING:  # `restore disk` shares this group: it loads no file-restore code
+    from engine.services.restore_views import Entry, MountView
 
 #: the longest a restore mount may sit idle before it is removed: a week
 MOUNT_MINUTES_MAX = 7 * 24 * 60
@@ -273,6 +273,8 @@ def archive_files(args: argparse.Namespace, ctx: CliContext) -> int:
             "the archive would be written onto the terminal",
             hint="send it into a file or a program: --tar - > etc.tar, or --tar FILE",
         )
+    from engine.services.restore_archive import ArchiveOutputError
+
     with ctx.engine() as engine:
         try:
             if streamed:
@@ -296,6 +298,8 @@ def _report_archive(result: dict[str, Any], ctx: CliContext, out: TextIO) -> Non
     if ctx.json:
         out.write(json_text(result, indent=2) + "\n")
     else:
+        from engine.services.restore_archive import archived_summary
+
         print(printable(archived_summary(result)), file=out)
         for path, reason in skipped:
             print(printable(f"  not archived {path}: {reason}"), file=out)
@@ -330,6 +334,8 @@ def _extract_into_folder(args: argparse.Namespace, ctx: CliContext) -> int:
     if ctx.json:
         ctx.print_json(result)
     else:
+        from engine.services.restore_extract import summary as extract_summary
+
         print(printable(f"{extract_summary(result)} to {result['destination']}"))
         if result["note"]:
             print(printable(f"NOTE: {result['note']}"))

@@ -165,17 +165,22 @@ def test_the_check_catches_each_late_wiring(source: str) -> None:
 
 
 def test_job_kinds_are_registered_in_one_place() -> None:
-    """One registration style: runtime.py calls ``register`` once (its loop), and no
-    service registers itself on a runner."""
+    """One registration style: runtime.py calls ``register_deferred`` once (its loop
+    over the kinds' owners) and never ``register``, and no service registers itself
+    on a runner."""
     tree = ast.parse(RUNTIME.read_text())
-    calls = [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "register"
-    ]
-    assert len(calls) == 1, calls
+
+    def calls(name: str) -> list[int]:
+        return [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == name
+        ]
+
+    assert len(calls("register_deferred")) == 1, calls("register_deferred")
+    assert calls("register") == []
     services = sorted((REPO_ROOT / "engine" / "services").glob("*.py"))
     assert len(services) > 20
     registering = [
@@ -197,4 +202,49 @@ def test_an_alert_listener_that_fails_does_not_fail_the_publisher() -> None:
     sink.subscribe(broken)
     sink.subscribe(heard.append)
     sink.changed(("rule_failing",))
+    assert heard == [("rule_failing",)]
+
+
+def test_each_kind_runs_the_handler_its_service_declares(engine: Engine) -> None:
+    """The runner asks a kind's service for its handler at the kind's first job; that
+    is the handler the service declares, and an engine that lives on builds every
+    service at start and finds each kind declared by exactly the service it is wired
+    to (SQLite and MariaDB)."""
+    engine.build_all()  # refuses a kind declared twice or wired to the wrong service
+    owners = {
+        JobKind.BACKUP: engine.backups,
+        JobKind.CONSOLIDATE: engine.chains,
+        JobKind.COPY: engine.copies,
+        JobKind.VERIFY: engine.verifier,
+        JobKind.RESTORE_DISK: engine.restores,
+        JobKind.RESTORE_FILES: engine.file_restore,
+        JobKind.RESTORE_ARCHIVE: engine.file_restore,
+        JobKind.REPOSITORY_IMPORT: engine.imports,
+        JobKind.POLICY_RUN: engine.policies,
+        JobKind.LOCKS_MAINTAIN: engine.locks,
+    }
+    assert set(owners) == set(JobKind)
+    for kind, service in owners.items():
+        assert engine.jobs._resolve(kind)
+        assert engine.jobs._handlers[kind] == service.job_handlers()[kind].run
+
+
+def test_a_service_is_built_once_whoever_asks_first(engine: Engine) -> None:
+    # the copy service subscribes to landed backups when built: twice would queue
+    # every immediate copy twice
+    assert engine.backups is engine.backups
+    assert engine.copies is engine.copies
+    assert engine.chains.verifier is engine.verifier is engine.copies.verifier
+
+
+def test_an_alert_reaches_the_scheduler_built_after_the_sink(engine: Engine) -> None:
+    """The scheduler subscribes to the alert sink when it is built; an engine builds it
+    only when something needs it, so the sink builds it before its first delivery: a
+    copy rule that starts failing in a command that never built a scheduler still
+    raises its alert at once."""
+    assert "scheduler" not in vars(engine)
+    heard: list[tuple[str, ...]] = []
+    engine.alert_sink.subscribe(heard.append)
+    engine.alert_sink.changed(("rule_failing",))
+    assert "scheduler" in vars(engine)
     assert heard == [("rule_failing",)]

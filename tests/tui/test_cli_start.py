@@ -116,3 +116,55 @@ def test_the_version_printed_without_metadata_is_the_installed_one() -> None:
     from engine import __version__
 
     assert __version__ == metadata.version("sendense")
+
+
+def test_a_disk_restore_loads_only_what_it_runs(tmp_path: Path) -> None:
+    """`restore disk` builds the restore service and what it reads points with, none
+    of the services other jobs need (copies, backups, policies, file restore) nor the
+    cryptography a stored secret needs (here the point does not exist: refused after
+    the engine opened and the restore service was built)."""
+    env = {**os.environ, "SENDENSE_NO_DAEMON": "1"}
+    state = str(tmp_path / "state")
+    seen = run_and_list_modules(
+        ["--state-dir", state, "restore", "disk", "999", str(tmp_path / "out.raw")], env
+    )
+    assert seen["code"] == 2
+    assert "engine.services.restore_disk" in seen["modules"]
+    unneeded = (
+        "engine.services.copy",
+        "engine.services.backup",
+        "engine.services.policies",
+        "engine.services.scheduler",
+        "engine.services.file_restore",
+        "engine.services.restore_archive",
+        "cryptography",
+    )
+    assert imported(seen, unneeded) == []
+
+
+def test_a_command_run_as_a_process_ends_with_its_code_and_all_its_output(
+    tmp_path: Path,
+) -> None:
+    """The `sendense` process skips Python's teardown of its modules when a command is
+    done; what it printed still reaches a pipe whole, and its exit code is the
+    command's."""
+    env = {**os.environ, "SENDENSE_NO_DAEMON": "1"}
+    state = tmp_path / "state"
+
+    def sendense(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(state), *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    listed = sendense("repo", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["name"] for r in json.loads(listed.stdout)] == ["local"]
+    refused = sendense("jobs", "cancel", "999")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("sendense: ") and refused.stdout == ""

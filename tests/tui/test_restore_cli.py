@@ -4,15 +4,19 @@ on a real backup: each command is its own engine (as from a shell)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from engine.catalog import Catalog
+from engine.catalog.restore import RestoreStore
 from engine.clock import FixedClock
 from engine.config import sqlite_url
+from engine.owners import HOST
 from sendense_tui.cli import main
 from tests.engine.fsimages import Part, backup_chain, build_disk, loops_on, mounts_under
 
@@ -167,3 +171,39 @@ def test_crafted_file_names_cannot_forge_lines_or_send_escapes(tmp_path: Path) -
         assert names == set(CRAFTED)  # scripts get the names back exactly
     finally:
         sendense("restore", "unmount", mount_id)
+
+
+def test_a_disk_restore_still_tears_down_a_mount_a_crashed_engine_left(
+    tmp_path: Path, point: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`restore disk` builds neither the mount nor the export service when nothing was
+    left behind; a restore mount whose engine died (a live row, its directory under the
+    restore root) is still torn down at its start, as by any command that writes, and
+    the disk is restored all the same."""
+    state = tmp_path / "state"
+    base = state / "restore" / "m7"
+    base.mkdir(parents=True)
+    catalog = Catalog(sqlite_url(state / "catalog.db")).open()
+    try:
+        now = FixedClock().now()
+        RestoreStore(catalog).add_mount(
+            backup_id=point,
+            state="mounted",
+            base_dir=str(base),
+            owner=f"{HOST}:{os.getpid()}:crashed",  # this process, no engine of it alive
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + timedelta(days=1),
+        )
+    finally:
+        catalog.dispose()
+    out = tmp_path / "disk.out"
+    result = run(capsys, state, "restore", "disk", str(point), str(out))
+    assert isinstance(result, dict) and result["state"] == "succeeded"
+    assert out.read_bytes() == (tmp_path / "disk.raw").read_bytes()
+    catalog = Catalog(sqlite_url(state / "catalog.db")).open()
+    try:
+        assert RestoreStore(catalog).mounts() == []
+    finally:
+        catalog.dispose()
+    assert not base.exists()
