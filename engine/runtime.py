@@ -230,6 +230,9 @@ class Engine:
         #: one-shots and tests do not)
         self.run_scheduler = run_scheduler
         self.clock = clock
+        #: when this engine was made: its metrics count the jobs finished from here on,
+        #: however much later they are first asked for (services are built at first use)
+        self.made_at = clock.now()
         from engine.jobs import engine_owner
 
         #: held while a service is built (each is built once, whichever thread asks)
@@ -676,6 +679,7 @@ class Engine:
             self.capacity,
             reverify_days=self.settings.verify.reverify_days,
             clock=self.clock,
+            jobs_since=self.made_at,
         )
 
     @_service
