@@ -600,7 +600,17 @@ class JobRunner:
             with self._lock:
                 if candidate.id in self._running:
                     continue  # ours already: its lease lapsed while it ran here
-            writes = self._writes_of(candidate)
+            try:
+                writes = self._writes_of(candidate)
+            except CatalogUnavailable:
+                raise
+            except Exception:
+                # its kind's service could not be built (register_deferred): it stays
+                # queued, and the jobs behind it of other kinds still start
+                log.exception(
+                    "job %s: no %s handler could be made here", candidate.id, candidate.kind
+                )
+                continue
             blocker = self._blocker(writes, writing_here, now)
             if blocker is not None:
                 if blocker.job_id != candidate.id:  # its own disk lease, not lapsed yet

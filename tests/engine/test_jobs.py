@@ -132,6 +132,28 @@ def test_a_job_runs_to_success_and_the_audit_log_tells_the_story(
     assert progress_events and all(e.job_id == job.id for e in progress_events)
 
 
+def test_a_kind_whose_service_cannot_be_built_holds_back_only_its_own_jobs(
+    engine_factory: EngineFactory, clock: FixedClock
+) -> None:
+    """Services are built at a kind's first job (register_deferred): one that cannot be
+    built (here its constructor fails) leaves its job queued, untouched, and the jobs of
+    other kinds queued behind it still run."""
+    builds: list[str] = []
+
+    def broken_service() -> Any:
+        builds.append("tried")
+        raise RuntimeError("the service's tool is missing")
+
+    engine = runner_engine(engine_factory, clock, handlers={"copy": lambda ctx: {"ok": 1}})
+    engine.jobs.register_deferred("verify", broken_service)
+    stuck = engine.jobs.submit("verify", "verify web01", {})
+    later = engine.jobs.submit("copy", "copy web01", {})
+    assert wait_state(engine, later.id, "succeeded", "failed").state == "succeeded"
+    wait_for(lambda: len(builds) >= 2, what="the broken kind tried on a later look too")
+    held = engine.jobs.get(stuck.id)
+    assert held.state == "queued" and held.attempts == 0 and held.lease_owner is None
+
+
 def test_a_job_queued_while_the_runner_looks_starts_when_it_is_claimed(
     engine_factory: EngineFactory, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
