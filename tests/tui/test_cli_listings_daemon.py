@@ -26,8 +26,7 @@ from engine.runtime import Engine
 from sendense_tui import daemon_pages
 from sendense_tui.daemon_pages import page_from_daemon
 from tests.api.conftest import ApiDaemon
-from tests.tui.test_cli_listings_read_only import _run as run_on
-from tests.tui.test_cli_start import imported, run_and_list_modules
+from tests.tui.test_cli_start import imported, run_and_list_modules, run_sendense
 
 FLEET = Fleet(repositories=2, vms=4, disks=2, points=5, jobs=30, events=40)
 #: events the seed wrote (the daemon adds its own as it runs: those would differ
@@ -128,7 +127,7 @@ def test_a_stale_socket_is_passed_over(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(state / "api.sock"))
     stale.close()
-    listed = run_on(state, "--json", "backup", "list")
+    listed = run_sendense(state, "--json", "backup", "list")
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == 2
 
@@ -176,7 +175,8 @@ def impostor(tmp_path: Path) -> Iterator[tuple[_UnixHTTPServer, Path]]:
     daemon (none is installed here) or a broken one, answering as told."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    server = _UnixHTTPServer(str(state / "api.sock"), _Impostor)
+    # a unix socket is addressed by its path (HTTPServer is typed for TCP addresses)
+    server = _UnixHTTPServer(str(state / "api.sock"), _Impostor)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from engine.catalog.db import SCHEMA_HEAD
 from engine.config import default_settings
 from engine.runtime import Engine
 from tests.tui.test_cli import _downgrade_one_revision
-from tests.tui.test_cli_start import imported, run_and_list_modules
+from tests.tui.test_cli_start import imported, run_and_list_modules, run_sendense
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTINGS = [["backup", "list"], ["chain", "show"], ["jobs", "list"], ["events"]]
@@ -47,25 +45,12 @@ NOT_LOADED = (
 )
 
 
-def _run(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENDENSE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(state), *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     """A state directory in use: a default repository (the CLI made it), a seeded
     catalog, a restore mount directory nobody accounts for."""
     state = tmp_path / "state"
-    assert _run(state, "repo", "list").returncode == 0
+    assert run_sendense(state, "repo", "list").returncode == 0
     engine = Engine(default_settings(state)).open()
     try:
         seed(engine, FLEET, say=False)
@@ -99,11 +84,11 @@ def test_listings_write_nothing_into_the_state_directory(state: Path) -> None:
     assert "catalog.db" in before and "restore/m999" in before
     for argv in LISTINGS:
         for form in (["--limit", "5"], ["--limit", "5", "--json"], ["--all", "--json"]):
-            done = _run(state, *argv, *form)
+            done = run_sendense(state, *argv, *form)
             assert done.returncode == 0, (argv, form, done.stderr)
             assert _snapshot(state) == before, (argv, form)
     # the listings read what is there
-    shown = json.loads(_run(state, "backup", "list", "--json", "--limit", "100").stdout)
+    shown = json.loads(run_sendense(state, "backup", "list", "--json", "--limit", "100").stdout)
     assert len(shown) == FLEET.restore_points
 
 
@@ -122,7 +107,7 @@ def test_a_listing_refuses_a_catalog_at_an_older_schema_and_leaves_it(
 ) -> None:
     older = _downgrade_one_revision(state)
     before = _snapshot(state)
-    done = _run(state, *argv, "--json")
+    done = run_sendense(state, *argv, "--json")
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines()[0] == (
         f"sendense: catalog sqlite:///{state / 'catalog.db'} is at schema {older}, older "
@@ -135,7 +120,7 @@ def test_a_listing_refuses_a_catalog_at_an_older_schema_and_leaves_it(
 @pytest.mark.parametrize("argv", LISTINGS, ids=" ".join)
 def test_a_listing_refuses_a_missing_catalog_and_creates_none(state: Path, argv: list[str]) -> None:
     (state / "catalog.db").unlink()
-    done = _run(state, *argv)
+    done = run_sendense(state, *argv)
     assert done.returncode == 3, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith(f"sendense: catalog file {state / 'catalog.db'} is missing")

@@ -35,6 +35,23 @@ print(json.dumps({"code": code, "out": out.getvalue(), "modules": sorted(sys.mod
 """
 
 
+def run_sendense(
+    state: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``sendense --state-dir STATE ARGV`` as a process, with none of this environment's
+    SENDENSE_ settings (``env``: the ones it should have)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SENDENSE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(state), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def run_and_list_modules(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``sendense ARGV`` in a fresh interpreter: its exit code, what it printed and
     every module it imported (``modules``)."""
@@ -148,19 +165,10 @@ def test_a_command_run_as_a_process_ends_with_its_code_and_all_its_output(
     """The `sendense` process skips Python's teardown of its modules when a command is
     done; what it printed still reaches a pipe whole, and its exit code is the
     command's."""
-    env = {**os.environ, "SENDENSE_NO_DAEMON": "1"}
     state = tmp_path / "state"
 
     def sendense(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sendense_tui.cli", "--state-dir", str(state), *argv],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_sendense(state, *argv, env={"SENDENSE_NO_DAEMON": "1"})
 
     listed = sendense("repo", "list", "--json")
     assert listed.returncode == 0, listed.stderr
