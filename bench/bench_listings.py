@@ -21,7 +21,7 @@ the median of ROUNDS, every measurement taking its turn in each round:
   and ``python -c pass`` (the interpreter's own start);
 - the same two with a ``sendense daemon`` running on the catalog (``table+daemon``,
   ``json+daemon``): the CLI takes the page the daemon answers on its unix socket
-  (sendense_tui.daemon_pages), as on an appliance, where the daemon always runs;
+  (sendense_tui.daemon_client), as on an appliance, where the daemon always runs;
   the forms without it reach no daemon (``SENDENSE_API_SOCKET`` elsewhere);
 - the API's route in process (first page, and the page after it).
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -93,12 +93,24 @@ def create_app(engine: Engine, *, authenticate: Authenticate) -> FastAPI:
 
 class SaysWhoAnswers:
     """Adds VERSION_HEADER and CATALOG_HEADER to every HTTP answer (plain ASGI: no
-    request is buffered, a live stream stays live)."""
+    request is buffered, a live stream stays live). A request that carries either
+    header and names another version or catalog is refused with 412 before any
+    route runs: a CLI handing its job to the daemon (sendense_tui.daemon_client)
+    never has it queued by a daemon of another catalog or an older version."""
 
     def __init__(self, app: ASGIApp, *, version: str, catalog: str) -> None:
         self.app = app
         self.version = version
         self.catalog = catalog
+
+    def _mismatch(self, scope: Scope) -> str | None:
+        asked = Headers(scope=scope)
+        version, catalog = asked.get(VERSION_HEADER), asked.get(CATALOG_HEADER)
+        if version is not None and version != self.version:
+            return f"this daemon runs sendense {self.version}, not {version}"
+        if catalog is not None and catalog != self.catalog:
+            return "this daemon serves another catalog"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,4 +124,9 @@ class SaysWhoAnswers:
                 headers[CATALOG_HEADER] = self.catalog
             await send(message)
 
+        mismatch = self._mismatch(scope)
+        if mismatch is not None:
+            refusal = problem(412, mismatch, hint="ask the daemon of that catalog and version")
+            await refusal(scope, receive, send_saying_who)
+            return
         await self.app(scope, receive, send_saying_who)

@@ -56,7 +56,24 @@ def require(role: Role) -> Callable[..., Caller]:
     return check
 
 
+def local_root(caller: Annotated[Caller, Depends(require(Role.ADMIN))]) -> Caller:
+    """A dependency: the caller on the daemon's own unix socket (root on the
+    appliance, or the user the daemon runs as). For a request that writes to a path
+    of the appliance's choosing, which a token, even an admin's, must not do: it
+    would reach every file the daemon may write."""
+    if caller.via != "socket":
+        from fastapi import HTTPException
+
+        raise HTTPException(
+            status_code=403,
+            detail="writing to a path on the appliance is only for its own users "
+            "(the unix socket); a token cannot",
+        )
+    return caller
+
+
 EngineDep = Annotated["Engine", Depends(engine_of)]
 Reader = Annotated[Caller, Depends(require(Role.READ))]
 Operator = Annotated[Caller, Depends(require(Role.OPERATE))]
 Admin = Annotated[Caller, Depends(require(Role.ADMIN))]
+LocalRoot = Annotated[Caller, Depends(local_root)]

@@ -1,6 +1,6 @@
 """What a client of the API relies on beyond the JSON: the path prefix and the
 headers that page and identify an answer. Standard library only, so a client (the
-CLI asking the daemon for a page: sendense_tui.daemon_pages) imports it without
+CLI asking the daemon for a page: sendense_tui.daemon_client) imports it without
 FastAPI."""
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 def as_time(value: datetime | str | None) -> datetime | None:
     """A time of a listing's row: a datetime read from the catalog, or the isoformat()
-    text of one in a page the daemon answered (sendense_tui.daemon_pages)."""
+    text of one in a page the daemon answered (sendense_tui.daemon_client)."""
     if isinstance(value, str):
         return as_utc(datetime.fromisoformat(value))
     return as_utc(value)

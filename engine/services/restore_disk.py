@@ -32,7 +32,7 @@ from engine.services.images import PointRead, PointReader, PointUnreadable
 from engine.states import JobKind
 from engine.tools import qemu_img
 from engine.tools.base import ToolError
-from engine.tools.blockspec import ImageSpec
+from engine.tools.blockspec import ImageSpec, is_nbd
 from engine.units import human_bytes
 
 FORMATS = ("raw", "qcow2")
@@ -58,10 +58,6 @@ class DiskRestoreResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def is_nbd(target: str) -> bool:
-    return target.startswith(("nbd://", "nbd+unix://", "nbd+tcp://"))
 
 
 class DiskRestoreService:

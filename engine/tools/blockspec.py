@@ -60,6 +60,11 @@ class NbdAddress:
         return f"nbd://{host}:{self.port}/{self.export}"
 
 
+def is_nbd(target: str) -> bool:
+    """Whether a restore's target names an NBD server rather than a file."""
+    return target.startswith(("nbd://", "nbd+unix://", "nbd+tcp://"))
+
+
 def parse_nbd_uri(text: str) -> NbdAddress:
     """``nbd://HOST[:PORT]/EXPORT`` or ``nbd+unix:///EXPORT?socket=PATH``, nothing else.
 

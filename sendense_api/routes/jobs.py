@@ -7,6 +7,7 @@ carry the caller's name as their actor).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -86,12 +87,17 @@ async def stream_job(job_id: JobId, request: Request, engine: EngineDep, _caller
     async def events() -> AsyncIterator[str]:
         bridge = sse.BusBridge(engine.bus, lambda event: event.job_id == job_id)
         try:
-            job, last = first, None
+            job, last, said_at = first, None, time.monotonic()
             while not stopping.is_set():
                 shape = job_dict(job)
                 if shape != last:
                     yield sse.message("progress", shape, event_id=job_id)
-                    last = shape
+                    last, said_at = shape, time.monotonic()
+                elif time.monotonic() - said_at >= sse.KEEPALIVE_SECONDS:
+                    # a job queued behind others says nothing for a long time: the
+                    # comment tells a follower (and any proxy) the stream still lives
+                    yield ": keepalive\n\n"
+                    said_at = time.monotonic()
                 if job.state in (*FINAL_STATES, "paused"):
                     yield sse.message("end", shape, event_id=job_id)
                     return

@@ -11,7 +11,12 @@
 - ``GET /restore-mounts/{id}/archive?path=p1/etc&format=tar|zip`` (read): the folder
   as a tar or zip written while it is sent, the same archive ``restore extract --tar``
   writes (engine.services.restore_archive, streamed by sendense_api.routes._archives);
-- ``DELETE /restore-mounts/{id}`` (operate): unmount.
+- ``DELETE /restore-mounts/{id}`` (operate): unmount;
+- ``POST /restore-points/{id}/restore`` ``{"target": "/restore/web01-sda.raw",
+  "format": "raw", "overwrite": false, "force": false}``: 202 and a ``restore_disk``
+  job writing the whole point to a file or an ``nbd://`` target, as ``sendense restore
+  disk`` does (the CLI hands its job here when the daemon runs). Only on the unix
+  socket: a path on the appliance is the appliance's users' to write, not a token's.
 
 Paths are checked by the engine as ``restore extract`` checks them: a ``..`` part,
 a name outside the mount's filesystems and a symbolic link (on the way or at the
@@ -35,14 +40,16 @@ from pydantic import Field
 from engine.errors import ValidationError
 from engine.names import ID_MAX
 from engine.shapes import file_entry_dict, mount_dict
-from sendense_api.deps import EngineDep, Operator, Reader
+from engine.tools.blockspec import is_nbd
+from sendense_api.deps import EngineDep, LocalRoot, Operator, Reader
 from sendense_api.routes._archives import CHUNK, MEDIA_TYPES, stream_archive
-from sendense_api.routes._common import Body, ShapedRoute
+from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands.restore_files import MOUNT_MINUTES_MAX
 
 router = APIRouter(tags=["restore mounts"], route_class=ShapedRoute)
 
 MountId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore mount id")]
+PointId = Annotated[int, Path(ge=1, le=ID_MAX, description="a restore point id")]
 MountPath = Annotated[
     str, Query(max_length=4096, description="a path in the mount, e.g. p1/etc/hosts")
 ]
@@ -53,6 +60,37 @@ class MountRequest(Body):
     minutes: int = Field(default=60, ge=1, le=MOUNT_MINUTES_MAX, description="idle minutes")
     #: mount a point whose files failed verification (read as it is, unverified)
     force: bool = False
+
+
+class DiskRestoreRequest(Body):
+    target: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="an absolute file path on the appliance, or an nbd:// / nbd+unix:// URI",
+    )
+    format: Literal["raw", "qcow2"] = "raw"
+    #: replace an existing target file
+    overwrite: bool = False
+    #: read a point whose files failed verification (its data is unverified)
+    force: bool = False
+
+
+@router.post("/restore-points/{point_id}/restore", status_code=202)
+def restore_disk(
+    engine: EngineDep, caller: LocalRoot, point_id: PointId, request: DiskRestoreRequest
+) -> JSONResponse:
+    if not is_nbd(request.target) and not request.target.startswith("/"):
+        # the daemon's working directory is nobody's: a relative name would land there
+        raise ValidationError(f"restore target {request.target} is not an absolute path")
+    job = engine.restores.submit(
+        point_id,
+        request.target,
+        fmt=request.format,
+        overwrite=request.overwrite,
+        force=request.force,
+        actor=caller.name,
+    )
+    return accepted(job)
 
 
 @router.post("/restore-mounts", status_code=201)

@@ -389,10 +389,10 @@ class CliContext:
     ) -> Page[dict[str, Any]]:
         """A page of a long listing, its rows as ``engine.shapes`` dicts: the page
         ``path`` of the API with ``params`` as the running daemon of this catalog
-        answers it (sendense_tui.daemon_pages), else ``read(listings)`` on the catalog
+        answers it (sendense_tui.daemon_client), else ``read(listings)`` on the catalog
         opened with ``reader()``. ``path`` None: the API has no such page."""
         if path is not None:
-            from sendense_tui.daemon_pages import page_from_daemon
+            from sendense_tui.daemon_client import page_from_daemon
 
             page = page_from_daemon(self.settings, path, params)
             if page is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from engine.config import parse_size
 from engine.errors import ValidationError
@@ -18,7 +19,13 @@ from sendense_tui.commands import (
     id_argument,
     table,
 )
-from sendense_tui.commands.jobs import print_queued, report_job, wait_with_progress
+from sendense_tui.commands.jobs import (
+    follow_in_daemon,
+    job_in_daemon,
+    print_queued,
+    report_job,
+    wait_with_progress,
+)
 from sendense_tui.format import human_bytes, printable, short_time
 
 #: the longest a copy may be overdue before the rule raises an alert: ten years
@@ -154,6 +161,16 @@ def remove_rule(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_copy(args: argparse.Namespace, ctx: CliContext) -> int:
     if (args.rule is None) == (args.copy_id is None):
         raise ValidationError("give a rule name, or --copy ID to re-run a failed copy")
+    if not args.no_wait:
+        path = (
+            f"/copies/{args.copy_id}/rerun"
+            if args.copy_id is not None
+            else f"/copy-rules/{quote(args.rule, safe='')}/run"
+        )
+        queued = job_in_daemon(ctx, path, {})
+        if queued is not None:
+            draw = "bar" if sys.stdout.isatty() and not ctx.json else None
+            return report_job(ctx, follow_in_daemon(ctx, queued, draw=draw))
     with ctx.engine(start=not args.no_wait) as engine:
         if args.copy_id is not None:
             job = engine.copies.rerun(args.copy_id, actor="cli")

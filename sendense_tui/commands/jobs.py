@@ -40,6 +40,7 @@ from sendense_tui.format import (
 if TYPE_CHECKING:  # the daemon (and the tools it starts) loads only for work left behind
     from engine.daemon import DaemonStatus
     from engine.views import Job
+    from sendense_tui.daemon_client import FollowedJob
 
 #: job states that end a command's wait (a paused job waits for someone to resume it)
 WAIT_ENDS = (*FINAL_JOB_STATES, "paused")
@@ -193,6 +194,98 @@ def wait_with_progress(engine: Any, job_id: int, *, show: bool) -> Any:
         return _wait_with_progress(engine, job_id, show=show)
 
 
+def job_in_daemon(ctx: CliContext, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Hand a job to the running daemon of this catalog (sendense_tui.daemon_client):
+    the queued job's shape, or None when there is none to take it or it refused (the
+    command then runs the job itself, and says any refusal in its own words)."""
+    from sendense_tui.daemon_client import DaemonUnanswered, submit_job
+
+    try:
+        return submit_job(ctx.settings, path, body)
+    except DaemonUnanswered as exc:
+        raise CommandInterrupted(
+            f"the sendense daemon took the request, but {exc}: the job may be queued",
+            hint="`sendense jobs list` shows whether it is",
+        ) from None
+
+
+def follow_in_daemon(ctx: CliContext, job: dict[str, Any], *, draw: str | None) -> FollowedJob:
+    """Wait for a job the daemon runs, as the command's own wait would look: ``draw``
+    "bar" (a progress bar on stdout), "line" (a progress line on stderr) or None.
+    Ctrl+C or SIGTERM ends the wait only: the job goes on in the daemon."""
+    from sendense_tui.daemon_client import DaemonUnanswered, follow_job
+
+    job_id = int(job["id"])
+    try:
+        with _daemon_progress(draw, printable(str(job.get("title", ""))[:40])) as show:
+            return follow_job(ctx.settings, job_id, show)
+    except KeyboardInterrupt:
+        raise CommandInterrupted(
+            f"interrupted while waiting for job {job_id}: it goes on in the sendense daemon",
+            hint=f"`sendense jobs show {job_id}` follows it; `sendense jobs cancel {job_id}` "
+            "stops it",
+        ) from None
+    except DaemonUnanswered as exc:
+        raise CommandInterrupted(
+            f"{exc}; the daemon's next start takes it up again",
+            hint=f"`sendense jobs show {job_id}` says what became of it",
+        ) from None
+
+
+@contextmanager
+def _daemon_progress(draw: str | None, title: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    if draw is None:
+        yield lambda shape: None
+        return
+    if draw == "line":
+        shown = False
+
+        def line(shape: dict[str, Any]) -> None:
+            nonlocal shown
+            done, total = int(shape.get("bytes_done") or 0), int(shape.get("bytes_total") or 0)
+            pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
+            message = printable(str(shape.get("message") or "")[:40])
+            sys.stderr.write(f"\r{pct} {human_bytes(done)} / {human_bytes(total)}  {message}")
+            sys.stderr.flush()
+            shown = True
+
+        try:
+            yield line
+        finally:
+            if shown:
+                sys.stderr.write("\n")
+        return
+    with _progress_bar() as bar:
+        task = bar.add_task(title, total=None)
+
+        def update(shape: dict[str, Any]) -> None:
+            total = int(shape.get("bytes_total") or 0) or None
+            bar.update(task, completed=int(shape.get("bytes_done") or 0), total=total)
+
+        yield update
+
+
+def _progress_bar() -> Any:
+    """The bar a command draws while it waits for a job (bytes, rate, ETA)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
 def is_job_end(event: Any, job_id: int) -> bool:
     """Whether ``event`` says job ``job_id`` ended (or stopped where a wait ends), or
     ended here without its catalog recording it."""
@@ -233,23 +326,7 @@ def _follow(engine: Any, job_id: int, ended: threading.Event, *, show: bool) -> 
             ended.wait(0.2)
             ended.clear()  # the row says the rest: a wake never turns into a busy loop
         return job
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as bar:
+    with _progress_bar() as bar:
         job = engine.jobs.get(job_id)
         task = bar.add_task(printable(job.title[:40]), total=job.bytes_total or None)
         while True:

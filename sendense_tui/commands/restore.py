@@ -8,11 +8,14 @@ modules find or create it with :func:`restore_group`.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
+from engine.tools.blockspec import is_nbd
 from sendense_tui.commands import CliContext, add_parser, id_argument
 from sendense_tui.commands.backup import wait_for_job
-from sendense_tui.commands.jobs import finish_job
+from sendense_tui.commands.jobs import finish_job, follow_in_daemon, job_in_daemon
 from sendense_tui.format import human_bytes, printable
 
 #: the same words on every command that reads a restore point
@@ -46,16 +49,18 @@ def add_subcommands(sub: Any) -> None:
 
 
 def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
-    with ctx.engine() as engine:
-        job = engine.restores.submit(
-            args.point,
-            args.target,
-            fmt=args.fmt,
-            overwrite=args.overwrite,
-            force=args.force,
-            actor="cli",
-        )
-        final = wait_for_job(engine, job.id, ctx)
+    final = _restore_in_daemon(args, ctx)
+    if final is None:
+        with ctx.engine() as engine:
+            job = engine.restores.submit(
+                args.point,
+                args.target,
+                fmt=args.fmt,
+                overwrite=args.overwrite,
+                force=args.force,
+                actor="cli",
+            )
+            final = wait_for_job(engine, job.id, ctx)
 
     def done() -> None:
         if (final.result or {}).get("note"):
@@ -65,3 +70,16 @@ def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
 
     data = {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
     return finish_job(ctx, final, data, done)
+
+
+def _restore_in_daemon(args: argparse.Namespace, ctx: CliContext) -> Any:
+    """The restore run by the daemon when one serves this catalog (it has the engine
+    loaded: the command starts in a tenth of the time), else None. A file target is
+    made absolute here: the daemon's working directory is not the caller's."""
+    target = args.target if is_nbd(args.target) else os.path.abspath(args.target)
+    body = {"target": target, "format": args.fmt, "overwrite": args.overwrite, "force": args.force}
+    queued = job_in_daemon(ctx, f"/restore-points/{args.point}/restore", body)
+    if queued is None:
+        return None
+    draw = None if ctx.json or not sys.stderr.isatty() else "line"
+    return follow_in_daemon(ctx, queued, draw=draw)

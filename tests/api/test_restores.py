@@ -12,6 +12,7 @@ import io
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ from fastapi.testclient import TestClient
 
 from engine.runtime import Engine
 from engine.services.backup import DiskSource
-from sendense_api.roles import Role
+from sendense_api.app import create_app
+from sendense_api.roles import Caller, Role
 from tests.api.conftest import ClientFor
-from tests.api.resources import World, make_world, problem
+from tests.api.resources import World, accepted_job, make_world, problem
 from tests.engine.fsimages import Link, Part, build_disk, mounts_under
 
 pytestmark = pytest.mark.root
@@ -212,3 +214,46 @@ def test_roles_and_missing_mounts(world: World, api_as: ClientFor) -> None:
     problem(reader.get("/api/v1/restore-mounts/777777"), 404)
     problem(reader.get("/api/v1/restore-mounts/777777/file", params={"path": "p1/x"}), 404)
     problem(api_as(Role.OPERATE).delete("/api/v1/restore-mounts/777777"), 404)
+
+
+def _as_root_on_the_socket(engine: Engine) -> TestClient:
+    """A client as the daemon's unix socket authenticates root (no token)."""
+    root = Caller(name="root (unix socket)", role=Role.ADMIN, via="socket")
+    return TestClient(
+        create_app(engine, authenticate=lambda _r: root), raise_server_exceptions=False
+    )
+
+
+def test_a_whole_disk_restores_through_the_socket(world: World, api_as: ClientFor) -> None:
+    """``sendense restore disk`` hands its job here when the daemon runs: the point is
+    written out whole; relative names, a token (even an admin's) and existing files
+    without ``overwrite`` are refused with one sentence and nothing written."""
+    point = world.points["web01"][-1]
+    out = world.root / "web01-sda.raw"
+    root = _as_root_on_the_socket(world.engine)
+    body = {"target": str(out), "format": "raw"}
+    job = accepted_job(
+        world.engine, root.post(f"/api/v1/restore-points/{point}/restore", json=body)
+    )
+    assert job.state == "succeeded", job.error
+    assert job.actor == "root (unix socket)"
+    assert out.read_bytes() == world.disks["web01"].path.read_bytes()
+
+    # the same again: the file is there, and overwriting it takes asking for it
+    again = root.post(f"/api/v1/restore-points/{point}/restore", json=body)
+    assert "already exists" in problem(again, 422)
+    # a relative name would land in the daemon's working directory: refused
+    relative = root.post(f"/api/v1/restore-points/{point}/restore", json={"target": "x.raw"})
+    assert "not an absolute path" in problem(relative, 422)
+    assert not (Path.cwd() / "x.raw").exists()
+    # a token reaches the appliance's files through no path of its choosing
+    other = world.root / "by-token.raw"
+    for role in Role:
+        refused = api_as(role).post(
+            f"/api/v1/restore-points/{point}/restore", json={"target": str(other)}
+        )
+        assert refused.status_code == 403, (role, refused.text)
+    assert not other.exists()
+    missing = root.post("/api/v1/restore-points/999999/restore", json={"target": str(other)})
+    problem(missing, 404)
+    assert not other.exists()

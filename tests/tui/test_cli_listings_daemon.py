@@ -23,8 +23,8 @@ from bench.seed import Fleet, seed
 from engine import __version__
 from engine.config import catalog_identity, default_settings, sqlite_url
 from engine.runtime import Engine
-from sendense_tui import daemon_pages
-from sendense_tui.daemon_pages import page_from_daemon
+from sendense_tui import daemon_client
+from sendense_tui.daemon_client import page_from_daemon
 from tests.api.conftest import ApiDaemon
 from tests.tui.test_cli_start import imported, run_and_list_modules, run_sendense
 
@@ -235,7 +235,7 @@ def test_a_daemon_that_does_not_answer_in_time_is_passed_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It accepts (the kernel does, for a listening socket) and never answers."""
-    monkeypatch.setattr(daemon_pages, "ANSWER_SECONDS", 0.3)
+    monkeypatch.setattr(daemon_client, "ANSWER_SECONDS", 0.3)
     state = tmp_path / "state"
     state.mkdir()
     mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

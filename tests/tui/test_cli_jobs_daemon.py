@@ -1,0 +1,239 @@
+"""``sendense copy run`` and ``restore disk`` hand their job to the running daemon
+(issue 16: the command itself then loads no engine, about a second less with cold
+caches) and follow it to its end, printing what they print when they run the job
+themselves. A refusal is said in the command's own words; Ctrl+C leaves the job to
+the daemon; a daemon killed mid-job is one sentence, and its next start finishes
+the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import ROOT, ApiDaemon
+from tests.tui.test_cli_start import imported, run_and_list_modules
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemon)")
+
+MiB = 1024 * 1024
+#: what running the job itself loads
+ENGINE_CODE = ["sqlalchemy", "engine.catalog", "engine.runtime", "engine.services"]
+#: the daemon's socket out of reach: the command runs the job itself
+DIRECT = {"SENDENSE_API_SOCKET": "/nonexistent/no-daemon-here.sock"}
+
+
+def _sendense(
+    daemon: ApiDaemon, *argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in daemon.env.items() if k != "SENDENSE_FAILPOINT"}
+    return subprocess.run(
+        [sys.executable, "-m", "sendense_tui.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        env={**clean, **(env or {})},
+    )
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _served(root: Path, *, disk_mib: int = 4, failpoint: str | None = None) -> ApiDaemon:
+    """A daemon (unix socket only) over a catalog holding one point of a random disk,
+    and copy rules to two more repositories: ``off`` and ``slow`` (1 MiB/s). Job
+    leases of 3 s: a killed daemon's job is taken over in seconds, not half a minute."""
+    daemon = ApiDaemon(root, listen="")
+    config = root / "xdg-config" / "sendense" / "sendense.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("[jobs]\nlease_seconds = 3\nheartbeat_seconds = 0.5\n")
+    disk = root / "disk.raw"
+    disk.write_bytes(os.urandom(disk_mib * MiB))
+    for argv in (
+        ["backup", "run", "--repo", "local", "--vm", "web01", "--disk", f"sda={disk}"],
+        ["repo", "add", "second", "--path", str(root / "second"), "--create"],
+        ["repo", "add", "third", "--path", str(root / "third"), "--create"],
+        ["copy", "rule", "add", "off", "--from", "local", "--to", "second"],
+        ["copy", "rule", "add", "slow", "--from", "local", "--to", "third", "--bandwidth", "1M"],
+    ):
+        _ok(_sendense(daemon, *argv))
+    if failpoint:
+        daemon.env["SENDENSE_FAILPOINT"] = failpoint
+    daemon.start()
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
+    served = _served(tmp_path_factory.mktemp("jobs-daemon"))
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def _jobs(daemon: ApiDaemon) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = json.loads(
+        _ok(_sendense(daemon, "--json", "jobs", "list", "--limit", "1000"))
+    )
+    return listed
+
+
+def _actor(daemon: ApiDaemon, job_id: int) -> str:
+    shown = json.loads(_ok(_sendense(daemon, "--json", "jobs", "show", str(job_id))))
+    return str(shown["actor"])
+
+
+def test_restore_disk_runs_in_the_daemon_and_prints_what_it_prints_itself(
+    daemon: ApiDaemon, tmp_path: Path
+) -> None:
+    disk = (daemon.root / "disk.raw").read_bytes()
+    # a relative target is the caller's, not the daemon's working directory's
+    direct = _sendense(daemon, "restore", "disk", "1", "direct.raw", cwd=tmp_path, env=DIRECT)
+    served = _sendense(daemon, "restore", "disk", "1", "served.raw", cwd=tmp_path)
+    assert _ok(direct) == "restored point #1 (4.0M) to direct.raw\n"
+    assert _ok(served) == "restored point #1 (4.0M) to served.raw\n"
+    assert (tmp_path / "direct.raw").read_bytes() == disk
+    assert (tmp_path / "served.raw").read_bytes() == disk
+    jobs = [j for j in _jobs(daemon) if j["kind"] == "restore_disk"]
+    assert [j["title"].rsplit(" ", 1)[1] for j in jobs[:2]] == [
+        str(tmp_path / "served.raw"),
+        str(tmp_path / "direct.raw"),
+    ]
+    # the daemon ran the second one (its caller on the socket), the command the first
+    assert _actor(daemon, jobs[0]["id"]) == "root (unix socket)"
+    assert _actor(daemon, jobs[1]["id"]) == "cli"
+
+    # --json says the same on both roads, and the served road loads no engine
+    target = str(tmp_path / "probe.raw")
+    seen = run_and_list_modules(["--json", "restore", "disk", "1", target], daemon.env)
+    assert seen["code"] == 0
+    assert json.loads(seen["out"])["state"] == "succeeded"
+    loaded = imported(seen, ENGINE_CODE)
+    assert loaded == [], f"`sendense restore disk` imported {loaded}"
+    assert Path(target).read_bytes() == disk
+
+
+def test_a_refused_restore_says_the_commands_own_sentence_and_queues_nothing(
+    daemon: ApiDaemon, tmp_path: Path
+) -> None:
+    (tmp_path / "there.raw").write_bytes(b"keep me")
+    before = len(_jobs(daemon))
+    for argv in (["1", "there.raw"], ["999999", "new.raw"], ["1", "no-such-dir/x.raw"]):
+        served = _sendense(daemon, "restore", "disk", *argv, cwd=tmp_path)
+        direct = _sendense(daemon, "restore", "disk", *argv, cwd=tmp_path, env=DIRECT)
+        assert (served.returncode, served.stderr) == (direct.returncode, direct.stderr)
+        assert served.returncode == 2 and served.stderr.count("\n") <= 2, served.stderr
+    assert (
+        "--overwrite"
+        in _sendense(daemon, "restore", "disk", "1", str(tmp_path / "there.raw")).stderr
+    )
+    assert (tmp_path / "there.raw").read_bytes() == b"keep me"
+    assert not (tmp_path / "new.raw").exists()
+    assert len(_jobs(daemon)) == before
+
+
+def test_copy_run_runs_in_the_daemon(daemon: ApiDaemon) -> None:
+    served = json.loads(_ok(_sendense(daemon, "--json", "copy", "run", "off")))
+    assert served["state"] == "succeeded"
+    assert served["result"]["copied"] == 1 and served["result"]["destination"] == "second"
+    assert _actor(daemon, served["job_id"]) == "root (unix socket)"
+    copied = sorted(p.name for p in (daemon.root / "second").rglob("*.qcow2"))
+    assert copied == sorted(p.name for p in (daemon.state / "repository").rglob("*.qcow2"))
+    # the same rule again, as text: nothing new to copy, said as the command says it
+    text = _ok(_sendense(daemon, "copy", "run", "off")).splitlines()
+    assert text[0].endswith("finished: copy off: local -> second")
+    assert "  copied: 0" in text and "  already_there: 1" in text
+    # an unknown rule: the command's own refusal, nothing queued
+    before = len(_jobs(daemon))
+    unknown = _sendense(daemon, "copy", "run", "nope")
+    direct = _sendense(daemon, "copy", "run", "nope", env=DIRECT)
+    assert unknown.returncode == direct.returncode == 2
+    assert unknown.stderr == direct.stderr
+    assert len(_jobs(daemon)) == before
+
+
+def _wait_for(what: str, check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.1)
+    return found
+
+
+def _running(daemon: ApiDaemon, kind: str) -> dict[str, Any] | None:
+    running = [j for j in _jobs(daemon) if j["kind"] == kind and j["state"] == "running"]
+    return running[0] if running else None
+
+
+def test_ctrl_c_ends_the_wait_and_the_daemon_finishes_the_job(daemon: ApiDaemon) -> None:
+    env = {k: v for k, v in daemon.env.items() if k != "SENDENSE_FAILPOINT"}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "sendense_tui.cli", "copy", "run", "slow"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job = _wait_for("running copy", lambda: _running(daemon, "copy"))
+        waiting.send_signal(signal.SIGINT)
+        _out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 4, err
+    assert (
+        f"interrupted while waiting for job {job['id']}: it goes on in the sendense daemon" in err
+    )
+    assert f"sendense jobs cancel {job['id']}" in err
+    # the job was not the command's to stop: the daemon copies to the end
+    ended = _wait_for(
+        "end of the copy",
+        lambda: [j for j in _jobs(daemon) if j["id"] == job["id"] and j["state"] != "running"],
+    )
+    assert ended[0]["state"] == "succeeded"
+    assert list((daemon.root / "third").rglob("*.qcow2"))
+
+
+def test_a_daemon_killed_mid_job_is_one_sentence_and_its_next_start_finishes_it(
+    tmp_path: Path,
+) -> None:
+    daemon = _served(tmp_path, failpoint="copy.after_write")
+    try:
+        started = time.monotonic()
+        lost = _sendense(daemon, "copy", "run", "off")
+        assert daemon.proc is not None and daemon.proc.wait(timeout=30) == -signal.SIGKILL
+        assert lost.returncode == 4, lost.stderr
+        lines = lost.stderr.strip().splitlines()
+        assert "the daemon stopped answering while job" in lines[0]
+        assert "sendense jobs show" in lost.stderr
+        assert time.monotonic() - started < 60
+        assert not list((tmp_path / "second").rglob("*.qcow2"))
+        # the next daemon takes the job over and finishes it
+        daemon.env.pop("SENDENSE_FAILPOINT")
+        daemon.start()
+        job_id = int(lines[0].split("job ")[1].split()[0])
+        ended = _wait_for(
+            "end of the copy",
+            lambda: [j for j in _jobs(daemon) if j["id"] == job_id and j["state"] != "running"],
+            timeout=120,
+        )
+        assert ended[0]["state"] == "succeeded", ended
+        assert list((tmp_path / "second").rglob("*.qcow2"))
+    finally:
+        daemon.close()
