@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Any
 
-from engine.tools.blockspec import is_nbd
 from sendense_tui.commands import CliContext, add_parser, id_argument
 from sendense_tui.commands.backup import wait_for_job
 from sendense_tui.commands.jobs import finish_job, follow_in_daemon, job_in_daemon
@@ -75,8 +74,10 @@ def restore_disk(args: argparse.Namespace, ctx: CliContext) -> int:
 def _restore_in_daemon(args: argparse.Namespace, ctx: CliContext) -> Any:
     """The restore run by the daemon when one serves this catalog (it has the engine
     loaded: the command starts in a tenth of the time), else None. A file target is
-    made absolute here: the daemon's working directory is not the caller's."""
-    target = args.target if is_nbd(args.target) else os.path.abspath(args.target)
+    made absolute here: the daemon's working directory is not the caller's (a name
+    with ``://`` is left as it is: the daemon refuses it unless it is an NBD URI, and
+    the command's own road then says what it is)."""
+    target = args.target if "://" in args.target else os.path.abspath(args.target)
     body = {"target": target, "format": args.fmt, "overwrite": args.overwrite, "force": args.force}
     queued = job_in_daemon(ctx, f"/restore-points/{args.point}/restore", body)
     if queued is None:

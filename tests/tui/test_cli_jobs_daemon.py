@@ -237,3 +237,23 @@ def test_a_daemon_killed_mid_job_is_one_sentence_and_its_next_start_finishes_it(
         assert list((tmp_path / "second").rglob("*.qcow2"))
     finally:
         daemon.close()
+
+
+def test_a_catalog_other_than_the_daemons_runs_its_job_itself(
+    daemon: ApiDaemon, tmp_path: Path
+) -> None:
+    """``--db-url`` names another catalog (here a copy of the daemon's, so the same
+    point exists in both): the daemon refuses the job (412) and the command runs it
+    in its own catalog; the daemon's catalog gets no job."""
+    other = tmp_path / "other.db"
+    subprocess.run(["sqlite3", str(daemon.state / "catalog.db"), f".backup {other}"], check=True)
+    before = len(_jobs(daemon))
+    url = f"sqlite:///{other}"
+    done = _sendense(
+        daemon, "--db-url", url, "--json", "restore", "disk", "1", str(tmp_path / "o.raw")
+    )
+    assert json.loads(_ok(done))["state"] == "succeeded"
+    assert (tmp_path / "o.raw").read_bytes() == (daemon.root / "disk.raw").read_bytes()
+    assert len(_jobs(daemon)) == before
+    theirs = json.loads(_ok(_sendense(daemon, "--db-url", url, "--json", "jobs", "list")))
+    assert theirs[0]["kind"] == "restore_disk" and theirs[0]["actor"] == "cli"
