@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -246,7 +247,8 @@ def test_a_catalog_other_than_the_daemons_runs_its_job_itself(
     point exists in both): the daemon refuses the job (412) and the command runs it
     in its own catalog; the daemon's catalog gets no job."""
     other = tmp_path / "other.db"
-    subprocess.run(["sqlite3", str(daemon.state / "catalog.db"), f".backup {other}"], check=True)
+    with sqlite3.connect(daemon.state / "catalog.db") as mine, sqlite3.connect(other) as copy:
+        mine.backup(copy)
     before = len(_jobs(daemon))
     url = f"sqlite:///{other}"
     done = _sendense(
