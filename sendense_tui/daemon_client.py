@@ -205,7 +205,7 @@ def submit_job(settings: Settings, path: str, body: dict[str, Any]) -> dict[str,
             answer = connection.getresponse()
             data = answer.read(ANSWER_MAX_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise DaemonUnanswered(f"the daemon did not answer: {exc}") from None
+            raise DaemonUnanswered(f"no answer came ({exc})") from None
     finally:
         connection.close()
     if answer.status != 202:
@@ -215,9 +215,9 @@ def submit_job(settings: Settings, path: str, body: dict[str, Any]) -> dict[str,
     queued = _json_object(data)
     job = queued.get("job") if queued is not None else None
     if not _answers_for(answer, settings) or not isinstance(job, dict):
-        raise DaemonUnanswered("the daemon's answer was not a queued job")
+        raise DaemonUnanswered("its answer was not a queued job")
     if not isinstance(job.get("id"), int):
-        raise DaemonUnanswered("the daemon's answer named no job")
+        raise DaemonUnanswered("its answer named no job")
     return job
 
 

@@ -204,7 +204,7 @@ def job_in_daemon(ctx: CliContext, path: str, body: dict[str, Any]) -> dict[str,
         return submit_job(ctx.settings, path, body)
     except DaemonUnanswered as exc:
         raise CommandInterrupted(
-            f"the sendense daemon took the request, but {exc}: the job may be queued",
+            f"the sendense daemon took the request but {exc}: the job may be queued",
             hint="`sendense jobs list` shows whether it is",
         ) from None
 
@@ -227,8 +227,9 @@ def follow_in_daemon(ctx: CliContext, job: dict[str, Any], *, draw: str | None) 
         ) from None
     except DaemonUnanswered as exc:
         raise CommandInterrupted(
-            f"{exc}; the daemon's next start takes it up again",
-            hint=f"`sendense jobs show {job_id}` says what became of it",
+            str(exc),
+            hint=f"`sendense jobs show {job_id}` says what became of it (a job the daemon "
+            "was running when it stopped runs again at its next start)",
         ) from None
 
 

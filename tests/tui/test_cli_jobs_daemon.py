@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from engine.config import default_settings
+from sendense_tui import daemon_client
 from tests.api.conftest import ROOT, ApiDaemon
 from tests.tui.test_cli_start import imported, run_and_list_modules
 
@@ -259,3 +262,23 @@ def test_a_catalog_other_than_the_daemons_runs_its_job_itself(
     assert len(_jobs(daemon)) == before
     theirs = json.loads(_ok(_sendense(daemon, "--db-url", url, "--json", "jobs", "list")))
     assert theirs[0]["kind"] == "restore_disk" and theirs[0]["actor"] == "cli"
+
+
+def test_a_request_sent_and_not_answered_is_never_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that takes the request and never answers may have queued the job: the
+    command must not run it itself as well (a second restore onto the same target)."""
+    monkeypatch.setattr(daemon_client, "ANSWER_SECONDS", 0.3)
+    state = tmp_path / "state"
+    state.mkdir()
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(state / "api.sock"))
+    mute.listen(4)
+    try:
+        with pytest.raises(daemon_client.DaemonUnanswered, match="no answer came"):
+            daemon_client.submit_job(default_settings(state), "/copy-rules/x/run", {})
+    finally:
+        mute.close()
+    # nothing listens now: nothing was sent, so the command may run the job itself
+    assert daemon_client.submit_job(default_settings(state), "/copy-rules/x/run", {}) is None
