@@ -150,15 +150,16 @@ class ApiDaemon:
         return httpx.Client(base_url=self.url("http"), **kwargs)
 
     def sendense(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> subprocess.CompletedProcess[str]:
-        """``sendense ARGS`` on the daemon's state directory (``env``: more variables)."""
+        """``sendense ARGS`` on the daemon's state directory (``env``: more variables),
+        run from ``cwd``."""
         return subprocess.run(
             [sys.executable, "-m", "sendense_tui.cli", *args],
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             env={**self.env, **(env or {})},
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from textual.widgets import Input
 
 from engine.clock import FixedClock
 from engine.runtime import Engine
+from sendense_tui import daemon_client
 from sendense_tui.app import SendenseApp
 from sendense_tui.demo import build_demo_engine, demo_clock, seed_demo_catalog
 from sendense_tui.screens.base import SendenseScreen
@@ -96,3 +98,19 @@ def keys_then_settle(*keys: str) -> Callable[[Pilot[object]], object]:
             await settle(pilot)
 
     return run_before
+
+
+@pytest.fixture
+def mute_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state directory whose daemon socket accepts (the kernel does, for a listening
+    socket) and never answers; answers are waited for 0.3 s."""
+    monkeypatch.setattr(daemon_client, "ANSWER_SECONDS", 0.3)
+    state = tmp_path / "state"
+    state.mkdir()
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(state / "api.sock"))
+    mute.listen(4)
+    try:
+        yield state
+    finally:
+        mute.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,21 +34,6 @@ ENGINE_CODE = ["sqlalchemy", "engine.catalog", "engine.runtime", "engine.service
 DIRECT = {"SENDENSE_API_SOCKET": "/nonexistent/no-daemon-here.sock"}
 
 
-def _sendense(
-    daemon: ApiDaemon, *argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in daemon.env.items() if k != "SENDENSE_FAILPOINT"}
-    return subprocess.run(
-        [sys.executable, "-m", "sendense_tui.cli", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        env={**clean, **(env or {})},
-    )
-
-
 def _ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -72,7 +56,7 @@ def _served(root: Path, *, disk_mib: int = 4, failpoint: str | None = None) -> A
         ["copy", "rule", "add", "off", "--from", "local", "--to", "second"],
         ["copy", "rule", "add", "slow", "--from", "local", "--to", "third", "--bandwidth", "1M"],
     ):
-        _ok(_sendense(daemon, *argv))
+        _ok(daemon.sendense(*argv))
     if failpoint:
         daemon.env["SENDENSE_FAILPOINT"] = failpoint
     daemon.start()
@@ -90,13 +74,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
 
 def _jobs(daemon: ApiDaemon) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = json.loads(
-        _ok(_sendense(daemon, "--json", "jobs", "list", "--limit", "1000"))
+        _ok(daemon.sendense("--json", "jobs", "list", "--limit", "1000"))
     )
     return listed
 
 
 def _actor(daemon: ApiDaemon, job_id: int) -> str:
-    shown = json.loads(_ok(_sendense(daemon, "--json", "jobs", "show", str(job_id))))
+    shown = json.loads(_ok(daemon.sendense("--json", "jobs", "show", str(job_id))))
     return str(shown["actor"])
 
 
@@ -105,8 +89,8 @@ def test_restore_disk_runs_in_the_daemon_and_prints_what_it_prints_itself(
 ) -> None:
     disk = (daemon.root / "disk.raw").read_bytes()
     # a relative target is the caller's, not the daemon's working directory's
-    direct = _sendense(daemon, "restore", "disk", "1", "direct.raw", cwd=tmp_path, env=DIRECT)
-    served = _sendense(daemon, "restore", "disk", "1", "served.raw", cwd=tmp_path)
+    direct = daemon.sendense("restore", "disk", "1", "direct.raw", cwd=tmp_path, env=DIRECT)
+    served = daemon.sendense("restore", "disk", "1", "served.raw", cwd=tmp_path)
     assert _ok(direct) == "restored point #1 (4.0M) to direct.raw\n"
     assert _ok(served) == "restored point #1 (4.0M) to served.raw\n"
     assert (tmp_path / "direct.raw").read_bytes() == disk
@@ -136,13 +120,12 @@ def test_a_refused_restore_says_the_commands_own_sentence_and_queues_nothing(
     (tmp_path / "there.raw").write_bytes(b"keep me")
     before = len(_jobs(daemon))
     for argv in (["1", "there.raw"], ["999999", "new.raw"], ["1", "no-such-dir/x.raw"]):
-        served = _sendense(daemon, "restore", "disk", *argv, cwd=tmp_path)
-        direct = _sendense(daemon, "restore", "disk", *argv, cwd=tmp_path, env=DIRECT)
+        served = daemon.sendense("restore", "disk", *argv, cwd=tmp_path)
+        direct = daemon.sendense("restore", "disk", *argv, cwd=tmp_path, env=DIRECT)
         assert (served.returncode, served.stderr) == (direct.returncode, direct.stderr)
         assert served.returncode == 2 and served.stderr.count("\n") <= 2, served.stderr
     assert (
-        "--overwrite"
-        in _sendense(daemon, "restore", "disk", "1", str(tmp_path / "there.raw")).stderr
+        "--overwrite" in daemon.sendense("restore", "disk", "1", str(tmp_path / "there.raw")).stderr
     )
     assert (tmp_path / "there.raw").read_bytes() == b"keep me"
     assert not (tmp_path / "new.raw").exists()
@@ -150,20 +133,20 @@ def test_a_refused_restore_says_the_commands_own_sentence_and_queues_nothing(
 
 
 def test_copy_run_runs_in_the_daemon(daemon: ApiDaemon) -> None:
-    served = json.loads(_ok(_sendense(daemon, "--json", "copy", "run", "off")))
+    served = json.loads(_ok(daemon.sendense("--json", "copy", "run", "off")))
     assert served["state"] == "succeeded"
     assert served["result"]["copied"] == 1 and served["result"]["destination"] == "second"
     assert _actor(daemon, served["job_id"]) == "root (unix socket)"
     copied = sorted(p.name for p in (daemon.root / "second").rglob("*.qcow2"))
     assert copied == sorted(p.name for p in (daemon.state / "repository").rglob("*.qcow2"))
     # the same rule again, as text: nothing new to copy, said as the command says it
-    text = _ok(_sendense(daemon, "copy", "run", "off")).splitlines()
+    text = _ok(daemon.sendense("copy", "run", "off")).splitlines()
     assert text[0].endswith("finished: copy off: local -> second")
     assert "  copied: 0" in text and "  already_there: 1" in text
     # an unknown rule: the command's own refusal, nothing queued
     before = len(_jobs(daemon))
-    unknown = _sendense(daemon, "copy", "run", "nope")
-    direct = _sendense(daemon, "copy", "run", "nope", env=DIRECT)
+    unknown = daemon.sendense("copy", "run", "nope")
+    direct = daemon.sendense("copy", "run", "nope", env=DIRECT)
     assert unknown.returncode == direct.returncode == 2
     assert unknown.stderr == direct.stderr
     assert len(_jobs(daemon)) == before
@@ -183,11 +166,10 @@ def _running(daemon: ApiDaemon, kind: str) -> dict[str, Any] | None:
 
 
 def test_ctrl_c_ends_the_wait_and_the_daemon_finishes_the_job(daemon: ApiDaemon) -> None:
-    env = {k: v for k, v in daemon.env.items() if k != "SENDENSE_FAILPOINT"}
     waiting = subprocess.Popen(
         [sys.executable, "-m", "sendense_tui.cli", "copy", "run", "slow"],
         cwd=ROOT,
-        env=env,
+        env=daemon.env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -220,7 +202,7 @@ def test_a_daemon_killed_mid_job_is_one_sentence_and_its_next_start_finishes_it(
     daemon = _served(tmp_path, failpoint="copy.after_write")
     try:
         started = time.monotonic()
-        lost = _sendense(daemon, "copy", "run", "off")
+        lost = daemon.sendense("copy", "run", "off")
         assert daemon.proc is not None and daemon.proc.wait(timeout=30) == -signal.SIGKILL
         assert lost.returncode == 4, lost.stderr
         lines = lost.stderr.strip().splitlines()
@@ -254,31 +236,19 @@ def test_a_catalog_other_than_the_daemons_runs_its_job_itself(
         mine.backup(copy)
     before = len(_jobs(daemon))
     url = f"sqlite:///{other}"
-    done = _sendense(
-        daemon, "--db-url", url, "--json", "restore", "disk", "1", str(tmp_path / "o.raw")
+    done = daemon.sendense(
+        "--db-url", url, "--json", "restore", "disk", "1", str(tmp_path / "o.raw")
     )
     assert json.loads(_ok(done))["state"] == "succeeded"
     assert (tmp_path / "o.raw").read_bytes() == (daemon.root / "disk.raw").read_bytes()
     assert len(_jobs(daemon)) == before
-    theirs = json.loads(_ok(_sendense(daemon, "--db-url", url, "--json", "jobs", "list")))
+    theirs = json.loads(_ok(daemon.sendense("--db-url", url, "--json", "jobs", "list")))
     assert theirs[0]["kind"] == "restore_disk" and theirs[0]["actor"] == "cli"
 
 
-def test_a_request_sent_and_not_answered_is_never_run_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_request_sent_and_not_answered_is_never_run_twice(mute_daemon: Path) -> None:
     """A daemon that takes the request and never answers may have queued the job: the
     command must not run it itself as well (a second restore onto the same target)."""
-    monkeypatch.setattr(daemon_client, "ANSWER_SECONDS", 0.3)
-    state = tmp_path / "state"
-    state.mkdir()
-    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    mute.bind(str(state / "api.sock"))
-    mute.listen(4)
-    try:
-        with pytest.raises(daemon_client.DaemonUnanswered, match="no answer came"):
-            daemon_client.submit_job(default_settings(state), "/copy-rules/x/run", {})
-    finally:
-        mute.close()
-    # nothing listens now: nothing was sent, so the command may run the job itself
-    assert daemon_client.submit_job(default_settings(state), "/copy-rules/x/run", {}) is None
+    settings = default_settings(mute_daemon)
+    with pytest.raises(daemon_client.DaemonUnanswered, match="no answer came"):
+        daemon_client.submit_job(settings, "/copy-rules/x/run", {})
