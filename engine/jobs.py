@@ -368,6 +368,10 @@ class JobRunner:
         self._waiting: dict[int, str] = {}
         self._running: dict[int, JobContext] = {}
         self._lock = threading.Lock()
+        #: held while a job is queued (or queued again) and announced, and while one is
+        #: claimed: a job queued here is never started before the event that queued it
+        #: was recorded (the events would read "started" before "queued")
+        self._announcing = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -434,26 +438,27 @@ class JobRunner:
         priority: int = 100,
         actor: str | None = None,
     ) -> Job:
-        job = self.store.create(
-            kind,
-            title,
-            now=self.clock.now(),
-            params=params,
-            repository_id=repository_id,
-            bytes_total=bytes_total,
-            priority=priority,
-            actor=actor,
-        )
-        self.bus.publish(
-            Event(
-                kind="job.queued",
-                message=f"queued: {title}",
-                source="jobs",
-                job_id=job.id,
+        with self._announcing:
+            job = self.store.create(
+                kind,
+                title,
+                now=self.clock.now(),
+                params=params,
                 repository_id=repository_id,
+                bytes_total=bytes_total,
+                priority=priority,
                 actor=actor,
             )
-        )
+            self.bus.publish(
+                Event(
+                    kind="job.queued",
+                    message=f"queued: {title}",
+                    source="jobs",
+                    job_id=job.id,
+                    repository_id=repository_id,
+                    actor=actor,
+                )
+            )
         self._wake.set()
         return job
 
@@ -485,13 +490,17 @@ class JobRunner:
         return job
 
     def resume(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=(JobState.PAUSED,))
-        self._announce_requeue(job, "resumed", actor)
+        with self._announcing:
+            job = self.store.requeue(job_id, allowed_from=(JobState.PAUSED,))
+            self._announce_requeue(job, "resumed", actor)
+        self._wake.set()
         return job
 
     def retry(self, job_id: int, actor: str | None = None) -> Job:
-        job = self.store.requeue(job_id, allowed_from=(JobState.FAILED, JobState.CANCELLED))
-        self._announce_requeue(job, "retried", actor)
+        with self._announcing:
+            job = self.store.requeue(job_id, allowed_from=(JobState.FAILED, JobState.CANCELLED))
+            self._announce_requeue(job, "retried", actor)
+        self._wake.set()
         return job
 
     def _announce_requeue(self, job: Job, verb: str, actor: str | None) -> None:
@@ -504,7 +513,6 @@ class JobRunner:
                 actor=actor,
             )
         )
-        self._wake.set()
 
     # -- running ---------------------------------------------------------------
 
@@ -620,7 +628,8 @@ class JobRunner:
             claim = self.store.take_over if lapsed else self.store.claim_queued
             # the time of the claim itself, not of the look at the queue: a job queued
             # since that look (or across a clock jump) never starts before it was queued
-            job = claim(candidate.id, self.owner, self.clock.now(), self.lease)
+            with self._announcing:
+                job = claim(candidate.id, self.owner, self.clock.now(), self.lease)
             if job is None:
                 continue  # another engine won the race
             with self._lock:

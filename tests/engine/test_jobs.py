@@ -325,6 +325,51 @@ def test_retry_a_failed_job(engine_factory: EngineFactory, clock: FixedClock) ->
     ]
 
 
+def test_a_job_never_starts_before_the_event_that_queued_it_is_recorded(
+    engine_factory: EngineFactory, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row exists a moment before its "queued" (or "retried") event is written: a
+    runner looking at the queue in that moment must not start the job yet, or the
+    events read "started" before "queued". The audit log is made slow to write
+    exactly those events, so the moment is long."""
+    engine = runner_engine(
+        engine_factory, clock, handlers={"copy": lambda ctx: {"ok": 1}, "verify": flaky_once()}
+    )
+    append = engine.audit.append
+
+    def slow_append(**entry: Any) -> Any:
+        if entry["kind"] in ("job.queued", "job.retried"):
+            time.sleep(0.3)  # the dispatcher polls every 20 ms meanwhile
+        return append(**entry)
+
+    monkeypatch.setattr(engine.audit, "append", slow_append)
+    job = engine.jobs.submit("copy", "copy web01")
+    wait_state(engine, job.id, "succeeded")
+    wait_for(lambda: "job.succeeded" in audit_kinds(engine, job.id), what="job.succeeded")
+    assert audit_kinds(engine, job.id) == ["job.queued", "job.started", "job.succeeded"]
+
+    failed = engine.jobs.submit("verify", "verify web01")
+    wait_state(engine, failed.id, "failed")
+    wait_for(lambda: "job.failed" in audit_kinds(engine, failed.id), what="job.failed")
+    engine.jobs.retry(failed.id)
+    wait_state(engine, failed.id, "succeeded")
+    wait_for(lambda: "job.succeeded" in audit_kinds(engine, failed.id), what="job.succeeded")
+    assert audit_kinds(engine, failed.id)[3:] == ["job.retried", "job.started", "job.succeeded"]
+
+
+def flaky_once() -> Callable[[JobContext], dict[str, int]]:
+    """A handler that fails its first run and succeeds after."""
+    calls = Counter[str]()
+
+    def flaky(ctx: JobContext) -> dict[str, int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValidationError("the repository is not mounted")
+        return {"try": calls["n"]}
+
+    return flaky
+
+
 # -- progress ----------------------------------------------------------------------
 
 
