@@ -38,6 +38,7 @@ its partial (see engine.copier).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -62,6 +63,7 @@ from engine.copier import (
     FileCopyResult,
     SourceChecksumMismatch,
     TokenBucket,
+    Withdrawn,
     copy_file,
 )
 from engine.cron import cron_error
@@ -148,6 +150,63 @@ def _throttle(rule: CopyRule | None) -> tuple[TokenBucket | None, int]:
         return None, CHUNK_SIZE
     bucket = TokenBucket(rule.bandwidth_limit)
     return bucket, max(64 * 1024, min(CHUNK_SIZE, int(bucket.rate) // 8 // 65536 * 65536))
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """A file copied and published under its name, its check after the copy to come."""
+
+    b: SourceBackup
+    copy: Copy
+    dst_path: Path
+    result: FileCopyResult
+
+
+class _Checking:
+    """The step after a copy (manifest, row, verification, lock: _finish_copy) of one
+    file, on a thread while the job copies the next file into its partial. The next
+    file is published only after this one's check is settled (``result``), and not at
+    all when it is an incremental on top of a file whose check failed."""
+
+    def __init__(self, b: SourceBackup, check: Callable[[], LockOutcome]) -> None:
+        self.b = b
+        self._check = check
+        self._lock: LockOutcome | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sendense-copy-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._lock = self._check()
+        except BaseException as exc:  # raised in the job's thread by result()
+            self._error = exc
+
+    def result(self) -> LockOutcome:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._lock is not None
+        return self._lock
+
+
+@dataclass
+class _Run:
+    """A copy job's files as it goes: the good ones (copied and checked, or there
+    already), bytes done, and what to say at the end."""
+
+    total: int
+    verify_after: bool
+    good: set[int]
+    done: int
+    copied: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    unprotected: list[str] = field(default_factory=list)
+    checking: _Checking | None = None
+
+
+def _skipped(b: SourceBackup) -> str:
+    return f"{b.path}: its base was not copied, so it was skipped"
 
 
 class CopyService:
@@ -685,41 +744,25 @@ class CopyService:
         ctx.progress(
             done, total, message=f"{plural(len(items) - len(good), 'file')} to copy", force=True
         )
-        copied: list[int] = []
-        skipped: list[str] = []
-        failures: list[str] = []
-        unprotected: list[str] = []
+        out = _Run(total, verify_after, good, done)
         later = [b for b in items if b.id not in good][1:]
         with self._destination_slot(dst.id, ctx), self._headers_ahead(later, repos):
-            for b in items:
-                if b.id in good:
-                    continue
-                ctx.check()
-                if b.parent_id is not None and b.parent_id not in good:
-                    skipped.append(b.path)
-                    failures.append(f"{b.path}: its base was not copied, so it was skipped")
-                    continue
-                src_repo = repos[b.repository_id]
-                try:
-                    lock = self._copy_one(
-                        ctx, b, src_repo, dst, rule, existing.get(b.id), done, total, verify_after
-                    )
-                except CopyNoSpace:
-                    raise
-                except SourceChecksumMismatch as exc:
-                    failures.append(exc.message)
-                    done += b.file_size
-                    continue
-                except CopyError as exc:
-                    failures.append(exc.message)
-                    done += b.file_size
-                    continue
-                good.add(b.id)
-                copied.append(b.id)
-                if lock.failure is not None:
-                    unprotected.append(f"{b.path}: {lock.failure}")
-                done += b.file_size
-                ctx.progress(done, total, force=True)
+            try:
+                for b in items:
+                    if b.id in out.good:
+                        continue
+                    ctx.check()
+                    self._copy_item(ctx, b, repos[b.repository_id], dst, rule, existing, out)
+                self._settle(out)
+            finally:
+                if out.checking is not None:
+                    # stopped or failed while the file before was checked: that file
+                    # still gets its check and its row, as if it had been checked first
+                    try:
+                        self._settle(out)
+                    except Exception:
+                        log.exception("the check of %s after its copy", out.checking.b.path)
+        copied, failures, unprotected = out.copied, out.failures, out.unprotected
         result = {
             "copied": len(copied),
             "already_there": len(items) - len(copied) - len(failures),
@@ -747,6 +790,78 @@ class CopyService:
                 ),
             )
         return result
+
+    def _copy_item(
+        self,
+        ctx: JobContext,
+        b: SourceBackup,
+        src_repo: Repository,
+        dst: Repository,
+        rule: CopyRule | None,
+        existing: dict[int, Copy | None],
+        out: _Run,
+    ) -> None:
+        """Copy one file of the job while the file before it is checked (out.checking);
+        it is published once that check is settled, and withdrawn (its partial removed,
+        its row as it was) when it is an incremental on a base whose check failed."""
+        on_checked_base = out.checking is not None and out.checking.b.id == b.parent_id
+        if b.parent_id is not None and b.parent_id not in out.good and not on_checked_base:
+            out.failures.append(_skipped(b))
+            return
+
+        def settle() -> None:
+            self._settle(out)
+            if b.parent_id is not None and b.parent_id not in out.good:
+                raise Withdrawn
+
+        total = out.total
+        try:
+            landed = self._copy_one(
+                ctx, b, src_repo, dst, rule, existing.get(b.id), out.done, total, settle
+            )
+        except Withdrawn:
+            out.failures.append(_skipped(b))
+            return
+        except CopyNoSpace:
+            raise
+        except CopyError as exc:  # SourceChecksumMismatch too
+            self._settle(out)
+            out.failures.append(exc.message)
+            out.done += b.file_size
+            return
+        out.done += b.file_size
+        ctx.progress(out.done, total, force=True)
+        out.checking = _Checking(
+            b,
+            functools.partial(
+                self._finish_copy,
+                ctx,
+                b,
+                src_repo,
+                dst,
+                rule,
+                landed.copy,
+                landed.dst_path,
+                landed.result,
+                out.verify_after,
+            ),
+        )
+
+    def _settle(self, out: _Run) -> None:
+        """Wait for the check of the file copied before and count it: good, failed (its
+        sentence kept for the job's) or good but not locked."""
+        checking, out.checking = out.checking, None
+        if checking is None:
+            return
+        try:
+            lock = checking.result()
+        except CopyError as exc:
+            out.failures.append(exc.message)
+            return
+        out.good.add(checking.b.id)
+        out.copied.append(checking.b.id)
+        if lock.failure is not None:
+            out.unprotected.append(f"{checking.b.path}: {lock.failure}")
 
     @contextlib.contextmanager
     def _headers_ahead(
@@ -795,9 +910,12 @@ class CopyService:
         copy: Copy | None,
         base_done: int,
         total: int,
-        verify_after: bool,
-    ) -> LockOutcome:
-        """Copy one file, verify it if asked, then lock it (the job's lock step)."""
+        settle: Callable[[], None],
+    ) -> _Landed:
+        """Copy one file and publish it once ``settle()`` (before_publish) allows; its
+        check, row and lock follow in _finish_copy. A copy withdrawn by ``settle``
+        leaves its row as it was before (a new row is removed)."""
+        before = copy
         copy, parent_copy_id = self._copy_row(ctx, b, dst, rule, copy)
         headers_checked = self._headers_first(copy, b, src_repo, dst)
         src_path = repo_file(src_repo, b.path)
@@ -846,8 +964,12 @@ class CopyService:
                     # a copy is not read again soon (the check after it reads metadata
                     # only): its pages would only push the console's out of the cache
                     drop_cache=True,
+                    before_publish=settle,
                 )
                 break
+            except Withdrawn:
+                self._restore_row(copy, before)
+                raise
             except JobCancelled as exc:
                 if (ctx.stopped or exc).reason in KEEPS_PARTIAL:
                     self.store.update_copy(copy.id, state="pending")
@@ -861,7 +983,7 @@ class CopyService:
                     # not rot: a merge replaced this point's file while the job ran
                     # (the point became the full); copy the file it is now
                     return self._copy_one(
-                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, verify_after
+                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, settle
                     )
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
@@ -880,7 +1002,21 @@ class CopyService:
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
         failpoint("copy.after_rename")
-        return self._finish_copy(ctx, b, src_repo, dst, rule, copy, dst_path, result, verify_after)
+        return _Landed(b, copy, dst_path, result)
+
+    def _restore_row(self, copy: Copy, before: Copy | None) -> None:
+        """A withdrawn copy leaves the catalog as the job found it: the row it made is
+        removed, a row from an earlier run gets its state back."""
+        if before is None:
+            self.store.delete_copy(copy.id)
+            return
+        self.store.update_copy(
+            copy.id,
+            state=before.state,
+            error=before.error,
+            attempts=before.attempts,
+            job_id=before.job_id,
+        )
 
     def _headers_first(
         self, copy: Copy, b: SourceBackup, src_repo: Repository, dst: Repository
