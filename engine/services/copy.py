@@ -38,7 +38,6 @@ its partial (see engine.copier).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -103,6 +102,9 @@ SELECTIONS = ("all", "fulls", "latest")
 #: what the disk reads in that time (70-120 ms at ~0.6-1 GB/s here), beyond it the
 #: copy's own read-ahead has started
 FIRST_READ_SOON = 64 * 1024 * 1024
+#: bytes of the next file the disk reads while a file is checked after its copy (the
+#: job thread meanwhile does the next file's row and header check: the disk would idle)
+NEXT_READ_SOON = 16 * 1024 * 1024
 KEEPS_PARTIAL = (StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.LOST)
 MODES = ("immediate", "scheduled", "manual")
 
@@ -753,11 +755,13 @@ class CopyService:
         todo = [b for b in items if b.id not in good]
         with self._destination_slot(dst.id, ctx), self._headers_ahead(todo, repos):
             try:
-                for b in items:
-                    if b.id in out.good:
-                        continue
+                for i, b in enumerate(todo):
                     ctx.check()
-                    self._copy_item(ctx, b, repos[b.repository_id], dst, rule, existing, out)
+                    then = todo[i + 1] if i + 1 < len(todo) else None
+                    then_path = repo_file(repos[then.repository_id], then.path) if then else None
+                    self._copy_item(
+                        ctx, b, repos[b.repository_id], dst, rule, existing, out, then_path
+                    )
                 self._settle(out)
             finally:
                 if out.checking is not None:
@@ -805,10 +809,13 @@ class CopyService:
         rule: CopyRule | None,
         existing: dict[int, Copy | None],
         out: _Run,
+        then: Path | None,
     ) -> None:
         """Copy one file of the job while the file before it is checked (out.checking);
         it is published once that check is settled, and withdrawn (its partial removed,
-        its row as it was) when it is an incremental on a base whose check failed."""
+        its row as it was) when it is an incremental on a base whose check failed.
+        ``then``: the source of the file copied next, whose beginning the disk reads
+        while this one is checked and the next one's rows and headers are done."""
         on_checked_base = out.checking is not None and out.checking.b.id == b.parent_id
         if b.parent_id is not None and b.parent_id not in out.good and not on_checked_base:
             out.failures.append(_skipped(b))
@@ -836,10 +843,11 @@ class CopyService:
             return
         out.done += b.file_size
         ctx.progress(out.done, total, force=True)
-        out.checking = _Checking(
-            b,
-            functools.partial(
-                self._finish_copy,
+
+        def check() -> LockOutcome:
+            if then is not None:
+                read_soon(then, NEXT_READ_SOON)
+            return self._finish_copy(
                 ctx,
                 b,
                 src_repo,
@@ -849,8 +857,9 @@ class CopyService:
                 landed.dst_path,
                 landed.result,
                 out.verify_after,
-            ),
-        )
+            )
+
+        out.checking = _Checking(b, check)
 
     def _settle(self, out: _Run) -> None:
         """Wait for the check of the file copied before and count it: good, failed (its
