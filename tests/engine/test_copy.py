@@ -513,6 +513,48 @@ def test_sigkill_mid_file_then_another_engine_finishes(
     assert resumer.copy_store.get_copy(copy.id).state == "completed"
 
 
+def test_sigkill_while_a_file_is_checked_and_the_next_copied_is_resumed(
+    engine_factory, catalog_url: str, tmp_path: Path
+) -> None:
+    from engine.config import JobSettings
+    from engine.failpoints import ENV
+
+    setup = engine_factory(owner="setup")
+    src = add_repo(setup, "main", tmp_path / "main")
+    dst = add_repo(setup, "offsite", tmp_path / "offsite")
+    chain = make_chain(setup, src, size_mb=8, incrementals=2)
+    setup.copies.add_rule(name="r", source="main", destination="offsite")
+    job = setup.copies.run_rule("r")
+    repo_root = Path(__file__).resolve().parents[2]
+    # killed in the full's check after the copy (its row written, the verification not
+    # done), while the job copies the first incremental on top of it
+    worker = subprocess.run(
+        [sys.executable, "-m", "tests.engine.copy_worker", catalog_url, str(tmp_path / "w")]
+        + [str(job.id)],
+        cwd=repo_root,
+        env={**os.environ, ENV: "copy.after_record"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert worker.returncode == -9, worker.stderr.decode()
+    assert not [c for c in setup.copies.list_copies() if c.state == "completed"]
+    for rel in chain.paths[1:]:  # nothing published on top of the unchecked full
+        assert not (Path(dst.path) / rel).exists()
+
+    resumer = engine_factory(
+        owner="resumer", jobs=JobSettings(max_concurrent=1, lease_seconds=1, heartbeat_seconds=0.2)
+    )
+    resumer.start()
+    done = wait_job(resumer, job.id, ("succeeded", "failed"), timeout=60)
+    assert done.state == "succeeded", done.error
+    for rel in chain.paths:
+        assert sha256(Path(dst.path) / rel) == sha256(Path(src.path) / rel)
+    assert not any(p.name.endswith(".partial") for p in Path(dst.path).rglob("*"))
+    copies = resumer.copies.list_copies()
+    assert sorted(c.backup_id for c in copies if c.state == "completed") == chain.backup_ids
+    assert {c.verify_state for c in copies if c.state == "completed"} == {"ok"}
+
+
 @SQLITE_ONLY
 def test_a_full_destination_takes_no_copy(engine: Engine, tmp_path: Path) -> None:
     src = add_repo(engine, "main", tmp_path / "main")
