@@ -529,8 +529,14 @@ def test_sigkill_while_a_file_is_checked_and_the_next_copied_is_resumed(
     # killed in the full's check after the copy (its row written, the verification not
     # done), while the job copies the first incremental on top of it
     worker = subprocess.run(
-        [sys.executable, "-m", "tests.engine.copy_worker", catalog_url, str(tmp_path / "w")]
-        + [str(job.id)],
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.copy_worker",
+            catalog_url,
+            str(tmp_path / "w"),
+            str(job.id),
+        ],
         cwd=repo_root,
         env={**os.environ, ENV: "copy.after_record"},
         capture_output=True,
