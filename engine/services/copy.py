@@ -793,10 +793,12 @@ class CopyService:
                 if out.checking is not None:
                     # stopped or failed while the file before was checked: that file
                     # still gets its check and its row, as if it had been checked first
+                    # (an error of that check is logged: the one on its way out is said)
+                    path = out.checking.b.path
                     try:
                         self._settle(out)
                     except Exception:
-                        log.exception("the check of %s after its copy", out.checking.b.path)
+                        log.exception("the check of %s after its copy failed", path)
         copied, failures, unprotected = out.copied, out.failures, out.unprotected
         result = {
             "copied": len(copied),
