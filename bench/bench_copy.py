@@ -19,7 +19,8 @@ pair is printed beside it.
 
 Run: ``.venv/bin/python -m bench copy`` or, smaller,
 ``.venv/bin/python -m bench.bench_copy --mb 512 --rounds 5`` (``SENDENSE_BENCH_MB``
-still sets the default size; ``--part copier`` or ``--part cli`` runs one part).
+still sets the default size; ``--part copier`` or ``--part cli`` runs one part, ``--part
+job`` the second without the CLI).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def _engine_copy(state: Path, rule: str) -> float:
 
 def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], list[float]]:
     """cp + sync vs ``sendense copy run`` of one chain and vs the copy job alone, in
-    turns: the ratios (CLI, job alone)."""
+    turns: the ratios (CLI, job alone; ``--part job``: no CLI, its list empty)."""
+    with_cli = args.part != "job"
     state = base / "state"
     src = base / "src-repo"
     engine = _open_engine(state)
@@ -167,7 +169,8 @@ def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], li
     cli_ratios, job_ratios = [], []
     for round_ in range(args.rounds):
         cli, alone = f"cli{round_}", f"job{round_}"
-        for name in (cli, alone):
+        names = (cli, alone) if with_cli else (alone,)
+        for name in names:
             _add_destination(state, name, base / name)
         copy = [sendense, "--state-dir", str(state), "copy", "run", f"to-{cli}"]
 
@@ -177,19 +180,23 @@ def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], li
 
         ref = timed(reference)
         shutil.rmtree(base / f"cp{round_}")
-        ours = timed(partial(subprocess.run, copy, check=True, capture_output=True))
+        if with_cli:
+            ours = timed(partial(subprocess.run, copy, check=True, capture_output=True))
         job = _engine_copy(state, f"to-{alone}")
-        for name in (cli, alone):
+        for name in names:
             shutil.rmtree(base / name)
-        cli_ratios.append(ref / ours)
         job_ratios.append(ref / job)
 
         def rate(seconds: float) -> str:
             return f"{total / seconds / MiB:6.1f} MiB/s ({seconds:5.2f} s)"
 
+        cli_said = ""
+        if with_cli:
+            cli_ratios.append(ref / ours)
+            cli_said = f"sendense copy run {rate(ours)} ratio {cli_ratios[-1]:.2f}, "
         print(
-            f"  round {round_ + 1}: cp+sync {rate(ref)}, sendense copy run {rate(ours)} ratio "
-            f"{cli_ratios[-1]:.2f}, copy job alone {rate(job)} ratio {job_ratios[-1]:.2f} "
+            f"  round {round_ + 1}: cp+sync {rate(ref)}, {cli_said}copy job alone {rate(job)} "
+            f"ratio {job_ratios[-1]:.2f} "
             f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)"
         )
     return cli_ratios, job_ratios
@@ -203,7 +210,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="pairs (cp, then ours)")
     parser.add_argument("--dir", default="/var/tmp", help="where the set is made")
     parser.add_argument(
-        "--part", choices=("copier", "cli", "both"), default="both", help="which part to run"
+        "--part",
+        choices=("copier", "cli", "job", "both"),
+        default="both",
+        help="which part to run (job: the copy job alone, without the CLI)",
     )
     return parser.parse_args(argv or [])
 
@@ -212,10 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.part in ("copier", "both"):
         run_copier(args)
-    if args.part in ("cli", "both"):
+    if args.part in ("cli", "job", "both"):
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="sendense-bench-copy-") as tmp:
             cli, alone = run_cli_pairs(args, Path(tmp))
         for what, ratios in (("sendense copy run", cli), ("copy job alone", alone)):
+            if not ratios:
+                continue
             ratio = statistics.median(ratios)
             verdict = "OK" if ratio >= 0.9 else "BELOW GOAL"
             print(f"{what}: ratio (median of rounds) {ratio:.2f} (goal >= 0.9) {verdict}")

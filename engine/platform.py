@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,31 @@ def read_sequentially(fd: int) -> None:
     a filesystem that ignores it is fine."""
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+#: the most one POSIX_FADV_WILLNEED reads here (the kernel caps a call at its
+#: read-ahead size): read_soon asks in steps of this
+_WILLNEED_STEP = 4 * 1024 * 1024
+
+
+def read_soon(path: str | Path, length: int) -> None:
+    """Ask the kernel to start reading the first ``length`` bytes of ``path`` into the
+    page cache now, without waiting for them: the disk works while the caller does
+    something else first (a copy job's checks before a file's copy). A hint: a file
+    that cannot be opened or a filesystem that ignores it is fine. Only a regular file
+    is read: a link or a device node put where a file should be is left alone (opening
+    one may already do something), for the caller's own checks to refuse."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return
+            for offset in range(0, length, _WILLNEED_STEP):
+                os.posix_fadvise(fd, offset, _WILLNEED_STEP, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
 
 def drop_cached(fd: int, offset: int = 0, length: int = 0) -> None:

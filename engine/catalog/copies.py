@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 
 from engine.catalog.chains import LIVE_STATES, ChainStore
 from engine.catalog.db import Catalog, in_batches
@@ -374,6 +374,11 @@ class CopyStore:
                 .values(**fields)
                 .execution_options(synchronize_session=False)
             )
+
+    def delete_copy(self, copy_id: int) -> None:
+        """Remove a copy row nothing refers to yet (a copy withdrawn before it landed)."""
+        with self.catalog.session() as session:
+            session.execute(delete(Copy).where(Copy.id == copy_id))
 
     def list_copies(
         self,

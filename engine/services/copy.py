@@ -26,6 +26,16 @@ the bytes as they were written, not a second read of every byte (see
 VerifyService.verify_copy): a copy runs at the disk's speed, and the copy stays
 due for the scheduled verification, which reads it back from the disk.
 
+Files overlap: while one file is checked after its copy (its manifest, its row, the
+verification, its lock: on a thread), the next is copied into its partial, and the
+disk reads the beginning of the one after. A file is published only once the check of
+the file before it is settled; an incremental whose base failed its check is withdrawn
+(its partial removed, its row as it was before), so nothing lands on top of a base that
+failed and the job ends with the same sentences as if the files had gone one by one.
+Measured on this project's machines (a 1 GiB chain of 3 files, ext4 on a virtual disk,
+cache dropped), the check took 50-90 ms a file and the job 0.3-0.4 s more than its
+copies before the overlap.
+
 Locking is a step of the copy: once a copy is complete (and verified) it is
 locked when its destination is immutable or its rule has ``lock_copies``; a
 copy that cannot be locked stays (it is a good copy) and the job ends as
@@ -38,6 +48,7 @@ its partial (see engine.copier).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -62,6 +73,7 @@ from engine.copier import (
     FileCopyResult,
     SourceChecksumMismatch,
     TokenBucket,
+    Withdrawn,
     copy_file,
 )
 from engine.cron import cron_error
@@ -79,6 +91,7 @@ from engine.failpoints import failpoint
 from engine.fsutil import discard, partial_path
 from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.names import name_error
+from engine.platform import read_soon
 from engine.services import manifests
 from engine.services.chains import repo_file
 from engine.services.images import ImageGuard, ImageRefused, Layer, PointUnreadable
@@ -96,6 +109,13 @@ BACKUP_LANDED_EVENT = "backup.completed"
 SELECTIONS = ("all", "fulls", "latest")
 #: stops after which a copy resumes (its partial file kept, its row pending); a cancel
 #: or a lost catalog removes the partial
+#: bytes of a job's first file the disk reads while the job checks its headers: about
+#: what the disk reads in that time (70-120 ms at ~0.6-1 GB/s here), beyond it the
+#: copy's own read-ahead has started
+FIRST_READ_SOON = 64 * 1024 * 1024
+#: bytes of the next file the disk reads while a file is checked after its copy (the
+#: job thread meanwhile does the next file's row and header check: the disk would idle)
+NEXT_READ_SOON = 16 * 1024 * 1024
 KEEPS_PARTIAL = (StopReason.PAUSE, StopReason.SHUTDOWN, StopReason.LOST)
 MODES = ("immediate", "scheduled", "manual")
 
@@ -148,6 +168,79 @@ def _throttle(rule: CopyRule | None) -> tuple[TokenBucket | None, int]:
         return None, CHUNK_SIZE
     bucket = TokenBucket(rule.bandwidth_limit)
     return bucket, max(64 * 1024, min(CHUNK_SIZE, int(bucket.rate) // 8 // 65536 * 65536))
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """A file copied and published under its name, its check after the copy to come."""
+
+    b: SourceBackup
+    copy: Copy
+    dst_path: Path
+    result: FileCopyResult
+
+
+class _Checking:
+    """The step after a copy (manifest, row, verification, lock: _finish_copy) of one
+    file, on a thread while the job copies the next file into its partial. The next
+    file is published only after this one's check is settled (``result``), and not at
+    all when it is an incremental on top of a file whose check failed."""
+
+    def __init__(self, b: SourceBackup, check: Callable[[], LockOutcome]) -> None:
+        self.b = b
+        self._check = check
+        self._lock: LockOutcome | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sendense-copy-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._lock = self._check()
+        except BaseException as exc:  # raised in the job's thread by result()
+            self._error = exc
+
+    def result(self) -> LockOutcome:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._lock is not None
+        return self._lock
+
+
+@dataclass
+class _Run:
+    """A copy job's files as it goes: the good ones (copied and checked, or there
+    already), bytes done, and what to say at the end."""
+
+    total: int
+    verify_after: bool
+    good: set[int]
+    done: int
+    copied: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    unprotected: list[str] = field(default_factory=list)
+    checking: _Checking | None = None
+
+
+class _Replaced(Withdrawn):
+    """The point's file was replaced (a merge) while it was copied: the copy is dropped
+    and the file it is now is copied."""
+
+
+def _source_or_none(todo: list[SourceBackup], repos: dict[int, Repository]) -> Path | None:
+    """The source file of the first of ``todo``, to read ahead; None when there is none
+    or its catalog path leaves its repository (refused at that file's own turn)."""
+    if not todo:
+        return None
+    try:
+        return repo_file(repos[todo[0].repository_id], todo[0].path)
+    except ValidationError:
+        return None
+
+
+def _skipped(b: SourceBackup) -> str:
+    return f"{b.path}: its base was not copied, so it was skipped"
 
 
 class CopyService:
@@ -685,41 +778,28 @@ class CopyService:
         ctx.progress(
             done, total, message=f"{plural(len(items) - len(good), 'file')} to copy", force=True
         )
-        copied: list[int] = []
-        skipped: list[str] = []
-        failures: list[str] = []
-        unprotected: list[str] = []
-        later = [b for b in items if b.id not in good][1:]
-        with self._destination_slot(dst.id, ctx), self._headers_ahead(later, repos):
-            for b in items:
-                if b.id in good:
-                    continue
-                ctx.check()
-                if b.parent_id is not None and b.parent_id not in good:
-                    skipped.append(b.path)
-                    failures.append(f"{b.path}: its base was not copied, so it was skipped")
-                    continue
-                src_repo = repos[b.repository_id]
-                try:
-                    lock = self._copy_one(
-                        ctx, b, src_repo, dst, rule, existing.get(b.id), done, total, verify_after
+        out = _Run(total, verify_after, good, done)
+        todo = [b for b in items if b.id not in good]
+        with self._destination_slot(dst.id, ctx), self._headers_ahead(todo, repos):
+            try:
+                for i, b in enumerate(todo):
+                    ctx.check()
+                    then_path = _source_or_none(todo[i + 1 :], repos)
+                    self._copy_item(
+                        ctx, b, repos[b.repository_id], dst, rule, existing, out, then_path
                     )
-                except CopyNoSpace:
-                    raise
-                except SourceChecksumMismatch as exc:
-                    failures.append(exc.message)
-                    done += b.file_size
-                    continue
-                except CopyError as exc:
-                    failures.append(exc.message)
-                    done += b.file_size
-                    continue
-                good.add(b.id)
-                copied.append(b.id)
-                if lock.failure is not None:
-                    unprotected.append(f"{b.path}: {lock.failure}")
-                done += b.file_size
-                ctx.progress(done, total, force=True)
+                self._settle(out)
+            finally:
+                if out.checking is not None:
+                    # stopped or failed while the file before was checked: that file
+                    # still gets its check and its row, as if it had been checked first
+                    # (an error of that check is logged: the one on its way out is said)
+                    path = out.checking.b.path
+                    try:
+                        self._settle(out)
+                    except Exception:
+                        log.exception("the check of %s after its copy failed", path)
+        copied, failures, unprotected = out.copied, out.failures, out.unprotected
         result = {
             "copied": len(copied),
             "already_there": len(items) - len(copied) - len(failures),
@@ -748,20 +828,102 @@ class CopyService:
             )
         return result
 
+    def _copy_item(
+        self,
+        ctx: JobContext,
+        b: SourceBackup,
+        src_repo: Repository,
+        dst: Repository,
+        rule: CopyRule | None,
+        existing: dict[int, Copy | None],
+        out: _Run,
+        then: Path | None,
+    ) -> None:
+        """Copy one file of the job while the file before it is checked (out.checking);
+        it is published once that check is settled, and withdrawn (its partial removed,
+        its row as it was) when it is an incremental on a base whose check failed.
+        ``then``: the source of the file copied next, whose beginning the disk reads
+        while this one is checked and the next one's rows and headers are done."""
+        on_checked_base = out.checking is not None and out.checking.b.id == b.parent_id
+        if b.parent_id is not None and b.parent_id not in out.good and not on_checked_base:
+            out.failures.append(_skipped(b))
+            return
+
+        def settle() -> None:
+            self._settle(out)
+            if b.parent_id is not None and b.parent_id not in out.good:
+                raise Withdrawn
+
+        total = out.total
+        try:
+            landed = self._copy_one(
+                ctx, b, src_repo, dst, rule, existing.get(b.id), out.done, total, settle
+            )
+        except Withdrawn:
+            out.failures.append(_skipped(b))
+            return
+        except CopyNoSpace:
+            raise
+        except CopyError as exc:  # SourceChecksumMismatch too
+            self._settle(out)
+            out.failures.append(exc.message)
+            out.done += b.file_size
+            return
+        out.done += b.file_size
+        ctx.progress(out.done, total, force=True)
+
+        def check() -> LockOutcome:
+            if then is not None:
+                read_soon(then, NEXT_READ_SOON)
+            return self._finish_copy(
+                ctx,
+                b,
+                src_repo,
+                dst,
+                rule,
+                landed.copy,
+                landed.dst_path,
+                landed.result,
+                out.verify_after,
+            )
+
+        out.checking = _Checking(b, check)
+
+    def _settle(self, out: _Run) -> None:
+        """Wait for the check of the file copied before and count it: good, failed (its
+        sentence kept for the job's) or good but not locked."""
+        checking, out.checking = out.checking, None
+        if checking is None:
+            return
+        try:
+            lock = checking.result()
+        except CopyError as exc:
+            out.failures.append(exc.message)
+            return
+        out.good.add(checking.b.id)
+        out.copied.append(checking.b.id)
+        if lock.failure is not None:
+            out.unprotected.append(f"{checking.b.path}: {lock.failure}")
+
     @contextlib.contextmanager
     def _headers_ahead(
-        self, items: list[SourceBackup], repos: dict[int, Repository]
+        self, todo: list[SourceBackup], repos: dict[int, Repository]
     ) -> Iterator[None]:
-        """While the first file copies, read the headers of the chains of the files
-        after it into the guard's memory (a header read stays good only while its file
-        is unchanged), so that each later file's own check before it is copied finds
-        them there instead of starting a ``qemu-img info`` between two copies. Nothing
-        is decided here: a problem found ahead is found again, and said, by the check
-        of the file it belongs to."""
+        """Work ahead of the job on a thread. First the disk starts reading the first
+        file's beginning (read_soon) while the job checks that file's headers, so the
+        copy does not start on an idle disk. Then, while the first file copies, the
+        headers of the chains of the files after it are read into the guard's memory (a
+        header read stays good only while its file is unchanged), so that each later
+        file's own check before it is copied finds them there instead of starting a
+        ``qemu-img info`` between two copies. Nothing is decided here: a problem found
+        ahead is found again, and said, by the check of the file it belongs to."""
         done = threading.Event()
 
         def read() -> None:
-            for b in items:
+            first = _source_or_none(todo, repos)
+            if first is not None:
+                read_soon(first, FIRST_READ_SOON)
+            for b in todo[1:]:
                 if done.is_set():
                     return
                 try:
@@ -773,14 +935,14 @@ class CopyService:
                 except Exception as exc:  # said by that file's own check, if it holds
                     log.debug("reading the headers of %s ahead: %s", b.path, exc)
 
-        reader = threading.Thread(target=read, name="sendense-copy-headers", daemon=True)
-        if items:
+        reader = threading.Thread(target=read, name="sendense-copy-ahead", daemon=True)
+        if todo:
             reader.start()
         try:
             yield
         finally:
             done.set()
-            if items:
+            if todo:
                 # at most the header being read (a daemon thread: a repository that
                 # stopped answering does not hold the job past its own timeout)
                 reader.join(timeout=5)
@@ -795,9 +957,12 @@ class CopyService:
         copy: Copy | None,
         base_done: int,
         total: int,
-        verify_after: bool,
-    ) -> LockOutcome:
-        """Copy one file, verify it if asked, then lock it (the job's lock step)."""
+        settle: Callable[[], None],
+    ) -> _Landed:
+        """Copy one file and publish it once ``settle()`` (before_publish) allows; its
+        check, row and lock follow in _finish_copy. A copy withdrawn by ``settle``
+        leaves its row as it was before (a new row is removed)."""
+        before = copy
         copy, parent_copy_id = self._copy_row(ctx, b, dst, rule, copy)
         headers_checked = self._headers_first(copy, b, src_repo, dst)
         src_path = repo_file(src_repo, b.path)
@@ -830,11 +995,7 @@ class CopyService:
                 )
 
             try:
-                if not src_path.is_file():
-                    raise CopyError(f"source file {src_path} is missing")
-                if not headers_checked:
-                    self._check_headers(b, src_repo)
-                    headers_checked = True
+                headers_checked = self._ready(b, src_repo, src_path, headers_checked)
                 result = copy_file(
                     src_path,
                     dst_path,
@@ -846,8 +1007,20 @@ class CopyService:
                     # a copy is not read again soon (the check after it reads metadata
                     # only): its pages would only push the console's out of the cache
                     drop_cache=True,
+                    before_publish=functools.partial(self._before_publish, b, settle),
                 )
                 break
+            except _Replaced:
+                # a merge made this point the full while it was copied (the file before
+                # was being checked meanwhile): copy the file it is now
+                self._restore_row(copy, before)
+                fresh = self.store.source_backup(b.id)
+                return self._copy_one(
+                    ctx, fresh, src_repo, dst, rule, before, base_done, total, settle
+                )
+            except Withdrawn:
+                self._restore_row(copy, before)
+                raise
             except JobCancelled as exc:
                 if (ctx.stopped or exc).reason in KEEPS_PARTIAL:
                     self.store.update_copy(copy.id, state="pending")
@@ -861,7 +1034,7 @@ class CopyService:
                     # not rot: a merge replaced this point's file while the job ran
                     # (the point became the full); copy the file it is now
                     return self._copy_one(
-                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, verify_after
+                        ctx, fresh, src_repo, dst, rule, copy, base_done, total, settle
                     )
                 self._fail_copy(copy.id, b, dst, exc, level="critical")
                 self._mark_source_bad(b)
@@ -880,7 +1053,40 @@ class CopyService:
                 log.warning("copy of %s failed (%s); retrying in %.0f s", b.path, exc, wait)
                 self._sleep(ctx, wait)
         failpoint("copy.after_rename")
-        return self._finish_copy(ctx, b, src_repo, dst, rule, copy, dst_path, result, verify_after)
+        return _Landed(b, copy, dst_path, result)
+
+    def _ready(
+        self, b: SourceBackup, src_repo: Repository, src_path: Path, headers_checked: bool
+    ) -> bool:
+        """Before an attempt: the source is there and its chain's headers are checked
+        (once they could be read); True once they are."""
+        if not src_path.is_file():
+            raise CopyError(f"source file {src_path} is missing")
+        if not headers_checked:
+            self._check_headers(b, src_repo)
+        return True
+
+    def _before_publish(self, b: SourceBackup, settle: Callable[[], None]) -> None:
+        """The file before settles first; then the point must still be the file that was
+        copied (a merge may have replaced it meanwhile: _Replaced)."""
+        settle()
+        fresh = self.store.source_backup(b.id)
+        if fresh.state != "deleted" and fresh.checksum != b.checksum:
+            raise _Replaced
+
+    def _restore_row(self, copy: Copy, before: Copy | None) -> None:
+        """A withdrawn copy leaves the catalog as the job found it: the row it made is
+        removed, a row from an earlier run gets its state back."""
+        if before is None:
+            self.store.delete_copy(copy.id)
+            return
+        self.store.update_copy(
+            copy.id,
+            state=before.state,
+            error=before.error,
+            attempts=before.attempts,
+            job_id=before.job_id,
+        )
 
     def _headers_first(
         self, copy: Copy, b: SourceBackup, src_repo: Repository, dst: Repository

@@ -14,6 +14,7 @@ from engine.copier import (
     CHUNK_SIZE,
     CopyNoSpace,
     SourceChanged,
+    Withdrawn,
     copy_file,
 )
 from engine.errors import JobCancelled
@@ -155,3 +156,26 @@ def test_a_cancel_mid_copy_keeps_the_partial_and_the_next_copy_resumes(tmp_path:
     assert result.resumed_from > 0 and result.resumed_from % CHUNK_SIZE == 0
     assert result.checksum == want and dst.read_bytes() == src.read_bytes()
     assert not partial_path(dst).exists()
+
+
+def test_the_file_is_published_only_after_before_publish_and_never_when_withdrawn(
+    tmp_path: Path,
+) -> None:
+    src = make_source(tmp_path / "src" / "a.qcow2", 3 * MiB + 5)
+    dst = tmp_path / "dst" / "a.qcow2"
+    seen: list[tuple[bool, int]] = []
+
+    def before_publish() -> None:  # the whole file is in the partial, not yet named
+        seen.append((dst.exists(), partial_path(dst).stat().st_size))
+
+    result = copy_file(src, dst, before_publish=before_publish)
+    assert seen == [(False, src.stat().st_size)]
+    assert sha256(dst) == sha256(src) == result.checksum
+
+    def withdraw() -> None:
+        raise Withdrawn
+
+    again = tmp_path / "dst" / "b.qcow2"
+    with pytest.raises(Withdrawn):
+        copy_file(src, again, before_publish=withdraw)
+    assert nothing_published(again)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog.models import Job
+from engine.catalog.models import Backup, Job
 from engine.copier import TokenBucket, copy_file
 from engine.errors import SendenseError, ValidationError
 from engine.events import Event
@@ -176,6 +177,65 @@ def test_rotten_source_is_not_copied(engine: Engine, tmp_path: Path) -> None:
     assert not partial_path(Path(dst.path) / chain.paths[0]).exists()
     assert engine.copy_store.source_backup(chain.backup_ids[0]).state == "bad"
     assert any(e.kind == "copy.failed" and e.level == "critical" for e in seen)
+
+
+def leak_a_cluster(image: Path) -> None:
+    """A cluster counted in the refcounts but used by nothing, past the file's end: the
+    image stays readable (headers, data) and ``qemu-img check`` reports a leak."""
+    with open(image, "r+b") as f:
+        head = f.read(104)
+        cluster = 1 << struct.unpack(">I", head[20:24])[0]
+        table = struct.unpack(">Q", head[48:56])[0]
+        f.seek(table)
+        block = struct.unpack(">Q", f.read(8))[0]
+        index = -(-f.seek(0, os.SEEK_END) // cluster)  # the first cluster past the end
+        f.seek(block + 2 * index)  # 16-bit refcounts (qemu-img's default)
+        f.write(struct.pack(">H", 1))
+        f.truncate((index + 1) * cluster)
+
+
+@SQLITE_ONLY
+def test_an_incremental_copied_while_its_base_is_checked_is_withdrawn_when_the_check_fails(
+    engine: Engine, tmp_path: Path
+) -> None:
+    src = add_repo(engine, "main", tmp_path / "main")
+    dst = add_repo(engine, "offsite", tmp_path / "offsite")
+    chain = make_chain(engine, src, size_mb=8, incrementals=2)
+    full = Path(src.path) / chain.paths[0]
+    leak_a_cluster(full)  # recorded as it is now: the copy's checksum matches, its check fails
+    with engine.catalog.session() as session:
+        row = session.get(Backup, chain.backup_ids[0])
+        assert row is not None
+        row.checksum, row.file_size = sha256(full), full.stat().st_size
+    first_inc = partial_path(Path(dst.path) / chain.paths[1])
+    copied_meanwhile: list[bool] = []
+
+    def on_check(event: Event) -> None:
+        # the full's check failed: the job goes on copying the incremental on top of it
+        # meanwhile (its partial appears while this check is not over)
+        if event.kind != "verify.ok" and not copied_meanwhile:
+            deadline = time.monotonic() + 10
+            while not first_inc.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            copied_meanwhile.append(first_inc.exists())
+
+    engine.bus.subscribe(on_check, ("verify.",))
+    engine.copies.add_rule(name="r", source="main", destination="offsite")
+    engine.start()
+    job = wait_job(engine, engine.copies.run_rule("r").id)
+
+    assert copied_meanwhile == [True]
+    assert job.state == "failed"
+    assert job.error.startswith("3 of 3 files could not be copied to offsite: ")
+    assert f"{chain.paths[0]} at offsite failed verification after the copy" in job.error
+    for rel in chain.paths[1:]:
+        assert f"{rel}: its base was not copied, so it was skipped" in job.error
+        # nothing of the incrementals is left at the destination or in the catalog
+        assert not (Path(dst.path) / rel).exists()
+        assert not partial_path(Path(dst.path) / rel).exists()
+    [copy] = engine.copies.list_copies()
+    assert copy.backup_id == chain.backup_ids[0] and copy.state == "failed"
+    assert "verification after the copy" in (copy.error or "")
 
 
 @pytest.mark.root
@@ -451,6 +511,54 @@ def test_sigkill_mid_file_then_another_engine_finishes(
     assert done.attempts == 2
     assert sha256(target) == sha256(Path(src.path) / chain.paths[0])
     assert resumer.copy_store.get_copy(copy.id).state == "completed"
+
+
+def test_sigkill_while_a_file_is_checked_and_the_next_copied_is_resumed(
+    engine_factory, catalog_url: str, tmp_path: Path
+) -> None:
+    from engine.config import JobSettings
+    from engine.failpoints import ENV
+
+    setup = engine_factory(owner="setup")
+    src = add_repo(setup, "main", tmp_path / "main")
+    dst = add_repo(setup, "offsite", tmp_path / "offsite")
+    chain = make_chain(setup, src, size_mb=8, incrementals=2)
+    setup.copies.add_rule(name="r", source="main", destination="offsite")
+    job = setup.copies.run_rule("r")
+    repo_root = Path(__file__).resolve().parents[2]
+    # killed in the full's check after the copy (its row written, the verification not
+    # done), while the job copies the first incremental on top of it
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.copy_worker",
+            catalog_url,
+            str(tmp_path / "w"),
+            str(job.id),
+        ],
+        cwd=repo_root,
+        env={**os.environ, ENV: "copy.after_record"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert worker.returncode == -9, worker.stderr.decode()
+    assert not [c for c in setup.copies.list_copies() if c.state == "completed"]
+    for rel in chain.paths[1:]:  # nothing published on top of the unchecked full
+        assert not (Path(dst.path) / rel).exists()
+
+    resumer = engine_factory(
+        owner="resumer", jobs=JobSettings(max_concurrent=1, lease_seconds=1, heartbeat_seconds=0.2)
+    )
+    resumer.start()
+    done = wait_job(resumer, job.id, ("succeeded", "failed"), timeout=60)
+    assert done.state == "succeeded", done.error
+    for rel in chain.paths:
+        assert sha256(Path(dst.path) / rel) == sha256(Path(src.path) / rel)
+    assert not any(p.name.endswith(".partial") for p in Path(dst.path).rglob("*"))
+    copies = resumer.copies.list_copies()
+    assert sorted(c.backup_id for c in copies if c.state == "completed") == chain.backup_ids
+    assert {c.verify_state for c in copies if c.state == "completed"} == {"ok"}
 
 
 @SQLITE_ONLY
