@@ -7,11 +7,13 @@ echo 3 > drop_caches``, when root) before each side; the reference is ``cp -r
 1. the copier alone: a file set (default 2 GiB: 8 files of 256 MiB, random data)
    through :func:`engine.copier.copy_file` (on a filesystem that cannot clone, so both really
    copy bytes);
-2. ``sendense copy run RULE`` as an operator runs it (a new process: Python's start,
-   the catalog, the job, the header checks, the copy, the check after the copy, the
-   manifests): a real QCOW2 chain of the same size (a full of random data and two
-   incrementals) from one repository to a fresh one each round, through a rule with
-   the default settings (verify after copying on).
+2. ``sendense copy run RULE`` as an operator runs it (a new process), on a real QCOW2
+   chain of the same size (a full of random data and two incrementals) from one
+   repository to a fresh one each time, through a rule with the default settings
+   (verify after copying on): with a ``sendense daemon`` running, as on an appliance
+   (the command hands it the job and follows it), and with none (Python's start, the
+   catalog, the job, the header checks, the copy, the check after the copy, the
+   manifests, all in the command); and the copy job alone in this process.
 
 Each pair gives a ratio (our throughput / cp's); the median ratio is the figure (goal
 >= 0.9 for ``sendense copy run``). The machine may be shared: the load average at each
@@ -39,6 +41,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from bench.bench_api import start_daemon
 from bench.chains import MiB, make_random_chain, record_chain
 from engine.config import CapacitySettings, default_settings
 from engine.copier import copy_file
@@ -147,10 +150,32 @@ def _engine_copy(state: Path, rule: str) -> float:
         engine.close()
 
 
-def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], list[float]]:
-    """cp + sync vs ``sendense copy run`` of one chain and vs the copy job alone, in
-    turns: the ratios (CLI, job alone; ``--part job``: no CLI, its list empty)."""
-    with_cli = args.part != "job"
+def _cli_copy(state: Path, rule: str, *, daemon: bool) -> float:
+    """``sendense copy run RULE`` as a new process, caches dropped first: with a
+    ``sendense daemon`` running on the state directory (it runs the job; the command
+    follows it), or with none to ask (the command runs the job itself)."""
+    sendense = str(Path(sys.executable).with_name("sendense"))
+    copy = [sendense, "--state-dir", str(state), "copy", "run", rule]
+    if not daemon:
+        alone = {**os.environ, "SENDENSE_API_SOCKET": str(state / "no-daemon-here.sock")}
+        return timed(partial(subprocess.run, copy, check=True, capture_output=True, env=alone))
+    served = start_daemon(state)
+    try:
+        return timed(partial(subprocess.run, copy, check=True, capture_output=True))
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
+
+
+#: the forms measured against cp + sync each round, in their order
+FORMS = ("sendense copy run (daemon running)", "sendense copy run (no daemon)", "copy job alone")
+
+
+def run_cli_pairs(args: argparse.Namespace, base: Path) -> dict[str, list[float]]:
+    """cp + sync vs ``sendense copy run`` of one chain (with a daemon, as on an
+    appliance, and with none) and vs the copy job alone, in turns: each form's ratios
+    (``--part job``: the job alone only)."""
+    forms = FORMS if args.part != "job" else FORMS[2:]
     state = base / "state"
     src = base / "src-repo"
     engine = _open_engine(state)
@@ -161,18 +186,16 @@ def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], li
     finally:
         engine.close()
     total = sum(p.stat().st_size for p in files)
-    sendense = str(Path(sys.executable).with_name("sendense"))
     print(
         f"sendense copy run: a chain of {len(files)} QCOW2 files, {total / MiB:.0f} MiB, "
         f"to a new repository each time (verify after copying on, the default)"
     )
-    cli_ratios, job_ratios = [], []
+    ratios: dict[str, list[float]] = {form: [] for form in forms}
+
+    def rate(seconds: float) -> str:
+        return f"{total / seconds / MiB:6.1f} MiB/s ({seconds:5.2f} s)"
+
     for round_ in range(args.rounds):
-        cli, alone = f"cli{round_}", f"job{round_}"
-        names = (cli, alone) if with_cli else (alone,)
-        for name in names:
-            _add_destination(state, name, base / name)
-        copy = [sendense, "--state-dir", str(state), "copy", "run", f"to-{cli}"]
 
         def reference(out: Path = base / f"cp{round_}") -> None:
             subprocess.run(["cp", "-r", "--reflink=never", str(src), str(out)], check=True)
@@ -180,26 +203,22 @@ def run_cli_pairs(args: argparse.Namespace, base: Path) -> tuple[list[float], li
 
         ref = timed(reference)
         shutil.rmtree(base / f"cp{round_}")
-        if with_cli:
-            ours = timed(partial(subprocess.run, copy, check=True, capture_output=True))
-        job = _engine_copy(state, f"to-{alone}")
-        for name in names:
+        said = [f"cp+sync {rate(ref)}"]
+        for n, form in enumerate(forms):
+            name = f"r{round_}f{n}"
+            _add_destination(state, name, base / name)
+            if form == "copy job alone":
+                took = _engine_copy(state, f"to-{name}")
+            else:
+                took = _cli_copy(state, f"to-{name}", daemon="daemon running" in form)
             shutil.rmtree(base / name)
-        job_ratios.append(ref / job)
-
-        def rate(seconds: float) -> str:
-            return f"{total / seconds / MiB:6.1f} MiB/s ({seconds:5.2f} s)"
-
-        cli_said = ""
-        if with_cli:
-            cli_ratios.append(ref / ours)
-            cli_said = f"sendense copy run {rate(ours)} ratio {cli_ratios[-1]:.2f}, "
+            ratios[form].append(ref / took)
+            said.append(f"{form} {rate(took)} ratio {ratios[form][-1]:.2f}")
         print(
-            f"  round {round_ + 1}: cp+sync {rate(ref)}, {cli_said}copy job alone {rate(job)} "
-            f"ratio {job_ratios[-1]:.2f} "
+            f"  round {round_ + 1}: {', '.join(said)} "
             f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)"
         )
-    return cli_ratios, job_ratios
+    return ratios
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -224,10 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         run_copier(args)
     if args.part in ("cli", "job", "both"):
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="sendense-bench-copy-") as tmp:
-            cli, alone = run_cli_pairs(args, Path(tmp))
-        for what, ratios in (("sendense copy run", cli), ("copy job alone", alone)):
-            if not ratios:
-                continue
+            forms = run_cli_pairs(args, Path(tmp))
+        for what, ratios in forms.items():
             ratio = statistics.median(ratios)
             verdict = "OK" if ratio >= 0.9 else "BELOW GOAL"
             print(f"{what}: ratio (median of rounds) {ratio:.2f} (goal >= 0.9) {verdict}")
