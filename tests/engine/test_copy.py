@@ -26,6 +26,21 @@ SQLITE_ONLY = pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
 FINAL = ("succeeded", "failed", "cancelled", "paused")
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_argv(catalog_url: str, state_dir: Path, job_id: int) -> list[str]:
+    """A copy worker process (tests.engine.copy_worker) that runs job ``job_id``."""
+    return [
+        sys.executable,
+        "-m",
+        "tests.engine.copy_worker",
+        catalog_url,
+        str(state_dir),
+        str(job_id),
+    ]
+
+
 def wait_job(engine: Engine, job_id: int, states: tuple[str, ...] = FINAL, timeout=60.0) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -468,17 +483,9 @@ def test_sigkill_mid_file_then_another_engine_finishes(
     )
     job = setup.copies.run_rule("slow")
     target = Path(dst.path) / chain.paths[0]
-    repo_root = Path(__file__).resolve().parents[2]
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.engine.copy_worker",
-            catalog_url,
-            str(tmp_path / "w"),
-            str(job.id),
-        ],
-        cwd=repo_root,
+        worker_argv(catalog_url, tmp_path / "w", job.id),
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -525,19 +532,11 @@ def test_sigkill_while_a_file_is_checked_and_the_next_copied_is_resumed(
     chain = make_chain(setup, src, size_mb=8, incrementals=2)
     setup.copies.add_rule(name="r", source="main", destination="offsite")
     job = setup.copies.run_rule("r")
-    repo_root = Path(__file__).resolve().parents[2]
     # killed in the full's check after the copy (its row written, the verification not
     # done), while the job copies the first incremental on top of it
     worker = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.engine.copy_worker",
-            catalog_url,
-            str(tmp_path / "w"),
-            str(job.id),
-        ],
-        cwd=repo_root,
+        worker_argv(catalog_url, tmp_path / "w", job.id),
+        cwd=ROOT,
         env={**os.environ, ENV: "copy.after_record"},
         capture_output=True,
         timeout=60,
