@@ -208,10 +208,14 @@ def submit_job(settings: Settings, path: str, body: dict[str, Any]) -> dict[str,
             raise DaemonUnanswered(f"no answer came ({exc})") from None
     finally:
         connection.close()
-    if answer.status != 202:
-        # a refusal (the daemon's catalog, version, the input, a running job): the
-        # command's own run says it in the CLI's words, or does the work
+    if 400 <= answer.status < 500 or answer.status == 503:
+        # refused before anything was queued (another catalog or version, the input, a
+        # running job, the daemon's catalog down): the command's own run says it in
+        # the CLI's words, or does the work
         return None
+    if answer.status != 202:
+        # a failure inside the daemon may have come after the job was queued
+        raise DaemonUnanswered(f"it failed ({answer.status})")
     queued = _json_object(data)
     job = queued.get("job") if queued is not None else None
     if not _answers_for(answer, settings) or not isinstance(job, dict):

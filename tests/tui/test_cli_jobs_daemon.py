@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.config import default_settings
+from engine import __version__
+from engine.config import catalog_identity, default_settings, sqlite_url
 from sendense_tui import daemon_client
 from tests.api.conftest import ROOT, ApiDaemon
+from tests.tui.stand_in_daemon import stand_in
 from tests.tui.test_cli_start import imported, run_and_list_modules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemon)")
@@ -252,3 +256,55 @@ def test_a_request_sent_and_not_answered_is_never_run_twice(mute_daemon: Path) -
     settings = default_settings(mute_daemon)
     with pytest.raises(daemon_client.DaemonUnanswered, match="no answer came"):
         daemon_client.submit_job(settings, "/copy-rules/x/run", {})
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers every POST as ``server.answer`` says (status, headers, body)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "who", "body", "outcome"),
+    [
+        (422, "mine", b"{}", None),
+        (409, "mine", b"{}", None),
+        (412, "other", b"{}", None),
+        (503, "mine", b"{}", None),
+        (500, "mine", b"{}", "it failed (500)"),
+        (202, "other", b'{"job": {"id": 7}}', "not a queued job"),
+        (202, "mine", b'{"job": {"id": "7"}}', "named no job"),
+        (202, "mine", b'{"job": {"id": 7}}', 7),
+    ],
+)
+def test_only_a_refusal_sends_the_command_down_its_own_road(
+    tmp_path: Path, status: int, who: str, body: bytes, outcome: object
+) -> None:
+    """A refusal (4xx, or the daemon's catalog down) queued nothing: the command runs
+    the job itself. Anything else after the request went out may have queued it: one
+    sentence, and the job is not run a second time."""
+    state = tmp_path / "state"
+    identity = {
+        "X-Sendense-Version": __version__ if who == "mine" else "0.0.1",
+        "X-Sendense-Catalog": catalog_identity(sqlite_url(state / "catalog.db")),
+    }
+    with stand_in(state, _Answers) as server:
+        server.answer = (status, identity, body)
+        settings = default_settings(state)
+        if isinstance(outcome, str):
+            with pytest.raises(daemon_client.DaemonUnanswered, match=re.escape(outcome)):
+                daemon_client.submit_job(settings, "/copy-rules/x/run", {})
+        else:
+            job = daemon_client.submit_job(settings, "/copy-rules/x/run", {})
+            assert (job["id"] if job else None) == outcome

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from engine.config import catalog_identity, default_settings, sqlite_url
 from engine.runtime import Engine
 from sendense_tui.daemon_client import page_from_daemon
 from tests.api.conftest import ApiDaemon
+from tests.tui.stand_in_daemon import UnixHTTPServer, stand_in
 from tests.tui.test_cli_start import imported, run_and_list_modules, run_sendense
 
 FLEET = Fleet(repositories=2, vms=4, disks=2, points=5, jobs=30, events=40)
@@ -160,29 +160,13 @@ class _Impostor(BaseHTTPRequestHandler):
         pass
 
 
-class _UnixHTTPServer(HTTPServer):
-    address_family = socket.AF_UNIX
-
-    def server_bind(self) -> None:
-        self.socket.bind(self.server_address)
-        self.server_name, self.server_port = "sendense", 0
-
-
 @pytest.fixture
-def impostor(tmp_path: Path) -> Iterator[tuple[_UnixHTTPServer, Path]]:
+def impostor(tmp_path: Path) -> Iterator[tuple[UnixHTTPServer, Path]]:
     """A stand-in server on a state directory's socket: another release of the
-    daemon (none is installed here) or a broken one, answering as told."""
+    daemon or a broken one, answering GETs as told."""
     state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    # a unix socket is addressed by its path (HTTPServer is typed for TCP addresses)
-    server = _UnixHTTPServer(str(state / "api.sock"), _Impostor)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with stand_in(state, _Impostor) as server:
         yield server, state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _identity(state: Path) -> dict[str, str]:
@@ -207,7 +191,7 @@ def _identity(state: Path) -> dict[str, str]:
     ids=lambda c: ",".join(f"{k}={v!r}" for k, v in c.items()),
 )
 def test_an_answer_that_is_not_surely_this_catalogs_page_is_not_taken(
-    impostor: tuple[_UnixHTTPServer, Path], change: dict[str, object]
+    impostor: tuple[UnixHTTPServer, Path], change: dict[str, object]
 ) -> None:
     server, state = impostor
     settings = default_settings(state)
@@ -222,7 +206,7 @@ def test_an_answer_that_is_not_surely_this_catalogs_page_is_not_taken(
 
 
 def test_a_socket_someone_else_owns_is_never_connected_to(
-    impostor: tuple[_UnixHTTPServer, Path],
+    impostor: tuple[UnixHTTPServer, Path],
 ) -> None:
     server, state = impostor
     server.answer = (_identity(state), b'[{"id": 1}]')  # type: ignore[attr-defined]
