@@ -27,7 +27,7 @@ from sendense_tui.widgets.confirm import ConfirmDialog
 from sendense_tui.widgets.detail import DetailScreen
 from sendense_tui.widgets.tables import FlexTable, cursor_key, plain
 from tests.engine.notifyservers import WebhookServer, closed_port, webhook  # noqa: F401
-from tests.tui.conftest import keys_then_settle, settle
+from tests.tui.conftest import click_button, keys_then_settle, settle
 
 
 def seed_api(engine: Engine, clock: FixedClock, *, hook_url: str | None = None) -> None:
@@ -145,19 +145,19 @@ async def test_a_token_made_in_the_dialog_shows_its_secret_once_and_revoke_asks_
         # a bad expiry and a taken name are refused in the dialog, which stays open
         await pilot.press(*"prometheus")
         dialog.query_one("#token-days", Input).value = "ten"
-        await pilot.click("#create")
+        await click_button(pilot, "#create")
         await settle(pilot)
         assert "the expiry is a number of days" in str(dialog.query_one("#token-error").render())
         dialog.query_one("#token-name", Input).value = "grafana"
         dialog.query_one("#token-days", Input).value = "30"
-        await pilot.click("#create")
+        await click_button(pilot, "#create")
         await settle(pilot)
         assert app.screen is dialog
         assert "already exists" in str(dialog.query_one("#token-error").render())
 
         dialog.query_one("#token-name", Input).value = "prometheus"
         dialog.query_one("#token-role", Select).value = "operate"
-        await pilot.click("#create")
+        await click_button(pilot, "#create")
         await settle(pilot)
         shown = app.screen
         assert isinstance(shown, DetailScreen)

@@ -19,7 +19,7 @@ from sendense_tui.screens.copy_rules import CopyRulesScreen
 from sendense_tui.screens.help import HelpScreen
 from sendense_tui.screens.policies import PoliciesScreen
 from sendense_tui.widgets.confirm import ConfirmDialog
-from tests.tui.conftest import keys_then_settle, settle
+from tests.tui.conftest import click_button, keys_then_settle, settle
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ async def test_editor_refuses_a_bad_cron_and_saves_a_good_one(
         assert "needs five fields" in cron
         problems = str(screen.query_one("#editor-error", Static).render())
         assert "schedule" in problems
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         assert "was not saved" in str(screen.query_one("#editor-error", Static).render())
         assert demo_engine.policy_store.list() == []
@@ -80,7 +80,7 @@ async def test_editor_refuses_a_bad_cron_and_saves_a_good_one(
         await _type(pilot, "#schedule", "0 2 * * *")
         assert "next: Wed 25 02:00" in str(screen.query_one("#cron-help", Static).render())
         assert "ready to save" in str(screen.query_one("#editor-error", Static).render())
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         assert [p.name for p in demo_engine.policy_store.list()] == ["nightly"]
         assert not screen.query_one("#editor").display
@@ -295,7 +295,7 @@ async def test_e_edits_the_selected_policy_in_the_filled_in_editor(
         await _type(pilot, "#schedule", "0 25 * * *")
         assert "not a valid cron" in str(screen.query_one("#cron-help", Static).render())
         assert "schedule" in str(screen.query_one("#editor-error", Static).render())
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         assert "was not changed" in str(screen.query_one("#editor-error", Static).render())
         assert seeded.policies.get("web").schedule == "0 2 * * *"
@@ -303,7 +303,7 @@ async def test_e_edits_the_selected_policy_in_the_filled_in_editor(
         await _type(pilot, "#schedule", "45 23 * * *")
         # its own name is not "already taken"
         assert "ready to save" in str(screen.query_one("#editor-error", Static).render())
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         web = seeded.policies.get("web")
         assert web.schedule == "45 23 * * *"
@@ -372,7 +372,7 @@ async def test_editor_asks_before_a_lock_period_and_shows_what_it_holds(
         await _type(pilot, "#sources", "web01:sda=/dev/vg/web01")
         await _type(pilot, "#schedule", "0 2 * * *")
         await _type(pilot, "#immutable_days", "14")
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         dialog = app.screen
         assert isinstance(dialog, ConfirmDialog)
@@ -382,7 +382,7 @@ async def test_editor_asks_before_a_lock_period_and_shows_what_it_holds(
         await settle(pilot)
         assert demo_engine.policy_store.list() == []
         assert "not confirmed" in str(screen.query_one("#editor-error", Static).render())
-        await pilot.click("#save")
+        await click_button(pilot, "#save")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("y")
