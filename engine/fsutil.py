@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,29 @@ def durable_output(
     except BaseException as exc:
         if keep_partial is None or not keep_partial(exc):
             discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def shared_place_output(final: Path, *, replace: bool) -> Iterator[Path]:
+    """durable_output for a place others may write to at the same time (a restore's
+    target): the partial has a name of its own (two writers never share one), and
+    without ``replace`` the file takes its name only if nothing is there by then
+    (FileExistsError, the file there left as it is). The partial is removed on any
+    exception: nothing resumes it."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if replace:
+            publish(tmp, final)
+        else:
+            fsync_file(tmp)
+            place_new(tmp, final)
+            fsync_dir(final.parent)
+    except BaseException:
+        discard(tmp)
         raise
 
 

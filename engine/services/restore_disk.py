@@ -25,7 +25,7 @@ from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.errors import Action, SendenseError, ValidationError
 from engine.events import Event, EventBus
-from engine.fsutil import durable_output
+from engine.fsutil import shared_place_output
 from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.services.chains import repo_file
 from engine.services.images import PointRead, PointReader, PointUnreadable
@@ -186,7 +186,7 @@ class DiskRestoreService:
         if is_nbd(target):
             self._to_nbd(source, target, size, progress, should_stop)
         else:
-            self._to_file(source, Path(target), fmt, progress, should_stop)
+            self._to_file(source, Path(target), fmt, overwrite, progress, should_stop)
         result = DiskRestoreResult(
             backup_id,
             target,
@@ -230,20 +230,31 @@ class DiskRestoreService:
         source: ImageSpec,
         target: Path,
         fmt: str,
+        overwrite: bool,
         progress: Callable[..., None],
         should_stop: Callable[[], bool] | None,
     ) -> None:
-        with durable_output(target) as tmp:
-            qemu_img.convert(
-                source,
-                tmp,
-                dst_fmt=fmt,
-                on_progress=progress,
-                should_stop=should_stop,
-            )
-            # the last stop check is before the file takes its name: a restore that
-            # stops (pause, cancel, shutdown) leaves no target, so it can run again
-            progress(100.0, force=True)
+        try:
+            # a partial of its own, and no target replaced unless asked: another
+            # restore (a second operator, the daemon) may write the same name meanwhile
+            with shared_place_output(target, replace=overwrite) as tmp:
+                qemu_img.convert(
+                    source,
+                    tmp,
+                    dst_fmt=fmt,
+                    on_progress=progress,
+                    should_stop=should_stop,
+                )
+                # the last stop check is before the file takes its name: a restore
+                # that stops (pause, cancel, shutdown) leaves no target, so it can run
+                # again
+                progress(100.0, force=True)
+        except FileExistsError:
+            raise RestoreError(
+                f"restore target {target} was created by someone else while this restore "
+                "ran: it was left as it is",
+                action=Action("overwrite_target", "choose another name or replace it (overwrite)"),
+            ) from None
 
     def _to_nbd(
         self,

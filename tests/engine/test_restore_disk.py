@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,41 @@ def test_existing_target_is_refused_unless_overwrite(
         bk_engine.restores.restore(full, str(tmp_path))
     with pytest.raises(ValidationError, match="format"):
         bk_engine.restores.restore(full, str(tmp_path / "x.vmdk"), fmt="vmdk")
+
+
+def test_a_target_another_restore_wrote_meanwhile_is_never_replaced(
+    bk_engine: Engine, repo: Any, disk: SourceDisk, clock: FixedClock, tmp_path: Path
+) -> None:
+    """Two restores to one new file at once (two operators, two CLIs, a CLI and the
+    daemon): the target did not exist when either was checked. The one that finishes
+    second must neither replace the first's disk nor share its partial file: it fails
+    with one sentence, and the target is exactly the first one's point."""
+    (full, full_hash), (inc, _inc_hash) = two_points(bk_engine, repo, disk, clock)
+    target = tmp_path / "same.raw"
+    other: list[str] = []
+
+    def meanwhile(event: Any) -> None:
+        # the job has written its disk (its last progress is just before it takes the
+        # name): the other restore runs from start to end now
+        if event.job_id == job.id and not other:
+            other.append("started")
+            bk_engine.restores.restore(full, str(target))
+            other.append("done")
+
+    job = bk_engine.restores.submit(inc, str(target))
+    bk_engine.bus.subscribe(meanwhile, ("job.progress",))
+    bk_engine.start()
+    deadline = time.monotonic() + 60
+    while (ended := bk_engine.jobs.get(job.id)).state not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert other == ["started", "done"]
+    assert ended.state == "failed"
+    assert f"restore target {target} was created by someone else while this restore ran" in (
+        ended.error or ""
+    )
+    assert sha256_of(target) == full_hash
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
 
 
 def test_restore_to_an_nbd_target(
