@@ -40,6 +40,7 @@ from sendense_tui.commands.jobs import (
     interruptible,
     is_job_end,
     print_queued,
+    write_progress_line,
 )
 from sendense_tui.format import as_time, human_bytes, printable, short_time
 
@@ -132,10 +133,7 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             return
         if event.kind == "job.progress" and not quiet:
             d, t = event.data.get("bytes_done", 0), event.data.get("bytes_total", 0)
-            pct = f"{100 * d / t:5.1f}%" if t else "  ?  "
-            line = printable(event.message[:40])
-            sys.stderr.write(f"\r{pct} {human_bytes(d)} / {human_bytes(t)}  {line}")
-            sys.stderr.flush()
+            write_progress_line(d, t, event.message)
         elif is_job_end(event, job_id):
             done.set()
         elif event.kind == "job.waiting" and not ctx.json:

@@ -233,6 +233,14 @@ def follow_in_daemon(ctx: CliContext, job: dict[str, Any], *, draw: str | None) 
         ) from None
 
 
+def write_progress_line(done: int, total: int, message: str) -> None:
+    """The progress line a waiting command keeps rewriting on stderr (a terminal)."""
+    pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
+    line = printable(message[:40])
+    sys.stderr.write(f"\r{pct} {human_bytes(done)} / {human_bytes(total)}  {line}")
+    sys.stderr.flush()
+
+
 @contextmanager
 def _daemon_progress(draw: str | None, title: str) -> Iterator[Callable[[dict[str, Any]], None]]:
     if draw is None:
@@ -244,10 +252,7 @@ def _daemon_progress(draw: str | None, title: str) -> Iterator[Callable[[dict[st
         def line(shape: dict[str, Any]) -> None:
             nonlocal shown
             done, total = int(shape.get("bytes_done") or 0), int(shape.get("bytes_total") or 0)
-            pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
-            message = printable(str(shape.get("message") or "")[:40])
-            sys.stderr.write(f"\r{pct} {human_bytes(done)} / {human_bytes(total)}  {message}")
-            sys.stderr.flush()
+            write_progress_line(done, total, str(shape.get("message") or ""))
             shown = True
 
         try:
