@@ -37,10 +37,8 @@ engine's imports.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from engine import __version__
 from engine.config import Settings
 from engine.paging import CURSOR_MAX, MORE_MAX, Page
 from sendense_api.wire import API_PREFIX, CATALOG_HEADER, MORE, NEXT_CURSOR, VERSION_HEADER
+from sendense_tui.unix_http import Answer, BadAnswer, UnixHTTP
 
 #: a daemon that does not accept at once is not there (or is wedged): read directly
 CONNECT_SECONDS = 0.5
@@ -71,22 +70,8 @@ class DaemonUnanswered(Exception):
     queued the job is unknown, so the command must not run it itself."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = ANSWER_SECONDS) -> None:
-        super().__init__("sendense", timeout=timeout)
-        self._path = path
-        self._answer_seconds = timeout
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(CONNECT_SECONDS)
-            sock.connect(str(self._path))
-            sock.settimeout(self._answer_seconds)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+def _connection(where: Path, answer_seconds: float = ANSWER_SECONDS) -> UnixHTTP:
+    return UnixHTTP(where, connect_seconds=CONNECT_SECONDS, answer_seconds=answer_seconds)
 
 
 def _socket_to_trust(path: Path) -> bool:
@@ -119,10 +104,10 @@ def _identity(settings: Settings) -> dict[str, str]:
     return {VERSION_HEADER: __version__, CATALOG_HEADER: settings.catalog_identity}
 
 
-def _answers_for(answer: http.client.HTTPResponse, settings: Settings) -> bool:
+def _answers_for(answer: Answer, settings: Settings) -> bool:
     return (
-        answer.getheader(VERSION_HEADER) == __version__
-        and answer.getheader(CATALOG_HEADER) == settings.catalog_identity
+        answer.header(VERSION_HEADER) == __version__
+        and answer.header(CATALOG_HEADER) == settings.catalog_identity
     )
 
 
@@ -145,15 +130,14 @@ def page_from_daemon(
     if where is None:
         return None
     query = urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
-    connection = _UnixConnection(where)
+    connection = _connection(where)
     try:
-        connection.request("GET", f"{API_PREFIX}{path}?{query}")
-        answer = connection.getresponse()
+        answer = connection.request("GET", f"{API_PREFIX}{path}?{query}")
         if answer.status != 200 or not _answers_for(answer, settings):
             return None
         body = answer.read(ANSWER_MAX_BYTES + 1)
-        cursor, more = answer.getheader(NEXT_CURSOR), _more(answer.getheader(MORE))
-    except (OSError, http.client.HTTPException):
+        cursor, more = answer.header(NEXT_CURSOR), _more(answer.header(MORE))
+    except (OSError, BadAnswer):
         return None
     finally:
         connection.close()
@@ -194,17 +178,18 @@ def submit_job(settings: Settings, path: str, body: dict[str, Any]) -> dict[str,
         return None
     payload = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **_identity(settings)}
-    connection = _UnixConnection(where)
+    connection = _connection(where)
     try:
         try:
             connection.connect()
         except OSError:
             return None  # nothing was sent: no daemon listens there
         try:
-            connection.request("POST", f"{API_PREFIX}{path}", body=payload, headers=headers)
-            answer = connection.getresponse()
+            answer = connection.request(
+                "POST", f"{API_PREFIX}{path}", body=payload, headers=headers
+            )
             data = answer.read(ANSWER_MAX_BYTES + 1)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, BadAnswer) as exc:
             raise DaemonUnanswered(f"no answer came ({exc})") from None
     finally:
         connection.close()
@@ -251,7 +236,7 @@ class FollowedJob:
         )
 
 
-def _stream_messages(answer: http.client.HTTPResponse) -> Iterator[tuple[str, str]]:
+def _stream_messages(answer: Answer) -> Iterator[tuple[str, str]]:
     """(event, data) of each server-sent event until the stream ends."""
     event, data = "message", ""
     while True:
@@ -274,10 +259,11 @@ def _stream_to_end(
 ) -> bool:
     """Read job ``job_id``'s stream, calling ``on_progress`` with each shape, until it
     says ``end`` (True) or stops without saying it (False)."""
-    connection = _UnixConnection(where, timeout=FOLLOW_SECONDS)
+    connection = _connection(where, FOLLOW_SECONDS)
     try:
-        connection.request("GET", f"{API_PREFIX}/jobs/{job_id}/stream", headers=_identity(settings))
-        answer = connection.getresponse()
+        answer = connection.request(
+            "GET", f"{API_PREFIX}/jobs/{job_id}/stream", headers=_identity(settings)
+        )
         if answer.status != 200 or not _answers_for(answer, settings):
             return False
         for event, data in _stream_messages(answer):
@@ -289,21 +275,22 @@ def _stream_to_end(
             if event == "end":
                 return True
         return False
-    except (OSError, http.client.HTTPException):
+    except (OSError, BadAnswer):
         return False
     finally:
         connection.close()
 
 
 def _job_details(where: Path, settings: Settings, job_id: int) -> dict[str, Any] | None:
-    connection = _UnixConnection(where)
+    connection = _connection(where)
     try:
-        connection.request("GET", f"{API_PREFIX}/jobs/{job_id}", headers=_identity(settings))
-        answer = connection.getresponse()
+        answer = connection.request(
+            "GET", f"{API_PREFIX}/jobs/{job_id}", headers=_identity(settings)
+        )
         body = answer.read(ANSWER_MAX_BYTES + 1)
         if answer.status != 200 or not _answers_for(answer, settings):
             return None
-    except (OSError, http.client.HTTPException):
+    except (OSError, BadAnswer):
         return None
     finally:
         connection.close()
