@@ -134,6 +134,10 @@ class ApiSettings:
     #: directory when TLS is needed
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: directories whose files and block devices an API token may name as a backup's
+    #: source (``POST /backups``, a policy's sources); none by default: a token names
+    #: NBD sources only. The unix socket (root) is not bound by them.
+    source_roots: tuple[Path, ...] = ()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -338,6 +342,17 @@ def _abs_path(value: Any) -> Path:
     return path
 
 
+def _abs_paths(value: Any) -> tuple[Path, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of absolute paths, got {value!r}")
+    paths = tuple(_abs_path(str(item).strip()) for item in items if str(item).strip())
+    for path in paths:
+        if path == Path(path.anchor):
+            raise ValueError("/ would let a token name any file of the appliance")
+    return paths
+
+
 def _db_url(value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
         raise ValueError(
@@ -383,6 +398,7 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_API_LISTEN": "api.listen",
     "SENDENSE_API_TLS_CERT": "api.tls_cert",
     "SENDENSE_API_TLS_KEY": "api.tls_key",
+    "SENDENSE_API_SOURCE_ROOTS": "api.source_roots",
 }
 
 
@@ -490,6 +506,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         listen=reader.get("api.listen", _listen, ()),
         tls_cert=reader.get("api.tls_cert", _abs_path, None),
         tls_key=reader.get("api.tls_key", _abs_path, None),
+        source_roots=reader.get("api.source_roots", _abs_paths, ()),
     )
     if (api.tls_cert is None) != (api.tls_key is None):
         raise ConfigError(

@@ -93,6 +93,11 @@ class ValidationError(SendenseError):
     """Input from an operator does not make sense; nothing was changed."""
 
 
+class NotPermitted(SendenseError):
+    """The caller may not ask this, whatever its input (an API token naming a path of
+    the appliance outside what its administrator opened to tokens); nothing was done."""
+
+
 class JobError(SendenseError):
     """A job cannot be started, claimed or moved to the requested state."""
 

@@ -13,7 +13,7 @@ from http import HTTPStatus
 
 from fastapi.responses import JSONResponse
 
-from engine.errors import CatalogUnavailable, JobError, NotFoundError, SendenseError
+from engine.errors import CatalogUnavailable, JobError, NotFoundError, NotPermitted, SendenseError
 from engine.services.api_tokens import TokenRefused
 from engine.writers import DiskBusy
 
@@ -23,6 +23,8 @@ PROBLEM_JSON = "application/problem+json"
 def status_for(error: SendenseError) -> int:
     if isinstance(error, TokenRefused):
         return 401
+    if isinstance(error, NotPermitted):
+        return 403
     if isinstance(error, NotFoundError):
         return 404
     if isinstance(error, CatalogUnavailable):

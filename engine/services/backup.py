@@ -81,6 +81,7 @@ from engine.errors import (
     CatalogUnavailable,
     JobCancelled,
     JobUnprotected,
+    NotPermitted,
     SendenseError,
     ValidationError,
 )
@@ -221,6 +222,56 @@ def check_source_text(disk: DiskSource) -> NbdAddress | None:
             "a colon), or give an nbd:// or nbd+unix:// URI",
         )
     return None
+
+
+def _within(path: str, roots: Sequence[Path]) -> bool:
+    return any(path == str(root) or path.startswith(str(root).rstrip("/") + "/") for root in roots)
+
+
+def check_source_reach(disks: Sequence[DiskSource], roots: Sequence[Path]) -> None:
+    """Refuse the disks of a caller who is not root on the appliance (an API token)
+    whose source, or changed-extents list, is a path outside ``roots`` (``[api]
+    source_roots``): the daemon reads as root, so a source would otherwise let a token
+    back up any file or disk of the appliance (its own root disk included) and read it
+    back through a restore mount. An nbd:// or nbd+unix:// source is a disk served to
+    the appliance and is not bound by them.
+
+    A path must be absolute, with no ``..``, and inside a root. A symbolic link in it
+    is followed only to a block device (LVM's /dev/VG/LV are links to /dev/dm-N) or to
+    a file inside a root: whoever may write in a root decides what tokens may read."""
+    for disk in disks:
+        paths = [("source", disk.source)] if check_source_text(disk) is None else []
+        if disk.changed_extents is not None:
+            paths.append(("extent list", disk.changed_extents))
+        for what, text in paths:
+            _check_reach(disk.name, what, text, roots)
+
+
+def _check_reach(disk: str, what: str, text: str, roots: Sequence[Path]) -> None:
+    reachable = (
+        os.path.isabs(text)
+        and ".." not in text.split("/")
+        and _within(os.path.normpath(text), roots)
+    )
+    real = os.path.realpath(text)
+    if reachable and real != os.path.normpath(text):  # a link on the way
+        try:
+            device = stat.S_ISBLK(os.stat(real).st_mode)
+        except OSError:
+            device = False
+        reachable = device or _within(real, [Path(os.path.realpath(r)) for r in roots])
+    if not reachable:
+        allowed = ", ".join(str(r) for r in roots)
+        raise NotPermitted(
+            f"disk {disk}: an API token may not name {text!r} as its {what}: "
+            + (
+                f"only paths inside {allowed} are open to tokens"
+                if roots
+                else "no path of the appliance is open to tokens"
+            ),
+            hint="give an nbd:// source, run it on the appliance (the sendense command), "
+            "or have its administrator add the directory to [api] source_roots",
+        )
 
 
 def source_spec(disk: DiskSource) -> ImageSpec:

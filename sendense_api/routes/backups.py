@@ -15,9 +15,12 @@ A disk may also be given as the CLI's ``--disk`` text, ``"sda=/dev/vg0/web01"`` 
 it is for (the CLI's ``--changed-bitmap NAME=BITMAP`` and ``--changed-extents
 NAME=FILE``). The engine checks names, sources (nothing qemu would read as a
 protocol), hints, mode and compression before anything is queued; a refusal is a
-422 problem with the CLI's sentence. While another writer holds one of the disks the
-job waits for it, or with ``"no_wait": true`` the request is refused naming that
-writer.
+422 problem with the CLI's sentence. A token (any role) may name a file or block
+device only inside ``[api] source_roots`` (none by default: nbd:// sources only),
+else 403: the daemon reads as root, and the point could be read back through a
+restore mount. The unix socket is root already and is not bound by them. While
+another writer holds one of the disks the job waits for it, or with ``"no_wait":
+true`` the request is refused naming that writer.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from engine.services.backup import DiskSource
+from engine.services.backup import DiskSource, check_source_reach
 from sendense_api.deps import EngineDep, Operator
 from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import COUNT_MAX
@@ -82,6 +85,9 @@ def start_backup(engine: EngineDep, caller: Operator, request: BackupRequest) ->
         )
         for d in request.disks
     ]
+    if caller.via != "socket":
+        # the daemon reads as root: a token names only what [api] source_roots opens
+        check_source_reach(disks, engine.settings.api.source_roots)
     job = engine.backups.submit(
         request.repo,
         request.vm,

@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
@@ -29,8 +29,12 @@ from pydantic import Field
 from engine.errors import ValidationError
 from engine.shapes import policy_dict
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
+from sendense_api.roles import Caller
 from sendense_api.routes._common import Body, ShapedRoute, accepted
 from sendense_tui.commands import COUNT_MAX, DAYS_MAX
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
 
 router = APIRouter(tags=["policies"], route_class=ShapedRoute)
 
@@ -109,6 +113,16 @@ def _sources(sources: list[PolicySource | str]) -> list[dict[str, Any]]:
     return [{"vm": vm, "disks": disks} for vm, disks in by_vm.items()]
 
 
+def _sources_within_reach(engine: Engine, caller: Caller, sources: list[dict[str, Any]]) -> None:
+    """A token's policy reads only what [api] source_roots opens to tokens (see
+    sendense_api.routes.backups): the scheduler runs it as root."""
+    from engine.services.backup import DiskSource, check_source_reach
+
+    if caller.via != "socket":
+        disks = [DiskSource.from_policy(d) for entry in sources for d in entry["disks"]]
+        check_source_reach(disks, engine.settings.api.source_roots)
+
+
 def _refuse(problems: dict[str, str], refused: str) -> None:
     if problems:
         raise ValidationError(
@@ -156,6 +170,7 @@ def add_policy(engine: EngineDep, caller: Admin, request: NewPolicy) -> dict[str
         compression=request.compression,
         enabled=request.enabled is not False,
     )
+    _sources_within_reach(engine, caller, spec.sources)
     refused = f"policy {spec.name} was not saved"
     _refuse(engine.policies.validate(spec), refused)
     # a new lock period needs "confirm_lock": the engine refuses it with the estimate
@@ -178,6 +193,7 @@ def change_policy(
         for key, value in changes.items():
             if key == "sources":
                 spec.sources = _sources(request.sources or [])
+                _sources_within_reach(engine, caller, spec.sources)
             elif key == "retention":
                 spec.retention.update({k: v for k, v in value.items() if v is not None})
             elif key == "copy_rules":

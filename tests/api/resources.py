@@ -79,6 +79,8 @@ def make_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         base,
         capacity=dataclasses.replace(CapacitySettings(), min_free_bytes=0),
         jobs=JobSettings(heartbeat_seconds=0.2),
+        # the tests' tokens back up the world's own disks (test_backups.py tests the rule)
+        api=dataclasses.replace(base.api, source_roots=(root,)),
     )
     engine = Engine(settings, owner="api-test")
     engine.open()

@@ -46,6 +46,9 @@ def test_values_from_the_file_and_the_environment(env: dict[str, str]) -> None:
     assert settings.api.tls_cert == Path("/etc/s/c.pem")
     from_env = load_settings({**env, "SENDENSE_API_LISTEN": "0.0.0.0:9000, 127.0.0.1:0"})
     assert from_env.api.listen == ("0.0.0.0:9000", "127.0.0.1:0")
+    assert settings.api.source_roots == ()  # tokens name nbd:// sources only
+    roots = load_settings({**env, "SENDENSE_API_SOURCE_ROOTS": "/dev/vg0, /srv/images"})
+    assert roots.api.source_roots == (Path("/dev/vg0"), Path("/srv/images"))
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,9 @@ def test_values_from_the_file_and_the_environment(env: dict[str, str]) -> None:
         ('listen = "127.0.0.1:1"\nsocket = "api.sock"', "api.socket is invalid: must be an abs"),
         ('tls_cert = "/c.pem"', "api.tls_cert and api.tls_key go together"),
         ("port = 1", "api.port is not a known setting"),
+        ('source_roots = ["/"]', "/ would let a token name any file of the appliance"),
+        ('source_roots = ["images"]', "api.source_roots is invalid: must be an absolute path"),
+        ("source_roots = 3", "expected a list of absolute paths"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], text: str, says: str) -> None:

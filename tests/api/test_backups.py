@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,7 @@ from sendense_api.roles import Role
 from tests.api.conftest import ClientFor
 from tests.api.resources import World, accepted_job, make_world, problem
 from tests.engine.diskgen import MiB, SourceDisk
+from tests.engine.fsimages import sh
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def test_an_operator_backs_up_a_vm_as_a_job(world: World, api_as: ClientFor) -> 
         # what the engine refuses, with the CLI's sentence
         ({"disks": [{"name": "sda", "source": "json:{}"}]}, 422, "protocol"),
         ({"vm": "../etc"}, 422, "VM name"),
-        ({"disks": [{"name": "a/b", "source": "/dev/null"}]}, 422, "disk name"),
+        ({"disks": [{"name": "a/b", "source": "SRC"}]}, 422, "disk name"),
         ({"repo": "nowhere"}, 404, "nowhere"),
         # what the request's bounds refuse, naming the field
         ({"disks": [{"name": "sda", "source": "/x", "format": "vmdk"}]}, 422, "format"),
@@ -59,18 +64,20 @@ def test_an_operator_backs_up_a_vm_as_a_job(world: World, api_as: ClientFor) -> 
         ({"full_every": 10**30}, 422, "full_every"),
         ({"mode": "sometimes"}, 422, "mode"),
         ({"disks": []}, 422, "disks"),
-        ({"disk": "sda=/dev/null"}, 422, "disk"),
+        ({"disk": "sda=SRC"}, 422, "disk"),
         ({"disks": ["sda"]}, 422, "NAME=SOURCE"),
-        ({"disks": ["sda:vmdk=/dev/null"]}, 422, "vmdk"),
-        ({"disks": ["sda=/dev/null", "sda=/dev/zero"]}, 422, "repeat"),
+        ({"disks": ["sda:vmdk=SRC"]}, 422, "vmdk"),
+        ({"disks": ["sda=SRC", "sda=SRC"]}, 422, "repeat"),
     ],
 )
 def test_bad_backup_requests_get_one_sentence_and_queue_nothing(
     world: World, api_as: ClientFor, change: dict[str, object], status: int, says: str
 ) -> None:
-    body = {"repo": "local", "vm": "bad01", "disks": [{"name": "sda", "source": "/dev/null"}]}
+    source = SourceDisk.create(world.root / "bad01.raw", 1 * MiB, seed=13).path
+    body = {"repo": "local", "vm": "bad01", "disks": [{"name": "sda", "source": "SRC"}]}
+    request = json.loads(json.dumps({**body, **change}).replace("SRC", str(source)))
     before = len(world.engine.job_store.list(kind="backup", limit=1000))
-    detail = problem(api_as(Role.OPERATE).post("/api/v1/backups", json={**body, **change}), status)
+    detail = problem(api_as(Role.OPERATE).post("/api/v1/backups", json=request), status)
     assert says in detail
     assert len(world.engine.job_store.list(kind="backup", limit=1000)) == before
 
@@ -78,3 +85,98 @@ def test_bad_backup_requests_get_one_sentence_and_queue_nothing(
 def test_a_reader_cannot_start_a_backup(world: World, api_as: ClientFor) -> None:
     body = {"repo": "local", "vm": "web01", "disks": [{"name": "sda", "source": "/dev/null"}]}
     assert "operate" in problem(api_as(Role.READ).post("/api/v1/backups", json=body), 403)
+
+
+# -- what a token may name as a source ---------------------------------------------------
+
+
+def _refused_untouched(world: World, api_as: ClientFor, disks: list[object], says: str) -> None:
+    before = len(world.engine.job_store.list(kind="backup", limit=1000))
+    body = {"repo": "local", "vm": "reach01", "disks": disks}
+    for role in (Role.OPERATE, Role.ADMIN):  # an admin's token too: the daemon reads as root
+        detail = problem(api_as(role).post("/api/v1/backups", json=body), 403)
+        assert says in detail and "may not name" in detail
+    assert len(world.engine.job_store.list(kind="backup", limit=1000)) == before
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        "/etc/passwd",  # a file of the appliance
+        "/dev/null",  # a device outside the roots
+        "ROOT/../../etc/passwd",  # out of a root by ..
+        "ROOT/link-out",  # inside a root, a link to a file outside
+        "ROOT/link-dir/passwd",  # inside a root, through a linked directory
+        "relative.raw",  # relative: the daemon's directory, not the caller's
+    ],
+)
+def test_a_token_names_no_file_outside_the_source_roots(
+    world: World, api_as: ClientFor, outside: str
+) -> None:
+    root = world.root
+    if not (root / "link-out").is_symlink():
+        (root / "link-out").symlink_to("/etc/passwd")
+        (root / "link-dir").symlink_to("/etc")
+    source = outside.replace("ROOT", str(root))
+    _refused_untouched(world, api_as, [{"name": "sda", "source": source}], repr(source))
+
+
+def test_a_token_names_no_extent_list_outside_the_source_roots(
+    world: World, api_as: ClientFor
+) -> None:
+    inside = SourceDisk.create(world.root / "reach-sda.raw", 1 * MiB, seed=14).path
+    disk = {"name": "sda", "source": str(inside), "changed_extents": "/etc/shadow"}
+    _refused_untouched(world, api_as, [disk], "'/etc/shadow' as its extent list")
+
+
+def test_with_no_source_roots_a_token_names_no_path_at_all(world: World, api_as: ClientFor) -> None:
+    inside = SourceDisk.create(world.root / "reach-sdb.raw", 1 * MiB, seed=15).path
+    settings = world.engine.settings
+    world.engine.settings = dataclasses.replace(
+        settings, api=dataclasses.replace(settings.api, source_roots=())
+    )
+    try:
+        detail = problem(
+            api_as(Role.OPERATE).post(
+                "/api/v1/backups",
+                json={"repo": "local", "vm": "reach02", "disks": [f"sda={inside}"]},
+            ),
+            403,
+        )
+    finally:
+        world.engine.settings = settings
+    assert "no path of the appliance is open to tokens" in detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a loop device (a block device)")
+def test_a_link_in_a_root_to_a_block_device_is_a_disk_a_token_may_name(
+    world: World, api_as: ClientFor, tmp_path: Path
+) -> None:
+    """LVM's /dev/VG/LV are links to /dev/dm-N: a root such as /dev/VG works."""
+    image = SourceDisk.create(tmp_path / "lv.raw", 1 * MiB, seed=16).path
+    device = sh("losetup", "--find", "--show", "--read-only", str(image)).strip()
+    link = world.root / "vg0-lv"
+    link.symlink_to(device)
+    try:
+        body = {"repo": "local", "vm": "reach03", "disks": [f"sda={link}"]}
+        job = accepted_job(world.engine, api_as(Role.OPERATE).post("/api/v1/backups", json=body))
+    finally:
+        link.unlink()
+        sh("losetup", "--detach", device)
+    assert job.state == "succeeded", job.error
+
+
+def test_root_on_the_unix_socket_names_any_source(world: World) -> None:
+    """The socket's caller is root on the appliance already: the roots do not bind it."""
+    from fastapi.testclient import TestClient
+
+    from sendense_api.app import create_app
+    from sendense_api.roles import Caller
+
+    outside = SourceDisk.create(world.root.parent / "outside-sda.raw", 1 * MiB, seed=17).path
+    root = Caller(name="root (unix socket)", role=Role.ADMIN, via="socket")
+    app = create_app(world.engine, authenticate=lambda _request: root)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = {"repo": "local", "vm": "reach04", "disks": [f"sda={outside}"]}
+        job = accepted_job(world.engine, client.post("/api/v1/backups", json=body))
+    assert job.state == "succeeded", job.error

@@ -122,3 +122,24 @@ def test_roles_and_missing_policies(world: World, api_as: ClientFor) -> None:
     assert "nothing to change" in problem(
         api_as(Role.ADMIN).patch("/api/v1/policies/none", json={}), 422
     )
+
+
+def test_a_token_s_policy_reads_no_file_outside_the_source_roots(
+    world: World, api_as: ClientFor
+) -> None:
+    """The scheduler runs a policy as root: a token (an admin's too) names its sources
+    as it would name a backup's (tests/api/test_backups.py)."""
+    admin = api_as(Role.ADMIN)
+    outside = [{"vm": "pol09", "disks": [{"name": "sda", "source": "/etc/shadow"}]}]
+    added = admin.post(
+        "/api/v1/policies", json={**policy_body(world, "p9", "pol09"), "sources": outside}
+    )
+    assert "'/etc/shadow'" in problem(added, 403)
+    assert admin.get("/api/v1/policies/p9").status_code == 404
+
+    assert admin.post("/api/v1/policies", json=policy_body(world, "p9", "pol09")).status_code == 201
+    changed = admin.patch("/api/v1/policies/p9", json={"sources": ["pol09:sda=/etc/shadow"]})
+    assert "'/etc/shadow'" in problem(changed, 403)
+    shown = admin.get("/api/v1/policies/p9").json()
+    assert shown["sources"][0]["disks"][0]["source"] == str(world.disks["web01"].path)
+    admin.delete("/api/v1/policies/p9")
