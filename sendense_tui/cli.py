@@ -11,18 +11,16 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import NoReturn
 
 from engine.errors import SendenseError
-from engine.private import PRIVATE_UMASK, make_private_dirs, open_private
+from engine.private import PRIVATE_UMASK
 from sendense_tui.commands import COMMON, CliContext, register_all, register_for
 from sendense_tui.exitcodes import ExitCode, epilog, exit_code_for
 from sendense_tui.format import printable
@@ -79,6 +77,8 @@ def open_console(args: argparse.Namespace, ctx: CliContext) -> int:
             print("sendense: starting the background daemon…", file=sys.stderr, flush=True)
         daemon = ensure_daemon(ctx.settings)
         if not daemon.running:
+            import logging
+
             logging.getLogger(__name__).warning("no daemon: %s", daemon.problem)
         engine.attach_daemon(daemon)
         engine.start(run_scheduler=True)
@@ -95,57 +95,12 @@ def _web_driver() -> bool:
     return os.environ.get("TEXTUAL_DRIVER") == WEB_DRIVER
 
 
-class _LogFile(logging.Handler):
-    """A log file opened at its first line, where ``where()`` says (a command that
-    logs nothing reads no settings and creates nothing); a file that cannot be
-    written drops the lines, never prints a "Logging error" traceback."""
-
-    def __init__(self, where: Callable[[], Path]) -> None:
-        super().__init__()
-        self._where = where
-        self._stream: TextIO | None = None
-        self._broken = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._broken:
-            return
-        try:
-            if self._stream is None:
-                path = self._where()
-                # log lines name repositories, points and paths: root reads them only
-                make_private_dirs(path.parent)
-                fd = open_private(path, os.O_WRONLY | os.O_APPEND)
-                self._stream = os.fdopen(fd, "a", encoding="utf-8")
-            self._stream.write(self.format(record) + "\n")
-            self._stream.flush()
-        except Exception:  # no settings, no room, no permission: stay quiet
-            self._broken = True
-
-    def close(self) -> None:
-        if self._stream is not None:
-            with contextlib.suppress(OSError):
-                self._stream.close()
-            self._stream = None
-        super().close()
-
-
-_log_handler: _LogFile | None = None
-
-
 def _log_to_file(ctx: CliContext, name: str) -> None:
-    """The terminal gets one sentence per problem: log lines (an outage noted by the
-    catalog, a warning from a job thread) go to a file in the state dir's log dir,
-    console.log for the console and cli.log for other commands."""
-    global _log_handler
-    root = logging.getLogger()
-    if _log_handler is not None:  # main() called again in one process (tests)
-        root.removeHandler(_log_handler)
-        _log_handler.close()
-    _log_handler = _LogFile(lambda: ctx.settings.log_dir / name)
-    _log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(_log_handler)
-    if name == "console.log":
-        root.setLevel(logging.INFO)
+    """The terminal gets one sentence per problem: log lines go to ``name`` in the
+    state dir's log dir (sendense_tui.logfile)."""
+    from sendense_tui.logfile import log_to_file
+
+    log_to_file(lambda: ctx.settings.log_dir / name, console=name == "console.log")
 
 
 def _fail(message: str, hint: str | None = None, code: int = EXIT_ERROR) -> int:
@@ -182,7 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # those log themselves (the demo into its own temporary state directory)
         if handler is not open_console and args.command not in ("daemon", "demo", "console"):
-            _log_to_file(ctx, "cli.log")
+            ctx.before_engine = lambda: _log_to_file(ctx, "cli.log")
+            if "logging" in sys.modules:
+                # the command's modules can log from now on. Else nothing can log
+                # before it opens the engine (CliContext.engine, .reader), which
+                # installs the file then: a command the daemon runs (restore disk,
+                # a listing) or that needs nothing (version) starts without logging,
+                # ~20 ms of its start with a cold page cache
+                ctx._loading_engine()
         code = int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
         return _fail(exc.message, cli_hint(exc), int(exit_code_for(exc)))

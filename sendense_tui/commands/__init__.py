@@ -320,6 +320,14 @@ class CliContext:
     args: argparse.Namespace
     _settings: Settings | None = None
     _engines: list[Any] = field(default_factory=list)
+    #: what must be in place before the engine is loaded (main(): the log file, which
+    #: a command the daemon runs never needs); called once
+    before_engine: Callable[[], None] | None = None
+
+    def _loading_engine(self) -> None:
+        prepare, self.before_engine = self.before_engine, None
+        if prepare is not None:
+            prepare()
 
     @property
     def json(self) -> bool:
@@ -352,6 +360,7 @@ class CliContext:
         """An opened (migrated) engine, closed afterwards. ``read_only`` for a command
         that only looks (a listing, show, status): the catalog is not migrated and
         restore mounts are not cleaned up (Engine.open)."""
+        self._loading_engine()
         from engine.runtime import Engine
 
         engine = Engine(self.settings)
@@ -373,6 +382,7 @@ class CliContext:
         """The catalog opened for a listing (engine.runtime.Reader), closed afterwards:
         nothing is migrated (an older catalog is refused), cleaned up or written, and
         only what a listing reads is imported and built."""
+        self._loading_engine()
         from engine.runtime import Reader
 
         reader = Reader(self.settings)

@@ -32,10 +32,10 @@ def register(subparsers: Any) -> None:
 def _demo_log(world: DemoWorld) -> logging.Handler:
     """The demo's log lines go to its own state directory (removed with it), never
     to the real one."""
-    from sendense_tui.cli import _LogFile
+    from sendense_tui.logfile import LOG_FORMAT, LogFile
 
-    handler = _LogFile(lambda: world.state_dir / "log" / "console.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = LogFile(lambda: world.state_dir / "log" / "console.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     return handler
 
 

@@ -27,13 +27,20 @@ from engine.config import catalog_identity, default_settings, sqlite_url
 from sendense_tui import daemon_client
 from tests.api.conftest import ROOT, ApiDaemon
 from tests.tui.stand_in_daemon import stand_in
-from tests.tui.test_cli_start import imported, run_and_list_modules
+from tests.tui.test_cli_start import STDLIB_HEAVY, imported, run_and_list_modules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the daemon)")
 
 MiB = 1024 * 1024
 #: what running the job itself loads
-ENGINE_CODE = ["sqlalchemy", "engine.catalog", "engine.runtime", "engine.services"]
+ENGINE_CODE = [
+    "sqlalchemy",
+    "engine.catalog",
+    "engine.runtime",
+    "engine.services",
+    # nor what it does without for a faster start (tests/tui/test_cli_start.py)
+    *STDLIB_HEAVY,
+]
 #: the daemon's socket out of reach: the command runs the job itself
 DIRECT = {"SENDENSE_API_SOCKET": "/nonexistent/no-daemon-here.sock"}
 

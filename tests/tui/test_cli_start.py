@@ -21,6 +21,10 @@ from sendense_tui.commands import COMMANDS, GROUPS, command_word
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("textual", "sqlalchemy", "fastapi", "alembic", "psutil", "rich", "engine.runtime")
+#: what a command that needs no engine does without, with a cold page cache ~75 ms of
+#: its start: logging (until the engine loads), http.client's email and ssl
+#: (sendense_tui.unix_http speaks to the daemon instead)
+STDLIB_HEAVY = ("logging", "http.client", "email", "ssl")
 
 PROBE = """
 import contextlib, io, json, sys
@@ -81,7 +85,8 @@ def test_help_and_version_load_no_engine_console_or_api(tmp_path: Path, argv: li
     seen = run_and_list_modules(argv, env)
     assert seen["code"] == 0
     assert "sendense" in seen["out"]
-    loaded = imported(seen, HEAVY)
+    # --json names the libraries' versions: importlib.metadata reads them (and email)
+    loaded = imported(seen, HEAVY if "--json" in argv else (*HEAVY, *STDLIB_HEAVY))
     assert loaded == [], f"`sendense {' '.join(argv)}` imported {loaded}"
     # and nothing was created: help and version read no settings
     assert not (tmp_path / "state").exists()
@@ -176,3 +181,44 @@ def test_a_command_run_as_a_process_ends_with_its_code_and_all_its_output(
     refused = sendense("jobs", "cancel", "999")
     assert refused.returncode == 2
     assert refused.stderr.startswith("sendense: ") and refused.stdout == ""
+
+
+LOGS_WHEN_LOADING = """
+import sys
+from sendense_tui import cli
+from sendense_tui.commands import CliContext
+
+assert "logging" not in sys.modules
+loading = CliContext._loading_engine
+
+def and_log(self):
+    loading(self)
+    import logging
+    logging.getLogger("engine.catalog").warning("the catalog went away for 2 s")
+
+CliContext._loading_engine = and_log
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_command_that_loads_the_engine_logs_to_its_file_not_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """A listing with no daemon to ask opens the catalog itself: what the engine
+    logs from then on goes to STATE/logs/cli.log, although logging was not loaded
+    when the command started (sendense_tui.cli.main)."""
+    state = tmp_path / "state"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SENDENSE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", LOGS_WHEN_LOADING, "--state-dir", str(state), "backup", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**clean, "SENDENSE_API_SOCKET": str(tmp_path / "no-daemon.sock")},
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "went away" not in done.stderr
+    log = (state / "logs" / "cli.log").read_text()
+    assert "WARNING engine.catalog: the catalog went away for 2 s" in log
