@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.seed import Fleet, open_engine, seed
+from bench.timing import run_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("SENDENSE_BENCH_ROUNDS", "15"))
@@ -27,10 +27,7 @@ GOAL_SECONDS = 0.3
 
 def _timer(command: list[str], env: dict[str, str]) -> float:
     began = time.perf_counter()
-    subprocess.run(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        check=True, timeout=300,
-    )  # fmt: skip
+    run_to_end(command, cwd=ROOT, env=env, limit_seconds=300)
     return time.perf_counter() - began
 
 

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.seed import Fleet, copy_catalog, open_engine, seed
+from bench.timing import run_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = Path(os.environ.get("SENDENSE_BENCH_LISTINGS", "/var/tmp/sendense-bench-listings"))
@@ -125,10 +126,7 @@ def _process(
     env = {**_env(), **(env_extra or {})}
 
     def run() -> None:
-        subprocess.run(
-            argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, check=True, timeout=600,
-        )  # fmt: skip
+        run_to_end(argv, cwd=cwd, env=env, limit_seconds=600)
 
     return run
 
