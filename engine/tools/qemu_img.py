@@ -533,14 +533,18 @@ def _run_with_progress(
             for p in pending:
                 on_progress(p)
 
+    # Its end is seen the moment it comes: Popen.wait(timeout) polls with sleeps of up
+    # to 50 ms, a tenth of a short restore (a thread blocks in waitpid instead)
+    exited = threading.Event()
+
+    def wait_for_exit() -> None:
+        proc.wait()
+        exited.set()
+
+    threading.Thread(target=wait_for_exit, daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        while True:
-            try:
-                proc.wait(timeout=poll_interval)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while not exited.wait(poll_interval):
             flush_progress()
             if should_stop is not None and should_stop():
                 _kill(proc)
