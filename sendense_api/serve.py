@@ -276,6 +276,9 @@ class ApiServer:
             "pid": os.getpid(),
             "addresses": self.addresses,
             "tls_fingerprint": self.fingerprint,
+            # what this daemon lets a token name as a backup's source (it read its
+            # settings at its start; the config file may have changed since)
+            "token_source_roots": [str(p) for p in self.settings.api.source_roots],
         }
         temporary = self.settings.state_dir / f".{RECORD_FILE}.{os.getpid()}"
         write_private(temporary, json.dumps(record) + "\n")
@@ -297,10 +300,17 @@ def listening(settings: Settings) -> dict[str, Any]:
     info = find_daemon(settings)
     record = _read_record(settings)
     if info is None or record is None or record.get("pid") != info.pid:
-        return {"running": False, "pid": None, "addresses": [], "tls_fingerprint": None}
+        return {
+            "running": False,
+            "pid": None,
+            "addresses": [],
+            "tls_fingerprint": None,
+            "token_source_roots": [],
+        }
     return {
         "running": True,
         "pid": info.pid,
         "addresses": [str(a) for a in record.get("addresses", [])],
         "tls_fingerprint": record.get("tls_fingerprint"),
+        "token_source_roots": [str(p) for p in record.get("token_source_roots", [])],
     }

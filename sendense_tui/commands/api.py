@@ -111,4 +111,7 @@ def api_status(args: argparse.Namespace, ctx: CliContext) -> int:
         print(printable(address))
     if data["tls_fingerprint"]:
         print(f"TLS certificate SHA-256 fingerprint: {data['tls_fingerprint']}")
+    roots = data["token_source_roots"]
+    reach = "nbd:// URIs and paths inside " + ", ".join(roots) if roots else "nbd:// URIs only"
+    print(printable(f"a token may name as a backup's source: {reach} ([api] source_roots)"))
     return 0

@@ -63,6 +63,22 @@ def test_loopback_tcp_needs_a_valid_token_of_the_right_role(api_daemon: ApiDaemo
     )
 
 
+def test_a_token_over_tcp_may_not_back_up_a_file_of_the_appliance(
+    api_daemon: ApiDaemon,
+) -> None:
+    """Through the daemon's own authenticator: a token's request is bound by [api]
+    source_roots (none here), root's on the socket is not (tests/api/test_backups.py)."""
+    operator = api_daemon.token("tcp-operator", "operate")
+    body = {"repo": "local", "vm": "shadow01", "disks": ["sda=/etc/shadow"]}
+    with api_daemon.client() as client:
+        refused = client.post("/api/v1/backups", json=body, headers=bearer(operator))
+    assert refused.status_code == 403
+    assert "no path of the appliance is open to tokens" in refused.json()["detail"]
+    with api_daemon.socket_client() as root:
+        jobs = root.get("/api/v1/jobs", params={"kind": "backup"}).json()
+    assert not any("shadow01" in j["title"] for j in jobs)
+
+
 def test_an_address_off_loopback_is_served_over_tls_only(api_daemon: ApiDaemon) -> None:
     url = api_daemon.url("https")
     port = int(url.rsplit(":", 1)[1])
@@ -74,6 +90,9 @@ def test_an_address_off_loopback_is_served_over_tls_only(api_daemon: ApiDaemon) 
     shown = json.loads(status.stdout)
     assert shown["tls_fingerprint"] == api_daemon.fingerprint
     assert url in shown["addresses"]
+    assert shown["token_source_roots"] == []  # the default: tokens name nbd:// sources only
+    said = api_daemon.sendense("api", "status").stdout
+    assert "a token may name as a backup's source: nbd:// URIs only" in said
     daemon_status = api_daemon.sendense("daemon", "--status")
     assert f"TLS certificate SHA-256 fingerprint {api_daemon.fingerprint}" in daemon_status.stdout
     # the certificate served is the one whose fingerprint was printed
