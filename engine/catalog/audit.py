@@ -86,6 +86,7 @@ class AuditStore:
         source: str | None = None,
         text: str | None = None,
         before_id: int | None = None,
+        job_id: int | None = None,
         at_most: int | None = None,
     ) -> int:
         """How many entries ``query`` with these filters would list without a limit
@@ -96,6 +97,7 @@ class AuditStore:
             source=source,
             text=text,
             before_id=before_id,
+            job_id=job_id,
         )
         with self.catalog.session() as session:
             return int(session.scalar(count_rows(query, at_most=at_most)) or 0)

@@ -64,7 +64,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ from engine.services.chains import (
     repo_file,
     stamp,
 )
-from engine.services.changes import ChangeHints, Plan, Tracking
+from engine.services.changes import Plan, Tracking
 from engine.services.images import Layer
 from engine.services.immutability import LockService
 from engine.services.manifests import (
@@ -110,6 +110,7 @@ from engine.services.manifests import (
     remove_manifest,
     write_manifest,
 )
+from engine.sources import NBD_PREFIXES, SOURCE_FORMATS, DiskSource
 from engine.states import JobKind
 from engine.tools import nbdmap, qemu_img
 from engine.tools.base import ToolError
@@ -127,10 +128,6 @@ DEFAULT_FULL_EVERY = 14
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: a dirty bitmap's name as an NBD server offers it (qemu:dirty-bitmap:NAME)
 _BITMAP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-#: how a source may be read: raw unless the operator says qcow2 (never probed)
-SOURCE_FORMATS = ("raw", "qcow2")
-NBD_PREFIXES = ("nbd://", "nbd+unix://")
-SOURCE_FORM = "NAME=SOURCE or NAME:qcow2=SOURCE"
 
 
 class BackupError(SendenseError):
@@ -151,52 +148,6 @@ class BackupFailed(BackupError):
     def __init__(self, message: str, *, run: BackupRun, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.run = run
-
-
-@dataclass(frozen=True)
-class DiskSource:
-    name: str
-    #: path of a file or block device, or an nbd:// / nbd+unix:// URI
-    source: str
-    #: how the source is read: raw (never probed), or qcow2 when the operator says so
-    fmt: str = "raw"
-    #: an NBD source's dirty bitmap that marks what changed since the previous point
-    changed_bitmap: str | None = None
-    #: a capture agent's extent list of what changed (engine.services.changes)
-    changed_extents: str | None = None
-
-    @property
-    def hints(self) -> ChangeHints:
-        return ChangeHints(nbd_bitmap=self.changed_bitmap, extent_file=self.changed_extents)
-
-    @classmethod
-    def parse(cls, text: str) -> DiskSource:
-        """``NAME=SOURCE`` or ``NAME:FORMAT=SOURCE`` (FORMAT raw or qcow2). The
-        format belongs to the name side: a disk name has no ``:``, while a path or
-        a URI may."""
-        left, sep, source = text.partition("=")
-        name, colon, fmt = left.partition(":")
-        if not sep or not name or not source or "/" in left or (colon and not fmt):
-            raise ValidationError(
-                f"disk {text!r} is not {SOURCE_FORM}",
-                hint="e.g. sda=/dev/vg0/web01 or vda:qcow2=/var/lib/images/web01.qcow2",
-            )
-        if fmt and fmt not in SOURCE_FORMATS:
-            raise ValidationError(
-                f"disk {name}: format {fmt!r} is not raw or qcow2",
-                hint="a source is read as raw unless you say qcow2",
-            )
-        return cls(name, source, fmt or "raw")
-
-    @classmethod
-    def from_policy(cls, entry: dict[str, Any]) -> DiskSource:
-        """A disk of a policy's sources: {"name", "source"[, "format"]}."""
-        return cls(str(entry["name"]), str(entry["source"]), str(entry.get("format") or "raw"))
-
-    @property
-    def shown(self) -> str:
-        """``NAME=SOURCE`` as the operator wrote it (``NAME:qcow2=…`` for qcow2)."""
-        return f"{self.name}{':qcow2' if self.fmt == 'qcow2' else ''}={self.source}"
 
 
 def check_source_text(disk: DiskSource) -> NbdAddress | None:
@@ -461,8 +412,12 @@ class BackupService:
         queued."""
         repo = self.repositories.get(repository)
         self._check_args(vm, disks, mode, compression)
-        for disk in disks:
-            check_source_text(disk)
+        # a path is made absolute here, as its caller meant it: any engine's runner may
+        # take the job (the daemon's too), and a runner's directory is not the caller's
+        disks = [
+            d if check_source_text(d) is not None else replace(d, source=os.path.abspath(d.source))
+            for d in disks
+        ]
         if not queue_if_busy:
             self.writers.refuse_if_busy(DiskKey(repo.id, vm, d.name) for d in disks)
         params = {

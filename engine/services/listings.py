@@ -192,13 +192,19 @@ class ListingService:
         min_level: str = "info",
         source: str | None = None,
         text: str | None = None,
+        job_id: int | None = None,
         after: str | None = None,
         limit: int = 50,
     ) -> Page[AuditEntry]:
         if min_level not in LEVELS:
             min_level = "info"
         before = decode_cursor("events", after)[0] if after is not None else None
-        filters: dict[str, Any] = {"min_level": min_level, "source": source, "text": text}
+        filters: dict[str, Any] = {
+            "min_level": min_level,
+            "source": source,
+            "text": text,
+            "job_id": job_id,
+        }
         rows = self.audit.query(before_id=before, limit=limit + 1, **filters)
         return _page(
             "events",
@@ -209,10 +215,15 @@ class ListingService:
         )
 
     def all_events(
-        self, *, min_level: str = "info", source: str | None = None, text: str | None = None
+        self,
+        *,
+        min_level: str = "info",
+        source: str | None = None,
+        text: str | None = None,
+        job_id: int | None = None,
     ) -> Iterator[AuditEntry]:
         return paged(
             lambda after, n: self.events(
-                min_level=min_level, source=source, text=text, after=after, limit=n
+                min_level=min_level, source=source, text=text, job_id=job_id, after=after, limit=n
             )
         )

@@ -34,6 +34,7 @@ def list_events(
     level: Annotated[Level, Query(description="minimum level")] = "info",
     source: Annotated[str | None, Query(max_length=64)] = None,
     grep: Annotated[str | None, Query(max_length=256, description="in message or kind")] = None,
+    job: Annotated[int | None, Query(ge=1, le=ID_MAX, description="only this job's")] = None,
     after_id: Annotated[int | None, Query(ge=0, le=ID_MAX)] = None,
     limit: Limit = 50,
     after: After = None,
@@ -43,11 +44,11 @@ def list_events(
     ``X-Next-Cursor`` of a page) the page of older entries before that page."""
     if after_id is not None:
         entries = engine.audit.query(
-            min_level=level, source=source, text=grep, after_id=after_id, limit=limit
+            min_level=level, source=source, text=grep, job_id=job, after_id=after_id, limit=limit
         )
         return ShapedJSON([event_dict(entry) for entry in reversed(entries)])
     page = engine.listings.events(
-        min_level=level, source=source, text=grep, after=after, limit=limit
+        min_level=level, source=source, text=grep, job_id=job, after=after, limit=limit
     )
     return page_response(page, [event_dict(entry) for entry in reversed(page.items)])
 

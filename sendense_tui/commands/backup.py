@@ -1,8 +1,9 @@
 """``sendense backup run|list``: back up a VM's disks, list restore points.
 
-``backup run`` queues a backup job and, unless ``--no-wait``, runs it in this
-process and prints progress until it ends (exit code 0 only when every disk
-was backed up; else 1 and one sentence). While another writer (a backup, a
+``backup run`` queues a backup job and, unless ``--no-wait``, prints progress until
+it ends (exit code 0 only when every disk was backed up; else 1 and one sentence):
+the running daemon of this catalog runs it when there is one (the command then
+loads no engine; Ctrl+C leaves the job to the daemon), else this process does. While another writer (a backup, a
 merge, a retention run) holds one of the disks the job waits for it and says so;
 with ``--no-wait`` the request is refused instead (exit 2, one sentence naming the
 writer). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block device or an
@@ -13,14 +14,16 @@ writer). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block device or a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ValidationError
-from engine.shapes import point_dict
+from engine.shapes import event_dict, point_dict
 from sendense_tui.commands import (
     COUNT_MAX,
     CliContext,
@@ -36,16 +39,18 @@ from sendense_tui.commands.jobs import (
     WAIT_ENDS,
     check_recorded,
     finish_job,
+    follow_in_daemon,
     following,
     interruptible,
     is_job_end,
+    job_in_daemon,
     print_queued,
     write_progress_line,
 )
 from sendense_tui.format import as_time, human_bytes, printable, short_time
 
 if TYPE_CHECKING:  # the backup services load only for a backup, not for a listing
-    from engine.services.backup import DiskSource
+    from engine.sources import DiskSource
 
 DISK_FORMAT = (
     "--disk takes NAME=SOURCE, e.g. sda=/dev/vg0/web01 (read as raw), "
@@ -56,7 +61,7 @@ DISK_FORMAT = (
 def disk_argument(text: str) -> DiskSource:
     """``--disk NAME[:qcow2]=SOURCE``; without a name argparse exits 2 with the format,
     instead of a made-up disk "disk0" reading whatever was typed."""
-    from engine.services.backup import DiskSource
+    from engine.sources import DiskSource
 
     try:
         return DiskSource.parse(text)
@@ -126,7 +131,6 @@ def wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
 def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
     done = threading.Event()
     quiet = ctx.json or not sys.stderr.isatty()
-    notices: list[str] = []
 
     def on_event(event: Any) -> None:
         if event.job_id != job_id:
@@ -140,8 +144,6 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
             sentence = event.data.get("sentence", event.message)
             sys.stderr.write(f"\nwaiting: {printable(sentence)}\n")
             sys.stderr.flush()
-        elif event.kind in ("backup.new_full", "chain.broken") and not ctx.json:
-            notices.append(f"{event.level}: {printable(event.message)}")
 
     unsubscribe = engine.bus.subscribe(on_event)
     with following(job_id):
@@ -159,8 +161,11 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         final = engine.jobs.get(job_id)
         if final.state not in WAIT_ENDS:
             check_recorded(engine, job_id)
-        if final.state == "succeeded":
-            for notice in notices:
+        if final.state == "succeeded" and not ctx.json:
+            # from the catalog, not this engine's bus: another engine's runner (a
+            # daemon on this catalog) may have run the job
+            entries = engine.audit.query(job_id=job_id, limit=NOTICES_MAX)
+            for notice in notices_of(event_dict(e) for e in reversed(entries)):
                 print(notice, file=sys.stderr)
         return final
 
@@ -189,20 +194,22 @@ def _with_hints(disks: list[DiskSource], args: argparse.Namespace) -> list[DiskS
 def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
     disks: list[DiskSource] = _with_hints(list(args.disk), args)
     compression = None if args.compress == "none" else args.compress
-    with ctx.engine() as engine:
-        job = engine.backups.submit(
-            args.repo,
-            args.vm,
-            disks,
-            mode=args.mode,
-            compression=compression,
-            full_every=args.full_every,
-            actor="cli",
-            queue_if_busy=not args.no_wait,
-        )
-        if args.no_wait:
-            return print_queued(ctx, job)
-        final = wait_for_job(engine, job.id, ctx)
+    final = None if args.no_wait else _backup_in_daemon(args, ctx, disks)
+    if final is None:
+        with ctx.engine() as engine:
+            job = engine.backups.submit(
+                args.repo,
+                args.vm,
+                disks,
+                mode=args.mode,
+                compression=compression,
+                full_every=args.full_every,
+                actor="cli",
+                queue_if_busy=not args.no_wait,
+            )
+            if args.no_wait:
+                return print_queued(ctx, job)
+            final = wait_for_job(engine, job.id, ctx)
 
     def done() -> None:
         for d in (final.result or {}).get("disks", []):
@@ -218,6 +225,75 @@ def run_backup(args: argparse.Namespace, ctx: CliContext) -> int:
 
     data = {"job_id": final.id, "state": final.state, "error": final.error, **(final.result or {})}
     return finish_job(ctx, final, data, done)
+
+
+def _as_the_daemon_reads(text: str) -> str:
+    """A source as the daemon must read it: a relative path made
+    absolute here, as the caller meant it (the daemon's working directory is not the
+    caller's). A URI, or a text qemu would read as a protocol (a colon before the
+    first slash), is left as it is: the daemon refuses what is not an nbd:// URI, and
+    the command's own road then says why in its words."""
+    if "://" in text or ":" in text.split("/", 1)[0]:
+        return text
+    return os.path.abspath(text)
+
+
+def _backup_in_daemon(args: argparse.Namespace, ctx: CliContext, disks: list[DiskSource]) -> Any:
+    """The backup run by the daemon when one serves this catalog (the command then
+    loads no engine), else None; its "new full" and "broken chain" warnings are the
+    job's events, printed once it has succeeded as ``wait_for_job`` prints them."""
+    body = {
+        "repo": args.repo,
+        "vm": args.vm,
+        "disks": [
+            {
+                "name": d.name,
+                "source": _as_the_daemon_reads(d.source),
+                "format": d.fmt,
+                "changed_bitmap": d.changed_bitmap,
+                # as given: a relative one is refused on either road
+                "changed_extents": d.changed_extents,
+            }
+            for d in disks
+        ],
+        "mode": args.mode,
+        "compression": args.compress,
+        "full_every": args.full_every,
+    }
+    queued = job_in_daemon(ctx, "/backups", body)
+    if queued is None:
+        return None
+    draw = None if ctx.json or not sys.stderr.isatty() else "line"
+    final = follow_in_daemon(ctx, queued, draw=draw, say_waiting=not ctx.json)
+    if final.state == "succeeded" and not ctx.json:
+        for notice in _notices_in_daemon(ctx, final.id):
+            print(notice, file=sys.stderr)
+    return final
+
+
+#: what a backup says on stderr once it has succeeded: its events of these kinds
+NOTICE_KINDS = ("backup.new_full", "chain.broken")
+#: the most events of one job read for them (a backup of 64 disks says a few each)
+NOTICES_MAX = 1000
+
+
+def notices_of(events: Iterable[dict[str, Any]]) -> list[str]:
+    """The warnings among a job's events (engine.shapes.event_dict), oldest first."""
+    return [
+        f"{e.get('level')}: {printable(str(e.get('message')))}"
+        for e in events
+        if e.get("kind") in NOTICE_KINDS
+    ]
+
+
+def _notices_in_daemon(ctx: CliContext, job_id: int) -> list[str]:
+    from sendense_tui.daemon_client import page_from_daemon
+
+    query = {"job": job_id, "level": "debug", "limit": NOTICES_MAX}
+    page = page_from_daemon(ctx.settings, "/events", query)
+    if page is None:  # the daemon went away just now: the job's events say it
+        return [f"note: `sendense events --job {job_id}` shows what the backup said"]
+    return notices_of(page.items)
 
 
 def transfer_line(d: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from sendense_tui.commands import (
     add_paging,
     add_parser,
     check_paging,
+    id_argument,
     json_text,
     page_size,
     say_more,
@@ -31,6 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--level", choices=AUDIT_LEVELS, default="info", help="minimum level")
     parser.add_argument("--source", help="only events from this source (jobs, capacity…)")
     parser.add_argument("--grep", help="only events whose message or kind contains this")
+    parser.add_argument("--job", type=id_argument("a job"), help="only this job's events")
     add_paging(parser, "events")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     parser.set_defaults(func=show_events)
@@ -62,7 +64,12 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
             "--follow prints the newest events and then new ones: it takes neither "
             "--all nor --after"
         )
-    query = {"min_level": args.level, "source": args.source, "text": args.grep}
+    query = {
+        "min_level": args.level,
+        "source": args.source,
+        "text": args.grep,
+        "job_id": args.job,
+    }
     if args.every:
         with ctx.reader() as reader:
             everything = reader.listings.all_events(**query)
@@ -79,6 +86,7 @@ def show_events(args: argparse.Namespace, ctx: CliContext) -> int:
                 "level": args.level,
                 "source": args.source,
                 "grep": args.grep,
+                "job": args.job,
                 "after": args.after,
                 "limit": limit,
             },

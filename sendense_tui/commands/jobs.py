@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # the daemon (and the tools it starts) loads only for work le
 
 #: job states that end a command's wait (a paused job waits for someone to resume it)
 WAIT_ENDS = (*FINAL_JOB_STATES, "paused")
+#: how a queued job's message says why it has not started (engine.catalog.jobs.WAITING)
+WAITING = "waiting: "
 
 
 def print_queued(ctx: CliContext, job: Any) -> int:
@@ -209,16 +211,40 @@ def job_in_daemon(ctx: CliContext, path: str, body: dict[str, Any]) -> dict[str,
         ) from None
 
 
-def follow_in_daemon(ctx: CliContext, job: dict[str, Any], *, draw: str | None) -> FollowedJob:
+def follow_in_daemon(
+    ctx: CliContext, job: dict[str, Any], *, draw: str | None, say_waiting: bool = False
+) -> FollowedJob:
     """Wait for a job the daemon runs, as the command's own wait would look: ``draw``
-    "bar" (a progress bar on stdout), "line" (a progress line on stderr) or None.
+    "bar" (a progress bar on stdout), "line" (a progress line on stderr) or None;
+    ``say_waiting``: "waiting: <why>" on stderr while another writer holds its disk
+    (the job's message then, engine.catalog.jobs.JobStore.note), as ``wait_for_job``.
     Ctrl+C or SIGTERM ends the wait only: the job goes on in the daemon."""
     from sendense_tui.daemon_client import DaemonUnanswered, follow_job
 
     job_id = int(job["id"])
+    said: set[str] = set()
+
+    def waiting(shape: dict[str, Any]) -> None:
+        message = shape.get("message")
+        if (
+            shape.get("state") == "queued"
+            and isinstance(message, str)
+            and message.startswith(WAITING)
+            and message not in said
+        ):
+            said.add(message)
+            sys.stderr.write(f"\n{printable(message)}\n")
+            sys.stderr.flush()
+
     try:
         with _daemon_progress(draw, printable(str(job.get("title", ""))[:40])) as show:
-            return follow_job(ctx.settings, job_id, show)
+
+            def moved(shape: dict[str, Any]) -> None:
+                if say_waiting:
+                    waiting(shape)
+                show(shape)
+
+            return follow_job(ctx.settings, job_id, moved)
     except KeyboardInterrupt:
         raise CommandInterrupted(
             f"interrupted while waiting for job {job_id}: it goes on in the sendense daemon",

@@ -50,6 +50,27 @@ def test_events_with_filters_oldest_first(api_as: ClientFor, engine: Engine) -> 
     }
 
 
+def test_one_jobs_events(api_as: ClientFor, engine: Engine) -> None:
+    """``job``: what a command following a job in the daemon prints after it (a backup's
+    "new full" and "broken chain" warnings)."""
+    now = engine.clock.now()
+    mine = engine.job_store.create("backup", "backup web01/sda", now=now)
+    other = engine.job_store.create("backup", "backup web02/sda", now=now)
+    engine.bus.emit("backup", "backup.new_full", "web01/sda: a new full", job_id=mine.id)
+    engine.bus.emit("backup", "backup.new_full", "web02/sda: a new full", job_id=other.id)
+    engine.bus.emit("backup", "chain.broken", "web01/sda: chain 3 is broken", job_id=mine.id)
+    reader = api_as(Role.READ)
+    found = reader.get(BASE, params={"job": mine.id, "level": "debug"}).json()
+    assert [e["message"] for e in found] == [
+        "web01/sda: a new full",
+        "web01/sda: chain 3 is broken",
+    ]
+    assert {e["job_id"] for e in found} == {mine.id}
+    newer = reader.get(BASE, params={"job": mine.id, "after_id": found[0]["id"]}).json()
+    assert [e["kind"] for e in newer] == ["chain.broken"]
+    assert reader.get(BASE, params={"job": 0}).status_code == 422
+
+
 def test_bad_filters_are_refused(api: TestClient) -> None:
     loud = api.get(BASE, params={"level": "loud"})
     assert loud.status_code == 422 and loud.json()["detail"].startswith("query.level:")

@@ -1,4 +1,4 @@
-"""``sendense copy run`` and ``restore disk`` hand their job to the running daemon
+"""``sendense backup run``, ``copy run`` and ``restore disk`` hand their job to the running daemon
 (issue 16: the command itself then loads no engine, about a second less with cold
 caches) and follow it to its end, printing what they print when they run the job
 themselves. A refusal is said in the command's own words; Ctrl+C leaves the job to
@@ -140,6 +140,78 @@ def test_a_refused_restore_says_the_commands_own_sentence_and_queues_nothing(
     )
     assert (tmp_path / "there.raw").read_bytes() == b"keep me"
     assert not (tmp_path / "new.raw").exists()
+    assert len(_jobs(daemon)) == before
+
+
+def _without_times(text: str) -> str:
+    """A backup's report with its measured times, new ids and timestamps blanked."""
+    return re.sub(
+        r"\d+\.\d s|#\d+|chain \d+|point \d+|\d{8}T\d{6}Z|\d{4}-\d\d-\d\d \d\d:\d\d", "N", text
+    )
+
+
+def test_backup_run_runs_in_the_daemon_and_prints_what_it_prints_itself(
+    daemon: ApiDaemon, tmp_path: Path
+) -> None:
+    """Two VMs backed up alike, one by the daemon and one by the command itself: the
+    same report, the same "NEW FULL" warning on stderr when the chain broke, and a
+    relative source read from the caller's directory."""
+    said: dict[str, list[str]] = {}
+    # a repository of its own: the broken chains below stay out of the copy rules' way
+    _ok(daemon.sendense("repo", "add", "bk", "--path", str(tmp_path / "bk"), "--create"))
+    for vm, env in (("bk-served", None), ("bk-direct", DIRECT)):
+        disk = tmp_path / f"{vm}.raw"
+        disk.write_bytes(os.urandom(2 * MiB))
+        run = ["backup", "run", "--repo", "bk", "--vm", vm, "--disk", f"sda={disk.name}"]
+        first = daemon.sendense(*run, cwd=tmp_path, env=env)
+        # its full lost: the chain is broken, and the next backup starts over loudly
+        (full,) = (tmp_path / "bk" / "chains" / vm).rglob("*.qcow2")
+        full.unlink()
+        second = daemon.sendense(*run, cwd=tmp_path, env=env)
+        said[vm] = [
+            _without_times(f"{_ok(done)}{done.stderr}").replace(vm, "VM")
+            for done in (first, second)
+        ]
+    assert said["bk-served"] == said["bk-direct"]
+    assert said["bk-served"][0].startswith("VM/sda: full N ")
+    assert "(first backup of this disk)" in said["bk-served"][0]
+    assert "warning: VM/sda: starting a NEW FULL backup because" in said["bk-served"][1]
+    jobs = [j for j in _jobs(daemon) if j["kind"] == "backup" and "bk-" in j["title"]]
+    # newest first: each VM's second backup, the one that started over
+    by_vm = {("served" if "bk-served" in j["title"] else "direct"): j for j in reversed(jobs)}
+    assert _actor(daemon, by_vm["served"]["id"]) == "root (unix socket)"
+    assert _actor(daemon, by_vm["direct"]["id"]) == "cli"
+    # the job's events, as `sendense events --job` reads them on either road
+    events = ["events", "--job", str(by_vm["served"]["id"]), "--level", "warning"]
+    from_daemon = _ok(daemon.sendense(*events))
+    assert "starting a NEW FULL backup" in from_daemon
+    assert from_daemon == _ok(daemon.sendense(*events, env=DIRECT))
+
+    # --json: the daemon's road loads no engine
+    disk = tmp_path / "bk-served.raw"
+    argv = ["--json", "backup", "run", "--repo", "bk", "--vm", "bk-served"]
+    seen = run_and_list_modules([*argv, "--disk", f"sda={disk}"], daemon.env)
+    assert seen["code"] == 0
+    assert json.loads(seen["out"])["disks"][0]["kind"] == "incremental"
+    loaded = imported(seen, ENGINE_CODE)
+    assert loaded == [], f"`sendense backup run` imported {loaded}"
+
+
+def test_a_refused_backup_says_the_commands_own_sentence_and_queues_nothing(
+    daemon: ApiDaemon, tmp_path: Path
+) -> None:
+    (tmp_path / "x.raw").write_bytes(os.urandom(MiB))
+    before = len(_jobs(daemon))
+    for repo, vm, disk in (
+        ("nowhere", "refused01", "sda=x.raw"),
+        ("local", "refused01", "sda=json:{}"),
+        ("local", "../etc", "sda=x.raw"),
+    ):
+        argv = ["backup", "run", "--repo", repo, "--vm", vm, "--disk", disk]
+        served = daemon.sendense(*argv, cwd=tmp_path)
+        direct = daemon.sendense(*argv, cwd=tmp_path, env=DIRECT)
+        assert (served.returncode, served.stderr) == (direct.returncode, direct.stderr)
+        assert served.returncode == 2 and served.stderr.count("\n") <= 2, served.stderr
     assert len(_jobs(daemon)) == before
 
 
