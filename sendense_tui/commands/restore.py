@@ -83,4 +83,4 @@ def _restore_in_daemon(args: argparse.Namespace, ctx: CliContext) -> Any:
     if queued is None:
         return None
     draw = None if ctx.json or not sys.stderr.isatty() else "line"
-    return follow_in_daemon(ctx, queued, draw=draw)
+    return follow_in_daemon(ctx, queued, draw=draw, say_waiting=not ctx.json)

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -195,6 +196,39 @@ def test_backup_run_runs_in_the_daemon_and_prints_what_it_prints_itself(
     assert json.loads(seen["out"])["disks"][0]["kind"] == "incremental"
     loaded = imported(seen, ENGINE_CODE)
     assert loaded == [], f"`sendense backup run` imported {loaded}"
+
+
+def test_a_backup_the_daemon_runs_says_what_it_waits_for(daemon: ApiDaemon, tmp_path: Path) -> None:
+    """Another writer holds the disk (here this test's engine, as a merge or a second
+    backup would): the command says so, as it does when it runs the job itself, and
+    the backup runs once the disk is free."""
+    from engine.runtime import Engine
+
+    disk = tmp_path / "wait01.raw"
+    disk.write_bytes(os.urandom(MiB))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with Engine(daemon.settings) as engine:
+            local = engine.repository_store.get("local")
+            with engine.writers.hold(local.id, "wait01", "sda", operation="merge", actor="test"):
+                held.set()
+                release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        threading.Timer(3, release.set).start()
+        run = ["backup", "run", "--repo", "local", "--vm", "wait01", "--disk", f"sda={disk}"]
+        done = daemon.sendense(*run)
+    finally:
+        release.set()
+        holder.join(30)
+    assert done.returncode == 0, done.stderr
+    assert "waiting: wait01/sda is being" in done.stderr and "test" in done.stderr
+    assert done.stdout.startswith("wait01/sda: full #")
 
 
 def test_a_refused_backup_says_the_commands_own_sentence_and_queues_nothing(
