@@ -8,6 +8,10 @@ sha256 (read back while fsync flushes it), maps the allocation, renames and
 validates the chain; the ratio shows what that costs (goal: <= 1.05; the
 "gap" line says why sha256 keeps it above that). Then 32 MiB in 8 regions
 change and an incremental is taken: it prints the bytes written against the bytes changed.
+Last, the command as an operator runs it: ``sendense backup run --mode full`` with a
+``sendense daemon`` running (the command hands it the job and follows it, loading no
+engine) and with none (the command runs the job itself), each beside a plain convert
++ fsync of the same round.
 
 Run: ``.venv/bin/python -m bench backup`` (``SENDENSE_BENCH_MB`` changes the size).
 """
@@ -18,15 +22,20 @@ import dataclasses
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from bench.bench_api import start_daemon
 from engine.clock import SYSTEM_CLOCK
 from engine.config import CapacitySettings, default_settings
 from engine.hashing import sha256_file
 from engine.runtime import Engine
-from engine.services.backup import DiskSource
+from engine.sources import DiskSource
 from engine.tools import qemu_img
 
 MiB = 1024 * 1024
@@ -143,8 +152,39 @@ def main() -> None:
                 f"{inc.allocated_bytes / MiB:.1f} MiB of data, file {inc.file_size / MiB:.2f} MiB "
                 f"(written/changed = {inc.file_size / changed_bytes:.3f})"
             )
+            cli_rounds(state=base / "state", src=src, plain=plain, plain_out=ref_out)
         finally:
             engine.close()
+
+
+def cli_rounds(*, state: Path, src: Path, plain: Callable[[], None], plain_out: Path) -> None:
+    """``sendense backup run`` with a daemon running and with none, against ``plain``
+    in the same round; the daemon is stopped before the command runs the job itself
+    (else its runner could take the command's queued job)."""
+    sendense = str(Path(sys.executable).with_name("sendense"))
+    argv = [sendense, "--state-dir", str(state), "backup", "run", "--repo", "bench"]
+    argv += ["--vm", "cli", "--disk", f"sda={src}", "--mode", "full"]
+    alone = {**os.environ, "SENDENSE_API_SOCKET": str(state / "no-daemon-here.sock")}
+    ratios: dict[str, list[float]] = {"daemon running": [], "no daemon": []}
+    for round_ in range(ROUNDS):
+        reference = timed(plain)
+        plain_out.unlink()
+        served = start_daemon(state)
+        try:
+            with_daemon = timed(partial(subprocess.run, argv, check=True, capture_output=True))
+        finally:
+            served.terminate()
+            served.wait(timeout=60)
+        itself = timed(partial(subprocess.run, argv, check=True, capture_output=True, env=alone))
+        ratios["daemon running"].append(with_daemon / reference)
+        ratios["no daemon"].append(itself / reference)
+        print(
+            f"  round {round_ + 1}: plain {reference:5.2f} s, sendense backup run (daemon "
+            f"running) {with_daemon:5.2f} s ({with_daemon / reference:.2f}x), (no daemon) "
+            f"{itself:5.2f} s ({itself / reference:.2f}x); load average {os.getloadavg()[0]:.1f}"
+        )
+    for form, values in ratios.items():
+        print(f"sendense backup run ({form}): median {statistics.median(values):.2f}x plain")
 
 
 if __name__ == "__main__":

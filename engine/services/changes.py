@@ -37,12 +37,14 @@ read is hashed into the new point's digest table, so the next run can compare.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -311,11 +313,15 @@ def _runs(blocks: list[int], per_run: int) -> Iterator[tuple[int, int]]:
 
 def _zero_blocks(spec: ImageSpec, disk_size: int) -> set[int]:
     """Blocks that lie entirely in areas the source's allocation map says read as zeros."""
-    zero: set[int] = set()
     try:
         extents = qemu_img.map_image(spec)
     except ToolError:
-        return zero  # no map: every block is read, which is only slower
+        return set()  # no map: every block is read, which is only slower
+    return _zero_blocks_of(extents, disk_size)
+
+
+def _zero_blocks_of(extents: Sequence[qemu_img.MapExtent], disk_size: int) -> set[int]:
+    zero: set[int] = set()
     for e in extents:
         if not e.zero:
             continue
@@ -482,29 +488,120 @@ def table_of_image(
     should_stop: Callable[[], bool] | None = None,
     cancelled: Callable[[], JobCancelled] | None = None,
 ) -> DigestTable:
-    """The digest table of a finished point, read through a read-only view after the
-    source was released: what a full records for the next incremental."""
-    table = DigestTable.empty(disk_size)
-    zero = _zero_blocks(image, disk_size)
-    count = block_count(disk_size)
-    per_run = READ_SIZE // BLOCK_SIZE
+    """The digest table of a finished point, read back after the source was released:
+    what a full records for the next incremental.
+
+    A full as qemu-img writes it keeps each cluster's bytes as they are in its own
+    file: the allocation map then says where (``_file_layout``), and the guest's bytes
+    are read from the file itself, at the disk's speed. Anything else (compressed
+    clusters, a backing file, no map) is read through a read-only view of the image
+    (qemu-storage-daemon's FUSE export), which costs a round trip through the kernel
+    and the daemon for every 128 KiB: 8 s a GiB on a VM whose disk reads 1 GiB in 1 s."""
+    try:
+        extents: list[qemu_img.MapExtent] | None = qemu_img.map_image(image)
+    except ToolError:
+        extents = None  # no map: every block is read, which is only slower
+    zero = _zero_blocks_of(extents, disk_size) if extents is not None else set()
+    layout = _file_layout(image, extents, disk_size) if extents is not None else None
+    if layout is not None:
+        fd = os.open(image.filename, os.O_RDONLY)
+        try:
+            return _table(disk_size, zero, partial(layout.read, fd), should_stop, cancelled)
+        finally:
+            os.close(fd)
     with BlockSession(None, source=image) as session:
         fd = os.open(str(session.source_path), os.O_RDONLY)
         try:
-            for first in range(0, count, per_run):
-                if should_stop is not None and should_stop():
-                    raise cancelled() if cancelled else JobCancelled("cancelled")
-                n = min(per_run, count - first)
-                offset = first * BLOCK_SIZE
-                length = min(n * BLOCK_SIZE, disk_size - offset)
-                if all(i in zero for i in range(first, first + n)):
-                    for i in range(first, first + n):
-                        table.set(i, zero_digest(min(BLOCK_SIZE, disk_size - i * BLOCK_SIZE)))
-                    continue
-                data = memoryview(_pread_full(fd, length, offset))
-                for k in range(n):
-                    lo = k * BLOCK_SIZE
-                    table.set(first + k, block_digest(data[lo : lo + BLOCK_SIZE]))
+            return _table(disk_size, zero, partial(_pread_full, fd), should_stop, cancelled)
         finally:
             os.close(fd)
+
+
+def _table(
+    disk_size: int,
+    zero: set[int],
+    read: Callable[[int, int], bytes | bytearray],
+    should_stop: Callable[[], bool] | None,
+    cancelled: Callable[[], JobCancelled] | None,
+) -> DigestTable:
+    """Every block's digest, ``read(length, offset)`` giving the guest's bytes."""
+    table = DigestTable.empty(disk_size)
+    count = block_count(disk_size)
+    per_run = READ_SIZE // BLOCK_SIZE
+    for first in range(0, count, per_run):
+        if should_stop is not None and should_stop():
+            raise cancelled() if cancelled else JobCancelled("cancelled")
+        n = min(per_run, count - first)
+        offset = first * BLOCK_SIZE
+        length = min(n * BLOCK_SIZE, disk_size - offset)
+        if all(i in zero for i in range(first, first + n)):
+            for i in range(first, first + n):
+                table.set(i, zero_digest(min(BLOCK_SIZE, disk_size - i * BLOCK_SIZE)))
+            continue
+        data = memoryview(read(length, offset))
+        for k in range(n):
+            lo = k * BLOCK_SIZE
+            table.set(first + k, block_digest(data[lo : lo + BLOCK_SIZE]))
     return table
+
+
+@dataclass(frozen=True)
+class _FileLayout:
+    """Where each guest range of an image lies in its own file: (start, length,
+    offset in the file, or None for a range that reads as zeros), in guest order."""
+
+    ranges: tuple[tuple[int, int, int | None], ...]
+    #: each range's start, for the search (a fragmented image has many)
+    starts: tuple[int, ...]
+
+    def read(self, fd: int, length: int, offset: int) -> bytearray:
+        data = bytearray(length)  # zeros where the image holds none
+        view = memoryview(data)
+        end = offset + length
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        while i < len(self.ranges) and self.ranges[i][0] < end:
+            start, size, held = self.ranges[i]
+            lo, hi = max(offset, start), min(end, start + size)
+            if held is not None and lo < hi:
+                _pread_into(fd, view[lo - offset : hi - offset], held + lo - start)
+            i += 1
+        return data
+
+
+def _pread_into(fd: int, into: memoryview, offset: int) -> None:
+    """Fill ``into`` from ``fd`` at ``offset`` (no copy through a bytes object)."""
+    done = 0
+    while done < len(into):
+        got = os.preadv(fd, [into[done:]], offset + done)
+        if not got:
+            raise OSError(5, f"short read at offset {offset + done}")
+        done += got
+
+
+def _file_layout(
+    image: ImageSpec, extents: Sequence[qemu_img.MapExtent], disk_size: int
+) -> _FileLayout | None:
+    """The layout when the map places every byte of data in the image's own file, as
+    it is (no backing file, no compression), covering the disk once and inside the
+    file; else None."""
+    if image.protocol != "file" or image.backing is not None:
+        return None
+    try:
+        file_size = os.stat(image.filename).st_size
+    except OSError:
+        return None
+    ranges: list[tuple[int, int, int | None]] = []
+    at = 0
+    for e in sorted(extents, key=lambda e: e.start):
+        if e.start != at or e.length < 0 or e.depth != 0:
+            return None
+        if e.data and not e.zero:
+            if e.offset is None or not 0 <= e.offset <= file_size - e.length:
+                return None  # compressed, or held elsewhere
+            ranges.append((e.start, e.length, int(e.offset)))
+        else:
+            ranges.append((e.start, e.length, None))
+        at = e.start + e.length
+    if at < disk_size:
+        return None
+    return _FileLayout(tuple(ranges), tuple(r[0] for r in ranges))
