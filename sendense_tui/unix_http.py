@@ -42,37 +42,40 @@ def _line(source: BinaryIO) -> bytes:
     return line.rstrip(b"\r\n")
 
 
-class _Exactly(io.RawIOBase):
-    """A body of Content-Length bytes; fewer before the connection closes is an error."""
+class _Body(io.RawIOBase):
+    """A body read from the connection's buffered file, ``_left`` bytes at a time."""
 
-    def __init__(self, source: BinaryIO, length: int) -> None:
+    def __init__(self, source: BinaryIO, left: int) -> None:
         self._source = source
-        self._left = length
+        self._left = left
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._left == 0:
-            return 0
+    def _take(self, buffer: memoryview, cut_short: str) -> int:
         data = self._source.read(min(len(buffer), self._left))
         if not data:
-            raise BadAnswer("the answer's body stopped short of its length")
+            raise BadAnswer(cut_short)
         buffer[: len(data)] = data
         self._left -= len(data)
         return len(data)
 
 
-class _Chunked(io.RawIOBase):
+class _Exactly(_Body):
+    """A body of Content-Length bytes; fewer before the connection closes is an error."""
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._left == 0:
+            return 0
+        return self._take(buffer, "the answer's body stopped short of its length")
+
+
+class _Chunked(_Body):
     """A chunked body (RFC 9112 7.1), its chunks joined; the trailer is skipped."""
 
     def __init__(self, source: BinaryIO) -> None:
-        self._source = source
-        self._left = 0
+        super().__init__(source, 0)
         self._ended = False
-
-    def readable(self) -> bool:
-        return True
 
     def _next_chunk(self) -> None:
         size = _line(self._source).split(b";", 1)[0].strip()
@@ -93,14 +96,10 @@ class _Chunked(io.RawIOBase):
             self._next_chunk()
             if self._ended:
                 return 0
-        data = self._source.read(min(len(buffer), self._left))
-        if not data:
-            raise BadAnswer("the answer stopped in the middle of a chunk")
-        buffer[: len(data)] = data
-        self._left -= len(data)
+        taken = self._take(buffer, "the answer stopped in the middle of a chunk")
         if self._left == 0 and _line(self._source):
             raise BadAnswer("a chunk of the answer is longer than it said")
-        return len(data)
+        return taken
 
 
 class Answer:

@@ -3,8 +3,9 @@
 ``backup run`` queues a backup job and, unless ``--no-wait``, prints progress until
 it ends (exit code 0 only when every disk was backed up; else 1 and one sentence):
 the running daemon of this catalog runs it when there is one (the command then
-loads no engine; Ctrl+C leaves the job to the daemon), else this process does. While another writer (a backup, a
-merge, a retention run) holds one of the disks the job waits for it and says so;
+loads no engine; Ctrl+C leaves the job to the daemon), else this process does.
+While another writer (a backup, a merge, a retention run) holds one of the disks
+the job waits for it and says so;
 with ``--no-wait`` the request is refused instead (exit 2, one sentence naming the
 writer). Sources are ``NAME=SOURCE`` where SOURCE is a file, a block device or an
 ``nbd://`` / ``nbd+unix://`` URI, read as raw bytes; a qcow2 image is named
