@@ -25,6 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,6 +220,8 @@ class Catalog:
         self._outage: str | None = None
         #: the outage is a read-only catalog: reads work, only a write ends it
         self._outage_read_only = False
+        #: when the outage in progress was noticed (time.monotonic)
+        self._outage_since = 0.0
         self._outage_lock = threading.Lock()
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
@@ -289,14 +292,19 @@ class Catalog:
             starting = self._outage is None
             self._outage = error.message
             self._outage_read_only = isinstance(error, CatalogReadOnly)
+            if starting:
+                self._outage_since = time.monotonic()
         if starting:
             log.warning("%s", error.for_humans().replace("\n  -> ", "; "))
         return error
 
-    def _answered(self, *, wrote: bool) -> None:
-        """The database answered: the outage (if any) is over, unless the catalog was
-        read-only and this only read."""
-        if self._outage is None:
+    def _answered(self, *, wrote: bool, began: float) -> None:
+        """The database answered a unit of work that ``began`` (time.monotonic): the
+        outage (if any) is over, unless the catalog was read-only and this only read,
+        or the work began before the outage was noticed (a statement that finished
+        just before the server went away, told after another thread's failure: the
+        outage would end and start again, said twice)."""
+        if self._outage is None or began < self._outage_since:
             return
         if self._outage_read_only:
             # SQLite takes an UPDATE that changes no row on a file it cannot write:
@@ -306,6 +314,8 @@ class Catalog:
             if not writable:
                 return
         with self._outage_lock:
+            if began < self._outage_since:
+                return
             was, self._outage = self._outage, None
         if was is not None:
             log.warning("catalog %s answers again", self.shown_url)
@@ -396,6 +406,7 @@ class Catalog:
 
     def check_connection(self) -> None:
         """Raise CatalogError with a readable reason if the database is unreachable."""
+        began = time.monotonic()
         self._check_file()
         try:
             with self.engine.connect() as conn:
@@ -403,7 +414,7 @@ class Catalog:
         except (DBAPIError, SQLAlchemyError) as exc:
             raise self._explain(exc) from None
         self._check_file()
-        self._answered(wrote=False)
+        self._answered(wrote=False, began=began)
 
     def current_revision(self) -> str | None:
         """The schema revision stamped in the catalog (alembic's table), or None."""
@@ -595,6 +606,7 @@ class Catalog:
         reads and again before it commits, so nothing is taken as written into a
         file that is gone.
         """
+        began = time.monotonic()
         self._check_file()
         session = self._sessions()
         try:
@@ -621,7 +633,7 @@ class Catalog:
             with contextlib.suppress(Exception):
                 session.close()
         if talked:  # a session that ran no statement proves nothing
-            self._answered(wrote=wrote)
+            self._answered(wrote=wrote, began=began)
 
 
 _LOST_HINT = (

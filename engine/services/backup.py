@@ -220,8 +220,8 @@ def _check_reach(disk: str, what: str, text: str, roots: Sequence[Path]) -> None
                 if roots
                 else "no path of the appliance is open to tokens"
             ),
-            hint="give an nbd:// source, run it on the appliance (the sendense command), "
-            "or have its administrator add the directory to [api] source_roots",
+            hint="give an nbd:// source, or back it up on the appliance itself; its "
+            "administrator may open a directory to tokens in [api] source_roots",
         )
 
 

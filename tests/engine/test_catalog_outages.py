@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from engine.catalog import Catalog
 from engine.catalog.repositories import RepositoryStore
@@ -742,3 +743,33 @@ def test_an_engine_stopping_during_an_outage_does_not_hand_its_job_back(
 def _asked(engine: Engine) -> bool:
     """The runner has asked its running jobs to stop (it is waiting for them)."""
     return engine.jobs._stopping.is_set()
+
+
+def test_work_begun_before_an_outage_was_noticed_does_not_end_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two threads at the moment a server goes away: one's statement fails (the
+    outage starts), the other's had just been answered and is told after. That answer
+    says nothing of now: the outage goes on, said once, and ends with the next work
+    that begins after it (the full suite's MariaDB outage test saw it said twice)."""
+    catalog = Catalog(sqlite_url(tmp_path / "catalog.db"))
+    catalog.open()
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.catalog.db"):
+            with catalog.session() as session:
+                session.execute(text("SELECT 1"))
+                # meanwhile another thread meets the outage
+                failed = threading.Thread(
+                    target=catalog._unavailable, args=(CatalogUnavailable("the server is gone"),)
+                )
+                failed.start()
+                failed.join()
+            assert catalog.outage == "the server is gone"
+            with catalog.session() as session:
+                session.execute(text("SELECT 1"))
+            assert catalog.outage is None
+    finally:
+        catalog.dispose()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [said[0], f"catalog {catalog.shown_url} answers again"], said
+    assert "the server is gone" in said[0]
