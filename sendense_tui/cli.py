@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # installs the file then: a command the daemon runs (restore disk,
                 # a listing) or that needs nothing (version) starts without logging,
                 # ~20 ms of its start with a cold page cache
-                ctx._loading_engine()
+                ctx.prepare_for_engine()
         code = int(handler(args, ctx))
     except SendenseError as exc:  # ConfigError, CatalogError, JobError… all land here
         return _fail(exc.message, cli_hint(exc), int(exit_code_for(exc)))

@@ -324,7 +324,8 @@ class CliContext:
     #: a command the daemon runs never needs); called once
     before_engine: Callable[[], None] | None = None
 
-    def _loading_engine(self) -> None:
+    def prepare_for_engine(self) -> None:
+        """Run ``before_engine`` (once): engine() and reader() call it first."""
         prepare, self.before_engine = self.before_engine, None
         if prepare is not None:
             prepare()
@@ -360,7 +361,7 @@ class CliContext:
         """An opened (migrated) engine, closed afterwards. ``read_only`` for a command
         that only looks (a listing, show, status): the catalog is not migrated and
         restore mounts are not cleaned up (Engine.open)."""
-        self._loading_engine()
+        self.prepare_for_engine()
         from engine.runtime import Engine
 
         engine = Engine(self.settings)
@@ -382,7 +383,7 @@ class CliContext:
         """The catalog opened for a listing (engine.runtime.Reader), closed afterwards:
         nothing is migrated (an older catalog is refused), cleaned up or written, and
         only what a listing reads is imported and built."""
-        self._loading_engine()
+        self.prepare_for_engine()
         from engine.runtime import Reader
 
         reader = Reader(self.settings)

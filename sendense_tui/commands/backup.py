@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ValidationError
+from engine.errors import CatalogUnavailable, ValidationError
 from engine.shapes import event_dict, point_dict
 from sendense_tui.commands import (
     COUNT_MAX,
@@ -165,8 +165,12 @@ def _wait_for_job(engine: Any, job_id: int, ctx: CliContext) -> Any:
         if final.state == "succeeded" and not ctx.json:
             # from the catalog, not this engine's bus: another engine's runner (a
             # daemon on this catalog) may have run the job
-            entries = engine.audit.query(job_id=job_id, limit=NOTICES_MAX)
-            for notice in notices_of(event_dict(e) for e in reversed(entries)):
+            try:
+                entries = engine.audit.query(job_id=job_id, limit=NOTICES_MAX)
+                notices = notices_of(event_dict(e) for e in reversed(entries))
+            except CatalogUnavailable:  # the job is done: its warnings wait in the log
+                notices = [NOTICES_LATER.format(job_id=job_id)]
+            for notice in notices:
                 print(notice, file=sys.stderr)
         return final
 
@@ -276,6 +280,8 @@ def _backup_in_daemon(args: argparse.Namespace, ctx: CliContext, disks: list[Dis
 NOTICE_KINDS = ("backup.new_full", "chain.broken")
 #: the most events of one job read for them (a backup of 64 disks says a few each)
 NOTICES_MAX = 1000
+#: when they cannot be read now
+NOTICES_LATER = "note: `sendense events --job {job_id}` shows what the backup said"
 
 
 def notices_of(events: Iterable[dict[str, Any]]) -> list[str]:
@@ -293,7 +299,7 @@ def _notices_in_daemon(ctx: CliContext, job_id: int) -> list[str]:
     query = {"job": job_id, "level": "debug", "limit": NOTICES_MAX}
     page = page_from_daemon(ctx.settings, "/events", query)
     if page is None:  # the daemon went away just now: the job's events say it
-        return [f"note: `sendense events --job {job_id}` shows what the backup said"]
+        return [NOTICES_LATER.format(job_id=job_id)]
     return notices_of(page.items)
 
 

@@ -189,14 +189,14 @@ from sendense_tui import cli
 from sendense_tui.commands import CliContext
 
 assert "logging" not in sys.modules
-loading = CliContext._loading_engine
+loading = CliContext.prepare_for_engine
 
 def and_log(self):
     loading(self)
     import logging
     logging.getLogger("engine.catalog").warning("the catalog went away for 2 s")
 
-CliContext._loading_engine = and_log
+CliContext.prepare_for_engine = and_log
 sys.exit(cli.main(sys.argv[1:]))
 """
 
