@@ -204,6 +204,8 @@ def test_a_backup_the_daemon_runs_says_what_it_waits_for(daemon: ApiDaemon, tmp_
     the backup runs once the disk is free."""
     from engine.runtime import Engine
 
+    # a repository of its own: a point in "local" would be one more for the copy rules
+    _ok(daemon.sendense("repo", "add", "wait", "--path", str(tmp_path / "wait"), "--create"))
     disk = tmp_path / "wait01.raw"
     disk.write_bytes(os.urandom(MiB))
     held = threading.Event()
@@ -211,8 +213,8 @@ def test_a_backup_the_daemon_runs_says_what_it_waits_for(daemon: ApiDaemon, tmp_
 
     def hold() -> None:
         with Engine(daemon.settings) as engine:
-            local = engine.repository_store.get("local")
-            with engine.writers.hold(local.id, "wait01", "sda", operation="merge", actor="test"):
+            repo = engine.repository_store.get("wait")
+            with engine.writers.hold(repo.id, "wait01", "sda", operation="merge", actor="test"):
                 held.set()
                 release.wait(60)
 
@@ -221,7 +223,7 @@ def test_a_backup_the_daemon_runs_says_what_it_waits_for(daemon: ApiDaemon, tmp_
     try:
         assert held.wait(30)
         threading.Timer(3, release.set).start()
-        run = ["backup", "run", "--repo", "local", "--vm", "wait01", "--disk", f"sda={disk}"]
+        run = ["backup", "run", "--repo", "wait", "--vm", "wait01", "--disk", f"sda={disk}"]
         done = daemon.sendense(*run)
     finally:
         release.set()
