@@ -96,8 +96,15 @@ class MountManager:
             return f"{repo.server}:{repo.export}"
         return f"//{repo.server}/{repo.export}"
 
+    #: set on every repository mount, after the operator's options so that none of
+    #: them undoes it (mount applies the last of two opposite options): a file
+    #: server, or whoever set the options, could otherwise serve a device node
+    #: (the appliance's own disk as a "backup") or a set-user-ID program
+    REPOSITORY_FLAGS = ("nosuid", "nodev", "noexec")
+
     def mount_options(self, repo: Repository) -> tuple[str, list[str]]:
-        """(fstype, options) for ``mount``; never contains a password."""
+        """(fstype, options) for ``mount``; never contains a password, always ends
+        with ``REPOSITORY_FLAGS``."""
         opts = dict(repo.options or {})
         extra = [o for o in str(opts.get("mount_options") or "").split(",") if o.strip()]
         if repo.kind == "nfs":
@@ -105,14 +112,15 @@ class MountManager:
             options = [f"vers={version}", "soft", "timeo=100", "retrans=3"]
             if opts.get("port"):
                 options.append(f"port={int(opts['port'])}")
-            return ("nfs4" if version.startswith("4") else "nfs"), options + extra
+            fstype = "nfs4" if version.startswith("4") else "nfs"
+            return fstype, [*options, *extra, *self.REPOSITORY_FLAGS]
         options = [f"credentials={self.credentials_file(repo.name)}"]
         if opts.get("smb_version"):
             options.append(f"vers={opts['smb_version']}")
         if opts.get("port"):
             options.append(f"port={int(opts['port'])}")
         options += ["soft", "echo_interval=10"]
-        return "cifs", options + extra
+        return "cifs", [*options, *extra, *self.REPOSITORY_FLAGS]
 
     # -- credentials ------------------------------------------------------------------
 

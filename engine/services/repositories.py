@@ -210,10 +210,27 @@ def _check_password(raw: str, _text: str) -> str | None:
     return None
 
 
+#: mount options that would undo the flags every repository is mounted with
+#: (``Mounts.REPOSITORY_FLAGS``) or turn the mount into another kind of mount
+#: (a bind, a loop device, a remount, a mount helper's own ``x-`` options)
+_UNSAFE_MOUNT_OPTIONS = frozenset(
+    {"suid", "dev", "exec", "defaults", "users", "owner", "group", "remount", "bind", "rbind"}
+    | {"move", "loop", "offset", "sizelimit", "helper"}
+)
+
+
 def _check_mount_options(_raw: str, text: str) -> str | None:
-    keys = {o.strip().split("=")[0] for o in text.split(",")} if text else set()
-    if keys & {"password", "credentials", "user", "username"}:
+    if any(c in text for c in "\"' \t\n\r\\"):
+        return "mount options are NAME or NAME=VALUE separated by commas, without quotes or spaces"
+    keys = [o.split("=")[0].lower() for o in text.split(",") if o] if text else []
+    if {"password", "credentials", "user", "username"} & set(keys):
         return "credentials do not belong in mount options"
+    unsafe = [k for k in keys if k in _UNSAFE_MOUNT_OPTIONS or k.startswith("x-")]
+    if unsafe:
+        return (
+            f"mount option {unsafe[0]!r} is refused: a repository is always mounted "
+            "nosuid,nodev,noexec (a share holds backups, never programs or devices)"
+        )
     return None
 
 

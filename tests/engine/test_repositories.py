@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.catalog.models import Backup, Chain, CopyRule
+from engine.catalog.models import Backup, Chain, CopyRule, Repository
 from engine.clock import FixedClock
 from engine.config import default_settings
 from engine.errors import ValidationError
@@ -18,6 +19,7 @@ from engine.services.backup import DiskSource
 from engine.services.mounts import MountManager, kernel_client_missing
 from engine.services.probe import RepositoryCheckError
 from engine.services.repositories import RepositorySpec, validate_field, validate_spec
+from engine.tools.mounts import mount, umount
 from tests.plugins.loopfs import LoopFsFactory
 
 pytestmark = pytest.mark.root
@@ -153,6 +155,84 @@ def test_cifs_domain_cannot_inject_lines_into_the_credentials_file() -> None:
         name="n", kind="cifs", server="nas", export="b", username="u", domain="a\rb"
     )
     assert set(validate_spec(spec)) == {"domain"}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "suid",
+        "dev",
+        "exec",
+        "noatime,defaults",
+        "remount",
+        "bind",
+        "loop",
+        "X-mount.mkdir=0777",
+        "x-systemd.automount",
+        "SUID",
+        'sec="krb5,suid"',
+        "vers=4.1 ,dev",
+        "noatime\ndev",
+    ],
+)
+def test_mount_options_that_would_open_a_repository_to_devices_or_programs_are_refused(
+    hostile: str,
+) -> None:
+    problem = validate_field("nfs", "mount_options", hostile) or ""
+    assert "refused" in problem or "without quotes or spaces" in problem, problem
+    assert validate_field("cifs", "mount_options", hostile) == problem
+
+
+def test_an_operators_own_mount_options_pass() -> None:
+    for fine in ("nconnect=4,noatime,rsize=1048576,wsize=1048576", "sec=krb5p", "hard,proto=tcp"):
+        assert validate_field("nfs", "mount_options", fine) is None
+    assert validate_field("cifs", "mount_options", "seal,cache=none,noperm") is None
+
+
+@pytest.mark.parametrize("kind", ["nfs", "cifs"])
+def test_every_repository_mount_ends_nosuid_nodev_noexec_whatever_its_saved_options(
+    eng: Engine, kind: str
+) -> None:
+    """A catalog written before the options were checked (or edited by hand) may hold
+    options that open the mount to device nodes and set-user-ID programs: mount takes
+    the last of two opposite options, so the repository's flags come last."""
+    repo = Repository(
+        name="r", kind=kind, path="/unused", server="nas", export="/x",
+        options={"mount_options": "suid,dev,exec,defaults"},
+    )  # fmt: skip
+    _fstype, options = eng.mounts.mount_options(repo)
+    assert options[-3:] == ["nosuid", "nodev", "noexec"]
+    assert options.index("suid") < options.index("nosuid")
+
+
+def test_a_mount_with_the_repository_flags_last_opens_no_device_node(
+    loop_fs: LoopFsFactory, tmp_path: Path
+) -> None:
+    """What the flags are for, on a real mount as mount(8) applies them: a file server
+    that serves a block device node (here: the loop device's own numbers) as a
+    "backup" gives the appliance no way into that device, even when the saved options
+    asked for ``dev``."""
+    fs = loop_fs()
+    node = fs.mountpoint / "disk.qcow2"
+    os.mknod(node, 0o600 | stat.S_IFBLK, os.stat(fs.device).st_rdev)
+    subprocess.run(["umount", str(fs.mountpoint)], check=True)
+    target = tmp_path / "served"
+    target.mkdir()
+    # the other way round, "dev" last: the node opens (mount takes the last one)
+    mount(fs.device, target, options=[*MountManager.REPOSITORY_FLAGS, "dev"])
+    open(target / "disk.qcow2", "rb").close()
+    umount(target)
+    mount(fs.device, target, options=["dev", "suid", "exec", *MountManager.REPOSITORY_FLAGS])
+    try:
+        with pytest.raises(PermissionError):
+            open(target / "disk.qcow2", "rb").close()
+        flags = subprocess.run(
+            ["findmnt", "-no", "OPTIONS", str(target)], capture_output=True, text=True
+        ).stdout.split(",")
+        assert {"nosuid", "nodev", "noexec"} <= set(flags)
+    finally:
+        umount(target)
+        subprocess.run(["mount", fs.device, str(fs.mountpoint)], check=True)
 
 
 def test_remove_refused_while_holding_backups_forced_removal_is_audited(
