@@ -138,6 +138,11 @@ class ApiSettings:
     #: source (``POST /backups``, a policy's sources); none by default: a token names
     #: NBD sources only. The unix socket (root) is not bound by them.
     source_roots: tuple[Path, ...] = ()
+    #: directories inside which an API token may put a local repository (``POST
+    #: /repositories``, a changed path, an import); none by default: a token adds NFS
+    #: and CIFS repositories only, which the daemon mounts under its own mount root.
+    #: The unix socket (root) is not bound by them.
+    repository_roots: tuple[Path, ...] = ()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -399,6 +404,7 @@ ENV_KEYS: dict[str, str] = {
     "SENDENSE_API_TLS_CERT": "api.tls_cert",
     "SENDENSE_API_TLS_KEY": "api.tls_key",
     "SENDENSE_API_SOURCE_ROOTS": "api.source_roots",
+    "SENDENSE_API_REPOSITORY_ROOTS": "api.repository_roots",
 }
 
 
@@ -507,6 +513,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert=reader.get("api.tls_cert", _abs_path, None),
         tls_key=reader.get("api.tls_key", _abs_path, None),
         source_roots=reader.get("api.source_roots", _abs_paths, ()),
+        repository_roots=reader.get("api.repository_roots", _abs_paths, ()),
     )
     if (api.tls_cert is None) != (api.tls_key is None):
         raise ConfigError(

@@ -276,9 +276,11 @@ class ApiServer:
             "pid": os.getpid(),
             "addresses": self.addresses,
             "tls_fingerprint": self.fingerprint,
-            # what this daemon lets a token name as a backup's source (it read its
-            # settings at its start; the config file may have changed since)
+            # what this daemon lets a token name as a backup's source and where it
+            # lets a token keep a local repository (it read its settings at its
+            # start; the config file may have changed since)
             "token_source_roots": [str(p) for p in self.settings.api.source_roots],
+            "token_repository_roots": [str(p) for p in self.settings.api.repository_roots],
         }
         temporary = self.settings.state_dir / f".{RECORD_FILE}.{os.getpid()}"
         write_private(temporary, json.dumps(record) + "\n")
@@ -306,6 +308,7 @@ def listening(settings: Settings) -> dict[str, Any]:
             "addresses": [],
             "tls_fingerprint": None,
             "token_source_roots": [],
+            "token_repository_roots": [],
         }
     return {
         "running": True,
@@ -313,4 +316,5 @@ def listening(settings: Settings) -> dict[str, Any]:
         "addresses": [str(a) for a in record.get("addresses", [])],
         "tls_fingerprint": record.get("tls_fingerprint"),
         "token_source_roots": [str(p) for p in record.get("token_source_roots", [])],
+        "token_repository_roots": [str(p) for p in record.get("token_repository_roots", [])],
     }

@@ -93,6 +93,7 @@ from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.oserrors import is_no_space
 from engine.platform import free_bytes
 from engine.private import make_private_dirs
+from engine.reach import reaches, roots_sentence
 from engine.services import changes
 from engine.services.chains import (
     ChainService,
@@ -175,10 +176,6 @@ def check_source_text(disk: DiskSource) -> NbdAddress | None:
     return None
 
 
-def _within(path: str, roots: Sequence[Path]) -> bool:
-    return any(path == str(root) or path.startswith(str(root).rstrip("/") + "/") for root in roots)
-
-
 def check_source_reach(disks: Sequence[DiskSource], roots: Sequence[Path]) -> None:
     """Refuse the disks of a caller who is not root on the appliance (an API token)
     whose source, or changed-extents list, is a path outside ``roots`` (``[api]
@@ -199,27 +196,10 @@ def check_source_reach(disks: Sequence[DiskSource], roots: Sequence[Path]) -> No
 
 
 def _check_reach(disk: str, what: str, text: str, roots: Sequence[Path]) -> None:
-    reachable = (
-        os.path.isabs(text)
-        and ".." not in text.split("/")
-        and _within(os.path.normpath(text), roots)
-    )
-    real = os.path.realpath(text)
-    if reachable and real != os.path.normpath(text):  # a link on the way
-        try:
-            device = stat.S_ISBLK(os.stat(real).st_mode)
-        except OSError:
-            device = False
-        reachable = device or _within(real, [Path(os.path.realpath(r)) for r in roots])
-    if not reachable:
-        allowed = ", ".join(str(r) for r in roots)
+    if not reaches(text, roots, devices=True):
         raise NotPermitted(
             f"disk {disk}: an API token may not name {text!r} as its {what}: "
-            + (
-                f"only paths inside {allowed} are open to tokens"
-                if roots
-                else "no path of the appliance is open to tokens"
-            ),
+            + roots_sentence(roots),
             hint="give an nbd:// source, or back it up on the appliance itself; its "
             "administrator may open a directory to tokens in [api] source_roots",
         )

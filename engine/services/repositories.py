@@ -44,12 +44,19 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
-from engine.errors import Action, CatalogUnavailable, NotFoundError, ValidationError
+from engine.errors import (
+    Action,
+    CatalogUnavailable,
+    NotFoundError,
+    NotPermitted,
+    ValidationError,
+)
 from engine.events import Event, EventBus
 from engine.names import has_unsafe_chars, name_error
 from engine.oserrors import explain_os_error
 from engine.platform import can_clone
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
+from engine.reach import reaches, roots_sentence
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
 from engine.services.mounts import MountManager
@@ -273,6 +280,24 @@ def validate_spec(spec: RepositorySpec) -> dict[str, str]:
         if problem:
             problems[name] = problem
     return problems
+
+
+def check_repository_reach(spec: RepositorySpec, roots: Sequence[Path]) -> None:
+    """Refuse a local repository an API token puts outside ``roots`` (``[api]
+    repository_roots``): the daemon writes ``chains/`` and ``.sendense/`` there as
+    root, an import reads every image under it, and its points can then be mounted
+    and read back; a token would reach any directory of the appliance. NFS and
+    CIFS repositories are mounted under the daemon's own mount root and are not
+    bound by them. Called before anything is tested or written."""
+    path = spec.path.strip()
+    if spec.kind != "local" or reaches(path, roots):
+        return
+    raise NotPermitted(
+        f"repository {spec.name}: an API token may not keep a repository at {path!r}: "
+        + roots_sentence(roots),
+        hint="add it on the appliance itself, or add an NFS or CIFS repository; its "
+        "administrator may open a directory to tokens in [api] repository_roots",
+    )
 
 
 @dataclass

@@ -3,10 +3,15 @@ saved, as ``sendense repo add``), edit, enable, disable, test, remove, import.
 
 Reading is for every role, testing for ``operate``, changes for ``admin``. A
 password goes in (CIFS) and never comes out: a repository says ``has_password``.
+A token puts a local repository (added, moved or imported) only inside ``[api]
+repository_roots`` (none by default: NFS and CIFS only); root on the unix socket
+anywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -14,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from engine.errors import ValidationError
-from engine.services.repositories import RepositorySpec
+from engine.services.repositories import RepositorySpec, check_repository_reach
 from engine.shapes import (
     job_dict,
     repositories_list,
@@ -24,6 +29,7 @@ from engine.shapes import (
 )
 from sendense_api.deps import Admin, EngineDep, Operator, Reader
 from sendense_api.problems import PROBLEM_JSON
+from sendense_api.roles import Caller
 from sendense_api.routes._common import ShapedRoute
 
 router = APIRouter(prefix="/repositories", tags=["repositories"], route_class=ShapedRoute)
@@ -101,6 +107,13 @@ class RepositoryChange(BaseModel):
     offsite: bool | None = None
 
 
+def _check_reach(spec: RepositorySpec, roots: Sequence[Path], caller: Caller) -> None:
+    """A token keeps a local repository only inside ``[api] repository_roots``; root
+    on the unix socket anywhere (the daemon writes there as root)."""
+    if caller.via != "socket":
+        check_repository_reach(spec, roots)
+
+
 @router.get("")
 def list_repositories(engine: EngineDep, _caller: Reader) -> list[dict[str, Any]]:
     return repositories_list(engine)
@@ -118,6 +131,7 @@ def add_repository(body: NewRepository, engine: EngineDep, caller: Admin) -> Any
     nothing; one whose test fails is refused (422 with the test's steps) unless
     ``disabled`` keeps it, disabled."""
     spec = body.spec(create=body.create)
+    _check_reach(spec, engine.settings.api.repository_roots, caller)
     problems = engine.repositories.validate(spec)
     if problems:
         raise ValidationError(
@@ -163,6 +177,8 @@ def edit_repository(
         # null clears a number (back to the default); text and flags need a value
         if value is not None or key in CLEARABLE:
             setattr(spec, key, value)
+    if spec.path != repo.path:
+        _check_reach(spec, engine.settings.api.repository_roots, caller)
     repo = engine.repositories.edit(repo, spec, actor=caller.name)
     return repository_dict(repo, engine)
 
@@ -199,7 +215,9 @@ def remove_repository(
 def import_repository(body: Location, engine: EngineDep, caller: Admin) -> dict[str, Any]:
     """Add (or reuse) a repository that already holds backups and queue the job that
     reads its chains back into the catalog (as ``sendense repo import``)."""
-    repo = engine.imports.add_repository(body.spec(), actor=caller.name)
+    spec = body.spec()
+    _check_reach(spec, engine.settings.api.repository_roots, caller)
+    repo = engine.imports.add_repository(spec, actor=caller.name)
     job = engine.imports.submit(repo.id, actor=caller.name)
     return {
         "job": job_dict(job),

@@ -114,4 +114,7 @@ def api_status(args: argparse.Namespace, ctx: CliContext) -> int:
     roots = data["token_source_roots"]
     reach = "nbd:// URIs and paths inside " + ", ".join(roots) if roots else "nbd:// URIs only"
     print(printable(f"a token may name as a backup's source: {reach} ([api] source_roots)"))
+    roots = data["token_repository_roots"]
+    where = "inside " + ", ".join(roots) if roots else "nowhere (NFS and CIFS repositories only)"
+    print(printable(f"a token may keep a local repository: {where} ([api] repository_roots)"))
     return 0

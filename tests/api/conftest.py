@@ -23,16 +23,28 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from engine.config import default_settings
+from engine.clock import FixedClock
+from engine.config import ApiSettings, default_settings
 from engine.daemon import find_daemon
 from engine.runtime import Engine
 from sendense_api.app import create_app
 from sendense_api.auth import token_authenticator
 from sendense_api.roles import Caller, Role
+from tests.plugins.common import EngineFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 
 ClientFor = Callable[[Role], TestClient]
+
+
+@pytest.fixture
+def engine(engine_factory: EngineFactory, clock: FixedClock, tmp_path: Path) -> Engine:
+    """The test's engine (tests/plugins/common.py), whose tokens keep local
+    repositories under the test's own directory (test_repositories.py tests that
+    rule, [api] repository_roots)."""
+    return engine_factory(
+        clock=clock, owner="test-engine", api=ApiSettings(repository_roots=(tmp_path,))
+    )
 
 
 @pytest.fixture

@@ -49,6 +49,9 @@ def test_values_from_the_file_and_the_environment(env: dict[str, str]) -> None:
     assert settings.api.source_roots == ()  # tokens name nbd:// sources only
     roots = load_settings({**env, "SENDENSE_API_SOURCE_ROOTS": "/dev/vg0, /srv/images"})
     assert roots.api.source_roots == (Path("/dev/vg0"), Path("/srv/images"))
+    assert settings.api.repository_roots == ()  # tokens add NFS and CIFS repositories only
+    kept = load_settings({**env, "SENDENSE_API_REPOSITORY_ROOTS": "/srv/backups"})
+    assert kept.api.repository_roots == (Path("/srv/backups"),)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,8 @@ def test_values_from_the_file_and_the_environment(env: dict[str, str]) -> None:
         ('source_roots = ["/"]', "/ would let a token name any file of the appliance"),
         ('source_roots = ["images"]', "api.source_roots is invalid: must be an absolute path"),
         ("source_roots = 3", "expected a list of absolute paths"),
+        ('repository_roots = ["/"]', "/ would let a token name any file of the appliance"),
+        ('repository_roots = ["b"]', "api.repository_roots is invalid: must be an absolute"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], text: str, says: str) -> None:

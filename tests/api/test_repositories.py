@@ -3,14 +3,18 @@ test-before-save, real removal; a CIFS password goes in and never comes out."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from engine.config import ApiSettings
 from engine.runtime import Engine
-from sendense_api.roles import Role
+from sendense_api.app import create_app
+from sendense_api.roles import Caller, Role
 from tests.api.conftest import ClientFor
 
 BASE = "/api/v1/repositories"
@@ -58,7 +62,9 @@ def test_a_repository_that_fails_its_test_is_not_saved(api: TestClient, tmp_path
 
 def test_bad_input_writes_nothing(api: TestClient, tmp_path: Path) -> None:
     system = api.post(BASE, json={"name": "etc", "path": "/etc"})
-    assert system.status_code == 422 and "path" in system.json()["detail"]
+    assert system.status_code == 403 and "at '/etc'" in system.json()["detail"]
+    inside = api.post(BASE, json={"name": "dev", "path": str(tmp_path / "a\nb")})
+    assert inside.status_code == 422 and "path" in inside.json()["detail"]
     bad_name = api.post(BASE, json={"name": "a b", "path": str(tmp_path / "x"), "create": True})
     assert bad_name.status_code == 422 and "name" in bad_name.json()["detail"]
     no_name = api.post(BASE, json={"path": str(tmp_path / "x")})
@@ -76,7 +82,7 @@ def test_edit_enable_disable_and_test(api: TestClient, tmp_path: Path) -> None:
     assert shown["thresholds"]["min_free_bytes"] == 1024 and shown["thresholds"]["warning"] == 70
     assert api.patch(f"{BASE}/r1", json={"warning_percent": 150}).status_code == 422
     assert api.patch(f"{BASE}/nope", json={"offsite": True}).status_code == 404
-    moved = api.patch(f"{BASE}/r1", json={"path": "/usr"})
+    moved = api.patch(f"{BASE}/r1", json={"path": str(tmp_path / "not-there")})
     assert moved.status_code == 422 and moved.json()["detail"].startswith("nothing was changed")
 
     disabled = api.post(f"{BASE}/r1/disable").json()
@@ -151,3 +157,79 @@ def test_import_queues_a_job_for_a_repository_that_holds_backups(
     assert refused.status_code == 422
     assert "holds no Sendense repository" in refused.json()["detail"]
     assert [r["name"] for r in api.get(BASE).json()] == ["old"]
+
+
+# -- where a token may keep a repository ([api] repository_roots) ---------------------
+
+
+@pytest.mark.parametrize(
+    "outside",
+    [
+        "/etc",  # a directory of the appliance
+        "/",
+        "ROOT/../elsewhere",  # out of the root by ..
+        "ROOT/link-out",  # inside the root, a link to a directory outside
+        "ROOT/link-out/repo",  # through that link, a directory to create
+        "relative",  # the daemon's working directory, not the caller's
+    ],
+)
+def test_a_token_keeps_no_local_repository_outside_the_repository_roots(
+    api: TestClient, engine: Engine, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+    outside: str,
+) -> None:  # fmt: skip
+    """The daemon writes chains/ and .sendense/ where a repository is, as root, and an
+    import reads every image under it: an admin token would otherwise reach any
+    directory of the appliance. Refused with one sentence (403); nothing is tested,
+    created or saved, whether the repository is added, imported or moved."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (tmp_path / "link-out").symlink_to(elsewhere)
+    path = outside.replace("ROOT", str(tmp_path))
+    _add(api, "kept", tmp_path / "kept")
+    before = sorted(elsewhere.rglob("*"))
+    for method, url, body in (
+        ("POST", BASE, {"name": "r2", "path": path, "create": True}),
+        ("POST", BASE, {"name": "r2", "path": path, "create": True, "disabled": True}),
+        ("POST", f"{BASE}/import", {"name": "r2", "path": path}),
+        ("PATCH", f"{BASE}/kept", {"path": path}),
+    ):
+        refused = api.request(method, url, json=body)
+        assert refused.status_code == 403, refused.text
+        detail = refused.json()["detail"]
+        assert "an API token may not keep a repository at " in detail
+        assert f"only paths inside {tmp_path} are open to tokens" in detail
+        assert "[api] repository_roots" in refused.json()["hint"]
+    assert [r["name"] for r in api.get(BASE).json()] == ["kept"]
+    assert engine.repositories.get("kept").path == str(tmp_path / "kept")
+    assert sorted(elsewhere.rglob("*")) == before
+    assert not (tmp_path.parent / "elsewhere").exists() and not (tmp_path / "relative").exists()
+    assert engine.jobs.list() == []
+
+
+def test_with_no_repository_roots_a_token_adds_network_repositories_only(
+    api: TestClient, engine: Engine, tmp_path: Path
+) -> None:
+    engine.settings = dataclasses.replace(engine.settings, api=ApiSettings())
+    refused = api.post(BASE, json={"name": "r3", "path": str(tmp_path / "r3"), "create": True})
+    assert refused.status_code == 403
+    assert "no path of the appliance is open to tokens" in refused.json()["detail"]
+    assert not (tmp_path / "r3").exists()
+    # an NFS repository is mounted under the daemon's own mount root: not bound
+    nfs = {"name": "nas", "kind": "nfs", "server": "127.0.0.1", "export": "/b", "port": 9}
+    saved = api.post(BASE, json={**nfs, "disabled": True})
+    assert saved.status_code == 201, saved.text
+    assert saved.json()["repository"]["enabled"] is False
+
+
+def test_root_on_the_unix_socket_keeps_a_repository_anywhere(
+    engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The socket's caller is root on the appliance already: the roots do not bind it."""
+    elsewhere = tmp_path_factory.mktemp("socket-repo")
+    root = Caller(name="root (unix socket)", role=Role.ADMIN, via="socket")
+    app = create_app(engine, authenticate=lambda _request: root)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        added = client.post(
+            BASE, json={"name": "r4", "path": str(elsewhere / "r4"), "create": True}
+        )
+    assert added.status_code == 201, added.text
+    assert (elsewhere / "r4" / "chains").is_dir()

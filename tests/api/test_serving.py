@@ -93,6 +93,8 @@ def test_an_address_off_loopback_is_served_over_tls_only(api_daemon: ApiDaemon) 
     assert shown["token_source_roots"] == []  # the default: tokens name nbd:// sources only
     said = api_daemon.sendense("api", "status").stdout
     assert "a token may name as a backup's source: nbd:// URIs only" in said
+    assert shown["token_repository_roots"] == []  # the default: NFS and CIFS only
+    assert "a token may keep a local repository: nowhere (NFS and CIFS" in said
     daemon_status = api_daemon.sendense("daemon", "--status")
     assert f"TLS certificate SHA-256 fingerprint {api_daemon.fingerprint}" in daemon_status.stdout
     # the certificate served is the one whose fingerprint was printed
