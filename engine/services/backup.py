@@ -93,7 +93,7 @@ from engine.jobs import JobContext, JobHandler, JobRunner
 from engine.oserrors import is_no_space
 from engine.platform import free_bytes
 from engine.private import make_private_dirs
-from engine.reach import reaches, roots_sentence
+from engine.reach import own_files, why_not
 from engine.services import changes
 from engine.services.chains import (
     ChainService,
@@ -176,7 +176,7 @@ def check_source_text(disk: DiskSource) -> NbdAddress | None:
     return None
 
 
-def check_source_reach(disks: Sequence[DiskSource], roots: Sequence[Path]) -> None:
+def check_source_reach(disks: Sequence[DiskSource], settings: Settings) -> None:
     """Refuse the disks of a caller who is not root on the appliance (an API token)
     whose source, or changed-extents list, is a path outside ``roots`` (``[api]
     source_roots``): the daemon reads as root, so a source would otherwise let a token
@@ -186,20 +186,24 @@ def check_source_reach(disks: Sequence[DiskSource], roots: Sequence[Path]) -> No
 
     A path must be absolute, with no ``..``, and inside a root. A symbolic link in it
     is followed only to a block device (LVM's /dev/VG/LV are links to /dev/dm-N) or to
-    a file inside a root: whoever may write in a root decides what tokens may read."""
+    a file inside a root: whoever may write in a root decides what tokens may read.
+    Sendense's own files (engine.reach.own_files) are never named, root or not."""
+    roots, closed = settings.api.source_roots, own_files(settings)
     for disk in disks:
         paths = [("source", disk.source)] if check_source_text(disk) is None else []
         if disk.changed_extents is not None:
             paths.append(("extent list", disk.changed_extents))
         for what, text in paths:
-            _check_reach(disk.name, what, text, roots)
+            _check_reach(disk.name, what, text, roots, closed)
 
 
-def _check_reach(disk: str, what: str, text: str, roots: Sequence[Path]) -> None:
-    if not reaches(text, roots, devices=True):
+def _check_reach(
+    disk: str, what: str, text: str, roots: Sequence[Path], closed: Sequence[Path]
+) -> None:
+    refusal = why_not(text, roots, closed, devices=True)
+    if refusal is not None:
         raise NotPermitted(
-            f"disk {disk}: an API token may not name {text!r} as its {what}: "
-            + roots_sentence(roots),
+            f"disk {disk}: an API token may not name {text!r} as its {what}: {refusal}",
             hint="give an nbd:// source, or back it up on the appliance itself; its "
             "administrator may open a directory to tokens in [api] source_roots",
         )

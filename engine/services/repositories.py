@@ -44,6 +44,7 @@ from engine.catalog.jobs import JobStore
 from engine.catalog.models import Repository
 from engine.catalog.repositories import RepositoryStore
 from engine.clock import SYSTEM_CLOCK, Clock, as_utc
+from engine.config import Settings
 from engine.errors import (
     Action,
     CatalogUnavailable,
@@ -56,7 +57,7 @@ from engine.names import has_unsafe_chars, name_error
 from engine.oserrors import explain_os_error
 from engine.platform import can_clone
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
-from engine.reach import reaches, roots_sentence
+from engine.reach import own_files, why_not
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
 from engine.services.mounts import MountManager
@@ -282,19 +283,21 @@ def validate_spec(spec: RepositorySpec) -> dict[str, str]:
     return problems
 
 
-def check_repository_reach(spec: RepositorySpec, roots: Sequence[Path]) -> None:
+def check_repository_reach(spec: RepositorySpec, settings: Settings) -> None:
     """Refuse a local repository an API token puts outside ``roots`` (``[api]
     repository_roots``): the daemon writes ``chains/`` and ``.sendense/`` there as
     root, an import reads every image under it, and its points can then be mounted
     and read back; a token would reach any directory of the appliance. NFS and
     CIFS repositories are mounted under the daemon's own mount root and are not
-    bound by them. Called before anything is tested or written."""
+    bound by them. Sendense's own files (engine.reach.own_files) are never used,
+    root or not. Called before anything is tested or written."""
     path = spec.path.strip()
-    if spec.kind != "local" or reaches(path, roots):
+    roots = settings.api.repository_roots
+    refusal = None if spec.kind != "local" else why_not(path, roots, own_files(settings))
+    if refusal is None:
         return
     raise NotPermitted(
-        f"repository {spec.name}: an API token may not keep a repository at {path!r}: "
-        + roots_sentence(roots),
+        f"repository {spec.name}: an API token may not keep a repository at {path!r}: " + refusal,
         hint="add it on the appliance itself, or add an NFS or CIFS repository; its "
         "administrator may open a directory to tokens in [api] repository_roots",
     )

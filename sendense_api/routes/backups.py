@@ -87,7 +87,7 @@ def start_backup(engine: EngineDep, caller: Operator, request: BackupRequest) ->
     ]
     if caller.via != "socket":
         # the daemon reads as root: a token names only what [api] source_roots opens
-        check_source_reach(disks, engine.settings.api.source_roots)
+        check_source_reach(disks, engine.settings)
     job = engine.backups.submit(
         request.repo,
         request.vm,

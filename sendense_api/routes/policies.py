@@ -120,7 +120,7 @@ def _sources_within_reach(engine: Engine, caller: Caller, sources: list[dict[str
 
     if caller.via != "socket":
         disks = [DiskSource.from_policy(d) for entry in sources for d in entry["disks"]]
-        check_source_reach(disks, engine.settings.api.source_roots)
+        check_source_reach(disks, engine.settings)
 
 
 def _refuse(problems: dict[str, str], refused: str) -> None:

@@ -10,14 +10,13 @@ anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from engine.config import Settings
 from engine.errors import ValidationError
 from engine.services.repositories import RepositorySpec, check_repository_reach
 from engine.shapes import (
@@ -107,11 +106,11 @@ class RepositoryChange(BaseModel):
     offsite: bool | None = None
 
 
-def _check_reach(spec: RepositorySpec, roots: Sequence[Path], caller: Caller) -> None:
+def _check_reach(spec: RepositorySpec, settings: Settings, caller: Caller) -> None:
     """A token keeps a local repository only inside ``[api] repository_roots``; root
     on the unix socket anywhere (the daemon writes there as root)."""
     if caller.via != "socket":
-        check_repository_reach(spec, roots)
+        check_repository_reach(spec, settings)
 
 
 @router.get("")
@@ -131,7 +130,7 @@ def add_repository(body: NewRepository, engine: EngineDep, caller: Admin) -> Any
     nothing; one whose test fails is refused (422 with the test's steps) unless
     ``disabled`` keeps it, disabled."""
     spec = body.spec(create=body.create)
-    _check_reach(spec, engine.settings.api.repository_roots, caller)
+    _check_reach(spec, engine.settings, caller)
     problems = engine.repositories.validate(spec)
     if problems:
         raise ValidationError(
@@ -178,7 +177,7 @@ def edit_repository(
         if value is not None or key in CLEARABLE:
             setattr(spec, key, value)
     if spec.path != repo.path:
-        _check_reach(spec, engine.settings.api.repository_roots, caller)
+        _check_reach(spec, engine.settings, caller)
     repo = engine.repositories.edit(repo, spec, actor=caller.name)
     return repository_dict(repo, engine)
 
@@ -216,7 +215,7 @@ def import_repository(body: Location, engine: EngineDep, caller: Admin) -> dict[
     """Add (or reuse) a repository that already holds backups and queue the job that
     reads its chains back into the catalog (as ``sendense repo import``)."""
     spec = body.spec()
-    _check_reach(spec, engine.settings.api.repository_roots, caller)
+    _check_reach(spec, engine.settings, caller)
     repo = engine.imports.add_repository(spec, actor=caller.name)
     job = engine.imports.submit(repo.id, actor=caller.name)
     return {

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from engine import reach
 from engine.runtime import Engine
+from engine.tools import loop
 from sendense_api.roles import Role
 from tests.api.conftest import ClientFor
 from tests.api.resources import World, accepted_job, make_world, problem
@@ -180,3 +182,70 @@ def test_root_on_the_unix_socket_names_any_source(world: World) -> None:
         body = {"repo": "local", "vm": "reach04", "disks": [f"sda={outside}"]}
         job = accepted_job(world.engine, client.post("/api/v1/backups", json=body))
     assert job.state == "succeeded", job.error
+
+
+def test_a_token_names_none_of_sendenses_own_files_even_inside_a_root(
+    world: World, api_as: ClientFor
+) -> None:
+    """An administrator who opens a directory that holds Sendense's state directory
+    (here the world's root holds it) opens none of its secrets: the catalog, the key
+    that encrypts CIFS passwords, the API's TLS key."""
+    state = world.engine.settings.state_dir
+    assert state.is_relative_to(world.root)
+    link = world.root / "link-state"
+    if not link.is_symlink():
+        link.symlink_to(state / "secret.key")
+    for source in (state / "secret.key", state / "catalog.db", state, link):
+        disks = [{"name": "sda", "source": str(source)}]
+        _refused_untouched(world, api_as, disks, "Sendense's own files")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a loop device and a mount")
+def test_a_token_names_no_block_device_the_appliance_itself_uses(
+    world: World, api_as: ClientFor, tmp_path: Path
+) -> None:
+    """A root such as /dev/vg0 opens the VMs' volumes, never a disk the appliance runs
+    on: a device with a mounted filesystem on it is refused (as the appliance's root
+    disk would be). Unmounted, the same disk is a disk like any other."""
+    image = tmp_path / "appliance.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    sh("mkfs.ext4", "-q", str(image))
+    device = loop.attach(image)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    link = world.root / "vg1-disk"
+    try:
+        sh("mount", device, str(mounted))
+        link.symlink_to(device)
+        disks = [{"name": "sda", "source": str(link)}]
+        _refused_untouched(world, api_as, disks, "the appliance itself uses")
+        sh("umount", str(mounted))
+        body = {"repo": "local", "vm": "reach05", "disks": [f"sda={link}"]}
+        job = accepted_job(world.engine, api_as(Role.OPERATE).post("/api/v1/backups", json=body))
+        assert job.state == "succeeded", job.error
+    finally:
+        if os.path.ismount(mounted):
+            sh("umount", str(mounted))
+        link.unlink(missing_ok=True)
+        loop.detach(device)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a loop device")
+def test_a_disk_counts_as_in_use_when_a_partition_of_it_is(tmp_path: Path) -> None:
+    """The walk from a disk to the devices built on it, on the kernel's real /sys: a
+    whole disk counts as in use when a partition of it is. (This machine may refuse to
+    make a filesystem on a loop partition, so the mount itself is tested on a whole
+    device, above.)"""
+    image = tmp_path / "parted.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    sh("sfdisk", "-q", str(image), input_text="label: dos\n,8M,L\n,,L\n")
+    device = loop.attach(image)
+    try:
+        parts = loop.partx_add(device)
+        keys = [reach.device_key(os.stat(p).st_rdev) for p in parts]
+        assert set(keys) < reach.devices_built_on(reach.device_key(os.stat(device).st_rdev))
+        assert reach.devices_built_on(keys[0]) == {keys[0]}  # a partition has nothing built on it
+    finally:
+        loop.detach(device)

@@ -233,3 +233,17 @@ def test_root_on_the_unix_socket_keeps_a_repository_anywhere(
         )
     assert added.status_code == 201, added.text
     assert (elsewhere / "r4" / "chains").is_dir()
+
+
+def test_a_token_keeps_no_repository_in_sendenses_state_directory(
+    api: TestClient, engine: Engine, tmp_path: Path
+) -> None:
+    """Inside a root, still refused: the state directory (the catalog, the key that
+    encrypts CIFS passwords, the mounts) is Sendense's own, not a token's."""
+    state = engine.settings.state_dir
+    assert state.is_relative_to(tmp_path)
+    for path in (state, state / "repo", state / "mounts" / "x"):
+        refused = api.post(BASE, json={"name": "r5", "path": str(path), "create": True})
+        assert refused.status_code == 403, refused.text
+        assert "Sendense's own files" in refused.json()["detail"]
+    assert not (state / "repo").exists() and api.get(BASE).json() == []
