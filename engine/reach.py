@@ -21,7 +21,8 @@ from engine.config import Settings
 
 #: the end of a refusal of one of Sendense's own files
 OWN_FILES = (
-    "Sendense's own files (its state directory, configuration and TLS key) are never open to tokens"
+    "Sendense's own files (its state directory, mounts, configuration and TLS key) "
+    "are never open to tokens"
 )
 
 
@@ -128,7 +129,12 @@ def device_in_use(path: str) -> bool:
 
 def own_files(settings: Settings) -> tuple[Path, ...]:
     """What no token reaches, whatever the roots say."""
-    paths = [settings.state_dir, settings.source, settings.api.tls_key]
+    paths = [
+        settings.state_dir,
+        settings.mount_root,  # network repositories and restore mounts
+        settings.source,
+        settings.api.tls_key,
+    ]
     return tuple(p for p in paths if p is not None)
 
 

@@ -388,12 +388,14 @@ class BackupService:
         full_every: int | None = None,
         actor: str | None = None,
         queue_if_busy: bool = True,
+        named_by_token: bool = False,
     ) -> Any:
         """Queue a backup job for a VM's disks; returns the Job row. A source text
         qemu would read as a protocol is refused here, before anything is queued. A
         disk another writer holds makes the job wait for it, or
         (``queue_if_busy=False``) raises DiskBusy naming that writer, and nothing is
-        queued."""
+        queued. ``named_by_token``: an API token named the sources (its caller
+        checked them, check_source_reach); the job checks them again when it starts."""
         repo = self.repositories.get(repository)
         self._check_args(vm, disks, mode, compression)
         # a path is made absolute here, as its caller meant it: any engine's runner may
@@ -412,6 +414,8 @@ class BackupService:
             "compression": compression,
             "full_every": full_every,
         }
+        if named_by_token:
+            params["named_by_token"] = True
         return self.jobs.submit(
             JobKind.BACKUP,
             f"back up {vm} ({', '.join(d.name for d in disks)}) to {repo.name}",
@@ -422,20 +426,23 @@ class BackupService:
 
     def run_job(self, ctx: JobContext) -> dict[str, Any]:
         p = ctx.params
+        # fmt None: a job queued before formats were pinned (raw, as it meant)
+        disks = [
+            DiskSource(
+                d["name"],
+                d["source"],
+                d.get("fmt") or "raw",
+                changed_bitmap=d.get("changed_bitmap"),
+                changed_extents=d.get("changed_extents"),
+            )
+            for d in p["disks"]
+        ]
+        if p.get("named_by_token"):
+            self.check_token_reach(disks)
         run = self.run(
             int(p["repository"]),
             str(p["vm"]),
-            # fmt None: a job queued before formats were pinned (raw, as it meant)
-            [
-                DiskSource(
-                    d["name"],
-                    d["source"],
-                    d.get("fmt") or "raw",
-                    changed_bitmap=d.get("changed_bitmap"),
-                    changed_extents=d.get("changed_extents"),
-                )
-                for d in p["disks"]
-            ],
+            disks,
             mode=p.get("mode", "auto"),
             compression=p.get("compression"),
             full_every=p.get("full_every"),
@@ -446,6 +453,14 @@ class BackupService:
         if run.unprotected:
             raise self._unprotected_failure(run)
         return run.as_dict()
+
+    def check_token_reach(self, disks: Sequence[DiskSource]) -> None:
+        """Check sources an API token named once more, just before they are read: a
+        link in a root may lead somewhere else than when the token named it, and the
+        job reads as root (check_source_reach; NotPermitted fails the job)."""
+        if self.settings is None:
+            raise NotPermitted("sources an API token named cannot be checked here")
+        check_source_reach(disks, self.settings)
 
     @staticmethod
     def _unprotected_failure(run: BackupRun) -> JobUnprotected:

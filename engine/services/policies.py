@@ -619,6 +619,9 @@ class PolicyService:
             vm = str(source["vm"])
             disks = [DiskSource.from_policy(d) for d in source["disks"]]
             try:
+                if source.get("named_by_token"):
+                    # an API token named them: checked again, as the job reads as root
+                    self.backups.check_token_reach(disks)
                 run = self.backups.run(
                     repo.id,
                     vm,

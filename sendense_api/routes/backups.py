@@ -97,5 +97,6 @@ def start_backup(engine: EngineDep, caller: Operator, request: BackupRequest) ->
         full_every=request.full_every,
         actor=caller.name,
         queue_if_busy=not request.no_wait,
+        named_by_token=caller.via != "socket",
     )
     return accepted(job)

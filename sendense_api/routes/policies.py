@@ -115,12 +115,16 @@ def _sources(sources: list[PolicySource | str]) -> list[dict[str, Any]]:
 
 def _sources_within_reach(engine: Engine, caller: Caller, sources: list[dict[str, Any]]) -> None:
     """A token's policy reads only what [api] source_roots opens to tokens (see
-    sendense_api.routes.backups): the scheduler runs it as root."""
+    sendense_api.routes.backups): the scheduler runs it as root. Its sources are
+    marked ``named_by_token``, so that each run checks them again (a link in a root
+    may lead elsewhere by then); sources root sets carry no mark."""
     from engine.services.backup import DiskSource, check_source_reach
 
     if caller.via != "socket":
         disks = [DiskSource.from_policy(d) for entry in sources for d in entry["disks"]]
         check_source_reach(disks, engine.settings)
+        for entry in sources:
+            entry["named_by_token"] = True
 
 
 def _refuse(problems: dict[str, str], refused: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from engine.runtime import Engine
 from engine.tools import loop
 from sendense_api.roles import Role
 from tests.api.conftest import ClientFor
-from tests.api.resources import World, accepted_job, make_world, problem
+from tests.api.resources import World, accepted_job, make_world, problem, wait_job
 from tests.engine.diskgen import MiB, SourceDisk
 from tests.engine.fsimages import sh
 
@@ -249,3 +250,40 @@ def test_a_disk_counts_as_in_use_when_a_partition_of_it_is(tmp_path: Path) -> No
         assert reach.devices_built_on(keys[0]) == {keys[0]}  # a partition has nothing built on it
     finally:
         loop.detach(device)
+
+
+def test_a_link_changed_after_the_request_is_checked_again_when_the_job_starts(
+    world: World, api_as: ClientFor
+) -> None:
+    """Whoever writes in a root may point a link elsewhere between the request and the
+    read (here while another writer holds the disk and the job waits): the job checks
+    the token's sources again before it reads them, as root, and fails saying why."""
+    inside = SourceDisk.create(world.root / "reach-sdc.raw", 1 * MiB, seed=18).path
+    link = world.root / "link-later"
+    link.symlink_to(inside)
+    engine = world.engine
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.writers.hold(world.repo.id, "reach06", "sda", operation="merge", actor="t"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        body = {"repo": "local", "vm": "reach06", "disks": [f"sda={link}"]}
+        answer = api_as(Role.OPERATE).post("/api/v1/backups", json=body)
+        assert answer.status_code == 202, answer.text
+        link.unlink()
+        # a file of Sendense's own (the catalog, the key of the CIFS passwords, ...)
+        own = SourceDisk.create(engine.settings.state_dir / "own.file", 1 * MiB, seed=19).path
+        link.symlink_to(own)
+    finally:
+        release.set()
+        holder.join(30)
+    job = wait_job(engine, answer.json()["job"]["id"])
+    assert job.state == "failed"
+    assert "Sendense's own files" in (job.error or "")
+    assert engine.chain_store.list_backups(vm_name="reach06") == []

@@ -11,7 +11,8 @@ import pytest
 from engine.runtime import Engine
 from sendense_api.roles import Role
 from tests.api.conftest import ClientFor
-from tests.api.resources import World, accepted_job, make_world, problem
+from tests.api.resources import World, accepted_job, make_world, problem, wait_job
+from tests.engine.diskgen import MiB, SourceDisk
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,31 @@ def test_a_token_s_policy_reads_no_file_outside_the_source_roots(
     shown = admin.get("/api/v1/policies/p9").json()
     assert shown["sources"][0]["disks"][0]["source"] == str(world.disks["web01"].path)
     admin.delete("/api/v1/policies/p9")
+
+
+def test_a_token_s_policy_checks_its_sources_again_at_every_run(
+    world: World, api_as: ClientFor
+) -> None:
+    """A policy runs for months: a link in a root a token named when it added the
+    policy may lead somewhere else by the next run. Each run checks the sources a
+    token set again; sources root sets (the unix socket, the CLI) are not marked."""
+    admin = api_as(Role.ADMIN)
+    link = world.root / "pol10-sda"
+    link.symlink_to(world.disks["web01"].path)
+    sources = [{"vm": "pol10", "disks": [{"name": "sda", "source": str(link)}]}]
+    added = admin.post(
+        "/api/v1/policies", json={**policy_body(world, "p10", "pol10"), "sources": sources}
+    )
+    assert added.status_code == 201, added.text
+    stored = world.engine.policies.get("p10").sources
+    assert stored[0]["named_by_token"] is True
+    own = SourceDisk.create(world.engine.settings.state_dir / "own-p10", MiB, seed=20).path
+    link.unlink()
+    link.symlink_to(own)
+    job = wait_job(
+        world.engine, api_as(Role.OPERATE).post("/api/v1/policies/p10/run").json()["job"]["id"]
+    )
+    assert job.state == "failed"
+    assert "Sendense's own files" in (job.error or "")
+    assert world.engine.chain_store.list_backups(vm_name="pol10") == []
+    admin.delete("/api/v1/policies/p10")

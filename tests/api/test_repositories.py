@@ -239,10 +239,13 @@ def test_a_token_keeps_no_repository_in_sendenses_state_directory(
     api: TestClient, engine: Engine, tmp_path: Path
 ) -> None:
     """Inside a root, still refused: the state directory (the catalog, the key that
-    encrypts CIFS passwords, the mounts) is Sendense's own, not a token's."""
+    encrypts CIFS passwords) and the mount root (network repositories, restore
+    mounts), wherever it is, are Sendense's own, not a token's."""
     state = engine.settings.state_dir
     assert state.is_relative_to(tmp_path)
-    for path in (state, state / "repo", state / "mounts" / "x"):
+    elsewhere = tmp_path / "mounts-elsewhere"
+    engine.settings = dataclasses.replace(engine.settings, mount_root=elsewhere)
+    for path in (state, state / "repo", elsewhere / "nas" / "x"):
         refused = api.post(BASE, json={"name": "r5", "path": str(path), "create": True})
         assert refused.status_code == 403, refused.text
         assert "Sendense's own files" in refused.json()["detail"]
