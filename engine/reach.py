@@ -75,24 +75,30 @@ def device_key(dev: int) -> str:
     return f"{os.major(dev)}:{os.minor(dev)}"
 
 
-def _devices_in_use() -> set[str]:
-    """MAJ:MIN of every block device a mounted filesystem or a swap area is on."""
+def _devices_in_use() -> set[str] | None:
+    """MAJ:MIN of every block device a mounted filesystem or a swap area is on; None
+    when the mount table cannot be read (then no device counts as free)."""
     used: set[str] = set()
     try:
-        for line in MOUNTINFO.read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2:
-                used.add(fields[2])
-            # btrfs reports an anonymous 0:N above: its source names the device
-            source = fields[fields.index("-") + 2] if "-" in fields[:-2] else ""
-            if source.startswith("/dev/") and (dev := _block_device(source)) is not None:
-                used.add(device_key(dev))
-        for line in SWAPS.read_text().splitlines()[1:]:
-            device = line.split()[0] if line.split() else ""
-            if (dev := _block_device(device.replace("\\040", " "))) is not None:
-                used.add(device_key(dev))
+        mounts = MOUNTINFO.read_text().splitlines()
     except OSError:
-        pass
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 2:
+            used.add(fields[2])
+        # btrfs reports an anonymous 0:N above: its source names the device
+        source = fields[fields.index("-") + 2] if "-" in fields[:-2] else ""
+        if source.startswith("/dev/") and (dev := _block_device(source)) is not None:
+            used.add(device_key(dev))
+    try:
+        swaps = SWAPS.read_text().splitlines()[1:]
+    except OSError:
+        swaps = []  # a kernel without swap
+    for line in swaps:
+        device = line.split()[0] if line.split() else ""
+        if (dev := _block_device(device.replace("\\040", " "))) is not None:
+            used.add(device_key(dev))
     return used
 
 
@@ -124,7 +130,8 @@ def device_in_use(path: str) -> bool:
     dev = _block_device(os.path.realpath(path))
     if dev is None:
         return False
-    return bool(devices_built_on(device_key(dev)) & _devices_in_use())
+    used = _devices_in_use()
+    return used is None or bool(devices_built_on(device_key(dev)) & used)
 
 
 def own_files(settings: Settings) -> tuple[Path, ...]:

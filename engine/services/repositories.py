@@ -219,7 +219,7 @@ def _check_password(raw: str, _text: str) -> str | None:
 
 
 #: mount options that would undo the flags every repository is mounted with
-#: (``Mounts.REPOSITORY_FLAGS``) or turn the mount into another kind of mount
+#: (``MountManager.REPOSITORY_FLAGS``) or turn the mount into another kind of mount
 #: (a bind, a loop device, a remount, a mount helper's own ``x-`` options)
 _UNSAFE_MOUNT_OPTIONS = frozenset(
     {"suid", "dev", "exec", "defaults", "users", "owner", "group", "remount", "bind", "rbind"}

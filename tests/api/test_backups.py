@@ -273,3 +273,20 @@ def test_a_link_changed_after_the_request_is_checked_again_when_the_job_starts(
     assert job.state == "failed"
     assert "Sendense's own files" in (job.error or "")
     assert engine.chain_store.list_backups(vm_name="reach06") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a loop device")
+def test_a_device_counts_as_in_use_when_the_mount_table_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unsure is closed: with no mount table to read, no device is taken for free."""
+    image = tmp_path / "free.img"
+    with open(image, "wb") as f:
+        f.truncate(4 * MiB)
+    device = loop.attach(image)
+    try:
+        assert not reach.device_in_use(device)
+        monkeypatch.setattr(reach, "MOUNTINFO", tmp_path / "no-mountinfo")
+        assert reach.device_in_use(device)
+    finally:
+        loop.detach(device)
