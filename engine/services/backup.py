@@ -181,16 +181,22 @@ def check_source_reach(disks: Sequence[DiskSource], settings: Settings) -> None:
     whose source, or changed-extents list, is a path outside ``roots`` (``[api]
     source_roots``): the daemon reads as root, so a source would otherwise let a token
     back up any file or disk of the appliance (its own root disk included) and read it
-    back through a restore mount. An nbd:// or nbd+unix:// source is a disk served to
-    the appliance and is not bound by them.
+    back through a restore mount. An nbd:// source is a disk served to the appliance
+    and is not bound by them; an nbd+unix:// one's socket is a path like any other
+    (the daemon would otherwise connect, as root, to any socket of the appliance,
+    Sendense's own exports included).
 
     A path must be absolute, with no ``..``, and inside a root. A symbolic link in it
     is followed only to a block device (LVM's /dev/VG/LV are links to /dev/dm-N) or to
     a file inside a root: whoever may write in a root decides what tokens may read.
-    Sendense's own files (engine.reach.own_files) are never named, root or not."""
+    Sendense's own files (engine.reach.own_files) are never named, root or not, nor a
+    block device the appliance itself uses (engine.reach.device_in_use)."""
     roots, closed = settings.api.source_roots, own_files(settings)
     for disk in disks:
-        paths = [("source", disk.source)] if check_source_text(disk) is None else []
+        address = check_source_text(disk)
+        paths = [("source", disk.source)] if address is None else []
+        if address is not None and address.socket is not None:
+            paths.append(("NBD socket", address.socket))
         if disk.changed_extents is not None:
             paths.append(("extent list", disk.changed_extents))
         for what, text in paths:
@@ -200,7 +206,7 @@ def check_source_reach(disks: Sequence[DiskSource], settings: Settings) -> None:
 def _check_reach(
     disk: str, what: str, text: str, roots: Sequence[Path], closed: Sequence[Path]
 ) -> None:
-    refusal = why_not(text, roots, closed, devices=True)
+    refusal = why_not(text, roots, closed, devices=what == "source")
     if refusal is not None:
         raise NotPermitted(
             f"disk {disk}: an API token may not name {text!r} as its {what}: {refusal}",

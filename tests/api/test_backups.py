@@ -290,3 +290,22 @@ def test_a_device_counts_as_in_use_when_the_mount_table_cannot_be_read(
         assert reach.device_in_use(device)
     finally:
         loop.detach(device)
+
+
+def test_a_token_s_nbd_socket_is_a_path_like_any_other(world: World, api_as: ClientFor) -> None:
+    """nbd+unix:// makes the daemon connect, as root, to a socket of the appliance:
+    its path is bound as a file's is (Sendense's own exports' sockets never), while an
+    nbd:// address over TCP is a disk served to the appliance and is not."""
+    state = world.engine.settings.state_dir
+    for socket_path, says in (
+        (state / "exports" / "a.sock", "Sendense's own files"),
+        (Path("/run/other.sock"), f"only paths inside {world.root}"),
+    ):
+        disks = [{"name": "sda", "source": f"nbd+unix:///x?socket={socket_path}"}]
+        _refused_untouched(world, api_as, disks, f"{str(socket_path)!r} as its NBD socket")
+        _refused_untouched(world, api_as, disks, says)
+    inside = f"nbd+unix:///x?socket={world.root / 'vm.sock'}"
+    body = {"repo": "local", "vm": "reach07", "disks": [{"name": "sda", "source": inside}]}
+    queued = api_as(Role.OPERATE).post("/api/v1/backups", json=body)
+    assert queued.status_code == 202, queued.text
+    wait_job(world.engine, queued.json()["job"]["id"])  # nothing listens there: it fails
