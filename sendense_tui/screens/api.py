@@ -51,6 +51,10 @@ class Listening:
     addresses: list[str]
     fingerprint: str | None = None
     pid: int | None = None
+    #: what a token may name as a backup's source, and where it may keep a local
+    #: repository ([api] source_roots, repository_roots; engine.reach)
+    source_roots: list[str] = field(default_factory=list)
+    repository_roots: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,7 +76,12 @@ def read_listening(settings: Any) -> Listening:
     served = listening(settings)
     if served["running"]:
         return Listening(
-            True, list(served["addresses"]), served.get("tls_fingerprint"), served.get("pid")
+            True,
+            list(served["addresses"]),
+            served.get("tls_fingerprint"),
+            served.get("pid"),
+            list(served["token_source_roots"]),
+            list(served["token_repository_roots"]),
         )
     api = settings.api
     addresses = [f"unix:{settings.api_socket}", *api.listen]
@@ -81,7 +90,13 @@ def read_listening(settings: Any) -> Listening:
     if api.listen and cert.is_file():
         with contextlib.suppress(Exception):  # an unreadable certificate: no fingerprint
             found = fingerprint(cert)
-    return Listening(False, addresses, found)
+    return Listening(
+        False,
+        addresses,
+        found,
+        source_roots=[str(p) for p in api.source_roots],
+        repository_roots=[str(p) for p in api.repository_roots],
+    )
 
 
 def listening_text(where: Listening) -> Text:
@@ -95,6 +110,15 @@ def listening_text(where: Listening) -> Text:
     if where.fingerprint:
         text.append("\nTLS SHA-256 ", style="bold")
         text.append(printable(where.fingerprint))
+    text.append("\nTokens reach ", style="bold")
+    sources = ", ".join(where.source_roots)
+    repositories = ", ".join(where.repository_roots)
+    text.append(
+        printable(
+            f"sources: nbd:// {'and ' + sources if sources else 'only'} · local "
+            f"repositories: {repositories or 'none (NFS, CIFS only)'}"
+        )
+    )
     return text
 
 

@@ -286,3 +286,19 @@ async def test_the_listen_line_shows_a_real_daemons_addresses_and_tls_fingerprin
     assert shown.startswith("API served by the daemon on unix:")
     assert " · ".join(daemon.addresses) in shown
     assert f"TLS SHA-256 {daemon.fingerprint}" in shown
+
+
+def test_the_api_section_says_what_a_token_reaches(tmp_path: Path) -> None:
+    """Where an operator hands out tokens, it says what they reach: with no daemon, as
+    the settings say ([api] source_roots, repository_roots)."""
+    from dataclasses import replace
+
+    from engine.config import ApiSettings
+    from sendense_tui.screens.api import listening_text, read_listening
+
+    settings = default_settings(tmp_path / "state")
+    said = listening_text(read_listening(settings)).plain
+    assert "Tokens reach sources: nbd:// only · local repositories: none (NFS, CIFS only)" in said
+    roots = ApiSettings(source_roots=(Path("/dev/vg0"),), repository_roots=(Path("/srv/bk"),))
+    said = listening_text(read_listening(replace(settings, api=roots))).plain
+    assert "sources: nbd:// and /dev/vg0 · local repositories: /srv/bk" in said
