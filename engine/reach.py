@@ -141,6 +141,7 @@ def own_files(settings: Settings) -> tuple[Path, ...]:
         settings.mount_root,  # network repositories and restore mounts
         settings.source,
         settings.api.tls_key,
+        settings.api_socket,  # an nbd+unix:// source's socket must not be the API's
     ]
     return tuple(p for p in paths if p is not None)
 

@@ -304,6 +304,15 @@ def test_a_token_s_nbd_socket_is_a_path_like_any_other(world: World, api_as: Cli
         disks = [{"name": "sda", "source": f"nbd+unix:///x?socket={socket_path}"}]
         _refused_untouched(world, api_as, disks, f"{str(socket_path)!r} as its NBD socket")
         _refused_untouched(world, api_as, disks, says)
+    # the API's own socket, configured inside a root: still Sendense's
+    settings = world.engine.settings
+    api = dataclasses.replace(settings.api, socket=world.root / "api.sock")
+    world.engine.settings = dataclasses.replace(settings, api=api)
+    try:
+        disks = [{"name": "sda", "source": f"nbd+unix:///x?socket={world.root / 'api.sock'}"}]
+        _refused_untouched(world, api_as, disks, "Sendense's own files")
+    finally:
+        world.engine.settings = settings
     inside = f"nbd+unix:///x?socket={world.root / 'vm.sock'}"
     body = {"repo": "local", "vm": "reach07", "disks": [{"name": "sda", "source": inside}]}
     queued = api_as(Role.OPERATE).post("/api/v1/backups", json=body)
