@@ -57,7 +57,7 @@ from engine.names import has_unsafe_chars, name_error
 from engine.oserrors import explain_os_error
 from engine.platform import can_clone
 from engine.private import PRIVATE_DIR, ModeRepair, make_private_dirs, repair_tree
-from engine.reach import own_files, why_not
+from engine.reach import why_not
 from engine.services.capacity import CapacityMonitor, Reading, usage
 from engine.services.immutability import LockService, until_text
 from engine.services.mounts import MountManager
@@ -289,11 +289,11 @@ def check_repository_reach(spec: RepositorySpec, settings: Settings) -> None:
     root, an import reads every image under it, and its points can then be mounted
     and read back; a token would reach any directory of the appliance. NFS and
     CIFS repositories are mounted under the daemon's own mount root and are not
-    bound by them. Sendense's own files (engine.reach.own_files) are never used,
-    root or not. Called before anything is tested or written."""
+    bound by them. Sendense's own directories are refused to every caller by
+    ``RepositoryService.path_error``, a root's token included. Called before
+    anything is tested or written."""
     path = spec.path.strip()
-    roots = settings.api.repository_roots
-    refusal = None if spec.kind != "local" else why_not(path, roots, own_files(settings))
+    refusal = None if spec.kind != "local" else why_not(path, settings.api.repository_roots)
     if refusal is None:
         return
     raise NotPermitted(

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from engine.clock import FixedClock
 from engine.config import ApiSettings
 from engine.runtime import Engine
 from sendense_api.app import create_app
 from sendense_api.roles import Caller, Role
 from tests.api.conftest import ClientFor
+from tests.plugins.common import EngineFactory
 
 BASE = "/api/v1/repositories"
 
@@ -235,18 +237,30 @@ def test_root_on_the_unix_socket_keeps_a_repository_anywhere(
     assert (elsewhere / "r4" / "chains").is_dir()
 
 
-def test_a_token_keeps_no_repository_in_sendenses_state_directory(
-    api: TestClient, engine: Engine, tmp_path: Path
+def test_a_token_keeps_no_repository_in_sendenses_own_directories(
+    engine_factory: EngineFactory, clock: FixedClock, tmp_path: Path
 ) -> None:
     """Inside a root, still refused: the state directory (the catalog, the key that
     encrypts CIFS passwords) and the mount root (network repositories, restore
-    mounts), wherever it is, are Sendense's own, not a token's."""
+    mounts), wherever it is, are Sendense's own. The engine's own path check
+    (RepositoryService.path_error) refuses them to every caller, a token's added or
+    imported repository included; nothing is created."""
+    elsewhere = tmp_path / "mounts-elsewhere"
+    engine = engine_factory(
+        clock=clock, api=ApiSettings(repository_roots=(tmp_path,)), mount_root=elsewhere
+    )
     state = engine.settings.state_dir
     assert state.is_relative_to(tmp_path)
-    elsewhere = tmp_path / "mounts-elsewhere"
-    engine.settings = dataclasses.replace(engine.settings, mount_root=elsewhere)
-    for path in (state, state / "repo", elsewhere / "nas" / "x"):
-        refused = api.post(BASE, json={"name": "r5", "path": str(path), "create": True})
-        assert refused.status_code == 403, refused.text
-        assert "Sendense's own files" in refused.json()["detail"]
-    assert not (state / "repo").exists() and api.get(BASE).json() == []
+    caller = Caller(name="test-admin", role=Role.ADMIN)
+    app = create_app(engine, authenticate=lambda _request: caller)
+    with TestClient(app, raise_server_exceptions=False) as api:
+        for path in (state, state / "repo", elsewhere / "nas" / "x"):
+            for url, body in (
+                (BASE, {"name": "r5", "path": str(path), "create": True}),
+                (f"{BASE}/import", {"name": "r5", "path": str(path)}),
+            ):
+                refused = api.post(url, json=body)
+                assert refused.status_code == 422, refused.text
+                assert "overlaps Sendense's own directory" in refused.json()["detail"]
+        assert api.get(BASE).json() == []
+    assert not (state / "repo").exists() and not (elsewhere / "nas").exists()
